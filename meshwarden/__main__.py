@@ -1,0 +1,5 @@
+import sys
+
+from meshwarden.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""The certificate authority of one trust domain: composes templates, signer, rotation and
+post-mint validation around an injected clock. It never sees a workload's private key: X509-SVIDs
+are signed for a public key (from a CSR), and every minted SVID is verified before it leaves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from meshwarden.engine import SpiffeId, TrustDomain
+from meshwarden.identities._authority import (
+    JwtAuthority,
+    UpstreamCa,
+    X509Authority,
+    mint_jwt_authority,
+    mint_x509_authority,
+    sign,
+)
+from meshwarden.identities._bundle import JwtKey, TrustBundle
+from meshwarden.identities._clock import Clock
+from meshwarden.identities._errors import IssuanceError
+from meshwarden.identities._jwt import JwtSvid, encode_jwt_svid, verify_jwt_svid
+from meshwarden.identities._keys import PublicKey
+from meshwarden.identities._rotation import Rotation, Slot
+from meshwarden.identities._templates import NOT_BEFORE_BACKDATE, x509_svid_template
+from meshwarden.identities._validate import X509Svid, verify_x509_svid
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    trust_domain: TrustDomain
+    ca_ttl: dt.timedelta = dt.timedelta(hours=24)
+    jwt_key_ttl: dt.timedelta = dt.timedelta(hours=24)
+    svid_ttl: dt.timedelta = dt.timedelta(hours=1)
+    jwt_svid_ttl: dt.timedelta = dt.timedelta(minutes=5)
+    refresh_hint: dt.timedelta = dt.timedelta(minutes=5)
+    upstream: UpstreamCa | None = None
+
+
+class CertificateAuthority:
+    def __init__(
+        self,
+        config: CaConfig,
+        clock: Clock,
+        x509_slots: tuple[Slot[X509Authority], ...] = (),
+        jwt_slots: tuple[Slot[JwtAuthority], ...] = (),
+        sequence: int = 0,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        td, upstream = config.trust_domain, config.upstream
+        self.x509 = Rotation(
+            lambda now: mint_x509_authority(td, now, config.ca_ttl, upstream), x509_slots
+        )
+        self.jwt = Rotation(lambda now: mint_jwt_authority(now, config.jwt_key_ttl), jwt_slots)
+        self.sequence = sequence
+        self._bundle: TrustBundle | None = None
+        self.rotate()
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return self.config.trust_domain
+
+    def rotate(self) -> bool:
+        """Apply due key transitions; True (and a new bundle sequence) when anything changed."""
+        now = self.clock.now()
+        changed: bool = self.x509.advance(now)
+        changed = bool(self.jwt.advance(now)) or changed
+        if changed or self._bundle is None:
+            self.sequence += 1
+            self._bundle = self._build_bundle()
+        return changed
+
+    def bundle(self) -> TrustBundle:
+        assert self._bundle is not None
+        return self._bundle
+
+    def _build_bundle(self) -> TrustBundle:
+        if self.config.upstream is not None:
+            roots = self.config.upstream.roots()
+        else:
+            roots = tuple(a.certificate for a in self.x509.published())
+        keys = tuple(JwtKey(a.kid, a.key.public_key()) for a in self.jwt.published())
+        return TrustBundle(
+            trust_domain=self.trust_domain,
+            x509_authorities=roots,
+            jwt_keys=keys,
+            sequence=self.sequence,
+            refresh_hint_seconds=int(self.config.refresh_hint.total_seconds()),
+        )
+
+    def _check_id(self, spiffe_id: SpiffeId) -> None:
+        if spiffe_id.trust_domain != self.trust_domain:
+            raise IssuanceError(f"{spiffe_id} is not in trust domain {self.trust_domain}")
+        if not spiffe_id.path:
+            raise IssuanceError(f"{spiffe_id} has no path; SVIDs need one")
+
+    def sign_x509_svid(
+        self,
+        public_key: PublicKey,
+        spiffe_id: SpiffeId,
+        ttl: dt.timedelta | None = None,
+        dns_names: Sequence[str] = (),
+    ) -> X509Svid:
+        self._check_id(spiffe_id)
+        now = self.clock.now()
+        authority = self.x509.active()
+        builder = x509_svid_template(
+            public_key=public_key,
+            spiffe_id=spiffe_id,
+            serial=x509.random_serial_number(),
+            issuer=authority.certificate,
+            not_before=now - NOT_BEFORE_BACKDATE,
+            not_after=min(now + (ttl or self.config.svid_ttl), authority.not_after),
+            dns_names=tuple(dns_names),
+        )
+        chain = (sign(builder, authority.key), authority.certificate, *authority.chain)
+        verify_x509_svid(chain, self.bundle(), now)
+        return X509Svid(spiffe_id=spiffe_id, chain=chain)
+
+    def sign_csr(
+        self,
+        csr: x509.CertificateSigningRequest,
+        spiffe_id: SpiffeId,
+        ttl: dt.timedelta | None = None,
+    ) -> X509Svid:
+        """Sign `csr` for `spiffe_id` (already authorised by the caller). The CSR must carry a
+        valid self-signature and an EC key; its subject and extensions are ignored."""
+        if not csr.is_signature_valid:
+            raise IssuanceError("CSR signature does not verify")
+        key = csr.public_key()
+        if not isinstance(key, PublicKey):
+            raise IssuanceError(f"CSR key must be EC, got {type(key).__name__}")
+        return self.sign_x509_svid(key, spiffe_id, ttl)
+
+    def sign_jwt_svid(
+        self, spiffe_id: SpiffeId, audience: Sequence[str], ttl: dt.timedelta | None = None
+    ) -> JwtSvid:
+        self._check_id(spiffe_id)
+        now = self.clock.now()
+        authority = self.jwt.active()
+        expires = min(now + (ttl or self.config.jwt_svid_ttl), authority.not_after)
+        svid = encode_jwt_svid(authority, spiffe_id, audience, now, expires)
+        verify_jwt_svid(svid.token, self.bundle(), audience[0], now)
+        return svid

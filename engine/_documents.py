@@ -1,0 +1,129 @@
+"""From YAML documents to validated, typed documents; pydantic errors become located diagnostics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from meshwarden.engine._diagnostics import Diagnostic, Location, error
+from meshwarden.engine._model import SPECS, Envelope, Metadata
+from meshwarden.engine._yaml import Path, SourceDocument
+
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentKey:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Document(Generic[SpecT]):
+    """A validated document and the YAML it came from (for locating later diagnostics)."""
+
+    kind: str
+    metadata: Metadata
+    spec: SpecT
+    source: SourceDocument
+
+    @property
+    def key(self) -> DocumentKey:
+        return DocumentKey(self.kind, self.metadata.namespace, self.metadata.name)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    def at(self, *path: str | int) -> Location:
+        """Location of the value at a path inside this document (nearest enclosing one)."""
+        return self.source.value_at(tuple(path))
+
+
+def validate_document(source: SourceDocument) -> tuple[Document[Any] | None, list[Diagnostic]]:
+    if not isinstance(source.data, dict):
+        got = type(source.data).__name__
+        return None, [error(source.start, f"a document must be a mapping, got {got}")]
+    problems: list[Diagnostic] = []
+    envelope: Envelope | None = None
+    try:
+        envelope = Envelope.model_validate(source.data)
+    except ValidationError as exc:
+        problems.extend(_diagnostics(exc, source, ()))
+    spec_model = SPECS.get(str(source.data.get("kind")))
+    raw_spec = source.data.get("spec", {})
+    spec: BaseModel | None = None
+    if spec_model is not None and isinstance(raw_spec, dict):
+        try:
+            spec = spec_model.model_validate(raw_spec)
+        except ValidationError as exc:
+            problems.extend(_diagnostics(exc, source, ("spec",)))
+    if envelope is None or spec is None or problems:
+        return None, problems
+    return Document(envelope.kind, envelope.metadata, spec, source), []
+
+
+def _diagnostics(exc: ValidationError, source: SourceDocument, prefix: Path) -> list[Diagnostic]:
+    return [_diagnostic(err, source, prefix) for err in exc.errors(include_url=False)]
+
+
+def _diagnostic(err: ErrorDetails, source: SourceDocument, prefix: Path) -> Diagnostic:
+    path = _document_path(source, (*prefix, *err["loc"]))
+    kind = err["type"]
+    field = field_name(path)
+    if kind == "extra_forbidden":
+        return error(source.key_at(path), f"unknown field {field!r}{_suggestion(path, source)}")
+    if kind == "missing":
+        missing = field_name((*prefix, *err["loc"]))
+        return error(source.value_at(path), f"missing required field {missing!r}")
+    return error(source.value_at(path), f"{field}: {_message(err)}")
+
+
+def _document_path(source: SourceDocument, loc: tuple[Any, ...]) -> Path:
+    """Drop pydantic's union/type tags from a loc, keeping only parts that exist in the YAML."""
+    path: Path = ()
+    for part in loc:
+        candidate = (*path, part)
+        if candidate in source.value_marks or candidate in source.key_marks:
+            path = candidate
+        elif isinstance(part, str) and part.startswith(("function-", "int", "str", "[")):
+            continue
+        else:
+            return candidate if part == loc[-1] else path
+    return path
+
+
+def _message(err: ErrorDetails) -> str:
+    ctx = err.get("ctx") or {}
+    if err["type"] == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if err["type"] == "literal_error":
+        return f"{err['input']!r} is not allowed; use {ctx.get('expected')}"
+    if err["type"] in ("string_type", "int_type", "bool_type", "list_type", "dict_type"):
+        want = err["type"].removesuffix("_type").replace("dict", "mapping")
+        got = err["input"]
+        hint = " (quote it in YAML)" if want == "string" and isinstance(got, bool | int) else ""
+        return f"expected a {want}, got {type(got).__name__} {got!r}{hint}"
+    return str(err["msg"])
+
+
+def _suggestion(path: Path, source: SourceDocument) -> str:
+    name = str(path[-1]) if path else ""
+    if name in ("From", "form", "frm"):
+        return "; did you mean 'from'?"
+    return ""
+
+
+def field_name(path: Path) -> str:
+    """`spec.rules[0].from[1].ipBlocks` from a path tuple."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "document"

@@ -1,0 +1,168 @@
+"""Deciding a request on an AuthorizationPlan: the spec's semantics 1–9, with explanations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshwarden.engine._documents import Document
+from meshwarden.engine._model import JwtIssuerSpec
+from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy
+from meshwarden.engine._request import Request, claim_strings
+
+MTLS_REQUIRED = "mtls:required"
+JWT_INVALID = "jwt:invalid"
+DEFAULT_ALLOW = "default:allow"
+DEFAULT_DENY = "default:deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one (dry-run or audit) policy made of the request."""
+
+    policy: str
+    decision: str
+    rule: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, "decision": self.decision, "rule": self.rule}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTrace:
+    """Why one policy did or did not match: one reason per rule (None = matched)."""
+
+    policy: str
+    action: str
+    mode: str
+    matched_rule: int | None
+    rule_reasons: tuple[str | None, ...]
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "action": self.action,
+            "mode": self.mode,
+            "matched": self.matched_rule is not None,
+            "rule": self.matched_rule,
+            "rules": [
+                {"index": i, "matched": r is None, "reason": r}
+                for i, r in enumerate(self.rule_reasons)
+            ],
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict and its cause: a policy and rule, or a default/authentication cause."""
+
+    allowed: bool
+    policy: str
+    rule: int | None
+    reason: str
+    dry_run: tuple[Outcome, ...] = ()
+    audit: tuple[Outcome, ...] = ()
+    trace: tuple[PolicyTrace, ...] = field(default=())
+
+    @property
+    def verdict(self) -> str:
+        return "ALLOW" if self.allowed else "DENY"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "decision": self.verdict,
+            "policy": self.policy,
+            "rule": self.rule,
+            "reason": self.reason,
+            "dryRun": [o.to_json() for o in self.dry_run],
+            "audit": [{"policy": o.policy, "rule": o.rule} for o in self.audit],
+            "trace": [t.to_json() for t in self.trace],
+        }
+
+
+def decide(plan: AuthorizationPlan, req: Request, *, explain: bool = False) -> Decision:
+    """Decide `req` on `plan`. With `explain`, every policy selecting the workload is traced."""
+    trace = tuple(_trace(p, req) for p in plan.policies) if explain else ()
+    refusal = _authenticate(plan, req)
+    if refusal is not None:
+        return Decision(False, refusal[0], None, refusal[1], trace=trace)
+    dry_run = tuple(_dry_run(p, req) for p in plan.dry_run)
+    audit = tuple(
+        Outcome(rule.policy, "AUDIT", rule.index)
+        for rule in _first_per_policy(plan.audit.candidates(req), req)
+    )
+    dry_run = tuple(o for o in dry_run if o.decision != "NONE")
+    denied = plan.deny.first_match(req)
+    if denied is not None:
+        reason = f"DENY rule {denied.name} matched"
+        return Decision(False, denied.policy, denied.index, reason, dry_run, audit, trace)
+    if plan.has_allow:
+        allowed = plan.allow.first_match(req)
+        if allowed is not None:
+            reason = f"ALLOW rule {allowed.name} matched"
+            return Decision(True, allowed.policy, allowed.index, reason, dry_run, audit, trace)
+        reason = "ALLOW policies select this workload but none of their rules matched"
+        return Decision(False, DEFAULT_DENY, None, reason, dry_run, audit, trace)
+    if plan.mesh.default_policy == "deny":
+        reason = "no ALLOW policy selects this workload; Mesh defaultPolicy is deny"
+        return Decision(False, DEFAULT_DENY, None, reason, dry_run, audit, trace)
+    reason = "no ALLOW policy selects this workload; Mesh defaultPolicy is allow"
+    return Decision(True, DEFAULT_ALLOW, None, reason, dry_run, audit, trace)
+
+
+def _authenticate(plan: AuthorizationPlan, req: Request) -> tuple[str, str] | None:
+    """Semantics 1: (cause, reason) when the request is refused before any policy runs."""
+    if req.identity is None and plan.mesh.mtls == "STRICT":
+        return MTLS_REQUIRED, "mTLS is STRICT and the peer presented no client certificate"
+    if req.jwt_claims is not None:
+        problem = token_problem(plan.jwt_issuers, req.jwt_claims)
+        if problem is not None:
+            return JWT_INVALID, problem
+    return None
+
+
+def token_problem(
+    issuers: tuple[Document[JwtIssuerSpec], ...], claims: Mapping[str, Any]
+) -> str | None:
+    """Why a token with these (signature-verified) claims is rejected (401), or None."""
+    iss = claims.get("iss")
+    candidates = [d for d in issuers if d.spec.issuer == iss]
+    if not candidates:
+        known = ", ".join(sorted({d.spec.issuer for d in issuers})) or "none"
+        return f"token issuer {iss!r} is not configured for this workload (JwtIssuers: {known})"
+    audiences = set(claim_strings(claims.get("aud"))) if claims.get("aud") is not None else set()
+    for doc in candidates:
+        if not doc.spec.audiences or audiences & set(doc.spec.audiences):
+            return None
+    wanted = sorted({a for d in candidates for a in d.spec.audiences})
+    return f"token audience {sorted(audiences)} matches none of {wanted}"
+
+
+def _first_per_policy(rules: list[Any], req: Request) -> list[Any]:
+    seen: set[str] = set()
+    out = []
+    for rule in rules:
+        if rule.policy not in seen and rule.matches(req):
+            seen.add(rule.policy)
+            out.append(rule)
+    return out
+
+
+def _dry_run(policy: CompiledPolicy, req: Request) -> Outcome:
+    rule = policy.first_match(req)
+    index = rule.index if rule else None
+    if policy.action == "ALLOW":
+        return Outcome(policy.ref, "ALLOW" if rule else "DENY", index)
+    if policy.action == "DENY":
+        return Outcome(policy.ref, "DENY" if rule else "ALLOW", index)
+    return Outcome(policy.ref, "AUDIT" if rule else "NONE", index)
+
+
+def _trace(policy: CompiledPolicy, req: Request) -> PolicyTrace:
+    reasons = tuple(rule.mismatch(req) for rule in policy.rules)
+    matched = next((i for i, r in enumerate(reasons) if r is None), None)
+    note = "" if policy.rules else "no rules: matches nothing"
+    return PolicyTrace(policy.ref, policy.action, policy.mode, matched, reasons, note)

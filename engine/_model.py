@@ -1,0 +1,237 @@
+"""The validated document model of the policy language (shared/spec/policy-language.md).
+
+Pydantic models with unknown fields forbidden and strict types, so that `on`, `yes` or a number
+where a string belongs is reported instead of silently converted. Each value check lives in
+`_validators` and is attached per list item, so an error points at the exact item.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from meshwarden.engine import _validators as v
+
+DnsLabel = Annotated[str, AfterValidator(v.dns_label)]
+Port = Annotated[int, AfterValidator(v.port_number)]
+PortSpec = Annotated[int | str, AfterValidator(v.port_spec)]
+Cidr = Annotated[str, AfterValidator(v.cidr)]
+IpAddress = Annotated[str, AfterValidator(v.ip_address)]
+IdentityPattern = Annotated[str, AfterValidator(v.identity_pattern)]
+StringPattern = Annotated[str, AfterValidator(v.string_pattern)]
+PathPattern = Annotated[str, AfterValidator(v.path_pattern)]
+Method = Annotated[str, AfterValidator(v.http_method)]
+LabelKey = Annotated[str, AfterValidator(v.label_key)]
+LabelValue = Annotated[str, AfterValidator(v.label_value)]
+ConditionValue = Annotated[int | str, AfterValidator(lambda x: v.string_pattern(str(x)))]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+class Metadata(_Strict):
+    name: Annotated[str, AfterValidator(v.dns_label)]
+    namespace: DnsLabel = "default"
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LabelRequirement(_Strict):
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[LabelValue] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values_fit_operator(self) -> LabelRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+class LabelSelector(_Strict):
+    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    match_expressions: list[LabelRequirement] = Field(default_factory=list)
+
+
+class WorkloadSelector(LabelSelector):
+    namespaces: list[DnsLabel] | None = None
+
+
+class MeshSpec(_Strict):
+    trust_domain: Annotated[str, AfterValidator(v.trust_domain)] = "meshwarden.local"
+    root_namespace: DnsLabel = "meshwarden-system"
+    mtls: Literal["STRICT", "PERMISSIVE"] = "STRICT"
+    default_policy: Literal["allow", "deny"] = "allow"
+    enforcement: Literal["envoy-rbac", "ext-authz"] = "envoy-rbac"
+
+
+class WorkloadPort(_Strict):
+    name: DnsLabel | None = None
+    port: Port
+    target_port: Port | None = None
+    protocol: Literal["http", "grpc", "tcp"] = "tcp"
+
+    @property
+    def is_http(self) -> bool:
+        return self.protocol != "tcp"
+
+
+class Upstream(_Strict):
+    service: Annotated[str, AfterValidator(v.upstream_service)]
+    port: Port
+    local_port: Port
+
+
+class WorkloadSpec(_Strict):
+    service_account: Annotated[str, AfterValidator(v.dns_subdomain)] | None = None
+    spiffe_id: Annotated[str, AfterValidator(v.spiffe_id)] | None = None
+    addresses: list[IpAddress] = Field(default_factory=list)
+    ports: list[WorkloadPort] = Field(default_factory=list)
+    upstreams: list[Upstream] = Field(default_factory=list)
+    selectors: list[Annotated[str, AfterValidator(v.attestation_selector)]] = Field(
+        default_factory=list
+    )
+    enforcement: Literal["envoy-rbac", "ext-authz"] | None = None
+
+
+class ServicePort(_Strict):
+    name: DnsLabel | None = None
+    port: Port
+    target_port: Port | None = None
+    protocol: Literal["http", "grpc", "tcp"] = "tcp"
+
+
+class ServiceSpec(_Strict):
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    ports: list[ServicePort] = Field(default_factory=list)
+
+
+class JwtConstraint(_Strict):
+    issuers: list[StringPattern] | None = None
+    subjects: list[StringPattern] | None = None
+    claims: dict[str, list[ConditionValue]] | None = None
+
+
+class Source(_Strict):
+    identities: list[IdentityPattern] | None = None
+    not_identities: list[IdentityPattern] | None = None
+    workloads: WorkloadSelector | None = None
+    namespaces: list[StringPattern] | None = None
+    jwt: JwtConstraint | None = None
+    ip_blocks: list[Cidr] | None = None
+    not_ip_blocks: list[Cidr] | None = None
+
+
+class Operation(_Strict):
+    ports: list[PortSpec] | None = None
+    not_ports: list[PortSpec] | None = None
+    methods: list[Method] | None = None
+    not_methods: list[Method] | None = None
+    paths: list[PathPattern] | None = None
+    not_paths: list[PathPattern] | None = None
+    hosts: list[StringPattern] | None = None
+    not_hosts: list[StringPattern] | None = None
+
+
+class Condition(_Strict):
+    key: Annotated[str, AfterValidator(v.condition_key)]
+    values: list[ConditionValue] | None = None
+    not_values: list[ConditionValue] | None = None
+
+    @model_validator(mode="after")
+    def _has_values(self) -> Condition:
+        if self.values is None and self.not_values is None:
+            raise ValueError(f"condition on {self.key!r} needs 'values' or 'notValues'")
+        if self.key == "source.ip":
+            for value in [*(self.values or []), *(self.not_values or [])]:
+                v.cidr(str(value)) if "/" in str(value) else v.ip_address(str(value))
+        if self.key == "destination.port":
+            for value in [*(self.values or []), *(self.not_values or [])]:
+                v.port_range(value)
+        return self
+
+
+class Rule(_Strict):
+    from_: list[Source] | None = Field(default=None, alias="from")
+    to: list[Operation] | None = None
+    when: list[Condition] | None = None
+
+
+class AuthorizationPolicySpec(_Strict):
+    selector: LabelSelector | None = None
+    action: Literal["ALLOW", "DENY", "AUDIT"] = "ALLOW"
+    mode: Literal["enforce", "dry-run"] = "enforce"
+    rules: list[Rule] | None = None
+
+
+class HeaderSource(_Strict):
+    name: Annotated[str, AfterValidator(lambda x: v.condition_key(f"request.headers[{x}]"))]
+    prefix: str = ""
+
+
+def _default_headers() -> list[HeaderSource]:
+    return [HeaderSource(name="authorization", prefix="Bearer ")]
+
+
+class JwtIssuerSpec(_Strict):
+    selector: LabelSelector | None = None
+    issuer: Annotated[str, Field(min_length=1)]
+    audiences: list[str] = Field(default_factory=list)
+    jwks: str | None = None
+    jwks_uri: str | None = None
+    spiffe_trust_domain: Annotated[str, AfterValidator(v.trust_domain)] | None = None
+    from_headers: list[HeaderSource] = Field(default_factory=_default_headers)
+    forward_original_token: bool = False
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtIssuerSpec:
+        given = [n for n in ("jwks", "jwks_uri", "spiffe_trust_domain") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'jwks' (inline JWKS JSON), 'jwksUri' or 'spiffeTrustDomain'"
+                + (f" (found: {', '.join(to_camel(g) for g in given)})" if given else "")
+            )
+        if self.jwks is not None:
+            _check_jwks(self.jwks)
+        if self.jwks_uri is not None and not self.jwks_uri.startswith(("https://", "http://")):
+            raise ValueError(f"jwksUri {self.jwks_uri!r} must be an http(s) URL")
+        return self
+
+
+def _check_jwks(text: str) -> None:
+    import json
+
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"jwks is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not doc["keys"]:
+        raise ValueError('jwks must be a JSON object with a non-empty "keys" list')
+
+
+SPECS: dict[str, type[_Strict]] = {
+    "Mesh": MeshSpec,
+    "Workload": WorkloadSpec,
+    "Service": ServiceSpec,
+    "AuthorizationPolicy": AuthorizationPolicySpec,
+    "JwtIssuer": JwtIssuerSpec,
+}
+API_VERSION = "meshwarden.io/v1alpha1"
+
+
+class Envelope(_Strict):
+    api_version: Literal["meshwarden.io/v1alpha1"]
+    kind: Literal["Mesh", "Workload", "Service", "AuthorizationPolicy", "JwtIssuer"]
+    metadata: Metadata
+    spec: dict[str, object] = Field(default_factory=dict)

@@ -1,0 +1,191 @@
+"""The compiled authorization plan of one destination workload, indexed by peer."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshwarden.engine._diagnostics import Location
+from meshwarden.engine._documents import Document
+from meshwarden.engine._model import JwtIssuerSpec, MeshSpec
+from meshwarden.engine._patterns import AddressIndex
+from meshwarden.engine._registry import Workload
+from meshwarden.engine._request import Request
+from meshwarden.engine._rules import CompiledRule, CompiledSource
+
+Entry = tuple[int, CompiledRule]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledPolicy:
+    """An AuthorizationPolicy with its rules compiled and its target workloads resolved."""
+
+    namespace: str
+    name: str
+    action: str
+    mode: str
+    rules: tuple[CompiledRule, ...]
+    targets: frozenset[str]
+    document: Document[Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def dry_run(self) -> bool:
+        return self.mode == "dry-run"
+
+    @property
+    def location(self) -> Location:
+        return self.document.at("metadata", "name")
+
+    def first_match(self, req: Request) -> CompiledRule | None:
+        for rule in self.rules:
+            if rule.matches(req):
+                return rule
+        return None
+
+
+@dataclass(slots=True)
+class RuleIndex:
+    """Rules keyed by what a peer must be for them to possibly match.
+
+    A lookup costs a few hash probes (exact identity, namespace, one per distinct wildcard
+    length, one per distinct CIDR length), so it does not grow with the number of rules; only
+    the few candidates found are evaluated in full.
+    """
+
+    exact: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    namespace: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    prefix: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    suffix: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+    prefix_lengths: set[int] = field(default_factory=set)
+    suffix_lengths: set[int] = field(default_factory=set)
+    any_identity: list[Entry] = field(default_factory=list)
+    plaintext: AddressIndex[Entry] = field(default_factory=AddressIndex)
+    any_plaintext: list[Entry] = field(default_factory=list)
+    any_peer: list[Entry] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, rule: CompiledRule) -> None:
+        entry = (self.size, rule)
+        self.size += 1
+        if not rule.sources:
+            self.any_peer.append(entry)
+            return
+        for source in rule.sources:
+            self._add_source(source, entry)
+
+    def _add_source(self, source: CompiledSource, entry: Entry) -> None:
+        if source.needs_identity and source.needs_plaintext:
+            return  # can never match: reported by `check`
+        if source.needs_identity:
+            self._add_identity(source, entry)
+        elif source.ip_blocks is not None:
+            for network in source.ip_blocks:
+                self.plaintext.add(network, entry)
+        elif source.needs_plaintext:
+            self.any_plaintext.append(entry)
+        else:
+            self.any_peer.append(entry)
+
+    def _add_identity(self, source: CompiledSource, entry: Entry) -> None:
+        ids, namespaces = source.identities, source.namespaces
+        if source.workloads is not None:
+            for identity in source.workloads:
+                self.exact[identity].append(entry)
+        elif ids is not None and not ids.anything:
+            for identity in ids.exact:
+                self.exact[identity].append(entry)
+            for prefix in ids.prefixes:
+                self.prefix[prefix].append(entry)
+                self.prefix_lengths.add(len(prefix))
+            for suffix in ids.suffixes:
+                self.suffix[suffix].append(entry)
+                self.suffix_lengths.add(len(suffix))
+        elif (
+            ids is None
+            and namespaces is not None
+            and not (namespaces.anything or namespaces.prefixes or namespaces.suffixes)
+        ):
+            for namespace in namespaces.exact:
+                self.namespace[namespace].append(entry)
+        else:
+            self.any_identity.append(entry)
+
+    def candidates(self, req: Request) -> list[CompiledRule]:
+        """Rules that may match `req`, in policy order, each once."""
+        found: dict[int, CompiledRule] = {}
+        identity = req.identity
+        if identity is not None:
+            lists = [self.exact.get(identity, ()), self.any_identity]
+            if req.identity_namespace is not None and self.namespace:
+                lists.append(self.namespace.get(req.identity_namespace, ()))
+            lists.extend(self.prefix.get(identity[:n], ()) for n in self.prefix_lengths)
+            lists.extend(self.suffix.get(identity[-n:], ()) for n in self.suffix_lengths)
+        else:
+            lists = [self.any_plaintext]
+            if req.source_ip is not None and self.plaintext:
+                lists.append(list(self.plaintext.lookup(req.source_ip)))
+        lists.append(self.any_peer)
+        for entries in lists:
+            for seq, rule in entries:
+                found[seq] = rule
+        return [found[seq] for seq in sorted(found)]
+
+    def first_match(self, req: Request) -> CompiledRule | None:
+        for rule in self.candidates(req):
+            if rule.matches(req):
+                return rule
+        return None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AuthorizationPlan:
+    """Everything needed to decide any request to one workload; consumed by the evaluator and
+    by the xDS translator alike."""
+
+    workload: Workload
+    mesh: MeshSpec
+    policies: tuple[CompiledPolicy, ...]
+    jwt_issuers: tuple[Document[JwtIssuerSpec], ...]
+    deny: RuleIndex
+    allow: RuleIndex
+    audit: RuleIndex
+    has_allow: bool
+
+    @property
+    def dry_run(self) -> tuple[CompiledPolicy, ...]:
+        return tuple(p for p in self.policies if p.dry_run)
+
+    @property
+    def audit_policies(self) -> tuple[CompiledPolicy, ...]:
+        return tuple(p for p in self.policies if p.action == "AUDIT" and not p.dry_run)
+
+    @property
+    def enforcement(self) -> str:
+        return self.workload.spec.enforcement or self.mesh.enforcement
+
+
+def build_plan(
+    workload: Workload,
+    mesh: MeshSpec,
+    policies: list[CompiledPolicy],
+    jwt_issuers: list[Document[JwtIssuerSpec]],
+) -> AuthorizationPlan:
+    ordered = sorted(policies, key=lambda p: (p.namespace, p.name))
+    indexes = {"DENY": RuleIndex(), "ALLOW": RuleIndex(), "AUDIT": RuleIndex()}
+    for policy in ordered:
+        if policy.dry_run:
+            continue
+        index = indexes[policy.action]
+        for rule in policy.rules:
+            index.add(rule)
+    has_allow = any(p.action == "ALLOW" and not p.dry_run for p in ordered)
+    issuers = sorted(jwt_issuers, key=lambda d: (d.metadata.namespace, d.metadata.name))
+    return AuthorizationPlan(
+        workload, mesh, tuple(ordered), tuple(issuers),
+        indexes["DENY"], indexes["ALLOW"], indexes["AUDIT"], has_allow,
+    )  # fmt: skip

@@ -1,0 +1,203 @@
+"""Who is who: the Mesh, Workloads (with their SPIFFE IDs), Services and label selection."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshwarden.engine._diagnostics import Diagnostic, error
+from meshwarden.engine._documents import Document
+from meshwarden.engine._model import (
+    LabelSelector,
+    MeshSpec,
+    ServiceSpec,
+    WorkloadPort,
+    WorkloadSpec,
+)
+from meshwarden.engine._patterns import IpAddress, parse_address
+from meshwarden.engine._spiffe import SpiffeId, TrustDomain
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Workload:
+    """A workload and the identity it proves with its SVID."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    service_account: str
+    spiffe_id: SpiffeId
+    addresses: tuple[IpAddress, ...]
+    ports: Mapping[int, WorkloadPort]
+    selectors: tuple[str, ...]
+    document: Document[WorkloadSpec]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def identity(self) -> str:
+        return str(self.spiffe_id)
+
+    @property
+    def spec(self) -> WorkloadSpec:
+        return self.document.spec
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    spec: MeshSpec
+    document: Document[MeshSpec] | None = None
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return TrustDomain(self.spec.trust_domain)
+
+
+@dataclass(slots=True)
+class Registry:
+    """Workloads indexed by namespace and label, so a selector resolves without a full scan."""
+
+    mesh: Mesh
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    services: dict[str, Document[ServiceSpec]] = field(default_factory=dict)
+    _by_namespace: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    _by_label: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return self.mesh.trust_domain
+
+    def add(self, workload: Workload) -> None:
+        self.workloads[workload.ref] = workload
+        self._by_namespace[workload.namespace].add(workload.ref)
+        for item in workload.labels.items():
+            self._by_label[item].add(workload.ref)
+
+    def select(self, namespace: str | None, selector: LabelSelector | None) -> frozenset[str]:
+        """Refs of workloads in `namespace` (None: every namespace) matching `selector`."""
+        if namespace is None:
+            candidates: set[str] = set(self.workloads)
+        else:
+            candidates = set(self._by_namespace.get(namespace, ()))
+        if selector is None:
+            return frozenset(candidates)
+        for item in selector.match_labels.items():
+            candidates &= self._by_label.get(item, set())
+            if not candidates:
+                return frozenset()
+        if selector.match_expressions:
+            candidates = {
+                ref for ref in candidates if _meets(self.workloads[ref].labels, selector)
+            }
+        return frozenset(candidates)
+
+    def is_root(self, namespace: str) -> bool:
+        return namespace == self.mesh.spec.root_namespace
+
+    def targets(self, document: Document[Any]) -> frozenset[str]:
+        """Workloads a namespaced, selector-carrying document (policy, JwtIssuer) applies to."""
+        namespace = document.metadata.namespace
+        scope = None if self.is_root(namespace) else namespace
+        return self.select(scope, document.spec.selector)
+
+
+def _meets(labels: Mapping[str, str], selector: LabelSelector) -> bool:
+    for req in selector.match_expressions:
+        present = req.key in labels
+        if req.operator == "Exists" and not present:
+            return False
+        if req.operator == "DoesNotExist" and present:
+            return False
+        if req.operator == "In" and labels.get(req.key) not in req.values:
+            return False
+        if req.operator == "NotIn" and present and labels[req.key] in req.values:
+            return False
+    return True
+
+
+def build_registry(
+    meshes: list[Document[MeshSpec]],
+    workloads: Iterable[Document[WorkloadSpec]],
+    services: Iterable[Document[ServiceSpec]],
+) -> tuple[Registry, list[Diagnostic]]:
+    problems = [
+        error(extra.at("metadata", "name"), f"only one Mesh is allowed; {meshes[0].ref} "
+              f"is already defined at {meshes[0].at('metadata', 'name')}")
+        for extra in meshes[1:]
+    ]
+    mesh = Mesh(meshes[0].spec, meshes[0]) if meshes else Mesh(MeshSpec())
+    registry = Registry(mesh)
+    for document in services:
+        registry.services[document.ref] = document
+    for document in workloads:
+        workload, found = _workload(document, mesh)
+        problems.extend(found)
+        if workload is not None:
+            registry.add(workload)
+    problems.extend(_check_addresses(registry))
+    problems.extend(_check_upstreams(registry))
+    return registry, problems
+
+
+def _workload(doc: Document[WorkloadSpec], mesh: Mesh) -> tuple[Workload | None, list[Diagnostic]]:
+    spec, meta = doc.spec, doc.metadata
+    account = spec.service_account or meta.name
+    problems: list[Diagnostic] = []
+    if spec.spiffe_id is not None:
+        spiffe_id = SpiffeId.parse(spec.spiffe_id)
+        if spiffe_id.trust_domain != mesh.trust_domain:
+            problems.append(error(doc.at("spec", "spiffeId"),
+                f"spiffeId {spec.spiffe_id!r} is outside the mesh trust domain "
+                f"{mesh.trust_domain}; this mesh's CA can only issue spiffe://{mesh.trust_domain}/..."))
+    else:
+        spiffe_id = SpiffeId.of(mesh.trust_domain, f"/ns/{meta.namespace}/sa/{account}")
+    ports: dict[int, WorkloadPort] = {}
+    for i, port in enumerate(spec.ports):
+        if port.port in ports:
+            problems.append(error(doc.at("spec", "ports", i, "port"),
+                f"port {port.port} is listed twice in workload {doc.ref}"))
+        ports[port.port] = port
+    if problems:
+        return None, problems
+    addresses = tuple(parse_address(a) for a in spec.addresses)
+    workload = Workload(meta.namespace, meta.name, dict(meta.labels), account, spiffe_id,
+                        addresses, ports, tuple(spec.selectors), doc)
+    return workload, []
+
+
+def _check_addresses(registry: Registry) -> list[Diagnostic]:
+    problems: list[Diagnostic] = []
+    seen: dict[tuple[IpAddress, int], str] = {}
+    for workload in registry.workloads.values():
+        for a, address in enumerate(workload.addresses):
+            for port in workload.ports:
+                other = seen.setdefault((address, port), workload.ref)
+                if other != workload.ref:
+                    problems.append(error(workload.document.at("spec", "addresses", a),
+                        f"{address}:{port} is already used by workload {other}; "
+                        "give each workload its own address (127.0.0.0/8 has plenty)"))
+    return problems
+
+
+def _check_upstreams(registry: Registry) -> list[Diagnostic]:
+    problems: list[Diagnostic] = []
+    for workload in registry.workloads.values():
+        local_ports: set[int] = set()
+        for i, upstream in enumerate(workload.spec.upstreams):
+            where = workload.document.at("spec", "upstreams", i)
+            service = registry.services.get(upstream.service)
+            if service is None:
+                problems.append(error(where, f"upstream service {upstream.service!r} is not "
+                                      "defined; add a Service document or fix the name"))
+            elif upstream.port not in {p.port for p in service.spec.ports}:
+                known = ", ".join(str(p.port) for p in service.spec.ports) or "none"
+                problems.append(error(where, f"service {upstream.service} has no port "
+                                      f"{upstream.port} (its ports: {known})"))
+            if upstream.local_port in local_ports:
+                problems.append(error(where, f"localPort {upstream.local_port} is used twice"))
+            local_ports.add(upstream.local_port)
+    return problems

@@ -1,0 +1,278 @@
+"""Rules compiled for matching: each part answers `mismatch(request)` — None when it matches,
+otherwise the reason it does not (the same code decides and explains)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from meshwarden.engine._diagnostics import Location
+from meshwarden.engine._model import Condition, JwtConstraint, Operation, Source
+from meshwarden.engine._patterns import IpNetwork, Patterns, in_networks, parse_network
+from meshwarden.engine._request import Request, claim, claim_strings
+from meshwarden.engine._validators import port_range
+
+PortRanges = tuple[tuple[int, int], ...]
+
+
+def _ports(values: Sequence[int | str] | None) -> PortRanges | None:
+    return None if values is None else tuple(port_range(v) for v in values)
+
+
+def _in_ranges(port: int, ranges: PortRanges) -> bool:
+    return any(low <= port <= high for low, high in ranges)
+
+
+def _opt(values: Sequence[object] | None, fold_case: bool = False) -> Patterns | None:
+    return None if values is None else Patterns.of(values, fold_case)
+
+
+def _nets(values: Sequence[str] | None) -> tuple[IpNetwork, ...] | None:
+    return None if values is None else tuple(parse_network(v) for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledJwt:
+    issuers: Patterns | None
+    subjects: Patterns | None
+    claims: tuple[tuple[str, Patterns], ...]
+
+    @classmethod
+    def of(cls, jwt: JwtConstraint) -> CompiledJwt:
+        claims = tuple((k, Patterns.of(v)) for k, v in (jwt.claims or {}).items())
+        return cls(_opt(jwt.issuers), _opt(jwt.subjects), claims)
+
+    def mismatch(self, claims: Any) -> str | None:
+        if claims is None:
+            return "no verified JWT"
+        if self.issuers and not self.issuers.matches(_first(claims.get("iss"))):
+            return f"JWT issuer {claims.get('iss')!r} not in {self.issuers}"
+        if self.subjects and not self.subjects.matches(_first(claims.get("sub"))):
+            return f"JWT subject {claims.get('sub')!r} not in {self.subjects}"
+        for path, wanted in self.claims:
+            values = claim_strings(claim(claims, path))
+            if not any(wanted.matches(v) for v in values):
+                return f"JWT claim {path}={claim(claims, path)!r} not in {wanted}"
+        return None
+
+
+def _first(value: Any) -> str | None:
+    strings = claim_strings(value) if value is not None else []
+    return strings[0] if strings else None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSource:
+    identities: Patterns | None
+    not_identities: Patterns | None
+    workloads: frozenset[str] | None
+    namespaces: Patterns | None
+    jwt: CompiledJwt | None
+    ip_blocks: tuple[IpNetwork, ...] | None
+    not_ip_blocks: tuple[IpNetwork, ...] | None
+
+    @classmethod
+    def of(cls, source: Source, workload_ids: frozenset[str] | None) -> CompiledSource:
+        return cls(
+            _opt(source.identities),
+            _opt(source.not_identities),
+            workload_ids,
+            _opt(source.namespaces),
+            CompiledJwt.of(source.jwt) if source.jwt else None,
+            _nets(source.ip_blocks),
+            _nets(source.not_ip_blocks),
+        )
+
+    @property
+    def needs_identity(self) -> bool:
+        return any(
+            f is not None
+            for f in (self.identities, self.not_identities, self.workloads, self.namespaces)
+        )
+
+    @property
+    def needs_plaintext(self) -> bool:
+        return self.ip_blocks is not None or self.not_ip_blocks is not None
+
+    def mismatch(self, req: Request) -> str | None:
+        identity = req.identity
+        if identity is None:
+            if self.needs_identity:
+                return "peer has no verified identity (identity fields match only mTLS peers)"
+        elif self.needs_plaintext:
+            return "ipBlocks/notIpBlocks match only peers without an identity"
+        if identity is not None:
+            if self.identities is not None and not self.identities.matches(identity):
+                return f"identity {identity} not in identities {self.identities}"
+            if self.not_identities is not None and self.not_identities.matches(identity):
+                return f"identity {identity} is in notIdentities {self.not_identities}"
+            if self.workloads is not None and identity not in self.workloads:
+                return f"identity {identity} is not one of the selected workloads"
+            if self.namespaces is not None and not self.namespaces.matches(req.identity_namespace):
+                return f"namespace {req.identity_namespace} not in namespaces {self.namespaces}"
+        if self.jwt is not None:
+            reason = self.jwt.mismatch(req.jwt_claims)
+            if reason:
+                return reason
+        return self._ip_mismatch(req)
+
+    def _ip_mismatch(self, req: Request) -> str | None:
+        ip = req.source_ip
+        if self.ip_blocks is not None and (ip is None or not in_networks(ip, self.ip_blocks)):
+            return f"source IP {ip or 'unknown'} not in ipBlocks"
+        if self.not_ip_blocks is not None and (ip is None or in_networks(ip, self.not_ip_blocks)):
+            return f"source IP {ip or 'unknown'} is in notIpBlocks"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledOperation:
+    ports: PortRanges | None
+    not_ports: PortRanges | None
+    methods: Patterns | None
+    not_methods: Patterns | None
+    paths: Patterns | None
+    not_paths: Patterns | None
+    hosts: Patterns | None
+    not_hosts: Patterns | None
+
+    @classmethod
+    def of(cls, op: Operation) -> CompiledOperation:
+        return cls(
+            _ports(op.ports), _ports(op.not_ports),
+            _opt(op.methods), _opt(op.not_methods),
+            _opt(op.paths), _opt(op.not_paths),
+            _opt(op.hosts, fold_case=True), _opt(op.not_hosts, fold_case=True),
+        )  # fmt: skip
+
+    @property
+    def is_http(self) -> bool:
+        return any(
+            f is not None
+            for f in (self.methods, self.not_methods, self.paths, self.not_paths, self.hosts,
+                      self.not_hosts)
+        )  # fmt: skip
+
+    def mismatch(self, req: Request) -> str | None:
+        if self.ports is not None and not _in_ranges(req.port, self.ports):
+            return f"port {req.port} not in ports"
+        if self.not_ports is not None and _in_ranges(req.port, self.not_ports):
+            return f"port {req.port} is in notPorts"
+        checks = (
+            ("method", req.method, self.methods, self.not_methods),
+            ("path", req.path, self.paths, self.not_paths),
+            ("host", req.host, self.hosts, self.not_hosts),
+        )
+        for what, value, positive, negative in checks:
+            if positive is not None and not positive.matches(value):
+                return f"{what} {value} not in {what}s {positive}"
+            if negative is not None and negative.matches(value):
+                return f"{what} {value} is in not{what.title()}s {negative}"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledCondition:
+    key: str
+    values: Patterns | tuple[IpNetwork, ...] | PortRanges | None
+    not_values: Patterns | tuple[IpNetwork, ...] | PortRanges | None
+
+    @classmethod
+    def of(cls, cond: Condition) -> CompiledCondition:
+        def compile_values(values: Sequence[int | str] | None) -> Any:
+            if values is None:
+                return None
+            if cond.key == "source.ip":
+                return tuple(parse_network(str(v)) for v in values)
+            if cond.key == "destination.port":
+                return tuple(port_range(v) for v in values)
+            return Patterns.of(values, fold_case=False)
+
+        return cls(cond.key, compile_values(cond.values), compile_values(cond.not_values))
+
+    def _attribute(self, req: Request) -> tuple[bool, Any]:
+        """(applies, value): identity keys never apply to plaintext peers, source.ip never
+        to peers with an identity (identity first, IP only as fallback)."""
+        key = self.key
+        if key == "source.ip":
+            return req.identity is None, req.source_ip
+        if key in ("source.identity", "source.namespace"):
+            value = req.identity if key == "source.identity" else req.identity_namespace
+            return req.identity is not None, value
+        if key == "destination.port":
+            return True, req.port
+        if key == "request.method":
+            return True, req.method
+        if key == "request.path":
+            return True, req.path
+        if key.startswith("request.headers["):
+            return True, req.headers.get(key[16:-1].lower())
+        return True, claim_strings(claim(req.jwt_claims, key[19:-1])) or None
+
+    def _contains(self, values: Any, value: Any) -> bool:
+        if value is None:
+            return False
+        if self.key == "source.ip":
+            return in_networks(value, values)
+        if self.key == "destination.port":
+            return _in_ranges(value, values)
+        if isinstance(value, list):
+            return any(values.matches(v) for v in value)
+        return bool(values.matches(value))
+
+    def mismatch(self, req: Request) -> str | None:
+        applies, value = self._attribute(req)
+        if not applies:
+            side = "without" if self.key == "source.ip" else "with"
+            return f"{self.key} applies only to peers {side} an identity"
+        if self.values is not None and not self._contains(self.values, value):
+            return f"{self.key}={value!r} not in values"
+        if self.not_values is not None and self._contains(self.not_values, value):
+            return f"{self.key}={value!r} is in notValues"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """One rule of one policy, with its provenance (`ns/name#index`)."""
+
+    policy: str
+    index: int
+    sources: tuple[CompiledSource, ...] | None
+    operations: tuple[CompiledOperation, ...] | None
+    conditions: tuple[CompiledCondition, ...]
+    location: Location
+
+    @property
+    def name(self) -> str:
+        return f"{self.policy}#{self.index}"
+
+    def mismatch(self, req: Request) -> str | None:
+        if self.sources:
+            reason = _first_match(self.sources, req)
+            if reason:
+                return "from: " + reason
+        if self.operations:
+            reason = _first_match(self.operations, req)
+            if reason:
+                return "to: " + reason
+        for cond in self.conditions:
+            reason = cond.mismatch(req)
+            if reason:
+                return "when: " + reason
+        return None
+
+    def matches(self, req: Request) -> bool:
+        return self.mismatch(req) is None
+
+
+def _first_match(alternatives: Sequence[CompiledSource | CompiledOperation], req: Request) -> str:
+    """'' when one alternative matches (they are ORed), else every reason joined."""
+    reasons = []
+    for alternative in alternatives:
+        reason = alternative.mismatch(req)
+        if reason is None:
+            return ""
+        reasons.append(reason if len(alternatives) == 1 else f"[{len(reasons)}] {reason}")
+    return "; ".join(reasons)

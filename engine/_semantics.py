@@ -1,0 +1,101 @@
+"""Cross-document errors: things each document gets right alone but not together."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from meshwarden.engine._compiler import CompiledMesh
+from meshwarden.engine._diagnostics import Diagnostic, Location, error
+from meshwarden.engine._documents import Document, DocumentKey
+from meshwarden.engine._model import AuthorizationPolicySpec, Rule
+from meshwarden.engine._plan import CompiledPolicy
+from meshwarden.engine._validators import port_range
+
+HTTP_FIELDS = ("methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts")
+HTTP_CONDITIONS = ("request.headers[", "request.jwt.claims[", "request.method", "request.path")
+
+
+def duplicates(documents: Iterable[Document[Any]]) -> list[Diagnostic]:
+    seen: dict[DocumentKey, Document[Any]] = {}
+    problems = []
+    for doc in documents:
+        first = seen.setdefault(doc.key, doc)
+        if first is not doc:
+            problems.append(error(doc.at("metadata", "name"),
+                f"duplicate {doc.kind} {doc.ref}: already defined at "
+                f"{first.at('metadata', 'name')}; (kind, namespace, name) must be unique"))
+    return problems
+
+
+def policy_errors(mesh: CompiledMesh, policy: CompiledPolicy) -> list[Diagnostic]:
+    doc: Document[AuthorizationPolicySpec] = policy.document
+    problems: list[Diagnostic] = []
+    for i, rule in enumerate(doc.spec.rules or []):
+        problems.extend(_http_on_tcp(mesh, policy, rule, i))
+        problems.extend(_jwt_without_issuer(mesh, policy, rule, i))
+    return problems
+
+
+def _rule_ports(rule: Rule) -> list[tuple[int, int]] | None:
+    if not rule.to or any(op.ports is None for op in rule.to):
+        return None
+    return [port_range(p) for op in rule.to for p in op.ports or ()]
+
+
+def _tcp_port(mesh: CompiledMesh, policy: CompiledPolicy, ranges: Any) -> tuple[str, int] | None:
+    """The first (workload, port) that is tcp and that a rule limited to `ranges` applies to."""
+    for ref in sorted(policy.targets):
+        workload = mesh.registry.workloads[ref]
+        for number, port in sorted(workload.ports.items()):
+            in_rule = ranges is None or any(lo <= number <= hi for lo, hi in ranges)
+            if in_rule and not port.is_http:
+                return ref, number
+    return None
+
+
+def _http_on_tcp(mesh: CompiledMesh, policy: CompiledPolicy, rule: Rule, i: int) -> list[Diagnostic]:
+    doc = policy.document
+    found: list[tuple[Location, str, tuple[str, int]]] = []
+    rule_tcp = _tcp_port(mesh, policy, _rule_ports(rule))
+    for j, op in enumerate(rule.to or []):
+        op_ports = None if op.ports is None else [port_range(p) for p in op.ports]
+        hit = _tcp_port(mesh, policy, op_ports)
+        for name in HTTP_FIELDS:
+            if hit and getattr(op, name) is not None:
+                camel = name.replace("_m", "M").replace("_p", "P").replace("_h", "H")
+                found.append((doc.at("spec", "rules", i, "to", j, camel), camel, hit))
+    if rule_tcp:
+        for k, source in enumerate(rule.from_ or []):
+            if source.jwt is not None:
+                found.append((doc.at("spec", "rules", i, "from", k, "jwt"), "jwt", rule_tcp))
+        for k, cond in enumerate(rule.when or []):
+            if cond.key.startswith(HTTP_CONDITIONS):
+                found.append((doc.at("spec", "rules", i, "when", k, "key"), cond.key, rule_tcp))
+    return [
+        error(where, f"{what} is HTTP-only but rule {i} of {policy.ref} applies to tcp port "
+              f"{port} of workload {ref}; limit the rule with to.ports to http/grpc ports, "
+              "or set that port's protocol to http")
+        for where, what, (ref, port) in found
+    ]
+
+
+def _jwt_without_issuer(
+    mesh: CompiledMesh, policy: CompiledPolicy, rule: Rule, i: int
+) -> list[Diagnostic]:
+    places = [("from", k, "jwt") for k, s in enumerate(rule.from_ or []) if s.jwt is not None]
+    places += [
+        ("when", k, "key")
+        for k, c in enumerate(rule.when or [])
+        if c.key.startswith("request.jwt.claims[")
+    ]
+    if not places:
+        return []
+    lacking = sorted(ref for ref in policy.targets if not mesh.issuers_for(ref))
+    if not lacking:
+        return []
+    where = policy.document.at("spec", "rules", i, *places[0])
+    return [error(where, f"rule {i} of {policy.ref} needs a verified JWT but no JwtIssuer "
+                  f"selects workload {lacking[0]}"
+                  + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
+                  + "; add a JwtIssuer for it or remove the JWT constraint")]

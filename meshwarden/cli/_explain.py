@@ -1,0 +1,178 @@
+"""`meshwarden explain`: would this request be allowed, and why?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from meshwarden.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    InputError,
+    fail,
+    load_or_raise,
+    print_json,
+)
+from meshwarden.engine import CompiledMesh, Decision, Request, SpiffeId, SpiffeIdError, decide
+
+HELP = """\
+Decide one request offline, exactly as the sidecar would, and explain it: every policy that
+selects the destination workload, which rule matched or why each did not.
+
+The peer is --from SPIFFE_ID (a verified mTLS identity), or --from-workload NS/NAME (that
+workload's identity and its first address), or neither: a plaintext peer at --source-ip. On an
+http/grpc port the request defaults to GET /.
+
+exit status: 0 allowed, 1 denied, 2 usage or input error (invalid policies, unknown workload
+or port, malformed flag values)."""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "explain", help="decide and explain one request", description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
+    p.add_argument("--to", required=True, metavar="NS/WORKLOAD", help="destination workload")
+    p.add_argument("--port", required=True, type=int, metavar="N", help="destination port")
+    peer = p.add_mutually_exclusive_group()
+    peer.add_argument("--from", dest="from_id", metavar="SPIFFE_ID", help="peer identity")
+    peer.add_argument("--from-workload", metavar="NS/WORKLOAD", help="peer workload")
+    p.add_argument("--source-ip", metavar="IP", help="direct peer address")
+    p.add_argument("--method", help="HTTP method (default GET on http ports)")
+    p.add_argument("--path", help="HTTP path, normalised as Envoy does (default /)")
+    p.add_argument("--host", help="HTTP host / :authority")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
+                   help="request header; repeat for more")
+    p.add_argument("--jwt-claims", metavar="JSON",
+                   help="claims of a verified token; its iss selects the JwtIssuer")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = load_or_raise(args.paths)
+        if result.compiled is None:
+            for diagnostic in result.errors:
+                print(diagnostic, file=sys.stderr)
+            raise InputError(f"the policies have {len(result.errors)} error(s); "
+                             "run `meshwarden check` for details")
+        request = build_request(args, result.compiled)
+    except InputError as exc:
+        return fail(str(exc))
+    decision = decide(result.compiled.plan(request.destination), request, explain=True)
+    if args.output == "json":
+        print_json(decision.to_json())
+    else:
+        print(render(decision, request))
+    return EXIT_OK if decision.allowed else EXIT_FAILED
+
+
+def build_request(args: argparse.Namespace, mesh: CompiledMesh) -> Request:
+    workloads = mesh.registry.workloads
+    destination = workloads.get(args.to)
+    if destination is None:
+        raise InputError(f"--to {args.to}: no such workload (known: {_few(workloads)})")
+    port = destination.ports.get(args.port)
+    if port is None:
+        known = ", ".join(f"{n} ({p.protocol})" for n, p in sorted(destination.ports.items()))
+        raise InputError(f"--port {args.port}: workload {args.to} has no such port "
+                         f"(its ports: {known or 'none'})")
+    identity, source_ip = _peer(args, mesh)
+    http = {"method": args.method, "path": args.path, "host": args.host,
+            "header": args.header or None}  # fmt: skip
+    if not port.is_http:
+        given = [f"--{k}" for k, v in http.items() if v] + (["--jwt-claims"] * bool(args.jwt_claims))
+        if given:
+            raise InputError(f"{', '.join(given)}: port {args.port} of {args.to} is tcp, "
+                             "which has no HTTP attributes")
+    try:
+        return Request.build(
+            args.to, args.port, identity=identity, source_ip=source_ip,
+            method=(args.method or "GET") if port.is_http else None,
+            path=(args.path or "/") if port.is_http else None,
+            host=args.host, headers=_headers(args.header), jwt_claims=_claims(args.jwt_claims),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _peer(args: argparse.Namespace, mesh: CompiledMesh) -> tuple[str | None, str | None]:
+    source_ip = args.source_ip
+    identity = None
+    if args.from_workload:
+        peer = mesh.registry.workloads.get(args.from_workload)
+        if peer is None:
+            raise InputError(f"--from-workload {args.from_workload}: no such workload "
+                             f"(known: {_few(mesh.registry.workloads)})")
+        identity = peer.identity
+        if source_ip is None and peer.addresses:
+            source_ip = str(peer.addresses[0])
+    elif args.from_id:
+        try:
+            identity = str(SpiffeId.parse(args.from_id))
+        except SpiffeIdError as exc:
+            raise InputError(f"--from: {exc}") from None
+    if source_ip is not None:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(source_ip)
+        except ValueError:
+            raise InputError(f"--source-ip {source_ip!r} is not an IP address") from None
+    return identity, source_ip
+
+
+def _headers(pairs: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip():
+            raise InputError(f"--header {pair!r}: write NAME=VALUE")
+        key = name.strip().lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    return headers
+
+
+def _claims(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        claims = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--jwt-claims is not valid JSON: {exc.msg}") from None
+    if not isinstance(claims, dict) or "iss" not in claims:
+        raise InputError('--jwt-claims must be a JSON object with an "iss" claim')
+    return claims
+
+
+def _few(workloads: dict[str, Any]) -> str:
+    names = sorted(workloads)
+    return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+def render(decision: Decision, req: Request) -> str:
+    peer = req.identity or f"plaintext peer {req.source_ip or '(unknown address)'}"
+    what = f" {req.method} {req.path}" if req.method else ""
+    lines = [
+        f"{decision.verdict}  {peer} -> {req.destination}:{req.port}{what}",
+        f"  cause:  {decision.policy}" + (f" rule {decision.rule}" if decision.rule is not None
+                                          else ""),
+        f"  reason: {decision.reason}",
+        f"policies selecting {req.destination} ({len(decision.trace)}):",
+    ]
+    for t in decision.trace:
+        mark = "+" if t.matched_rule is not None else "-"
+        head = f"  {mark} {t.policy}  [{t.action}{', dry-run' if t.mode == 'dry-run' else ''}]"
+        lines.append(head + (f"  {t.note}" if t.note else ""))
+        for i, reason in enumerate(t.rule_reasons):
+            lines.append(f"      rule {i}: " + ("MATCHED" if reason is None else reason))
+    for o in decision.dry_run:
+        lines.append(f"dry-run: {o.policy} would {o.decision}"
+                     + (f" (rule {o.rule})" if o.rule is not None else ""))
+    for o in decision.audit:
+        lines.append(f"audit:   {o.policy} rule {o.rule} matched")
+    return "\n".join(lines)

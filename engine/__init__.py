@@ -17,7 +17,14 @@ from meshwarden.engine._evaluator import (
     PolicyTrace,
     decide,
 )
-from meshwarden.engine._load import LoadResult, UsageError, check_documents, load, read_files
+from meshwarden.engine._load import (
+    LoadResult,
+    UsageError,
+    check_documents,
+    load,
+    parse_text,
+    read_files,
+)
 from meshwarden.engine._patterns import normalize_path
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, RuleIndex
 from meshwarden.engine._registry import Mesh, Registry, Workload
@@ -59,5 +66,6 @@ __all__ = [
     "decide",
     "load",
     "normalize_path",
+    "parse_text",
     "read_files",
 ]

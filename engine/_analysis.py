@@ -5,7 +5,7 @@ from __future__ import annotations
 from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._diagnostics import Diagnostic, warning
 from meshwarden.engine._model import AuthorizationPolicySpec
-from meshwarden.engine._patterns import Patterns
+from meshwarden.engine._patterns import IpNetwork, Patterns
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
 
@@ -17,12 +17,17 @@ def warnings(mesh: CompiledMesh) -> list[Diagnostic]:
     found.extend(_shadowed(mesh))
     for doc, targets in mesh.issuers.values():
         if not targets:
-            found.append(warning(doc.at("spec", "selector"), f"JwtIssuer {doc.ref} selects no "
-                                 "workload; check its selector and namespace"))
+            found.append(
+                warning(
+                    doc.at("spec", "selector"),
+                    f"JwtIssuer {doc.ref} selects no workload; check its selector and namespace",
+                )
+            )
     for ref, service in mesh.registry.services.items():
         if not mesh.registry.select(service.metadata.namespace, service.spec.selector):
-            found.append(warning(service.at("spec", "selector"),
-                                 f"Service {ref} selects no workload"))
+            found.append(
+                warning(service.at("spec", "selector"), f"Service {ref} selects no workload")
+            )
     return found
 
 
@@ -31,34 +36,52 @@ def _policy_warnings(mesh: CompiledMesh, policy: CompiledPolicy) -> list[Diagnos
     spec: AuthorizationPolicySpec = doc.spec
     found = []
     if not policy.targets:
-        scope = "in the mesh" if mesh.registry.is_root(policy.namespace) else (
-            f"in namespace {policy.namespace}")
-        found.append(warning(doc.at("spec", "selector"),
-                             f"policy {policy.ref} selects no workload {scope}"))
+        scope = (
+            "in the mesh"
+            if mesh.registry.is_root(policy.namespace)
+            else (f"in namespace {policy.namespace}")
+        )
+        found.append(
+            warning(doc.at("spec", "selector"), f"policy {policy.ref} selects no workload {scope}")
+        )
     if not spec.rules and policy.action != "ALLOW":
-        found.append(warning(doc.at("spec"), f"{policy.action} policy {policy.ref} has no "
-                             "rules, so it matches nothing"))
+        found.append(
+            warning(
+                doc.at("spec"),
+                f"{policy.action} policy {policy.ref} has no rules, so it matches nothing",
+            )
+        )
     strict = mesh.registry.mesh.spec.mtls == "STRICT"
     for i, rule in enumerate(policy.rules):
         for k, source in enumerate(rule.sources or ()):
             reason = _source_never_matches(source, strict)
             if reason:
                 where = doc.at("spec", "rules", i, "from", k)
-                found.append(warning(where, f"rule {i} of {policy.ref} can never match "
-                                     f"through source {k}: {reason}"))
+                found.append(
+                    warning(
+                        where,
+                        f"rule {i} of {policy.ref} can never match through source {k}: {reason}",
+                    )
+                )
         for k, cond in enumerate(rule.conditions):
             if strict and cond.key == "source.ip":
-                found.append(warning(doc.at("spec", "rules", i, "when", k, "key"),
-                    f"rule {i} of {policy.ref} can never match: source.ip applies only to peers "
-                    "without an identity, and mTLS is STRICT"))
+                found.append(
+                    warning(
+                        doc.at("spec", "rules", i, "when", k, "key"),
+                        f"rule {i} of {policy.ref} can never match: source.ip applies only to "
+                        "peers without an identity, and mTLS is STRICT",
+                    )
+                )
         found.extend(_ports_warning(mesh, policy, rule))
     return found
 
 
 def _source_never_matches(source: CompiledSource, strict: bool) -> str:
     if source.needs_identity and source.needs_plaintext:
-        return ("it combines identity fields with ipBlocks/notIpBlocks, but IP fields match "
-                "only peers without an identity")
+        return (
+            "it combines identity fields with ipBlocks/notIpBlocks, but IP fields match "
+            "only peers without an identity"
+        )
     if source.needs_plaintext and strict:
         return "ipBlocks/notIpBlocks match only plaintext peers, and mTLS is STRICT"
     if source.workloads is not None and not source.workloads:
@@ -68,17 +91,23 @@ def _source_never_matches(source: CompiledSource, strict: bool) -> str:
     return ""
 
 
-def _ports_warning(mesh: CompiledMesh, policy: CompiledPolicy, rule: CompiledRule) -> list[
-        Diagnostic]:
+def _ports_warning(
+    mesh: CompiledMesh, policy: CompiledPolicy, rule: CompiledRule
+) -> list[Diagnostic]:
     if not rule.operations or not policy.targets:
         return []
     exposed = {p for ref in policy.targets for p in mesh.registry.workloads[ref].ports}
     for op in rule.operations:
         if op.ports is None or any(lo <= p <= hi for lo, hi in op.ports for p in exposed):
             return []
-    return [warning(rule.location, f"rule {rule.index} of {policy.ref} can never match: none of "
-                    f"its ports is exposed by the selected workloads (ports: "
-                    f"{', '.join(map(str, sorted(exposed))) or 'none'})")]
+    return [
+        warning(
+            rule.location,
+            f"rule {rule.index} of {policy.ref} can never match: none of "
+            f"its ports is exposed by the selected workloads (ports: "
+            f"{', '.join(map(str, sorted(exposed))) or 'none'})",
+        )
+    ]
 
 
 def _shadowed(mesh: CompiledMesh) -> list[Diagnostic]:
@@ -94,11 +123,19 @@ def _shadowed(mesh: CompiledMesh) -> list[Diagnostic]:
         for rule in later.rules:
             shadow = _find_shadow(rule, later, rivals, order)
             if shadow is not None:
-                verb = "denied" if shadow.policy != later.ref and _is_deny(mesh, shadow) else (
-                    "already matched")
-                found.append(warning(rule.location, f"rule {rule.index} of {later.ref} is fully "
-                                     f"shadowed: every request it matches is {verb} by rule "
-                                     f"{shadow.name} first"))
+                verb = (
+                    "denied"
+                    if shadow.policy != later.ref and _is_deny(mesh, shadow)
+                    else ("already matched")
+                )
+                found.append(
+                    warning(
+                        rule.location,
+                        f"rule {rule.index} of {later.ref} is fully "
+                        f"shadowed: every request it matches is {verb} by rule "
+                        f"{shadow.name} first",
+                    )
+                )
     return found
 
 
@@ -106,8 +143,9 @@ def _is_deny(mesh: CompiledMesh, rule: CompiledRule) -> bool:
     return mesh.policies[rule.policy].action == "DENY"
 
 
-def _find_shadow(rule: CompiledRule, policy: CompiledPolicy, rivals: list[CompiledPolicy],
-                 order: dict[str, int]) -> CompiledRule | None:
+def _find_shadow(
+    rule: CompiledRule, policy: CompiledPolicy, rivals: list[CompiledPolicy], order: dict[str, int]
+) -> CompiledRule | None:
     for rival in sorted(rivals, key=lambda p: order[p.ref]):
         same = rival.action == policy.action
         if not (same or (rival.action == "DENY" and policy.action == "ALLOW")):
@@ -125,11 +163,13 @@ def _find_shadow(rule: CompiledRule, policy: CompiledPolicy, rivals: list[Compil
 
 def covers(a: CompiledRule, b: CompiledRule) -> bool:
     """Conservatively: does rule `a` match every request rule `b` matches?"""
-    if a.sources and not (b.sources and all(any(_covers_source(x, y) for x in a.sources)
-                                            for y in b.sources)):
+    if a.sources and not (
+        b.sources and all(any(_covers_source(x, y) for x in a.sources) for y in b.sources)
+    ):
         return False
-    if a.operations and not (b.operations and all(any(_covers_op(x, y) for x in a.operations)
-                                                  for y in b.operations)):
+    if a.operations and not (
+        b.operations and all(any(_covers_op(x, y) for x in a.operations) for y in b.operations)
+    ):
         return False
     return all(cond in b.conditions for cond in a.conditions)
 
@@ -149,16 +189,22 @@ def _covers_source(a: CompiledSource, b: CompiledSource) -> bool:
         and (a.workloads is None or (b.workloads is not None and a.workloads >= b.workloads))
         and _same_or_absent(a.not_identities, b.not_identities)
         and _same_or_absent(a.jwt, b.jwt)
-        and (a.ip_blocks is None or (b.ip_blocks is not None and all(
-            any(n.version == m.version and n.subnet_of(m) for m in a.ip_blocks)  # type: ignore[arg-type]
-            for n in b.ip_blocks)))
+        and (
+            a.ip_blocks is None
+            or (
+                b.ip_blocks is not None
+                and all(any(_subnet(n, m) for m in a.ip_blocks) for n in b.ip_blocks)
+            )
+        )
         and _same_or_absent(a.not_ip_blocks, b.not_ip_blocks)
     )
 
 
 def _covers_op(a: CompiledOperation, b: CompiledOperation) -> bool:
-    if a.ports is not None and not (b.ports is not None and all(
-            any(lo <= blo and bhi <= hi for lo, hi in a.ports) for blo, bhi in b.ports)):
+    if a.ports is not None and not (
+        b.ports is not None
+        and all(any(lo <= blo and bhi <= hi for lo, hi in a.ports) for blo, bhi in b.ports)
+    ):
         return False
     return (
         _same_or_absent(a.not_ports, b.not_ports)
@@ -169,3 +215,7 @@ def _covers_op(a: CompiledOperation, b: CompiledOperation) -> bool:
         and _same_or_absent(a.not_paths, b.not_paths)
         and _same_or_absent(a.not_hosts, b.not_hosts)
     )
+
+
+def _subnet(inner: IpNetwork, outer: IpNetwork) -> bool:
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]

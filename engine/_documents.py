@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
-
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
 from meshwarden.engine._model import SPECS, Envelope, Metadata
 from meshwarden.engine._yaml import Path, SourceDocument
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
 

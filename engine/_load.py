@@ -69,6 +69,18 @@ def find_files(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     return files
 
 
+def parse_text(text: str, file: str = "<text>") -> tuple[list[Document[Any]], list[Diagnostic]]:
+    """Validated documents of one YAML text (as if read from `file`)."""
+    sources, problems = read_documents(file, text)
+    documents: list[Document[Any]] = []
+    for source in sources:
+        doc, found = validate_document(source)
+        problems.extend(found)
+        if doc is not None:
+            documents.append(doc)
+    return documents, problems
+
+
 def read_files(files: Iterable[str]) -> tuple[list[Document[Any]], list[Diagnostic]]:
     documents: list[Document[Any]] = []
     problems: list[Diagnostic] = []
@@ -78,13 +90,9 @@ def read_files(files: Iterable[str]) -> tuple[list[Document[Any]], list[Diagnost
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(error(Location(file), f"cannot read file: {exc}"))
             continue
-        sources, found = read_documents(file, text)
+        found_docs, found = parse_text(text, file)
+        documents.extend(found_docs)
         problems.extend(found)
-        for source in sources:
-            doc, found = validate_document(source)
-            problems.extend(found)
-            if doc is not None:
-                documents.append(doc)
     return documents, problems
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from meshwarden.engine import _validators as v
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
-
-from meshwarden.engine import _validators as v
 
 DnsLabel = Annotated[str, AfterValidator(v.dns_label)]
 Port = Annotated[int, AfterValidator(v.port_number)]

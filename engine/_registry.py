@@ -90,9 +90,7 @@ class Registry:
             if not candidates:
                 return frozenset()
         if selector.match_expressions:
-            candidates = {
-                ref for ref in candidates if _meets(self.workloads[ref].labels, selector)
-            }
+            candidates = {ref for ref in candidates if _meets(self.workloads[ref].labels, selector)}
         return frozenset(candidates)
 
     def is_root(self, namespace: str) -> bool:
@@ -125,16 +123,19 @@ def build_registry(
     services: Iterable[Document[ServiceSpec]],
 ) -> tuple[Registry, list[Diagnostic]]:
     problems = [
-        error(extra.at("metadata", "name"), f"only one Mesh is allowed; {meshes[0].ref} "
-              f"is already defined at {meshes[0].at('metadata', 'name')}")
+        error(
+            extra.at("metadata", "name"),
+            f"only one Mesh is allowed; {meshes[0].ref} "
+            f"is already defined at {meshes[0].at('metadata', 'name')}",
+        )
         for extra in meshes[1:]
     ]
     mesh = Mesh(meshes[0].spec, meshes[0]) if meshes else Mesh(MeshSpec())
     registry = Registry(mesh)
     for document in services:
         registry.services[document.ref] = document
-    for document in workloads:
-        workload, found = _workload(document, mesh)
+    for workload_doc in workloads:
+        workload, found = _workload(workload_doc, mesh)
         problems.extend(found)
         if workload is not None:
             registry.add(workload)
@@ -150,22 +151,39 @@ def _workload(doc: Document[WorkloadSpec], mesh: Mesh) -> tuple[Workload | None,
     if spec.spiffe_id is not None:
         spiffe_id = SpiffeId.parse(spec.spiffe_id)
         if spiffe_id.trust_domain != mesh.trust_domain:
-            problems.append(error(doc.at("spec", "spiffeId"),
-                f"spiffeId {spec.spiffe_id!r} is outside the mesh trust domain "
-                f"{mesh.trust_domain}; this mesh's CA can only issue spiffe://{mesh.trust_domain}/..."))
+            problems.append(
+                error(
+                    doc.at("spec", "spiffeId"),
+                    f"spiffeId {spec.spiffe_id!r} is outside the mesh trust domain "
+                    f"{mesh.trust_domain}; this mesh's CA can only issue spiffe://{mesh.trust_domain}/...",
+                )
+            )
     else:
         spiffe_id = SpiffeId.of(mesh.trust_domain, f"/ns/{meta.namespace}/sa/{account}")
     ports: dict[int, WorkloadPort] = {}
     for i, port in enumerate(spec.ports):
         if port.port in ports:
-            problems.append(error(doc.at("spec", "ports", i, "port"),
-                f"port {port.port} is listed twice in workload {doc.ref}"))
+            problems.append(
+                error(
+                    doc.at("spec", "ports", i, "port"),
+                    f"port {port.port} is listed twice in workload {doc.ref}",
+                )
+            )
         ports[port.port] = port
     if problems:
         return None, problems
     addresses = tuple(parse_address(a) for a in spec.addresses)
-    workload = Workload(meta.namespace, meta.name, dict(meta.labels), account, spiffe_id,
-                        addresses, ports, tuple(spec.selectors), doc)
+    workload = Workload(
+        meta.namespace,
+        meta.name,
+        dict(meta.labels),
+        account,
+        spiffe_id,
+        addresses,
+        ports,
+        tuple(spec.selectors),
+        doc,
+    )
     return workload, []
 
 
@@ -177,9 +195,13 @@ def _check_addresses(registry: Registry) -> list[Diagnostic]:
             for port in workload.ports:
                 other = seen.setdefault((address, port), workload.ref)
                 if other != workload.ref:
-                    problems.append(error(workload.document.at("spec", "addresses", a),
-                        f"{address}:{port} is already used by workload {other}; "
-                        "give each workload its own address (127.0.0.0/8 has plenty)"))
+                    problems.append(
+                        error(
+                            workload.document.at("spec", "addresses", a),
+                            f"{address}:{port} is already used by workload {other}; "
+                            "give each workload its own address (127.0.0.0/8 has plenty)",
+                        )
+                    )
     return problems
 
 
@@ -191,12 +213,22 @@ def _check_upstreams(registry: Registry) -> list[Diagnostic]:
             where = workload.document.at("spec", "upstreams", i)
             service = registry.services.get(upstream.service)
             if service is None:
-                problems.append(error(where, f"upstream service {upstream.service!r} is not "
-                                      "defined; add a Service document or fix the name"))
+                problems.append(
+                    error(
+                        where,
+                        f"upstream service {upstream.service!r} is not "
+                        "defined; add a Service document or fix the name",
+                    )
+                )
             elif upstream.port not in {p.port for p in service.spec.ports}:
                 known = ", ".join(str(p.port) for p in service.spec.ports) or "none"
-                problems.append(error(where, f"service {upstream.service} has no port "
-                                      f"{upstream.port} (its ports: {known})"))
+                problems.append(
+                    error(
+                        where,
+                        f"service {upstream.service} has no port "
+                        f"{upstream.port} (its ports: {known})",
+                    )
+                )
             if upstream.local_port in local_ports:
                 problems.append(error(where, f"localPort {upstream.local_port} is used twice"))
             local_ports.add(upstream.local_port)

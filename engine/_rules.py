@@ -258,9 +258,9 @@ class CompiledRule:
             if reason:
                 return "to: " + reason
         for cond in self.conditions:
-            reason = cond.mismatch(req)
-            if reason:
-                return "when: " + reason
+            why = cond.mismatch(req)
+            if why:
+                return "when: " + why
         return None
 
     def matches(self, req: Request) -> bool:
@@ -269,7 +269,7 @@ class CompiledRule:
 
 def _first_match(alternatives: Sequence[CompiledSource | CompiledOperation], req: Request) -> str:
     """'' when one alternative matches (they are ORed), else every reason joined."""
-    reasons = []
+    reasons: list[str] = []
     for alternative in alternatives:
         reason = alternative.mismatch(req)
         if reason is None:

@@ -22,9 +22,13 @@ def duplicates(documents: Iterable[Document[Any]]) -> list[Diagnostic]:
     for doc in documents:
         first = seen.setdefault(doc.key, doc)
         if first is not doc:
-            problems.append(error(doc.at("metadata", "name"),
-                f"duplicate {doc.kind} {doc.ref}: already defined at "
-                f"{first.at('metadata', 'name')}; (kind, namespace, name) must be unique"))
+            problems.append(
+                error(
+                    doc.at("metadata", "name"),
+                    f"duplicate {doc.kind} {doc.ref}: already defined at "
+                    f"{first.at('metadata', 'name')}; (kind, namespace, name) must be unique",
+                )
+            )
     return problems
 
 
@@ -54,7 +58,9 @@ def _tcp_port(mesh: CompiledMesh, policy: CompiledPolicy, ranges: Any) -> tuple[
     return None
 
 
-def _http_on_tcp(mesh: CompiledMesh, policy: CompiledPolicy, rule: Rule, i: int) -> list[Diagnostic]:
+def _http_on_tcp(
+    mesh: CompiledMesh, policy: CompiledPolicy, rule: Rule, i: int
+) -> list[Diagnostic]:
     doc = policy.document
     found: list[tuple[Location, str, tuple[str, int]]] = []
     rule_tcp = _tcp_port(mesh, policy, _rule_ports(rule))
@@ -73,9 +79,12 @@ def _http_on_tcp(mesh: CompiledMesh, policy: CompiledPolicy, rule: Rule, i: int)
             if cond.key.startswith(HTTP_CONDITIONS):
                 found.append((doc.at("spec", "rules", i, "when", k, "key"), cond.key, rule_tcp))
     return [
-        error(where, f"{what} is HTTP-only but rule {i} of {policy.ref} applies to tcp port "
-              f"{port} of workload {ref}; limit the rule with to.ports to http/grpc ports, "
-              "or set that port's protocol to http")
+        error(
+            where,
+            f"{what} is HTTP-only but rule {i} of {policy.ref} applies to tcp port "
+            f"{port} of workload {ref}; limit the rule with to.ports to http/grpc ports, "
+            "or set that port's protocol to http",
+        )
         for where, what, (ref, port) in found
     ]
 
@@ -95,7 +104,12 @@ def _jwt_without_issuer(
     if not lacking:
         return []
     where = policy.document.at("spec", "rules", i, *places[0])
-    return [error(where, f"rule {i} of {policy.ref} needs a verified JWT but no JwtIssuer "
-                  f"selects workload {lacking[0]}"
-                  + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
-                  + "; add a JwtIssuer for it or remove the JWT constraint")]
+    return [
+        error(
+            where,
+            f"rule {i} of {policy.ref} needs a verified JWT but no JwtIssuer "
+            f"selects workload {lacking[0]}"
+            + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
+            + "; add a JwtIssuer for it or remove the JWT constraint",
+        )
+    ]

@@ -22,7 +22,7 @@ _SEGMENT_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class SpiffeIdError(ValueError):
-    """A string that is not a valid SPIFFE ID or trust domain; the message says why and how to fix it."""
+    """A string that is not a valid SPIFFE ID or trust domain; the message says why and how."""
 
 
 def _check_trust_domain(name: str) -> None:
@@ -57,7 +57,9 @@ def _check_path(path: str) -> None:
         if segment in (".", ".."):
             raise SpiffeIdError(f"path segment {segment!r} is not allowed (no dot segments)")
         if "%" in segment:
-            raise SpiffeIdError(f"path segment {segment!r} is percent-encoded, which SPIFFE forbids")
+            raise SpiffeIdError(
+                f"path segment {segment!r} is percent-encoded, which SPIFFE forbids"
+            )
         if not _SEGMENT_CHARS.fullmatch(segment):
             bad = sorted({c for c in segment if not _SEGMENT_CHARS.fullmatch(c)})
             raise SpiffeIdError(

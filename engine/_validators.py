@@ -150,9 +150,7 @@ def port_range(value: int | str) -> tuple[int, int]:
         low = int(low_text)
         high = int(high_text) if dash else low
     except ValueError:
-        raise ValueError(
-            f"port {value!r} is not a number or a range like '9000-9010'"
-        ) from None
+        raise ValueError(f"port {value!r} is not a number or a range like '9000-9010'") from None
     port_number(low)
     port_number(high)
     if low > high:
@@ -166,7 +164,7 @@ def port_spec(value: int | str) -> int | str:
 
 
 def http_method(value: str) -> str:
-    if not value or not _HEADER_NAME.fullmatch(value.strip("*")) and value != "*":
+    if not value or (not _HEADER_NAME.fullmatch(value.strip("*")) and value != "*"):
         raise ValueError(f"{value!r} is not an HTTP method")
     return value
 

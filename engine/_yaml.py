@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -61,7 +60,9 @@ class _Builder:
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append(error(self.mark(key_node), "YAML merge keys (<<) are not supported"))
+                self.problems.append(
+                    error(self.mark(key_node), "YAML merge keys (<<) are not supported")
+                )
                 continue
             key = self.constructor.construct_object(key_node, deep=True)
             key = key if isinstance(key, str) else str(key)

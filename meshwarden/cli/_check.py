@@ -26,8 +26,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
-    parser.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                        help="text for people (default) or one JSON object for scripts")
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or one JSON object for scripts",
+    )
     parser.add_argument("--no-warnings", action="store_true", help="print errors only")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
     parser.set_defaults(func=run)

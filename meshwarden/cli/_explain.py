@@ -44,10 +44,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--method", help="HTTP method (default GET on http ports)")
     p.add_argument("--path", help="HTTP path, normalised as Envoy does (default /)")
     p.add_argument("--host", help="HTTP host / :authority")
-    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
-                   help="request header; repeat for more")
-    p.add_argument("--jwt-claims", metavar="JSON",
-                   help="claims of a verified token; its iss selects the JwtIssuer")
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="request header; repeat for more",
+    )
+    p.add_argument(
+        "--jwt-claims",
+        metavar="JSON",
+        help="claims of a verified token; its iss selects the JwtIssuer",
+    )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
     p.set_defaults(func=run)
 
@@ -58,8 +66,10 @@ def run(args: argparse.Namespace) -> int:
         if result.compiled is None:
             for diagnostic in result.errors:
                 print(diagnostic, file=sys.stderr)
-            raise InputError(f"the policies have {len(result.errors)} error(s); "
-                             "run `meshwarden check` for details")
+            raise InputError(
+                f"the policies have {len(result.errors)} error(s); "
+                "run `meshwarden check` for details"
+            )
         request = build_request(args, result.compiled)
     except InputError as exc:
         return fail(str(exc))
@@ -79,16 +89,22 @@ def build_request(args: argparse.Namespace, mesh: CompiledMesh) -> Request:
     port = destination.ports.get(args.port)
     if port is None:
         known = ", ".join(f"{n} ({p.protocol})" for n, p in sorted(destination.ports.items()))
-        raise InputError(f"--port {args.port}: workload {args.to} has no such port "
-                         f"(its ports: {known or 'none'})")
+        raise InputError(
+            f"--port {args.port}: workload {args.to} has no such port "
+            f"(its ports: {known or 'none'})"
+        )
     identity, source_ip = _peer(args, mesh)
     http = {"method": args.method, "path": args.path, "host": args.host,
             "header": args.header or None}  # fmt: skip
     if not port.is_http:
-        given = [f"--{k}" for k, v in http.items() if v] + (["--jwt-claims"] * bool(args.jwt_claims))
+        given = [f"--{k}" for k, v in http.items() if v] + (
+            ["--jwt-claims"] * bool(args.jwt_claims)
+        )
         if given:
-            raise InputError(f"{', '.join(given)}: port {args.port} of {args.to} is tcp, "
-                             "which has no HTTP attributes")
+            raise InputError(
+                f"{', '.join(given)}: port {args.port} of {args.to} is tcp, "
+                "which has no HTTP attributes"
+            )
     try:
         return Request.build(
             args.to, args.port, identity=identity, source_ip=source_ip,
@@ -106,8 +122,10 @@ def _peer(args: argparse.Namespace, mesh: CompiledMesh) -> tuple[str | None, str
     if args.from_workload:
         peer = mesh.registry.workloads.get(args.from_workload)
         if peer is None:
-            raise InputError(f"--from-workload {args.from_workload}: no such workload "
-                             f"(known: {_few(mesh.registry.workloads)})")
+            raise InputError(
+                f"--from-workload {args.from_workload}: no such workload "
+                f"(known: {_few(mesh.registry.workloads)})"
+            )
         identity = peer.identity
         if source_ip is None and peer.addresses:
             source_ip = str(peer.addresses[0])
@@ -159,8 +177,8 @@ def render(decision: Decision, req: Request) -> str:
     what = f" {req.method} {req.path}" if req.method else ""
     lines = [
         f"{decision.verdict}  {peer} -> {req.destination}:{req.port}{what}",
-        f"  cause:  {decision.policy}" + (f" rule {decision.rule}" if decision.rule is not None
-                                          else ""),
+        f"  cause:  {decision.policy}"
+        + (f" rule {decision.rule}" if decision.rule is not None else ""),
         f"  reason: {decision.reason}",
         f"policies selecting {req.destination} ({len(decision.trace)}):",
     ]
@@ -171,8 +189,10 @@ def render(decision: Decision, req: Request) -> str:
         for i, reason in enumerate(t.rule_reasons):
             lines.append(f"      rule {i}: " + ("MATCHED" if reason is None else reason))
     for o in decision.dry_run:
-        lines.append(f"dry-run: {o.policy} would {o.decision}"
-                     + (f" (rule {o.rule})" if o.rule is not None else ""))
+        lines.append(
+            f"dry-run: {o.policy} would {o.decision}"
+            + (f" (rule {o.rule})" if o.rule is not None else "")
+        )
     for o in decision.audit:
         lines.append(f"audit:   {o.policy} rule {o.rule} matched")
     return "\n".join(lines)

@@ -1,0 +1,39 @@
+# meshwarden: `make test` and `make demo` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all test demo lint typecheck unit bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	scripts/link-tree
+	cd build/typecheck && ../../$(BIN)/lint-imports --config ../../pyproject.toml
+
+typecheck: $(STAMP)
+	scripts/link-tree
+	MYPYPATH=build/typecheck $(BIN)/mypy -p meshwarden.engine -p meshwarden.identities
+
+unit: $(STAMP)
+	$(BIN)/pytest -n 2 tests
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(BIN)/meshwarden demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,90 @@
+"""Workload attestation for local sockets: who is on the other end of a Unix socket.
+
+The kernel's SO_PEERCRED gives the caller's PID, UID and GID as of connect(). UID and GID are
+trustworthy as they are; the PID is only a name that the kernel may recycle, so anything read
+through /proc/PID (the executable path) is bracketed by two reads of the process start time, and a
+process that started after the connection was accepted cannot be the caller (PID reuse guard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshwarden.identities._errors import AttestationError
+
+_PEERCRED = struct.Struct("3i")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+UNIX_PREFIX = "unix:"
+
+
+@dataclass(frozen=True)
+class PeerProcess:
+    """The process behind one accepted connection, pinned by its start time."""
+
+    pid: int
+    uid: int
+    gid: int
+    start_ticks: int
+
+
+def process_start_ticks(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: start time in clock ticks after boot."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError as exc:
+        raise AttestationError(f"process {pid} is gone: {exc.strerror}") from exc
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def _uptime_ticks() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0]) * _CLOCK_TICKS
+
+
+def peer_process(sock: socket.socket) -> PeerProcess:
+    """Read SO_PEERCRED of an accepted Unix socket and pin the PID by its start time."""
+    if sock.family != socket.AF_UNIX:
+        raise AttestationError("peer credentials need a Unix domain socket")
+    accepted_at = _uptime_ticks()
+    pid, uid, gid = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    )
+    if pid <= 0:
+        raise AttestationError("the kernel reported no peer process for this connection")
+    start = process_start_ticks(pid)
+    if start > accepted_at + _CLOCK_TICKS:
+        raise AttestationError(f"PID {pid} was reused after the connection was made")
+    return PeerProcess(pid=pid, uid=uid, gid=gid, start_ticks=start)
+
+
+def _ensure_alive(peer: PeerProcess) -> None:
+    if process_start_ticks(peer.pid) != peer.start_ticks:
+        raise AttestationError(f"PID {peer.pid} now names another process (PID reuse)")
+
+
+def _names(peer: PeerProcess) -> list[str]:
+    names = []
+    with contextlib.suppress(KeyError):
+        names.append(f"user:{pwd.getpwuid(peer.uid).pw_name}")
+    with contextlib.suppress(KeyError):
+        names.append(f"group:{grp.getgrgid(peer.gid).gr_name}")
+    return names
+
+
+def unix_selectors(peer: PeerProcess) -> frozenset[str]:
+    """`unix:uid:N`, `unix:gid:N`, `unix:user:NAME`, `unix:group:NAME`, `unix:path:/exe`."""
+    _ensure_alive(peer)
+    selectors = {f"uid:{peer.uid}", f"gid:{peer.gid}", *_names(peer)}
+    try:
+        selectors.add(f"path:{os.readlink(f'/proc/{peer.pid}/exe')}")
+    except OSError as exc:
+        raise AttestationError(f"cannot read the executable of PID {peer.pid}: {exc}") from exc
+    _ensure_alive(peer)
+    return frozenset(UNIX_PREFIX + s for s in selectors)

@@ -140,7 +140,17 @@ def test_check(case_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         for d in diags:
             if d["severity"] == "error":
                 assert any(_matches(d, w, check_message=False) for w in wanted_errors), f"unexpected error {d}{context}"
+    if expected.get("noOtherWarnings"):
+        wanted_warnings = [w for w in expected["diagnostics"] if w["severity"] == "warning"]
+        for d in diags:
+            if d["severity"] == "warning":
+                assert any(_matches(d, w, check_message=False) for w in wanted_warnings), f"unexpected warning {d}{context}"
     assert code == expected["exit"], f"exit code {code}, expected {expected['exit']}{context}"
+
+
+def test_check_missing_path_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["check", str(tmp_path / "does-not-exist.yaml")], capsys)
+    assert code == 2, f"exit {code}\n{out}{err}"
 
 
 def test_case_counts() -> None:

@@ -1,4 +1,4 @@
-"""Conformance suite: golden cases written from docs/spec (policy-language.md), never from engine output.
+"""Conformance suite: golden cases derived from the spec, never from the engine's output.
 
 Two case directories:
 
@@ -28,7 +28,9 @@ HERE = Path(__file__).parent
 EXPLAIN_CASES = sorted(p for p in (HERE / "cases").iterdir() if (p / "case.yaml").is_file())
 CHECK_CASES = sorted(p for p in (HERE / "check").iterdir() if (p / "expected.yaml").is_file())
 META_FILES = {"case.yaml", "expected.yaml"}
-DIAGNOSTIC = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<severity>error|warning): (?P<message>.*)$")
+DIAGNOSTIC = re.compile(
+    r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): (?P<severity>error|warning): (?P<message>.*)$"
+)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -52,9 +54,22 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def explain_argv(case_dir: Path, request: dict[str, Any]) -> list[str]:
-    argv = ["explain", *policy_paths(case_dir), "--to", request["to"], "--port", str(request["port"])]
-    flags = {"from": "--from", "from_workload": "--from-workload", "source_ip": "--source-ip",
-             "method": "--method", "path": "--path", "host": "--host"}
+    argv = [
+        "explain",
+        *policy_paths(case_dir),
+        "--to",
+        request["to"],
+        "--port",
+        str(request["port"]),
+    ]
+    flags = {
+        "from": "--from",
+        "from_workload": "--from-workload",
+        "source_ip": "--source-ip",
+        "method": "--method",
+        "path": "--path",
+        "host": "--host",
+    }
     for key, flag in flags.items():
         if key in request:
             argv += [flag, str(request[key])]
@@ -78,20 +93,31 @@ def test_explain(case_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert code == expect["exit"], f"exit code {code}, expected {expect['exit']}{context}"
         return
     result = json.loads(out)
-    got = {"decision": result.get("decision"), "policy": result.get("policy"), "rule": result.get("rule")}
+    got = {
+        "decision": result.get("decision"),
+        "policy": result.get("policy"),
+        "rule": result.get("rule"),
+    }
     want = {"decision": expect["decision"], "policy": expect["policy"], "rule": expect["rule"]}
     assert got == want, f"decision differs{context}"
     assert code == (0 if expect["decision"] == "ALLOW" else 1), f"exit code {code}{context}"
     if "dryRun" in expect:
-        dry = [{"policy": e.get("policy"), "decision": e.get("decision")} for e in result.get("dryRun", [])]
+        dry = [
+            {"policy": e.get("policy"), "decision": e.get("decision")}
+            for e in result.get("dryRun", [])
+        ]
         assert dry == expect["dryRun"], f"dryRun differs{context}"
     if "audit" in expect:
-        audit = [{"policy": e.get("policy"), "rule": e.get("rule")} for e in result.get("audit", [])]
+        audit = [
+            {"policy": e.get("policy"), "rule": e.get("rule")} for e in result.get("audit", [])
+        ]
         assert audit == expect["audit"], f"audit differs{context}"
 
 
 @pytest.mark.parametrize("case_dir", EXPLAIN_CASES, ids=[p.name for p in EXPLAIN_CASES])
-def test_explain_case_policies_pass_check(case_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_case_policies_pass_check(
+    case_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The policies of every explain case (except input-error cases) are valid per `check`."""
     case = _load(case_dir / "case.yaml")
     if "exit" in case["expect"]:
@@ -118,8 +144,12 @@ def _same_file(reported: str, expected: str) -> bool:
 
 
 def _matches(diag: dict[str, Any], want: dict[str, Any], *, check_message: bool = True) -> bool:
-    if not (_same_file(diag["file"], want["file"]) and diag["line"] == want["line"]
-            and diag["col"] == want["col"] and diag["severity"] == want["severity"]):
+    if not (
+        _same_file(diag["file"], want["file"])
+        and diag["line"] == want["line"]
+        and diag["col"] == want["col"]
+        and diag["severity"] == want["severity"]
+    ):
         return False
     if not check_message:
         return True
@@ -139,16 +169,22 @@ def test_check(case_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         wanted_errors = [w for w in expected["diagnostics"] if w["severity"] == "error"]
         for d in diags:
             if d["severity"] == "error":
-                assert any(_matches(d, w, check_message=False) for w in wanted_errors), f"unexpected error {d}{context}"
+                assert any(_matches(d, w, check_message=False) for w in wanted_errors), (
+                    f"unexpected error {d}{context}"
+                )
     if expected.get("noOtherWarnings"):
         wanted_warnings = [w for w in expected["diagnostics"] if w["severity"] == "warning"]
         for d in diags:
             if d["severity"] == "warning":
-                assert any(_matches(d, w, check_message=False) for w in wanted_warnings), f"unexpected warning {d}{context}"
+                assert any(_matches(d, w, check_message=False) for w in wanted_warnings), (
+                    f"unexpected warning {d}{context}"
+                )
     assert code == expected["exit"], f"exit code {code}, expected {expected['exit']}{context}"
 
 
-def test_check_missing_path_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_missing_path_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, err = run_cli(["check", str(tmp_path / "does-not-exist.yaml")], capsys)
     assert code == 2, f"exit {code}\n{out}{err}"
 

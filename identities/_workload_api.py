@@ -9,6 +9,7 @@ end with OK (py-spiffe's watchers stop for good on a clean end).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -49,7 +50,9 @@ def x509_svid_response(
     return pb.X509SVIDResponse(svids=svids)
 
 
-class WorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):  # type: ignore[misc]
+class WorkloadApi:
+    """The servicer of `SpiffeWorkloadAPI` (registered by the generated add_... function)."""
+
     def __init__(
         self, cache: IdentityCache, attest: CallerAttestor, mint_jwt: JwtMinter, clock: Clock
     ) -> None:
@@ -183,6 +186,10 @@ def workload_api_services(
 
     def add(server: grpc.aio.Server, peers: PeerTable) -> None:
         api = WorkloadApi(cache, peers.selectors, mint_jwt, clock)
-        workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(api, server)
+        register = cast(
+            Callable[[WorkloadApi, grpc.aio.Server], None],
+            workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server,
+        )
+        register(api, server)
 
     return add

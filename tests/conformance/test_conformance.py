@@ -76,7 +76,8 @@ def explain_argv(case_dir: Path, request: dict[str, Any]) -> list[str]:
     for name, value in (request.get("headers") or {}).items():
         argv += ["--header", f"{name}={value}"]
     if "jwt_claims" in request:
-        argv += ["--jwt-claims", json.dumps(request["jwt_claims"])]
+        claims = request["jwt_claims"]  # a string is passed verbatim (to test bad JSON)
+        argv += ["--jwt-claims", claims if isinstance(claims, str) else json.dumps(claims)]
     unknown = set(request) - set(flags) - {"to", "port", "headers", "jwt_claims"}
     assert not unknown, f"case.yaml request has unknown keys {unknown}"
     return [*argv, "-o", "json"]

@@ -116,6 +116,20 @@ def test_explain(case_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("case_dir", EXPLAIN_CASES, ids=[p.name for p in EXPLAIN_CASES])
+def test_explain_text_output(case_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o text` exits like `-o json` and names the cause of the decision (semantics 9)."""
+    case = _load(case_dir / "case.yaml")
+    expect = case["expect"]
+    argv = explain_argv(case_dir, case["request"])[:-2]  # drop "-o json": text is the default
+    code, out, err = run_cli(argv, capsys)
+    if "exit" in expect:
+        assert code == expect["exit"], f"exit code {code}\n{out}{err}"
+        return
+    assert code == (0 if expect["decision"] == "ALLOW" else 1), f"exit code {code}\n{out}{err}"
+    assert expect["policy"] in out, f"text output does not name {expect['policy']}:\n{out}"
+
+
+@pytest.mark.parametrize("case_dir", EXPLAIN_CASES, ids=[p.name for p in EXPLAIN_CASES])
 def test_explain_case_policies_pass_check(
     case_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

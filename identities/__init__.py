@@ -1,9 +1,13 @@
 """meshwarden.identities: SPIFFE CA, X.509-/JWT-SVIDs, bundles, rotation, attestation and the
 Workload API server."""
 
+from meshwarden.identities._agent import Agent, AgentConfig
+from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
 from meshwarden.identities._authority import JwtAuthority, UpstreamCa, X509Authority
 from meshwarden.identities._bundle import JwtKey, TrustBundle
 from meshwarden.identities._ca import CaConfig, CertificateAuthority
+from meshwarden.identities._ca_store import load_ca, save_ca
+from meshwarden.identities._cache import CachedIdentity, IdentityCache
 from meshwarden.identities._clock import Clock, ManualClock, SystemClock
 from meshwarden.identities._errors import (
     AttestationError,
@@ -12,33 +16,70 @@ from meshwarden.identities._errors import (
     IssuanceError,
     SvidValidationError,
 )
+from meshwarden.identities._files import write_file
+from meshwarden.identities._join_tokens import (
+    SERVER_DNS_NAME,
+    JoinTokens,
+    node_spiffe_id,
+    server_spiffe_id,
+)
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
-from meshwarden.identities._keys import generate_key
+from meshwarden.identities._keys import generate_key, load_private_key_pem, private_key_pkcs8_pem
+from meshwarden.identities._local_endpoint import LocalEndpoint
+from meshwarden.identities._node_api import node_api_services
+from meshwarden.identities._node_client import read_server_bundle
+from meshwarden.identities._registry import RegisteredWorkload, WorkloadRegistry
 from meshwarden.identities._rotation import Slot, SlotState
+from meshwarden.identities._tls_front import TlsEndpoint, server_tls_context
 from meshwarden.identities._validate import X509Svid, spiffe_id_of, verify_x509_svid
+from meshwarden.identities._workload_api import workload_api_services
 
 __all__ = [
+    "SERVER_DNS_NAME",
+    "Agent",
+    "AgentConfig",
     "AttestationError",
     "BundleError",
     "CaConfig",
+    "CachedIdentity",
     "CertificateAuthority",
     "Clock",
+    "IdentityCache",
     "IdentityError",
     "IssuanceError",
+    "JoinTokens",
     "JwtAuthority",
     "JwtKey",
     "JwtSvid",
+    "LocalEndpoint",
     "ManualClock",
+    "PeerProcess",
+    "RegisteredWorkload",
     "Slot",
     "SlotState",
     "SvidValidationError",
     "SystemClock",
+    "TlsEndpoint",
     "TrustBundle",
     "UpstreamCa",
+    "WorkloadRegistry",
     "X509Authority",
     "X509Svid",
     "generate_key",
+    "load_ca",
+    "load_private_key_pem",
+    "node_api_services",
+    "node_spiffe_id",
+    "peer_process",
+    "private_key_pkcs8_pem",
+    "read_server_bundle",
+    "save_ca",
+    "server_spiffe_id",
+    "server_tls_context",
     "spiffe_id_of",
+    "unix_selectors",
     "verify_jwt_svid",
     "verify_x509_svid",
+    "workload_api_services",
+    "write_file",
 ]

@@ -1,58 +1,24 @@
-"""A gRPC endpoint on a Unix socket whose every call knows the calling process.
-
-grpcio does not expose SO_PEERCRED, so the public Unix socket is served by a small asyncio
-listener that attests each connection as it is accepted and pipes its bytes to a grpc.aio server
-bound to an ephemeral loopback port. The listener records which loopback source port carries
-which attested process; a call arriving on any other connection (say, a local process dialling
-the loopback port directly) has no record and is refused.
-"""
+"""A gRPC endpoint on a Unix socket whose every call knows the calling process (see `_front`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
 from meshwarden.identities._errors import AttestationError
+from meshwarden.identities._front import PeerTable, relay
 
-_CHUNK = 65536
-
-
-class PeerTable:
-    """Loopback source port → the process attested on the public socket."""
-
-    def __init__(self) -> None:
-        self._by_port: dict[int, PeerProcess] = {}
-
-    def register(self, port: int, peer: PeerProcess) -> None:
-        self._by_port[port] = peer
-
-    def unregister(self, port: int) -> None:
-        self._by_port.pop(port, None)
-
-    def lookup(self, grpc_peer: str) -> PeerProcess:
-        """`grpc_peer` is `context.peer()`, e.g. `ipv4:127.0.0.1:40312`."""
-        host, _, port = grpc_peer.rpartition(":")
-        peer = self._by_port.get(int(port)) if port.isdigit() else None
-        if peer is None or host not in ("ipv4:127.0.0.1", "ipv6:[::1]"):
-            raise AttestationError(f"connection {grpc_peer} did not come through the socket")
-        return peer
-
-    def selectors(self, context: grpc.aio.ServicerContext) -> frozenset[str]:
-        return frozenset(unix_selectors(self.lookup(context.peer())))
+ProcessPeers: TypeAlias = PeerTable[PeerProcess]
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
-        while chunk := await reader.read(_CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-    with contextlib.suppress(OSError, RuntimeError):
-        writer.close()
+def caller_selectors(peers: ProcessPeers, context: grpc.aio.ServicerContext) -> frozenset[str]:
+    """The unix selectors of the process that made the call on `context`."""
+    return frozenset(unix_selectors(peers.of(context)))
 
 
 class LocalEndpoint:
@@ -61,11 +27,11 @@ class LocalEndpoint:
     def __init__(
         self,
         socket_path: Path,
-        add_services: Callable[[grpc.aio.Server, PeerTable], None],
+        add_services: Callable[[grpc.aio.Server, ProcessPeers], None],
         mode: int = 0o666,
     ) -> None:
         self.socket_path = socket_path
-        self.peers = PeerTable()
+        self.peers: ProcessPeers = PeerTable()
         self._add_services = add_services
         self._mode = mode
         self._grpc: grpc.aio.Server | None = None
@@ -102,10 +68,4 @@ class LocalEndpoint:
         except AttestationError:
             writer.close()
             return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
-        port = up_writer.get_extra_info("sockname")[1]
-        self.peers.register(port, peer)
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            self.peers.unregister(port)
+        await relay(self.peers, peer, self._port, reader, writer)

@@ -1,0 +1,183 @@
+"""The node agent: keeps an `IdentityCache` filled with SVIDs for the Workloads its node may
+serve. Every workload key is generated here; only CSRs go to the server. SVIDs are renewed at
+half their lifetime (with jitter), and at once when their CA leaves the bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+from meshwarden.engine import SpiffeId
+from meshwarden.identities._bundle import TrustBundle
+from meshwarden.identities._cache import CachedIdentity, IdentityCache
+from meshwarden.identities._clock import Clock
+from meshwarden.identities._errors import AttestationError, IssuanceError
+from meshwarden.identities._keys import generate_key
+from meshwarden.identities._node_client import (
+    NodeCredentials,
+    attest,
+    make_csr,
+    node_stub,
+    open_channel,
+    renew,
+)
+from meshwarden.identities._validate import X509Svid
+from meshwarden.protos import node_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: str
+    data_dir: Path
+    sync_interval: float = 5.0
+
+
+def renewal_due(svid: X509Svid, now: dt.datetime, jitter: float) -> bool:
+    """Half-life ± `jitter` (a fraction, e.g. 0.1) of the SVID's lifetime has passed."""
+    leaf = svid.leaf
+    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    return bool(now >= leaf.not_valid_before_utc + lifetime * (0.5 + jitter))
+
+
+@dataclass
+class _JwtCache:
+    tokens: dict[tuple[str, tuple[str, ...]], tuple[str, dt.datetime]] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, cache: IdentityCache, clock: Clock) -> None:
+        self.config = config
+        self.cache = cache
+        self.clock = clock
+        self.node: NodeCredentials | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._jwt = _JwtCache()
+        self._jitter: dict[SpiffeId, float] = {}
+
+    async def start(self, server_roots_pem: bytes | None, join_token: str | None) -> None:
+        """Load the saved node identity, or attest with the join token; then sync once."""
+        node = NodeCredentials.load(self.config.data_dir)
+        if node is not None and node.expires_at <= self.clock.now():
+            log.warning("saved node SVID expired at %s; attesting again", node.expires_at)
+            node = None
+        if node is None:
+            if not join_token or server_roots_pem is None:
+                raise AttestationError(
+                    "no saved node identity: --join-token and --server-bundle needed"
+                )
+            node = await attest(self.config.server, server_roots_pem, join_token)
+            node.save(self.config.data_dir)
+        self._use(node)
+        await self.sync()
+
+    def _use(self, node: NodeCredentials) -> None:
+        self.node = node
+        old, self._channel = (
+            self._channel,
+            open_channel(self.config.server, node.bundle.x509_pem(), node),
+        )
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close(grace=1))
+
+    @property
+    def _stub(self) -> Any:
+        assert self._channel is not None, "start() first"
+        return node_stub(self._channel)
+
+    async def run(self) -> None:
+        """Sync forever; errors are logged and retried at the next interval."""
+        while True:
+            await asyncio.sleep(self.config.sync_interval)
+            try:
+                await self._renew_node_if_due()
+                await self.sync()
+            except (grpc.aio.AioRpcError, IssuanceError) as exc:
+                log.warning("sync with %s failed: %s", self.config.server, exc)
+
+    async def _renew_node_if_due(self) -> None:
+        assert self.node is not None and self._channel is not None
+        if self.clock.now() >= self.node.renew_at():
+            node = await renew(self._channel, self.node)
+            node.save(self.config.data_dir)
+            self._use(node)
+
+    async def sync(self) -> None:
+        response = await self._stub.Sync(pb.SyncRequest(), timeout=15)
+        assert self.node is not None
+        bundle = TrustBundle.parse_spiffe_json(response.bundle, self.node.trust_domain)
+        if bundle != self.node.bundle:
+            self.node = NodeCredentials(self.node.key, self.node.chain, bundle)
+            self.node.save(self.config.data_dir)
+        identities = await self._identities(response.workloads, bundle)
+        old_bundle = self.cache.bundle()
+        if tuple(identities) != self.cache.identities or bundle != old_bundle:
+            self.cache.update(identities, bundle)
+
+    async def _identities(
+        self, entries: Sequence[pb.WorkloadEntry], bundle: TrustBundle
+    ) -> list[CachedIdentity]:
+        current = {i.spiffe_id: i for i in self.cache.identities}
+        wanted = [(SpiffeId.parse(e.spiffe_id), tuple(e.selectors)) for e in entries]
+        stale = [sid for sid, _ in wanted if self._needs_svid(current.get(sid), bundle)]
+        fresh = await self._sign(stale) if stale else {}
+        result = []
+        for spiffe_id, selectors in wanted:
+            svid = fresh.get(spiffe_id) or (
+                current[spiffe_id].svid if spiffe_id in current else None
+            )
+            if svid is not None:
+                result.append(CachedIdentity(spiffe_id, selectors, svid))
+        return result
+
+    def _needs_svid(self, cached: CachedIdentity | None, bundle: TrustBundle) -> bool:
+        if cached is None:
+            return True
+        issuer_known = any(c in bundle.x509_authorities for c in cached.svid.chain[1:])
+        jitter = self._jitter.setdefault(cached.spiffe_id, random.uniform(-0.1, 0.1))
+        return not issuer_known or renewal_due(cached.svid, self.clock.now(), jitter)
+
+    async def _sign(self, spiffe_ids: Sequence[SpiffeId]) -> dict[SpiffeId, X509Svid]:
+        keys = {sid: generate_key() for sid in spiffe_ids}
+        requests = [pb.X509SVIDRequest(spiffe_id=str(s), csr=make_csr(k)) for s, k in keys.items()]
+        response = await self._stub.SignX509SVIDs(pb.SignX509SVIDsRequest(requests=requests))
+        signed = {}
+        for result in response.results:
+            spiffe_id = SpiffeId.parse(result.spiffe_id)
+            if result.error:
+                log.warning("server refused an SVID for %s: %s", spiffe_id, result.error)
+                continue
+            chain = tuple(x509.load_der_x509_certificate(c) for c in result.svid_chain)
+            signed[spiffe_id] = X509Svid(spiffe_id, chain, keys[spiffe_id])
+            self._jitter.pop(spiffe_id, None)
+        return signed
+
+    async def mint_jwt(self, spiffe_id: SpiffeId, audience: Sequence[str]) -> str:
+        """A JWT-SVID from the server, reused until half its lifetime has passed."""
+        key = (str(spiffe_id), tuple(sorted(audience)))
+        cached = self._jwt.tokens.get(key)
+        if cached is not None and self.clock.now() < cached[1]:
+            return cached[0]
+        request = pb.SignJWTSVIDRequest(spiffe_id=str(spiffe_id), audience=list(audience))
+        try:
+            response = await self._stub.SignJWTSVID(request, timeout=15)
+        except grpc.aio.AioRpcError as exc:
+            raise IssuanceError(
+                f"server refused a JWT-SVID for {spiffe_id}: {exc.details()}"
+            ) from exc
+        refresh = self.clock.now() + dt.timedelta(minutes=2)
+        self._jwt.tokens[key] = (response.token, refresh)
+        return str(response.token)
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=0.5)

@@ -1,0 +1,130 @@
+"""The agent's side of the node API: its persisted node credentials (key and node SVID, 0600)
+and the mTLS channel to the server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from meshwarden.engine import TrustDomain
+from meshwarden.identities._bundle import TrustBundle
+from meshwarden.identities._errors import AttestationError, BundleError
+from meshwarden.identities._files import write_file
+from meshwarden.identities._join_tokens import SERVER_DNS_NAME
+from meshwarden.identities._keys import (
+    PrivateKey,
+    generate_key,
+    load_private_key_pem,
+    private_key_pkcs8_pem,
+)
+from meshwarden.identities._validate import spiffe_id_of
+from meshwarden.protos import node_pb2 as pb
+from meshwarden.protos import node_pb2_grpc
+
+KEY_FILE, SVID_FILE, BUNDLE_FILE = "node.key", "node-svid.pem", "bundle.json"
+
+
+def make_csr(key: PrivateKey) -> bytes:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    return builder.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+
+def read_server_bundle(path: Path) -> bytes:
+    """PEM CA certificates from a bundle file in PEM or SPIFFE (JSON) format."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"{"):
+        td = TrustDomain("bootstrap.invalid")  # only the certificates are used
+        return bytes(TrustBundle.parse_spiffe_json(data, td).x509_pem())
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise BundleError(f"{path}: neither a PEM bundle nor a SPIFFE bundle")
+    return data
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    key: PrivateKey
+    chain: tuple[x509.Certificate, ...]
+    bundle: TrustBundle
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return spiffe_id_of(self.chain[0]).trust_domain
+
+    @property
+    def expires_at(self) -> dt.datetime:
+        return self.chain[0].not_valid_after_utc
+
+    def renew_at(self) -> dt.datetime:
+        leaf = self.chain[0]
+        return (
+            leaf.not_valid_before_utc + (leaf.not_valid_after_utc - leaf.not_valid_before_utc) / 2
+        )
+
+    def chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(Encoding.PEM) for c in self.chain)
+
+    def save(self, data_dir: Path) -> None:
+        write_file(data_dir / KEY_FILE, private_key_pkcs8_pem(self.key))
+        write_file(data_dir / SVID_FILE, self.chain_pem())
+        write_file(data_dir / BUNDLE_FILE, self.bundle.to_spiffe_json().encode())
+
+    @classmethod
+    def load(cls, data_dir: Path) -> NodeCredentials | None:
+        paths = [data_dir / name for name in (KEY_FILE, SVID_FILE, BUNDLE_FILE)]
+        if not all(p.exists() for p in paths):
+            return None
+        key = load_private_key_pem(paths[0].read_bytes(), str(paths[0]))
+        chain = tuple(x509.load_pem_x509_certificates(paths[1].read_bytes()))
+        td = spiffe_id_of(chain[0]).trust_domain
+        return cls(key, chain, TrustBundle.parse_spiffe_json(paths[2].read_bytes(), td))
+
+    @classmethod
+    def from_response(cls, key: PrivateKey, response: pb.AttestResponse) -> NodeCredentials:
+        chain = tuple(x509.load_der_x509_certificate(c) for c in response.svid_chain)
+        td = spiffe_id_of(chain[0]).trust_domain
+        return cls(key, chain, TrustBundle.parse_spiffe_json(response.bundle, td))
+
+
+def node_stub(channel: grpc.aio.Channel) -> Any:
+    """The generated (untyped) client stub of meshwarden.node.v1.Node."""
+    make = cast(Callable[[grpc.aio.Channel], Any], node_pb2_grpc.NodeStub)
+    return make(channel)
+
+
+_OPTIONS = (("grpc.ssl_target_name_override", SERVER_DNS_NAME),)
+
+
+def open_channel(server: str, roots_pem: bytes, node: NodeCredentials | None) -> grpc.aio.Channel:
+    """An mTLS channel with the node SVID, or server-authenticated TLS only (to attest)."""
+    key = private_key_pkcs8_pem(node.key) if node else None
+    chain = node.chain_pem() if node else None
+    credentials = grpc.ssl_channel_credentials(roots_pem, key, chain)
+    return grpc.aio.secure_channel(server, credentials, options=_OPTIONS)
+
+
+async def attest(server: str, roots_pem: bytes, join_token: str) -> NodeCredentials:
+    """Redeem a join token for a node SVID; the node key never leaves this process."""
+    key = generate_key()
+    async with open_channel(server, roots_pem, None) as channel:
+        stub = node_stub(channel)
+        try:
+            response = await stub.Attest(
+                pb.AttestRequest(join_token=join_token, csr=make_csr(key)), timeout=15
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise AttestationError(f"attestation with {server} failed: {exc.details()}") from exc
+    return NodeCredentials.from_response(key, response)
+
+
+async def renew(channel: grpc.aio.Channel, node: NodeCredentials) -> NodeCredentials:
+    key = generate_key()
+    stub = node_stub(channel)
+    response = await stub.RenewNodeSVID(pb.RenewNodeSVIDRequest(csr=make_csr(key)), timeout=15)
+    return NodeCredentials.from_response(key, response)

@@ -1,0 +1,71 @@
+"""A gRPC endpoint on TCP with TLS terminated in Python: client certificates are requested and
+verified when given (grpcio cannot do "optional client certificate"), so join-token attestation
+and mTLS calls with a node SVID share one port. Who the peer is travels via `PeerTable`."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from meshwarden.identities._front import PeerTable, relay
+
+
+@dataclass(frozen=True)
+class TlsPeer:
+    """The verified client certificate of a connection; None when the client sent none."""
+
+    certificate: x509.Certificate | None
+
+
+def server_tls_context(cert_file: Path, key_file: Path, client_roots_pem: bytes) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cadata=client_roots_pem.decode("ascii"))
+    context.load_cert_chain(cert_file, key_file)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+class TlsEndpoint:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext,
+        add_services: Callable[[grpc.aio.Server, PeerTable[TlsPeer]], None],
+    ) -> None:
+        self.host, self.port = host, port
+        self.tls = tls
+        self.peers: PeerTable[TlsPeer] = PeerTable()
+        self._add_services = add_services
+        self._grpc: grpc.aio.Server | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._internal = 0
+
+    async def start(self) -> None:
+        self._grpc = grpc.aio.server()
+        self._add_services(self._grpc, self.peers)
+        self._internal = self._grpc.add_insecure_port("127.0.0.1:0")
+        await self._grpc.start()
+        self._listener = await asyncio.start_server(
+            self._accept, self.host, self.port, ssl=self.tls, ssl_handshake_timeout=10
+        )
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 0.5) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        peer = TlsPeer(x509.load_der_x509_certificate(der) if der else None)
+        await relay(self.peers, peer, self._internal, reader, writer)

@@ -1,0 +1,53 @@
+"""`meshwarden agent`: attests this node, keeps its workloads' SVIDs fresh and serves them on
+the Workload API socket (and SDS for the local Envoy when asked)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshwarden.identities import (
+    Agent,
+    AgentConfig,
+    Clock,
+    IdentityCache,
+    LocalEndpoint,
+    read_server_bundle,
+    workload_api_services,
+)
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    server: str
+    data_dir: Path
+    socket: Path
+    server_bundle: Path | None = None
+    join_token: str | None = None
+    sds_socket: Path | None = None
+    sync_interval: float = 5.0
+
+
+class NodeAgent:
+    def __init__(self, options: AgentOptions, clock: Clock) -> None:
+        self.options = options
+        self.cache = IdentityCache()
+        config = AgentConfig(options.server, options.data_dir, options.sync_interval)
+        self.agent = Agent(config, self.cache, clock)
+        services = workload_api_services(self.cache, self.agent.mint_jwt, clock)
+        self.workload_api = LocalEndpoint(options.socket, services)
+
+    async def start(self) -> None:
+        """Attest (or reuse the saved node identity), fetch SVIDs, then open the socket."""
+        options = self.options
+        options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        roots = read_server_bundle(options.server_bundle) if options.server_bundle else None
+        await self.agent.start(roots, options.join_token)
+        await self.workload_api.start()
+
+    async def run(self) -> None:
+        await self.agent.run()
+
+    async def stop(self) -> None:
+        await self.workload_api.stop()
+        await self.agent.stop()

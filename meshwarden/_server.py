@@ -1,0 +1,247 @@
+"""`meshwarden server`: wires the policy registry, the CA, join tokens and the node API.
+
+Data dir layout: ca.json (CA keys, 0600), server.key/server.pem (the server's own SVID, 0600),
+bundle.json (the SPIFFE bundle, public), admin.sock (0600; `meshwarden token create`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from meshwarden import engine
+from meshwarden.identities import (
+    SERVER_DNS_NAME,
+    CaConfig,
+    CertificateAuthority,
+    Clock,
+    IdentityError,
+    JoinTokens,
+    TlsEndpoint,
+    UpstreamCa,
+    WorkloadRegistry,
+    generate_key,
+    load_ca,
+    load_private_key_pem,
+    node_api_services,
+    peer_process,
+    private_key_pkcs8_pem,
+    save_ca,
+    server_spiffe_id,
+    server_tls_context,
+    write_file,
+)
+
+ADMIN_SOCKET = "admin.sock"
+BUNDLE_FILE = "bundle.json"
+TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    policies: Path
+    data_dir: Path
+    listen: str = "127.0.0.1:8443"
+    upstream_cert: Path | None = None
+    upstream_key: Path | None = None
+    svid_ttl: dt.timedelta = dt.timedelta(hours=1)
+    ca_ttl: dt.timedelta = dt.timedelta(hours=24)
+
+
+def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            stat = path.stat()
+            found.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
+
+
+class Policies:
+    """The last good registry of the policy dir; a broken edit keeps the previous one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.registry: WorkloadRegistry | None = None
+        self._seen: tuple[tuple[str, int, int], ...] | None = None
+
+    def reload_if_changed(self) -> bool:
+        fingerprint = _fingerprint(self.directory)
+        if fingerprint == self._seen:
+            return False
+        self._seen = fingerprint
+        result = engine.load([self.directory])
+        for diagnostic in result.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        if result.registry is None:
+            print("policies invalid; keeping the last good registry", file=sys.stderr)
+            return False
+        self.registry = result.registry
+        return True
+
+
+class ControlPlane:
+    def __init__(self, options: ServerOptions, clock: Clock) -> None:
+        self.options = options
+        self.clock = clock
+        self.policies = Policies(options.policies)
+        self.tokens = JoinTokens(clock)
+        self.ca: CertificateAuthority | None = None
+        self.endpoint: TlsEndpoint | None = None
+        self._admin: asyncio.AbstractServer | None = None
+        self._server_cert_renew_at = clock.now()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.options.data_dir
+
+    def _open_ca(self) -> CertificateAuthority:
+        self.policies.reload_if_changed()
+        if self.policies.registry is None:
+            raise ValueError(f"{self.options.policies}: no valid policies; fix the errors above")
+        upstream = None
+        if self.options.upstream_cert and self.options.upstream_key:
+            upstream = UpstreamCa.load(self.options.upstream_cert, self.options.upstream_key)
+        config = CaConfig(
+            self.policies.registry.trust_domain,
+            ca_ttl=self.options.ca_ttl,
+            svid_ttl=self.options.svid_ttl,
+            upstream=upstream,
+        )
+        return load_ca(self.data_dir / "ca.json", config, self.clock)
+
+    def _issue_server_svid(self) -> None:
+        assert self.ca is not None
+        key_file = self.data_dir / "server.key"
+        if key_file.exists():
+            key = load_private_key_pem(key_file.read_bytes(), str(key_file))
+        else:
+            key = generate_key()
+            write_file(key_file, private_key_pkcs8_pem(key))
+        svid = self.ca.sign_x509_svid(
+            key.public_key(), server_spiffe_id(self.ca.trust_domain), dns_names=[SERVER_DNS_NAME]
+        )
+        write_file(
+            self.data_dir / "server.pem", b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain)
+        )
+        leaf = svid.leaf
+        self._server_cert_renew_at = (
+            leaf.not_valid_before_utc + (leaf.not_valid_after_utc - leaf.not_valid_before_utc) / 2
+        )
+
+    def _publish(self) -> None:
+        assert self.ca is not None
+        save_ca(self.ca, self.data_dir / "ca.json")
+        write_file(self.data_dir / BUNDLE_FILE, self.ca.bundle().to_spiffe_json().encode(), 0o644)
+
+    async def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ca = self._open_ca()
+        self._publish()
+        self._issue_server_svid()
+        tls = server_tls_context(
+            self.data_dir / "server.pem", self.data_dir / "server.key", self.ca.bundle().x509_pem()
+        )
+        host, _, port = self.options.listen.rpartition(":")
+        services = node_api_services(self.ca, self.tokens, lambda: self.policies.registry)
+        self.endpoint = TlsEndpoint(host or "127.0.0.1", int(port), tls, services)
+        await self.endpoint.start()
+        await self._start_admin()
+        return f"{self.endpoint.host}:{self.endpoint.port}"
+
+    async def _start_admin(self) -> None:
+        path = self.data_dir / ADMIN_SOCKET
+        path.unlink(missing_ok=True)
+        self._admin = await asyncio.start_unix_server(self._serve_admin, path=str(path))
+        os.chmod(path, 0o600)
+
+    async def _serve_admin(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            caller = peer_process(writer.get_extra_info("socket"))
+            if caller.uid not in (0, os.getuid()):
+                raise PermissionError(f"uid {caller.uid} may not administer this server")
+            request = json.loads(await reader.readline())
+            reply: dict[str, Any] = self._admin_request(request)
+        except (IdentityError, PermissionError, ValueError, KeyError) as exc:
+            reply = {"error": str(exc)}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+    def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("op") != "token.create":
+            raise ValueError(f"unknown admin operation {request.get('op')!r}")
+        ttl = dt.timedelta(seconds=float(request["ttl_seconds"]))
+        return {"token": self.tokens.create(str(request["node"]), ttl)}
+
+    async def run(self) -> None:
+        """Rotate the CA, renew the server certificate and reload policies, forever."""
+        assert self.ca is not None and self.endpoint is not None
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            if self.ca.rotate():
+                self._publish()
+                self.endpoint.tls.load_verify_locations(cadata=self.ca.bundle().x509_pem().decode())
+            if self.clock.now() >= self._server_cert_renew_at:
+                self._issue_server_svid()
+                self.endpoint.tls.load_cert_chain(
+                    self.data_dir / "server.pem", self.data_dir / "server.key"
+                )
+            self.policies.reload_if_changed()
+
+    async def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+        (self.data_dir / ADMIN_SOCKET).unlink(missing_ok=True)
+
+
+async def admin_request(data_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to a running server's admin socket."""
+    path = data_dir / ADMIN_SOCKET
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(json.dumps(request).encode() + b"\n")
+    await writer.drain()
+    reply: dict[str, Any] = json.loads(await reader.readline())
+    writer.close()
+    return reply
+
+
+async def serve_until_signalled(
+    start: Callable[[], Awaitable[str]],
+    run: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+) -> int:
+    """`start` returns the text of the `ready` line; `run` runs until cancelled."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        ready = await start()
+    except Exception as exc:  # the component failed to start: report, exit 1
+        print(f"error: {exc}", file=sys.stderr)
+        await stop()
+        return 1
+    print(f"ready {ready}", flush=True)
+    task = asyncio.create_task(run())
+    waiter = asyncio.create_task(stopping.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await stop()
+    return 0

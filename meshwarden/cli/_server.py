@@ -1,0 +1,42 @@
+"""`meshwarden server`: the control plane (CA + node API for agents)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
+from meshwarden.identities import SystemClock
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "server", help="run the control plane (CA and node API)",
+        description="Run the control plane: the CA of the mesh's trust domain and the node API "
+        "that agents attest to. Prints a line starting with 'ready' once it serves.",
+    )  # fmt: skip
+    parser.add_argument("--policies", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
+    parser.add_argument("--upstream-ca-cert", type=Path, metavar="FILE")
+    parser.add_argument("--upstream-ca-key", type=Path, metavar="FILE")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
+        print("error: --upstream-ca-cert and --upstream-ca-key go together")
+        return 2
+    options = ServerOptions(
+        policies=args.policies, data_dir=args.data_dir, listen=args.listen,
+        upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,
+    )  # fmt: skip
+    plane = ControlPlane(options, SystemClock())
+
+    async def start() -> str:
+        address = await plane.start()
+        assert plane.ca is not None
+        return f"node API on {address}, trust domain {plane.ca.trust_domain}"
+
+    return asyncio.run(serve_until_signalled(start, plane.run, plane.stop))

@@ -188,18 +188,21 @@ class ControlPlane:
 
     async def run(self) -> None:
         """Rotate the CA, renew the server certificate and reload policies, forever."""
-        assert self.ca is not None and self.endpoint is not None
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            if self.ca.rotate():
-                self._publish()
-                self.endpoint.tls.load_verify_locations(cadata=self.ca.bundle().x509_pem().decode())
-            if self.clock.now() >= self._server_cert_renew_at:
-                self._issue_server_svid()
-                self.endpoint.tls.load_cert_chain(
-                    self.data_dir / "server.pem", self.data_dir / "server.key"
-                )
-            self.policies.reload_if_changed()
+            self.tick()
+
+    def tick(self) -> None:
+        assert self.ca is not None and self.endpoint is not None
+        if self.ca.rotate():
+            self._publish()
+            self.endpoint.tls.load_verify_locations(cadata=self.ca.bundle().x509_pem().decode())
+        if self.clock.now() >= self._server_cert_renew_at:
+            self._issue_server_svid()
+            self.endpoint.tls.load_cert_chain(
+                self.data_dir / "server.pem", self.data_dir / "server.key"
+            )
+        self.policies.reload_if_changed()
 
     async def stop(self) -> None:
         if self._admin is not None:

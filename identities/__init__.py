@@ -25,7 +25,7 @@ from meshwarden.identities._join_tokens import (
 )
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
 from meshwarden.identities._keys import generate_key, load_private_key_pem, private_key_pkcs8_pem
-from meshwarden.identities._local_endpoint import LocalEndpoint
+from meshwarden.identities._local_endpoint import LocalEndpoint, ProcessPeers, caller_selectors
 from meshwarden.identities._node_api import node_api_services
 from meshwarden.identities._node_client import read_server_bundle
 from meshwarden.identities._registry import RegisteredWorkload, WorkloadRegistry
@@ -54,6 +54,7 @@ __all__ = [
     "LocalEndpoint",
     "ManualClock",
     "PeerProcess",
+    "ProcessPeers",
     "RegisteredWorkload",
     "Slot",
     "SlotState",
@@ -65,6 +66,7 @@ __all__ = [
     "WorkloadRegistry",
     "X509Authority",
     "X509Svid",
+    "caller_selectors",
     "generate_key",
     "load_ca",
     "load_private_key_pem",

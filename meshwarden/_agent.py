@@ -4,7 +4,10 @@ the Workload API socket (and SDS for the local Envoy when asked)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+import grpc
 
 from meshwarden.identities import (
     Agent,
@@ -12,9 +15,12 @@ from meshwarden.identities import (
     Clock,
     IdentityCache,
     LocalEndpoint,
+    ProcessPeers,
+    caller_selectors,
     read_server_bundle,
     workload_api_services,
 )
+from meshwarden.xds._sds import sds_handler
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class NodeAgent:
         self.agent = Agent(config, self.cache, clock)
         services = workload_api_services(self.cache, self.agent.mint_jwt, clock)
         self.workload_api = LocalEndpoint(options.socket, services)
+        self.sds = LocalEndpoint(options.sds_socket, self._add_sds) if options.sds_socket else None
+
+    def _add_sds(self, server: grpc.aio.Server, peers: ProcessPeers) -> None:
+        handler = sds_handler(self.cache, partial(caller_selectors, peers))
+        server.add_generic_rpc_handlers((handler,))
 
     async def start(self) -> None:
         """Attest (or reuse the saved node identity), fetch SVIDs, then open the socket."""
@@ -44,10 +55,14 @@ class NodeAgent:
         roots = read_server_bundle(options.server_bundle) if options.server_bundle else None
         await self.agent.start(roots, options.join_token)
         await self.workload_api.start()
+        if self.sds is not None:
+            await self.sds.start()
 
     async def run(self) -> None:
         await self.agent.run()
 
     async def stop(self) -> None:
+        if self.sds is not None:
+            await self.sds.stop()
         await self.workload_api.stop()
         await self.agent.stop()

@@ -9,7 +9,16 @@ from collections.abc import Sequence
 
 # Each module named here defines `register(subparsers)`; it adds its parser and sets `func`,
 # a callable taking the parsed namespace and returning the exit code.
-_COMMAND_MODULES: tuple[str, ...] = ("check", "explain", "server", "token", "ca", "agent", "svid")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "check",
+    "explain",
+    "demo",
+    "server",
+    "token",
+    "ca",
+    "agent",
+    "svid",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

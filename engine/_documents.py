@@ -41,6 +41,10 @@ class Document(Generic[SpecT]):
     def ref(self) -> str:
         return f"{self.metadata.namespace}/{self.metadata.name}"
 
+    def key_at(self, *path: str | int) -> Location:
+        """Location of the key of a mapping entry inside this document."""
+        return self.source.key_at(tuple(path))
+
     def at(self, *path: str | int) -> Location:
         """Location of the value at a path inside this document (nearest enclosing one)."""
         return self.source.value_at(tuple(path))
@@ -82,7 +86,10 @@ def _diagnostic(err: ErrorDetails, source: SourceDocument, prefix: Path) -> Diag
     if kind == "missing":
         missing = field_name((*prefix, *err["loc"]))
         return error(source.value_at(path), f"missing required field {missing!r}")
-    return error(source.value_at(path), f"{field}: {_message(err)}")
+    message = _message(err)
+    if kind == "value_error":
+        path = _offending_item(source, path, message)
+    return error(source.value_at(path), f"{field}: {message}")
 
 
 def _document_path(source: SourceDocument, loc: tuple[Any, ...]) -> Path:
@@ -126,3 +133,18 @@ def field_name(path: Path) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "document"
+
+
+def _offending_item(source: SourceDocument, path: Path, message: str) -> Path:
+    """Inside a list the validator judged as a whole, the item its message names."""
+    value = source.data
+    for part in path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return path
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str | int) and repr(item) in message:
+                return (*path, i)
+    return path

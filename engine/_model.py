@@ -7,10 +7,19 @@ where a string belongs is reported instead of silently converted. Each value che
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 
 from meshwarden.engine import _validators as v
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 DnsLabel = Annotated[str, AfterValidator(v.dns_label)]
@@ -148,16 +157,23 @@ class Condition(_Strict):
     values: list[ConditionValue] | None = None
     not_values: list[ConditionValue] | None = None
 
+    @field_validator("values", "not_values")
+    @classmethod
+    def _values_fit_key(
+        cls, values: list[int | str] | None, info: ValidationInfo
+    ) -> list[int | str] | None:
+        key = info.data.get("key")
+        for value in values or []:
+            if key == "source.ip":
+                v.cidr(str(value)) if "/" in str(value) else v.ip_address(str(value))
+            elif key == "destination.port":
+                v.port_range(value)
+        return values
+
     @model_validator(mode="after")
     def _has_values(self) -> Condition:
         if self.values is None and self.not_values is None:
             raise ValueError(f"condition on {self.key!r} needs 'values' or 'notValues'")
-        if self.key == "source.ip":
-            for value in [*(self.values or []), *(self.not_values or [])]:
-                v.cidr(str(value)) if "/" in str(value) else v.ip_address(str(value))
-        if self.key == "destination.port":
-            for value in [*(self.values or []), *(self.not_values or [])]:
-                v.port_range(value)
         return self
 
 
@@ -183,12 +199,28 @@ def _default_headers() -> list[HeaderSource]:
     return [HeaderSource(name="authorization", prefix="Bearer ")]
 
 
+def _check_jwks(text: str) -> str:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"jwks is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not doc["keys"]:
+        raise ValueError('jwks must be a JSON object with a non-empty "keys" list')
+    return text
+
+
+def _check_jwks_uri(text: str) -> str:
+    if not text.startswith(("https://", "http://")):
+        raise ValueError(f"jwksUri {text!r} must be an http(s) URL")
+    return text
+
+
 class JwtIssuerSpec(_Strict):
     selector: LabelSelector | None = None
     issuer: Annotated[str, Field(min_length=1)]
     audiences: list[str] = Field(default_factory=list)
-    jwks: str | None = None
-    jwks_uri: str | None = None
+    jwks: Annotated[str, AfterValidator(_check_jwks)] | None = None
+    jwks_uri: Annotated[str, AfterValidator(_check_jwks_uri)] | None = None
     spiffe_trust_domain: Annotated[str, AfterValidator(v.trust_domain)] | None = None
     from_headers: list[HeaderSource] = Field(default_factory=_default_headers)
     forward_original_token: bool = False
@@ -201,22 +233,7 @@ class JwtIssuerSpec(_Strict):
                 "give exactly one of 'jwks' (inline JWKS JSON), 'jwksUri' or 'spiffeTrustDomain'"
                 + (f" (found: {', '.join(to_camel(g) for g in given)})" if given else "")
             )
-        if self.jwks is not None:
-            _check_jwks(self.jwks)
-        if self.jwks_uri is not None and not self.jwks_uri.startswith(("https://", "http://")):
-            raise ValueError(f"jwksUri {self.jwks_uri!r} must be an http(s) URL")
         return self
-
-
-def _check_jwks(text: str) -> None:
-    import json
-
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"jwks is not valid JSON: {exc.msg} at character {exc.pos}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not doc["keys"]:
-        raise ValueError('jwks must be a JSON object with a non-empty "keys" list')
 
 
 SPECS: dict[str, type[_Strict]] = {

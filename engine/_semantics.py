@@ -70,11 +70,11 @@ def _http_on_tcp(
         for name in HTTP_FIELDS:
             if hit and getattr(op, name) is not None:
                 camel = name.replace("_m", "M").replace("_p", "P").replace("_h", "H")
-                found.append((doc.at("spec", "rules", i, "to", j, camel), camel, hit))
+                found.append((doc.key_at("spec", "rules", i, "to", j, camel), camel, hit))
     if rule_tcp:
         for k, source in enumerate(rule.from_ or []):
             if source.jwt is not None:
-                found.append((doc.at("spec", "rules", i, "from", k, "jwt"), "jwt", rule_tcp))
+                found.append((doc.key_at("spec", "rules", i, "from", k, "jwt"), "jwt", rule_tcp))
         for k, cond in enumerate(rule.when or []):
             if cond.key.startswith(HTTP_CONDITIONS):
                 found.append((doc.at("spec", "rules", i, "when", k, "key"), cond.key, rule_tcp))
@@ -92,24 +92,31 @@ def _http_on_tcp(
 def _jwt_without_issuer(
     mesh: CompiledMesh, policy: CompiledPolicy, rule: Rule, i: int
 ) -> list[Diagnostic]:
-    places = [("from", k, "jwt") for k, s in enumerate(rule.from_ or []) if s.jwt is not None]
+    places = [
+        (policy.document.key_at("spec", "rules", i, "from", k, "jwt"), "a jwt source")
+        for k, s in enumerate(rule.from_ or [])
+        if s.jwt is not None
+    ]
     places += [
-        ("when", k, "key")
+        (policy.document.at("spec", "rules", i, "when", k, "key"), f"condition {c.key}")
         for k, c in enumerate(rule.when or [])
         if c.key.startswith("request.jwt.claims[")
     ]
-    if not places:
-        return []
     lacking = sorted(ref for ref in policy.targets if not mesh.issuers_for(ref))
-    if not lacking:
+    if not places or not lacking:
         return []
-    where = policy.document.at("spec", "rules", i, *places[0])
+    where, what = places[0]
+    more = f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else ""
     return [
         error(
             where,
-            f"rule {i} of {policy.ref} needs a verified JWT but no JwtIssuer "
-            f"selects workload {lacking[0]}"
-            + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
-            + "; add a JwtIssuer for it or remove the JWT constraint",
+            f"rule {i} of {policy.ref} has {what}, which needs a verified JWT"
+            f"{_named_issuers(rule)}, but no JwtIssuer selects workload {lacking[0]}{more}; "
+            "add a JwtIssuer for it or remove the JWT constraint",
         )
     ]
+
+
+def _named_issuers(rule: Rule) -> str:
+    names = sorted({i for s in rule.from_ or [] if s.jwt for i in s.jwt.issuers or []})
+    return f" (from {', '.join(names)})" if names else ""

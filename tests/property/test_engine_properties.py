@@ -189,8 +189,10 @@ def test_an_ip_never_changes_the_decision_for_a_peer_with_an_identity(mesh_kind,
 @SETTINGS
 @given(meshes, policies, rule, st.lists(requests, min_size=4, max_size=12))
 def test_adding_an_allow_rule_never_turns_an_allow_into_a_deny(mesh_kind, pols, extra, reqs):
-    allow_index = next((i for i, (_, s) in enumerate(pols)
-                        if s["action"] == "ALLOW" and s.get("mode") != "dry-run"), None)  # fmt: skip
+    enforced_allows = [
+        i for i, (_, s) in enumerate(pols) if s["action"] == "ALLOW" and s.get("mode") != "dry-run"
+    ]
+    allow_index = enforced_allows[0] if enforced_allows else None
     if allow_index is None:
         return
     before = compile_yaml(workload_docs(*mesh_kind) + policy_docs(pols))

@@ -117,7 +117,8 @@ def test_jwt_source_matches_only_a_verified_token_meeting_every_constraint(shop_
     )
     allow = policy("admins", "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n"
                    "  - from: [{jwt: {issuers: [https://idp.example.com], "
-                   "claims: {groups: [admin], realm.role: [ops]}}}]\n    to: [{ports: [8080]}]\n")  # fmt: skip
+                   "claims: {groups: [admin], realm.role: [ops]}}}]\n"
+                   "    to: [{ports: [8080]}]\n")  # fmt: skip
     mesh = mesh_from(shop_workloads + issuer + allow)
     good = {"iss": "https://idp.example.com", "groups": ["dev", "admin"], "realm": {"role": "ops"}}
     assert verdict(mesh, "shop/backend-1", 8080, identity=OPS, jwt_claims=good)[0] == "ALLOW"

@@ -99,12 +99,12 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.sync_interval)
             try:
-                await self._renew_node_if_due()
+                await self.renew_node_if_due()
                 await self.sync()
             except (grpc.aio.AioRpcError, IssuanceError) as exc:
                 log.warning("sync with %s failed: %s", self.config.server, exc)
 
-    async def _renew_node_if_due(self) -> None:
+    async def renew_node_if_due(self) -> None:
         assert self.node is not None and self._channel is not None
         if self.clock.now() >= self.node.renew_at():
             node = await renew(self._channel, self.node)

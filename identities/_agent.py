@@ -19,7 +19,7 @@ from meshwarden.engine import SpiffeId
 from meshwarden.identities._bundle import TrustBundle
 from meshwarden.identities._cache import CachedIdentity, IdentityCache
 from meshwarden.identities._clock import Clock
-from meshwarden.identities._errors import AttestationError, IssuanceError
+from meshwarden.identities._errors import AttestationError, IdentityError, IssuanceError
 from meshwarden.identities._keys import generate_key
 from meshwarden.identities._node_client import (
     NodeCredentials,
@@ -101,7 +101,7 @@ class Agent:
             try:
                 await self.renew_node_if_due()
                 await self.sync()
-            except (grpc.aio.AioRpcError, IssuanceError) as exc:
+            except (grpc.aio.AioRpcError, IdentityError, ValueError) as exc:
                 log.warning("sync with %s failed: %s", self.config.server, exc)
 
     async def renew_node_if_due(self) -> None:

@@ -243,8 +243,13 @@ async def serve_until_signalled(
     task = asyncio.create_task(run())
     waiter = asyncio.create_task(stopping.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    failure = task.exception() if task.done() and not task.cancelled() else None
     task.cancel()
+    waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     await stop()
+    if failure is not None:
+        print(f"error: stopped: {failure!r}", file=sys.stderr)
+        return 1
     return 0

@@ -63,6 +63,7 @@ class Agent:
         self._channel: grpc.aio.Channel | None = None
         self._jwt = _JwtCache()
         self._jitter: dict[SpiffeId, float] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self, server_roots_pem: bytes | None, join_token: str | None) -> None:
         """Load the saved node identity, or attest with the join token; then sync once."""
@@ -86,8 +87,10 @@ class Agent:
             self._channel,
             open_channel(self.config.server, node.bundle.x509_pem(), node),
         )
-        if old is not None:
-            asyncio.get_running_loop().create_task(old.close(grace=1))
+        if old is not None:  # let calls in flight on the old channel finish
+            closing = asyncio.get_running_loop().create_task(old.close(grace=1))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     @property
     def _stub(self) -> Any:

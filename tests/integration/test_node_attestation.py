@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,3 +288,43 @@ def test_a_broken_policy_edit_keeps_the_last_good_registry(plane: Plane, tmp_pat
     plane.loop.run(agent.sync())
     assert sorted(str(i.spiffe_id) for i in agent.cache.identities) == sorted([API, ANYWHERE])
     plane.loop.run(agent.stop())
+
+
+def test_intermediate_ca_under_an_upstream_root_serves_agents_end_to_end(tmp_path: Path) -> None:
+    cert, key = tmp_path / "root.pem", tmp_path / "root.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "30",
+         "-subj", "/O=Corp/CN=Corp Root", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
+    options = ServerOptions(
+        tmp_path / "policies", tmp_path / "server", listen="127.0.0.1:0",
+        upstream_cert=cert, upstream_key=key,
+    )  # fmt: skip
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    loop = LoopThread()
+    control = ControlPlane(options, clock)
+    plane = Plane(loop, control, clock, loop.run(control.start()))
+    try:
+        assert plane.roots == cert.read_bytes()
+        agent = plane.agent(tmp_path / "agent", plane.token("node-a"))
+        chain = agent.cache.identities[0].svid.chain
+        assert (
+            len(chain) == 2
+            and chain[1].issuer == x509.load_pem_x509_certificate(cert.read_bytes()).subject
+        )
+        (tmp_path / "leaf.pem").write_bytes(chain[0].public_bytes(Encoding.PEM))
+        (tmp_path / "mid.pem").write_bytes(chain[1].public_bytes(Encoding.PEM))
+        verify = subprocess.run(
+            ["openssl", "verify", "-x509_strict", "-CAfile", str(cert), "-untrusted",
+             str(tmp_path / "mid.pem"), str(tmp_path / "leaf.pem")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        loop.run(agent.stop())
+    finally:
+        loop.run(control.stop())
+        loop.close()

@@ -25,7 +25,7 @@ from meshwarden.identities._jwt import JwtSvid, encode_jwt_svid, verify_jwt_svid
 from meshwarden.identities._keys import PublicKey
 from meshwarden.identities._rotation import Rotation, Slot
 from meshwarden.identities._templates import NOT_BEFORE_BACKDATE, x509_svid_template
-from meshwarden.identities._validate import X509Svid, verify_x509_svid
+from meshwarden.identities._validate import X509Svid, check_minted_x509_svid, verify_x509_svid
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class CertificateAuthority:
         self.jwt = Rotation(lambda now: mint_jwt_authority(now, config.jwt_key_ttl), jwt_slots)
         self.sequence = sequence
         self._bundle: TrustBundle | None = None
+        self._path_verified: set[x509.Certificate] = set()
         self.rotate()
 
     @property
@@ -117,8 +118,17 @@ class CertificateAuthority:
             dns_names=tuple(dns_names),
         )
         chain = (sign(builder, authority.key), authority.certificate, *authority.chain)
-        verify_x509_svid(chain, self.bundle(), now)
+        self._post_mint(chain, now)
         return X509Svid(spiffe_id=spiffe_id, chain=chain)
+
+    def _post_mint(self, chain: tuple[x509.Certificate, ...], now: dt.datetime) -> None:
+        """Full path validation for the first SVID of each CA, then the leaf checks and the
+        signature only (the CA part of the chain cannot change)."""
+        if chain[1] in self._path_verified:
+            check_minted_x509_svid(chain, self.bundle(), now)
+        else:
+            verify_x509_svid(chain, self.bundle(), now)
+            self._path_verified.add(chain[1])
 
     def sign_csr(
         self,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from meshwarden.engine import SpiffeId, SpiffeIdError
@@ -107,6 +108,26 @@ def _check_path(chain: Sequence[x509.Certificate], bundle: TrustBundle, now: dt.
         raise SvidValidationError(
             f"X509-SVID chain does not verify against the bundle of {bundle.trust_domain}: {exc}"
         ) from exc
+
+
+def check_minted_x509_svid(
+    chain: Sequence[x509.Certificate], bundle: TrustBundle, now: dt.datetime
+) -> SpiffeId:
+    """Post-mint validation of a chain whose CA part already passed `verify_x509_svid`: the
+    leaf's SPIFFE profile, its validity at `now`, and its signature by `chain[1]`."""
+    leaf = chain[0]
+    spiffe_id = spiffe_id_of(leaf)
+    _check_leaf_constraints(leaf)
+    if spiffe_id.trust_domain != bundle.trust_domain:
+        raise SvidValidationError(
+            f"X509-SVID {spiffe_id} is not in trust domain {bundle.trust_domain}"
+        )
+    _check_validity(leaf, now)
+    try:
+        leaf.verify_directly_issued_by(chain[1])
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise SvidValidationError(f"X509-SVID is not signed by its issuing CA: {exc}") from exc
+    return spiffe_id
 
 
 def verify_x509_svid(

@@ -18,6 +18,7 @@ from meshwarden.identities import (
     generate_key,
     verify_x509_svid,
 )
+from meshwarden.identities._validate import check_minted_x509_svid
 
 from .conftest import TD, WORKLOAD_ID, openssl_verify
 
@@ -116,15 +117,27 @@ DEFECTS: dict[str, tuple[Defect, str]] = {
 }
 
 
+VALIDATORS = {"verify": verify_x509_svid, "post_mint": check_minted_x509_svid}
+
+
+@pytest.mark.parametrize("validator", sorted(VALIDATORS))
 @pytest.mark.parametrize("defect", sorted(DEFECTS))
 def test_validator_rejects_crafted_svid(
-    defect: str, ca: CertificateAuthority, clock: ManualClock
+    defect: str, validator: str, ca: CertificateAuthority, clock: ManualClock
 ) -> None:
     make, message = DEFECTS[defect]
     authority = ca.x509.active()
     leaf = make(_base(ca, clock.now())).sign(authority.key, hashes.SHA256())
     with pytest.raises(SvidValidationError, match=message):
-        verify_x509_svid([leaf, authority.certificate], ca.bundle(), clock.now())
+        VALIDATORS[validator]([leaf, authority.certificate], ca.bundle(), clock.now())
+
+
+def test_post_mint_validation_rejects_a_leaf_not_signed_by_its_issuer(
+    ca: CertificateAuthority, clock: ManualClock
+) -> None:
+    forged = _leaf(_base(ca, clock.now())).sign(generate_key(), hashes.SHA256())
+    with pytest.raises(SvidValidationError, match="not signed by its issuing CA"):
+        check_minted_x509_svid([forged, ca.x509.active().certificate], ca.bundle(), clock.now())
 
 
 def test_validator_rejects_svid_expired(ca: CertificateAuthority, clock: ManualClock) -> None:

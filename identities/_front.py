@@ -11,14 +11,13 @@ port directly) finds no record and is refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import grpc
 from meshwarden.identities._errors import AttestationError
 
 P = TypeVar("P")
-_CHUNK = 65536
 
 
 class PeerTable(Generic[P]):
@@ -45,31 +44,90 @@ class PeerTable(Generic[P]):
         return self.lookup(context.peer())
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while chunk := await reader.read(_CHUNK):
-            writer.write(chunk)
-            await writer.drain()
-    with contextlib.suppress(OSError, RuntimeError):
-        writer.close()
+class _Half(asyncio.Protocol):
+    """One side of a relayed connection: what it receives is written to the other side, with
+    back-pressure (a full write buffer on one side pauses reading on the other)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.other: _Half | None = None
+        self._early: list[bytes] = []
+        self.on_lost: Callable[[], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def join(self, other: _Half) -> None:
+        self.other, other.other = other, self
+        assert other.transport is not None
+        for data in self._early:
+            other.transport.write(data)
+        self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.write(data)
+        else:
+            self._early.append(data)
+
+    def eof_received(self) -> bool:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.close()
+        if self.on_lost is not None:
+            self.on_lost()
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
 
 
-async def relay(
-    table: PeerTable[P],
-    peer: P,
-    port: int,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-) -> None:
-    """Pipe an accepted connection to the grpc server on `port`, known there as `peer`."""
-    try:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        writer.close()
-        return
-    local_port = up_writer.get_extra_info("sockname")[1]
-    table.register(local_port, peer)
-    try:
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-    finally:
-        table.unregister(local_port)
+class RelayedConnection(_Half, Generic[P]):
+    """An accepted connection: identified once by `identify` (which may raise
+    AttestationError: the connection is then closed), then relayed to the grpc server."""
+
+    def __init__(
+        self, table: PeerTable[P], port: int, identify: Callable[[asyncio.Transport], P]
+    ) -> None:
+        super().__init__()
+        self._table, self._port, self._identify = table, port, identify
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        try:
+            peer = self._identify(self.transport)
+        except AttestationError:
+            self.transport.close()
+            return
+        self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._connect(peer))
+        _PENDING.add(task)
+        task.add_done_callback(_PENDING.discard)
+
+    async def _connect(self, peer: P) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            upstream, half = await loop.create_connection(_Half, "127.0.0.1", self._port)
+        except OSError:
+            self.transport.close()
+            return
+        local_port = upstream.get_extra_info("sockname")[1]
+        self._table.register(local_port, peer)
+        half.on_lost = lambda: self._table.unregister(local_port)
+        half.join(self)
+        self.join(half)
+        self.transport.resume_reading()
+
+
+_PENDING: set[asyncio.Task[None]] = set()

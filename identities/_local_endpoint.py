@@ -10,8 +10,7 @@ from typing import TypeAlias
 
 import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
-from meshwarden.identities._errors import AttestationError
-from meshwarden.identities._front import PeerTable, relay
+from meshwarden.identities._front import PeerTable, RelayedConnection
 
 ProcessPeers: TypeAlias = PeerTable[PeerProcess]
 
@@ -51,7 +50,8 @@ class LocalEndpoint:
         await self._grpc.start()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
-        self._listener = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_unix_server(self._connection, path=str(self.socket_path))
         os.chmod(self.socket_path, self._mode)
 
     async def stop(self, grace: float = 0.5) -> None:
@@ -61,11 +61,10 @@ class LocalEndpoint:
             await self._grpc.stop(grace)
         self.socket_path.unlink(missing_ok=True)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connection(self) -> RelayedConnection[PeerProcess]:
         self.connections_accepted += 1
-        try:
-            peer = peer_process(writer.get_extra_info("socket"))
-        except AttestationError:
-            writer.close()
-            return
-        await relay(self.peers, peer, self._port, reader, writer)
+        return RelayedConnection(self.peers, self._port, _identify_process)
+
+
+def _identify_process(transport: asyncio.Transport) -> PeerProcess:
+    return peer_process(transport.get_extra_info("socket"))

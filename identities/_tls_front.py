@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
-from meshwarden.identities._front import PeerTable, relay
+from meshwarden.identities._front import PeerTable, RelayedConnection
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class TlsEndpoint:
         self._add_services(self._grpc, self.peers)
         self._internal = self._grpc.add_insecure_port("127.0.0.1:0")
         await self._grpc.start()
-        self._listener = await asyncio.start_server(
-            self._accept, self.host, self.port, ssl=self.tls, ssl_handshake_timeout=10
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self._connection, self.host, self.port, ssl=self.tls, ssl_handshake_timeout=10
         )
         self.port = self._listener.sockets[0].getsockname()[1]
 
@@ -64,8 +65,11 @@ class TlsEndpoint:
         if self._grpc is not None:
             await self._grpc.stop(grace)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        peer = TlsPeer(x509.load_der_x509_certificate(der) if der else None)
-        await relay(self.peers, peer, self._internal, reader, writer)
+    def _connection(self) -> RelayedConnection[TlsPeer]:
+        return RelayedConnection(self.peers, self._internal, _identify_certificate)
+
+
+def _identify_certificate(transport: asyncio.Transport) -> TlsPeer:
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    return TlsPeer(x509.load_der_x509_certificate(der) if der else None)

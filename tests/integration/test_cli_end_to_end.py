@@ -65,9 +65,11 @@ def test_server_agent_and_svid_fetch_end_to_end(
     assert {k["use"] for k in spiffe_bundle["keys"]} == {"x509-svid", "jwt-svid"}
     agent, _ = _start(
         ["agent", "--server", address, "--join-token", token, "--server-bundle", str(bundle),
-         "--data-dir", str(agent_dir), "--socket", str(socket)], tmp_path / "agent.log",
+         "--data-dir", str(agent_dir), "--socket", str(socket),
+         "--sds-socket", str(tmp_path / "sds.sock")], tmp_path / "agent.log",
     )  # fmt: skip
     processes.append(agent)
+    assert socket.is_socket() and (tmp_path / "sds.sock").is_socket()  # created before `ready`
     fetched = json.loads(
         _meshwarden("svid", "fetch", "--socket", str(socket), "--jwt-audience", "db", "-o", "json")
     )

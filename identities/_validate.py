@@ -110,21 +110,25 @@ def _check_path(chain: Sequence[x509.Certificate], bundle: TrustBundle, now: dt.
         ) from exc
 
 
+def _check_leaf(leaf: x509.Certificate, bundle: TrustBundle, now: dt.datetime) -> SpiffeId:
+    spiffe_id = spiffe_id_of(leaf)
+    _check_leaf_constraints(leaf)
+    if spiffe_id.trust_domain != bundle.trust_domain:
+        raise SvidValidationError(
+            f"X509-SVID {spiffe_id} is not in trust domain {bundle.trust_domain} of the bundle"
+        )
+    _check_validity(leaf, now)
+    return spiffe_id
+
+
 def check_minted_x509_svid(
     chain: Sequence[x509.Certificate], bundle: TrustBundle, now: dt.datetime
 ) -> SpiffeId:
     """Post-mint validation of a chain whose CA part already passed `verify_x509_svid`: the
     leaf's SPIFFE profile, its validity at `now`, and its signature by `chain[1]`."""
-    leaf = chain[0]
-    spiffe_id = spiffe_id_of(leaf)
-    _check_leaf_constraints(leaf)
-    if spiffe_id.trust_domain != bundle.trust_domain:
-        raise SvidValidationError(
-            f"X509-SVID {spiffe_id} is not in trust domain {bundle.trust_domain}"
-        )
-    _check_validity(leaf, now)
+    spiffe_id = _check_leaf(chain[0], bundle, now)
     try:
-        leaf.verify_directly_issued_by(chain[1])
+        chain[0].verify_directly_issued_by(chain[1])
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise SvidValidationError(f"X509-SVID is not signed by its issuing CA: {exc}") from exc
     return spiffe_id
@@ -136,13 +140,6 @@ def verify_x509_svid(
     """Verify a leaf-first chain against the bundle of its own trust domain; return its ID."""
     if not chain:
         raise SvidValidationError("X509-SVID chain is empty")
-    leaf = chain[0]
-    spiffe_id = spiffe_id_of(leaf)
-    _check_leaf_constraints(leaf)
-    if spiffe_id.trust_domain != bundle.trust_domain:
-        raise SvidValidationError(
-            f"X509-SVID {spiffe_id} is not in trust domain {bundle.trust_domain} of the bundle"
-        )
-    _check_validity(leaf, now)
+    spiffe_id = _check_leaf(chain[0], bundle, now)
     _check_path(chain, bundle, now)
     return spiffe_id

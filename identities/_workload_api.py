@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -25,6 +25,7 @@ from meshwarden.identities._local_endpoint import ProcessPeers, caller_selectors
 from meshwarden.protos import workload_pb2 as pb
 from meshwarden.protos import workload_pb2_grpc
 
+M = TypeVar("M", bound=Any)
 SECURITY_HEADER = ("workload.spiffe.io", "true")
 # Given the grpc context of a call, the caller's selectors (raises AttestationError).
 CallerAttestor = Callable[[grpc.aio.ServicerContext], frozenset[str]]
@@ -97,30 +98,35 @@ class WorkloadApi:
     async def FetchX509Bundles(
         self, request: pb.X509BundlesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.X509BundlesResponse]:
-        caller = await self._caller(context)
-        sent = None
-        while True:
-            version = self._cache.version
-            _, bundle = await self._identities(context, caller)
-            response = pb.X509BundlesResponse(
+        def response(bundle: TrustBundle) -> pb.X509BundlesResponse:
+            return pb.X509BundlesResponse(
                 bundles={bundle.trust_domain.id_string(): bundle.x509_der()}
             )
-            if response != sent:
-                yield response
-                sent = response
-            await self._cache.wait_for_change(version)
+
+        async for message in self._bundle_stream(context, response):
+            yield message
 
     async def FetchJWTBundles(
         self, request: pb.JWTBundlesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.JWTBundlesResponse]:
+        def response(bundle: TrustBundle) -> pb.JWTBundlesResponse:
+            return pb.JWTBundlesResponse(
+                bundles={bundle.trust_domain.id_string(): bundle.standard_jwks_json()}
+            )
+
+        async for message in self._bundle_stream(context, response):
+            yield message
+
+    async def _bundle_stream(
+        self, context: grpc.aio.ServicerContext, render: Callable[[TrustBundle], M]
+    ) -> AsyncIterator[M]:
+        """The caller's bundle as rendered by `render`, again whenever the rendering changes."""
         caller = await self._caller(context)
         sent = None
         while True:
             version = self._cache.version
             _, bundle = await self._identities(context, caller)
-            response = pb.JWTBundlesResponse(
-                bundles={bundle.trust_domain.id_string(): bundle.standard_jwks_json()}
-            )
+            response = render(bundle)
             if response != sent:
                 yield response
                 sent = response

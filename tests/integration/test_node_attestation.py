@@ -3,6 +3,7 @@ node API, CA persisted in its data dir) and a real agent, in one process."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -10,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -82,20 +84,28 @@ class Plane:
         return agent
 
 
-@pytest.fixture
-def plane(tmp_path: Path) -> Iterator[Plane]:
-    (tmp_path / "policies").mkdir()
+@contextlib.contextmanager
+def running_plane(tmp_path: Path, **options: Any) -> Iterator[Plane]:
+    """A control plane on the policies above; `options` override ServerOptions fields."""
+    (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
-    options = ServerOptions(tmp_path / "policies", tmp_path / "server", listen="127.0.0.1:0")
+    server_options = ServerOptions(
+        tmp_path / "policies", tmp_path / "server", listen="127.0.0.1:0", **options
+    )
     clock = ManualClock(dt.datetime.now(dt.UTC))
     loop = LoopThread()
-    control = ControlPlane(options, clock)
-    address = loop.run(control.start())
+    control = ControlPlane(server_options, clock)
     try:
-        yield Plane(loop, control, clock, address)
+        yield Plane(loop, control, clock, loop.run(control.start()))
     finally:
         loop.run(control.stop())
         loop.close()
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[Plane]:
+    with running_plane(tmp_path) as running:
+        yield running
 
 
 def test_join_token_attests_a_node_with_its_node_spiffe_id(plane: Plane) -> None:
@@ -215,17 +225,8 @@ def test_agent_restart_reuses_its_0600_node_identity_without_a_token(
 
 
 def test_ca_rotation_reaches_the_agent_and_its_svids_move_to_the_new_ca(tmp_path: Path) -> None:
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
-    options = ServerOptions(
-        tmp_path / "policies", tmp_path / "server", listen="127.0.0.1:0",
-        ca_ttl=dt.timedelta(minutes=12),
-    )  # fmt: skip
-    clock = ManualClock(dt.datetime.now(dt.UTC))
-    loop = LoopThread()
-    control = ControlPlane(options, clock)
-    plane = Plane(loop, control, clock, loop.run(control.start()))
-    try:
+    with running_plane(tmp_path, ca_ttl=dt.timedelta(minutes=12)) as plane:
+        control, clock, loop = plane.plane, plane.clock, plane.loop
         agent = plane.agent(tmp_path / "agent", plane.token("node-a"))
         assert control.ca is not None
         first_ca = control.ca.x509.active().certificate
@@ -242,9 +243,6 @@ def test_ca_rotation_reaches_the_agent_and_its_svids_move_to_the_new_ca(tmp_path
         assert new_ca != first_ca
         assert all(i.svid.chain[1] == new_ca for i in agent.cache.identities)
         loop.run(agent.stop())
-    finally:
-        loop.run(control.stop())
-        loop.close()
 
 
 def test_agent_renews_its_node_svid_at_half_life_with_a_new_key(
@@ -298,17 +296,7 @@ def test_intermediate_ca_under_an_upstream_root_serves_agents_end_to_end(tmp_pat
          "-subj", "/O=Corp/CN=Corp Root", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
         check=True, capture_output=True,
     )  # fmt: skip
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
-    options = ServerOptions(
-        tmp_path / "policies", tmp_path / "server", listen="127.0.0.1:0",
-        upstream_cert=cert, upstream_key=key,
-    )  # fmt: skip
-    clock = ManualClock(dt.datetime.now(dt.UTC))
-    loop = LoopThread()
-    control = ControlPlane(options, clock)
-    plane = Plane(loop, control, clock, loop.run(control.start()))
-    try:
+    with running_plane(tmp_path, upstream_cert=cert, upstream_key=key) as plane:
         assert plane.roots == cert.read_bytes()
         agent = plane.agent(tmp_path / "agent", plane.token("node-a"))
         chain = agent.cache.identities[0].svid.chain
@@ -324,7 +312,4 @@ def test_intermediate_ca_under_an_upstream_root_serves_agents_end_to_end(tmp_pat
             capture_output=True, text=True,
         )  # fmt: skip
         assert verify.returncode == 0, verify.stdout + verify.stderr
-        loop.run(agent.stop())
-    finally:
-        loop.run(control.stop())
-        loop.close()
+        plane.loop.run(agent.stop())

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import threading
@@ -140,6 +141,7 @@ def bench_first_fetch(clients: int, rounds: int) -> dict[str, float]:
     finally:
         server.terminate()
         server.join(5)
+        shutil.rmtree(directory, ignore_errors=True)
     cuts = statistics.quantiles(latencies, n=100)
     return {
         "clients": clients,

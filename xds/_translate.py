@@ -1,0 +1,303 @@
+"""One workload's compiled plan → its sidecar's Envoy resources (as JSON-shaped dicts).
+
+Per workload port an inbound listener on the workload address: TLS that requires a client
+certificate validated by Envoy's SPIFFE validator against the trust bundle from SDS (and under
+PERMISSIVE a second, plaintext chain selected by tls_inspector where only the IP fallback layer
+can match); HTTP ports get an HCM with jwt_authn, the RBAC filters and a router to
+127.0.0.1:targetPort; tcp ports network RBAC and tcp_proxy. Per `upstreams` entry an outbound
+listener on 127.0.0.1:localPort → an EDS cluster of the service's workloads, with mTLS using
+the workload's own SVID and verifying the server's SPIFFE ID.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from meshwarden.engine import CompiledMesh, Workload
+from meshwarden.engine._model import WorkloadPort
+from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
+from meshwarden.xds._rbac import rbac_filters
+from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+_T = "type.googleapis.com/"
+SDS_CLUSTER = "meshwarden-sds"
+ROOTCA = "ROOTCA"
+DEFAULT_SECRET = "default"
+
+
+@dataclass(frozen=True)
+class TranslationContext:
+    """What translation needs beyond the policies: the SDS cluster the bootstrap defines and the
+    JWT bundle (JWKS JSON) of a trust domain, for JwtIssuers with `spiffeTrustDomain`."""
+
+    sds_cluster: str = SDS_CLUSTER
+    jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
+
+
+def _sds(name: str, cluster: str) -> dict[str, Any]:
+    return {"name": name, "sdsConfig": {"resourceApiVersion": "V3", "apiConfigSource": {
+        "apiType": "GRPC", "transportApiVersion": "V3",
+        "grpcServices": [{"envoyGrpc": {"clusterName": cluster}}]}}}  # fmt: skip
+
+
+def _common_tls(ctx: TranslationContext, validation: dict[str, Any] | None = None
+                ) -> dict[str, Any]:  # fmt: skip
+    common: dict[str, Any] = {
+        "tlsCertificateSdsSecretConfigs": [_sds(DEFAULT_SECRET, ctx.sds_cluster)],
+        "tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"},
+    }
+    if validation is None:
+        common["validationContextSdsSecretConfig"] = _sds(ROOTCA, ctx.sds_cluster)
+    else:
+        common["combinedValidationContext"] = {
+            "defaultValidationContext": validation,
+            "validationContextSdsSecretConfig": _sds(ROOTCA, ctx.sds_cluster),
+        }
+    return common
+
+
+def _downstream_tls(ctx: TranslationContext) -> dict[str, Any]:
+    return {"name": "envoy.transport_sockets.tls", "typedConfig": {
+        "@type": _T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "requireClientCertificate": True,
+        "disableStatelessSessionResumption": True,
+        "disableStatefulSessionResumption": True,
+        "commonTlsContext": _common_tls(ctx)}}  # fmt: skip
+
+
+def _rbac_filter(kind: str, prefix: str, config: dict[str, Any], http: bool) -> dict[str, Any]:
+    if http:
+        typed = {"@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC",
+                 "rulesStatPrefix": f"{prefix}_", **config}  # fmt: skip
+        return {"name": "envoy.filters.http.rbac", "typedConfig": typed}
+    typed = {"@type": _T + "envoy.extensions.filters.network.rbac.v3.RBAC",
+             "statPrefix": f"{prefix}_", **config}  # fmt: skip
+    return {"name": "envoy.filters.network.rbac", "typedConfig": typed}
+
+
+def _local_cluster(workload: Workload, port: WorkloadPort) -> str:
+    return f"local:{workload.ref}:{port.port}"
+
+
+def _http_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
+                  ctx: TranslationContext) -> list[dict[str, Any]]:  # fmt: skip
+    plan = mesh.plan(workload.ref)
+    filters = []
+    jwt = _jwt_authn(plan.jwt_issuers, ctx)
+    if jwt:
+        filters.append(jwt)
+    for kind, config in rbac_filters(plan, port.port, identified):
+        filters.append(_rbac_filter(kind, f"authz_{kind}", config, http=True))
+    filters.append({"name": "envoy.filters.http.router", "typedConfig": {
+        "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}})  # fmt: skip
+    return filters
+
+
+def _hcm(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
+         ctx: TranslationContext) -> dict[str, Any]:  # fmt: skip
+    return {"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+        "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
+                      ".HttpConnectionManager",
+        "statPrefix": f"in_{port.port}",
+        "codecType": "AUTO",
+        "normalizePath": True,
+        "mergeSlashes": True,
+        "pathWithEscapedSlashesAction": "KEEP_UNCHANGED",
+        "useRemoteAddress": False,
+        "rds": {"routeConfigName": inbound_route_name(port),
+                "configSource": {"ads": {}, "resourceApiVersion": "V3"}},
+        "httpFilters": _http_filters(mesh, workload, port, identified, ctx)}}  # fmt: skip
+
+
+def _tcp_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool
+                 ) -> list[dict[str, Any]]:  # fmt: skip
+    plan = mesh.plan(workload.ref)
+    filters = [_rbac_filter(kind, f"authz_{kind}", config, http=False)
+               for kind, config in rbac_filters(plan, port.port, identified)]  # fmt: skip
+    filters.append({"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+        "@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "statPrefix": f"in_{port.port}", "cluster": _local_cluster(workload, port)}})  # fmt: skip
+    return filters
+
+
+def inbound_route_name(port: WorkloadPort) -> str:
+    return f"in:{port.port}"
+
+
+def _chain(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
+           ctx: TranslationContext) -> dict[str, Any]:  # fmt: skip
+    filters = ([_hcm(mesh, workload, port, identified, ctx)] if port.is_http
+               else _tcp_filters(mesh, workload, port, identified))  # fmt: skip
+    chain: dict[str, Any] = {"filters": filters}
+    if identified:
+        chain["transportSocket"] = _downstream_tls(ctx)
+        chain["filterChainMatch"] = {"transportProtocol": "tls"}
+        chain["name"] = "mtls"
+    else:
+        chain["filterChainMatch"] = {"transportProtocol": "raw_buffer"}
+        chain["name"] = "plaintext"
+    return chain
+
+
+def inbound_listeners(mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
+                      ) -> list[dict[str, Any]]:  # fmt: skip
+    permissive = mesh.registry.mesh.spec.mtls == "PERMISSIVE"
+    listeners = []
+    for address in workload.addresses[:1]:
+        for port in sorted(workload.ports.values(), key=lambda p: p.port):
+            chains = [_chain(mesh, workload, port, True, ctx)]
+            if permissive:
+                chains.append(_chain(mesh, workload, port, False, ctx))
+            listeners.append({
+                "name": f"in:{port.port}",
+                "address": {"socketAddress": {"address": str(address), "portValue": port.port}},
+                "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector",
+                                     "typedConfig": {"@type": _T + "envoy.extensions.filters."
+                                                     "listener.tls_inspector.v3.TlsInspector"}}],
+                "filterChains": chains,
+            })  # fmt: skip
+    return listeners
+
+
+def inbound_routes(workload: Workload) -> list[dict[str, Any]]:
+    return [
+        {"name": inbound_route_name(port), "virtualHosts": [{
+            "name": "local", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"},
+                        "route": {"cluster": _local_cluster(workload, port)}}]}]}
+        for port in workload.ports.values() if port.is_http
+    ]  # fmt: skip
+
+
+def local_clusters(workload: Workload) -> list[dict[str, Any]]:
+    return [
+        {"name": _local_cluster(workload, port), "type": "STATIC", "connectTimeout": "1s",
+         "loadAssignment": {"clusterName": _local_cluster(workload, port), "endpoints": [
+             {"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {
+                 "address": "127.0.0.1", "portValue": port.target_port or port.port}}}}]}]}}
+        for port in workload.ports.values()
+    ]  # fmt: skip
+
+
+def _jwt_authn(issuers: tuple[Any, ...], ctx: TranslationContext) -> dict[str, Any] | None:
+    if not issuers:
+        return None
+    providers = {}
+    for doc in issuers:
+        spec = doc.spec
+        provider: dict[str, Any] = {
+            "audiences": list(spec.audiences),
+            "fromHeaders": [{"name": h.name, "valuePrefix": h.prefix} for h in spec.from_headers],
+            "forward": spec.forward_original_token,
+            "payloadInMetadata": JWT_PAYLOAD_KEY,
+        }
+        if spec.spiffe_trust_domain:
+            jwks = ctx.jwt_bundle(spec.spiffe_trust_domain) or '{"keys": []}'
+            provider["localJwks"] = {"inlineString": jwks}
+        else:
+            provider["issuer"] = spec.issuer
+            if spec.jwks is not None:
+                provider["localJwks"] = {"inlineString": spec.jwks}
+            else:
+                provider["remoteJwks"] = {
+                    "httpUri": {"uri": spec.jwks_uri, "cluster": jwks_cluster_name(spec.jwks_uri),
+                                "timeout": "5s"},
+                    "asyncFetch": {}, "cacheDuration": "300s"}  # fmt: skip
+        providers[doc.ref] = provider
+    requirement = {"requiresAny": {"requirements": [
+        *({"providerName": name} for name in providers), {"allowMissing": {}}]}}  # fmt: skip
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typedConfig": {
+            "@type": _T + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": providers,
+            "rules": [{"match": {"prefix": "/"}, "requires": requirement}],
+        },
+    }
+
+
+def jwks_cluster_name(uri: str | None) -> str:
+    parts = urlsplit(uri or "")
+    return f"jwks:{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def jwks_clusters(mesh: CompiledMesh, workload: Workload) -> list[dict[str, Any]]:
+    clusters = {}
+    for doc in mesh.plan(workload.ref).jwt_issuers:
+        uri = doc.spec.jwks_uri
+        if not uri:
+            continue
+        parts = urlsplit(uri)
+        name = jwks_cluster_name(uri)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        cluster: dict[str, Any] = {
+            "name": name, "type": "STRICT_DNS", "connectTimeout": "5s",
+            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [
+                {"endpoint": {"address": {"socketAddress": {
+                    "address": parts.hostname, "portValue": port}}}}]}]}}  # fmt: skip
+        if parts.scheme == "https":
+            cluster["transportSocket"] = {"name": "envoy.transport_sockets.tls", "typedConfig": {
+                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": parts.hostname}}  # fmt: skip
+        clusters[name] = cluster
+    return list(clusters.values())
+
+
+def outbound_cluster_name(service: str, port: int) -> str:
+    return f"out:{service}:{port}"
+
+
+def outbound(mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """(listeners, clusters, endpoints) for the workload's `upstreams`."""
+    listeners, clusters, endpoints = [], [], []
+    for upstream in workload.spec.upstreams:
+        service = mesh.registry.services[upstream.service]
+        name = outbound_cluster_name(upstream.service, upstream.port)
+        members = [mesh.registry.workloads[ref] for ref in sorted(mesh.registry.select(
+            service.metadata.namespace, service.spec.selector))]  # fmt: skip
+        sans = [{"sanType": "URI", "matcher": {"exact": w.identity}}
+                for w in {w.identity: w for w in members}.values()]  # fmt: skip
+        validation = {"matchTypedSubjectAltNames": sans} if sans else None
+        clusters.append({
+            "name": name, "type": "EDS", "connectTimeout": "2s",
+            "edsClusterConfig": {"edsConfig": {"ads": {}, "resourceApiVersion": "V3"}},
+            "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": {
+                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "commonTlsContext": _common_tls(ctx, validation)}},
+        })  # fmt: skip
+        endpoints.append({"clusterName": name, "endpoints": [{"lbEndpoints": [
+            {"endpoint": {"address": {"socketAddress": {"address": str(w.addresses[0]),
+                                                        "portValue": upstream.port}}}}
+            for w in members if w.addresses and upstream.port in w.ports]}]})  # fmt: skip
+        listeners.append({
+            "name": f"out:{upstream.local_port}",
+            "address": {"socketAddress": {"address": "127.0.0.1",
+                                          "portValue": upstream.local_port}},
+            "filterChains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                "typedConfig": {"@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3"
+                                ".TcpProxy", "statPrefix": f"out_{upstream.local_port}",
+                                "cluster": name}}]}],
+        })  # fmt: skip
+    return listeners, clusters, endpoints
+
+
+def workload_resources(mesh: CompiledMesh, ref: str, ctx: TranslationContext
+                       ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Every resource of one workload's sidecar, by type URL."""
+    workload = mesh.registry.workloads[ref]
+    out_listeners, out_clusters, out_endpoints = outbound(mesh, workload, ctx)
+    return {
+        CLUSTER: local_clusters(workload) + jwks_clusters(mesh, workload) + out_clusters,
+        ENDPOINT: out_endpoints,
+        LISTENER: inbound_listeners(mesh, workload, ctx) + out_listeners,
+        ROUTE: inbound_routes(workload),
+    }
+
+
+def canonical(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))

@@ -35,10 +35,9 @@ def _input(name: str, type_name: str, **fields: Any) -> dict[str, Any]:
 
 URI_SAN = _input("envoy.matching.inputs.uri_san",
                  "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput")  # fmt: skip
-SOURCE_IP = _input("envoy.matching.inputs.direct_source_ip",
-                   "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput")  # fmt: skip
-DEST_PORT = _input("envoy.matching.inputs.destination_port",
-                   "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput")  # fmt: skip
+_NETWORK = "envoy.extensions.matching.common_inputs.network.v3."
+SOURCE_IP = _input("envoy.matching.inputs.direct_source_ip", _NETWORK + "DirectSourceIPInput")
+DEST_PORT = _input("envoy.matching.inputs.destination_port", _NETWORK + "DestinationPortInput")
 
 
 def header(name: str) -> dict[str, Any]:

@@ -24,8 +24,8 @@ NO_AUDIT = "audit:none"
 
 
 def action(name: str, verdict: str) -> dict[str, Any]:
-    return {"action": {"name": "envoy.filters.rbac.action",
-                       "typedConfig": {"@type": _ACTION_TYPE, "name": name, "action": verdict}}}  # fmt: skip
+    typed = {"@type": _ACTION_TYPE, "name": name, "action": verdict}
+    return {"action": {"name": "envoy.filters.rbac.action", "typedConfig": typed}}
 
 
 def _rule_list(rules: list[CompiledRule], port: int, identified: bool, verdict: str,

@@ -30,12 +30,25 @@ DEFAULT_SECRET = "default"
 
 
 @dataclass(frozen=True)
+class StaticTls:
+    """Certificates from files instead of SDS: for benchmarks and the differential test, which
+    exercise authorization without running an agent. Production sidecars always use SDS."""
+
+    certificate_chain: str
+    private_key: str
+    trust_bundle: str
+    trust_domain: str
+
+
+@dataclass(frozen=True)
 class TranslationContext:
     """What translation needs beyond the policies: the SDS cluster the bootstrap defines and the
     JWT bundle (JWKS JSON) of a trust domain, for JwtIssuers with `spiffeTrustDomain`."""
 
     sds_cluster: str = SDS_CLUSTER
     jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
+    static_tls: StaticTls | None = None
+    inline_routes: bool = False  # route configs inside the HCM instead of RDS (static configs)
 
 
 def _sds(name: str, cluster: str) -> dict[str, Any]:
@@ -44,8 +57,23 @@ def _sds(name: str, cluster: str) -> dict[str, Any]:
         "grpcServices": [{"envoyGrpc": {"clusterName": cluster}}]}}}  # fmt: skip
 
 
+def _static_tls(files: StaticTls, validation: dict[str, Any] | None) -> dict[str, Any]:
+    spiffe = {"name": "envoy.tls.cert_validator.spiffe", "typedConfig": {
+        "@type": _T + "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
+        "trustDomains": [{"name": files.trust_domain,
+                          "trustBundle": {"filename": files.trust_bundle}}]}}  # fmt: skip
+    return {
+        "tlsCertificates": [{"certificateChain": {"filename": files.certificate_chain},
+                             "privateKey": {"filename": files.private_key}}],
+        "tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"},
+        "validationContext": {**(validation or {}), "customValidatorConfig": spiffe},
+    }  # fmt: skip
+
+
 def _common_tls(ctx: TranslationContext, validation: dict[str, Any] | None = None
                 ) -> dict[str, Any]:  # fmt: skip
+    if ctx.static_tls is not None:
+        return _static_tls(ctx.static_tls, validation)
     common: dict[str, Any] = {
         "tlsCertificateSdsSecretConfigs": [_sds(DEFAULT_SECRET, ctx.sds_cluster)],
         "tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"},
@@ -108,9 +136,15 @@ def _hcm(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified:
         "mergeSlashes": True,
         "pathWithEscapedSlashesAction": "KEEP_UNCHANGED",
         "useRemoteAddress": False,
-        "rds": {"routeConfigName": inbound_route_name(port),
-                "configSource": {"ads": {}, "resourceApiVersion": "V3"}},
+        **_routing(workload, port, ctx),
         "httpFilters": _http_filters(mesh, workload, port, identified, ctx)}}  # fmt: skip
+
+
+def _routing(workload: Workload, port: WorkloadPort, ctx: TranslationContext) -> dict[str, Any]:
+    if ctx.inline_routes:
+        return {"routeConfig": _route(workload, port)}
+    return {"rds": {"routeConfigName": inbound_route_name(port),
+                    "configSource": {"ads": {}, "resourceApiVersion": "V3"}}}  # fmt: skip
 
 
 def _tcp_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool
@@ -163,14 +197,15 @@ def inbound_listeners(mesh: CompiledMesh, workload: Workload, ctx: TranslationCo
     return listeners
 
 
+def _route(workload: Workload, port: WorkloadPort) -> dict[str, Any]:
+    return {"name": inbound_route_name(port), "virtualHosts": [{
+        "name": "local", "domains": ["*"],
+        "routes": [{"match": {"prefix": "/"},
+                    "route": {"cluster": _local_cluster(workload, port)}}]}]}  # fmt: skip
+
+
 def inbound_routes(workload: Workload) -> list[dict[str, Any]]:
-    return [
-        {"name": inbound_route_name(port), "virtualHosts": [{
-            "name": "local", "domains": ["*"],
-            "routes": [{"match": {"prefix": "/"},
-                        "route": {"cluster": _local_cluster(workload, port)}}]}]}
-        for port in workload.ports.values() if port.is_http
-    ]  # fmt: skip
+    return [_route(workload, port) for port in workload.ports.values() if port.is_http]
 
 
 def local_clusters(workload: Workload) -> list[dict[str, Any]]:
@@ -251,8 +286,12 @@ def outbound_cluster_name(service: str, port: int) -> str:
     return f"out:{service}:{port}"
 
 
-def outbound(mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
-             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+Configs = list[dict[str, Any]]
+
+
+def outbound(
+    mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
+) -> tuple[Configs, Configs, Configs]:
     """(listeners, clusters, endpoints) for the workload's `upstreams`."""
     listeners, clusters, endpoints = [], [], []
     for upstream in workload.spec.upstreams:

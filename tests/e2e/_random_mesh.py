@@ -1,0 +1,116 @@
+"""Random policy sets and requests over a small fixed mesh (deterministic per seed)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+TD = "example.org"
+NAMESPACES = ["a", "b"]
+APPS = ["x", "y"]
+IDS = [f"spiffe://{TD}/ns/{ns}/sa/{app}" for ns in NAMESPACES for app in APPS]
+ID_PATTERNS = [*IDS, f"spiffe://{TD}/ns/a/*", "*/sa/x", "*"]
+CIDRS = ["127.0.1.0/28", "127.0.1.4/32", "127.0.2.0/24", "10.0.0.0/8"]
+SOURCE_IPS = ["127.0.1.1", "127.0.1.4", "127.0.1.20", "127.0.2.9"]
+PATHS = ["/api/*", "/health", "*.js", "/admin/*"]
+REQUEST_PATHS = ["/api/items", "/health", "/static/app.js", "/admin/x", "/", "/api//x/../y",
+                 "/health?probe=1", "/%61dmin/x"]  # fmt: skip
+DESTINATION = "a/x-1"
+
+
+def mesh_documents(rng: random.Random, destination_address: str, target_port: int
+                   ) -> list[dict[str, Any]]:  # fmt: skip
+    docs: list[dict[str, Any]] = [{
+        "kind": "Mesh", "metadata": {"name": "m"},
+        "spec": {"trustDomain": TD, "mtls": rng.choice(["STRICT", "PERMISSIVE"]),
+                 "defaultPolicy": rng.choice(["allow", "deny"])}}]  # fmt: skip
+    n = 0
+    for ns in NAMESPACES:
+        for app in APPS:
+            for i in (1, 2):
+                n += 1
+                ref = f"{ns}/{app}-{i}"
+                address = destination_address if ref == DESTINATION else f"127.0.3.{n}"
+                docs.append({
+                    "kind": "Workload",
+                    "metadata": {"name": f"{app}-{i}", "namespace": ns, "labels": {"app": app}},
+                    "spec": {"serviceAccount": app, "addresses": [address],
+                             "ports": [{"port": 8080, "targetPort": target_port,
+                                        "protocol": "http"}]}})  # fmt: skip
+    for i in range(rng.randint(1, 6)):
+        docs.append({"kind": "AuthorizationPolicy",
+                     "metadata": {"name": f"p{i}", "namespace": rng.choice(
+                         [*NAMESPACES, "meshwarden-system"])},
+                     "spec": _policy(rng)})  # fmt: skip
+    for doc in docs:
+        doc["apiVersion"] = "meshwarden.io/v1alpha1"
+    return docs
+
+
+def _some(rng: random.Random, values: list[str]) -> list[str]:
+    return rng.sample(values, rng.randint(1, 2))
+
+
+def _source(rng: random.Random) -> dict[str, Any]:
+    makers = {
+        "identities": lambda: _some(rng, ID_PATTERNS),
+        "notIdentities": lambda: _some(rng, IDS),
+        "namespaces": lambda: _some(rng, NAMESPACES),
+        "workloads": lambda: {"matchLabels": {"app": rng.choice(APPS)}},
+        "ipBlocks": lambda: _some(rng, CIDRS),
+        "notIpBlocks": lambda: _some(rng, CIDRS),
+    }
+    keys = rng.sample(sorted(makers), rng.choice([1, 1, 2]))
+    return {k: makers[k]() for k in keys}
+
+
+def _operation(rng: random.Random) -> dict[str, Any]:
+    makers = {
+        "methods": lambda: _some(rng, ["GET", "POST"]),
+        "notMethods": lambda: ["DELETE"],
+        "paths": lambda: _some(rng, PATHS),
+        "notPaths": lambda: _some(rng, PATHS),
+    }
+    keys = rng.sample(sorted(makers), rng.randint(0, 2))
+    return {k: makers[k]() for k in keys}
+
+
+def _condition(rng: random.Random) -> dict[str, Any]:
+    return rng.choice([
+        {"key": "request.headers[x-tenant]", "values": _some(rng, ["acme", "beta-*"])},
+        {"key": "request.headers[x-tenant]", "notValues": ["blocked"]},
+        {"key": "source.ip", "values": _some(rng, CIDRS)},
+        {"key": "source.namespace", "values": _some(rng, NAMESPACES)},
+        {"key": "request.method", "values": ["GET"]},
+    ])  # fmt: skip
+
+
+def _policy(rng: random.Random) -> dict[str, Any]:
+    rules = []
+    for _ in range(rng.randint(0, 3)):
+        rule: dict[str, Any] = {}
+        if rng.random() < 0.8:
+            rule["from"] = [_source(rng) for _ in range(rng.randint(1, 2))]
+        if rng.random() < 0.6:
+            rule["to"] = [_operation(rng) for _ in range(rng.randint(1, 2))]
+        if rng.random() < 0.3:
+            rule["when"] = [_condition(rng)]
+        rules.append(rule)
+    spec: dict[str, Any] = {"action": rng.choice(["ALLOW", "ALLOW", "DENY", "AUDIT"]),
+                            "rules": rules}  # fmt: skip
+    if rng.random() < 0.6:
+        spec["selector"] = {"matchLabels": {"app": rng.choice(APPS)}}
+    if rng.random() < 0.15:
+        spec["mode"] = "dry-run"
+    return spec
+
+
+def random_request(rng: random.Random) -> dict[str, Any]:
+    identified = rng.random() < 0.65
+    return {
+        "identity": rng.choice(IDS) if identified else None,
+        "source_ip": rng.choice(SOURCE_IPS),
+        "method": rng.choice(["GET", "POST", "DELETE"]),
+        "path": rng.choice(REQUEST_PATHS),
+        "tenant": rng.choice([None, "acme", "beta-2", "blocked"]),
+    }

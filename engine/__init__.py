@@ -13,7 +13,6 @@ from meshwarden.engine._evaluator import (
     JWT_INVALID,
     MTLS_REQUIRED,
     Decision,
-    Outcome,
     PolicyTrace,
     decide,
 )
@@ -25,6 +24,7 @@ from meshwarden.engine._load import (
     parse_text,
     read_files,
 )
+from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._patterns import normalize_path
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, RuleIndex
 from meshwarden.engine._registry import Mesh, Registry, Workload

@@ -8,25 +8,15 @@ from typing import Any
 
 from meshwarden.engine._documents import Document
 from meshwarden.engine._model import JwtIssuerSpec
+from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy
 from meshwarden.engine._request import Request, claim_strings
+from meshwarden.engine._rules import CompiledRule
 
 MTLS_REQUIRED = "mtls:required"
 JWT_INVALID = "jwt:invalid"
 DEFAULT_ALLOW = "default:allow"
 DEFAULT_DENY = "default:deny"
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one (dry-run or audit) policy made of the request."""
-
-    policy: str
-    decision: str
-    rule: int | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "decision": self.decision, "rule": self.rule}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +79,11 @@ def decide(plan: AuthorizationPlan, req: Request, *, explain: bool = False) -> D
     refusal = _authenticate(plan, req)
     if refusal is not None:
         return Decision(False, refusal[0], None, refusal[1], trace=trace)
-    dry_run = tuple(_dry_run(p, req) for p in plan.dry_run)
+    dry_run = _dry_runs(plan, req) if plan.dry_run else ()
     audit = tuple(
         Outcome(rule.policy, "AUDIT", rule.index)
-        for rule in _first_per_policy(plan.audit.candidates(req), req)
+        for rule in _first_per_policy(plan.audit.candidates(req), req).values()
     )
-    dry_run = tuple(o for o in dry_run if o.decision != "NONE")
     denied = plan.deny.first_match(req)
     if denied is not None:
         reason = f"DENY rule {denied.name} matched"
@@ -141,24 +130,30 @@ def token_problem(
     return f"token audience {sorted(audiences)} matches none of {wanted}"
 
 
-def _first_per_policy(rules: list[Any], req: Request) -> list[Any]:
-    seen: set[str] = set()
-    out = []
+def _first_per_policy(rules: tuple[CompiledRule, ...], req: Request) -> dict[str, CompiledRule]:
+    """The first matching rule of each policy, in policy order (rules come in that order)."""
+    first: dict[str, CompiledRule] = {}
     for rule in rules:
-        if rule.policy not in seen and rule.matches(req):
-            seen.add(rule.policy)
-            out.append(rule)
-    return out
+        if rule.policy not in first and rule.matches(req):
+            first[rule.policy] = rule
+    return first
 
 
-def _dry_run(policy: CompiledPolicy, req: Request) -> Outcome:
-    rule = policy.first_match(req)
-    index = rule.index if rule else None
-    if policy.action == "ALLOW":
-        return Outcome(policy.ref, "ALLOW" if rule else "DENY", index)
-    if policy.action == "DENY":
-        return Outcome(policy.ref, "DENY" if rule else "ALLOW", index)
-    return Outcome(policy.ref, "AUDIT" if rule else "NONE", index)
+def _dry_runs(plan: AuthorizationPlan, req: Request) -> tuple[Outcome, ...]:
+    matched = _first_per_policy(plan.dry_run_index.candidates(req), req)
+    if not matched:
+        return plan.dry_run_unmatched
+    outcomes = []
+    for policy in plan.dry_run:
+        rule = matched.get(policy.ref)
+        index = rule.index if rule else None
+        if policy.action == "ALLOW":
+            outcomes.append(Outcome(policy.ref, "ALLOW" if rule else "DENY", index))
+        elif policy.action == "DENY":
+            outcomes.append(Outcome(policy.ref, "DENY" if rule else "ALLOW", index))
+        elif rule is not None:
+            outcomes.append(Outcome(policy.ref, "AUDIT", index))
+    return tuple(outcomes)
 
 
 def _trace(policy: CompiledPolicy, req: Request) -> PolicyTrace:

@@ -39,8 +39,8 @@ class Patterns:
             value = value.lower()
         if self.anything or value in self.exact:
             return True
-        return any(value.startswith(p) for p in self.prefixes) or any(
-            value.endswith(s) for s in self.suffixes
+        return bool(self.prefixes and value.startswith(self.prefixes)) or bool(
+            self.suffixes and value.endswith(self.suffixes)
         )
 
     def covers(self, other: Patterns) -> bool:
@@ -56,6 +56,10 @@ class Patterns:
         )
 
     def __str__(self) -> str:
+        return self.display
+
+    @property
+    def display(self) -> str:
         return "[" + ", ".join(self.text) + "]"
 
 

@@ -9,12 +9,14 @@ from typing import Any
 from meshwarden.engine._diagnostics import Location
 from meshwarden.engine._documents import Document
 from meshwarden.engine._model import JwtIssuerSpec, MeshSpec
+from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._patterns import AddressIndex
 from meshwarden.engine._registry import Workload
 from meshwarden.engine._request import Request
 from meshwarden.engine._rules import CompiledRule, CompiledSource
 
 Entry = tuple[int, CompiledRule]
+MEMO_LIMIT = 4096  # distinct peers remembered per index; the memo restarts when full
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -68,6 +70,7 @@ class RuleIndex:
     any_plaintext: list[Entry] = field(default_factory=list)
     any_peer: list[Entry] = field(default_factory=list)
     size: int = 0
+    _memo: dict[object, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
 
     def add(self, rule: CompiledRule) -> None:
         entry = (self.size, rule)
@@ -115,8 +118,21 @@ class RuleIndex:
         else:
             self.any_identity.append(entry)
 
-    def candidates(self, req: Request) -> list[CompiledRule]:
-        """Rules that may match `req`, in policy order, each once."""
+    def candidates(self, req: Request) -> tuple[CompiledRule, ...]:
+        """Rules that may match `req`, in policy order, each once. They depend only on the
+        peer, the destination port and the method, so they are remembered per (identity or
+        address, port, method) after the first lookup."""
+        peer: object = req.identity if req.identity is not None else req.source_ip
+        key = (peer, req.port, req.method)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()
+            found = tuple(r for r in self._lookup(req) if r.admits(req.port, req.method))
+            self._memo[key] = found
+        return found
+
+    def _lookup(self, req: Request) -> tuple[CompiledRule, ...]:
         found: dict[int, CompiledRule] = {}
         identity = req.identity
         if identity is not None:
@@ -133,7 +149,7 @@ class RuleIndex:
         for entries in lists:
             for seq, rule in entries:
                 found[seq] = rule
-        return [found[seq] for seq in sorted(found)]
+        return tuple(found[seq] for seq in sorted(found))
 
     def identity_keys(self) -> list[str]:
         """The exact SPIFFE IDs rules are keyed by (for an exact-match map)."""
@@ -174,18 +190,22 @@ class AuthorizationPlan:
     allow: RuleIndex
     audit: RuleIndex
     has_allow: bool
-
-    @property
-    def dry_run(self) -> tuple[CompiledPolicy, ...]:
-        return tuple(p for p in self.policies if p.dry_run)
-
-    @property
-    def audit_policies(self) -> tuple[CompiledPolicy, ...]:
-        return tuple(p for p in self.policies if p.action == "AUDIT" and not p.dry_run)
+    dry_run: tuple[CompiledPolicy, ...]
+    dry_run_index: RuleIndex
+    dry_run_unmatched: tuple[Outcome, ...]  # the dry-run outcomes when no dry-run rule matches
 
     @property
     def enforcement(self) -> str:
         return self.workload.spec.enforcement or self.mesh.enforcement
+
+
+def unmatched(policies: list[CompiledPolicy]) -> tuple[Outcome, ...]:
+    verdict = {"ALLOW": "DENY", "DENY": "ALLOW"}
+    return tuple(
+        Outcome(p.ref, verdict[p.action], None)
+        for p in policies
+        if p.dry_run and p.action in verdict
+    )
 
 
 def build_plan(
@@ -196,10 +216,9 @@ def build_plan(
 ) -> AuthorizationPlan:
     ordered = sorted(policies, key=lambda p: (p.namespace, p.name))
     indexes = {"DENY": RuleIndex(), "ALLOW": RuleIndex(), "AUDIT": RuleIndex()}
+    dry_run_index = RuleIndex()
     for policy in ordered:
-        if policy.dry_run:
-            continue
-        index = indexes[policy.action]
+        index = dry_run_index if policy.dry_run else indexes[policy.action]
         for rule in policy.rules:
             index.add(rule)
     has_allow = any(p.action == "ALLOW" and not p.dry_run for p in ordered)
@@ -207,4 +226,5 @@ def build_plan(
     return AuthorizationPlan(
         workload, mesh, tuple(ordered), tuple(issuers),
         indexes["DENY"], indexes["ALLOW"], indexes["AUDIT"], has_allow,
+        tuple(p for p in ordered if p.dry_run), dry_run_index, unmatched(ordered),
     )  # fmt: skip

@@ -46,6 +46,7 @@ class _DeltaType:
     inflight: OrderedDict[str, _Sent] = field(default_factory=OrderedDict)
     started: bool = False
     resumed: bool = False  # reconnected with versions, and nothing sent since
+    replied: bool = False  # a response of this type went out on this stream
 
     def interest(self, available: set[str]) -> set[str]:
         return (available | set(self.known) | self.names) if self.wildcard else set(self.names)
@@ -137,14 +138,17 @@ class DeltaStream:
             for name in sorted(interest - set(available))
             if name in state.known or (name in state.names and name not in state.told_absent)
         ]
+        updated = any(state.known.get(r.name) != r.version for r in changed)
         if changed or removed:
             self._respond(type_url, state, step, changed, removed)
         elif state.resumed and all(
             state.known.get(name) == available[name].version for name in interest & set(available)
         ):  # a reconnected client that already holds the current version: as good as an ACK
             step.events.append(Acked(type_url, self._snapshot.version(type_url)))
+        elif not state.replied:  # the first answer, even if empty, ends the client's init wait
+            self._respond(type_url, state, step, [], [])
         state.resumed = False
-        if type_url == CLUSTER and changed and ENDPOINT in self._types:
+        if type_url == CLUSTER and updated and ENDPOINT in self._types:
             endpoints = self._types[ENDPOINT]
             self._push(ENDPOINT, endpoints, step, force=set(endpoints.names))
 
@@ -176,6 +180,7 @@ class DeltaStream:
             state.known.pop(name, None)
             if name in state.names:
                 state.told_absent.add(name)
+        state.replied = True
         state.inflight[response.nonce] = _Sent(version, {r.name: r.version for r in changed})
         while len(state.inflight) > _INFLIGHT_LIMIT:
             state.inflight.popitem(last=False)

@@ -1,0 +1,105 @@
+"""SnapshotCache (change notification, status, observers) and node authorization."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from meshwarden.xds._cache import Rejection, SnapshotCache
+from meshwarden.xds._node_auth import workload_authorizer
+from meshwarden.xds._snapshot import CLUSTER, LISTENER
+
+from .test_sotw_stream import snap
+
+WEB, WEB_ID = "shop/web", "spiffe://example.org/ns/shop/sa/web"
+
+
+def test_changed_wakes_up_when_the_nodes_snapshot_is_replaced() -> None:
+    async def scenario() -> None:
+        cache = SnapshotCache()
+        first = snap(cluster_a="1")
+        waiting = asyncio.create_task(cache.changed(WEB, None))
+        await asyncio.sleep(0)
+        cache.set_snapshot("shop/other", snap(cluster_a="x"))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        cache.set_snapshot(WEB, first)
+        assert await asyncio.wait_for(waiting, 1) is first
+        second = snap(cluster_a="2")
+        waiting = asyncio.create_task(cache.changed(WEB, first))
+        cache.set_snapshot(WEB, second)
+        assert await asyncio.wait_for(waiting, 1) is second
+
+    asyncio.run(scenario())
+
+
+def test_cleared_nodes_have_no_snapshot() -> None:
+    cache = SnapshotCache()
+    cache.set_snapshot(WEB, snap(cluster_a="1"))
+    cache.clear(WEB)
+    assert cache.snapshot(WEB) is None
+    assert cache.nodes() == frozenset()
+
+
+def test_applied_needs_an_open_stream_that_acked_every_type_of_the_snapshot() -> None:
+    cache = SnapshotCache()
+    snapshot = snap(cluster_a="1", listener_l="1")
+    cache.set_snapshot(WEB, snapshot)
+    cache.on_connect(WEB)
+    cache.on_ack(WEB, CLUSTER, snapshot.version(CLUSTER))
+    assert not cache.applied(WEB)
+    cache.on_ack(WEB, LISTENER, snapshot.version(LISTENER))
+    assert cache.applied(WEB)
+    cache.set_snapshot(WEB, snap(cluster_a="2", listener_l="1"))
+    assert not cache.applied(WEB)
+    cache.on_disconnect(WEB)
+    assert cache.status(WEB).streams == 0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def on_connect(self, node: str) -> None:
+        self.events.append(("connect", node))
+
+    def on_ack(self, node: str, type_url: str, version: str) -> None:
+        self.events.append(("ack", node, version))
+
+    def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None:
+        self.events.append(("nack", node, version, error_message))
+
+    def on_response(self, node: str, type_url: str, version: str) -> None:
+        self.events.append(("response", node, version))
+
+    def on_disconnect(self, node: str) -> None:
+        self.events.append(("disconnect", node))
+
+
+def test_observers_get_every_stream_event_until_they_stop() -> None:
+    cache = SnapshotCache()
+    recorder = Recorder()
+    stop = cache.observe(recorder)
+    cache.on_connect(WEB)
+    cache.on_response(WEB, LISTENER, "v2")
+    cache.on_nack(WEB, LISTENER, "v2", "bad port")
+    stop()
+    cache.on_disconnect(WEB)
+    assert recorder.events == [
+        ("connect", WEB),
+        ("response", WEB, "v2"),
+        ("nack", WEB, "v2", "bad port"),
+    ]
+    assert cache.status(WEB).rejections == [Rejection(LISTENER, "v2", "bad port")]
+    assert cache.status(WEB).responses == {LISTENER: 1}
+
+
+def test_a_peer_may_act_only_as_the_workload_its_spiffe_id_belongs_to() -> None:
+    authorize = workload_authorizer(lambda: {WEB: WEB_ID, "shop/db": "spiffe://x/ns/shop/sa/db"})
+    assert authorize(WEB_ID, WEB, "shop") == WEB
+    with pytest.raises(PermissionError, match="belongs to spiffe://x/ns/shop/sa/db"):
+        authorize(WEB_ID, "shop/db", "shop")
+    with pytest.raises(PermissionError, match="not a registered workload"):
+        authorize(WEB_ID, "shop/ghost", "shop")
+    with pytest.raises(PermissionError, match="no client certificate"):
+        authorize(None, WEB, "shop")

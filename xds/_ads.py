@@ -28,14 +28,15 @@ log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 Request = TypeVar("Request", DiscoveryRequest, DeltaDiscoveryRequest)
+_Received = TypeVar("_Received", DiscoveryRequest, DeltaDiscoveryRequest, contravariant=True)
 PeerIdentity = Callable[[grpc.aio.ServicerContext], str | None]
 
 
-class _Machine(Protocol[Request]):
+class _Machine(Protocol[_Received]):
     @property
     def snapshot(self) -> Snapshot | None: ...
 
-    def receive(self, request: Request) -> Step: ...
+    def receive(self, request: _Received) -> Step: ...
 
     def update(self, snapshot: Snapshot) -> Step: ...
 

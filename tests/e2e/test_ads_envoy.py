@@ -3,6 +3,7 @@ certificates from our CA, in state-of-the-world and in delta mode."""
 
 from __future__ import annotations
 
+import logging
 import time
 import urllib.error
 import urllib.request
@@ -207,3 +208,18 @@ def test_a_client_whose_certificate_is_not_its_node_id_is_refused(ads: AdsServer
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "spiffe://example.org/ns/shop/sa/other" in str(refused.value.details())
     assert ads.read(lambda c: c.status(NODE).streams) == 0
+
+
+def test_an_envoy_proving_another_identity_gets_no_configuration(
+    envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, web: WebConfig,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="meshwarden.xds")
+    ads.publish(web_snapshot(web))
+    files = write_envoy_credentials(tmp_path, pki, "spiffe://example.org/ns/shop/sa/other")
+    proxy = envoy(bootstrap(ads.port, files, delta=False))
+    wait_for(lambda: "ADS stream refused" in caplog.text, timeout=8)
+    assert "belongs to spiffe://example.org/ns/shop/sa/web" in caplog.text
+    assert "client proved spiffe://example.org/ns/shop/sa/other" in caplog.text
+    assert _dynamic(proxy, "dynamic_listeners") == []
+    assert ads.read(lambda c: (c.status(NODE).streams, c.status(NODE).acked)) == (0, {})

@@ -4,6 +4,7 @@ node id claiming another workload is refused (node fields are client-asserted)."
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import grpc
 from cryptography import x509
@@ -26,6 +27,28 @@ def peer_spiffe_id(context: grpc.aio.ServicerContext) -> str | None:
         return str(spiffe_id_of(x509.load_pem_x509_certificate(pems[0])))
     except (ValueError, IdentityError):
         return None
+
+
+class RelayedPeers(Protocol):
+    """`TlsEndpoint.peers`: what the Python TLS front learnt about a relayed connection."""
+
+    def of(self, context: grpc.aio.ServicerContext) -> Any: ...
+
+
+def relayed_peer_spiffe_id(
+    peers: RelayedPeers,
+) -> Callable[[grpc.aio.ServicerContext], str | None]:
+    """`peer_spiffe_id` for services behind `identities.TlsEndpoint`, where TLS ends in Python
+    (the certificate was verified there, when the client sent one)."""
+
+    def identify(context: grpc.aio.ServicerContext) -> str | None:
+        try:
+            certificate = peers.of(context).certificate
+            return None if certificate is None else str(spiffe_id_of(certificate))
+        except IdentityError:
+            return None
+
+    return identify
 
 
 def workload_authorizer(workloads: Callable[[], Mapping[str, str]]) -> NodeAuthorizer:

@@ -8,7 +8,7 @@ import datetime as dt
 import http.server
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +21,16 @@ from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
     SystemClock,
+    TlsEndpoint,
     generate_key,
     private_key_pkcs8_pem,
     server_spiffe_id,
+    server_tls_context,
 )
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
 from meshwarden.xds._cache import SnapshotCache
 from meshwarden.xds._encode import ResourceEncoder
-from meshwarden.xds._node_auth import workload_authorizer
+from meshwarden.xds._node_auth import relayed_peer_spiffe_id, workload_authorizer
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 
 from ..integration.harness import LoopThread
@@ -67,39 +69,56 @@ class Pki:
 
 class AdsServer:
     """Our ADS server on 127.0.0.1 with a fresh `SnapshotCache`; `restart` replaces both
-    (a new process, as far as Envoy can tell) on the same port."""
+    (a new process, as far as Envoy can tell) on the same port. mTLS is done by grpc
+    (`require_client_auth`), or with `front` by `identities.TlsEndpoint` (TLS ends in Python,
+    as in `meshwarden server`, which shares its port with the node API)."""
 
-    def __init__(self, loop: LoopThread, pki: Pki) -> None:
-        self.loop, self._pki = loop, pki
+    def __init__(self, loop: LoopThread, pki: Pki, directory: Path, front: bool = False) -> None:
+        self.loop, self._pki, self._front = loop, pki, front
         # the DNS name only for grpc's Python client, which checks host names, not SPIFFE IDs
         self._credentials = pki.mint(str(server_spiffe_id(TD)), dns_names=("localhost",))
+        self._files = directory / "server.pem", directory / "server.key"
+        self._files[0].write_bytes(self._credentials.chain)
+        self._files[1].write_bytes(self._credentials.key)
         self.port = 0
-        self.cache, self._server = self._start()
+        self.cache, self._stop = self._start()
 
-    def _start(self) -> tuple[SnapshotCache, grpc.aio.Server]:
-        async def start() -> tuple[SnapshotCache, grpc.aio.Server, int]:
-            cache = SnapshotCache()
-            ads = AggregatedDiscovery(cache, workload_authorizer(lambda: {NODE: WEB_ID}), cache)
-            server = grpc.aio.server()
+    def _start(self) -> tuple[SnapshotCache, Callable[[], Awaitable[None]]]:
+        cache = SnapshotCache()
+        start = self._start_front if self._front else self._start_grpc
+        stop, self.port = self.loop.run(start(cache))
+        return cache, stop
+
+    async def _start_grpc(self, cache: SnapshotCache) -> tuple[Callable[[], Awaitable[None]], int]:
+        ads = AggregatedDiscovery(cache, workload_authorizer(lambda: {NODE: WEB_ID}), cache)
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((ads_handler(ads),))
+        credentials = grpc.ssl_server_credentials(
+            [(self._credentials.key, self._credentials.chain)],
+            root_certificates=self._pki.bundle_pem(),
+            require_client_auth=True,
+        )
+        port = server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
+        await server.start()
+        return lambda: server.stop(0), port
+
+    async def _start_front(self, cache: SnapshotCache) -> tuple[Callable[[], Awaitable[None]], int]:
+        def services(server: grpc.aio.Server, peers: Any) -> None:
+            authorize = workload_authorizer(lambda: {NODE: WEB_ID})
+            ads = AggregatedDiscovery(cache, authorize, cache, relayed_peer_spiffe_id(peers))
             server.add_generic_rpc_handlers((ads_handler(ads),))
-            credentials = grpc.ssl_server_credentials(
-                [(self._credentials.key, self._credentials.chain)],
-                root_certificates=self._pki.bundle_pem(),
-                require_client_auth=True,
-            )
-            port = server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
-            await server.start()
-            return cache, server, port
 
-        cache, server, self.port = self.loop.run(start())
-        return cache, server
+        tls = server_tls_context(*self._files, self._pki.bundle_pem())
+        endpoint = TlsEndpoint("127.0.0.1", self.port, tls, services)
+        await endpoint.start()
+        return lambda: endpoint.stop(0), endpoint.port
 
     def stop(self) -> None:
-        self.loop.run(self._server.stop(0))
+        self.loop.run(self._stop())
 
     def restart(self) -> None:
         self.stop()
-        self.cache, self._server = self._start()
+        self.cache, self._stop = self._start()
 
     def publish(self, snapshot: Snapshot) -> None:
         self.loop.call(lambda: self.cache.set_snapshot(NODE, snapshot))

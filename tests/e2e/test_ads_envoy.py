@@ -35,6 +35,7 @@ from .conftest import RunningEnvoy
 
 pytestmark = pytest.mark.e2e
 MODES = pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+FRONTS = pytest.mark.parametrize("ads", ["grpc-tls", "tls-front"], indirect=True)
 StartEnvoy = Callable[[dict[str, Any]], RunningEnvoy]
 
 
@@ -43,10 +44,11 @@ def pki() -> Pki:
     return Pki()
 
 
-@pytest.fixture
-def ads(pki: Pki) -> Iterator[AdsServer]:
+@pytest.fixture(params=["grpc-tls"])
+def ads(request: pytest.FixtureRequest, pki: Pki, tmp_path: Path) -> Iterator[AdsServer]:
+    """The ADS server; tests parametrized with `@FRONTS` also run behind the Python TLS front."""
     loop = LoopThread()
-    server = AdsServer(loop, pki)
+    server = AdsServer(loop, pki, tmp_path, front=request.param == "tls-front")
     try:
         yield server
     finally:
@@ -106,6 +108,7 @@ def _dynamic(proxy: RunningEnvoy, resource: str) -> list[dict[str, Any]]:
 
 
 @MODES
+@FRONTS
 def test_envoy_serves_the_snapshot_and_applies_pushed_changes(
     envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, delta: bool, web: WebConfig,
     upstreams: tuple[int, int],
@@ -210,6 +213,7 @@ def test_a_client_whose_certificate_is_not_its_node_id_is_refused(ads: AdsServer
     assert ads.read(lambda c: c.status(NODE).streams) == 0
 
 
+@FRONTS
 def test_an_envoy_proving_another_identity_gets_no_configuration(
     envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, web: WebConfig,
     caplog: pytest.LogCaptureFixture,

@@ -25,8 +25,8 @@ from envoy_data_plane.envoy.service.discovery.v3 import (
 from envoy_data_plane.envoy.service.discovery.v3 import Resource as ResourceMessage
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from meshwarden.xds._ads_events import Acked, Nacked, Step
-from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, PUSH_ORDER, Resource, Snapshot
-from meshwarden.xds._sotw import WILDCARD_TYPES, is_nack
+from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, Resource, Snapshot
+from meshwarden.xds._sotw import WILDCARD_TYPES, is_nack, push_order
 
 _INFLIGHT_LIMIT = 32
 
@@ -103,10 +103,9 @@ class DeltaStream:
     def update(self, snapshot: Snapshot) -> Step:
         self._snapshot = snapshot
         step = Step()
-        for type_url in PUSH_ORDER:
-            state = self._types.get(type_url)
-            if state is not None and not (type_url == ENDPOINT and _sent(step, CLUSTER)):
-                self._push(type_url, state, step, force=set())
+        for type_url in push_order(self._types):
+            if not (type_url == ENDPOINT and _sent(step, CLUSTER)):
+                self._push(type_url, self._types[type_url], step, force=set())
         return step
 
     def _acknowledge(self, request: DeltaDiscoveryRequest, state: _DeltaType, step: Step) -> None:

@@ -14,7 +14,7 @@ Rules (xDS protocol docs; go-control-plane's known bugs avoided):
 from __future__ import annotations
 
 import itertools
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
@@ -83,9 +83,9 @@ class SotwStream:
         """A new snapshot for this node: push every requested type whose version changed."""
         self._snapshot = snapshot
         step = Step()
-        for type_url in PUSH_ORDER:
-            state = self._types.get(type_url)
-            if state is None or (type_url == ENDPOINT and _sent(step, CLUSTER)):
+        for type_url in push_order(self._types):
+            state = self._types[type_url]
+            if type_url == ENDPOINT and _sent(step, CLUSTER):
                 continue
             version = snapshot.version(type_url)
             if version != state.sent_version and version != self._rejected.get(type_url):
@@ -127,6 +127,12 @@ class SotwStream:
         )
         state.nonce, state.sent_version, state.answered = response.nonce, version, state.names
         step.send(response, version)
+
+
+def push_order(requested: Iterable[str]) -> list[str]:
+    """The requested types, `PUSH_ORDER` first, any others (e.g. secrets) after them."""
+    rank = {type_url: n for n, type_url in enumerate(PUSH_ORDER)}
+    return sorted(requested, key=lambda type_url: (rank.get(type_url, len(rank)), type_url))
 
 
 def _sent(step: Step, type_url: str) -> bool:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.rpc import Status
 from meshwarden.xds._ads_events import Acked, Nacked, Step
-from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, Snapshot
+from meshwarden.xds._snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Resource,
+    Snapshot,
+)
 from meshwarden.xds._sotw import SotwStream
 
 
@@ -197,3 +205,16 @@ def test_a_reconnect_is_answered_with_the_same_versions() -> None:
     for type_url, response in before.items():
         assert after[type_url].version_info == response.version_info
         assert after[type_url].resources == response.resources
+
+
+def test_types_outside_the_push_order_are_pushed_after_it() -> None:
+    def with_secret(body: str) -> Snapshot:
+        resources = [*snap(cluster_a=body).of_type(CLUSTER).values()]
+        return Snapshot.of([*resources, Resource(SECRET, "default", body.encode())])
+
+    stream = SotwStream()
+    stream.update(with_secret("1"))
+    stream.receive(ack(one(stream.receive(ask(SECRET, "default"))), "default"))
+    stream.receive(ack(one(stream.receive(ask(CLUSTER)))))
+    step = stream.update(with_secret("2"))
+    assert [r.type_url for r in step.responses] == [CLUSTER, SECRET]

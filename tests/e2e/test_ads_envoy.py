@@ -117,6 +117,10 @@ def test_envoy_serves_the_snapshot_and_applies_pushed_changes(
     _eventually_get(web, "/direct", "v1")
     assert _get(web, "/") == "backend one"
     assert f"backend::127.0.0.1:{upstreams[0]}::" in proxy.get("/clusters")
+    snapshot = web_snapshot(web)
+    [listener] = _dynamic(proxy, "dynamic_listeners")
+    expected = snapshot.of_type(LISTENER)["web"].version if delta else snapshot.version(LISTENER)
+    assert listener["active_state"]["version_info"] == expected
 
     changed = replace(web, body="v2", upstream=upstreams[1])
     ads.publish(web_snapshot(changed))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from envoy_data_plane.envoy.service.discovery.v3 import (
@@ -45,8 +45,9 @@ class _DeltaType:
     told_absent: set[str] = field(default_factory=set)
     inflight: OrderedDict[str, _Sent] = field(default_factory=OrderedDict)
     started: bool = False
-    resumed: bool = False  # reconnected with versions, and nothing sent since
+    resumed: bool = False  # reconnected with versions held (initial_resource_versions)
     replied: bool = False  # a response of this type went out on this stream
+    confirmed: str | None = None  # last type version ACKed (or found already held)
 
     def interest(self, available: set[str]) -> set[str]:
         return (available | set(self.known) | self.names) if self.wildcard else set(self.names)
@@ -113,6 +114,7 @@ class DeltaStream:
         if sent is None:
             return  # stale or unknown nonce: nothing to acknowledge, subscriptions still count
         if not is_nack(request.error_detail):
+            state.confirmed = sent.version
             step.events.append(Acked(request.type_url, sent.version))
             return
         for name, version in sent.resources.items():
@@ -138,18 +140,27 @@ class DeltaStream:
             if name in state.known or (name in state.names and name not in state.told_absent)
         ]
         updated = any(state.known.get(r.name) != r.version for r in changed)
+        version = self._snapshot.version(type_url)
         if changed or removed:
             self._respond(type_url, state, step, changed, removed)
-        elif state.resumed and all(
-            state.known.get(name) == available[name].version for name in interest & set(available)
-        ):  # a reconnected client that already holds the current version: as good as an ACK
-            step.events.append(Acked(type_url, self._snapshot.version(type_url)))
-        elif not state.replied:  # the first answer, even if empty, ends the client's init wait
-            self._respond(type_url, state, step, [], [])
-        state.resumed = False
+        elif not state.replied and not state.resumed:
+            self._respond(type_url, state, step, [], [])  # a first answer ends Envoy's init wait
+        elif state.confirmed != version and self._holds_all(state, available, interest):
+            # nothing to send and nothing in flight: the client holds this version already
+            # (after a reconnect, or a change only to names it does not subscribe to)
+            state.confirmed = version
+            step.events.append(Acked(type_url, version))
         if type_url == CLUSTER and updated and ENDPOINT in self._types:
             endpoints = self._types[ENDPOINT]
             self._push(ENDPOINT, endpoints, step, force=set(endpoints.names))
+
+    @staticmethod
+    def _holds_all(
+        state: _DeltaType, available: Mapping[str, Resource], interest: set[str]
+    ) -> bool:
+        return not state.inflight and all(
+            state.known.get(name) == available[name].version for name in interest & set(available)
+        )
 
     def _wanted(self, type_url: str, state: _DeltaType, resource: Resource, forced: bool) -> bool:
         if self._rejected.get((type_url, resource.name)) == resource.version:

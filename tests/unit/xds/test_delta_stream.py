@@ -171,3 +171,11 @@ def test_a_reconnect_gets_what_changed_and_what_was_deleted_meanwhile() -> None:
     response = one(stream.receive(ask(CLUSTER, initial={"a": old_a, "gone": "v0"})))
     assert sent(response) == {"a": b"ca2"}
     assert response.removed_resources == ["gone"]
+
+
+def test_a_change_only_to_unsubscribed_names_sends_nothing_and_counts_as_acked() -> None:
+    stream, _ = connected()
+    changed = snap(cluster_a="ca", endpoint_a="ea", endpoint_z="ez", listener_l="ll", route_r="rr")
+    step = stream.update(changed)
+    assert step.responses == []
+    assert step.events == [Acked(ENDPOINT, changed.version(ENDPOINT))]

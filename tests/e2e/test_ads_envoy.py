@@ -16,7 +16,7 @@ import grpc
 import pytest
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
-from meshwarden.xds._snapshot import CLUSTER, LISTENER
+from meshwarden.xds._snapshot import CLUSTER, LISTENER, Snapshot
 
 from ..integration.harness import LoopThread, wait_for
 from ._ads_harness import (
@@ -192,6 +192,45 @@ def test_envoy_reconnects_to_a_restarted_server_and_gets_the_same_versions(
         proxy.stat("listener_manager.listener_modified"),
     )
     assert _get(web, "/direct") == "v1"
+
+
+def _without(snapshot: Snapshot, type_url: str) -> Snapshot:
+    return Snapshot({t: named for t, named in snapshot.resources.items() if t != type_url})
+
+
+def _wait_stopped_listening(proxy: RunningEnvoy, web: WebConfig) -> None:
+    def stopped() -> bool:
+        active = [c for c in _dynamic(proxy, "dynamic_listeners") if "active_state" in c]
+        try:
+            _get(web, "/direct")
+        except (urllib.error.URLError, OSError):
+            return not active
+        return False
+
+    wait_for(stopped, timeout=8)
+
+
+@MODES
+def test_a_listener_removed_from_the_snapshot_stops_listening(
+    envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, delta: bool, web: WebConfig
+) -> None:
+    proxy = _connect(envoy, ads, pki, tmp_path, delta, web)
+    _eventually_get(web, "/direct", "v1")
+    ads.publish(_without(web_snapshot(web), LISTENER))
+    _wait_stopped_listening(proxy, web)
+    _wait_applied(ads)
+
+
+@MODES
+def test_a_listener_deleted_while_envoy_was_disconnected_is_removed_when_it_reconnects(
+    envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, delta: bool, web: WebConfig
+) -> None:
+    proxy = _connect(envoy, ads, pki, tmp_path, delta, web)
+    _eventually_get(web, "/direct", "v1")
+    ads.restart()
+    ads.publish(_without(web_snapshot(web), LISTENER))
+    _wait_stopped_listening(proxy, web)
+    _wait_applied(ads)
 
 
 def test_a_client_whose_certificate_is_not_its_node_id_is_refused(ads: AdsServer, pki: Pki) -> None:

@@ -156,7 +156,7 @@ def test_a_rejected_listener_is_nacked_once_and_the_last_good_config_keeps_servi
     _eventually_get(web, "/direct", "v1")
     bad = web_snapshot(replace(web, listener_port=70_000))  # port_value must be <= 65535
     ads.publish(bad)
-    wait_for(lambda: ads.read(lambda c: len(c.status(NODE).rejections)) == 1, timeout=8)
+    wait_for(lambda: ads.read(lambda c: len(c.status(NODE).rejections)) >= 1, timeout=8)
     sent = ads.read(lambda c: c.status(NODE).responses.get(LISTENER, 0))
 
     time.sleep(1)  # a resend loop would show up as more responses and more NACKs here

@@ -4,7 +4,7 @@ node, and a record of what each node's Envoys connected, acknowledged and reject
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from meshwarden.xds._ads_events import StreamObserver
@@ -39,6 +39,7 @@ class SnapshotCache:
         self._waiters: dict[str, asyncio.Event] = {}
         self._status: dict[str, NodeStatus] = {}
         self._observers: list[StreamObserver] = []
+        self._progress: asyncio.Event | None = None
 
     # ConfigWatcher
     def snapshot(self, node: str) -> Snapshot | None:
@@ -61,6 +62,7 @@ class SnapshotCache:
         waiter = self._waiters.pop(node, None)
         if waiter is not None:
             waiter.set()
+        self._progressed()
 
     def clear(self, node: str) -> None:
         """Forget a node: new streams get nothing; open streams keep what they have."""
@@ -86,6 +88,19 @@ class SnapshotCache:
             if resources
         )
 
+    async def wait_applied(self, nodes: Iterable[str]) -> None:
+        """Return once every node in `nodes` is `applied` (no polling: wakes on ACKs)."""
+        wanted = frozenset(nodes)
+        while not all(self.applied(node) for node in wanted):
+            if self._progress is None:
+                self._progress = asyncio.Event()
+            await self._progress.wait()
+
+    def _progressed(self) -> None:
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
     def observe(self, observer: StreamObserver) -> Callable[[], None]:
         """Forward stream events to `observer`; returns the function that stops it."""
         self._observers.append(observer)
@@ -94,11 +109,13 @@ class SnapshotCache:
     # StreamObserver
     def on_connect(self, node: str) -> None:
         self.status(node).streams += 1
+        self._progressed()
         for observer in list(self._observers):
             observer.on_connect(node)
 
     def on_ack(self, node: str, type_url: str, version: str) -> None:
         self.status(node).acked[type_url] = version
+        self._progressed()
         for observer in list(self._observers):
             observer.on_ack(node, type_url, version)
 

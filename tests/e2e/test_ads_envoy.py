@@ -3,6 +3,7 @@ certificates from our CA, in state-of-the-world and in delta mode."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import urllib.error
@@ -79,8 +80,8 @@ def _connect(
 
 def _wait_applied(ads: AdsServer) -> None:
     try:
-        wait_for(lambda: ads.read(lambda cache: cache.applied(NODE)), timeout=8)
-    except AssertionError:
+        ads.loop.run(asyncio.wait_for(ads.cache.wait_applied([NODE]), 8))
+    except TimeoutError:
         status = ads.read(lambda cache: cache.status(NODE))
         snapshot = ads.read(lambda cache: cache.snapshot(NODE))
         wanted = {t: snapshot.version(t) for t in snapshot.resources} if snapshot else {}

@@ -103,3 +103,21 @@ def test_a_peer_may_act_only_as_the_workload_its_spiffe_id_belongs_to() -> None:
         authorize(WEB_ID, "shop/ghost", "shop")
     with pytest.raises(PermissionError, match="no client certificate"):
         authorize(None, WEB, "shop")
+
+
+def test_wait_applied_returns_once_every_node_acked_its_snapshot() -> None:
+    async def scenario() -> None:
+        cache = SnapshotCache()
+        web, db = snap(cluster_a="w"), snap(cluster_a="d")
+        cache.set_snapshot(WEB, web)
+        cache.set_snapshot("shop/db", db)
+        waiting = asyncio.create_task(cache.wait_applied([WEB, "shop/db"]))
+        cache.on_connect(WEB)
+        cache.on_ack(WEB, CLUSTER, web.version(CLUSTER))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        cache.on_connect("shop/db")
+        cache.on_ack("shop/db", CLUSTER, db.version(CLUSTER))
+        await asyncio.wait_for(waiting, 1)
+
+    asyncio.run(scenario())

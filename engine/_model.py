@@ -191,7 +191,7 @@ class AuthorizationPolicySpec(_Strict):
 
 
 class HeaderSource(_Strict):
-    name: Annotated[str, AfterValidator(lambda x: v.condition_key(f"request.headers[{x}]"))]
+    name: Annotated[str, AfterValidator(v.header_name)]
     prefix: str = ""
 
 

@@ -10,7 +10,7 @@ from meshwarden.engine._diagnostics import Location
 from meshwarden.engine._documents import Document
 from meshwarden.engine._model import JwtIssuerSpec, MeshSpec
 from meshwarden.engine._outcome import Outcome
-from meshwarden.engine._patterns import AddressIndex
+from meshwarden.engine._patterns import AddressIndex, IpAddress
 from meshwarden.engine._registry import Workload
 from meshwarden.engine._request import Request
 from meshwarden.engine._rules import CompiledRule, CompiledSource
@@ -128,23 +128,31 @@ class RuleIndex:
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
                 self._memo.clear()
-            found = tuple(r for r in self._lookup(req) if r.admits(req.port, req.method))
+            found = tuple(
+                r
+                for r in self.for_peer(req.identity, req.source_ip)
+                if r.admits(req.port, req.method)
+            )
             self._memo[key] = found
         return found
 
-    def _lookup(self, req: Request) -> tuple[CompiledRule, ...]:
+    def for_peer(
+        self, identity: str | None, source_ip: IpAddress | None = None
+    ) -> tuple[CompiledRule, ...]:
+        """Every rule a peer (an identity, or a plaintext address) may match, in policy order,
+        whatever the request: what an identity's entry of an exact-match map must hold."""
         found: dict[int, CompiledRule] = {}
-        identity = req.identity
         if identity is not None:
             lists = [self.exact.get(identity, ()), self.any_identity]
-            if req.identity_namespace is not None and self.namespace:
-                lists.append(self.namespace.get(req.identity_namespace, ()))
+            namespace = _namespace_of(identity)
+            if namespace is not None and self.namespace:
+                lists.append(self.namespace.get(namespace, ()))
             lists.extend(self.prefix.get(identity[:n], ()) for n in self.prefix_lengths)
             lists.extend(self.suffix.get(identity[-n:], ()) for n in self.suffix_lengths)
         else:
             lists = [self.any_plaintext]
-            if req.source_ip is not None and self.plaintext:
-                lists.append(list(self.plaintext.lookup(req.source_ip)))
+            if source_ip is not None and self.plaintext:
+                lists.append(list(self.plaintext.lookup(source_ip)))
         lists.append(self.any_peer)
         for entries in lists:
             for seq, rule in entries:
@@ -170,6 +178,12 @@ class RuleIndex:
             if rule.matches(req):
                 return rule
         return None
+
+
+def _namespace_of(identity: str) -> str | None:
+    """`ns` of `spiffe://td/ns/<ns>/...` (as SpiffeId.namespace, without parsing)."""
+    parts = identity.split("/", 6)
+    return parts[4] if len(parts) >= 5 and parts[3] == "ns" else None
 
 
 def _ordered(entries: list[Entry]) -> list[CompiledRule]:

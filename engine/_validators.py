@@ -169,6 +169,12 @@ def http_method(value: str) -> str:
     return value
 
 
+def header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid HTTP header name")
+    return value
+
+
 def condition_key(value: str) -> str:
     if value in PLAIN_CONDITION_KEYS:
         return value

@@ -19,7 +19,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshwarden import engine
+from meshwarden._health import HealthEndpoint
+from meshwarden._policies import Policies
+from meshwarden._xds import MeshXds
 from meshwarden.identities import (
     SERVER_DNS_NAME,
     CaConfig,
@@ -29,7 +31,6 @@ from meshwarden.identities import (
     JoinTokens,
     TlsEndpoint,
     UpstreamCa,
-    WorkloadRegistry,
     generate_key,
     load_ca,
     load_private_key_pem,
@@ -56,38 +57,7 @@ class ServerOptions:
     upstream_key: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
     ca_ttl: dt.timedelta = dt.timedelta(hours=24)
-
-
-def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    found = []
-    for path in sorted(directory.rglob("*")):
-        if path.suffix in (".yaml", ".yml") and path.is_file():
-            stat = path.stat()
-            found.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(found)
-
-
-class Policies:
-    """The last good registry of the policy dir; a broken edit keeps the previous one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.registry: WorkloadRegistry | None = None
-        self._seen: tuple[tuple[str, int, int], ...] | None = None
-
-    def reload_if_changed(self) -> bool:
-        fingerprint = _fingerprint(self.directory)
-        if fingerprint == self._seen:
-            return False
-        self._seen = fingerprint
-        result = engine.load([self.directory])
-        for diagnostic in result.diagnostics:
-            print(diagnostic, file=sys.stderr)
-        if result.registry is None:
-            print("policies invalid; keeping the last good registry", file=sys.stderr)
-            return False
-        self.registry = result.registry
-        return True
+    health: str | None = "127.0.0.1:0"
 
 
 class ControlPlane:
@@ -96,6 +66,8 @@ class ControlPlane:
         self.clock = clock
         self.policies = Policies(options.policies)
         self.tokens = JoinTokens(clock)
+        self.xds = MeshXds(self.policies)
+        self.health: HealthEndpoint | None = None
         self.ca: CertificateAuthority | None = None
         self.endpoint: TlsEndpoint | None = None
         self._admin: asyncio.AbstractServer | None = None
@@ -153,11 +125,37 @@ class ControlPlane:
             self.data_dir / "server.pem", self.data_dir / "server.key", self.ca.bundle().x509_pem()
         )
         host, _, port = self.options.listen.rpartition(":")
-        services = node_api_services(self.ca, self.tokens, lambda: self.policies.registry)
+        node_api = node_api_services(self.ca, self.tokens, lambda: self.policies.registry)
+        self.xds.jwt_bundle = self._jwt_bundle
+        self.xds.publish(frozenset(self.policies.mesh.plans) if self.policies.mesh else None)
+
+        def services(server: Any, peers: Any) -> None:
+            node_api(server, peers)
+            self.xds.add_to(server, peers)
+
         self.endpoint = TlsEndpoint(host or "127.0.0.1", int(port), tls, services)
         await self.endpoint.start()
         await self._start_admin()
+        if self.options.health:
+            health_host, _, health_port = self.options.health.rpartition(":")
+            self.health = HealthEndpoint(health_host, int(health_port), self._health)
+            await self.health.start()
         return f"{self.endpoint.host}:{self.endpoint.port}"
+
+    def _jwt_bundle(self, trust_domain: str) -> str | None:
+        if self.ca is None or str(self.ca.trust_domain) != trust_domain:
+            return None
+        return self.ca.bundle().standard_jwks_json().decode()
+
+    def _health(self) -> dict[str, Any]:
+        status = self.policies.status
+        return {
+            "status": "ok" if status.healthy else "degraded",
+            "policyVersion": status.version,
+            "lastChangeRejected": bool(status.errors),
+            "errors": status.errors,
+            "sidecars": self.xds.sidecars(),
+        }
 
     async def _start_admin(self) -> None:
         path = self.data_dir / ADMIN_SOCKET
@@ -187,7 +185,8 @@ class ControlPlane:
         return {"token": self.tokens.create(str(request["node"]), ttl)}
 
     async def run(self) -> None:
-        """Rotate the CA, renew the server certificate and reload policies, forever."""
+        """Rotate the CA, renew the server certificate and reload policies (pushing what
+        changed to the sidecars), forever."""
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self.tick()
@@ -196,15 +195,20 @@ class ControlPlane:
         assert self.ca is not None and self.endpoint is not None
         if self.ca.rotate():
             self._publish()
+            self.xds.publish(None)  # JWT-SVID keys of the trust domain may be in jwt_authn
             self.endpoint.tls.load_verify_locations(cadata=self.ca.bundle().x509_pem().decode())
         if self.clock.now() >= self._server_cert_renew_at:
             self._issue_server_svid()
             self.endpoint.tls.load_cert_chain(
                 self.data_dir / "server.pem", self.data_dir / "server.key"
             )
-        self.policies.reload_if_changed()
+        affected = self.policies.reload_if_changed()
+        if affected is not None:
+            self.xds.publish(affected)
 
     async def stop(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
         if self._admin is not None:
             self._admin.close()
         if self.endpoint is not None:

@@ -44,19 +44,25 @@ def bootstrap(
     server_port: int,
     sds_socket: str,
     *,
-    server_id: str,
+    server_id: str | None = None,
     admin_port: int = 0,
     delta: bool = False,
 ) -> dict[str, Any]:
-    """Bootstrap for the sidecar of `workload` (`ns/name`); `server_id` is the control plane's
-    SPIFFE ID, which the sidecar verifies on the ADS connection."""
+    """Bootstrap for the sidecar of `workload` (`ns/name`). The sidecar verifies the control
+    plane's certificate against its trust bundle (from SDS) and requires the SPIFFE ID
+    `server_id` — by default `spiffe://<its trust domain>/meshwarden/server`."""
+    san = (
+        {"exact": server_id}
+        if server_id
+        else {"safeRegex": {"googleRe2": {}, "regex": "spiffe://[^/]+/meshwarden/server"}}
+    )
     xds_tls = {"name": "envoy.transport_sockets.tls", "typedConfig": {
         "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "commonTlsContext": {
             "tlsCertificateSdsSecretConfigs": [_sds_secret(DEFAULT_SECRET)],
             "combinedValidationContext": {
                 "defaultValidationContext": {"matchTypedSubjectAltNames": [
-                    {"sanType": "URI", "matcher": {"exact": server_id}}]},
+                    {"sanType": "URI", "matcher": san}]},
                 "validationContextSdsSecretConfig": _sds_secret(ROOTCA)}}}}  # fmt: skip
     return {
         "node": {"id": workload, "cluster": workload.split("/")[0]},

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshwarden.engine import AuthorizationPlan, CompiledRule, Request, RuleIndex, SpiffeId
+from meshwarden.engine import AuthorizationPlan, CompiledRule, RuleIndex
 from meshwarden.xds._predicates import TRUE, URI_SAN, rule_predicate
 
 Matcher = dict[str, Any]
@@ -45,9 +45,7 @@ def _identity_matcher(index: RuleIndex, port: int, verdict: str, fallback: dict[
     rest = _rule_list(index.unkeyed_identity_rules(), port, True, verdict, fallback)
     entries = {}
     for identity in index.identity_keys():
-        probe = Request("", port, identity=identity,
-                        identity_namespace=SpiffeId.parse(identity).namespace())  # fmt: skip
-        entries[identity] = _rule_list(index.candidates(probe), port, True, verdict, fallback)
+        entries[identity] = _rule_list(index.for_peer(identity), port, True, verdict, fallback)
     if not entries:
         return rest.get("matcher") or _always(rest)
     return {"matcherTree": {"input": URI_SAN, "exactMatchMap": {"map": entries}},

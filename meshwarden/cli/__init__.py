@@ -18,7 +18,13 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "ca",
     "agent",
     "svid",
+    "up",
+    "bootstrap",
 )
+
+
+# Commands registered by a module of another name.
+_MODULE_OF = {name: name for name in _COMMAND_MODULES} | {"sidecar": "bootstrap"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -39,7 +45,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the command being run: some pull in gRPC and Envoy types, slow to import.
-    only = argv[0] if argv and argv[0] in _COMMAND_MODULES else None
+    only = _MODULE_OF.get(argv[0]) if argv else None
     parser = build_parser(only)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -159,3 +159,21 @@ def test_root_namespace_policy_applies_to_every_namespace(shop_workloads):
     assert verdict(
         mesh, "shop/backend-1", 8080, identity=OPS, method="GET", path="/x/../admin/%61"
     )[:2] == ("DENY", "meshwarden-system/no-admin")
+
+
+def test_jwt_issuer_header_settings_are_kept_as_written():
+    from meshwarden.engine import parse_text
+
+    documents, problems = parse_text(
+        "apiVersion: meshwarden.io/v1alpha1\nkind: JwtIssuer\nmetadata: {name: idp}\n"
+        "spec: {issuer: https://idp, jwksUri: https://idp/jwks, "
+        "fromHeaders: [{name: x-token, prefix: 'Token '}]}\n"
+    )
+    assert not problems
+    header = documents[0].spec.from_headers[0]
+    assert (header.name, header.prefix) == ("x-token", "Token ")
+    default = parse_text(
+        "apiVersion: meshwarden.io/v1alpha1\nkind: JwtIssuer\nmetadata: {name: idp}\n"
+        "spec: {issuer: https://idp, jwksUri: https://idp/jwks}\n"
+    )[0][0].spec.from_headers[0]
+    assert (default.name, default.prefix) == ("authorization", "Bearer ")

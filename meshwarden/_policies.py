@@ -1,0 +1,92 @@
+"""The policy directory as the control plane sees it: the last good compiled mesh, reloaded
+when a file changes; a broken edit is reported (FILE:LINE:COL) and changes nothing."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from meshwarden import engine
+
+log = logging.getLogger(__name__)
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(directory: Path) -> Fingerprint:
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            stat = path.stat()
+            found.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
+
+
+@dataclass
+class PolicyStatus:
+    """What the health endpoint reports about policies."""
+
+    version: str = ""
+    loaded: int = 0
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.version) and not self.errors
+
+
+class Policies:
+    """The last good compiled mesh of a policy directory."""
+
+    def __init__(self, directory: Path, report: TextIO = sys.stderr) -> None:
+        self.directory = directory
+        self.mesh: engine.CompiledMesh | None = None
+        self.status = PolicyStatus()
+        self._seen: Fingerprint | None = None
+        self._report = report
+
+    @property
+    def registry(self) -> engine.Registry | None:
+        return self.mesh.registry if self.mesh else None
+
+    def reload_if_changed(self) -> frozenset[str] | None:
+        """The workloads whose plans changed, or None when nothing (valid) changed."""
+        current = fingerprint(self.directory)
+        if current == self._seen:
+            return None
+        self._seen = current
+        try:
+            files = engine.find_files([self.directory])
+        except engine.UsageError as exc:
+            return self._reject([f"{exc}"])
+        documents, problems = engine.read_files(files)
+        errors = [p for p in problems if p.severity is engine.Severity.ERROR]
+        if errors:
+            return self._reject([str(p) for p in errors])
+        result = engine.reload(self.mesh, documents)
+        if result.mesh is None:
+            return self._reject([str(p) for p in result.errors])
+        for warning in result.diagnostics:
+            print(warning, file=self._report)
+        previous, self.mesh = self.mesh, result.mesh
+        self.status = PolicyStatus(result.mesh.version, self.status.loaded + 1,
+                                   self.status.rejected)  # fmt: skip
+        how = "incrementally" if result.incremental else "fully"
+        print(f"policies {result.mesh.version}: compiled {how}, "
+              f"{len(result.affected)} workload(s) affected", file=self._report)  # fmt: skip
+        if previous is not None and set(previous.plans) != set(result.mesh.plans):
+            return frozenset(previous.plans) | frozenset(result.mesh.plans)
+        return result.affected
+
+    def _reject(self, errors: list[str]) -> None:
+        for line in errors:
+            print(line, file=self._report)
+        kept = self.mesh.version if self.mesh else "none"
+        print(f"policies rejected: {len(errors)} error(s); still serving version {kept}",
+              file=self._report)  # fmt: skip
+        self.status.errors = errors
+        self.status.rejected += 1
+        return None

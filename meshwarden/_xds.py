@@ -1,0 +1,73 @@
+"""The control plane's xDS side: the last good compiled mesh → per-workload snapshots in the
+cache the ADS server watches; sidecars are admitted by the SPIFFE ID their mTLS proves."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from meshwarden._policies import Policies
+from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
+from meshwarden.xds._cache import SnapshotCache
+from meshwarden.xds._node_auth import registry_authorizer, relayed_peer_spiffe_id
+from meshwarden.xds._publisher import SnapshotBuilder
+from meshwarden.xds._translate import TranslationContext
+
+log = logging.getLogger(__name__)
+
+
+class MeshXds:
+    def __init__(self, policies: Policies) -> None:
+        self.policies = policies
+        self.cache = SnapshotCache()
+        self.jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
+        self.builder = SnapshotBuilder(TranslationContext(jwt_bundle=self._bundle))
+        self.pushes = 0
+
+    def _bundle(self, trust_domain: str) -> str | None:
+        return self.jwt_bundle(trust_domain)
+
+    def publish(self, workloads: frozenset[str] | None) -> None:
+        """Rebuild the snapshots of `workloads` (all when None) from the last good mesh."""
+        mesh = self.policies.mesh
+        if mesh is None:
+            return
+        wanted = frozenset(mesh.plans) if workloads is None else workloads
+        for ref in sorted(wanted):
+            if ref in mesh.plans:
+                self.cache.set_snapshot(ref, self.builder.snapshot(mesh, ref))
+            else:
+                self.cache.clear(ref)
+        self.pushes += 1
+
+    def add_to(self, server: Any, peers: Any) -> None:
+        """Register ADS on a grpc.aio server behind `identities.TlsEndpoint`."""
+
+        def registry() -> Any:
+            assert self.policies.registry is not None
+            return self.policies.registry
+
+        ads = AggregatedDiscovery(
+            self.cache,
+            registry_authorizer(registry),
+            observer=self.cache,
+            peer_identity=relayed_peer_spiffe_id(peers),
+        )
+        server.add_generic_rpc_handlers((ads_handler(ads),))
+
+    def sidecars(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for node in sorted(self.cache.nodes()):
+            status = self.cache.status(node)
+            out[node] = {
+                "applied": self.cache.applied(node),
+                "streams": status.streams,
+                "acked": {t.rsplit(".", 1)[-1]: v for t, v in status.acked.items()},
+                "rejections": [
+                    {"type": r.type_url.rsplit(".", 1)[-1], "version": r.version,
+                     "error": r.error_message}
+                    for r in status.rejections
+                ],
+            }  # fmt: skip
+        return out

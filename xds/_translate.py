@@ -243,16 +243,33 @@ def _jwt_authn(issuers: tuple[Any, ...], ctx: TranslationContext) -> dict[str, A
                                 "timeout": "5s"},
                     "asyncFetch": {}, "cacheDuration": "300s"}  # fmt: skip
         providers[doc.ref] = provider
-    requirement = {"requiresAny": {"requirements": [
-        *({"providerName": name} for name in providers), {"allowMissing": {}}]}}  # fmt: skip
-    return {
-        "name": "envoy.filters.http.jwt_authn",
-        "typedConfig": {
-            "@type": _T + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-            "providers": providers,
-            "rules": [{"match": {"prefix": "/"}, "requires": requirement}],
-        },
-    }
+    return {"name": "envoy.filters.http.jwt_authn", "typedConfig": {
+        "@type": _T + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": providers, "rules": _jwt_rules(issuers)}}  # fmt: skip
+
+
+def _jwt_rules(issuers: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """A request carrying a token where a JwtIssuer looks for one must verify against one of
+    the JwtIssuers looking there (else 401); a request without one is not checked. (A
+    `requires_any` with `allow_missing` lets a token with the wrong audience through.)"""
+    by_location: dict[tuple[str, str], list[str]] = {}
+    for doc in issuers:
+        for source in doc.spec.from_headers:
+            by_location.setdefault((source.name.lower(), source.prefix), []).append(doc.ref)
+    rules = []
+    for (name, prefix), providers in sorted(by_location.items()):
+        header: dict[str, Any] = {"name": name}
+        if prefix:
+            header["stringMatch"] = {"prefix": prefix}
+        else:
+            header["presentMatch"] = True
+        requires: dict[str, Any] = (
+            {"providerName": providers[0]}
+            if len(providers) == 1
+            else {"requiresAny": {"requirements": [{"providerName": p} for p in providers]}}
+        )
+        rules.append({"match": {"prefix": "/", "headers": [header]}, "requires": requires})
+    return rules
 
 
 def jwks_cluster_name(uri: str | None) -> str:

@@ -67,8 +67,8 @@ class TestIdp:
 
     def jwks(self) -> str:
         numbers = self.key.public_key().public_numbers()
-        jwk = {"kty": "EC", "crv": "P-256", "kid": "test", "alg": "ES256",
-               "x": _b64(numbers.x.to_bytes(32, "big")), "y": _b64(numbers.y.to_bytes(32, "big"))}  # fmt: skip
+        x, y = (_b64(n.to_bytes(32, "big")) for n in (numbers.x, numbers.y))
+        jwk = {"kty": "EC", "crv": "P-256", "kid": "test", "alg": "ES256", "x": x, "y": y}
         return json.dumps({"keys": [jwk]})
 
     def token(self, forged: bool = False, **claims: Any) -> str:
@@ -85,8 +85,14 @@ class TestIdp:
         return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
-def request(host: str, port: int, method: str = "GET", path: str = "/",
-            headers: dict[str, str] | None = None, source: str | None = None) -> int | str:  # fmt: skip
+def request(
+    host: str,
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    source: str | None = None,
+) -> int | str:
     """The HTTP status, or a description of how the connection failed."""
     return exchange(host, port, method, path, headers, source)[0]
 

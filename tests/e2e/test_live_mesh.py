@@ -175,8 +175,10 @@ def test_a_live_change_flips_a_decision_and_a_broken_file_changes_nothing(
     assert live.up.health()["policyVersion"] != before
 
     broken = live.policies / "broken.yaml"
-    broken.write_text("apiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
-                      "metadata: {name: oops, namespace: shop}\nspec: {actoin: DENY}\n")  # fmt: skip
+    broken.write_text(
+        "apiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: oops, namespace: shop}\nspec: {actoin: DENY}\n"
+    )
     health = wait_for(lambda: live.up.health()["status"], "degraded")
     assert health == "degraded"
     errors = live.up.health()["errors"]

@@ -1,12 +1,15 @@
-"""`meshwarden demo`: a guided walkthrough of `check` and `explain` on examples/shop.
+"""`meshwarden demo`: the shop example as a live mesh with real Envoy sidecars.
 
-Each step runs the real command and compares what it decided with what the walkthrough expects;
-the demo exits 0 only if every row matches. (The live mesh with Envoy replaces this in the xDS
-milestone.)"""
+Starts the control plane, a node agent, one Envoy per workload and tiny sample apps; sends
+requests through the sidecars and prints a table — request, expected, what Envoy did, and the
+policy that decided (from `explain` on the same request); then changes a policy while everything
+runs and shows the decision flip. Exits 0 only if every row matches. `--offline` runs the
+walkthrough of `check` and `explain` alone (no Envoy)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -14,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, fail
 
@@ -59,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--examples", default=str(EXAMPLES), help="the shop example directory")
+    parser.add_argument("--offline", action="store_true",
+                        help="only the check/explain walkthrough, no live mesh")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -75,6 +81,69 @@ def run(args: argparse.Namespace) -> int:
     shop = Path(args.examples)
     if not shop.is_dir():
         return fail(f"{shop}: example directory not found")
+    if args.offline:
+        return run_offline(shop)
+    import asyncio
+
+    return asyncio.run(run_live(shop))
+
+
+async def run_live(shop: Path) -> int:
+
+    from meshwarden._demo_idp import DemoIdp
+    from meshwarden._demo_live import rows, sample_apps, shop_copy
+    from meshwarden._up import LocalMesh
+
+    idp = DemoIdp("https://idp.example.com")
+    folder = shop_copy(shop, idp)
+    table = rows(idp)
+    print("== starting the shop: control plane, node agent, 4 Envoy sidecars, sample apps")
+    with sample_apps([18080, 18081], [15433]):
+        mesh = LocalMesh(folder, folder.parent / "data", report=_Quiet())
+        try:
+            print("ready", await mesh.start())
+            ok = await _print_table(table, folder)
+            print("\n== live change: policies.yaml now lets frontends POST (no restart)")
+            policies = folder / "policies.yaml"
+            policies.write_text(policies.read_text().replace(
+                "methods: [GET, HEAD]", "methods: [GET, HEAD, POST]", 1))  # fmt: skip
+            mesh.plane.tick()
+            await mesh.wait_until_applied(30)
+            flipped = [table[1]._replace_expected("ALLOW")]
+            ok &= await _print_table(flipped, folder)
+        finally:
+            await mesh.stop()
+    print("\nall rows as expected" if ok else "\nSOME ROWS DIFFER")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+class _Quiet:
+    """Swallows the control plane's progress lines during the demo."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+async def _print_table(table: list[Any], folder: Path) -> bool:
+    from meshwarden._demo_live import explain_cause
+
+    print(f"\n{'request':46} {'expected':8} {'Envoy':6} {'decided by (explain)':38} "
+          f"{'ok':3} Envoy said")  # fmt: skip
+    ok = True
+    for row in table:
+        verdict, detail = await asyncio.to_thread(row.call)
+        cause = explain_cause(folder, row.explain)
+        good = verdict == row.expected
+        ok &= good
+        mark = "yes" if good else "NO"
+        print(f"{row.request:46} {row.expected:8} {verdict:6} {cause:38} {mark:3} {detail}")
+    return ok
+
+
+def run_offline(shop: Path) -> int:
     print(f"== 1. meshwarden check {shop}")
     code, text = _run(["check", str(shop)])
     print(text.rstrip() or "(no problems)")

@@ -195,3 +195,14 @@ def test_strict_mtls_refuses_plaintext_peers(live: LiveMesh) -> None:
     assert live.frontend("GET", "/api/items") == 200
     live.write(mtls="PERMISSIVE")
     assert wait_for(lambda: live.plaintext(9, "/public"), 200) == 200
+
+
+def test_make_demo_runs_the_shop_live_and_every_row_matches() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "meshwarden", "demo"], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "all rows as expected" in result.stdout
+    assert result.stdout.count(" yes ") == 10  # nine requests, then the flipped one

@@ -63,6 +63,6 @@ def test_explain_text_names_every_policy_and_the_cause(capsys):
     assert "dry-run: shop/tighten-frontend would DENY" in out
 
 
-def test_demo_walkthrough_passes(capsys):
-    assert main(["demo"]) == 0
+def test_offline_demo_walkthrough_passes(capsys):
+    assert main(["demo", "--offline"]) == 0
     assert "all rows as expected" in capsys.readouterr().out

@@ -58,7 +58,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-class TestIdp:
+class FakeIdp:
     """An OIDC-style issuer with one ES256 key: signs tokens, publishes its JWKS."""
 
     def __init__(self, issuer: str) -> None:

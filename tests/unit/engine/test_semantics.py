@@ -177,3 +177,21 @@ def test_jwt_issuer_header_settings_are_kept_as_written():
         "spec: {issuer: https://idp, jwksUri: https://idp/jwks}\n"
     )[0][0].spec.from_headers[0]
     assert (default.name, default.prefix) == ("authorization", "Bearer ")
+
+
+def test_a_jwt_svid_of_the_configured_trust_domain_is_accepted_without_iss(shop_workloads):
+    issuer = (
+        "---\napiVersion: meshwarden.io/v1alpha1\nkind: JwtIssuer\n"
+        "metadata: {name: mesh-svids, namespace: shop}\n"
+        "spec: {issuer: spiffe-jwt, spiffeTrustDomain: example.org, audiences: [backend]}\n"
+    )
+    allow = policy("svid-callers", "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n"
+                   f"  - from: [{{jwt: {{subjects: ['{OPS}']}}}}]\n"
+                   "    to: [{ports: [8080]}]\n")  # fmt: skip
+    mesh = mesh_from(shop_workloads + issuer + allow)
+    svid = {"sub": OPS, "aud": ["backend"], "exp": 9999999999}
+    assert verdict(mesh, "shop/backend-1", 8080, identity=OPS, jwt_claims=svid)[:2] == (
+        "ALLOW", "shop/svid-callers")  # fmt: skip
+    other_domain = dict(svid, sub="spiffe://other.org/ns/ops/sa/ops-1")
+    assert verdict(mesh, "shop/backend-1", 8080, identity=OPS, jwt_claims=other_domain)[1] == (
+        "jwt:invalid")  # fmt: skip

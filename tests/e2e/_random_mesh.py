@@ -16,10 +16,13 @@ PATHS = ["/api/*", "/health", "*.js", "/admin/*"]
 REQUEST_PATHS = ["/api/items", "/health", "/static/app.js", "/admin/x", "/", "/api//x/../y",
                  "/health?probe=1", "/%61dmin/x"]  # fmt: skip
 DESTINATION = "a/x-1"
+ISSUER = "https://idp.diff.test"
+GROUPS = ["admin", "dev", "ops"]
+SUBJECTS = ["alice", "bob"]
 
 
-def mesh_documents(rng: random.Random, destination_address: str, target_port: int
-                   ) -> list[dict[str, Any]]:  # fmt: skip
+def mesh_documents(rng: random.Random, destination_address: str, target_port: int,
+                   jwks: str) -> list[dict[str, Any]]:  # fmt: skip
     docs: list[dict[str, Any]] = [{
         "kind": "Mesh", "metadata": {"name": "m"},
         "spec": {"trustDomain": TD, "mtls": rng.choice(["STRICT", "PERMISSIVE"]),
@@ -37,6 +40,8 @@ def mesh_documents(rng: random.Random, destination_address: str, target_port: in
                     "spec": {"serviceAccount": app, "addresses": [address],
                              "ports": [{"port": 8080, "targetPort": target_port,
                                         "protocol": "http"}]}})  # fmt: skip
+    docs.append({"kind": "JwtIssuer", "metadata": {"name": "idp", "namespace": "meshwarden-system"},
+                 "spec": {"issuer": ISSUER, "jwks": jwks}})  # fmt: skip
     for i in range(rng.randint(1, 6)):
         docs.append({"kind": "AuthorizationPolicy",
                      "metadata": {"name": f"p{i}", "namespace": rng.choice(
@@ -59,8 +64,21 @@ def _source(rng: random.Random) -> dict[str, Any]:
         "workloads": lambda: {"matchLabels": {"app": rng.choice(APPS)}},
         "ipBlocks": lambda: _some(rng, CIDRS),
         "notIpBlocks": lambda: _some(rng, CIDRS),
+        "jwt": lambda: _jwt_constraint(rng),
     }
+    if rng.random() < 0.3:  # tokens deserve their share: their translation is the most intricate
+        return {"jwt": _jwt_constraint(rng)}
     keys = rng.sample(sorted(makers), rng.choice([1, 1, 2]))
+    return {k: makers[k]() for k in keys}
+
+
+def _jwt_constraint(rng: random.Random) -> dict[str, Any]:
+    makers = {
+        "issuers": lambda: [rng.choice([ISSUER, "https://other.test"])],
+        "subjects": lambda: _some(rng, [*SUBJECTS, "al*"]),
+        "claims": lambda: rng.choice([{"groups": _some(rng, GROUPS)}, {"realm.role": ["ops"]}]),
+    }
+    keys = rng.sample(sorted(makers), rng.randint(0, 2))
     return {k: makers[k]() for k in keys}
 
 
@@ -82,6 +100,8 @@ def _condition(rng: random.Random) -> dict[str, Any]:
         {"key": "source.ip", "values": _some(rng, CIDRS)},
         {"key": "source.namespace", "values": _some(rng, NAMESPACES)},
         {"key": "request.method", "values": ["GET"]},
+        {"key": "request.jwt.claims[groups]", "values": _some(rng, GROUPS)},
+        {"key": "request.jwt.claims[realm.role]", "notValues": ["ops"]},
     ])  # fmt: skip
 
 
@@ -113,4 +133,16 @@ def random_request(rng: random.Random) -> dict[str, Any]:
         "method": rng.choice(["GET", "POST", "DELETE"]),
         "path": rng.choice(REQUEST_PATHS),
         "tenant": rng.choice([None, "acme", "beta-2", "blocked"]),
+        "claims": rng.choice([None, _claims(rng)]),
     }
+
+
+def _claims(rng: random.Random) -> dict[str, Any]:
+    issuer = ISSUER if rng.random() < 0.9 else "https://unknown.test"  # → 401 / jwt:invalid
+    claims: dict[str, Any] = {"iss": issuer, "sub": rng.choice(SUBJECTS)}
+    if rng.random() < 0.7:
+        groups = _some(rng, GROUPS)
+        claims["groups"] = groups if rng.random() < 0.7 else groups[0]
+    if rng.random() < 0.4:
+        claims["realm"] = {"role": rng.choice(["ops", "dev"])}
+    return claims

@@ -40,7 +40,9 @@ from meshwarden.xds._bootstrap import envoy_binary
 from meshwarden.xds._snapshot import CLUSTER, LISTENER
 from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
 
-from ._random_mesh import DESTINATION, IDS, TD, mesh_documents, random_request
+from meshwarden._demo_idp import DemoIdp
+
+from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
 
 SETS, REQUESTS_PER_SET = 30, 12
 
@@ -100,11 +102,12 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
     clients = {spiffe_id: _write_svid(ca, spiffe_id, folder) for spiffe_id in IDS}
     ctx = TranslationContext(static_tls=StaticTls(chain, key, str(bundle), TD),
                              inline_routes=True)  # fmt: skip
+    idp = DemoIdp(ISSUER)
     sets, listeners, clusters = [], [], {}
     for i in range(SETS):
         rng = random.Random(7000 + i)
         address = f"127.0.30.{i + 1}"
-        compiled = _compile(mesh_documents(rng, address, backend))
+        compiled = _compile(mesh_documents(rng, address, backend, idp.jwks()))
         resources = workload_resources(compiled, DESTINATION, ctx)
         for listener in resources[LISTENER]:
             listener["name"] = f"set{i}:{listener['name']}"
@@ -123,7 +126,7 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
          "--use-dynamic-base-id", "--log-level", "warning"], stdout=log, stderr=log)  # fmt: skip
     try:
         _wait_ready(admin, envoy, folder / "envoy.log")
-        yield sets, clients
+        yield sets, clients, idp
     finally:
         envoy.terminate()
         envoy.wait(timeout=10)
@@ -143,8 +146,12 @@ def _wait_ready(admin: int, envoy: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError(f"Envoy not ready:\n{log.read_text()[-3000:]}")
 
 
-def _send(address: str, req: dict[str, Any], clients: dict[str, tuple[str, str]]) -> int | str:
+def _send(address: str, req: dict[str, Any], clients: dict[str, tuple[str, str]],
+          idp: DemoIdp) -> int | str:  # fmt: skip
     headers = {"x-tenant": req["tenant"]} if req["tenant"] else {}
+    if req["claims"]:
+        token = idp.token({**req["claims"], "exp": int(time.time()) + 600})
+        headers["authorization"] = "Bearer " + token
     source = (req["source_ip"], 0)
     if req["identity"]:
         context = ssl.create_default_context()
@@ -165,15 +172,16 @@ def _send(address: str, req: dict[str, Any], clients: dict[str, tuple[str, str]]
 
 
 def test_envoy_and_the_evaluator_agree_on_every_verdict(mesh_under_test: Any) -> None:
-    sets, clients = mesh_under_test
+    sets, clients, idp = mesh_under_test
     disagreements, cases, allowed = [], 0, 0
     for i, (address, compiled, requests) in enumerate(sets):
         for req in requests:
             decision = decide(compiled.plan(DESTINATION), Request.build(
                 DESTINATION, 8080, identity=req["identity"], source_ip=req["source_ip"],
                 method=req["method"], path=req["path"],
-                headers={"x-tenant": req["tenant"]} if req["tenant"] else None))  # fmt: skip
-            got = _send(address, req, clients)
+                headers={"x-tenant": req["tenant"]} if req["tenant"] else None,
+                jwt_claims=req["claims"]))  # fmt: skip
+            got = _send(address, req, clients, idp)
             cases += 1
             allowed += decision.allowed
             if decision.allowed != (got == 200):

@@ -9,7 +9,7 @@ server's policies, our RBAC `matcher` compilation against an Istio-style linear 
 Path of one request (HTTP/1.1 keep-alive, `wrk` with fixed connections):
 
     wrk → 127.0.0.1:localPort  client sidecar (our outbound listener: tcp_proxy → mTLS cluster)
-        → 127.0.77.x:8080      server sidecar (our inbound listener: TLS + SPIFFE validator, HCM,
+        → 127.0.213.x:8080      server sidecar (our inbound listener: TLS + SPIFFE validator, HCM,
                                RBAC, router)   ← the only thing that differs between configs
         → 127.0.0.1:backend    backend Envoy answering with `direct_response`
 
@@ -286,10 +286,10 @@ def _free_port() -> int:
 
 
 def server_addresses(count: int) -> list[str]:
-    """`count` loopback addresses in 127.0.77.0/24 whose port 8080 nobody holds."""
+    """`count` loopback addresses in 127.0.213.0/24 whose port 8080 nobody holds."""
     found = []
     for last in range(1, 255):
-        address = f"127.0.77.{last}"
+        address = f"127.0.213.{last}"
         with socket.socket() as s:
             try:
                 s.bind((address, PORT))
@@ -298,7 +298,7 @@ def server_addresses(count: int) -> list[str]:
         found.append(address)
         if len(found) == count:
             return found
-    raise SystemExit("no free 127.0.77.x:8080 addresses")
+    raise SystemExit("no free 127.0.213.x:8080 addresses")
 
 
 _PR_SET_PDEATHSIG = 1
@@ -345,6 +345,23 @@ class Processes:
             with contextlib.suppress(OSError):
                 total += int((task / "schedstat").read_text().split()[0])
         return total / 1e9
+
+    def diagnose(self, names: Sequence[str]) -> str:
+        """Liveness, log tail and connection/TLS counters of some Envoys, for an error."""
+        out = []
+        for name in names:
+            proc = dict(self.children)[name]
+            state = "running" if proc.poll() is None else f"exited {proc.returncode}"
+            log = (self.folder / f"{name}.log").read_text(errors="replace")[-1500:]
+            admin_file = self.folder / f"{name}.admin"
+            stats: dict[str, int] = {}
+            with contextlib.suppress(OSError, ValueError):
+                admin = admin_file.read_text().strip()
+                stats = {k: v for k, v in admin_stats(admin, "ssl|cx_connect_fail|rbac").items()
+                         if v and any(w in k for w in ("error", "fail", "denied", "handshake",
+                                                       "allowed"))}  # fmt: skip
+            out.append(f"--- Envoy {name}: {state}; non-zero counters {stats}\n{log}")
+        return "\n".join(out)
 
     def wait_ready(self, name: str, admin_file: Path, timeout: float = 120) -> str:
         proc = dict(self.children)[name]
@@ -607,6 +624,9 @@ def start(procs: Processes, configs: list[Config], client_compiled: CompiledMesh
 
     def static(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]
                ) -> dict[str, Any]:  # fmt: skip
+        # Without SO_REUSEPORT a second process binding one of our addresses fails instead of
+        # silently taking a share of our connections (the loopback is shared with other runs).
+        listeners = [{**listener, "enableReusePort": False} for listener in listeners]
         return {"admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
                 "staticResources": {"listeners": listeners, "clusters": clusters}}  # fmt: skip
 
@@ -630,14 +650,17 @@ def measure(configs: list[Config], args: argparse.Namespace, folder: Path, layou
     for c in configs:
         progress(f"warm-up {c.name} ({args.warmup:g} s)")
         wrk(url[c.name], args.warmup, args.connections, folder, layout.others)
-    slice_s = args.seconds / args.rounds
+    slice_s = args.seconds / args.rounds  # whole seconds (wrk -d), see parse_args
     order = sorted(configs, key=lambda c: ("ours", "control", "linear").index(c.label))
     for r in range(args.rounds):
         for c in order if r % 2 == 0 else order[::-1]:
             progress(f"round {r + 1}/{args.rounds}: {c.name} ({slice_s:g} s)")
             envoys = {"server": c.name, "client": "client"}
             before = {k: procs.cpu_seconds(v) for k, v in envoys.items()}
-            out = wrk(url[c.name], slice_s, args.connections, folder, layout.others)
+            try:
+                out = wrk(url[c.name], slice_s, args.connections, folder, layout.others)
+            except SystemExit as failed:
+                raise SystemExit(f"{failed}\n{procs.diagnose([c.name, 'client'])}") from None
             runs[c.name].add(out, {k: procs.cpu_seconds(v) - before[k] for k, v in envoys.items()})
     return runs
 
@@ -813,6 +836,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.seconds = args.seconds or (3.0 if args.quick else 20.0)
     args.rounds = args.rounds or (3 if args.quick else 10)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
+    # wrk -d takes whole seconds: each round lasts round(seconds / rounds) ≥ 1 s
+    args.seconds = float(max(1, round(args.seconds / args.rounds)) * args.rounds)
+    args.warmup = float(max(1, round(args.warmup)))
     return args
 
 

@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 	MYPYPATH=build/typecheck $(BIN)/mypy -p meshwarden.engine -p meshwarden.identities
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 tests
+	$(BIN)/pytest -n 2 --dist loadfile tests
 
 test: lint typecheck unit
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from meshwarden import engine
 
@@ -16,9 +16,11 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 def fingerprint(directory: Path) -> Fingerprint:
+    """(path, mtime, size) of every policy file, as `meshwarden check` would find them."""
     found = []
     for path in sorted(directory.rglob("*")):
-        if path.suffix in (".yaml", ".yml") and path.is_file():
+        hidden = any(part.startswith(".") for part in path.relative_to(directory).parts)
+        if path.suffix in (".yaml", ".yml") and not hidden and path.is_file():
             stat = path.stat()
             found.append((str(path), stat.st_mtime_ns, stat.st_size))
     return tuple(found)
@@ -46,6 +48,7 @@ class Policies:
         self.mesh: engine.CompiledMesh | None = None
         self.status = PolicyStatus()
         self._seen: Fingerprint | None = None
+        self._parsed: dict[tuple[str, int, int], tuple[list[Any], list[Any]]] = {}
         self._report = report
 
     @property
@@ -58,11 +61,9 @@ class Policies:
         if current == self._seen:
             return None
         self._seen = current
-        try:
-            files = engine.find_files([self.directory])
-        except engine.UsageError as exc:
-            return self._reject([f"{exc}"])
-        documents, problems = engine.read_files(files)
+        if not current:
+            return self._reject([f"{self.directory}: no .yaml or .yml files in this directory"])
+        documents, problems = self._read(current)
         errors = [p for p in problems if p.severity is engine.Severity.ERROR]
         if errors:
             return self._reject([str(p) for p in errors])
@@ -80,6 +81,20 @@ class Policies:
         if previous is not None and set(previous.plans) != set(result.mesh.plans):
             return frozenset(previous.plans) | frozenset(result.mesh.plans)
         return result.affected
+
+    def _read(self, files: Fingerprint) -> tuple[list[Any], list[Any]]:
+        """Documents and problems of every file, re-parsing only files whose (path, mtime,
+        size) changed since the last read."""
+        parsed = {}
+        for key in files:
+            cached = self._parsed.get(key)
+            if cached is None:
+                cached = engine.read_files([key[0]])
+            parsed[key] = cached
+        self._parsed = parsed
+        documents = [d for docs, _ in parsed.values() for d in docs]
+        problems = [p for _, found in parsed.values() for p in found]
+        return documents, problems
 
     def _reject(self, errors: list[str]) -> None:
         for line in errors:

@@ -45,7 +45,8 @@ from meshwarden.identities import (
 
 ADMIN_SOCKET = "admin.sock"
 BUNDLE_FILE = "bundle.json"
-TICK_SECONDS = 1.0
+TICK_SECONDS = 1.0  # CA rotation and certificate renewal
+POLICY_POLL_SECONDS = 0.05  # how often the policy files are stat()ed for changes
 
 
 @dataclass(frozen=True)
@@ -187,11 +188,29 @@ class ControlPlane:
     async def run(self) -> None:
         """Rotate the CA, renew the server certificate and reload policies (pushing what
         changed to the sidecars), forever."""
+        await asyncio.gather(self._rotate_forever(), self._watch_policies())
+
+    async def _rotate_forever(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self.tick()
+            self.rotate()
+
+    async def _watch_policies(self) -> None:
+        while True:
+            await asyncio.sleep(POLICY_POLL_SECONDS)
+            self.reload_policies()
 
     def tick(self) -> None:
+        """One round of everything `run` does periodically."""
+        self.rotate()
+        self.reload_policies()
+
+    def reload_policies(self) -> None:
+        affected = self.policies.reload_if_changed()
+        if affected is not None:
+            self.xds.publish(affected)
+
+    def rotate(self) -> None:
         assert self.ca is not None and self.endpoint is not None
         if self.ca.rotate():
             self._publish()
@@ -202,9 +221,6 @@ class ControlPlane:
             self.endpoint.tls.load_cert_chain(
                 self.data_dir / "server.pem", self.data_dir / "server.key"
             )
-        affected = self.policies.reload_if_changed()
-        if affected is not None:
-            self.xds.publish(affected)
 
     async def stop(self) -> None:
         if self.health is not None:

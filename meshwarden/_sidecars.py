@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,19 @@ class Sidecar:
     def admin_url(self) -> str:
         """http://HOST:PORT of this sidecar's Envoy admin (once Envoy has written it)."""
         return "http://" + self.admin_address_file.read_text().strip()
+
+    def warm(self) -> bool:
+        """Envoy has no listener or cluster still warming (waiting for secrets, endpoints or
+        routes): everything it ACKed is serving."""
+        try:
+            url = self.admin_url() + "/stats?filter=warming&format=json"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                stats = json.loads(response.read())["stats"]
+        except (OSError, ValueError, KeyError):
+            return False
+        wanted = ("listener_manager.total_listeners_warming", "cluster_manager.warming_clusters")
+        values = {s.get("name"): s.get("value") for s in stats}
+        return all(values.get(name) == 0 for name in wanted)
 
     @property
     def log_file(self) -> Path:

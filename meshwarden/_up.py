@@ -89,10 +89,15 @@ class LocalMesh:
             self.sidecars[ref] = sidecar
 
     async def wait_until_applied(self, timeout: float) -> None:
+        """Until every sidecar ACKed its current configuration and nothing in it is warming."""
         deadline = time.monotonic() + timeout
         cache = self.plane.xds.cache
         while True:
             pending = [ref for ref in self.sidecars if not cache.applied(ref)]
+            if not pending:
+                sidecars = list(self.sidecars.values())
+                warm = await asyncio.gather(*(asyncio.to_thread(s.warm) for s in sidecars))
+                pending = [s.ref for s, ok in zip(sidecars, warm, strict=True) if not ok]
             if not pending:
                 return
             for sidecar in self.sidecars.values():

@@ -189,6 +189,9 @@ def inbound_listeners(mesh: CompiledMesh, workload: Workload, ctx: TranslationCo
             listeners.append({
                 "name": f"in:{port.port}",
                 "address": {"socketAddress": {"address": str(address), "portValue": port.port}},
+                # Never share a port with another process silently: a second sidecar bound to
+                # the same address:port must fail loudly, not take half of the connections.
+                "enableReusePort": False,
                 "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector",
                                      "typedConfig": {"@type": _T + "envoy.extensions.filters."
                                                      "listener.tls_inspector.v3.TlsInspector"}}],
@@ -332,6 +335,7 @@ def outbound(
             for w in members if w.addresses and upstream.port in w.ports]}]})  # fmt: skip
         listeners.append({
             "name": f"out:{upstream.local_port}",
+            "enableReusePort": False,
             "address": {"socketAddress": {"address": "127.0.0.1",
                                           "portValue": upstream.local_port}},
             "filterChains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",

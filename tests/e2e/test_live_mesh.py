@@ -165,7 +165,9 @@ class LiveMesh:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
-    mesh = LiveMesh(tmp_path_factory.mktemp("live"), "127.0.77")
+    # A network of its own per xdist worker: Envoy would otherwise share the port with the
+    # other worker's mesh (this test's sidecars turn SO_REUSEPORT off, so that would fail).
+    mesh = LiveMesh(tmp_path_factory.mktemp("live"), f"127.77.{os.getpid() % 250}")
     jwks = {"/jwks.json": mesh.partner.jwks()}
     with sample_app(mesh.values["app_port"]), static_files(mesh.values["jwks_port"], jwks):
         mesh.up.start()

@@ -110,33 +110,75 @@ def _ports_warning(
     ]
 
 
+Ranked = tuple[tuple[int, int], CompiledRule, CompiledPolicy]
+
+
 def _shadowed(mesh: CompiledMesh) -> list[Diagnostic]:
+    """Rules fully covered by an earlier rule of the same action (or an ALLOW rule covered by a
+    DENY rule). Candidates come from an index on exact identities, so a mesh of many
+    identity-specific rules is not compared pairwise."""
     found = []
     enforced = sorted(
         (p for p in mesh.policies.values() if not p.dry_run and p.action != "AUDIT" and p.targets),
         key=lambda p: (p.namespace, p.name),
     )
     order = {p.ref: n for n, p in enumerate(enforced)}
+    groups: dict[str, _RivalIndex] = {}
     for later in enforced:
-        some_target = next(iter(later.targets))
-        rivals = [mesh.policies[r] for r in mesh.by_workload[some_target] if r in order]
+        some_target = min(later.targets)
+        if some_target not in groups:
+            refs = [r for r in mesh.by_workload[some_target] if r in order]
+            groups[some_target] = _RivalIndex([mesh.policies[r] for r in refs], order)
         for rule in later.rules:
-            shadow = _find_shadow(rule, later, rivals, order)
+            shadow = _find_shadow(rule, later, groups[some_target], order)
             if shadow is not None:
-                verb = (
-                    "denied"
-                    if shadow.policy != later.ref and _is_deny(mesh, shadow)
-                    else ("already matched")
-                )
-                found.append(
-                    warning(
-                        rule.location,
-                        f"rule {rule.index} of {later.ref} is fully "
-                        f"shadowed: every request it matches is {verb} by rule "
-                        f"{shadow.name} first",
-                    )
-                )
+                deny = shadow.policy != later.ref and _is_deny(mesh, shadow)
+                verb = "denied" if deny else "already matched"
+                found.append(warning(rule.location, f"rule {rule.index} of {later.ref} is fully "
+                                     f"shadowed: every request it matches is {verb} by rule "
+                                     f"{shadow.name} first"))  # fmt: skip
     return found
+
+
+def _signature(rule: CompiledRule) -> frozenset[str] | None:
+    """The exact identities a rule is limited to, or None when it is not limited to a finite
+    set of exact identities (wildcards, namespaces, no `from`, IP sources...)."""
+    if not rule.sources:
+        return None
+    ids: set[str] = set()
+    for source in rule.sources:
+        if source.workloads is not None:
+            ids |= source.workloads
+        elif source.identities is not None and not (
+            source.identities.anything or source.identities.prefixes or source.identities.suffixes
+        ):
+            ids |= source.identities.exact
+        else:
+            return None
+    return frozenset(ids)
+
+
+class _RivalIndex:
+    """The enforced rules applying to one workload, in policy order, indexed by identity."""
+
+    def __init__(self, policies: list[CompiledPolicy], order: dict[str, int]) -> None:
+        self.by_identity: dict[str, list[Ranked]] = {}
+        self.open: list[Ranked] = []
+        for policy in sorted(policies, key=lambda p: order[p.ref]):
+            for rule in policy.rules:
+                entry = ((order[policy.ref], rule.index), rule, policy)
+                signature = _signature(rule)
+                if signature is None:
+                    self.open.append(entry)
+                for identity in signature or ():
+                    self.by_identity.setdefault(identity, []).append(entry)
+
+    def candidates(self, rule: CompiledRule) -> list[Ranked]:
+        signature = _signature(rule)
+        found = list(self.open)
+        if signature:
+            found += self.by_identity.get(min(signature), [])
+        return sorted(found, key=lambda e: e[0])
 
 
 def _is_deny(mesh: CompiledMesh, rule: CompiledRule) -> bool:
@@ -144,20 +186,19 @@ def _is_deny(mesh: CompiledMesh, rule: CompiledRule) -> bool:
 
 
 def _find_shadow(
-    rule: CompiledRule, policy: CompiledPolicy, rivals: list[CompiledPolicy], order: dict[str, int]
+    rule: CompiledRule, policy: CompiledPolicy, rivals: _RivalIndex, order: dict[str, int]
 ) -> CompiledRule | None:
-    for rival in sorted(rivals, key=lambda p: order[p.ref]):
+    position = (order[policy.ref], rule.index)
+    for rank, other, rival in rivals.candidates(rule):
+        if other is rule:
+            continue
         same = rival.action == policy.action
         if not (same or (rival.action == "DENY" and policy.action == "ALLOW")):
             continue
-        if not rival.targets >= policy.targets:
+        if same and rank >= position:
             continue
-        for other in rival.rules:
-            if other is rule:
-                break
-            earlier = (order[rival.ref], other.index) < (order[policy.ref], rule.index)
-            if (not same or earlier) and covers(other, rule):
-                return other
+        if rival.targets >= policy.targets and covers(other, rule):
+            return other
     return None
 
 

@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
@@ -63,7 +64,7 @@ class ResourceEncoder:
         digest = hashlib.sha256(type_url.encode() + b"\0" + text.encode()).hexdigest()
         body = self._cache.get(digest)
         if body is None:
-            body = bytes(self._message_class(type_url).from_dict(config))
+            body = self._encode_message(type_url, config)
             self.encoded += 1
             self._cache[digest] = body
             if len(self._cache) > self._capacity:
@@ -72,6 +73,29 @@ class ResourceEncoder:
             self._cache.move_to_end(digest)
         return Resource(type_url, name, body, digest[:16])
 
+    def _encode_message(self, type_url: str, config: dict[str, Any]) -> bytes:
+        """Encode with every embedded `typedConfig` (filters, transport sockets) encoded on its
+        own and cached: sidecars of replicas share their HCM and RBAC bytes, and a listener
+        that differs only in its address re-encodes only its small outer part."""
+        message_class = self._message_class(type_url)
+        embedded: list[tuple[Holder, dict[str, Any]]] = []
+        outer = _without_typed_configs(config, embedded)
+        message = message_class.from_dict(outer)
+        for holder, typed in embedded:
+            holder(message).typed_config = self._any(typed)
+        return bytes(message)
+
+    def _any(self, typed: dict[str, Any]) -> Any:
+        from envoy_data_plane.google.protobuf import Any as AnyMessage
+
+        text = json.dumps(typed, sort_keys=True, separators=(",", ":"))
+        key = "any:" + hashlib.sha256(text.encode()).hexdigest()
+        value = self._cache.get(key)
+        if value is None:
+            value = AnyMessage.from_dict(typed).value
+            self._cache[key] = value
+        return AnyMessage(type_url=typed["@type"], value=value)
+
     def encode_all(self, resources: dict[str, list[dict[str, Any]]]) -> list[Resource]:
         out = []
         for type_url, configs in resources.items():
@@ -79,3 +103,38 @@ class ResourceEncoder:
                 name = config.get("name") or config["clusterName"]
                 out.append(self.encode(type_url, name, config))
         return out
+
+
+Holder = Callable[[Any], Any]  # message → the sub-message whose `typed_config` to set
+
+
+def _without_typed_configs(
+    config: dict[str, Any], embedded: list[tuple[Holder, dict[str, Any]]]
+) -> dict[str, Any]:
+    """A copy of a Listener/Cluster config without the `typedConfig` of its filters and
+    transport sockets; `embedded` gets (the holder of each, its config)."""
+    outer = dict(config)
+    if "filterChains" in config:
+        chains = []
+        for i, chain in enumerate(config["filterChains"]):
+            chain = dict(chain)
+            filters = []
+            for j, item in enumerate(chain.get("filters", [])):
+                if "typedConfig" in item:
+                    embedded.append((lambda m, i=i, j=j: m.filter_chains[i].filters[j],
+                                     item["typedConfig"]))  # fmt: skip
+                    item = {k: v for k, v in item.items() if k != "typedConfig"}
+                filters.append(item)
+            chain["filters"] = filters
+            socket = chain.get("transportSocket")
+            if socket and "typedConfig" in socket:
+                embedded.append((lambda m, i=i: m.filter_chains[i].transport_socket,
+                                 socket["typedConfig"]))  # fmt: skip
+                chain["transportSocket"] = {"name": socket["name"]}
+            chains.append(chain)
+        outer["filterChains"] = chains
+    socket = config.get("transportSocket")
+    if socket and "typedConfig" in socket:
+        embedded.append((lambda m: m.transport_socket, socket["typedConfig"]))
+        outer["transportSocket"] = {"name": socket["name"]}
+    return outer

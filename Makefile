@@ -35,6 +35,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_identities.py
+	$(BIN)/python bench/bench_dataplane.py
+	$(BIN)/python bench/bench_propagation.py
+	$(BIN)/python bench/bench_differential.py
 
 protos: $(STAMP)
 	$(BIN)/python -m meshwarden.protos._generate

@@ -67,7 +67,11 @@ class Policies:
         errors = [p for p in problems if p.severity is engine.Severity.ERROR]
         if errors:
             return self._reject([str(p) for p in errors])
-        result = engine.reload(self.mesh, documents)
+        try:
+            result = engine.reload(self.mesh, documents)
+        except Exception as exc:  # a bug must not take down the last good configuration
+            log.exception("reloading policies failed")
+            return self._reject([f"internal error while compiling policies: {exc!r}"])
         if result.mesh is None:
             return self._reject([str(p) for p in result.errors])
         for warning in result.diagnostics:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -23,6 +23,10 @@ class Patterns:
     anything: bool
     text: tuple[str, ...]
     fold_case: bool = False
+    display: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "display", "[" + ", ".join(self.text) + "]")
 
     @classmethod
     def of(cls, values: Iterable[object], fold_case: bool = False) -> Patterns:
@@ -57,10 +61,6 @@ class Patterns:
 
     def __str__(self) -> str:
         return self.display
-
-    @property
-    def display(self) -> str:
-        return "[" + ", ".join(self.text) + "]"
 
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")

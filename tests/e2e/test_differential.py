@@ -10,11 +10,9 @@ import random
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +40,7 @@ from meshwarden.xds._snapshot import CLUSTER, LISTENER
 from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
 
 from meshwarden._demo_idp import DemoIdp
+from meshwarden._demo_live import sample_apps
 
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
 
@@ -50,25 +49,11 @@ SETS = int(os.environ.get("MESHWARDEN_DIFFERENTIAL_SETS", "30"))
 REQUESTS_PER_SET = 12
 
 
-class _Ok(BaseHTTPRequestHandler):
-    def _reply(self) -> None:
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    do_GET = do_POST = do_DELETE = _reply
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def backend() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
+    port = _free_port()
+    with sample_apps([port], []):
+        yield port
 
 
 def _write_svid(ca: CertificateAuthority, spiffe_id: str, folder: Path) -> tuple[str, str]:

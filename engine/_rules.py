@@ -136,6 +136,19 @@ class CompiledOperation:
     not_paths: Patterns | None
     hosts: Patterns | None
     not_hosts: Patterns | None
+    # (request attribute, positive patterns, negative patterns) for the HTTP fields that are set
+    http_checks: tuple[tuple[str, Patterns | None, Patterns | None], ...] = field(
+        init=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        fields = (
+            ("method", self.methods, self.not_methods),
+            ("path", self.paths, self.not_paths),
+            ("host", self.hosts, self.not_hosts),
+        )
+        checks = tuple(f for f in fields if f[1] is not None or f[2] is not None)
+        object.__setattr__(self, "http_checks", checks)
 
     @classmethod
     def of(cls, op: Operation) -> CompiledOperation:
@@ -159,12 +172,8 @@ class CompiledOperation:
             return f"port {req.port} not in ports"
         if self.not_ports is not None and _in_ranges(req.port, self.not_ports):
             return f"port {req.port} is in notPorts"
-        checks = (
-            ("method", req.method, self.methods, self.not_methods),
-            ("path", req.path, self.paths, self.not_paths),
-            ("host", req.host, self.hosts, self.not_hosts),
-        )
-        for what, value, positive, negative in checks:
+        for what, positive, negative in self.http_checks:
+            value = getattr(req, what)
             if positive is not None and not positive.matches(value):
                 return f"{what} {value} not in {what}s {positive}"
             if negative is not None and negative.matches(value):

@@ -75,10 +75,35 @@ class ResourceEncoder:
         return Resource(type_url, name, body, digest[:16])
 
     def _encode_message(self, type_url: str, config: dict[str, Any]) -> bytes:
+        """Encode with the parts replicas share cached on their own: a listener's filter chains
+        (with their HCM, RBAC and TLS configs) and listener filters are encoded once per content
+        and appended as raw repeated fields (protobuf messages concatenate), so a listener that
+        differs only in its name and address costs one small encode."""
+        if type_url == LISTENER:
+            outer = {k: v for k, v in config.items() if k not in _LISTENER_PARTS}
+            body = self._plain(type_url, outer)
+            for key, (number, class_name) in _LISTENER_PARTS.items():
+                for part in config.get(key, ()):
+                    body += _length_delimited(number, self._part(class_name, part))
+            return body
+        return self._plain(type_url, config)
+
+    def _plain(self, type_url: str, config: dict[str, Any]) -> bytes:
+        return self._with_typed_configs(self._message_class(type_url), config)
+
+    def _part(self, class_name: str, config: dict[str, Any]) -> bytes:
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        key = f"{class_name}:" + hashlib.sha256(text.encode()).hexdigest()
+        body = self._cache.get(key)
+        if body is None:
+            module = importlib.import_module("envoy_data_plane.envoy.config.listener.v3")
+            body = self._with_typed_configs(getattr(module, class_name), config)
+            self._cache[key] = body
+        return body
+
+    def _with_typed_configs(self, message_class: Any, config: dict[str, Any]) -> bytes:
         """Encode with every embedded `typedConfig` (filters, transport sockets) encoded on its
-        own and cached: sidecars of replicas share their HCM and RBAC bytes, and a listener
-        that differs only in its address re-encodes only its small outer part."""
-        message_class = self._message_class(type_url)
+        own and cached (replicas share their HCM and RBAC bytes)."""
         embedded: list[tuple[Holder, dict[str, Any]]] = []
         outer = _without_typed_configs(config, embedded)
         message = message_class.from_dict(outer)
@@ -107,38 +132,66 @@ class ResourceEncoder:
 
 
 Holder = Callable[[Any], Any]  # message → the sub-message whose `typed_config` to set
+# Listener fields encoded separately: JSON name → (field number, message class).
+_LISTENER_PARTS = {"filterChains": (3, "FilterChain"), "listenerFilters": (9, "ListenerFilter")}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _length_delimited(number: int, body: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(body)) + body
 
 
 def _without_typed_configs(
     config: dict[str, Any], embedded: list[tuple[Holder, dict[str, Any]]]
 ) -> dict[str, Any]:
-    """A copy of a Listener/Cluster config without the `typedConfig` of its filters and
-    transport sockets; `embedded` gets (the holder of each, its config)."""
+    """A copy of a Listener, FilterChain, ListenerFilter or Cluster config without the
+    `typedConfig` of its filters and transport sockets; `embedded` gets (the holder of each —
+    a function from the message to the sub-message carrying it —, its config)."""
+    if "filters" in config:  # a FilterChain
+        return _chain_without_typed_configs(config, embedded, lambda m: m)
     outer = dict(config)
     if "filterChains" in config:
-        chains = []
-        for i, chain in enumerate(config["filterChains"]):
-            chain = dict(chain)
-            filters = []
-            for j, item in enumerate(chain.get("filters", [])):
-                if "typedConfig" in item:
-                    embedded.append((lambda m, i=i, j=j: m.filter_chains[i].filters[j],
-                                     item["typedConfig"]))  # fmt: skip
-                    item = {k: v for k, v in item.items() if k != "typedConfig"}
-                filters.append(item)
-            chain["filters"] = filters
-            socket = chain.get("transportSocket")
-            if socket and "typedConfig" in socket:
-                embedded.append((lambda m, i=i: m.filter_chains[i].transport_socket,
-                                 socket["typedConfig"]))  # fmt: skip
-                chain["transportSocket"] = {"name": socket["name"]}
-            chains.append(chain)
-        outer["filterChains"] = chains
+        outer["filterChains"] = [
+            _chain_without_typed_configs(chain, embedded, lambda m, i=i: m.filter_chains[i])
+            for i, chain in enumerate(config["filterChains"])
+        ]
     socket = config.get("transportSocket")
     if socket and "typedConfig" in socket:
         embedded.append((lambda m: m.transport_socket, socket["typedConfig"]))
         outer["transportSocket"] = {"name": socket["name"]}
+    if "typedConfig" in config:  # a ListenerFilter
+        embedded.append((lambda m: m, config["typedConfig"]))
+        del outer["typedConfig"]
     return outer
+
+
+def _chain_without_typed_configs(
+    chain: dict[str, Any], embedded: list[tuple[Holder, dict[str, Any]]], get_chain: Holder
+) -> dict[str, Any]:
+    chain = dict(chain)
+    filters = []
+    for j, item in enumerate(chain.get("filters", [])):
+        if "typedConfig" in item:
+            embedded.append((lambda m, j=j: get_chain(m).filters[j], item["typedConfig"]))
+            item = {k: v for k, v in item.items() if k != "typedConfig"}
+        filters.append(item)
+    chain["filters"] = filters
+    socket = chain.get("transportSocket")
+    if socket and "typedConfig" in socket:
+        embedded.append((lambda m: get_chain(m).transport_socket, socket["typedConfig"]))
+        chain["transportSocket"] = {"name": socket["name"]}
+    return chain
 
 
 def _cache_betterproto_validators() -> None:

@@ -14,6 +14,7 @@ from meshwarden.engine._patterns import AddressIndex, IpAddress
 from meshwarden.engine._registry import Workload
 from meshwarden.engine._request import Request
 from meshwarden.engine._rules import CompiledRule, CompiledSource
+from meshwarden.engine._spiffe import namespace_of
 
 Entry = tuple[int, CompiledRule]
 MEMO_LIMIT = 4096  # distinct peers remembered per index; the memo restarts when full
@@ -144,7 +145,7 @@ class RuleIndex:
         found: dict[int, CompiledRule] = {}
         if identity is not None:
             lists = [self.exact.get(identity, ()), self.any_identity]
-            namespace = _namespace_of(identity)
+            namespace = namespace_of(identity)
             if namespace is not None and self.namespace:
                 lists.append(self.namespace.get(namespace, ()))
             lists.extend(self.prefix.get(identity[:n], ()) for n in self.prefix_lengths)
@@ -178,12 +179,6 @@ class RuleIndex:
             if rule.matches(req):
                 return rule
         return None
-
-
-def _namespace_of(identity: str) -> str | None:
-    """`ns` of `spiffe://td/ns/<ns>/...` (as SpiffeId.namespace, without parsing)."""
-    parts = identity.split("/", 6)
-    return parts[4] if len(parts) >= 5 and parts[3] == "ns" else None
 
 
 def _ordered(entries: list[Entry]) -> list[CompiledRule]:

@@ -68,6 +68,12 @@ def _check_path(path: str) -> None:
             )
 
 
+def namespace_of(spiffe_id: str) -> str | None:
+    """`<ns>` of a valid `spiffe://td/ns/<ns>[/...]` ID string, else None (no re-parsing)."""
+    parts = spiffe_id.split("/", 5)
+    return parts[4] if len(parts) >= 5 and parts[3] == "ns" else None
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class TrustDomain:
     """A SPIFFE trust domain such as ``example.org``."""
@@ -133,7 +139,4 @@ class SpiffeId:
 
     def namespace(self) -> str | None:
         """The Kubernetes-style namespace of ``spiffe://td/ns/<ns>/...`` IDs, else None."""
-        parts = self.path.split("/")
-        if len(parts) >= 3 and parts[1] == "ns":
-            return parts[2]
-        return None
+        return namespace_of(str(self))

@@ -163,21 +163,3 @@ def rows(idp: DemoIdp) -> list[Row]:
         Row("backend   tcp  db:5432", "ALLOW", lambda: tcp_call(15432),
             ["--to", "shop/db-1", "--port", "5432", "--from-workload", "shop/backend-1"]),
     ]  # fmt: skip
-
-
-def explain_cause(folder: Path, flags: list[str]) -> str:
-    from meshwarden.cli import main
-
-    out = _captured(lambda: main(["explain", str(folder), *flags, "-o", "json"]))
-    result = json.loads(out)
-    rule = f"#{result['rule']}" if result["rule"] is not None else ""
-    return f"{result['policy']}{rule}"
-
-
-def _captured(fn: Callable[[], Any]) -> str:
-    import io
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(io.StringIO()):
-        fn()
-    return buffer.getvalue()

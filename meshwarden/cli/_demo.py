@@ -74,7 +74,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
-    return code, out.getvalue() + err.getvalue()
+    return code, out.getvalue() + err.getvalue()  # explain -o json writes nothing to stderr
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,8 +128,6 @@ class _Quiet:
 
 
 async def _print_table(table: list[Any], folder: Path) -> bool:
-    from meshwarden._demo_live import explain_cause
-
     print(f"\n{'request':46} {'expected':8} {'Envoy':6} {'decided by (explain)':38} "
           f"{'ok':3} Envoy said")  # fmt: skip
     ok = True
@@ -141,6 +139,14 @@ async def _print_table(table: list[Any], folder: Path) -> bool:
         mark = "yes" if good else "NO"
         print(f"{row.request:46} {row.expected:8} {verdict:6} {cause:38} {mark:3} {detail}")
     return ok
+
+
+def explain_cause(folder: Path, flags: list[str]) -> str:
+    """`ns/name#rule` (or the default cause) that `meshwarden explain` gives for a request."""
+    _, out = _run(["explain", str(folder), *flags, "-o", "json"])
+    result = json.loads(out)
+    rule = f"#{result['rule']}" if result["rule"] is not None else ""
+    return f"{result['policy']}{rule}"
 
 
 def run_offline(shop: Path) -> int:

@@ -14,13 +14,18 @@ from __future__ import annotations
 from typing import Any
 
 from meshwarden.engine import AuthorizationPlan, CompiledRule, RuleIndex
+from meshwarden.xds._decisions import (
+    DEFAULT_ALLOW,
+    DEFAULT_DENY,
+    DRY_DEFAULT_DENY,
+    DRY_NO_DENY,
+    NO_AUDIT,
+    NO_DENY,
+)
 from meshwarden.xds._predicates import TRUE, URI_SAN, rule_predicate
 
 Matcher = dict[str, Any]
 _ACTION_TYPE = "type.googleapis.com/envoy.config.rbac.v3.Action"
-DEFAULT_DENY = "default:deny"
-NO_DENY = "allow:no-deny-rule"
-NO_AUDIT = "audit:none"
 
 
 def action(name: str, verdict: str) -> dict[str, Any]:
@@ -79,7 +84,8 @@ def _dry_run_index(plan: AuthorizationPlan, action_name: str) -> RuleIndex:
 
 def rbac_filters(plan: AuthorizationPlan, port: int, identified: bool) -> list[tuple[str, Any]]:
     """(stat prefix, RBAC config with `matcher`/`shadowMatcher`) in filter order:
-    AUDIT (LOG, never blocks), DENY, ALLOW. Empty where the plan needs no filter."""
+    AUDIT (LOG, never blocks), DENY, ALLOW. The ALLOW stage is always there (it names the
+    default: `default:allow` / `default:deny`); AUDIT and DENY only where policies need them."""
     filters: list[tuple[str, Any]] = []
     audit = plan.audit
     if audit.size:
@@ -100,7 +106,7 @@ def rbac_filters(plan: AuthorizationPlan, port: int, identified: bool) -> list[t
         }
         if deny_shadow.size:
             config["shadowMatcher"] = index_matcher(
-                deny_shadow, port, identified, "DENY", action("dry-run:no-deny", "ALLOW")
+                deny_shadow, port, identified, "DENY", action(DRY_NO_DENY, "ALLOW")
             )
             config["shadowRulesStatPrefix"] = "dryrun_deny_"
         filters.append(("deny", config))
@@ -112,11 +118,12 @@ def rbac_filters(plan: AuthorizationPlan, port: int, identified: bool) -> list[t
         )
     elif plan.mesh.default_policy == "deny":
         config["matcher"] = _always(action(DEFAULT_DENY, "DENY"))
+    else:  # an explicit stage, so traces and flow logs name the implicit allow
+        config["matcher"] = _always(action(DEFAULT_ALLOW, "ALLOW"))
     if allow_shadow.size:
         config["shadowMatcher"] = index_matcher(
-            allow_shadow, port, identified, "ALLOW", action("dry-run:default-deny", "DENY")
+            allow_shadow, port, identified, "ALLOW", action(DRY_DEFAULT_DENY, "DENY")
         )
         config["shadowRulesStatPrefix"] = "dryrun_allow_"
-    if config:
-        filters.append(("allow", config))
+    filters.append(("allow", config))
     return filters

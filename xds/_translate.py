@@ -19,9 +19,18 @@ from urllib.parse import urlsplit
 
 from meshwarden.engine import CompiledMesh, Workload
 from meshwarden.engine._model import WorkloadPort
+from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
+from meshwarden.xds._ext_authz import ext_authz_http_filter, ext_authz_network_filter
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 from meshwarden.xds._rbac import rbac_filters
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from meshwarden.xds._tracing import (
+    TracingTarget,
+    decision_tags_filter,
+    hcm_tracing,
+    policy_version,
+    tracing_clusters,
+)
 
 _T = "type.googleapis.com/"
 SDS_CLUSTER = "meshwarden-sds"
@@ -49,6 +58,10 @@ class TranslationContext:
     jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
     static_tls: StaticTls | None = None
     inline_routes: bool = False  # route configs inside the HCM instead of RDS (static configs)
+    # Observability and ext_authz (issue 5). None = off.
+    tracing: TracingTarget | None = None  # Envoy's OpenTelemetry tracer → this OTLP collector
+    flow_log_cluster: str | None = None  # gRPC access logs → the control plane via this cluster
+    ext_authz_cluster: str | None = None  # ext-authz enforcement asks the engine via this cluster
 
 
 def _sds(name: str, cluster: str) -> dict[str, Any]:
@@ -118,8 +131,11 @@ def _http_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, id
     jwt = _jwt_authn(plan.jwt_issuers, ctx)
     if jwt:
         filters.append(jwt)
-    for kind, config in rbac_filters(plan, port.port, identified):
-        filters.append(_rbac_filter(kind, f"authz_{kind}", config, http=True))
+    if plan.enforcement == "ext-authz":
+        filters.append(ext_authz_http_filter(plan, port.port, identified, ctx))
+    else:
+        for kind, config in rbac_filters(plan, port.port, identified):
+            filters.append(_rbac_filter(kind, f"authz_{kind}", config, http=True))
     filters.append({"name": "envoy.filters.http.router", "typedConfig": {
         "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}})  # fmt: skip
     return filters
@@ -127,7 +143,8 @@ def _http_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, id
 
 def _hcm(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
          ctx: TranslationContext) -> dict[str, Any]:  # fmt: skip
-    return {"name": "envoy.filters.network.http_connection_manager", "typedConfig": {
+    filters = _http_filters(mesh, workload, port, identified, ctx)
+    hcm: dict[str, Any] = {
         "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
                       ".HttpConnectionManager",
         "statPrefix": f"in_{port.port}",
@@ -137,7 +154,16 @@ def _hcm(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified:
         "pathWithEscapedSlashesAction": "KEEP_UNCHANGED",
         "useRemoteAddress": False,
         **_routing(workload, port, ctx),
-        "httpFilters": _http_filters(mesh, workload, port, identified, ctx)}}  # fmt: skip
+    }  # fmt: skip
+    if ctx.tracing is not None:
+        version = policy_version(canonical({"filters": filters}))
+        hcm["tracing"] = hcm_tracing(ctx.tracing, workload.ref, port.port, version)
+        filters.insert(0, decision_tags_filter())
+    access_logs = http_access_logs(ctx, workload.ref, port.port)
+    if access_logs:
+        hcm["accessLog"] = access_logs
+    hcm["httpFilters"] = filters
+    return {"name": "envoy.filters.network.http_connection_manager", "typedConfig": hcm}
 
 
 def _routing(workload: Workload, port: WorkloadPort, ctx: TranslationContext) -> dict[str, Any]:
@@ -147,14 +173,21 @@ def _routing(workload: Workload, port: WorkloadPort, ctx: TranslationContext) ->
                     "configSource": {"ads": {}, "resourceApiVersion": "V3"}}}  # fmt: skip
 
 
-def _tcp_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool
-                 ) -> list[dict[str, Any]]:  # fmt: skip
+def _tcp_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
+                 ctx: TranslationContext) -> list[dict[str, Any]]:  # fmt: skip
     plan = mesh.plan(workload.ref)
-    filters = [_rbac_filter(kind, f"authz_{kind}", config, http=False)
-               for kind, config in rbac_filters(plan, port.port, identified)]  # fmt: skip
-    filters.append({"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+    if plan.enforcement == "ext-authz":
+        filters = [ext_authz_network_filter(plan, port.port, identified, ctx)]
+    else:
+        filters = [_rbac_filter(kind, f"authz_{kind}", config, http=False)
+                   for kind, config in rbac_filters(plan, port.port, identified)]  # fmt: skip
+    proxy: dict[str, Any] = {
         "@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        "statPrefix": f"in_{port.port}", "cluster": _local_cluster(workload, port)}})  # fmt: skip
+        "statPrefix": f"in_{port.port}", "cluster": _local_cluster(workload, port)}  # fmt: skip
+    access_logs = tcp_access_logs(ctx, workload.ref, port.port)
+    if access_logs:
+        proxy["accessLog"] = access_logs
+    filters.append({"name": "envoy.filters.network.tcp_proxy", "typedConfig": proxy})
     return filters
 
 
@@ -165,7 +198,7 @@ def inbound_route_name(port: WorkloadPort) -> str:
 def _chain(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
            ctx: TranslationContext) -> dict[str, Any]:  # fmt: skip
     filters = ([_hcm(mesh, workload, port, identified, ctx)] if port.is_http
-               else _tcp_filters(mesh, workload, port, identified))  # fmt: skip
+               else _tcp_filters(mesh, workload, port, identified, ctx))  # fmt: skip
     chain: dict[str, Any] = {"filters": filters}
     if identified:
         chain["transportSocket"] = _downstream_tls(ctx)
@@ -352,7 +385,10 @@ def workload_resources(mesh: CompiledMesh, ref: str, ctx: TranslationContext
     workload = mesh.registry.workloads[ref]
     out_listeners, out_clusters, out_endpoints = outbound(mesh, workload, ctx)
     return {
-        CLUSTER: local_clusters(workload) + jwks_clusters(mesh, workload) + out_clusters,
+        CLUSTER: local_clusters(workload)
+        + jwks_clusters(mesh, workload)
+        + out_clusters
+        + tracing_clusters(ctx.tracing),
         ENDPOINT: out_endpoints,
         LISTENER: inbound_listeners(mesh, workload, ctx) + out_listeners,
         ROUTE: inbound_routes(workload),

@@ -1,0 +1,191 @@
+"""Envoy's OpenTelemetry tracer on inbound HTTP ports, with the decision on every span.
+
+Envoy's span for a request is tagged, when it finishes, from dynamic metadata and literals:
+a small Lua filter (first in the chain, so its response hook runs for every reply, including
+the 401/403 local replies of jwt_authn and RBAC) reads what the RBAC filters or the ext_authz
+answer recorded and writes the verdict — decision, policy, rule, dry-run — into the
+`meshwarden` namespace; the HCM's `custom_tags` copy those onto the span. The Lua mapping
+mirrors `xds._decisions.verdict_from_envoy` (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from string import Template
+from typing import Any
+from urllib.parse import urlsplit
+
+from meshwarden.xds._decisions import (
+    ALLOW_PREFIX,
+    AUTHZ_UNAVAILABLE,
+    DEFAULT_ALLOW,
+    DEFAULT_DENY,
+    DENY_PREFIX,
+    DRY_ALLOW_PREFIX,
+    DRY_DENY_PREFIX,
+    EXT_AUTHZ_NS,
+    JWT_INVALID,
+    RBAC_NS,
+)
+
+_T = "type.googleapis.com/"
+TRACING_CLUSTER = "meshwarden-otlp"
+TAGS_NS = "meshwarden"
+_H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicitHttpConfig": {"http2ProtocolOptions": {}}}}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TracingTarget:
+    """An OTLP/gRPC collector (`http://host:port`, or `https://` for TLS) and the sampling
+    percentage of requests that start a trace (requests with a sampled `traceparent` are
+    always traced)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    sampling: float = 100.0
+
+    @classmethod
+    def from_url(cls, url: str, sampling: float = 100.0) -> TracingTarget:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https", "grpc") or not parts.hostname:
+            raise ValueError(
+                f"OTLP endpoint {url!r}: expected http://HOST:PORT or https://HOST:PORT "
+                "(OTLP over gRPC, e.g. http://127.0.0.1:4317)"
+            )
+        port = parts.port or 4317
+        return cls(parts.hostname, port, parts.scheme == "https", sampling)
+
+
+def policy_version(canonical_config: str) -> str:
+    """A short content hash of a workload port's authorization config: the version a decision
+    span carries and the control plane's push spans name."""
+    return hashlib.sha256(canonical_config.encode()).hexdigest()[:16]
+
+
+_LUA = Template(
+    """
+local RBAC, EXT = "$rbac", "$ext"
+local function split(name)
+  local policy, rule = string.match(name, "^(.*)#(%d+)$$")
+  if policy then return policy, rule end
+  return name, nil
+end
+local function stage(md, prefix, kind)
+  local result = md[prefix .. kind .. "_engine_result"]
+  if result == nil then return nil, nil end
+  return result, md[prefix .. kind .. "_effective_policy_id"] or ""
+end
+local function verdict(info, status)
+  local ext = info:dynamicMetadata():get(EXT)
+  if ext ~= nil and ext["decision"] ~= nil then
+    return ext["decision"], ext["policy"], ext["rule"], ext["dry_run_decision"],
+      ext["dry_run_policy"]
+  end
+  local md = info:dynamicMetadata():get(RBAC) or {}
+  local dd, dp = nil, nil
+  local sdr, sdp = stage(md, "$dry_deny", "shadow")
+  local sar, sap = stage(md, "$dry_allow", "shadow")
+  if sdr == "denied" then dd, dp = "deny", split(sdp)
+  elseif sar == "allowed" then dd, dp = "allow", split(sap)
+  elseif sar ~= nil then dd, dp = "deny", "$default_deny"
+  elseif sdr ~= nil then dd, dp = "allow", "$default_allow" end
+  local r, p = stage(md, "$deny", "enforced")
+  if r == "denied" then
+    local policy, rule = split(p)
+    return "deny", policy, rule, dd, dp
+  end
+  local ar, ap = stage(md, "$allow", "enforced")
+  if ar ~= nil then
+    if ap == "" then ap = "$default_deny" end
+    local policy, rule = split(ap)
+    return (ar == "allowed") and "allow" or "deny", policy, rule, dd, dp
+  end
+  if r ~= nil then return "allow", "$default_allow", nil, dd, dp end
+  if status == nil or status == "401" then return "deny", "$jwt_invalid", nil, nil, nil end
+  return (status == "403") and "deny" or "allow", "$unavailable", nil, nil, nil
+end
+function envoy_on_response(handle)
+  local info = handle:streamInfo()
+  local d, p, r, dd, dp = verdict(info, handle:headers():get(":status"))
+  local md = info:dynamicMetadata()
+  md:set("$ns", "decision", d)
+  md:set("$ns", "policy", p)
+  if type(r) == "number" then r = string.format("%d", r) end
+  if r ~= nil then md:set("$ns", "rule", r) end
+  if dd ~= nil then
+    md:set("$ns", "dry_run_decision", dd)
+    md:set("$ns", "dry_run_policy", dp)
+  end
+end
+"""
+).substitute(
+    rbac=RBAC_NS,
+    ext=EXT_AUTHZ_NS,
+    deny=DENY_PREFIX,
+    allow=ALLOW_PREFIX,
+    dry_deny=DRY_DENY_PREFIX,
+    dry_allow=DRY_ALLOW_PREFIX,
+    default_allow=DEFAULT_ALLOW,
+    default_deny=DEFAULT_DENY,
+    jwt_invalid=JWT_INVALID,
+    unavailable=AUTHZ_UNAVAILABLE,
+    ns=TAGS_NS,
+)
+
+
+def decision_tags_filter() -> dict[str, Any]:
+    """The Lua filter that records the verdict for the span tags (first HTTP filter)."""
+    return {"name": "envoy.filters.http.lua", "typedConfig": {
+        "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+        "defaultSourceCode": {"inlineString": _LUA}}}  # fmt: skip
+
+
+def _from_metadata(tag: str, key: str) -> dict[str, Any]:
+    key_path = {"key": TAGS_NS, "path": [{"key": key}]}
+    return {"tag": tag, "metadata": {"kind": {"request": {}}, "metadataKey": key_path}}
+
+
+def hcm_tracing(target: TracingTarget, workload: str, port: int, version: str) -> dict[str, Any]:
+    """The HCM `tracing` block: OTLP/gRPC export and the meshwarden.* attributes."""
+    tags = [
+        _from_metadata("meshwarden.authz.decision", "decision"),
+        _from_metadata("meshwarden.authz.policy", "policy"),
+        _from_metadata("meshwarden.authz.rule", "rule"),
+        _from_metadata("meshwarden.authz.dry_run.decision", "dry_run_decision"),
+        _from_metadata("meshwarden.authz.dry_run.policy", "dry_run_policy"),
+        {"tag": "meshwarden.source.spiffe_id", "value": "%DOWNSTREAM_PEER_URI_SAN%"},
+        {"tag": "meshwarden.source.address",
+         "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"},
+        {"tag": "meshwarden.destination.workload", "literal": {"value": workload}},
+        {"tag": "meshwarden.destination.port", "literal": {"value": str(port)}},
+        {"tag": "meshwarden.policy.version", "literal": {"value": version}},
+    ]  # fmt: skip
+    return {
+        "provider": {"name": "envoy.tracers.opentelemetry", "typedConfig": {
+            "@type": _T + "envoy.config.trace.v3.OpenTelemetryConfig",
+            "grpcService": {"envoyGrpc": {"clusterName": TRACING_CLUSTER}, "timeout": "1s"},
+            "serviceName": f"{workload} sidecar"}},
+        "randomSampling": {"value": target.sampling},
+        "customTags": tags,
+    }  # fmt: skip
+
+
+def tracing_clusters(target: TracingTarget | None) -> list[dict[str, Any]]:
+    """The cluster Envoy exports spans to ([] when tracing is off)."""
+    if target is None:
+        return []
+    cluster: dict[str, Any] = {
+        "name": TRACING_CLUSTER, "type": "STRICT_DNS", "connectTimeout": "2s",
+        "typedExtensionProtocolOptions": _H2,
+        "loadAssignment": {"clusterName": TRACING_CLUSTER, "endpoints": [{"lbEndpoints": [
+            {"endpoint": {"address": {"socketAddress": {
+                "address": target.host, "portValue": target.port}}}}]}]}}  # fmt: skip
+    if target.tls:
+        cluster["transportSocket"] = {"name": "envoy.transport_sockets.tls", "typedConfig": {
+            "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": target.host}}  # fmt: skip
+    return [cluster]

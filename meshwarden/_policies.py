@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext, Status, StatusCode
+
 from meshwarden import engine
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("meshwarden.policies")
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
@@ -50,17 +54,33 @@ class Policies:
         self._seen: Fingerprint | None = None
         self._parsed: dict[tuple[str, int, int], tuple[list[Any], list[Any]]] = {}
         self._report = report
+        self.trace_context: SpanContext | None = None  # of the last reload (pushes link to it)
 
     @property
     def registry(self) -> engine.Registry | None:
         return self.mesh.registry if self.mesh else None
 
     def reload_if_changed(self) -> frozenset[str] | None:
-        """The workloads whose plans changed, or None when nothing (valid) changed."""
+        """The workloads whose plans changed, or None when nothing (valid) changed. Each
+        reload (a file changed) is a span `meshwarden.policies.reload`."""
         current = fingerprint(self.directory)
         if current == self._seen:
             return None
         self._seen = current
+        with _tracer.start_as_current_span("meshwarden.policies.reload") as span:
+            self.trace_context = span.get_span_context()
+            rejected_before = self.status.rejected
+            affected = self._reload(current)
+            span.set_attribute("meshwarden.policy.files", len(current))
+            span.set_attribute("meshwarden.policy.version", self.status.version)
+            if self.status.rejected != rejected_before:
+                span.set_attribute("meshwarden.policy.errors", self.status.errors[:50])
+                span.set_status(Status(StatusCode.ERROR, "policies rejected; last good kept"))
+            else:
+                span.set_attribute("meshwarden.policy.workloads_affected", len(affected or ()))
+            return affected
+
+    def _reload(self, current: Fingerprint) -> frozenset[str] | None:
         if not current:
             return self._reject([f"{self.directory}: no .yaml or .yml files in this directory"])
         documents, problems = self._read(current)

@@ -11,19 +11,24 @@ from meshwarden._policies import Policies
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
 from meshwarden.xds._cache import SnapshotCache
 from meshwarden.xds._node_auth import registry_authorizer, relayed_peer_spiffe_id
+from meshwarden.xds._observability import TelemetryObserver
 from meshwarden.xds._publisher import SnapshotBuilder
+from meshwarden.xds._tracing import TracingTarget
 from meshwarden.xds._translate import TranslationContext
 
 log = logging.getLogger(__name__)
 
 
 class MeshXds:
-    def __init__(self, policies: Policies) -> None:
+    def __init__(self, policies: Policies, tracing: TracingTarget | None = None) -> None:
         self.policies = policies
         self.cache = SnapshotCache()
         self.jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
-        self.builder = SnapshotBuilder(TranslationContext(jwt_bundle=self._bundle))
+        self.builder = SnapshotBuilder(TranslationContext(jwt_bundle=self._bundle, tracing=tracing))
         self.pushes = 0
+        self.cache.observe(TelemetryObserver(
+            parent=lambda: self.policies.trace_context,
+            policy_versions=lambda node: self.builder.policy_versions.get(node, ())))  # fmt: skip
 
     def _bundle(self, trust_domain: str) -> str | None:
         return self.jwt_bundle(trust_domain)

@@ -59,7 +59,7 @@ class StreamObserver(Protocol):
 
     def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None: ...
 
-    def on_response(self, node: str, type_url: str, version: str) -> None: ...
+    def on_response(self, node: str, type_url: str, version: str, nonce: str = "") -> None: ...
 
     def on_disconnect(self, node: str) -> None: ...
 
@@ -76,7 +76,7 @@ class SilentObserver:
     def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None:
         pass
 
-    def on_response(self, node: str, type_url: str, version: str) -> None:
+    def on_response(self, node: str, type_url: str, version: str, nonce: str = "") -> None:
         pass
 
     def on_disconnect(self, node: str) -> None:
@@ -90,4 +90,4 @@ def report(observer: StreamObserver, node: str, events: list[StreamEvent]) -> No
         elif isinstance(event, Nacked):
             observer.on_nack(node, event.type_url, event.version, event.message)
         else:
-            observer.on_response(node, event.type_url, event.version)
+            observer.on_response(node, event.type_url, event.version, event.nonce)

@@ -124,11 +124,11 @@ class SnapshotCache:
         for observer in list(self._observers):
             observer.on_nack(node, type_url, version, error_message)
 
-    def on_response(self, node: str, type_url: str, version: str) -> None:
+    def on_response(self, node: str, type_url: str, version: str, nonce: str = "") -> None:
         responses = self.status(node).responses
         responses[type_url] = responses.get(type_url, 0) + 1
         for observer in list(self._observers):
-            observer.on_response(node, type_url, version)
+            observer.on_response(node, type_url, version, nonce)
 
     def on_disconnect(self, node: str) -> None:
         status = self.status(node)

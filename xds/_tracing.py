@@ -189,3 +189,16 @@ def tracing_clusters(target: TracingTarget | None) -> list[dict[str, Any]]:
             "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": target.host}}  # fmt: skip
     return [cluster]
+
+
+def policy_versions(listeners: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The policy versions the given listener configs tag their spans with."""
+    found = set()
+    for listener in listeners:
+        for chain in listener.get("filterChains", ()):
+            for network_filter in chain.get("filters", ()):
+                tracing = network_filter.get("typedConfig", {}).get("tracing") or {}
+                for tag in tracing.get("customTags", ()):
+                    if tag["tag"] == "meshwarden.policy.version":
+                        found.add(tag["literal"]["value"])
+    return tuple(sorted(found))

@@ -69,7 +69,7 @@ class Recorder:
     def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None:
         self.events.append(("nack", node, version, error_message))
 
-    def on_response(self, node: str, type_url: str, version: str) -> None:
+    def on_response(self, node: str, type_url: str, version: str, nonce: str = "") -> None:
         self.events.append(("response", node, version))
 
     def on_disconnect(self, node: str) -> None:

@@ -3,11 +3,14 @@ the Workload API socket (and SDS for the local Envoy when asked)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import grpc
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from meshwarden.identities import (
     Agent,
@@ -43,6 +46,18 @@ class NodeAgent:
         services = workload_api_services(self.cache, self.agent.mint_jwt, clock)
         self.workload_api = LocalEndpoint(options.socket, services)
         self.sds = LocalEndpoint(options.sds_socket, self._add_sds) if options.sds_socket else None
+        self.clock = clock
+        metrics.get_meter("meshwarden.agent").create_observable_gauge(
+            "meshwarden.svid.expiry", callbacks=[self._svid_expiry], unit="s",
+            description="seconds until each X509-SVID this agent holds expires")  # fmt: skip
+
+    def _svid_expiry(self, _options: CallbackOptions) -> Iterable[Observation]:
+        now = self.clock.now()
+        return [
+            Observation((held.svid.leaf.not_valid_after_utc - now).total_seconds(),
+                        {"spiffe_id": str(held.spiffe_id)})
+            for held in self.cache.identities
+        ]  # fmt: skip
 
     def _add_sds(self, server: grpc.aio.Server, peers: ProcessPeers) -> None:
         handler = sds_handler(self.cache, partial(caller_selectors, peers))

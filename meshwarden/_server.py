@@ -12,13 +12,17 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
+from meshwarden._flows import FlowLog
 from meshwarden._health import HealthEndpoint
 from meshwarden._policies import Policies
 from meshwarden._xds import MeshXds
@@ -42,6 +46,7 @@ from meshwarden.identities import (
     server_tls_context,
     write_file,
 )
+from meshwarden.xds._tracing import TracingTarget
 
 ADMIN_SOCKET = "admin.sock"
 BUNDLE_FILE = "bundle.json"
@@ -59,6 +64,8 @@ class ServerOptions:
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
     ca_ttl: dt.timedelta = dt.timedelta(hours=24)
     health: str | None = "127.0.0.1:0"
+    flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # decisions kept for `meshwarden flows`
+    tracing: TracingTarget | None = None  # sidecars' OpenTelemetry tracer; None = off
 
 
 class ControlPlane:
@@ -67,12 +74,26 @@ class ControlPlane:
         self.clock = clock
         self.policies = Policies(options.policies)
         self.tokens = JoinTokens(clock)
-        self.xds = MeshXds(self.policies)
+        self.xds = MeshXds(self.policies, options.tracing, flows=FlowLog(options.flow_log_size))
         self.health: HealthEndpoint | None = None
         self.ca: CertificateAuthority | None = None
         self.endpoint: TlsEndpoint | None = None
         self._admin: asyncio.AbstractServer | None = None
         self._server_cert_renew_at = clock.now()
+        metrics.get_meter("meshwarden.server").create_observable_gauge(
+            "meshwarden.ca.expiry", callbacks=[self._ca_expiry], unit="s",
+            description="seconds until each published X.509 CA certificate expires")  # fmt: skip
+
+    def _ca_expiry(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self.ca is None:
+            return []
+        now = self.clock.now()
+        return [
+            Observation((cert.not_valid_after_utc - now).total_seconds(),
+                        {"trust_domain": str(self.ca.trust_domain),
+                         "serial": format(cert.serial_number, "x")})
+            for cert in self.ca.bundle().x509_authorities
+        ]  # fmt: skip
 
     @property
     def data_dir(self) -> Path:
@@ -140,6 +161,7 @@ class ControlPlane:
         if self.options.health:
             health_host, _, health_port = self.options.health.rpartition(":")
             self.health = HealthEndpoint(health_host, int(health_port), self._health)
+            self.health.routes["/flows"] = self.xds.flows.route
             await self.health.start()
         return f"{self.endpoint.host}:{self.endpoint.port}"
 

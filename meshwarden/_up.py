@@ -15,6 +15,7 @@ from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import BUNDLE_FILE, ControlPlane, ServerOptions
 from meshwarden._sidecars import Sidecar, stop_all
 from meshwarden.identities import Clock, SystemClock
+from meshwarden.xds._tracing import TracingTarget
 
 NODE_NAME = "local"
 
@@ -28,6 +29,7 @@ class LocalMesh:
         delta: bool = False,
         clock: Clock | None = None,
         report: TextIO = sys.stderr,
+        tracing: TracingTarget | None = None,
     ) -> None:
         self.policies = policies
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="meshwarden-up-"))
@@ -36,7 +38,8 @@ class LocalMesh:
         self.report = report
         self.plane = ControlPlane(
             ServerOptions(policies=policies, data_dir=self.data_dir / "server",
-                          listen="127.0.0.1:0", health="127.0.0.1:0"), self.clock)  # fmt: skip
+                          listen="127.0.0.1:0", health="127.0.0.1:0", tracing=tracing),
+            self.clock)  # fmt: skip
         self.agent: NodeAgent | None = None
         self.sidecars: dict[str, Sidecar] = {}
         self.server_address = ""

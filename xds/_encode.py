@@ -38,6 +38,12 @@ _TYPED_CONFIG_MODULES = (
     "envoy.extensions.matching.input_matchers.ip.v3",
     "envoy.extensions.matching.input_matchers.metadata.v3",
     "envoy.type.matcher.v3",
+    "envoy.extensions.upstreams.http.v3",
+    "envoy.extensions.filters.http.lua.v3",
+    "envoy.config.trace.v3",
+    "envoy.extensions.access_loggers.grpc.v3",
+    "envoy.extensions.filters.http.ext_authz.v3",
+    "envoy.extensions.filters.network.ext_authz.v3",
 )
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import serve_until_signalled
+from meshwarden._telemetry import TelemetryError
+from meshwarden.cli import _observe as observe
+from meshwarden.cli._common import fail
 from meshwarden.identities import SystemClock
 
 
@@ -24,10 +27,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--socket", type=Path, required=True, metavar="PATH")
     parser.add_argument("--sds-socket", type=Path, metavar="PATH")
     parser.add_argument("--sync-interval", type=float, default=5.0, metavar="SECONDS")
+    observe.add_arguments(parser, sidecars=False)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        telemetry, _ = observe.set_up(args, "meshwarden-agent")
+    except TelemetryError as exc:
+        return fail(str(exc))
     options = AgentOptions(
         server=args.server, data_dir=args.data_dir, socket=args.socket,
         server_bundle=args.server_bundle, join_token=args.join_token,
@@ -43,4 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
         return f"node {spiffe_id_of(node)}, Workload API on {options.socket}"
 
-    return asyncio.run(serve_until_signalled(start, agent.run, agent.stop))
+    try:
+        return asyncio.run(serve_until_signalled(start, agent.run, agent.stop))
+    finally:
+        telemetry.shutdown()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, fail
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shop"
@@ -65,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--examples", default=str(EXAMPLES), help="the shop example directory")
     parser.add_argument("--offline", action="store_true",
                         help="only the check/explain walkthrough, no live mesh")  # fmt: skip
+    observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
 
@@ -83,12 +85,19 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{shop}: example directory not found")
     if args.offline:
         return run_offline(shop)
-    import asyncio
+    from meshwarden._telemetry import TelemetryError
 
-    return asyncio.run(run_live(shop))
+    try:
+        telemetry, tracing = observe.set_up(args, "meshwarden-demo")
+    except TelemetryError as exc:
+        return fail(str(exc))
+    try:
+        return asyncio.run(run_live(shop, tracing))
+    finally:
+        telemetry.shutdown()
 
 
-async def run_live(shop: Path) -> int:
+async def run_live(shop: Path, tracing: Any = None) -> int:
 
     from meshwarden._demo_idp import DemoIdp
     from meshwarden._demo_live import rows, sample_apps, shop_copy
@@ -99,7 +108,7 @@ async def run_live(shop: Path) -> int:
     table = rows(idp)
     print("== starting the shop: control plane, node agent, 4 Envoy sidecars, sample apps")
     with sample_apps([18080, 18081], [15433]):
-        mesh = LocalMesh(folder, folder.parent / "data", report=_Quiet())
+        mesh = LocalMesh(folder, folder.parent / "data", report=_Quiet(), tracing=tracing)
         try:
             print("ready", await mesh.start())
             ok = await _print_table(table, folder)

@@ -6,7 +6,11 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
+from meshwarden._telemetry import TelemetryError
+from meshwarden.cli import _observe as observe
+from meshwarden.cli._common import fail
 from meshwarden.identities import SystemClock
 
 
@@ -23,19 +27,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
     parser.add_argument("--health", default="127.0.0.1:0", metavar="HOST:PORT",
                         help="HTTP health endpoint (GET /healthz); port 0 picks one")  # fmt: skip
+    parser.add_argument("--flow-log-size", type=int, default=DEFAULT_FLOW_LOG_SIZE, metavar="N",
+                        help="authorization decisions kept for `meshwarden flows` (oldest "
+                        "dropped first; default %(default)s)")  # fmt: skip
     parser.add_argument("--upstream-ca-cert", type=Path, metavar="FILE")
     parser.add_argument("--upstream-ca-key", type=Path, metavar="FILE")
+    observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.flow_log_size < 1:
+        print("error: --flow-log-size must be at least 1")
+        return 2
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
         print("error: --upstream-ca-cert and --upstream-ca-key go together")
         return 2
+    try:
+        telemetry, tracing = observe.set_up(args, "meshwarden-server")
+    except TelemetryError as exc:
+        return fail(str(exc))
     options = ServerOptions(
         policies=args.policies, data_dir=args.data_dir, listen=args.listen,
         upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,
-        health=args.health,
+        health=args.health, flow_log_size=args.flow_log_size, tracing=tracing,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())
 
@@ -46,4 +61,7 @@ def run(args: argparse.Namespace) -> int:
             plane.health) else ""  # fmt: skip
         return f"node API and ADS on {address}, trust domain {plane.ca.trust_domain}{health}"
 
-    return asyncio.run(serve_until_signalled(start, plane.run, plane.stop))
+    try:
+        return asyncio.run(serve_until_signalled(start, plane.run, plane.stop))
+    finally:
+        telemetry.shutdown()

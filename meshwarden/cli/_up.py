@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import fail
 
 HELP = """\
@@ -25,14 +26,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("policies", type=Path, metavar="DIR")
     parser.add_argument("--data-dir", type=Path, metavar="D", help="state (default: a temp dir)")
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
+    observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from meshwarden._server import serve_until_signalled
+    from meshwarden._telemetry import TelemetryError
     from meshwarden._up import LocalMesh
 
     if not args.policies.is_dir():
         return fail(f"{args.policies}: not a directory")
-    mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta)
-    return asyncio.run(serve_until_signalled(mesh.start, mesh.run, mesh.stop))
+    try:
+        telemetry, tracing = observe.set_up(args, "meshwarden")
+    except TelemetryError as exc:
+        return fail(str(exc))
+    mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing)
+    try:
+        return asyncio.run(serve_until_signalled(mesh.start, mesh.run, mesh.stop))
+    finally:
+        telemetry.shutdown()

@@ -101,15 +101,15 @@ def wait_for(check: Any, expected: Any, timeout: float = 15) -> Any:
 class MeshwardenUp:
     """`meshwarden up DIR` as a user runs it: a subprocess, ready when it prints `ready`."""
 
-    def __init__(self, policies: Path, data_dir: Path) -> None:
-        self.policies, self.data_dir = policies, data_dir
+    def __init__(self, policies: Path, data_dir: Path, args: tuple[str, ...] = ()) -> None:
+        self.policies, self.data_dir, self.args = policies, data_dir, args
         self.log = data_dir.parent / "up.log"
         self.process: subprocess.Popen[str] | None = None
         self.ready_line = ""
 
     def start(self, timeout: float = 120) -> None:
         command = [sys.executable, "-m", "meshwarden", "up", str(self.policies),
-                   "--data-dir", str(self.data_dir)]  # fmt: skip
+                   "--data-dir", str(self.data_dir), *self.args]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
                                         stderr=self.log.open("w"), text=True)  # fmt: skip
         assert self.process.stdout is not None

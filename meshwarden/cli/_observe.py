@@ -1,0 +1,41 @@
+"""The telemetry flags `server`, `agent`, `up` and `demo` share, and their set-up."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+OTLP_HELP = (
+    "send traces to this OTLP/gRPC collector (Jaeger, Tempo, the OpenTelemetry Collector), "
+    "e.g. http://127.0.0.1:4317; default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+    "$OTEL_EXPORTER_OTLP_ENDPOINT, else tracing is off"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: bool = True
+                  ) -> None:  # fmt: skip
+    group = parser.add_argument_group("telemetry")
+    group.add_argument("--otlp-endpoint", metavar="URL", help=OTLP_HELP)
+    if sidecars:
+        group.add_argument(
+            "--trace-sampling", type=float, default=100.0, metavar="PERCENT",
+            help="share of requests without a sampled traceparent that Envoy traces "
+            "(default 100; requests arriving with a sampled traceparent are always traced)",
+        )  # fmt: skip
+    if metrics:
+        group.add_argument("--metrics", metavar="HOST:PORT",
+                           help="serve Prometheus metrics at http://HOST:PORT/metrics")  # fmt: skip
+
+
+def set_up(args: argparse.Namespace, service_name: str) -> tuple[Any, Any]:
+    """(Telemetry, TracingTarget for sidecars or None). Raises TelemetryError on bad input."""
+    from meshwarden._telemetry import TelemetryError, otlp_endpoint, setup
+    from meshwarden.xds._tracing import TracingTarget
+
+    endpoint = otlp_endpoint(getattr(args, "otlp_endpoint", None))
+    sampling = getattr(args, "trace_sampling", 100.0)
+    if not 0 <= sampling <= 100:
+        raise TelemetryError(f"--trace-sampling {sampling}: expected a percentage, 0 to 100")
+    telemetry = setup(service_name, endpoint, getattr(args, "metrics", None))
+    target = TracingTarget.from_url(endpoint, sampling) if endpoint else None
+    return telemetry, target

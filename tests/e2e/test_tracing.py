@@ -1,0 +1,247 @@
+"""Decisions in OpenTelemetry, end to end: `meshwarden up --otlp-endpoint` with real Envoys
+sends every request's span, tagged with the decision, to an OTLP receiver speaking the real
+collector protocol — and the control plane's spans show the push that installed the rules."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshwarden._demo_idp import DemoIdp
+
+from ._live import MeshwardenUp, exchange, free_port, sample_app
+from ._otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
+
+ISSUER = "https://idp.trace.example"
+DOCS = """\
+apiVersion: meshwarden.io/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{trustDomain: trace.test, defaultPolicy: deny}}
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: Workload
+metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
+spec:
+  addresses: [{net}.2]
+  upstreams: [{{service: shop/backend, port: 8080, localPort: {front_out}}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: Workload
+metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
+spec:
+  addresses: [{net}.3]
+  ports: [{{port: 8080, targetPort: {app_port}, protocol: http}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: Service
+metadata: {{name: backend, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  ports: [{{port: 8080, protocol: http}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: JwtIssuer
+metadata: {{name: corp, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  issuer: {issuer}
+  audiences: [backend]
+  jwks: '{jwks}'
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: frontend-reads, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  rules:
+  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
+    to: [{{methods: [GET], paths: [/api/*]}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: no-secrets, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  action: DENY
+  rules: [{{to: [{{paths: [/api/secret]}}]}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: lockdown-trial, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  action: DENY
+  mode: dry-run
+  rules: [{{to: [{{paths: [/api/beta]}}]}}]
+"""
+FRONTEND_ID = "spiffe://trace.test/ns/shop/sa/frontend-1"
+SIDECAR = "shop/backend-1 sidecar"
+
+
+@dataclass
+class TracedMesh:
+    receiver: OtlpReceiver
+    up: MeshwardenUp
+    front_out: int
+    idp: DemoIdp
+
+    def call(self, method: str, path: str, token: str | None = None) -> tuple[int | str, str]:
+        """Send one request from the frontend with a fresh sampled traceparent; (status,
+        trace id)."""
+        trace_id = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        status, _ = exchange("127.0.0.1", self.front_out, method, path, headers)
+        return status, trace_id
+
+    def sidecar_span(self, trace_id: str) -> ReceivedSpan:
+        def found(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+            return [s for s in spans if s.trace_id == trace_id and s.service == SIDECAR]
+
+        spans = self.receiver.wait_for(found)
+        assert len(spans) == 1, f"expected one sidecar span in trace {trace_id}: {spans}"
+        return spans[0]
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
+    root = tmp_path_factory.mktemp("traced")
+    policies = root / "policies"
+    policies.mkdir()
+    idp = DemoIdp(ISSUER)
+    values: dict[str, Any] = {
+        "net": f"127.78.{os.getpid() % 250}", "front_out": free_port(),
+        "app_port": free_port(), "issuer": ISSUER, "jwks": idp.jwks(),
+    }  # fmt: skip
+    (policies / "mesh.yaml").write_text(DOCS.format(**values))
+    with otlp_receiver() as receiver, sample_app(values["app_port"]):
+        up = MeshwardenUp(policies, root / "data", ("--otlp-endpoint", receiver.endpoint))
+        up.start()
+        try:
+            yield TracedMesh(receiver, up, values["front_out"], idp)
+        finally:
+            assert up.stop() == 0, up.log.read_text()[-3000:]
+
+
+def _authz(span: ReceivedSpan) -> dict[str, Any]:
+    return {k: v for k, v in span.attributes.items() if k.startswith("meshwarden.authz.")}
+
+
+def test_an_allowed_request_is_traced_with_its_policy_rule_and_source(traced: TracedMesh) -> None:
+    status, trace_id = traced.call("GET", "/api/items")
+    assert status == 200
+    span = traced.sidecar_span(trace_id)
+    assert _authz(span) == {
+        "meshwarden.authz.decision": "allow",
+        "meshwarden.authz.policy": "shop/frontend-reads",
+        "meshwarden.authz.rule": "0",
+        "meshwarden.authz.dry_run.decision": "allow",
+        "meshwarden.authz.dry_run.policy": "default:allow",
+    }
+    assert span.attributes["meshwarden.source.spiffe_id"] == FRONTEND_ID
+    assert span.attributes["meshwarden.destination.workload"] == "shop/backend-1"
+    assert span.attributes["http.status_code"] == "200"
+    assert len(span.attributes["meshwarden.policy.version"]) == 16
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "policy", "rule"),
+    [
+        ("GET", "/api/secret", "shop/no-secrets", "0"),  # an explicit DENY
+        ("POST", "/api/items", "default:deny", None),  # nothing allows it: never "none"
+    ],
+)
+def test_a_denied_request_names_its_cause(
+    traced: TracedMesh, method: str, path: str, policy: str, rule: str | None
+) -> None:
+    status, trace_id = traced.call(method, path)
+    assert status == 403
+    tags = _authz(traced.sidecar_span(trace_id))
+    assert tags["meshwarden.authz.decision"] == "deny"
+    assert tags["meshwarden.authz.policy"] == policy
+    assert tags.get("meshwarden.authz.rule") == rule
+
+
+def test_a_dry_run_policy_shows_what_it_would_have_done(traced: TracedMesh) -> None:
+    status, trace_id = traced.call("GET", "/api/beta")
+    assert status == 200  # dry-run never blocks
+    tags = _authz(traced.sidecar_span(trace_id))
+    assert tags["meshwarden.authz.decision"] == "allow"
+    assert tags["meshwarden.authz.dry_run.decision"] == "deny"
+    assert tags["meshwarden.authz.dry_run.policy"] == "shop/lockdown-trial"
+
+
+def test_a_forged_token_is_traced_as_jwt_invalid(traced: TracedMesh) -> None:
+    idp = traced.idp
+    token = idp.token(idp.claims(aud="backend"), forged=True)
+    status, trace_id = traced.call("GET", "/api/items", token)
+    assert status == 401
+    tags = _authz(traced.sidecar_span(trace_id))
+    assert tags["meshwarden.authz.decision"] == "deny"
+    assert tags["meshwarden.authz.policy"] == "jwt:invalid"
+
+
+def test_the_push_that_installed_the_rules_is_found_from_a_decision(traced: TracedMesh) -> None:
+    _, trace_id = traced.call("GET", "/api/items")
+    version = traced.sidecar_span(trace_id).attributes["meshwarden.policy.version"]
+
+    def pushes(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [s for s in spans if s.name == "meshwarden.xds.push"
+                and s.attributes.get("meshwarden.node") == "shop/backend-1"
+                and version in s.attributes.get("meshwarden.policy.versions", [])]  # fmt: skip
+
+    push = traced.receiver.wait_for(pushes)
+    assert push, "no push span names the policy version the sidecar reported"
+    assert push[0].attributes["xds.type"] == "Listener"
+    assert push[0].attributes["xds.nonce"]
+    assert push[0].service == "meshwarden"
+
+    def reload(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [s for s in spans if s.name == "meshwarden.policies.reload"
+                and s.trace_id == push[0].trace_id]  # fmt: skip
+
+    loads = traced.receiver.wait_for(reload)
+    assert loads and loads[0].attributes["meshwarden.policy.version"]
+    assert push[0].parent_span_id == loads[0].span_id
+
+    pushed = push[0].attributes["xds.version"]
+
+    def acks(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [s for s in spans if s.name == "meshwarden.xds.ack"
+                and s.attributes.get("meshwarden.node") == "shop/backend-1"
+                and s.attributes.get("xds.version") == pushed]  # fmt: skip
+
+    assert traced.receiver.wait_for(acks), "the push was never ACKed in the trace"
+
+
+def test_a_policy_change_is_traced_from_reload_to_push(traced: TracedMesh, tmp_path: Path) -> None:
+    mesh_file = traced.up.policies / "mesh.yaml"
+    before = mesh_file.read_text()
+    mesh_file.write_text(before.replace("methods: [GET]", "methods: [GET, POST]"))
+    try:
+
+        def new_reload(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+            return [s for s in spans if s.name == "meshwarden.policies.reload"
+                    and s.attributes.get("meshwarden.policy.workloads_affected", 0) > 0
+                    and any(p.parent_span_id == s.span_id and p.name == "meshwarden.xds.push"
+                            for p in spans)]  # fmt: skip
+
+        found = traced.receiver.wait_for(new_reload, count=2)
+        assert len(found) >= 2  # the first load, and this change
+        status, trace_id = traced.call("POST", "/api/items")
+        for _ in range(50):
+            if status == 200:
+                break
+            status, trace_id = traced.call("POST", "/api/items")
+        assert status == 200
+        assert _authz(traced.sidecar_span(trace_id))["meshwarden.authz.decision"] == "allow"
+    finally:
+        mesh_file.write_text(before)

@@ -57,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="claims of a verified token; its iss selects the JwtIssuer",
     )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--trace", action="store_true",
+                   help="also export the explanation as a span tree to an OTLP collector "
+                   "(--otlp-endpoint, else $OTEL_EXPORTER_OTLP_ENDPOINT); prints the trace id "
+                   "on stderr")  # fmt: skip
+    p.add_argument("--otlp-endpoint", metavar="URL", help="OTLP/gRPC collector for --trace")
     p.set_defaults(func=run)
 
 
@@ -71,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 "run `meshwarden check` for details"
             )
         request = build_request(args, result.compiled)
+        endpoint = _trace_endpoint(args)
     except InputError as exc:
         return fail(str(exc))
     decision = decide(result.compiled.plan(request.destination), request, explain=True)
@@ -78,7 +84,34 @@ def run(args: argparse.Namespace) -> int:
         print_json(decision.to_json())
     else:
         print(render(decision, request))
+    if endpoint is not None:
+        from meshwarden._explain_trace import TraceExportError, export_explanation
+
+        try:
+            trace_id = export_explanation(decision, request, endpoint)
+        except TraceExportError as exc:
+            return fail(str(exc))
+        print(f"trace {trace_id} exported to {endpoint}", file=sys.stderr)
     return EXIT_OK if decision.allowed else EXIT_FAILED
+
+
+def _trace_endpoint(args: argparse.Namespace) -> str | None:
+    if not args.trace:
+        if args.otlp_endpoint:
+            raise InputError("--otlp-endpoint is for --trace; add --trace to export the trace")
+        return None
+    from meshwarden._telemetry import TelemetryError, otlp_endpoint
+
+    try:
+        endpoint = otlp_endpoint(args.otlp_endpoint)
+    except TelemetryError as exc:
+        raise InputError(str(exc)) from None
+    if endpoint is None:
+        raise InputError(
+            "--trace needs a collector: pass --otlp-endpoint URL "
+            "or set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317)"
+        )
+    return endpoint
 
 
 def build_request(args: argparse.Namespace, mesh: CompiledMesh) -> Request:

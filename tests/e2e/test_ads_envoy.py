@@ -17,6 +17,8 @@ import grpc
 import pytest
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
+from meshwarden._telemetry import tracer_provider
+from meshwarden.xds._observability import TelemetryObserver
 from meshwarden.xds._snapshot import CLUSTER, LISTENER, Snapshot
 
 from ..integration.harness import LoopThread, wait_for
@@ -32,6 +34,7 @@ from ._ads_harness import (
     web_snapshot,
     write_envoy_credentials,
 )
+from ._otlp import otlp_receiver
 from .conftest import RunningEnvoy
 
 pytestmark = pytest.mark.e2e
@@ -170,6 +173,31 @@ def test_a_rejected_listener_is_nacked_once_and_the_last_good_config_keeps_servi
     ads.publish(web_snapshot(replace(web, body="fixed")))
     _eventually_get(web, "/direct", "fixed")
     _wait_applied(ads)
+
+
+def test_a_nack_is_a_control_plane_span_with_envoys_error(
+    envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, web: WebConfig
+) -> None:
+    with otlp_receiver() as receiver:
+        provider = tracer_provider(receiver.endpoint, "meshwarden-test")
+        ads.read(lambda cache: cache.observe(TelemetryObserver(tracer_provider=provider)))
+        _connect(envoy, ads, pki, tmp_path, False, web)
+        _eventually_get(web, "/direct", "v1")
+        bad = web_snapshot(replace(web, listener_port=70_000))
+        ads.publish(bad)
+        wait_for(lambda: ads.read(lambda c: len(c.status(NODE).rejections)) >= 1, timeout=8)
+        provider.shutdown()  # flushes
+        nacks = [s for s in receiver.spans if s.name == "meshwarden.xds.nack"]
+        assert len(nacks) == 1
+        nack = nacks[0]
+        assert nack.attributes["meshwarden.node"] == NODE
+        assert nack.attributes["xds.type"] == "Listener"
+        assert nack.attributes["xds.version"] == bad.version(LISTENER)
+        assert "65535" in nack.attributes["xds.error_detail"]  # Envoy's own words
+        assert nack.status_code == 2  # STATUS_CODE_ERROR
+        pushes = [s for s in receiver.spans if s.name == "meshwarden.xds.push"
+                  and s.attributes["xds.version"] == bad.version(LISTENER)]  # fmt: skip
+        assert pushes and pushes[0].attributes["xds.nonce"]
 
 
 @MODES

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ class TracedMesh:
     up: MeshwardenUp
     front_out: int
     idp: DemoIdp
+    metrics_port: int
 
     def call(self, method: str, path: str, token: str | None = None) -> tuple[int | str, str]:
         """Send one request from the frontend with a fresh sampled traceparent; (status,
@@ -120,13 +122,16 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
     values: dict[str, Any] = {
         "net": f"127.78.{os.getpid() % 250}", "front_out": free_port(),
         "app_port": free_port(), "issuer": ISSUER, "jwks": idp.jwks(),
+        "metrics": free_port(),
     }  # fmt: skip
     (policies / "mesh.yaml").write_text(DOCS.format(**values))
     with otlp_receiver() as receiver, sample_app(values["app_port"]):
-        up = MeshwardenUp(policies, root / "data", ("--otlp-endpoint", receiver.endpoint))
+        args = ("--otlp-endpoint", receiver.endpoint,
+                "--metrics", f"127.0.0.1:{values['metrics']}")  # fmt: skip
+        up = MeshwardenUp(policies, root / "data", args)
         up.start()
         try:
-            yield TracedMesh(receiver, up, values["front_out"], idp)
+            yield TracedMesh(receiver, up, values["front_out"], idp, values["metrics"])
         finally:
             assert up.stop() == 0, up.log.read_text()[-3000:]
 
@@ -245,3 +250,30 @@ def test_a_policy_change_is_traced_from_reload_to_push(traced: TracedMesh, tmp_p
         assert _authz(traced.sidecar_span(trace_id))["meshwarden.authz.decision"] == "allow"
     finally:
         mesh_file.write_text(before)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """Prometheus text format → {'name{labels}': value}."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _sum(samples: dict[str, float], prefix: str, *labels: str) -> float:
+    return sum(v for k, v in samples.items()
+               if k.startswith(prefix) and all(label in k for label in labels))  # fmt: skip
+
+
+def test_metrics_are_served_for_prometheus(traced: TracedMesh) -> None:
+    samples = _scrape(traced.metrics_port)
+    assert _sum(samples, "meshwarden_xds_pushes_total", 'type="Listener"') >= 2
+    assert _sum(samples, "meshwarden_xds_acks_total") >= 2
+    assert _sum(samples, "meshwarden_xds_connected_sidecars") == 2
+    ca = [v for k, v in samples.items() if k.startswith("meshwarden_ca_expiry_seconds")]
+    assert ca and all(3600 < v <= 86400 for v in ca)  # the default 24 h CA
+    svid = _sum(samples, "meshwarden_svid_expiry_seconds", FRONTEND_ID)
+    assert 0 < svid <= 3600  # the default 1 h SVID

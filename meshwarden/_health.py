@@ -1,19 +1,44 @@
-"""A tiny HTTP health endpoint: `GET /healthz` → JSON (status ok|degraded, policy version, the
-errors of a rejected change, per-sidecar xDS state)."""
+"""The control plane's small HTTP endpoint: `GET /healthz` → JSON (status ok|degraded, policy
+version, the errors of a rejected change, per-sidecar xDS state), plus whatever other routes
+the control plane adds (`routes[path] = handler`; e.g. `/flows`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a route answers: a body, or a `stream` of chunks sent until it ends or the client
+    goes away (no content-length; the connection closes after it)."""
+
+    body: bytes
+    status: str = "200 OK"
+    content_type: str = "application/json"
+    stream: AsyncIterator[bytes] | None = None
+
+    @classmethod
+    def json(cls, value: Any, status: str = "200 OK") -> Reply:
+        return cls(json.dumps(value, indent=2).encode(), status)
+
+
+Route = Callable[[dict[str, str]], Reply]
+"""A handler: the query parameters (last value of each) → the reply."""
 
 
 class HealthEndpoint:
     def __init__(self, host: str, port: int, report: Callable[[], dict[str, Any]]) -> None:
         self.host, self.port = host or "127.0.0.1", port
         self._report = report
+        self.routes: dict[str, Route] = {"/healthz": lambda params: Reply.json(self._report())}
         self._server: asyncio.AbstractServer | None = None
+        self._streams: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -22,24 +47,49 @@ class HealthEndpoint:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in list(self._streams):
+            task.cancel()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), timeout=5)
             while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b""):
                 pass
-            parts = request.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/healthz":
-                status, body = "200 OK", json.dumps(self._report(), indent=2).encode()
-            else:
-                status, body = "404 Not Found", b'{"error": "try GET /healthz"}'
-            writer.write(
-                f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
-                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
-                + body
-            )
+            reply = self._route(request.decode("latin-1").split())
+            head = f"HTTP/1.1 {reply.status}\r\ncontent-type: {reply.content_type}\r\n"
+            if reply.stream is None:
+                head += f"content-length: {len(reply.body)}\r\n"
+            writer.write(f"{head}connection: close\r\n\r\n".encode() + reply.body)
             await writer.drain()
+            if reply.stream is not None:
+                await self._send_stream(reply.stream, writer)
         except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    def _route(self, parts: list[str]) -> Reply:
+        if len(parts) < 2 or parts[0] != "GET":
+            return Reply.json({"error": "only GET"}, "405 Method Not Allowed")
+        url = urlsplit(parts[1])
+        handler = self.routes.get(url.path)
+        if handler is None:
+            known = ", ".join(sorted(self.routes))
+            return Reply.json({"error": f"no route {url.path}; try GET {known}"}, "404 Not Found")
+        return handler(dict(parse_qsl(url.query)))
+
+    async def _send_stream(self, chunks: AsyncIterator[bytes], writer: asyncio.StreamWriter
+                           ) -> None:  # fmt: skip
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            async for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+        except asyncio.CancelledError:
+            pass  # the endpoint stops
+        finally:
+            self._streams.discard(task)
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]

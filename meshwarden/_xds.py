@@ -7,8 +7,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from meshwarden._flows import FlowLog, engine_attribution
 from meshwarden._policies import Policies
+from meshwarden.xds._access_log import AccessLogReceiver, access_log_handler
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
+from meshwarden.xds._bootstrap import XDS_CLUSTER
 from meshwarden.xds._cache import SnapshotCache
 from meshwarden.xds._node_auth import registry_authorizer, relayed_peer_spiffe_id
 from meshwarden.xds._observability import TelemetryObserver
@@ -20,11 +23,16 @@ log = logging.getLogger(__name__)
 
 
 class MeshXds:
-    def __init__(self, policies: Policies, tracing: TracingTarget | None = None) -> None:
+    def __init__(self, policies: Policies, tracing: TracingTarget | None = None,
+                 flows: FlowLog | None = None) -> None:  # fmt: skip
         self.policies = policies
+        self.flows = flows or FlowLog()  # sidecars' access logs (the bootstrap's xDS cluster)
         self.cache = SnapshotCache()
         self.jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
-        self.builder = SnapshotBuilder(TranslationContext(jwt_bundle=self._bundle, tracing=tracing))
+        context = TranslationContext(
+            jwt_bundle=self._bundle, tracing=tracing, flow_log_cluster=XDS_CLUSTER
+        )
+        self.builder = SnapshotBuilder(context)
         self.pushes = 0
         self.cache.observe(TelemetryObserver(
             parent=lambda: self.policies.trace_context,
@@ -60,6 +68,10 @@ class MeshXds:
             peer_identity=relayed_peer_spiffe_id(peers),
         )
         server.add_generic_rpc_handlers((ads_handler(ads),))
+        flows = AccessLogReceiver(self.flows, registry_authorizer(registry),
+                                  relayed_peer_spiffe_id(peers),
+                                  engine_attribution(lambda: self.policies.mesh))  # fmt: skip
+        server.add_generic_rpc_handlers((access_log_handler(flows),))
 
     def sidecars(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -20,6 +20,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "svid",
     "up",
     "bootstrap",
+    "flows",
 )
 
 

@@ -1,0 +1,164 @@
+"""The control plane's flow log: the last N authorization decisions the sidecars reported.
+
+Bounded (`--flow-log-size`, the oldest record goes first and is counted as dropped), queryable
+by denied / workload / age, and followable (new records as they arrive). Every record is also
+counted on the OpenTelemetry API counter `meshwarden.authz.decisions` (decision, policy,
+workload); whoever sets up the SDK decides where that goes. Served over the health endpoint:
+`GET /flows?denied=1&workload=ns/name&since=300[&follow=1]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from opentelemetry import metrics
+
+from meshwarden._health import Reply
+from meshwarden.engine import CompiledMesh, Request, decide
+from meshwarden.xds._access_log import Flow, TcpAttribution
+from meshwarden.xds._decisions import Verdict
+
+DEFAULT_SIZE = 10_000
+FOLLOW_BACKLOG = 1_000  # records a slow follower may fall behind before it misses some
+HEARTBEAT_SECONDS = 5.0  # an empty line on quiet follow streams, to notice gone clients
+
+
+@dataclass(frozen=True)
+class FlowQuery:
+    denied: bool = False
+    workload: str | None = None
+    since: float | None = None  # seconds back from now
+    limit: int | None = None  # the newest N matches
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> FlowQuery:
+        """From URL query parameters; ValueError names a bad one."""
+        try:
+            since = float(params["since"]) if "since" in params else None
+            limit = int(params["limit"]) if "limit" in params else None
+        except ValueError:
+            raise ValueError("since (seconds) and limit must be numbers") from None
+        denied = params.get("denied", "0").lower() in ("1", "true", "yes")
+        return cls(denied, params.get("workload") or None, since, limit)
+
+    def matcher(self, now: float) -> Callable[[Flow], bool]:
+        cutoff = None if self.since is None else now - self.since
+
+        def matches(flow: Flow) -> bool:
+            return (
+                (not self.denied or flow.denied)
+                and (self.workload is None or flow.workload == self.workload)
+                and (cutoff is None or flow.time >= cutoff)
+            )
+
+        return matches
+
+
+class FlowLog:
+    """A bounded record of decisions (a `FlowSink` for `AccessLogReceiver`). Runs on the event
+    loop of the control plane; not thread-safe."""
+
+    def __init__(self, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.time,
+                 meter: metrics.Meter | None = None) -> None:  # fmt: skip
+        if size < 1:
+            raise ValueError(f"flow log size must be at least 1, not {size}")
+        self.size = size
+        self.received = 0
+        self.follower_misses = 0
+        self._records: deque[Flow] = deque(maxlen=size)
+        self._followers: set[asyncio.Queue[Flow]] = set()
+        self._clock = clock
+        meter = meter or metrics.get_meter("meshwarden.flows")
+        self._decisions = meter.create_counter(
+            "meshwarden.authz.decisions", unit="{decision}",
+            description="Authorization decisions reported by sidecars")  # fmt: skip
+
+    @property
+    def dropped(self) -> int:
+        """Records pushed out by newer ones since the start."""
+        return self.received - len(self._records)
+
+    def add(self, flows: Sequence[Flow]) -> None:
+        self._records.extend(flows)
+        self.received += len(flows)
+        for flow in flows:
+            v = flow.verdict
+            self._decisions.add(
+                1, {"decision": v.decision, "policy": v.policy, "workload": flow.workload}
+            )
+            for queue in self._followers:
+                try:
+                    queue.put_nowait(flow)
+                except asyncio.QueueFull:
+                    self.follower_misses += 1
+
+    def query(self, query: FlowQuery) -> list[Flow]:
+        """Matching records, oldest first."""
+        matches = query.matcher(self._clock())
+        found = [flow for flow in self._records if matches(flow)]
+        return found[-query.limit :] if query.limit else found
+
+    async def follow(self, query: FlowQuery) -> AsyncIterator[Flow | None]:
+        """The matching records so far, then new ones as they arrive (whatever their age),
+        forever; None after `HEARTBEAT_SECONDS` without one."""
+        queue: asyncio.Queue[Flow] = asyncio.Queue(FOLLOW_BACKLOG)
+        self._followers.add(queue)  # before the snapshot: nothing falls between the two
+        live = replace(query, since=None, limit=None).matcher(0)  # age and limit: backlog only
+        try:
+            for flow in self.query(query):
+                yield flow
+            while True:
+                try:
+                    flow = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+                except TimeoutError:
+                    yield None
+                    continue
+                if live(flow):
+                    yield flow
+        finally:
+            self._followers.discard(queue)
+
+    def stats(self) -> dict[str, int]:
+        return {"size": self.size, "stored": len(self._records), "received": self.received,
+                "dropped": self.dropped, "followerMisses": self.follower_misses}  # fmt: skip
+
+    def route(self, params: Mapping[str, str]) -> Reply:
+        """`GET /flows`: JSON `{"flows": [...], "size", "stored", "received", "dropped"}`;
+        with `follow=1` NDJSON, one record a line (blank lines are heartbeats)."""
+        try:
+            query = FlowQuery.from_params(params)
+        except ValueError as exc:
+            return Reply.json({"error": str(exc)}, "400 Bad Request")
+        if params.get("follow", "0").lower() in ("1", "true", "yes"):
+            return Reply(b"", content_type="application/x-ndjson", stream=self._ndjson(query))
+        flows = [flow.to_json() for flow in self.query(query)]
+        return Reply.json({"flows": flows, **self.stats()})
+
+    async def _ndjson(self, query: FlowQuery) -> AsyncIterator[bytes]:
+        async for flow in self.follow(query):
+            yield b"\n" if flow is None else json.dumps(flow.to_json()).encode() + b"\n"
+
+
+def engine_attribution(mesh: Callable[[], CompiledMesh | None]) -> TcpAttribution:
+    """Names the policy behind an allowed tcp connection by deciding it again on the control
+    plane's current compiled mesh. None (the flow says `unknown`) when the current mesh would
+    not allow it — the sidecar then ran an older configuration — or does not know the workload."""
+
+    def attribute(workload: str, port: int, identity: str | None, ip: str | None
+                  ) -> Verdict | None:  # fmt: skip
+        current = mesh()
+        if current is None or workload not in current.plans:
+            return None
+        try:
+            request = Request.build(workload, port, identity=identity, source_ip=ip)
+        except ValueError:
+            return None
+        decision = decide(current.plan(workload), request)
+        return Verdict("allow", decision.policy, decision.rule) if decision.allowed else None
+
+    return attribute

@@ -1,0 +1,172 @@
+"""`meshwarden flows`: the authorization decisions the sidecars reported to the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, fail, print_json
+
+SERVER_ENV = "MESHWARDEN_SERVER"
+
+HELP = f"""\
+Show the control plane's flow log: the authorization decisions the sidecars reported (each
+request on an HTTP port, each connection on a tcp port), oldest first. The log is bounded
+(`meshwarden server --flow-log-size`); the oldest records go first.
+
+Each record: time, source (SPIFFE ID, or IP for a plaintext peer), destination workload and
+port, method and path, HTTP status, decision, the policy and rule that made it (or a default
+cause: default:deny, default:allow, jwt:invalid), the dry-run outcome where a dry-run policy
+applies, and the W3C trace id of the request's traceparent.
+
+The server is the health URL that `meshwarden up` and `meshwarden server` print in their
+'ready' line (http://HOST:PORT/healthz; the path is ignored), from --server or ${SERVER_ENV}.
+
+examples:
+  meshwarden flows --server http://127.0.0.1:41234 --denied --since 5m
+  meshwarden flows --workload shop/backend-1 -o json
+  meshwarden flows --follow
+
+exit status: 0 ok, 1 the server could not be reached or refused the query, 2 usage error."""
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `30s`, `5m`, `1h30m`, `2d` → seconds; ValueError otherwise."""
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    if not text or _DURATION.sub("", text):
+        raise ValueError(f"--since {text!r}: expected a duration like 30s, 5m, 1h30m or 2d")
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "flows", help="show the authorization decisions the sidecars reported",
+        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--server", default=os.environ.get(SERVER_ENV), metavar="URL",
+                   help=f"the control plane's health URL (default ${SERVER_ENV})")  # fmt: skip
+    p.add_argument("--denied", action="store_true", help="only denied requests")
+    p.add_argument("--workload", metavar="NS/NAME", help="only requests to this workload")
+    p.add_argument("--since", metavar="DURATION", help="only the last DURATION (30s, 5m, 1h)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the newest N records")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new records as they arrive (Ctrl-C stops)")  # fmt: skip
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="json: an array; with --follow one JSON object per line")  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def _query(args: argparse.Namespace) -> dict[str, str]:
+    params: dict[str, str] = {}
+    if args.denied:
+        params["denied"] = "1"
+    if args.workload:
+        if args.workload.count("/") != 1:
+            raise ValueError(f"--workload {args.workload!r}: expected NS/NAME")
+        params["workload"] = args.workload
+    if args.since is not None:
+        params["since"] = str(parse_duration(args.since))
+    if args.limit is not None:
+        params["limit"] = str(args.limit)
+    if args.follow:
+        params["follow"] = "1"
+    return params
+
+
+def _connect(server: str, params: dict[str, str]) -> http.client.HTTPResponse:
+    url = urlsplit(server if "://" in server else f"http://{server}")
+    if url.scheme != "http" or not url.hostname:
+        raise ValueError(f"--server {server!r}: expected http://HOST:PORT")
+    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=None if (
+        params.get("follow")) else 30)  # fmt: skip
+    conn.request("GET", "/flows?" + urlencode(params))
+    return conn.getresponse()
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.server:
+        return fail(f"no server: give --server URL (the health URL in the 'ready' line of "
+                    f"`meshwarden up` / `meshwarden server`) or set ${SERVER_ENV}")  # fmt: skip
+    try:
+        response = _connect(args.server, _query(args))
+    except ValueError as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        print(f"meshwarden: error: {args.server}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if response.status != 200:
+        body = response.read().decode(errors="replace")
+        print(f"meshwarden: error: {args.server}: {response.status} {body}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        if args.follow:
+            return _follow(response, args.output)
+        flows = json.loads(response.read())["flows"]
+    except KeyboardInterrupt:
+        return EXIT_OK
+    if args.output == "json":
+        print_json(flows)
+    else:
+        print_table(flows)
+    return EXIT_OK
+
+
+def _follow(response: http.client.HTTPResponse, output: str) -> int:
+    if output == "text":
+        print(_row(_HEADER, _WIDTHS), flush=True)
+    for flow in _records(response):
+        line = json.dumps(flow) if output == "json" else _row(cells(flow), _WIDTHS)
+        print(line, flush=True)
+    print("meshwarden: error: the server closed the stream", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _records(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+    while True:
+        line = response.readline()
+        if not line:
+            return
+        if line.strip():  # blank lines are heartbeats
+            yield json.loads(line)
+
+
+_HEADER = ("TIME", "SOURCE", "DESTINATION", "REQUEST", "STATUS", "DECISION", "POLICY",
+           "DRY-RUN", "TRACE")  # fmt: skip
+_WIDTHS = (23, 44, 24, 24, 6, 8, 28, 28, 32)
+
+
+def cells(flow: dict[str, Any]) -> tuple[str, ...]:
+    """The table cells of one record (as `GET /flows` returns it)."""
+    request = "tcp" if flow["protocol"] == "tcp" else f"{flow['method']} {flow['path']}"
+    policy = flow["policy"] + (f"#{flow['rule']}" if flow["rule"] is not None else "")
+    dry = flow["dryRun"]
+    return (
+        flow["time"].replace("T", " ").removesuffix("Z"), flow["source"],
+        f"{flow['workload']}:{flow['port']}", request, str(flow["status"] or "-"),
+        flow["decision"], policy, f"{dry['decision']} {dry['policy']}" if dry else "-",
+        flow["traceId"] or "-",
+    )  # fmt: skip
+
+
+def _row(values: tuple[str, ...], widths: tuple[int, ...]) -> str:
+    return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+
+def print_table(flows: list[dict[str, Any]]) -> None:
+    rows = [cells(flow) for flow in flows]
+    widths = tuple(max(len(r[i]) for r in [_HEADER, *rows]) for i in range(len(_HEADER)))
+    for row in [_HEADER, *rows]:
+        print(_row(row, widths))
+    if not rows:
+        print("(no matching records)", file=sys.stderr)

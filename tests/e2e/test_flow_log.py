@@ -1,0 +1,240 @@
+"""The flow log on a live mesh: real Envoy sidecars stream their access logs to `meshwarden up`,
+and `meshwarden flows` — run as a user runs it — returns exactly the requests sent, each with
+its cause (policy and rule, or the default), dry-run outcome, source and trace id."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._live import MeshwardenUp, free_port, request, sample_app
+
+MESH = """\
+apiVersion: meshwarden.io/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{trustDomain: flows.test, mtls: PERMISSIVE, defaultPolicy: deny}}
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: Workload
+metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
+spec:
+  addresses: [{net}.2]
+  upstreams:
+  - {{service: shop/backend, port: 8080, localPort: {front_http}}}
+  - {{service: shop/backend, port: 9000, localPort: {front_tcp}}}
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: Workload
+metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
+spec:
+  addresses: [{net}.3]
+  ports:
+  - {{port: 8080, targetPort: {app_port}, protocol: http}}
+  - {{port: 9000, targetPort: {app_port}, protocol: tcp}}
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: Service
+metadata: {{name: backend, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  ports: [{{port: 8080, protocol: http}}, {{port: 9000, protocol: tcp}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: backend-access, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  rules:
+  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
+    to: [{{ports: [8080], methods: [GET], paths: [/api/*]}}]
+  - from: [{{ipBlocks: [{net}.9/32]}}]
+    to: [{{ports: [8080], methods: [GET], paths: [/public]}}]
+  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
+    to: [{{ports: [9000]}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: no-secrets, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  action: DENY
+  rules: [{{to: [{{ports: [8080], paths: [/api/secret]}}]}}]
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: try-lockdown, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  action: DENY
+  mode: dry-run
+  rules: [{{to: [{{ports: [8080], paths: [/api/items]}}]}}]
+"""
+
+FRONTEND = "spiffe://flows.test/ns/shop/sa/frontend-1"
+BACKEND = "shop/backend-1"
+
+
+class FlowMesh:
+    def __init__(self, root: Path, net: str) -> None:
+        self.net = net
+        self.values = {"net": net, "front_http": free_port(), "front_tcp": free_port(),
+                       "app_port": free_port()}  # fmt: skip
+        policies = root / "policies"
+        policies.mkdir()
+        (policies / "mesh.yaml").write_text(MESH.format(**self.values))
+        self.up = MeshwardenUp(policies, root / "data")
+
+    @property
+    def server(self) -> str:
+        return self.up.ready_line.split("health ")[1].split(",")[0]
+
+    def traced(self, method: str, path: str, source: str | None = None) -> tuple[Any, str]:
+        """(status, trace id) of one request carrying a fresh `traceparent`."""
+        trace_id = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+        if source is None:
+            status = request("127.0.0.1", self.values["front_http"], method, path, headers)
+        else:
+            status = request(f"{self.net}.3", 8080, method, path, headers, source=source)
+        return status, trace_id
+
+    def tcp(self, host: str, port: int, source: str | None = None) -> bytes:
+        """What a tcp connection gets back for an HTTP request sent over it."""
+        bind = (source, 0) if source else None
+        with socket.create_connection((host, port), timeout=10, source_address=bind) as conn:
+            conn.sendall(b"GET /raw HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            try:
+                return conn.recv(64)
+            except ConnectionError:
+                return b""
+
+    def flows(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "meshwarden", "flows", "--server", self.server, *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def flows_json(self, *args: str) -> list[dict[str, Any]]:
+        result = self.flows(*args, "-o", "json")
+        assert result.returncode == 0, result.stderr
+        return list(json.loads(result.stdout))
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowMesh]:
+    # Its own network per xdist worker (the other live-mesh tests use 127.77.x).
+    flow_mesh = FlowMesh(tmp_path_factory.mktemp("flows"), f"127.78.{os.getpid() % 250}")
+    with sample_app(flow_mesh.values["app_port"]):
+        flow_mesh.up.start()
+        try:
+            yield flow_mesh
+        finally:
+            assert flow_mesh.up.stop() == 0, flow_mesh.up.log.read_text()[-3000:]
+
+
+def _wait_for_count(mesh: FlowMesh, count: int, timeout: float = 15) -> list[dict[str, Any]]:
+    """The flow log once it holds `count` records (sidecars flush every 0.25 s)."""
+    deadline = time.monotonic() + timeout
+    flows = mesh.flows_json()
+    while len(flows) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+        flows = mesh.flows_json()
+    return flows
+
+
+def _cause(flow: dict[str, Any]) -> tuple[Any, ...]:
+    dry = flow["dryRun"]
+    return (flow["source"], flow["workload"], flow["port"], flow["method"], flow["path"],
+            flow["status"], flow["decision"], flow["policy"], flow["rule"],
+            (dry["decision"], dry["policy"]) if dry else None)  # fmt: skip
+
+
+def test_flows_return_exactly_the_requests_sent_with_their_causes(mesh: FlowMesh) -> None:
+    ip9 = f"{mesh.net}.9"
+    sent = [
+        (mesh.traced("GET", "/api/items"),
+         (FRONTEND, BACKEND, 8080, "GET", "/api/items", 200, "allow", "shop/backend-access", 0,
+          ("deny", "shop/try-lockdown"))),
+        (mesh.traced("GET", "/api/secret"),
+         (FRONTEND, BACKEND, 8080, "GET", "/api/secret", 403, "deny", "shop/no-secrets", 0,
+          ("allow", "default:allow"))),
+        (mesh.traced("POST", "/api/items"),
+         (FRONTEND, BACKEND, 8080, "POST", "/api/items", 403, "deny", "default:deny", None,
+          ("deny", "shop/try-lockdown"))),
+        (mesh.traced("GET", "/public", source=ip9),
+         (ip9, BACKEND, 8080, "GET", "/public", 200, "allow", "shop/backend-access", 1,
+          ("allow", "default:allow"))),
+    ]  # fmt: skip
+    assert [status for (status, _), _ in sent] == [200, 403, 403, 200]
+    flows = _wait_for_count(mesh, len(sent))
+    by_trace = {flow["traceId"]: flow for flow in flows}
+    assert len(flows) == len(sent) and set(by_trace) == {trace for (_, trace), _ in sent}, flows
+    for (_, trace_id), expected in sent:
+        assert _cause(by_trace[trace_id]) == expected
+        assert by_trace[trace_id]["sourceIdentity"] == (FRONTEND if expected[0] != ip9 else None)
+
+
+def test_tcp_connections_name_the_policy_that_allowed_or_refused_them(mesh: FlowMesh) -> None:
+    before = len(mesh.flows_json())
+    assert mesh.tcp("127.0.0.1", mesh.values["front_tcp"]).startswith(b"HTTP/1.")
+    assert mesh.tcp(f"{mesh.net}.3", 9000, source=f"{mesh.net}.10") == b""  # no rule: refused
+    flows = _wait_for_count(mesh, before + 2)[before:]
+    causes = sorted((f["source"], f["protocol"], f["port"], f["decision"], f["policy"], f["rule"])
+                    for f in flows)  # fmt: skip
+    assert causes == [
+        (f"{mesh.net}.10", "tcp", 9000, "deny", "default:deny", None),
+        (FRONTEND, "tcp", 9000, "allow", "shop/backend-access", 2),
+    ]
+
+
+def test_flows_filter_by_denied_workload_and_age_and_print_a_table(mesh: FlowMesh) -> None:
+    status, trace_id = mesh.traced("GET", "/api/secret")
+    assert status == 403
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        denied = mesh.flows_json("--denied", "--since", "1m", "--workload", BACKEND)
+        if any(f["traceId"] == trace_id for f in denied):
+            break
+        time.sleep(0.2)
+    assert denied and all(f["decision"] == "deny" for f in denied)
+    assert any(f["traceId"] == trace_id for f in denied)
+    assert mesh.flows_json("--workload", "shop/frontend-1") == []
+    table = mesh.flows("--denied", "--limit", "1")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()
+    assert header.split()[:3] == ["TIME", "SOURCE", "DESTINATION"]
+    for cell in (FRONTEND, f"{BACKEND}:8080", "GET /api/secret", "403", "deny",
+                 "shop/no-secrets#0", trace_id):  # fmt: skip
+        assert cell in row
+    bad = mesh.flows("--since", "soon")
+    assert bad.returncode == 2 and "--since 'soon'" in bad.stderr
+
+
+def test_follow_prints_new_records_as_they_arrive(mesh: FlowMesh) -> None:
+    command = [sys.executable, "-m", "meshwarden", "flows", "--server", mesh.server, "--follow",
+               "--since", "0", "-o", "json"]  # fmt: skip
+    follower = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)  # subscribed before the request is sent
+        status, trace_id = mesh.traced("GET", "/api/items")
+        assert status == 200
+        assert follower.stdout is not None
+        ready, _, _ = select.select([follower.stdout], [], [], 15)
+        assert ready, "no record within 15 s"
+        record = json.loads(follower.stdout.readline())
+        assert (record["traceId"], record["decision"]) == (trace_id, "allow")
+    finally:
+        follower.terminate()
+        follower.wait(10)

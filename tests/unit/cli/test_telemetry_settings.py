@@ -1,0 +1,52 @@
+"""Where traces go: the flag, else the standard OpenTelemetry variables, else nowhere."""
+
+from __future__ import annotations
+
+import pytest
+from meshwarden.xds._tracing import TracingTarget
+
+from meshwarden._telemetry import TelemetryError, metrics_address, otlp_endpoint
+
+
+def test_the_flag_wins_over_the_environment() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4317"}
+    assert otlp_endpoint("http://flag:4317", env) == "http://flag:4317"
+
+
+def test_the_traces_variable_wins_over_the_generic_one() -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4317",
+           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317"}  # fmt: skip
+    assert otlp_endpoint(None, env) == "http://traces:4317"
+    assert otlp_endpoint(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}) == (
+        "http://collector:4317"
+    )
+
+
+def test_tracing_is_off_by_default_and_when_disabled() -> None:
+    assert otlp_endpoint(None, {}) is None
+    assert otlp_endpoint("http://x:4317", {"OTEL_SDK_DISABLED": "true"}) is None
+    assert otlp_endpoint(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:1",
+                                "OTEL_TRACES_EXPORTER": "none"}) is None  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["ftp://x:4317", "http://:4317", "http://host:port"])
+def test_a_bad_endpoint_names_its_source(bad: str) -> None:
+    with pytest.raises(TelemetryError, match="OTEL_EXPORTER_OTLP_ENDPOINT"):
+        otlp_endpoint(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": bad})
+    with pytest.raises(TelemetryError, match="--otlp-endpoint"):
+        otlp_endpoint(bad, {})
+
+
+def test_metrics_address_needs_host_and_port() -> None:
+    assert metrics_address("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert metrics_address(":9464") == ("127.0.0.1", 9464)
+    assert metrics_address(None) is None
+    for bad in ("9464x", "host", "host:99999"):
+        with pytest.raises(TelemetryError, match="HOST:PORT"):
+            metrics_address(bad)
+
+
+def test_sidecars_export_to_the_same_collector() -> None:
+    assert TracingTarget.from_url("http://127.0.0.1:4317") == TracingTarget("127.0.0.1", 4317)
+    assert TracingTarget.from_url("https://otel.example:443", 5).tls
+    assert TracingTarget.from_url("https://otel.example:443", 5).sampling == 5

@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_dataplane.py
 	$(BIN)/python bench/bench_propagation.py
 	$(BIN)/python bench/bench_differential.py
+	$(BIN)/python bench/bench_tracing.py
 
 protos: $(STAMP)
 	$(BIN)/python -m meshwarden.protos._generate

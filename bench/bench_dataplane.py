@@ -182,6 +182,7 @@ class Config:
     local_port: int = 0
     admin: str = ""  # host:port of its admin endpoint, once started
     figures: dict[str, Any] = field(default_factory=dict)
+    extra_clusters: list[dict[str, Any]] = field(default_factory=list)  # e.g. a trace collector
 
     @property
     def name(self) -> str:
@@ -635,7 +636,8 @@ def start(procs: Processes, configs: list[Config], client_compiled: CompiledMesh
     listeners, clusters = client_resources(client_compiled, ids.client, configs)
     pending["client"] = procs.envoy("client", static(listeners, clusters), layout.others)
     for c in configs:
-        pending[c.name] = procs.envoy(c.name, static([c.listener], [c.local_cluster]),
+        pending[c.name] = procs.envoy(c.name, static([c.listener], [c.local_cluster,
+                                                                    *c.extra_clusters]),
                                       layout.server)  # fmt: skip
     admins = {name: procs.wait_ready(name, path) for name, path in pending.items()}
     for c in configs:

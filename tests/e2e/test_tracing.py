@@ -4,8 +4,10 @@ collector protocol — and the control plane's spans show the push that installe
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -277,3 +279,43 @@ def test_metrics_are_served_for_prometheus(traced: TracedMesh) -> None:
     assert ca and all(3600 < v <= 86400 for v in ca)  # the default 24 h CA
     svid = _sum(samples, "meshwarden_svid_expiry_seconds", FRONTEND_ID)
     assert 0 < svid <= 3600  # the default 1 h SVID
+
+
+def test_spans_and_the_flow_log_report_the_same_decisions(traced: TracedMesh) -> None:
+    """Two readers of Envoy's metadata — the Lua filter tagging spans and the control plane
+    parsing access logs — must tell the same story for every kind of decision."""
+    idp = traced.idp
+    forged = idp.token(idp.claims(aud="backend"), forged=True)
+    calls = [traced.call("GET", "/api/items"), traced.call("GET", "/api/secret"),
+             traced.call("POST", "/api/items"), traced.call("GET", "/api/beta"),
+             traced.call("GET", "/api/items", forged)]  # fmt: skip
+    url = traced.up.ready_line.split("health ")[1].split(",")[0].replace("/healthz", "/flows")
+    wanted = {trace_id for _, trace_id in calls}
+
+    def flows() -> dict[str, dict[str, Any]]:
+        body = urllib.request.urlopen(url, timeout=5).read()
+        records = json.loads(body)
+        records = records.get("flows", records) if isinstance(records, dict) else records
+        return {r["traceId"]: r for r in records if r["traceId"] in wanted}
+
+    by_trace: dict[str, dict[str, Any]] = {}
+    for _ in range(50):
+        by_trace = flows()
+        if len(by_trace) == len(wanted):
+            break
+        time.sleep(0.2)
+    assert set(by_trace) == wanted
+    for status, trace_id in calls:
+        tags = _authz(traced.sidecar_span(trace_id))
+        flow = by_trace[trace_id]
+        assert flow["status"] == status
+        assert flow["decision"] == tags["meshwarden.authz.decision"]
+        assert flow["policy"] == tags["meshwarden.authz.policy"]
+        rule = tags.get("meshwarden.authz.rule")
+        assert flow["rule"] == (int(rule) if rule is not None else None)
+        dry = flow["dryRun"] or {}
+        assert dry.get("decision") == tags.get("meshwarden.authz.dry_run.decision")
+        assert dry.get("policy") == tags.get("meshwarden.authz.dry_run.policy")
+    samples = _scrape(traced.metrics_port)
+    assert _sum(samples, "meshwarden_authz_decisions_total", 'policy="shop/no-secrets"') >= 1
+    assert _sum(samples, "meshwarden_authz_decisions_total", 'policy="jwt:invalid"') >= 1

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 from meshwarden.xds._decisions import (
     DEFAULT_DENY,
+    EXT_AUTHZ_NS,
+    RBAC_NS,
     Verdict,
     split_action,
     verdict_from_envoy,
@@ -41,6 +43,7 @@ FLUSH_INTERVAL = "0.25s"
 UNATTRIBUTED = "unknown"  # an allowed tcp connection whose policy could not be established
 _T = "type.googleapis.com/"
 _DENIED_DETAILS = "rbac_access_denied_matched_policy["
+_DECIDING = frozenset({RBAC_NS, EXT_AUTHZ_NS})  # metadata namespaces `verdict_from_envoy` reads
 # envoy.config.core.v3.RequestMethod
 _METHODS = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
@@ -139,13 +142,15 @@ def _fields(buf: bytes) -> Fields:
     out: Fields = {}
     pos, end = 0, len(buf)
     while pos < end:
-        key, pos = _varint(buf, pos)
+        key = buf[pos]  # one byte for field numbers below 16, most of them
+        key, pos = (key, pos + 1) if key < 0x80 else _varint(buf, pos)
         kind = key & 7
-        if kind == 0:
-            value, pos = _varint(buf, pos)
-        elif kind == 2:
-            size, pos = _varint(buf, pos)
+        if kind == 2:
+            size = buf[pos]
+            size, pos = (size, pos + 1) if size < 0x80 else _varint(buf, pos)
             value, pos = buf[pos : pos + size], pos + size
+        elif kind == 0:
+            value, pos = _varint(buf, pos)
         elif kind == 1:
             value, pos = buf[pos : pos + 8], pos + 8
         elif kind == 5:
@@ -173,8 +178,26 @@ def _message(fields: Fields, number: int) -> Fields:
     return {} if value is None else _fields(value)
 
 
+def _short(buf: bytes, tag: int, start: int = 0) -> int | None:
+    """Where a length-delimited field `tag` at `start` ends, if its length fits in one byte."""
+    if len(buf) > start + 1 and buf[start] == tag and buf[start + 1] < 0x80:
+        return start + 2 + buf[start + 1]
+    return None
+
+
+def _pair(entry: bytes) -> tuple[bytes, bytes]:
+    """A map entry's key and value (fields 1 and 2), the common short case without `_fields`."""
+    key_end = _short(entry, 0x0A)
+    if key_end is not None and _short(entry, 0x12, key_end) == len(entry):
+        return entry[2:key_end], entry[key_end + 2 :]
+    fields = _fields(entry)
+    return _one(fields, 1, b""), _one(fields, 2, b"")
+
+
 def _value(buf: bytes) -> Any:
     """google.protobuf.Value → Python."""
+    if _short(buf, 0x1A) == len(buf):  # a short string, as in RBAC's metadata
+        return buf[2:].decode()
     fields = _fields(buf)
     if 3 in fields:
         return _one(fields, 3).decode()
@@ -192,21 +215,23 @@ def _value(buf: bytes) -> Any:
 def _struct(buf: bytes) -> dict[str, Any]:
     out = {}
     for entry in _fields(buf).get(1, []):
-        pair = _fields(entry)
-        out[_one(pair, 1, b"").decode()] = _value(_one(pair, 2, b""))
+        key, value = _pair(entry)
+        out[key.decode()] = _value(value)
     return out
 
 
 def _string_map(fields: Fields, number: int) -> dict[str, str]:
-    pairs = (_fields(entry) for entry in fields.get(number, []))
-    return {_one(p, 1, b"").decode().lower(): _one(p, 2, b"").decode() for p in pairs}
+    pairs = (_pair(entry) for entry in fields.get(number, []))
+    return {key.decode().lower(): value.decode() for key, value in pairs}
 
 
 def _metadata(common: Fields) -> dict[str, dict[str, Any]]:
+    """The dynamic metadata the verdict is read from (not, e.g., JWT payloads: large and PII)."""
     out = {}
     for entry in _message(common, 17).get(1, []):
-        pair = _fields(entry)
-        out[_one(pair, 1, b"").decode()] = _struct(_one(pair, 2, b""))
+        namespace, fields = _pair(entry)
+        if namespace.decode() in _DECIDING:
+            out[namespace.decode()] = _struct(fields)
     return out
 
 

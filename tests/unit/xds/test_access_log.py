@@ -43,6 +43,7 @@ from meshwarden.xds._access_log import (
     SERVICE,
     AccessLogReceiver,
     Flow,
+    _struct,
     access_log_handler,
     http_access_logs,
     http_flow,
@@ -278,3 +279,22 @@ def test_a_malformed_message_ends_the_stream_as_invalid_argument() -> None:
 
     code = asyncio.run(stream_logs([Garbage()], BACKEND_ID, sink))  # type: ignore[list-item]
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"short": "x", "long": "y" * 300, "n": 2.5, "yes": True, "none": None},
+     {"nested": {"list": ["a", 1.0, {"deep": "z" * 200}], "empty": {}}, "": ""}],
+)  # fmt: skip
+def test_metadata_structs_decode_like_envoy_data_plane_long_values_included(
+    fields: dict[str, Any],
+) -> None:
+    encoded = bytes(Struct.from_dict(fields))
+    assert _struct(encoded) == Struct.parse(encoded).to_dict() == fields
+
+
+def test_long_header_values_and_paths_decode() -> None:
+    path = "/p" + "x" * 500
+    traceparent = f"00-{TRACE}-{'b' * 16}-01" + "0" * 200  # a value longer than 127 bytes
+    flow = http_flow(bytes(http_entry(path=path, traceparent=traceparent)), BACKEND)
+    assert flow.path == path and flow.trace_id == TRACE

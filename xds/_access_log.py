@@ -141,6 +141,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 def _fields(buf: bytes) -> Fields:
     out: Fields = {}
     pos, end = 0, len(buf)
+    value: Any
     while pos < end:
         key = buf[pos]  # one byte for field numbers below 16, most of them
         key, pos = (key, pos + 1) if key < 0x80 else _varint(buf, pos)
@@ -242,7 +243,7 @@ def _address(common: Fields, number: int) -> tuple[str | None, int | None]:
 
 def _time(common: Fields) -> float:
     stamp = _message(common, 5)
-    return float(_one(stamp, 1, 0)) + _one(stamp, 2, 0) / 1e9
+    return float(_one(stamp, 1, 0) + _one(stamp, 2, 0) / 1e9)
 
 
 def _peer_identity(common: Fields) -> str | None:

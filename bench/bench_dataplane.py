@@ -77,6 +77,7 @@ from meshwarden.identities import (
 from meshwarden.xds._bootstrap import envoy_binary
 from meshwarden.xds._encode import ResourceEncoder
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER
+from meshwarden.xds._tracing import TRACER_RUNTIME
 from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
 
 TD = "bench.example.org"
@@ -629,7 +630,9 @@ def start(procs: Processes, configs: list[Config], client_compiled: CompiledMesh
         # silently taking a share of our connections (the loopback is shared with other runs).
         listeners = [{**listener, "enableReusePort": False} for listener in listeners]
         return {"admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
-                "staticResources": {"listeners": listeners, "clusters": clusters}}  # fmt: skip
+                "staticResources": {"listeners": listeners, "clusters": clusters},
+                "layeredRuntime": {"layers": [{"name": "static",
+                                               "staticLayer": TRACER_RUNTIME}]}}  # fmt: skip
 
     pending = {"backend": procs.envoy("backend", static([backend_listener(backend_port)], []),
                                       layout.others)}  # fmt: skip

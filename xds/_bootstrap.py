@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from meshwarden.xds._tracing import TRACER_RUNTIME
 from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA, SDS_CLUSTER
 
 XDS_CLUSTER = "meshwarden-xds"
@@ -86,5 +87,5 @@ def bootstrap(
                      "address": server_host, "portValue": server_port}}}}]}]}},
         ]},
         "layeredRuntime": {"layers": [{"name": "static", "staticLayer": {
-            "overload.global_downstream_max_connections": 50000}}]},
+            "overload.global_downstream_max_connections": 50000, **TRACER_RUNTIME}}]},
     }  # fmt: skip

@@ -37,6 +37,15 @@ _H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "explicitHttpConfig": {"http2ProtocolOptions": {}}}}  # fmt: skip
 
 
+# Envoy's tracer sends a gRPC export every 5 spans by default (runtime
+# `tracing.opentelemetry.min_flush_spans`): at 100 % sampling that is an export call per few
+# requests. Sidecar bootstraps batch 200 spans or 1 s, whichever comes first.
+TRACER_RUNTIME = {
+    "tracing.opentelemetry.min_flush_spans": 200,
+    "tracing.opentelemetry.flush_interval_ms": 1000,
+}
+
+
 @dataclass(frozen=True)
 class TracingTarget:
     """An OTLP/gRPC collector (`http://host:port`, or `https://` for TLS) and the sampling

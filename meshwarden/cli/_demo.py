@@ -120,10 +120,23 @@ async def run_live(shop: Path, tracing: Any = None) -> int:
             await mesh.wait_until_applied(30)
             flipped = [table[1]._replace_expected("ALLOW")]
             ok &= await _print_table(flipped, folder)
+            await _print_flows(mesh)
         finally:
             await mesh.stop()
     print("\nall rows as expected" if ok else "\nSOME ROWS DIFFER")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _print_flows(mesh: Any) -> None:
+    """What the sidecars themselves reported: the newest denied records of the flow log."""
+    from meshwarden._flows import FlowQuery
+    from meshwarden.cli._flows import print_table
+
+    await asyncio.sleep(1.0)  # sidecars flush their access logs every 0.25 s
+    url = mesh.health_url.replace("/healthz", "")
+    print(f"\n== the flow log: meshwarden flows --server {url} --denied --limit 8")
+    denied = mesh.plane.xds.flows.query(FlowQuery(denied=True, limit=8))
+    print_table([flow.to_json() for flow in denied])
 
 
 class _Quiet:

@@ -263,3 +263,8 @@ def test_make_demo_runs_the_shop_live_and_every_row_matches() -> None:
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "all rows as expected" in result.stdout
     assert result.stdout.count(" yes ") == 10  # nine requests, then the flipped one
+    # the flow log section: the sidecars' own records of the denied requests, with causes
+    flows = result.stdout.split("== the flow log")[1]
+    assert "401     deny      jwt:invalid" in flows
+    assert "meshwarden-system/no-debug-anywhere#0" in flows
+    assert "127.0.0.10" in flows  # the plaintext stranger, by address

@@ -76,12 +76,21 @@ class WorkloadSelector(LabelSelector):
     namespaces: list[DnsLabel] | None = None
 
 
+class ExtAuthzSpec(_Strict):
+    """How a sidecar in ext-authz enforcement treats an engine that does not answer in time:
+    fail closed (403) unless `fail_open`."""
+
+    fail_open: bool = False
+    timeout: str = Field(default="250ms", pattern=r"^[0-9]{1,6}(ms|s)$")
+
+
 class MeshSpec(_Strict):
     trust_domain: Annotated[str, AfterValidator(v.trust_domain)] = "meshwarden.local"
     root_namespace: DnsLabel = "meshwarden-system"
     mtls: Literal["STRICT", "PERMISSIVE"] = "STRICT"
     default_policy: Literal["allow", "deny"] = "allow"
     enforcement: Literal["envoy-rbac", "ext-authz"] = "envoy-rbac"
+    ext_authz: ExtAuthzSpec = Field(default_factory=ExtAuthzSpec)
 
 
 class WorkloadPort(_Strict):

@@ -13,6 +13,11 @@ from meshwarden.xds._access_log import AccessLogReceiver, access_log_handler
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
 from meshwarden.xds._bootstrap import XDS_CLUSTER
 from meshwarden.xds._cache import SnapshotCache
+from meshwarden.xds._ext_authz import (
+    Authorization,
+    authorization_handler,
+    registered_workload,
+)
 from meshwarden.xds._node_auth import registry_authorizer, relayed_peer_spiffe_id
 from meshwarden.xds._observability import TelemetryObserver
 from meshwarden.xds._publisher import SnapshotBuilder
@@ -30,7 +35,10 @@ class MeshXds:
         self.cache = SnapshotCache()
         self.jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
         context = TranslationContext(
-            jwt_bundle=self._bundle, tracing=tracing, flow_log_cluster=XDS_CLUSTER
+            jwt_bundle=self._bundle,
+            tracing=tracing,
+            flow_log_cluster=XDS_CLUSTER,
+            ext_authz_cluster=XDS_CLUSTER,
         )
         self.builder = SnapshotBuilder(context)
         self.pushes = 0
@@ -72,6 +80,9 @@ class MeshXds:
                                   relayed_peer_spiffe_id(peers),
                                   engine_attribution(lambda: self.policies.mesh))  # fmt: skip
         server.add_generic_rpc_handlers((access_log_handler(flows),))
+        authorization = Authorization(registered_workload(
+            lambda: self.policies.mesh, relayed_peer_spiffe_id(peers)))  # fmt: skip
+        server.add_generic_rpc_handlers((authorization_handler(authorization),))
 
     def sidecars(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

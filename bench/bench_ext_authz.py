@@ -1,0 +1,383 @@
+"""ext_authz enforcement versus native RBAC: request latency p50/p99 through the same server
+sidecar set-up, same policies, same run (issue #5, Benchmark).
+
+    .venv/bin/python bench/bench_ext_authz.py          # ~2 min
+    .venv/bin/python bench/bench_ext_authz.py --quick  # ~40 s
+    .venv/bin/python bench/bench_ext_authz.py --json   # one JSON object on stdout
+
+Path of one request (bench_dataplane.py's set-up, whose helpers this reuses):
+
+    load → client sidecar (127.0.0.1:localPort, tcp_proxy → mTLS)
+         → server sidecar (TLS + SPIFFE validator, HCM, [native: RBAC | ext_authz: gRPC Check
+           to the engine], router) → backend Envoy (`direct_response`)
+
+The engine is this process: `Authorization` (the control plane's service) on a plaintext
+loopback gRPC port, deciding with the evaluator; in production it sits behind the control
+plane's mTLS endpoint (one more TLS hop on an already open HTTP/2 connection). Policies:
+bench_dataplane's N one-rule ALLOW policies (the client named by the last), both sidecars
+compiled from the same documents, ext_authz only switching `Mesh.spec.enforcement`.
+
+Measured, in interleaved rounds (native, ext_authz, then reversed), on 2+ cores the server
+sidecar and the engine pinned to one CPU, load generator, client sidecar and backend to the
+other:
+- at a fixed rate (default 1,000 req/s, the OPA-Envoy anchor's rate; `h2load --rps`, each
+  request's latency from its log, so p99 is exact): end-to-end p50/p99 and their ratios;
+- closed loop (`wrk`, fixed connections): p50/p99 and req/s at saturation;
+- the engine's own share: time inside the Check handler (parse, decide, span, answer) per
+  call, which is what OPA-Envoy's ≈0.2 ms median / 1.5 ms p99 "evaluation" figures measure.
+Before measuring, both sidecars must deny an identity no rule names (403) and let the client
+through (200). Prints figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bench_dataplane as dataplane
+from bench_dataplane import PORT, SERVER, Config, Identities, Layout, Processes, progress
+from meshwarden.engine import CompiledMesh
+from meshwarden.xds._ext_authz import Authorization, loopback_cluster, serve_on_loopback
+from meshwarden.xds._snapshot import CLUSTER, LISTENER
+from meshwarden.xds._translate import TranslationContext, workload_resources
+
+AUTHZ_CLUSTER = "meshwarden-ext-authz"
+OPA_ANCHOR = {"p50_ms": 0.2, "p99_ms": 1.5}  # OPA-Envoy evaluation at 1,000 req/s
+
+
+class TimedAuthorization(Authorization):
+    """The production servicer, with the wall time of each Check handler recorded."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.handler_us: list[float] = []
+
+    async def check(self, check: Any, context: Any) -> bytes:
+        start = time.perf_counter_ns()
+        answer = await super().check(check, context)
+        self.handler_us.append((time.perf_counter_ns() - start) / 1000)
+        return answer
+
+
+def _serve_engine(docs: list[dict[str, Any]], conn: Any, cpus: set[int] | None) -> None:
+    """The engine process: compile the documents, serve Check, answer `stats` until `stop`."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    compiled = dataplane.load_mesh(docs)
+    engine = TimedAuthorization(lambda context, metadata: compiled.plan(SERVER))
+    with serve_on_loopback(engine) as port:
+        conn.send(port)
+        while conn.recv() == "stats":
+            conn.send(EngineStats(engine.checks, list(engine.handler_us), _own_cpu()))
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    checks: int
+    handler_us: list[float]
+    cpu_s: float
+
+
+class Engine:
+    """`Authorization` in a process of its own (spawned: this process forks the Envoys and the
+    load generators, which must not inherit gRPC's threads)."""
+
+    def __init__(self, docs: list[dict[str, Any]], cpus: set[int] | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve_engine, args=(docs, child, cpus),
+                                       daemon=True)  # fmt: skip
+        self.process.start()
+        if not self.conn.poll(60):
+            raise SystemExit("the engine process did not start")
+        self.port: int = self.conn.recv()
+
+    def stats(self) -> EngineStats:
+        self.conn.send("stats")
+        stats: EngineStats = self.conn.recv()
+        return stats
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.conn.send("stop")
+            self.process.join(10)
+
+
+def ext_authz_config(n: int, address: str, backend_port: int, ids: Identities
+                     ) -> tuple[Config, list[dict[str, Any]]]:  # fmt: skip
+    """The server sidecar in ext-authz mode (the cluster to the engine is added at start) and
+    its documents: bench_dataplane's with `enforcement: ext-authz`."""
+    docs = dataplane.mesh_documents(n, address, backend_port)
+    docs[0]["spec"]["enforcement"] = "ext-authz"
+    compiled = dataplane.load_mesh(docs)
+    ctx = TranslationContext(static_tls=ids.server, inline_routes=True,
+                             ext_authz_cluster=AUTHZ_CLUSTER)  # fmt: skip
+    resources = workload_resources(compiled, SERVER, ctx)
+    [listener] = [r for r in resources[LISTENER] if r["name"] == f"in:{PORT}"]
+    [local] = resources[CLUSTER]
+    return Config("ext_authz", n, address, listener, local), docs
+
+
+def start_envoys(procs: Processes, native: Config, ext: Config, client: CompiledMesh,
+                 ids: Identities, backend_port: int, engine_port: int, layout: Layout
+                 ) -> None:  # fmt: skip
+    def static(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]
+               ) -> dict[str, Any]:  # fmt: skip
+        return {"admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
+                "staticResources": {"listeners": listeners, "clusters": clusters}}  # fmt: skip
+
+    listeners, clusters = dataplane.client_resources(client, ids.client, [native, ext])
+    engine = loopback_cluster(AUTHZ_CLUSTER, engine_port)
+    pending = {
+        "backend": procs.envoy("backend", static([dataplane.backend_listener(backend_port)], []),
+                               layout.others),
+        "client": procs.envoy("client", static(listeners, clusters), layout.others),
+        native.name: procs.envoy(native.name, static([native.listener], [native.local_cluster]),
+                                 layout.server),
+        ext.name: procs.envoy(ext.name, static([ext.listener], [ext.local_cluster, engine]),
+                              layout.server),
+    }  # fmt: skip
+    admins = {name: procs.wait_ready(name, path) for name, path in pending.items()}
+    native.admin, ext.admin = admins[native.name], admins[ext.name]
+
+
+def check_enforcement(configs: Sequence[Config], ids: Identities, engine: Engine) -> None:
+    for c in configs:
+        before = engine.stats().checks
+        status = dataplane.mtls_status(c.address, ids.intruder)
+        if status != 403:
+            raise SystemExit(f"{c.name}: {dataplane.INTRUDER_ID} got {status}, expected 403")
+        if c.label == "ext_authz" and engine.stats().checks != before + 1:
+            raise SystemExit(f"{c.name}: denied without asking the engine")
+        status, body = dataplane.http_get(f"http://127.0.0.1:{c.local_port}/")
+        if status != 200 or body != dataplane.BACKEND_BODY:
+            raise SystemExit(f"{c.name}: the client via its sidecar got {status} {body[:80]!r}")
+
+
+def fixed_rate(url: str, rate: int, seconds: int, folder: Path, cpus: set[int] | None
+               ) -> list[float]:  # fmt: skip
+    """Latencies (ms) of every request at `rate` req/s over 4 keep-alive HTTP/1.1 connections."""
+    log = folder / "h2load.log"
+    log.unlink(missing_ok=True)
+    clients = 4
+    cmd = ["h2load", "--h1", f"-c{clients}", f"--rps={rate / clients:g}", f"-D{seconds}",
+           "--warm-up-time=1", f"--log-file={log}", url]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30,
+                          preexec_fn=dataplane._child_setup(cpus))  # fmt: skip
+    rows = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
+    bad = [r for r in rows if r[1] != "200"]
+    if done.returncode != 0 or not rows or bad:
+        raise SystemExit(f"h2load failed ({done.returncode}, {len(bad)} non-200 of {len(rows)}):"
+                         f" {done.stdout[-800:]}{done.stderr[-800:]}")  # fmt: skip
+    return [int(r[2]) / 1000 for r in rows]
+
+
+def quantile(values: Sequence[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * p / 100 + 0.5) - 1))]
+
+
+@dataclass
+class Rate:
+    """Both modes at one fixed request rate: every request's latency, CPU, paired round ratios."""
+
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # mode → ms
+    server_cpu_s: dict[str, float] = field(default_factory=dict)
+    engine_cpu_s: dict[str, float] = field(default_factory=dict)
+    engine_us: list[float] = field(default_factory=list)  # Check handler times (ext_authz)
+    paired: dict[str, list[float]] = field(default_factory=lambda: {"p50_ms": [], "p99_ms": []})
+
+    def run(self, c: Config, rate: int, args: argparse.Namespace, engine: Engine,
+            procs: Processes, layout: Layout, folder: Path) -> tuple[float, float]:  # fmt: skip
+        server, before = procs.cpu_seconds(c.name), engine.stats()
+        latencies = fixed_rate(f"http://127.0.0.1:{c.local_port}/", rate, args.seconds, folder,
+                               layout.others)  # fmt: skip
+        after = engine.stats()
+        self.server_cpu_s[c.label] = self.server_cpu_s.get(c.label, 0.0) + procs.cpu_seconds(
+            c.name) - server  # fmt: skip
+        self.engine_cpu_s[c.label] = (
+            self.engine_cpu_s.get(c.label, 0.0) + after.cpu_s - before.cpu_s
+        )
+        self.engine_us += after.handler_us[len(before.handler_us) :]
+        self.latencies.setdefault(c.label, []).extend(latencies)
+        return quantile(latencies, 50), quantile(latencies, 99)
+
+
+def measure(configs: Sequence[Config], engine: Engine, args: argparse.Namespace,
+            folder: Path, layout: Layout, procs: Processes) -> dict[str, Any]:  # fmt: skip
+    for c in configs:
+        progress(f"warm-up {c.name}")
+        dataplane.wrk(f"http://127.0.0.1:{c.local_port}/", 1, 4, folder, layout.others)
+    rates = {rate: Rate() for rate in args.rates}
+    for r in range(args.rounds):
+        for rate, state in rates.items():
+            one = {}
+            for c in configs if r % 2 == 0 else configs[::-1]:
+                progress(f"round {r + 1}/{args.rounds}: {c.name} at {rate:,} req/s "
+                         f"({args.seconds} s)")  # fmt: skip
+                one[c.label] = state.run(c, rate, args, engine, procs, layout, folder)
+            for i, key in enumerate(("p50_ms", "p99_ms")):
+                state.paired[key].append(one["ext_authz"][i] / one["native"][i])
+    closed = {}
+    for c in configs:
+        progress(f"closed loop: {c.name} (wrk -c{args.connections}, {args.closed_seconds} s)")
+        run = dataplane.Run()
+        run.add(dataplane.wrk(f"http://127.0.0.1:{c.local_port}/", args.closed_seconds,
+                              args.connections, folder, layout.others))  # fmt: skip
+        closed[c.label] = run.summary()
+    return {"rates": rates, "closed": closed}
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def summarize(m: dict[str, Any]) -> dict[str, Any]:
+    rates = {}
+    for rate, state in m["rates"].items():
+        modes = {}
+        for label, lat in state.latencies.items():
+            per_req = 1e6 / len(lat)
+            modes[label] = {
+                "requests": len(lat), "p50_ms": quantile(lat, 50), "p99_ms": quantile(lat, 99),
+                "mean_ms": statistics.fmean(lat),
+                "server_cpu_us_per_req": state.server_cpu_s[label] * per_req,
+                "engine_cpu_us_per_req": state.engine_cpu_s[label] * per_req}  # fmt: skip
+        handler = state.engine_us
+        rates[rate] = {
+            **modes,
+            "ext_authz_over_native": {k: modes["ext_authz"][k] / modes["native"][k]
+                                      for k in ("p50_ms", "p99_ms")},
+            "paired_rounds": {k: sorted(v) for k, v in state.paired.items()},
+            "engine_check_handler": {"calls": len(handler),
+                                     "p50_ms": quantile(handler, 50) / 1000,
+                                     "p99_ms": quantile(handler, 99) / 1000},
+        }  # fmt: skip
+    closed = m["closed"]
+    ratios = {k: closed["ext_authz"][k] / closed["native"][k] for k in ("p50_ms", "p99_ms", "rps")}
+    return {"fixed_rate": rates, "closed_loop": {**closed, "ext_authz_over_native": ratios},
+            "opa_envoy_anchor": OPA_ANCHOR}  # fmt: skip
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m, a = report["machine"], report["settings"]
+    print(f"machine : {m['cpu']}, {m['cores']} cores, {m['platform']}")
+    print(f"software: Envoy {m['envoy']}; {m['wrk']}; h2load; Python {m['python']}")
+    print(f"policies: {a['rules']:,} one-rule ALLOW policies (client named by the last)")
+    print(f"pinning : {m['pinning']}; the engine (a Python process) unpinned")
+    print(f"load    : fixed rates {', '.join(f'{r:,}' for r in a['rates'])} req/s (h2load --h1, "
+          f"4 connections, every request timed), {a['rounds']} interleaved rounds × "
+          f"{a['seconds']} s per mode and rate; closed loop wrk -c{a['connections']} "
+          f"{a['closed_seconds']} s per mode")  # fmt: skip
+    print(f"load avg: {m['load_avg_start']:.2f} at start, {m['load_avg_end']:.2f} at end "
+          "(shared machine)")  # fmt: skip
+    print()
+    print("   req/s  mode        p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
+    for rate, row in report["fixed_rate"].items():
+        for label in ("native", "ext_authz"):
+            x = row[label]
+            print(f"{rate:>8,}  {label:<10} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
+                  f"{x['server_cpu_us_per_req']:19.1f} "
+                  f"{x['engine_cpu_us_per_req']:18.1f}")  # fmt: skip
+        q, p, h = row["ext_authz_over_native"], row["paired_rounds"], row["engine_check_handler"]
+        print(f"          ext_authz/native: p50 {q['p50_ms']:.2f}× (rounds {p['p50_ms'][0]:.2f}-"
+              f"{p['p50_ms'][-1]:.2f}), p99 {q['p99_ms']:.2f}× (rounds {p['p99_ms'][0]:.2f}-"
+              f"{p['p99_ms'][-1]:.2f}); engine Check handler p50 {h['p50_ms']:.3f} ms, "
+              f"p99 {h['p99_ms']:.3f} ms")  # fmt: skip
+    c = report["closed_loop"]
+    print()
+    print(f"closed loop (wrk -c{a['connections']}):  native p50 {c['native']['p50_ms']:.3f} ms, "
+          f"p99 {c['native']['p99_ms']:.3f} ms, {c['native']['rps']:,.0f} req/s;  ext_authz p50 "
+          f"{c['ext_authz']['p50_ms']:.3f} ms, p99 {c['ext_authz']['p99_ms']:.3f} ms, "
+          f"{c['ext_authz']['rps']:,.0f} req/s;  req/s ratio "
+          f"{c['ext_authz_over_native']['rps']:.2f}")  # fmt: skip
+    o = report["opa_envoy_anchor"]
+    print(f"anchor  : OPA-Envoy reports ≈{o['p50_ms']} ms median, {o['p99_ms']} ms p99 evaluation "
+          "at 1,000 req/s; compare with the engine Check handler figures (the handler excludes "
+          "gRPC and protobuf framing; engine CPU µs/req includes them)")  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="2 rounds of 3 s, 2 s closed loop")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--rules", type=int, default=100, help="ALLOW policies on the server")
+    p.add_argument("--rates", default="200,1000", help="fixed request rates (req/s)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 4)")
+    p.add_argument("--seconds", type=int, help="seconds per mode, rate and round (default 5)")
+    p.add_argument("--closed-seconds", type=int, help="closed-loop seconds per mode (default 8)")
+    p.add_argument("--connections", type=int, default=4, help="wrk connections (closed loop)")
+    p.add_argument("--no-pin", action="store_true", help="let the OS place every process")
+    args = p.parse_args(argv)
+    args.rates = [int(r) for r in args.rates.split(",")]
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.seconds = args.seconds or (3 if args.quick else 5)
+    args.closed_seconds = args.closed_seconds or (2 if args.quick else 8)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench_ext_authz: needs {', '.join(missing)}: {dataplane.INSTALL_HINT}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    signal.signal(signal.SIGTERM, dataplane._stop_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    layout = Layout.choose(pin=not args.no_pin)
+    info = dataplane.machine(layout)
+    with tempfile.TemporaryDirectory(prefix="bench-ext-authz-") as tmp:
+        folder = Path(tmp)
+        ids = dataplane.mint_identities(folder)
+        backend_port = dataplane._free_port()
+        native_address, ext_address = dataplane.server_addresses(2)
+        progress(f"compiling {args.rules:,} rules twice ...")
+        native, _, compiled, _ = dataplane.our_config(args.rules, native_address, backend_port,
+                                                      ids.server)  # fmt: skip
+        native.label = "native"
+        ext, ext_docs = ext_authz_config(args.rules, ext_address, backend_port, ids)
+        for c in (native, ext):
+            c.local_port = dataplane._free_port()
+        procs, engine = Processes(folder), Engine(ext_docs, None)
+        try:
+            progress("starting 4 Envoys ...")
+            start_envoys(procs, native, ext, compiled, ids, backend_port, engine.port, layout)
+            check_enforcement((native, ext), ids, engine)
+            progress("both modes: 403 for an unnamed identity, 200 for the client")
+            measured = measure([native, ext], engine, args, folder, layout, procs)
+        finally:
+            procs.stop_all()
+            engine.stop()
+    info["load_avg_end"] = os.getloadavg()[0]
+    report = {"machine": info, "settings": {k: getattr(args, k) for k in (
+        "rules", "rates", "rounds", "seconds", "closed_seconds", "connections")},
+        **summarize(measured)}  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every Envoy stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,179 @@
+"""ext_authz mode enforces the same verdicts as native RBAC: the differential test's random
+policy sets and requests, with `enforcement: ext-authz`, through a real Envoy whose ext_authz
+filter asks our Authorization service — every verdict equals the evaluator's, and the dynamic
+metadata Envoy ingests from the answer is the verdict the spans and the flow log read."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from meshwarden.engine import CompiledMesh, Request, TrustDomain, decide
+from meshwarden.identities import CaConfig, CertificateAuthority, SystemClock
+from meshwarden.xds._bootstrap import envoy_binary
+from meshwarden.xds._decisions import Verdict
+from meshwarden.xds._ext_authz import (
+    Authorization,
+    loopback_cluster,
+    serve_on_loopback,
+    verdict_of,
+)
+from meshwarden.xds._snapshot import CLUSTER, LISTENER
+from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
+
+from meshwarden._demo_idp import DemoIdp
+from meshwarden._demo_live import sample_apps
+
+from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
+from .test_differential import (
+    REQUESTS_PER_SET,
+    SETS,
+    _compile,
+    _free_port,
+    _send,
+    _wait_ready,
+    _write_svid,
+)
+
+AUTHZ_CLUSTER = "ext-authz-test"
+SET_HEADER = "x-differential-set"  # test only: which random mesh a listener belongs to
+
+
+def _ext_authz_configs(listener: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for chain in listener["filterChains"]:
+        for network in chain["filters"]:
+            for http in network["typedConfig"].get("httpFilters", []):
+                if http["name"] == "envoy.filters.http.ext_authz":
+                    yield http["typedConfig"]
+
+
+def _hcms(listener: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for chain in listener["filterChains"]:
+        yield from (f["typedConfig"] for f in chain["filters"] if "httpFilters" in f["typedConfig"])
+
+
+def _log_decisions(listener: dict[str, Any], path: Path) -> None:
+    """A file access log of the status and the ext_authz namespace of every request."""
+    fmt = {"code": "%RESPONSE_CODE%", "authz": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%"}
+    for hcm in _hcms(listener):
+        hcm["accessLog"] = [{"name": "envoy.access_loggers.file", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(path), "logFormat": {"jsonFormat": fmt}}}]  # fmt: skip
+
+
+def _set_resolver(meshes: list[CompiledMesh]) -> Any:
+    """Test resolver: plaintext loopback has no caller certificate, so the set index the test
+    adds to the filter's initial metadata picks the mesh (production: `registered_workload`)."""
+
+    def resolve(context: grpc.aio.ServicerContext, metadata: Mapping[str, str]) -> Any:
+        return meshes[int(metadata[SET_HEADER])].plan(DESTINATION)
+
+    return resolve
+
+
+@pytest.fixture(scope="module")
+def ext_authz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    folder = tmp_path_factory.mktemp("ext-authz-differential")
+    ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
+    bundle = folder / "bundle.pem"
+    bundle.write_bytes(ca.bundle().x509_pem())
+    tls = StaticTls(*_write_svid(ca, f"spiffe://{TD}/ns/a/sa/x", folder), str(bundle), TD)
+    clients = {spiffe_id: _write_svid(ca, spiffe_id, folder) for spiffe_id in IDS}
+    ctx = TranslationContext(static_tls=tls, inline_routes=True, ext_authz_cluster=AUTHZ_CLUSTER)
+    idp, backend = DemoIdp(ISSUER), _free_port()
+    sets, listeners, clusters, meshes = [], [], {}, []
+    for i in range(SETS):
+        rng = random.Random(7000 + i)  # the seeds of test_differential.py: the same cases
+        address = f"127.0.{130 + i // 250}.{i % 250 + 1}"
+        docs = mesh_documents(rng, address, backend, idp.jwks())
+        docs[0]["spec"]["enforcement"] = "ext-authz"
+        compiled = _compile(docs)
+        resources = workload_resources(compiled, DESTINATION, ctx)
+        for listener in resources[LISTENER]:
+            listener["name"] = f"set{i}:{listener['name']}"
+            for config in _ext_authz_configs(listener):
+                config["grpcService"]["initialMetadata"].append(
+                    {"key": SET_HEADER, "value": str(i)}
+                )
+            _log_decisions(listener, folder / f"set{i}.log")
+            listeners.append(listener)
+        clusters.update({c["name"]: c for c in resources[CLUSTER]})
+        meshes.append(compiled)
+        sets.append((address, compiled, [random_request(rng) for _ in range(REQUESTS_PER_SET)]))
+    authorization = Authorization(_set_resolver(meshes))
+    with serve_on_loopback(authorization) as port, sample_apps([backend], []):
+        clusters[AUTHZ_CLUSTER] = loopback_cluster(AUTHZ_CLUSTER, port)
+        admin = _free_port()
+        config = {
+            "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin}}},
+            "staticResources": {"listeners": listeners, "clusters": list(clusters.values())},
+        }
+        (folder / "envoy.json").write_text(json.dumps(config))
+        log = (folder / "envoy.log").open("w")
+        envoy = subprocess.Popen(
+            [envoy_binary(), "-c", str(folder / "envoy.json"), "--concurrency", "1",
+             "--use-dynamic-base-id", "--log-level", "warning", "--file-flush-interval-msec",
+             "100"], stdout=log, stderr=log)  # fmt: skip
+        try:
+            _wait_ready(admin, envoy, folder / "envoy.log")
+            yield sets, clients, idp, authorization, folder
+        finally:
+            envoy.terminate()
+            envoy.wait(timeout=10)
+            log.close()
+
+
+def _logged(path: Path, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.05)
+
+
+def test_ext_authz_mode_enforces_the_evaluators_verdict_on_every_differential_case(
+    ext_authz_mesh: Any,
+) -> None:
+    sets, clients, idp, authorization, folder = ext_authz_mesh
+    disagreements, cases, allowed, checked_metadata = [], 0, 0, 0
+    for i, (address, compiled, requests) in enumerate(sets):
+        expected_log = []
+        for req in requests:
+            plan = compiled.plan(DESTINATION)
+            decision = decide(plan, Request.build(
+                DESTINATION, 8080, identity=req["identity"], source_ip=req["source_ip"],
+                method=req["method"], path=req["path"],
+                headers={"x-tenant": req["tenant"]} if req["tenant"] else None,
+                jwt_claims=req["claims"]))  # fmt: skip
+            got = _send(address, req, clients, idp)
+            cases += 1
+            allowed += decision.allowed
+            if decision.allowed != (got == 200):
+                engine = f"{decision.verdict} ({decision.policy}#{decision.rule})"
+                disagreements.append(f"set {i} {req}: engine {engine}, Envoy {got}")
+            if isinstance(got, int):
+                expected_log.append((got, verdict_of(plan, decision), req))
+        for entry, (code, verdict, req) in zip(
+            _logged(folder / f"set{i}.log", len(expected_log)), expected_log, strict=True
+        ):
+            assert int(entry["code"]) == code, (entry, req)
+            if code == 401:  # jwt_authn refused the token: the engine was never asked
+                assert not entry["authz"], (entry, req)
+                continue
+            assert Verdict.from_metadata(entry["authz"]) == verdict, (entry, req)
+            checked_metadata += 1
+    print(f"\next_authz differential: {cases} cases, {allowed} allowed, {cases - allowed} "
+          f"denied, {authorization.checks} Check calls, {len(disagreements)} "
+          "disagreements")  # fmt: skip
+    assert cases == SETS * REQUESTS_PER_SET >= 300
+    assert 0 < allowed < cases, "the random cases must contain both verdicts"
+    assert checked_metadata > cases // 2
+    assert not disagreements, f"{len(disagreements)}/{cases} differ:\n" + "\n".join(disagreements)

@@ -31,8 +31,11 @@ from meshwarden.identities._node_client import (
 )
 from meshwarden.identities._validate import X509Svid
 from meshwarden.protos import node_pb2 as pb
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("meshwarden.agent")
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,17 @@ class Agent:
         return not issuer_known or renewal_due(cached.svid, self.clock.now(), jitter)
 
     async def _sign(self, spiffe_ids: Sequence[SpiffeId]) -> dict[SpiffeId, X509Svid]:
+        """New keys and X509-SVIDs for `spiffe_ids` (one span `meshwarden.agent.sign_svids`)."""
+        with _tracer.start_as_current_span("meshwarden.agent.sign_svids") as span:
+            span.set_attribute("meshwarden.spiffe_ids", [str(s) for s in spiffe_ids])
+            signed = await self._sign_now(spiffe_ids)
+            refused = [str(s) for s in spiffe_ids if s not in signed]
+            if refused:
+                span.set_attribute("meshwarden.refused", refused)
+                span.set_status(Status(StatusCode.ERROR, f"{len(refused)} SVID(s) refused"))
+            return signed
+
+    async def _sign_now(self, spiffe_ids: Sequence[SpiffeId]) -> dict[SpiffeId, X509Svid]:
         keys = {sid: generate_key() for sid in spiffe_ids}
         requests = [pb.X509SVIDRequest(spiffe_id=str(s), csr=make_csr(k)) for s, k in keys.items()]
         response = await self._stub.SignX509SVIDs(pb.SignX509SVIDsRequest(requests=requests))

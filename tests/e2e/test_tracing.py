@@ -319,3 +319,13 @@ def test_spans_and_the_flow_log_report_the_same_decisions(traced: TracedMesh) ->
     samples = _scrape(traced.metrics_port)
     assert _sum(samples, "meshwarden_authz_decisions_total", 'policy="shop/no-secrets"') >= 1
     assert _sum(samples, "meshwarden_authz_decisions_total", 'policy="jwt:invalid"') >= 1
+
+
+def test_the_agent_traces_the_svids_it_signs(traced: TracedMesh) -> None:
+    def signing(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [s for s in spans if s.name == "meshwarden.agent.sign_svids"
+                and FRONTEND_ID in s.attributes.get("meshwarden.spiffe_ids", [])]  # fmt: skip
+
+    spans = traced.receiver.wait_for(signing)
+    assert spans, "no span for the SVIDs the agent fetched at start"
+    assert spans[0].status_code != 2  # none refused

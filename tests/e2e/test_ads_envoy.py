@@ -17,9 +17,10 @@ import grpc
 import pytest
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
-from meshwarden._telemetry import tracer_provider
 from meshwarden.xds._observability import TelemetryObserver
 from meshwarden.xds._snapshot import CLUSTER, LISTENER, Snapshot
+
+from meshwarden._telemetry import tracer_provider
 
 from ..integration.harness import LoopThread, wait_for
 from ._ads_harness import (

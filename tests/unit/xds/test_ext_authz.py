@@ -51,7 +51,10 @@ CALLER = f"spiffe://{TD}/ns/b/sa/client"
 SERVER_ID = f"spiffe://{TD}/ns/a/sa/api"
 
 
-def _mesh(*policies: dict[str, Any], mesh: dict[str, Any] | None = None) -> CompiledMesh:
+def _mesh(*policies: dict[str, Any], mesh: dict[str, Any] | None = None,
+          overrides: dict[str, str] | None = None) -> CompiledMesh:  # fmt: skip
+    """api-1 and api-2 (one identity), c/solo, and `policies` in namespace a; `overrides`:
+    workload name → its own `enforcement`."""
     docs: list[dict[str, Any]] = [
         {"kind": "Mesh", "metadata": {"name": "m"},
          "spec": {"trustDomain": TD, "enforcement": "ext-authz", **(mesh or {})}},
@@ -67,6 +70,8 @@ def _mesh(*policies: dict[str, Any], mesh: dict[str, Any] | None = None) -> Comp
     ]  # fmt: skip
     for doc in docs:
         doc["apiVersion"] = "meshwarden.io/v1alpha1"
+        if doc["kind"] == "Workload" and doc["metadata"]["name"] in (overrides or {}):
+            doc["spec"]["enforcement"] = (overrides or {})[doc["metadata"]["name"]]
     documents, problems = parse_text(yaml.safe_dump_all(docs, sort_keys=False))
     assert not problems, problems
     compiled, found = check_documents(documents)
@@ -308,6 +313,23 @@ def test_fail_closed_is_the_default() -> None:
     http = [c for c in configs if "statusOnError" in c]
     assert http and all(c["statusOnError"] == {"code": "Forbidden"} for c in http)
     assert all(c["grpcService"]["timeout"] == "0.25s" for c in configs)
+
+
+@pytest.mark.parametrize(
+    ("mesh_mode", "api_1", "api_2"),
+    [("envoy-rbac", "ext_authz", "rbac"), ("ext-authz", "rbac", "ext_authz")],
+)
+def test_a_workload_may_override_the_meshs_enforcement_either_way(
+    mesh_mode: str, api_1: str, api_2: str
+) -> None:
+    other = {"envoy-rbac": "ext-authz", "ext-authz": "envoy-rbac"}[mesh_mode]
+    compiled = _mesh(mesh={"enforcement": mesh_mode}, overrides={"api-1": other})
+    ctx = TranslationContext(ext_authz_cluster="x")
+    for name, filters in (("api-1", api_1), ("api-2", api_2)):
+        text = json.dumps(workload_resources(compiled, f"a/{name}", ctx)[LISTENER])
+        missing = "rbac" if filters == "ext_authz" else "ext_authz"
+        assert f"envoy.filters.http.{filters}" in text, name
+        assert f"envoy.filters.http.{missing}" not in text, name
 
 
 def test_without_an_ext_authz_cluster_translation_says_what_is_missing() -> None:

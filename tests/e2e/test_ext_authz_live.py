@@ -1,16 +1,23 @@
-"""`meshwarden up` with `enforcement: ext-authz`: the sidecars ask the control plane over their
-mTLS connection to it (the production path), which decides for the workload the connection
-proves."""
+"""`meshwarden up --otlp-endpoint` with `enforcement: ext-authz`: the sidecars ask the control
+plane over their mTLS connection to it (the production path), which decides for the workload
+the connection proves and traces each decision as a child of the request's span."""
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ._live import MeshwardenUp, exchange, free_port, request, sample_app
+from ._otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
+
+FRONTEND_ID = "spiffe://live.test/ns/shop/sa/frontend-1"
+SIDECAR = "shop/backend-1 sidecar"
+ENVOY_CHECK = "async envoy.service.auth.v3.Authorization.Check egress"  # Envoy's span of the call
 
 DOCUMENTS = """\
 apiVersion: meshwarden.io/v1alpha1
@@ -57,32 +64,88 @@ spec:
 """
 
 
+@dataclass
+class Live:
+    values: dict[str, int | str]
+    receiver: OtlpReceiver
+
+    def call(self, path: str) -> tuple[int | str, str, str]:
+        """GET `path` from the frontend with a sampled traceparent: (status, body, trace id)."""
+        trace_id = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+        status, body = exchange("127.0.0.1", int(self.values["front_out"]), "GET", path, headers)
+        return status, body, trace_id
+
+    def trace(self, trace_id: str, names: set[str]) -> list[ReceivedSpan]:
+        """The spans of a trace once one of each of `names` has arrived."""
+
+        def found(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+            mine = [s for s in spans if s.trace_id == trace_id]
+            return mine if names <= {s.name for s in mine} else []
+
+        return self.receiver.wait_for(found)
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int | str]]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("ext-authz-live")
     values: dict[str, int | str] = {
-        "net": f"127.78.{os.getpid() % 250}", "front_out": free_port(), "ops_out": free_port(),
+        "net": f"127.81.{os.getpid() % 250}", "front_out": free_port(), "ops_out": free_port(),
         "app_port": free_port(),
     }  # fmt: skip
     policies = root / "policies"
     policies.mkdir()
     (policies / "mesh.yaml").write_text(DOCUMENTS.format(**values))
-    up = MeshwardenUp(policies, Path(root / "data"))
-    with sample_app(int(values["app_port"])):
+    with otlp_receiver() as receiver, sample_app(int(values["app_port"])):
+        up = MeshwardenUp(policies, Path(root / "data"), ("--otlp-endpoint", receiver.endpoint))
         up.start()
         try:
-            yield values
+            yield Live(values, receiver)
         finally:
             assert up.stop() == 0, up.log.read_text()[-3000:]
 
 
-def test_sidecars_in_ext_authz_mode_enforce_the_engines_verdicts_over_mtls(
-    live: dict[str, int | str],
-) -> None:
-    frontend, ops = int(live["front_out"]), int(live["ops_out"])
+def test_sidecars_in_ext_authz_mode_enforce_the_engines_verdicts_over_mtls(live: Live) -> None:
+    frontend, ops, net = (
+        int(live.values["front_out"]),
+        int(live.values["ops_out"]),
+        live.values["net"],
+    )
     assert request("127.0.0.1", frontend, "GET", "/api/items") == 200
     status, body = exchange("127.0.0.1", frontend, "GET", "/admin/x")
     assert (status, body) == (403, "ext_authz: access denied by default:deny")
     assert request("127.0.0.1", ops, "GET", "/api/items") == 403
-    plaintext = request(f"{live['net']}.3", 8080, "GET", "/api/items", source=f"{live['net']}.9")
-    assert plaintext == 403
+    assert request(f"{net}.3", 8080, "GET", "/api/items", source=f"{net}.9") == 403
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "decision", "policy"),
+    [
+        ("/api/items", 200, "allow", "shop/backend-access"),
+        ("/admin/x", 403, "deny", "default:deny"),
+    ],
+)
+def test_each_decision_is_a_span_in_the_requests_trace_with_its_cause(
+    live: Live, path: str, status: int, decision: str, policy: str
+) -> None:
+    got, _, trace_id = live.call(path)
+    assert got == status
+    spans = live.trace(trace_id, {"meshwarden.authz.check", ENVOY_CHECK, "ingress"})
+    by_id = {s.span_id: s for s in spans}
+    [check] = [s for s in spans if s.name == "meshwarden.authz.check"]
+    # the engine's span ← Envoy's span of the Check call ← the sidecar's span of the request
+    egress = by_id[check.parent_span_id]
+    request_span = by_id[egress.parent_span_id]
+    assert (egress.service, request_span.service, request_span.name) == (
+        SIDECAR,
+        SIDECAR,
+        "ingress",
+    )
+    assert check.service == "meshwarden"
+    assert check.attributes["meshwarden.authz.decision"] == decision
+    assert check.attributes["meshwarden.authz.policy"] == policy
+    assert check.attributes["meshwarden.source.spiffe_id"] == FRONTEND_ID
+    assert check.attributes["meshwarden.destination.workload"] == "shop/backend-1"
+    # the request's span reads the same verdict from the dynamic metadata the engine answered
+    assert request_span.attributes["meshwarden.authz.decision"] == decision
+    assert request_span.attributes["meshwarden.authz.policy"] == policy

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import struct
-import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from meshwarden.xds import _wire as wire
 from meshwarden.xds._decisions import (
     DEFAULT_DENY,
     EXT_AUTHZ_NS,
@@ -122,134 +121,30 @@ TcpAttribution = Callable[[str, int, str | None, str | None], Verdict | None]
 None when it cannot be told (network RBAC records nothing about allowed connections)."""
 
 
-# --- protobuf wire format: only what a flow needs -------------------------------------------
-
-Fields = dict[int, list[Any]]  # field number → values (int for varints, bytes otherwise)
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf: bytes) -> Fields:
-    out: Fields = {}
-    pos, end = 0, len(buf)
-    value: Any
-    while pos < end:
-        key = buf[pos]  # one byte for field numbers below 16, most of them
-        key, pos = (key, pos + 1) if key < 0x80 else _varint(buf, pos)
-        kind = key & 7
-        if kind == 2:
-            size = buf[pos]
-            size, pos = (size, pos + 1) if size < 0x80 else _varint(buf, pos)
-            value, pos = buf[pos : pos + size], pos + size
-        elif kind == 0:
-            value, pos = _varint(buf, pos)
-        elif kind == 1:
-            value, pos = buf[pos : pos + 8], pos + 8
-        elif kind == 5:
-            value, pos = buf[pos : pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {kind}")
-        out.setdefault(key >> 3, []).append(value)
-    if pos != end:
-        raise ValueError("truncated message")
-    return out
-
-
-def _one(fields: Fields, number: int, default: Any = None) -> Any:
-    values = fields.get(number)
-    return values[-1] if values else default
-
-
-def _text(fields: Fields, number: int) -> str | None:
-    value = _one(fields, number)
-    return None if value is None else sys.intern(value.decode())
-
-
-def _message(fields: Fields, number: int) -> Fields:
-    value = _one(fields, number)
-    return {} if value is None else _fields(value)
-
-
-def _short(buf: bytes, tag: int, start: int = 0) -> int | None:
-    """Where a length-delimited field `tag` at `start` ends, if its length fits in one byte."""
-    if len(buf) > start + 1 and buf[start] == tag and buf[start + 1] < 0x80:
-        return start + 2 + buf[start + 1]
-    return None
-
-
-def _pair(entry: bytes) -> tuple[bytes, bytes]:
-    """A map entry's key and value (fields 1 and 2), the common short case without `_fields`."""
-    key_end = _short(entry, 0x0A)
-    if key_end is not None and _short(entry, 0x12, key_end) == len(entry):
-        return entry[2:key_end], entry[key_end + 2 :]
-    fields = _fields(entry)
-    return _one(fields, 1, b""), _one(fields, 2, b"")
-
-
-def _value(buf: bytes) -> Any:
-    """google.protobuf.Value → Python."""
-    if _short(buf, 0x1A) == len(buf):  # a short string, as in RBAC's metadata
-        return buf[2:].decode()
-    fields = _fields(buf)
-    if 3 in fields:
-        return _one(fields, 3).decode()
-    if 2 in fields:
-        return struct.unpack("<d", _one(fields, 2))[0]
-    if 4 in fields:
-        return bool(_one(fields, 4))
-    if 5 in fields:
-        return _struct(_one(fields, 5))
-    if 6 in fields:
-        return [_value(v) for v in _fields(_one(fields, 6)).get(1, [])]
-    return None
-
-
-def _struct(buf: bytes) -> dict[str, Any]:
-    out = {}
-    for entry in _fields(buf).get(1, []):
-        key, value = _pair(entry)
-        out[key.decode()] = _value(value)
-    return out
-
-
-def _string_map(fields: Fields, number: int) -> dict[str, str]:
-    pairs = (_pair(entry) for entry in fields.get(number, []))
-    return {key.decode().lower(): value.decode() for key, value in pairs}
-
-
-def _metadata(common: Fields) -> dict[str, dict[str, Any]]:
+def _metadata(common: wire.Fields) -> dict[str, dict[str, Any]]:
     """The dynamic metadata the verdict is read from (not, e.g., JWT payloads: large and PII)."""
     out = {}
-    for entry in _message(common, 17).get(1, []):
-        namespace, fields = _pair(entry)
+    for entry in wire.submessage(common, 17).get(1, []):
+        namespace, fields = wire.pair(entry)
         if namespace.decode() in _DECIDING:
-            out[namespace.decode()] = _struct(fields)
+            out[namespace.decode()] = wire.struct_value(fields)
     return out
 
 
-def _address(common: Fields, number: int) -> tuple[str | None, int | None]:
-    socket = _message(_message(common, number), 1)
-    return _text(socket, 2), _one(socket, 3)
+def _address(common: wire.Fields, number: int) -> tuple[str | None, int | None]:
+    socket = wire.submessage(wire.submessage(common, number), 1)
+    return wire.text(socket, 2), wire.last(socket, 3)
 
 
-def _time(common: Fields) -> float:
-    stamp = _message(common, 5)
-    return float(_one(stamp, 1, 0) + _one(stamp, 2, 0) / 1e9)
+def _time(common: wire.Fields) -> float:
+    stamp = wire.submessage(common, 5)
+    return float(wire.last(stamp, 1, 0) + wire.last(stamp, 2, 0) / 1e9)
 
 
-def _peer_identity(common: Fields) -> str | None:
-    peer = _message(_message(common, 4), 5)
+def _peer_identity(common: wire.Fields) -> str | None:
+    peer = wire.submessage(wire.submessage(common, 4), 5)
     for san in peer.get(1, []):
-        uri = _text(_fields(san), 1)
+        uri = wire.text(wire.decode(san), 1)
         if uri:
             return uri
     return None
@@ -263,7 +158,7 @@ def _trace_id(headers: Mapping[str, str]) -> str | None:
 # --- entries → flows --------------------------------------------------------------------------
 
 
-def _flow(common: Fields, workload: str, protocol: str, verdict: Verdict, **http: Any) -> Flow:
+def _flow(common: wire.Fields, workload: str, protocol: str, verdict: Verdict, **http: Any) -> Flow:
     source_ip, _ = _address(common, 20)
     _, port = _address(common, 3)
     return Flow(_time(common), workload, port or 0, _peer_identity(common), source_ip,
@@ -272,13 +167,17 @@ def _flow(common: Fields, workload: str, protocol: str, verdict: Verdict, **http
 
 def http_flow(entry: bytes, workload: str) -> Flow:
     """One `HTTPAccessLogEntry` (wire bytes) reported by the sidecar of `workload`."""
-    fields = _fields(entry)
-    common, request, response = _message(fields, 1), _message(fields, 3), _message(fields, 4)
-    status = _one(_message(response, 1), 1)  # a UInt32Value
+    fields = wire.decode(entry)
+    common, request, response = (
+        wire.submessage(fields, 1),
+        wire.submessage(fields, 3),
+        wire.submessage(fields, 4),
+    )
+    status = wire.last(wire.submessage(response, 1), 1)  # a UInt32Value
     verdict = verdict_from_envoy(_metadata(common), status)
-    headers = _string_map(request, 13)
-    method = _one(request, 1, 0)
-    return _flow(common, workload, "http", verdict, status=status, path=_text(request, 5),
+    headers = wire.string_map(request, 13)
+    method = wire.last(request, 1, 0)
+    return _flow(common, workload, "http", verdict, status=status, path=wire.text(request, 5),
                  method=_METHODS[method] if method < len(_METHODS) else str(method),
                  trace_id=_trace_id(headers))  # fmt: skip
 
@@ -287,8 +186,8 @@ def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = Non
     """One `TCPAccessLogEntry`: a connection network RBAC refused names its policy in the
     termination details; for an allowed one Envoy records no cause, so `attribute` is asked
     and the policy is `unknown` when it cannot tell."""
-    common = _message(_fields(entry), 1)
-    details = _text(common, 25) or ""
+    common = wire.submessage(wire.decode(entry), 1)
+    details = wire.text(common, 25) or ""
     if details.startswith(_DENIED_DETAILS):
         policy, rule = split_action(details[len(_DENIED_DETAILS) : -1] or DEFAULT_DENY)
         verdict = Verdict("deny", policy, rule)
@@ -302,11 +201,11 @@ def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = Non
                  trace_id=None)  # fmt: skip
 
 
-def message_flows(message: Fields, workload: str, attribute: TcpAttribution | None = None
+def message_flows(message: wire.Fields, workload: str, attribute: TcpAttribution | None = None
                   ) -> list[Flow]:  # fmt: skip
     """The flows of one `StreamAccessLogsMessage` (decoded to its top-level fields)."""
-    flows = [http_flow(e, workload) for e in _message(message, 2).get(1, [])]
-    flows += [tcp_flow(e, workload, attribute) for e in _message(message, 3).get(1, [])]
+    flows = [http_flow(e, workload) for e in wire.submessage(message, 2).get(1, [])]
+    flows += [tcp_flow(e, workload, attribute) for e in wire.submessage(message, 3).get(1, [])]
     return flows
 
 
@@ -332,9 +231,9 @@ class AccessLogReceiver:
         workload = None
         async for raw in messages:
             try:
-                message = _fields(raw)
+                message = wire.decode(raw)
                 if workload is None:
-                    workload = self._open(_message(message, 1), context)
+                    workload = self._open(wire.submessage(message, 1), context)
                 flows = message_flows(message, workload, self._attribute_tcp)
             except PermissionError as exc:
                 log.warning("access log stream refused: %s", exc)
@@ -344,9 +243,9 @@ class AccessLogReceiver:
             self._sink.add(flows)
         return b""  # StreamAccessLogsResponse{}
 
-    def _open(self, identifier: Fields, context: grpc.aio.ServicerContext) -> str:
-        node = _message(identifier, 1)
-        node_id, cluster = _text(node, 1) or "", _text(node, 2) or ""
+    def _open(self, identifier: wire.Fields, context: grpc.aio.ServicerContext) -> str:
+        node = wire.submessage(identifier, 1)
+        node_id, cluster = wire.text(node, 1) or "", wire.text(node, 2) or ""
         return self._authorize(self._peer_identity(context), node_id, cluster)
 
 

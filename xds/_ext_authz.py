@@ -43,7 +43,7 @@ from meshwarden.engine import (
     SpiffeIdError,
     decide,
 )
-from meshwarden.xds._access_log import _fields, _message, _one, _pair, _struct
+from meshwarden.xds import _wire as wire
 from meshwarden.xds._decisions import AUTHZ_UNAVAILABLE, DEFAULT_ALLOW, DEFAULT_DENY, Verdict
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 from opentelemetry import propagate, trace
@@ -140,23 +140,23 @@ def decode_check(buf: bytes) -> CheckAttributes:
     source=1, request=4, metadata_context=11; Peer address=1 → SocketAddress(1).address=2,
     principal=4; Request.http=2; HttpRequest method=2, headers=3, path=4, host=5;
     Metadata.filter_metadata=1)."""
-    attributes = _message(_fields(buf), 1)
-    source = _message(attributes, 1)
-    request = _message(attributes, 4)
+    attributes = wire.submessage(wire.decode(buf), 1)
+    source = wire.submessage(attributes, 1)
+    request = wire.submessage(attributes, 4)
     out: dict[str, Any] = {
         "principal": _string(source, 4),
-        "source_ip": _string(_message(_message(source, 1), 1), 2),
+        "source_ip": _string(wire.submessage(wire.submessage(source, 1), 1), 2),
     }
     if 2 in request:
-        http = _message(request, 2)
-        pairs = (_pair(entry) for entry in http.get(3, ()))
+        http = wire.submessage(request, 2)
+        pairs = (wire.pair(entry) for entry in http.get(3, ()))
         headers = {key.decode(): value.decode() for key, value in pairs}
         out.update(http=True, method=_string(http, 2), path=_string(http, 4),
                    host=_string(http, 5), headers=headers)  # fmt: skip
-    for entry in _message(attributes, 11).get(1, ()):
-        key, value = _pair(entry)
+    for entry in wire.submessage(attributes, 11).get(1, ()):
+        key, value = wire.pair(entry)
         if key == _JWT_AUTHN_KEY:
-            out["jwt_payload"] = _struct(value).get(JWT_PAYLOAD_KEY)
+            out["jwt_payload"] = wire.struct_value(value).get(JWT_PAYLOAD_KEY)
     return CheckAttributes(**out)
 
 
@@ -164,7 +164,7 @@ _JWT_AUTHN_KEY = JWT_AUTHN_NS.encode()
 
 
 def _string(fields: dict[int, list[Any]], number: int) -> str:
-    value: bytes = _one(fields, number, b"")
+    value: bytes = wire.last(fields, number, b"")
     return value.decode()
 
 

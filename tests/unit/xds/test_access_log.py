@@ -39,11 +39,11 @@ from envoy_data_plane.envoy.service.accesslog.v3 import (
 )
 from envoy_data_plane.google.protobuf import Struct
 from meshwarden.xds import TranslationContext, workload_authorizer
+from meshwarden.xds import _wire as wire
 from meshwarden.xds._access_log import (
     SERVICE,
     AccessLogReceiver,
     Flow,
-    _struct,
     access_log_handler,
     http_access_logs,
     http_flow,
@@ -290,7 +290,7 @@ def test_metadata_structs_decode_like_envoy_data_plane_long_values_included(
     fields: dict[str, Any],
 ) -> None:
     encoded = bytes(Struct.from_dict(fields))
-    assert _struct(encoded) == Struct.parse(encoded).to_dict() == fields
+    assert wire.struct_value(encoded) == Struct.parse(encoded).to_dict() == fields
 
 
 def test_long_header_values_and_paths_decode() -> None:

@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_propagation.py
 	$(BIN)/python bench/bench_differential.py
 	$(BIN)/python bench/bench_tracing.py
+	$(BIN)/python bench/bench_ext_authz.py
 
 protos: $(STAMP)
 	$(BIN)/python -m meshwarden.protos._generate

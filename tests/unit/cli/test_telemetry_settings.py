@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 from meshwarden.xds._tracing import TracingTarget
 
+SHOP = str(Path(__file__).parents[3] / "examples" / "shop")
+
+
 from meshwarden._telemetry import TelemetryError, metrics_address, otlp_endpoint
 
 
@@ -50,3 +53,24 @@ def test_sidecars_export_to_the_same_collector() -> None:
     assert TracingTarget.from_url("http://127.0.0.1:4317") == TracingTarget("127.0.0.1", 4317)
     assert TracingTarget.from_url("https://otel.example:443", 5).tls
     assert TracingTarget.from_url("https://otel.example:443", 5).sampling == 5
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["server", "--policies", SHOP, "--data-dir", "/nonexistent/x"],
+        ["agent", "--server", "127.0.0.1:1", "--data-dir", "/nonexistent/x", "--socket", "/x"],
+        ["up", SHOP],
+        ["demo"],
+    ],
+    ids=["server", "agent", "up", "demo"],
+)
+def test_every_long_running_command_refuses_a_bad_collector_before_starting(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshwarden.cli import main
+
+    assert main([*argv, "--otlp-endpoint", "ftp://collector:4317"]) == 2
+    assert "--otlp-endpoint='ftp://collector:4317': expected http://HOST:PORT" in (
+        capsys.readouterr().err
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+from meshwarden._telemetry import TelemetryError, metrics_address, otlp_endpoint
 from meshwarden.xds._tracing import TracingTarget
 
 SHOP = str(Path(__file__).parents[3] / "examples" / "shop")
-
-
-from meshwarden._telemetry import TelemetryError, metrics_address, otlp_endpoint
 
 
 def test_the_flag_wins_over_the_environment() -> None:

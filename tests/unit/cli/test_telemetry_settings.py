@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from meshwarden.xds._tracing import TracingTarget
 
 from meshwarden._telemetry import TelemetryError, metrics_address, otlp_endpoint
-from meshwarden.xds._tracing import TracingTarget
 
 SHOP = str(Path(__file__).parents[3] / "examples" / "shop")
 

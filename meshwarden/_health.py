@@ -47,8 +47,11 @@ class HealthEndpoint:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._streams):
+        streams = list(self._streams)
+        for task in streams:
             task.cancel()
+        # let cancelled streams close their connections while the loop still runs
+        await asyncio.gather(*streams, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

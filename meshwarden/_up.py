@@ -30,6 +30,7 @@ class LocalMesh:
         clock: Clock | None = None,
         report: TextIO = sys.stderr,
         tracing: TracingTarget | None = None,
+        health: str = "127.0.0.1:0",
     ) -> None:
         self.policies = policies
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="meshwarden-up-"))
@@ -38,7 +39,7 @@ class LocalMesh:
         self.report = report
         self.plane = ControlPlane(
             ServerOptions(policies=policies, data_dir=self.data_dir / "server",
-                          listen="127.0.0.1:0", health="127.0.0.1:0", tracing=tracing),
+                          listen="127.0.0.1:0", health=health, tracing=tracing),
             self.clock)  # fmt: skip
         self.agent: NodeAgent | None = None
         self.sidecars: dict[str, Sidecar] = {}

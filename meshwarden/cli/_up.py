@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("policies", type=Path, metavar="DIR")
     parser.add_argument("--data-dir", type=Path, metavar="D", help="state (default: a temp dir)")
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
+    parser.add_argument("--health", default="127.0.0.1:0", metavar="HOST:PORT",
+                        help="HTTP endpoint for /healthz and /flows (default: a free port on "
+                        "127.0.0.1; `meshwarden flows --server http://HOST:PORT`)")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
@@ -37,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.policies.is_dir():
         return fail(f"{args.policies}: not a directory")
+    _, sep, port = args.health.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return fail(f"--health {args.health!r}: expected HOST:PORT, e.g. 127.0.0.1:9901")
     try:
         telemetry, tracing = observe.set_up(args, "meshwarden")
     except TelemetryError as exc:
         return fail(str(exc))
-    mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing)
+    mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,
+                     health=args.health)  # fmt: skip
     try:
         return asyncio.run(serve_until_signalled(mesh.start, mesh.run, mesh.stop))
     finally:

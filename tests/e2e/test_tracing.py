@@ -95,6 +95,7 @@ class TracedMesh:
     front_out: int
     idp: DemoIdp
     metrics_port: int
+    health_port: int
 
     def call(self, method: str, path: str, token: str | None = None) -> tuple[int | str, str]:
         """Send one request from the frontend with a fresh sampled traceparent; (status,
@@ -124,16 +125,19 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
     values: dict[str, Any] = {
         "net": f"127.78.{os.getpid() % 250}", "front_out": free_port(),
         "app_port": free_port(), "issuer": ISSUER, "jwks": idp.jwks(),
-        "metrics": free_port(),
+        "metrics": free_port(), "health": free_port(),
     }  # fmt: skip
     (policies / "mesh.yaml").write_text(DOCS.format(**values))
     with otlp_receiver() as receiver, sample_app(values["app_port"]):
         args = ("--otlp-endpoint", receiver.endpoint,
-                "--metrics", f"127.0.0.1:{values['metrics']}")  # fmt: skip
+                "--metrics", f"127.0.0.1:{values['metrics']}",
+                "--health", f"127.0.0.1:{values['health']}")  # fmt: skip
         up = MeshwardenUp(policies, root / "data", args)
         up.start()
         try:
-            yield TracedMesh(receiver, up, values["front_out"], idp, values["metrics"])
+            yield TracedMesh(
+                receiver, up, values["front_out"], idp, values["metrics"], values["health"]
+            )
         finally:
             assert up.stop() == 0, up.log.read_text()[-3000:]
 
@@ -289,7 +293,8 @@ def test_spans_and_the_flow_log_report_the_same_decisions(traced: TracedMesh) ->
     calls = [traced.call("GET", "/api/items"), traced.call("GET", "/api/secret"),
              traced.call("POST", "/api/items"), traced.call("GET", "/api/beta"),
              traced.call("GET", "/api/items", forged)]  # fmt: skip
-    url = traced.up.ready_line.split("health ")[1].split(",")[0].replace("/healthz", "/flows")
+    assert f"health http://127.0.0.1:{traced.health_port}/healthz" in traced.up.ready_line
+    url = f"http://127.0.0.1:{traced.health_port}/flows"
     wanted = {trace_id for _, trace_id in calls}
 
     def flows() -> dict[str, dict[str, Any]]:

@@ -50,7 +50,6 @@ from typing import Any
 
 import bench_dataplane as dataplane
 from bench_dataplane import PORT, SERVER, Config, Identities, Layout, Processes, progress
-from meshwarden.engine import CompiledMesh
 from meshwarden.xds._ext_authz import Authorization, loopback_cluster, serve_on_loopback
 from meshwarden.xds._snapshot import CLUSTER, LISTENER
 from meshwarden.xds._translate import TranslationContext, workload_resources
@@ -130,29 +129,6 @@ def ext_authz_config(n: int, address: str, backend_port: int, ids: Identities
     [listener] = [r for r in resources[LISTENER] if r["name"] == f"in:{PORT}"]
     [local] = resources[CLUSTER]
     return Config("ext_authz", n, address, listener, local), docs
-
-
-def start_envoys(procs: Processes, native: Config, ext: Config, client: CompiledMesh,
-                 ids: Identities, backend_port: int, engine_port: int, layout: Layout
-                 ) -> None:  # fmt: skip
-    def static(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]
-               ) -> dict[str, Any]:  # fmt: skip
-        return {"admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
-                "staticResources": {"listeners": listeners, "clusters": clusters}}  # fmt: skip
-
-    listeners, clusters = dataplane.client_resources(client, ids.client, [native, ext])
-    engine = loopback_cluster(AUTHZ_CLUSTER, engine_port)
-    pending = {
-        "backend": procs.envoy("backend", static([dataplane.backend_listener(backend_port)], []),
-                               layout.others),
-        "client": procs.envoy("client", static(listeners, clusters), layout.others),
-        native.name: procs.envoy(native.name, static([native.listener], [native.local_cluster]),
-                                 layout.server),
-        ext.name: procs.envoy(ext.name, static([ext.listener], [ext.local_cluster, engine]),
-                              layout.server),
-    }  # fmt: skip
-    admins = {name: procs.wait_ready(name, path) for name, path in pending.items()}
-    native.admin, ext.admin = admins[native.name], admins[ext.name]
 
 
 def check_enforcement(configs: Sequence[Config], ids: Identities, engine: Engine) -> None:
@@ -357,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         procs, engine = Processes(folder), Engine(ext_docs, None)
         try:
             progress("starting 4 Envoys ...")
-            start_envoys(procs, native, ext, compiled, ids, backend_port, engine.port, layout)
+            ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, engine.port)]
+            dataplane.start(procs, [native, ext], compiled, ids, backend_port, layout)
             check_enforcement((native, ext), ids, engine)
             progress("both modes: 403 for an unnamed identity, 200 for the client")
             measured = measure([native, ext], engine, args, folder, layout, procs)

@@ -67,7 +67,9 @@ class JoinTokens:
     def create(self, node: str, ttl: dt.timedelta = DEFAULT_TOKEN_TTL) -> str:
         if ttl <= dt.timedelta(0):
             raise ValueError("a join token's TTL must be positive")
-        token = secrets.token_urlsafe(24)
+        # 192 bits of hex: safe on any command line (a token_urlsafe may start with "-", which
+        # `meshwarden agent --join-token -abc` would read as an option)
+        token = secrets.token_hex(24)
         self._pending[_digest(token)] = _Pending(check_node_name(node), self._clock.now() + ttl)
         return token
 

@@ -33,3 +33,10 @@ def test_a_token_never_issued_is_refused(clock: ManualClock) -> None:
 def test_node_names_must_be_dns_labels(clock: ManualClock, name: str) -> None:
     with pytest.raises(ValueError, match="node name"):
         JoinTokens(clock).create(name)
+
+
+def test_tokens_are_safe_to_pass_on_a_command_line(clock: ManualClock) -> None:
+    tokens = JoinTokens(clock)
+    for _ in range(500):  # a leading "-" would be read as an option by the agent's CLI
+        token = tokens.create("node-a")
+        assert len(token) == 48 and all(c in "0123456789abcdef" for c in token)

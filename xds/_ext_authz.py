@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ from meshwarden.engine import (
 from meshwarden.xds import _wire as wire
 from meshwarden.xds._decisions import AUTHZ_UNAVAILABLE, DEFAULT_ALLOW, DEFAULT_DENY, Verdict
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 
 if TYPE_CHECKING:
     from meshwarden.xds._translate import TranslationContext
@@ -283,12 +284,26 @@ def registered_workload(
 class Authorization:
     """`Check`: decide with the engine, trace the decision, answer with the verdict."""
 
-    def __init__(self, resolve: PlanResolver, tracer: trace.Tracer | None = None) -> None:
+    def __init__(self, resolve: PlanResolver, tracer: trace.Tracer | None = None,
+                 meter_provider: Any = None) -> None:  # fmt: skip
         self.resolve = resolve
         self.tracer = tracer or trace.get_tracer("meshwarden.xds.ext_authz")
         self.checks = 0
+        meter = metrics.get_meter("meshwarden.xds.ext_authz", meter_provider=meter_provider)
+        self._duration = meter.create_histogram(
+            "meshwarden.authz.check.duration", unit="s",
+            description="time the engine took to answer an ext_authz Check (decode to answer)",
+        )  # fmt: skip
 
     async def check(self, check: CheckAttributes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        answer, verdict, workload = self._check(check, context)
+        labels = {"decision": verdict.decision, "workload": workload or ""}
+        self._duration.record(time.perf_counter() - started, labels)
+        return answer
+
+    def _check(self, check: CheckAttributes, context: grpc.aio.ServicerContext
+               ) -> tuple[bytes, Verdict, str | None]:  # fmt: skip
         self.checks += 1
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         parent = propagate.extract(_carrier(check, metadata))
@@ -303,11 +318,12 @@ class Authorization:
                 verdict = Verdict("deny", AUTHZ_UNAVAILABLE)
                 span.set_attributes(_attributes(verdict, None, None))
                 span.set_status(trace.StatusCode.ERROR, str(refused))
-                return _response(verdict, f"the engine cannot decide for this caller: {refused}")
+                detail = f"the engine cannot decide for this caller: {refused}"
+                return _response(verdict, detail), verdict, None
             decision = decide(plan, request)
             verdict = verdict_of(plan, decision)
             span.set_attributes(_attributes(verdict, request.identity, plan.workload.ref))
-            return _response(verdict, "")
+            return _response(verdict, ""), verdict, plan.workload.ref
 
 
 def _carrier(check: CheckAttributes, metadata: Mapping[str, str]) -> Mapping[str, str]:

@@ -255,6 +255,26 @@ def test_check_decides_for_the_callers_workload_in_a_child_span_of_the_request()
         "meshwarden.destination.workload": "a/api-1"}  # fmt: skip
 
 
+def test_every_check_is_timed_in_a_histogram_by_decision_and_workload() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    tracer, _ = _traced()
+    meters = MeterProvider(metric_readers=[reader])
+    authorization = Authorization(_resolver(_mesh(ALLOW_CALLER)), tracer, meter_provider=meters)
+    context = _Context(SERVER_ID, **{WORKLOAD_HEADER: "a/api-1", PORT_HEADER: "8080"})
+    for _ in range(3):
+        asyncio.run(authorization.check(_check(), context))  # type: ignore[arg-type]
+    asyncio.run(authorization.check(_check(), _Context(CALLER)))  # type: ignore[arg-type]
+    data = reader.get_metrics_data()
+    [metric] = [m for rm in data.resource_metrics for sm in rm.scope_metrics
+                for m in sm.metrics if m.name == "meshwarden.authz.check.duration"]  # fmt: skip
+    counts = {(p.attributes["decision"], p.attributes["workload"]): p.count
+              for p in metric.data.data_points}  # fmt: skip
+    assert counts == {("allow", "a/api-1"): 3, ("deny", ""): 1}
+
+
 def test_envoys_span_in_the_call_metadata_is_the_parent_when_there_is_one() -> None:
     tracer, spans = _traced()
     envoy_span = f"00-{_TRACE_ID}-1111111111111111-01"

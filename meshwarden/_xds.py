@@ -44,7 +44,7 @@ class MeshXds:
         self.pushes = 0
         self.cache.observe(TelemetryObserver(
             parent=lambda: self.policies.trace_context,
-            policy_versions=lambda node: self.builder.policy_versions.get(node, ())))  # fmt: skip
+            policy_version=self.builder.policy_versions.get))  # fmt: skip
 
     def _bundle(self, trust_domain: str) -> str | None:
         return self.jwt_bundle(trust_domain)

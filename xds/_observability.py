@@ -1,5 +1,5 @@
 """The control plane's own work as OpenTelemetry spans and metrics (API only; the SDK is set up
-by meshwarden/): every push (node, type, version, nonce — and for listeners the policy versions
+by meshwarden/): every push (node, type, version, nonce — and for listeners the policy version
 they install), every ACK and every NACK (with Envoy's error_detail), the connected sidecars.
 
 Pushes and acknowledgements are children of the span of the policy change that caused them
@@ -9,7 +9,7 @@ decision span's `meshwarden.policy.version` finds the push that installed its ru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from meshwarden.xds._snapshot import LISTENER
@@ -29,12 +29,12 @@ class TelemetryObserver:
         self,
         *,
         parent: Callable[[], SpanContext | None] = lambda: None,
-        policy_versions: Callable[[str], Sequence[str]] = lambda node: (),
+        policy_version: Callable[[str], str | None] = lambda node: None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
     ) -> None:
         self._parent = parent
-        self._versions = policy_versions
+        self._version = policy_version
         self._tracer = trace.get_tracer("meshwarden.xds", tracer_provider=tracer_provider)
         meter = metrics.get_meter("meshwarden.xds", meter_provider=meter_provider)
         self._pushes = meter.create_counter(
@@ -70,8 +70,8 @@ class TelemetryObserver:
 
     def on_response(self, node: str, type_url: str, version: str, nonce: str = "") -> None:
         self._pushes.add(1, {"type": _short(type_url)})
-        versions = list(self._versions(node)) if type_url == LISTENER else None
-        extra = {"xds.nonce": nonce, "meshwarden.policy.versions": versions}
+        policy = self._version(node) if type_url == LISTENER else None
+        extra = {"xds.nonce": nonce, "meshwarden.policy.version": policy}
         self._span("meshwarden.xds.push", node, type_url, version, **extra).end()
 
     def on_ack(self, node: str, type_url: str, version: str) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from meshwarden.engine import CompiledMesh
 from meshwarden.xds._encode import ResourceEncoder
-from meshwarden.xds._snapshot import LISTENER, Snapshot
-from meshwarden.xds._tracing import policy_versions
+from meshwarden.xds._snapshot import Snapshot
+from meshwarden.xds._tracing import policy_version
 from meshwarden.xds._translate import TranslationContext, workload_resources
 
 
@@ -17,12 +17,12 @@ class SnapshotBuilder:
     def __init__(self, context: TranslationContext | None = None) -> None:
         self.context = context or TranslationContext()
         self.encoder = ResourceEncoder()
-        self.policy_versions: dict[str, tuple[str, ...]] = {}  # workload → what its spans say
+        self.policy_versions: dict[str, str] = {}  # workload → what its decision spans say
 
     def snapshot(self, mesh: CompiledMesh, workload: str) -> Snapshot:
         resources = workload_resources(mesh, workload, self.context)
         if self.context.tracing is not None:
-            self.policy_versions[workload] = policy_versions(resources[LISTENER])
+            self.policy_versions[workload] = policy_version(mesh, workload)
         return Snapshot.of(self.encoder.encode_all(resources))
 
     def snapshots(self, mesh: CompiledMesh, workloads: Iterable[str]) -> dict[str, Snapshot]:

@@ -16,6 +16,7 @@ from string import Template
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshwarden.engine import CompiledMesh
 from meshwarden.xds._decisions import (
     ALLOW_PREFIX,
     AUTHZ_UNAVAILABLE,
@@ -69,10 +70,44 @@ class TracingTarget:
         return cls(parts.hostname, port, parts.scheme == "https", sampling)
 
 
-def policy_version(canonical_config: str) -> str:
-    """A short content hash of a workload port's authorization config: the version a decision
-    span carries and the control plane's push spans name."""
-    return hashlib.sha256(canonical_config.encode()).hexdigest()[:16]
+class _DocumentDigests:
+    """Per compiled mesh (cached while its `hashes` mapping is the same object): one digest of
+    the documents every plan depends on (Mesh, Workloads, Services: who is who) and the hash of
+    each policy and issuer document by reference."""
+
+    def __init__(self) -> None:
+        self._hashes: object = None
+        self.registry = ""
+        self.by_ref: dict[tuple[str, str], str] = {}
+
+    def of(self, mesh: CompiledMesh) -> _DocumentDigests:
+        if mesh.hashes is not self._hashes:
+            registry = hashlib.sha256()
+            by_ref = {}
+            for key in sorted(mesh.hashes, key=lambda k: (k.kind, k.namespace, k.name)):
+                if key.kind in ("AuthorizationPolicy", "JwtIssuer"):
+                    by_ref[(key.kind, f"{key.namespace}/{key.name}")] = mesh.hashes[key]
+                else:
+                    registry.update(mesh.hashes[key].encode())
+            self._hashes, self.registry, self.by_ref = mesh.hashes, registry.hexdigest(), by_ref
+        return self
+
+
+_digests = _DocumentDigests()
+
+
+def policy_version(mesh: CompiledMesh, workload: str) -> str:
+    """A short content hash of what decides requests to `workload`: the documents of who is who
+    and the policies and JWT issuers that select it. Decision spans carry it; the control
+    plane's listener push spans name it, so a decision finds the push that installed it."""
+    digests = _digests.of(mesh)
+    plan = mesh.plan(workload)
+    digest = hashlib.sha256(digests.registry.encode())
+    for policy in plan.policies:
+        digest.update(digests.by_ref.get(("AuthorizationPolicy", policy.ref), "").encode())
+    for issuer in plan.jwt_issuers:
+        digest.update(digests.by_ref.get(("JwtIssuer", issuer.ref), "").encode())
+    return digest.hexdigest()[:16]
 
 
 _LUA = Template(
@@ -198,16 +233,3 @@ def tracing_clusters(target: TracingTarget | None) -> list[dict[str, Any]]:
             "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": target.host}}  # fmt: skip
     return [cluster]
-
-
-def policy_versions(listeners: list[dict[str, Any]]) -> tuple[str, ...]:
-    """The policy versions the given listener configs tag their spans with."""
-    found = set()
-    for listener in listeners:
-        for chain in listener.get("filterChains", ()):
-            for network_filter in chain.get("filters", ()):
-                tracing = network_filter.get("typedConfig", {}).get("tracing") or {}
-                for tag in tracing.get("customTags", ()):
-                    if tag["tag"] == "meshwarden.policy.version":
-                        found.add(tag["literal"]["value"])
-    return tuple(sorted(found))

@@ -156,7 +156,7 @@ def _hcm(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified:
         **_routing(workload, port, ctx),
     }  # fmt: skip
     if ctx.tracing is not None:
-        version = policy_version(canonical({"filters": filters}))
+        version = policy_version(mesh, workload.ref)
         hcm["tracing"] = hcm_tracing(ctx.tracing, workload.ref, port.port, version)
         filters.insert(0, decision_tags_filter())
     access_logs = http_access_logs(ctx, workload.ref, port.port)

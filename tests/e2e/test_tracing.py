@@ -207,7 +207,7 @@ def test_the_push_that_installed_the_rules_is_found_from_a_decision(traced: Trac
     def pushes(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
         return [s for s in spans if s.name == "meshwarden.xds.push"
                 and s.attributes.get("meshwarden.node") == "shop/backend-1"
-                and version in s.attributes.get("meshwarden.policy.versions", [])]  # fmt: skip
+                and s.attributes.get("meshwarden.policy.version") == version]  # fmt: skip
 
     push = traced.receiver.wait_for(pushes)
     assert push, "no push span names the policy version the sidecar reported"

@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ import pytest
 
 from meshwarden._demo_idp import DemoIdp
 
-from ._live import MeshwardenUp, exchange, free_port, sample_app
+from ._live import MeshwardenUp, exchange, free_port
 from ._otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 ISSUER = "https://idp.trace.example"
@@ -88,6 +91,33 @@ FRONTEND_ID = "spiffe://trace.test/ns/shop/sa/frontend-1"
 SIDECAR = "shop/backend-1 sidecar"
 
 
+class _TraceEchoApp(BaseHTTPRequestHandler):
+    """The workload behind the sidecar: answers 200 with the traceparent it received."""
+
+    def do_GET(self) -> None:
+        body = (self.headers.get("traceparent") or "none").encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def trace_echo_app(port: int) -> Iterator[None]:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _TraceEchoApp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class TracedMesh:
     receiver: OtlpReceiver
@@ -100,12 +130,18 @@ class TracedMesh:
     def call(self, method: str, path: str, token: str | None = None) -> tuple[int | str, str]:
         """Send one request from the frontend with a fresh sampled traceparent; (status,
         trace id)."""
+        status, trace_id, _ = self.exchange(method, path, token)
+        return status, trace_id
+
+    def exchange(self, method: str, path: str, token: str | None = None
+                 ) -> tuple[int | str, str, str]:  # fmt: skip
+        """(status, trace id, body: the traceparent the app received when allowed)."""
         trace_id = secrets.token_hex(16)
         headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
         if token:
             headers["authorization"] = f"Bearer {token}"
-        status, _ = exchange("127.0.0.1", self.front_out, method, path, headers)
-        return status, trace_id
+        status, body = exchange("127.0.0.1", self.front_out, method, path, headers)
+        return status, trace_id, body
 
     def sidecar_span(self, trace_id: str) -> ReceivedSpan:
         def found(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
@@ -128,7 +164,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
         "metrics": free_port(), "health": free_port(),
     }  # fmt: skip
     (policies / "mesh.yaml").write_text(DOCS.format(**values))
-    with otlp_receiver() as receiver, sample_app(values["app_port"]):
+    with otlp_receiver() as receiver, trace_echo_app(values["app_port"]):
         args = ("--otlp-endpoint", receiver.endpoint,
                 "--metrics", f"127.0.0.1:{values['metrics']}",
                 "--health", f"127.0.0.1:{values['health']}")  # fmt: skip
@@ -147,9 +183,12 @@ def _authz(span: ReceivedSpan) -> dict[str, Any]:
 
 
 def test_an_allowed_request_is_traced_with_its_policy_rule_and_source(traced: TracedMesh) -> None:
-    status, trace_id = traced.call("GET", "/api/items")
+    status, trace_id, received = traced.exchange("GET", "/api/items")
     assert status == 200
     span = traced.sidecar_span(trace_id)
+    # the app behind the sidecar continues the same trace, under the sidecar's span
+    _, app_trace, parent, flags = received.split("-")
+    assert (app_trace, parent, flags) == (trace_id, span.span_id, "01")
     assert _authz(span) == {
         "meshwarden.authz.decision": "allow",
         "meshwarden.authz.policy": "shop/frontend-reads",

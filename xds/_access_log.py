@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.accesslog.v3.AccessLogService"
 TRACE_HEADER = "traceparent"
+TRACE_TAG = "trace_id"
 FLUSH_INTERVAL = "0.25s"
 UNATTRIBUTED = "unknown"  # an allowed tcp connection whose policy could not be established
 _T = "type.googleapis.com/"
@@ -57,10 +58,12 @@ def http_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[
     """HCM `access_log` entries for an inbound HTTP port ([] when the flow log is off)."""
     if ctx.flow_log_cluster is None:
         return []
+    common = _common_config(ctx, workload, port)
+    # the id of the trace Envoy recorded (also when the caller sent no traceparent)
+    common["customTags"] = [{"tag": TRACE_TAG, "value": "%TRACE_ID%"}]
     return [{"name": "envoy.access_loggers.http_grpc", "typedConfig": {
         "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-        "commonConfig": _common_config(ctx, workload, port),
-        "additionalRequestHeadersToLog": [TRACE_HEADER]}}]  # fmt: skip
+        "commonConfig": common, "additionalRequestHeadersToLog": [TRACE_HEADER]}}]  # fmt: skip
 
 
 def tcp_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[dict[str, Any]]:
@@ -150,7 +153,12 @@ def _peer_identity(common: wire.Fields) -> str | None:
     return None
 
 
-def _trace_id(headers: Mapping[str, str]) -> str | None:
+def _trace_id(common: wire.Fields, headers: Mapping[str, str]) -> str | None:
+    """The trace Envoy recorded the request in (its `%TRACE_ID%`, when tracing is on), else
+    the trace id of the `traceparent` the request came with."""
+    recorded = wire.string_map(common, 22).get(TRACE_TAG, "")
+    if len(recorded) == 32 and recorded.strip("0"):
+        return recorded
     parts = headers.get(TRACE_HEADER, "").split("-")
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
@@ -179,7 +187,7 @@ def http_flow(entry: bytes, workload: str) -> Flow:
     method = wire.last(request, 1, 0)
     return _flow(common, workload, "http", verdict, status=status, path=wire.text(request, 5),
                  method=_METHODS[method] if method < len(_METHODS) else str(method),
-                 trace_id=_trace_id(headers))  # fmt: skip
+                 trace_id=_trace_id(common, headers))  # fmt: skip
 
 
 def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = None) -> Flow:

@@ -85,19 +85,23 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{shop}: example directory not found")
     if args.offline:
         return run_offline(shop)
-    from meshwarden._telemetry import TelemetryError
+    from meshwarden._otlp_sink import otlp_receiver
+    from meshwarden._telemetry import TelemetryError, otlp_endpoint
 
-    try:
-        telemetry, tracing = observe.set_up(args, "meshwarden-demo")
-    except TelemetryError as exc:
-        return fail(str(exc))
-    try:
-        return asyncio.run(run_live(shop, tracing))
-    finally:
-        telemetry.shutdown()
+    with contextlib.ExitStack() as stack:
+        try:
+            collector = None
+            if otlp_endpoint(args.otlp_endpoint) is None:  # show the spans ourselves
+                collector = stack.enter_context(otlp_receiver())
+                args.otlp_endpoint = collector.endpoint
+            telemetry, tracing = observe.set_up(args, "meshwarden")
+        except TelemetryError as exc:
+            return fail(str(exc))
+        stack.callback(telemetry.shutdown)
+        return asyncio.run(run_live(shop, tracing, collector))
 
 
-async def run_live(shop: Path, tracing: Any = None) -> int:
+async def run_live(shop: Path, tracing: Any = None, collector: Any = None) -> int:
 
     from meshwarden._demo_idp import DemoIdp
     from meshwarden._demo_live import rows, sample_apps, shop_copy
@@ -121,6 +125,12 @@ async def run_live(shop: Path, tracing: Any = None) -> int:
             flipped = [table[1]._replace_expected("ALLOW")]
             ok &= await _print_table(flipped, folder)
             await _print_flows(mesh)
+            if collector is not None:
+                await _print_spans(collector)
+            elif tracing is not None:
+                where = f"{tracing.host}:{tracing.port}"
+                print(f"\n== the decisions are in your traces: spans went to {where} "
+                      "(service '<ns>/<name> sidecar', attributes meshwarden.authz.*)")  # fmt: skip
         finally:
             await mesh.stop()
     print("\nall rows as expected" if ok else "\nSOME ROWS DIFFER")
@@ -137,6 +147,28 @@ async def _print_flows(mesh: Any) -> None:
     print(f"\n== the flow log: meshwarden flows --server {url} --denied --limit 8")
     denied = mesh.plane.xds.flows.query(FlowQuery(denied=True, limit=8))
     print_table([flow.to_json() for flow in denied])
+
+
+async def _print_spans(collector: Any) -> None:
+    """The sidecars' decision spans and the control plane's own, as a tracing backend gets
+    them (here: the demo's built-in collector)."""
+    await asyncio.sleep(1.5)  # sidecars export in batches of 200 spans or every second
+    spans = list(collector.spans)
+    decided = [s for s in spans if "meshwarden.authz.decision" in s.attributes]
+    print(f"\n== the same decisions in traces: {len(decided)} sidecar spans reached the demo's "
+          "built-in OTLP collector (--otlp-endpoint URL: Jaeger, Tempo, ...)")  # fmt: skip
+    for span in decided[-6:]:
+        a = span.attributes
+        rule = f"#{a['meshwarden.authz.rule']}" if "meshwarden.authz.rule" in a else ""
+        source = a.get("meshwarden.source.spiffe_id") or a.get("meshwarden.source.address", "")
+        print(f"  trace {span.trace_id[:12]}…  {a.get('http.method', '')} "
+              f"{a.get('http.url', '').split('/', 3)[-1]:<20} {a['meshwarden.authz.decision']:<5} "
+              f"{a['meshwarden.authz.policy']}{rule}  from {source}")  # fmt: skip
+    names = [s.name for s in spans]
+    print(f"  control plane: {names.count('meshwarden.policies.reload')} policy reload(s), "
+          f"{names.count('meshwarden.xds.push')} pushes, {names.count('meshwarden.xds.ack')} "
+          f"ACKs, {names.count('meshwarden.xds.nack')} NACKs — each push names the policy "
+          "version the sidecar spans carry")  # fmt: skip
 
 
 class _Quiet:

@@ -20,6 +20,7 @@ from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, Discov
 from meshwarden.xds._observability import TelemetryObserver
 from meshwarden.xds._snapshot import CLUSTER, LISTENER, Snapshot
 
+from meshwarden._otlp_sink import otlp_receiver
 from meshwarden._telemetry import tracer_provider
 
 from ..integration.harness import LoopThread, wait_for
@@ -35,7 +36,6 @@ from ._ads_harness import (
     web_snapshot,
     write_envoy_credentials,
 )
-from ._otlp import otlp_receiver
 from .conftest import RunningEnvoy
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from meshwarden._otlp_sink import OtlpReceiver, ReceivedSpan, otlp_receiver
+
 from ._live import MeshwardenUp, exchange, free_port, request, sample_app
-from ._otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 FRONTEND_ID = "spiffe://live.test/ns/shop/sa/frontend-1"
 SIDECAR = "shop/backend-1 sidecar"

@@ -268,3 +268,7 @@ def test_make_demo_runs_the_shop_live_and_every_row_matches() -> None:
     assert "401     deny      jwt:invalid" in flows
     assert "meshwarden-system/no-debug-anywhere#0" in flows
     assert "127.0.0.10" in flows  # the plaintext stranger, by address
+    # and in traces: the built-in collector got the sidecars' decision spans
+    traces = result.stdout.split("== the same decisions in traces")[1]
+    assert "deny  jwt:invalid  from spiffe://example.org/ns/ops/sa/ops" in traces
+    assert "0 NACKs" in traces

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from meshwarden._demo_idp import DemoIdp
+from meshwarden._otlp_sink import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 from ._live import MeshwardenUp, exchange, free_port
-from ._otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 ISSUER = "https://idp.trace.example"
 DOCS = """\
@@ -373,3 +373,27 @@ def test_the_agent_traces_the_svids_it_signs(traced: TracedMesh) -> None:
     spans = traced.receiver.wait_for(signing)
     assert spans, "no span for the SVIDs the agent fetched at start"
     assert spans[0].status_code != 2  # none refused
+
+
+def test_a_flow_record_names_the_trace_envoy_started_for_a_caller_without_traceparent(
+    traced: TracedMesh,
+) -> None:
+    path = f"/api/untraced-{secrets.token_hex(4)}"
+    status, _ = exchange("127.0.0.1", traced.front_out, "GET", path)  # no traceparent
+    assert status == 200
+    url = f"http://127.0.0.1:{traced.health_port}/flows"
+    flows: list[dict[str, Any]] = []
+    for _ in range(50):
+        records = json.loads(urllib.request.urlopen(url, timeout=5).read())["flows"]
+        flows = [r for r in records if r["path"] == path]
+        if flows:
+            break
+        time.sleep(0.2)
+    assert len(flows) == 1 and flows[0]["traceId"]
+
+    def sidecar(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [s for s in spans if s.service == SIDECAR
+                and s.attributes.get("http.url", "").endswith(path)]  # fmt: skip
+
+    [span] = traced.receiver.wait_for(sidecar)
+    assert flows[0]["traceId"] == span.trace_id

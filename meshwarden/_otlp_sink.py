@@ -1,5 +1,6 @@
-"""An OTLP/gRPC trace receiver for tests: the real collector service and wire format
-(`opentelemetry-proto`'s TraceService), keeping every span it is sent."""
+"""A small OTLP/gRPC trace collector kept in memory: the real collector service and wire format
+(`opentelemetry-proto`'s TraceService). `make demo` shows the spans it receives when no
+collector is configured, and the tests use it as their collector."""
 
 from __future__ import annotations
 

@@ -65,6 +65,7 @@ class ServerOptions:
     ca_ttl: dt.timedelta = dt.timedelta(hours=24)
     health: str | None = "127.0.0.1:0"
     flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # decisions kept for `meshwarden flows`
+    flow_log_sample: float = 100.0  # % of allowed HTTP requests the sidecars log (denials: all)
     tracing: TracingTarget | None = None  # sidecars' OpenTelemetry tracer; None = off
 
 
@@ -74,7 +75,8 @@ class ControlPlane:
         self.clock = clock
         self.policies = Policies(options.policies)
         self.tokens = JoinTokens(clock)
-        self.xds = MeshXds(self.policies, options.tracing, flows=FlowLog(options.flow_log_size))
+        self.xds = MeshXds(self.policies, options.tracing, flows=FlowLog(options.flow_log_size),
+                           flow_log_sample=options.flow_log_sample)  # fmt: skip
         self.health: HealthEndpoint | None = None
         self.ca: CertificateAuthority | None = None
         self.endpoint: TlsEndpoint | None = None

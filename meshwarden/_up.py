@@ -31,6 +31,7 @@ class LocalMesh:
         report: TextIO = sys.stderr,
         tracing: TracingTarget | None = None,
         health: str = "127.0.0.1:0",
+        flow_log_sample: float = 100.0,
     ) -> None:
         self.policies = policies
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="meshwarden-up-"))
@@ -39,7 +40,8 @@ class LocalMesh:
         self.report = report
         self.plane = ControlPlane(
             ServerOptions(policies=policies, data_dir=self.data_dir / "server",
-                          listen="127.0.0.1:0", health=health, tracing=tracing),
+                          listen="127.0.0.1:0", health=health, tracing=tracing,
+                          flow_log_sample=flow_log_sample),
             self.clock)  # fmt: skip
         self.agent: NodeAgent | None = None
         self.sidecars: dict[str, Sidecar] = {}

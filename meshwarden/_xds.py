@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 class MeshXds:
     def __init__(self, policies: Policies, tracing: TracingTarget | None = None,
-                 flows: FlowLog | None = None) -> None:  # fmt: skip
+                 flows: FlowLog | None = None, flow_log_sample: float = 100.0) -> None:  # fmt: skip
         self.policies = policies
         self.flows = flows or FlowLog()  # sidecars' access logs (the bootstrap's xDS cluster)
         self.cache = SnapshotCache()
@@ -38,6 +38,7 @@ class MeshXds:
             jwt_bundle=self._bundle,
             tracing=tracing,
             flow_log_cluster=XDS_CLUSTER,
+            flow_log_allowed_percent=flow_log_sample,
             ext_authz_cluster=XDS_CLUSTER,
         )
         self.builder = SnapshotBuilder(context)

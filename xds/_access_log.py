@@ -61,9 +61,32 @@ def http_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[
     common = _common_config(ctx, workload, port)
     # the id of the trace Envoy recorded (also when the caller sent no traceparent)
     common["customTags"] = [{"tag": TRACE_TAG, "value": "%TRACE_ID%"}]
-    return [{"name": "envoy.access_loggers.http_grpc", "typedConfig": {
+    log: dict[str, Any] = {"name": "envoy.access_loggers.http_grpc", "typedConfig": {
         "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-        "commonConfig": common, "additionalRequestHeadersToLog": [TRACE_HEADER]}}]  # fmt: skip
+        "commonConfig": common, "additionalRequestHeadersToLog": [TRACE_HEADER]}}  # fmt: skip
+    if ctx.flow_log_allowed_percent < 100:
+        log["filter"] = _sampled_unless_refused(ctx.flow_log_allowed_percent)
+    return [log]
+
+
+def _sampled_unless_refused(percent: float) -> dict[str, Any]:
+    """Every request answered 4xx/5xx (each denial is 401/403), and `percent` of the others."""
+    refused = {
+        "statusCodeFilter": {
+            "comparison": {
+                "op": "GE",
+                "value": {"defaultValue": 400, "runtimeKey": "meshwarden.flow_log.min_status"},
+            }
+        }
+    }
+    sampled = {
+        "runtimeFilter": {
+            "runtimeKey": "meshwarden.flow_log.allowed_sampling",
+            "useIndependentRandomness": True,
+            "percentSampled": {"numerator": round(percent * 100), "denominator": "TEN_THOUSAND"},
+        }
+    }
+    return {"orFilter": {"filters": [refused, sampled]}}  # fmt: skip
 
 
 def tcp_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[dict[str, Any]]:

@@ -61,6 +61,7 @@ class TranslationContext:
     # Observability and ext_authz (issue 5). None = off.
     tracing: TracingTarget | None = None  # Envoy's OpenTelemetry tracer → this OTLP collector
     flow_log_cluster: str | None = None  # gRPC access logs → the control plane via this cluster
+    flow_log_allowed_percent: float = 100.0  # share of allowed HTTP requests logged (4xx/5xx: all)
     ext_authz_cluster: str | None = None  # ext-authz enforcement asks the engine via this cluster
 
 

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--flow-log-size", type=int, default=DEFAULT_FLOW_LOG_SIZE, metavar="N",
                         help="authorization decisions kept for `meshwarden flows` (oldest "
                         "dropped first; default %(default)s)")  # fmt: skip
+    parser.add_argument("--flow-log-sample", type=float, default=100.0, metavar="PERCENT",
+                        help="share of allowed HTTP requests the sidecars log; denials (and every "
+                        "4xx/5xx answer) are always logged (default 100)")  # fmt: skip
     parser.add_argument("--upstream-ca-cert", type=Path, metavar="FILE")
     parser.add_argument("--upstream-ca-key", type=Path, metavar="FILE")
     observe.add_arguments(parser, sidecars=True)
@@ -38,11 +41,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     if args.flow_log_size < 1:
-        print("error: --flow-log-size must be at least 1")
-        return 2
+        return fail("--flow-log-size must be at least 1")
+    if not 0 <= args.flow_log_sample <= 100:
+        return fail(f"--flow-log-sample {args.flow_log_sample}: expected a percentage, 0 to 100")
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
-        print("error: --upstream-ca-cert and --upstream-ca-key go together")
-        return 2
+        return fail("--upstream-ca-cert and --upstream-ca-key go together")
     try:
         telemetry, tracing = observe.set_up(args, "meshwarden-server")
     except TelemetryError as exc:
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         policies=args.policies, data_dir=args.data_dir, listen=args.listen,
         upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,
         health=args.health, flow_log_size=args.flow_log_size, tracing=tracing,
+        flow_log_sample=args.flow_log_sample,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())
 

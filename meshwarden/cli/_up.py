@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--health", default="127.0.0.1:0", metavar="HOST:PORT",
                         help="HTTP endpoint for /healthz and /flows (default: a free port on "
                         "127.0.0.1; `meshwarden flows --server http://HOST:PORT`)")  # fmt: skip
+    parser.add_argument("--flow-log-sample", type=float, default=100.0, metavar="PERCENT",
+                        help="share of allowed HTTP requests logged for `meshwarden flows`; "
+                        "denials are always logged (default 100)")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
@@ -43,12 +46,14 @@ def run(args: argparse.Namespace) -> int:
     _, sep, port = args.health.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         return fail(f"--health {args.health!r}: expected HOST:PORT, e.g. 127.0.0.1:9901")
+    if not 0 <= args.flow_log_sample <= 100:
+        return fail(f"--flow-log-sample {args.flow_log_sample}: expected a percentage, 0 to 100")
     try:
         telemetry, tracing = observe.set_up(args, "meshwarden")
     except TelemetryError as exc:
         return fail(str(exc))
     mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,
-                     health=args.health)  # fmt: skip
+                     health=args.health, flow_log_sample=args.flow_log_sample)  # fmt: skip
     try:
         return asyncio.run(serve_until_signalled(mesh.start, mesh.run, mesh.stop))
     finally:

@@ -159,7 +159,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
     policies.mkdir()
     idp = DemoIdp(ISSUER)
     values: dict[str, Any] = {
-        "net": f"127.78.{os.getpid() % 250}", "front_out": free_port(),
+        "net": f"127.79.{os.getpid() % 250}", "front_out": free_port(),
         "app_port": free_port(), "issuer": ISSUER, "jwks": idp.jwks(),
         "metrics": free_port(), "health": free_port(),
     }  # fmt: skip

@@ -48,9 +48,8 @@ class _Files(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def static_files(port: int, files: dict[str, str]) -> Iterator[None]:
-    """An HTTP server on 127.0.0.1:port serving `files` (path → body), e.g. a JWKS."""
-    handler = type("Files", (_Files,), {"files": files})
+def http_server(port: int, handler: type[BaseHTTPRequestHandler]) -> Iterator[None]:
+    """`handler` serving on 127.0.0.1:port in a thread, until the block ends."""
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -58,6 +57,13 @@ def static_files(port: int, files: dict[str, str]) -> Iterator[None]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def static_files(port: int, files: dict[str, str]) -> Iterator[None]:
+    """An HTTP server on 127.0.0.1:port serving `files` (path → body), e.g. a JWKS."""
+    with http_server(port, type("Files", (_Files,), {"files": files})):
+        yield
 
 
 def request(

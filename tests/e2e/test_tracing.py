@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import pytest
 from meshwarden._demo_idp import DemoIdp
 from meshwarden._otlp_sink import OtlpReceiver, ReceivedSpan, otlp_receiver
 
-from ._live import MeshwardenUp, exchange, free_port
+from ._live import MeshwardenUp, exchange, free_port, http_server
 
 ISSUER = "https://idp.trace.example"
 DOCS = """\
@@ -107,17 +105,6 @@ class _TraceEchoApp(BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
-def trace_echo_app(port: int) -> Iterator[None]:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _TraceEchoApp)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @dataclass
 class TracedMesh:
     receiver: OtlpReceiver
@@ -164,7 +151,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
         "metrics": free_port(), "health": free_port(),
     }  # fmt: skip
     (policies / "mesh.yaml").write_text(DOCS.format(**values))
-    with otlp_receiver() as receiver, trace_echo_app(values["app_port"]):
+    with otlp_receiver() as receiver, http_server(values["app_port"], _TraceEchoApp):
         args = ("--otlp-endpoint", receiver.endpoint,
                 "--metrics", f"127.0.0.1:{values['metrics']}",
                 "--health", f"127.0.0.1:{values['health']}")  # fmt: skip

@@ -41,6 +41,15 @@ def otlp_endpoint(flag: str | None, environ: dict[str, str] | None = None) -> st
                 break
     if not value:
         return None
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip().lower()
+        if protocol and protocol != "grpc":
+            raise TelemetryError(
+                f"{name}={protocol}: meshwarden and its sidecars export OTLP over gRPC only; "
+                "point the endpoint at the collector's gRPC port (usually 4317) and unset it"
+            )
+        if protocol:
+            break
     url = value if "://" in value else f"http://{value}"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:

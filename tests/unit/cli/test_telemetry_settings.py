@@ -41,6 +41,15 @@ def test_a_bad_endpoint_names_its_source(bad: str) -> None:
         otlp_endpoint(bad, {})
 
 
+def test_only_the_grpc_protocol_is_accepted() -> None:
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    with pytest.raises(TelemetryError, match="OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"):
+        otlp_endpoint(None, {**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    traces_grpc = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+                   "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}  # fmt: skip
+    assert otlp_endpoint(None, {**endpoint, **traces_grpc}) == "http://collector:4318"
+
+
 def test_metrics_address_needs_host_and_port() -> None:
     assert metrics_address("127.0.0.1:9464") == ("127.0.0.1", 9464)
     assert metrics_address(":9464") == ("127.0.0.1", 9464)

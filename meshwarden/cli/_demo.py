@@ -161,9 +161,10 @@ async def _print_spans(collector: Any) -> None:
         a = span.attributes
         rule = f"#{a['meshwarden.authz.rule']}" if "meshwarden.authz.rule" in a else ""
         source = a.get("meshwarden.source.spiffe_id") or a.get("meshwarden.source.address", "")
-        print(f"  trace {span.trace_id[:12]}…  {a.get('http.method', '')} "
-              f"{a.get('http.url', '').split('/', 3)[-1]:<20} {a['meshwarden.authz.decision']:<5} "
-              f"{a['meshwarden.authz.policy']}{rule}  from {source}")  # fmt: skip
+        path = "/" + a.get("http.url", "").split("/", 3)[-1]
+        print(f"  trace {span.trace_id[:12]}…  {a.get('http.method', '')} {path:<20} "
+              f"{a['meshwarden.authz.decision']:<5} {a['meshwarden.authz.policy']}{rule}  "
+              f"from {source}")  # fmt: skip
     names = [s.name for s in spans]
     print(f"  control plane: {names.count('meshwarden.policies.reload')} policy reload(s), "
           f"{names.count('meshwarden.xds.push')} pushes, {names.count('meshwarden.xds.ack')} "

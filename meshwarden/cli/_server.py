@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
         return fail("--upstream-ca-cert and --upstream-ca-key go together")
     try:
-        telemetry, tracing = observe.set_up(args, "meshwarden-server")
+        telemetry, tracing = observe.set_up(args, "meshwarden")
     except TelemetryError as exc:
         return fail(str(exc))
     options = ServerOptions(

@@ -18,6 +18,8 @@ from meshwarden.identities import Clock, SystemClock
 from meshwarden.xds._tracing import TracingTarget
 
 NODE_NAME = "local"
+CRASH_LOOP = 5  # an Envoy exiting this often within CRASH_WINDOW_S stops `up`
+CRASH_WINDOW_S = 60.0
 
 
 class LocalMesh:
@@ -126,14 +128,26 @@ class LocalMesh:
                 task.cancel()
 
     async def _keep_sidecars(self) -> None:
+        """Follow the policy directory's workloads, and restart an Envoy that exited — unless it
+        keeps crashing (`CRASH_LOOP` exits within `CRASH_WINDOW_S`): then stop with an error."""
+        exits: dict[str, list[float]] = {}
         while True:
             await asyncio.sleep(1.0)
             await self.reconcile()
             for sidecar in self.sidecars.values():
                 code = sidecar.process.poll() if sidecar.process else None
-                if code is not None:
-                    raise RuntimeError(f"the Envoy of {sidecar.ref} exited ({code}); "
+                if code is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in exits.get(sidecar.ref, []) if now - t < CRASH_WINDOW_S]
+                exits[sidecar.ref] = [*recent, now]
+                if len(exits[sidecar.ref]) >= CRASH_LOOP:
+                    raise RuntimeError(f"the Envoy of {sidecar.ref} exited {CRASH_LOOP} times "
+                                       f"within {CRASH_WINDOW_S:.0f} s (last: {code}); "
                                        f"see {sidecar.log_file}")  # fmt: skip
+                print(f"the Envoy of {sidecar.ref} exited ({code}); restarting it "
+                      f"(see {sidecar.log_file})", file=self.report, flush=True)  # fmt: skip
+                sidecar.start(self.server_address, self.delta)
 
     async def stop(self) -> None:
         await stop_all(list(self.sidecars.values()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -252,6 +253,29 @@ def test_strict_mtls_refuses_plaintext_peers(live: LiveMesh) -> None:
     assert live.frontend("GET", "/api/items") == 200
     live.write(mtls="PERMISSIVE")
     assert wait_for(lambda: live.plaintext(9, "/public"), 200) == 200
+
+
+def _envoy_pid(bootstrap: Path) -> int | None:
+    """The pid of the Envoy running with `bootstrap` (its `-c` argument), if any."""
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if str(bootstrap).encode() in args and entry.name.isdigit():
+            return int(entry.name)
+    return None
+
+
+def test_a_crashed_sidecar_is_restarted_and_serves_again(live: LiveMesh) -> None:
+    bootstrap = live.up.data_dir / "sidecars" / "shop_frontend-1.bootstrap.json"
+    crashed = _envoy_pid(bootstrap)
+    assert crashed is not None and live.frontend("GET", "/api/items") == 200
+    os.kill(crashed, signal.SIGKILL)
+    assert wait_for(lambda: live.frontend("GET", "/api/items"), 200, timeout=30) == 200
+    assert _envoy_pid(bootstrap) not in (None, crashed)
+    assert live.up.process is not None and live.up.process.poll() is None  # `up` kept running
+    assert "the Envoy of shop/frontend-1 exited (-9); restarting it" in live.up.log.read_text()
 
 
 def test_make_demo_runs_the_shop_live_and_every_row_matches() -> None:

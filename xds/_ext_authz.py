@@ -337,8 +337,8 @@ def _attributes(verdict: Verdict, source: str | None, workload: str | None) -> d
         "meshwarden.authz.decision": verdict.decision,
         "meshwarden.authz.policy": verdict.policy,
     }
-    if verdict.rule is not None:
-        out["meshwarden.authz.rule"] = verdict.rule
+    if verdict.rule is not None:  # a string, as on the sidecars' spans (Envoy tags are strings)
+        out["meshwarden.authz.rule"] = str(verdict.rule)
     if verdict.dry_run_decision is not None:
         out["meshwarden.authz.dry_run.decision"] = verdict.dry_run_decision
         out["meshwarden.authz.dry_run.policy"] = verdict.dry_run_policy or ""

@@ -251,7 +251,7 @@ def test_check_decides_for_the_callers_workload_in_a_child_span_of_the_request()
     assert f"{span.context.trace_id:032x}" == _TRACE_ID
     assert dict(span.attributes or {}) == {
         "meshwarden.authz.decision": "allow", "meshwarden.authz.policy": "a/p0",
-        "meshwarden.authz.rule": 0, "meshwarden.source.spiffe_id": CALLER,
+        "meshwarden.authz.rule": "0", "meshwarden.source.spiffe_id": CALLER,
         "meshwarden.destination.workload": "a/api-1"}  # fmt: skip
 
 

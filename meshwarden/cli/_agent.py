@@ -8,9 +8,7 @@ from pathlib import Path
 
 from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import serve_until_signalled
-from meshwarden._telemetry import TelemetryError
 from meshwarden.cli import _observe as observe
-from meshwarden.cli._common import fail
 from meshwarden.identities import SystemClock
 
 
@@ -32,10 +30,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        telemetry, _ = observe.set_up(args, "meshwarden-agent")
-    except TelemetryError as exc:
-        return fail(str(exc))
+    return observe.run(args, "meshwarden-agent", lambda _tracing: _serve(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
     options = AgentOptions(
         server=args.server, data_dir=args.data_dir, socket=args.socket,
         server_bundle=args.server_bundle, join_token=args.join_token,
@@ -51,7 +49,4 @@ def run(args: argparse.Namespace) -> int:
 
         return f"node {spiffe_id_of(node)}, Workload API on {options.socket}"
 
-    try:
-        return asyncio.run(serve_until_signalled(start, agent.run, agent.stop))
-    finally:
-        telemetry.shutdown()
+    return asyncio.run(serve_until_signalled(start, agent.run, agent.stop))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -20,6 +21,17 @@ class InputError(Exception):
 def fail(message: str) -> int:
     print(f"meshwarden: error: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def percentage(text: str) -> float:
+    """An argparse type: a number from 0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a percentage, 0 to 100")
+    return value
 
 
 def load_or_raise(paths: list[str]) -> LoadResult:

@@ -88,17 +88,17 @@ def run(args: argparse.Namespace) -> int:
     from meshwarden._otlp_sink import otlp_receiver
     from meshwarden._telemetry import TelemetryError, otlp_endpoint
 
+    try:
+        configured = otlp_endpoint(args.otlp_endpoint)
+    except TelemetryError as exc:
+        return fail(str(exc))
     with contextlib.ExitStack() as stack:
-        try:
-            collector = None
-            if otlp_endpoint(args.otlp_endpoint) is None:  # show the spans ourselves
-                collector = stack.enter_context(otlp_receiver())
-                args.otlp_endpoint = collector.endpoint
-            telemetry, tracing = observe.set_up(args, "meshwarden")
-        except TelemetryError as exc:
-            return fail(str(exc))
-        stack.callback(telemetry.shutdown)
-        return asyncio.run(run_live(shop, tracing, collector))
+        collector = None
+        if configured is None:  # no collector: show the spans ourselves
+            collector = stack.enter_context(otlp_receiver())
+            args.otlp_endpoint = collector.endpoint
+        live = lambda tracing: asyncio.run(run_live(shop, tracing, collector))  # noqa: E731
+        return observe.run(args, "meshwarden", live)
 
 
 async def run_live(shop: Path, tracing: Any = None, collector: Any = None) -> int:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
+
+from meshwarden.cli._common import fail, percentage
 
 OTLP_HELP = (
     "send traces to this OTLP/gRPC collector (Jaeger, Tempo, the OpenTelemetry Collector), "
@@ -18,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: b
     group.add_argument("--otlp-endpoint", metavar="URL", help=OTLP_HELP)
     if sidecars:
         group.add_argument(
-            "--trace-sampling", type=float, default=100.0, metavar="PERCENT",
+            "--trace-sampling", type=percentage, default=100.0, metavar="PERCENT",
             help="share of requests without a sampled traceparent that Envoy traces "
             "(default 100; requests arriving with a sampled traceparent are always traced)",
         )  # fmt: skip
@@ -29,13 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: b
 
 def set_up(args: argparse.Namespace, service_name: str) -> tuple[Any, Any]:
     """(Telemetry, TracingTarget for sidecars or None). Raises TelemetryError on bad input."""
-    from meshwarden._telemetry import TelemetryError, otlp_endpoint, setup
+    from meshwarden._telemetry import otlp_endpoint, setup
     from meshwarden.xds._tracing import TracingTarget
 
     endpoint = otlp_endpoint(getattr(args, "otlp_endpoint", None))
     sampling = getattr(args, "trace_sampling", 100.0)
-    if not 0 <= sampling <= 100:
-        raise TelemetryError(f"--trace-sampling {sampling}: expected a percentage, 0 to 100")
     telemetry = setup(service_name, endpoint, getattr(args, "metrics", None))
     target = TracingTarget.from_url(endpoint, sampling) if endpoint else None
     return telemetry, target
+
+
+def run(args: argparse.Namespace, service_name: str, main: Callable[[Any], int]) -> int:
+    """Set up telemetry from the flags, run `main(tracing target or None)`, then flush what is
+    still buffered. A bad telemetry flag is a usage error (exit 2) before anything starts."""
+    from meshwarden._telemetry import TelemetryError
+
+    try:
+        telemetry, tracing = set_up(args, service_name)
+    except TelemetryError as exc:
+        return fail(str(exc))
+    try:
+        return main(tracing)
+    finally:
+        telemetry.shutdown()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
-from meshwarden._telemetry import TelemetryError
 from meshwarden.cli import _observe as observe
-from meshwarden.cli._common import fail
+from meshwarden.cli._common import fail, percentage
 from meshwarden.identities import SystemClock
 
 
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--flow-log-size", type=int, default=DEFAULT_FLOW_LOG_SIZE, metavar="N",
                         help="authorization decisions kept for `meshwarden flows` (oldest "
                         "dropped first; default %(default)s)")  # fmt: skip
-    parser.add_argument("--flow-log-sample", type=float, default=100.0, metavar="PERCENT",
+    parser.add_argument("--flow-log-sample", type=percentage, default=100.0, metavar="PERCENT",
                         help="share of allowed HTTP requests the sidecars log; denials (and every "
                         "4xx/5xx answer) are always logged (default 100)")  # fmt: skip
     parser.add_argument("--upstream-ca-cert", type=Path, metavar="FILE")
@@ -42,14 +42,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     if args.flow_log_size < 1:
         return fail("--flow-log-size must be at least 1")
-    if not 0 <= args.flow_log_sample <= 100:
-        return fail(f"--flow-log-sample {args.flow_log_sample}: expected a percentage, 0 to 100")
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
         return fail("--upstream-ca-cert and --upstream-ca-key go together")
-    try:
-        telemetry, tracing = observe.set_up(args, "meshwarden")
-    except TelemetryError as exc:
-        return fail(str(exc))
+    return observe.run(args, "meshwarden", lambda tracing: _serve(args, tracing))
+
+
+def _serve(args: argparse.Namespace, tracing: Any) -> int:
     options = ServerOptions(
         policies=args.policies, data_dir=args.data_dir, listen=args.listen,
         upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,
@@ -65,7 +63,4 @@ def run(args: argparse.Namespace) -> int:
             plane.health) else ""  # fmt: skip
         return f"node API and ADS on {address}, trust domain {plane.ca.trust_domain}{health}"
 
-    try:
-        return asyncio.run(serve_until_signalled(start, plane.run, plane.stop))
-    finally:
-        telemetry.shutdown()
+    return asyncio.run(serve_until_signalled(start, plane.run, plane.stop))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from meshwarden.cli import _observe as observe
-from meshwarden.cli._common import fail
+from meshwarden.cli._common import fail, percentage
 
 HELP = """\
 Run the mesh of DIR on this host: the control plane (CA, node API, ADS), a node agent, and one
@@ -29,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--health", default="127.0.0.1:0", metavar="HOST:PORT",
                         help="HTTP endpoint for /healthz and /flows (default: a free port on "
                         "127.0.0.1; `meshwarden flows --server http://HOST:PORT`)")  # fmt: skip
-    parser.add_argument("--flow-log-sample", type=float, default=100.0, metavar="PERCENT",
+    parser.add_argument("--flow-log-sample", type=percentage, default=100.0, metavar="PERCENT",
                         help="share of allowed HTTP requests logged for `meshwarden flows`; "
                         "denials are always logged (default 100)")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
@@ -38,7 +39,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from meshwarden._server import serve_until_signalled
-    from meshwarden._telemetry import TelemetryError
     from meshwarden._up import LocalMesh
 
     if not args.policies.is_dir():
@@ -46,15 +46,10 @@ def run(args: argparse.Namespace) -> int:
     _, sep, port = args.health.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         return fail(f"--health {args.health!r}: expected HOST:PORT, e.g. 127.0.0.1:9901")
-    if not 0 <= args.flow_log_sample <= 100:
-        return fail(f"--flow-log-sample {args.flow_log_sample}: expected a percentage, 0 to 100")
-    try:
-        telemetry, tracing = observe.set_up(args, "meshwarden")
-    except TelemetryError as exc:
-        return fail(str(exc))
-    mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,
-                     health=args.health, flow_log_sample=args.flow_log_sample)  # fmt: skip
-    try:
+
+    def serve(tracing: Any) -> int:
+        mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,
+                         health=args.health, flow_log_sample=args.flow_log_sample)  # fmt: skip
         return asyncio.run(serve_until_signalled(mesh.start, mesh.run, mesh.stop))
-    finally:
-        telemetry.shutdown()
+
+    return observe.run(args, "meshwarden", serve)

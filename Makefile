@@ -22,7 +22,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	scripts/link-tree
-	MYPYPATH=build/typecheck $(BIN)/mypy -p meshwarden.engine -p meshwarden.identities
+	$(BIN)/mypy
 
 unit: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadfile tests

@@ -23,7 +23,8 @@ Outcome = tuple[str, str]  # (verdict as seen from outside, detail)
 
 class _App(BaseHTTPRequestHandler):
     def _reply(self) -> None:
-        body = f"{self.server.server_address[1]}: {self.command} {self.path}\n".encode()
+        assert isinstance(self.server, ThreadingHTTPServer)
+        body = f"{self.server.server_port}: {self.command} {self.path}\n".encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()

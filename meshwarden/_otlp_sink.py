@@ -38,7 +38,7 @@ class ReceivedSpan:
 
 
 @dataclass
-class OtlpReceiver(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
+class OtlpReceiver(pb_grpc.TraceServiceServicer):
     endpoint: str = ""
     spans: list[ReceivedSpan] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,7 +76,7 @@ class OtlpReceiver(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
 def otlp_receiver() -> Iterator[OtlpReceiver]:
     receiver = OtlpReceiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    pb_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     receiver.endpoint = f"http://127.0.0.1:{port}"

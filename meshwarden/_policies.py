@@ -82,18 +82,22 @@ class Policies:
 
     def _reload(self, current: Fingerprint) -> frozenset[str] | None:
         if not current:
-            return self._reject([f"{self.directory}: no .yaml or .yml files in this directory"])
+            self._reject([f"{self.directory}: no .yaml or .yml files in this directory"])
+            return None
         documents, problems = self._read(current)
         errors = [p for p in problems if p.severity is engine.Severity.ERROR]
         if errors:
-            return self._reject([str(p) for p in errors])
+            self._reject([str(p) for p in errors])
+            return None
         try:
             result = engine.reload(self.mesh, documents)
         except Exception as exc:  # a bug must not take down the last good configuration
             log.exception("reloading policies failed")
-            return self._reject([f"internal error while compiling policies: {exc!r}"])
+            self._reject([f"internal error while compiling policies: {exc!r}"])
+            return None
         if result.mesh is None:
-            return self._reject([str(p) for p in result.errors])
+            self._reject([str(p) for p in result.errors])
+            return None
         for warning in result.diagnostics:
             print(warning, file=self._report)
         previous, self.mesh = self.mesh, result.mesh
@@ -128,4 +132,3 @@ class Policies:
               file=self._report)  # fmt: skip
         self.status.errors = errors
         self.status.rejected += 1
-        return None

@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,7 +269,7 @@ async def admin_request(data_dir: Path, request: dict[str, Any]) -> dict[str, An
 
 async def serve_until_signalled(
     start: Callable[[], Awaitable[str]],
-    run: Callable[[], Awaitable[None]],
+    run: Callable[[], Coroutine[Any, Any, None]],
     stop: Callable[[], Awaitable[None]],
 ) -> int:
     """`start` returns the text of the `ready` line; `run` runs until cancelled."""

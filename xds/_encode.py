@@ -138,6 +138,16 @@ class ResourceEncoder:
 
 
 Holder = Callable[[Any], Any]  # message → the sub-message whose `typed_config` to set
+
+
+def _filter_chain(index: int) -> Holder:
+    return lambda message: message.filter_chains[index]
+
+
+def _chain_filter(get_chain: Holder, index: int) -> Holder:
+    return lambda message: get_chain(message).filters[index]
+
+
 # Listener fields encoded separately: JSON name → (field number, message class).
 _LISTENER_PARTS = {"filterChains": (3, "FilterChain"), "listenerFilters": (9, "ListenerFilter")}
 
@@ -169,7 +179,7 @@ def _without_typed_configs(
     outer = dict(config)
     if "filterChains" in config:
         outer["filterChains"] = [
-            _chain_without_typed_configs(chain, embedded, lambda m, i=i: m.filter_chains[i])
+            _chain_without_typed_configs(chain, embedded, _filter_chain(i))
             for i, chain in enumerate(config["filterChains"])
         ]
     socket = config.get("transportSocket")
@@ -189,7 +199,7 @@ def _chain_without_typed_configs(
     filters = []
     for j, item in enumerate(chain.get("filters", [])):
         if "typedConfig" in item:
-            embedded.append((lambda m, j=j: get_chain(m).filters[j], item["typedConfig"]))
+            embedded.append((_chain_filter(get_chain, j), item["typedConfig"]))
             item = {k: v for k, v in item.items() if k != "typedConfig"}
         filters.append(item)
     chain["filters"] = filters

@@ -216,8 +216,8 @@ def condition_predicate(cond: CompiledCondition, port: int, identified: bool) ->
     key = cond.key
     if key == "destination.port":
         ok = (cond.values is None or _in_ranges(port, cond.values)) and (  # type: ignore[arg-type]
-            cond.not_values is None or not _in_ranges(port, cond.not_values)
-        )  # type: ignore[arg-type]
+            cond.not_values is None or not _in_ranges(port, cond.not_values)  # type: ignore[arg-type]
+        )
         return TRUE if ok else None
     if (key == "source.ip" and identified) or (key.startswith("source.") and key != "source.ip" \
             and not identified):  # fmt: skip

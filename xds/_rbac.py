@@ -11,6 +11,7 @@ Every action is named after its source rule (`ns/name#index`), so Envoy's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from meshwarden.engine import AuthorizationPlan, CompiledRule, RuleIndex
@@ -33,7 +34,7 @@ def action(name: str, verdict: str) -> dict[str, Any]:
     return {"action": {"name": "envoy.filters.rbac.action", "typedConfig": typed}}
 
 
-def _rule_list(rules: list[CompiledRule], port: int, identified: bool, verdict: str,
+def _rule_list(rules: Sequence[CompiledRule], port: int, identified: bool, verdict: str,
                fallback: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     matchers = []
     for rule in rules:

@@ -172,14 +172,11 @@ async def _print_spans(collector: Any) -> None:
           "version the sidecar spans carry")  # fmt: skip
 
 
-class _Quiet:
+class _Quiet(io.StringIO):
     """Swallows the control plane's progress lines during the demo."""
 
     def write(self, text: str) -> int:
         return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 async def _print_table(table: list[Any], folder: Path) -> bool:

@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	scripts/link-tree
-	cd build/typecheck && ../../$(BIN)/lint-imports --config ../../pyproject.toml
+	cd build/typecheck && ../../$(BIN)/lint-imports ../../pyproject.toml
 
 typecheck: $(STAMP)
 	scripts/link-tree

@@ -74,11 +74,17 @@ from meshwarden.identities import (
     generate_key,
     private_key_pkcs8_pem,
 )
-from meshwarden.xds._bootstrap import envoy_binary
-from meshwarden.xds._encode import ResourceEncoder
-from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER
+from meshwarden.xds import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ResourceEncoder,
+    StaticTls,
+    TranslationContext,
+    envoy_binary,
+    workload_resources,
+)
 from meshwarden.xds._tracing import TRACER_RUNTIME
-from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
 
 TD = "bench.example.org"
 NS = "bench"

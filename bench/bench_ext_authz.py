@@ -50,9 +50,15 @@ from typing import Any
 
 import bench_dataplane as dataplane
 from bench_dataplane import PORT, SERVER, Config, Identities, Layout, Processes, progress
-from meshwarden.xds._ext_authz import Authorization, loopback_cluster, serve_on_loopback
-from meshwarden.xds._snapshot import CLUSTER, LISTENER
-from meshwarden.xds._translate import TranslationContext, workload_resources
+from meshwarden.xds import (
+    CLUSTER,
+    LISTENER,
+    Authorization,
+    TranslationContext,
+    loopback_cluster,
+    serve_on_loopback,
+    workload_resources,
+)
 
 AUTHZ_CLUSTER = "meshwarden-ext-authz"
 OPA_ANCHOR = {"p50_ms": 0.2, "p99_ms": 1.5}  # OPA-Envoy evaluation at 1,000 req/s

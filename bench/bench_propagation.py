@@ -86,7 +86,7 @@ from meshwarden.identities import (
     private_key_pkcs8_pem,
     read_server_bundle,
 )
-from meshwarden.xds._bootstrap import envoy_binary
+from meshwarden.xds import envoy_binary
 
 from meshwarden._policies import Policies
 

@@ -40,9 +40,8 @@ from typing import Any
 import bench_dataplane as dataplane
 import grpc
 from bench_dataplane import LISTENER, PORT, SERVER, Config, Layout, Processes, Run, progress
-from meshwarden.xds._snapshot import CLUSTER
-from meshwarden.xds._tracing import TRACING_CLUSTER, TracingTarget
-from meshwarden.xds._translate import TranslationContext, workload_resources
+from meshwarden.xds import CLUSTER, TracingTarget, TranslationContext, workload_resources
+from meshwarden.xds._tracing import TRACING_CLUSTER
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as pb_grpc
 

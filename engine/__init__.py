@@ -4,8 +4,8 @@ documents → validated model → registry (who is who) → compiled Authorizati
 decision with explanation. No network, no gRPC, no Envoy types.
 """
 
-from meshwarden.engine._compiler import CompiledMesh, compile_documents, compile_policy
-from meshwarden.engine._diagnostics import Diagnostic, Location, PolicyError, Severity
+from meshwarden.engine._compiler import CompiledMesh, compile_documents
+from meshwarden.engine._diagnostics import Diagnostic, Location, Severity
 from meshwarden.engine._documents import Document, DocumentKey
 from meshwarden.engine._evaluator import (
     DEFAULT_ALLOW,
@@ -20,18 +20,23 @@ from meshwarden.engine._load import (
     LoadResult,
     UsageError,
     check_documents,
-    find_files,
     load,
     parse_text,
     read_files,
 )
+from meshwarden.engine._model import WorkloadPort
 from meshwarden.engine._outcome import Outcome
-from meshwarden.engine._patterns import normalize_path
+from meshwarden.engine._patterns import IpNetwork, Patterns, normalize_path
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, RuleIndex
 from meshwarden.engine._registry import Mesh, Registry, Workload
 from meshwarden.engine._reload import Reload, reload
 from meshwarden.engine._request import Request
-from meshwarden.engine._rules import CompiledRule
+from meshwarden.engine._rules import (
+    CompiledCondition,
+    CompiledOperation,
+    CompiledRule,
+    CompiledSource,
+)
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
 
 __all__ = [
@@ -40,18 +45,22 @@ __all__ = [
     "JWT_INVALID",
     "MTLS_REQUIRED",
     "AuthorizationPlan",
+    "CompiledCondition",
     "CompiledMesh",
+    "CompiledOperation",
     "CompiledPolicy",
     "CompiledRule",
+    "CompiledSource",
     "Decision",
     "Diagnostic",
     "Document",
     "DocumentKey",
+    "IpNetwork",
     "LoadResult",
     "Location",
     "Mesh",
     "Outcome",
-    "PolicyError",
+    "Patterns",
     "PolicyTrace",
     "Registry",
     "Reload",
@@ -63,11 +72,10 @@ __all__ = [
     "TrustDomain",
     "UsageError",
     "Workload",
+    "WorkloadPort",
     "check_documents",
     "compile_documents",
-    "compile_policy",
     "decide",
-    "find_files",
     "load",
     "normalize_path",
     "parse_text",

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 
 class Severity(StrEnum):
+    """How bad a diagnostic is: an error rejects the documents, a warning does not."""
+
     ERROR = "error"
     WARNING = "warning"
 
@@ -25,6 +27,8 @@ class Location:
 
 @dataclass(frozen=True, slots=True, order=True)
 class Diagnostic:
+    """A problem found in a policy file: where, how bad, and what (`file:line:col: error: ...`)."""
+
     location: Location
     severity: Severity
     message: str
@@ -48,14 +52,3 @@ def error(location: Location, message: str) -> Diagnostic:
 
 def warning(location: Location, message: str) -> Diagnostic:
     return Diagnostic(location, Severity.WARNING, message)
-
-
-class PolicyError(Exception):
-    """Raised when documents are invalid; carries every diagnostic, errors first."""
-
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        self.diagnostics = diagnostics
-        errors = [d for d in diagnostics if d.severity is Severity.ERROR]
-        lines = "\n".join(str(d) for d in errors[:20])
-        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        super().__init__(f"{len(errors)} error(s) in policy documents:\n{lines}{more}")

@@ -16,6 +16,8 @@ SpecT = TypeVar("SpecT", bound=BaseModel)
 
 @dataclass(frozen=True, slots=True)
 class DocumentKey:
+    """What names a document: its kind, namespace and name."""
+
     kind: str
     namespace: str
     name: str

@@ -82,6 +82,7 @@ def parse_text(text: str, file: str = "<text>") -> tuple[list[Document[Any]], li
 
 
 def read_files(files: Iterable[str]) -> tuple[list[Document[Any]], list[Diagnostic]]:
+    """Parse the given files into documents; unreadable files become diagnostics."""
     documents: list[Document[Any]] = []
     problems: list[Diagnostic] = []
     for file in files:

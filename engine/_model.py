@@ -94,6 +94,8 @@ class MeshSpec(_Strict):
 
 
 class WorkloadPort(_Strict):
+    """A port a workload serves, with its protocol (http, grpc or tcp)."""
+
     name: DnsLabel | None = None
     port: Port
     target_port: Port | None = None

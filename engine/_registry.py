@@ -49,6 +49,8 @@ class Workload:
 
 @dataclass(frozen=True, slots=True)
 class Mesh:
+    """The Mesh document: trust domain and mesh-wide settings."""
+
     spec: MeshSpec
     document: Document[MeshSpec] | None = None
 

@@ -67,6 +67,8 @@ def _first(value: Any) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class CompiledSource:
+    """One `from` source (identities, namespaces, JWT, IP blocks) compiled for matching."""
+
     identities: Patterns | None
     not_identities: Patterns | None
     workloads: frozenset[str] | None
@@ -128,6 +130,8 @@ class CompiledSource:
 
 @dataclass(frozen=True, slots=True)
 class CompiledOperation:
+    """One `to` operation (ports, methods, paths, hosts) compiled for matching."""
+
     ports: PortRanges | None
     not_ports: PortRanges | None
     methods: Patterns | None
@@ -183,6 +187,8 @@ class CompiledOperation:
 
 @dataclass(frozen=True, slots=True)
 class CompiledCondition:
+    """One `when` condition with its key and values compiled for matching."""
+
     key: str
     values: Patterns | tuple[IpNetwork, ...] | PortRanges | None
     not_values: Patterns | tuple[IpNetwork, ...] | PortRanges | None

@@ -20,7 +20,6 @@ from meshwarden.identities._files import write_file
 from meshwarden.identities._join_tokens import (
     SERVER_DNS_NAME,
     JoinTokens,
-    node_spiffe_id,
     server_spiffe_id,
 )
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
@@ -71,7 +70,6 @@ __all__ = [
     "load_ca",
     "load_private_key_pem",
     "node_api_services",
-    "node_spiffe_id",
     "peer_process",
     "private_key_pkcs8_pem",
     "read_server_bundle",

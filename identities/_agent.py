@@ -40,6 +40,8 @@ _tracer = trace.get_tracer("meshwarden.agent")
 
 @dataclass(frozen=True)
 class AgentConfig:
+    """Where the agent finds the server, where it keeps its state, how often it syncs."""
+
     server: str
     data_dir: Path
     sync_interval: float = 5.0
@@ -58,6 +60,8 @@ class _JwtCache:
 
 
 class Agent:
+    """The node agent: attests the node to the server, keeps workload SVIDs fresh in the cache."""
+
     def __init__(self, config: AgentConfig, cache: IdentityCache, clock: Clock) -> None:
         self.config = config
         self.cache = cache

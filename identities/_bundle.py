@@ -20,12 +20,16 @@ USE_JWT = "jwt-svid"
 
 @dataclass(frozen=True)
 class JwtKey:
+    """A JWT signing authority's public key and key ID, as published in the bundle."""
+
     kid: str
     public_key: PublicKey
 
 
 @dataclass(frozen=True)
 class TrustBundle:
+    """A trust domain's X.509 authorities and JWT keys, with a sequence number."""
+
     trust_domain: TrustDomain
     x509_authorities: tuple[x509.Certificate, ...]
     jwt_keys: tuple[JwtKey, ...]

@@ -30,6 +30,8 @@ from meshwarden.identities._validate import X509Svid, check_minted_x509_svid, ve
 
 @dataclass(frozen=True)
 class CaConfig:
+    """The CA's trust domain, lifetimes of authorities and SVIDs, and optional upstream CA."""
+
     trust_domain: TrustDomain
     ca_ttl: dt.timedelta = dt.timedelta(hours=24)
     jwt_key_ttl: dt.timedelta = dt.timedelta(hours=24)
@@ -40,6 +42,8 @@ class CaConfig:
 
 
 class CertificateAuthority:
+    """Mints X.509- and JWT-SVIDs from rotating authorities and publishes the trust bundle."""
+
     def __init__(
         self,
         config: CaConfig,

@@ -46,6 +46,7 @@ def _jwt_slot(slot: Slot[JwtAuthority]) -> dict[str, Any]:
 
 
 def save_ca(ca: CertificateAuthority, path: Path) -> None:
+    """Write the CA's authorities and keys to `path` (0600)."""
     document = {
         "format": FORMAT_VERSION,
         "trust_domain": ca.trust_domain.name,

@@ -16,6 +16,8 @@ from meshwarden.identities._validate import X509Svid
 
 @dataclass(frozen=True)
 class CachedIdentity:
+    """A workload's SPIFFE ID, the selectors that admit a caller to it, and its X.509-SVID."""
+
     spiffe_id: SpiffeId
     selectors: tuple[str, ...]
     svid: X509Svid
@@ -26,6 +28,8 @@ class JwtMinter(Protocol):
 
 
 class IdentityCache:
+    """The identities a node agent holds, versioned so servers can wait for changes."""
+
     def __init__(self, bundle: TrustBundle | None = None) -> None:
         self._identities: tuple[CachedIdentity, ...] = ()
         self._bundle = bundle

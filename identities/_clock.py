@@ -7,12 +7,16 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """Where time comes from (injected so rotation is tested without sleeping)."""
+
     def now(self) -> dt.datetime:
         """The current time, timezone-aware UTC."""
         ...
 
 
 class SystemClock:
+    """The real clock (UTC)."""
+
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
 

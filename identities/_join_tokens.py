@@ -38,6 +38,7 @@ def node_spiffe_id(trust_domain: TrustDomain, node: str) -> SpiffeId:
 
 
 def server_spiffe_id(trust_domain: TrustDomain) -> SpiffeId:
+    """The control plane's own SPIFFE ID in the trust domain."""
     return SpiffeId(trust_domain, SERVER_PATH)
 
 
@@ -60,6 +61,8 @@ def _digest(token: str) -> str:
 
 
 class JoinTokens:
+    """One-time, expiring tokens a node presents to attest itself to the server."""
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._pending: dict[str, _Pending] = {}

@@ -27,6 +27,8 @@ _ALLOWED_HEADER = {"alg", "kid", "typ"}
 
 @dataclass(frozen=True)
 class JwtSvid:
+    """A signed JWT-SVID with its subject, audience, expiry and claims."""
+
     token: str
     spiffe_id: SpiffeId
     audience: tuple[str, ...]

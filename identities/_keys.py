@@ -14,6 +14,7 @@ PublicKey = ec.EllipticCurvePublicKey
 
 
 def generate_key() -> PrivateKey:
+    """A new P-256 private key."""
     return ec.generate_private_key(ec.SECP256R1())
 
 
@@ -27,6 +28,7 @@ def private_key_pkcs8_der(key: PrivateKey) -> bytes:
 
 
 def private_key_pkcs8_pem(key: PrivateKey) -> bytes:
+    """The key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -35,6 +37,7 @@ def private_key_pkcs8_pem(key: PrivateKey) -> bytes:
 
 
 def load_private_key_pem(data: bytes, source: str) -> PrivateKey:
+    """An unencrypted EC private key from PEM; ValueError naming `source` otherwise."""
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except ValueError as exc:

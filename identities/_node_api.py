@@ -148,6 +148,8 @@ class NodeApi:
 def node_api_services(
     ca: CertificateAuthority, tokens: JoinTokens, registry: RegistrySource
 ) -> Callable[[grpc.aio.Server, PeerTable[TlsPeer]], None]:
+    """Registers the Node API (attestation, SVID issuance) on a TLS endpoint's server."""
+
     def add(server: grpc.aio.Server, peers: PeerTable[TlsPeer]) -> None:
         register = cast(
             Callable[[NodeApi, grpc.aio.Server], None], node_pb2_grpc.add_NodeServicer_to_server

@@ -22,6 +22,8 @@ UNIX_PREFIX = "unix:"
 
 
 class RegisteredWorkload(Protocol):
+    """What identities needs of a workload: its name, SPIFFE ID and selectors."""
+
     @property
     def namespace(self) -> str: ...
     @property
@@ -33,6 +35,8 @@ class RegisteredWorkload(Protocol):
 
 
 class WorkloadRegistry(Protocol):
+    """The source of registered workloads for a trust domain."""
+
     @property
     def trust_domain(self) -> TrustDomain: ...
     @property

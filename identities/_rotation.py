@@ -29,6 +29,8 @@ ACTIVATE_CAP = dt.timedelta(days=7)
 
 
 class SlotState(enum.Enum):
+    """Where an authority is in its rotation."""
+
     PREPARED = "prepared"
     ACTIVE = "active"
     RETIRED = "retired"
@@ -36,6 +38,8 @@ class SlotState(enum.Enum):
 
 @dataclass(frozen=True)
 class Slot(Generic[A]):
+    """An authority and its place in rotation (prepared, active or retired)."""
+
     authority: A
     state: SlotState
 

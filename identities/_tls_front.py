@@ -23,6 +23,7 @@ class TlsPeer:
 
 
 def server_tls_context(cert_file: Path, key_file: Path, client_roots_pem: bytes) -> ssl.SSLContext:
+    """A TLS 1.2+ server context for h2 that asks for client certificates from the roots."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_OPTIONAL
@@ -33,6 +34,8 @@ def server_tls_context(cert_file: Path, key_file: Path, client_roots_pem: bytes)
 
 
 class TlsEndpoint:
+    """A gRPC server behind TLS that records each connection's verified peer."""
+
     def __init__(
         self,
         host: str,

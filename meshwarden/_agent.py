@@ -23,7 +23,7 @@ from meshwarden.identities import (
     read_server_bundle,
     workload_api_services,
 )
-from meshwarden.xds._sds import sds_handler
+from meshwarden.xds import sds_handler
 
 
 @dataclass(frozen=True)

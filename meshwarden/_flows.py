@@ -20,8 +20,7 @@ from opentelemetry import metrics
 
 from meshwarden._health import Reply
 from meshwarden.engine import CompiledMesh, Request, decide
-from meshwarden.xds._access_log import Flow, TcpAttribution
-from meshwarden.xds._decisions import Verdict
+from meshwarden.xds import Flow, TcpAttribution, Verdict
 
 DEFAULT_SIZE = 10_000
 FOLLOW_BACKLOG = 1_000  # records a slow follower may fall behind before it misses some

@@ -46,7 +46,7 @@ from meshwarden.identities import (
     server_tls_context,
     write_file,
 )
-from meshwarden.xds._tracing import TracingTarget
+from meshwarden.xds import TracingTarget
 
 ADMIN_SOCKET = "admin.sock"
 BUNDLE_FILE = "bundle.json"

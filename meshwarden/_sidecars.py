@@ -15,8 +15,7 @@ from typing import Any
 import grpc
 
 from meshwarden.identities import AttestationError, CachedIdentity, IdentityCache, LocalEndpoint
-from meshwarden.xds._bootstrap import bootstrap, envoy_binary
-from meshwarden.xds._sds import sds_handler
+from meshwarden.xds import bootstrap, envoy_binary, sds_handler
 
 
 def file_stem(ref: str) -> str:

@@ -15,7 +15,7 @@ from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import BUNDLE_FILE, ControlPlane, ServerOptions
 from meshwarden._sidecars import Sidecar, stop_all
 from meshwarden.identities import Clock, SystemClock
-from meshwarden.xds._tracing import TracingTarget
+from meshwarden.xds import TracingTarget
 
 NODE_NAME = "local"
 CRASH_LOOP = 5  # an Envoy exiting this often within CRASH_WINDOW_S stops `up`

@@ -9,20 +9,23 @@ from typing import Any
 
 from meshwarden._flows import FlowLog, engine_attribution
 from meshwarden._policies import Policies
-from meshwarden.xds._access_log import AccessLogReceiver, access_log_handler
-from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
-from meshwarden.xds._bootstrap import XDS_CLUSTER
-from meshwarden.xds._cache import SnapshotCache
-from meshwarden.xds._ext_authz import (
+from meshwarden.xds import (
+    XDS_CLUSTER,
+    AccessLogReceiver,
+    AggregatedDiscovery,
     Authorization,
+    SnapshotBuilder,
+    SnapshotCache,
+    TelemetryObserver,
+    TracingTarget,
+    TranslationContext,
+    access_log_handler,
+    ads_handler,
     authorization_handler,
     registered_workload,
+    registry_authorizer,
+    relayed_peer_spiffe_id,
 )
-from meshwarden.xds._node_auth import registry_authorizer, relayed_peer_spiffe_id
-from meshwarden.xds._observability import TelemetryObserver
-from meshwarden.xds._publisher import SnapshotBuilder
-from meshwarden.xds._tracing import TracingTarget
-from meshwarden.xds._translate import TranslationContext
 
 log = logging.getLogger(__name__)
 

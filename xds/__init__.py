@@ -1,39 +1,65 @@
 """meshwarden.xds: the xDS side — ADS (state of the world and delta) from per-node snapshots,
-SDS for the local Envoy, and the translation of compiled plans into Envoy resources."""
+SDS for the local Envoy, the translation of compiled plans into Envoy resources, and the
+receivers of what sidecars report (access logs, ext_authz Check calls)."""
 
+from meshwarden.xds._access_log import AccessLogReceiver, Flow, TcpAttribution, access_log_handler
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
-from meshwarden.xds._bootstrap import bootstrap, envoy_binary
-from meshwarden.xds._cache import NodeStatus, SnapshotCache
+from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary
+from meshwarden.xds._cache import SnapshotCache
+from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._encode import ResourceEncoder
+from meshwarden.xds._ext_authz import (
+    Authorization,
+    authorization_handler,
+    loopback_cluster,
+    registered_workload,
+    serve_on_loopback,
+    verdict_of,
+)
 from meshwarden.xds._node_auth import (
-    peer_spiffe_id,
     registry_authorizer,
     relayed_peer_spiffe_id,
     workload_authorizer,
 )
+from meshwarden.xds._observability import TelemetryObserver
 from meshwarden.xds._publisher import SnapshotBuilder
 from meshwarden.xds._sds import sds_handler
-from meshwarden.xds._snapshot import ConfigWatcher, Resource, Snapshot
+from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
+from meshwarden.xds._tracing import TracingTarget
 from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
 
 __all__ = [
+    "CLUSTER",
+    "ENDPOINT",
+    "LISTENER",
+    "ROUTE",
+    "XDS_CLUSTER",
+    "AccessLogReceiver",
     "AggregatedDiscovery",
-    "ConfigWatcher",
-    "NodeStatus",
-    "Resource",
+    "Authorization",
+    "Flow",
     "ResourceEncoder",
     "Snapshot",
     "SnapshotBuilder",
     "SnapshotCache",
     "StaticTls",
+    "TcpAttribution",
+    "TelemetryObserver",
+    "TracingTarget",
     "TranslationContext",
+    "Verdict",
+    "access_log_handler",
     "ads_handler",
+    "authorization_handler",
     "bootstrap",
     "envoy_binary",
-    "peer_spiffe_id",
+    "loopback_cluster",
+    "registered_workload",
     "registry_authorizer",
     "relayed_peer_spiffe_id",
     "sds_handler",
+    "serve_on_loopback",
+    "verdict_of",
     "workload_authorizer",
     "workload_resources",
 ]

@@ -227,6 +227,7 @@ def _dry_run(plan: AuthorizationPlan, decision: Decision) -> tuple[str | None, s
 
 
 def verdict_of(plan: AuthorizationPlan, decision: Decision) -> Verdict:
+    """The decision as a Verdict, with the dry-run verdict when the plan has dry-run policies."""
     dry_decision, dry_policy = _dry_run(plan, decision) if plan.dry_run else (None, None)
     return Verdict(
         "allow" if decision.allowed else "deny",

@@ -15,9 +15,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from meshwarden.engine import CompiledRule
-from meshwarden.engine._patterns import IpNetwork, Patterns
-from meshwarden.engine._rules import CompiledCondition, CompiledOperation, CompiledSource
+from meshwarden.engine import (
+    CompiledCondition,
+    CompiledOperation,
+    CompiledRule,
+    CompiledSource,
+    IpNetwork,
+    Patterns,
+)
 
 Predicate = dict[str, Any]
 JWT_FILTER = "envoy.filters.http.jwt_authn"

@@ -208,6 +208,7 @@ async def _delta_unimplemented(
 
 
 def sds_handler(cache: IdentityCache, attest: CallerAttestor) -> grpc.GenericRpcHandler:
+    """The gRPC handler of SDS for the local Envoy: secrets for the identity its caller proves."""
     sds = SecretDiscovery(cache, attest)
     codec = {"request_deserializer": DiscoveryRequest.parse, "response_serializer": bytes}
     return grpc.method_handlers_generic_handler(

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshwarden.engine import CompiledMesh, Workload
-from meshwarden.engine._model import WorkloadPort
+from meshwarden.engine import CompiledMesh, Workload, WorkloadPort
 from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
 from meshwarden.xds._ext_authz import ext_authz_http_filter, ext_authz_network_filter
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY

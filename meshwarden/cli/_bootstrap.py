@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _config(args: argparse.Namespace) -> dict[str, object] | None:
-    from meshwarden.xds._bootstrap import bootstrap
+    from meshwarden.xds import bootstrap
 
     namespace, slash, name = args.workload.partition("/")
     host, colon, port = args.server.rpartition(":")

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: b
 def set_up(args: argparse.Namespace, service_name: str) -> tuple[Any, Any]:
     """(Telemetry, TracingTarget for sidecars or None). Raises TelemetryError on bad input."""
     from meshwarden._telemetry import otlp_endpoint, setup
-    from meshwarden.xds._tracing import TracingTarget
+    from meshwarden.xds import TracingTarget
 
     endpoint = otlp_endpoint(getattr(args, "otlp_endpoint", None))
     sampling = getattr(args, "trace_sampling", 100.0)

@@ -27,11 +27,19 @@ from meshwarden.identities import (
     server_spiffe_id,
     server_tls_context,
 )
-from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
-from meshwarden.xds._cache import SnapshotCache
-from meshwarden.xds._encode import ResourceEncoder
-from meshwarden.xds._node_auth import relayed_peer_spiffe_id, workload_authorizer
-from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
+from meshwarden.xds import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    AggregatedDiscovery,
+    ResourceEncoder,
+    Snapshot,
+    SnapshotCache,
+    ads_handler,
+    relayed_peer_spiffe_id,
+    workload_authorizer,
+)
 
 from ..integration.harness import LoopThread
 

@@ -17,8 +17,7 @@ import grpc
 import pytest
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
-from meshwarden.xds._observability import TelemetryObserver
-from meshwarden.xds._snapshot import CLUSTER, LISTENER, Snapshot
+from meshwarden.xds import CLUSTER, LISTENER, Snapshot, TelemetryObserver
 
 from meshwarden._otlp_sink import otlp_receiver
 from meshwarden._telemetry import tracer_provider

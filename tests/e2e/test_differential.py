@@ -35,9 +35,14 @@ from meshwarden.identities import (
     generate_key,
     private_key_pkcs8_pem,
 )
-from meshwarden.xds._bootstrap import envoy_binary
-from meshwarden.xds._snapshot import CLUSTER, LISTENER
-from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
+from meshwarden.xds import (
+    CLUSTER,
+    LISTENER,
+    StaticTls,
+    TranslationContext,
+    envoy_binary,
+    workload_resources,
+)
 
 from meshwarden._demo_idp import DemoIdp
 from meshwarden._demo_live import sample_apps

@@ -17,16 +17,19 @@ import grpc
 import pytest
 from meshwarden.engine import CompiledMesh, Request, TrustDomain, decide
 from meshwarden.identities import CaConfig, CertificateAuthority, SystemClock
-from meshwarden.xds._bootstrap import envoy_binary
-from meshwarden.xds._decisions import Verdict
-from meshwarden.xds._ext_authz import (
+from meshwarden.xds import (
+    CLUSTER,
+    LISTENER,
     Authorization,
+    StaticTls,
+    TranslationContext,
+    Verdict,
+    envoy_binary,
     loopback_cluster,
     serve_on_loopback,
     verdict_of,
+    workload_resources,
 )
-from meshwarden.xds._snapshot import CLUSTER, LISTENER
-from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
 
 from meshwarden._demo_idp import DemoIdp
 from meshwarden._demo_live import sample_apps

@@ -11,9 +11,16 @@ from typing import Any
 import pytest
 from meshwarden.engine import CompiledMesh, TrustDomain
 from meshwarden.identities import CaConfig, CertificateAuthority, SystemClock
-from meshwarden.xds._ext_authz import Authorization, loopback_cluster, serve_on_loopback
-from meshwarden.xds._snapshot import CLUSTER, LISTENER
-from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
+from meshwarden.xds import (
+    CLUSTER,
+    LISTENER,
+    Authorization,
+    StaticTls,
+    TranslationContext,
+    loopback_cluster,
+    serve_on_loopback,
+    workload_resources,
+)
 
 from meshwarden._demo_live import sample_apps
 

@@ -17,7 +17,8 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.rpc import Status
 from meshwarden.identities import LocalEndpoint, caller_selectors
-from meshwarden.xds._sds import SECRET_TYPE, SERVICE, sds_handler
+from meshwarden.xds import sds_handler
+from meshwarden.xds._sds import SECRET_TYPE, SERVICE
 
 from .conftest import WorkloadApiFixture
 

@@ -24,8 +24,7 @@ from meshwarden.identities import (
     generate_key,
     private_key_pkcs8_pem,
 )
-from meshwarden.xds._bootstrap import envoy_binary
-from meshwarden.xds._sds import sds_handler
+from meshwarden.xds import envoy_binary, sds_handler
 
 from .conftest import TD, WorkloadApiFixture
 

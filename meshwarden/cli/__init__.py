@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from meshwarden.cli._entry import quiet_third_party_warnings, run_command
+from meshwarden.cli._parser import Parser
+
+__all__ = ["build_parser", "main", "subcommand_parsers"]
 
 # Each module named here defines `register(subparsers)`; it adds its parser and sets `func`,
 # a callable taking the parsed namespace and returning the exit code.
@@ -21,39 +27,80 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "up",
     "bootstrap",
     "flows",
+    "completion",
 )
 
 
 # Commands registered by a module of another name.
 _MODULE_OF = {name: name for name in _COMMAND_MODULES} | {"sidecar": "bootstrap"}
 
+_EPILOG = """\
+examples:
+  meshwarden check examples/shop
+  meshwarden explain examples/shop --to shop/backend-1 --port 8080 --from-workload shop/frontend-1
+  meshwarden demo --offline
+  meshwarden COMMAND --help
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+exit status: 0 ok (allowed, valid), 1 the answer is no (denied, invalid) or the command failed,
+2 usage, input or internal error; see docs/cli.md."""
+
+
+def _version() -> str:
+    try:
+        return version("meshwarden")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command tree, or only the commands of the modules in `only`."""
+    parser = Parser(
         prog="meshwarden",
         description=(
             "Identity-first authorization for service meshes: validate policies, explain "
             "decisions, issue SPIFFE identities and drive Envoy sidecars."
         ),
+        epilog=_EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"meshwarden {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES if only is None else (only,):
+    for name in _COMMAND_MODULES if only is None else only:
         module = importlib.import_module(f"meshwarden.cli._{name}")
         module.register(subparsers)
+    for sub in subcommand_parsers(parser):
+        sub.set_defaults(command_prog=sub.prog)  # errors are `meshwarden token create: error:`
     return parser
 
 
+def subcommand_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every sub-command parser under `parser`, depth first (`token`, then `token create`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield sub
+                yield from subcommand_parsers(sub)
+
+
+def _modules_for(argv: list[str]) -> tuple[str, ...] | None:
+    """Import only the command being run: some pull in gRPC and Envoy types, slow to import."""
+    if not argv:
+        return None
+    if argv[0] == "--version":
+        return ()
+    module = _MODULE_OF.get(argv[0])
+    return None if module is None else (module,)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # Import only the command being run: some pull in gRPC and Envoy types, slow to import.
-    only = _MODULE_OF.get(argv[0]) if argv else None
-    parser = build_parser(only)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    quiet_third_party_warnings()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_modules_for(args_list))
+    args = parser.parse_args(args_list)
+    func = getattr(args, "func", None)
+    if func is None:
         parser.print_help(sys.stderr)
         return 2
-    code: int = args.func(args)
-    return code
+    return run_command(func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

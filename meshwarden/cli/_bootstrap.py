@@ -9,10 +9,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from meshwarden.cli._common import fail
+from meshwarden.cli._common import fail, write_output_file
 
 HELP = """\
-Print (or write with -o) the Envoy bootstrap of a workload's sidecar: ADS over mTLS to the
+Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS to the
 control plane at --server (the sidecar presents its workload SVID and requires the server's
 SPIFFE ID spiffe://<trust domain>/meshwarden/server), certificates and trust bundle from the
 local agent's SDS socket, admin on 127.0.0.1."""
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("bootstrap", help="print a sidecar's Envoy bootstrap",
                                    description=HELP)  # fmt: skip
     _common(parser)
-    parser.add_argument("-o", "--output", type=Path, metavar="FILE")
+    parser.add_argument("--output-file", type=Path, metavar="FILE",
+                        help="write the bootstrap to FILE instead of stdout")  # fmt: skip
     parser.set_defaults(func=run_bootstrap)
     sidecar = subparsers.add_parser(
         "sidecar", help="run Envoy as a workload's sidecar",
@@ -58,8 +59,8 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     if config is None:
         return fail("--workload must be NS/NAME and --server HOST:PORT")
     text = json.dumps(config, indent=2) + "\n"
-    if args.output:
-        args.output.write_text(text)
+    if args.output_file:
+        write_output_file(args.output_file, text)
     else:
         sys.stdout.write(text)
     return 0

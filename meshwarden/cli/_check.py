@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, InputError, fail, load_or_raise, print_json
+from meshwarden.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    InputError,
+    add_output_format,
+    add_policy_paths,
+    fail,
+    load_or_raise,
+    print_json,
+)
 
 HELP = """\
 Validate policy files and directories (searched recursively for *.yaml / *.yml) and report
@@ -16,23 +25,21 @@ domains, CIDRs and ports, duplicate (kind, namespace, name), unknown condition k
 fields on tcp ports, JWT constraints without a JwtIssuer. Warnings: selectors matching no
 workload, rules that can never match, rules fully shadowed by another rule.
 
+In text output each problem is followed by the line it is on, with a caret under the column.
+
+examples:
+  meshwarden check examples/shop
+  meshwarden check policies/ extra.yaml --strict
+  meshwarden check policies/ -o json | jq '.diagnostics[] | select(.severity == "error")'
+
 exit status: 0 valid (warnings allowed), 1 invalid, 2 usage error (e.g. a path that does not
 exist)."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "check", help="validate policy files", description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people (default) or one JSON object for scripts",
-    )
+    parser = subparsers.add_parser("check", help="validate policy files", description=HELP)
+    add_policy_paths(parser)
+    add_output_format(parser, "text for people (default) or one JSON object for scripts")
     parser.add_argument("--no-warnings", action="store_true", help="print errors only")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
     parser.set_defaults(func=run)

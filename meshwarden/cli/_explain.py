@@ -11,10 +11,13 @@ from meshwarden.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     InputError,
+    add_output_format,
+    add_policy_paths,
     fail,
     load_or_raise,
     print_json,
 )
+from meshwarden.cli._types import port_number
 from meshwarden.engine import CompiledMesh, Decision, Request, SpiffeId, SpiffeIdError, decide
 
 HELP = """\
@@ -25,25 +28,37 @@ The peer is --from SPIFFE_ID (a verified mTLS identity), or --from-workload NS/N
 workload's identity and its first address), or neither: a plaintext peer at --source-ip. On an
 http/grpc port the request defaults to GET /.
 
+examples:
+  meshwarden explain examples/shop --to shop/backend-1 --port 8080 \\
+      --from-workload shop/frontend-1 --method GET --path /api/catalogue
+  meshwarden explain examples/shop --to shop/backend-1 --port 8080 --source-ip 127.0.0.9 -o json
+  meshwarden explain policies/ --to shop/backend-1 --port 8080 \\
+      --from spiffe://example.org/ns/ops/sa/ops --jwt-claims '{"iss": "https://idp.example.com"}'
+
 exit status: 0 allowed, 1 denied, 2 usage or input error (invalid policies, unknown workload
-or port, malformed flag values)."""
+or port, malformed flag values) or an internal error - never 1, so a script reads 1 as denied."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser(
-        "explain", help="decide and explain one request", description=HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
+    p = subparsers.add_parser("explain", help="decide and explain one request", description=HELP)
+    add_policy_paths(p)
     p.add_argument("--to", required=True, metavar="NS/WORKLOAD", help="destination workload")
-    p.add_argument("--port", required=True, type=int, metavar="N", help="destination port")
+    p.add_argument(
+        "--port",
+        required=True,
+        type=port_number,
+        metavar="N",
+        help="destination port (the Workload's port, not its targetPort)",
+    )
     peer = p.add_mutually_exclusive_group()
     peer.add_argument("--from", dest="from_id", metavar="SPIFFE_ID", help="peer identity")
     peer.add_argument("--from-workload", metavar="NS/WORKLOAD", help="peer workload")
     p.add_argument("--source-ip", metavar="IP", help="direct peer address")
-    p.add_argument("--method", help="HTTP method (default GET on http ports)")
-    p.add_argument("--path", help="HTTP path, normalised as Envoy does (default /)")
-    p.add_argument("--host", help="HTTP host / :authority")
+    p.add_argument("--method", help="HTTP method (default: GET on http ports)")
+    p.add_argument(
+        "--path", metavar="/PATH", help="HTTP path, normalised as Envoy does (default: /)"
+    )
+    p.add_argument("--host", help="HTTP host / :authority (default: none)")
     p.add_argument(
         "--header",
         action="append",
@@ -56,12 +71,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="JSON",
         help="claims of a verified token; its iss selects the JwtIssuer",
     )
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    add_output_format(p)
     p.add_argument("--trace", action="store_true",
                    help="also export the explanation as a span tree to an OTLP collector "
                    "(--otlp-endpoint, else $OTEL_EXPORTER_OTLP_ENDPOINT); prints the trace id "
                    "on stderr")  # fmt: skip
-    p.add_argument("--otlp-endpoint", metavar="URL", help="OTLP/gRPC collector for --trace")
+    p.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="OTLP/gRPC collector for --trace, e.g. http://127.0.0.1:4317",
+    )
     p.set_defaults(func=run)
 
 
@@ -69,11 +88,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = load_or_raise(args.paths)
         if result.compiled is None:
-            for diagnostic in result.errors:
-                print(diagnostic, file=sys.stderr)
+            if args.output != "json":
+                for diagnostic in result.errors:
+                    print(diagnostic, file=sys.stderr)
             raise InputError(
                 f"the policies have {len(result.errors)} error(s); "
-                "run `meshwarden check` for details"
+                "run `meshwarden check` for details",
+                diagnostics=[d.to_json() for d in result.errors],
             )
         request = build_request(args, result.compiled)
         endpoint = _trace_endpoint(args)

@@ -6,13 +6,19 @@ import argparse
 import http.client
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, fail, print_json
+from meshwarden.cli._common import EXIT_OK, CommandFailed, fail, print_json
+from meshwarden.cli._types import (
+    DURATION_EXAMPLES,
+    duration,
+    http_server,
+    positive_int,
+    split_host_port,
+)
 
 SERVER_ENV = "MESHWARDEN_SERVER"
 
@@ -26,27 +32,16 @@ port, method and path, HTTP status, decision, the policy and rule that made it (
 cause: default:deny, default:allow, jwt:invalid), the dry-run outcome where a dry-run policy
 applies, and the W3C trace id of the request's traceparent.
 
-The server is the health URL that `meshwarden up` and `meshwarden server` print in their
-'ready' line (http://HOST:PORT/healthz; the path is ignored), from --server or ${SERVER_ENV}.
+The server is the HOST:PORT of the health endpoint that `meshwarden up` and `meshwarden
+server` print in their 'ready' line (the http://HOST:PORT/healthz URL itself works too), from
+--server or ${SERVER_ENV}.
 
 examples:
-  meshwarden flows --server http://127.0.0.1:41234 --denied --since 5m
-  meshwarden flows --workload shop/backend-1 -o json
-  meshwarden flows --follow
+  meshwarden flows --server 127.0.0.1:41234 --denied --since 5m
+  MESHWARDEN_SERVER=127.0.0.1:41234 meshwarden flows --workload shop/backend-1 -o json
+  meshwarden flows --server http://127.0.0.1:41234/healthz --follow
 
 exit status: 0 ok, 1 the server could not be reached or refused the query, 2 usage error."""
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-
-
-def parse_duration(text: str) -> float:
-    """`90`, `30s`, `5m`, `1h30m`, `2d` → seconds; ValueError otherwise."""
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    if not text or _DURATION.sub("", text):
-        raise ValueError(f"--since {text!r}: expected a duration like 30s, 5m, 1h30m or 2d")
-    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,12 +49,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "flows", help="show the authorization decisions the sidecars reported",
         description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--server", default=os.environ.get(SERVER_ENV), metavar="URL",
-                   help=f"the control plane's health URL (default ${SERVER_ENV})")  # fmt: skip
+    p.add_argument(
+        "--server",
+        type=http_server,
+        default=os.environ.get(SERVER_ENV),
+        metavar="HOST:PORT",
+        help=f"the control plane's health endpoint (default: ${SERVER_ENV})",
+    )
     p.add_argument("--denied", action="store_true", help="only denied requests")
     p.add_argument("--workload", metavar="NS/NAME", help="only requests to this workload")
-    p.add_argument("--since", metavar="DURATION", help="only the last DURATION (30s, 5m, 1h)")
-    p.add_argument("--limit", type=int, metavar="N", help="only the newest N records")
+    p.add_argument(
+        "--since",
+        type=duration,
+        metavar="DURATION",
+        help=f"only the last DURATION ({DURATION_EXAMPLES})",
+    )
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the newest N records")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new records as they arrive (Ctrl-C stops)")  # fmt: skip
     p.add_argument("-o", "--output", choices=("text", "json"), default="text",
@@ -76,7 +81,7 @@ def _query(args: argparse.Namespace) -> dict[str, str]:
             raise ValueError(f"--workload {args.workload!r}: expected NS/NAME")
         params["workload"] = args.workload
     if args.since is not None:
-        params["since"] = str(parse_duration(args.since))
+        params["since"] = str(args.since)
     if args.limit is not None:
         params["limit"] = str(args.limit)
     if args.follow:
@@ -85,30 +90,27 @@ def _query(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _connect(server: str, params: dict[str, str]) -> http.client.HTTPResponse:
-    url = urlsplit(server if "://" in server else f"http://{server}")
-    if url.scheme != "http" or not url.hostname:
-        raise ValueError(f"--server {server!r}: expected http://HOST:PORT")
-    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=None if (
-        params.get("follow")) else 30)  # fmt: skip
+    host, port = split_host_port(server)
+    conn = http.client.HTTPConnection(host, port, timeout=None if params.get("follow") else 30)
     conn.request("GET", "/flows?" + urlencode(params))
     return conn.getresponse()
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.server:
-        return fail(f"no server: give --server URL (the health URL in the 'ready' line of "
-                    f"`meshwarden up` / `meshwarden server`) or set ${SERVER_ENV}")  # fmt: skip
+        return fail(
+            f"no server: give --server HOST:PORT (the health endpoint in the 'ready' "
+            f"line of `meshwarden up` / `meshwarden server`) or set ${SERVER_ENV}"
+        )
     try:
         response = _connect(args.server, _query(args))
     except ValueError as exc:
         return fail(str(exc))
     except OSError as exc:
-        print(f"meshwarden: error: {args.server}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"{args.server}: {exc.strerror or exc}") from None
     if response.status != 200:
         body = response.read().decode(errors="replace")
-        print(f"meshwarden: error: {args.server}: {response.status} {body}", file=sys.stderr)
-        return EXIT_FAILED
+        raise CommandFailed(f"{args.server}: {response.status} {body}")
     try:
         if args.follow:
             return _follow(response, args.output)
@@ -128,8 +130,7 @@ def _follow(response: http.client.HTTPResponse, output: str) -> int:
     for flow in _records(response):
         line = json.dumps(flow) if output == "json" else _row(cells(flow), _WIDTHS)
         print(line, flush=True)
-    print("meshwarden: error: the server closed the stream", file=sys.stderr)
-    return EXIT_FAILED
+    raise CommandFailed("the server closed the stream")
 
 
 def _records(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:

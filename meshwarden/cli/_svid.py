@@ -5,27 +5,49 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import Encoding
-from spiffe import WorkloadApiClient
-from spiffe.errors import PySpiffeError
+from meshwarden.cli._common import CommandFailed, add_output_format
+from meshwarden.cli._types import DURATION_EXAMPLES, positive_duration
+
+EXAMPLES = """\
+examples:
+  meshwarden svid fetch --socket /run/meshwarden/agent.sock
+  meshwarden svid fetch --socket /run/meshwarden/agent.sock --jwt-audience backend -o json"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("svid", help="inspect SVIDs from the Workload API")
+    parser = subparsers.add_parser(
+        "svid", help="inspect SVIDs from the Workload API", epilog=EXAMPLES
+    )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    fetch = actions.add_parser("fetch", help="fetch this process's SVIDs")
-    fetch.add_argument("--socket", type=Path, required=True, metavar="PATH")
+    fetch = actions.add_parser(
+        "fetch",
+        help="fetch this process's SVIDs",
+        epilog=EXAMPLES,
+        description="Fetch the X.509-SVIDs (and with --jwt-audience a JWT-SVID) that the "
+        "Workload API gives this process, with the py-spiffe client a Python workload uses.",
+    )
+    fetch.add_argument(
+        "--socket", type=Path, required=True, metavar="PATH", help="the agent's Workload API socket"
+    )
     fetch.add_argument("--jwt-audience", metavar="AUD", help="also fetch a JWT-SVID for AUD")
-    fetch.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    fetch.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    add_output_format(fetch)
+    fetch.add_argument(
+        "--timeout",
+        type=positive_duration,
+        default="10s",
+        metavar="DURATION",
+        help=f"give up after DURATION ({DURATION_EXAMPLES})",
+    )
     fetch.set_defaults(func=run_fetch)
 
 
 def _fetch(args: argparse.Namespace) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from spiffe import WorkloadApiClient
+
     with WorkloadApiClient(f"unix://{args.socket.resolve()}") as client:
         context = client.fetch_x509_context(timeout=args.timeout)
         svids = [
@@ -44,11 +66,12 @@ def _fetch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    from spiffe.errors import PySpiffeError
+
     try:
         result = _fetch(args)
     except PySpiffeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandFailed(f"{args.socket}: {exc}") from None
     if args.output == "json":
         print(json.dumps(result, indent=2))
         return 0

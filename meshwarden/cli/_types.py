@@ -1,0 +1,113 @@
+"""The argparse types every command shares: one grammar for HOST:PORT, one for durations.
+
+An argparse type raises `argparse.ArgumentTypeError`; the parser turns it into the one-line
+`meshwarden COMMAND: error: --flag 'VALUE': ...` (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from urllib.parse import urlsplit
+
+_HOST_PORT = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})"
+)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_EXAMPLES = "90s, 5m, 1h30m, 500ms or 2d"
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """`127.0.0.1:8443` → ("127.0.0.1", 8443); `[::1]:80` → ("::1", 80); ValueError otherwise."""
+    match = _HOST_PORT.fullmatch(text)
+    if match is None or int(match["port"]) > 65535:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8443")
+    return match["ipv6"] or match["host"], int(match["port"])
+
+
+def host_port(text: str) -> str:
+    """An argparse type: HOST:PORT (port 0 asks the system for a free port where one listens)."""
+    try:
+        split_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def http_server(text: str) -> str:
+    """An argparse type: HOST:PORT of an HTTP endpoint. The `http://HOST:PORT/...` URL that
+    `meshwarden up` and `server` print is accepted too (its path is ignored). Returns HOST:PORT."""
+    if "://" in text:
+        url = urlsplit(text)
+        try:
+            port = url.port
+        except ValueError:
+            port = None
+        if url.scheme != "http" or not url.hostname or port is None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected HOST:PORT or http://HOST:PORT, e.g. 127.0.0.1:9901"
+            )
+        host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+        text = f"{host}:{port}"
+    return host_port(text)
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `5m`, `1h30m`, `500ms`, `1.5h`, `2d` or `0` → seconds; ValueError otherwise.
+
+    Every number carries its unit (as in Go and kubectl), so `90` is refused rather than guessed."""
+    if text == "0":
+        return 0.0
+    if not text or _DURATION_PART.sub("", text):
+        hint = f" (add a unit: {text}s)" if re.fullmatch(r"\d+(\.\d+)?", text) else ""
+        raise ValueError(f"{text!r}: expected a duration like {DURATION_EXAMPLES}{hint}")
+    return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def duration(text: str) -> float:
+    """An argparse type: a duration in the one grammar of `parse_duration`, in seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_duration(text: str) -> float:
+    """An argparse type: a duration greater than zero."""
+    seconds = duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be longer than 0")
+    return seconds
+
+
+def percentage(text: str) -> float:
+    """An argparse type: a number from 0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a percentage, 0 to 100")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number, 1 to 65535")
+    return value

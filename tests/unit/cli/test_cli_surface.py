@@ -1,0 +1,195 @@
+"""The command line as a user meets it: every sub-command's --help (each flag explained, with an
+example), --version, shell completion, and errors that are one line with the documented exit
+code — never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+from meshwarden.cli import build_parser, main, subcommand_parsers
+
+ROOT = Path(__file__).resolve().parents[3]
+SHOP = str(ROOT / "examples" / "shop")
+MESHWARDEN = [sys.executable, "-m", "meshwarden"]
+COMMANDS = [sub.prog.split()[1:] for sub in subcommand_parsers(build_parser())]
+
+
+def _one_line(text: str) -> str:
+    lines = text.splitlines()
+    assert len(lines) == 1, f"expected one line, got {text!r}"
+    return lines[0]
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_help_explains_every_flag_and_shows_an_example(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = next(s for s in subcommand_parsers(build_parser()) if s.prog.split()[1:] == command)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for action in _flags(parser):
+        assert action.help, f"meshwarden {' '.join(command)} {action.option_strings[0]}: no help"
+        for name in action.option_strings:
+            assert name in text
+    leaf = not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+    if leaf:
+        assert "example" in text, f"meshwarden {' '.join(command)} --help has no example"
+
+
+def test_help_shows_defaults_of_flags_that_have_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    assert "(default: text)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_help_and_version_print_no_third_party_warnings() -> None:
+    help_ = subprocess.run([*MESHWARDEN, "--help"], capture_output=True, text=True, check=True)
+    assert help_.stderr == ""  # e.g. cryptography's DSA deprecation warning via py-spiffe
+    for command in COMMANDS:
+        assert command[0] in help_.stdout
+    shown = subprocess.run([*MESHWARDEN, "--version"], capture_output=True, text=True, check=True)
+    assert shown.stdout == f"meshwarden {version('meshwarden')}\n"
+    assert shown.stderr == ""
+
+
+def _bash_complete(script: str, words: list[str]) -> list[str]:
+    """What bash offers when the line so far is `words` (the last one being completed)."""
+    line = " ".join(f"'{w}'" for w in words)
+    program = (
+        f"{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}\n"
+        '_meshwarden; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    done = subprocess.run(["bash", "-c", program], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def test_bash_completion_is_valid_and_completes_commands_flags_and_choices(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    top = _bash_complete(script, ["meshwarden", ""])
+    assert {c[0] for c in COMMANDS} <= set(top)
+    assert _bash_complete(script, ["meshwarden", "ch"]) == ["check"]
+    assert _bash_complete(script, ["meshwarden", "check", "-o", ""]) == ["text", "json"]
+    assert _bash_complete(script, ["meshwarden", "token", ""]) == ["create"]
+    assert "--ttl" in _bash_complete(script, ["meshwarden", "token", "create", "--t"])
+
+
+@pytest.mark.parametrize("shell", ["zsh", "fish"])
+def test_zsh_and_fish_completion_name_every_command_and_flag(
+    shell: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    for sub in subcommand_parsers(build_parser()):
+        assert sub.prog.split()[-1] in script
+        for action in _flags(sub):
+            assert action.option_strings[-1].lstrip("-") in script
+    assert ("compdef _meshwarden meshwarden" if shell == "zsh" else "complete -c meshwarden") in (
+        script
+    )
+
+
+def test_usage_errors_are_one_line_exit_2_with_a_suggestion() -> None:
+    done = subprocess.run([*MESHWARDEN, "chek", SHOP], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert _one_line(done.stderr).startswith("meshwarden: error: ")
+    assert "did you mean 'check'?" in done.stderr
+    done = subprocess.run([*MESHWARDEN, "flows", "--since", "soon"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert _one_line(done.stderr).startswith("meshwarden flows: error: --since 'soon': expected")
+
+
+def test_input_errors_name_the_command_or_answer_in_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["explain", SHOP, "--to", "shop/nope", "--port", "8080"]) == 2
+    captured = capsys.readouterr()
+    assert _one_line(captured.err).startswith("meshwarden explain: error: --to shop/nope: no such")
+    assert captured.out == ""
+    assert main(["explain", SHOP, "--to", "shop/nope", "--port", "8080", "-o", "json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(_one_line(captured.out))["error"].startswith("--to shop/nope: no such")
+    assert captured.err == ""
+
+
+def test_an_internal_error_in_explain_or_check_is_one_line_and_exit_2_not_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import meshwarden.cli._check as check_command
+    import meshwarden.cli._explain as explain_command
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(explain_command, "decide", broken)
+    argv = ["explain", SHOP, "--to", "shop/backend-1", "--port", "8080"]
+    assert main(argv) == 2  # 1 would read as "denied"
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("meshwarden explain: error: internal error: RuntimeError: a bug")
+    monkeypatch.setattr(check_command, "load_or_raise", broken)
+    assert main(["check", SHOP]) == 2  # 1 would read as "invalid"
+    assert _one_line(capsys.readouterr().err).startswith("meshwarden check: error: internal")
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    many = tmp_path / "many.yaml"
+    doc = "apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {{name: m{}}}\nspek: {{}}\n"
+    many.write_text("---\n".join(doc.format(i) for i in range(400)))
+    command = " ".join([*MESHWARDEN, "check", str(many)])
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {command} 2>{tmp_path}/err | head -1"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.stdout.startswith(f"{many}:")
+    assert done.returncode == 141  # as for a process killed by SIGPIPE
+    assert (tmp_path / "err").read_text() == ""
+
+
+def test_a_missing_output_directory_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bootstrap", "--workload", "shop/backend-1", "--server", "127.0.0.1:8443"]
+    target = "/nonexistent-dir/bootstrap.json"
+    assert main([*argv, "--sds-socket", "/tmp/sds.sock", "--output-file", target]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == f"meshwarden bootstrap: error: --output-file {target}: No such file or directory"
+
+
+def test_a_bad_envoy_bin_is_one_line_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ENVOY_BIN", "/nonexistent/envoy")
+    assert main(["demo"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("meshwarden demo: error: ENVOY_BIN=/nonexistent/envoy: not an executable")
+
+
+def test_a_port_in_use_in_demo_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+        done = subprocess.run(
+            [*MESHWARDEN, "demo", "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+    assert done.returncode == 2
+    assert _one_line(done.stderr).startswith(f"meshwarden demo: error: --metrics 127.0.0.1:{port}")

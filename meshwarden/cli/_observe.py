@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from meshwarden.cli._common import fail, percentage
+from meshwarden.cli._types import host_port
 
 OTLP_HELP = (
     "send traces to this OTLP/gRPC collector (Jaeger, Tempo, the OpenTelemetry Collector), "
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: b
             "(default 100; requests arriving with a sampled traceparent are always traced)",
         )  # fmt: skip
     if metrics:
-        group.add_argument("--metrics", metavar="HOST:PORT",
+        group.add_argument("--metrics", type=host_port, metavar="HOST:PORT",
                            help="serve Prometheus metrics at http://HOST:PORT/metrics")  # fmt: skip
 
 

@@ -11,7 +11,14 @@ from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import fail, percentage
+from meshwarden.cli._types import host_port
 from meshwarden.identities import SystemClock
+
+EXAMPLES = """\
+examples:
+  meshwarden server --policies /etc/meshwarden/policies --data-dir /var/lib/meshwarden
+  meshwarden server --policies policies/ --data-dir data/ --listen 10.0.0.1:8443 \\
+      --otlp-endpoint http://127.0.0.1:4317"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,11 +28,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "that agents attest to, and ADS for Envoy sidecars (mTLS with their workload SVIDs). "
         "Policies are reloaded when files change; a broken change keeps the last good config. "
         "Prints a line starting with 'ready' once it serves.",
+        epilog=EXAMPLES,
     )  # fmt: skip
-    parser.add_argument("--policies", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT")
-    parser.add_argument("--health", default="127.0.0.1:0", metavar="HOST:PORT",
+    parser.add_argument(
+        "--policies",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the policy directory (watched; changes are reloaded)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="CA keys, trust bundle and the admin socket (created 0700)",
+    )
+    parser.add_argument(
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:8443",
+        metavar="HOST:PORT",
+        help="node API and ADS for agents and sidecars (mTLS)",
+    )
+    parser.add_argument("--health", type=host_port, default="127.0.0.1:0", metavar="HOST:PORT",
                         help="HTTP health endpoint (GET /healthz); port 0 picks one")  # fmt: skip
     parser.add_argument("--flow-log-size", type=int, default=DEFAULT_FLOW_LOG_SIZE, metavar="N",
                         help="authorization decisions kept for `meshwarden flows` (oldest "
@@ -33,8 +59,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--flow-log-sample", type=percentage, default=100.0, metavar="PERCENT",
                         help="share of allowed HTTP requests the sidecars log; denials (and every "
                         "4xx/5xx answer) are always logged (default 100)")  # fmt: skip
-    parser.add_argument("--upstream-ca-cert", type=Path, metavar="FILE")
-    parser.add_argument("--upstream-ca-key", type=Path, metavar="FILE")
+    parser.add_argument(
+        "--upstream-ca-cert",
+        type=Path,
+        metavar="FILE",
+        help="sign the mesh CA with this upstream CA (PEM; with its key)",
+    )
+    parser.add_argument(
+        "--upstream-ca-key", type=Path, metavar="FILE", help="the upstream CA's private key (PEM)"
+    )
     observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 

@@ -4,30 +4,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 from pathlib import Path
 
 from meshwarden._server import admin_request
+from meshwarden.cli._types import DURATION_EXAMPLES, positive_duration
 
-_DURATION = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    match = _DURATION.fullmatch(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m, 2h or 1d")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+EXAMPLES = """\
+examples:
+  meshwarden token create --data-dir /var/lib/meshwarden --node web-1
+  meshwarden token create --data-dir data/ --node db-1 --ttl 1h"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("token", help="join tokens for agents")
+    parser = subparsers.add_parser("token", help="join tokens for agents", epilog=EXAMPLES)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = actions.add_parser("create", help="print a new single-use join token")
-    create.add_argument("--data-dir", type=Path, required=True, metavar="DIR")
-    create.add_argument("--node", required=True, metavar="NAME")
-    create.add_argument("--ttl", type=parse_duration, default=600.0, metavar="DURATION")
+    create = actions.add_parser("create", help="print a new single-use join token", epilog=EXAMPLES)
+    create.add_argument(
+        "--data-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the running server's --data-dir (its admin socket is there)",
+    )
+    create.add_argument("--node", required=True, metavar="NAME", help="the node the token is for")
+    create.add_argument(
+        "--ttl",
+        type=positive_duration,
+        default="10m",
+        metavar="DURATION",
+        help=f"the token expires after DURATION ({DURATION_EXAMPLES})",
+    )
     create.set_defaults(func=run_create)
 
 

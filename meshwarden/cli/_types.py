@@ -10,28 +10,31 @@ import re
 from urllib.parse import urlsplit
 
 _HOST_PORT = re.compile(
-    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>\d{1,5})"
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]*)):(?P<port>\d{1,5})"
 )
+LOOPBACK = "127.0.0.1"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_EXAMPLES = "90s, 5m, 1h30m, 500ms or 2d"
 
 
 def split_host_port(text: str) -> tuple[str, int]:
-    """`127.0.0.1:8443` → ("127.0.0.1", 8443); `[::1]:80` → ("::1", 80); ValueError otherwise."""
+    """`127.0.0.1:8443` → ("127.0.0.1", 8443); `[::1]:80` → ("::1", 80); `:80` → ("127.0.0.1",
+    80), never all interfaces by omission; ValueError otherwise."""
     match = _HOST_PORT.fullmatch(text)
     if match is None or int(match["port"]) > 65535:
         raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:8443")
-    return match["ipv6"] or match["host"], int(match["port"])
+    return match["ipv6"] or match["host"] or LOOPBACK, int(match["port"])
 
 
 def host_port(text: str) -> str:
-    """An argparse type: HOST:PORT (port 0 asks the system for a free port where one listens)."""
+    """An argparse type: HOST:PORT, returned as written except that an empty HOST is 127.0.0.1
+    (port 0 asks the system for a free port where one listens)."""
     try:
-        split_host_port(text)
+        host, port = split_host_port(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def http_server(text: str) -> str:

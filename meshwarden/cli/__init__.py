@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Iterator, Sequence
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from meshwarden.cli._entry import quiet_third_party_warnings, run_command
 from meshwarden.cli._parser import Parser
@@ -45,11 +45,22 @@ exit status: 0 ok (allowed, valid), 1 the answer is no (denied, invalid) or the 
 2 usage, input or internal error; see docs/cli.md."""
 
 
-def _version() -> str:
-    try:
-        return version("meshwarden")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "unknown"
+class _Version(argparse.Action):
+    """`--version`: looked up only when asked (reading package metadata slows every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "print meshwarden's version and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("meshwarden")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            shown = "unknown"
+        print(f"meshwarden {shown}")
+        parser.exit()
 
 
 def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -62,7 +73,7 @@ def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
         ),
         epilog=_EPILOG,
     )
-    parser.add_argument("--version", action="version", version=f"meshwarden {_version()}")
+    parser.add_argument("--version", action=_Version)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES if only is None else only:
         module = importlib.import_module(f"meshwarden.cli._{name}")

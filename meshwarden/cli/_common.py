@@ -9,10 +9,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from meshwarden.cli._types import percentage as percentage  # re-exported: older imports
-from meshwarden.engine import LoadResult, UsageError, load
+
+if TYPE_CHECKING:
+    from meshwarden.engine import LoadResult
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -88,6 +90,8 @@ def envoy_or_fail() -> str:
 
 
 def load_or_raise(paths: list[str]) -> LoadResult:
+    from meshwarden.engine import UsageError, load  # not at import: flows, completion need none
+
     try:
         return load(paths)
     except UsageError as exc:

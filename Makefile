@@ -25,6 +25,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	command -v nft >/dev/null && command -v iptables >/dev/null || apt-get install -y nftables iptables
 	$(BIN)/pytest -n 2 --dist loadfile tests
 
 test: lint typecheck unit

@@ -16,6 +16,13 @@ from meshwarden.engine._evaluator import (
     PolicyTrace,
     decide,
 )
+from meshwarden.engine._hosts import (
+    EVERYWHERE,
+    Host,
+    HostPort,
+    collapse_networks,
+    subtract_networks,
+)
 from meshwarden.engine._load import (
     LoadResult,
     UsageError,
@@ -42,6 +49,7 @@ from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
 __all__ = [
     "DEFAULT_ALLOW",
     "DEFAULT_DENY",
+    "EVERYWHERE",
     "JWT_INVALID",
     "MTLS_REQUIRED",
     "AuthorizationPlan",
@@ -55,6 +63,8 @@ __all__ = [
     "Diagnostic",
     "Document",
     "DocumentKey",
+    "Host",
+    "HostPort",
     "IpNetwork",
     "LoadResult",
     "Location",
@@ -74,6 +84,7 @@ __all__ = [
     "Workload",
     "WorkloadPort",
     "check_documents",
+    "collapse_networks",
     "compile_documents",
     "decide",
     "load",
@@ -81,4 +92,5 @@ __all__ = [
     "parse_text",
     "read_files",
     "reload",
+    "subtract_networks",
 ]

@@ -185,7 +185,9 @@ def _compile_documents(documents: Iterable[Document[Any]]) -> CompiledMesh:
     for doc in documents:
         by_kind[doc.kind].append(doc)
         all_docs[doc.key] = doc
-    registry, _ = build_registry(by_kind["Mesh"], by_kind["Workload"], by_kind["Service"])
+    registry, _ = build_registry(
+        by_kind["Mesh"], by_kind["Workload"], by_kind["Service"], by_kind["Host"]
+    )
     policies = {d.ref: compile_policy(d, registry) for d in by_kind["AuthorizationPolicy"]}
     issuers = {d.ref: (d, registry.targets(d)) for d in by_kind["JwtIssuer"]}
     by_workload: dict[str, set[str]] = {ref: set() for ref in registry.workloads}

@@ -105,6 +105,7 @@ def check_documents(documents: list[Document[Any]]) -> tuple[CompiledMesh | None
         meshes,
         [d for d in documents if d.kind == "Workload"],
         [d for d in documents if d.kind == "Service"],
+        [d for d in documents if d.kind == "Host"],
     )
     problems.extend(found)
     if problems:

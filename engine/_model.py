@@ -247,18 +247,45 @@ class JwtIssuerSpec(_Strict):
         return self
 
 
+class HostPeer(_Strict):
+    """Where packets to a Host may come from: addresses only, since packets carry no identity."""
+
+    ip_blocks: list[Cidr] | None = None
+    not_ip_blocks: list[Cidr] | None = None
+
+
+class HostRule(_Strict):
+    """An inbound rule for host ports that no sidecar fronts (SSH, a published container port)."""
+
+    ports: Annotated[list[PortSpec], Field(min_length=1)]
+    protocol: Literal["tcp", "udp"] = "tcp"
+    from_: list[HostPeer] | None = Field(default=None, alias="from")
+
+
+class HostSpec(_Strict):
+    """A machine of the mesh: what reaches it beside its sidecars. Everything else is closed."""
+
+    node_name: Annotated[str, AfterValidator(v.dns_subdomain)] | None = None
+    addresses: list[IpAddress] = Field(default_factory=list)
+    management_ports: Annotated[list[Port], Field(min_length=1)] = Field(
+        default_factory=lambda: [22]
+    )
+    ingress: list[HostRule] = Field(default_factory=list)
+
+
 SPECS: dict[str, type[_Strict]] = {
     "Mesh": MeshSpec,
     "Workload": WorkloadSpec,
     "Service": ServiceSpec,
     "AuthorizationPolicy": AuthorizationPolicySpec,
     "JwtIssuer": JwtIssuerSpec,
+    "Host": HostSpec,
 }
 API_VERSION = "meshwarden.io/v1alpha1"
 
 
 class Envelope(_Strict):
     api_version: Literal["meshwarden.io/v1alpha1"]
-    kind: Literal["Mesh", "Workload", "Service", "AuthorizationPolicy", "JwtIssuer"]
+    kind: Literal["Mesh", "Workload", "Service", "AuthorizationPolicy", "JwtIssuer", "Host"]
     metadata: Metadata
     spec: dict[str, object] = Field(default_factory=dict)

@@ -9,7 +9,9 @@ from typing import Any
 
 from meshwarden.engine._diagnostics import Diagnostic, error
 from meshwarden.engine._documents import Document
+from meshwarden.engine._hosts import Host, build_hosts
 from meshwarden.engine._model import (
+    HostSpec,
     LabelSelector,
     MeshSpec,
     ServiceSpec,
@@ -66,6 +68,7 @@ class Registry:
     mesh: Mesh
     workloads: dict[str, Workload] = field(default_factory=dict)
     services: dict[str, Document[ServiceSpec]] = field(default_factory=dict)
+    hosts: dict[str, Host] = field(default_factory=dict)  # by node name
     _by_namespace: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     _by_label: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
 
@@ -95,6 +98,13 @@ class Registry:
             candidates = {ref for ref in candidates if _meets(self.workloads[ref].labels, selector)}
         return frozenset(candidates)
 
+    def on_node(self, node: str) -> list[Workload]:
+        """Workloads pinned to `node` by a `node:NAME` selector, sorted by ref."""
+        selector = f"node:{node}"
+        return sorted(
+            (w for w in self.workloads.values() if selector in w.selectors), key=lambda w: w.ref
+        )
+
     def is_root(self, namespace: str) -> bool:
         return namespace == self.mesh.spec.root_namespace
 
@@ -123,6 +133,7 @@ def build_registry(
     meshes: list[Document[MeshSpec]],
     workloads: Iterable[Document[WorkloadSpec]],
     services: Iterable[Document[ServiceSpec]],
+    hosts: Iterable[Document[HostSpec]] = (),
 ) -> tuple[Registry, list[Diagnostic]]:
     problems = [
         error(
@@ -134,6 +145,8 @@ def build_registry(
     ]
     mesh = Mesh(meshes[0].spec, meshes[0]) if meshes else Mesh(MeshSpec())
     registry = Registry(mesh)
+    registry.hosts, found_hosts = build_hosts(hosts)
+    problems.extend(found_hosts)
     for document in services:
         registry.services[document.ref] = document
     for workload_doc in workloads:

@@ -28,6 +28,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "bootstrap",
     "flows",
     "completion",
+    "render",
 )
 
 

@@ -1,0 +1,84 @@
+"""`meshwarden render`: formats, files, JSON for scripts and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from meshwarden.cli import main
+
+SEED = "examples/seed"
+
+
+def test_render_nftables_to_a_file_replaces_a_symlink_instead_of_following_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    out = tmp_path / "web-1.nft"
+    out.symlink_to(victim)
+    assert main(["render", "nftables", SEED, "--node", "web-1", "--output-file", str(out)]) == 0
+    assert victim.read_text() == "keep me\n"
+    assert not out.is_symlink() and "table inet meshwarden {" in out.read_text()
+    assert capsys.readouterr().out == ""
+
+
+def test_render_iptables_for_docker_and_json_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "render",
+                "iptables",
+                SEED,
+                "--host",
+                "docker-1",
+                "--chain",
+                "DOCKER-USER",
+                "--interface",
+                "br-shop",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "-A DOCKER-USER -o br-shop -p tcp -m conntrack --ctorigdstport 80" in text
+    assert main(["render", "aws-security-group", SEED, "--host", "web-1", "-o", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["node"] == "web-1" and document["format"] == "aws-security-group"
+    assert document["ports"][0] == {
+        "protocol": "tcp",
+        "ports": "22",
+        "sources": ["198.51.100.0/24"],
+        "origins": ["Host web-1 ingress[0]"],
+    }
+    assert document["rendered"]["IpPermissions"][1]["FromPort"] == 443
+
+
+def test_an_unknown_node_is_a_usage_error_naming_the_known_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["render", "nftables", SEED, "--node", "web-9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("meshwarden render: error: node 'web-9' has no Host document")
+    assert err.rstrip().endswith("known nodes: docker-1, web-1")
+
+
+def test_invalid_policies_render_nothing_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "host.yaml"
+    bad.write_text(
+        "apiVersion: meshwarden.io/v1alpha1\nkind: Host\nmetadata: {name: h}\n"
+        "spec:\n  ingress: [{ports: [443]}]\n"
+    )
+    assert main(["render", "nftables", str(bad), "--node", "h"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"{bad}:5:12: error: Host h would lock out its operators")
+
+
+def test_dry_run_is_for_nftables_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "iptables", SEED, "--node", "web-1", "--dry-run"]) == 2
+    assert "use it with nftables" in capsys.readouterr().err

@@ -24,11 +24,14 @@ spec:
     from: [{{ipBlocks: [10.77.1.0/24]}}]
 """
 # The seed's security group: SSH from the operations range, the web from anywhere, + DNS (udp).
-SEED_HOST = HOST_HEAD + """  - ports: [443]
+SEED_HOST = (
+    HOST_HEAD
+    + """  - ports: [443]
   - ports: [53]
     protocol: udp
     from: [{ipBlocks: [10.77.2.0/24]}]
 """
+)
 # The seed's DOCKER-USER rules (192.168.1.0/24 -> port 80), with this lab's client range.
 DOCKER_HOST = HOST_HEAD + "  - {ports: [80], from: [{ipBlocks: [10.77.1.0/24]}]}\n"
 

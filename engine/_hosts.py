@@ -36,6 +36,8 @@ class HostPort:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Host:
+    """A Host document resolved: its node, addresses, management ports and compiled rules."""
+
     name: str
     node: str
     addresses: tuple[IpAddress, ...]

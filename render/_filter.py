@@ -55,6 +55,9 @@ class PortRule:
 
 @dataclass(frozen=True, slots=True)
 class NodeFilter:
+    """What one node's packet filter does: disjoint port rules, the Host (if any) and the
+    destinations closed for every other port."""
+
     node: str
     version: str
     ports: tuple[PortRule, ...]

@@ -31,6 +31,9 @@ ICMP_NEEDED = ("destination-unreachable", "time-exceeded", "parameter-problem")
 
 @dataclass(frozen=True, slots=True)
 class IptablesOptions:
+    """Which chain to fill (MESHWARDEN for INPUT, DOCKER-USER for Docker), the address family
+    and, for Docker, the container-facing interface."""
+
     chain: str = DEFAULT_CHAIN
     ipv6: bool = False  # render for ip6tables-restore
     interface: str = "docker0"  # container-facing interface (DOCKER-USER only)
@@ -41,6 +44,7 @@ class IptablesOptions:
 
 
 def render_iptables(nf: NodeFilter, options: IptablesOptions = IptablesOptions()) -> str:
+    """`iptables-restore --noflush` input that flushes and refills `options.chain`."""
     chain, version = options.chain, 6 if options.ipv6 else 4
     key = f"-o {options.interface} " if options.docker else ""  # traffic towards containers
     filters = [*_port_rules(nf, options, version), *_closed(nf, options, version)]

@@ -20,6 +20,7 @@ ICMPV6_NEEDED = (
 
 
 def render_nftables(nf: NodeFilter) -> str:
+    """An `nft -f` file replacing `table inet meshwarden` in one transaction."""
     source_sets = _source_sets(nf)
     lines = [
         f"# meshwarden: packet filter of node {nf.node} (mesh version {nf.version}).",

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-PARTS = ["meshwarden.engine", "meshwarden.identities", "meshwarden.xds"]
+PARTS = ["meshwarden.engine", "meshwarden.identities", "meshwarden.xds", "meshwarden.render"]
 
 
 def _part(name: str) -> ModuleType:

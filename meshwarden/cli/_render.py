@@ -44,6 +44,13 @@ formats:
                       --group-id sg-... --cli-input-json file://FILE`
   gcp-firewall        a list of compute.firewalls.insert bodies targeting the tag NAME
 
+examples:
+  meshwarden render nftables examples/seed --node web-1 --output-file web-1.nft && nft -f web-1.nft
+  meshwarden render nftables policies/ --node web-1 --dry-run
+  meshwarden render iptables examples/seed --node docker-1 --chain DOCKER-USER \
+      | iptables-restore --noflush
+  meshwarden render aws-security-group examples/seed --host web-1 --output-file perms.json
+
 Same input, same bytes. exit status: 0 rendered, 1 invalid policies (errors printed as
 FILE:LINE:COL: error: ...), 2 usage error (unknown node, unreadable path, nft missing)."""
 

@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
 from meshwarden.engine._model import SPECS, Envelope, Metadata
+from meshwarden.engine._suggest import did_you_mean, fields_at
 from meshwarden.engine._yaml import Path, SourceDocument
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -123,10 +124,11 @@ def _message(err: ErrorDetails) -> str:
 
 
 def _suggestion(path: Path, source: SourceDocument) -> str:
-    name = str(path[-1]) if path else ""
-    if name in ("From", "form", "frm"):
-        return "; did you mean 'from'?"
-    return ""
+    in_spec = bool(path) and path[0] == "spec"
+    root = SPECS.get(str(source.data.get("kind"))) if in_spec else Envelope
+    if not path or root is None:
+        return ""
+    return did_you_mean(str(path[-1]), fields_at(root, path[1 if in_spec else 0 : -1]))
 
 
 def field_name(path: Path) -> str:

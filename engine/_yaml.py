@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
+from meshwarden.engine._yaml_hints import syntax_problem
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Path = tuple[str | int, ...]
@@ -90,10 +91,8 @@ def read_documents(file: str, text: str) -> tuple[list[SourceDocument], list[Dia
                 SourceDocument(file, index, data, builder.mark(node), builder.values, builder.keys)
             )
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file)
-        what = exc.problem or exc.context or "invalid YAML"
-        problems.append(error(where, f"YAML syntax error: {what}"))
+        place, message = syntax_problem(text, exc)
+        problems.append(error(Location(file, *place) if place else Location(file), message))
     except yaml.YAMLError as exc:
         problems.append(error(Location(file), f"YAML error: {exc}"))
     return documents, problems

@@ -15,6 +15,7 @@ from meshwarden.cli._common import (
     load_or_raise,
     print_json,
 )
+from meshwarden.cli._excerpt import SourceLines
 
 HELP = """\
 Validate policy files and directories (searched recursively for *.yaml / *.yml) and report
@@ -62,8 +63,12 @@ def run(args: argparse.Namespace) -> int:
             "diagnostics": [d.to_json() for d in shown],
         })  # fmt: skip
     else:
+        sources = SourceLines()
         for diagnostic in shown:
             print(diagnostic)
+            where = diagnostic.location
+            for line in sources.excerpt(where.file, where.line, where.column):
+                print(line)
         summary = (
             f"{len(result.files)} file(s), {len(result.documents)} valid document(s): "
             f"{len(result.errors)} error(s), {len(result.warnings)} warning(s)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import shutil
 import socket
 import tempfile
@@ -126,7 +127,31 @@ def shop_copy(examples: Path, idp: DemoIdp) -> Path:
     return folder
 
 
-def rows(idp: DemoIdp) -> list[Row]:
+_MOVABLE_PORT = re.compile(r"((?:targetPort|localPort): )(\d+)")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now (held together while chosen)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+                   for _ in range(count)]  # fmt: skip
+        return [s.getsockname()[1] for s in sockets]
+
+
+def move_to_free_ports(folder: Path) -> dict[int, int]:
+    """Give the apps (targetPort) and upstream listeners (localPort) of the shop copy ports that
+    are free on this host, so a busy port does not stop the demo. Old port → new port."""
+    workloads = folder / "workloads.yaml"
+    text = workloads.read_text()
+    fixed = sorted({int(m[2]) for m in _MOVABLE_PORT.finditer(text)})
+    moved = dict(zip(fixed, free_ports(len(fixed)), strict=True))
+    workloads.write_text(_MOVABLE_PORT.sub(lambda m: f"{m[1]}{moved[int(m[2])]}", text))
+    return moved
+
+
+def rows(idp: DemoIdp, moved: dict[int, int] | None = None) -> list[Row]:
+    """The demo's requests; `moved` maps the example's ports to the ones this run uses."""
+    port = (moved or {}).get
     to_backend = ["--to", "shop/backend-1", "--port", "8080"]
     frontend = [*to_backend, "--from-workload", "shop/frontend-1"]
     ops = [*to_backend, "--from-workload", "ops/ops-1", "--path", "/admin/flush"]
@@ -138,22 +163,22 @@ def rows(idp: DemoIdp) -> list[Row]:
 
     return [
         Row("frontend  GET  /api/catalogue", "ALLOW",
-            lambda: http_call(15080, "GET", "/api/catalogue"),
+            lambda: http_call(port(15080, 15080), "GET", "/api/catalogue"),
             [*frontend, "--path", "/api/catalogue"]),
         Row("frontend  POST /api/orders", "DENY",
-            lambda: http_call(15080, "POST", "/api/orders"),
+            lambda: http_call(port(15080, 15080), "POST", "/api/orders"),
             [*frontend, "--method", "POST", "--path", "/api/orders"]),
         Row("frontend  GET  /api/../debug/vars", "DENY",
-            lambda: http_call(15080, "GET", "/api/../debug/vars"),
+            lambda: http_call(port(15080, 15080), "GET", "/api/../debug/vars"),
             [*frontend, "--path", "/api/../debug/vars"]),
         Row("ops       GET  /admin/flush (admin token)", "ALLOW",
-            lambda: http_call(15081, "GET", "/admin/flush", headers=bearer(admin)),
+            lambda: http_call(port(15081, 15081), "GET", "/admin/flush", headers=bearer(admin)),
             [*ops, "--jwt-claims", json.dumps(admin)]),
         Row("ops       GET  /admin/flush (dev token)", "DENY",
-            lambda: http_call(15081, "GET", "/admin/flush", headers=bearer(dev)),
+            lambda: http_call(port(15081, 15081), "GET", "/admin/flush", headers=bearer(dev)),
             [*ops, "--jwt-claims", json.dumps(dev)]),
         Row("ops       GET  /admin/flush (unknown issuer)", "DENY",
-            lambda: http_call(15081, "GET", "/admin/flush", headers=bearer(stranger)),
+            lambda: http_call(port(15081, 15081), "GET", "/admin/flush", headers=bearer(stranger)),
             [*ops, "--jwt-claims", json.dumps(stranger)]),
         Row("stranger  GET  /api/catalogue from .9", "ALLOW",
             lambda: http_call(8080, "GET", "/api/catalogue", "127.0.0.3", source="127.0.0.9"),
@@ -161,6 +186,6 @@ def rows(idp: DemoIdp) -> list[Row]:
         Row("stranger  GET  /api/catalogue from .10", "DENY",
             lambda: http_call(8080, "GET", "/api/catalogue", "127.0.0.3", source="127.0.0.10"),
             [*to_backend, "--source-ip", "127.0.0.10", "--path", "/api/catalogue"]),
-        Row("backend   tcp  db:5432", "ALLOW", lambda: tcp_call(15432),
+        Row("backend   tcp  db:5432", "ALLOW", lambda: tcp_call(port(15432, 15432)),
             ["--to", "shop/db-1", "--port", "5432", "--from-workload", "shop/backend-1"]),
     ]  # fmt: skip

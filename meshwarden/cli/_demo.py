@@ -16,13 +16,23 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, envoy_or_fail, fail
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "shop"
+EXAMPLES = """\
+examples:
+  meshwarden demo                 # the live mesh: Envoy sidecars, a live policy change, traces
+  meshwarden demo --offline       # check and explain only, no Envoy
+  meshwarden demo --otlp-endpoint http://127.0.0.1:4317   # spans to your Jaeger or Tempo"""
+
+
+def shipped_example(name: str = "shop") -> Path:
+    """An example shipped inside the package (package data), wherever meshwarden is installed."""
+    return Path(str(resources.files("meshwarden") / "examples" / name))
 
 
 @dataclass(frozen=True)
@@ -60,10 +70,15 @@ STEPS = (
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "demo", help="guided walkthrough of check and explain on examples/shop",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo", help="run the shop example as a live mesh (or --offline: check and explain)",
+        description=__doc__, epilog=EXAMPLES,
     )  # fmt: skip
-    parser.add_argument("--examples", default=str(EXAMPLES), help="the shop example directory")
+    parser.add_argument(
+        "--examples",
+        type=Path,
+        metavar="DIR",
+        help="the shop example directory (default: the one shipped with meshwarden)",
+    )
     parser.add_argument("--offline", action="store_true",
                         help="only the check/explain walkthrough, no live mesh")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
@@ -80,7 +95,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    shop = Path(args.examples)
+    shop = args.examples or shipped_example()
     if not shop.is_dir():
         return fail(f"{shop}: example directory not found")
     if args.offline:
@@ -105,14 +120,15 @@ def run(args: argparse.Namespace) -> int:
 async def run_live(shop: Path, tracing: Any = None, collector: Any = None) -> int:
 
     from meshwarden._demo_idp import DemoIdp
-    from meshwarden._demo_live import rows, sample_apps, shop_copy
+    from meshwarden._demo_live import move_to_free_ports, rows, sample_apps, shop_copy
     from meshwarden._up import LocalMesh
 
     idp = DemoIdp("https://idp.example.com")
     folder = shop_copy(shop, idp)
-    table = rows(idp)
+    moved = move_to_free_ports(folder)
+    table = rows(idp, moved)
     print("== starting the shop: control plane, node agent, 4 Envoy sidecars, sample apps")
-    with sample_apps([18080, 18081], [15433]):
+    with sample_apps([moved[18080], moved[18081]], [moved[15433]]):
         mesh = LocalMesh(folder, folder.parent / "data", report=_Quiet(), tracing=tracing)
         try:
             print("ready", await mesh.start())

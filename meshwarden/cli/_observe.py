@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from meshwarden.cli._collector_log import collector_down_reported_once
 from meshwarden.cli._common import fail, percentage
 from meshwarden.cli._types import host_port
 
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace, service_name: str, main: Callable[[Any], int])
         telemetry, tracing = set_up(args, service_name)
     except TelemetryError as exc:
         return fail(str(exc))
-    try:
-        return main(tracing)
-    finally:
-        telemetry.shutdown()
+    with collector_down_reported_once(getattr(args, "command_prog", "meshwarden")):
+        try:
+            return main(tracing)
+        finally:
+            telemetry.shutdown()

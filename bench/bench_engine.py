@@ -32,9 +32,7 @@ from typing import Any
 
 import yaml
 from meshwarden.engine import (
-    DEFAULT_ALLOW,
-    DEFAULT_DENY,
-    MTLS_REQUIRED,
+    Cause,
     CompiledMesh,
     CompiledRule,
     Document,
@@ -474,7 +472,7 @@ class NaiveEvaluator:
     def decide(self, req: Request) -> Verdict:
         workload = self.workloads[req.destination]
         if req.identity is None and self.strict:
-            return False, MTLS_REQUIRED, None, (), ()
+            return False, Cause.MTLS_REQUIRED, None, (), ()
         namespace, labels, root = workload.namespace, workload.labels, self.root
         deny = allow = None
         has_allow = False
@@ -504,11 +502,11 @@ class NaiveEvaluator:
             return (
                 (True, allow.policy, allow.index, *extra)
                 if allow
-                else (False, DEFAULT_DENY, None, *extra)
+                else (False, Cause.DEFAULT_DENY, None, *extra)
             )
         if self.deny_default:
-            return (False, DEFAULT_DENY, None, *extra)
-        return (True, DEFAULT_ALLOW, None, *extra)
+            return (False, Cause.DEFAULT_DENY, None, *extra)
+        return (True, Cause.DEFAULT_ALLOW, None, *extra)
 
 
 def _selects(policy: NaivePolicy, labels: Any) -> bool:

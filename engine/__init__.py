@@ -5,13 +5,17 @@ decision with explanation. No network, no gRPC, no Envoy types.
 """
 
 from meshwarden.engine._compiler import CompiledMesh, compile_documents
+from meshwarden.engine._condition_keys import Attribute, ConditionKey
+from meshwarden.engine._conditions import (
+    CompiledCondition,
+    IpCondition,
+    PatternCondition,
+    PortCondition,
+    PortRanges,
+)
 from meshwarden.engine._diagnostics import Diagnostic, Location, Severity
 from meshwarden.engine._documents import Document, DocumentKey
 from meshwarden.engine._evaluator import (
-    DEFAULT_ALLOW,
-    DEFAULT_DENY,
-    JWT_INVALID,
-    MTLS_REQUIRED,
     Decision,
     PolicyTrace,
     decide,
@@ -32,46 +36,49 @@ from meshwarden.engine._load import (
     read_files,
 )
 from meshwarden.engine._model import WorkloadPort
-from meshwarden.engine._outcome import Outcome
+from meshwarden.engine._outcome import Outcome, dry_run_verdict
 from meshwarden.engine._patterns import IpNetwork, Patterns, normalize_path
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, RuleIndex
 from meshwarden.engine._registry import Mesh, Registry, Workload
 from meshwarden.engine._reload import Reload, reload
 from meshwarden.engine._request import Request
-from meshwarden.engine._rules import (
-    CompiledCondition,
-    CompiledOperation,
-    CompiledRule,
-    CompiledSource,
-)
+from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
+from meshwarden.engine._vocabulary import Action, Cause, Effect, Mode, Peers
 
 __all__ = [
-    "DEFAULT_ALLOW",
-    "DEFAULT_DENY",
     "EVERYWHERE",
-    "JWT_INVALID",
-    "MTLS_REQUIRED",
+    "Action",
+    "Attribute",
     "AuthorizationPlan",
+    "Cause",
     "CompiledCondition",
     "CompiledMesh",
     "CompiledOperation",
     "CompiledPolicy",
     "CompiledRule",
     "CompiledSource",
+    "ConditionKey",
     "Decision",
     "Diagnostic",
     "Document",
     "DocumentKey",
+    "Effect",
     "Host",
     "HostPort",
+    "IpCondition",
     "IpNetwork",
     "LoadResult",
     "Location",
     "Mesh",
+    "Mode",
     "Outcome",
+    "PatternCondition",
     "Patterns",
+    "Peers",
     "PolicyTrace",
+    "PortCondition",
+    "PortRanges",
     "Registry",
     "Reload",
     "Request",
@@ -87,6 +94,7 @@ __all__ = [
     "collapse_networks",
     "compile_documents",
     "decide",
+    "dry_run_verdict",
     "load",
     "normalize_path",
     "parse_text",

@@ -8,6 +8,7 @@ from meshwarden.engine._model import AuthorizationPolicySpec
 from meshwarden.engine._patterns import IpNetwork, Patterns
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
+from meshwarden.engine._vocabulary import Peers
 
 
 def warnings(mesh: CompiledMesh) -> list[Diagnostic]:
@@ -64,7 +65,7 @@ def _policy_warnings(mesh: CompiledMesh, policy: CompiledPolicy) -> list[Diagnos
                     )
                 )
         for k, cond in enumerate(rule.conditions):
-            if strict and cond.key == "source.ip":
+            if strict and cond.key.peers is Peers.PLAINTEXT:
                 found.append(
                     warning(
                         doc.at("spec", "rules", i, "when", k, "key"),

@@ -11,16 +11,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meshwarden.engine._conditions import compile_condition
 from meshwarden.engine._documents import Document, DocumentKey
 from meshwarden.engine._model import AuthorizationPolicySpec, JwtIssuerSpec, WorkloadSelector
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, build_plan
 from meshwarden.engine._registry import Registry, build_registry
 from meshwarden.engine._rules import (
-    CompiledCondition,
     CompiledOperation,
     CompiledRule,
     CompiledSource,
 )
+from meshwarden.engine._vocabulary import Action, Mode
 
 Issuer = tuple[Document[JwtIssuerSpec], frozenset[str]]
 
@@ -49,14 +50,14 @@ def compile_policy(doc: Document[AuthorizationPolicySpec], registry: Registry) -
                 for s in rule.from_
             )
         operations = tuple(CompiledOperation.of(o) for o in rule.to) if rule.to else None
-        conditions = tuple(CompiledCondition.of(c) for c in rule.when or ())
+        conditions = tuple(compile_condition(c) for c in rule.when or ())
         rules.append(
             CompiledRule(doc.ref, i, sources, operations, conditions, doc.at("spec", "rules", i))
         )
     spec = doc.spec
     targets = registry.targets(doc)
-    return CompiledPolicy(namespace, doc.metadata.name, spec.action, spec.mode, tuple(rules),
-                          targets, doc)  # fmt: skip
+    return CompiledPolicy(namespace, doc.metadata.name, Action(spec.action), Mode(spec.mode),
+                          tuple(rules), targets, doc)  # fmt: skip
 
 
 def document_hash(doc: Document[Any]) -> str:

@@ -12,11 +12,7 @@ from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy
 from meshwarden.engine._request import Request, claim_strings
 from meshwarden.engine._rules import CompiledRule
-
-MTLS_REQUIRED = "mtls:required"
-JWT_INVALID = "jwt:invalid"
-DEFAULT_ALLOW = "default:allow"
-DEFAULT_DENY = "default:deny"
+from meshwarden.engine._vocabulary import Action, Cause, Effect, Mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +20,8 @@ class PolicyTrace:
     """Why one policy did or did not match: one reason per rule (None = matched)."""
 
     policy: str
-    action: str
-    mode: str
+    action: Action
+    mode: Mode
     matched_rule: int | None
     rule_reasons: tuple[str | None, ...]
     note: str = ""
@@ -58,8 +54,12 @@ class Decision:
     trace: tuple[PolicyTrace, ...] = field(default=())
 
     @property
-    def verdict(self) -> str:
-        return "ALLOW" if self.allowed else "DENY"
+    def verdict(self) -> Action:
+        return Action.ALLOW if self.allowed else Action.DENY
+
+    @property
+    def effect(self) -> Effect:
+        return Effect.of(self.allowed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,7 +81,7 @@ def decide(plan: AuthorizationPlan, req: Request, *, explain: bool = False) -> D
         return Decision(False, refusal[0], None, refusal[1], trace=trace)
     dry_run = _dry_runs(plan, req) if plan.dry_run else ()
     audit = tuple(
-        Outcome(rule.policy, "AUDIT", rule.index)
+        Outcome(rule.policy, Action.AUDIT, rule.index)
         for rule in _first_per_policy(plan.audit.candidates(req), req).values()
     )
     denied = plan.deny.first_match(req)
@@ -94,22 +94,22 @@ def decide(plan: AuthorizationPlan, req: Request, *, explain: bool = False) -> D
             reason = f"ALLOW rule {allowed.name} matched"
             return Decision(True, allowed.policy, allowed.index, reason, dry_run, audit, trace)
         reason = "ALLOW policies select this workload but none of their rules matched"
-        return Decision(False, DEFAULT_DENY, None, reason, dry_run, audit, trace)
-    if plan.mesh.default_policy == "deny":
+        return Decision(False, Cause.DEFAULT_DENY, None, reason, dry_run, audit, trace)
+    if Effect(plan.mesh.default_policy) is Effect.DENY:
         reason = "no ALLOW policy selects this workload; Mesh defaultPolicy is deny"
-        return Decision(False, DEFAULT_DENY, None, reason, dry_run, audit, trace)
+        return Decision(False, Cause.DEFAULT_DENY, None, reason, dry_run, audit, trace)
     reason = "no ALLOW policy selects this workload; Mesh defaultPolicy is allow"
-    return Decision(True, DEFAULT_ALLOW, None, reason, dry_run, audit, trace)
+    return Decision(True, Cause.DEFAULT_ALLOW, None, reason, dry_run, audit, trace)
 
 
-def _authenticate(plan: AuthorizationPlan, req: Request) -> tuple[str, str] | None:
+def _authenticate(plan: AuthorizationPlan, req: Request) -> tuple[Cause, str] | None:
     """Semantics 1: (cause, reason) when the request is refused before any policy runs."""
     if req.identity is None and plan.mesh.mtls == "STRICT":
-        return MTLS_REQUIRED, "mTLS is STRICT and the peer presented no client certificate"
+        return Cause.MTLS_REQUIRED, "mTLS is STRICT and the peer presented no client certificate"
     if req.jwt_claims is not None:
         problem = token_problem(plan.jwt_issuers, req.jwt_claims)
         if problem is not None:
-            return JWT_INVALID, problem
+            return Cause.JWT_INVALID, problem
     return None
 
 
@@ -156,12 +156,12 @@ def _dry_runs(plan: AuthorizationPlan, req: Request) -> tuple[Outcome, ...]:
     for policy in plan.dry_run:
         rule = matched.get(policy.ref)
         index = rule.index if rule else None
-        if policy.action == "ALLOW":
-            outcomes.append(Outcome(policy.ref, "ALLOW" if rule else "DENY", index))
-        elif policy.action == "DENY":
-            outcomes.append(Outcome(policy.ref, "DENY" if rule else "ALLOW", index))
+        if policy.action == Action.ALLOW:
+            outcomes.append(Outcome(policy.ref, Action.ALLOW if rule else Action.DENY, index))
+        elif policy.action == Action.DENY:
+            outcomes.append(Outcome(policy.ref, Action.DENY if rule else Action.ALLOW, index))
         elif rule is not None:
-            outcomes.append(Outcome(policy.ref, "AUDIT", index))
+            outcomes.append(Outcome(policy.ref, Action.AUDIT, index))
     return tuple(outcomes)
 
 

@@ -15,6 +15,7 @@ from meshwarden.engine._registry import Workload
 from meshwarden.engine._request import Request
 from meshwarden.engine._rules import CompiledRule, CompiledSource
 from meshwarden.engine._spiffe import namespace_of
+from meshwarden.engine._vocabulary import Action, Mode, Peers
 
 Entry = tuple[int, CompiledRule]
 MEMO_LIMIT = 4096  # distinct peers remembered per index; the memo restarts when full
@@ -26,8 +27,8 @@ class CompiledPolicy:
 
     namespace: str
     name: str
-    action: str
-    mode: str
+    action: Action
+    mode: Mode
     rules: tuple[CompiledRule, ...]
     targets: frozenset[str]
     document: Document[Any]
@@ -38,7 +39,7 @@ class CompiledPolicy:
 
     @property
     def dry_run(self) -> bool:
-        return self.mode == "dry-run"
+        return self.mode == Mode.DRY_RUN
 
     @property
     def location(self) -> Location:
@@ -83,14 +84,14 @@ class RuleIndex:
             self._add_source(source, entry)
 
     def _add_source(self, source: CompiledSource, entry: Entry) -> None:
-        if source.needs_identity and source.needs_plaintext:
+        if source.peers is Peers.NONE:
             return  # can never match: reported by `check`
-        if source.needs_identity:
+        if source.peers is Peers.IDENTIFIED:
             self._add_identity(source, entry)
         elif source.ip_blocks is not None:
             for network in source.ip_blocks:
                 self.plaintext.add(network, entry)
-        elif source.needs_plaintext:
+        elif source.peers is Peers.PLAINTEXT:
             self.any_plaintext.append(entry)
         else:
             self.any_peer.append(entry)
@@ -209,11 +210,11 @@ class AuthorizationPlan:
 
 
 def unmatched(policies: list[CompiledPolicy]) -> tuple[Outcome, ...]:
-    verdict = {"ALLOW": "DENY", "DENY": "ALLOW"}
+    unmatched = {Action.ALLOW: Action.DENY, Action.DENY: Action.ALLOW}
     return tuple(
-        Outcome(p.ref, verdict[p.action], None)
+        Outcome(p.ref, unmatched[p.action], None)
         for p in policies
-        if p.dry_run and p.action in verdict
+        if p.dry_run and p.action in unmatched
     )
 
 
@@ -224,16 +225,16 @@ def build_plan(
     jwt_issuers: list[Document[JwtIssuerSpec]],
 ) -> AuthorizationPlan:
     ordered = sorted(policies, key=lambda p: (p.namespace, p.name))
-    indexes = {"DENY": RuleIndex(), "ALLOW": RuleIndex(), "AUDIT": RuleIndex()}
+    indexes = {action: RuleIndex() for action in Action}
     dry_run_index = RuleIndex()
     for policy in ordered:
         index = dry_run_index if policy.dry_run else indexes[policy.action]
         for rule in policy.rules:
             index.add(rule)
-    has_allow = any(p.action == "ALLOW" and not p.dry_run for p in ordered)
+    has_allow = any(p.action == Action.ALLOW and not p.dry_run for p in ordered)
     issuers = sorted(jwt_issuers, key=lambda d: (d.metadata.namespace, d.metadata.name))
     return AuthorizationPlan(
         workload, mesh, tuple(ordered), tuple(issuers),
-        indexes["DENY"], indexes["ALLOW"], indexes["AUDIT"], has_allow,
+        indexes[Action.DENY], indexes[Action.ALLOW], indexes[Action.AUDIT], has_allow,
         tuple(p for p in ordered if p.dry_run), dry_run_index, unmatched(ordered),
     )  # fmt: skip

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from meshwarden.engine._compiler import CompiledMesh
+from meshwarden.engine._condition_keys import ConditionKey
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
 from meshwarden.engine._documents import Document, DocumentKey
 from meshwarden.engine._model import AuthorizationPolicySpec, Rule
@@ -13,7 +14,6 @@ from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._validators import port_range
 
 HTTP_FIELDS = ("methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts")
-HTTP_CONDITIONS = ("request.headers[", "request.jwt.claims[", "request.method", "request.path")
 
 
 def duplicates(documents: Iterable[Document[Any]]) -> list[Diagnostic]:
@@ -76,7 +76,7 @@ def _http_on_tcp(
             if source.jwt is not None:
                 found.append((doc.key_at("spec", "rules", i, "from", k, "jwt"), "jwt", rule_tcp))
         for k, cond in enumerate(rule.when or []):
-            if cond.key.startswith(HTTP_CONDITIONS):
+            if ConditionKey.parse(cond.key).is_http:
                 found.append((doc.at("spec", "rules", i, "when", k, "key"), cond.key, rule_tcp))
     return [
         error(

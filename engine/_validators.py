@@ -5,21 +5,12 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from meshwarden.engine._condition_keys import HEADER_NAME, ConditionKey
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CONDITION_KEY = re.compile(r"(request\.headers|request\.jwt\.claims)\[([^\[\]]+)\]")
-PLAIN_CONDITION_KEYS = (
-    "source.ip",
-    "source.namespace",
-    "source.identity",
-    "destination.port",
-    "request.method",
-    "request.path",
-)
 UNIX_SELECTOR_KINDS = ("uid", "gid", "user", "group", "path")
 
 
@@ -164,29 +155,20 @@ def port_spec(value: int | str) -> int | str:
 
 
 def http_method(value: str) -> str:
-    if not value or (not _HEADER_NAME.fullmatch(value.strip("*")) and value != "*"):
+    if not value or (not HEADER_NAME.fullmatch(value.strip("*")) and value != "*"):
         raise ValueError(f"{value!r} is not an HTTP method")
     return value
 
 
 def header_name(value: str) -> str:
-    if not _HEADER_NAME.fullmatch(value):
+    if not HEADER_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid HTTP header name")
     return value
 
 
 def condition_key(value: str) -> str:
-    if value in PLAIN_CONDITION_KEYS:
-        return value
-    match = _CONDITION_KEY.fullmatch(value)
-    if match:
-        if match.group(1) == "request.headers" and not _HEADER_NAME.fullmatch(match.group(2)):
-            raise ValueError(f"{match.group(2)!r} is not a valid HTTP header name")
-        return value
-    supported = ", ".join(
-        ["request.headers[NAME]", "request.jwt.claims[PATH]", *PLAIN_CONDITION_KEYS]
-    )
-    raise ValueError(f"unknown condition key {value!r}; supported keys: {supported}")
+    ConditionKey.parse(value)
+    return value
 
 
 def attestation_selector(value: str) -> str:

@@ -43,7 +43,7 @@ def export_explanation(decision: Decision, req: Request, endpoint: str) -> str:
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("meshwarden.explain")
     verdict = {
-        "meshwarden.authz.decision": "allow" if decision.allowed else "deny",
+        "meshwarden.authz.decision": str(decision.effect),
         "meshwarden.authz.policy": decision.policy,
         "meshwarden.authz.reason": decision.reason,
     }

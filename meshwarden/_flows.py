@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from opentelemetry import metrics
 
 from meshwarden._health import Reply
-from meshwarden.engine import CompiledMesh, Request, decide
+from meshwarden.engine import CompiledMesh, Effect, Request, decide
 from meshwarden.xds import Flow, TcpAttribution, Verdict
 
 DEFAULT_SIZE = 10_000
@@ -158,6 +158,6 @@ def engine_attribution(mesh: Callable[[], CompiledMesh | None]) -> TcpAttributio
         except ValueError:
             return None
         decision = decide(current.plan(workload), request)
-        return Verdict("allow", decision.policy, decision.rule) if decision.allowed else None
+        return Verdict(Effect.ALLOW, decision.policy, decision.rule) if decision.allowed else None
 
     return attribute

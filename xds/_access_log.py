@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from meshwarden.engine import Cause, Effect
 from meshwarden.xds import _wire as wire
 from meshwarden.xds._decisions import (
-    DEFAULT_DENY,
     EXT_AUTHZ_NS,
     RBAC_NS,
     Verdict,
@@ -121,7 +121,7 @@ class Flow:
 
     @property
     def denied(self) -> bool:
-        return self.verdict.decision == "deny"
+        return self.verdict.decision == Effect.DENY
 
     def to_json(self) -> dict[str, Any]:
         v = self.verdict
@@ -220,14 +220,14 @@ def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = Non
     common = wire.submessage(wire.decode(entry), 1)
     details = wire.text(common, 25) or ""
     if details.startswith(_DENIED_DETAILS):
-        policy, rule = split_action(details[len(_DENIED_DETAILS) : -1] or DEFAULT_DENY)
-        verdict = Verdict("deny", policy, rule)
+        policy, rule = split_action(details[len(_DENIED_DETAILS) : -1] or Cause.DEFAULT_DENY)
+        verdict = Verdict(Effect.DENY, policy, rule)
     else:
         source_ip, _ = _address(common, 20)
         _, port = _address(common, 3)
         found = attribute(workload, port or 0, _peer_identity(common), source_ip) if (
             attribute) else None  # fmt: skip
-        verdict = found or Verdict("allow", UNATTRIBUTED)
+        verdict = found or Verdict(Effect.ALLOW, UNATTRIBUTED)
     return _flow(common, workload, "tcp", verdict, status=None, method=None, path=None,
                  trace_id=None)  # fmt: skip
 

@@ -19,22 +19,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshwarden.engine import Action, Cause, Effect, Outcome, dry_run_verdict
+
 RBAC_NS = "envoy.filters.http.rbac"
 NETWORK_RBAC_NS = "envoy.filters.network.rbac"
 EXT_AUTHZ_NS = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ_NS = "envoy.filters.network.ext_authz"
 
-# rules_stat_prefix / shadow_rules_stat_prefix of each stage (xds/_translate.py, xds/_rbac.py)
+# rules_stat_prefix / shadow_rules_stat_prefix of each stage, where the translator sets them
+# (xds/_translate.py, xds/_rbac.py) and where the readers find them in Envoy's metadata
 DENY_PREFIX = "authz_deny_"
 ALLOW_PREFIX = "authz_allow_"
 AUDIT_PREFIX = "authz_audit_"
+RULES_STAT_PREFIX = {"audit": AUDIT_PREFIX, "deny": DENY_PREFIX, "allow": ALLOW_PREFIX}
 DRY_DENY_PREFIX = "dryrun_deny_"
 DRY_ALLOW_PREFIX = "dryrun_allow_"
 
-DEFAULT_ALLOW = "default:allow"
-DEFAULT_DENY = "default:deny"
-JWT_INVALID = "jwt:invalid"
-AUTHZ_UNAVAILABLE = "authz:unavailable"  # ext_authz mode, the engine did not answer
+# the RBAC stages' on-no-match action names (a cause the flow log never shows as a decider)
 NO_DENY = "allow:no-deny-rule"  # the DENY stage's on-no-match action
 NO_AUDIT = "audit:none"
 DRY_NO_DENY = "dry-run:no-deny"
@@ -46,31 +47,36 @@ class Verdict:
     """`decision` allow/deny; `policy` `ns/name` or a default cause; `rule` the rule index or
     None; the dry-run pair is None where no dry-run policy applies."""
 
-    decision: str
+    decision: Effect
     policy: str
     rule: int | None = None
-    dry_run_decision: str | None = None
+    dry_run_decision: Effect | None = None
     dry_run_policy: str | None = None
 
     def to_metadata(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"decision": self.decision, "policy": self.policy}
+        out: dict[str, Any] = {"decision": str(self.decision), "policy": self.policy}
         if self.rule is not None:
             out["rule"] = self.rule
         if self.dry_run_decision is not None:
-            out["dry_run_decision"] = self.dry_run_decision
+            out["dry_run_decision"] = str(self.dry_run_decision)
             out["dry_run_policy"] = self.dry_run_policy
         return out
 
     @classmethod
     def from_metadata(cls, fields: Mapping[str, Any]) -> Verdict:
-        rule = fields.get("rule")
+        rule, dry_decision = fields.get("rule"), fields.get("dry_run_decision")
         return cls(
-            decision=str(fields.get("decision", "deny")),
-            policy=str(fields.get("policy", DEFAULT_DENY)),
+            decision=_effect(fields.get("decision")),
+            policy=str(fields.get("policy", Cause.DEFAULT_DENY)),
             rule=int(rule) if rule is not None else None,
-            dry_run_decision=fields.get("dry_run_decision"),
+            dry_run_decision=None if dry_decision is None else _effect(dry_decision),
             dry_run_policy=fields.get("dry_run_policy"),
         )
+
+
+def _effect(value: Any) -> Effect:
+    """A reported decision; anything but `allow` reads as deny (fail closed)."""
+    return Effect.ALLOW if value == Effect.ALLOW else Effect.DENY
 
 
 def split_action(name: str) -> tuple[str, int | None]:
@@ -88,18 +94,20 @@ def _stage(rbac: Mapping[str, Any], prefix: str, kind: str) -> tuple[str, str] |
     return str(result), str(rbac.get(f"{prefix}{kind}_effective_policy_id", ""))
 
 
-def _dry_run(rbac: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    deny = _stage(rbac, DRY_DENY_PREFIX, "shadow")
-    if deny is not None and deny[0] == "denied":
-        return "deny", split_action(deny[1])[0]
-    allow = _stage(rbac, DRY_ALLOW_PREFIX, "shadow")
-    if allow is not None:
-        if allow[0] == "allowed":
-            return "allow", split_action(allow[1])[0]
-        return "deny", DEFAULT_DENY
-    if deny is not None:
-        return "allow", DEFAULT_ALLOW
-    return None, None
+def _dry_run(rbac: Mapping[str, Any]) -> tuple[Effect | None, str | None]:
+    """The shadow stages read as the engine's dry-run outcomes, decided by the same function."""
+    actions: set[Action] = set()
+    matched: list[Outcome] = []
+    for action, prefix, hit in ((Action.DENY, DRY_DENY_PREFIX, "denied"),
+                                (Action.ALLOW, DRY_ALLOW_PREFIX, "allowed")):  # fmt: skip
+        stage = _stage(rbac, prefix, "shadow")
+        if stage is not None:
+            actions.add(action)
+            if stage[0] == hit:
+                policy, rule = split_action(stage[1])
+                matched.append(Outcome(policy, action, rule))
+    verdict = dry_run_verdict(matched, actions)
+    return verdict if verdict is not None else (None, None)
 
 
 def verdict_from_envoy(
@@ -118,15 +126,15 @@ def verdict_from_envoy(
     deny = _stage(rbac, DENY_PREFIX, "enforced")
     if deny is not None and deny[0] == "denied":
         policy, rule = split_action(deny[1])
-        return Verdict("deny", policy, rule, dry_decision, dry_policy)
+        return Verdict(Effect.DENY, policy, rule, dry_decision, dry_policy)
     allow = _stage(rbac, ALLOW_PREFIX, "enforced")
     if allow is not None:
-        policy, rule = split_action(allow[1] or DEFAULT_DENY)
-        decision = "allow" if allow[0] == "allowed" else "deny"
+        policy, rule = split_action(allow[1] or Cause.DEFAULT_DENY)
+        decision = Effect.of(allow[0] == "allowed")
         return Verdict(decision, policy, rule, dry_decision, dry_policy)
     if deny is not None:  # only a DENY stage ran and it let the request through
-        return Verdict("allow", DEFAULT_ALLOW, None, dry_decision, dry_policy)
+        return Verdict(Effect.ALLOW, Cause.DEFAULT_ALLOW, None, dry_decision, dry_policy)
     if response_code == 401 or response_code is None:
-        return Verdict("deny", JWT_INVALID)
+        return Verdict(Effect.DENY, Cause.JWT_INVALID)
     # ext_authz mode with the engine unreachable: fail closed (403) or, if configured, open
-    return Verdict("deny" if response_code == 403 else "allow", AUTHZ_UNAVAILABLE)
+    return Verdict(Effect.of(response_code != 403), Cause.AUTHZ_UNAVAILABLE)

@@ -35,17 +35,19 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Struct
 from envoy_data_plane.google.rpc import Status
 from meshwarden.engine import (
-    JWT_INVALID,
     AuthorizationPlan,
+    Cause,
     CompiledMesh,
     Decision,
+    Effect,
     Request,
     SpiffeId,
     SpiffeIdError,
     decide,
+    dry_run_verdict,
 )
 from meshwarden.xds import _wire as wire
-from meshwarden.xds._decisions import AUTHZ_UNAVAILABLE, DEFAULT_ALLOW, DEFAULT_DENY, Verdict
+from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 from opentelemetry import metrics, propagate, trace
 
@@ -208,34 +210,12 @@ def request_of(attributes: CheckAttributes, workload: str, port: int) -> Request
     )
 
 
-def _dry_run(plan: AuthorizationPlan, decision: Decision) -> tuple[str | None, str | None]:
-    """Dry-run verdict in `xds._decisions._dry_run`'s terms: a matching dry-run DENY, else a
-    matching dry-run ALLOW, else the default of the dry-run policies present."""
-    matched = [o for o in decision.dry_run if o.rule is not None]
-    for outcome in matched:
-        if outcome.decision == "DENY":
-            return "deny", outcome.policy
-    for outcome in matched:
-        if outcome.decision == "ALLOW":
-            return "allow", outcome.policy
-    actions = {p.action for p in plan.dry_run}
-    if "ALLOW" in actions:
-        return "deny", DEFAULT_DENY
-    if "DENY" in actions:
-        return "allow", DEFAULT_ALLOW
-    return None, None
-
-
 def verdict_of(plan: AuthorizationPlan, decision: Decision) -> Verdict:
     """The decision as a Verdict, with the dry-run verdict when the plan has dry-run policies."""
-    dry_decision, dry_policy = _dry_run(plan, decision) if plan.dry_run else (None, None)
-    return Verdict(
-        "allow" if decision.allowed else "deny",
-        decision.policy,
-        decision.rule,
-        dry_decision,
-        dry_policy,
-    )
+    matched = [o for o in decision.dry_run if o.rule is not None]
+    dry = dry_run_verdict(matched, {p.action for p in plan.dry_run}) if plan.dry_run else None
+    dry_decision, dry_policy = dry if dry is not None else (None, None)
+    return Verdict(decision.effect, decision.policy, decision.rule, dry_decision, dry_policy)
 
 
 # --------------------------------------------------------------------------- the service
@@ -316,7 +296,7 @@ class Authorization:
                 port = int(metadata.get(PORT_HEADER, "0"))
                 request = request_of(check, plan.workload.ref, port)
             except (PermissionError, LookupError, ValueError, SpiffeIdError) as refused:
-                verdict = Verdict("deny", AUTHZ_UNAVAILABLE)
+                verdict = Verdict(Effect.DENY, Cause.AUTHZ_UNAVAILABLE)
                 span.set_attributes(_attributes(verdict, None, None))
                 span.set_status(trace.StatusCode.ERROR, str(refused))
                 detail = f"the engine cannot decide for this caller: {refused}"
@@ -362,12 +342,12 @@ def _response(verdict: Verdict, detail: str) -> bytes:
     if cached is not None:
         return cached
     metadata = Struct.from_dict(verdict.to_metadata())
-    if verdict.decision == "allow":
+    if verdict.decision == Effect.ALLOW:
         message = CheckResponse(
             status=Status(code=_OK), ok_response=OkHttpResponse(), dynamic_metadata=metadata
         )
     else:
-        unauthenticated = verdict.policy == JWT_INVALID
+        unauthenticated = verdict.policy == Cause.JWT_INVALID
         cause = verdict.policy + (f"#{verdict.rule}" if verdict.rule is not None else "")
         code = StatusCode.Unauthorized if unauthenticated else StatusCode.Forbidden
         message = CheckResponse(

@@ -13,15 +13,21 @@ false and its negation true, which is the engine's missing-attribute rule.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from meshwarden.engine import (
+    Attribute,
     CompiledCondition,
     CompiledOperation,
     CompiledRule,
     CompiledSource,
+    ConditionKey,
+    IpCondition,
     IpNetwork,
+    PatternCondition,
     Patterns,
+    PortCondition,
 )
 
 Predicate = dict[str, Any]
@@ -150,7 +156,7 @@ def namespace_matches(patterns: Patterns) -> Predicate:
 # -- rules ---------------------------------------------------------------------------------
 def source_predicate(source: CompiledSource, identified: bool) -> Predicate | None:
     """None when the source can never match a peer of this branch."""
-    if (identified and source.needs_plaintext) or (not identified and source.needs_identity):
+    if not source.peers.admit(identified):
         return None
     parts: list[Predicate] = []
     if source.identities is not None:
@@ -194,20 +200,14 @@ def token_present() -> Predicate:
     return {"singlePredicate": {"input": payload, "customMatch": custom}}
 
 
-def _in_ranges(port: int, ranges: tuple[tuple[int, int], ...]) -> bool:
-    return any(low <= port <= high for low, high in ranges)
-
-
 def operation_predicate(op: CompiledOperation, port: int) -> Predicate | None:
-    if op.ports is not None and not _in_ranges(port, op.ports):
-        return None
-    if op.not_ports is not None and _in_ranges(port, op.not_ports):
+    if not op.admits_port(port):
         return None
     parts: list[Predicate] = []
     for positive, negative, build in (
-        (op.methods, op.not_methods, lambda p: matches(header(":method"), p)),
+        (op.methods, op.not_methods, _method_matches),
         (op.paths, op.not_paths, path_matches),
-        (op.hosts, op.not_hosts, lambda p: matches(header(":authority"), p)),
+        (op.hosts, op.not_hosts, _host_matches),
     ):
         if positive is not None:
             parts.append(build(positive))
@@ -216,40 +216,45 @@ def operation_predicate(op: CompiledOperation, port: int) -> Predicate | None:
     return all_of(parts)
 
 
+def _method_matches(patterns: Patterns) -> Predicate:
+    return matches(header(":method"), patterns)
+
+
+def _host_matches(patterns: Patterns) -> Predicate:
+    return matches(header(":authority"), patterns)
+
+
 def condition_predicate(cond: CompiledCondition, port: int, identified: bool) -> Predicate | None:
-    """None: the condition is statically false here; TRUE-free dict otherwise."""
-    key = cond.key
-    if key == "destination.port":
-        ok = (cond.values is None or _in_ranges(port, cond.values)) and (  # type: ignore[arg-type]
-            cond.not_values is None or not _in_ranges(port, cond.not_values)  # type: ignore[arg-type]
-        )
-        return TRUE if ok else None
-    if (key == "source.ip" and identified) or (key.startswith("source.") and key != "source.ip" \
-            and not identified):  # fmt: skip
+    """None: the condition is statically false here; TRUE when it always holds here."""
+    if not cond.key.peers.admit(identified):
         return None
-    build = _condition_builder(key)
-    parts = []
-    if cond.values is not None:
-        parts.append(build(cond.values))
-    if cond.not_values is not None:
-        parts.append(negate(build(cond.not_values)))
+    parts: list[Predicate] = []
+    match cond:
+        case PortCondition():
+            return TRUE if cond.admits(port) else None
+        case IpCondition(values=values, not_values=not_values):
+            parts += [ip_in(values)] if values is not None else []
+            parts += [negate(ip_in(not_values))] if not_values is not None else []
+        case PatternCondition(key=key, values=values, not_values=not_values):
+            build = _pattern_builder(key)
+            parts += [build(values)] if values is not None else []
+            parts += [negate(build(not_values))] if not_values is not None else []
     return all_of(parts)
 
 
-def _condition_builder(key: str) -> Any:
-    if key == "source.ip":
-        return ip_in
-    if key == "source.identity":
+def _pattern_builder(key: ConditionKey) -> Callable[[Patterns], Predicate]:
+    attribute, argument = key.attribute, key.argument
+    if attribute is Attribute.SOURCE_IDENTITY:
         return lambda p: matches(URI_SAN, p)
-    if key == "source.namespace":
+    if attribute is Attribute.SOURCE_NAMESPACE:
         return namespace_matches
-    if key == "request.method":
-        return lambda p: matches(header(":method"), p)
-    if key == "request.path":
+    if attribute is Attribute.REQUEST_METHOD:
+        return _method_matches
+    if attribute is Attribute.REQUEST_PATH:
         return path_matches
-    if key.startswith("request.headers["):
-        return lambda p: matches(header(key[16:-1].lower()), p)
-    return lambda p: claim_matches(key[19:-1], p)
+    if attribute is Attribute.REQUEST_HEADER:
+        return lambda p: matches(header(argument), p)
+    return lambda p: claim_matches(argument, p)
 
 
 def rule_predicate(rule: CompiledRule, port: int, identified: bool) -> Predicate | None:

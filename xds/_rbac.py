@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meshwarden.engine import AuthorizationPlan, CompiledRule, RuleIndex
+from meshwarden.engine import Action, AuthorizationPlan, Cause, CompiledRule, Effect, RuleIndex
 from meshwarden.xds._decisions import (
-    DEFAULT_ALLOW,
-    DEFAULT_DENY,
+    DRY_ALLOW_PREFIX,
     DRY_DEFAULT_DENY,
+    DRY_DENY_PREFIX,
     DRY_NO_DENY,
     NO_AUDIT,
     NO_DENY,
@@ -74,10 +74,10 @@ def index_matcher(index: RuleIndex, port: int, identified: bool, verdict: str,
     return build(index, port, verdict, fallback)
 
 
-def _dry_run_index(plan: AuthorizationPlan, action_name: str) -> RuleIndex:
+def _dry_run_index(plan: AuthorizationPlan, wanted: Action) -> RuleIndex:
     index = RuleIndex()
     for policy in plan.dry_run:
-        if policy.action == action_name:
+        if policy.action == wanted:
             for rule in policy.rules:
                 index.add(rule)
     return index
@@ -100,7 +100,7 @@ def rbac_filters(plan: AuthorizationPlan, port: int, identified: bool) -> list[t
                 },
             )
         )
-    deny_shadow = _dry_run_index(plan, "DENY")
+    deny_shadow = _dry_run_index(plan, Action.DENY)
     if plan.deny.size or deny_shadow.size:
         config: dict[str, Any] = {
             "matcher": index_matcher(plan.deny, port, identified, "DENY", action(NO_DENY, "ALLOW"))
@@ -109,22 +109,22 @@ def rbac_filters(plan: AuthorizationPlan, port: int, identified: bool) -> list[t
             config["shadowMatcher"] = index_matcher(
                 deny_shadow, port, identified, "DENY", action(DRY_NO_DENY, "ALLOW")
             )
-            config["shadowRulesStatPrefix"] = "dryrun_deny_"
+            config["shadowRulesStatPrefix"] = DRY_DENY_PREFIX
         filters.append(("deny", config))
-    allow_shadow = _dry_run_index(plan, "ALLOW")
+    allow_shadow = _dry_run_index(plan, Action.ALLOW)
     config = {}
     if plan.has_allow:
         config["matcher"] = index_matcher(
-            plan.allow, port, identified, "ALLOW", action(DEFAULT_DENY, "DENY")
+            plan.allow, port, identified, "ALLOW", action(Cause.DEFAULT_DENY, "DENY")
         )
-    elif plan.mesh.default_policy == "deny":
-        config["matcher"] = _always(action(DEFAULT_DENY, "DENY"))
+    elif Effect(plan.mesh.default_policy) is Effect.DENY:
+        config["matcher"] = _always(action(Cause.DEFAULT_DENY, "DENY"))
     else:  # an explicit stage, so traces and flow logs name the implicit allow
-        config["matcher"] = _always(action(DEFAULT_ALLOW, "ALLOW"))
+        config["matcher"] = _always(action(Cause.DEFAULT_ALLOW, "ALLOW"))
     if allow_shadow.size:
         config["shadowMatcher"] = index_matcher(
             allow_shadow, port, identified, "ALLOW", action(DRY_DEFAULT_DENY, "DENY")
         )
-        config["shadowRulesStatPrefix"] = "dryrun_allow_"
+        config["shadowRulesStatPrefix"] = DRY_ALLOW_PREFIX
     filters.append(("allow", config))
     return filters

@@ -16,17 +16,13 @@ from string import Template
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshwarden.engine import CompiledMesh
+from meshwarden.engine import Cause, CompiledMesh, Effect
 from meshwarden.xds._decisions import (
     ALLOW_PREFIX,
-    AUTHZ_UNAVAILABLE,
-    DEFAULT_ALLOW,
-    DEFAULT_DENY,
     DENY_PREFIX,
     DRY_ALLOW_PREFIX,
     DRY_DENY_PREFIX,
     EXT_AUTHZ_NS,
-    JWT_INVALID,
     RBAC_NS,
 )
 
@@ -133,24 +129,24 @@ local function verdict(info, status)
   local dd, dp = nil, nil
   local sdr, sdp = stage(md, "$dry_deny", "shadow")
   local sar, sap = stage(md, "$dry_allow", "shadow")
-  if sdr == "denied" then dd, dp = "deny", split(sdp)
-  elseif sar == "allowed" then dd, dp = "allow", split(sap)
-  elseif sar ~= nil then dd, dp = "deny", "$default_deny"
-  elseif sdr ~= nil then dd, dp = "allow", "$default_allow" end
+  if sdr == "denied" then dd, dp = "$effect_deny", split(sdp)
+  elseif sar == "allowed" then dd, dp = "$effect_allow", split(sap)
+  elseif sar ~= nil then dd, dp = "$effect_deny", "$default_deny"
+  elseif sdr ~= nil then dd, dp = "$effect_allow", "$default_allow" end
   local r, p = stage(md, "$deny", "enforced")
   if r == "denied" then
     local policy, rule = split(p)
-    return "deny", policy, rule, dd, dp
+    return "$effect_deny", policy, rule, dd, dp
   end
   local ar, ap = stage(md, "$allow", "enforced")
   if ar ~= nil then
     if ap == "" then ap = "$default_deny" end
     local policy, rule = split(ap)
-    return (ar == "allowed") and "allow" or "deny", policy, rule, dd, dp
+    return (ar == "allowed") and "$effect_allow" or "$effect_deny", policy, rule, dd, dp
   end
-  if r ~= nil then return "allow", "$default_allow", nil, dd, dp end
-  if status == nil or status == "401" then return "deny", "$jwt_invalid", nil, nil, nil end
-  return (status == "403") and "deny" or "allow", "$unavailable", nil, nil, nil
+  if r ~= nil then return "$effect_allow", "$default_allow", nil, dd, dp end
+  if status == nil or status == "401" then return "$effect_deny", "$jwt_invalid", nil, nil, nil end
+  return (status == "403") and "$effect_deny" or "$effect_allow", "$unavailable", nil, nil, nil
 end
 function envoy_on_response(handle)
   local info = handle:streamInfo()
@@ -173,10 +169,12 @@ end
     allow=ALLOW_PREFIX,
     dry_deny=DRY_DENY_PREFIX,
     dry_allow=DRY_ALLOW_PREFIX,
-    default_allow=DEFAULT_ALLOW,
-    default_deny=DEFAULT_DENY,
-    jwt_invalid=JWT_INVALID,
-    unavailable=AUTHZ_UNAVAILABLE,
+    effect_allow=Effect.ALLOW,
+    effect_deny=Effect.DENY,
+    default_allow=Cause.DEFAULT_ALLOW,
+    default_deny=Cause.DEFAULT_DENY,
+    jwt_invalid=Cause.JWT_INVALID,
+    unavailable=Cause.AUTHZ_UNAVAILABLE,
     ns=TAGS_NS,
 )
 

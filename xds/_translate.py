@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from meshwarden.engine import CompiledMesh, Workload, WorkloadPort
 from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
+from meshwarden.xds._decisions import RULES_STAT_PREFIX
 from meshwarden.xds._ext_authz import ext_authz_http_filter, ext_authz_network_filter
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 from meshwarden.xds._rbac import rbac_filters
@@ -110,13 +111,14 @@ def _downstream_tls(ctx: TranslationContext) -> dict[str, Any]:
         "commonTlsContext": _common_tls(ctx)}}  # fmt: skip
 
 
-def _rbac_filter(kind: str, prefix: str, config: dict[str, Any], http: bool) -> dict[str, Any]:
+def _rbac_filter(stage: str, config: dict[str, Any], http: bool) -> dict[str, Any]:
+    prefix = RULES_STAT_PREFIX[stage]
     if http:
         typed = {"@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC",
-                 "rulesStatPrefix": f"{prefix}_", **config}  # fmt: skip
+                 "rulesStatPrefix": prefix, **config}  # fmt: skip
         return {"name": "envoy.filters.http.rbac", "typedConfig": typed}
     typed = {"@type": _T + "envoy.extensions.filters.network.rbac.v3.RBAC",
-             "statPrefix": f"{prefix}_", **config}  # fmt: skip
+             "statPrefix": prefix, **config}  # fmt: skip
     return {"name": "envoy.filters.network.rbac", "typedConfig": typed}
 
 
@@ -135,7 +137,7 @@ def _http_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, id
         filters.append(ext_authz_http_filter(plan, port.port, identified, ctx))
     else:
         for kind, config in rbac_filters(plan, port.port, identified):
-            filters.append(_rbac_filter(kind, f"authz_{kind}", config, http=True))
+            filters.append(_rbac_filter(kind, config, http=True))
     filters.append({"name": "envoy.filters.http.router", "typedConfig": {
         "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}})  # fmt: skip
     return filters
@@ -179,7 +181,7 @@ def _tcp_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, ide
     if plan.enforcement == "ext-authz":
         filters = [ext_authz_network_filter(plan, port.port, identified, ctx)]
     else:
-        filters = [_rbac_filter(kind, f"authz_{kind}", config, http=False)
+        filters = [_rbac_filter(kind, config, http=False)
                    for kind, config in rbac_filters(plan, port.port, identified)]  # fmt: skip
     proxy: dict[str, Any] = {
         "@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",

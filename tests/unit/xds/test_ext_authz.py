@@ -22,9 +22,9 @@ from envoy_data_plane.envoy.service.auth.v3 import (
     CheckResponse,
 )
 from envoy_data_plane.google.protobuf import Struct
-from meshwarden.engine import CompiledMesh, Request, check_documents, decide, parse_text
+from meshwarden.engine import Cause, CompiledMesh, Request, check_documents, decide, parse_text
 from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary
-from meshwarden.xds._decisions import AUTHZ_UNAVAILABLE, Verdict
+from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._ext_authz import (
     JWT_AUTHN_NS,
     PORT_HEADER,
@@ -290,7 +290,7 @@ def test_a_refused_caller_is_denied_even_by_a_fail_open_sidecar() -> None:
     authorization = Authorization(_resolver(_mesh()), tracer)
     answer = asyncio.run(authorization.check(_check(), _Context(CALLER)))  # type: ignore[arg-type]
     code, metadata, denied = _parsed(answer)
-    assert code == 7 and Verdict.from_metadata(metadata) == Verdict("deny", AUTHZ_UNAVAILABLE)
+    assert code == 7 and Verdict.from_metadata(metadata) == Verdict("deny", Cause.AUTHZ_UNAVAILABLE)
     assert "cannot decide for this caller" in denied.body
     [span] = spans.get_finished_spans()
     assert span.status.status_code == trace.StatusCode.ERROR

@@ -8,7 +8,7 @@ from meshwarden.engine._model import AuthorizationPolicySpec
 from meshwarden.engine._patterns import IpNetwork, Patterns
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
-from meshwarden.engine._vocabulary import Peers
+from meshwarden.engine._vocabulary import Action, Peers
 
 
 def warnings(mesh: CompiledMesh) -> list[Diagnostic]:
@@ -45,7 +45,7 @@ def _policy_warnings(mesh: CompiledMesh, policy: CompiledPolicy) -> list[Diagnos
         found.append(
             warning(doc.at("spec", "selector"), f"policy {policy.ref} selects no workload {scope}")
         )
-    if not spec.rules and policy.action != "ALLOW":
+    if not spec.rules and policy.action != Action.ALLOW:
         found.append(
             warning(
                 doc.at("spec"),
@@ -183,7 +183,7 @@ class _RivalIndex:
 
 
 def _is_deny(mesh: CompiledMesh, rule: CompiledRule) -> bool:
-    return mesh.policies[rule.policy].action == "DENY"
+    return mesh.policies[rule.policy].action == Action.DENY
 
 
 def _find_shadow(
@@ -194,7 +194,7 @@ def _find_shadow(
         if other is rule:
             continue
         same = rival.action == policy.action
-        if not (same or (rival.action == "DENY" and policy.action == "ALLOW")):
+        if not (same or (rival.action == Action.DENY and policy.action == Action.ALLOW)):
             continue
         if same and rank >= position:
             continue

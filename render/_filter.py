@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 
 from meshwarden.engine import (
     EVERYWHERE,
+    Action,
     AuthorizationPlan,
     CompiledMesh,
     CompiledRule,
+    Effect,
     Host,
     collapse_networks,
     subtract_networks,
@@ -120,7 +122,7 @@ def sidecar_sources(plan: AuthorizationPlan, port: int) -> tuple[IpNetwork, ...]
     every ALLOW rule for the port is an IP-fallback rule (`ipBlocks`/`notIpBlocks`) is the port
     narrowed to those ranges; under STRICT mTLS such rules admit nobody."""
     if not plan.has_allow:
-        return EVERYWHERE if plan.mesh.default_policy == "allow" else LOOPBACK_ONLY
+        return EVERYWHERE if Effect(plan.mesh.default_policy) is Effect.ALLOW else LOOPBACK_ONLY
     plaintext = plan.mesh.mtls == "PERMISSIVE"
     networks: list[IpNetwork] = []
     for rule in _allow_rules(plan):
@@ -142,22 +144,14 @@ def sidecar_sources(plan: AuthorizationPlan, port: int) -> tuple[IpNetwork, ...]
 
 def _allow_rules(plan: AuthorizationPlan) -> Iterable[CompiledRule]:
     for policy in plan.policies:
-        if policy.action == "ALLOW" and not policy.dry_run:
+        if policy.action == Action.ALLOW and not policy.dry_run:
             yield from policy.rules
 
 
 def _reaches_port(rule: CompiledRule, port: int) -> bool:
     if not rule.operations:
         return True
-    return any(
-        (op.ports is None or _within(port, op.ports))
-        and (op.not_ports is None or not _within(port, op.not_ports))
-        for op in rule.operations
-    )
-
-
-def _within(port: int, ranges: Sequence[tuple[int, int]]) -> bool:
-    return any(low <= port <= high for low, high in ranges)
+    return any(op.admits_port(port) for op in rule.operations)
 
 
 def _disjoint(claims: list[_Claim]) -> tuple[PortRule, ...]:

@@ -8,7 +8,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ class AgentConfig:
     server: str
     data_dir: Path
     sync_interval: float = 5.0
+    packet_filter_format: str = ""  # "nftables": fetch the node's packet filter on every sync
 
 
 def renewal_due(svid: X509Svid, now: dt.datetime, jitter: float) -> bool:
@@ -71,6 +72,8 @@ class Agent:
         self._jwt = _JwtCache()
         self._jitter: dict[SpiffeId, float] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Called with the node's packet filter after each sync (with packet_filter_format).
+        self.on_packet_filter: Callable[[str], Awaitable[None]] | None = None
 
     async def start(self, server_roots_pem: bytes | None, join_token: str | None) -> None:
         """Load the saved node identity, or attest with the join token; then sync once."""
@@ -122,7 +125,8 @@ class Agent:
             self._use(node)
 
     async def sync(self) -> None:
-        response = await self._stub.Sync(pb.SyncRequest(), timeout=15)
+        request = pb.SyncRequest(packet_filter_format=self.config.packet_filter_format)
+        response = await self._stub.Sync(request, timeout=15)
         assert self.node is not None
         bundle = TrustBundle.parse_spiffe_json(response.bundle, self.node.trust_domain)
         if bundle != self.node.bundle:
@@ -132,6 +136,8 @@ class Agent:
         old_bundle = self.cache.bundle()
         if tuple(identities) != self.cache.identities or bundle != old_bundle:
             self.cache.update(identities, bundle)
+        if self.config.packet_filter_format and self.on_packet_filter is not None:
+            await self.on_packet_filter(response.packet_filter)
 
     async def _identities(
         self, entries: Sequence[pb.WorkloadEntry], bundle: TrustBundle

@@ -26,6 +26,8 @@ from meshwarden.protos import node_pb2 as pb
 from meshwarden.protos import node_pb2_grpc
 
 RegistrySource = Callable[[], WorkloadRegistry | None]
+# (node name, format) -> that node's packet filter; ValueError when it cannot be rendered.
+PacketFilterSource = Callable[[str, str], str]
 NODE_SVID_TTL = dt.timedelta(hours=1)
 
 
@@ -46,12 +48,15 @@ class NodeApi:
         registry: RegistrySource,
         peers: PeerTable[TlsPeer],
         node_svid_ttl: dt.timedelta = NODE_SVID_TTL,
+        *,
+        packet_filter: PacketFilterSource | None = None,
     ) -> None:
         self._ca = ca
         self._tokens = tokens
         self._registry = registry
         self._peers = peers
         self._node_svid_ttl = node_svid_ttl
+        self._packet_filter = packet_filter
 
     def _sign_node(self, node: str, csr_der: bytes) -> pb.AttestResponse:
         csr = x509.load_der_x509_csr(csr_der)
@@ -110,7 +115,23 @@ class NodeApi:
             )
             for w in servable_workloads(registry, node)
         ]  # fmt: skip
-        return pb.SyncResponse(workloads=entries, bundle=self._ca.bundle().to_spiffe_json())
+        response = pb.SyncResponse(workloads=entries, bundle=self._ca.bundle().to_spiffe_json())
+        if request.packet_filter_format:
+            response.packet_filter = await self._filter_of(node, request, context)
+        return response
+
+    async def _filter_of(
+        self, node: str, request: pb.SyncRequest, context: grpc.aio.ServicerContext
+    ) -> str:
+        """The calling node's own packet filter (never another node's)."""
+        if self._packet_filter is None:
+            await _abort(
+                context, grpc.StatusCode.UNIMPLEMENTED, "this server renders no packet filters"
+            )
+        try:
+            return self._packet_filter(node, request.packet_filter_format)
+        except ValueError as exc:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, f"packet filter: {exc}")
 
     def _sign_one(
         self, registry: WorkloadRegistry, node: str, request: pb.X509SVIDRequest
@@ -146,7 +167,10 @@ class NodeApi:
 
 
 def node_api_services(
-    ca: CertificateAuthority, tokens: JoinTokens, registry: RegistrySource
+    ca: CertificateAuthority,
+    tokens: JoinTokens,
+    registry: RegistrySource,
+    packet_filter: PacketFilterSource | None = None,
 ) -> Callable[[grpc.aio.Server, PeerTable[TlsPeer]], None]:
     """Registers the Node API (attestation, SVID issuance) on a TLS endpoint's server."""
 
@@ -154,6 +178,7 @@ def node_api_services(
         register = cast(
             Callable[[NodeApi, grpc.aio.Server], None], node_pb2_grpc.add_NodeServicer_to_server
         )
-        register(NodeApi(ca, tokens, registry, peers), server)
+        api = NodeApi(ca, tokens, registry, peers, packet_filter=packet_filter)
+        register(api, server)
 
     return add

@@ -3,6 +3,7 @@ the Workload API socket (and SDS for the local Envoy when asked)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -12,6 +13,8 @@ import grpc
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshwarden._enforce import TableEnforcer
+from meshwarden._enforce import observe as observe_enforcement
 from meshwarden.identities import (
     Agent,
     AgentConfig,
@@ -35,14 +38,20 @@ class AgentOptions:
     join_token: str | None = None
     sds_socket: Path | None = None
     sync_interval: float = 5.0
+    enforce: str | None = None  # "nftables": keep the node's table in sync with the policies
 
 
 class NodeAgent:
     def __init__(self, options: AgentOptions, clock: Clock) -> None:
         self.options = options
         self.cache = IdentityCache()
-        config = AgentConfig(options.server, options.data_dir, options.sync_interval)
+        config = AgentConfig(options.server, options.data_dir, options.sync_interval,
+                             packet_filter_format=options.enforce or "")  # fmt: skip
         self.agent = Agent(config, self.cache, clock)
+        self.enforcer = TableEnforcer() if options.enforce else None
+        if self.enforcer is not None:
+            observe_enforcement(self.enforcer)
+            self.agent.on_packet_filter = self._enforce
         services = workload_api_services(self.cache, self.agent.mint_jwt, clock)
         self.workload_api = LocalEndpoint(options.socket, services)
         self.sds = LocalEndpoint(options.sds_socket, self._add_sds) if options.sds_socket else None
@@ -58,6 +67,10 @@ class NodeAgent:
                         {"spiffe_id": str(held.spiffe_id)})
             for held in self.cache.identities
         ]  # fmt: skip
+
+    async def _enforce(self, table: str) -> None:
+        assert self.enforcer is not None
+        await asyncio.to_thread(self.enforcer.sync, table)
 
     def _add_sds(self, server: grpc.aio.Server, peers: ProcessPeers) -> None:
         handler = sds_handler(self.cache, partial(caller_selectors, peers))

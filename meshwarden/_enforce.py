@@ -10,9 +10,14 @@ from __future__ import annotations
 import difflib
 import logging
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from meshwarden.render import TABLE
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from meshwarden.engine import CompiledMesh
+from meshwarden.render import TABLE, node_filter, render_nftables
 
 log = logging.getLogger("meshwarden.enforce")
 NFT_TIMEOUT = 30.0
@@ -96,6 +101,8 @@ class TableEnforcer:
         if text == self.applied and self.error is None:
             return True
         try:
+            if TABLE not in text:
+                raise EnforceError(f"the server sent no {TABLE} table")
             apply_table(text)
         except EnforceError as exc:
             self.error = f"nftables apply failed, previous table kept: {exc}"
@@ -105,3 +112,49 @@ class TableEnforcer:
         self.applied, self.error = text, None
         log.info("nftables table %s applied", TABLE)
         return True
+
+
+class PacketFilters:
+    """The server side of `agent --enforce`: each node's table, rendered from the current mesh
+    on the node API's Sync, remembered per mesh version (agents sync every few seconds)."""
+
+    FORMATS = ("nftables",)
+
+    def __init__(self, mesh: Callable[[], CompiledMesh | None]) -> None:
+        self._mesh = mesh
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def __call__(self, node: str, fmt: str) -> str:
+        if fmt not in self.FORMATS:
+            raise ValueError(f"packet filter format {fmt!r} is not supported; use nftables")
+        mesh = self._mesh()
+        if mesh is None:
+            raise ValueError("no valid policy loaded yet")
+        key = (mesh.version, node)
+        text = self._cache.get(key)
+        if text is None:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] == mesh.version}
+            text = self._cache[key] = render_nftables(node_filter(mesh, node))
+        return text
+
+
+def observe(enforcer: TableEnforcer) -> None:
+    """Metrics of the agent's enforcement: 1/0 whether the last apply succeeded, and failures."""
+    meter = metrics.get_meter("meshwarden.agent")
+
+    def healthy(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(1 if enforcer.healthy else 0, {"table": TABLE})]
+
+    def failures(_options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(enforcer.failures, {"table": TABLE})]
+
+    meter.create_observable_gauge(
+        "meshwarden.enforce.healthy",
+        callbacks=[healthy],
+        description="1 when the node's table matches the policies",
+    )
+    meter.create_observable_counter(
+        "meshwarden.enforce.failures",
+        callbacks=[failures],
+        description="applies nft refused (previous table kept)",
+    )

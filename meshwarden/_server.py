@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshwarden._enforce import PacketFilters
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._flows import FlowLog
 from meshwarden._health import HealthEndpoint
@@ -149,7 +150,8 @@ class ControlPlane:
             self.data_dir / "server.pem", self.data_dir / "server.key", self.ca.bundle().x509_pem()
         )
         host, _, port = self.options.listen.rpartition(":")
-        node_api = node_api_services(self.ca, self.tokens, lambda: self.policies.registry)
+        filters = PacketFilters(lambda: self.policies.mesh)  # for `agent --enforce`
+        node_api = node_api_services(self.ca, self.tokens, lambda: self.policies.registry, filters)
         self.xds.jwt_bundle = self._jwt_bundle
         self.xds.publish(frozenset(self.policies.mesh.plans) if self.policies.mesh else None)
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshwarden/protos/node.proto\x12\x12meshwarden.node.v1\"0\n\rAttestRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"4\n\x0e\x41ttestResponse\x12\x12\n\nsvid_chain\x18\x01 \x03(\x0c\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\"#\n\x14RenewNodeSVIDRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"\r\n\x0bSyncRequest\"V\n\rWorkloadEntry\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tselectors\x18\x02 \x03(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"T\n\x0cSyncResponse\x12\x34\n\tworkloads\x18\x01 \x03(\x0b\x32!.meshwarden.node.v1.WorkloadEntry\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\"1\n\x0fX509SVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"M\n\x14SignX509SVIDsRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.meshwarden.node.v1.X509SVIDRequest\"F\n\x0eX509SVIDResult\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x03(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"L\n\x15SignX509SVIDsResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".meshwarden.node.v1.X509SVIDResult\"9\n\x12SignJWTSVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"$\n\x13SignJWTSVIDResponse\x12\r\n\x05token\x18\x01 \x01(\t2\xc7\x03\n\x04Node\x12O\n\x06\x41ttest\x12!.meshwarden.node.v1.AttestRequest\x1a\".meshwarden.node.v1.AttestResponse\x12]\n\rRenewNodeSVID\x12(.meshwarden.node.v1.RenewNodeSVIDRequest\x1a\".meshwarden.node.v1.AttestResponse\x12I\n\x04Sync\x12\x1f.meshwarden.node.v1.SyncRequest\x1a .meshwarden.node.v1.SyncResponse\x12\x64\n\rSignX509SVIDs\x12(.meshwarden.node.v1.SignX509SVIDsRequest\x1a).meshwarden.node.v1.SignX509SVIDsResponse\x12^\n\x0bSignJWTSVID\x12&.meshwarden.node.v1.SignJWTSVIDRequest\x1a\'.meshwarden.node.v1.SignJWTSVIDResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshwarden/protos/node.proto\x12\x12meshwarden.node.v1\"0\n\rAttestRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"4\n\x0e\x41ttestResponse\x12\x12\n\nsvid_chain\x18\x01 \x03(\x0c\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\"#\n\x14RenewNodeSVIDRequest\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"+\n\x0bSyncRequest\x12\x1c\n\x14packet_filter_format\x18\x01 \x01(\t\"V\n\rWorkloadEntry\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tselectors\x18\x02 \x03(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\"k\n\x0cSyncResponse\x12\x34\n\tworkloads\x18\x01 \x03(\x0b\x32!.meshwarden.node.v1.WorkloadEntry\x12\x0e\n\x06\x62undle\x18\x02 \x01(\t\x12\x15\n\rpacket_filter\x18\x03 \x01(\t\"1\n\x0fX509SVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x0b\n\x03\x63sr\x18\x02 \x01(\x0c\"M\n\x14SignX509SVIDsRequest\x12\x35\n\x08requests\x18\x01 \x03(\x0b\x32#.meshwarden.node.v1.X509SVIDRequest\"F\n\x0eX509SVIDResult\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x12\n\nsvid_chain\x18\x02 \x03(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"L\n\x15SignX509SVIDsResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".meshwarden.node.v1.X509SVIDResult\"9\n\x12SignJWTSVIDRequest\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x10\n\x08\x61udience\x18\x02 \x03(\t\"$\n\x13SignJWTSVIDResponse\x12\r\n\x05token\x18\x01 \x01(\t2\xc7\x03\n\x04Node\x12O\n\x06\x41ttest\x12!.meshwarden.node.v1.AttestRequest\x1a\".meshwarden.node.v1.AttestResponse\x12]\n\rRenewNodeSVID\x12(.meshwarden.node.v1.RenewNodeSVIDRequest\x1a\".meshwarden.node.v1.AttestResponse\x12I\n\x04Sync\x12\x1f.meshwarden.node.v1.SyncRequest\x1a .meshwarden.node.v1.SyncResponse\x12\x64\n\rSignX509SVIDs\x12(.meshwarden.node.v1.SignX509SVIDsRequest\x1a).meshwarden.node.v1.SignX509SVIDsResponse\x12^\n\x0bSignJWTSVID\x12&.meshwarden.node.v1.SignJWTSVIDRequest\x1a\'.meshwarden.node.v1.SignJWTSVIDResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWNODESVIDREQUEST']._serialized_start=156
   _globals['_RENEWNODESVIDREQUEST']._serialized_end=191
   _globals['_SYNCREQUEST']._serialized_start=193
-  _globals['_SYNCREQUEST']._serialized_end=206
-  _globals['_WORKLOADENTRY']._serialized_start=208
-  _globals['_WORKLOADENTRY']._serialized_end=294
-  _globals['_SYNCRESPONSE']._serialized_start=296
-  _globals['_SYNCRESPONSE']._serialized_end=380
-  _globals['_X509SVIDREQUEST']._serialized_start=382
-  _globals['_X509SVIDREQUEST']._serialized_end=431
-  _globals['_SIGNX509SVIDSREQUEST']._serialized_start=433
-  _globals['_SIGNX509SVIDSREQUEST']._serialized_end=510
-  _globals['_X509SVIDRESULT']._serialized_start=512
-  _globals['_X509SVIDRESULT']._serialized_end=582
-  _globals['_SIGNX509SVIDSRESPONSE']._serialized_start=584
-  _globals['_SIGNX509SVIDSRESPONSE']._serialized_end=660
-  _globals['_SIGNJWTSVIDREQUEST']._serialized_start=662
-  _globals['_SIGNJWTSVIDREQUEST']._serialized_end=719
-  _globals['_SIGNJWTSVIDRESPONSE']._serialized_start=721
-  _globals['_SIGNJWTSVIDRESPONSE']._serialized_end=757
-  _globals['_NODE']._serialized_start=760
-  _globals['_NODE']._serialized_end=1215
+  _globals['_SYNCREQUEST']._serialized_end=236
+  _globals['_WORKLOADENTRY']._serialized_start=238
+  _globals['_WORKLOADENTRY']._serialized_end=324
+  _globals['_SYNCRESPONSE']._serialized_start=326
+  _globals['_SYNCRESPONSE']._serialized_end=433
+  _globals['_X509SVIDREQUEST']._serialized_start=435
+  _globals['_X509SVIDREQUEST']._serialized_end=484
+  _globals['_SIGNX509SVIDSREQUEST']._serialized_start=486
+  _globals['_SIGNX509SVIDSREQUEST']._serialized_end=563
+  _globals['_X509SVIDRESULT']._serialized_start=565
+  _globals['_X509SVIDRESULT']._serialized_end=635
+  _globals['_SIGNX509SVIDSRESPONSE']._serialized_start=637
+  _globals['_SIGNX509SVIDSRESPONSE']._serialized_end=713
+  _globals['_SIGNJWTSVIDREQUEST']._serialized_start=715
+  _globals['_SIGNJWTSVIDREQUEST']._serialized_end=772
+  _globals['_SIGNJWTSVIDRESPONSE']._serialized_start=774
+  _globals['_SIGNJWTSVIDRESPONSE']._serialized_end=810
+  _globals['_NODE']._serialized_start=813
+  _globals['_NODE']._serialized_end=1268
 # @@protoc_insertion_point(module_scope)

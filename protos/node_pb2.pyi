@@ -33,8 +33,10 @@ class RenewNodeSVIDRequest(_message.Message):
     def __init__(self, csr: _Optional[bytes] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("packet_filter_format",)
+    PACKET_FILTER_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    packet_filter_format: str
+    def __init__(self, packet_filter_format: _Optional[str] = ...) -> None: ...
 
 class WorkloadEntry(_message.Message):
     __slots__ = ("spiffe_id", "selectors", "namespace", "name")
@@ -55,15 +57,18 @@ class WorkloadEntry(_message.Message):
     ) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("workloads", "bundle")
+    __slots__ = ("workloads", "bundle", "packet_filter")
     WORKLOADS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    PACKET_FILTER_FIELD_NUMBER: _ClassVar[int]
     workloads: _containers.RepeatedCompositeFieldContainer[WorkloadEntry]
     bundle: str
+    packet_filter: str
     def __init__(
         self,
         workloads: _Optional[_Iterable[_Union[WorkloadEntry, _Mapping]]] = ...,
         bundle: _Optional[str] = ...,
+        packet_filter: _Optional[str] = ...,
     ) -> None: ...
 
 class X509SVIDRequest(_message.Message):

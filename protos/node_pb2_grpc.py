@@ -27,7 +27,7 @@ if _version_not_supported:
     )
 
 
-class NodeStub(object):
+class NodeStub:
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -63,7 +63,7 @@ class NodeStub(object):
                 _registered_method=True)
 
 
-class NodeServicer(object):
+class NodeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Attest(self, request, context):
@@ -82,7 +82,8 @@ class NodeServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def Sync(self, request, context):
-        """The Workloads this node may serve and the current trust bundle.
+        """The Workloads this node may serve and the current trust bundle (and, when asked, the
+        node's packet filter rendered from the policies).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,7 +139,7 @@ def add_NodeServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Node(object):
+class Node:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

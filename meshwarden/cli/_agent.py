@@ -17,7 +17,9 @@ examples:
   meshwarden agent --server 10.0.0.1:8443 --join-token T --server-bundle bundle.pem \\
       --data-dir /var/lib/meshwarden-agent --socket /run/meshwarden/agent.sock
   meshwarden agent --server 10.0.0.1:8443 --data-dir /var/lib/meshwarden-agent \\
-      --socket /run/meshwarden/agent.sock --sds-socket /run/meshwarden/sds.sock"""
+      --socket /run/meshwarden/agent.sock --sds-socket /run/meshwarden/sds.sock
+  meshwarden agent --server 10.0.0.1:8443 --data-dir /var/lib/meshwarden-agent \\
+      --socket /run/meshwarden/agent.sock --enforce nftables"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,6 +65,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="how often to fetch this node's workload entries",
     )
+    parser.add_argument(
+        "--enforce",
+        choices=("nftables",),
+        help="keep this node's packet filter (`table inet meshwarden`, rendered by the server "
+        "from the policies) in sync, one `nft -f` transaction per change; a failed apply keeps "
+        "the previous table, is logged and counted (meshwarden.enforce.* metrics). Needs root "
+        "(default: off)",
+    )
     observe.add_arguments(parser, sidecars=False)
     parser.set_defaults(func=run)
 
@@ -75,7 +85,7 @@ def _serve(args: argparse.Namespace) -> int:
     options = AgentOptions(
         server=args.server, data_dir=args.data_dir, socket=args.socket,
         server_bundle=args.server_bundle, join_token=args.join_token,
-        sds_socket=args.sds_socket, sync_interval=args.sync_interval,
+        sds_socket=args.sds_socket, sync_interval=args.sync_interval, enforce=args.enforce,
     )  # fmt: skip
     agent = NodeAgent(options, SystemClock())
 

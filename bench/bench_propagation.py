@@ -232,7 +232,7 @@ def recompile_reference(policies: Path, rounds: int = 3) -> float:
     copy = Path(tempfile.mkdtemp(prefix="bench-prop-ref-"))
     try:
         shutil.copytree(policies, copy / "p")
-        state = Policies(copy / "p", report=io.StringIO())
+        state = Policies(copy / "p", report=io.StringIO(), settle=0)
         state.reload_if_changed()
         times = []
         for k in range(rounds):
@@ -655,7 +655,7 @@ class Identities:
 
 
 def mint_identities(policies: Path, data_dir: Path) -> Identities:
-    state = Policies(policies, report=io.StringIO())
+    state = Policies(policies, report=io.StringIO(), settle=0)
     state.reload_if_changed()
     assert state.registry is not None
     ca = load_ca(data_dir / "ca.json", CaConfig(TrustDomain(TRUST_DOMAIN)), SystemClock())

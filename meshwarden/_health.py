@@ -1,16 +1,46 @@
 """The control plane's small HTTP endpoint: `GET /healthz` → JSON (status ok|degraded, policy
-version, the errors of a rejected change, per-sidecar xDS state), plus whatever other routes
-the control plane adds (`routes[path] = handler`; e.g. `/flows`)."""
+version, the errors of a rejected change, a reload in progress, NACKs, per-sidecar xDS state),
+plus whatever other routes the control plane adds (`routes[path] = handler`; e.g. `/flows`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
+
+if TYPE_CHECKING:
+    from meshwarden._policies import Policies
+    from meshwarden._xds import Nack
+
+
+def _stamp(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def health_report(policies: Policies, nacks: Sequence[Nack], sidecars: dict[str, Any]
+                  ) -> dict[str, Any]:  # fmt: skip
+    """`/healthz`: `degraded` while the last policy change stands rejected or some sidecar
+    rejected its configuration (a NACK not replaced by an accepted version)."""
+    status = policies.status
+    started = policies.reloading_since
+    if started is not None:
+        reload = {"state": "compiling", "since": _stamp(started)}
+    else:
+        reload = {"state": "settling" if policies.settling else "idle"}
+    return {
+        "status": "ok" if status.healthy and not nacks else "degraded",
+        "policyVersion": status.version,
+        "lastChangeRejected": bool(status.errors),
+        "errors": status.errors,
+        "reload": reload,
+        "nacks": [nack.to_json() for nack in nacks],
+        "sidecars": sidecars,
+    }
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,18 @@
 """The policy directory as the control plane sees it: the last good compiled mesh, reloaded
-when a file changes; a broken edit is reported (FILE:LINE:COL) and changes nothing."""
+when a file changes; a broken edit is reported (FILE:LINE:COL) and changes nothing.
+
+Nothing in the directory can raise out of here: a file the engine cannot read (or a bug it
+trips over) is a rejected change with the error on /healthz, and the last good mesh keeps
+serving. Changes are read only once they settled (`_policy_files`), and a change that would
+loosen the Mesh document is refused (`_policy_guard`). `reload_if_changed` is blocking and
+meant for a worker thread: the mesh and status it publishes are replaced, never mutated."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -13,24 +20,24 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext, Status, StatusCode
 
 from meshwarden import engine
+from meshwarden._policy_files import (
+    SETTLE_SECONDS,
+    DirectoryContents,
+    PolicyFile,
+    ScanError,
+    SettledDirectory,
+    fingerprint,
+)
+from meshwarden._policy_guard import ALLOW_LOOSENING, refused
+
+__all__ = ["Policies", "PolicyStatus", "fingerprint"]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("meshwarden.policies")
-Fingerprint = tuple[tuple[str, int, int], ...]
+MAX_MESSAGE = 500  # characters of an exception's text carried into /healthz
 
 
-def fingerprint(directory: Path) -> Fingerprint:
-    """(path, mtime, size) of every policy file, as `meshwarden check` would find them."""
-    found = []
-    for path in sorted(directory.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(directory).parts)
-        if path.suffix in (".yaml", ".yml") and not hidden and path.is_file():
-            stat = path.stat()
-            found.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(found)
-
-
-@dataclass
+@dataclass(frozen=True)
 class PolicyStatus:
     """What the health endpoint reports about policies."""
 
@@ -44,15 +51,38 @@ class PolicyStatus:
         return bool(self.version) and not self.errors
 
 
+def _error(file: str, message: str) -> engine.Diagnostic:
+    return engine.Diagnostic(engine.Location(file), engine.Severity.ERROR, message)
+
+
+def _parse(file: PolicyFile) -> tuple[list[Any], list[engine.Diagnostic]]:
+    """Documents and problems of one file's bytes; an exception from the engine is a problem
+    located at the file."""
+    if file.error is not None:
+        return [], [_error(file.path, file.error)]
+    try:
+        documents, problems = engine.parse_text(file.content.decode("utf-8"), file.path)
+        return documents, problems
+    except UnicodeDecodeError as exc:
+        return [], [_error(file.path, f"cannot read file: not UTF-8 ({exc.reason})")]
+    except Exception as exc:  # RecursionError, ValueError, MemoryError, a bug: never a crash
+        log.warning("the policy loader raised on %s", file.path, exc_info=True)
+        text = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE]
+        return [], [_error(file.path, f"cannot load this file: {text}")]
+
+
 class Policies:
     """The last good compiled mesh of a policy directory."""
 
-    def __init__(self, directory: Path, report: TextIO = sys.stderr) -> None:
+    def __init__(self, directory: Path, report: TextIO = sys.stderr,
+                 settle: float = SETTLE_SECONDS) -> None:  # fmt: skip
         self.directory = directory
         self.mesh: engine.CompiledMesh | None = None
         self.status = PolicyStatus()
-        self._seen: Fingerprint | None = None
-        self._parsed: dict[tuple[str, int, int], tuple[list[Any], list[Any]]] = {}
+        self.reloading_since: float | None = None  # time.time() a compile started; None: idle
+        self._files = SettledDirectory(directory, settle)
+        self._scan_error: str | None = None
+        self._parsed: dict[tuple[str, str], tuple[list[Any], list[engine.Diagnostic]]] = {}
         self._report = report
         self.trace_context: SpanContext | None = None  # of the last reload (pushes link to it)
 
@@ -60,18 +90,58 @@ class Policies:
     def registry(self) -> engine.Registry | None:
         return self.mesh.registry if self.mesh else None
 
+    @property
+    def settling(self) -> bool:
+        """A change was seen and is waiting to settle before it is read."""
+        return self._files.settling
+
     def reload_if_changed(self) -> frozenset[str] | None:
         """The workloads whose plans changed, or None when nothing (valid) changed. Each
-        reload (a file changed) is a span `meshwarden.policies.reload`."""
-        current = fingerprint(self.directory)
-        if current == self._seen:
+        reload (a settled change) is a span `meshwarden.policies.reload`. Never raises."""
+        try:
+            contents = self._poll()
+            if contents is None:
+                return None
+            return self._traced_reload(contents)
+        except Exception as exc:  # a bug here must not stop the control plane either
+            log.exception("reloading policies failed")
+            self._reject([f"{self.directory}: error: internal error while reloading "
+                          f"policies: {exc!r}"[:MAX_MESSAGE]])  # fmt: skip
             return None
-        self._seen = current
+
+    def reload_when_settled(self, timeout: float = 10.0) -> frozenset[str] | None:
+        """Poll (sleeping) until a pending change has settled and was applied: for start-up
+        and tests, never on the event loop."""
+        deadline = time.monotonic() + timeout
+        affected = self.reload_if_changed()
+        while self.settling and time.monotonic() < deadline:
+            time.sleep(min(0.05, self._files.settle / 4 or 0.05))
+            affected = self.reload_if_changed() or affected
+        return affected
+
+    def _poll(self) -> DirectoryContents | None:
+        if self._scan_error is not None:
+            self._files.forget()  # once it is back, apply it even if its files did not change
+        try:
+            contents = self._files.poll()
+        except ScanError as exc:
+            if str(exc) != self._scan_error:  # report once, not on every poll
+                self._scan_error = str(exc)
+                self._reject([f"{exc}: error: cannot read the policy directory"])
+            return None
+        self._scan_error = None
+        return contents
+
+    def _traced_reload(self, contents: DirectoryContents) -> frozenset[str] | None:
         with _tracer.start_as_current_span("meshwarden.policies.reload") as span:
             self.trace_context = span.get_span_context()
             rejected_before = self.status.rejected
-            affected = self._reload(current)
-            span.set_attribute("meshwarden.policy.files", len(current))
+            self.reloading_since = time.time()
+            try:
+                affected = self._reload(contents)
+            finally:
+                self.reloading_since = None
+            span.set_attribute("meshwarden.policy.files", len(contents.files))
             span.set_attribute("meshwarden.policy.version", self.status.version)
             if self.status.rejected != rejected_before:
                 span.set_attribute("meshwarden.policy.errors", self.status.errors[:50])
@@ -80,11 +150,11 @@ class Policies:
                 span.set_attribute("meshwarden.policy.workloads_affected", len(affected or ()))
             return affected
 
-    def _reload(self, current: Fingerprint) -> frozenset[str] | None:
-        if not current:
+    def _reload(self, contents: DirectoryContents) -> frozenset[str] | None:
+        if not contents.files:
             self._reject([f"{self.directory}: no .yaml or .yml files in this directory"])
             return None
-        documents, problems = self._read(current)
+        documents, problems = self._read(contents.files)
         errors = [p for p in problems if p.severity is engine.Severity.ERROR]
         if errors:
             self._reject([str(p) for p in errors])
@@ -92,12 +162,35 @@ class Policies:
         try:
             result = engine.reload(self.mesh, documents)
         except Exception as exc:  # a bug must not take down the last good configuration
-            log.exception("reloading policies failed")
-            self._reject([f"internal error while compiling policies: {exc!r}"])
+            log.exception("compiling policies failed")
+            self._reject([f"{self.directory}: error: internal error while compiling "
+                          f"policies: {exc!r}"[:MAX_MESSAGE]])  # fmt: skip
             return None
         if result.mesh is None:
             self._reject([str(p) for p in result.errors])
             return None
+        if not self._accept_mesh_change(result.mesh):
+            return None
+        return self._apply(result)
+
+    def _accept_mesh_change(self, new: engine.CompiledMesh) -> bool:
+        """False (and the change rejected) when it would loosen the running Mesh."""
+        if self.mesh is None or new is self.mesh:
+            return True
+        refusals, accepted = refused(self.mesh.registry.mesh, new.registry.mesh)
+        for item in accepted:
+            log.warning("accepting a loosening of the mesh (%s: \"true\"): %s",
+                        ALLOW_LOOSENING, item)  # fmt: skip
+            print(f"warning: accepted because of {ALLOW_LOOSENING}: {item}", file=self._report)
+        if refusals:
+            for item in refusals:
+                log.error("policy change refused: %s", item)
+            self._reject([str(item) for item in refusals])
+            return False
+        return True
+
+    def _apply(self, result: engine.Reload) -> frozenset[str] | None:
+        assert result.mesh is not None
         for warning in result.diagnostics:
             print(warning, file=self._report)
         previous, self.mesh = self.mesh, result.mesh
@@ -110,25 +203,24 @@ class Policies:
             return frozenset(previous.plans) | frozenset(result.mesh.plans)
         return result.affected
 
-    def _read(self, files: Fingerprint) -> tuple[list[Any], list[Any]]:
-        """Documents and problems of every file, re-parsing only files whose (path, mtime,
-        size) changed since the last read."""
+    def _read(self, files: tuple[PolicyFile, ...]) -> tuple[list[Any], list[Any]]:
+        """Documents and problems of every file, parsing only files whose content changed
+        since the last read."""
         parsed = {}
-        for key in files:
+        for file in files:
+            key = (file.path, file.digest)
             cached = self._parsed.get(key)
-            if cached is None:
-                cached = engine.read_files([key[0]])
-            parsed[key] = cached
+            parsed[key] = cached if cached is not None else _parse(file)
         self._parsed = parsed
         documents = [d for docs, _ in parsed.values() for d in docs]
         problems = [p for _, found in parsed.values() for p in found]
         return documents, problems
 
     def _reject(self, errors: list[str]) -> None:
+        """Keep the last good mesh; report `errors`."""
         for line in errors:
             print(line, file=self._report)
         kept = self.mesh.version if self.mesh else "none"
         print(f"policies rejected: {len(errors)} error(s); still serving version {kept}",
-              file=self._report)  # fmt: skip
-        self.status.errors = errors
-        self.status.rejected += 1
+              file=self._report, flush=True)  # fmt: skip
+        self.status = replace(self.status, errors=errors, rejected=self.status.rejected + 1)

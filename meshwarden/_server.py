@@ -24,7 +24,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from meshwarden._enforce import PacketFilters
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._flows import FlowLog
-from meshwarden._health import HealthEndpoint
+from meshwarden._health import HealthEndpoint, health_report
 from meshwarden._policies import Policies
 from meshwarden._xds import MeshXds
 from meshwarden.identities import (
@@ -103,7 +103,7 @@ class ControlPlane:
         return self.options.data_dir
 
     def _open_ca(self) -> CertificateAuthority:
-        self.policies.reload_if_changed()
+        self.policies.reload_when_settled()
         if self.policies.registry is None:
             raise ValueError(f"{self.options.policies}: no valid policies; fix the errors above")
         upstream = None
@@ -175,14 +175,7 @@ class ControlPlane:
         return self.ca.bundle().standard_jwks_json().decode()
 
     def _health(self) -> dict[str, Any]:
-        status = self.policies.status
-        return {
-            "status": "ok" if status.healthy else "degraded",
-            "policyVersion": status.version,
-            "lastChangeRejected": bool(status.errors),
-            "errors": status.errors,
-            "sidecars": self.xds.sidecars(),
-        }
+        return health_report(self.policies, self.xds.nacks(), self.xds.sidecars())
 
     async def _start_admin(self) -> None:
         path = self.data_dir / ADMIN_SOCKET
@@ -222,9 +215,13 @@ class ControlPlane:
             self.rotate()
 
     async def _watch_policies(self) -> None:
+        """Scan, read and compile in a worker thread: ADS, the node API, ext_authz and
+        /healthz keep being served while a large change compiles."""
         while True:
             await asyncio.sleep(POLICY_POLL_SECONDS)
-            self.reload_policies()
+            affected = await asyncio.to_thread(self.policies.reload_if_changed)
+            if affected is not None:
+                self.xds.publish(affected)
 
     def tick(self) -> None:
         """One round of everything `run` does periodically."""
@@ -232,7 +229,8 @@ class ControlPlane:
         self.reload_policies()
 
     def reload_policies(self) -> None:
-        affected = self.policies.reload_if_changed()
+        """Apply a policy change once it settled (blocking; `run` does this off the loop)."""
+        affected = self.policies.reload_when_settled()
         if affected is not None:
             self.xds.publish(affected)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from meshwarden._flows import FlowLog, engine_attribution
@@ -30,6 +31,56 @@ from meshwarden.xds import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """A configuration a sidecar rejected and has not replaced by one it accepted."""
+
+    workload: str
+    type: str  # the resource type's short name, e.g. Listener
+    version: str
+    message: str  # Envoy's error_detail
+
+    def __str__(self) -> str:
+        return (f"the sidecar of {self.workload} rejected {self.type} version "
+                f"{self.version}: {self.message}")  # fmt: skip
+
+    def to_json(self) -> dict[str, str]:
+        return {"workload": self.workload, "type": self.type, "version": self.version,
+                "error": self.message}  # fmt: skip
+
+
+class NackTracker:
+    """A `StreamObserver` of the NACKs still standing: one per (workload, type) until that type
+    is ACKed again. Each new NACK is logged at ERROR."""
+
+    def __init__(self) -> None:
+        self._current: dict[tuple[str, str], Nack] = {}
+
+    def on_connect(self, node: str) -> None:
+        pass
+
+    def on_response(self, node: str, type_url: str, version: str, nonce: str = "") -> None:
+        pass
+
+    def on_disconnect(self, node: str) -> None:
+        pass
+
+    def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None:
+        nack = Nack(node, type_url.rsplit(".", 1)[-1], version, error_message)
+        if self._current.get((node, type_url)) != nack:
+            log.error("%s", nack)
+        self._current[(node, type_url)] = nack
+
+    def on_ack(self, node: str, type_url: str, version: str) -> None:
+        self._current.pop((node, type_url), None)
+
+    def standing(self, nodes: frozenset[str]) -> list[Nack]:
+        """Standing NACKs of `nodes` (workloads no longer served are forgotten)."""
+        for key in [k for k in self._current if k[0] not in nodes]:
+            del self._current[key]
+        return [self._current[k] for k in sorted(self._current)]
+
+
 class MeshXds:
     def __init__(self, policies: Policies, tracing: TracingTarget | None = None,
                  flows: FlowLog | None = None, flow_log_sample: float = 100.0) -> None:  # fmt: skip
@@ -46,6 +97,8 @@ class MeshXds:
         )
         self.builder = SnapshotBuilder(context)
         self.pushes = 0
+        self._nacks = NackTracker()
+        self.cache.observe(self._nacks)
         self.cache.observe(TelemetryObserver(
             parent=lambda: self.policies.trace_context,
             policy_version=self.builder.policy_versions.get))  # fmt: skip
@@ -87,6 +140,11 @@ class MeshXds:
         authorization = Authorization(registered_workload(
             lambda: self.policies.mesh, relayed_peer_spiffe_id(peers)))  # fmt: skip
         server.add_generic_rpc_handlers((authorization_handler(authorization),))
+
+    def nacks(self) -> list[Nack]:
+        """Configurations some sidecar rejected and has not replaced by an accepted one (for
+        /healthz and for `up` to print)."""
+        return self._nacks.standing(self.cache.nodes())
 
     def sidecars(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

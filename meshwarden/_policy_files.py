@@ -1,0 +1,140 @@
+"""Reading a policy directory atomically: a change is read only once it has settled.
+
+Editors and `cp` write files in pieces; a half-written file must never be compiled. A change
+(some file's size or mtime differs, or a file appeared or went) is read once its stat has not
+moved for `settle` seconds; the bytes read are hashed, and they are used only when a second read
+after another `settle` seconds finds the same stat and the same hashes. What is compiled is
+exactly the bytes that were hashed (never re-read from disk).
+
+A file or directory vanishing in the middle of a scan is a change like any other, never an
+exception: the scan is retried on the next poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
+YAML_SUFFIXES = (".yaml", ".yml")
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+"""(path, mtime_ns, size) of every policy file, sorted."""
+
+
+class ScanError(Exception):
+    """The directory itself cannot be listed (gone, not a directory, no permission)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    path: str
+    content: bytes
+    digest: str  # sha256 of `content`
+    error: str | None = None  # why it could not be read (then `content` is empty)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryContents:
+    """A settled read of the directory: every policy file and its bytes."""
+
+    fingerprint: Fingerprint
+    files: tuple[PolicyFile, ...]
+
+
+def fingerprint(directory: Path) -> Fingerprint:
+    """(path, mtime, size) of every policy file, as `meshwarden check` would find them. A file
+    removed while the directory is listed is left out; ScanError when the directory is gone."""
+    if not directory.is_dir():
+        raise ScanError(f"{directory}: no such directory (or not a directory)")
+    found = []
+    try:
+        paths = sorted(directory.rglob("*"))
+    except OSError as exc:
+        raise ScanError(f"{directory}: cannot list: {exc.strerror or exc}") from None
+    for path in paths:
+        hidden = any(part.startswith(".") for part in path.relative_to(directory).parts)
+        if path.suffix not in YAML_SUFFIXES or hidden:
+            continue
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # removed (or unreadable) mid-scan: the next poll sees the directory again
+        if stat.S_ISREG(info.st_mode):
+            found.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(found)
+
+
+def read_contents(files: Fingerprint) -> tuple[PolicyFile, ...] | None:
+    """The bytes of every file, or None when one went away (the scan starts over). A file
+    that cannot be read is kept with its `error`."""
+    out = []
+    for path, _, _ in files:
+        try:  # O_NONBLOCK: a file swapped for a FIFO since the stat must not hang the scan
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+                content = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            out.append(PolicyFile(path, b"", "", f"cannot read file: {exc.strerror or exc}"))
+            continue
+        out.append(PolicyFile(path, content, hashlib.sha256(content).hexdigest()))
+    return tuple(out)
+
+
+@dataclass(slots=True)
+class _Pending:
+    fingerprint: Fingerprint
+    since: float
+    files: tuple[PolicyFile, ...] | None = None
+
+
+class SettledDirectory:
+    """Polled by the control plane: `poll()` returns the directory's contents once after each
+    change, when the change has settled; None while nothing changed or a change is settling."""
+
+    def __init__(self, directory: Path, settle: float = SETTLE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.directory = directory
+        self.settle = settle
+        self._clock = clock
+        self._delivered: Fingerprint | None = None
+        self._pending: _Pending | None = None
+
+    @property
+    def settling(self) -> bool:
+        """A change was seen and is not delivered yet."""
+        return self._pending is not None
+
+    def poll(self) -> DirectoryContents | None:
+        """Raises ScanError when the directory cannot be listed."""
+        current = fingerprint(self.directory)
+        now = self._clock()
+        pending = self._pending
+        if pending is None or pending.fingerprint != current:
+            if current == self._delivered:
+                self._pending = None  # changed and changed back
+                return None
+            self._pending = pending = _Pending(current, now)
+            if self.settle > 0:
+                return None
+        if now - pending.since < self.settle:
+            return None
+        files = read_contents(current)
+        if files is None:
+            self._pending = None
+            return None
+        if self.settle > 0 and (pending.files is None or pending.files != files):
+            pending.files, pending.since = files, now  # once more, after another interval
+            return None
+        self._pending, self._delivered = None, current
+        return DirectoryContents(current, files)
+
+    def forget(self) -> None:
+        """Deliver the directory again on the next settled poll (even if unchanged)."""
+        self._delivered = None

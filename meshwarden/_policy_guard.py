@@ -1,0 +1,88 @@
+"""Changes to the Mesh document that would loosen a running mesh are refused.
+
+A running control plane refuses a new snapshot that removes the Mesh document, turns
+`defaultPolicy` from deny to allow, `mtls` from STRICT to PERMISSIVE or `extAuthz.failOpen`
+from false to true — unless the new Mesh document carries the annotation
+`meshwarden.io/allow-loosening: "true"`, which accepts the loosening (logged at WARNING). The
+trust domain never changes while the control plane runs (its CA and every SVID belong to it):
+that takes a restart. A Mesh document cannot be removed while running: with no document left
+to carry the annotation, deleting it is never taken as intent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshwarden import engine
+
+ALLOW_LOOSENING = "meshwarden.io/allow-loosening"
+
+
+@dataclass(frozen=True, slots=True)
+class Loosening:
+    """One refused (or, with the annotation, accepted) loosening; `str` names the place."""
+
+    where: str  # FILE:LINE:COL
+    message: str
+    overridable: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.where}: error: {self.message}"
+
+
+def _located(mesh: engine.Mesh, *path: str) -> str:
+    document = mesh.document
+    return str(document.at("spec", *path)) if document is not None else "<default Mesh>"
+
+
+def _document_place(mesh: engine.Mesh) -> str:
+    document = mesh.document
+    return str(document.key_at("kind")) if document is not None else "<default Mesh>"
+
+
+def loosenings(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:
+    """How `after` would loosen `before` (empty when it does not)."""
+    if before.document is not None and after.document is None:
+        return [Loosening(
+            _document_place(before),
+            f"the Mesh document {before.document.ref} was removed, which would reset "
+            f"defaultPolicy, mtls and the trust domain to their defaults; refused while the "
+            f"control plane runs (restart it to run without a Mesh document)",
+            overridable=False)]  # fmt: skip
+    found = []
+    if after.spec.trust_domain != before.spec.trust_domain:
+        found.append(Loosening(
+            _located(after, "trustDomain"),
+            f"trustDomain would change from {before.spec.trust_domain} to "
+            f"{after.spec.trust_domain}; the trust domain cannot change while the control plane "
+            f"runs (restart it)", overridable=False))  # fmt: skip
+    if before.spec.default_policy == "deny" and after.spec.default_policy == "allow":
+        found.append(Loosening(_located(after, "defaultPolicy"),
+                               "defaultPolicy would loosen from deny to allow"))  # fmt: skip
+    if before.spec.mtls == "STRICT" and after.spec.mtls == "PERMISSIVE":
+        found.append(Loosening(_located(after, "mtls"),
+                               "mtls would loosen from STRICT to PERMISSIVE"))  # fmt: skip
+    if not before.spec.ext_authz.fail_open and after.spec.ext_authz.fail_open:
+        found.append(Loosening(_located(after, "extAuthz", "failOpen"),
+                               "extAuthz.failOpen would loosen from false to true"))  # fmt: skip
+    return found
+
+
+def allowed_by_annotation(mesh: engine.Mesh) -> bool:
+    document = mesh.document
+    if document is None:
+        return False
+    annotations: dict[str, str] = document.metadata.annotations
+    return annotations.get(ALLOW_LOOSENING, "").lower() == "true"
+
+
+def refused(before: engine.Mesh, after: engine.Mesh) -> tuple[list[Loosening], list[Loosening]]:
+    """(refused, accepted) loosenings of the change from `before` to `after`."""
+    found = loosenings(before, after)
+    if allowed_by_annotation(after):
+        return [f for f in found if not f.overridable], [f for f in found if f.overridable]
+    return [
+        Loosening(f.where, f"{f.message}; refused (annotate the Mesh document with "
+                  f'{ALLOW_LOOSENING}: "true" to allow it)', False) if f.overridable else f
+        for f in found
+    ], []  # fmt: skip

@@ -1,7 +1,10 @@
 """The control plane's flow log: the last N authorization decisions the sidecars reported.
 
-Bounded (`--flow-log-size`, the oldest record goes first and is counted as dropped), queryable
-by denied / workload / age, and followable (new records as they arrive). Every record is also
+Bounded (`--flow-log-size`) and fair: when it is full, a new record pushes out the oldest record
+of the workload holding the most, so a workload flooding its access-log stream only ever evicts
+its own records once it holds the largest share (drops counted per workload, in `/flows` and on
+the counter `meshwarden.flows.dropped`). Queryable by denied / workload / age, and followable
+(new records as they arrive). Every record is also
 counted on the OpenTelemetry API counter `meshwarden.authz.decisions` (decision, policy,
 workload); whoever sets up the SDK decides where that goes. Served over the health endpoint:
 `GET /flows?denied=1&workload=ns/name&since=300[&follow=1]`.
@@ -10,11 +13,14 @@ workload); whoever sets up the SDK decides where that goes. Served over the heal
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from opentelemetry import metrics
 
@@ -59,8 +65,8 @@ class FlowQuery:
 
 
 class FlowLog:
-    """A bounded record of decisions (a `FlowSink` for `AccessLogReceiver`). Runs on the event
-    loop of the control plane; not thread-safe."""
+    """A bounded record of decisions (a `FlowSink` for `AccessLogReceiver`), with a fair share
+    per workload. Runs on the event loop of the control plane; not thread-safe."""
 
     def __init__(self, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.time,
                  meter: metrics.Meter | None = None) -> None:  # fmt: skip
@@ -69,21 +75,30 @@ class FlowLog:
         self.size = size
         self.received = 0
         self.follower_misses = 0
-        self._records: deque[Flow] = deque(maxlen=size)
+        self.dropped_by_workload: Counter[str] = Counter()
+        self._records: dict[str, deque[tuple[int, Flow]]] = {}  # workload → (arrival, record)
+        self._stored = 0
+        self._largest = ""  # a workload holding the most records (checked before trusted)
+        self._arrivals = itertools.count()
         self._followers: set[asyncio.Queue[Flow]] = set()
         self._clock = clock
         meter = meter or metrics.get_meter("meshwarden.flows")
         self._decisions = meter.create_counter(
             "meshwarden.authz.decisions", unit="{decision}",
             description="Authorization decisions reported by sidecars")  # fmt: skip
+        self._dropped = meter.create_counter(
+            "meshwarden.flows.dropped", unit="{record}",
+            description="Flow records pushed out of the full flow log, by the workload that "
+            "had reported them")  # fmt: skip
 
     @property
     def dropped(self) -> int:
         """Records pushed out by newer ones since the start."""
-        return self.received - len(self._records)
+        return self.received - self._stored
 
     def add(self, flows: Sequence[Flow]) -> None:
-        self._records.extend(flows)
+        for flow in flows:
+            self._store(flow)
         self.received += len(flows)
         for flow in flows:
             v = flow.verdict
@@ -96,10 +111,45 @@ class FlowLog:
                 except asyncio.QueueFull:
                     self.follower_misses += 1
 
+    def _store(self, flow: Flow) -> None:
+        if self._stored >= self.size:
+            self._evict_for(flow.workload)
+        own = self._records.setdefault(flow.workload, deque())
+        own.append((next(self._arrivals), flow))
+        self._stored += 1
+        if len(own) > self._count(self._largest):
+            self._largest = flow.workload
+
+    def _count(self, workload: str) -> int:
+        records = self._records.get(workload)
+        return len(records) if records else 0
+
+    def _evict_for(self, incoming: str) -> None:
+        """Push out the oldest record of the workload holding the most (`incoming` itself
+        when it holds as many as any)."""
+        if self._count(incoming) >= self._count(self._largest):
+            victim = incoming
+        else:
+            victim = self._largest
+            if any(len(r) > len(self._records[victim]) for r in self._records.values()):
+                victim = max(self._records, key=lambda w: len(self._records[w]))
+        records = self._records[victim]
+        records.popleft()
+        if not records:
+            del self._records[victim]
+        self._stored -= 1
+        self._largest = victim
+        self.dropped_by_workload[victim] += 1
+        self._dropped.add(1, {"workload": victim})
+
     def query(self, query: FlowQuery) -> list[Flow]:
         """Matching records, oldest first."""
         matches = query.matcher(self._clock())
-        found = [flow for flow in self._records if matches(flow)]
+        if query.workload is not None:
+            stored: Iterable[tuple[int, Flow]] = self._records.get(query.workload, ())
+        else:
+            stored = heapq.merge(*self._records.values(), key=lambda item: item[0])
+        found = [flow for _, flow in stored if matches(flow)]
         return found[-query.limit :] if query.limit else found
 
     async def follow(self, query: FlowQuery) -> AsyncIterator[Flow | None]:
@@ -122,9 +172,11 @@ class FlowLog:
         finally:
             self._followers.discard(queue)
 
-    def stats(self) -> dict[str, int]:
-        return {"size": self.size, "stored": len(self._records), "received": self.received,
-                "dropped": self.dropped, "followerMisses": self.follower_misses}  # fmt: skip
+    def stats(self) -> dict[str, Any]:
+        return {"size": self.size, "stored": self._stored, "received": self.received,
+                "dropped": self.dropped, "droppedByWorkload": dict(sorted(
+                    self.dropped_by_workload.items())),
+                "followerMisses": self.follower_misses}  # fmt: skip
 
     def route(self, params: Mapping[str, str]) -> Reply:
         """`GET /flows`: JSON `{"flows": [...], "size", "stored", "received", "dropped"}`;

@@ -32,7 +32,7 @@ PARTNER = "https://partner.test.example"
 MESH = """\
 apiVersion: meshwarden.io/v1alpha1
 kind: Mesh
-metadata: {{name: mesh}}
+metadata: {{name: mesh, annotations: {{meshwarden.io/allow-loosening: "{loosen}"}}}}
 spec: {{trustDomain: live.test, mtls: {mtls}, defaultPolicy: deny}}
 """
 
@@ -139,7 +139,7 @@ class LiveMesh:
         self.values: dict[str, Any] = {
             "net": net, "front_out": free_port(), "ops_out": free_port(),
             "app_port": free_port(), "issuer": ISSUER, "jwks": self.idp.jwks(),
-            "mtls": "PERMISSIVE", "frontend_methods": "GET", "uid": os.getuid(),
+            "mtls": "PERMISSIVE", "frontend_methods": "GET", "uid": os.getuid(), "loosen": "false",
             "partner": PARTNER, "jwks_port": free_port(),
         }  # fmt: skip
         self.write()
@@ -251,8 +251,13 @@ def test_strict_mtls_refuses_plaintext_peers(live: LiveMesh) -> None:
     result = wait_for(lambda: isinstance(live.plaintext(9, "/public"), str), True)
     assert result is True, "a plaintext peer must not get an HTTP answer under STRICT"
     assert live.frontend("GET", "/api/items") == 200
-    live.write(mtls="PERMISSIVE")
+    live.write(mtls="PERMISSIVE")  # a loosening: refused, STRICT stays
+    assert wait_for(lambda: live.up.health()["lastChangeRejected"], True) is True
+    assert "mtls would loosen from STRICT to PERMISSIVE" in "".join(live.up.health()["errors"])
+    assert isinstance(live.plaintext(9, "/public"), str)
+    live.write(loosen="true")  # accepted when the Mesh document says so
     assert wait_for(lambda: live.plaintext(9, "/public"), 200) == 200
+    live.write(loosen="false")
 
 
 def _envoy_pid(bootstrap: Path) -> int | None:

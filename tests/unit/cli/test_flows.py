@@ -53,6 +53,7 @@ def test_the_store_keeps_the_newest_records_within_its_bound_and_counts_drops() 
     log.add([flow(5)])
     assert [f.path for f in log.query(FlowQuery())] == ["/n/3", "/n/4", "/n/5"]
     assert log.stats() == {"size": 3, "stored": 3, "received": 6, "dropped": 3,
+                           "droppedByWorkload": {"shop/backend-1": 3},
                            "followerMisses": 0}  # fmt: skip
     with pytest.raises(ValueError, match="at least 1"):
         FlowLog(size=0)
@@ -144,12 +145,51 @@ def test_a_flood_far_beyond_the_bound_keeps_the_store_within_it() -> None:
         for _ in range(100):  # 100 + 100 × 101 = 10,200 records into 500 places
             yield allowed
             yield denied
-            assert len(log._records) <= log.size
+            assert log.stats()["stored"] <= log.size
 
     assert asyncio.run(receiver.stream(messages(), _Context())) == b""  # type: ignore[arg-type]
     assert log.stats()["stored"] == 500 and log.received == 10_200 and log.dropped == 9_700
     assert len(log.query(FlowQuery(denied=True))) == 5  # one in each of the last five batches
     assert log.query(FlowQuery())[-1].denied and log.query(FlowQuery(limit=2))[0].path == "/flood"
+
+
+def test_a_flooding_workload_evicts_only_its_own_records() -> None:
+    """Two sidecars stream to the same log; backend-1 floods 50 times the log's size."""
+    ids = {"shop/backend-1": "spiffe://td/ns/shop/sa/backend-1",
+           "shop/db-1": "spiffe://td/ns/shop/sa/db-1"}  # fmt: skip
+    log = FlowLog(size=500)
+
+    def receiver(workload: str) -> AccessLogReceiver:
+        return AccessLogReceiver(log, workload_authorizer(lambda: ids),
+                                 lambda context: ids[workload])  # fmt: skip
+
+    async def stream(workload: str, batches: int, size: int) -> AsyncIterator[bytes]:
+        yield _message(False, 0, workload)
+        for _ in range(batches):
+            yield _message(True, size)
+            await asyncio.sleep(0)  # the two streams interleave, as on the control plane
+
+    async def both() -> None:
+        await asyncio.gather(
+            receiver("shop/backend-1").stream(stream("shop/backend-1", 250, 100), _Context()),
+            receiver("shop/db-1").stream(stream("shop/db-1", 30, 5), _Context()),
+        )  # type: ignore[arg-type]
+
+    asyncio.run(both())
+    assert log.received == 25_150 and log.stats()["stored"] == 500
+    assert len(log.query(FlowQuery(workload="shop/db-1"))) == 150  # every one of them
+    assert log.stats()["droppedByWorkload"] == {"shop/backend-1": 24_650}
+    assert [f.workload for f in log.query(FlowQuery())].count("shop/backend-1") == 350
+
+
+def test_when_all_flood_each_keeps_an_equal_share() -> None:
+    log = FlowLog(size=90)
+    for n in range(300):
+        log.add([flow(n, workload=w) for w in ("a/x", "b/y", "c/z")])
+    assert [len(log.query(FlowQuery(workload=w))) for w in ("a/x", "b/y", "c/z")] == [30] * 3
+    assert [f.path for f in log.query(FlowQuery(workload="b/y"))][-1] == "/n/299"
+    paths = [f.path for f in log.query(FlowQuery())]
+    assert paths == [f"/n/{n}" for n in range(270, 300) for _ in range(3)]  # arrival order
 
 
 # --- the HTTP route and the command line -----------------------------------------------------

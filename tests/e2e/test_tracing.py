@@ -20,36 +20,19 @@ import pytest
 from meshwarden._demo_idp import DemoIdp
 from meshwarden._otlp_sink import OtlpReceiver, ReceivedSpan, otlp_receiver
 
-from ._live import MeshwardenUp, exchange, free_port, http_server
+from ._live import SHOP_PAIR, MeshwardenUp, exchange, free_port, http_server
 
 ISSUER = "https://idp.trace.example"
-DOCS = """\
+DOCS = (
+    """\
 apiVersion: meshwarden.io/v1alpha1
 kind: Mesh
 metadata: {{name: mesh}}
 spec: {{trustDomain: trace.test, defaultPolicy: deny}}
 ---
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
-spec:
-  addresses: [{net}.2]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {front_out}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
-spec:
-  addresses: [{net}.3]
-  ports: [{{port: 8080, targetPort: {app_port}, protocol: http}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  ports: [{{port: 8080, protocol: http}}]
----
+"""
+    + SHOP_PAIR
+    + """---
 apiVersion: meshwarden.io/v1alpha1
 kind: JwtIssuer
 metadata: {{name: corp, namespace: shop}}
@@ -85,6 +68,7 @@ spec:
   mode: dry-run
   rules: [{{to: [{{paths: [/api/beta]}}]}}]
 """
+)
 FRONTEND_ID = "spiffe://trace.test/ns/shop/sa/frontend-1"
 SIDECAR = "shop/backend-1 sidecar"
 

@@ -176,6 +176,7 @@ class FlowLog:
         return {"size": self.size, "stored": self._stored, "received": self.received,
                 "dropped": self.dropped, "droppedByWorkload": dict(sorted(
                     self.dropped_by_workload.items())),
+                "followers": len(self._followers),
                 "followerMisses": self.follower_misses}  # fmt: skip
 
     def route(self, params: Mapping[str, str]) -> Reply:

@@ -53,7 +53,7 @@ def test_the_store_keeps_the_newest_records_within_its_bound_and_counts_drops() 
     log.add([flow(5)])
     assert [f.path for f in log.query(FlowQuery())] == ["/n/3", "/n/4", "/n/5"]
     assert log.stats() == {"size": 3, "stored": 3, "received": 6, "dropped": 3,
-                           "droppedByWorkload": {"shop/backend-1": 3},
+                           "droppedByWorkload": {"shop/backend-1": 3}, "followers": 0,
                            "followerMisses": 0}  # fmt: skip
     with pytest.raises(ValueError, match="at least 1"):
         FlowLog(size=0)

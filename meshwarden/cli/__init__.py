@@ -107,7 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_third_party_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_modules_for(args_list))
-    args = parser.parse_args(args_list)
+    args, extra = parser.parse_known_args(args_list)
+    if extra:  # reported by the command's own parser: `meshwarden demo: error: ...`
+        prog = getattr(args, "command_prog", parser.prog)
+        owner = next((p for p in subcommand_parsers(parser) if p.prog == prog), parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from meshwarden.cli._common import fail, write_output_file
-from meshwarden.cli._types import host_port
+from meshwarden.cli._types import host_port, split_host_port
 
 HELP = """\
 Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS
@@ -80,17 +80,17 @@ def _config(args: argparse.Namespace) -> dict[str, object] | None:
     from meshwarden.xds import bootstrap
 
     namespace, slash, name = args.workload.partition("/")
-    host, colon, port = args.server.rpartition(":")
-    if not slash or not namespace or not name or not colon or not port.isdigit():
+    if not slash or not namespace or not name:
         return None
-    return bootstrap(args.workload, host, int(port), str(args.sds_socket.resolve()),
+    host, port = split_host_port(args.server)  # checked by the argparse type
+    return bootstrap(args.workload, host, port, str(args.sds_socket.resolve()),
                      admin_port=args.admin_port, delta=args.delta)  # fmt: skip
 
 
 def run_bootstrap(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
-        return fail("--workload must be NS/NAME and --server HOST:PORT")
+        return fail(f"--workload {args.workload!r}: expected NS/NAME")
     text = json.dumps(config, indent=2) + "\n"
     if args.output_file:
         write_output_file(args.output_file, text)
@@ -104,7 +104,7 @@ def run_sidecar(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if config is None:
-        return fail("--workload must be NS/NAME and --server HOST:PORT")
+        return fail(f"--workload {args.workload!r}: expected NS/NAME")
     handle, path = tempfile.mkstemp(prefix="meshwarden-sidecar-", suffix=".json")
     with os.fdopen(handle, "w") as out:
         json.dump(config, out)

@@ -194,3 +194,19 @@ def test_a_port_in_use_in_demo_is_one_line(capsys: pytest.CaptureFixture[str]) -
         )
     assert done.returncode == 2
     assert _one_line(done.stderr).startswith(f"meshwarden demo: error: --metrics 127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_missing_an_argument_or_given_a_wrong_flag_is_one_usage_line(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = next(s for s in subcommand_parsers(build_parser()) if s.prog.split()[1:] == command)
+    required = [a for a in parser._actions if a.required]
+    # Leave out what is required; where nothing is (demo, flows), pass a flag that does not exist.
+    argv = command if required else [*command, "--no-such-flag"]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"{parser.prog}: error: ")
+    assert line.endswith(f"(see '{parser.prog} --help')")

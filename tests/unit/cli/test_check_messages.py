@@ -71,8 +71,26 @@ def test_json_output_keeps_its_shape_with_the_suggestion_in_the_message(
         ("kind: Mesh\nspec:\n  mtls STRICT\n  x: 1\n", "4:4", "missing ':' after 'mtls' on line 3"),
         ("kind: Mesh\nspec: {mtls: STRICT\n", "3:1", "the '{' at line 2, column 7 is never closed"),
         ("kind: 'Mesh\n", "2:1", "the quote at line 1, column 7 is never closed"),
+        ("spec:\n  ids: [*]\n", "2:10", "an unquoted '*' starts a YAML alias: quote it"),
+        ("spec:\n  path: /a: b\n", "2:11", "a ': ' inside a value: quote the value"),
+        ("a: @x\n", "1:4", "a value cannot start with '@' unquoted: quote it"),
+        (
+            "spec:\n  rules:\n  - to: []\n   - to: []\n",
+            "4:4",
+            "a list item where the mapping that starts at line 2, column 3 expects a key",
+        ),
     ],
-    ids=["tab", "missing-colon-bare-key", "missing-colon-key-value", "open-brace", "open-quote"],
+    ids=[
+        "tab",
+        "missing-colon-bare-key",
+        "missing-colon-key-value",
+        "open-brace",
+        "open-quote",
+        "unquoted-star",
+        "colon-in-value",
+        "at-sign",
+        "misaligned-list-item",
+    ],
 )
 def test_yaml_syntax_errors_name_their_cause_at_the_parsers_position(
     text: str, where: str, cause: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -83,34 +83,29 @@ def positive_duration(text: str) -> float:
     return seconds
 
 
+def _number_in(
+    text: str, convert: type[int] | type[float], low: float, high: float, expected: str
+) -> float:
+    value: float | None
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
+    return value
+
+
 def percentage(text: str) -> float:
     """An argparse type: a number from 0 to 100."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a percentage, 0 to 100")
-    return value
+    return float(_number_in(text, float, 0, 100, "a percentage, 0 to 100"))
 
 
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of at least 1")
-    return value
+    return int(_number_in(text, int, 1, float("inf"), "a whole number of at least 1"))
 
 
 def port_number(text: str) -> int:
     """An argparse type: a TCP port, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number, 1 to 65535")
-    return value
+    return int(_number_in(text, int, 1, 65535, "a port number, 1 to 65535"))

@@ -173,13 +173,14 @@ def test_a_missing_output_directory_is_one_line(capsys: pytest.CaptureFixture[st
     assert line == f"meshwarden bootstrap: error: --output-file {target}: No such file or directory"
 
 
+@pytest.mark.parametrize("argv", [["demo"], ["up", SHOP]], ids=["demo", "up"])
 def test_a_bad_envoy_bin_is_one_line_before_anything_starts(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("ENVOY_BIN", "/nonexistent/envoy")
-    assert main(["demo"]) == 2
+    assert main(argv) == 2
     line = _one_line(capsys.readouterr().err)
-    assert line.startswith("meshwarden demo: error: ENVOY_BIN=/nonexistent/envoy: not an exec")
+    assert line.startswith(f"meshwarden {argv[0]}: error: ENVOY_BIN=/nonexistent/envoy: not an")
 
 
 def test_a_port_in_use_in_demo_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,10 +22,11 @@ def _stamp(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def health_report(policies: Policies, nacks: Sequence[Nack], sidecars: dict[str, Any]
-                  ) -> dict[str, Any]:  # fmt: skip
-    """`/healthz`: `degraded` while the last policy change stands rejected or some sidecar
-    rejected its configuration (a NACK not replaced by an accepted version)."""
+def health_report(policies: Policies, nacks: Sequence[Nack], sidecars: dict[str, Any],
+                  build_errors: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """`/healthz`: `degraded` while the last policy change stands rejected, some sidecar
+    rejected its configuration (a NACK not replaced by an accepted version) or a workload's
+    configuration could not be built."""
     status = policies.status
     started = policies.reloading_since
     if started is not None:
@@ -33,10 +34,10 @@ def health_report(policies: Policies, nacks: Sequence[Nack], sidecars: dict[str,
     else:
         reload = {"state": "settling" if policies.settling else "idle"}
     return {
-        "status": "ok" if status.healthy and not nacks else "degraded",
+        "status": "ok" if status.healthy and not nacks and not build_errors else "degraded",
         "policyVersion": status.version,
         "lastChangeRejected": bool(status.errors),
-        "errors": status.errors,
+        "errors": [*status.errors, *build_errors],
         "reload": reload,
         "nacks": [nack.to_json() for nack in nacks],
         "sidecars": sidecars,

@@ -83,6 +83,7 @@ class ControlPlane:
         self.endpoint: TlsEndpoint | None = None
         self._admin: asyncio.AbstractServer | None = None
         self._server_cert_renew_at = clock.now()
+        self._background: set[asyncio.Task[None]] = set()
         metrics.get_meter("meshwarden.server").create_observable_gauge(
             "meshwarden.ca.expiry", callbacks=[self._ca_expiry], unit="s",
             description="seconds until each published X.509 CA certificate expires")  # fmt: skip
@@ -175,7 +176,8 @@ class ControlPlane:
         return self.ca.bundle().standard_jwks_json().decode()
 
     def _health(self) -> dict[str, Any]:
-        return health_report(self.policies, self.xds.nacks(), self.xds.sidecars())
+        return health_report(self.policies, self.xds.nacks(), self.xds.sidecars(),
+                             sorted(self.xds.build_errors.values()))  # fmt: skip
 
     async def _start_admin(self) -> None:
         path = self.data_dir / ADMIN_SOCKET
@@ -221,7 +223,7 @@ class ControlPlane:
             await asyncio.sleep(POLICY_POLL_SECONDS)
             affected = await asyncio.to_thread(self.policies.reload_if_changed)
             if affected is not None:
-                self.xds.publish(affected)
+                await self.xds.publish_off_loop(affected)
 
     def tick(self) -> None:
         """One round of everything `run` does periodically."""
@@ -234,11 +236,17 @@ class ControlPlane:
         if affected is not None:
             self.xds.publish(affected)
 
+    def _push_all(self) -> None:
+        """Rebuild every snapshot in a worker thread (seconds for a large mesh)."""
+        task = asyncio.get_running_loop().create_task(self.xds.publish_off_loop(None))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def rotate(self) -> None:
         assert self.ca is not None and self.endpoint is not None
         if self.ca.rotate():
             self._publish()
-            self.xds.publish(None)  # JWT-SVID keys of the trust domain may be in jwt_authn
+            self._push_all()  # JWT-SVID keys of the trust domain may be in jwt_authn
             self.endpoint.tls.load_verify_locations(cadata=self.ca.bundle().x509_pem().decode())
         if self.clock.now() >= self._server_cert_renew_at:
             self._issue_server_svid()

@@ -3,7 +3,9 @@ cache the ADS server watches; sidecars are admitted by the SPIFFE ID their mTLS 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ from meshwarden.xds import (
     AccessLogReceiver,
     AggregatedDiscovery,
     Authorization,
+    Snapshot,
     SnapshotBuilder,
     SnapshotCache,
     TelemetryObserver,
@@ -96,6 +99,8 @@ class MeshXds:
             ext_authz_cluster=XDS_CLUSTER,
         )
         self.builder = SnapshotBuilder(context)
+        self._building = threading.Lock()
+        self.build_errors: dict[str, str] = {}  # workload → why its snapshot could not be built
         self.pushes = 0
         self._nacks = NackTracker()
         self.cache.observe(self._nacks)
@@ -107,14 +112,45 @@ class MeshXds:
         return self.jwt_bundle(trust_domain)
 
     def publish(self, workloads: frozenset[str] | None) -> None:
-        """Rebuild the snapshots of `workloads` (all when None) from the last good mesh."""
-        mesh = self.policies.mesh
-        if mesh is None:
+        """Rebuild the snapshots of `workloads` (all when None) from the last good mesh, here
+        and now (start-up, tests); a running control plane uses `publish_off_loop`."""
+        self._apply(self._build(workloads))
+
+    async def publish_off_loop(self, workloads: frozenset[str] | None) -> None:
+        """`publish`, building (translating, encoding) in a worker thread: a 10,000-rule mesh
+        takes seconds to build, while the loop keeps serving ADS, the node API and /healthz."""
+        self._apply(await asyncio.to_thread(self._build, workloads))
+
+    def _build(self, workloads: frozenset[str] | None) -> dict[str, Snapshot | None] | None:
+        """Snapshots of `workloads` (None: a workload to forget), or None without a mesh. One
+        build at a time: the builder's caches are not shared between threads."""
+        with self._building:
+            mesh = self.policies.mesh
+            if mesh is None:
+                return None
+            wanted = frozenset(mesh.plans) if workloads is None else workloads
+            built: dict[str, Snapshot | None] = {}
+            for ref in sorted(wanted):
+                self.build_errors.pop(ref, None)
+                if ref not in mesh.plans:
+                    built[ref] = None
+                    continue
+                try:
+                    built[ref] = self.builder.snapshot(mesh, ref)
+                except Exception as exc:  # a translation bug: its sidecar keeps the last one
+                    log.exception("building the configuration of %s failed", ref)
+                    self.build_errors[ref] = (f"{ref}: error: its configuration could not "
+                                              f"be built; its sidecar keeps the last one: "
+                                              f"{exc!r}")  # fmt: skip
+            return built
+
+    def _apply(self, built: dict[str, Snapshot | None] | None) -> None:
+        """On the event loop: serve what was built (the cache wakes the streams)."""
+        if built is None:
             return
-        wanted = frozenset(mesh.plans) if workloads is None else workloads
-        for ref in sorted(wanted):
-            if ref in mesh.plans:
-                self.cache.set_snapshot(ref, self.builder.snapshot(mesh, ref))
+        for ref, snapshot in built.items():
+            if snapshot is not None:
+                self.cache.set_snapshot(ref, snapshot)
             else:
                 self.cache.clear(ref)
         self.pushes += 1

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from meshwarden._health import health_report
 from meshwarden._policies import Policies
 from meshwarden._xds import MeshXds
@@ -54,3 +56,27 @@ def test_a_nack_of_a_workload_no_longer_served_is_forgotten(tmp_path: Path) -> N
     xds.cache.on_nack("shop/backend-1", LISTENER, "v2", "bad")
     xds.cache.clear("shop/backend-1")
     assert report(xds)["status"] == "ok"
+
+
+def test_a_snapshot_that_cannot_be_built_is_reported_and_the_last_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    xds = serving(tmp_path)
+    kept = xds.cache.snapshot("shop/backend-1")
+
+    def broken(mesh: object, ref: str) -> None:
+        raise KeyError("a translation bug")
+
+    monkeypatch.setattr(xds.builder, "snapshot", broken)
+    xds.publish(None)
+    assert xds.cache.snapshot("shop/backend-1") is kept
+    health = health_report(xds.policies, xds.nacks(), xds.sidecars(),
+                           sorted(xds.build_errors.values()))  # fmt: skip
+    assert health["status"] == "degraded"
+    assert health["errors"] == [
+        "shop/backend-1: error: its configuration could not be built; "
+        "its sidecar keeps the last one: KeyError('a translation bug')"
+    ]
+    monkeypatch.undo()
+    xds.publish(None)
+    assert xds.build_errors == {}

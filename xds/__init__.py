@@ -6,16 +6,16 @@ from meshwarden.xds._access_log import AccessLogReceiver, Flow, TcpAttribution, 
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
 from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary
 from meshwarden.xds._cache import SnapshotCache
+from meshwarden.xds._context import StaticTls, TranslationContext
 from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._encode import ResourceEncoder
 from meshwarden.xds._ext_authz import (
     Authorization,
     authorization_handler,
-    loopback_cluster,
     registered_workload,
-    serve_on_loopback,
     verdict_of,
 )
+from meshwarden.xds._loopback import loopback_cluster, serve_on_loopback
 from meshwarden.xds._node_auth import (
     registry_authorizer,
     relayed_peer_spiffe_id,
@@ -26,7 +26,7 @@ from meshwarden.xds._publisher import SnapshotBuilder
 from meshwarden.xds._sds import sds_handler
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 from meshwarden.xds._tracing import TracingTarget
-from meshwarden.xds._translate import StaticTls, TranslationContext, workload_resources
+from meshwarden.xds._translate import workload_resources
 
 __all__ = [
     "CLUSTER",

@@ -17,11 +17,12 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import grpc
 from meshwarden.engine import Cause, Effect
 from meshwarden.xds import _wire as wire
+from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._decisions import (
     EXT_AUTHZ_NS,
     RBAC_NS,
@@ -30,9 +31,6 @@ from meshwarden.xds._decisions import (
     verdict_from_envoy,
 )
 from meshwarden.xds._node_auth import NodeAuthorizer, peer_spiffe_id
-
-if TYPE_CHECKING:
-    from meshwarden.xds._translate import TranslationContext
 
 log = logging.getLogger(__name__)
 

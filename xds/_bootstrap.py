@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from meshwarden.xds._context import SDS_CLUSTER
 from meshwarden.xds._tracing import TRACER_RUNTIME
-from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA, SDS_CLUSTER
+from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA
 
 XDS_CLUSTER = "meshwarden-xds"
 _T = "type.googleapis.com/"

@@ -16,14 +16,9 @@ timeout` fails closed (403) unless `failOpen`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import grpc
 from envoy_data_plane.envoy.service.auth.v3 import (
@@ -40,174 +35,18 @@ from meshwarden.engine import (
     CompiledMesh,
     Decision,
     Effect,
-    Request,
-    SpiffeId,
     SpiffeIdError,
     decide,
     dry_run_verdict,
 )
-from meshwarden.xds import _wire as wire
+from meshwarden.xds._check import CheckAttributes, decode_check, request_of
 from meshwarden.xds._decisions import Verdict
-from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
+from meshwarden.xds._ext_authz_filter import PORT_HEADER, WORKLOAD_HEADER
 from opentelemetry import metrics, propagate, trace
 
-if TYPE_CHECKING:
-    from meshwarden.xds._translate import TranslationContext
-
 SERVICE = "envoy.service.auth.v3.Authorization"
-WORKLOAD_HEADER = "x-meshwarden-workload"  # gRPC initial metadata set by the filter config
-PORT_HEADER = "x-meshwarden-port"
-JWT_AUTHN_NS = "envoy.filters.http.jwt_authn"
 SPAN_NAME = "meshwarden.authz.check"
-_T = "type.googleapis.com/"
 _OK, _PERMISSION_DENIED, _UNAUTHENTICATED = 0, 7, 16
-
-# --------------------------------------------------------------------------- Envoy filters
-
-
-def _duration(value: str) -> str:
-    """`250ms` / `2s` (the model's spelling) → protobuf JSON duration."""
-    if value.endswith("ms"):
-        return f"{int(value[:-2]) / 1000:g}s"
-    return f"{int(value[:-1])}s"
-
-
-def _grpc_service(plan: AuthorizationPlan, port: int, ctx: TranslationContext) -> dict[str, Any]:
-    if ctx.ext_authz_cluster is None:
-        raise ValueError(f"{plan.workload.ref}: ext-authz enforcement needs ext_authz_cluster")
-    return {
-        "envoyGrpc": {"clusterName": ctx.ext_authz_cluster},
-        "timeout": _duration(plan.mesh.ext_authz.timeout),
-        "initialMetadata": [{"key": WORKLOAD_HEADER, "value": plan.workload.ref},
-                            {"key": PORT_HEADER, "value": str(port)}],
-    }  # fmt: skip
-
-
-def ext_authz_http_filter(
-    plan: AuthorizationPlan, port: int, identified: bool, ctx: TranslationContext
-) -> dict[str, Any]:
-    """The HTTP filter that replaces the RBAC filters for an ext-authz workload. The peer's
-    identity reaches the engine as `source.principal` (empty on a plaintext chain)."""
-    del identified  # the engine reads the peer from the request itself
-    typed = {
-        "@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-        "grpcService": _grpc_service(plan, port, ctx),
-        "transportApiVersion": "V3",
-        "failureModeAllow": plan.mesh.ext_authz.fail_open,
-        "statusOnError": {"code": "Forbidden"},
-        "metadataContextNamespaces": [JWT_AUTHN_NS],
-        "statPrefix": "authz_",
-    }
-    return {"name": "envoy.filters.http.ext_authz", "typedConfig": typed}
-
-
-def ext_authz_network_filter(
-    plan: AuthorizationPlan, port: int, identified: bool, ctx: TranslationContext
-) -> dict[str, Any]:
-    """The network filter that replaces network RBAC on a tcp port of an ext-authz workload."""
-    del identified
-    typed = {
-        "@type": _T + "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
-        "grpcService": _grpc_service(plan, port, ctx),
-        "transportApiVersion": "V3",
-        "failureModeAllow": plan.mesh.ext_authz.fail_open,
-        "statPrefix": "authz_",
-    }
-    return {"name": "envoy.filters.network.ext_authz", "typedConfig": typed}
-
-
-# --------------------------------------------------------------------------- CheckRequest → verdict
-
-
-@dataclass(frozen=True, slots=True)
-class CheckAttributes:
-    """What the engine reads of a CheckRequest: the peer's verified identity (`source.principal`,
-    empty for a plaintext peer) and address, the HTTP request (none on a tcp port) and the
-    payload jwt_authn verified, when a token came."""
-
-    principal: str = ""
-    source_ip: str = ""
-    http: bool = False
-    method: str = ""
-    path: str = ""
-    host: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
-    jwt_payload: Any = None  # the verified token's claims (JSON-shaped), None without a token
-
-
-def decode_check(buf: bytes) -> CheckAttributes:
-    """A CheckRequest's attributes read straight off the wire (with the flow log's protobuf
-    reader). betterproto2's pure-Python `CheckRequest.parse` takes ≈0.7 ms for a small request,
-    more than the decision itself; this reads only the fields the engine needs
-    (envoy/service/auth/v3/attribute_context.proto: CheckRequest.attributes=1; AttributeContext
-    source=1, request=4, metadata_context=11; Peer address=1 → SocketAddress(1).address=2,
-    principal=4; Request.http=2; HttpRequest method=2, headers=3, path=4, host=5;
-    Metadata.filter_metadata=1)."""
-    attributes = wire.submessage(wire.decode(buf), 1)
-    source = wire.submessage(attributes, 1)
-    request = wire.submessage(attributes, 4)
-    out: dict[str, Any] = {
-        "principal": _string(source, 4),
-        "source_ip": _string(wire.submessage(wire.submessage(source, 1), 1), 2),
-    }
-    if 2 in request:
-        http = wire.submessage(request, 2)
-        pairs = (wire.pair(entry) for entry in http.get(3, ()))
-        headers = {key.decode(): value.decode() for key, value in pairs}
-        out.update(http=True, method=_string(http, 2), path=_string(http, 4),
-                   host=_string(http, 5), headers=headers)  # fmt: skip
-    for entry in wire.submessage(attributes, 11).get(1, ()):
-        key, value = wire.pair(entry)
-        if key == _JWT_AUTHN_KEY:
-            out["jwt_payload"] = wire.struct_value(value).get(JWT_PAYLOAD_KEY)
-    return CheckAttributes(**out)
-
-
-_JWT_AUTHN_KEY = JWT_AUTHN_NS.encode()
-
-
-def _string(fields: dict[int, list[Any]], number: int) -> str:
-    value: bytes = wire.last(fields, number, b"")
-    return value.decode()
-
-
-def _whole(value: Any) -> Any:
-    """JSON-shaped Python from a Struct; whole numbers become ints (claims like `exp`)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_whole(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _whole(v) for k, v in value.items()}
-    return value
-
-
-def jwt_claims(attributes: CheckAttributes) -> dict[str, Any] | None:
-    """The payload jwt_authn verified (forwarded as metadata context), None without one."""
-    claims = _whole(attributes.jwt_payload)
-    return claims if isinstance(claims, dict) else None
-
-
-@functools.lru_cache(maxsize=4096)
-def _spiffe_id(principal: str) -> SpiffeId:
-    return SpiffeId.parse(principal)
-
-
-def request_of(attributes: CheckAttributes, workload: str, port: int) -> Request:
-    """The engine's view of one Check. The path goes through the engine's normalisation, which
-    agrees with the HCM's (already applied) and drops the query."""
-    http = attributes.http
-    return Request.build(
-        workload,
-        port,
-        identity=_spiffe_id(attributes.principal) if attributes.principal else None,
-        source_ip=attributes.source_ip or None,
-        method=(attributes.method or None) if http else None,
-        path=(attributes.path or None) if http else None,
-        host=(attributes.host or None) if http else None,
-        headers=attributes.headers if http else None,
-        jwt_claims=jwt_claims(attributes) if http else None,
-    )
 
 
 def verdict_of(plan: AuthorizationPlan, decision: Decision) -> Verdict:
@@ -374,56 +213,3 @@ def authorization_handler(authorization: Authorization) -> grpc.GenericRpcHandle
             )
         },
     )
-
-
-# --------------------------------------------------------------------------- loopback serving
-
-
-def loopback_cluster(name: str, port: int) -> dict[str, Any]:
-    """A plaintext HTTP/2 cluster to 127.0.0.1:port, for tests and benchmarks that run the
-    service without the control plane's mTLS endpoint."""
-    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicitHttpConfig": {"http2ProtocolOptions": {}}}}  # fmt: skip
-    return {"name": name, "type": "STATIC", "connectTimeout": "1s",
-            "typedExtensionProtocolOptions": h2,
-            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [
-                {"endpoint": {"address": {"socketAddress": {
-                    "address": "127.0.0.1", "portValue": port}}}}]}]}}  # fmt: skip
-
-
-@contextlib.contextmanager
-def serve_on_loopback(authorization: Authorization) -> Iterator[int]:
-    """The service on a plaintext 127.0.0.1 port in a thread of its own (tests, benchmarks);
-    yields the port. Production registers `authorization_handler` on the mTLS endpoint."""
-    loop = asyncio.new_event_loop()
-    ready: list[Any] = []
-    started = threading.Event()
-
-    async def start() -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((authorization_handler(authorization),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        ready.extend((server, port))
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(start())
-        finally:
-            started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="ext-authz-loopback", daemon=True)
-    thread.start()
-    started.wait(10)
-    if not ready:
-        raise RuntimeError("the ext_authz loopback server did not start")
-    try:
-        yield ready[1]
-    finally:
-        asyncio.run_coroutine_threadsafe(ready[0].stop(None), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()

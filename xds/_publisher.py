@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from meshwarden.engine import CompiledMesh
+from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._encode import ResourceEncoder
 from meshwarden.xds._snapshot import Snapshot
 from meshwarden.xds._tracing import policy_version
-from meshwarden.xds._translate import TranslationContext, workload_resources
+from meshwarden.xds._translate import workload_resources
 
 
 class SnapshotBuilder:

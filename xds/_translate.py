@@ -12,20 +12,18 @@ the workload's own SVID and verifying the server's SPIFFE ID.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from meshwarden.engine import CompiledMesh, Workload, WorkloadPort
 from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
+from meshwarden.xds._context import StaticTls, TranslationContext
 from meshwarden.xds._decisions import RULES_STAT_PREFIX
-from meshwarden.xds._ext_authz import ext_authz_http_filter, ext_authz_network_filter
+from meshwarden.xds._ext_authz_filter import ext_authz_http_filter, ext_authz_network_filter
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 from meshwarden.xds._rbac import rbac_filters
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshwarden.xds._tracing import (
-    TracingTarget,
     decision_tags_filter,
     hcm_tracing,
     policy_version,
@@ -33,36 +31,8 @@ from meshwarden.xds._tracing import (
 )
 
 _T = "type.googleapis.com/"
-SDS_CLUSTER = "meshwarden-sds"
 ROOTCA = "ROOTCA"
 DEFAULT_SECRET = "default"
-
-
-@dataclass(frozen=True)
-class StaticTls:
-    """Certificates from files instead of SDS: for benchmarks and the differential test, which
-    exercise authorization without running an agent. Production sidecars always use SDS."""
-
-    certificate_chain: str
-    private_key: str
-    trust_bundle: str
-    trust_domain: str
-
-
-@dataclass(frozen=True)
-class TranslationContext:
-    """What translation needs beyond the policies: the SDS cluster the bootstrap defines and the
-    JWT bundle (JWKS JSON) of a trust domain, for JwtIssuers with `spiffeTrustDomain`."""
-
-    sds_cluster: str = SDS_CLUSTER
-    jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
-    static_tls: StaticTls | None = None
-    inline_routes: bool = False  # route configs inside the HCM instead of RDS (static configs)
-    # Observability and ext_authz (issue 5). None = off.
-    tracing: TracingTarget | None = None  # Envoy's OpenTelemetry tracer → this OTLP collector
-    flow_log_cluster: str | None = None  # gRPC access logs → the control plane via this cluster
-    flow_log_allowed_percent: float = 100.0  # share of allowed HTTP requests logged (4xx/5xx: all)
-    ext_authz_cluster: str | None = None  # ext-authz enforcement asks the engine via this cluster
 
 
 def _sds(name: str, cluster: str) -> dict[str, Any]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 from meshwarden.engine import load
+from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._encode import ResourceEncoder
-from meshwarden.xds._translate import TranslationContext, workload_resources
+from meshwarden.xds._translate import workload_resources
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 

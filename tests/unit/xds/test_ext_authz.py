@@ -24,23 +24,20 @@ from envoy_data_plane.envoy.service.auth.v3 import (
 from envoy_data_plane.google.protobuf import Struct
 from meshwarden.engine import Cause, CompiledMesh, Request, check_documents, decide, parse_text
 from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary
+from meshwarden.xds._check import CheckAttributes, decode_check, request_of
+from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._ext_authz import (
-    JWT_AUTHN_NS,
-    PORT_HEADER,
     SPAN_NAME,
-    WORKLOAD_HEADER,
     Authorization,
-    CheckAttributes,
     _response,
-    decode_check,
     registered_workload,
-    request_of,
     verdict_of,
 )
+from meshwarden.xds._ext_authz_filter import JWT_AUTHN_NS, PORT_HEADER, WORKLOAD_HEADER
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 from meshwarden.xds._snapshot import CLUSTER, LISTENER
-from meshwarden.xds._translate import TranslationContext, workload_resources
+from meshwarden.xds._translate import workload_resources
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from meshwarden.engine import load
 from meshwarden.xds._bootstrap import bootstrap, envoy_binary
+from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._snapshot import CLUSTER, LISTENER
-from meshwarden.xds._translate import TranslationContext, workload_resources
+from meshwarden.xds._translate import workload_resources
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 

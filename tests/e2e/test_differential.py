@@ -99,7 +99,7 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
     sets, listeners, clusters = [], [], {}
     for i in range(SETS):
         rng = random.Random(7000 + i)
-        address = f"127.0.{30 + i // 250}.{i % 250 + 1}"
+        address = f"127.{os.getpid() % 250 + 1}.{30 + i // 250}.{i % 250 + 1}"  # per run
         compiled = _compile(mesh_documents(rng, address, backend, idp.jwks()))
         resources = workload_resources(compiled, DESTINATION, ctx)
         for listener in resources[LISTENER]:

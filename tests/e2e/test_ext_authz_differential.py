@@ -6,6 +6,7 @@ metadata Envoy ingests from the answer is the verdict the spans and the flow log
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import time
@@ -94,7 +95,7 @@ def ext_authz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     sets, listeners, clusters, meshes = [], [], {}, []
     for i in range(SETS):
         rng = random.Random(7000 + i)  # the seeds of test_differential.py: the same cases
-        address = f"127.0.{130 + i // 250}.{i % 250 + 1}"
+        address = f"127.{os.getpid() % 250 + 1}.{130 + i // 250}.{i % 250 + 1}"  # per run
         docs = mesh_documents(rng, address, backend, idp.jwks())
         docs[0]["spec"]["enforcement"] = "ext-authz"
         compiled = _compile(docs)

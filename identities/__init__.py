@@ -14,20 +14,28 @@ from meshwarden.identities._errors import (
     BundleError,
     IdentityError,
     IssuanceError,
+    StateError,
     SvidValidationError,
 )
-from meshwarden.identities._files import write_file
+from meshwarden.identities._files import check_private_dir, write_file
+from meshwarden.identities._issued_nodes import IssuedNodes
 from meshwarden.identities._join_tokens import (
     SERVER_DNS_NAME,
     JoinTokens,
     server_spiffe_id,
 )
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
-from meshwarden.identities._keys import generate_key, load_private_key_pem, private_key_pkcs8_pem
+from meshwarden.identities._keys import (
+    PrivateKey,
+    generate_key,
+    load_private_key_pem,
+    private_key_pkcs8_pem,
+)
 from meshwarden.identities._local_endpoint import LocalEndpoint, ProcessPeers, caller_selectors
 from meshwarden.identities._node_api import node_api_services
 from meshwarden.identities._node_client import read_server_bundle
 from meshwarden.identities._registry import RegisteredWorkload, WorkloadRegistry
+from meshwarden.identities._reserved import is_reserved
 from meshwarden.identities._rotation import Slot, SlotState
 from meshwarden.identities._tls_front import TlsEndpoint, server_tls_context
 from meshwarden.identities._validate import X509Svid, spiffe_id_of, verify_x509_svid
@@ -46,6 +54,7 @@ __all__ = [
     "IdentityCache",
     "IdentityError",
     "IssuanceError",
+    "IssuedNodes",
     "JoinTokens",
     "JwtAuthority",
     "JwtKey",
@@ -53,10 +62,12 @@ __all__ = [
     "LocalEndpoint",
     "ManualClock",
     "PeerProcess",
+    "PrivateKey",
     "ProcessPeers",
     "RegisteredWorkload",
     "Slot",
     "SlotState",
+    "StateError",
     "SvidValidationError",
     "SystemClock",
     "TlsEndpoint",
@@ -66,7 +77,9 @@ __all__ = [
     "X509Authority",
     "X509Svid",
     "caller_selectors",
+    "check_private_dir",
     "generate_key",
+    "is_reserved",
     "load_ca",
     "load_private_key_pem",
     "node_api_services",

@@ -21,8 +21,14 @@ from meshwarden.identities._authority import (
 from meshwarden.identities._bundle import JwtKey, TrustBundle
 from meshwarden.identities._clock import Clock
 from meshwarden.identities._errors import IssuanceError
+from meshwarden.identities._join_tokens import (
+    SERVER_DNS_NAME,
+    node_spiffe_id,
+    server_spiffe_id,
+)
 from meshwarden.identities._jwt import JwtSvid, encode_jwt_svid, verify_jwt_svid
 from meshwarden.identities._keys import PublicKey
+from meshwarden.identities._reserved import is_reserved
 from meshwarden.identities._rotation import Rotation, Slot
 from meshwarden.identities._templates import NOT_BEFORE_BACKDATE, x509_svid_template
 from meshwarden.identities._validate import X509Svid, check_minted_x509_svid, verify_x509_svid
@@ -96,20 +102,42 @@ class CertificateAuthority:
             refresh_hint_seconds=int(self.config.refresh_hint.total_seconds()),
         )
 
-    def _check_id(self, spiffe_id: SpiffeId) -> None:
+    def _check_workload_id(self, spiffe_id: SpiffeId) -> None:
         if spiffe_id.trust_domain != self.trust_domain:
             raise IssuanceError(f"{spiffe_id} is not in trust domain {self.trust_domain}")
-        if not spiffe_id.path:
-            raise IssuanceError(f"{spiffe_id} has no path; SVIDs need one")
+        if is_reserved(spiffe_id, self.trust_domain):
+            raise IssuanceError(
+                f"{spiffe_id} is reserved for the mesh itself (the bare trust domain and "
+                f"spiffe://{self.trust_domain}/meshwarden/...); no workload may hold it"
+            )
 
     def sign_x509_svid(
+        self, public_key: PublicKey, spiffe_id: SpiffeId, ttl: dt.timedelta | None = None
+    ) -> X509Svid:
+        """A workload's X509-SVID; IssuanceError for a reserved or foreign ID."""
+        self._check_workload_id(spiffe_id)
+        return self._sign_x509(public_key, spiffe_id, ttl)
+
+    def sign_server_svid(
+        self, public_key: PublicKey, dns_names: Sequence[str] = (SERVER_DNS_NAME,)
+    ) -> X509Svid:
+        """The control plane's own SVID: `spiffe://<td>/meshwarden/server` and the DNS name
+        agents check. Only the server's own key is ever signed here."""
+        return self._sign_x509(public_key, server_spiffe_id(self.trust_domain), None, dns_names)
+
+    def sign_node_csr(
+        self, csr: x509.CertificateSigningRequest, node: str, ttl: dt.timedelta | None = None
+    ) -> X509Svid:
+        """A node SVID, for the node API after attestation (a join token or a node SVID)."""
+        return self._sign_x509(_csr_key(csr), node_spiffe_id(self.trust_domain, node), ttl)
+
+    def _sign_x509(
         self,
         public_key: PublicKey,
         spiffe_id: SpiffeId,
-        ttl: dt.timedelta | None = None,
+        ttl: dt.timedelta | None,
         dns_names: Sequence[str] = (),
     ) -> X509Svid:
-        self._check_id(spiffe_id)
         now = self.clock.now()
         authority = self.x509.active()
         builder = x509_svid_template(
@@ -142,20 +170,24 @@ class CertificateAuthority:
     ) -> X509Svid:
         """Sign `csr` for `spiffe_id` (already authorised by the caller). The CSR must carry a
         valid self-signature and an EC key; its subject and extensions are ignored."""
-        if not csr.is_signature_valid:
-            raise IssuanceError("CSR signature does not verify")
-        key = csr.public_key()
-        if not isinstance(key, PublicKey):
-            raise IssuanceError(f"CSR key must be EC, got {type(key).__name__}")
-        return self.sign_x509_svid(key, spiffe_id, ttl)
+        return self.sign_x509_svid(_csr_key(csr), spiffe_id, ttl)
 
     def sign_jwt_svid(
         self, spiffe_id: SpiffeId, audience: Sequence[str], ttl: dt.timedelta | None = None
     ) -> JwtSvid:
-        self._check_id(spiffe_id)
+        self._check_workload_id(spiffe_id)
         now = self.clock.now()
         authority = self.jwt.active()
         expires = min(now + (ttl or self.config.jwt_svid_ttl), authority.not_after)
         svid = encode_jwt_svid(authority, spiffe_id, audience, now, expires)
         verify_jwt_svid(svid.token, self.bundle(), audience[0], now)
         return svid
+
+
+def _csr_key(csr: x509.CertificateSigningRequest) -> PublicKey:
+    if not csr.is_signature_valid:
+        raise IssuanceError("CSR signature does not verify")
+    key = csr.public_key()
+    if not isinstance(key, PublicKey):
+        raise IssuanceError(f"CSR key must be EC, got {type(key).__name__}")
+    return key

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.identities._authority import JwtAuthority, X509Authority
 from meshwarden.identities._ca import CaConfig, CertificateAuthority
 from meshwarden.identities._clock import Clock
+from meshwarden.identities._errors import StateError
 from meshwarden.identities._files import write_file
 from meshwarden.identities._keys import load_private_key_pem, private_key_pkcs8_pem
 from meshwarden.identities._rotation import Slot, SlotState
@@ -76,23 +78,74 @@ def _load_jwt(item: dict[str, Any], source: str) -> Slot[JwtAuthority]:
     return Slot(authority, SlotState(item["state"]))
 
 
-def load_ca(path: Path, config: CaConfig, clock: Clock) -> CertificateAuthority:
-    """The CA saved at `path`, or a new one when there is none. A saved CA of another trust
-    domain is an error: silently replacing it would break every agent's trust."""
-    if not path.exists():
-        return CertificateAuthority(config, clock)
-    document = json.loads(path.read_text())
+_RESTORE = "restore it from a backup or start with --new-ca"
+
+
+def _read_document(path: Path) -> dict[str, Any] | None:
+    """The JSON document at `path`; None when the file is missing or empty."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read: {exc.strerror}") from None
+    if not text.strip():
+        return None
+    try:
+        document = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = (
+            f" at line {exc.lineno} col {exc.colno}"
+            if isinstance(exc, json.JSONDecodeError)
+            else ""
+        )
+        raise StateError(f"{path}: not valid JSON{where}; {_RESTORE}") from None
+    if not isinstance(document, dict):
+        raise StateError(f"{path}: not a CA state document; {_RESTORE}")
+    return document
+
+
+def _check_header(document: dict[str, Any], config: CaConfig, path: Path) -> None:
     if document.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown CA state format {document.get('format')!r}")
-    if document["trust_domain"] != config.trust_domain.name:
-        raise ValueError(
-            f"{path}: CA is for trust domain {document['trust_domain']!r}, the policies say "
+        raise StateError(f"{path}: unknown CA state format {document.get('format')!r}; {_RESTORE}")
+    if document.get("trust_domain") != config.trust_domain.name:
+        raise StateError(
+            f"{path}: CA is for trust domain {document.get('trust_domain')!r}, the policies say "
             f"{config.trust_domain.name!r}; use another --data-dir or remove the CA state"
         )
-    return CertificateAuthority(
-        config,
-        clock,
-        x509_slots=tuple(_load_x509(i, str(path)) for i in document["x509"]),
-        jwt_slots=tuple(_load_jwt(i, str(path)) for i in document["jwt"]),
-        sequence=int(document["sequence"]) - 1,
-    )
+
+
+def load_ca(
+    path: Path,
+    config: CaConfig,
+    clock: Clock,
+    evidence: Sequence[Path] = (),
+    new_ca: bool = False,
+) -> CertificateAuthority:
+    """The CA saved at `path`. A new CA only when there is no saved one and none of the
+    `evidence` files (other state of this server: bundle, issued node SVIDs, server
+    certificate) exists — or when `new_ca` says so. Every problem is a StateError naming the file.
+    """
+    document = None if new_ca else _read_document(path)
+    if document is None or not document.get("x509"):
+        existing = [str(p) for p in evidence if p.exists()]
+        if existing and not new_ca:
+            what = "empty" if path.exists() else "missing"
+            raise StateError(
+                f"{path}: {what} (or holds no CA), but {', '.join(existing)} say a CA existed; "
+                f"{_RESTORE} (agents and sidecars then need the new trust bundle)"
+            )
+        return CertificateAuthority(config, clock)
+    _check_header(document, config, path)
+    try:
+        return CertificateAuthority(
+            config,
+            clock,
+            x509_slots=tuple(_load_x509(i, str(path)) for i in document["x509"]),
+            jwt_slots=tuple(_load_jwt(i, str(path)) for i in document.get("jwt", [])),
+            sequence=int(document["sequence"]) - 1,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(
+            f"{path}: not a usable CA state ({type(exc).__name__}: {exc}); {_RESTORE}"
+        ) from None

@@ -21,3 +21,8 @@ class IssuanceError(IdentityError):
 
 class AttestationError(IdentityError):
     """The caller of a local socket could not be identified."""
+
+
+class StateError(IdentityError):
+    """A state file or the data dir cannot be used as it is; the message names the file and
+    says how to fix it."""

@@ -12,9 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import SpiffeId, SpiffeIdError
 from meshwarden.identities._ca import CertificateAuthority
-from meshwarden.identities._errors import AttestationError, IdentityError
+from meshwarden.identities._errors import AttestationError, IdentityError, IssuanceError
 from meshwarden.identities._front import PeerTable
-from meshwarden.identities._join_tokens import JoinTokens, node_name_of, node_spiffe_id
+from meshwarden.identities._issued_nodes import IssuedNodes
+from meshwarden.identities._join_tokens import JoinTokens, node_name_of
 from meshwarden.identities._registry import (
     WorkloadRegistry,
     authorise_issuance,
@@ -47,6 +48,7 @@ class NodeApi:
         tokens: JoinTokens,
         registry: RegistrySource,
         peers: PeerTable[TlsPeer],
+        nodes: IssuedNodes,
         node_svid_ttl: dt.timedelta = NODE_SVID_TTL,
         *,
         packet_filter: PacketFilterSource | None = None,
@@ -55,13 +57,13 @@ class NodeApi:
         self._tokens = tokens
         self._registry = registry
         self._peers = peers
+        self._nodes = nodes
         self._node_svid_ttl = node_svid_ttl
         self._packet_filter = packet_filter
 
-    def _sign_node(self, node: str, csr_der: bytes) -> pb.AttestResponse:
-        csr = x509.load_der_x509_csr(csr_der)
-        spiffe_id = node_spiffe_id(self._ca.trust_domain, node)
-        svid = self._ca.sign_csr(csr, spiffe_id, self._node_svid_ttl)
+    def _sign_node(self, node: str, csr: x509.CertificateSigningRequest) -> pb.AttestResponse:
+        svid = self._ca.sign_node_csr(csr, node, self._node_svid_ttl)
+        self._nodes.add(svid.leaf, node)
         return pb.AttestResponse(
             svid_chain=der_chain(svid), bundle=self._ca.bundle().to_spiffe_json()
         )
@@ -70,8 +72,9 @@ class NodeApi:
         self, request: pb.AttestRequest, context: grpc.aio.ServicerContext
     ) -> pb.AttestResponse:
         try:
+            csr = _valid_csr(request.csr)  # a bad request does not consume the token
             node = self._tokens.redeem(request.join_token)
-            return self._sign_node(node, request.csr)
+            return self._sign_node(node, csr)
         except (IdentityError, ValueError) as exc:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"attestation refused: {exc}")
 
@@ -84,7 +87,10 @@ class NodeApi:
             authorities = [a.certificate for a in self._ca.x509.published()]
             bundle = self._ca.bundle()
             spiffe_id = verify_x509_svid([certificate, *authorities], bundle, self._ca.clock.now())
-            return str(node_name_of(spiffe_id))
+            node: str = node_name_of(spiffe_id)
+            if self._nodes.node_of(certificate) != node:
+                raise AttestationError(f"{spiffe_id} was not issued to node {node!r}")
+            return node
         except IdentityError as exc:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
 
@@ -93,7 +99,7 @@ class NodeApi:
     ) -> pb.AttestResponse:
         node = await self._node(context)
         try:
-            return self._sign_node(node, request.csr)
+            return self._sign_node(node, _valid_csr(request.csr))
         except (IdentityError, ValueError) as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -166,11 +172,20 @@ class NodeApi:
         return pb.SignJWTSVIDResponse(token=token)
 
 
+def _valid_csr(der: bytes) -> x509.CertificateSigningRequest:
+    csr = x509.load_der_x509_csr(der)
+    if not csr.is_signature_valid:
+        raise IssuanceError("CSR signature does not verify")
+    return csr
+
+
 def node_api_services(
     ca: CertificateAuthority,
     tokens: JoinTokens,
     registry: RegistrySource,
+    nodes: IssuedNodes,
     packet_filter: PacketFilterSource | None = None,
+    node_svid_ttl: dt.timedelta = NODE_SVID_TTL,
 ) -> Callable[[grpc.aio.Server, PeerTable[TlsPeer]], None]:
     """Registers the Node API (attestation, SVID issuance) on a TLS endpoint's server."""
 
@@ -178,7 +193,9 @@ def node_api_services(
         register = cast(
             Callable[[NodeApi, grpc.aio.Server], None], node_pb2_grpc.add_NodeServicer_to_server
         )
-        api = NodeApi(ca, tokens, registry, peers, packet_filter=packet_filter)
+        api = NodeApi(
+            ca, tokens, registry, peers, nodes, node_svid_ttl, packet_filter=packet_filter
+        )
         register(api, server)
 
     return add

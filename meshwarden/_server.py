@@ -1,7 +1,9 @@
 """`meshwarden server`: wires the policy registry, the CA, join tokens and the node API.
 
-Data dir layout: ca.json (CA keys, 0600), server.key/server.pem (the server's own SVID, 0600),
-bundle.json (the SPIFFE bundle, public), admin.sock (0600; `meshwarden token create`)."""
+Data dir layout (the dir must be the running user's, mode 0700): ca.json (CA keys, 0600),
+server.key/server.pem (the server's own SVID, 0600), nodes.json (the node SVIDs issued through
+attestation, 0600), bundle.json (the SPIFFE bundle, public), admin.sock (0600; `meshwarden token
+create`)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,13 @@ from meshwarden.identities import (
     CertificateAuthority,
     Clock,
     IdentityError,
+    IssuedNodes,
     JoinTokens,
+    PrivateKey,
+    StateError,
     TlsEndpoint,
     UpstreamCa,
+    check_private_dir,
     generate_key,
     load_ca,
     load_private_key_pem,
@@ -43,7 +49,6 @@ from meshwarden.identities import (
     peer_process,
     private_key_pkcs8_pem,
     save_ca,
-    server_spiffe_id,
     server_tls_context,
     write_file,
 )
@@ -51,6 +56,9 @@ from meshwarden.xds import TracingTarget
 
 ADMIN_SOCKET = "admin.sock"
 BUNDLE_FILE = "bundle.json"
+CA_FILE = "ca.json"
+NODES_FILE = "nodes.json"
+SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
 TICK_SECONDS = 1.0  # CA rotation and certificate renewal
 POLICY_POLL_SECONDS = 0.05  # how often the policy files are stat()ed for changes
 
@@ -68,6 +76,7 @@ class ServerOptions:
     flow_log_size: int = DEFAULT_FLOW_LOG_SIZE  # decisions kept for `meshwarden flows`
     flow_log_sample: float = 100.0  # % of allowed HTTP requests the sidecars log (denials: all)
     tracing: TracingTarget | None = None  # sidecars' OpenTelemetry tracer; None = off
+    new_ca: bool = False  # mint a new CA even though the data dir says one existed
 
 
 class ControlPlane:
@@ -116,21 +125,28 @@ class ControlPlane:
             svid_ttl=self.options.svid_ttl,
             upstream=upstream,
         )
-        return load_ca(self.data_dir / "ca.json", config, self.clock)
+        evidence = [self.data_dir / name for name in (BUNDLE_FILE, NODES_FILE, SERVER_CERT)]
+        ca_file = self.data_dir / CA_FILE
+        if self.options.new_ca and ca_file.exists():
+            ca_file.replace(ca_file.with_name(CA_FILE + ".replaced"))
+        return load_ca(ca_file, config, self.clock, evidence, self.options.new_ca)
+
+    def _server_key(self) -> PrivateKey:
+        key_file = self.data_dir / SERVER_KEY
+        if not key_file.exists():
+            key = generate_key()
+            write_file(key_file, private_key_pkcs8_pem(key))
+            return key
+        try:
+            return load_private_key_pem(key_file.read_bytes(), str(key_file))
+        except (OSError, ValueError) as exc:
+            raise StateError(f"{exc}; remove {key_file} to get a new server key") from None
 
     def _issue_server_svid(self) -> None:
         assert self.ca is not None
-        key_file = self.data_dir / "server.key"
-        if key_file.exists():
-            key = load_private_key_pem(key_file.read_bytes(), str(key_file))
-        else:
-            key = generate_key()
-            write_file(key_file, private_key_pkcs8_pem(key))
-        svid = self.ca.sign_x509_svid(
-            key.public_key(), server_spiffe_id(self.ca.trust_domain), dns_names=[SERVER_DNS_NAME]
-        )
+        svid = self.ca.sign_server_svid(self._server_key().public_key(), [SERVER_DNS_NAME])
         write_file(
-            self.data_dir / "server.pem", b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain)
+            self.data_dir / SERVER_CERT, b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain)
         )
         leaf = svid.leaf
         self._server_cert_renew_at = (
@@ -139,20 +155,24 @@ class ControlPlane:
 
     def _publish(self) -> None:
         assert self.ca is not None
-        save_ca(self.ca, self.data_dir / "ca.json")
+        save_ca(self.ca, self.data_dir / CA_FILE)
         write_file(self.data_dir / BUNDLE_FILE, self.ca.bundle().to_spiffe_json().encode(), 0o644)
 
     async def start(self) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_private_dir(self.data_dir)
+        nodes = IssuedNodes.load(self.data_dir / NODES_FILE, self.clock)
         self.ca = self._open_ca()
         self._publish()
         self._issue_server_svid()
         tls = server_tls_context(
-            self.data_dir / "server.pem", self.data_dir / "server.key", self.ca.bundle().x509_pem()
+            self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY, self.ca.bundle().x509_pem()
         )
         host, _, port = self.options.listen.rpartition(":")
         filters = PacketFilters(lambda: self.policies.mesh)  # for `agent --enforce`
-        node_api = node_api_services(self.ca, self.tokens, lambda: self.policies.registry, filters)
+        node_api = node_api_services(
+            self.ca, self.tokens, lambda: self.policies.registry, nodes, filters,
+            self.options.svid_ttl,
+        )  # fmt: skip
         self.xds.jwt_bundle = self._jwt_bundle
         self.xds.publish(frozenset(self.policies.mesh.plans) if self.policies.mesh else None)
 
@@ -251,7 +271,7 @@ class ControlPlane:
         if self.clock.now() >= self._server_cert_renew_at:
             self._issue_server_svid()
             self.endpoint.tls.load_cert_chain(
-                self.data_dir / "server.pem", self.data_dir / "server.key"
+                self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
             )
 
     async def stop(self) -> None:
@@ -279,16 +299,22 @@ async def serve_until_signalled(
     start: Callable[[], Awaitable[str]],
     run: Callable[[], Coroutine[Any, Any, None]],
     stop: Callable[[], Awaitable[None]],
+    command: str = "meshwarden",
 ) -> int:
-    """`start` returns the text of the `ready` line; `run` runs until cancelled."""
+    """`start` returns the text of the `ready` line; `run` runs until cancelled. A StateError
+    at start (a corrupt or missing state file, an unsafe data dir) exits 2, any other failure 1."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     try:
         ready = await start()
+    except StateError as exc:  # the operator must fix a file or the data dir first
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        await stop()
+        return 2
     except Exception as exc:  # the component failed to start: report, exit 1
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         await stop()
         return 1
     print(f"ready {ready}", flush=True)

@@ -113,7 +113,9 @@ class Sidecar:
 
     def start(self, server: str, delta: bool = False) -> None:
         host, _, port = server.rpartition(":")
-        config = bootstrap(self.ref, host, int(port), str(self.sds_socket), delta=delta)
+        trust_domain = self.spiffe_id.removeprefix("spiffe://").partition("/")[0]
+        config = bootstrap(self.ref, host, int(port), str(self.sds_socket), delta=delta,
+                           trust_domain=trust_domain)  # fmt: skip
         path = self.folder / f"{file_stem(self.ref)}.bootstrap.json"
         path.write_text(json.dumps(config, indent=1))
         log = self.log_file.open("ab")

@@ -46,18 +46,17 @@ def bootstrap(
     server_port: int,
     sds_socket: str,
     *,
+    trust_domain: str | None = None,
     server_id: str | None = None,
     admin_port: int = 0,
     delta: bool = False,
 ) -> dict[str, Any]:
     """Bootstrap for the sidecar of `workload` (`ns/name`). The sidecar verifies the control
-    plane's certificate against its trust bundle (from SDS) and requires the SPIFFE ID
-    `server_id` — by default `spiffe://<its trust domain>/meshwarden/server`."""
-    san = (
-        {"exact": server_id}
-        if server_id
-        else {"safeRegex": {"googleRe2": {}, "regex": "spiffe://[^/]+/meshwarden/server"}}
-    )
+    plane's certificate against its trust bundle (from SDS) and requires exactly the SPIFFE ID
+    `server_id`, by default `spiffe://<trust_domain>/meshwarden/server`; one of them is needed."""
+    if server_id is None and trust_domain is None:
+        raise ValueError("a sidecar must know the control plane's SPIFFE ID: give trust_domain")
+    san = {"exact": server_id or f"spiffe://{trust_domain}/meshwarden/server"}
     xds_tls = {"name": "envoy.transport_sockets.tls", "typedConfig": {
         "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "commonTlsContext": {

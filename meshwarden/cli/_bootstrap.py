@@ -14,16 +14,16 @@ from meshwarden.cli._types import host_port, split_host_port
 
 HELP = """\
 Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS
-to the control plane at --server (the sidecar presents its workload SVID and requires the
-server's SPIFFE ID spiffe://<trust domain>/meshwarden/server), certificates and trust bundle
-from the local agent's SDS socket, admin on 127.0.0.1."""
+to the control plane at --server (the sidecar presents its workload SVID and requires exactly
+the server's SPIFFE ID spiffe://<--trust-domain>/meshwarden/server), certificates and trust
+bundle from the local agent's SDS socket, admin on 127.0.0.1."""
 
 EXAMPLES = """\
 examples:
   meshwarden bootstrap --workload shop/backend-1 --server 10.0.0.1:8443 \\
-      --sds-socket /run/meshwarden/sds.sock --output-file backend-1.json
+      --trust-domain example.org --sds-socket /run/meshwarden/sds.sock --output-file backend-1.json
   meshwarden sidecar --workload shop/backend-1 --server 10.0.0.1:8443 \\
-      --sds-socket /run/meshwarden/sds.sock"""
+      --trust-domain example.org --sds-socket /run/meshwarden/sds.sock"""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the control plane's ADS (`meshwarden server --listen`)",
     )
+    parser.add_argument(
+        "--trust-domain", required=True, metavar="TD",
+        help="the mesh's trust domain (Mesh spec.trustDomain); the sidecar accepts only "
+        "spiffe://TD/meshwarden/server as the control plane",
+    )  # fmt: skip
     parser.add_argument(
         "--sds-socket",
         required=True,
@@ -84,7 +89,8 @@ def _config(args: argparse.Namespace) -> dict[str, object] | None:
         return None
     host, port = split_host_port(args.server)  # checked by the argparse type
     return bootstrap(args.workload, host, port, str(args.sds_socket.resolve()),
-                     admin_port=args.admin_port, delta=args.delta)  # fmt: skip
+                     admin_port=args.admin_port, delta=args.delta,
+                     trust_domain=args.trust_domain)  # fmt: skip
 
 
 def run_bootstrap(args: argparse.Namespace) -> int:

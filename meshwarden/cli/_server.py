@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import fail, percentage
-from meshwarden.cli._types import host_port
+from meshwarden.cli._types import duration, host_port
 from meshwarden.identities import SystemClock
 
 EXAMPLES = """\
@@ -68,11 +69,49 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--upstream-ca-key", type=Path, metavar="FILE", help="the upstream CA's private key (PEM)"
     )
+    parser.add_argument("--svid-ttl", type=ttl, default=SVID_TTL, metavar="DURATION",
+                        help="lifetime of workload and node X509-SVIDs, renewed at half-life "
+                        "(default 1h; 5m to 7d); how long agents ride out a control-plane "
+                        "outage")  # fmt: skip
+    parser.add_argument("--ca-ttl", type=ttl, default=CA_TTL, metavar="DURATION",
+                        help="lifetime of each CA certificate, rotated at half-life "
+                        "(default 24h; 1h to 3650d; at least 6 times --svid-ttl)")  # fmt: skip
+    parser.add_argument("--new-ca", action="store_true",
+                        help="mint a new CA although the data dir shows one existed (its ca.json "
+                        "is missing, empty or corrupt; the old file is kept as ca.json.replaced). "
+                        "Every agent and sidecar then needs the new trust bundle")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
 
+SVID_TTL, CA_TTL = dt.timedelta(hours=1), dt.timedelta(hours=24)
+SVID_TTL_RANGE = (dt.timedelta(minutes=5), dt.timedelta(days=7))
+CA_TTL_RANGE = (dt.timedelta(hours=1), dt.timedelta(days=3650))
+CA_TO_SVID = 6  # a CA signs for its last sixth: SVIDs must fit in there
+
+
+def ttl(text: str) -> dt.timedelta:
+    """An argparse type: a duration (90s, 10m, 2h, 1d) as a timedelta."""
+    return dt.timedelta(seconds=duration(text))
+
+
+def _ttl_problem(svid_ttl: dt.timedelta, ca_ttl: dt.timedelta) -> str | None:
+    for flag, value, (low, high) in (("--svid-ttl", svid_ttl, SVID_TTL_RANGE),
+                                     ("--ca-ttl", ca_ttl, CA_TTL_RANGE)):  # fmt: skip
+        if not low <= value <= high:
+            return f"{flag} {value} is out of range ({low} to {high})"
+    if svid_ttl * CA_TO_SVID > ca_ttl:
+        return (
+            f"--svid-ttl {svid_ttl} is too long for --ca-ttl {ca_ttl}: the CA lifetime must be "
+            f"at least {CA_TO_SVID} times the SVID lifetime, so SVIDs outlive CA rotations"
+        )
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = _ttl_problem(args.svid_ttl, args.ca_ttl)
+    if problem:
+        return fail(problem)
     if args.flow_log_size < 1:
         return fail("--flow-log-size must be at least 1")
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
@@ -85,7 +124,8 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         policies=args.policies, data_dir=args.data_dir, listen=args.listen,
         upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,
         health=args.health, flow_log_size=args.flow_log_size, tracing=tracing,
-        flow_log_sample=args.flow_log_sample,
+        flow_log_sample=args.flow_log_sample, svid_ttl=args.svid_ttl, ca_ttl=args.ca_ttl,
+        new_ca=args.new_ca,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())
 
@@ -96,4 +136,4 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
             plane.health) else ""  # fmt: skip
         return f"node API and ADS on {address}, trust domain {plane.ca.trust_domain}{health}"
 
-    return asyncio.run(serve_until_signalled(start, plane.run, plane.stop))
+    return asyncio.run(serve_until_signalled(start, plane.run, plane.stop, "meshwarden server"))

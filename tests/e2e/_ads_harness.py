@@ -20,8 +20,10 @@ from meshwarden.engine import SpiffeId, TrustDomain
 from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
+    PrivateKey,
     SystemClock,
     TlsEndpoint,
+    X509Svid,
     generate_key,
     private_key_pkcs8_pem,
     server_spiffe_id,
@@ -63,11 +65,18 @@ class Pki:
         )
     )
 
-    def mint(self, spiffe_id: str, dns_names: tuple[str, ...] = ()) -> Credentials:
+    def mint(self, spiffe_id: str) -> Credentials:
         key = generate_key()
-        svid = self.ca.sign_x509_svid(
-            key.public_key(), SpiffeId.parse(spiffe_id), dns_names=dns_names
+        return self._credentials(
+            self.ca.sign_x509_svid(key.public_key(), SpiffeId.parse(spiffe_id)), key
         )
+
+    def mint_server(self, dns_names: tuple[str, ...]) -> Credentials:
+        key = generate_key()
+        return self._credentials(self.ca.sign_server_svid(key.public_key(), dns_names), key)
+
+    @staticmethod
+    def _credentials(svid: X509Svid, key: PrivateKey) -> Credentials:
         chain = b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain)
         return Credentials(chain, private_key_pkcs8_pem(key))
 
@@ -81,10 +90,20 @@ class AdsServer:
     (`require_client_auth`), or with `front` by `identities.TlsEndpoint` (TLS ends in Python,
     as in `meshwarden server`, which shares its port with the node API)."""
 
-    def __init__(self, loop: LoopThread, pki: Pki, directory: Path, front: bool = False) -> None:
+    def __init__(
+        self,
+        loop: LoopThread,
+        pki: Pki,
+        directory: Path,
+        front: bool = False,
+        impostor: str | None = None,
+    ) -> None:
         self.loop, self._pki, self._front = loop, pki, front
-        # the DNS name only for grpc's Python client, which checks host names, not SPIFFE IDs
-        self._credentials = pki.mint(str(server_spiffe_id(TD)), dns_names=("localhost",))
+        # the DNS name only for grpc's Python client, which checks host names, not SPIFFE IDs;
+        # an `impostor` serves with that (workload) SPIFFE ID instead of the server's
+        self._credentials = (
+            pki.mint(impostor) if impostor else pki.mint_server(dns_names=("localhost",))
+        )
         self._files = directory / "server.pem", directory / "server.key"
         self._files[0].write_bytes(self._credentials.chain)
         self._files[1].write_bytes(self._credentials.key)

@@ -10,6 +10,7 @@ from meshwarden.engine import TrustDomain
 from meshwarden.identities import (
     CaConfig,
     ManualClock,
+    StateError,
     generate_key,
     load_ca,
     save_ca,
@@ -37,5 +38,5 @@ def test_saved_ca_reloads_with_the_same_bundle_and_keeps_signing(
 def test_saved_ca_of_another_trust_domain_is_refused(tmp_path: Path, clock: ManualClock) -> None:
     path = tmp_path / "ca.json"
     save_ca(load_ca(path, CaConfig(TD), clock), path)
-    with pytest.raises(ValueError, match=r"CA is for trust domain 'example\.org'"):
+    with pytest.raises(StateError, match=r"CA is for trust domain 'example\.org'"):
         load_ca(path, CaConfig(TrustDomain("other.org")), clock)

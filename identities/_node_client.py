@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import TrustDomain
 from meshwarden.identities._bundle import TrustBundle
-from meshwarden.identities._errors import AttestationError, BundleError
+from meshwarden.identities._errors import AttestationError, BundleError, IdentityError, StateError
 from meshwarden.identities._files import write_file
 from meshwarden.identities._join_tokens import SERVER_DNS_NAME
 from meshwarden.identities._keys import (
@@ -80,16 +80,38 @@ class NodeCredentials:
         paths = [data_dir / name for name in (KEY_FILE, SVID_FILE, BUNDLE_FILE)]
         if not all(p.exists() for p in paths):
             return None
-        key = load_private_key_pem(paths[0].read_bytes(), str(paths[0]))
-        chain = tuple(x509.load_pem_x509_certificates(paths[1].read_bytes()))
-        td = spiffe_id_of(chain[0]).trust_domain
-        return cls(key, chain, TrustBundle.parse_spiffe_json(paths[2].read_bytes(), td))
+        try:
+            key = load_private_key_pem(paths[0].read_bytes(), str(paths[0]))
+            chain = _read_chain(paths[1])
+            td = spiffe_id_of(chain[0]).trust_domain
+            bundle = _read_bundle(paths[2], td)
+        except (OSError, ValueError, IdentityError) as exc:
+            raise StateError(
+                f"{exc}; restore the node identity in {data_dir} from a backup, or remove "
+                f"{', '.join(p.name for p in paths)} and attest again with a new join token"
+            ) from None
+        return cls(key, chain, bundle)
 
     @classmethod
     def from_response(cls, key: PrivateKey, response: pb.AttestResponse) -> NodeCredentials:
         chain = tuple(x509.load_der_x509_certificate(c) for c in response.svid_chain)
         td = spiffe_id_of(chain[0]).trust_domain
         return cls(key, chain, TrustBundle.parse_spiffe_json(response.bundle, td))
+
+
+def _read_chain(path: Path) -> tuple[x509.Certificate, ...]:
+    try:
+        chain = tuple(x509.load_pem_x509_certificates(path.read_bytes()))
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a PEM certificate chain: {exc}") from None
+    return chain
+
+
+def _read_bundle(path: Path, trust_domain: TrustDomain) -> TrustBundle:
+    try:
+        return TrustBundle.parse_spiffe_json(path.read_bytes(), trust_domain)
+    except BundleError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def node_stub(channel: grpc.aio.Channel) -> Any:

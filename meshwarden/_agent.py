@@ -23,6 +23,7 @@ from meshwarden.identities import (
     LocalEndpoint,
     ProcessPeers,
     caller_selectors,
+    check_private_dir,
     read_server_bundle,
     workload_api_services,
 )
@@ -79,7 +80,7 @@ class NodeAgent:
     async def start(self) -> None:
         """Attest (or reuse the saved node identity), fetch SVIDs, then open the socket."""
         options = self.options
-        options.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_private_dir(options.data_dir)
         roots = read_server_bundle(options.server_bundle) if options.server_bundle else None
         await self.agent.start(roots, options.join_token)
         await self.workload_api.start()

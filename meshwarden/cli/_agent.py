@@ -97,4 +97,4 @@ def _serve(args: argparse.Namespace) -> int:
 
         return f"node {spiffe_id_of(node)}, Workload API on {options.socket}"
 
-    return asyncio.run(serve_until_signalled(start, agent.run, agent.stop))
+    return asyncio.run(serve_until_signalled(start, agent.run, agent.stop, "meshwarden agent"))

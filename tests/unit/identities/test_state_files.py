@@ -16,6 +16,7 @@ from meshwarden.identities import (
     CertificateAuthority,
     IssuedNodes,
     ManualClock,
+    PrivateKey,
     StateError,
     check_private_dir,
     generate_key,
@@ -23,10 +24,18 @@ from meshwarden.identities import (
     save_ca,
     write_file,
 )
+from meshwarden.identities._node_client import NodeCredentials
 
 from .conftest import TD
 
 NOBODY = 65534
+
+
+def _node_svid(
+    ca: CertificateAuthority, key: PrivateKey, node: str
+) -> tuple[x509.Certificate, ...]:
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    return ca.sign_node_csr(csr.sign(key, hashes.SHA256()), node).chain
 
 
 @pytest.fixture
@@ -144,14 +153,13 @@ def test_the_record_of_issued_node_svids_survives_a_restart(
     tmp_path: Path, ca: CertificateAuthority, clock: ManualClock
 ) -> None:
     path = tmp_path / "nodes.json"
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    node = ca.sign_node_csr(csr.sign(generate_key(), hashes.SHA256()), "node-a").leaf
+    node = _node_svid(ca, generate_key(), "node-a")[0]
     IssuedNodes.load(path, clock).add(node, "node-a")
     assert path.stat().st_mode & 0o777 == 0o600
     assert IssuedNodes.load(path, clock).node_of(node) == "node-a"
     clock.advance(dt.timedelta(hours=2))  # expired records are dropped on the next write
     again = IssuedNodes.load(path, clock)
-    again.add(ca.sign_node_csr(csr.sign(generate_key(), hashes.SHA256()), "node-b").leaf, "node-b")
+    again.add(_node_svid(ca, generate_key(), "node-b")[0], "node-b")
     assert len(IssuedNodes.load(path, clock)) == 1
 
 
@@ -165,3 +173,15 @@ def test_a_corrupt_record_of_issued_nodes_is_an_error_naming_it(
     path.write_text("{")
     with pytest.raises(StateError, match=f"^{path}: not valid JSON at line 1 col 2"):
         IssuedNodes.load(path, clock)
+
+
+@pytest.mark.parametrize("name", ["node.key", "node-svid.pem", "bundle.json"])
+def test_a_corrupt_node_identity_file_of_the_agent_is_named(
+    tmp_path: Path, ca: CertificateAuthority, name: str
+) -> None:
+    key = generate_key()
+    chain = _node_svid(ca, key, "node-a")
+    NodeCredentials(key, chain, ca.bundle()).save(tmp_path)
+    (tmp_path / name).write_text("garbage")
+    with pytest.raises(StateError, match=f"^{tmp_path / name}: .*attest again with a new join"):
+        NodeCredentials.load(tmp_path)

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import serve_until_signalled
 from meshwarden.cli import _observe as observe
+from meshwarden.cli._common import InputError
 from meshwarden.cli._types import host_port, positive_duration
 from meshwarden.identities import SystemClock
 
 EXAMPLES = """\
 examples:
-  meshwarden agent --server 10.0.0.1:8443 --join-token T --server-bundle bundle.pem \\
+  meshwarden agent --server 10.0.0.1:8443 --join-token-file token --server-bundle bundle.pem \\
       --data-dir /var/lib/meshwarden-agent --socket /run/meshwarden/agent.sock
   meshwarden agent --server 10.0.0.1:8443 --data-dir /var/lib/meshwarden-agent \\
       --socket /run/meshwarden/agent.sock --sds-socket /run/meshwarden/sds.sock
   meshwarden agent --server 10.0.0.1:8443 --data-dir /var/lib/meshwarden-agent \\
       --socket /run/meshwarden/agent.sock --enforce nftables"""
+
+COMMAND = "meshwarden agent"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,7 +40,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="HOST:PORT",
         help="the control plane's node API (`meshwarden server --listen`)",
     )
-    parser.add_argument("--join-token", metavar="T", help="needed until the node is attested")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--join-token-file", metavar="PATH",
+                       help="read the join token (needed until the node is attested) from PATH, "
+                       "or from stdin with '-'; it is spent once the server signs the node SVID, "
+                       "and the file can then be deleted")  # fmt: skip
+    token.add_argument("--join-token", metavar="T",
+                       help="the join token on the command line: visible to every local user in "
+                       "`ps` while the agent runs; prefer --join-token-file")  # fmt: skip
     parser.add_argument("--server-bundle", type=Path, metavar="FILE", help="PEM or SPIFFE JSON")
     parser.add_argument(
         "--data-dir",
@@ -81,10 +92,34 @@ def run(args: argparse.Namespace) -> int:
     return observe.run(args, "meshwarden-agent", lambda _tracing: _serve(args))
 
 
+def _join_token(args: argparse.Namespace) -> str | None:
+    """The token from --join-token-file (a file, or '-' for stdin) or --join-token (warned
+    about); InputError when the file cannot be read or holds no token."""
+    if args.join_token is not None:
+        print(f"{COMMAND}: warning: --join-token is visible to every local user in `ps`; use "
+              "--join-token-file PATH (or - for stdin)", file=sys.stderr)  # fmt: skip
+        return str(args.join_token)
+    if args.join_token_file is None:
+        return None
+    source = "stdin" if args.join_token_file == "-" else args.join_token_file
+    try:
+        if args.join_token_file == "-":
+            text = sys.stdin.readline()
+        else:
+            text = Path(args.join_token_file).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--join-token-file {source}: {exc}") from None
+    token = text.strip()
+    if not token or any(c.isspace() for c in token):
+        raise InputError(f"--join-token-file {source}: expected one join token on one line")
+    return token
+
+
 def _serve(args: argparse.Namespace) -> int:
+    join_token = _join_token(args)  # an InputError is printed by the entry point, exit 2
     options = AgentOptions(
         server=args.server, data_dir=args.data_dir, socket=args.socket,
-        server_bundle=args.server_bundle, join_token=args.join_token,
+        server_bundle=args.server_bundle, join_token=join_token,
         sds_socket=args.sds_socket, sync_interval=args.sync_interval, enforce=args.enforce,
     )  # fmt: skip
     agent = NodeAgent(options, SystemClock())
@@ -97,4 +132,4 @@ def _serve(args: argparse.Namespace) -> int:
 
         return f"node {spiffe_id_of(node)}, Workload API on {options.socket}"
 
-    return asyncio.run(serve_until_signalled(start, agent.run, agent.stop, "meshwarden agent"))
+    return asyncio.run(serve_until_signalled(start, agent.run, agent.stop, COMMAND))

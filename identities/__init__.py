@@ -25,12 +25,7 @@ from meshwarden.identities._join_tokens import (
     server_spiffe_id,
 )
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
-from meshwarden.identities._keys import (
-    PrivateKey,
-    generate_key,
-    load_private_key_pem,
-    private_key_pkcs8_pem,
-)
+from meshwarden.identities._keys import generate_key, load_private_key_pem, private_key_pkcs8_pem
 from meshwarden.identities._local_endpoint import LocalEndpoint, ProcessPeers, caller_selectors
 from meshwarden.identities._node_api import node_api_services
 from meshwarden.identities._node_client import read_server_bundle
@@ -62,7 +57,6 @@ __all__ = [
     "LocalEndpoint",
     "ManualClock",
     "PeerProcess",
-    "PrivateKey",
     "ProcessPeers",
     "RegisteredWorkload",
     "Slot",

@@ -33,6 +33,8 @@ class _Issued:
 
 
 class IssuedNodes:
+    """The record of node SVIDs issued through attestation, saved at `path` on every change."""
+
     def __init__(self, path: Path, clock: Clock) -> None:
         self.path = path
         self._clock = clock

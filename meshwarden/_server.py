@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -37,7 +38,6 @@ from meshwarden.identities import (
     IdentityError,
     IssuedNodes,
     JoinTokens,
-    PrivateKey,
     StateError,
     TlsEndpoint,
     UpstreamCa,
@@ -131,7 +131,7 @@ class ControlPlane:
             ca_file.replace(ca_file.with_name(CA_FILE + ".replaced"))
         return load_ca(ca_file, config, self.clock, evidence, self.options.new_ca)
 
-    def _server_key(self) -> PrivateKey:
+    def _server_key(self) -> EllipticCurvePrivateKey:
         key_file = self.data_dir / SERVER_KEY
         if not key_file.exists():
             key = generate_key()

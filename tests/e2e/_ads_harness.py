@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey as PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import SpiffeId, TrustDomain
 from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
-    PrivateKey,
     SystemClock,
     TlsEndpoint,
     X509Svid,

@@ -22,7 +22,6 @@ from meshwarden.identities import (
     TlsEndpoint,
     generate_key,
     node_api_services,
-    node_spiffe_id,
     private_key_pkcs8_pem,
     server_tls_context,
     write_file,
@@ -131,7 +130,9 @@ def _forged_node(plane: Plane, node: str) -> NodeCredentials:
     when the CA still signed reserved IDs, or what an upstream CA could sign)."""
     assert plane.plane.ca is not None
     key = generate_key()
-    svid = plane.plane.ca._sign_x509(key.public_key(), node_spiffe_id(TD, node), None)
+    svid = plane.plane.ca._sign_x509(
+        key.public_key(), SpiffeId.parse(f"spiffe://{TD}/meshwarden/node/{node}"), None
+    )
     return NodeCredentials(key, svid.chain, plane.plane.ca.bundle())
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey as PrivateKey
 from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
     IssuedNodes,
     ManualClock,
-    PrivateKey,
     StateError,
     check_private_dir,
     generate_key,

@@ -23,7 +23,7 @@ def server(tmp_path: Path) -> Iterator[str]:
         ["server", "--policies", str(tmp_path / "policies"), "--data-dir",
          str(tmp_path / "server"), "--listen", "127.0.0.1:0"], tmp_path / "server.log",
     )  # fmt: skip
-    _meshwarden("ca", "bundle", "--data-dir", str(tmp_path / "server"), "-o",
+    _meshwarden("ca", "bundle", "--data-dir", str(tmp_path / "server"), "--output-file",
                 str(tmp_path / "bundle.pem"))  # fmt: skip
     yield ready.split(" on ")[1].split(",")[0]
     process.terminate()

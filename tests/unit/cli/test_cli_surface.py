@@ -166,7 +166,15 @@ def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
 
 
 def test_a_missing_output_directory_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bootstrap", "--workload", "shop/backend-1", "--server", "127.0.0.1:8443"]
+    argv = [
+        "bootstrap",
+        "--workload",
+        "shop/backend-1",
+        "--server",
+        "127.0.0.1:8443",
+        "--trust-domain",
+        "example.org",
+    ]
     target = "/nonexistent-dir/bootstrap.json"
     assert main([*argv, "--sds-socket", "/tmp/sds.sock", "--output-file", target]) == 2
     line = _one_line(capsys.readouterr().err)

@@ -16,8 +16,8 @@ from .test_node_attestation import POLICIES
 def _server(tmp_path: Path, *extra: str) -> list[str]:
     (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
-    return ["server", "--policies", str(tmp_path / "policies"), "--data-dir",
-            str(tmp_path / "data"), "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", *extra]  # fmt: skip
+    return ["server", "--policies", str(tmp_path / "policies"), "--data-dir", str(tmp_path / "data"),
+            "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", *extra]  # fmt: skip
 
 
 def _refused(tmp_path: Path, *extra: str) -> str:

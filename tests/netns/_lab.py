@@ -26,6 +26,8 @@ PROBE = str(Path(__file__).with_name("_probe.py"))
 HOST_IP = "10.77.0.1"
 CLIENT_IPS = ("10.77.1.2", "10.77.1.200", "10.77.2.2")
 CONTAINER_IP = "10.88.0.2"
+HOST6_IP = "fd77::1"
+CLIENT6_IPS = ("fd77::1:2", "fd77::2:2")
 _counter = itertools.count()
 CLONE_NEWNET = 0x40000000
 
@@ -85,6 +87,14 @@ class Lab:
             self.sh("ip", "addr", "add", f"{address}/16", "dev", f"{self.tag}b", ns=self.client)
         self.sh("ip", "link", "set", f"{self.tag}b", "up", ns=self.client)
         return self
+
+    def add_ipv6(self) -> None:
+        """IPv6 on the host-client link (no duplicate address detection, so usable at once)."""
+        self.sh("ip", "-6", "addr", "add", f"{HOST6_IP}/64", "dev", f"{self.tag}a", "nodad",
+                ns=self.host)  # fmt: skip
+        for address in CLIENT6_IPS:
+            self.sh("ip", "-6", "addr", "add", f"{address}/64", "dev", f"{self.tag}b", "nodad",
+                    ns=self.client)  # fmt: skip
 
     def add_docker_bridge(self, bridge: str) -> None:
         """A container namespace behind a bridge on the host, its port 80 published on the host's

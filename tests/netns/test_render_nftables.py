@@ -9,7 +9,7 @@ import pytest
 from meshwarden.engine import CompiledMesh, Request, check_documents, decide, parse_text
 from meshwarden.render import IptablesOptions, node_filter, render_iptables, render_nftables
 
-from ._lab import CLIENT_IPS, HOST_IP, Lab, lab
+from ._lab import CLIENT6_IPS, CLIENT_IPS, HOST6_IP, HOST_IP, Lab, lab
 
 INSIDE, OUTSIDE_RANGE, OTHER = CLIENT_IPS  # 10.77.1.2, 10.77.1.200 (excepted), 10.77.2.2
 
@@ -177,3 +177,28 @@ def test_docker_user_chain_admits_the_range_to_the_published_port_only() -> None
         assert "-A FORWARD -j DOCKER-USER\n-A FORWARD -j ACCEPT" in rules  # Docker's chains intact
         net.sh("iptables-restore", "--noflush", ns=net.host, text=rendered)
         assert net.sh("iptables", "-S", ns=net.host) == rules  # re-applying changes nothing
+
+
+def apply_ip6tables(lab: Lab, text: str) -> None:
+    rendered = render_iptables(node_filter(compiled(text), "h1"), IptablesOptions(ipv6=True))
+    lab.sh("ip6tables-restore", "--noflush", ns=lab.host, text=rendered)
+    lab.sh("ip6tables", "-I", "INPUT", "-j", "MESHWARDEN", ns=lab.host)
+
+
+@pytest.mark.parametrize("apply", [apply_nftables, apply_ip6tables], ids=["nftables", "ip6tables"])
+def test_ipv6_sources_are_filtered_and_neighbour_discovery_keeps_working(
+    apply: Callable[[Lab, str], None],
+) -> None:
+    ssh_from = HOST_HEAD.replace("[10.77.1.0/24]", "[10.77.1.0/24, 'fd77::1:0/112']")
+    policy = ssh_from.replace(f"addresses: [{HOST_IP}]", "addresses: []")  # every address closed
+    with lab() as net:
+        net.add_ipv6()
+        net.serve(net.host, "tcp6:22", "tcp6:8081")
+        apply(net, policy)
+        net.sh("ip", "-6", "neigh", "flush", "all", ns=net.client)  # ND must pass the filter
+        targets = [
+            ("tcp", CLIENT6_IPS[0], HOST6_IP, 22),
+            ("tcp", CLIENT6_IPS[1], HOST6_IP, 22),
+            ("tcp", CLIENT6_IPS[0], HOST6_IP, 8081),
+        ]
+        assert net.probe(net.client, targets) == ["open", "silent", "silent"]

@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.offline:
         return run_offline(shop)
     envoy_or_fail()
-    from meshwarden._otlp_sink import otlp_receiver
     from meshwarden._telemetry import TelemetryError, otlp_endpoint
+    from meshwarden.demo import otlp_receiver
 
     try:
         configured = otlp_endpoint(args.otlp_endpoint)
@@ -119,9 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def run_live(shop: Path, tracing: Any = None, collector: Any = None) -> int:
 
-    from meshwarden._demo_idp import DemoIdp
-    from meshwarden._demo_live import move_to_free_ports, rows, sample_apps, shop_copy
     from meshwarden._up import LocalMesh
+    from meshwarden.demo import DemoIdp, move_to_free_ports, rows, sample_apps, shop_copy
 
     idp = DemoIdp("https://idp.example.com")
     folder = shop_copy(shop, idp)

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-from meshwarden._demo_live import sample_apps
+from meshwarden.demo import sample_apps
 
 SHOP_PAIR = """\
 apiVersion: meshwarden.io/v1alpha1

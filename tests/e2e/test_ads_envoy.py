@@ -19,8 +19,8 @@ from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from meshwarden.xds import CLUSTER, LISTENER, Snapshot, TelemetryObserver
 
-from meshwarden._otlp_sink import otlp_receiver
 from meshwarden._telemetry import tracer_provider
+from meshwarden.demo import otlp_receiver
 
 from ..integration.harness import LoopThread, wait_for
 from ._ads_harness import (

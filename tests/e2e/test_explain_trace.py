@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meshwarden._otlp_sink import otlp_receiver
 from meshwarden.cli import main
+from meshwarden.demo import otlp_receiver
 
 SHOP = str(Path(__file__).parents[2] / "examples" / "shop")
 REQUEST = ["explain", SHOP, "--to", "shop/backend-1", "--port", "8080",

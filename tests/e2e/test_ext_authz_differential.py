@@ -32,8 +32,7 @@ from meshwarden.xds import (
     workload_resources,
 )
 
-from meshwarden._demo_idp import DemoIdp
-from meshwarden._demo_live import sample_apps
+from meshwarden.demo import DemoIdp, sample_apps
 
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
 from .test_differential import (

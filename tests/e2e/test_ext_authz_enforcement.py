@@ -22,7 +22,7 @@ from meshwarden.xds import (
     workload_resources,
 )
 
-from meshwarden._demo_live import sample_apps
+from meshwarden.demo import sample_apps
 
 from .conftest import RunningEnvoy
 from .test_differential import _compile, _free_port, _write_svid

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshwarden._otlp_sink import OtlpReceiver, ReceivedSpan, otlp_receiver
+from meshwarden.demo import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 from ._live import MeshwardenUp, exchange, free_port, request, sample_app
 

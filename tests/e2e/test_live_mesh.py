@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meshwarden._demo_idp import DemoIdp
+from meshwarden.demo import DemoIdp
 
 from ._live import (
     MeshwardenUp,

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from meshwarden._demo_idp import DemoIdp
-from meshwarden._otlp_sink import OtlpReceiver, ReceivedSpan, otlp_receiver
+from meshwarden.demo import DemoIdp, OtlpReceiver, ReceivedSpan, otlp_receiver
 
 from ._live import SHOP_PAIR, MeshwardenUp, exchange, free_port, http_server
 

@@ -10,7 +10,13 @@ from types import ModuleType
 
 import pytest
 
-PARTS = ["meshwarden.engine", "meshwarden.identities", "meshwarden.xds", "meshwarden.render"]
+PARTS = [
+    "meshwarden.engine",
+    "meshwarden.identities",
+    "meshwarden.xds",
+    "meshwarden.render",
+    "meshwarden.demo",
+]
 
 
 def _part(name: str) -> ModuleType:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from meshwarden._demo_live import move_to_free_ports
 from meshwarden.cli import main
 from meshwarden.cli._demo import shipped_example
+from meshwarden.demo import move_to_free_ports
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -17,6 +17,8 @@ def _b64(data: bytes) -> str:
 
 
 class DemoIdp:
+    """A stand-in identity provider: one ES256 key, its JWKS, and tokens it signs."""
+
     def __init__(self, issuer: str) -> None:
         self.issuer = issuer
         self.key = ec.generate_private_key(ec.SECP256R1())

@@ -27,6 +27,8 @@ def _value(value: AnyValue) -> Any:
 
 @dataclass(frozen=True)
 class ReceivedSpan:
+    """One received span: its names, ids, attributes and status, as plain values."""
+
     name: str
     trace_id: str
     span_id: str
@@ -39,6 +41,8 @@ class ReceivedSpan:
 
 @dataclass
 class OtlpReceiver(pb_grpc.TraceServiceServicer):
+    """The TraceService, keeping every span it receives (thread-safe) for the demo and tests."""
+
     endpoint: str = ""
     spans: list[ReceivedSpan] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,6 +78,7 @@ class OtlpReceiver(pb_grpc.TraceServiceServicer):
 
 @contextmanager
 def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """An OtlpReceiver serving on a free 127.0.0.1 port for the duration of the block."""
     receiver = OtlpReceiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     pb_grpc.add_TraceServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from meshwarden._demo_idp import DemoIdp
+from meshwarden.demo._idp import DemoIdp
 
 Outcome = tuple[str, str]  # (verdict as seen from outside, detail)
 

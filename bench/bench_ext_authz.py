@@ -5,7 +5,7 @@ sidecar set-up, same policies, same run (issue #5, Benchmark).
     .venv/bin/python bench/bench_ext_authz.py --quick  # ~40 s
     .venv/bin/python bench/bench_ext_authz.py --json   # one JSON object on stdout
 
-Path of one request (bench_dataplane.py's set-up, whose helpers this reuses):
+Path of one request (bench_dataplane.py's set-up, through the shared bench/_harness.py):
 
     load → client sidecar (127.0.0.1:localPort, tcp_proxy → mTLS)
          → server sidecar (TLS + SPIFFE validator, HCM, [native: RBAC | ext_authz: gRPC Check
@@ -48,8 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import bench_dataplane as dataplane
-from bench_dataplane import PORT, SERVER, Config, Identities, Layout, Processes, progress
+import _harness as harness
+from _harness import PORT, SERVER, Config, Identities, Layout, Processes, progress
 from meshwarden.xds import (
     CLUSTER,
     LISTENER,
@@ -82,7 +82,7 @@ def _serve_engine(docs: list[dict[str, Any]], conn: Any, cpus: set[int] | None) 
     """The engine process: compile the documents, serve Check, answer `stats` until `stop`."""
     if cpus:
         os.sched_setaffinity(0, cpus)
-    compiled = dataplane.load_mesh(docs)
+    compiled = harness.load_mesh(docs)
     engine = TimedAuthorization(lambda context, metadata: compiled.plan(SERVER))
     with serve_on_loopback(engine) as port:
         conn.send(port)
@@ -126,9 +126,9 @@ def ext_authz_config(n: int, address: str, backend_port: int, ids: Identities
                      ) -> tuple[Config, list[dict[str, Any]]]:  # fmt: skip
     """The server sidecar in ext-authz mode (the cluster to the engine is added at start) and
     its documents: bench_dataplane's with `enforcement: ext-authz`."""
-    docs = dataplane.mesh_documents(n, address, backend_port)
+    docs = harness.mesh_documents(n, address, backend_port)
     docs[0]["spec"]["enforcement"] = "ext-authz"
-    compiled = dataplane.load_mesh(docs)
+    compiled = harness.load_mesh(docs)
     ctx = TranslationContext(static_tls=ids.server, inline_routes=True,
                              ext_authz_cluster=AUTHZ_CLUSTER)  # fmt: skip
     resources = workload_resources(compiled, SERVER, ctx)
@@ -140,13 +140,13 @@ def ext_authz_config(n: int, address: str, backend_port: int, ids: Identities
 def check_enforcement(configs: Sequence[Config], ids: Identities, engine: Engine) -> None:
     for c in configs:
         before = engine.stats().checks
-        status = dataplane.mtls_status(c.address, ids.intruder)
+        status = harness.mtls_status(c.address, ids.intruder)
         if status != 403:
-            raise SystemExit(f"{c.name}: {dataplane.INTRUDER_ID} got {status}, expected 403")
+            raise SystemExit(f"{c.name}: {harness.INTRUDER_ID} got {status}, expected 403")
         if c.label == "ext_authz" and engine.stats().checks != before + 1:
             raise SystemExit(f"{c.name}: denied without asking the engine")
-        status, body = dataplane.http_get(f"http://127.0.0.1:{c.local_port}/")
-        if status != 200 or body != dataplane.BACKEND_BODY:
+        status, body = harness.http_get(f"http://127.0.0.1:{c.local_port}/")
+        if status != 200 or body != harness.BACKEND_BODY:
             raise SystemExit(f"{c.name}: the client via its sidecar got {status} {body[:80]!r}")
 
 
@@ -159,7 +159,7 @@ def fixed_rate(url: str, rate: int, seconds: int, folder: Path, cpus: set[int] |
     cmd = ["h2load", "--h1", f"-c{clients}", f"--rps={rate / clients:g}", f"-D{seconds}",
            "--warm-up-time=1", f"--log-file={log}", url]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30,
-                          preexec_fn=dataplane._child_setup(cpus))  # fmt: skip
+                          preexec_fn=harness.child_setup(cpus))  # fmt: skip
     rows = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
     bad = [r for r in rows if r[1] != "200"]
     if done.returncode != 0 or not rows or bad:
@@ -203,7 +203,7 @@ def measure(configs: Sequence[Config], engine: Engine, args: argparse.Namespace,
             folder: Path, layout: Layout, procs: Processes) -> dict[str, Any]:  # fmt: skip
     for c in configs:
         progress(f"warm-up {c.name}")
-        dataplane.wrk(f"http://127.0.0.1:{c.local_port}/", 1, 4, folder, layout.others)
+        harness.wrk(f"http://127.0.0.1:{c.local_port}/", 1, 4, folder, layout.others)
     rates = {rate: Rate() for rate in args.rates}
     for r in range(args.rounds):
         for rate, state in rates.items():
@@ -217,8 +217,8 @@ def measure(configs: Sequence[Config], engine: Engine, args: argparse.Namespace,
     closed = {}
     for c in configs:
         progress(f"closed loop: {c.name} (wrk -c{args.connections}, {args.closed_seconds} s)")
-        run = dataplane.Run()
-        run.add(dataplane.wrk(f"http://127.0.0.1:{c.local_port}/", args.closed_seconds,
+        run = harness.Run()
+        run.add(harness.wrk(f"http://127.0.0.1:{c.local_port}/", args.closed_seconds,
                               args.connections, folder, layout.others))  # fmt: skip
         closed[c.label] = run.summary()
     return {"rates": rates, "closed": closed}
@@ -317,30 +317,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
     if missing:
-        print(f"bench_ext_authz: needs {', '.join(missing)}: {dataplane.INSTALL_HINT}",
+        print(f"bench_ext_authz: needs {', '.join(missing)}: {harness.INSTALL_HINT}",
               file=sys.stderr)  # fmt: skip
         return 2
-    signal.signal(signal.SIGTERM, dataplane._stop_on_sigterm)
+    signal.signal(signal.SIGTERM, harness.stop_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     layout = Layout.choose(pin=not args.no_pin)
-    info = dataplane.machine(layout)
+    info = harness.machine(layout)
     with tempfile.TemporaryDirectory(prefix="bench-ext-authz-") as tmp:
         folder = Path(tmp)
-        ids = dataplane.mint_identities(folder)
-        backend_port = dataplane._free_port()
-        native_address, ext_address = dataplane.server_addresses(2)
+        ids = harness.mint_identities(folder)
+        backend_port = harness.free_port()
+        native_address, ext_address = harness.server_addresses(2)
         progress(f"compiling {args.rules:,} rules twice ...")
-        native, _, compiled, _ = dataplane.our_config(args.rules, native_address, backend_port,
+        native, _, compiled, _ = harness.our_config(args.rules, native_address, backend_port,
                                                       ids.server)  # fmt: skip
         native.label = "native"
         ext, ext_docs = ext_authz_config(args.rules, ext_address, backend_port, ids)
         for c in (native, ext):
-            c.local_port = dataplane._free_port()
+            c.local_port = harness.free_port()
         procs, engine = Processes(folder), Engine(ext_docs, None)
         try:
             progress("starting 4 Envoys ...")
             ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, engine.port)]
-            dataplane.start(procs, [native, ext], compiled, ids, backend_port, layout)
+            harness.start(procs, [native, ext], compiled, ids, backend_port, layout)
             check_enforcement((native, ext), ids, engine)
             progress("both modes: 403 for an unnamed identity, 200 for the client")
             measured = measure([native, ext], engine, args, folder, layout, procs)

@@ -6,7 +6,7 @@ OTLP/gRPC export to a collector) versus off, same policies, same run.
     .venv/bin/python bench/bench_tracing.py --quick  # 3 s per config
     .venv/bin/python bench/bench_tracing.py --json   # one JSON object on stdout
 
-bench_dataplane.py's set-up (whose helpers this reuses): wrk → client sidecar (tcp_proxy, mTLS)
+bench_dataplane.py's set-up (the shared bench/_harness.py): wrk → client sidecar (tcp_proxy, mTLS)
 → server sidecar under test (TLS + SPIFFE validator, HCM, RBAC, router) → backend Envoy. The
 server's listener is our translation of 100 one-rule ALLOW policies (`--rules`), with
 TranslationContext(tracing=None) for "off" and tracing to an in-process OTLP/gRPC collector
@@ -37,10 +37,10 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import bench_dataplane as dataplane
+import _harness as harness
 import grpc
-from bench_dataplane import LISTENER, PORT, SERVER, Config, Layout, Processes, Run, progress
-from meshwarden.xds import CLUSTER, TracingTarget, TranslationContext, workload_resources
+from _harness import PORT, SERVER, Config, Layout, Processes, Run, progress
+from meshwarden.xds import CLUSTER, LISTENER, TracingTarget, TranslationContext, workload_resources
 from meshwarden.xds._tracing import TRACING_CLUSTER
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as pb_grpc
@@ -93,7 +93,7 @@ class Collector:
         self.state = folder / "collector.json"
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--serve-collector", str(self.state)],
-            preexec_fn=dataplane._child_setup(cpus),
+            preexec_fn=harness.child_setup(cpus),
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while not self.state.exists():
@@ -111,7 +111,7 @@ class Collector:
         self.process.wait(timeout=10)
 
 
-def traced_config(base: Config, label: str, address: str, ids: dataplane.Identities,
+def traced_config(base: Config, label: str, address: str, ids: harness.Identities,
                   compiled: Any, target: TracingTarget) -> Config:  # fmt: skip
     ctx = TranslationContext(static_tls=ids.server, inline_routes=True, tracing=target)
     resources = workload_resources(compiled, SERVER, ctx)
@@ -123,10 +123,10 @@ def traced_config(base: Config, label: str, address: str, ids: dataplane.Identit
                   extra_clusters=[otlp])  # fmt: skip
 
 
-def prepare(rules: int, backend_port: int, ids: dataplane.Identities, otlp_port: int
+def prepare(rules: int, backend_port: int, ids: harness.Identities, otlp_port: int
             ) -> tuple[list[Config], Any]:  # fmt: skip
-    addresses = dataplane.server_addresses(5)
-    off, _docs, compiled, _ = dataplane.our_config(rules, addresses[0], backend_port, ids.server)
+    addresses = harness.server_addresses(5)
+    off, _docs, compiled, _ = harness.our_config(rules, addresses[0], backend_port, ids.server)
     off.label = "off"
     control = Config("control", rules, addresses[1], copy.deepcopy(off.listener),
                      off.local_cluster)  # fmt: skip
@@ -144,7 +144,7 @@ def prepare(rules: int, backend_port: int, ids: dataplane.Identities, otlp_port:
     del filters[0]
     configs = [off, control, full, sampled, bare]
     for c in configs:
-        c.local_port = dataplane._free_port()
+        c.local_port = harness.free_port()
     return configs, compiled
 
 
@@ -154,13 +154,13 @@ def measure(configs: list[Config], args: argparse.Namespace, folder: Path, layou
     url = {c.name: f"http://127.0.0.1:{c.local_port}/" for c in configs}
     for c in configs:
         progress(f"warm-up {c.name} ({args.warmup:g} s)")
-        dataplane.wrk(url[c.name], args.warmup, args.connections, folder, layout.others)
+        harness.wrk(url[c.name], args.warmup, args.connections, folder, layout.others)
     slice_s = args.seconds / args.rounds
     for r in range(args.rounds):
         for c in configs if r % 2 == 0 else configs[::-1]:
             progress(f"round {r + 1}/{args.rounds}: {c.name} ({slice_s:g} s)")
             before = procs.cpu_seconds(c.name)
-            out = dataplane.wrk(url[c.name], slice_s, args.connections, folder, layout.others)
+            out = harness.wrk(url[c.name], slice_s, args.connections, folder, layout.others)
             runs[c.name].add(out, {"server": procs.cpu_seconds(c.name) - before})
     return runs
 
@@ -169,7 +169,7 @@ def check_spans(collector: Collector, config: Config) -> None:
     """The traced config's spans arrive tagged with the decision (else the run is void)."""
     time.sleep(1.5)  # spans of the enforcement checks arrive first
     before = collector.read()["decisions"]
-    status, _ = dataplane.http_get(f"http://127.0.0.1:{config.local_port}/")
+    status, _ = harness.http_get(f"http://127.0.0.1:{config.local_port}/")
     assert status == 200, f"{config.name}: expected 200, got {status}"
     deadline = time.monotonic() + 10
     while collector.read()["decisions"] == before and time.monotonic() < deadline:
@@ -248,23 +248,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_collector(args.serve_collector)
         return 0
     if shutil.which("wrk") is None:
-        print(f"bench_tracing: needs `wrk`: {dataplane.INSTALL_HINT}", file=sys.stderr)
+        print(f"bench_tracing: needs `wrk`: {harness.INSTALL_HINT}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, dataplane._stop_on_sigterm)
+    signal.signal(signal.SIGTERM, harness.stop_on_sigterm)
     layout = Layout.choose(pin=not args.no_pin)
-    info = dataplane.machine(layout)
+    info = harness.machine(layout)
     with tempfile.TemporaryDirectory(prefix="bench-tracing-") as tmp:
         folder = Path(tmp)
-        ids = dataplane.mint_identities(folder)
-        backend_port = dataplane._free_port()
+        ids = harness.mint_identities(folder)
+        backend_port = harness.free_port()
         collector = Collector(folder, layout.others)
         configs, compiled = prepare(args.rules, backend_port, ids, collector.port)
         procs = Processes(folder)
         try:
             progress(f"starting {len(configs) + 2} Envoys ...")
-            dataplane.start(procs, configs, compiled, ids, backend_port, layout)
+            harness.start(procs, configs, compiled, ids, backend_port, layout)
             for c in configs:
-                dataplane.check_enforcement(c, ids, compiled)
+                harness.check_enforcement(c, ids, compiled)
             check_spans(collector, configs[2])
             progress("403 for an unnamed identity, 200 for the client, decision spans arrive")
             runs = measure(configs, args, folder, layout, procs)

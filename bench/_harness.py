@@ -522,17 +522,21 @@ def start(procs: Processes, configs: list[Config], client_compiled: CompiledMesh
         c.figures["envoy_allocated_mb"] = envoy_allocated_mb(c.admin)
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" if it has none)."""
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def progress(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def machine(layout: Layout) -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True)
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     return {

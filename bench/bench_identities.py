@@ -30,6 +30,7 @@ from typing import Any
 
 import cryptography
 import grpc
+from _harness import cpu_model
 from cryptography import x509
 from cryptography.hazmat.backends.openssl import backend
 from cryptography.hazmat.primitives import hashes
@@ -52,12 +53,7 @@ WORKLOAD = SpiffeId.parse("spiffe://bench.example/ns/bench/sa/workload")
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return {
         "cpu": model,
         "cores": os.cpu_count(),

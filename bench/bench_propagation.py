@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from _harness import cpu_model
 from cryptography.hazmat.primitives.serialization import Encoding
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster
 from envoy_data_plane.envoy.config.core.v3 import Node
@@ -111,12 +112,7 @@ def log(message: str) -> None:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     with open("/proc/meminfo") as meminfo:
         total_kib = int(meminfo.readline().split()[1])
     envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from meshwarden._server import BUNDLE_FILE
-from meshwarden.cli._common import write_output_file
+from meshwarden.cli._common import InputError, write_output_file
 from meshwarden.engine import TrustDomain
 from meshwarden.identities import BundleError, TrustBundle
 
@@ -48,9 +48,9 @@ def run_bundle(args: argparse.Namespace) -> int:
         # A SPIFFE bundle does not name its trust domain; only its certificates are used here.
         bundle = TrustBundle.parse_spiffe_json(text, _UNNAMED)
     except (OSError, ValueError, BundleError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         hint = "has `meshwarden server` run with this data dir?"
-        print(f"error: {path}: {exc} ({hint})", file=sys.stderr)
-        return 1
+        raise InputError(f"{path}: {reason} ({hint})") from None
     data = bundle.x509_pem() if args.format == "pem" else text.encode()
     if args.output_file:
         write_output_file(args.output_file, data)

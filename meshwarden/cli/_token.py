@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 
 from meshwarden._server import admin_request
+from meshwarden.cli._common import CommandFailed
 from meshwarden.cli._types import DURATION_EXAMPLES, positive_duration
 
 EXAMPLES = """\
@@ -43,10 +43,11 @@ def run_create(args: argparse.Namespace) -> int:
     try:
         reply = asyncio.run(admin_request(args.data_dir, request))
     except OSError as exc:
-        print(f"error: no server running with --data-dir {args.data_dir}: {exc}", file=sys.stderr)
-        return 1
+        reason = exc.strerror or exc
+        raise CommandFailed(
+            f"no server running with --data-dir {args.data_dir}: {reason}"
+        ) from None
     if "error" in reply:
-        print(f"error: {reply['error']}", file=sys.stderr)
-        return 1
+        raise CommandFailed(str(reply["error"]))
     print(reply["token"])
     return 0

@@ -219,3 +219,17 @@ def test_every_command_missing_an_argument_or_given_a_wrong_flag_is_one_usage_li
     line = _one_line(capsys.readouterr().err)
     assert line.startswith(f"{parser.prog}: error: ")
     assert line.endswith(f"(see '{parser.prog} --help')")
+
+
+def test_identity_commands_fail_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["token", "create", "--data-dir", str(tmp_path), "--node", "n1"]) == 1
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(
+        f"meshwarden token create: error: no server running with --data-dir {tmp_path}"
+    )
+    assert main(["ca", "bundle", "--data-dir", str(tmp_path)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(f"meshwarden ca bundle: error: {tmp_path}/")
+    assert line.endswith("(has `meshwarden server` run with this data dir?)")

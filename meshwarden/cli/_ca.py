@@ -6,12 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from meshwarden._server import BUNDLE_FILE
 from meshwarden.cli._common import InputError, write_output_file
-from meshwarden.engine import TrustDomain
-from meshwarden.identities import BundleError, TrustBundle
 
-_UNNAMED = TrustDomain("unnamed.invalid")
+# A SPIFFE bundle file does not name its trust domain; only its certificates are used here.
+_UNNAMED = "unnamed.invalid"
 
 EXAMPLES = """\
 examples:
@@ -42,11 +40,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_bundle(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: `meshwarden --help` should not load the control plane.
+    from meshwarden._server import BUNDLE_FILE
+    from meshwarden.engine import TrustDomain
+    from meshwarden.identities import BundleError, TrustBundle
+
     path = args.data_dir / BUNDLE_FILE
     try:
         text = path.read_text()
-        # A SPIFFE bundle does not name its trust domain; only its certificates are used here.
-        bundle = TrustBundle.parse_spiffe_json(text, _UNNAMED)
+        bundle = TrustBundle.parse_spiffe_json(text, TrustDomain(_UNNAMED))
     except (OSError, ValueError, BundleError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         hint = "has `meshwarden server` run with this data dir?"

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from meshwarden._server import admin_request
 from meshwarden.cli._common import CommandFailed
 from meshwarden.cli._types import DURATION_EXAMPLES, positive_duration
 
@@ -39,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from meshwarden._server import admin_request  # not at the top: keeps --help fast
+
     request = {"op": "token.create", "node": args.node, "ttl_seconds": args.ttl}
     try:
         reply = asyncio.run(admin_request(args.data_dir, request))

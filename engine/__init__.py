@@ -27,10 +27,20 @@ from meshwarden.engine._hosts import (
     collapse_networks,
     subtract_networks,
 )
+from meshwarden.engine._lint import (
+    LINT_CODES,
+    Finding,
+    FlowWindow,
+    LintOptions,
+    LintSeverity,
+    invalid_input,
+    lint,
+)
 from meshwarden.engine._load import (
     LoadResult,
     UsageError,
     check_documents,
+    find_files,
     load,
     parse_text,
     read_files,
@@ -39,15 +49,19 @@ from meshwarden.engine._model import WorkloadPort
 from meshwarden.engine._outcome import Outcome, dry_run_verdict
 from meshwarden.engine._patterns import IpNetwork, Patterns, normalize_path
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, RuleIndex
+from meshwarden.engine._promotion import would_deny
+from meshwarden.engine._recommend import Recommendation, recommend
 from meshwarden.engine._registry import Mesh, Registry, Workload
 from meshwarden.engine._reload import Reload, reload
 from meshwarden.engine._request import Request
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
 from meshwarden.engine._vocabulary import Action, Cause, Effect, Mode, Peers
+from meshwarden.engine._yaml import SourceDocument, read_documents
 
 __all__ = [
     "EVERYWHERE",
+    "LINT_CODES",
     "Action",
     "Attribute",
     "AuthorizationPlan",
@@ -64,10 +78,14 @@ __all__ = [
     "Document",
     "DocumentKey",
     "Effect",
+    "Finding",
+    "FlowWindow",
     "Host",
     "HostPort",
     "IpCondition",
     "IpNetwork",
+    "LintOptions",
+    "LintSeverity",
     "LoadResult",
     "Location",
     "Mesh",
@@ -79,11 +97,13 @@ __all__ = [
     "PolicyTrace",
     "PortCondition",
     "PortRanges",
+    "Recommendation",
     "Registry",
     "Reload",
     "Request",
     "RuleIndex",
     "Severity",
+    "SourceDocument",
     "SpiffeId",
     "SpiffeIdError",
     "TrustDomain",
@@ -95,10 +115,16 @@ __all__ = [
     "compile_documents",
     "decide",
     "dry_run_verdict",
+    "find_files",
+    "invalid_input",
+    "lint",
     "load",
     "normalize_path",
     "parse_text",
+    "read_documents",
     "read_files",
+    "recommend",
     "reload",
     "subtract_networks",
+    "would_deny",
 ]

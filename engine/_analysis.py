@@ -8,6 +8,7 @@ from meshwarden.engine._model import AuthorizationPolicySpec
 from meshwarden.engine._patterns import IpNetwork, Patterns
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
+from meshwarden.engine._spiffe import namespace_of
 from meshwarden.engine._vocabulary import Action, Peers
 
 
@@ -220,6 +221,18 @@ def _covers_patterns(a: Patterns | None, b: Patterns | None) -> bool:
     return a is None or (b is not None and a.covers(b))
 
 
+def _covers_namespaces(a: Patterns | None, b: CompiledSource) -> bool:
+    """Every identity `b` admits is in one of the namespaces `a` names: `b`'s own namespaces
+    are covered, or `b` is limited to exact identities (or workloads) all in them."""
+    if a is None or b.namespaces is not None:
+        return _covers_patterns(a, b.namespaces)
+    ids = b.workloads
+    if ids is None and b.identities is not None:
+        exact = b.identities
+        ids = None if exact.anything or exact.prefixes or exact.suffixes else exact.exact
+    return ids is not None and all(a.matches(namespace_of(i)) for i in ids)
+
+
 def _same_or_absent(a: object, b: object) -> bool:
     return a is None or a == b
 
@@ -227,7 +240,7 @@ def _same_or_absent(a: object, b: object) -> bool:
 def _covers_source(a: CompiledSource, b: CompiledSource) -> bool:
     return (
         _covers_patterns(a.identities, b.identities)
-        and _covers_patterns(a.namespaces, b.namespaces)
+        and _covers_namespaces(a.namespaces, b)
         and (a.workloads is None or (b.workloads is not None and a.workloads >= b.workloads))
         and _same_or_absent(a.not_identities, b.not_identities)
         and _same_or_absent(a.jwt, b.jwt)

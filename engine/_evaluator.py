@@ -8,6 +8,7 @@ from typing import Any
 
 from meshwarden.engine._documents import Document
 from meshwarden.engine._model import JwtIssuerSpec
+from meshwarden.engine._modes import monitor_reason
 from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy
 from meshwarden.engine._request import Request, claim_strings
@@ -98,7 +99,9 @@ def decide(plan: AuthorizationPlan, req: Request, *, explain: bool = False) -> D
     if Effect(plan.mesh.default_policy) is Effect.DENY:
         reason = "no ALLOW policy selects this workload; Mesh defaultPolicy is deny"
         return Decision(False, Cause.DEFAULT_DENY, None, reason, dry_run, audit, trace)
-    reason = "no ALLOW policy selects this workload; Mesh defaultPolicy is allow"
+    reason = monitor_reason(plan.mesh, plan.workload.namespace) or (
+        "no ALLOW policy selects this workload; Mesh defaultPolicy is allow"
+    )
     return Decision(True, Cause.DEFAULT_ALLOW, None, reason, dry_run, audit, trace)
 
 

@@ -84,6 +84,12 @@ class ExtAuthzSpec(_Strict):
     timeout: str = Field(default="250ms", pattern=r"^[0-9]{1,6}(ms|s)$")
 
 
+class NamespaceSettings(_Strict):
+    """Per-namespace settings of the Mesh (`spec.namespaces.<ns>`)."""
+
+    default_mode: Literal["enforce", "dry-run"] | None = None
+
+
 class MeshSpec(_Strict):
     trust_domain: Annotated[str, AfterValidator(v.trust_domain)] = "meshwarden.local"
     root_namespace: DnsLabel = "meshwarden-system"
@@ -91,6 +97,8 @@ class MeshSpec(_Strict):
     default_policy: Literal["allow", "deny"] = "allow"
     enforcement: Literal["envoy-rbac", "ext-authz"] = "envoy-rbac"
     ext_authz: ExtAuthzSpec = Field(default_factory=ExtAuthzSpec)
+    default_mode: Literal["enforce", "dry-run"] = "enforce"  # dry-run: monitor mode
+    namespaces: dict[DnsLabel, NamespaceSettings] = Field(default_factory=dict)
 
 
 class WorkloadPort(_Strict):

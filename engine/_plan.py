@@ -9,6 +9,7 @@ from typing import Any
 from meshwarden.engine._diagnostics import Location
 from meshwarden.engine._documents import Document
 from meshwarden.engine._model import JwtIssuerSpec, MeshSpec
+from meshwarden.engine._modes import monitored
 from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._patterns import AddressIndex, IpAddress
 from meshwarden.engine._registry import Workload
@@ -224,6 +225,7 @@ def build_plan(
     policies: list[CompiledPolicy],
     jwt_issuers: list[Document[JwtIssuerSpec]],
 ) -> AuthorizationPlan:
+    mesh, policies = monitored(mesh, workload.namespace, policies)
     ordered = sorted(policies, key=lambda p: (p.namespace, p.name))
     indexes = {action: RuleIndex() for action in Action}
     dry_run_index = RuleIndex()

@@ -20,7 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import metrics
 
@@ -64,12 +64,19 @@ class FlowQuery:
         return matches
 
 
+class FlowMirror(Protocol):
+    """Also given every record the flow log gets (e.g. `FlowFile`, --flow-log-file)."""
+
+    def add(self, flows: Sequence[Flow]) -> None: ...
+
+
 class FlowLog:
     """A bounded record of decisions (a `FlowSink` for `AccessLogReceiver`), with a fair share
     per workload. Runs on the event loop of the control plane; not thread-safe."""
 
     def __init__(self, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.time,
-                 meter: metrics.Meter | None = None) -> None:  # fmt: skip
+                 meter: metrics.Meter | None = None, mirror: FlowMirror | None = None,
+                 ) -> None:  # fmt: skip
         if size < 1:
             raise ValueError(f"flow log size must be at least 1, not {size}")
         self.size = size
@@ -82,6 +89,7 @@ class FlowLog:
         self._arrivals = itertools.count()
         self._followers: set[asyncio.Queue[Flow]] = set()
         self._clock = clock
+        self.mirror = mirror  # also gets every record, e.g. a FlowFile (--flow-log-file)
         meter = meter or metrics.get_meter("meshwarden.flows")
         self._decisions = meter.create_counter(
             "meshwarden.authz.decisions", unit="{decision}",
@@ -97,6 +105,8 @@ class FlowLog:
         return self.received - self._stored
 
     def add(self, flows: Sequence[Flow]) -> None:
+        if self.mirror is not None:
+            self.mirror.add(flows)
         for flow in flows:
             self._store(flow)
         self.received += len(flows)

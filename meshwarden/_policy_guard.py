@@ -1,8 +1,9 @@
 """Changes to the Mesh document that would loosen a running mesh are refused.
 
 A running control plane refuses a new snapshot that removes the Mesh document, turns
-`defaultPolicy` from deny to allow, `mtls` from STRICT to PERMISSIVE or `extAuthz.failOpen`
-from false to true — unless the new Mesh document carries the annotation
+`defaultPolicy` from deny to allow, `mtls` from STRICT to PERMISSIVE, `extAuthz.failOpen`
+from false to true or a namespace from enforce to monitor mode (`defaultMode: dry-run`) —
+unless the new Mesh document carries the annotation
 `meshwarden.io/allow-loosening: "true"`, which accepts the loosening (logged at WARNING). The
 trust domain never changes while the control plane runs (its CA and every SVID belong to it):
 that takes a restart. A Mesh document cannot be removed while running: with no document left
@@ -65,7 +66,34 @@ def loosenings(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:
     if not before.spec.ext_authz.fail_open and after.spec.ext_authz.fail_open:
         found.append(Loosening(_located(after, "extAuthz", "failOpen"),
                                "extAuthz.failOpen would loosen from false to true"))  # fmt: skip
+    return found + _monitor_mode(before, after)
+
+
+def _monitor_mode(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:
+    """Monitor mode (defaultMode dry-run, mesh-wide or per namespace) entered while running:
+    the namespaces it covers stop refusing anything by policy."""
+    found = []
+    if before.spec.default_mode == "enforce" and after.spec.default_mode == "dry-run":
+        found.append(
+            Loosening(
+                _located(after, "defaultMode"),
+                "defaultMode would loosen from "
+                "enforce to dry-run (monitor mode: policies stop refusing)",
+            )
+        )
+    for ns in sorted(set(before.spec.namespaces) | set(after.spec.namespaces)):
+        if _mode(before, ns) == "enforce" and _mode(after, ns) == "dry-run":
+            where = (_located(after, "namespaces", ns) if ns in after.spec.namespaces
+                     else _located(after, "defaultMode"))  # fmt: skip
+            found.append(Loosening(where, f"namespace {ns} would loosen from enforce to dry-run "
+                                   "(monitor mode: its policies stop refusing)"))  # fmt: skip
     return found
+
+
+def _mode(mesh: engine.Mesh, namespace: str) -> str:
+    settings = mesh.spec.namespaces.get(namespace)
+    return (settings.default_mode if settings and settings.default_mode else
+            mesh.spec.default_mode)  # fmt: skip
 
 
 def allowed_by_annotation(mesh: engine.Mesh) -> bool:

@@ -25,6 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from meshwarden._enforce import PacketFilters
+from meshwarden._flow_file import FlowFile
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._flows import FlowLog
 from meshwarden._health import HealthEndpoint, health_report
@@ -77,6 +78,7 @@ class ServerOptions:
     flow_log_sample: float = 100.0  # % of allowed HTTP requests the sidecars log (denials: all)
     tracing: TracingTarget | None = None  # sidecars' OpenTelemetry tracer; None = off
     new_ca: bool = False  # mint a new CA even though the data dir says one existed
+    flow_log_file: Path | None = None  # also append every record here (NDJSON, rotated)
 
 
 class ControlPlane:
@@ -85,7 +87,9 @@ class ControlPlane:
         self.clock = clock
         self.policies = Policies(options.policies)
         self.tokens = JoinTokens(clock)
-        self.xds = MeshXds(self.policies, options.tracing, flows=FlowLog(options.flow_log_size),
+        on_disk = FlowFile(options.flow_log_file) if options.flow_log_file else None
+        self.xds = MeshXds(self.policies, options.tracing,
+                           flows=FlowLog(options.flow_log_size, mirror=on_disk),
                            flow_log_sample=options.flow_log_sample)  # fmt: skip
         self.health: HealthEndpoint | None = None
         self.ca: CertificateAuthority | None = None
@@ -196,8 +200,10 @@ class ControlPlane:
         return self.ca.bundle().standard_jwks_json().decode()
 
     def _health(self) -> dict[str, Any]:
-        return health_report(self.policies, self.xds.nacks(), self.xds.sidecars(),
-                             sorted(self.xds.build_errors.values()))  # fmt: skip
+        report = health_report(self.policies, self.xds.nacks(), self.xds.sidecars(),
+                               sorted(self.xds.build_errors.values()))  # fmt: skip
+        report["policies"] = str(self.options.policies.resolve())  # for `meshwarden verify`
+        return report
 
     async def _start_admin(self) -> None:
         path = self.data_dir / ADMIN_SOCKET

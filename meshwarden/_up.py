@@ -34,6 +34,7 @@ class LocalMesh:
         tracing: TracingTarget | None = None,
         health: str = "127.0.0.1:0",
         flow_log_sample: float = 100.0,
+        flow_log_file: Path | None = None,
     ) -> None:
         self.policies = policies
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="meshwarden-up-"))
@@ -43,7 +44,7 @@ class LocalMesh:
         self.plane = ControlPlane(
             ServerOptions(policies=policies, data_dir=self.data_dir / "server",
                           listen="127.0.0.1:0", health=health, tracing=tracing,
-                          flow_log_sample=flow_log_sample),
+                          flow_log_sample=flow_log_sample, flow_log_file=flow_log_file),
             self.clock)  # fmt: skip
         self.agent: NodeAgent | None = None
         self.sidecars: dict[str, Sidecar] = {}

@@ -29,6 +29,11 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "flows",
     "completion",
     "render",
+    "test",
+    "lint",
+    "recommend",
+    "promote",
+    "verify",
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshwarden.cli._common import (
@@ -135,66 +137,97 @@ def _trace_endpoint(args: argparse.Namespace) -> str | None:
     return endpoint
 
 
+@dataclass(frozen=True, slots=True)
+class RequestFields:
+    """A request as a user writes it (explain's flags, a `meshwarden test` case): workloads by
+    NS/NAME, the peer by SPIFFE ID or workload, HTTP attributes only on http/grpc ports."""
+
+    to: str
+    port: int
+    from_id: str | None = None
+    from_workload: str | None = None
+    source_ip: str | None = None
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    jwt_claims: dict[str, Any] | None = None
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-").replace("from-id", "from").replace("headers", "header")
+
+
 def build_request(args: argparse.Namespace, mesh: CompiledMesh) -> Request:
+    fields = RequestFields(
+        args.to, args.port, args.from_id, args.from_workload, args.source_ip, args.method,
+        args.path, args.host, _headers(args.header), _claims(args.jwt_claims),
+    )  # fmt: skip
+    return request_from(fields, mesh)
+
+
+def request_from(
+    fields: RequestFields, mesh: CompiledMesh, flag: Callable[[str], str] = _flag
+) -> Request:
+    """The engine's Request for `fields`; InputError names the offending field with `flag`."""
     workloads = mesh.registry.workloads
-    destination = workloads.get(args.to)
+    destination = workloads.get(fields.to)
     if destination is None:
-        raise InputError(f"--to {args.to}: no such workload (known: {_few(workloads)})")
-    port = destination.ports.get(args.port)
+        raise InputError(f"{flag('to')} {fields.to}: no such workload (known: {_few(workloads)})")
+    port = destination.ports.get(fields.port)
     if port is None:
         known = ", ".join(f"{n} ({p.protocol})" for n, p in sorted(destination.ports.items()))
         raise InputError(
-            f"--port {args.port}: workload {args.to} has no such port "
+            f"{flag('port')} {fields.port}: workload {fields.to} has no such port "
             f"(its ports: {known or 'none'})"
         )
-    identity, source_ip = _peer(args, mesh)
-    http = {"method": args.method, "path": args.path, "host": args.host,
-            "header": args.header or None}  # fmt: skip
+    identity, source_ip = _peer(fields, mesh, flag)
     if not port.is_http:
-        given = [f"--{k}" for k, v in http.items() if v] + (
-            ["--jwt-claims"] * bool(args.jwt_claims)
-        )
+        http = ("method", "path", "host", "headers", "jwt_claims")
+        given = [flag(k) for k in http if getattr(fields, k)]
         if given:
             raise InputError(
-                f"{', '.join(given)}: port {args.port} of {args.to} is tcp, "
+                f"{', '.join(given)}: port {fields.port} of {fields.to} is tcp, "
                 "which has no HTTP attributes"
             )
     try:
         return Request.build(
-            args.to, args.port, identity=identity, source_ip=source_ip,
-            method=(args.method or "GET") if port.is_http else None,
-            path=(args.path or "/") if port.is_http else None,
-            host=args.host, headers=_headers(args.header), jwt_claims=_claims(args.jwt_claims),
+            fields.to, fields.port, identity=identity, source_ip=source_ip,
+            method=(fields.method or "GET") if port.is_http else None,
+            path=(fields.path or "/") if port.is_http else None,
+            host=fields.host, headers=fields.headers, jwt_claims=fields.jwt_claims,
         )  # fmt: skip
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
 
-def _peer(args: argparse.Namespace, mesh: CompiledMesh) -> tuple[str | None, str | None]:
-    source_ip = args.source_ip
+def _peer(
+    fields: RequestFields, mesh: CompiledMesh, flag: Callable[[str], str]
+) -> tuple[str | None, str | None]:
+    source_ip = fields.source_ip
     identity = None
-    if args.from_workload:
-        peer = mesh.registry.workloads.get(args.from_workload)
+    if fields.from_workload:
+        peer = mesh.registry.workloads.get(fields.from_workload)
         if peer is None:
             raise InputError(
-                f"--from-workload {args.from_workload}: no such workload "
+                f"{flag('from_workload')} {fields.from_workload}: no such workload "
                 f"(known: {_few(mesh.registry.workloads)})"
             )
         identity = peer.identity
         if source_ip is None and peer.addresses:
             source_ip = str(peer.addresses[0])
-    elif args.from_id:
+    elif fields.from_id:
         try:
-            identity = str(SpiffeId.parse(args.from_id))
+            identity = str(SpiffeId.parse(fields.from_id))
         except SpiffeIdError as exc:
-            raise InputError(f"--from: {exc}") from None
+            raise InputError(f"{flag('from_id')}: {exc}") from None
     if source_ip is not None:
         import ipaddress
 
         try:
             ipaddress.ip_address(source_ip)
         except ValueError:
-            raise InputError(f"--source-ip {source_ip!r} is not an IP address") from None
+            raise InputError(f"{flag('source_ip')} {source_ip!r} is not an IP address") from None
     return identity, source_ip
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
 from meshwarden.cli import _observe as observe
@@ -80,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="mint a new CA although the data dir shows one existed (its ca.json "
                         "is missing, empty or corrupt; the old file is kept as ca.json.replaced). "
                         "Every agent and sidecar then needs the new trust bundle")  # fmt: skip
+    parser.add_argument("--flow-log-file", type=Path, metavar="PATH",
+                        help="also append every flow record to PATH as NDJSON (0600, rotated "
+                        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
+                        "--flows`")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
@@ -116,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         return fail("--flow-log-size must be at least 1")
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
         return fail("--upstream-ca-cert and --upstream-ca-key go together")
+    problem = flow_file_problem(args.flow_log_file)
+    if problem:
+        return fail(problem)
     return observe.run(args, "meshwarden", lambda tracing: _serve(args, tracing))
 
 
@@ -126,6 +134,7 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         health=args.health, flow_log_size=args.flow_log_size, tracing=tracing,
         flow_log_sample=args.flow_log_sample, svid_ttl=args.svid_ttl, ca_ttl=args.ca_ttl,
         new_ca=args.new_ca,
+        flow_log_file=args.flow_log_file,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())
 

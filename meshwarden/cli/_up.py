@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import envoy_or_fail, fail, percentage
 from meshwarden.cli._types import host_port
@@ -50,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--flow-log-sample", type=percentage, default=100.0, metavar="PERCENT",
                         help="share of allowed HTTP requests logged for `meshwarden flows`; "
                         "denials are always logged (default 100)")  # fmt: skip
+    parser.add_argument("--flow-log-file", type=Path, metavar="PATH",
+                        help="also append every flow record to PATH as NDJSON (0600, rotated "
+                        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
+                        "--flows`")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
     parser.set_defaults(func=run)
 
@@ -61,10 +66,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.policies.is_dir():
         return fail(f"{args.policies}: not a directory")
     envoy_or_fail()
+    problem = flow_file_problem(args.flow_log_file)
+    if problem:
+        return fail(problem)
 
     def serve(tracing: Any) -> int:
         mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,
-                         health=args.health, flow_log_sample=args.flow_log_sample)  # fmt: skip
+                         health=args.health, flow_log_sample=args.flow_log_sample,
+                         flow_log_file=args.flow_log_file)  # fmt: skip
         return asyncio.run(serve_until_signalled(mesh.start, mesh.run, mesh.stop))
 
     return observe.run(args, "meshwarden", serve)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import zlib
 from typing import Any
 
 TD = "example.org"
@@ -49,7 +51,21 @@ def mesh_documents(rng: random.Random, destination_address: str, target_port: in
                      "spec": _policy(rng)})  # fmt: skip
     for doc in docs:
         doc["apiVersion"] = "meshwarden.io/v1alpha1"
+    docs[0]["spec"].update(_monitor_mode(docs))
     return docs
+
+
+def _monitor_mode(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Monitor mode for about one mesh in four: mesh-wide, or the destination's namespace, or
+    every namespace but the destination's. Drawn from the documents' checksum, not from `rng`,
+    so the requests drawn after the mesh stay what they were before monitor mode existed."""
+    draw = zlib.crc32(json.dumps(docs, sort_keys=True).encode()) % 12
+    namespace = DESTINATION.split("/")[0]
+    return [
+        {"defaultMode": "dry-run"},
+        {"namespaces": {namespace: {"defaultMode": "dry-run"}}},
+        {"defaultMode": "dry-run", "namespaces": {namespace: {"defaultMode": "enforce"}}},
+    ][draw] if draw < 3 else {}  # fmt: skip
 
 
 def _some(rng: random.Random, values: list[str]) -> list[str]:

@@ -1,0 +1,58 @@
+"""Would enforcing a dry-run policy have denied traffic that was allowed? (for `promote`)
+
+Each allowed flow to a workload the policy selects is rebuilt as a Request (identity, address,
+port, method, path; headers and token claims are not recorded, so rules needing them do not
+match — the answer errs on refusing) and judged by the policy's own rules, as the spec's
+semantics would once it is enforced: a DENY policy denies what one of its rules matches; an
+ALLOW policy denies what neither its rules nor those of the other enforced ALLOW policies
+selecting that workload match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from meshwarden.engine._compiler import CompiledMesh
+from meshwarden.engine._plan import CompiledPolicy
+from meshwarden.engine._request import Request
+from meshwarden.engine._vocabulary import Action, Effect
+
+
+def would_deny(
+    mesh: CompiledMesh, policy: CompiledPolicy, flows: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The allowed flows that `policy`, enforced, would have denied."""
+    found = []
+    for flow in flows:
+        workload = flow.get("workload")
+        if workload not in policy.targets or str(flow.get("decision")).lower() != Effect.ALLOW:
+            continue
+        request = _request(flow)
+        if request is not None and _denies(mesh, policy, request):
+            found.append(flow)
+    return found
+
+
+def _request(flow: Mapping[str, Any]) -> Request | None:
+    http = flow.get("protocol") != "tcp"
+    try:
+        return Request.build(
+            str(flow["workload"]), int(flow["port"]), identity=flow.get("sourceIdentity"),
+            source_ip=flow.get("sourceIp"), method=flow.get("method") if http else None,
+            path=flow.get("path") if http else None,
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _denies(mesh: CompiledMesh, policy: CompiledPolicy, request: Request) -> bool:
+    if policy.action == Action.DENY:
+        return policy.first_match(request) is not None
+    if policy.action != Action.ALLOW or policy.first_match(request) is not None:
+        return False
+    others = (mesh.policies[ref] for ref in mesh.by_workload.get(request.destination, ()))
+    return not any(
+        p.action == Action.ALLOW and not p.dry_run and p.first_match(request) is not None
+        for p in others
+    )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
+READ_LIMIT = 64 * 1024 * 1024  # bytes read of one file at most (the engine's own limit is lower)
 YAML_SUFFIXES = (".yaml", ".yml")
 
 Fingerprint = tuple[tuple[str, int, int], ...]
@@ -77,11 +78,16 @@ def read_contents(files: Fingerprint) -> tuple[PolicyFile, ...] | None:
     for path, _, _ in files:
         try:  # O_NONBLOCK: a file swapped for a FIFO since the stat must not hang the scan
             with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
-                content = handle.read()
+                content = handle.read(READ_LIMIT + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
             out.append(PolicyFile(path, b"", "", f"cannot read file: {exc.strerror or exc}"))
+            continue
+        if len(content) > READ_LIMIT:
+            digest = hashlib.sha256(content).hexdigest()  # a change of the first bytes is seen
+            out.append(PolicyFile(path, b"", digest, f"file is larger than {READ_LIMIT:,} "
+                                  f"bytes; not read"))  # fmt: skip
             continue
         out.append(PolicyFile(path, content, hashlib.sha256(content).hexdigest()))
     return tuple(out)

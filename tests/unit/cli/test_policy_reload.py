@@ -87,6 +87,17 @@ def test_a_hostile_file_is_a_rejected_change_naming_it(directory: Path, name: st
     assert denied_by_default(policies)
 
 
+def test_a_huge_file_is_not_read_past_the_limit(directory: Path, monkeypatch) -> None:
+    from meshwarden import _policy_files
+
+    monkeypatch.setattr(_policy_files, "READ_LIMIT", 1000)
+    policies = loaded(directory)
+    version = policies.status.version
+    (directory / "huge.yaml").write_bytes(b"#" * 5000)
+    assert policies.reload_if_changed() is None
+    assert_rejected_keeping(policies, version, "huge.yaml", "larger than 1,000 bytes")
+
+
 def test_an_engine_that_raises_is_a_rejected_change(directory: Path, monkeypatch) -> None:
     policies = loaded(directory)
     version = policies.status.version

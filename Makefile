@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_tracing.py
 	$(BIN)/python bench/bench_ext_authz.py
 	$(BIN)/python bench/bench_packet_filter.py
+	$(BIN)/python bench/bench_reload.py
 
 protos: $(STAMP)
 	$(BIN)/python -m meshwarden.protos._generate

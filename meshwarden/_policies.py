@@ -9,9 +9,13 @@ meant for a worker thread: the mesh and status it publishes are replaced, never 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,7 +34,7 @@ from meshwarden._policy_files import (
 )
 from meshwarden._policy_guard import ALLOW_LOOSENING, refused
 
-__all__ = ["Policies", "PolicyStatus", "fingerprint"]
+__all__ = ["Policies", "PolicyStatus", "collection_paused", "fingerprint", "settle_collections"]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("meshwarden.policies")
@@ -69,6 +73,44 @@ def _parse(file: PolicyFile) -> tuple[list[Any], list[engine.Diagnostic]]:
         log.warning("the policy loader raised on %s", file.path, exc_info=True)
         text = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE]
         return [], [_error(file.path, f"cannot load this file: {text}")]
+
+
+class _CollectionPause:
+    """Counts the threads that paused collection; the last one out restores it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.was_enabled = False
+
+
+_pause = _CollectionPause()
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No automatic garbage collection while a mesh is compiled or encoded: a full collection
+    walks every object of the process (a million for a 10,000-rule mesh) holding the GIL for
+    seconds, which would stall the event loop serving xDS and /healthz. Reloads leave no
+    cyclic garbage behind (measured), so nothing piles up; `settle_collections` afterwards."""
+    with _pause.lock:
+        if _pause.holders == 0:
+            _pause.was_enabled = gc.isenabled()
+            gc.disable()
+        _pause.holders += 1
+    try:
+        yield
+    finally:
+        with _pause.lock:
+            _pause.holders -= 1
+            if _pause.holders == 0 and _pause.was_enabled:
+                gc.enable()
+
+
+def settle_collections() -> None:
+    """After a large change was applied: exempt what is alive now (the new mesh, its
+    snapshots) from future collections, which then only walk objects created since."""
+    gc.freeze()
 
 
 class Policies:
@@ -138,7 +180,8 @@ class Policies:
             rejected_before = self.status.rejected
             self.reloading_since = time.time()
             try:
-                affected = self._reload(contents)
+                with collection_paused():
+                    affected = self._reload(contents)
             finally:
                 self.reloading_since = None
             span.set_attribute("meshwarden.policy.files", len(contents.files))

@@ -29,7 +29,7 @@ from meshwarden._flow_file import FlowFile
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._flows import FlowLog
 from meshwarden._health import HealthEndpoint, health_report
-from meshwarden._policies import Policies
+from meshwarden._policies import Policies, settle_collections
 from meshwarden._xds import MeshXds
 from meshwarden.identities import (
     SERVER_DNS_NAME,
@@ -179,6 +179,7 @@ class ControlPlane:
         )  # fmt: skip
         self.xds.jwt_bundle = self._jwt_bundle
         self.xds.publish(frozenset(self.policies.mesh.plans) if self.policies.mesh else None)
+        settle_collections()
 
         def services(server: Any, peers: Any) -> None:
             node_api(server, peers)
@@ -250,6 +251,7 @@ class ControlPlane:
             affected = await asyncio.to_thread(self.policies.reload_if_changed)
             if affected is not None:
                 await self.xds.publish_off_loop(affected)
+                settle_collections()
 
     def tick(self) -> None:
         """One round of everything `run` does periodically."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshwarden._flows import FlowLog, engine_attribution
-from meshwarden._policies import Policies
+from meshwarden._policies import Policies, collection_paused
 from meshwarden.xds import (
     XDS_CLUSTER,
     AccessLogReceiver,
@@ -124,7 +124,7 @@ class MeshXds:
     def _build(self, workloads: frozenset[str] | None) -> dict[str, Snapshot | None] | None:
         """Snapshots of `workloads` (None: a workload to forget), or None without a mesh. One
         build at a time: the builder's caches are not shared between threads."""
-        with self._building:
+        with self._building, collection_paused():
             mesh = self.policies.mesh
             if mesh is None:
                 return None

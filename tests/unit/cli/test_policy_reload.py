@@ -230,3 +230,27 @@ def test_tightening_needs_no_annotation(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(mesh_text())
     assert policies.reload_if_changed() is not None
     assert policies.status.healthy and denied_by_default(policies)
+
+
+def test_collection_stays_paused_until_the_last_pause_ends() -> None:
+    import gc
+    import threading
+
+    from meshwarden._policies import collection_paused
+
+    assert gc.isenabled()
+    inside, leave = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with collection_paused():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=other)
+    with collection_paused():
+        thread.start()
+        assert inside.wait(10) and not gc.isenabled()
+    assert not gc.isenabled()  # the other thread still compiles
+    leave.set()
+    thread.join(10)
+    assert gc.isenabled()

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _harness import cpu_model
+
 TARGET_P99_MS = 50.0
 
 MESH = """\
@@ -107,14 +109,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            model = next((ln.split(":", 1)[1].strip() for ln in info
-                          if ln.startswith("model name")), model)  # fmt: skip
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(),
             "load_avg_1m": round(os.getloadavg()[0], 2)}  # fmt: skip
 

@@ -97,6 +97,9 @@ def ext_authz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         address = f"127.{os.getpid() % 250 + 1}.{130 + i // 250}.{i % 250 + 1}"  # per run
         docs = mesh_documents(rng, address, backend, idp.jwks())
         docs[0]["spec"]["enforcement"] = "ext-authz"
+        # Verdicts, not latency, are compared: on a loaded machine the default 250 ms Check
+        # timeout can expire, and Envoy then fails closed without the engine's metadata.
+        docs[0]["spec"]["extAuthz"] = {"timeout": "10s"}
         compiled = _compile(docs)
         resources = workload_resources(compiled, DESTINATION, ctx)
         for listener in resources[LISTENER]:

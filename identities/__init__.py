@@ -26,9 +26,11 @@ from meshwarden.identities._join_tokens import (
 )
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
 from meshwarden.identities._keys import generate_key, load_private_key_pem, private_key_pkcs8_pem
+from meshwarden.identities._limits import ConnectionLimits, raise_descriptor_limit
 from meshwarden.identities._local_endpoint import LocalEndpoint, ProcessPeers, caller_selectors
 from meshwarden.identities._node_api import node_api_services
 from meshwarden.identities._node_client import read_server_bundle
+from meshwarden.identities._outlook import IdentityHealth
 from meshwarden.identities._registry import RegisteredWorkload, WorkloadRegistry
 from meshwarden.identities._reserved import is_reserved
 from meshwarden.identities._rotation import Slot, SlotState
@@ -46,8 +48,10 @@ __all__ = [
     "CachedIdentity",
     "CertificateAuthority",
     "Clock",
+    "ConnectionLimits",
     "IdentityCache",
     "IdentityError",
+    "IdentityHealth",
     "IssuanceError",
     "IssuedNodes",
     "JoinTokens",
@@ -79,6 +83,7 @@ __all__ = [
     "node_api_services",
     "peer_process",
     "private_key_pkcs8_pem",
+    "raise_descriptor_limit",
     "read_server_bundle",
     "save_ca",
     "server_spiffe_id",

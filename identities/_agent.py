@@ -29,6 +29,7 @@ from meshwarden.identities._node_client import (
     open_channel,
     renew,
 )
+from meshwarden.identities._outlook import IdentityHealth, identity_health
 from meshwarden.identities._validate import X509Svid
 from meshwarden.protos import node_pb2 as pb
 from opentelemetry import trace
@@ -36,6 +37,15 @@ from opentelemetry.trace import Status, StatusCode
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("meshwarden.agent")
+
+
+RETRY_FIRST_SECONDS = 0.5  # after a failed sync: 0.5 s, 1 s, 2 s, ... up to the sync interval
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,8 @@ class Agent:
         self._jwt = _JwtCache()
         self._jitter: dict[SpiffeId, float] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.failures = 0  # syncs failed in a row
+        self.last_sync_error: str | None = None
         # Called with the node's packet filter after each sync (with packet_filter_format).
         self.on_packet_filter: Callable[[str], Awaitable[None]] | None = None
 
@@ -108,14 +120,38 @@ class Agent:
         return node_stub(self._channel)
 
     async def run(self) -> None:
-        """Sync forever; errors are logged and retried at the next interval."""
+        """Sync forever: every sync interval, and after a failure sooner (a capped backoff with
+        jitter), so SVIDs due during an outage are renewed as soon as the server is back."""
         while True:
-            await asyncio.sleep(self.config.sync_interval)
-            try:
-                await self.renew_node_if_due()
-                await self.sync()
-            except (grpc.aio.AioRpcError, IdentityError, ValueError) as exc:
-                log.warning("sync with %s failed: %s", self.config.server, exc)
+            await asyncio.sleep(self._next_delay())
+            await self.sync_once()
+
+    def _next_delay(self) -> float:
+        delay = self.config.sync_interval
+        if self.failures:
+            delay = min(delay, RETRY_FIRST_SECONDS * 2 ** (self.failures - 1))
+        return delay * random.uniform(0.8, 1.2)
+
+    async def sync_once(self) -> bool:
+        """Renew the node SVID if due and sync; a failure is recorded (and logged), not raised."""
+        try:
+            await self.renew_node_if_due()
+            await self.sync()
+        except (grpc.aio.AioRpcError, IdentityError, ValueError) as exc:
+            self.failures += 1
+            self.last_sync_error = _describe(exc)
+            log.warning("sync with %s failed (%d in a row): %s", self.config.server,
+                        self.failures, self.last_sync_error)  # fmt: skip
+            return False
+        self.failures, self.last_sync_error = 0, None
+        return True
+
+    def health(self) -> IdentityHealth:
+        """Whether the SVIDs held will outlive the current failure to reach the server."""
+        held = [i.svid.leaf for i in self.cache.identities]
+        if self.node is not None:
+            held.append(self.node.chain[0])
+        return identity_health(held, self.clock.now(), self.failures > 0)
 
     async def renew_node_if_due(self) -> None:
         assert self.node is not None and self._channel is not None

@@ -1,8 +1,10 @@
-"""A gRPC endpoint on a Unix socket whose every call knows the calling process (see `_front`)."""
+"""A gRPC endpoint on a Unix socket whose every call knows the calling process (see `_front`),
+with per-uid connection limits and a first-bytes deadline (see `_limits`)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +12,13 @@ from typing import TypeAlias
 
 import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
+from meshwarden.identities._errors import AttestationError
 from meshwarden.identities._front import PeerTable, RelayedConnection
+from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidGate
 
 ProcessPeers: TypeAlias = PeerTable[PeerProcess]
+DEFAULT_LIMITS = ConnectionLimits()
+log = logging.getLogger(__name__)
 
 
 def caller_selectors(peers: ProcessPeers, context: grpc.aio.ServicerContext) -> frozenset[str]:
@@ -28,9 +34,13 @@ class LocalEndpoint:
         socket_path: Path,
         add_services: Callable[[grpc.aio.Server, ProcessPeers], None],
         mode: int = 0o666,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
     ) -> None:
         self.socket_path = socket_path
         self.peers: ProcessPeers = PeerTable()
+        self.limits = limits
+        self.gate = UidGate(limits.per_uid)
+        self.log = RateLimitedLog(log)
         self._add_services = add_services
         self._mode = mode
         self._grpc: grpc.aio.Server | None = None
@@ -63,8 +73,57 @@ class LocalEndpoint:
 
     def _connection(self) -> RelayedConnection[PeerProcess]:
         self.connections_accepted += 1
-        return RelayedConnection(self.peers, self._port, _identify_process)
+        return _GatedConnection(self)
 
 
-def _identify_process(transport: asyncio.Transport) -> PeerProcess:
-    return peer_process(transport.get_extra_info("socket"))
+class _GatedConnection(RelayedConnection[PeerProcess]):
+    """A relayed connection counted against its caller's uid, closed when it sends nothing
+    within the first-bytes deadline."""
+
+    def __init__(self, endpoint: LocalEndpoint) -> None:
+        super().__init__(endpoint.peers, endpoint.internal_port, self._admit)
+        self._endpoint = endpoint
+        self._uid: int | None = None
+        self._heard = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _admit(self, transport: asyncio.Transport) -> PeerProcess:
+        endpoint = self._endpoint
+        try:
+            peer = peer_process(transport.get_extra_info("socket"))
+        except (AttestationError, OSError, ValueError) as exc:
+            endpoint.log.warning("attestation", f"{endpoint.socket_path}: caller refused: {exc}")
+            raise AttestationError(str(exc)) from None
+        if not endpoint.gate.admit(peer.uid):
+            endpoint.log.warning(
+                f"uid:{peer.uid}",
+                f"{endpoint.socket_path}: refused a connection of uid {peer.uid}: "
+                f"{endpoint.gate.limit} open, the limit per uid",
+            )
+            raise AttestationError(f"uid {peer.uid} has too many connections open")
+        self._uid = peer.uid
+        self._deadline = asyncio.get_running_loop().call_later(
+            endpoint.limits.first_bytes_seconds, self._close_if_silent
+        )
+        return peer
+
+    def _close_if_silent(self) -> None:
+        if not self._heard and self.transport is not None:
+            self._endpoint.log.warning(
+                f"silent:{self._uid}",
+                f"{self._endpoint.socket_path}: closed a connection of uid {self._uid} that sent "
+                f"nothing for {self._endpoint.limits.first_bytes_seconds:g} s",
+            )
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = True
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if self._uid is not None:
+            self._endpoint.gate.release(self._uid)
+            self._uid = None
+        super().connection_lost(exc)

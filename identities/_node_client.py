@@ -120,7 +120,14 @@ def node_stub(channel: grpc.aio.Channel) -> Any:
     return make(channel)
 
 
-_OPTIONS = (("grpc.ssl_target_name_override", SERVER_DNS_NAME),)
+_OPTIONS = (
+    ("grpc.ssl_target_name_override", SERVER_DNS_NAME),
+    # reconnect within a few seconds of the server coming back (gRPC's default backoff grows to
+    # 120 s); gRPC adds ±20 % jitter to each delay
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 4000),
+)
 
 
 def open_channel(server: str, roots_pem: bytes, node: NodeCredentials | None) -> grpc.aio.Channel:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 from opentelemetry import metrics
@@ -15,15 +16,18 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from meshwarden._enforce import TableEnforcer
 from meshwarden._enforce import observe as observe_enforcement
+from meshwarden._health import HealthEndpoint
 from meshwarden.identities import (
     Agent,
     AgentConfig,
     Clock,
     IdentityCache,
+    IdentityHealth,
     LocalEndpoint,
     ProcessPeers,
     caller_selectors,
     check_private_dir,
+    raise_descriptor_limit,
     read_server_bundle,
     workload_api_services,
 )
@@ -39,6 +43,7 @@ class AgentOptions:
     join_token: str | None = None
     sds_socket: Path | None = None
     sync_interval: float = 5.0
+    health: str | None = None  # HOST:PORT of GET /healthz; None = off
     enforce: str | None = None  # "nftables": keep the node's table in sync with the policies
 
 
@@ -57,9 +62,35 @@ class NodeAgent:
         self.workload_api = LocalEndpoint(options.socket, services)
         self.sds = LocalEndpoint(options.sds_socket, self._add_sds) if options.sds_socket else None
         self.clock = clock
-        metrics.get_meter("meshwarden.agent").create_observable_gauge(
+        self.health: HealthEndpoint | None = None
+        meter = metrics.get_meter("meshwarden.agent")
+        meter.create_observable_gauge(
             "meshwarden.svid.expiry", callbacks=[self._svid_expiry], unit="s",
             description="seconds until each X509-SVID this agent holds expires")  # fmt: skip
+        meter.create_observable_gauge(
+            "meshwarden.agent.identity.at_risk", callbacks=[self._at_risk],
+            description="1 when the control plane is unreachable and an SVID held is in the "
+            "last quarter of its lifetime (or expired), else 0")  # fmt: skip
+
+    def _at_risk(self, _options: CallbackOptions) -> Iterable[Observation]:
+        health = self.agent.health()
+        return [Observation(int(health is not IdentityHealth.OK), {"identity": health.value})]
+
+    def _report(self) -> dict[str, Any]:
+        """GET /healthz: `identity` ok | expiring | expired (status degraded unless ok)."""
+        identity = self.agent.health()
+        node = self.agent.node
+        return {
+            "status": "ok" if identity is IdentityHealth.OK else "degraded",
+            "identity": identity.value,
+            "server": self.options.server,
+            "syncFailuresInARow": self.agent.failures,
+            "lastSyncError": self.agent.last_sync_error,
+            "nodeSvidExpires": node.expires_at.isoformat() if node else None,
+            "svids": [{"spiffeId": str(held.spiffe_id),
+                       "expires": held.svid.leaf.not_valid_after_utc.isoformat()}
+                      for held in self.cache.identities],
+        }  # fmt: skip
 
     def _svid_expiry(self, _options: CallbackOptions) -> Iterable[Observation]:
         now = self.clock.now()
@@ -83,14 +114,21 @@ class NodeAgent:
         check_private_dir(options.data_dir)
         roots = read_server_bundle(options.server_bundle) if options.server_bundle else None
         await self.agent.start(roots, options.join_token)
+        raise_descriptor_limit()
         await self.workload_api.start()
         if self.sds is not None:
             await self.sds.start()
+        if options.health:
+            host, _, port = options.health.rpartition(":")
+            self.health = HealthEndpoint(host, int(port), self._report)
+            await self.health.start()
 
     async def run(self) -> None:
         await self.agent.run()
 
     async def stop(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
         if self.sds is not None:
             await self.sds.stop()
         await self.workload_api.stop()

@@ -74,7 +74,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=positive_duration,
         default="5s",
         metavar="DURATION",
-        help="how often to fetch this node's workload entries",
+        help="how often to fetch this node's workload entries; after a failure the agent "
+        "retries sooner: 0.5 s, 1 s, 2 s, ... with jitter, capped at this interval",
+    )
+    parser.add_argument(
+        "--health",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="serve GET /healthz here (identity ok | expiring | expired); port 0 picks one; "
+        "default off",
     )
     parser.add_argument(
         "--enforce",
@@ -121,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         server=args.server, data_dir=args.data_dir, socket=args.socket,
         server_bundle=args.server_bundle, join_token=join_token,
         sds_socket=args.sds_socket, sync_interval=args.sync_interval, enforce=args.enforce,
+        health=args.health,
     )  # fmt: skip
     agent = NodeAgent(options, SystemClock())
 
@@ -130,6 +139,8 @@ def _serve(args: argparse.Namespace) -> int:
         node = agent.agent.node.chain[0]
         from meshwarden.identities import spiffe_id_of
 
-        return f"node {spiffe_id_of(node)}, Workload API on {options.socket}"
+        health = f", health http://{agent.health.host}:{agent.health.port}/healthz" if (
+            agent.health) else ""  # fmt: skip
+        return f"node {spiffe_id_of(node)}, Workload API on {options.socket}{health}"
 
     return asyncio.run(serve_until_signalled(start, agent.run, agent.stop, COMMAND))

@@ -1,0 +1,78 @@
+"""Limits of the agent's local sockets: connections per caller uid, a deadline for a connection's
+first bytes, and log lines that stay few however many connections a flood brings.
+
+A local user can open connections to the Workload API socket (mode 0666) as fast as the kernel
+accepts them; each one relayed costs the agent three file descriptors. With these limits a flood
+from one uid is refused at accept (one descriptor for an instant), connections that never speak
+are closed, and callers of other uids are served as before."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one caller uid may hold on an agent socket."""
+
+    per_uid: int = 256  # open connections per caller uid; more are closed at once
+    first_bytes_seconds: float = 10.0  # a connection that sends nothing for this long is closed
+
+
+@dataclass
+class RateLimitedLog:
+    """At most one line per `interval` seconds per key; the next line says how many were left
+    out."""
+
+    logger: logging.Logger
+    interval: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    _last: dict[str, float] = field(default_factory=dict)
+    _left_out: Counter[str] = field(default_factory=Counter)
+
+    def warning(self, key: str, message: str) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._left_out[key] += 1
+            return
+        left_out = self._left_out.pop(key, 0)
+        suffix = f" ({left_out} more like it in the last {self.interval:g} s)" if left_out else ""
+        self._last[key] = now
+        self.logger.warning("%s%s", message, suffix)
+
+
+class UidGate:
+    """Counts open connections per uid and admits a new one only below the limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: Counter[int] = Counter()
+
+    def admit(self, uid: int) -> bool:
+        if self.open[uid] >= self.limit:
+            return False
+        self.open[uid] += 1
+        return True
+
+    def release(self, uid: int) -> None:
+        self.open[uid] -= 1
+        if self.open[uid] <= 0:
+            del self.open[uid]
+
+
+def raise_descriptor_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit: a flood is refused at
+    accept, but legitimate callers (and Envoy's SDS streams) should not run into a low default
+    like 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

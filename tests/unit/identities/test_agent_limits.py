@@ -1,0 +1,56 @@
+"""Pure parts of the agent's hardening: the per-uid gate, the rate-limited log and the outlook of
+its identities during an outage (a manual clock, no sleeping)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pytest
+from cryptography import x509
+from meshwarden.identities import CertificateAuthority, IdentityHealth, ManualClock, generate_key
+from meshwarden.identities._limits import RateLimitedLog, UidGate
+from meshwarden.identities._outlook import identity_health
+
+from .conftest import WORKLOAD_ID
+
+
+def test_the_gate_admits_up_to_the_limit_per_uid_and_frees_on_release() -> None:
+    gate = UidGate(2)
+    assert [gate.admit(1000) for _ in range(3)] == [True, True, False]
+    assert gate.admit(1001)  # another uid has its own share
+    gate.release(1000)
+    assert gate.admit(1000) and not gate.admit(1000)
+
+
+def test_the_log_says_one_line_per_interval_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    limited = RateLimitedLog(logging.getLogger("test.flood"), interval=10, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="test.flood"):
+        for _ in range(5000):
+            limited.warning("uid:65534", "refused")
+        limited.warning("uid:1000", "refused 1000")
+        now[0] = 10.5
+        limited.warning("uid:65534", "refused")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused", "refused 1000", "refused (4999 more like it in the last 10 s)"
+    ]  # fmt: skip
+
+
+def _leaf(ca: CertificateAuthority) -> x509.Certificate:
+    return ca.sign_x509_svid(generate_key().public_key(), WORKLOAD_ID).leaf  # 1 h lifetime
+
+
+def test_identities_are_expiring_only_when_the_server_is_unreachable_in_their_last_quarter(
+    ca: CertificateAuthority, clock: ManualClock
+) -> None:
+    leaf = _leaf(ca)
+    at = clock.now() + dt.timedelta(minutes=46)  # 14 of 60 minutes left
+    assert identity_health([leaf], at, sync_failing=False) is IdentityHealth.OK
+    assert identity_health([leaf], at, sync_failing=True) is IdentityHealth.EXPIRING
+    early = clock.now() + dt.timedelta(minutes=40)
+    assert identity_health([leaf], early, sync_failing=True) is IdentityHealth.OK
+    late = clock.now() + dt.timedelta(minutes=61)
+    assert identity_health([leaf], late, sync_failing=False) is IdentityHealth.EXPIRED

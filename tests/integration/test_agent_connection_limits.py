@@ -93,6 +93,7 @@ def test_connections_that_send_nothing_are_closed(
     child = _hold_connections(socket_path, 8)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "8"
+        wait_for(lambda: endpoint.connections_accepted >= 8)  # accepted, then closed as silent
         wait_for(lambda: workload_api.loop.call(lambda: NOBODY_UID not in endpoint.gate.open))
         assert "that sent nothing for 0.3 s" in caplog.text
         with WorkloadApiClient(f"unix://{socket_path}") as client:  # a speaking client is served

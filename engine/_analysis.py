@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._diagnostics import Diagnostic, warning
+from meshwarden.engine._hosts import host_warnings
 from meshwarden.engine._model import AuthorizationPolicySpec
 from meshwarden.engine._patterns import IpNetwork, Patterns
 from meshwarden.engine._plan import CompiledPolicy
@@ -17,6 +18,7 @@ def warnings(mesh: CompiledMesh) -> list[Diagnostic]:
     for policy in mesh.policies.values():
         found.extend(_policy_warnings(mesh, policy))
     found.extend(_shadowed(mesh))
+    found.extend(host_warnings(mesh.registry))
     for doc, targets in mesh.issuers.values():
         if not targets:
             found.append(

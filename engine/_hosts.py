@@ -10,12 +10,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from meshwarden.engine._diagnostics import Diagnostic, error
+from meshwarden.engine._diagnostics import Diagnostic, error, warning
 from meshwarden.engine._documents import Document
 from meshwarden.engine._model import HostPeer, HostRule, HostSpec
 from meshwarden.engine._patterns import IpAddress, IpNetwork, parse_address
 from meshwarden.engine._validators import port_range
+
+if TYPE_CHECKING:
+    from meshwarden.engine._registry import Registry
 
 EVERYWHERE: tuple[IpNetwork, ...] = (
     ipaddress.IPv4Network("0.0.0.0/0"),
@@ -136,3 +140,31 @@ def _lockout(doc: Document[HostSpec]) -> Diagnostic:
         f"management port ({ports}/tcp) to any source; add one, e.g. "
         "{ports: [22], from: [{ipBlocks: [OPERATIONS_RANGE]}]}, or set spec.managementPorts",
     )
+
+
+def host_warnings(registry: Registry) -> list[Diagnostic]:
+    """A Host rule naming a port that only loopback may reach (an app port behind a sidecar, an
+    upstream's local port): the rule has no effect there, which its author should know."""
+    found = []
+    for host in registry.hosts.values():
+        local = _loopback_ports(registry, host.node)
+        for i, rule in enumerate(host.rules):
+            for port, why in sorted(local.items()):
+                if rule.protocol == "tcp" and any(lo <= port <= hi for lo, hi in rule.ports):
+                    where = host.document.at("spec", "ingress", i, "ports")
+                    text = f"port {port} is {why}: it stays reachable from loopback only"
+                    found.append(warning(where, text + "; this rule does not open it"))
+    return found
+
+
+def _loopback_ports(registry: Registry, node: str) -> dict[int, str]:
+    ports: dict[int, str] = {}
+    for workload in registry.on_node(node):
+        for number, port in workload.ports.items():
+            if port.target_port is not None and port.target_port != number:
+                ports[port.target_port] = f"workload {workload.ref}'s app port behind its sidecar"
+        for upstream in workload.spec.upstreams:
+            ports[upstream.local_port] = (
+                f"workload {workload.ref}'s local port to {upstream.service}"
+            )
+    return ports

@@ -61,3 +61,16 @@ def test_host_rules_take_tcp_or_udp_and_address_sources_only() -> None:
         "use 'tcp' or 'udp'",
         "hosts.yaml:9:13: error: unknown field 'spec.ingress[0].from[0].namespaces'",
     ]
+
+
+def test_a_host_rule_on_an_app_port_behind_a_sidecar_is_warned_about() -> None:
+    workload = (
+        "---\napiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
+        "metadata: {name: api, namespace: shop}\n"
+        'spec: {ports: [{port: 8080, targetPort: 18080}], selectors: ["node:web-1"]}\n'
+    )
+    text = host("  ingress:\n  - ports: [22, '18000-18100']") + workload
+    assert problems(text) == [
+        "hosts.yaml:7:12: warning: port 18080 is workload shop/api's app port behind its sidecar: "
+        "it stays reachable from loopback only; this rule does not open it"
+    ]

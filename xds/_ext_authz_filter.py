@@ -9,11 +9,11 @@ from typing import Any
 
 from meshwarden.engine import AuthorizationPlan
 from meshwarden.xds._context import TranslationContext
+from meshwarden.xds._envoy import extension
 
 WORKLOAD_HEADER = "x-meshwarden-workload"  # gRPC initial metadata set by the filter config
 PORT_HEADER = "x-meshwarden-port"
 JWT_AUTHN_NS = "envoy.filters.http.jwt_authn"
-_T = "type.googleapis.com/"
 
 
 def _duration(value: str) -> str:
@@ -26,12 +26,25 @@ def _duration(value: str) -> str:
 def _grpc_service(plan: AuthorizationPlan, port: int, ctx: TranslationContext) -> dict[str, Any]:
     if ctx.ext_authz_cluster is None:
         raise ValueError(f"{plan.workload.ref}: ext-authz enforcement needs ext_authz_cluster")
+    metadata = [
+        {"key": WORKLOAD_HEADER, "value": plan.workload.ref},
+        {"key": PORT_HEADER, "value": str(port)},
+    ]
     return {
         "envoyGrpc": {"clusterName": ctx.ext_authz_cluster},
         "timeout": _duration(plan.mesh.ext_authz.timeout),
-        "initialMetadata": [{"key": WORKLOAD_HEADER, "value": plan.workload.ref},
-                            {"key": PORT_HEADER, "value": str(port)}],
-    }  # fmt: skip
+        "initialMetadata": metadata,
+    }
+
+
+def _calling(plan: AuthorizationPlan, port: int, ctx: TranslationContext) -> dict[str, Any]:
+    """The fields both filters share: whom they call, and what happens when it does not answer."""
+    return {
+        "grpcService": _grpc_service(plan, port, ctx),
+        "transportApiVersion": "V3",
+        "failureModeAllow": plan.mesh.ext_authz.fail_open,
+        "statPrefix": "authz_",
+    }
 
 
 def ext_authz_http_filter(
@@ -40,16 +53,13 @@ def ext_authz_http_filter(
     """The HTTP filter that replaces the RBAC filters for an ext-authz workload. The peer's
     identity reaches the engine as `source.principal` (empty on a plaintext chain)."""
     del identified  # the engine reads the peer from the request itself
-    typed = {
-        "@type": _T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-        "grpcService": _grpc_service(plan, port, ctx),
-        "transportApiVersion": "V3",
-        "failureModeAllow": plan.mesh.ext_authz.fail_open,
-        "statusOnError": {"code": "Forbidden"},
-        "metadataContextNamespaces": [JWT_AUTHN_NS],
-        "statPrefix": "authz_",
-    }
-    return {"name": "envoy.filters.http.ext_authz", "typedConfig": typed}
+    return extension(
+        "envoy.filters.http.ext_authz",
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        statusOnError={"code": "Forbidden"},
+        metadataContextNamespaces=[JWT_AUTHN_NS],
+        **_calling(plan, port, ctx),
+    )
 
 
 def ext_authz_network_filter(
@@ -57,11 +67,8 @@ def ext_authz_network_filter(
 ) -> dict[str, Any]:
     """The network filter that replaces network RBAC on a tcp port of an ext-authz workload."""
     del identified
-    typed = {
-        "@type": _T + "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
-        "grpcService": _grpc_service(plan, port, ctx),
-        "transportApiVersion": "V3",
-        "failureModeAllow": plan.mesh.ext_authz.fail_open,
-        "statPrefix": "authz_",
-    }
-    return {"name": "envoy.filters.network.ext_authz", "typedConfig": typed}
+    return extension(
+        "envoy.filters.network.ext_authz",
+        "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz",
+        **_calling(plan, port, ctx),
+    )

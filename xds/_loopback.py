@@ -11,22 +11,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from meshwarden.xds._envoy import static_cluster, typed
 from meshwarden.xds._ext_authz import Authorization, authorization_handler
-
-_T = "type.googleapis.com/"
 
 
 def loopback_cluster(name: str, port: int) -> dict[str, Any]:
     """A plaintext HTTP/2 cluster to 127.0.0.1:port, for tests and benchmarks that run the
     service without the control plane's mTLS endpoint."""
-    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicitHttpConfig": {"http2ProtocolOptions": {}}}}  # fmt: skip
-    return {"name": name, "type": "STATIC", "connectTimeout": "1s",
-            "typedExtensionProtocolOptions": h2,
-            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [
-                {"endpoint": {"address": {"socketAddress": {
-                    "address": "127.0.0.1", "portValue": port}}}}]}]}}  # fmt: skip
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    h2 = typed(options, explicitHttpConfig={"http2ProtocolOptions": {}})
+    return {
+        **static_cluster(name, "127.0.0.1", port),
+        "typedExtensionProtocolOptions": {options: h2},
+    }
 
 
 @contextlib.contextmanager

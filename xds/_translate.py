@@ -19,6 +19,19 @@ from meshwarden.engine import CompiledMesh, Workload, WorkloadPort
 from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
 from meshwarden.xds._context import StaticTls, TranslationContext
 from meshwarden.xds._decisions import RULES_STAT_PREFIX
+from meshwarden.xds._envoy import (
+    ads_source,
+    downstream_tls,
+    extension,
+    grpc_source,
+    load_assignment,
+    router,
+    socket_address,
+    static_cluster,
+    tcp_proxy,
+    typed,
+    upstream_tls,
+)
 from meshwarden.xds._ext_authz_filter import ext_authz_http_filter, ext_authz_network_filter
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 from meshwarden.xds._rbac import rbac_filters
@@ -30,32 +43,35 @@ from meshwarden.xds._tracing import (
     tracing_clusters,
 )
 
-_T = "type.googleapis.com/"
 ROOTCA = "ROOTCA"
 DEFAULT_SECRET = "default"
 
 
 def _sds(name: str, cluster: str) -> dict[str, Any]:
-    return {"name": name, "sdsConfig": {"resourceApiVersion": "V3", "apiConfigSource": {
-        "apiType": "GRPC", "transportApiVersion": "V3",
-        "grpcServices": [{"envoyGrpc": {"clusterName": cluster}}]}}}  # fmt: skip
+    return {"name": name, "sdsConfig": grpc_source(cluster)}
 
 
 def _static_tls(files: StaticTls, validation: dict[str, Any] | None) -> dict[str, Any]:
-    spiffe = {"name": "envoy.tls.cert_validator.spiffe", "typedConfig": {
-        "@type": _T + "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
-        "trustDomains": [{"name": files.trust_domain,
-                          "trustBundle": {"filename": files.trust_bundle}}]}}  # fmt: skip
+    domain = {"name": files.trust_domain, "trustBundle": {"filename": files.trust_bundle}}
+    spiffe = extension(
+        "envoy.tls.cert_validator.spiffe",
+        "envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig",
+        trustDomains=[domain],
+    )
+    certificate = {
+        "certificateChain": {"filename": files.certificate_chain},
+        "privateKey": {"filename": files.private_key},
+    }
     return {
-        "tlsCertificates": [{"certificateChain": {"filename": files.certificate_chain},
-                             "privateKey": {"filename": files.private_key}}],
+        "tlsCertificates": [certificate],
         "tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"},
         "validationContext": {**(validation or {}), "customValidatorConfig": spiffe},
-    }  # fmt: skip
+    }
 
 
-def _common_tls(ctx: TranslationContext, validation: dict[str, Any] | None = None
-                ) -> dict[str, Any]:  # fmt: skip
+def _common_tls(
+    ctx: TranslationContext, validation: dict[str, Any] | None = None
+) -> dict[str, Any]:
     if ctx.static_tls is not None:
         return _static_tls(ctx.static_tls, validation)
     common: dict[str, Any] = {
@@ -73,31 +89,34 @@ def _common_tls(ctx: TranslationContext, validation: dict[str, Any] | None = Non
 
 
 def _downstream_tls(ctx: TranslationContext) -> dict[str, Any]:
-    return {"name": "envoy.transport_sockets.tls", "typedConfig": {
-        "@type": _T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-        "requireClientCertificate": True,
-        "disableStatelessSessionResumption": True,
-        "disableStatefulSessionResumption": True,
-        "commonTlsContext": _common_tls(ctx)}}  # fmt: skip
+    return downstream_tls(
+        requireClientCertificate=True,
+        disableStatelessSessionResumption=True,
+        disableStatefulSessionResumption=True,
+        commonTlsContext=_common_tls(ctx),
+    )
 
 
 def _rbac_filter(stage: str, config: dict[str, Any], http: bool) -> dict[str, Any]:
     prefix = RULES_STAT_PREFIX[stage]
     if http:
-        typed = {"@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC",
-                 "rulesStatPrefix": prefix, **config}  # fmt: skip
-        return {"name": "envoy.filters.http.rbac", "typedConfig": typed}
-    typed = {"@type": _T + "envoy.extensions.filters.network.rbac.v3.RBAC",
-             "statPrefix": prefix, **config}  # fmt: skip
-    return {"name": "envoy.filters.network.rbac", "typedConfig": typed}
+        rbac = "envoy.extensions.filters.http.rbac.v3.RBAC"
+        return extension("envoy.filters.http.rbac", rbac, rulesStatPrefix=prefix, **config)
+    rbac = "envoy.extensions.filters.network.rbac.v3.RBAC"
+    return extension("envoy.filters.network.rbac", rbac, statPrefix=prefix, **config)
 
 
 def _local_cluster(workload: Workload, port: WorkloadPort) -> str:
     return f"local:{workload.ref}:{port.port}"
 
 
-def _http_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
-                  ctx: TranslationContext) -> list[dict[str, Any]]:  # fmt: skip
+def _http_filters(
+    mesh: CompiledMesh,
+    workload: Workload,
+    port: WorkloadPort,
+    identified: bool,
+    ctx: TranslationContext,
+) -> list[dict[str, Any]]:
     plan = mesh.plan(workload.ref)
     filters = []
     jwt = _jwt_authn(plan.jwt_issuers, ctx)
@@ -108,25 +127,28 @@ def _http_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, id
     else:
         for kind, config in rbac_filters(plan, port.port, identified):
             filters.append(_rbac_filter(kind, config, http=True))
-    filters.append({"name": "envoy.filters.http.router", "typedConfig": {
-        "@type": _T + "envoy.extensions.filters.http.router.v3.Router"}})  # fmt: skip
+    filters.append(router())
     return filters
 
 
-def _hcm(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
-         ctx: TranslationContext) -> dict[str, Any]:  # fmt: skip
+def _hcm(
+    mesh: CompiledMesh,
+    workload: Workload,
+    port: WorkloadPort,
+    identified: bool,
+    ctx: TranslationContext,
+) -> dict[str, Any]:
     filters = _http_filters(mesh, workload, port, identified, ctx)
-    hcm: dict[str, Any] = {
-        "@type": _T + "envoy.extensions.filters.network.http_connection_manager.v3"
-                      ".HttpConnectionManager",
-        "statPrefix": f"in_{port.port}",
-        "codecType": "AUTO",
-        "normalizePath": True,
-        "mergeSlashes": True,
-        "pathWithEscapedSlashesAction": "KEEP_UNCHANGED",
-        "useRemoteAddress": False,
+    hcm = typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        statPrefix=f"in_{port.port}",
+        codecType="AUTO",
+        normalizePath=True,
+        mergeSlashes=True,
+        pathWithEscapedSlashesAction="KEEP_UNCHANGED",
+        useRemoteAddress=False,
         **_routing(workload, port, ctx),
-    }  # fmt: skip
+    )
     if ctx.tracing is not None:
         version = policy_version(mesh, workload.ref)
         hcm["tracing"] = hcm_tracing(ctx.tracing, workload.ref, port.port, version)
@@ -141,25 +163,27 @@ def _hcm(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified:
 def _routing(workload: Workload, port: WorkloadPort, ctx: TranslationContext) -> dict[str, Any]:
     if ctx.inline_routes:
         return {"routeConfig": _route(workload, port)}
-    return {"rds": {"routeConfigName": inbound_route_name(port),
-                    "configSource": {"ads": {}, "resourceApiVersion": "V3"}}}  # fmt: skip
+    return {"rds": {"routeConfigName": inbound_route_name(port), "configSource": ads_source()}}
 
 
-def _tcp_filters(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
-                 ctx: TranslationContext) -> list[dict[str, Any]]:  # fmt: skip
+def _tcp_filters(
+    mesh: CompiledMesh,
+    workload: Workload,
+    port: WorkloadPort,
+    identified: bool,
+    ctx: TranslationContext,
+) -> list[dict[str, Any]]:
     plan = mesh.plan(workload.ref)
     if plan.enforcement == "ext-authz":
         filters = [ext_authz_network_filter(plan, port.port, identified, ctx)]
     else:
-        filters = [_rbac_filter(kind, config, http=False)
-                   for kind, config in rbac_filters(plan, port.port, identified)]  # fmt: skip
-    proxy: dict[str, Any] = {
-        "@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        "statPrefix": f"in_{port.port}", "cluster": _local_cluster(workload, port)}  # fmt: skip
+        filters = [
+            _rbac_filter(kind, config, http=False)
+            for kind, config in rbac_filters(plan, port.port, identified)
+        ]
     access_logs = tcp_access_logs(ctx, workload.ref, port.port)
-    if access_logs:
-        proxy["accessLog"] = access_logs
-    filters.append({"name": "envoy.filters.network.tcp_proxy", "typedConfig": proxy})
+    logging = {"accessLog": access_logs} if access_logs else {}
+    filters.append(tcp_proxy(f"in_{port.port}", _local_cluster(workload, port), **logging))
     return filters
 
 
@@ -167,10 +191,18 @@ def inbound_route_name(port: WorkloadPort) -> str:
     return f"in:{port.port}"
 
 
-def _chain(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identified: bool,
-           ctx: TranslationContext) -> dict[str, Any]:  # fmt: skip
-    filters = ([_hcm(mesh, workload, port, identified, ctx)] if port.is_http
-               else _tcp_filters(mesh, workload, port, identified, ctx))  # fmt: skip
+def _chain(
+    mesh: CompiledMesh,
+    workload: Workload,
+    port: WorkloadPort,
+    identified: bool,
+    ctx: TranslationContext,
+) -> dict[str, Any]:
+    filters = (
+        [_hcm(mesh, workload, port, identified, ctx)]
+        if port.is_http
+        else _tcp_filters(mesh, workload, port, identified, ctx)
+    )
     chain: dict[str, Any] = {"filters": filters}
     if identified:
         chain["transportSocket"] = _downstream_tls(ctx)
@@ -182,8 +214,9 @@ def _chain(mesh: CompiledMesh, workload: Workload, port: WorkloadPort, identifie
     return chain
 
 
-def inbound_listeners(mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
-                      ) -> list[dict[str, Any]]:  # fmt: skip
+def inbound_listeners(
+    mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
+) -> list[dict[str, Any]]:
     permissive = mesh.registry.mesh.spec.mtls == "PERMISSIVE"
     listeners = []
     for address in workload.addresses[:1]:
@@ -191,25 +224,39 @@ def inbound_listeners(mesh: CompiledMesh, workload: Workload, ctx: TranslationCo
             chains = [_chain(mesh, workload, port, True, ctx)]
             if permissive:
                 chains.append(_chain(mesh, workload, port, False, ctx))
-            listeners.append({
-                "name": f"in:{port.port}",
-                "address": {"socketAddress": {"address": str(address), "portValue": port.port}},
-                # Never share a port with another process silently: a second sidecar bound to
-                # the same address:port must fail loudly, not take half of the connections.
-                "enableReusePort": False,
-                "listenerFilters": [{"name": "envoy.filters.listener.tls_inspector",
-                                     "typedConfig": {"@type": _T + "envoy.extensions.filters."
-                                                     "listener.tls_inspector.v3.TlsInspector"}}],
-                "filterChains": chains,
-            })  # fmt: skip
+            listeners.append(
+                {
+                    "name": f"in:{port.port}",
+                    "address": socket_address(str(address), port.port),
+                    # Never share a port with another process silently: a second sidecar bound
+                    # to the same address:port must fail loudly, not take half of the connections.
+                    "enableReusePort": False,
+                    "listenerFilters": [_TLS_INSPECTOR],
+                    "filterChains": chains,
+                }
+            )
     return listeners
 
 
+_TLS_INSPECTOR = extension(
+    "envoy.filters.listener.tls_inspector",
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+)
+
+
 def _route(workload: Workload, port: WorkloadPort) -> dict[str, Any]:
-    return {"name": inbound_route_name(port), "virtualHosts": [{
-        "name": "local", "domains": ["*"],
-        "routes": [{"match": {"prefix": "/"},
-                    "route": {"cluster": _local_cluster(workload, port)}}]}]}  # fmt: skip
+    return {
+        "name": inbound_route_name(port),
+        "virtualHosts": [
+            {
+                "name": "local",
+                "domains": ["*"],
+                "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": _local_cluster(workload, port)}}
+                ],
+            }
+        ],
+    }
 
 
 def inbound_routes(workload: Workload) -> list[dict[str, Any]]:
@@ -218,12 +265,9 @@ def inbound_routes(workload: Workload) -> list[dict[str, Any]]:
 
 def local_clusters(workload: Workload) -> list[dict[str, Any]]:
     return [
-        {"name": _local_cluster(workload, port), "type": "STATIC", "connectTimeout": "1s",
-         "loadAssignment": {"clusterName": _local_cluster(workload, port), "endpoints": [
-             {"lbEndpoints": [{"endpoint": {"address": {"socketAddress": {
-                 "address": "127.0.0.1", "portValue": port.target_port or port.port}}}}]}]}}
+        static_cluster(_local_cluster(workload, port), "127.0.0.1", port.target_port or port.port)
         for port in workload.ports.values()
-    ]  # fmt: skip
+    ]
 
 
 def _jwt_authn(issuers: tuple[Any, ...], ctx: TranslationContext) -> dict[str, Any] | None:
@@ -247,13 +291,21 @@ def _jwt_authn(issuers: tuple[Any, ...], ctx: TranslationContext) -> dict[str, A
                 provider["localJwks"] = {"inlineString": spec.jwks}
             else:
                 provider["remoteJwks"] = {
-                    "httpUri": {"uri": spec.jwks_uri, "cluster": jwks_cluster_name(spec.jwks_uri),
-                                "timeout": "5s"},
-                    "asyncFetch": {}, "cacheDuration": "300s"}  # fmt: skip
+                    "httpUri": {
+                        "uri": spec.jwks_uri,
+                        "cluster": jwks_cluster_name(spec.jwks_uri),
+                        "timeout": "5s",
+                    },
+                    "asyncFetch": {},
+                    "cacheDuration": "300s",
+                }
         providers[doc.ref] = provider
-    return {"name": "envoy.filters.http.jwt_authn", "typedConfig": {
-        "@type": _T + "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
-        "providers": providers, "rules": _jwt_rules(issuers)}}  # fmt: skip
+    return extension(
+        "envoy.filters.http.jwt_authn",
+        "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        providers=providers,
+        rules=_jwt_rules(issuers),
+    )
 
 
 def _jwt_rules(issuers: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -294,15 +346,10 @@ def jwks_clusters(mesh: CompiledMesh, workload: Workload) -> list[dict[str, Any]
         parts = urlsplit(uri)
         name = jwks_cluster_name(uri)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        cluster: dict[str, Any] = {
-            "name": name, "type": "STRICT_DNS", "connectTimeout": "5s",
-            "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": [
-                {"endpoint": {"address": {"socketAddress": {
-                    "address": parts.hostname, "portValue": port}}}}]}]}}  # fmt: skip
+        host = parts.hostname or ""
+        cluster = static_cluster(name, host, port, kind="STRICT_DNS", connect_timeout="5s")
         if parts.scheme == "https":
-            cluster["transportSocket"] = {"name": "envoy.transport_sockets.tls", "typedConfig": {
-                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": parts.hostname}}  # fmt: skip
+            cluster["transportSocket"] = upstream_tls(sni=host)
         clusters[name] = cluster
     return list(clusters.values())
 
@@ -322,37 +369,45 @@ def outbound(
     for upstream in workload.spec.upstreams:
         service = mesh.registry.services[upstream.service]
         name = outbound_cluster_name(upstream.service, upstream.port)
-        members = [mesh.registry.workloads[ref] for ref in sorted(mesh.registry.select(
-            service.metadata.namespace, service.spec.selector))]  # fmt: skip
-        sans = [{"sanType": "URI", "matcher": {"exact": w.identity}}
-                for w in {w.identity: w for w in members}.values()]  # fmt: skip
+        members = [
+            mesh.registry.workloads[ref]
+            for ref in sorted(
+                mesh.registry.select(service.metadata.namespace, service.spec.selector)
+            )
+        ]
+        sans = [
+            {"sanType": "URI", "matcher": {"exact": w.identity}}
+            for w in {w.identity: w for w in members}.values()
+        ]
         validation = {"matchTypedSubjectAltNames": sans} if sans else None
-        clusters.append({
-            "name": name, "type": "EDS", "connectTimeout": "2s",
-            "edsClusterConfig": {"edsConfig": {"ads": {}, "resourceApiVersion": "V3"}},
-            "transportSocket": {"name": "envoy.transport_sockets.tls", "typedConfig": {
-                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "commonTlsContext": _common_tls(ctx, validation)}},
-        })  # fmt: skip
-        endpoints.append({"clusterName": name, "endpoints": [{"lbEndpoints": [
-            {"endpoint": {"address": {"socketAddress": {"address": str(w.addresses[0]),
-                                                        "portValue": upstream.port}}}}
-            for w in members if w.addresses and upstream.port in w.ports]}]})  # fmt: skip
-        listeners.append({
-            "name": f"out:{upstream.local_port}",
-            "enableReusePort": False,
-            "address": {"socketAddress": {"address": "127.0.0.1",
-                                          "portValue": upstream.local_port}},
-            "filterChains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
-                "typedConfig": {"@type": _T + "envoy.extensions.filters.network.tcp_proxy.v3"
-                                ".TcpProxy", "statPrefix": f"out_{upstream.local_port}",
-                                "cluster": name}}]}],
-        })  # fmt: skip
+        clusters.append(
+            {
+                "name": name,
+                "type": "EDS",
+                "connectTimeout": "2s",
+                "edsClusterConfig": {"edsConfig": ads_source()},
+                "transportSocket": upstream_tls(commonTlsContext=_common_tls(ctx, validation)),
+            }
+        )
+        serving = [w for w in members if w.addresses and upstream.port in w.ports]
+        endpoints.append(
+            load_assignment(name, [(str(w.addresses[0]), upstream.port) for w in serving])
+        )
+        proxy = tcp_proxy(f"out_{upstream.local_port}", name)
+        listeners.append(
+            {
+                "name": f"out:{upstream.local_port}",
+                "enableReusePort": False,
+                "address": socket_address("127.0.0.1", upstream.local_port),
+                "filterChains": [{"filters": [proxy]}],
+            }
+        )
     return listeners, clusters, endpoints
 
 
-def workload_resources(mesh: CompiledMesh, ref: str, ctx: TranslationContext
-                       ) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+def workload_resources(
+    mesh: CompiledMesh, ref: str, ctx: TranslationContext
+) -> dict[str, list[dict[str, Any]]]:
     """Every resource of one workload's sidecar, by type URL."""
     workload = mesh.registry.workloads[ref]
     out_listeners, out_clusters, out_endpoints = outbound(mesh, workload, ctx)

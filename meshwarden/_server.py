@@ -317,8 +317,9 @@ async def serve_until_signalled(
         loop.add_signal_handler(signum, stopping.set)
     try:
         ready = await start()
-    except StateError as exc:  # the operator must fix a file or the data dir first
-        print(f"{command}: error: {exc}", file=sys.stderr)
+    except (StateError, OSError) as exc:  # fix a file, the data dir, a port in use first
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"{command}: error: {reason}", file=sys.stderr)
         await stop()
         return 2
     except Exception as exc:  # the component failed to start: report, exit 1

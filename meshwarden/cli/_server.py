@@ -18,8 +18,8 @@ from meshwarden.identities import SystemClock
 
 EXAMPLES = """\
 examples:
-  meshwarden server --policies /etc/meshwarden/policies --data-dir /var/lib/meshwarden
-  meshwarden server --policies policies/ --data-dir data/ --listen 10.0.0.1:8443 \\
+  meshwarden server /etc/meshwarden/policies --data-dir /var/lib/meshwarden
+  meshwarden server policies/ --data-dir data/ --listen 10.0.0.1:8443 \\
       --otlp-endpoint http://127.0.0.1:4317"""
 
 
@@ -33,12 +33,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EXAMPLES,
     )  # fmt: skip
     parser.add_argument(
-        "--policies",
+        "policies",
+        nargs="?",
         type=Path,
-        required=True,
         metavar="DIR",
-        help="the policy directory (watched; changes are reloaded)",
+        help="the policy directory (watched; changes are reloaded), as for `meshwarden up DIR`",
     )
+    # The spelling before policies were a positional DIR, kept for existing scripts.
+    parser.add_argument("--policies", dest="policies_flag", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -114,6 +116,11 @@ def _ttl_problem(svid_ttl: dt.timedelta, ca_ttl: dt.timedelta) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.policies and args.policies_flag and args.policies != args.policies_flag:
+        return fail("give the policy directory once: meshwarden server DIR --data-dir DIR")
+    args.policies = args.policies or args.policies_flag
+    if args.policies is None:
+        return fail("the policy directory is missing: meshwarden server DIR --data-dir DIR")
     problem = _ttl_problem(args.svid_ttl, args.ca_ttl)
     if problem:
         return fail(problem)

@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,
                          health=args.health, flow_log_sample=args.flow_log_sample,
                          flow_log_file=args.flow_log_file)  # fmt: skip
-        return asyncio.run(serve_until_signalled(mesh.start, mesh.run, mesh.stop))
+        return asyncio.run(
+            serve_until_signalled(mesh.start, mesh.run, mesh.stop, args.command_prog)
+        )
 
     return observe.run(args, "meshwarden", serve)

@@ -50,7 +50,7 @@ def test_server_agent_and_svid_fetch_end_to_end(
     (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
     server_dir, agent_dir, socket = tmp_path / "server", tmp_path / "agent", tmp_path / "a.sock"
     server, ready = _start(
-        ["server", "--policies", str(tmp_path / "policies"), "--data-dir", str(server_dir),
+        ["server", str(tmp_path / "policies"), "--data-dir", str(server_dir),
          "--listen", "127.0.0.1:0"], tmp_path / "server.log",
     )  # fmt: skip
     processes.append(server)

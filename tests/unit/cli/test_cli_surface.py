@@ -191,18 +191,27 @@ def test_a_bad_envoy_bin_is_one_line_before_anything_starts(
     assert line.startswith(f"meshwarden {argv[0]}: error: ENVOY_BIN=/nonexistent/envoy: not an")
 
 
-def test_a_port_in_use_in_demo_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["demo", "--metrics"],
+            "meshwarden demo: error: --metrics 127.0.0.1:{port}: cannot listen",
+        ),
+        (["up", SHOP, "--health"], "meshwarden up: error: error while attempting to bind on"),
+    ],
+    ids=["demo", "up"],
+)
+def test_a_port_in_use_is_one_line_and_exit_2(argv: list[str], expected: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
         done = subprocess.run(
-            [*MESHWARDEN, "demo", "--metrics", f"127.0.0.1:{port}"],
-            capture_output=True,
-            text=True,
-            env=env,
+            [*MESHWARDEN, *argv, f"127.0.0.1:{port}"], capture_output=True, text=True, env=env
         )
     assert done.returncode == 2
-    assert _one_line(done.stderr).startswith(f"meshwarden demo: error: --metrics 127.0.0.1:{port}")
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and errors[0].startswith(expected.format(port=port)), done.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from collections.abc import Callable
@@ -173,7 +174,7 @@ def request_from(
     workloads = mesh.registry.workloads
     destination = workloads.get(fields.to)
     if destination is None:
-        raise InputError(f"{flag('to')} {fields.to}: no such workload (known: {_few(workloads)})")
+        raise InputError(f"{flag('to')} {fields.to}: no such workload{_few(workloads, fields.to)}")
     port = destination.ports.get(fields.port)
     if port is None:
         known = ", ".join(f"{n} ({p.protocol})" for n, p in sorted(destination.ports.items()))
@@ -210,8 +211,8 @@ def _peer(
         peer = mesh.registry.workloads.get(fields.from_workload)
         if peer is None:
             raise InputError(
-                f"{flag('from_workload')} {fields.from_workload}: no such workload "
-                f"(known: {_few(mesh.registry.workloads)})"
+                f"{flag('from_workload')} {fields.from_workload}: no such workload"
+                f"{_few(mesh.registry.workloads, fields.from_workload)}"
             )
         identity = peer.identity
         if source_ip is None and peer.addresses:
@@ -254,9 +255,13 @@ def _claims(text: str | None) -> dict[str, Any] | None:
     return claims
 
 
-def _few(workloads: dict[str, Any]) -> str:
+def _few(workloads: dict[str, Any], name: str) -> str:
+    """`; did you mean 'shop/backend-1'? (known: ...)` after "no such workload"."""
     names = sorted(workloads)
-    return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
+    return f"{hint} (known: {', '.join(names[:8])}{more})"
 
 
 def render(decision: Decision, req: Request) -> str:

@@ -126,6 +126,8 @@ def test_input_errors_name_the_command_or_answer_in_json(
     assert main(["explain", SHOP, "--to", "shop/nope", "--port", "8080"]) == 2
     captured = capsys.readouterr()
     assert _one_line(captured.err).startswith("meshwarden explain: error: --to shop/nope: no such")
+    assert main(["explain", SHOP, "--to", "shop/backend", "--port", "8080"]) == 2
+    assert "no such workload; did you mean 'shop/backend-1'?" in capsys.readouterr().err
     assert captured.out == ""
     assert main(["explain", SHOP, "--to", "shop/nope", "--port", "8080", "-o", "json"]) == 2
     captured = capsys.readouterr()

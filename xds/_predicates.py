@@ -29,38 +29,44 @@ from meshwarden.engine import (
     Patterns,
     PortCondition,
 )
+from meshwarden.xds._envoy import extension
 
 Predicate = dict[str, Any]
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 JWT_PAYLOAD_KEY = "jwt_payload"
-_TYPE = "type.googleapis.com/"
 
 
 def _regex(regex: str) -> dict[str, Any]:
     return {"safeRegex": {"googleRe2": {}, "regex": regex}}
 
 
-def _input(name: str, type_name: str, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "typedConfig": {"@type": _TYPE + type_name, **fields}}
+_input = extension  # a matcher input is a typed extension
 
 
-URI_SAN = _input("envoy.matching.inputs.uri_san",
-                 "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput")  # fmt: skip
+URI_SAN = _input(
+    "envoy.matching.inputs.uri_san", "envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"
+)
 _NETWORK = "envoy.extensions.matching.common_inputs.network.v3."
 SOURCE_IP = _input("envoy.matching.inputs.direct_source_ip", _NETWORK + "DirectSourceIPInput")
 DEST_PORT = _input("envoy.matching.inputs.destination_port", _NETWORK + "DestinationPortInput")
 
 
 def header(name: str) -> dict[str, Any]:
-    return _input("envoy.matching.inputs.request_headers",
-                  "envoy.type.matcher.v3.HttpRequestHeaderMatchInput", headerName=name)  # fmt: skip
+    return _input(
+        "envoy.matching.inputs.request_headers",
+        "envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+        headerName=name,
+    )
 
 
 def jwt_claim(path: str) -> dict[str, Any]:
     segments = [{"key": JWT_PAYLOAD_KEY}, *({"key": part} for part in path.split("."))]
-    return _input("envoy.matching.inputs.dynamic_metadata",
-                  "envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
-                  filter=JWT_FILTER, path=segments)  # fmt: skip
+    return _input(
+        "envoy.matching.inputs.dynamic_metadata",
+        "envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+        filter=JWT_FILTER,
+        path=segments,
+    )
 
 
 # -- combinators ---------------------------------------------------------------------------
@@ -121,9 +127,12 @@ def path_matches(patterns: Patterns) -> Predicate:
 
 def ip_in(networks: tuple[IpNetwork, ...]) -> Predicate:
     ranges = [{"addressPrefix": str(n.network_address), "prefixLen": n.prefixlen} for n in networks]
-    custom = {"name": "envoy.matching.matchers.ip", "typedConfig": {
-        "@type": _TYPE + "envoy.extensions.matching.input_matchers.ip.v3.Ip",
-        "cidrRanges": ranges, "statPrefix": "meshwarden_ip"}}  # fmt: skip
+    custom = extension(
+        "envoy.matching.matchers.ip",
+        "envoy.extensions.matching.input_matchers.ip.v3.Ip",
+        cidrRanges=ranges,
+        statPrefix="meshwarden_ip",
+    )
     return {"singlePredicate": {"input": SOURCE_IP, "customMatch": custom}}
 
 
@@ -131,13 +140,14 @@ def claim_matches(path: str, patterns: Patterns) -> Predicate:
     """A claim (string, or list with any element matching) at a dotted path of the payload."""
     alternatives = []
     for string_match in string_matchers(patterns):
-        for value in ({"stringMatch": string_match},
-                      {"listMatch": {"oneOf": {"stringMatch": string_match}}}):  # fmt: skip
-            custom = {"name": "envoy.matching.matchers.metadata_matcher", "typedConfig": {
-                "@type": _TYPE + "envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
-                "value": value}}  # fmt: skip
-            alternatives.append({"singlePredicate": {"input": jwt_claim(path),
-                                                     "customMatch": custom}})  # fmt: skip
+        for value in (
+            {"stringMatch": string_match},
+            {"listMatch": {"oneOf": {"stringMatch": string_match}}},
+        ):
+            custom = _metadata_matcher(value)
+            alternatives.append(
+                {"singlePredicate": {"input": jwt_claim(path), "customMatch": custom}}
+            )
     return any_of(alternatives)
 
 
@@ -191,12 +201,22 @@ def _jwt_parts(source: CompiledSource) -> list[Predicate]:
     return parts or [token_present()]
 
 
+def _metadata_matcher(value: dict[str, Any]) -> dict[str, Any]:
+    return extension(
+        "envoy.matching.matchers.metadata_matcher",
+        "envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
+        value=value,
+    )
+
+
 def token_present() -> Predicate:
-    payload = _input("envoy.matching.inputs.dynamic_metadata", _NETWORK + "DynamicMetadataInput",
-                     filter=JWT_FILTER, path=[{"key": JWT_PAYLOAD_KEY}])  # fmt: skip
-    custom = {"name": "envoy.matching.matchers.metadata_matcher", "typedConfig": {
-        "@type": _TYPE + "envoy.extensions.matching.input_matchers.metadata.v3.Metadata",
-        "value": {"presentMatch": True}}}  # fmt: skip
+    payload = _input(
+        "envoy.matching.inputs.dynamic_metadata",
+        _NETWORK + "DynamicMetadataInput",
+        filter=JWT_FILTER,
+        path=[{"key": JWT_PAYLOAD_KEY}],
+    )
+    custom = _metadata_matcher({"presentMatch": True})
     return {"singlePredicate": {"input": payload, "customMatch": custom}}
 
 

@@ -34,8 +34,13 @@ def action(name: str, verdict: str) -> dict[str, Any]:
     return {"action": {"name": "envoy.filters.rbac.action", "typedConfig": typed}}
 
 
-def _rule_list(rules: Sequence[CompiledRule], port: int, identified: bool, verdict: str,
-               fallback: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _rule_list(
+    rules: Sequence[CompiledRule],
+    port: int,
+    identified: bool,
+    verdict: str,
+    fallback: dict[str, Any],
+) -> dict[str, Any]:
     matchers = []
     for rule in rules:
         predicate = rule_predicate(rule, port, identified)
@@ -46,20 +51,21 @@ def _rule_list(rules: Sequence[CompiledRule], port: int, identified: bool, verdi
     return {"matcher": {"matcherList": {"matchers": matchers}, "onNoMatch": fallback}}
 
 
-def _identity_matcher(index: RuleIndex, port: int, verdict: str, fallback: dict[str, Any]
-                      ) -> Matcher:  # fmt: skip
+def _identity_matcher(
+    index: RuleIndex, port: int, verdict: str, fallback: dict[str, Any]
+) -> Matcher:
     rest = _rule_list(index.unkeyed_identity_rules(), port, True, verdict, fallback)
     entries = {}
     for identity in index.identity_keys():
         entries[identity] = _rule_list(index.for_peer(identity), port, True, verdict, fallback)
     if not entries:
         return rest.get("matcher") or _always(rest)
-    return {"matcherTree": {"input": URI_SAN, "exactMatchMap": {"map": entries}},
-            "onNoMatch": rest}  # fmt: skip
+    return {"matcherTree": {"input": URI_SAN, "exactMatchMap": {"map": entries}}, "onNoMatch": rest}
 
 
-def _plaintext_matcher(index: RuleIndex, port: int, verdict: str, fallback: dict[str, Any]
-                       ) -> Matcher:  # fmt: skip
+def _plaintext_matcher(
+    index: RuleIndex, port: int, verdict: str, fallback: dict[str, Any]
+) -> Matcher:
     found = _rule_list(index.plaintext_rules(), port, False, verdict, fallback)
     return found.get("matcher") or _always(found)
 
@@ -68,8 +74,9 @@ def _always(on_match: dict[str, Any]) -> Matcher:
     return {"matcherList": {"matchers": [{"predicate": TRUE, "onMatch": on_match}]}}
 
 
-def index_matcher(index: RuleIndex, port: int, identified: bool, verdict: str,
-                  fallback: dict[str, Any]) -> Matcher:  # fmt: skip
+def index_matcher(
+    index: RuleIndex, port: int, identified: bool, verdict: str, fallback: dict[str, Any]
+) -> Matcher:
     build = _identity_matcher if identified else _plaintext_matcher
     return build(index, port, verdict, fallback)
 

@@ -20,6 +20,7 @@ from meshwarden.engine._evaluator import (
     PolicyTrace,
     decide,
 )
+from meshwarden.engine._files import UsageError, scan_files
 from meshwarden.engine._hosts import (
     EVERYWHERE,
     Host,
@@ -27,6 +28,7 @@ from meshwarden.engine._hosts import (
     collapse_networks,
     subtract_networks,
 )
+from meshwarden.engine._limits import LIMITS, InputLimits
 from meshwarden.engine._lint import (
     LINT_CODES,
     Finding,
@@ -38,7 +40,6 @@ from meshwarden.engine._lint import (
 )
 from meshwarden.engine._load import (
     LoadResult,
-    UsageError,
     check_documents,
     find_files,
     load,
@@ -54,6 +55,7 @@ from meshwarden.engine._recommend import Recommendation, recommend
 from meshwarden.engine._registry import Mesh, Registry, Workload
 from meshwarden.engine._reload import Reload, reload
 from meshwarden.engine._request import Request
+from meshwarden.engine._reserved import is_reserved
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
 from meshwarden.engine._vocabulary import Action, Cause, Effect, Mode, Peers
@@ -61,6 +63,7 @@ from meshwarden.engine._yaml import SourceDocument, read_documents
 
 __all__ = [
     "EVERYWHERE",
+    "LIMITS",
     "LINT_CODES",
     "Action",
     "Attribute",
@@ -82,6 +85,7 @@ __all__ = [
     "FlowWindow",
     "Host",
     "HostPort",
+    "InputLimits",
     "IpCondition",
     "IpNetwork",
     "LintOptions",
@@ -117,6 +121,7 @@ __all__ = [
     "dry_run_verdict",
     "find_files",
     "invalid_input",
+    "is_reserved",
     "lint",
     "load",
     "normalize_path",
@@ -125,6 +130,7 @@ __all__ = [
     "read_files",
     "recommend",
     "reload",
+    "scan_files",
     "subtract_networks",
     "would_deny",
 ]

@@ -5,21 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from meshwarden.engine import _analysis, _semantics
 from meshwarden.engine._compiler import CompiledMesh, compile_documents
 from meshwarden.engine._diagnostics import Diagnostic, Location, Severity, error
 from meshwarden.engine._documents import Document, validate_document
+from meshwarden.engine._files import UsageError, read_text, scan_files
+from meshwarden.engine._limits import LIMITS, InputLimits, over_limit
 from meshwarden.engine._registry import Registry, build_registry
 from meshwarden.engine._yaml import read_documents
-
-YAML_SUFFIXES = (".yaml", ".yml")
-
-
-class UsageError(Exception):
-    """A path that cannot be read as policy input (missing, unreadable, no YAML in it)."""
 
 
 @dataclass(slots=True)
@@ -49,49 +44,44 @@ class LoadResult:
 
 
 def find_files(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """YAML files named or found (recursively, sorted) under the given paths."""
-    files: list[str] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(
-                str(p) for p in path.rglob("*")
-                if p.suffix in YAML_SUFFIXES and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )  # fmt: skip
-            if not found:
-                raise UsageError(f"{raw}: no .yaml or .yml files in this directory")
-            files.extend(found)
-        elif path.is_file():
-            files.append(str(path))
-        else:
-            raise UsageError(f"{raw}: no such file or directory")
+    """YAML files named or found (recursively, sorted) under the given paths; raises UsageError
+    for a path that cannot be used (`scan_files` reports unreadable directories instead)."""
+    files, problems = scan_files(paths)
+    if problems:
+        raise UsageError(str(problems[0]))
     return files
 
 
-def parse_text(text: str, file: str = "<text>") -> tuple[list[Document[Any]], list[Diagnostic]]:
+def parse_text(
+    text: str, file: str = "<text>", limits: InputLimits = LIMITS
+) -> tuple[list[Document[Any]], list[Diagnostic]]:
     """Validated documents of one YAML text (as if read from `file`)."""
-    sources, problems = read_documents(file, text)
+    if len(text) > limits.file_bytes:
+        what = f"text is longer than {limits.file_bytes:,} characters"
+        return [], [error(Location(file), over_limit(what))]
+    sources, problems = read_documents(file, text, limits)
+    refused = {p.location for p in problems}  # a refused value is not reported twice
     documents: list[Document[Any]] = []
     for source in sources:
         doc, found = validate_document(source)
-        problems.extend(found)
+        problems.extend(p for p in found if p.location not in refused)
         if doc is not None:
             documents.append(doc)
     return documents, problems
 
 
-def read_files(files: Iterable[str]) -> tuple[list[Document[Any]], list[Diagnostic]]:
-    """Parse the given files into documents; unreadable files become diagnostics."""
+def read_files(
+    files: Iterable[str], limits: InputLimits = LIMITS
+) -> tuple[list[Document[Any]], list[Diagnostic]]:
+    """Validated documents of every file; a file that cannot be read is a diagnostic."""
     documents: list[Document[Any]] = []
     problems: list[Diagnostic] = []
     for file in files:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(error(Location(file), f"cannot read file: {exc}"))
+        text, problem = read_text(file, limits)
+        if text is None:
+            problems.append(problem or error(Location(file), "cannot read file"))
             continue
-        found_docs, found = parse_text(text, file)
+        found_docs, found = parse_text(text, file, limits)
         documents.extend(found_docs)
         problems.extend(found)
     return documents, problems
@@ -101,13 +91,14 @@ def check_documents(documents: list[Document[Any]]) -> tuple[CompiledMesh | None
     """Cross-document errors, then (if none) compile and add warnings."""
     problems = _semantics.duplicates(documents)
     meshes = [d for d in documents if d.kind == "Mesh"]
-    _, found = build_registry(
+    registry, found = build_registry(
         meshes,
         [d for d in documents if d.kind == "Workload"],
         [d for d in documents if d.kind == "Service"],
         [d for d in documents if d.kind == "Host"],
     )
     problems.extend(found)
+    problems.extend(_semantics.reserved_identities(documents, registry.trust_domain))
     if problems:
         return None, problems
     compiled = compile_documents(documents)
@@ -119,9 +110,11 @@ def check_documents(documents: list[Document[Any]]) -> tuple[CompiledMesh | None
 
 
 def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
-    """Read, validate, check and compile. Raises UsageError for unusable paths."""
-    files = find_files(paths)
-    documents, problems = read_files(files)
+    """Read, validate, check and compile. Raises UsageError for a named path that does not
+    exist; everything else (unreadable files, files over a limit) is a diagnostic."""
+    files, problems = scan_files(paths)
+    documents, found = read_files(files)
+    problems.extend(found)
     compiled = None
     if not any(p.severity is Severity.ERROR for p in problems):
         compiled, found = check_documents(documents)

@@ -11,6 +11,8 @@ from meshwarden.engine._diagnostics import Diagnostic, Location, error
 from meshwarden.engine._documents import Document, DocumentKey
 from meshwarden.engine._model import AuthorizationPolicySpec, Rule
 from meshwarden.engine._plan import CompiledPolicy
+from meshwarden.engine._reserved import RESERVED_PATH, is_reserved
+from meshwarden.engine._spiffe import SpiffeIdError, TrustDomain
 from meshwarden.engine._validators import port_range
 
 HTTP_FIELDS = ("methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts")
@@ -27,6 +29,30 @@ def duplicates(documents: Iterable[Document[Any]]) -> list[Diagnostic]:
                     doc.at("metadata", "name"),
                     f"duplicate {doc.kind} {doc.ref}: already defined at "
                     f"{first.at('metadata', 'name')}; (kind, namespace, name) must be unique",
+                )
+            )
+    return problems
+
+
+def reserved_identities(
+    documents: Iterable[Document[Any]], trust_domain: TrustDomain
+) -> list[Diagnostic]:
+    """A Workload `spiffeId` the mesh keeps for itself (see `is_reserved`) is an error."""
+    problems = []
+    for doc in documents:
+        claimed = getattr(doc.spec, "spiffe_id", None) if doc.kind == "Workload" else None
+        try:
+            reserved = claimed is not None and is_reserved(claimed, trust_domain)
+        except SpiffeIdError:
+            continue  # reported where the field is validated
+        if reserved:
+            td = f"spiffe://{trust_domain}"
+            problems.append(
+                error(
+                    doc.at("spec", "spiffeId"),
+                    f"spiffeId {claimed!r} of workload {doc.ref} is reserved: {td} and "
+                    f"{td}{RESERVED_PATH}/... name the mesh's control plane and nodes; "
+                    "choose another path (the default is /ns/NAMESPACE/sa/SERVICE_ACCOUNT)",
                 )
             )
     return problems

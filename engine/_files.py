@@ -1,0 +1,148 @@
+"""Finding and reading policy files so that nothing on disk can raise out of the reader.
+
+A directory that changes during the scan (a file or directory removed, a permission changed),
+a special file (FIFO, device), a file over the size limit or one that is not UTF-8 becomes an
+`error:` diagnostic naming the file; the scan and the read never follow a symlink into a
+directory (so a symlink loop is never walked) and never block on a FIFO.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshwarden.engine._diagnostics import Diagnostic, Location, error
+from meshwarden.engine._limits import LIMITS, InputLimits, over_limit
+
+YAML_SUFFIXES = (".yaml", ".yml")
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class UsageError(Exception):
+    """A path that cannot be read as policy input (missing, unreadable, no YAML in it)."""
+
+
+def scan_files(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[Diagnostic]]:
+    """YAML files named or found (recursively, sorted, hidden entries skipped) under `paths`,
+    and a diagnostic for every directory that could not be listed. Raises UsageError only for
+    a named path that does not exist or a named directory with no YAML file in it."""
+    files: list[str] = []
+    problems: list[Diagnostic] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = _walk(path, problems)
+            if not found and not problems:
+                raise UsageError(f"{raw}: no .yaml or .yml files in this directory")
+            files.extend(found)
+        elif path.exists() or path.is_symlink():
+            files.append(str(path))
+        else:
+            raise UsageError(f"{raw}: no such file or directory")
+    return files, problems
+
+
+def _walk(top: Path, problems: list[Diagnostic]) -> list[str]:
+    """Policy files under `top`, without recursion and without following directory symlinks."""
+    found: list[str] = []
+    pending = [str(top)]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                listed = sorted(entries, key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(error(Location(directory), f"cannot read directory: {_reason(exc)}"))
+            continue
+        for entry in listed:
+            if entry.name.startswith("."):
+                continue
+            if _is_real_dir(entry):
+                pending.append(entry.path)
+            elif entry.name.endswith(YAML_SUFFIXES) and _is_file(entry):
+                found.append(entry.path)
+    return sorted(found)
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """A regular file, or a symlink (read_text reports a dangling one or a loop)."""
+    try:
+        return entry.is_symlink() or entry.is_file(follow_symlinks=False)
+    except OSError:
+        return True
+
+
+def read_text(file: str, limits: InputLimits = LIMITS) -> tuple[str | None, Diagnostic | None]:
+    """The text of one policy file, or the reason it cannot be used as one."""
+    try:
+        fd = os.open(file, _OPEN_FLAGS)
+    except OSError as exc:
+        return None, error(Location(file), f"cannot read file: {_reason(exc)}")
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _kind(info.st_mode)
+            return None, error(Location(file), f"cannot read file: {kind}, not a regular file")
+        if info.st_size > limits.file_bytes:
+            return None, _too_big(file, info.st_size, limits)
+        data = _read_at_most(fd, limits.file_bytes + 1)
+    except OSError as exc:
+        return None, error(Location(file), f"cannot read file: {_reason(exc)}")
+    finally:
+        os.close(fd)
+    if len(data) > limits.file_bytes:
+        return None, _too_big(file, len(data), limits)
+    return _decode(file, data)
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    chunks = []
+    while size > 0:
+        chunk = os.read(fd, min(size, 1024 * 1024))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _too_big(file: str, size: int, limits: InputLimits) -> Diagnostic:
+    what = f"file is larger than {limits.file_bytes:,} bytes ({size:,} or more)"
+    return error(Location(file), over_limit(what))
+
+
+def _decode(file: str, data: bytes) -> tuple[str | None, Diagnostic | None]:
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = data[exc.start : exc.start + 1].hex()
+        where = Location(file, line, column)
+        return None, error(where, f"file is not UTF-8: byte 0x{byte} at this position")
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return f"{reason} (removed while the directory was read?)"
+    return reason
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file"

@@ -20,7 +20,7 @@ class InputLimits:
     """Size of one file, in bytes."""
     documents: int = 1_000
     """YAML documents (`---`) in one file."""
-    nodes: int = 250_000
+    nodes: int = 100_000
     """Values (scalars, mappings, sequences, keys included) in one file, aliases counted
     with everything they repeat."""
     alias_nodes: int = 100_000

@@ -22,6 +22,8 @@ import heapq
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import product
+from typing import Any
 
 from meshwarden.engine._patterns import IpNetwork, Patterns
 from meshwarden.engine._plan import CompiledPolicy
@@ -35,164 +37,178 @@ SOURCE_FIELDS = ("identities", "namespaces")
 OPERATION_FIELDS = ("paths", "hosts", "methods")
 
 
-@dataclass(slots=True)
-class _Dimension:
-    """Entries by key. `everywhere`: candidates for every query; `by_field[f]`: every entry
-    keyed on field f (the answer when a query cannot be narrowed); `lengths[(f, kind)]`: the
-    lengths of the prefix / suffix keys present, so a query probes only those."""
+EVERY: Key = ("*", "*", "")  # stored: a candidate for every query; queried: always
+MAX_KEYS_PER_RULE = 64
+_NARROW = frozenset({"exact", "any"})
 
-    everywhere: list[Entry] = field(default_factory=list)
-    buckets: dict[Key, list[Entry]] = field(default_factory=lambda: defaultdict(list))
-    by_field: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
+
+@dataclass(slots=True)
+class _Keys:
+    """The keys of one dimension (source, operation or conditions) across the whole group,
+    and the lengths of the prefix / suffix keys, so a query probes only those that exist."""
+
+    known: set[Key] = field(default_factory=set)
     lengths: dict[tuple[str, str], set[int]] = field(default_factory=lambda: defaultdict(set))
 
-    def add(self, entry: Entry, field_name: str | None, keys: list[Key]) -> None:
-        if field_name is None:
-            self.everywhere.append(entry)
-            return
-        self.by_field[field_name].append(entry)
-        for key in dict.fromkeys(keys):
-            self.buckets[key].append(entry)
+    def note(self, keys: list[Key]) -> None:
+        for key in keys:
+            self.known.add(key)
             if key[1] in ("prefix", "suffix"):
-                self.lengths[(field_name, str(key[1]))].add(len(str(key[2])))
+                self.lengths[(key[0], key[1])].add(len(str(key[2])))
 
-    def lists(self, keys: list[Key]) -> list[list[Entry]]:
-        return [self.buckets[k] for k in keys if k in self.buckets]
+    def existing(self, keys: list[Key]) -> list[Key]:
+        return [k for k in dict.fromkeys(keys) if k in self.known]
 
-    def add_patterns(self, entry: Entry, name: str, patterns: Patterns) -> None:
-        keys: list[Key] = [(name, "exact", v) for v in patterns.exact]
-        keys += [(name, "prefix", q) for q in patterns.prefixes]
-        keys += [(name, "suffix", q) for q in patterns.suffixes]
-        if patterns.anything:
-            keys.append((name, "any", ""))
-        self.add(entry, name, keys)
-
-    def query_patterns(self, name: str, wanted: Patterns) -> list[list[Entry]]:
-        """Entries keyed on `name` whose patterns may cover `wanted` (they must match its
-        first exact value, or hold a prefix / suffix of its first prefix / suffix, or '*')."""
+    def patterns_query(self, name: str, wanted: Patterns) -> list[Key] | None:
+        """Keys of entries whose `name` patterns may cover `wanted`: '*', the first exact value,
+        prefixes / suffixes of it or of the first prefix / suffix. None: cannot narrow."""
         keys: list[Key] = [(name, "any", "")]
         if wanted.anything:
-            pass
-        elif wanted.prefixes:
-            keys += self._prefixes(name, wanted.prefixes[0])
-        elif wanted.suffixes:
-            keys += self._suffixes(name, wanted.suffixes[0])
-        elif wanted.exact:
-            value = min(wanted.exact)
-            keys += [(name, "exact", value)]
-            keys += self._prefixes(name, value) + self._suffixes(name, value)
-        else:
-            return [self.by_field.get(name, [])]  # an empty set is covered by any
-        return self.lists(keys)
+            return keys
+        if wanted.prefixes:
+            return keys + self._affixes(name, "prefix", wanted.prefixes[0])
+        if wanted.suffixes:
+            return keys + self._affixes(name, "suffix", wanted.suffixes[0])
+        if not wanted.exact:
+            return None  # an empty set is covered by any
+        value = min(wanted.exact)
+        affixes = self._affixes(name, "prefix", value) + self._affixes(name, "suffix", value)
+        return [*keys, (name, "exact", value), *affixes]
 
-    def _prefixes(self, name: str, value: str) -> list[Key]:
-        sizes = self.lengths.get((name, "prefix"), ())
-        return [(name, "prefix", value[:n]) for n in sizes if n <= len(value)]
+    def _affixes(self, name: str, kind: str, value: str) -> list[Key]:
+        sizes = self.lengths.get((name, kind), ())
+        if kind == "prefix":
+            return [(name, kind, value[:n]) for n in sizes if n <= len(value)]
+        return [(name, kind, value[len(value) - n :]) for n in sizes if n <= len(value)]
 
-    def _suffixes(self, name: str, value: str) -> list[Key]:
-        sizes = self.lengths.get((name, "suffix"), ())
-        return [(name, "suffix", value[len(value) - n :]) for n in sizes if n <= len(value)]
+
+def _pattern_keys(name: str, patterns: Patterns) -> list[Key]:
+    keys: list[Key] = [(name, "exact", v) for v in patterns.exact]
+    keys += [(name, "prefix", q) for q in patterns.prefixes]
+    keys += [(name, "suffix", q) for q in patterns.suffixes]
+    return [*keys, (name, "any", "")] if patterns.anything else keys
+
+
+def _source_keys(source: CompiledSource) -> list[Key]:
+    """Where a source is filed: by its first identity field; EVERY without one."""
+    for name in SOURCE_FIELDS:
+        patterns: Patterns | None = getattr(source, name)
+        if patterns is not None:
+            return _pattern_keys(name, patterns) or [(name, "empty", "")]
+    if source.workloads is not None:
+        return [("workloads", "exact", w) for w in source.workloads] or [("workloads", "empty", "")]
+    return [EVERY]
+
+
+def _operation_keys(op: CompiledOperation) -> list[Key]:
+    for name in OPERATION_FIELDS:
+        patterns: Patterns | None = getattr(op, name)
+        if patterns is not None:
+            return _pattern_keys(name, patterns) or [(name, "empty", "")]
+    if op.ports is not None:
+        if op.ports and all(lo == hi for lo, hi in op.ports):
+            return [("ports", "exact", lo) for lo, _ in op.ports]
+        return [("ports", "any", "")]  # ranges (and the empty list) are kept together
+    return [EVERY]
+
+
+def _condition_key(condition: object) -> Key:
+    return ("when", "exact", condition)
+
+
+def _rule_keys(parts: tuple[object, ...] | None, keys_of: Any) -> list[Key]:
+    """A rule is filed under the keys of all its sources (operations); EVERY when it has none
+    or when one of them is EVERY (it may then cover anything in this dimension)."""
+    keys = [k for part in parts or () for k in keys_of(part)]
+    return [EVERY] if not keys or EVERY in keys else list(dict.fromkeys(keys))
 
 
 class RivalIndex:
-    """The enforced rules applying to one workload, in policy order, indexed three ways."""
+    """The enforced rules applying to one workload, in policy order, filed under a combined
+    (source, operation, condition) key: a rule that may cover another shares one of the keys
+    that other one queries in every dimension at once."""
 
     def __init__(self, policies: list[CompiledPolicy], order: dict[str, int]) -> None:
-        self.sources = _Dimension()
-        self.operations = _Dimension()
-        self.conditions = _Dimension()
+        self.buckets: dict[tuple[Key, Key, Key], list[Entry]] = defaultdict(list)
+        self.dims = (_Keys(), _Keys(), _Keys())
+        self.entries: list[Entry] = []
         for policy in sorted(policies, key=lambda p: order[p.ref]):
             for rule in policy.rules:
                 self._add(((order[policy.ref], rule.index), rule, policy))
 
     def _add(self, entry: Entry) -> None:
         rule = entry[1]
-        for source in rule.sources or ():
-            self._add_source(entry, source)
-        if not rule.sources:
-            self.sources.add(entry, None, [])
-        for operation in rule.operations or ():
-            self._add_operation(entry, operation)
-        if not rule.operations:
-            self.operations.add(entry, None, [])
-        if rule.conditions:
-            self.conditions.add(entry, "when", [("when", "exact", rule.conditions[0])])
-        else:
-            self.conditions.add(entry, None, [])
+        dims: list[list[Key]] = [
+            _rule_keys(rule.sources, _source_keys),
+            _rule_keys(rule.operations, _operation_keys),
+            [_condition_key(rule.conditions[0])] if rule.conditions else [EVERY],
+        ]
+        while len(dims[0]) * len(dims[1]) * len(dims[2]) > MAX_KEYS_PER_RULE:
+            widest = max(range(3), key=lambda d: len(dims[d]))
+            dims[widest] = [EVERY]  # filed more widely: still found by every query it may cover
+        for dim, keys in zip(self.dims, dims, strict=True):
+            dim.note(keys)
+        for combined in product(*dims):
+            self.buckets[combined].append(entry)  # type: ignore[index]
+        self.entries.append(entry)
 
-    def _add_source(self, entry: Entry, source: CompiledSource) -> None:
+    def _queries(self, rule: CompiledRule) -> tuple[list[Key], ...] | None:
+        source_dim, op_dim, cond_dim = self.dims
+        sources = self._source_query(rule)
+        operations = self._operation_query(rule)
+        if sources is None or operations is None:
+            return None
+        conditions = [_condition_key(c) for c in rule.conditions]
+        return (
+            [EVERY, *source_dim.existing(sources)],
+            [EVERY, *op_dim.existing(operations)],
+            [EVERY, *cond_dim.existing(conditions)],
+        )
+
+    def _source_query(self, rule: CompiledRule) -> list[Key] | None:
+        if not rule.sources:
+            return []  # only a rule without `from` (EVERY) covers any source
+        source, dim = rule.sources[0], self.dims[0]
+        keys: list[Key] = []
         for name in SOURCE_FIELDS:
             patterns: Patterns | None = getattr(source, name)
             if patterns is not None:
-                self.sources.add_patterns(entry, name, patterns)
-                return
+                found = dim.patterns_query(name, patterns)
+                if found is None:
+                    return None
+                keys += found
         if source.workloads is not None:
-            keys: list[Key] = [("workloads", "exact", w) for w in source.workloads]
-            self.sources.add(entry, "workloads", keys)
-            return
-        self.sources.add(entry, None, [])
+            if not source.workloads:
+                return None
+            keys.append(("workloads", "exact", min(source.workloads)))
+        return keys
 
-    def _add_operation(self, entry: Entry, op: CompiledOperation) -> None:
-        for name in OPERATION_FIELDS:
-            patterns: Patterns | None = getattr(op, name)
-            if patterns is not None:
-                self.operations.add_patterns(entry, name, patterns)
-                return
-        if op.ports is not None:
-            single = all(lo == hi for lo, hi in op.ports)
-            keys: list[Key] = [("ports", "exact", lo) for lo, _ in op.ports] if single else []
-            self.operations.add(entry, "ports", keys or [("ports", "any", "")])
-            return
-        self.operations.add(entry, None, [])
-
-    # -- queries: lists of entries (each in rule order) holding every rule that may cover --
-
-    def _source_lists(self, rule: CompiledRule) -> list[list[Entry]]:
-        found = [self.sources.everywhere]
-        if not rule.sources:
-            return found  # only a rule without `from` covers any source
-        source = rule.sources[0]
-        for name in SOURCE_FIELDS:
-            patterns: Patterns | None = getattr(source, name)
-            if patterns is not None:
-                found += self.sources.query_patterns(name, patterns)
-        if source.workloads is not None:
-            if source.workloads:
-                found += self.sources.lists([("workloads", "exact", min(source.workloads))])
-            else:
-                found.append(self.sources.by_field.get("workloads", []))
-        return found
-
-    def _operation_lists(self, rule: CompiledRule) -> list[list[Entry]]:
-        found = [self.operations.everywhere]
+    def _operation_query(self, rule: CompiledRule) -> list[Key] | None:
         if not rule.operations:
-            return found
-        op = rule.operations[0]
+            return []
+        op, dim = rule.operations[0], self.dims[1]
+        keys: list[Key] = []
         for name in OPERATION_FIELDS:
             patterns: Patterns | None = getattr(op, name)
             if patterns is not None:
-                found += self.operations.query_patterns(name, patterns)
+                found = dim.patterns_query(name, patterns)
+                if found is None:
+                    return None
+                keys += found
         if op.ports is not None:
             if not op.ports:
-                found.append(self.operations.by_field.get("ports", []))
-                return found
+                return None
             lo, hi = op.ports[0]
-            keys: list[Key] = [("ports", "any", "")]  # ranges: kept together
-            found += self.operations.lists(keys + ([("ports", "exact", lo)] if lo == hi else []))
-        return found
-
-    def _condition_lists(self, rule: CompiledRule) -> list[list[Entry]]:
-        keys: list[Key] = [("when", "exact", c) for c in dict.fromkeys(rule.conditions)]
-        return [self.conditions.everywhere, *self.conditions.lists(keys)]
+            keys += [("ports", "any", ""), *([("ports", "exact", lo)] if lo == hi else [])]
+        return keys
 
     def candidates(self, rule: CompiledRule) -> Iterator[Entry]:
         """Every rule that may cover `rule`, in rule order, each once."""
-        options = (
-            self._source_lists(rule),
-            self._operation_lists(rule),
-            self._condition_lists(rule),
-        )
-        lists = min(options, key=lambda ls: sum(len(entries) for entries in ls))
+        queries = self._queries(rule)
+        if queries is None:  # a degenerate rule (an empty list somewhere): try them all
+            yield from self.entries
+            return
+        lists = [self.buckets[k] for k in product(*queries) if k in self.buckets]
         last: Rank | None = None
         for entry in heapq.merge(*lists, key=lambda e: e[0]):
             if entry[0] != last:

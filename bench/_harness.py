@@ -27,6 +27,7 @@ import yaml
 from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import (
     CompiledMesh,
+    InputLimits,
     Request,
     SpiffeId,
     TrustDomain,
@@ -73,6 +74,9 @@ _T = "type.googleapis.com/"
 
 INSTALL_HINT = "apt-get install -y wrk nghttp2-client"
 
+# generated input, not a policy author's file: the per-file input limits do not apply
+BENCH_LIMITS = InputLimits(documents=1_000_000, nodes=100_000_000, file_bytes=1 << 40)
+
 
 def mesh_documents(n_rules: int, server_address: str, backend_port: int) -> list[dict[str, Any]]:
     """Mesh, server + client workloads, a Service, and `n_rules` one-rule ALLOW policies whose
@@ -106,7 +110,9 @@ def mesh_documents(n_rules: int, server_address: str, backend_port: int) -> list
 
 def load_mesh(docs: list[dict[str, Any]]) -> CompiledMesh:
     """YAML text → the real loader (`parse_text`) → `compile_documents`."""
-    documents, problems = parse_text(yaml.safe_dump_all(docs, sort_keys=False), "bench.yaml")
+    documents, problems = parse_text(
+        yaml.safe_dump_all(docs, sort_keys=False), "bench.yaml", BENCH_LIMITS
+    )
     if problems:
         raise SystemExit("bench policies do not load:\n" + "\n".join(map(str, problems)))
     return compile_documents(documents)

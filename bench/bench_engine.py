@@ -36,6 +36,7 @@ from meshwarden.engine import (
     CompiledMesh,
     CompiledRule,
     Document,
+    InputLimits,
     Request,
     Workload,
     compile_documents,
@@ -399,7 +400,9 @@ def requests(topology: Topology, count: int, seed: int = 11) -> list[Request]:
 def load(dicts: Sequence[dict[str, Any]], file: str) -> list[Document[Any]]:
     """YAML text → SourceDocuments (with marks) → validated Documents; any error is fatal."""
     text = yaml.dump_all(dicts, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper))
-    sources, problems = read_documents(file, text)
+    # generated input, not a policy author's file: the per-file input limits do not apply
+    limits = InputLimits(documents=1_000_000, nodes=100_000_000, file_bytes=1 << 40)
+    sources, problems = read_documents(file, text, limits)
     documents = []
     for source in sources:
         doc, found = validate_document(source)

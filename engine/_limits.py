@@ -14,7 +14,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class InputLimits:
-    """How much one policy file may contain."""
+    """How much one policy file (and, for `rule_targets`, the whole mesh) may contain."""
 
     file_bytes: int = 4 * MIB
     """Size of one file, in bytes."""
@@ -23,7 +23,7 @@ class InputLimits:
     nodes: int = 100_000
     """Values (scalars, mappings, sequences, keys included) in one file, aliases counted
     with everything they repeat."""
-    alias_nodes: int = 100_000
+    alias_nodes: int = 10_000
     """Values repeated by alias dereferences (`*name`) in one file, counted in full each time."""
     depth: int = 64
     """Nesting of mappings and sequences."""
@@ -31,6 +31,10 @@ class InputLimits:
     """Characters of one scalar (a string, number or key)."""
     integer_digits: int = 64
     """Digits of one integer."""
+    rule_targets: int = 500_000
+    """Per mesh (all files together): AuthorizationPolicy rules times the workloads each
+    policy selects, what the compiled plans hold; bounds the compile of a root-namespace
+    policy with many rules in a mesh of many workloads."""
 
 
 LIMITS = InputLimits()

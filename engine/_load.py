@@ -87,7 +87,9 @@ def read_files(
     return documents, problems
 
 
-def check_documents(documents: list[Document[Any]]) -> tuple[CompiledMesh | None, list[Diagnostic]]:
+def check_documents(
+    documents: list[Document[Any]], limits: InputLimits = LIMITS
+) -> tuple[CompiledMesh | None, list[Diagnostic]]:
     """Cross-document errors, then (if none) compile and add warnings."""
     problems = _semantics.duplicates(documents)
     meshes = [d for d in documents if d.kind == "Mesh"]
@@ -99,6 +101,7 @@ def check_documents(documents: list[Document[Any]]) -> tuple[CompiledMesh | None
     )
     problems.extend(found)
     problems.extend(_semantics.reserved_identities(documents, registry.trust_domain))
+    problems.extend(_semantics.plan_size(documents, registry, limits.rule_targets))
     if problems:
         return None, problems
     compiled = compile_documents(documents)

@@ -10,6 +10,7 @@ from meshwarden.engine import _semantics
 from meshwarden.engine._compiler import CompiledMesh, document_hash
 from meshwarden.engine._diagnostics import Diagnostic, Severity
 from meshwarden.engine._documents import Document, DocumentKey
+from meshwarden.engine._limits import LIMITS
 from meshwarden.engine._load import check_documents
 
 INCREMENTAL_KINDS = frozenset({"AuthorizationPolicy", "JwtIssuer"})
@@ -45,6 +46,9 @@ def reload(previous: CompiledMesh | None, documents: list[Document[Any]]) -> Rel
         return Reload(previous, frozenset(), [], True)
     if any(key.kind not in INCREMENTAL_KINDS for key in [*changed, *deleted]):
         return _full(documents)
+    too_big = _semantics.plan_size(documents, previous.registry, LIMITS.rule_targets)
+    if too_big:
+        return Reload(None, frozenset(), too_big, True)
     return _incremental(previous, [current[k] for k in changed], deleted)
 
 

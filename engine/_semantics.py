@@ -9,8 +9,10 @@ from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._condition_keys import ConditionKey
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
 from meshwarden.engine._documents import Document, DocumentKey
+from meshwarden.engine._limits import over_limit
 from meshwarden.engine._model import AuthorizationPolicySpec, Rule
 from meshwarden.engine._plan import CompiledPolicy
+from meshwarden.engine._registry import Registry
 from meshwarden.engine._reserved import RESERVED_PATH, is_reserved
 from meshwarden.engine._spiffe import SpiffeIdError, TrustDomain
 from meshwarden.engine._validators import port_range
@@ -56,6 +58,27 @@ def reserved_identities(
                 )
             )
     return problems
+
+
+def plan_size(
+    documents: Iterable[Document[Any]], registry: Registry, limit: int
+) -> list[Diagnostic]:
+    """An error at the policy that takes (rules x workloads selected) over `limit`, before
+    anything is compiled: the plans would hold that many entries."""
+    total = 0
+    for doc in documents:
+        if doc.kind != "AuthorizationPolicy":
+            continue
+        rules = max(1, len(doc.spec.rules or ()))
+        targets = len(registry.targets(doc))
+        total += rules * targets
+        if total > limit:
+            what = (
+                f"policy {doc.ref} ({rules:,} rules x {targets:,} selected workloads) takes the "
+                f"mesh over {limit:,} (rule, workload) pairs"
+            )
+            return [error(doc.at("metadata", "name"), over_limit(what))]
+    return []
 
 
 def policy_errors(mesh: CompiledMesh, policy: CompiledPolicy) -> list[Diagnostic]:

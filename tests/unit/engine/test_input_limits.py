@@ -10,7 +10,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from meshwarden.engine import LIMITS, Diagnostic, InputLimits, load, parse_text
+from meshwarden.engine import (
+    LIMITS,
+    Diagnostic,
+    InputLimits,
+    check_documents,
+    load,
+    parse_text,
+    reload,
+)
 
 from meshwarden.cli import main
 
@@ -68,10 +76,10 @@ def billion_laughs(levels: int) -> str:
 
 
 def test_an_alias_bomb_stops_at_the_alias_that_crosses_the_limit() -> None:
-    # b..e repeat 90 + 819 + 7,380 + 66,429 values; f's first alias adds 66,430 more
+    # b, c and d repeat 90 + 819 + 7,380 values; e's first alias adds 7,381 more
     error = only_error(parse_text(billion_laughs(9), "bomb.yaml")[1])
-    assert where(error) == (10, 10)
-    assert "aliases repeat more than 100,000 values" in error.message
+    assert where(error) == (9, 10)
+    assert "aliases repeat more than 10,000 values" in error.message
 
 
 def test_aliases_under_the_limit_share_the_value_they_name() -> None:
@@ -195,7 +203,7 @@ def test_check_json_output_lists_the_limit_error(
     path.write_text(billion_laughs(9))
     assert main(["check", str(path), "-o", "json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert [(d["line"], d["column"]) for d in report["diagnostics"]] == [(10, 10)]
+    assert [(d["line"], d["column"]) for d in report["diagnostics"]] == [(9, 10)]
 
 
 WORST_CASES = """
@@ -229,3 +237,40 @@ def test_worst_case_files_stay_under_256_mb(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) <= 256, f"peak RSS {done.stdout.strip()} MB"
+
+
+def workloads_text(count: int) -> str:
+    return "".join(
+        f"---\napiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
+        f"metadata: {{name: w{i}, namespace: shop}}\n"
+        f"spec: {{addresses: [127.1.{i // 200}.{i % 200 + 1}]}}\n"
+        for i in range(count)
+    )
+
+
+def root_policy(rules: int) -> str:
+    return (
+        "apiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: everywhere, namespace: meshwarden-system}\n"
+        "spec:\n  rules: [" + ", ".join(["{from: [{namespaces: [shop]}]}"] * rules) + "]\n"
+    )
+
+
+def test_rules_times_selected_workloads_over_the_limit_is_an_error_before_compiling() -> None:
+    workloads, problems = parse_text(workloads_text(1000), "workloads.yaml")
+    policy, more = parse_text(root_policy(LIMITS.rule_targets // 1000 + 1), "root.yaml")
+    assert not problems + more
+    compiled, found = check_documents(workloads + policy)
+    assert compiled is None
+    assert [(d.location.file, where(d)) for d in found] == [("root.yaml", (3, 18))]
+    assert "501 rules x 1,000 selected workloads" in found[0].message
+
+
+def test_a_reload_that_adds_such_a_policy_is_refused_without_compiling_it() -> None:
+    workloads, _ = parse_text(workloads_text(1000), "workloads.yaml")
+    first = reload(None, workloads)
+    assert first.mesh is not None
+    policy, _ = parse_text(root_policy(LIMITS.rule_targets // 1000 + 1), "root.yaml")
+    second = reload(first.mesh, workloads + policy)
+    assert second.mesh is None
+    assert [str(d.location) for d in second.errors] == ["root.yaml:3:18"]

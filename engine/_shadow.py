@@ -106,8 +106,9 @@ def _operation_keys(op: CompiledOperation) -> list[Key]:
         if patterns is not None:
             return _pattern_keys(name, patterns) or [(name, "empty", "")]
     if op.ports is not None:
-        if op.ports and all(lo == hi for lo, hi in op.ports):
-            return [("ports", "exact", lo) for lo, _ in op.ports]
+        ranges = op.ports.ranges
+        if ranges and all(lo == hi for lo, hi in ranges):
+            return [("ports", "exact", lo) for lo, _ in ranges]
         return [("ports", "any", "")]  # ranges (and the empty list) are kept together
     return [EVERY]
 
@@ -196,9 +197,9 @@ class RivalIndex:
                     return None
                 keys += found
         if op.ports is not None:
-            if not op.ports:
+            if not op.ports.ranges:
                 return None
-            lo, hi = op.ports[0]
+            lo, hi = op.ports.ranges[0]
             keys += [("ports", "any", ""), *([("ports", "exact", lo)] if lo == hi else [])]
         return keys
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import stat
 
 _MAX_FILE = 10 * 1024 * 1024  # larger files are refused by the loader anyway
 _MAX_WIDTH = 160
@@ -29,10 +30,16 @@ class SourceLines:
     def _lines(self, file: str) -> list[str]:
         if file not in self._files:
             try:
-                path = Path(file)
-                if path.stat().st_size > _MAX_FILE:
-                    raise OSError("too large")
-                self._files[file] = path.read_text(errors="replace").splitlines()
+                self._files[file] = _read(file).decode(errors="replace").splitlines()
             except OSError:
                 self._files[file] = []
         return self._files[file]
+
+
+def _read(file: str) -> bytes:
+    """A regular file's bytes; never blocks on a FIFO or reads a device."""
+    with open(os.open(file, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_FILE:
+            raise OSError("not a regular file of a readable size")
+        return handle.read(_MAX_FILE)

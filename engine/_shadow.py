@@ -28,6 +28,7 @@ from typing import Any
 from meshwarden.engine._patterns import IpNetwork, Patterns
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
+from meshwarden.engine._spiffe import namespace_of
 
 Rank = tuple[int, int]
 Entry = tuple[Rank, CompiledRule, CompiledPolicy]
@@ -182,7 +183,26 @@ class RivalIndex:
             if not source.workloads:
                 return None
             keys.append(("workloads", "exact", min(source.workloads)))
+        if source.namespaces is None:  # namespaces may cover exact identities (see covers)
+            found = self._namespace_query(source)
+            if found is None:
+                return None
+            keys += found
         return keys
+
+    def _namespace_query(self, source: CompiledSource) -> list[Key] | None:
+        ids = source.workloads
+        if ids is None and source.identities is not None:
+            exact = source.identities
+            ids = None if exact.anything or exact.prefixes or exact.suffixes else exact.exact
+        if ids is None:
+            return []
+        if not ids:
+            return None  # no identity at all: any namespaces cover it
+        namespace = namespace_of(min(ids))
+        if namespace is None:
+            return []
+        return self.dims[0].patterns_query("namespaces", Patterns.of([namespace]))
 
     def _operation_query(self, rule: CompiledRule) -> list[Key] | None:
         if not rule.operations:
@@ -234,6 +254,18 @@ def _covers_patterns(a: Patterns | None, b: Patterns | None) -> bool:
     return a is None or (b is not None and a.covers(b))
 
 
+def _covers_namespaces(a: Patterns | None, b: CompiledSource) -> bool:
+    """Every identity `b` admits is in one of the namespaces `a` names: `b`'s own namespaces
+    are covered, or `b` is limited to exact identities (or workloads) all in them."""
+    if a is None or b.namespaces is not None:
+        return _covers_patterns(a, b.namespaces)
+    ids = b.workloads
+    if ids is None and b.identities is not None:
+        exact = b.identities
+        ids = None if exact.anything or exact.prefixes or exact.suffixes else exact.exact
+    return ids is not None and all(a.matches(namespace_of(i)) for i in ids)
+
+
 def _same_or_absent(a: object, b: object) -> bool:
     return a is None or a == b
 
@@ -241,7 +273,7 @@ def _same_or_absent(a: object, b: object) -> bool:
 def _covers_source(a: CompiledSource, b: CompiledSource) -> bool:
     return (
         _covers_patterns(a.identities, b.identities)
-        and _covers_patterns(a.namespaces, b.namespaces)
+        and _covers_namespaces(a.namespaces, b)
         and (a.workloads is None or (b.workloads is not None and a.workloads >= b.workloads))
         and _same_or_absent(a.not_identities, b.not_identities)
         and _same_or_absent(a.jwt, b.jwt)

@@ -32,7 +32,6 @@ from meshwarden.identities._node_api import node_api_services
 from meshwarden.identities._node_client import read_server_bundle
 from meshwarden.identities._outlook import IdentityHealth
 from meshwarden.identities._registry import RegisteredWorkload, WorkloadRegistry
-from meshwarden.identities._reserved import is_reserved
 from meshwarden.identities._rotation import Slot, SlotState
 from meshwarden.identities._tls_front import TlsEndpoint, server_tls_context
 from meshwarden.identities._validate import X509Svid, spiffe_id_of, verify_x509_svid
@@ -77,7 +76,6 @@ __all__ = [
     "caller_selectors",
     "check_private_dir",
     "generate_key",
-    "is_reserved",
     "load_ca",
     "load_private_key_pem",
     "node_api_services",

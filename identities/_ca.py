@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from meshwarden.engine import SpiffeId, TrustDomain
+from meshwarden.engine import SpiffeId, TrustDomain, is_reserved
 from meshwarden.identities._authority import (
     JwtAuthority,
     UpstreamCa,
@@ -28,7 +28,6 @@ from meshwarden.identities._join_tokens import (
 )
 from meshwarden.identities._jwt import JwtSvid, encode_jwt_svid, verify_jwt_svid
 from meshwarden.identities._keys import PublicKey
-from meshwarden.identities._reserved import is_reserved
 from meshwarden.identities._rotation import Rotation, Slot
 from meshwarden.identities._templates import NOT_BEFORE_BACKDATE, x509_svid_template
 from meshwarden.identities._validate import X509Svid, check_minted_x509_svid, verify_x509_svid

@@ -7,12 +7,11 @@ from __future__ import annotations
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from meshwarden.engine import SpiffeId
+from meshwarden.engine import SpiffeId, is_reserved
 from meshwarden.identities import (
     CertificateAuthority,
     IssuanceError,
     generate_key,
-    is_reserved,
     spiffe_id_of,
 )
 

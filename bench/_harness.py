@@ -54,6 +54,8 @@ from meshwarden.xds import (
 )
 from meshwarden.xds._tracing import TRACER_RUNTIME
 
+from meshwarden._sidecars import admin_request
+
 TD = "bench.example.org"
 
 NS = "bench"
@@ -128,7 +130,7 @@ class Config:
     listener: dict[str, Any]
     local_cluster: dict[str, Any]
     local_port: int = 0
-    admin: str = ""  # host:port of its admin endpoint, once started
+    admin: Path | None = None  # its admin socket, once started
     figures: dict[str, Any] = field(default_factory=dict)
     extra_clusters: list[dict[str, Any]] = field(default_factory=list)  # e.g. a trace collector
 
@@ -248,17 +250,19 @@ class Processes:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def envoy(self, name: str, config: dict[str, Any], cpus: set[int] | None) -> Path:
+        """Start one Envoy; returns its admin socket (0600, in this run's 0700 folder)."""
         path = self.folder / f"{name}.json"
-        path.write_text(json.dumps(config))
-        admin_file = self.folder / f"{name}.admin"
+        admin_socket = self.folder / f"{name}.admin.sock"
+        admin = {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}}
+        path.write_text(json.dumps({**config, "admin": admin}))
         log = (self.folder / f"{name}.log").open("wb")
         proc = subprocess.Popen(
             [envoy_binary(), "-c", str(path), "--concurrency", "1", "--use-dynamic-base-id",
-             "--log-level", "warning", "--admin-address-path", str(admin_file)],
+             "--log-level", "warning"],
             stdout=log, stderr=log, preexec_fn=child_setup(cpus))  # fmt: skip
         log.close()
         self.children.append((name, proc))
-        return admin_file
+        return admin_socket
 
     def cpu_seconds(self, name: str) -> float:
         """CPU time of a child so far, summed over its threads (schedstat: ns resolution)."""
@@ -276,26 +280,24 @@ class Processes:
             proc = dict(self.children)[name]
             state = "running" if proc.poll() is None else f"exited {proc.returncode}"
             log = (self.folder / f"{name}.log").read_text(errors="replace")[-1500:]
-            admin_file = self.folder / f"{name}.admin"
+            admin = self.folder / f"{name}.admin.sock"
             stats: dict[str, int] = {}
             with contextlib.suppress(OSError, ValueError):
-                admin = admin_file.read_text().strip()
                 stats = {k: v for k, v in admin_stats(admin, "ssl|cx_connect_fail|rbac").items()
                          if v and any(w in k for w in ("error", "fail", "denied", "handshake",
                                                        "allowed"))}  # fmt: skip
             out.append(f"--- Envoy {name}: {state}; non-zero counters {stats}\n{log}")
         return "\n".join(out)
 
-    def wait_ready(self, name: str, admin_file: Path, timeout: float = 120) -> str:
+    def wait_ready(self, name: str, admin: Path, timeout: float = 120) -> Path:
         proc = dict(self.children)[name]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 log = (self.folder / f"{name}.log").read_text()[-3000:]
                 raise SystemExit(f"Envoy {name} exited ({proc.returncode}):\n{log}")
-            admin = admin_file.read_text().strip() if admin_file.exists() else ""
             with contextlib.suppress(OSError):
-                if admin and http_get(f"http://{admin}/ready")[0] == 200:
+                if admin_request(admin, "/ready")[0] == 200:
                     return admin
             time.sleep(0.1)
         raise SystemExit(f"Envoy {name} not ready after {timeout:.0f} s")
@@ -320,13 +322,13 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
-def admin_stats(admin: str, contains: str) -> dict[str, int]:
-    _, body = http_get(f"http://{admin}/stats?filter={contains}&format=json")
+def admin_stats(admin: Path, contains: str) -> dict[str, int]:
+    _, body = admin_request(admin, f"/stats?filter={contains}&format=json")
     return {s["name"]: s.get("value", 0) for s in json.loads(body)["stats"] if "name" in s}
 
 
-def envoy_allocated_mb(admin: str) -> float:
-    _, body = http_get(f"http://{admin}/memory")
+def envoy_allocated_mb(admin: Path) -> float:
+    _, body = admin_request(admin, "/memory")
     return int(json.loads(body)["allocated"]) / 2**20
 
 
@@ -390,7 +392,8 @@ def check_enforcement(config: Config, ids: Identities, compiled: CompiledMesh) -
     config.figures["denied_intruder"] = True
 
 
-def _rbac_denied(admin: str) -> int:
+def _rbac_denied(admin: Path | None) -> int:
+    assert admin is not None, "the Envoy has not started"
     stats = admin_stats(admin, "rbac")
     return sum(v for k, v in stats.items() if k.endswith(".denied") and "shadow" not in k)
 
@@ -509,8 +512,7 @@ def start(procs: Processes, configs: list[Config], client_compiled: CompiledMesh
         # Without SO_REUSEPORT a second process binding one of our addresses fails instead of
         # silently taking a share of our connections (the loopback is shared with other runs).
         listeners = [{**listener, "enableReusePort": False} for listener in listeners]
-        return {"admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
-                "staticResources": {"listeners": listeners, "clusters": clusters},
+        return {"staticResources": {"listeners": listeners, "clusters": clusters},
                 "layeredRuntime": {"layers": [{"name": "static",
                                                "staticLayer": TRACER_RUNTIME}]}}  # fmt: skip
 

@@ -1,5 +1,5 @@
 """The Envoy bootstrap of a sidecar: ADS over mTLS to the control plane, SDS from the local
-agent's socket, an admin endpoint on loopback."""
+agent's socket, the admin interface on a unix socket only its owner may open (mode 0600)."""
 
 from __future__ import annotations
 
@@ -48,12 +48,15 @@ def bootstrap(
     *,
     trust_domain: str | None = None,
     server_id: str | None = None,
-    admin_port: int = 0,
+    admin_socket: str | None = None,
     delta: bool = False,
 ) -> dict[str, Any]:
     """Bootstrap for the sidecar of `workload` (`ns/name`). The sidecar verifies the control
     plane's certificate against its trust bundle (from SDS) and requires exactly the SPIFFE ID
-    `server_id`, by default `spiffe://<trust_domain>/meshwarden/server`; one of them is needed."""
+    `server_id`, by default `spiffe://<trust_domain>/meshwarden/server`; one of them is needed.
+    Its admin interface listens on the unix socket `admin_socket` (mode 0600: put it in a
+    directory only the sidecar's user can enter, and no other local user can reach it), or is
+    absent."""
     if server_id is None and trust_domain is None:
         raise ValueError("a sidecar must know the control plane's SPIFFE ID: give trust_domain")
     san = {"exact": server_id or f"spiffe://{trust_domain}/meshwarden/server"}
@@ -65,9 +68,10 @@ def bootstrap(
                 "defaultValidationContext": {"matchTypedSubjectAltNames": [
                     {"sanType": "URI", "matcher": san}]},
                 "validationContextSdsSecretConfig": _sds_secret(ROOTCA)}}}}  # fmt: skip
+    admin = {"admin": {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}}}
     return {
         "node": {"id": workload, "cluster": workload.split("/")[0]},
-        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin_port}}},
+        **(admin if admin_socket else {}),
         "dynamicResources": {
             "adsConfig": {"apiType": "DELTA_GRPC" if delta else "GRPC",
                           "transportApiVersion": "V3", "setNodeOnFirstMessageOnly": True,

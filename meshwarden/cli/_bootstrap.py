@@ -16,14 +16,17 @@ HELP = """\
 Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS
 to the control plane at --server (the sidecar presents its workload SVID and requires exactly
 the server's SPIFFE ID spiffe://<--trust-domain>/meshwarden/server), certificates and trust
-bundle from the local agent's SDS socket, admin on 127.0.0.1."""
+bundle from the local agent's SDS socket. Envoy's admin interface is off unless --admin-socket
+names a unix socket for it (created with mode 0600; keep it in a directory only the sidecar's
+user can enter). There is no TCP admin port: any local user could stop a sidecar through one."""
 
 EXAMPLES = """\
 examples:
   meshwarden bootstrap --workload shop/backend-1 --server 10.0.0.1:8443 \\
       --trust-domain example.org --sds-socket /run/meshwarden/sds.sock --output-file backend-1.json
   meshwarden sidecar --workload shop/backend-1 --server 10.0.0.1:8443 \\
-      --trust-domain example.org --sds-socket /run/meshwarden/sds.sock"""
+      --trust-domain example.org --sds-socket /run/meshwarden/sds.sock \\
+      --admin-socket /run/meshwarden/backend-1/admin.sock"""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -50,11 +53,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="the local agent's SDS socket (`meshwarden agent --sds-socket`)",
     )
     parser.add_argument(
-        "--admin-port",
-        type=int,
-        default=0,
-        metavar="N",
-        help="Envoy's admin port on 127.0.0.1; 0 picks a free one",
+        "--admin-socket",
+        type=Path,
+        metavar="PATH",
+        help="unix socket for Envoy's admin interface, mode 0600 (default: no admin interface)",
     )
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
 
@@ -88,8 +90,9 @@ def _config(args: argparse.Namespace) -> dict[str, object] | None:
     if not slash or not namespace or not name:
         return None
     host, port = split_host_port(args.server)  # checked by the argparse type
+    admin = str(args.admin_socket.resolve()) if args.admin_socket else None
     return bootstrap(args.workload, host, port, str(args.sds_socket.resolve()),
-                     admin_port=args.admin_port, delta=args.delta,
+                     admin_socket=admin, delta=args.delta,
                      trust_domain=args.trust_domain)  # fmt: skip
 
 
@@ -111,6 +114,13 @@ def run_sidecar(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return fail(f"--workload {args.workload!r}: expected NS/NAME")
+    if args.admin_socket is not None:
+        folder = args.admin_socket.resolve().parent
+        if not folder.is_dir():
+            return fail(f"--admin-socket {args.admin_socket}: no directory {folder}")
+        if folder.stat().st_mode & 0o077:
+            print(f"meshwarden sidecar: warning: {folder} is open to other users; keep the "
+                  "admin socket in a directory of mode 0700", file=sys.stderr)  # fmt: skip
     handle, path = tempfile.mkstemp(prefix="meshwarden-sidecar-", suffix=".json")
     with os.fdopen(handle, "w") as out:
         json.dump(config, out)

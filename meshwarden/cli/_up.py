@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import envoy_or_fail, fail, percentage
-from meshwarden.cli._types import host_port
+from meshwarden.cli._types import host_port, positive_duration
 
 HELP = """\
 Run the mesh of DIR on this host: the control plane (CA, node API, ADS), a node agent, and one
 Envoy sidecar per Workload (with an address) in DIR, each taking its SVID from its own SDS
-socket. Prints a line starting with 'ready' once every sidecar has ACKed its configuration.
+socket. Prints 'sidecars ACKed n/N' as they come up, every NACK with Envoy's message, and each
+sidecar that gets no identity (with the reason), then a line starting with 'ready' once every
+sidecar has ACKed its configuration — or an error and exit 1 after --ready-timeout.
+
 DIR is watched: a valid change is pushed to the affected sidecars within a second; an invalid
 one is reported as FILE:LINE:COL and changes nothing (the health endpoint says 'degraded').
-Stops cleanly on SIGINT/SIGTERM."""
+
+The sidecars outlive `up`: if it dies, they keep enforcing the last configuration, and the
+next `up` on the same --data-dir replaces them. An Envoy that exits is restarted after 1 s,
+2 s, 4 s ... up to 30 s while the others keep serving. Each Envoy's admin interface is a unix
+socket (0600) in DATA/sidecars (0700). Outbound listeners of a workload with a unix:uid:N
+selector accept only that uid (nftables table 'meshwarden_outbound'; needs root).
+SIGINT/SIGTERM stops everything cleanly.
+
+Example:
+  meshwarden up examples/shop --health 127.0.0.1:9901"""
+
+
+def default_data_dir(policies: Path) -> Path:
+    """Per policy directory, so a restarted `up` finds what the last one left running."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    digest = hashlib.sha256(str(policies.resolve()).encode()).hexdigest()[:12]
+    return state / "meshwarden" / "up" / f"{policies.resolve().name}-{digest}"
+
 
 EXAMPLES = """\
 examples:
@@ -38,7 +60,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="the policy directory (watched; changes are pushed live)",
     )
-    parser.add_argument("--data-dir", type=Path, metavar="D", help="state (default: a temp dir)")
+    parser.add_argument("--data-dir", type=Path, metavar="D",
+                        help="state, sockets and sidecar logs (default: "
+                        "~/.local/state/meshwarden/up/DIRNAME-HASH, one per DIR)")  # fmt: skip
+    parser.add_argument("--ready-timeout", type=positive_duration, default=60.0,
+                        metavar="DURATION",
+                        help="give up (exit 1, saying which sidecars are not ready and why) "
+                        "if not every sidecar ACKed by then, e.g. 90s (default 60s)")  # fmt: skip
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
     parser.add_argument(
         "--health",
@@ -71,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem)
 
     def serve(tracing: Any) -> int:
-        mesh = LocalMesh(args.policies, args.data_dir, delta=args.delta, tracing=tracing,
+        data_dir = args.data_dir or default_data_dir(args.policies)
+        mesh = LocalMesh(args.policies, data_dir, delta=args.delta, tracing=tracing,
                          health=args.health, flow_log_sample=args.flow_log_sample,
-                         flow_log_file=args.flow_log_file)  # fmt: skip
-        return asyncio.run(
-            serve_until_signalled(mesh.start, mesh.run, mesh.stop, args.command_prog)
-        )
+                         flow_log_file=args.flow_log_file, detach=True)  # fmt: skip
+        start = lambda: mesh.start(args.ready_timeout)  # noqa: E731
+        return asyncio.run(serve_until_signalled(start, mesh.run, mesh.stop, args.command_prog))
 
     return observe.run(args, "meshwarden", serve)

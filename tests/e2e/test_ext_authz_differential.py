@@ -116,9 +116,9 @@ def ext_authz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     authorization = Authorization(_set_resolver(meshes))
     with serve_on_loopback(authorization) as port, sample_apps([backend], []):
         clusters[AUTHZ_CLUSTER] = loopback_cluster(AUTHZ_CLUSTER, port)
-        admin = _free_port()
+        admin = folder / "admin.sock"
         config = {
-            "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": admin}}},
+            "admin": {"address": {"pipe": {"path": str(admin), "mode": 0o600}}},
             "staticResources": {"listeners": listeners, "clusters": list(clusters.values())},
         }
         (folder / "envoy.json").write_text(json.dumps(config))

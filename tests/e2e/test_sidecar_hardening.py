@@ -275,8 +275,10 @@ def test_a_nack_is_printed_and_up_gives_up_after_the_ready_timeout(host: Host) -
     pinned = "its selectors pin it to node elsewhere (this node is 'local')"
     assert f"sidecar t/pinned-1 has no identity: {pinned}" in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("error: sidecars not ready after 6 s (--ready-timeout): "
-                           "t/elsewhere-1: Envoy rejected its configuration:"), last  # fmt: skip
+    assert (
+        "error: sidecars not ready after 6 s (--ready-timeout): t/elsewhere-1: Envoy "
+        "rejected its configuration:" in last
+    ), last
     assert f"; t/pinned-1: no identity: {pinned}" in last
 
 

@@ -282,7 +282,7 @@ class LocalMesh:
             if monotonic() > deadline:
                 why = "; ".join(f"{ref}: {self._why_pending(self.sidecars[ref])}"
                                 for ref in pending)  # fmt: skip
-                raise TimeoutError(f"sidecars not ready after {timeout:.0f} s "
+                raise RuntimeError(f"sidecars not ready after {timeout:.0f} s "
                                    f"(--ready-timeout): {why}")  # fmt: skip
             await asyncio.sleep(0.1)
 

@@ -77,11 +77,15 @@ class NodeAgent:
         return [Observation(int(health is not IdentityHealth.OK), {"identity": health.value})]
 
     def _report(self) -> dict[str, Any]:
-        """GET /healthz: `identity` ok | expiring | expired (status degraded unless ok)."""
+        """GET /healthz: `identity` ok | expiring | expired, and with `--enforce` the packet
+        filter's last apply (status degraded unless both are fine)."""
         identity = self.agent.health()
         node = self.agent.node
+        enforcer = self.enforcer
+        healthy = identity is IdentityHealth.OK and (enforcer is None or enforcer.healthy)
         return {
-            "status": "ok" if identity is IdentityHealth.OK else "degraded",
+            "status": "ok" if healthy else "degraded",
+            "packetFilter": enforcer.report() if enforcer is not None else None,
             "identity": identity.value,
             "server": self.options.server,
             "syncFailuresInARow": self.agent.failures,

@@ -113,6 +113,17 @@ class TableEnforcer:
         log.info("nftables table %s applied", TABLE)
         return True
 
+    def report(self) -> dict[str, object]:
+        """What the agent's /healthz says of the packet filter (`healthy` false after a failed
+        apply, with nft's error, until an apply succeeds)."""
+        return {
+            "table": TABLE,
+            "healthy": self.healthy,
+            "loaded": self.applied is not None,
+            "error": self.error,
+            "failures": self.failures,
+        }
+
 
 class PacketFilters:
     """The server side of `agent --enforce`: each node's table, rendered from the current mesh

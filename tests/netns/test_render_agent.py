@@ -4,6 +4,8 @@ policies; the agent has no policy files) and follows a policy change."""
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 import time
@@ -44,11 +46,24 @@ def table(net: Lab) -> str:
     return net.sh("nft", "list", "table", "inet", "meshwarden", ns=net.host)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthz(net: Lab, port: int) -> dict[str, object]:
+    url = f"http://127.0.0.1:{port}/healthz"
+    script = f"import urllib.request; print(urllib.request.urlopen({url!r}).read().decode())"
+    return dict(json.loads(net.sh(sys.executable, "-c", script, ns=net.host)))
+
+
 def test_agent_enforces_its_nodes_table_and_follows_policy_changes(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "mesh.yaml").write_text(POLICIES.replace("WEB", "443"))
     server_dir = tmp_path / "server"
+    health_port = free_port()
     with lab() as net:
         _, ready = start(
             net,
@@ -89,11 +104,19 @@ def test_agent_enforces_its_nodes_table_and_follows_policy_changes(tmp_path: Pat
                 "1s",
                 "--enforce",
                 "nftables",
+                "--health",
+                f"127.0.0.1:{health_port}",
             ],
             tmp_path / "a.log",
         )
         loaded = table(net)  # the first sync happens before `ready`
         assert "tcp . 443 : accept" in loaded and "tcp . 19443 : drop" in loaded
+        report = healthz(net, health_port)
+        assert report["status"] == "ok", report
+        assert report["packetFilter"] == {
+            "table": "inet meshwarden", "healthy": True, "loaded": True, "error": None,
+            "failures": 0,
+        }  # fmt: skip
         (policies / "mesh.yaml").write_text(POLICIES.replace("WEB", "8443"))
         deadline = time.monotonic() + 30
         while "tcp . 8443 : accept" not in loaded and time.monotonic() < deadline:

@@ -32,7 +32,7 @@ TD = "bench.example.org"
 
 def _mesh_yaml(
     workloads: int, policies: int, rng: random.Random
-) -> tuple[str, dict[str, set[str]]]:
+) -> tuple[list[str], dict[str, set[str]]]:
     docs = [f"apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\n"
             f"spec: {{trustDomain: {TD}, defaultPolicy: deny}}\n"]  # fmt: skip
     for w in range(workloads):
@@ -54,12 +54,23 @@ def _mesh_yaml(
             f"spec:\n  selector: {{matchLabels: {{app: w{w}}}}}\n  rules:\n"
             f"  - from: [{{identities: [{ids}]}}]\n    to: [{{paths: [/api/*]}}]\n"
         )
-    return "---\n".join(docs), callers
+    return docs, callers
+
+
+def _policy_files(folder: Path, docs: list[str]) -> list[str]:
+    """The documents over as many files as the per-file input limits need (at most 1,000
+    documents and 100,000 values a file), as a user would split them: 500 a file."""
+    names = []
+    for n, first in enumerate(range(0, len(docs), 500)):
+        name = folder / f"mesh-{n:03d}.yaml"
+        name.write_text("---\n".join(docs[first : first + 500]))
+        names.append(str(name))
+    return names
 
 
 def _tests_yaml(cases: int, workloads: int, callers: dict[str, set[str]],
-                rng: random.Random) -> str:  # fmt: skip
-    lines = ["tests:"]
+                rng: random.Random) -> list[str]:  # fmt: skip
+    lines = []
     refs = [f"ns{w % 10}/w{w}" for w in range(workloads)]
     for n in range(cases):
         to, source = rng.choice(refs), rng.choice(refs)
@@ -68,7 +79,7 @@ def _tests_yaml(cases: int, workloads: int, callers: dict[str, set[str]],
         lines.append(f"- name: case {n}\n  request: {{to: {to}, port: 8080, "
                      f"fromWorkload: {source}, path: {path}}}\n"
                      f"  expect: {{decision: {'ALLOW' if allowed else 'DENY'}}}")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> int:
@@ -79,14 +90,22 @@ def main() -> int:
     workloads, policies, cases = (50, 100, 5_000) if args.quick else (200, 1_000, 20_000)
     rng = random.Random(13)
     with tempfile.TemporaryDirectory() as tmp:
-        mesh_text, callers = _mesh_yaml(workloads, policies, rng)
-        (Path(tmp) / "mesh.yaml").write_text(mesh_text)
-        tests = Path(tmp) / "tests.yaml"
-        tests.write_text(_tests_yaml(cases, workloads, callers, rng))
-        compiled = load([str(Path(tmp) / "mesh.yaml")]).compiled
-        assert compiled is not None
+        docs, callers = _mesh_yaml(workloads, policies, rng)
+        loaded = load(_policy_files(Path(tmp), docs))
+        assert loaded.compiled is not None, loaded.diagnostics[:3]
+        compiled = loaded.compiled
+        cases_text = _tests_yaml(cases, workloads, callers, rng)
+        tests = []  # 5,000 cases a file: under the per-file limit of 100,000 values
+        for n, first in enumerate(range(0, cases, 5_000)):
+            name = Path(tmp) / f"tests-{n:03d}.yaml"
+            name.write_text("\n".join(["tests:", *cases_text[first : first + 5_000]]) + "\n")
+            tests.append(str(name))
+        found, problems = [], []
         start = time.perf_counter()
-        found, problems = read_cases(str(tests))
+        for test_file in tests:
+            file_cases, file_problems = read_cases(test_file)
+            found += file_cases
+            problems += file_problems
         read_s = time.perf_counter() - start
         assert not problems, problems[:3]
         start = time.perf_counter()

@@ -61,7 +61,11 @@ def policy(n: int, workloads: int) -> str:
 def write_policies(directory: Path, workloads: int, rules: int) -> None:
     (directory / "mesh.yaml").write_text(MESH)
     (directory / "workloads.yaml").write_text("".join(workload(n) for n in range(workloads)))
-    (directory / "policies.yaml").write_text("".join(policy(n, workloads) for n in range(rules)))
+    for first in range(0, rules, 500):  # 500 a file: a file holds at most 1,000 documents
+        chunk = range(first, min(first + 500, rules))
+        (directory / f"policies-{first // 500:03d}.yaml").write_text(
+            "".join(policy(n, workloads) for n in chunk)
+        )
 
 
 def get_health(port: int) -> tuple[float, dict[str, Any]]:

@@ -153,7 +153,7 @@ class MeshShape:
         return f"127.{a}.{b + i // 250}.{i % 250 + 2}"
 
 
-def mesh_documents(shape: MeshShape) -> str:
+def mesh_documents(shape: MeshShape) -> list[str]:
     docs = [
         "apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {name: mesh}\n"
         f"spec: {{trustDomain: {TRUST_DOMAIN}, mtls: STRICT, defaultPolicy: deny}}\n"
@@ -183,7 +183,7 @@ def mesh_documents(shape: MeshShape) -> str:
             f"  rules:\n  - from: [{{namespaces: [{shape.namespace(app - 1)}]}}]\n"
             "    to: [{methods: [GET, POST], paths: [/api/*]}]\n"
         )
-    return "---\n".join(docs)
+    return docs
 
 
 def root_policy(round_number: int) -> str:
@@ -204,7 +204,11 @@ def write_atomically(path: Path, text: str) -> None:
 
 def write_mesh(directory: Path, shape: MeshShape) -> Path:
     directory.mkdir(parents=True)
-    (directory / "mesh.yaml").write_text(mesh_documents(shape))
+    docs = mesh_documents(shape)
+    for first in range(0, len(docs), 500):  # 500 a file: a file holds at most 1,000 documents
+        (directory / f"mesh-{first // 500:03d}.yaml").write_text(
+            "---\n".join(docs[first : first + 500])
+        )
     policy = directory / "root-policy.yaml"
     write_atomically(policy, root_policy(0))
     return policy

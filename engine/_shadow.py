@@ -83,6 +83,20 @@ class _Keys:
         return [(name, kind, value[len(value) - n :]) for n in sizes if n <= len(value)]
 
 
+def _fields_query(dim: _Keys, part: object, fields: tuple[str, ...]) -> list[Key] | None:
+    """The keys filed under `dim` for each pattern field `part` names; None when one of them
+    can match nothing filed there (no earlier rule covers it)."""
+    keys: list[Key] = []
+    for name in fields:
+        patterns: Patterns | None = getattr(part, name)
+        if patterns is not None:
+            found = dim.patterns_query(name, patterns)
+            if found is None:
+                return None
+            keys += found
+    return keys
+
+
 def _pattern_keys(name: str, patterns: Patterns) -> list[Key]:
     keys: list[Key] = [(name, "exact", v) for v in patterns.exact]
     keys += [(name, "prefix", q) for q in patterns.prefixes]
@@ -170,15 +184,10 @@ class RivalIndex:
     def _source_query(self, rule: CompiledRule) -> list[Key] | None:
         if not rule.sources:
             return []  # only a rule without `from` (EVERY) covers any source
-        source, dim = rule.sources[0], self.dims[0]
-        keys: list[Key] = []
-        for name in SOURCE_FIELDS:
-            patterns: Patterns | None = getattr(source, name)
-            if patterns is not None:
-                found = dim.patterns_query(name, patterns)
-                if found is None:
-                    return None
-                keys += found
+        source = rule.sources[0]
+        keys = _fields_query(self.dims[0], source, SOURCE_FIELDS)
+        if keys is None:
+            return None
         if source.workloads is not None:
             if not source.workloads:
                 return None
@@ -207,15 +216,10 @@ class RivalIndex:
     def _operation_query(self, rule: CompiledRule) -> list[Key] | None:
         if not rule.operations:
             return []
-        op, dim = rule.operations[0], self.dims[1]
-        keys: list[Key] = []
-        for name in OPERATION_FIELDS:
-            patterns: Patterns | None = getattr(op, name)
-            if patterns is not None:
-                found = dim.patterns_query(name, patterns)
-                if found is None:
-                    return None
-                keys += found
+        op = rule.operations[0]
+        keys = _fields_query(self.dims[1], op, OPERATION_FIELDS)
+        if keys is None:
+            return None
         if op.ports is not None:
             if not op.ports.ranges:
                 return None

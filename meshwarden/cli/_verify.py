@@ -22,7 +22,7 @@ from meshwarden.cli._common import (
     load_or_raise,
     print_json,
 )
-from meshwarden.cli._types import http_server, split_host_port
+from meshwarden.cli._types import http_server, positive_duration, split_host_port
 from meshwarden.engine import CompiledMesh
 
 HELP = """\
@@ -68,10 +68,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--expect", type=Path, metavar="MATRIX.yaml", help="expected decisions")
     p.add_argument(
         "--wait",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="how long to wait for the sidecars to apply the policies (default 30)",
+        type=positive_duration,
+        default="30s",
+        metavar="DURATION",
+        help="how long to wait for the sidecars to apply the policies",
     )
     p.add_argument("-o", "--output", choices=("text", "json"), default="text",
                    help="text (a matrix and the differences) or one JSON object")  # fmt: skip

@@ -40,6 +40,32 @@ _COMMAND_MODULES: tuple[str, ...] = (
 # Commands registered by a module of another name.
 _MODULE_OF = {name: name for name in _COMMAND_MODULES} | {"sidecar": "bootstrap"}
 
+# What `meshwarden --help` lists, without importing the command modules (several pull in gRPC and
+# Envoy types and take a second to import). The text must equal each parser's own `help=`; a test
+# compares this listing with the full tree's. A command missing here is imported as before.
+_SUMMARIES: dict[str, str] = {
+    "check": "validate policy files",
+    "explain": "decide and explain one request",
+    "demo": "run the shop example as a live mesh (or --offline: check and explain)",
+    "server": "run the control plane (CA, node API, ADS)",
+    "token": "join tokens for agents",
+    "ca": "the certificate authority",
+    "agent": "run the node agent (Workload API)",
+    "svid": "inspect SVIDs from the Workload API",
+    "up": "run server, agent and one Envoy per workload on this host",
+    "bootstrap": "print a sidecar's Envoy bootstrap",
+    "sidecar": "run Envoy as a workload's sidecar",
+    "flows": "show the authorization decisions the sidecars reported",
+    "completion": "print a shell completion script",
+    "render": "render a node's nftables/iptables filter or cloud firewall rules",
+    "test": "run policy test cases (for CI)",
+    "lint": "find risky or broken-in-waiting policies (stable codes)",
+    "recommend": "write dry-run ALLOW policies from observed flows",
+    "promote": "switch dry-run policies to enforce, if the flows show no would-deny",
+    "verify": "probe the live mesh through its sidecars and compare with explain",
+}
+_LISTING = "listing"  # `build_parser(_LISTING)`: summaries only, for the top-level help
+
 _EPILOG = """\
 examples:
   meshwarden check examples/shop
@@ -69,8 +95,9 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole command tree, or only the commands of the modules in `only`."""
+def build_parser(only: Sequence[str] | str | None = None) -> argparse.ArgumentParser:
+    """The whole command tree, only the commands of the modules in `only`, or (`"listing"`) each
+    command's name and summary, enough for `meshwarden --help` and a mistyped command."""
     parser = Parser(
         prog="meshwarden",
         description=(
@@ -81,12 +108,25 @@ def build_parser(only: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES if only is None else only:
-        module = importlib.import_module(f"meshwarden.cli._{name}")
-        module.register(subparsers)
+    if only == _LISTING:
+        _register_summaries(subparsers)
+    else:
+        for name in _COMMAND_MODULES if only is None else only:
+            module = importlib.import_module(f"meshwarden.cli._{name}")
+            module.register(subparsers)
     for sub in subcommand_parsers(parser):
         sub.set_defaults(command_prog=sub.prog)  # errors are `meshwarden token create: error:`
     return parser
+
+
+def _register_summaries(subparsers: Any) -> None:
+    for name in _COMMAND_MODULES:
+        commands = [c for c, module in _MODULE_OF.items() if module == name]
+        if all(c in _SUMMARIES for c in commands):
+            for command in commands:
+                subparsers.add_parser(command, help=_SUMMARIES[command])
+        else:
+            importlib.import_module(f"meshwarden.cli._{name}").register(subparsers)
 
 
 def subcommand_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -98,14 +138,12 @@ def subcommand_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.Arg
                 yield from subcommand_parsers(sub)
 
 
-def _modules_for(argv: list[str]) -> tuple[str, ...] | None:
+def _modules_for(argv: list[str]) -> tuple[str, ...] | str:
     """Import only the command being run: some pull in gRPC and Envoy types, slow to import."""
-    if not argv:
-        return None
-    if argv[0] == "--version":
+    if argv and argv[0] == "--version":
         return ()
-    module = _MODULE_OF.get(argv[0])
-    return None if module is None else (module,)
+    module = _MODULE_OF.get(argv[0]) if argv else None
+    return _LISTING if module is None else (module,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -244,3 +244,32 @@ def test_identity_commands_fail_in_one_line(
     line = _one_line(capsys.readouterr().err)
     assert line.startswith(f"meshwarden ca bundle: error: {tmp_path}/")
     assert line.endswith("(has `meshwarden server` run with this data dir?)")
+
+
+def test_top_level_help_lists_every_command_with_the_summary_its_own_parser_gives() -> None:
+    # `meshwarden --help` is built from a table of summaries, without importing the commands.
+    assert build_parser("listing").format_help() == build_parser().format_help()
+
+
+def test_top_level_help_and_a_mistyped_command_import_neither_grpc_nor_envoy_types() -> None:
+    probe = (
+        "import sys\n"
+        "from meshwarden.cli import main\n"
+        "for argv in (['--help'], ['chek']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = ('grpc', 'meshwarden.xds', 'meshwarden.engine', 'envoy_data_plane')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
+        "print('heavy:' + ','.join(heavy), file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    heavy = out.stderr.strip().splitlines()[-1]
+    assert "COMMAND" in out.stdout
+    assert heavy == "heavy:", (
+        f"the top-level help imported {heavy}: give each new command its summary in "
+        "_SUMMARIES (meshwarden/cli/__init__.py)"
+    )

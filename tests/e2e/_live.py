@@ -18,31 +18,6 @@ from typing import Any, ClassVar
 
 from meshwarden.demo import sample_apps
 
-SHOP_PAIR = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
-spec:
-  addresses: [{net}.2]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {front_out}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
-spec:
-  addresses: [{net}.3]
-  ports: [{{port: 8080, targetPort: {app_port}, protocol: http}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  ports: [{{port: 8080, protocol: http}}]
-"""
-"""frontend-1 (an upstream to shop/backend on 127.0.0.1:{front_out}) and backend-1 (HTTP 8080 →
-127.0.0.1:{app_port}) on {net}.2 and {net}.3, and the Service shop/backend: format() it."""
-
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -15,54 +15,30 @@ import pytest
 from meshwarden.demo import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 from ._live import MeshwardenUp, exchange, free_port, request, sample_app
+from ._mesh import Document, app, mesh_document, policy, shop_pair, upstream, workload, write
 
 FRONTEND_ID = "spiffe://live.test/ns/shop/sa/frontend-1"
 SIDECAR = "shop/backend-1 sidecar"
 ENVOY_CHECK = "async envoy.service.auth.v3.Authorization.Check egress"  # Envoy's span of the call
 
-DOCUMENTS = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Mesh
-metadata: {{name: mesh}}
-spec: {{trustDomain: live.test, mtls: PERMISSIVE, defaultPolicy: deny, enforcement: ext-authz}}
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
-spec:
-  addresses: [{net}.2]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {front_out}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: ops-1, namespace: ops, labels: {{app: ops}}}}
-spec:
-  addresses: [{net}.5]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {ops_out}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
-spec:
-  addresses: [{net}.3]
-  ports: [{{port: 8080, targetPort: {app_port}, protocol: http}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  ports: [{{port: 8080, protocol: http}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: backend-access, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  rules:
-  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
-    to: [{{paths: [/api/*]}}]
-"""
+
+def ext_authz_mesh(net: str, front_out: int, ops_out: int, app_port: int) -> list[Document]:
+    """The shop pair plus ops-1 (an upstream to the backend too), enforced by ext-authz: only the
+    frontend may reach /api/*."""
+    mesh = {
+        "trustDomain": "live.test",
+        "mtls": "PERMISSIVE",
+        "defaultPolicy": "deny",
+        "enforcement": "ext-authz",
+    }
+    ops = {"addresses": [f"{net}.5"], "upstreams": [upstream("shop/backend", 8080, ops_out)]}
+    rule = {"from": [{"workloads": app("frontend")}], "to": [{"paths": ["/api/*"]}]}
+    return [
+        mesh_document(mesh),
+        *shop_pair(net, front_out, app_port),
+        workload("ops/ops-1", "ops", ops),
+        policy("shop/backend-access", [rule], selector="backend"),
+    ]
 
 
 @dataclass
@@ -91,12 +67,15 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("ext-authz-live")
     values: dict[str, int | str] = {
-        "net": f"127.81.{os.getpid() % 250}", "front_out": free_port(), "ops_out": free_port(),
+        "net": f"127.81.{os.getpid() % 250}",
+        "front_out": free_port(),
+        "ops_out": free_port(),
         "app_port": free_port(),
-    }  # fmt: skip
+    }
     policies = root / "policies"
     policies.mkdir()
-    (policies / "mesh.yaml").write_text(DOCUMENTS.format(**values))
+    ports = {k: int(v) for k, v in values.items() if k != "net"}
+    write(policies / "mesh.yaml", ext_authz_mesh(str(values["net"]), **ports))
     with otlp_receiver() as receiver, sample_app(int(values["app_port"])):
         up = MeshwardenUp(policies, Path(root / "data"), ("--otlp-endpoint", receiver.endpoint))
         up.start()

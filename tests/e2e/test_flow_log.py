@@ -19,68 +19,63 @@ from typing import Any
 import pytest
 
 from ._live import MeshwardenUp, free_port, request, sample_app
+from ._mesh import Document, app, mesh_document, policy, port, service, upstream, workload, write
 
-MESH = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Mesh
-metadata: {{name: mesh}}
-spec: {{trustDomain: flows.test, mtls: PERMISSIVE, defaultPolicy: deny}}
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
-spec:
-  addresses: [{net}.2]
-  upstreams:
-  - {{service: shop/backend, port: 8080, localPort: {front_http}}}
-  - {{service: shop/backend, port: 9000, localPort: {front_tcp}}}
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
-spec:
-  addresses: [{net}.3]
-  ports:
-  - {{port: 8080, targetPort: {app_port}, protocol: http}}
-  - {{port: 9000, targetPort: {app_port}, protocol: tcp}}
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  ports: [{{port: 8080, protocol: http}}, {{port: 9000, protocol: tcp}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: backend-access, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  rules:
-  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
-    to: [{{ports: [8080], methods: [GET], paths: [/api/*]}}]
-  - from: [{{ipBlocks: [{net}.9/32]}}]
-    to: [{{ports: [8080], methods: [GET], paths: [/public]}}]
-  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
-    to: [{{ports: [9000]}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: no-secrets, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  action: DENY
-  rules: [{{to: [{{ports: [8080], paths: [/api/secret]}}]}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: try-lockdown, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  action: DENY
-  mode: dry-run
-  rules: [{{to: [{{ports: [8080], paths: [/api/items]}}]}}]
-"""
+
+def flow_mesh(net: str, front_http: int, front_tcp: int, app_port: int) -> list[Document]:
+    """frontend-1 → backend-1 over HTTP 8080 and tcp 9000; plaintext `net`.9 may GET /public;
+    /api/secret is denied, and a dry-run DENY would lock /api/items."""
+    frontend = [{"workloads": app("frontend")}]
+    allow = [
+        {"from": frontend, "to": [{"ports": [8080], "methods": ["GET"], "paths": ["/api/*"]}]},
+        {
+            "from": [{"ipBlocks": [f"{net}.9/32"]}],
+            "to": [{"ports": [8080], "methods": ["GET"], "paths": ["/public"]}],
+        },
+        {"from": frontend, "to": [{"ports": [9000]}]},
+    ]
+    return [
+        mesh_document({"trustDomain": "flows.test", "mtls": "PERMISSIVE", "defaultPolicy": "deny"}),
+        workload(
+            "shop/frontend-1",
+            "frontend",
+            {
+                "addresses": [f"{net}.2"],
+                "upstreams": [
+                    upstream("shop/backend", 8080, front_http),
+                    upstream("shop/backend", 9000, front_tcp),
+                ],
+            },
+        ),
+        workload(
+            "shop/backend-1",
+            "backend",
+            {
+                "addresses": [f"{net}.3"],
+                "ports": [port(8080, app_port), port(9000, app_port, "tcp")],
+            },
+        ),
+        service(
+            "shop/backend",
+            "backend",
+            [{"port": 8080, "protocol": "http"}, {"port": 9000, "protocol": "tcp"}],
+        ),
+        policy("shop/backend-access", allow, selector="backend"),
+        policy(
+            "shop/no-secrets",
+            [{"to": [{"ports": [8080], "paths": ["/api/secret"]}]}],
+            selector="backend",
+            action="DENY",
+        ),
+        policy(
+            "shop/try-lockdown",
+            [{"to": [{"ports": [8080], "paths": ["/api/items"]}]}],
+            selector="backend",
+            action="DENY",
+            mode="dry-run",
+        ),
+    ]
+
 
 FRONTEND = "spiffe://flows.test/ns/shop/sa/frontend-1"
 BACKEND = "shop/backend-1"
@@ -93,7 +88,8 @@ class FlowMesh:
                        "app_port": free_port()}  # fmt: skip
         policies = root / "policies"
         policies.mkdir()
-        (policies / "mesh.yaml").write_text(MESH.format(**self.values))
+        ports = {k: v for k, v in self.values.items() if k != "net"}
+        write(policies / "mesh.yaml", flow_mesh(net, **ports))
         self.up = MeshwardenUp(policies, root / "data")
 
     @property

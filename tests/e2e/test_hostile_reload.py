@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from ._live import SHOP_PAIR as WORKLOADS
 from ._live import MeshwardenUp, free_port, request, sample_app, wait_for
+from ._mesh import shop_pair, write
 
 MESH = """\
 apiVersion: meshwarden.io/v1alpha1
@@ -72,9 +72,8 @@ class HostileMesh:
         self.up = MeshwardenUp(self.policies, root / "data")
 
     def write_all(self) -> None:
-        values = {"net": self.net, "front_out": self.front_out, "app_port": self.app_port}
         (self.policies / "mesh.yaml").write_text(MESH)
-        (self.policies / "workloads.yaml").write_text(WORKLOADS.format(**values))
+        write(self.policies / "workloads.yaml", shop_pair(self.net, self.front_out, self.app_port))
         (self.policies / "policies.yaml").write_text(ALLOW_API + DENY_SECRET)
 
     def frontend(self, path: str) -> int | str:
@@ -226,8 +225,7 @@ def test_every_crash_trigger_leaves_a_server_serving(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "mesh.yaml").write_text(MESH)
-    values = {"net": "127.0.0", "front_out": free_port(), "app_port": free_port()}
-    (policies / "workloads.yaml").write_text(WORKLOADS.format(**values))
+    write(policies / "workloads.yaml", shop_pair("127.0.0", free_port(), free_port()))
     command = [sys.executable, "-m", "meshwarden", "server", "--policies", str(policies),
                "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0"]  # fmt: skip
     log = tmp_path / "server.log"

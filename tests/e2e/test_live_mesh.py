@@ -25,108 +25,82 @@ from ._live import (
     static_files,
     wait_for,
 )
+from ._mesh import (
+    Document,
+    app,
+    jwt_issuer,
+    mesh_document,
+    policy,
+    shop_pair,
+    upstream,
+    workload,
+    write,
+)
 
 ISSUER = "https://idp.test.example"
 PARTNER = "https://partner.test.example"
 
-MESH = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Mesh
-metadata: {{name: mesh, annotations: {{meshwarden.io/allow-loosening: "{loosen}"}}}}
-spec: {{trustDomain: live.test, mtls: {mtls}, defaultPolicy: deny}}
-"""
 
-WORKLOADS = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
-spec:
-  addresses: [{net}.2]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {front_out}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: ops-1, namespace: ops, labels: {{app: ops}}}}
-spec:
-  addresses: [{net}.5]
-  selectors: [unix:uid:{uid}]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {ops_out}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
-spec:
-  addresses: [{net}.3]
-  ports: [{{port: 8080, targetPort: {app_port}, protocol: http}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  ports: [{{port: 8080, protocol: http}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: JwtIssuer
-metadata: {{name: corp, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  issuer: {issuer}
-  audiences: [backend]
-  jwks: '{jwks}'
----
-apiVersion: meshwarden.io/v1alpha1
-kind: JwtIssuer
-metadata: {{name: partner, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  issuer: {partner}
-  jwksUri: http://127.0.0.1:{jwks_port}/jwks.json
----
-apiVersion: meshwarden.io/v1alpha1
-kind: JwtIssuer
-metadata: {{name: mesh-svids, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  issuer: mesh
-  spiffeTrustDomain: live.test
-  audiences: [backend]
-"""
+def live_mesh(v: dict[str, Any]) -> list[Document]:
+    loosen = {"meshwarden.io/allow-loosening": v["loosen"]}
+    return [
+        mesh_document(
+            {"trustDomain": "live.test", "mtls": v["mtls"], "defaultPolicy": "deny"},
+            annotations=loosen,
+        )
+    ]
 
-POLICIES = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: backend-access, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  rules:
-  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
-    to: [{{methods: [{frontend_methods}], paths: [/api/*]}}]
-  - from: [{{namespaces: [ops], jwt: {{issuers: [{issuer}], claims: {{groups: [admin]}}}}}}]
-    to: [{{paths: [/admin/*]}}]
-  - from: [{{ipBlocks: [{net}.9/32]}}]
-    to: [{{methods: [GET], paths: [/public]}}]
-  - from: [{{jwt: {{issuers: [{partner}]}}}}]
-    to: [{{paths: [/partner/*]}}]
-  - from: [{{jwt: {{subjects: [spiffe://live.test/ns/ops/sa/ops-1]}}}}]
-    to: [{{paths: [/svid/*]}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: no-secrets, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  action: DENY
-  rules: [{{to: [{{paths: [/api/secret]}}]}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: try-lockdown, namespace: shop}}
-spec:
-  action: DENY
-  mode: dry-run
-  rules: [{{}}]
-"""
+
+def live_workloads(v: dict[str, Any]) -> list[Document]:
+    """The shop pair; ops-1 (uid-attested) calls the backend too; three JWT issuers at the
+    backend: inline JWKS, a JWKS URL, and this mesh's own JWT-SVIDs."""
+    ops = {
+        "addresses": [f"{v['net']}.5"],
+        "selectors": [f"unix:uid:{v['uid']}"],
+        "upstreams": [upstream("shop/backend", 8080, v["ops_out"])],
+    }
+    jwks_uri = f"http://127.0.0.1:{v['jwks_port']}/jwks.json"
+    return [
+        *shop_pair(v["net"], v["front_out"], v["app_port"]),
+        workload("ops/ops-1", "ops", ops),
+        jwt_issuer(
+            "shop/corp", "backend", {"issuer": ISSUER, "audiences": ["backend"], "jwks": v["jwks"]}
+        ),
+        jwt_issuer("shop/partner", "backend", {"issuer": PARTNER, "jwksUri": jwks_uri}),
+        jwt_issuer(
+            "shop/mesh-svids",
+            "backend",
+            {"issuer": "mesh", "spiffeTrustDomain": "live.test", "audiences": ["backend"]},
+        ),
+    ]
+
+
+def live_policies(v: dict[str, Any]) -> list[Document]:
+    admins = {"namespaces": ["ops"], "jwt": {"issuers": [ISSUER], "claims": {"groups": ["admin"]}}}
+    ops_svid = {"jwt": {"subjects": ["spiffe://live.test/ns/ops/sa/ops-1"]}}
+    rules = [
+        {
+            "from": [{"workloads": app("frontend")}],
+            "to": [{"methods": v["frontend_methods"], "paths": ["/api/*"]}],
+        },
+        {"from": [admins], "to": [{"paths": ["/admin/*"]}]},
+        {
+            "from": [{"ipBlocks": [f"{v['net']}.9/32"]}],
+            "to": [{"methods": ["GET"], "paths": ["/public"]}],
+        },
+        {"from": [{"jwt": {"issuers": [PARTNER]}}], "to": [{"paths": ["/partner/*"]}]},
+        {"from": [ops_svid], "to": [{"paths": ["/svid/*"]}]},
+    ]
+    return [
+        policy("shop/backend-access", rules, selector="backend"),
+        policy(
+            "shop/no-secrets",
+            [{"to": [{"paths": ["/api/secret"]}]}],
+            selector="backend",
+            action="DENY",
+        ),
+        policy("shop/try-lockdown", [{}], action="DENY", mode="dry-run"),
+    ]
 
 
 class LiveMesh:
@@ -137,18 +111,30 @@ class LiveMesh:
         self.idp = DemoIdp(ISSUER)
         self.partner = DemoIdp(PARTNER)
         self.values: dict[str, Any] = {
-            "net": net, "front_out": free_port(), "ops_out": free_port(),
-            "app_port": free_port(), "issuer": ISSUER, "jwks": self.idp.jwks(),
-            "mtls": "PERMISSIVE", "frontend_methods": "GET", "uid": os.getuid(), "loosen": "false",
-            "partner": PARTNER, "jwks_port": free_port(),
-        }  # fmt: skip
+            "net": net,
+            "front_out": free_port(),
+            "ops_out": free_port(),
+            "app_port": free_port(),
+            "issuer": ISSUER,
+            "jwks": self.idp.jwks(),
+            "mtls": "PERMISSIVE",
+            "frontend_methods": ["GET"],
+            "uid": os.getuid(),
+            "loosen": "false",
+            "partner": PARTNER,
+            "jwks_port": free_port(),
+        }
         self.write()
         self.up = MeshwardenUp(self.policies, root / "data")
 
     def write(self, **changes: Any) -> None:
         self.values.update(changes)
-        for name, text in (("mesh", MESH), ("workloads", WORKLOADS), ("policies", POLICIES)):
-            (self.policies / f"{name}.yaml").write_text(text.format(**self.values))
+        for name, documents in (
+            ("mesh", live_mesh),
+            ("workloads", live_workloads),
+            ("policies", live_policies),
+        ):
+            write(self.policies / f"{name}.yaml", documents(self.values))
 
     def frontend(self, method: str, path: str) -> int | str:
         return request("127.0.0.1", self.values["front_out"], method, path)
@@ -208,10 +194,24 @@ def test_remote_jwks_and_jwt_svids_of_the_mesh_verify_tokens(live: LiveMesh) -> 
     assert live.ops("/partner/report", partner.token(partner.claims())) == 200
     assert live.ops("/partner/report", partner.token(partner.claims(), forged=True)) == 401
     fetched = subprocess.run(
-        [sys.executable, "-m", "meshwarden", "svid", "fetch", "--socket",
-         str(live.root / "data" / "agent" / "workload.sock"), "--jwt-audience", "backend",
-         "-o", "json"], capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "meshwarden",
+            "svid",
+            "fetch",
+            "--socket",
+            str(live.root / "data" / "agent" / "workload.sock"),
+            "--jwt-audience",
+            "backend",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     svid = json.loads(fetched.stdout)["jwtSvid"]
     assert svid["spiffeId"] == "spiffe://live.test/ns/ops/sa/ops-1"
     assert live.ops("/svid/x", svid["token"]) == 200
@@ -228,7 +228,7 @@ def test_a_live_change_flips_a_decision_and_a_broken_file_changes_nothing(
     live: LiveMesh,
 ) -> None:
     before = live.up.health()["policyVersion"]
-    live.write(frontend_methods="GET, POST")
+    live.write(frontend_methods=["GET", "POST"])
     assert wait_for(lambda: live.frontend("POST", "/api/items"), 200) == 200
     assert live.up.health()["policyVersion"] != before
 
@@ -289,8 +289,9 @@ def test_make_demo_runs_the_shop_live_and_every_row_matches() -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "meshwarden", "demo"], capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "meshwarden", "demo"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "all rows as expected" in result.stdout
     assert result.stdout.count(" yes ") == 10  # nine requests, then the flipped one

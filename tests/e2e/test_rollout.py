@@ -19,63 +19,48 @@ import pytest
 from meshwarden.engine import load
 
 from ._live import MeshwardenUp, free_port, request, sample_app, wait_for
+from ._mesh import Document, app, mesh_document, policy, port, service, upstream, workload, write
 
-MESH = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Mesh
-metadata: {{name: mesh}}
-spec: {{trustDomain: rollout.test, defaultPolicy: deny, defaultMode: dry-run}}
-"""
-WORKLOADS = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: frontend-1, namespace: shop, labels: {{app: frontend}}}}
-spec:
-  addresses: [{net}.2]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {front}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-1, namespace: shop, labels: {{app: backend}}}}
-spec:
-  addresses: [{net}.3]
-  ports: [{{port: 8080, targetPort: {app}, protocol: http}}]
-  upstreams: [{{service: shop/db, port: 5432, localPort: {back}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: db-1, namespace: shop, labels: {{app: db}}}}
-spec:
-  addresses: [{net}.4]
-  ports: [{{port: 5432, targetPort: {db}, protocol: tcp}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {{name: ops-1, namespace: ops, labels: {{app: ops}}}}
-spec:
-  addresses: [{net}.5]
-  upstreams: [{{service: shop/backend, port: 8080, localPort: {ops}}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: shop}}
-spec: {{selector: {{matchLabels: {{app: backend}}}}, ports: [{{port: 8080, protocol: http}}]}}
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {{name: db, namespace: shop}}
-spec: {{selector: {{matchLabels: {{app: db}}}}, ports: [{{port: 5432, protocol: tcp}}]}}
----
-# Written before the rollout: only the catalogue for frontends (monitor mode makes it dry-run).
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: backend-access, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  rules:
-  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
-    to: [{{methods: [GET], paths: [/api/catalogue]}}]
-"""
+
+def rollout_mesh(monitor: bool = True) -> list[Document]:
+    spec = {"trustDomain": "rollout.test", "defaultPolicy": "deny"}
+    return [mesh_document(spec | ({"defaultMode": "dry-run"} if monitor else {}))]
+
+
+def rollout_workloads(p: dict[str, Any]) -> list[Document]:
+    """frontend-1 → backend-1 (HTTP 8080) → db-1 (tcp 5432), and ops-1 → backend-1. Written
+    before the rollout: only the catalogue for frontends (monitor mode makes it dry-run)."""
+    net = p["net"]
+    backend = {
+        "addresses": [f"{net}.3"],
+        "ports": [port(8080, p["app"])],
+        "upstreams": [upstream("shop/db", 5432, p["back"])],
+    }
+    catalogue = {
+        "from": [{"workloads": app("frontend")}],
+        "to": [{"methods": ["GET"], "paths": ["/api/catalogue"]}],
+    }
+    return [
+        workload(
+            "shop/frontend-1",
+            "frontend",
+            {"addresses": [f"{net}.2"], "upstreams": [upstream("shop/backend", 8080, p["front"])]},
+        ),
+        workload("shop/backend-1", "backend", backend),
+        workload(
+            "shop/db-1", "db", {"addresses": [f"{net}.4"], "ports": [port(5432, p["db"], "tcp")]}
+        ),
+        workload(
+            "ops/ops-1",
+            "ops",
+            {"addresses": [f"{net}.5"], "upstreams": [upstream("shop/backend", 8080, p["ops"])]},
+        ),
+        service("shop/backend", "backend", [{"port": 8080, "protocol": "http"}]),
+        service("shop/db", "db", [{"port": 5432, "protocol": "tcp"}]),
+        policy("shop/backend-access", [catalogue], selector="backend"),
+    ]
+
+
 LOAD = "GET /api/catalogue", *(f"GET /api/items/{n}" for n in range(1, 6)), "POST /api/cart"
 EXPECT = """\
 expect:
@@ -91,25 +76,33 @@ expect:
 
 class Rollout:
     def __init__(self, root: Path, net: str) -> None:
-        self.ports = {"net": net, "front": free_port(), "back": free_port(), "ops": free_port(),
-                      "app": free_port(), "db": free_port()}  # fmt: skip
+        self.ports = {
+            "net": net,
+            "front": free_port(),
+            "back": free_port(),
+            "ops": free_port(),
+            "app": free_port(),
+            "db": free_port(),
+        }
         self.policies = root / "policies"
         self.policies.mkdir()
-        (self.policies / "mesh.yaml").write_text(MESH.format(**self.ports))
-        (self.policies / "workloads.yaml").write_text(WORKLOADS.format(**self.ports))
+        write(self.policies / "mesh.yaml", rollout_mesh())
+        write(self.policies / "workloads.yaml", rollout_workloads(self.ports))
         self.flow_file = root / "flows.ndjson"
         self.expect = root / "expect.yaml"
         self.expect.write_text(EXPECT)
-        self.up = MeshwardenUp(self.policies, root / "data", ("--flow-log-file",
-                                                              str(self.flow_file)))  # fmt: skip
+        self.up = MeshwardenUp(
+            self.policies, root / "data", ("--flow-log-file", str(self.flow_file))
+        )
 
     @property
     def server(self) -> str:
         return self.up.ready_line.split("health ")[1].split(",")[0]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "meshwarden", *args], capture_output=True,
-                              text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "meshwarden", *args], capture_output=True, text=True, timeout=120
+        )
 
     def call(self, port_key: str, line: str) -> int | str:
         method, path = line.split(" ", 1)
@@ -139,7 +132,8 @@ class Rollout:
         def state() -> bool:
             health = self.up.health()
             return health["policyVersion"] == result.compiled.version and all(
-                s["applied"] for s in health["sidecars"].values())  # fmt: skip
+                s["applied"] for s in health["sidecars"].values()
+            )
 
         assert wait_for(state, True, timeout=30), self.up.health()
 
@@ -177,9 +171,12 @@ def rollout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
 def _record_traffic(mesh: Rollout, tmp: Path) -> list[dict[str, Any]]:
     script = tmp / "load.py"
     script.write_text(LOAD_SCRIPT)
-    run = subprocess.run([sys.executable, str(script), str(mesh.ports["front"]),
-                          str(mesh.ports["back"]), *LOAD], capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(script), str(mesh.ports["front"]), str(mesh.ports["back"]), *LOAD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count(" 200\n") == len(LOAD), run.stdout  # monitor mode refuses nothing
     assert "db connection held open" in run.stdout
@@ -192,22 +189,31 @@ def test_observe_recommend_promote_enforce_and_verify(rollout: Rollout, tmp_path
     mesh = rollout
     flows = _record_traffic(mesh, tmp_path)
     would = {(f["method"], f["path"]): f["dryRun"] for f in flows if f["protocol"] == "http"}
-    assert would[("GET", "/api/catalogue")] == {"decision": "allow",
-                                                "policy": "shop/backend-access"}  # fmt: skip
+    assert would[("GET", "/api/catalogue")] == {
+        "decision": "allow",
+        "policy": "shop/backend-access",
+    }
     assert would[("GET", "/api/items/3")] == {"decision": "deny", "policy": "default:deny"}
     assert all(f["decision"] == "allow" for f in flows)
 
     proposed = mesh.policies / "recommended"
-    made = mesh.cli("recommend", str(mesh.policies), "--flows", str(mesh.flow_file),
-                    "-o", str(proposed))  # fmt: skip
+    made = mesh.cli(
+        "recommend", str(mesh.policies), "--flows", str(mesh.flow_file), "-o", str(proposed)
+    )
     assert made.returncode == 0, made.stderr
     assert mesh.cli("check", "--strict", str(mesh.policies)).returncode == 0
-    promoted = mesh.cli("promote", "shop/recommended-backend", "shop/recommended-db",
-                        str(mesh.policies), "--require-clean", "1h", "--flows",
-                        str(mesh.flow_file))  # fmt: skip
+    promoted = mesh.cli(
+        "promote",
+        "shop/recommended-backend",
+        "shop/recommended-db",
+        str(mesh.policies),
+        "--require-clean",
+        "1h",
+        "--flows",
+        str(mesh.flow_file),
+    )
     assert promoted.returncode == 0, promoted.stderr
-    mesh_file = mesh.policies / "mesh.yaml"
-    mesh_file.write_text(mesh_file.read_text().replace(", defaultMode: dry-run", ""))
+    write(mesh.policies / "mesh.yaml", rollout_mesh(monitor=False))
     mesh.wait_applied()
 
     for line in LOAD:  # every observed flow is still allowed, now enforced
@@ -218,8 +224,12 @@ def test_observe_recommend_promote_enforce_and_verify(rollout: Rollout, tmp_path
     assert mesh.call("ops", "GET /api/catalogue") == 403  # a caller never observed
     explain = ("explain", str(mesh.policies), "--to", "shop/backend-1", "--port", "8080")
     assert mesh.cli(*explain, "--from-workload", "ops/ops-1").returncode == 1
-    assert mesh.cli(*explain, "--from-workload", "shop/frontend-1", "--path",
-                    "/api/items/3").returncode == 0  # fmt: skip
+    assert (
+        mesh.cli(
+            *explain, "--from-workload", "shop/frontend-1", "--path", "/api/items/3"
+        ).returncode
+        == 0
+    )
 
     clean = mesh.cli("verify", "--server", mesh.server)
     assert clean.returncode == 0, clean.stdout + clean.stderr
@@ -232,6 +242,8 @@ def test_observe_recommend_promote_enforce_and_verify(rollout: Rollout, tmp_path
     mesh.wait_applied()
     report = mesh.cli("verify", "--server", mesh.server, "--expect", str(mesh.expect))
     assert report.returncode == 1, report.stdout + report.stderr
-    assert ("DIFFERENCE shop/frontend-1 -> shop/backend:8080 GET /api/items/42: expected "
-            "ALLOW, sidecars DENY (403") in report.stdout  # fmt: skip
+    assert (
+        "DIFFERENCE shop/frontend-1 -> shop/backend:8080 GET /api/items/42: expected "
+        "ALLOW, sidecars DENY (403"
+    ) in report.stdout
     assert report.stdout.count("DIFFERENCE") == 1

@@ -27,49 +27,48 @@ import pytest
 from meshwarden._sidecar_process import ProcessRecord
 
 from ._live import MeshwardenUp, wait_for
+from ._mesh import (
+    app,
+    document,
+    mesh_document,
+    policy,
+    port,
+    service,
+    upstream,
+    workload,
+    write,
+)
 
 FRONTEND_UID = 4242
 NOBODY = 65534
 HEALTH = "127.0.0.1:19901"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
-MESH = """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Mesh
-metadata: {name: mesh}
-spec: {trustDomain: hard.test, mtls: STRICT, defaultPolicy: deny}
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {name: frontend-1, namespace: t, labels: {app: frontend}}
-spec:
-  addresses: [127.0.0.2]
-  selectors: [unix:uid:FRONTEND_UID]
-  upstreams: [{service: t/backend, port: 8080, localPort: 15080}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Workload
-metadata: {name: backend-1, namespace: t, labels: {app: backend}}
-spec:
-  addresses: [127.0.0.3]
-  ports: [{port: 8080, targetPort: 18081, protocol: http}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: Service
-metadata: {name: backend, namespace: t}
-spec:
-  selector: {matchLabels: {app: backend}}
-  ports: [{port: 8080, protocol: http}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {name: backend-access, namespace: t}
-spec:
-  selector: {matchLabels: {app: backend}}
-  rules:
-  - from: [{workloads: {matchLabels: {app: frontend}}}]
-    to: [{methods: [GET], paths: [/api/*]}]
-""".replace("FRONTEND_UID", str(FRONTEND_UID))
+HARD_MESH = mesh_document({"trustDomain": "hard.test", "mtls": "STRICT", "defaultPolicy": "deny"})
+MESH = [
+    HARD_MESH,
+    workload(
+        "t/frontend-1",
+        "frontend",
+        {
+            "addresses": ["127.0.0.2"],
+            "selectors": [f"unix:uid:{FRONTEND_UID}"],
+            "upstreams": [upstream("t/backend", 8080, 15080)],
+        },
+    ),
+    workload("t/backend-1", "backend", {"addresses": ["127.0.0.3"], "ports": [port(8080, 18081)]}),
+    service("t/backend", "backend", [{"port": 8080, "protocol": "http"}]),
+    policy(
+        "t/backend-access",
+        selector="backend",
+        rules=[
+            {
+                "from": [{"workloads": app("frontend")}],
+                "to": [{"methods": ["GET"], "paths": ["/api/*"]}],
+            }
+        ],
+    ),
+]
 
 # An app bound to every address (the bypass `up` must name).
 APP = """\
@@ -154,7 +153,7 @@ class Mesh:
         self.root, self.host = root, host
         policies = root / "policies"
         policies.mkdir(exist_ok=True)
-        (policies / "mesh.yaml").write_text(MESH)
+        write(policies / "mesh.yaml", MESH)
         prefix = ("ip", "netns", "exec", host.name)
         self.up = MeshwardenUp(policies, root / "data", ("--health", HEALTH), prefix)
 
@@ -286,13 +285,19 @@ def _up_with_an_unbindable_address(host: Host, folder: Path) -> str:
     """Run `up` on a workload whose address is not on the host (Envoy NACKs its listener)."""
     policies = folder / "policies"
     policies.mkdir()
-    (policies / "mesh.yaml").write_text(
-        MESH.split("---")[0] + "---\napiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
-        "metadata: {name: elsewhere-1, namespace: t}\n"
-        "spec: {addresses: [10.99.0.1], ports: [{port: 8080, protocol: http}]}\n"
-        "---\napiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
-        "metadata: {name: pinned-1, namespace: t}\n"
-        "spec: {addresses: [127.0.0.9], ports: [{port: 8080}], selectors: [node:elsewhere]}\n"
+    elsewhere = {"addresses": ["10.99.0.1"], "ports": [{"port": 8080, "protocol": "http"}]}
+    pinned = {
+        "addresses": ["127.0.0.9"],
+        "ports": [{"port": 8080}],
+        "selectors": ["node:elsewhere"],
+    }
+    write(
+        policies / "mesh.yaml",
+        [
+            HARD_MESH,
+            document("Workload", "t/elsewhere-1", elsewhere),
+            document("Workload", "t/pinned-1", pinned),
+        ],
     )
     command = ["ip", "netns", "exec", host.name, sys.executable, "-m", "meshwarden", "up",
                str(policies), "--data-dir", str(folder / "data"), "--ready-timeout", "6s",
@@ -310,7 +315,7 @@ def test_a_workload_whose_outbound_rules_cannot_be_installed_gets_no_sidecar() -
     try:
         with namespace(f"h9sf{os.getpid()}") as host:
             (folder / "policies").mkdir()
-            (folder / "policies" / "mesh.yaml").write_text(MESH)
+            write(folder / "policies" / "mesh.yaml", MESH)
             prefix = ("ip", "netns", "exec", host.name, "env", "PATH=/nonexistent")
             up = MeshwardenUp(folder / "policies", folder / "data", ("--health", HEALTH), prefix)
             up.start()

@@ -19,55 +19,49 @@ import pytest
 
 from meshwarden.demo import DemoIdp, OtlpReceiver, ReceivedSpan, otlp_receiver
 
-from ._live import SHOP_PAIR, MeshwardenUp, exchange, free_port, http_server
+from ._live import MeshwardenUp, exchange, free_port, http_server
+from ._mesh import Document, app, jwt_issuer, mesh_document, policy, shop_pair, write
 
 ISSUER = "https://idp.trace.example"
-DOCS = (
-    """\
-apiVersion: meshwarden.io/v1alpha1
-kind: Mesh
-metadata: {{name: mesh}}
-spec: {{trustDomain: trace.test, defaultPolicy: deny}}
----
-"""
-    + SHOP_PAIR
-    + """---
-apiVersion: meshwarden.io/v1alpha1
-kind: JwtIssuer
-metadata: {{name: corp, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  issuer: {issuer}
-  audiences: [backend]
-  jwks: '{jwks}'
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: frontend-reads, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  rules:
-  - from: [{{workloads: {{matchLabels: {{app: frontend}}}}}}]
-    to: [{{methods: [GET], paths: [/api/*]}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: no-secrets, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  action: DENY
-  rules: [{{to: [{{paths: [/api/secret]}}]}}]
----
-apiVersion: meshwarden.io/v1alpha1
-kind: AuthorizationPolicy
-metadata: {{name: lockdown-trial, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: backend}}}}
-  action: DENY
-  mode: dry-run
-  rules: [{{to: [{{paths: [/api/beta]}}]}}]
-"""
-)
+
+
+def traced_documents(values: dict[str, Any], methods: tuple[str, ...] = ("GET",)) -> list[Document]:
+    """The shop pair; frontend may use `methods` on /api/*, /api/secret is denied, and a dry-run
+    DENY would lock /api/beta; tokens of the corp IdP are verified at the backend."""
+    return [
+        mesh_document({"trustDomain": "trace.test", "defaultPolicy": "deny"}),
+        *shop_pair(values["net"], values["front_out"], values["app_port"]),
+        jwt_issuer(
+            "shop/corp",
+            "backend",
+            {"issuer": ISSUER, "audiences": ["backend"], "jwks": values["jwks"]},
+        ),
+        policy(
+            "shop/frontend-reads",
+            selector="backend",
+            rules=[
+                {
+                    "from": [{"workloads": app("frontend")}],
+                    "to": [{"methods": list(methods), "paths": ["/api/*"]}],
+                }
+            ],
+        ),
+        policy(
+            "shop/no-secrets",
+            [{"to": [{"paths": ["/api/secret"]}]}],
+            selector="backend",
+            action="DENY",
+        ),
+        policy(
+            "shop/lockdown-trial",
+            [{"to": [{"paths": ["/api/beta"]}]}],
+            selector="backend",
+            action="DENY",
+            mode="dry-run",
+        ),
+    ]
+
+
 FRONTEND_ID = "spiffe://trace.test/ns/shop/sa/frontend-1"
 SIDECAR = "shop/backend-1 sidecar"
 
@@ -92,10 +86,20 @@ class _TraceEchoApp(BaseHTTPRequestHandler):
 class TracedMesh:
     receiver: OtlpReceiver
     up: MeshwardenUp
-    front_out: int
+    values: dict[str, Any]
     idp: DemoIdp
-    metrics_port: int
-    health_port: int
+
+    @property
+    def front_out(self) -> int:
+        return int(self.values["front_out"])
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.values["metrics"])
+
+    @property
+    def health_port(self) -> int:
+        return int(self.values["health"])
 
     def call(self, method: str, path: str, token: str | None = None) -> tuple[int | str, str]:
         """Send one request from the frontend with a fresh sampled traceparent; (status,
@@ -133,7 +137,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
         "app_port": free_port(), "issuer": ISSUER, "jwks": idp.jwks(),
         "metrics": free_port(), "health": free_port(),
     }  # fmt: skip
-    (policies / "mesh.yaml").write_text(DOCS.format(**values))
+    write(policies / "mesh.yaml", traced_documents(values))
     with otlp_receiver() as receiver, http_server(values["app_port"], _TraceEchoApp):
         args = ("--otlp-endpoint", receiver.endpoint,
                 "--metrics", f"127.0.0.1:{values['metrics']}",
@@ -141,9 +145,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
         up = MeshwardenUp(policies, root / "data", args)
         up.start()
         try:
-            yield TracedMesh(
-                receiver, up, values["front_out"], idp, values["metrics"], values["health"]
-            )
+            yield TracedMesh(receiver, up, values, idp)
         finally:
             assert up.stop() == 0, up.log.read_text()[-3000:]
 
@@ -245,7 +247,7 @@ def test_the_push_that_installed_the_rules_is_found_from_a_decision(traced: Trac
 def test_a_policy_change_is_traced_from_reload_to_push(traced: TracedMesh, tmp_path: Path) -> None:
     mesh_file = traced.up.policies / "mesh.yaml"
     before = mesh_file.read_text()
-    mesh_file.write_text(before.replace("methods: [GET]", "methods: [GET, POST]"))
+    write(mesh_file, traced_documents(traced.values, methods=("GET", "POST")))
     try:
 
         def new_reload(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test demo lint typecheck unit bench protos clean
+.PHONY: all test demo lint typecheck unit bench protos clean console
 
 all: test
 
@@ -24,13 +24,27 @@ typecheck: $(STAMP)
 	scripts/link-tree
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The web console's graph library, from npm at the version web/package-lock.json pins (with its
+# integrity hash), copied into the package data; nothing generated is committed.
+CONSOLE_VENDOR := meshwarden/console/vendor/cytoscape.min.js
+
+console: $(CONSOLE_VENDOR)
+
+$(CONSOLE_VENDOR): web/package.json web/package-lock.json
+	command -v npm >/dev/null || apt-get install -y npm
+	mkdir -p build/web meshwarden/console/vendor
+	cp web/package.json web/package-lock.json build/web/
+	cd build/web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	cp build/web/node_modules/cytoscape/dist/cytoscape.min.js $@
+
+unit: $(STAMP) console
 	command -v nft >/dev/null && command -v iptables >/dev/null || apt-get install -y nftables iptables
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y chromium; }
 	$(BIN)/pytest -n 2 --dist loadfile tests
 
 test: lint typecheck unit
 
-demo: $(STAMP)
+demo: $(STAMP) console
 	$(BIN)/meshwarden demo
 
 bench: $(STAMP)

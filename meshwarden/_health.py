@@ -53,6 +53,7 @@ class Reply:
     status: str = "200 OK"
     content_type: str = "application/json"
     stream: AsyncIterator[bytes] | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (e.g. the console's CSP)
 
     @classmethod
     def json(cls, value: Any, status: str = "200 OK") -> Reply:
@@ -62,12 +63,17 @@ class Reply:
 Route = Callable[[dict[str, str]], Reply]
 """A handler: the query parameters (last value of each) → the reply."""
 
+Guard = Callable[[dict[str, str]], Reply | None]
+"""Looks at a request's headers (lower-case names) first: a reply refuses it, None lets it in."""
+
 
 class HealthEndpoint:
     def __init__(self, host: str, port: int, report: Callable[[], dict[str, Any]]) -> None:
         self.host, self.port = host or "127.0.0.1", port
         self._report = report
         self.routes: dict[str, Route] = {"/healthz": lambda params: Reply.json(self._report())}
+        self.guard: Guard | None = None
+        self.headers: tuple[tuple[str, str], ...] = ()  # sent with every reply
         self._server: asyncio.AbstractServer | None = None
         self._streams: set[asyncio.Task[None]] = set()
 
@@ -87,10 +93,11 @@ class HealthEndpoint:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b""):
-                pass
-            reply = self._route(request.decode("latin-1").split())
+            headers = await self._headers(reader)
+            refused = self.guard(headers) if self.guard is not None else None
+            reply = refused or self._route(request.decode("latin-1").split())
             head = f"HTTP/1.1 {reply.status}\r\ncontent-type: {reply.content_type}\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in (*self.headers, *reply.headers))
             if reply.stream is None:
                 head += f"content-length: {len(reply.body)}\r\n"
             writer.write(f"{head}connection: close\r\n\r\n".encode() + reply.body)
@@ -101,6 +108,18 @@ class HealthEndpoint:
             pass
         finally:
             writer.close()
+
+    @staticmethod
+    async def _headers(reader: asyncio.StreamReader, most: int = 100) -> dict[str, str]:
+        """The request's header fields (names lower-case; at most `most` are kept)."""
+        headers: dict[str, str] = {}
+        while (line := await asyncio.wait_for(reader.readline(), timeout=5)) not in (
+            b"\r\n", b"\n", b""
+        ):  # fmt: skip
+            name, _, value = line.decode("latin-1").partition(":")
+            if len(headers) < most:
+                headers[name.strip().lower()] = value.strip()
+        return headers
 
     def _route(self, parts: list[str]) -> Reply:
         if len(parts) < 2 or parts[0] != "GET":

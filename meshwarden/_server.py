@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshwarden._console import Console, ConsoleOptions, ConsoleSources
 from meshwarden._enforce import PacketFilters
 from meshwarden._flow_file import FlowFile
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
@@ -79,6 +80,7 @@ class ServerOptions:
     tracing: TracingTarget | None = None  # sidecars' OpenTelemetry tracer; None = off
     new_ca: bool = False  # mint a new CA even though the data dir says one existed
     flow_log_file: Path | None = None  # also append every record here (NDJSON, rotated)
+    ui: ConsoleOptions | None = None  # the web console (--ui HOST:PORT); None = off
 
 
 class ControlPlane:
@@ -92,6 +94,7 @@ class ControlPlane:
                            flows=FlowLog(options.flow_log_size, mirror=on_disk),
                            flow_log_sample=options.flow_log_sample)  # fmt: skip
         self.health: HealthEndpoint | None = None
+        self.console: Console | None = None
         self.ca: CertificateAuthority | None = None
         self.endpoint: TlsEndpoint | None = None
         self._admin: asyncio.AbstractServer | None = None
@@ -193,7 +196,17 @@ class ControlPlane:
             self.health = HealthEndpoint(health_host, int(health_port), self._health)
             self.health.routes["/flows"] = self.xds.flows.route
             await self.health.start()
+        if self.options.ui is not None:
+            sources = ConsoleSources(self.policies, self.xds.flows, self.status_report)
+            self.console = Console(self.options.ui, sources)
+            await self.console.start()
         return f"{self.endpoint.host}:{self.endpoint.port}"
+
+    def status_report(self) -> dict[str, Any]:
+        """What GET /healthz answers now (with what `up` adds to it), also without one."""
+        if self.health is None:
+            return self._health()
+        return dict(json.loads(self.health.routes["/healthz"]({}).body))
 
     def _jwt_bundle(self, trust_domain: str) -> str | None:
         if self.ca is None or str(self.ca.trust_domain) != trust_domain:
@@ -283,6 +296,8 @@ class ControlPlane:
             )
 
     async def stop(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         if self.health is not None:
             await self.health.stop()
         if self._admin is not None:

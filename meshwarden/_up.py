@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from meshwarden import _bypass, _outbound_filter
 from meshwarden._agent import AgentOptions, NodeAgent
+from meshwarden._console import ConsoleOptions
 from meshwarden._health import Reply
 from meshwarden._server import BUNDLE_FILE, ControlPlane, ServerOptions
 from meshwarden._sidecar_process import ProcessRecord, terminate
@@ -57,6 +58,7 @@ class LocalMesh:
         flow_log_sample: float = 100.0,
         flow_log_file: Path | None = None,
         detach: bool = False,
+        ui: ConsoleOptions | None = None,
     ) -> None:
         self.policies = policies
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="meshwarden-up-"))
@@ -67,7 +69,7 @@ class LocalMesh:
         self.plane = ControlPlane(
             ServerOptions(policies=policies, data_dir=self.data_dir / "server",
                           listen="127.0.0.1:0", health=health, tracing=tracing,
-                          flow_log_sample=flow_log_sample, flow_log_file=flow_log_file),
+                          flow_log_sample=flow_log_sample, flow_log_file=flow_log_file, ui=ui),
             self.clock)  # fmt: skip
         self.agent: NodeAgent | None = None
         self.sidecars: dict[str, Sidecar] = {}
@@ -109,13 +111,23 @@ class LocalMesh:
         )  # fmt: skip
         self.agent = NodeAgent(options, self.clock)
         await self.agent.start()
+        if self.plane.console is not None:
+            self.plane.console.sources.svid_expiry = self._svid_expiry
         await self.reconcile(strict=True)
         await self.wait_until_applied(ready_timeout)
         self._warn_bypass()
+        console = f", console {self.plane.console.url}" if self.plane.console else ""
         return (
             f"{len(self.sidecars)} sidecar(s) ACKed their config; control plane "
-            f"{self.server_address}, health {self.health_url}, data {self.data_dir}"
+            f"{self.server_address}, health {self.health_url}{console}, data {self.data_dir}"
         )
+
+    def _svid_expiry(self, spiffe_id: str) -> str | None:
+        """When the node agent's X509-SVID for `spiffe_id` expires (ISO 8601), if it holds one."""
+        for held in self.agent.cache.identities if self.agent else ():
+            if str(held.spiffe_id) == spiffe_id:
+                return held.svid.expires_at.isoformat(timespec="seconds")
+        return None
 
     def _take_lock(self) -> None:
         """One `up` per data directory (the second would fight the first over its sidecars)."""

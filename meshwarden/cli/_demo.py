@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from meshwarden.cli import _observe as observe
+from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, envoy_or_fail, fail
 
 EXAMPLES = """\
 examples:
   meshwarden demo                 # the live mesh: Envoy sidecars, a live policy change, traces
   meshwarden demo --offline       # check and explain only, no Envoy
-  meshwarden demo --otlp-endpoint http://127.0.0.1:4317   # spans to your Jaeger or Tempo"""
+  meshwarden demo --otlp-endpoint http://127.0.0.1:4317   # spans to your Jaeger or Tempo
+  meshwarden demo --ui 127.0.0.1:8088   # and the web console; the mesh runs until Ctrl-C"""
 
 
 def shipped_example(name: str = "shop") -> Path:
@@ -82,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--offline", action="store_true",
                         help="only the check/explain walkthrough, no live mesh")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
+    ui.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.offline:
         return run_offline(shop)
     envoy_or_fail()
+    console = ui.options(args)
     from meshwarden._telemetry import TelemetryError, otlp_endpoint
     from meshwarden.demo import otlp_receiver
 
@@ -113,11 +117,15 @@ def run(args: argparse.Namespace) -> int:
         if configured is None:  # no collector: show the spans ourselves
             collector = stack.enter_context(otlp_receiver())
             args.otlp_endpoint = collector.endpoint
-        live = lambda tracing: asyncio.run(run_live(shop, tracing, collector))  # noqa: E731
+        live = lambda tracing: asyncio.run(  # noqa: E731
+            run_live(shop, tracing, collector, console)
+        )
         return observe.run(args, "meshwarden", live)
 
 
-async def run_live(shop: Path, tracing: Any = None, collector: Any = None) -> int:
+async def run_live(
+    shop: Path, tracing: Any = None, collector: Any = None, console: Any = None
+) -> int:
 
     from meshwarden._up import LocalMesh
     from meshwarden.demo import DemoIdp, move_to_free_ports, rows, sample_apps, shop_copy
@@ -128,9 +136,13 @@ async def run_live(shop: Path, tracing: Any = None, collector: Any = None) -> in
     table = rows(idp, moved)
     print("== starting the shop: control plane, node agent, 4 Envoy sidecars, sample apps")
     with sample_apps([moved[18080], moved[18081]], [moved[15433]]):
-        mesh = LocalMesh(folder, folder.parent / "data", report=_Quiet(), tracing=tracing)
+        data = folder.parent / "data"
+        mesh = LocalMesh(folder, data, report=_Quiet(), tracing=tracing, ui=console)
         try:
             print("ready", await mesh.start())
+            if mesh.plane.console is not None:
+                url = mesh.plane.console.url
+                print(f"== web console: {url} (the graph fills as the requests below run)")
             ok = await _print_table(table, folder)
             print("\n== live change: policies.yaml now lets frontends POST (no restart)")
             policies = folder / "policies.yaml"
@@ -147,6 +159,10 @@ async def run_live(shop: Path, tracing: Any = None, collector: Any = None) -> in
                 where = f"{tracing.host}:{tracing.port}"
                 print(f"\n== the decisions are in your traces: spans went to {where} "
                       "(service '<ns>/<name> sidecar', attributes meshwarden.authz.*)")  # fmt: skip
+            if mesh.plane.console is not None:
+                url = mesh.plane.console.url
+                print(f"\n== the mesh keeps running for the web console at {url}; Ctrl-C stops it")
+                await asyncio.Event().wait()
         finally:
             await mesh.stop()
     print("\nall rows as expected" if ok else "\nSOME ROWS DIFFER")

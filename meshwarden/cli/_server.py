@@ -12,6 +12,7 @@ from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
 from meshwarden.cli import _observe as observe
+from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import fail, percentage
 from meshwarden.cli._types import duration, host_port
 from meshwarden.identities import SystemClock
@@ -88,6 +89,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
                         "--flows`")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
+    ui.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     problem = flow_file_problem(args.flow_log_file)
     if problem:
         return fail(problem)
+    args.console = ui.options(args)
     return observe.run(args, "meshwarden", lambda tracing: _serve(args, tracing))
 
 
@@ -142,6 +145,7 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         flow_log_sample=args.flow_log_sample, svid_ttl=args.svid_ttl, ca_ttl=args.ca_ttl,
         new_ca=args.new_ca,
         flow_log_file=args.flow_log_file,
+        ui=args.console,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())
 
@@ -150,6 +154,8 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         assert plane.ca is not None
         health = f", health http://{plane.health.host}:{plane.health.port}/healthz" if (
             plane.health) else ""  # fmt: skip
-        return f"node API and ADS on {address}, trust domain {plane.ca.trust_domain}{health}"
+        console = f", console {plane.console.url}" if plane.console else ""
+        domain = plane.ca.trust_domain
+        return f"node API and ADS on {address}, trust domain {domain}{health}{console}"
 
     return asyncio.run(serve_until_signalled(start, plane.run, plane.stop, "meshwarden server"))

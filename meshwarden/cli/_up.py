@@ -11,6 +11,7 @@ from typing import Any
 
 from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden.cli import _observe as observe
+from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import envoy_or_fail, fail, percentage
 from meshwarden.cli._types import host_port, positive_duration
 
@@ -84,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
                         "--flows`")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
+    ui.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -97,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
     problem = flow_file_problem(args.flow_log_file)
     if problem:
         return fail(problem)
+    console = ui.options(args)
 
     def serve(tracing: Any) -> int:
         data_dir = args.data_dir or default_data_dir(args.policies)
         mesh = LocalMesh(args.policies, data_dir, delta=args.delta, tracing=tracing,
                          health=args.health, flow_log_sample=args.flow_log_sample,
-                         flow_log_file=args.flow_log_file, detach=True)  # fmt: skip
+                         flow_log_file=args.flow_log_file, detach=True, ui=console)  # fmt: skip
         start = lambda: mesh.start(args.ready_timeout)  # noqa: E731
         return asyncio.run(serve_until_signalled(start, mesh.run, mesh.stop, args.command_prog))
 

@@ -20,7 +20,7 @@ from meshwarden.engine._evaluator import (
     PolicyTrace,
     decide,
 )
-from meshwarden.engine._files import UsageError, scan_files
+from meshwarden.engine._files import UsageError, read_text, scan_files
 from meshwarden.engine._hosts import (
     EVERYWHERE,
     Host,
@@ -128,6 +128,7 @@ __all__ = [
     "parse_text",
     "read_documents",
     "read_files",
+    "read_text",
     "recommend",
     "reload",
     "scan_files",

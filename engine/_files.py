@@ -24,18 +24,22 @@ class UsageError(Exception):
     """A path that cannot be read as policy input (missing, unreadable, no YAML in it)."""
 
 
-def scan_files(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list[Diagnostic]]:
+def scan_files(
+    paths: Sequence[str | os.PathLike[str]], suffixes: tuple[str, ...] = YAML_SUFFIXES
+) -> tuple[list[str], list[Diagnostic]]:
     """YAML files named or found (recursively, sorted, hidden entries skipped) under `paths`,
     and a diagnostic for every directory that could not be listed. Raises UsageError only for
-    a named path that does not exist or a named directory with no YAML file in it."""
+    a named path that does not exist or a named directory with no YAML file in it. `suffixes`
+    are the file names searched for in directories (`import` adds .json)."""
     files: list[str] = []
     problems: list[Diagnostic] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = _walk(path, problems)
+            found = _walk(path, problems, suffixes)
             if not found and not problems:
-                raise UsageError(f"{raw}: no .yaml or .yml files in this directory")
+                names = " or ".join(suffixes).replace(" or ", ", ", len(suffixes) - 2)
+                raise UsageError(f"{raw}: no {names} files in this directory")
             files.extend(found)
         elif path.exists() or path.is_symlink():
             files.append(str(path))
@@ -44,7 +48,7 @@ def scan_files(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[str], list
     return files, problems
 
 
-def _walk(top: Path, problems: list[Diagnostic]) -> list[str]:
+def _walk(top: Path, problems: list[Diagnostic], suffixes: tuple[str, ...]) -> list[str]:
     """Policy files under `top`, without recursion and without following directory symlinks."""
     found: list[str] = []
     pending = [str(top)]
@@ -61,7 +65,7 @@ def _walk(top: Path, problems: list[Diagnostic]) -> list[str]:
                 continue
             if _is_real_dir(entry):
                 pending.append(entry.path)
-            elif entry.name.endswith(YAML_SUFFIXES) and _is_file(entry):
+            elif entry.name.endswith(suffixes) and _is_file(entry):
                 found.append(entry.path)
     return sorted(found)
 

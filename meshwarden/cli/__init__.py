@@ -34,6 +34,8 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "recommend",
     "promote",
     "verify",
+    "import",
+    "matrix",
 )
 
 

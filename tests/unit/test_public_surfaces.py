@@ -15,6 +15,7 @@ PARTS = [
     "meshwarden.identities",
     "meshwarden.xds",
     "meshwarden.render",
+    "meshwarden.importers",
     "meshwarden.demo",
 ]
 

@@ -1,0 +1,89 @@
+"""What a translator works with: the options, the inventory, and where its output goes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshwarden.engine import Diagnostic, Location
+from meshwarden.importers._inventory import Inventory, Pod
+from meshwarden.importers._objects import KubeObject, error
+
+API_VERSION = "meshwarden.io/v1alpha1"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOptions:
+    """How to import: the mesh's trust domain, and whether pods that share a service account
+    but that a policy tells apart may get distinct identities (else the import refuses)."""
+
+    trust_domain: str = "cluster.local"
+    split_identities: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """One meshwarden document to write, in the file of `namespace`, after a `# from:` comment."""
+
+    namespace: str
+    document: dict[str, Any]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Pods a policy names as peers (by labels or by address): an identity must not reach
+    further than these pods."""
+
+    pods: frozenset[str]
+    where: Location
+    what: str
+
+
+@dataclass(slots=True)
+class ImportContext:
+    """The state of one import, shared by the translators.
+
+    A translator reads `inventory`, records the pods it names as peers with `select` (so that
+    identities are split where a selector tells apart pods of one service account), writes
+    documents with `emit`, problems with `error` and remarks for stderr with `note`; it may set
+    fields of the Mesh (`mesh`, the spec written to mesh.yaml)."""
+
+    options: ImportOptions
+    inventory: Inventory
+    problems: list[Diagnostic] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    mesh: dict[str, Any] = field(default_factory=dict)
+    documents: list[Emitted] = field(default_factory=list)
+    selections: list[Selection] = field(default_factory=list)
+    split: frozenset[tuple[str, str]] = frozenset()
+
+    def emit(self, obj: KubeObject | None, document: dict[str, Any]) -> None:
+        """Add a meshwarden document (apiVersion is filled in) translated from `obj`."""
+        metadata = document.get("metadata", {})
+        namespace = str(metadata.get("namespace", "default"))
+        full = {"apiVersion": API_VERSION, **document}
+        self.documents.append(Emitted(namespace, full, obj.origin if obj else ""))
+
+    def error(self, location: Location, message: str) -> None:
+        self.problems.append(error(location, message))
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def select(self, pods: Iterable[Pod], where: Location, what: str) -> list[Pod]:
+        chosen = list(pods)
+        self.selections.append(Selection(frozenset(p.ref for p in chosen), where, what))
+        return chosen
+
+    def identity(self, pod: Pod) -> str:
+        """The SPIFFE ID the imported workload of `pod` will have."""
+        base = f"spiffe://{self.options.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+        if (pod.namespace, pod.service_account) in self.split:
+            return f"{base}/pod/{pod.name}"
+        return base
+
+
+Translator = Callable[[KubeObject, ImportContext], None]
+"""Translates one object of a kind it is registered for (see the package docstring)."""

@@ -6,6 +6,7 @@ from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._diagnostics import Diagnostic, warning
 from meshwarden.engine._hosts import host_warnings
 from meshwarden.engine._model import AuthorizationPolicySpec
+from meshwarden.engine._mtls import any_plaintext
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._rules import CompiledRule, CompiledSource
 from meshwarden.engine._shadow import RivalIndex, covers
@@ -54,7 +55,9 @@ def _policy_warnings(mesh: CompiledMesh, policy: CompiledPolicy) -> list[Diagnos
                 f"{policy.action} policy {policy.ref} has no rules, so it matches nothing",
             )
         )
-    strict = mesh.registry.mesh.spec.mtls == "STRICT"
+    registry = mesh.registry
+    targets = (registry.workloads[ref] for ref in policy.targets)
+    strict = not any_plaintext(registry.mesh.spec, targets)
     for i, rule in enumerate(policy.rules):
         for k, source in enumerate(rule.sources or ()):
             reason = _source_never_matches(source, strict)

@@ -114,7 +114,8 @@ def compile_condition(cond: Condition) -> CompiledCondition:
         return IpCondition(key, _networks(cond.values), _networks(cond.not_values))
     if key.attribute is Attribute.DESTINATION_PORT:
         return PortCondition(key, _ports(cond.values), _ports(cond.not_values))
-    return PatternCondition(key, _patterns(cond.values), _patterns(cond.not_values))
+    paths = key.attribute is Attribute.REQUEST_PATH
+    return PatternCondition(key, _patterns(cond.values, paths), _patterns(cond.not_values, paths))
 
 
 def _networks(values: Sequence[int | str] | None) -> tuple[IpNetwork, ...] | None:
@@ -125,8 +126,8 @@ def _ports(values: Sequence[int | str] | None) -> PortRanges | None:
     return None if values is None else PortRanges.of(values)
 
 
-def _patterns(values: Sequence[int | str] | None) -> Patterns | None:
-    return None if values is None else Patterns.of(values, fold_case=False)
+def _patterns(values: Sequence[int | str] | None, paths: bool = False) -> Patterns | None:
+    return None if values is None else Patterns.of(values, path_templates=paths)
 
 
 def _in_networks(networks: tuple[IpNetwork, ...], ip: IpAddress | None) -> bool:

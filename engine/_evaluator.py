@@ -107,8 +107,14 @@ def decide(plan: AuthorizationPlan, req: Request, *, explain: bool = False) -> D
 
 def _authenticate(plan: AuthorizationPlan, req: Request) -> tuple[Cause, str] | None:
     """Semantics 1: (cause, reason) when the request is refused before any policy runs."""
-    if req.identity is None and plan.mesh.mtls == "STRICT":
-        return Cause.MTLS_REQUIRED, "mTLS is STRICT and the peer presented no client certificate"
+    if req.identity is None:
+        mtls = plan.mtls(req.port)
+        if mtls.strict:
+            where = "" if mtls.origin == "Mesh" else f" ({mtls.origin})"
+            return (
+                Cause.MTLS_REQUIRED,
+                f"mTLS is STRICT{where} and the peer presented no client certificate",
+            )
     if req.jwt_claims is not None:
         problem = token_problem(plan.jwt_issuers, req.jwt_claims)
         if problem is not None:

@@ -14,6 +14,7 @@ from meshwarden.engine._diagnostics import Location
 from meshwarden.engine._documents import Document
 from meshwarden.engine._lint import DRY_RUN_SINCE_ANNOTATION, Finding, LintOptions
 from meshwarden.engine._model import AuthorizationPolicySpec, Source
+from meshwarden.engine._mtls import any_plaintext
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._spiffe import namespace_of
 
@@ -197,10 +198,12 @@ def _hosts(addresses: tuple[Any, ...]) -> set[str]:
 def open_rules(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
     """MW201 (an enforced ALLOW rule any plaintext peer matches, under PERMISSIVE) and MW202
     (one any identity matches: no `from`, `identities: ['*']`, `namespaces: ['*']`)."""
-    permissive = mesh.registry.mesh.spec.mtls == "PERMISSIVE"
+    registry = mesh.registry
     for policy in _policies(mesh):
         if policy.action != "ALLOW" or policy.dry_run or not policy.targets:
             continue
+        targets = (registry.workloads[ref] for ref in policy.targets)
+        permissive = any_plaintext(registry.mesh.spec, targets)
         for rule in policy.rules:
             doc = policy.document
             if not rule.sources:

@@ -34,6 +34,7 @@ Method = Annotated[str, AfterValidator(v.http_method)]
 LabelKey = Annotated[str, AfterValidator(v.label_key)]
 LabelValue = Annotated[str, AfterValidator(v.label_value)]
 ConditionValue = Annotated[int | str, AfterValidator(lambda x: v.string_pattern(str(x)))]
+WhenValue = Annotated[int | str, AfterValidator(lambda x: v.condition_value(str(x)))]
 
 
 class _Strict(BaseModel):
@@ -88,6 +89,7 @@ class NamespaceSettings(_Strict):
     """Per-namespace settings of the Mesh (`spec.namespaces.<ns>`)."""
 
     default_mode: Literal["enforce", "dry-run"] | None = None
+    mtls: Literal["STRICT", "PERMISSIVE"] | None = None  # overrides Mesh mtls for the namespace
 
 
 class MeshSpec(_Strict):
@@ -108,6 +110,7 @@ class WorkloadPort(_Strict):
     port: Port
     target_port: Port | None = None
     protocol: Literal["http", "grpc", "tcp"] = "tcp"
+    mtls: Literal["STRICT", "PERMISSIVE"] | None = None  # overrides the workload's mode
 
     @property
     def is_http(self) -> bool:
@@ -130,6 +133,7 @@ class WorkloadSpec(_Strict):
         default_factory=list
     )
     enforcement: Literal["envoy-rbac", "ext-authz"] | None = None
+    mtls: Literal["STRICT", "PERMISSIVE"] | None = None  # overrides the namespace's mode
 
 
 class ServicePort(_Strict):
@@ -173,8 +177,8 @@ class Operation(_Strict):
 
 class Condition(_Strict):
     key: Annotated[str, AfterValidator(v.condition_key)]
-    values: list[ConditionValue] | None = None
-    not_values: list[ConditionValue] | None = None
+    values: list[WhenValue] | None = None
+    not_values: list[WhenValue] | None = None
 
     @field_validator("values", "not_values")
     @classmethod
@@ -187,6 +191,8 @@ class Condition(_Strict):
                 v.cidr(str(value)) if "/" in str(value) else v.ip_address(str(value))
             elif key == "destination.port":
                 v.port_range(value)
+            if key != "request.path":
+                v.no_path_template(str(value), str(key))
         return values
 
     @model_validator(mode="after")

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from meshwarden.engine._path_templates import PathTemplate, is_template
+
 T = TypeVar("T")
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -15,7 +17,8 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class Patterns:
-    """A set of values where each is exact, `*` (anything present), `prefix*` or `*suffix`."""
+    """A set of values where each is exact, `*` (anything present), `prefix*` or `*suffix`;
+    for paths also an Istio-style template (`/api/{*}/items`, `/static/{**}`)."""
 
     exact: frozenset[str]
     prefixes: tuple[str, ...]
@@ -23,18 +26,24 @@ class Patterns:
     anything: bool
     text: tuple[str, ...]
     fold_case: bool = False
+    templates: tuple[PathTemplate, ...] = ()
     display: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "display", "[" + ", ".join(self.text) + "]")
 
     @classmethod
-    def of(cls, values: Iterable[object], fold_case: bool = False) -> Patterns:
+    def of(
+        cls, values: Iterable[object], fold_case: bool = False, path_templates: bool = False
+    ) -> Patterns:
+        """`path_templates`: values with `{*}`/`{**}` are templates (validated beforehand)."""
         texts = tuple(str(v).lower() if fold_case else str(v) for v in values)
-        exact = frozenset(t for t in texts if "*" not in t)
-        prefixes = tuple(t[:-1] for t in texts if t.endswith("*") and t != "*")
-        suffixes = tuple(t[1:] for t in texts if t.startswith("*") and t != "*")
-        return cls(exact, prefixes, suffixes, "*" in texts, texts, fold_case)
+        templates = tuple(PathTemplate.parse(t) for t in texts if path_templates and is_template(t))
+        plain = [t for t in texts if not (path_templates and is_template(t))]
+        exact = frozenset(t for t in plain if "*" not in t)
+        prefixes = tuple(t[:-1] for t in plain if t.endswith("*") and t != "*")
+        suffixes = tuple(t[1:] for t in plain if t.startswith("*") and t != "*")
+        return cls(exact, prefixes, suffixes, "*" in plain, texts, fold_case, templates)
 
     def matches(self, value: str | None) -> bool:
         if value is None:
@@ -43,8 +52,10 @@ class Patterns:
             value = value.lower()
         if self.anything or value in self.exact:
             return True
-        return bool(self.prefixes and value.startswith(self.prefixes)) or bool(
-            self.suffixes and value.endswith(self.suffixes)
+        return (
+            bool(self.prefixes and value.startswith(self.prefixes))
+            or bool(self.suffixes and value.endswith(self.suffixes))
+            or bool(self.templates and any(t.matches(value) for t in self.templates))
         )
 
     def covers(self, other: Patterns) -> bool:
@@ -57,6 +68,7 @@ class Patterns:
             all(self.matches(e) for e in other.exact)
             and all(any(p.startswith(q) for q in self.prefixes) for p in other.prefixes)
             and all(any(s.endswith(q) for q in self.suffixes) for s in other.suffixes)
+            and all(t in self.templates for t in other.templates)
         )
 
     def __str__(self) -> str:

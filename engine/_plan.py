@@ -10,6 +10,7 @@ from meshwarden.engine._diagnostics import Location
 from meshwarden.engine._documents import Document
 from meshwarden.engine._model import JwtIssuerSpec, MeshSpec
 from meshwarden.engine._modes import monitored
+from meshwarden.engine._mtls import MtlsSetting, mtls_setting
 from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._patterns import AddressIndex, IpAddress
 from meshwarden.engine._registry import Workload
@@ -208,6 +209,10 @@ class AuthorizationPlan:
     @property
     def enforcement(self) -> str:
         return self.workload.spec.enforcement or self.mesh.enforcement
+
+    def mtls(self, port: int) -> MtlsSetting:
+        """The mTLS mode in force on `port` (most specific setting first)."""
+        return mtls_setting(self.mesh, self.workload, port)
 
 
 def unmatched(policies: list[CompiledPolicy]) -> tuple[Outcome, ...]:

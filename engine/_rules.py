@@ -23,6 +23,10 @@ def _opt(values: Sequence[object] | None, fold_case: bool = False) -> Patterns |
     return None if values is None else Patterns.of(values, fold_case)
 
 
+def _paths(values: Sequence[str] | None) -> Patterns | None:
+    return None if values is None else Patterns.of(values, path_templates=True)
+
+
 def _nets(values: Sequence[str] | None) -> tuple[IpNetwork, ...] | None:
     return None if values is None else tuple(parse_network(v) for v in values)
 
@@ -153,7 +157,7 @@ class CompiledOperation:
         return cls(
             _ports(op.ports), _ports(op.not_ports),
             _opt(op.methods), _opt(op.not_methods),
-            _opt(op.paths), _opt(op.not_paths),
+            _paths(op.paths), _paths(op.not_paths),
             _opt(op.hosts, fold_case=True), _opt(op.not_hosts, fold_case=True),
         )  # fmt: skip
 

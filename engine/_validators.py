@@ -6,6 +6,7 @@ import ipaddress
 import re
 
 from meshwarden.engine._condition_keys import HEADER_NAME, ConditionKey
+from meshwarden.engine._path_templates import PathTemplate, is_template
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -98,10 +99,27 @@ def string_pattern(value: str) -> str:
 
 
 def path_pattern(value: str) -> str:
+    """Exact, `/prefix*`, `*suffix`, `*`, or an Istio-style template with `{*}`/`{**}`."""
+    if is_template(value):
+        PathTemplate.parse(value)
+        return value
     string_pattern(value)
     if value != "*" and not value.startswith(("/", "*")):
         raise ValueError(f"path {value!r} must start with '/' (or be a '*suffix' pattern)")
     return value
+
+
+def condition_value(value: str) -> str:
+    """A `when` value: a string pattern, or a path template (only `request.path` takes those)."""
+    return path_pattern(value) if is_template(value) else string_pattern(value)
+
+
+def no_path_template(value: str, key: str) -> None:
+    if is_template(value):
+        raise ValueError(
+            f"value {value!r} of {key}: path templates ({{*}}, {{**}}) apply only to paths "
+            "(to.paths, to.notPaths and request.path)"
+        )
 
 
 def cidr(value: str) -> str:

@@ -123,7 +123,7 @@ def sidecar_sources(plan: AuthorizationPlan, port: int) -> tuple[IpNetwork, ...]
     narrowed to those ranges; under STRICT mTLS such rules admit nobody."""
     if not plan.has_allow:
         return EVERYWHERE if Effect(plan.mesh.default_policy) is Effect.ALLOW else LOOPBACK_ONLY
-    plaintext = plan.mesh.mtls == "PERMISSIVE"
+    plaintext = not plan.mtls(port).strict
     networks: list[IpNetwork] = []
     for rule in _allow_rules(plan):
         if not _reaches_port(rule, port):

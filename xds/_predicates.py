@@ -118,6 +118,7 @@ def path_matchers(patterns: Patterns) -> list[dict[str, Any]]:
     found = [_regex(re.escape(e) + query) for e in sorted(patterns.exact)]
     found += [{"prefix": p} for p in patterns.prefixes if p]
     found += [_regex(r"[^?]*" + re.escape(s) + query) for s in patterns.suffixes]
+    found += [_regex(t.regex + query) for t in patterns.templates]
     return found
 
 

@@ -217,12 +217,11 @@ def _chain(
 def inbound_listeners(
     mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
 ) -> list[dict[str, Any]]:
-    permissive = mesh.registry.mesh.spec.mtls == "PERMISSIVE"
     listeners = []
     for address in workload.addresses[:1]:
         for port in sorted(workload.ports.values(), key=lambda p: p.port):
             chains = [_chain(mesh, workload, port, True, ctx)]
-            if permissive:
+            if not mesh.plan(workload.ref).mtls(port.port).strict:
                 chains.append(_chain(mesh, workload, port, False, ctx))
             listeners.append(
                 {

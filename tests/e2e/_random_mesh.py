@@ -14,9 +14,9 @@ IDS = [f"spiffe://{TD}/ns/{ns}/sa/{app}" for ns in NAMESPACES for app in APPS]
 ID_PATTERNS = [*IDS, f"spiffe://{TD}/ns/a/*", "*/sa/x", "*"]
 CIDRS = ["127.0.1.0/28", "127.0.1.4/32", "127.0.2.0/24", "10.0.0.0/8"]
 SOURCE_IPS = ["127.0.1.1", "127.0.1.4", "127.0.1.20", "127.0.2.9"]
-PATHS = ["/api/*", "/health", "*.js", "/admin/*"]
+PATHS = ["/api/*", "/health", "*.js", "/admin/*", "/api/{*}", "/admin/{**}", "/{*}/x/{**}"]
 REQUEST_PATHS = ["/api/items", "/health", "/static/app.js", "/admin/x", "/", "/api//x/../y",
-                 "/health?probe=1", "/%61dmin/x"]  # fmt: skip
+                 "/health?probe=1", "/%61dmin/x", "/api/a/b", "/a/x/", "/admin/a=b/c"]  # fmt: skip
 DESTINATION = "a/x-1"
 ISSUER = "https://idp.diff.test"
 GROUPS = ["admin", "dev", "ops"]
@@ -52,7 +52,29 @@ def mesh_documents(rng: random.Random, destination_address: str, target_port: in
     for doc in docs:
         doc["apiVersion"] = "meshwarden.io/v1alpha1"
     docs[0]["spec"].update(_monitor_mode(docs))
+    _mtls_overrides(docs)
     return docs
+
+
+def _mtls_overrides(docs: list[dict[str, Any]]) -> None:
+    """Per-namespace / per-workload / per-port mTLS modes for about one mesh in three, drawn
+    from the documents' checksum (like monitor mode), so the requests stay what they were."""
+    draw = zlib.crc32(json.dumps(docs, sort_keys=True).encode()) // 12 % 9
+    flip = {"STRICT": "PERMISSIVE", "PERMISSIVE": "STRICT"}[docs[0]["spec"]["mtls"]]
+    destination = next(
+        d
+        for d in docs
+        if d["kind"] == "Workload"
+        and f"{d['metadata']['namespace']}/{d['metadata']['name']}" == DESTINATION
+    )
+    if draw == 0:
+        namespaces = docs[0]["spec"].setdefault("namespaces", {})
+        namespaces.setdefault(DESTINATION.split("/")[0], {})["mtls"] = flip
+    elif draw == 1:
+        destination["spec"]["mtls"] = flip
+    elif draw == 2:  # the workload flips, its port flips back: the port's mode wins
+        destination["spec"]["mtls"] = flip
+        destination["spec"]["ports"][0]["mtls"] = docs[0]["spec"]["mtls"]
 
 
 def _monitor_mode(docs: list[dict[str, Any]]) -> dict[str, Any]:

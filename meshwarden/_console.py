@@ -2,6 +2,7 @@
 by the control plane, and the JSON endpoints it reads — usable by scripts too:
 
   GET /api/graph?minutes=15[&namespace=NS][&identity=ID][&decision=allow|deny|would-deny]
+  GET /api/edge?id=EDGE_ID[&minutes=15]   one edge with its newest records
   GET /api/explain?to=NS/NAME&port=N[&from=SPIFFE_ID|&fromWorkload=NS/NAME][&sourceIp=IP]
                   [&method=M][&path=P][&host=H][&headers=NAME=VALUE lines][&jwtClaims=JSON]
   GET /api/policies     documents per namespace, rule line ranges, file text, check diagnostics
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from meshwarden._console_graph import GraphQuery, graph, workload_json
+from meshwarden._console_graph import GraphQuery, edge, graph, target_of, workload_json
 from meshwarden._console_policies import policies_view
 from meshwarden._flows import FlowLog, FlowQuery
 from meshwarden._health import HealthEndpoint, Reply
@@ -113,6 +114,7 @@ class Console:
         routes.update(
             {
                 "/api/graph": self._graph,
+                "/api/edge": self._edge,
                 "/api/explain": self._explain,
                 "/api/policies": self._policies,
                 "/api/workload": self._workload,
@@ -156,10 +158,28 @@ class Console:
             return Reply.json({"error": str(exc)}, "400 Bad Request")
         flows = self.sources.flows.query(FlowQuery(since=query.minutes * 60))
         status = self.sources.status()
-        policies = self.sources.policies
-        view = graph(policies.registry, flows, query, status.get("sidecars", {}))
-        version = policies.mesh.version if policies.mesh else None
-        return Reply.json({"policyVersion": version, "status": status.get("status"), **view})
+        mesh = self.sources.policies.mesh
+        registry = mesh.registry if mesh else None
+
+        def build() -> dict[str, Any]:
+            view = graph(registry, flows, query, status.get("sidecars", {}))
+            version = mesh.version if mesh else None
+            return {"policyVersion": version, "status": status.get("status"), **view}
+
+        return _off_loop(build)
+
+    def _edge(self, params: dict[str, str]) -> Reply:
+        try:
+            minutes = GraphQuery.from_params(params).minutes
+        except ValueError as exc:
+            return Reply.json({"error": str(exc)}, "400 Bad Request")
+        edge_id = params.get("id", "")
+        window = FlowQuery(workload=target_of(edge_id) or None, since=minutes * 60)
+        flows = self.sources.flows.query(window) if window.workload else []
+        found = edge(self.sources.policies.registry, flows, edge_id)
+        if found is None:
+            return Reply.json({"error": f"no edge {edge_id!r} in the window"}, "404 Not Found")
+        return Reply.json(found)
 
     def _explain(self, params: dict[str, str]) -> Reply:
         mesh = self.sources.policies.mesh
@@ -189,14 +209,7 @@ class Console:
         )
 
     def _policies(self, params: dict[str, str]) -> Reply:
-        """Reading the files and running `check` take a while for a large directory: done in a
-        worker thread, the reply streamed once ready (the loop keeps serving xDS)."""
-
-        async def body() -> AsyncIterator[bytes]:
-            view = await asyncio.to_thread(self._policies_json)
-            yield json.dumps(view, indent=2).encode()
-
-        return Reply(b"", stream=body())
+        return _off_loop(self._policies_json)
 
     def _policies_json(self) -> dict[str, Any]:
         policies = self.sources.policies
@@ -236,6 +249,16 @@ class Console:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
             await records.aclose()  # type: ignore[attr-defined]
+
+
+def _off_loop(build: Callable[[], Any]) -> Reply:
+    """A reply built and encoded in a worker thread (a large graph or directory takes a while;
+    the loop keeps serving xDS meanwhile), sent once ready."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield await asyncio.to_thread(lambda: json.dumps(build(), indent=2).encode())
+
+    return Reply(b"", stream=body())
 
 
 def _event(name: str, data: Any) -> bytes:

@@ -10,7 +10,8 @@ peer (`plaintext` node). Pure: a function of the registry, the records and the q
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import datetime as dt
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +99,7 @@ class _Edge:
         self.source, self.target, self.port = source, target, port
         self.counts: Counter[str] = Counter()
         self.causes: Counter[tuple[str, str, int | None, str]] = Counter()
-        self.flows: list[Flow] = []
+        self.flows: deque[Flow] = deque(maxlen=FLOWS_PER_EDGE)  # the newest
 
     def add(self, flow: Flow) -> None:
         decision = flow_decision(flow)
@@ -106,8 +107,15 @@ class _Edge:
         self.causes[(decision, flow.verdict.policy, flow.verdict.rule, flow.protocol)] += 1
         self.flows.append(flow)
 
-    def to_json(self, kind: str) -> dict[str, Any]:
+    def to_json(self, kind: str, flows: bool = False) -> dict[str, Any]:
+        """The edge; with `flows`, also its newest records (newest first)."""
         newest = self.flows[-1]
+        summary = self._summary(kind, newest)
+        if flows:
+            summary["flows"] = [f.to_json() for f in reversed(self.flows)]
+        return summary
+
+    def _summary(self, kind: str, newest: Flow) -> dict[str, Any]:
         return {
             "id": f"{self.source}->{self.target}:{self.port}",
             "source": self.source,
@@ -125,8 +133,7 @@ class _Edge:
                 {"decision": d, "cause": cause(p, r), "policy": p, "rule": r, "count": n}
                 for (d, p, r, _), n in self.causes.most_common()
             ],
-            "lastSeen": newest.to_json()["time"],
-            "flows": [f.to_json() for f in reversed(self.flows[-FLOWS_PER_EDGE:])],
+            "lastSeen": dt.datetime.fromtimestamp(newest.time, dt.UTC).isoformat(),
         }
 
 
@@ -155,6 +162,22 @@ def _keep(edge: _Edge, query: GraphQuery, workloads: Mapping[str, Any]) -> bool:
         names |= {workloads[e].identity for e in ends if e in workloads}
         return query.identity in names
     return True
+
+
+def edge(registry: Registry | None, flows: Sequence[Flow], edge_id: str) -> dict[str, Any] | None:
+    """One edge with its newest records (`GET /api/edge?id=...`); `flows` are the records of
+    the window to its target workload. None when the window has no such edge."""
+    edges, kinds = _edges(flows, _Peers(registry))
+    for found in edges:
+        if f"{found.source}->{found.target}:{found.port}" == edge_id:
+            return found.to_json(kinds.get(found.source, "workload"), flows=True)
+    return None
+
+
+def target_of(edge_id: str) -> str:
+    """The destination workload of an edge id `SOURCE->NS/NAME:PORT` ("" if malformed)."""
+    _, arrow, rest = edge_id.rpartition("->")
+    return rest.rpartition(":")[0] if arrow else ""
 
 
 def _namespace(node: str) -> str | None:

@@ -144,8 +144,25 @@ async function refreshGraph() {
 }
 
 function scheduleRefresh() {
-  clearTimeout(state.refresh);
-  state.refresh = setTimeout(refreshGraph, 250);
+  // at most one redraw a second however many records arrive (each is one /api/graph request)
+  if (state.refresh) return;
+  const wait = Math.max(0, 1000 - (Date.now() - (state.lastRefresh || 0)));
+  state.refresh = setTimeout(async () => {
+    state.lastRefresh = Date.now();
+    await refreshGraph();
+    state.refresh = null;
+  }, Math.max(wait, 100));
+}
+
+function showFilters(params) {
+  for (const id of ["filter-namespace", "filter-identity", "filter-decision", "filter-minutes"]) {
+    const input = $(id);
+    const value = params.get(input.name);
+    if (input.tagName === "SELECT" && value && ![...input.options].some((o) => o.value === value)) {
+      input.append(el("option", value, { value }));
+    }
+    input.value = value || (input.name === "minutes" ? "15" : "");
+  }
 }
 
 function showSelected() {
@@ -185,11 +202,16 @@ function explainLink(flow) {
   return el("a", "explain", { href: "#/explain?" + params });
 }
 
-function showEdge(id) {
-  const edge = state.graph.edges.find((e) => e.id === id);
+async function showEdge(id) {
   const details = $("details");
+  let edge;
+  try {
+    edge = await getJson(`/api/edge?minutes=${$("filter-minutes").value || 15}&id=${encodeURIComponent(id)}`);
+  } catch (error) {
+    details.replaceChildren(el("p", error.message, { class: "hint" }));
+    return;
+  }
   details.replaceChildren();
-  if (!edge) { details.append(el("p", "This edge has no records in the window any more.", { class: "hint" })); return; }
   details.append(el("h3", `${edge.source} → ${edge.target}:${edge.port}`, { id: "details-title" }));
   const summary = el("p");
   summary.append("newest: ", el("span", edge.decision, { class: "decision-" + edge.decision, id: "edge-decision" }),
@@ -227,7 +249,8 @@ function definitionList(pairs) {
 
 function sidecarText(sidecar, problem) {
   if (problem) return "problem: " + problem;
-  if (!sidecar) return "no sidecar connected";
+  if (!sidecar) return "no sidecar connected to this control plane";
+  if (typeof sidecar.applied !== "boolean") return JSON.stringify(sidecar); // a newer report
   const rejected = (sidecar.rejections || []).map((r) => `${r.type} ${r.version}: ${r.error}`).join("; ");
   return `${sidecar.applied ? "applied (ACKed)" : "not applied yet"}, ${sidecar.streams} stream(s)` + (rejected ? "; rejected " + rejected : "");
 }
@@ -367,7 +390,7 @@ async function route() {
     $("view-" + name).hidden = name !== view;
     $("nav-" + name).classList.toggle("current", name === view);
   }
-  if (view === "graph") { await refreshGraph(); if (state.cy) state.cy.resize(); }
+  if (view === "graph") { showFilters(params); await refreshGraph(); if (state.cy) state.cy.resize(); }
   if (view === "explain") {
     fillExplainForm(params);
     if (params.get("to") && params.get("port")) await runExplain(params);
@@ -399,7 +422,13 @@ async function start() {
   $("trust-domain").textContent = state.config.trustDomain || "?";
   const graph = await getJson("/api/graph");
   state.workloads = graph.nodes.filter((n) => n.kind === "workload").map((n) => n.id).sort();
-  $("graph-filters").addEventListener("submit", (event) => { event.preventDefault(); refreshGraph(); });
+  const filter = (event) => {
+    event.preventDefault();
+    const hash = "#/graph?" + graphParams();
+    if (location.hash === hash) refreshGraph(); else location.hash = hash;
+  };
+  $("graph-filters").addEventListener("submit", filter);
+  for (const id of ["filter-namespace", "filter-decision"]) $(id).addEventListener("change", filter);
   $("explain-form").addEventListener("submit", (event) => { event.preventDefault(); location.hash = "#/explain?" + formParams(); });
   window.addEventListener("hashchange", route);
   followEvents();

@@ -8,8 +8,10 @@ copies)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -42,6 +44,7 @@ GREEN, RED = "rgb(46,125,50)", "rgb(198,40,40)"
 ALLOWED = "shop/frontend-1->shop/backend-1:8080"
 DENIED = "ops/ops-1->shop/backend-1:8080"
 DATABASE = "shop/backend-1->shop/db-1:5432"  # tcp
+TRACE_UI = "http://127.0.0.1:16686/trace/{traceId}"
 
 
 class ShopMesh:
@@ -55,7 +58,9 @@ class ShopMesh:
         for name in ("workloads.yaml", "policies.yaml"):
             path = self.folder / name
             path.write_text(path.read_text().replace("127.0.0.", f"{self.net}."))
-        self.up = MeshwardenUp(self.folder, root / "data", ("--ui", "127.0.0.1:0"))
+        self.trace_id = secrets.token_hex(16)  # of the denied request
+        ui = ("--ui", "127.0.0.1:0", "--ui-trace-url", TRACE_UI)
+        self.up = MeshwardenUp(self.folder, root / "data", ui)
 
     @property
     def console(self) -> str:
@@ -65,7 +70,10 @@ class ShopMesh:
         return request("127.0.0.1", self.ports[15080], "GET", "/api/catalogue")
 
     def ops_reads_debug_vars(self) -> Any:
-        return request("127.0.0.1", self.ports[15081], "GET", "/debug/vars")
+        traceparent = f"00-{self.trace_id}-{secrets.token_hex(8)}-01"
+        return request(
+            "127.0.0.1", self.ports[15081], "GET", "/debug/vars", {"traceparent": traceparent}
+        )
 
     def stranger_reads_the_catalogue(self) -> Any:
         return request(f"{self.net}.3", 8080, "GET", "/api/catalogue", source=f"{self.net}.9")
@@ -192,16 +200,13 @@ def test_clicking_the_denied_edge_names_the_policy_rule_and_opens_its_yaml(
 ) -> None:
     page = browser_page
     _open_graph(page, shop, DENIED)
-    point = page.evaluate(
-        f"""() => {{ const box = document.getElementById('cy').getBoundingClientRect();
-             const p = window.meshwardenConsole.cy.getElementById('{DENIED}').renderedMidpoint();
-             return [box.left + p.x, box.top + p.y]; }}"""
-    )
-    page.mouse.click(point[0], point[1])
+    _click(page, DENIED, "renderedMidpoint")
     page.wait_for_selector("#details-title")
     assert page.text_content("#details-title") == "ops/ops-1 → shop/backend-1:8080"
     causes = page.text_content("#edge-causes") or ""
     assert "deny meshwarden-system/no-debug-anywhere#0" in causes
+    trace = page.get_attribute("#edge-flows a[target=_blank]", "href")
+    assert trace == TRACE_UI.replace("{traceId}", shop.trace_id)
     _screenshot(page, "edge-details")
     page.click("#edge-causes a")
     page.wait_for_selector("body[data-ready=policies]")
@@ -214,6 +219,44 @@ def test_clicking_the_denied_edge_names_the_policy_rule_and_opens_its_yaml(
         page.text_content("#source-title") or ""
     )
     _screenshot(page, "policies")
+
+
+def _click(page: Page, element: str, where: str) -> None:
+    """A real mouse click on a graph element (`where`: renderedMidpoint or renderedPosition)."""
+    point = page.evaluate(
+        f"""() => {{ const box = document.getElementById('cy').getBoundingClientRect();
+             const p = window.meshwardenConsole.cy.getElementById('{element}').{where}();
+             return [box.left + p.x, box.top + p.y]; }}"""
+    )
+    page.mouse.click(point[0], point[1])
+
+
+def test_clicking_a_workload_shows_its_identity_svid_expiry_and_sidecar_state(
+    shop: ShopMesh, browser_page: Page
+) -> None:
+    page = browser_page
+    _open_graph(page, shop, DENIED)
+    _click(page, "ops/ops-1", "renderedPosition")
+    page.wait_for_selector("#details dl")
+    terms = page.eval_on_selector_all("#details dt", "items => items.map(i => i.textContent)")
+    values = page.eval_on_selector_all("#details dd", "items => items.map(i => i.textContent)")
+    shown = dict(zip(terms, values, strict=True))
+    assert shown["identity"] == "spiffe://example.org/ns/ops/sa/ops"
+    assert dt.datetime.fromisoformat(shown["SVID expires"]) > dt.datetime.now(dt.UTC)
+    assert shown["sidecar"] == "applied (ACKed), 1 stream(s)"
+    _screenshot(page, "workload")
+
+
+def test_the_decision_filter_keeps_the_denied_edges_and_is_in_the_url(
+    shop: ShopMesh, browser_page: Page
+) -> None:
+    page = browser_page
+    _open_graph(page, shop, DENIED)
+    page.select_option("#filter-decision", "deny")
+    _until(page, "window.meshwardenConsole.cy.edges().length == 1")
+    assert page.evaluate("window.meshwardenConsole.cy.edges().map(e => e.id())") == [DENIED]
+    assert page.url.endswith("#/graph?decision=deny&minutes=15")
+    assert page.eval_on_selector_all("#edges tbody tr", "rows => rows.length") == 1
 
 
 def test_the_explain_form_answers_what_the_cli_answers(shop: ShopMesh, browser_page: Page) -> None:

@@ -163,6 +163,7 @@ async def run_live(
                 url = mesh.plane.console.url
                 print(f"\n== the mesh keeps running for the web console at {url}; Ctrl-C stops it")
                 await asyncio.Event().wait()
+            print("\n== see the mesh in a browser: meshwarden demo --ui 127.0.0.1:8088")
         finally:
             await mesh.stop()
     print("\nall rows as expected" if ok else "\nSOME ROWS DIFFER")

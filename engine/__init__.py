@@ -4,6 +4,7 @@ documents → validated model → registry (who is who) → compiled Authorizati
 decision with explanation. No network, no gRPC, no Envoy types.
 """
 
+from meshwarden.engine._collection import collection_paused
 from meshwarden.engine._compiler import CompiledMesh, compile_documents
 from meshwarden.engine._condition_keys import Attribute, ConditionKey
 from meshwarden.engine._conditions import (
@@ -116,6 +117,7 @@ __all__ = [
     "WorkloadPort",
     "check_documents",
     "collapse_networks",
+    "collection_paused",
     "compile_documents",
     "decide",
     "dry_run_verdict",

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from meshwarden.engine._collection import collection_paused
 from meshwarden.engine._conditions import compile_condition
 from meshwarden.engine._documents import Document, DocumentKey
 from meshwarden.engine._model import AuthorizationPolicySpec, JwtIssuerSpec, WorkloadSelector
@@ -161,22 +160,9 @@ def _plan_for(mesh: CompiledMesh, ref: str) -> AuthorizationPlan:
     return build_plan(workload, mesh.registry.mesh.spec, policies, mesh.issuers_for(ref))
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Compiling allocates hundreds of thousands of long-lived objects; Python's cyclic GC
-    would walk them all repeatedly (about a third of a 10,000-policy compile)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def compile_documents(documents: Iterable[Document[Any]]) -> CompiledMesh:
     """Full compile. Documents must already be free of errors (see `load`)."""
-    with _gc_paused():
+    with collection_paused():
         return _compile_documents(documents)
 
 

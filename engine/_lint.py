@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from meshwarden.engine._collection import collection_paused
 from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._diagnostics import Diagnostic, Location
 
@@ -130,10 +131,11 @@ def lint(mesh: CompiledMesh, options: LintOptions | None = None) -> list[Finding
 
     options = options or LintOptions()
     found: list[Finding] = []
-    for check in checks.CHECKS:
-        found.extend(check(mesh, options))
-    ignored = _ignored(mesh)
-    return sorted(f for f in found if f.code not in _ignored_at(ignored, f.location))
+    with collection_paused():
+        for check in checks.CHECKS:
+            found.extend(check(mesh, options))
+        ignored = _ignored(mesh)
+        return sorted(f for f in found if f.code not in _ignored_at(ignored, f.location))
 
 
 Starts = tuple[list[int], list[frozenset[str]]]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshwarden.engine import _analysis, _semantics
+from meshwarden.engine._collection import collection_paused
 from meshwarden.engine._compiler import CompiledMesh, compile_documents
 from meshwarden.engine._diagnostics import Diagnostic, Location, Severity, error
 from meshwarden.engine._documents import Document, validate_document
@@ -56,6 +57,13 @@ def parse_text(
     text: str, file: str = "<text>", limits: InputLimits = LIMITS
 ) -> tuple[list[Document[Any]], list[Diagnostic]]:
     """Validated documents of one YAML text (as if read from `file`)."""
+    with collection_paused():
+        return _parse_text(text, file, limits)
+
+
+def _parse_text(
+    text: str, file: str, limits: InputLimits
+) -> tuple[list[Document[Any]], list[Diagnostic]]:
     if len(text) > limits.file_bytes:
         what = f"text is longer than {limits.file_bytes:,} characters"
         return [], [error(Location(file), over_limit(what))]
@@ -91,6 +99,13 @@ def check_documents(
     documents: list[Document[Any]], limits: InputLimits = LIMITS
 ) -> tuple[CompiledMesh | None, list[Diagnostic]]:
     """Cross-document errors, then (if none) compile and add warnings."""
+    with collection_paused():
+        return _check_documents(documents, limits)
+
+
+def _check_documents(
+    documents: list[Document[Any]], limits: InputLimits
+) -> tuple[CompiledMesh | None, list[Diagnostic]]:
     problems = _semantics.duplicates(documents)
     meshes = [d for d in documents if d.kind == "Mesh"]
     registry, found = build_registry(
@@ -115,6 +130,11 @@ def check_documents(
 def load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
     """Read, validate, check and compile. Raises UsageError for a named path that does not
     exist; everything else (unreadable files, files over a limit) is a diagnostic."""
+    with collection_paused():
+        return _load(paths)
+
+
+def _load(paths: Sequence[str | os.PathLike[str]]) -> LoadResult:
     files, problems = scan_files(paths)
     documents, found = read_files(files)
     problems.extend(found)

@@ -5,14 +5,21 @@ so the input limits (`_limits.InputLimits`) are checked while parsing: nesting d
 file, values repeated by aliases, scalar length, integer digits and documents per file. An alias
 shares the value it names (it is never copied) and counts as every value it repeats; an alias
 inside the value it names (a recursive structure) is an error.
+
+Speed (docs/benchmarks.md, "Loading policies"): the events come from libyaml (PyYAML's C
+parser) when it is installed; a plain scalar's value is resolved once per distinct text in a
+file and then looked up; positions are kept as the parser's own marks and turned into a
+`Location` only when one is asked for.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
+from meshwarden.engine._collection import collection_paused
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
 from meshwarden.engine._limits import LIMITS, InputLimits, over_limit
 from meshwarden.engine._yaml_hints import syntax_problem
@@ -27,31 +34,50 @@ _CONSTRUCTORS = yaml.constructor.SafeConstructor.yaml_constructors
 MARKED_DEPTH = 16
 """Positions are kept for values up to this deep; a deeper value is reported at the nearest
 enclosing one (no field of the policy language is that deep), so deep input stays cheap."""
+_REMEMBERED_CHARS = 256
+"""Plain scalars up to this long have their resolved value remembered for the rest of the file."""
+
+
+class Mark(Protocol):
+    """Where the parser saw an event (0-based), as libyaml's and PyYAML's marks both carry."""
+
+    @property
+    def line(self) -> int: ...
+
+    @property
+    def column(self) -> int: ...
+
+
+def _location(file: str, mark: Mark | None) -> Location:
+    return Location(file, mark.line + 1, mark.column + 1) if mark is not None else Location(file)
 
 
 @dataclass(slots=True)
 class SourceDocument:
-    """One YAML document: its plain data plus where each part of it came from."""
+    """One YAML document: its plain data plus where each part of it came from (the parser's
+    marks, keyed by path; `value_at` and `key_at` turn them into locations)."""
 
     file: str
     index: int
     data: Any
     start: Location
-    value_marks: dict[Path, Location] = field(default_factory=dict)
-    key_marks: dict[Path, Location] = field(default_factory=dict)
+    value_marks: dict[Path, Mark | None] = field(default_factory=dict)
+    key_marks: dict[Path, Mark | None] = field(default_factory=dict)
 
     def value_at(self, path: Path) -> Location:
         """Where the value at `path` is, or the nearest enclosing value when it is absent
         (inside a value repeated by an alias: the alias)."""
         while path:
             if path in self.value_marks:
-                return self.value_marks[path]
+                return _location(self.file, self.value_marks[path])
             path = path[:-1]
         return self.start
 
     def key_at(self, path: Path) -> Location:
         """Where the key of mapping entry `path` is; falls back to its value."""
-        return self.key_marks.get(path) or self.value_at(path)
+        if path in self.key_marks:
+            return _location(self.file, self.key_marks[path])
+        return self.value_at(path)
 
 
 class _Stop(Exception):
@@ -64,12 +90,15 @@ class _Stop(Exception):
 
 _AWAIT_KEY = object()  # a mapping frame waiting for its next key
 _DISCARD = object()  # a mapping frame whose next value is read but dropped
+_SEQUENCE = object()  # the `key` of a sequence frame
+_MISS = object()
 
 
 @dataclass(slots=True)
 class _Frame:
     value: Any  # the list or dict being filled
     path: Path
+    marked: bool  # whether the values inside get their own marks (path shorter than MARKED_DEPTH)
     anchor: str | None
     first_node: int
     key: Any = _AWAIT_KEY  # mappings: the pending key, _AWAIT_KEY or _DISCARD
@@ -81,13 +110,6 @@ class _Anchor:
     size: int  # values it stands for, its own aliases expanded
 
 
-@dataclass(slots=True)
-class _Counters:
-    nodes: int = 0
-    repeated: int = 0
-    documents: int = 0
-
-
 class _Builder:
     """Builds one document at a time from parser events, checking the limits as it goes."""
 
@@ -96,24 +118,27 @@ class _Builder:
         self.limits = limits
         self.loader = loader
         self.constructor = yaml.constructor.SafeConstructor()
-        self.counters = _Counters()
+        self.nodes = 0
+        self.repeated = 0
+        self.documents = 0
         self.problems: list[Diagnostic] = []
+        self.plain: dict[str, Any] = {}  # plain scalar text → its value (see _REMEMBERED_CHARS)
+        self.resolved_starts = _resolved_starts(loader)
         self._begin()
 
     def _begin(self) -> None:
         self.stack: list[_Frame] = []
         self.anchors: dict[str, _Anchor | None] = {}  # None: still being built
-        self.values: dict[Path, Location] = {}
-        self.keys: dict[Path, Location] = {}
+        self.values: dict[Path, Mark | None] = {}
+        self.keys: dict[Path, Mark | None] = {}
         self.root: Any = None
 
     def mark(self, event: yaml.Event) -> Location:
-        mark = event.start_mark
-        return Location(self.file, mark.line + 1, mark.column + 1) if mark else Location(self.file)
+        return _location(self.file, event.start_mark)
 
     def document(self, event: yaml.DocumentStartEvent) -> None:
-        self.counters.documents += 1
-        if self.counters.documents > self.limits.documents:
+        self.documents += 1
+        if self.documents > self.limits.documents:
             self._stop(event, f"more than {self.limits.documents:,} documents in one file")
         self._begin()
         self.start = self.mark(event)
@@ -121,58 +146,47 @@ class _Builder:
     def finish(self, index: int) -> SourceDocument:
         return SourceDocument(self.file, index, self.root, self.start, self.values, self.keys)
 
-    def event(self, event: yaml.Event) -> None:
-        if isinstance(event, yaml.ScalarEvent):
-            self._scalar(event)
-        elif isinstance(event, yaml.AliasEvent):
-            self._alias(event)
-        elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
-            self._open(event)
-        elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
-            self._close()
-
     # -- placing values ----------------------------------------------------------------------
 
     def _count(self, event: yaml.Event, nodes: int) -> None:
-        self.counters.nodes += nodes
-        if self.counters.nodes > self.limits.nodes:
+        self.nodes += nodes
+        if self.nodes > self.limits.nodes:
             self._stop(event, f"more than {self.limits.nodes:,} values in one file")
 
     def _wants_key(self) -> bool:
         return bool(self.stack) and self.stack[-1].key is _AWAIT_KEY
 
-    def _place(self, value: Any, where: Location) -> Path | None:
+    def _place(self, value: Any, mark: Mark | None) -> Path | None:
         """Put a value at the next slot of the innermost collection; its path, or None when the
         value is dropped (the value of a refused key)."""
         if not self.stack:
             self.root = value
-            self.values[()] = where
+            self.values[()] = mark
             return ()
         top = self.stack[-1]
-        marked = len(top.path) < MARKED_DEPTH
-        if isinstance(top.value, list):
-            path: Path = (*top.path, len(top.value)) if marked else top.path
+        key = top.key
+        if key is _SEQUENCE:
+            path: Path = (*top.path, len(top.value)) if top.marked else top.path
             top.value.append(value)
-        elif top.key is _DISCARD:
+        elif key is _DISCARD:
             top.key = _AWAIT_KEY
             return None
         else:
-            path = (*top.path, top.key) if marked else top.path
-            top.value[top.key] = value
+            path = (*top.path, key) if top.marked else top.path
+            top.value[key] = value
             top.key = _AWAIT_KEY
-        if marked:
-            self.values[path] = where
+        if top.marked:
+            self.values[path] = mark
         return path
 
     def _set_key(self, key: Any, event: yaml.Event) -> None:
         top = self.stack[-1]
-        where = self.mark(event)
         key = key if isinstance(key, str) else str(key)
         if key in top.value:
-            self.problems.append(error(where, f"duplicate key {key!r} in this mapping"))
+            self.problems.append(error(self.mark(event), f"duplicate key {key!r} in this mapping"))
         top.key = key
-        if len(top.path) < MARKED_DEPTH:
-            self.keys[(*top.path, key)] = where
+        if top.marked:
+            self.keys[(*top.path, key)] = event.start_mark
 
     def _refuse_key(self, event: yaml.Event, what: str) -> None:
         self.problems.append(error(self.mark(event), f"a mapping key must be a scalar, not {what}"))
@@ -180,23 +194,51 @@ class _Builder:
 
     # -- events ------------------------------------------------------------------------------
 
-    def _scalar(self, event: yaml.ScalarEvent) -> None:
-        self._count(event, 1)
+    def scalar(self, event: yaml.ScalarEvent) -> None:
+        self.nodes += 1
+        if self.nodes > self.limits.nodes:
+            self._count(event, 0)
+        text = event.value
+        if event.tag is not None:
+            value = self._resolve(event)
+        elif event.implicit[0]:  # plain: typed by the resolver unless seen before in this file
+            value = self.plain.get(text, _MISS)
+            if value is _MISS:
+                resolved = not text or text[0] in self.resolved_starts
+                value = self._resolve(event) if resolved else self._string(event)
+        else:  # quoted or a block scalar: always a string
+            value = self._string(event)
+        if value is _DISCARD:
+            return
+        stack = self.stack
+        if stack and stack[-1].key is _AWAIT_KEY:
+            self._set_key(value, event)
+            return
+        self._place(value, event.start_mark)
+        if event.anchor is not None:
+            self.anchors[event.anchor] = _Anchor(value, 1)
+
+    def _string(self, event: yaml.ScalarEvent) -> str:
         if len(event.value) > self.limits.scalar_chars:
             size = f"{len(event.value):,} characters"
             self._stop(event, f"a scalar of {size}; the limit is {self.limits.scalar_chars:,}")
+        return event.value
+
+    def _resolve(self, event: yaml.ScalarEvent) -> Any:
+        """The value of a scalar the resolver must type (remembered when it is plain and raised
+        no problem); _DISCARD for a merge key, which is refused."""
+        self._string(event)
         tag = self._tag(event)
         if self._wants_key() and tag == f"{_TAG}merge":
             self.problems.append(error(self.mark(event), "YAML merge keys (<<) are not supported"))
             self.stack[-1].key = _DISCARD
-            return
+            return _DISCARD
+        problems = len(self.problems)
         value = self._construct(event, tag)
-        if self._wants_key():
-            self._set_key(value, event)
-            return
-        self._place(value, self.mark(event))
-        if event.anchor is not None:
-            self.anchors[event.anchor] = _Anchor(value, 1)
+        plain = event.tag is None and event.implicit[0] and len(event.value) <= _REMEMBERED_CHARS
+        if plain and len(self.problems) == problems:
+            self.plain[event.value] = value
+        return value
 
     def _tag(self, event: yaml.ScalarEvent) -> str:
         if event.tag is None or event.tag == "!":
@@ -223,7 +265,7 @@ class _Builder:
             self.problems.append(error(self.mark(event), f"invalid value {event.value!r}: {exc}"))
             return None
 
-    def _alias(self, event: yaml.AliasEvent) -> None:
+    def alias(self, event: yaml.AliasEvent) -> None:
         if self._wants_key():
             self._refuse_key(event, "an alias")
             return
@@ -235,47 +277,67 @@ class _Builder:
             self._bad_alias(event, f"alias *{name} is inside the value it names ({recursive})")
         else:
             self._count(event, anchor.size)
-            self.counters.repeated += anchor.size
-            if self.counters.repeated > self.limits.alias_nodes:
+            self.repeated += anchor.size
+            if self.repeated > self.limits.alias_nodes:
                 limit = f"{self.limits.alias_nodes:,}"
                 self._stop(event, f"aliases repeat more than {limit} values in one file")
-            self._place(anchor.value, self.mark(event))
+            self._place(anchor.value, event.start_mark)
 
     def _bad_alias(self, event: yaml.AliasEvent, message: str) -> None:
         self.problems.append(error(self.mark(event), message))
-        self._place(None, self.mark(event))
+        self._place(None, event.start_mark)
 
-    def _open(self, event: yaml.SequenceStartEvent | yaml.MappingStartEvent) -> None:
-        sequence = isinstance(event, yaml.SequenceStartEvent)
-        if len(self.stack) >= self.limits.depth:
+    def open(self, event: yaml.SequenceStartEvent | yaml.MappingStartEvent, sequence: bool) -> None:
+        stack = self.stack
+        if len(stack) >= self.limits.depth:
             self._stop(event, f"nesting deeper than {self.limits.depth} levels")
-        self._count(event, 1)
-        if event.tag not in (None, "!") and event.tag not in _COLLECTION_TAGS:
+        self.nodes += 1
+        if self.nodes > self.limits.nodes:
+            self._count(event, 0)
+        if event.tag is not None and event.tag != "!" and event.tag not in _COLLECTION_TAGS:
             self.problems.append(
                 error(self.mark(event), f"YAML tag {event.tag!r} is not supported")
             )
         value: Any = [] if sequence else {}
-        if self._wants_key():
+        if stack and stack[-1].key is _AWAIT_KEY:
             self._refuse_key(event, "a sequence" if sequence else "a mapping")
-            path: Path | None = None
+            path: Path = (*stack[-1].path, "?")
         else:
-            path = self._place(value, self.mark(event))
-        frame_path = path if path is not None else (*self.stack[-1].path, "?")
+            placed = self._place(value, event.start_mark)
+            path = placed if placed is not None else (*stack[-1].path, "?")
         if event.anchor is not None:
             self.anchors[event.anchor] = None
-        frame = _Frame(value, frame_path, event.anchor, self.counters.nodes)
+        frame = _Frame(value, path, len(path) < MARKED_DEPTH, event.anchor, self.nodes)
         if sequence:
-            frame.key = None
-        self.stack.append(frame)
+            frame.key = _SEQUENCE
+        stack.append(frame)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         frame = self.stack.pop()
         if frame.anchor is not None:
-            size = self.counters.nodes - frame.first_node + 1
+            size = self.nodes - frame.first_node + 1
             self.anchors[frame.anchor] = _Anchor(frame.value, size)
 
     def _stop(self, event: yaml.Event, message: str) -> None:
         raise _Stop(error(self.mark(event), over_limit(message)))
+
+
+def _resolved_starts(loader: yaml.SafeLoader) -> Container[str | None]:
+    """The first characters of the plain scalars the loader's resolver may type as something
+    else than a string (a plain scalar starting otherwise is a string); everything when a
+    resolver applies regardless of the first character."""
+    implicit = loader.yaml_implicit_resolvers
+    if None in implicit or loader.yaml_path_resolvers:
+        return _EVERYTHING
+    return frozenset(implicit)
+
+
+class _Everything:
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_EVERYTHING = _Everything()
 
 
 def read_documents(
@@ -287,7 +349,8 @@ def read_documents(
     loader = _Loader(text)
     builder = _Builder(file, limits, loader)
     try:
-        _read_events(loader, builder, documents)
+        with collection_paused():
+            _read_events(loader, builder, documents)
     except _Stop as stop:
         builder.problems.append(stop.problem)
     except yaml.MarkedYAMLError as exc:
@@ -300,18 +363,33 @@ def read_documents(
 
 
 def _read_events(loader: yaml.SafeLoader, builder: _Builder, out: list[SourceDocument]) -> None:
-    index = 0
-    while loader.check_event():
-        event = loader.get_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, yaml.DocumentStartEvent):
+    """Hand each event to the builder, the most frequent kinds tested first."""
+    get_event = loader.get_event
+    scalar, open_, close = builder.scalar, builder.open, builder.close
+    scalar_event, mapping_start, sequence_start = (
+        yaml.ScalarEvent,
+        yaml.MappingStartEvent,
+        yaml.SequenceStartEvent,
+    )
+    closing = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    while (event := get_event()) is not None:  # type: ignore[no-untyped-call]
+        kind = type(event)
+        if kind is scalar_event:
+            scalar(event)
+        elif kind is mapping_start:
+            open_(event, False)
+        elif kind in closing:
+            close()
+        elif kind is sequence_start:
+            open_(event, True)
+        elif kind is yaml.AliasEvent:
+            builder.alias(event)
+        elif kind is yaml.DocumentStartEvent:
             builder.document(event)
-        elif isinstance(event, yaml.DocumentEndEvent):
-            out.append(builder.finish(index))
-            index += 1
-        elif isinstance(event, yaml.StreamEndEvent):
+        elif kind is yaml.DocumentEndEvent:
+            out.append(builder.finish(len(out)))
+        elif kind is yaml.StreamEndEvent:
             return
-        elif not isinstance(event, yaml.StreamStartEvent):
-            builder.event(event)
 
 
 def _syntax_error(file: str, text: str, exc: yaml.MarkedYAMLError) -> Diagnostic:

@@ -47,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from meshwarden.engine import collection_paused  # not at import (fast --help)
+
+    with collection_paused():  # what the command loads lives until it ends: no collector walks
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = load_or_raise(args.paths)
     except InputError as exc:

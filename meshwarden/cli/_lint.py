@@ -13,6 +13,7 @@ from meshwarden.engine import (
     FlowWindow,
     LintOptions,
     LintSeverity,
+    collection_paused,
     invalid_input,
     lint,
 )
@@ -62,6 +63,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    with collection_paused():  # what the command loads lives until it ends: no collector walks
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         result = load_or_raise(args.paths)
         options = _options(args)

@@ -19,6 +19,7 @@ from meshwarden.engine import (
     Diagnostic,
     Severity,
     UsageError,
+    collection_paused,
     decide,
     find_files,
     load,
@@ -102,6 +103,11 @@ class Result:
 
 
 def run(args: argparse.Namespace) -> int:
+    with collection_paused():  # what the command loads lives until it ends: no collector walks
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         test_files, policy_files = _split(args.paths)
     except InputError as exc:

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from meshwarden.cli._explain import RequestFields
-from meshwarden.engine import Diagnostic, Location, Severity, SourceDocument, read_documents
+from meshwarden.engine import (
+    Diagnostic,
+    Location,
+    Severity,
+    SourceDocument,
+    collection_paused,
+    read_documents,
+)
 
 # request keys (as written) → RequestFields attribute
 REQUEST_KEYS = {
@@ -73,6 +80,12 @@ def is_test_file(file: str) -> bool:
 
 
 def read_cases(file: str) -> tuple[list[TestCase], list[Diagnostic]]:
+    """The cases of one test file, and the problems that make any of them unusable."""
+    with collection_paused():  # no collector walks over the cases while they are built
+        return _read_cases(file)
+
+
+def _read_cases(file: str) -> tuple[list[TestCase], list[Diagnostic]]:
     try:
         text = Path(file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

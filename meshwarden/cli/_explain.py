@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshwarden.cli._common import (
     EXIT_FAILED,
@@ -22,6 +22,9 @@ from meshwarden.cli._common import (
 )
 from meshwarden.cli._types import port_number
 from meshwarden.engine import CompiledMesh, Decision, Request, SpiffeId, SpiffeIdError, decide
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Address, IPv6Address
 
 HELP = """\
 Decide one request offline, exactly as the sidecar would, and explain it: every policy that
@@ -204,9 +207,10 @@ def request_from(
 
 def _peer(
     fields: RequestFields, mesh: CompiledMesh, flag: Callable[[str], str]
-) -> tuple[str | None, str | None]:
-    source_ip = fields.source_ip
-    identity = None
+) -> tuple[SpiffeId | None, IPv4Address | IPv6Address | str | None]:
+    """The peer's identity and address; a workload's are taken as the registry parsed them."""
+    source_ip: IPv4Address | IPv6Address | str | None = fields.source_ip
+    identity: SpiffeId | None = None
     if fields.from_workload:
         peer = mesh.registry.workloads.get(fields.from_workload)
         if peer is None:
@@ -214,15 +218,15 @@ def _peer(
                 f"{flag('from_workload')} {fields.from_workload}: no such workload"
                 f"{_few(mesh.registry.workloads, fields.from_workload)}"
             )
-        identity = peer.identity
+        identity = peer.spiffe_id
         if source_ip is None and peer.addresses:
-            source_ip = str(peer.addresses[0])
+            source_ip = peer.addresses[0]
     elif fields.from_id:
         try:
-            identity = str(SpiffeId.parse(fields.from_id))
+            identity = SpiffeId.parse(fields.from_id)
         except SpiffeIdError as exc:
             raise InputError(f"{flag('from_id')}: {exc}") from None
-    if source_ip is not None:
+    if isinstance(source_ip, str):
         import ipaddress
 
         try:

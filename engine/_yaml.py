@@ -14,7 +14,7 @@ file and then looked up; positions are kept as the parser's own marks and turned
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,31 +52,57 @@ def _location(file: str, mark: Mark | None) -> Location:
     return Location(file, mark.line + 1, mark.column + 1) if mark is not None else Location(file)
 
 
+class Positions(Mapping[Path, Location]):
+    """Path → Location of one document's values (or keys), kept as the parser's marks and
+    turned into a `Location` only when one is looked up."""
+
+    __slots__ = ("_file", "_marks")
+
+    def __init__(self, file: str, marks: dict[Path, Mark | None]) -> None:
+        self._file = file
+        self._marks = marks
+
+    def __getitem__(self, path: Path) -> Location:
+        return _location(self._file, self._marks[path])
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._marks
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self._marks)
+
+    def __len__(self) -> int:
+        return len(self._marks)
+
+
+def _no_positions() -> Mapping[Path, Location]:
+    return {}
+
+
 @dataclass(slots=True)
 class SourceDocument:
-    """One YAML document: its plain data plus where each part of it came from (the parser's
-    marks, keyed by path; `value_at` and `key_at` turn them into locations)."""
+    """One YAML document: its plain data plus where each part of it came from."""
 
     file: str
     index: int
     data: Any
     start: Location
-    value_marks: dict[Path, Mark | None] = field(default_factory=dict)
-    key_marks: dict[Path, Mark | None] = field(default_factory=dict)
+    value_marks: Mapping[Path, Location] = field(default_factory=_no_positions)
+    key_marks: Mapping[Path, Location] = field(default_factory=_no_positions)
 
     def value_at(self, path: Path) -> Location:
         """Where the value at `path` is, or the nearest enclosing value when it is absent
         (inside a value repeated by an alias: the alias)."""
         while path:
             if path in self.value_marks:
-                return _location(self.file, self.value_marks[path])
+                return self.value_marks[path]
             path = path[:-1]
         return self.start
 
     def key_at(self, path: Path) -> Location:
         """Where the key of mapping entry `path` is; falls back to its value."""
         if path in self.key_marks:
-            return _location(self.file, self.key_marks[path])
+            return self.key_marks[path]
         return self.value_at(path)
 
 
@@ -144,7 +170,8 @@ class _Builder:
         self.start = self.mark(event)
 
     def finish(self, index: int) -> SourceDocument:
-        return SourceDocument(self.file, index, self.root, self.start, self.values, self.keys)
+        values, keys = Positions(self.file, self.values), Positions(self.file, self.keys)
+        return SourceDocument(self.file, index, self.root, self.start, values, keys)
 
     # -- placing values ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshwarden.engine import read_documents
+from meshwarden.engine import Location, read_documents
 
 # plain scalars that PyYAML types as something else than a string, strings that look like them,
 # and ordinary policy words; each appears many times in one file, so repeats are read too
@@ -66,8 +66,8 @@ def _walk(
     return loader.construct_object(node)  # type: ignore[no-untyped-call]
 
 
-def place(mark: Any) -> tuple[int, int]:
-    return mark.line + 1, mark.column + 1
+def place(location: Location) -> tuple[int, int]:
+    return location.line, location.column
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,6 +11,7 @@ from meshwarden.importers._inventory import Inventory, Pod
 from meshwarden.importers._objects import KubeObject, error
 
 API_VERSION = "meshwarden.io/v1alpha1"
+ROOT_NAMESPACE = "meshwarden-system"  # the Mesh's default rootNamespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Emitted:
     namespace: str
     document: dict[str, Any]
     origin: str
+    where: Location | None = None  # the object's metadata.name in the input
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,8 @@ class ImportContext:
         metadata = document.get("metadata", {})
         namespace = str(metadata.get("namespace", "default"))
         full = {"apiVersion": API_VERSION, **document}
-        self.documents.append(Emitted(namespace, full, obj.origin if obj else ""))
+        where = obj.at("metadata", "name") if obj else None
+        self.documents.append(Emitted(namespace, full, obj.origin if obj else "", where))
 
     def error(self, location: Location, message: str) -> None:
         self.problems.append(error(location, message))

@@ -8,6 +8,7 @@ whose pods are not in the input stands for `replicas` workloads named `NAME-0`, 
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,10 +181,19 @@ def _container_port(fields: Fields, path: tuple[str | int, ...]) -> PodPort | No
 
 
 def _addresses(fields: Fields) -> tuple[str, ...]:
-    found = [fields.string("status", "podIP")]
+    paths: list[tuple[str | int, ...]] = [("status", "podIP")]
     for i, _ in enumerate(fields.sequence("status", "podIPs") or []):
-        found.append(fields.string("status", "podIPs", i, "ip"))
-    return tuple(dict.fromkeys(a for a in found if a))
+        paths.append(("status", "podIPs", i, "ip"))
+    found: list[str] = []
+    for path in paths:
+        text = fields.string(*path)
+        if text is None:
+            continue
+        try:
+            found.append(str(ipaddress.ip_address(text)))
+        except ValueError:
+            fields.fail(path, f"{text!r} is not an IP address")
+    return tuple(dict.fromkeys(found))
 
 
 def workload_port(pod: Pod, port: PodPort, services: list[KubeObject]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshwarden.importers._context import ImportContext
+from meshwarden.importers._context import ROOT_NAMESPACE, ImportContext
 from meshwarden.importers._fields import Fields
 from meshwarden.importers._inventory import Pod
 from meshwarden.importers._names import dns_label
@@ -34,6 +34,13 @@ def translate_network_policy(obj: KubeObject, ctx: ImportContext) -> None:
     fields.known(("spec",), ("podSelector", "policyTypes", "ingress", "egress"))
     if fields.mapping("spec", "podSelector") is None:
         fields.fail(("spec",), "spec.podSelector is required ({} selects every pod)")
+        return
+    if obj.namespace == ctx.mesh.get("rootNamespace", ROOT_NAMESPACE):
+        where = ("metadata", "namespace")
+        fields.fail(
+            where,
+            f"{obj.namespace} is the Mesh's root namespace, whose policies apply to every workload",
+        )
         return
     selector = read_selector(fields, "spec", "podSelector")
     types = _policy_types(fields)

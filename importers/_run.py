@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from meshwarden.engine import Diagnostic
-from meshwarden.importers._context import ImportContext, ImportOptions, Translator
+from meshwarden.importers._context import Emitted, ImportContext, ImportOptions, Translator
 from meshwarden.importers._identities import explain_split, groups_to_split
 from meshwarden.importers._inventory import INVENTORY_KINDS, Inventory, build_inventory
 from meshwarden.importers._netpol import translate_network_policy
@@ -53,7 +53,7 @@ def import_paths(
     notes, refused = explain_split(split, inventory.pods, not options.split_identities)
     ctx = _translate(policies, inventory, options, frozenset(split))
     emit_inventory(ctx)
-    problems.extend(refused + ctx.problems)
+    problems.extend(refused + ctx.problems + _same_names(ctx.documents))
     result.notes = notes + ctx.notes
     if problems:
         result.problems = sorted(set(problems))
@@ -79,6 +79,22 @@ def _translate(
     for obj in policies:
         TRANSLATORS[(obj.group, obj.kind)](obj, ctx)
     return ctx
+
+
+def _same_names(documents: list[Emitted]) -> list[Diagnostic]:
+    """Two objects that would become one document (names shortened or made DNS labels alike,
+    a pod named like a controller's replica)."""
+    seen: dict[tuple[str, str, str], Emitted] = {}
+    problems = []
+    for emitted in documents:
+        doc = emitted.document
+        key = (doc["kind"], emitted.namespace, doc["metadata"]["name"])
+        first = seen.setdefault(key, emitted)
+        if first is not emitted and emitted.where is not None:
+            name = f"{key[0]} {key[1]}/{key[2]}"
+            message = f"this becomes {name}, as {first.origin} does; rename one of them"
+            problems.append(error(emitted.where, message))
+    return problems
 
 
 def _unsupported(objects: list[KubeObject]) -> list[Diagnostic]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from meshwarden.importers._context import ImportContext
@@ -31,22 +30,13 @@ def _workload(ctx: ImportContext, pod: Pod) -> dict[str, Any]:
     spec: dict[str, Any] = {"serviceAccount": pod.service_account}
     if (pod.namespace, pod.service_account) in ctx.split:
         spec["spiffeId"] = ctx.identity(pod)
-    addresses = [a for a in pod.addresses if _is_address(a)]
-    if addresses:
-        spec["addresses"] = addresses
+    if pod.addresses:
+        spec["addresses"] = list(pod.addresses)
     services = ctx.inventory.services
     ports = [workload_port(pod, port, services) for port in pod.ports]
     if ports:
         spec["ports"] = ports
     return {"kind": "Workload", "metadata": metadata, "spec": spec}
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _service(ctx: ImportContext, obj: KubeObject) -> dict[str, Any] | None:

@@ -161,3 +161,35 @@ def test_a_missing_path_is_a_usage_error(
 ) -> None:
     assert main(["import", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("meshwarden import: error: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "kind: Pod\nmetadata: {name: p}\nspec: {containers: []}\nstatus: {podIP: 10.0.0.300}\n",
+            "in.yaml:5:17: error: '10.0.0.300' is not an IP address",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, containers: []}\n",
+            "in.yaml:4:21: error: hostNetwork pods share their node's address",
+        ),
+        (
+            "kind: Pod\nmetadata: {name: web-0}\nspec: {containers: []}\n---\n"
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: web}\n"
+            "spec: {template: {spec: {containers: []}}}\n",
+            "in.yaml:8:18: error: this becomes Workload default/web-0, as ",
+        ),
+        (
+            "kind: NetworkPolicy\nmetadata: {name: p, namespace: meshwarden-system}\n"
+            "spec: {podSelector: {}}\n",
+            "in.yaml:3:32: error: meshwarden-system is the Mesh's root namespace",
+        ),
+    ],
+)
+def test_an_object_that_cannot_be_translated_exactly_is_an_error_at_its_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    api = "networking.k8s.io/v1" if "NetworkPolicy" in text else "v1"
+    lines = _errors(tmp_path, capsys, f"apiVersion: {api}\n{text}")
+    assert len(lines) == 1 and lines[0].startswith(str(tmp_path / expected)), lines

@@ -60,6 +60,9 @@ class ImportContext:
     documents: list[Emitted] = field(default_factory=list)
     selections: list[Selection] = field(default_factory=list)
     split: frozenset[tuple[str, str]] = frozenset()
+    # mTLS settings of single workloads (Istio PeerAuthentication): pod ref ->
+    # {"mtls": mode (optional), "ports": {port: mode}}
+    workload_mtls: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def emit(self, obj: KubeObject | None, document: dict[str, Any]) -> None:
         """Add a meshwarden document (apiVersion is filled in) translated from `obj`."""

@@ -11,6 +11,11 @@ from meshwarden.engine import Diagnostic
 from meshwarden.importers._context import Emitted, ImportContext, ImportOptions, Translator
 from meshwarden.importers._identities import explain_split, groups_to_split
 from meshwarden.importers._inventory import INVENTORY_KINDS, Inventory, build_inventory
+from meshwarden.importers._istio_authn import (
+    translate_peer_authentication,
+    translate_request_authentication,
+)
+from meshwarden.importers._istio_authz import translate_authorization_policy
 from meshwarden.importers._netpol import translate_network_policy
 from meshwarden.importers._objects import KubeObject, error, read_objects
 from meshwarden.importers._output import OutputFile, check_output, render_files
@@ -18,6 +23,9 @@ from meshwarden.importers._workloads import emit_inventory
 
 TRANSLATORS: dict[tuple[str, str], Translator] = {
     ("networking.k8s.io", "NetworkPolicy"): translate_network_policy,
+    ("security.istio.io", "AuthorizationPolicy"): translate_authorization_policy,
+    ("security.istio.io", "PeerAuthentication"): translate_peer_authentication,
+    ("security.istio.io", "RequestAuthentication"): translate_request_authentication,
 }
 """Policy kinds by (API group, kind). A translator is called once per object of its kind, after
 the inventory is built; see the package docstring."""

@@ -34,6 +34,12 @@ def _workload(ctx: ImportContext, pod: Pod) -> dict[str, Any]:
         spec["addresses"] = list(pod.addresses)
     services = ctx.inventory.services
     ports = [workload_port(pod, port, services) for port in pod.ports]
+    mtls = ctx.workload_mtls.get(pod.ref, {})
+    if "mtls" in mtls:
+        spec["mtls"] = mtls["mtls"]
+    for port in ports:
+        if port["port"] in mtls.get("ports", {}):
+            port["mtls"] = mtls["ports"][port["port"]]
     if ports:
         spec["ports"] = ports
     return {"kind": "Workload", "metadata": metadata, "spec": spec}

@@ -65,7 +65,7 @@ _SUMMARIES: dict[str, str] = {
     "recommend": "write dry-run ALLOW policies from observed flows",
     "promote": "switch dry-run policies to enforce, if the flows show no would-deny",
     "verify": "probe the live mesh through its sidecars and compare with explain",
-    "import": "translate Kubernetes objects and NetworkPolicies",
+    "import": "translate Kubernetes objects, NetworkPolicies and Istio policies",
     "matrix": "print who can reach whom (a reachability matrix)",
 }
 _LISTING = "listing"  # `build_parser(_LISTING)`: summaries only, for the top-level help

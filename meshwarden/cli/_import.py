@@ -16,6 +16,9 @@ object per document or a `kind: List` as `kubectl get -o yaml` prints:
   Namespace, Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet  -> Workload documents
   Service                                                          -> Service documents
   NetworkPolicy (networking.k8s.io/v1)                             -> AuthorizationPolicy
+  AuthorizationPolicy (security.istio.io/v1, v1beta1)              -> AuthorizationPolicy
+  PeerAuthentication (security.istio.io)                           -> mTLS modes (Mesh, Workload)
+  RequestAuthentication (security.istio.io)                        -> JwtIssuer
 Writes OUTDIR/mesh.yaml and one OUTDIR/NAMESPACE.yaml per namespace; each translated document is
 preceded by `# from: FILE:LINE Kind ns/name`. The output is checked as `meshwarden check` would
 before anything is written: on any error nothing is written.
@@ -36,7 +39,9 @@ MESSAGE), 2 usage error (a path that does not exist, OUTDIR not writable)."""
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "import", help="translate Kubernetes objects and NetworkPolicies", description=HELP
+        "import",
+        help="translate Kubernetes objects, NetworkPolicies and Istio policies",
+        description=HELP,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to read")
     parser.add_argument(

@@ -32,9 +32,17 @@ def test_templates_match_as_istio_documents_them(template: str, path: str, match
 
 @pytest.mark.parametrize(
     "template",
-    ["/*/baz/{*}", "/**/baz/{*}", "/{**}/foo/{*}", "/foo/{*}.txt", "/foo/{**}/{**}", "x/{*}",
-     "/a//{*}", "/a/{x}/{*}"],
-)  # fmt: skip
+    [
+        "/*/baz/{*}",
+        "/**/baz/{*}",
+        "/{**}/foo/{*}",
+        "/foo/{*}.txt",
+        "/foo/{**}/{**}",
+        "x/{*}",
+        "/a//{*}",
+        "/a/{x}/{*}",
+    ],
+)
 def test_templates_istio_calls_invalid_are_refused(template: str) -> None:
     with pytest.raises(ValueError, match="template"):
         PathTemplate.parse(template)

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from meshwarden._console_graph import GraphQuery, edge, graph, target_of, workload_json
+from meshwarden._console_graph import (
+    GraphQuery,
+    edge,
+    graph,
+    sidecar_sync,
+    target_of,
+    workload_json,
+)
 from meshwarden._console_policies import policies_view
 from meshwarden._flows import FlowLog, FlowQuery
 from meshwarden._health import HealthEndpoint, Reply
@@ -162,7 +169,7 @@ class Console:
         registry = mesh.registry if mesh else None
 
         def build() -> dict[str, Any]:
-            view = graph(registry, flows, query, status.get("sidecars", {}))
+            view = graph(registry, flows, query, status)
             version = mesh.version if mesh else None
             return {"policyVersion": version, "status": status.get("status"), **view}
 
@@ -201,9 +208,9 @@ class Console:
         return Reply.json(
             {
                 **workload_json(workload),
-                "svidExpires": self.sources.svid_expiry(workload.identity),
-                "sidecar": status.get("sidecars", {}).get(ref),
-                "sidecarProblem": status.get("sidecarProblems", {}).get(ref),
+                "svidExpires": self.sources.svid_expiry(workload.identity)
+                or _svid_expiry(status, ref),
+                **sidecar_sync(ref, status),
                 "policies": sorted(mesh.by_workload.get(ref, ())),
             }
         )
@@ -249,6 +256,13 @@ class Console:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
             await records.aclose()  # type: ignore[attr-defined]
+
+
+def _svid_expiry(status: dict[str, Any], ref: str) -> str | None:
+    """The SVID expiry the /healthz report gives for a sidecar, where it gives one."""
+    sidecar = status.get("sidecars", {}).get(ref)
+    svid = sidecar.get("svid") if isinstance(sidecar, dict) else None
+    return svid.get("expiry") if isinstance(svid, dict) else None
 
 
 def _off_loop(build: Callable[[], Any]) -> Reply:

@@ -187,13 +187,34 @@ def _namespace(node: str) -> str | None:
     return node.split("/")[0]
 
 
+def sidecar_sync(ref: str, status: Mapping[str, Any]) -> dict[str, Any]:
+    """A workload's sidecar as the /healthz report `status` tells it: `sync` is the report's
+    own state where it has one (SYNCED, STALE, NACK), else SYNCED or STALE from whether it
+    applied its configuration; PROBLEM while `up` says it is not serving, NONE when no sidecar
+    is connected; `syncReason` says why it is not SYNCED."""
+    sidecar = status.get("sidecars", {}).get(ref)
+    problem = status.get("sidecarProblems", {}).get(ref)
+    if problem:
+        state, reason = "PROBLEM", str(problem)
+    elif not isinstance(sidecar, dict):
+        state, reason = "NONE", "no sidecar connected to this control plane"
+    elif sidecar.get("state"):
+        state, reason = str(sidecar["state"]), str(sidecar.get("reason") or "")
+    else:
+        applied = bool(sidecar.get("applied"))
+        state = "SYNCED" if applied else "STALE"
+        reason = "" if applied else "its current configuration is not ACKed yet"
+    return {"sidecar": sidecar, "sync": state, "syncReason": reason}
+
+
 def graph(
     registry: Registry | None,
     flows: Sequence[Flow],
     query: GraphQuery,
-    sidecars: Mapping[str, Any] | None = None,
+    status: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The graph JSON for the records in the window (`flows` are those records, oldest first)."""
+    """The graph JSON for the records in the window (`flows` are those records, oldest first);
+    `status` is the /healthz report (each workload's sidecar sync state)."""
     workloads = dict(registry.workloads) if registry else {}
     edges, kinds = _edges(flows, _Peers(registry))
     kept = [e for e in edges if _keep(e, query, workloads)]
@@ -201,9 +222,7 @@ def graph(
     shown = {ref for ref in workloads if not filtered or _namespace(ref) == query.namespace}
     shown |= {end for e in kept for end in (e.source, e.target)}
     known = sorted(shown & set(workloads))
-    nodes = [
-        {**workload_json(workloads[ref]), "sidecar": (sidecars or {}).get(ref)} for ref in known
-    ]
+    nodes = [{**workload_json(workloads[ref]), **sidecar_sync(ref, status or {})} for ref in known]
     nodes += [_peer_node(ref, kinds.get(ref, "workload")) for ref in sorted(shown - set(known))]
     return {
         "windowMinutes": query.minutes,

@@ -60,6 +60,9 @@ function graphStyle() {
     { selector: 'node[kind = "namespace"]', style: { "background-color": "#eef2f8",
       "border-color": "#9fb3cf", "border-width": 1, "text-valign": "top", "font-weight": "bold",
       shape: "round-rectangle" } },
+    { selector: 'node[sync = "STALE"]', style: { "border-width": 3, "border-color": COLOURS["would-deny"] } },
+    { selector: 'node[sync = "NACK"], node[sync = "PROBLEM"]', style: { "border-width": 4, "border-color": COLOURS.deny } },
+    { selector: 'node[sync = "NONE"]', style: { "background-color": "#a9b8cc" } },
     { selector: 'node[kind = "plaintext"]', style: { shape: "diamond", "background-color": "#8a8a8a" } },
     { selector: 'node[kind = "identity"]', style: { shape: "hexagon", "background-color": "#7b5ea7" } },
     { selector: "edge", style: { width: 3, "curve-style": "bezier", "target-arrow-shape": "triangle",
@@ -247,12 +250,13 @@ function definitionList(pairs) {
   return list;
 }
 
-function sidecarText(sidecar, problem) {
-  if (problem) return "problem: " + problem;
-  if (!sidecar) return "no sidecar connected to this control plane";
-  if (typeof sidecar.applied !== "boolean") return JSON.stringify(sidecar); // a newer report
-  const rejected = (sidecar.rejections || []).map((r) => `${r.type} ${r.version}: ${r.error}`).join("; ");
-  return `${sidecar.applied ? "applied (ACKed)" : "not applied yet"}, ${sidecar.streams} stream(s)` + (rejected ? "; rejected " + rejected : "");
+function sidecarText(w) {
+  const sidecar = w.sidecar || {};
+  const parts = [w.sync + (w.syncReason ? ": " + w.syncReason : "")];
+  if (sidecar.streams !== undefined) parts.push(`${sidecar.streams} stream(s)`);
+  if (sidecar.replica) parts.push("replica " + sidecar.replica);
+  for (const r of sidecar.rejections || []) parts.push(`rejected ${r.type} ${r.version}: ${r.error}`);
+  return parts.join(", ");
 }
 
 async function showNode(id) {
@@ -268,7 +272,7 @@ async function showNode(id) {
     const w = await getJson("/api/workload?ref=" + encodeURIComponent(id));
     details.append(definitionList([
       ["identity", w.identity], ["SVID expires", w.svidExpires || "not known here (each node's agent holds the SVIDs)"],
-      ["sidecar", sidecarText(w.sidecar, w.sidecarProblem)], ["addresses", w.addresses.join(", ")],
+      ["sidecar", sidecarText(w)], ["addresses", w.addresses.join(", ")],
       ["ports", w.ports.map((p) => `${p.port}/${p.protocol}`).join(", ")],
       ["labels", Object.entries(w.labels).map(([k, v]) => `${k}=${v}`).join(", ")],
     ]));

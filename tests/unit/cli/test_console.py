@@ -126,6 +126,22 @@ def test_filters_keep_the_edges_asked_for() -> None:
         GraphQuery.from_params({"minutes": "0"})
 
 
+def test_a_sidecars_sync_state_comes_from_the_health_report() -> None:
+    nack = {"state": "NACK", "reason": "Envoy rejected LDS v2", "svid": {"expiry": "2030-01-01"}}
+    status = {
+        "sidecars": {"shop/backend-1": nack, "shop/frontend-1": {"applied": False}},
+        "sidecarProblems": {"shop/db-1": "its Envoy exited (status 1)"},
+    }
+    view = graph(_policies().registry, [], GraphQuery(), status)
+    sync = {n["id"]: (n["sync"], n["syncReason"]) for n in view["nodes"]}
+    assert sync == {
+        "shop/backend-1": ("NACK", "Envoy rejected LDS v2"),
+        "shop/frontend-1": ("STALE", "its current configuration is not ACKed yet"),
+        "shop/db-1": ("PROBLEM", "its Envoy exited (status 1)"),
+        "ops/ops-1": ("NONE", "no sidecar connected to this control plane"),
+    }
+
+
 def test_policies_view_gives_each_rule_its_lines_in_the_file() -> None:
     view = policies_view(_policies().mesh)
     [access] = [
@@ -152,6 +168,25 @@ def test_an_inline_jwks_with_private_key_members_is_never_served(tmp_path: Path)
     served = view["files"][str(policies_file)]
     assert PRIVATE_D not in served and PRIVATE_D in text
     assert len(served.splitlines()) == len(text.splitlines())  # line numbers stay right
+
+
+def test_a_rejected_change_shows_its_errors_while_the_last_good_version_is_listed(
+    tmp_path: Path,
+) -> None:
+    shutil.copytree(SHOP, tmp_path / "shop")
+    policies = _policies(tmp_path / "shop")
+    good = policies.status.version
+    broken = tmp_path / "shop" / "policies.yaml"
+    broken.write_text(broken.read_text().replace("methods: [GET, HEAD]", "method: [GET, HEAD]"))
+    policies.reload_if_changed()
+    console = Console(ConsoleOptions(), ConsoleSources(policies, FlowLog(10), dict))
+    view = console._policies_json()
+    assert view["version"] == good and len(view["rejectedChange"]) == 1
+    [error] = [d for d in view["diagnostics"] if d["severity"] == "error"]
+    lines = broken.read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if "method: [GET, HEAD]" in text)
+    assert (error["file"], error["line"]) == (str(broken), line)
+    assert "unknown field" in error["message"]
 
 
 def test_explain_json_is_the_cli_answer_and_names_bad_parameters(
@@ -239,6 +274,7 @@ def test_the_console_serves_loopback_host_names_only_and_get_only() -> None:
             assert (await _get(port, "/api/graph", method="POST"))[0] == "405 Method Not Allowed"
             workload = json.loads((await _get(port, "/api/workload?ref=shop/backend-1"))[2])
             assert workload["sidecar"] == {"applied": True, "streams": 1}
+            assert workload["sync"] == "SYNCED"
             assert workload["identity"] == "spiffe://example.org/ns/shop/sa/backend"
             missing, _, body = await _get(port, "/api/edge?id=ops/ops-1->shop/backend-1:8080")
             assert missing == "404 Not Found" and b"no edge" in body

@@ -6,7 +6,7 @@ from meshwarden.identities._attestation import PeerProcess, peer_process, unix_s
 from meshwarden.identities._authority import JwtAuthority, UpstreamCa, X509Authority
 from meshwarden.identities._bundle import JwtKey, TrustBundle
 from meshwarden.identities._ca import CaConfig, CertificateAuthority
-from meshwarden.identities._ca_store import load_ca, save_ca
+from meshwarden.identities._ca_store import decode_ca, encode_ca, load_ca, save_ca
 from meshwarden.identities._cache import CachedIdentity, IdentityCache
 from meshwarden.identities._clock import Clock, ManualClock, SystemClock
 from meshwarden.identities._errors import (
@@ -15,20 +15,22 @@ from meshwarden.identities._errors import (
     IdentityError,
     IssuanceError,
     StateError,
+    StoreUnreachable,
     SvidValidationError,
 )
 from meshwarden.identities._files import check_private_dir, write_file
-from meshwarden.identities._issued_nodes import IssuedNodes
+from meshwarden.identities._issued_nodes import IssuedNodes, fingerprint
 from meshwarden.identities._join_tokens import (
     SERVER_DNS_NAME,
     JoinTokens,
+    check_node_name,
     server_spiffe_id,
 )
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
 from meshwarden.identities._keys import generate_key, load_private_key_pem, private_key_pkcs8_pem
 from meshwarden.identities._limits import ConnectionLimits, raise_descriptor_limit
 from meshwarden.identities._local_endpoint import LocalEndpoint, ProcessPeers, caller_selectors
-from meshwarden.identities._node_api import node_api_services
+from meshwarden.identities._node_api import NodeRecords, TokenRedeemer, node_api_services
 from meshwarden.identities._node_client import read_server_bundle
 from meshwarden.identities._outlook import IdentityHealth
 from meshwarden.identities._registry import RegisteredWorkload, WorkloadRegistry
@@ -59,22 +61,29 @@ __all__ = [
     "JwtSvid",
     "LocalEndpoint",
     "ManualClock",
+    "NodeRecords",
     "PeerProcess",
     "ProcessPeers",
     "RegisteredWorkload",
     "Slot",
     "SlotState",
     "StateError",
+    "StoreUnreachable",
     "SvidValidationError",
     "SystemClock",
     "TlsEndpoint",
+    "TokenRedeemer",
     "TrustBundle",
     "UpstreamCa",
     "WorkloadRegistry",
     "X509Authority",
     "X509Svid",
     "caller_selectors",
+    "check_node_name",
     "check_private_dir",
+    "decode_ca",
+    "encode_ca",
+    "fingerprint",
     "generate_key",
     "load_ca",
     "load_private_key_pem",

@@ -83,6 +83,14 @@ class CertificateAuthority:
             self._bundle = self._build_bundle()
         return changed
 
+    def adopt(self, other: CertificateAuthority) -> None:
+        """Take the authorities and bundle sequence of `other` (the state replicas share, as the
+        store has it): every replica then signs with the same keys and publishes one bundle."""
+        if other.trust_domain != self.trust_domain:
+            raise ValueError(f"cannot adopt a CA of {other.trust_domain} into {self.trust_domain}")
+        self.x509, self.jwt, self.sequence = other.x509, other.jwt, other.sequence
+        self._bundle = other.bundle()
+
     def bundle(self) -> TrustBundle:
         assert self._bundle is not None
         return self._bundle

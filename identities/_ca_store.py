@@ -47,8 +47,8 @@ def _jwt_slot(slot: Slot[JwtAuthority]) -> dict[str, Any]:
     }
 
 
-def save_ca(ca: CertificateAuthority, path: Path) -> None:
-    """Write the CA's authorities and keys to `path` (0600)."""
+def encode_ca(ca: CertificateAuthority) -> bytes:
+    """The CA's authorities and keys as a JSON document (secret: the private keys are in it)."""
     document = {
         "format": FORMAT_VERSION,
         "trust_domain": ca.trust_domain.name,
@@ -56,7 +56,24 @@ def save_ca(ca: CertificateAuthority, path: Path) -> None:
         "x509": [_x509_slot(s) for s in ca.x509.slots],
         "jwt": [_jwt_slot(s) for s in ca.jwt.slots],
     }
-    write_file(path, json.dumps(document, indent=1).encode())
+    return json.dumps(document, indent=1).encode()
+
+
+def save_ca(ca: CertificateAuthority, path: Path) -> None:
+    """Write the CA's authorities and keys to `path` (0600)."""
+    write_file(path, encode_ca(ca))
+
+
+def decode_ca(data: bytes, config: CaConfig, clock: Clock, source: str) -> CertificateAuthority:
+    """The CA of a document `encode_ca` wrote; StateError naming `source` when it is not one.
+    Transitions that fell due since it was written are applied (as at any start)."""
+    try:
+        document = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise StateError(f"{source}: not valid JSON; {_RESTORE}") from None
+    if not isinstance(document, dict) or not document.get("x509"):
+        raise StateError(f"{source}: not a CA state document; {_RESTORE}")
+    return _from_document(document, config, clock, source)
 
 
 def _load_x509(item: dict[str, Any], source: str) -> Slot[X509Authority]:
@@ -105,7 +122,7 @@ def _read_document(path: Path) -> dict[str, Any] | None:
     return document
 
 
-def _check_header(document: dict[str, Any], config: CaConfig, path: Path) -> None:
+def _check_header(document: dict[str, Any], config: CaConfig, path: Path | str) -> None:
     if document.get("format") != FORMAT_VERSION:
         raise StateError(f"{path}: unknown CA state format {document.get('format')!r}; {_RESTORE}")
     if document.get("trust_domain") != config.trust_domain.name:
@@ -136,16 +153,21 @@ def load_ca(
                 f"{_RESTORE} (agents and sidecars then need the new trust bundle)"
             )
         return CertificateAuthority(config, clock)
-    _check_header(document, config, path)
+    return _from_document(document, config, clock, str(path))
+
+
+def _from_document(document: dict[str, Any], config: CaConfig, clock: Clock, source: str
+                   ) -> CertificateAuthority:  # fmt: skip
+    _check_header(document, config, source)
     try:
         return CertificateAuthority(
             config,
             clock,
-            x509_slots=tuple(_load_x509(i, str(path)) for i in document["x509"]),
-            jwt_slots=tuple(_load_jwt(i, str(path)) for i in document.get("jwt", [])),
+            x509_slots=tuple(_load_x509(i, source) for i in document["x509"]),
+            jwt_slots=tuple(_load_jwt(i, source) for i in document.get("jwt", [])),
             sequence=int(document["sequence"]) - 1,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise StateError(
-            f"{path}: not a usable CA state ({type(exc).__name__}: {exc}); {_RESTORE}"
+            f"{source}: not a usable CA state ({type(exc).__name__}: {exc}); {_RESTORE}"
         ) from None

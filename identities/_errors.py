@@ -23,6 +23,11 @@ class AttestationError(IdentityError):
     """The caller of a local socket could not be identified."""
 
 
+class StoreUnreachable(IdentityError):
+    """The shared store that holds join tokens and node records does not answer: the caller
+    should try another server (never a reason to let anyone in)."""
+
+
 class StateError(IdentityError):
     """A state file or the data dir cannot be used as it is; the message names the file and
     says how to fix it."""

@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 
 
 def fingerprint(certificate: x509.Certificate) -> str:
+    """The SHA-256 of the certificate's DER, hex: the key a node SVID is recorded under."""
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
@@ -58,6 +59,14 @@ class IssuedNodes:
         kept[fingerprint(certificate)] = _Issued(node, certificate.not_valid_after_utc)
         self._issued = kept
         self._save()
+
+    async def record(self, certificate: x509.Certificate, node: str) -> None:
+        """`add`, as the node API calls it (a shared store's records are written remotely)."""
+        self.add(certificate, node)
+
+    async def lookup(self, certificate: x509.Certificate) -> str:
+        """`node_of`, as the node API calls it."""
+        return self.node_of(certificate)
 
     def node_of(self, certificate: x509.Certificate) -> str:
         """The node `certificate` was issued to; AttestationError if this server never issued

@@ -25,6 +25,7 @@ DEFAULT_TOKEN_TTL = dt.timedelta(minutes=10)
 
 
 def check_node_name(name: str) -> str:
+    """`name` when it is a valid node name (a DNS label-like name); ValueError otherwise."""
     if not _NODE_NAME.fullmatch(name):
         raise ValueError(
             f"node name {name!r} must be 1-63 lowercase letters, digits, '.' or '-', "
@@ -75,6 +76,11 @@ class JoinTokens:
         token = secrets.token_hex(24)
         self._pending[_digest(token)] = _Pending(check_node_name(node), self._clock.now() + ttl)
         return token
+
+    async def redeem_async(self, token: str) -> str:
+        """`redeem`, as the node API calls it (a shared store's tokens are redeemed over the
+        network)."""
+        return self.redeem(token)
 
     def redeem(self, token: str) -> str:
         """Consume `token` and return its node name; raise AttestationError if unusable."""

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import NoReturn, cast
+from typing import NoReturn, Protocol, cast
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import SpiffeId, SpiffeIdError
 from meshwarden.identities._ca import CertificateAuthority
-from meshwarden.identities._errors import AttestationError, IdentityError, IssuanceError
+from meshwarden.identities._errors import (
+    AttestationError,
+    IdentityError,
+    IssuanceError,
+    StoreUnreachable,
+)
 from meshwarden.identities._front import PeerTable
-from meshwarden.identities._issued_nodes import IssuedNodes
-from meshwarden.identities._join_tokens import JoinTokens, node_name_of
+from meshwarden.identities._join_tokens import node_name_of
 from meshwarden.identities._registry import (
     WorkloadRegistry,
     authorise_issuance,
@@ -32,6 +36,20 @@ PacketFilterSource = Callable[[str, str], str]
 NODE_SVID_TTL = dt.timedelta(hours=1)
 
 
+class TokenRedeemer(Protocol):
+    """Join tokens: in memory (`JoinTokens`) or in the shared store, single use either way."""
+
+    async def redeem_async(self, token: str) -> str: ...
+
+
+class NodeRecords(Protocol):
+    """The node SVIDs issued through attestation: a file (`IssuedNodes`) or the shared store."""
+
+    async def record(self, certificate: x509.Certificate, node: str) -> None: ...
+
+    async def lookup(self, certificate: x509.Certificate) -> str: ...
+
+
 def der_chain(svid: X509Svid) -> list[bytes]:
     return [c.public_bytes(Encoding.DER) for c in svid.chain]
 
@@ -45,10 +63,10 @@ class NodeApi:
     def __init__(
         self,
         ca: CertificateAuthority,
-        tokens: JoinTokens,
+        tokens: TokenRedeemer,
         registry: RegistrySource,
         peers: PeerTable[TlsPeer],
-        nodes: IssuedNodes,
+        nodes: NodeRecords,
         node_svid_ttl: dt.timedelta = NODE_SVID_TTL,
         *,
         packet_filter: PacketFilterSource | None = None,
@@ -61,9 +79,10 @@ class NodeApi:
         self._node_svid_ttl = node_svid_ttl
         self._packet_filter = packet_filter
 
-    def _sign_node(self, node: str, csr: x509.CertificateSigningRequest) -> pb.AttestResponse:
+    async def _sign_node(self, node: str, csr: x509.CertificateSigningRequest
+                         ) -> pb.AttestResponse:  # fmt: skip
         svid = self._ca.sign_node_csr(csr, node, self._node_svid_ttl)
-        self._nodes.add(svid.leaf, node)
+        await self._nodes.record(svid.leaf, node)
         return pb.AttestResponse(
             svid_chain=der_chain(svid), bundle=self._ca.bundle().to_spiffe_json()
         )
@@ -73,8 +92,10 @@ class NodeApi:
     ) -> pb.AttestResponse:
         try:
             csr = _valid_csr(request.csr)  # a bad request does not consume the token
-            node = self._tokens.redeem(request.join_token)
-            return self._sign_node(node, csr)
+            node = await self._tokens.redeem_async(request.join_token)
+            return await self._sign_node(node, csr)
+        except StoreUnreachable as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"try another server: {exc}")
         except (IdentityError, ValueError) as exc:
             await _abort(context, grpc.StatusCode.PERMISSION_DENIED, f"attestation refused: {exc}")
 
@@ -88,9 +109,11 @@ class NodeApi:
             bundle = self._ca.bundle()
             spiffe_id = verify_x509_svid([certificate, *authorities], bundle, self._ca.clock.now())
             node: str = node_name_of(spiffe_id)
-            if self._nodes.node_of(certificate) != node:
+            if await self._nodes.lookup(certificate) != node:
                 raise AttestationError(f"{spiffe_id} was not issued to node {node!r}")
             return node
+        except StoreUnreachable as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"try another server: {exc}")
         except IdentityError as exc:
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
 
@@ -99,7 +122,9 @@ class NodeApi:
     ) -> pb.AttestResponse:
         node = await self._node(context)
         try:
-            return self._sign_node(node, _valid_csr(request.csr))
+            return await self._sign_node(node, _valid_csr(request.csr))
+        except StoreUnreachable as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"try another server: {exc}")
         except (IdentityError, ValueError) as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -181,9 +206,9 @@ def _valid_csr(der: bytes) -> x509.CertificateSigningRequest:
 
 def node_api_services(
     ca: CertificateAuthority,
-    tokens: JoinTokens,
+    tokens: TokenRedeemer,
     registry: RegistrySource,
-    nodes: IssuedNodes,
+    nodes: NodeRecords,
     packet_filter: PacketFilterSource | None = None,
     node_svid_ttl: dt.timedelta = NODE_SVID_TTL,
 ) -> Callable[[grpc.aio.Server, PeerTable[TlsPeer]], None]:

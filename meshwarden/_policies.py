@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext, Status, StatusCode
@@ -34,7 +34,14 @@ from meshwarden._policy_files import (
 )
 from meshwarden._policy_guard import ALLOW_LOOSENING, refused
 
-__all__ = ["Policies", "PolicyStatus", "collection_paused", "fingerprint", "settle_collections"]
+__all__ = [
+    "Policies",
+    "PolicySource",
+    "PolicyStatus",
+    "collection_paused",
+    "fingerprint",
+    "settle_collections",
+]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("meshwarden.policies")
@@ -73,6 +80,21 @@ def _parse(file: PolicyFile) -> tuple[list[Any], list[engine.Diagnostic]]:
         log.warning("the policy loader raised on %s", file.path, exc_info=True)
         text = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE]
         return [], [_error(file.path, f"cannot load this file: {text}")]
+
+
+class PolicySource(Protocol):
+    """Where policies come from: a settled directory, or the shared store's head revision.
+    `poll` returns complete contents once per change (None meanwhile); ScanError when the
+    source cannot be read."""
+
+    settle: float
+
+    @property
+    def settling(self) -> bool: ...
+
+    def poll(self) -> DirectoryContents | None: ...
+
+    def forget(self) -> None: ...
 
 
 class _CollectionPause:
@@ -117,12 +139,15 @@ class Policies:
     """The last good compiled mesh of a policy directory."""
 
     def __init__(self, directory: Path, report: TextIO = sys.stderr,
-                 settle: float = SETTLE_SECONDS) -> None:  # fmt: skip
+                 settle: float = SETTLE_SECONDS, source: PolicySource | None = None
+                 ) -> None:  # fmt: skip
+        """`directory` names the source in messages; `source` (default: the directory,
+        settled) is where the contents come from."""
         self.directory = directory
         self.mesh: engine.CompiledMesh | None = None
         self.status = PolicyStatus()
         self.reloading_since: float | None = None  # time.time() a compile started; None: idle
-        self._files = SettledDirectory(directory, settle)
+        self._files: PolicySource = source or SettledDirectory(directory, settle)
         self._scan_error: str | None = None
         self._parsed: dict[tuple[str, str], tuple[list[Any], list[engine.Diagnostic]]] = {}
         self._report = report

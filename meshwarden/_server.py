@@ -26,11 +26,13 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from meshwarden._console import Console, ConsoleOptions, ConsoleSources
 from meshwarden._enforce import PacketFilters
+from meshwarden._etcd import StoreUrl
 from meshwarden._flow_file import FlowFile
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._flows import FlowLog
 from meshwarden._health import HealthEndpoint, health_report
 from meshwarden._policies import Policies, settle_collections
+from meshwarden._replica import Replica
 from meshwarden._xds import MeshXds
 from meshwarden.identities import (
     SERVER_DNS_NAME,
@@ -40,8 +42,10 @@ from meshwarden.identities import (
     IdentityError,
     IssuedNodes,
     JoinTokens,
+    NodeRecords,
     StateError,
     TlsEndpoint,
+    TokenRedeemer,
     UpstreamCa,
     check_private_dir,
     generate_key,
@@ -67,7 +71,7 @@ POLICY_POLL_SECONDS = 0.05  # how often the policy files are stat()ed for change
 
 @dataclass(frozen=True)
 class ServerOptions:
-    policies: Path
+    policies: Path | None  # the policy directory; None with `store`
     data_dir: Path
     listen: str = "127.0.0.1:8443"
     upstream_cert: Path | None = None
@@ -81,14 +85,22 @@ class ServerOptions:
     new_ca: bool = False  # mint a new CA even though the data dir says one existed
     flow_log_file: Path | None = None  # also append every record here (NDJSON, rotated)
     ui: ConsoleOptions | None = None  # the web console (--ui HOST:PORT); None = off
+    store: StoreUrl | None = None  # policies (and, with kek_file, the CA) from etcd
+    kek_file: Path | None = None  # key-encryption key of the CA material in the store
 
 
 class ControlPlane:
     def __init__(self, options: ServerOptions, clock: Clock) -> None:
         self.options = options
         self.clock = clock
-        self.policies = Policies(options.policies)
+        self.replica: Replica | None = None
         self.tokens = JoinTokens(clock)
+        if options.store is not None and options.kek_file is not None:
+            self.replica = Replica(options.store, options.kek_file, clock)
+            self.policies = Policies(Path(str(options.store)), source=self.replica.source)
+        else:
+            assert options.policies is not None
+            self.policies = Policies(options.policies)
         on_disk = FlowFile(options.flow_log_file) if options.flow_log_file else None
         self.xds = MeshXds(self.policies, options.tracing,
                            flows=FlowLog(options.flow_log_size, mirror=on_disk),
@@ -119,19 +131,27 @@ class ControlPlane:
     def data_dir(self) -> Path:
         return self.options.data_dir
 
-    def _open_ca(self) -> CertificateAuthority:
+    def _ca_config(self) -> CaConfig:
         self.policies.reload_when_settled()
+        if self.policies.registry is None and self.replica is not None:
+            raise ValueError(f"{self.options.store}: no valid policy revision in the store; "
+                             "meshwarden apply DIR --store URL writes one")  # fmt: skip
         if self.policies.registry is None:
             raise ValueError(f"{self.options.policies}: no valid policies; fix the errors above")
         upstream = None
         if self.options.upstream_cert and self.options.upstream_key:
             upstream = UpstreamCa.load(self.options.upstream_cert, self.options.upstream_key)
-        config = CaConfig(
+        return CaConfig(
             self.policies.registry.trust_domain,
             ca_ttl=self.options.ca_ttl,
             svid_ttl=self.options.svid_ttl,
             upstream=upstream,
         )
+
+    async def _open_ca(self) -> CertificateAuthority:
+        config = self._ca_config()
+        if self.replica is not None:
+            return await self.replica.open_ca(config)
         evidence = [self.data_dir / name for name in (BUNDLE_FILE, NODES_FILE, SERVER_CERT)]
         ca_file = self.data_dir / CA_FILE
         if self.options.new_ca and ca_file.exists():
@@ -162,13 +182,18 @@ class ControlPlane:
 
     def _publish(self) -> None:
         assert self.ca is not None
-        save_ca(self.ca, self.data_dir / CA_FILE)
+        if self.replica is None:  # replicas keep the CA (encrypted) in the store only
+            save_ca(self.ca, self.data_dir / CA_FILE)
         write_file(self.data_dir / BUNDLE_FILE, self.ca.bundle().to_spiffe_json().encode(), 0o644)
 
     async def start(self) -> str:
         check_private_dir(self.data_dir)
-        nodes = IssuedNodes.load(self.data_dir / NODES_FILE, self.clock)
-        self.ca = self._open_ca()
+        nodes: NodeRecords = IssuedNodes.load(self.data_dir / NODES_FILE, self.clock)
+        tokens: TokenRedeemer = self.tokens
+        if self.replica is not None:
+            await self.replica.source.catch_up()
+            nodes, tokens = self.replica.nodes, self.replica.tokens
+        self.ca = await self._open_ca()
         self._publish()
         self._issue_server_svid()
         tls = server_tls_context(
@@ -177,7 +202,7 @@ class ControlPlane:
         host, _, port = self.options.listen.rpartition(":")
         filters = PacketFilters(lambda: self.policies.mesh)  # for `agent --enforce`
         node_api = node_api_services(
-            self.ca, self.tokens, lambda: self.policies.registry, nodes, filters,
+            self.ca, tokens, lambda: self.policies.registry, nodes, filters,
             self.options.svid_ttl,
         )  # fmt: skip
         self.xds.jwt_bundle = self._jwt_bundle
@@ -216,7 +241,14 @@ class ControlPlane:
     def _health(self) -> dict[str, Any]:
         report = health_report(self.policies, self.xds.nacks(), self.xds.sidecars(),
                                sorted(self.xds.build_errors.values()))  # fmt: skip
-        report["policies"] = str(self.options.policies.resolve())  # for `meshwarden verify`
+        if self.replica is None:
+            assert self.options.policies is not None
+            report["policies"] = str(self.options.policies.resolve())  # for `meshwarden verify`
+            return report
+        report["policies"] = str(self.options.store)
+        report["store"] = self.replica.health()
+        if not self.replica.source.reachable:
+            report["status"] = "degraded"
         return report
 
     async def _start_admin(self) -> None:
@@ -233,28 +265,32 @@ class ControlPlane:
             if caller.uid not in (0, os.getuid()):
                 raise PermissionError(f"uid {caller.uid} may not administer this server")
             request = json.loads(await reader.readline())
-            reply: dict[str, Any] = self._admin_request(request)
+            reply: dict[str, Any] = await self._admin_request(request)
         except (IdentityError, PermissionError, ValueError, KeyError) as exc:
             reply = {"error": str(exc)}
         writer.write(json.dumps(reply).encode() + b"\n")
         await writer.drain()
         writer.close()
 
-    def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("op") != "token.create":
             raise ValueError(f"unknown admin operation {request.get('op')!r}")
         ttl = dt.timedelta(seconds=float(request["ttl_seconds"]))
+        if self.replica is not None:  # redeemable on every replica
+            return {"token": await self.replica.tokens.create(str(request["node"]), ttl)}
         return {"token": self.tokens.create(str(request["node"]), ttl)}
 
     async def run(self) -> None:
         """Rotate the CA, renew the server certificate and reload policies (pushing what
         changed to the sidecars), forever."""
-        await asyncio.gather(self._rotate_forever(), self._watch_policies())
+        source = self.replica.source if self.replica else None
+        followers = [source.follow(), source.probe()] if source else []
+        await asyncio.gather(self._rotate_forever(), self._watch_policies(), *followers)
 
     async def _rotate_forever(self) -> None:
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self.rotate()
+            self.rotate(await self.replica.sync_ca() if self.replica else None)
 
     async def _watch_policies(self) -> None:
         """Scan, read and compile in a worker thread: ADS, the node API, ext_authz and
@@ -283,9 +319,11 @@ class ControlPlane:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def rotate(self) -> None:
+    def rotate(self, changed: bool | None = None) -> None:
+        """Apply due CA transitions (`changed`: the shared CA already did) and renew the
+        server's own certificate when due."""
         assert self.ca is not None and self.endpoint is not None
-        if self.ca.rotate():
+        if self.ca.rotate() if changed is None else changed:
             self._publish()
             self._push_all()  # JWT-SVID keys of the trust domain may be in jwt_authn
             self.endpoint.tls.load_verify_locations(cadata=self.ca.bundle().x509_pem().decode())
@@ -305,6 +343,8 @@ class ControlPlane:
         if self.endpoint is not None:
             await self.endpoint.stop()
         (self.data_dir / ADMIN_SOCKET).unlink(missing_ok=True)
+        if self.replica is not None:
+            await self.replica.close()
 
 
 async def admin_request(data_dir: Path, request: dict[str, Any]) -> dict[str, Any]:

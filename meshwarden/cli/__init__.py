@@ -36,11 +36,16 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "verify",
     "import",
     "matrix",
+    "store",
 )
 
 
 # Commands registered by a module of another name.
-_MODULE_OF = {name: name for name in _COMMAND_MODULES} | {"sidecar": "bootstrap"}
+_MODULE_OF = (
+    {name: name for name in _COMMAND_MODULES}
+    | {"sidecar": "bootstrap"}
+    | {name: "store" for name in ("apply", "history", "diff", "rollback")}
+)
 
 # What `meshwarden --help` lists, without importing the command modules (several pull in gRPC and
 # Envoy types and take a second to import). The text must equal each parser's own `help=`; a test

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from meshwarden.cli._common import InputError, write_output_file
+from meshwarden.cli._common import CommandFailed, InputError, write_output_file
+from meshwarden.cli._store import store_url
 
 # A SPIFFE bundle file does not name its trust domain; only its certificates are used here.
 _UNNAMED = "unnamed.invalid"
@@ -14,16 +15,19 @@ _UNNAMED = "unnamed.invalid"
 EXAMPLES = """\
 examples:
   meshwarden ca bundle --data-dir /var/lib/meshwarden > bundle.pem
-  meshwarden ca bundle --data-dir data/ --format spiffe --output-file bundle.json"""
+  meshwarden ca bundle --data-dir data/ --format spiffe --output-file bundle.json
+  meshwarden ca bundle --store etcd://10.0.0.1:2379,10.0.0.2:2379 > bundle.pem"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("ca", help="the certificate authority", epilog=EXAMPLES)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     bundle = actions.add_parser("bundle", help="print or write the trust bundle", epilog=EXAMPLES)
-    bundle.add_argument(
-        "--data-dir", type=Path, required=True, metavar="DIR", help="the server's --data-dir"
-    )
+    source = bundle.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", type=Path, metavar="DIR", help="the server's --data-dir")
+    source.add_argument("--store", type=store_url, metavar="URL",
+                        help="the replicas' shared store, etcd://HOST:PORT,... (the bundle is "
+                        "public there; no key is needed)")  # fmt: skip
     bundle.add_argument(
         "--format",
         choices=("pem", "spiffe"),
@@ -45,13 +49,15 @@ def run_bundle(args: argparse.Namespace) -> int:
     from meshwarden.engine import TrustDomain
     from meshwarden.identities import BundleError, TrustBundle
 
-    path = args.data_dir / BUNDLE_FILE
+    path = args.data_dir / BUNDLE_FILE if args.data_dir else None
     try:
-        text = path.read_text()
+        text = path.read_text() if path else _store_bundle(args.store)
         bundle = TrustBundle.parse_spiffe_json(text, TrustDomain(_UNNAMED))
     except (OSError, ValueError, BundleError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         hint = "has `meshwarden server` run with this data dir?"
+        if path is None:
+            raise InputError(f"{args.store}: the bundle in the store: {reason}") from None
         raise InputError(f"{path}: {reason} ({hint})") from None
     data = bundle.x509_pem() if args.format == "pem" else text.encode()
     if args.output_file:
@@ -59,3 +65,25 @@ def run_bundle(args: argparse.Namespace) -> int:
     else:
         sys.stdout.buffer.write(data)
     return 0
+
+
+def _store_bundle(url: object) -> str:
+    """The SPIFFE bundle the replicas publish in the store."""
+    import asyncio
+
+    from meshwarden._etcd import Etcd, StoreUnavailable
+
+    async def read() -> str:
+        etcd = Etcd(url.endpoints)  # type: ignore[attr-defined]
+        try:
+            found, _ = await etcd.get(f"{url.prefix}bundle".encode())  # type: ignore[attr-defined]
+        finally:
+            await etcd.close()
+        if found is None:
+            raise ValueError("no bundle yet (has a `meshwarden server --store` replica run?)")
+        return found.value.decode()
+
+    try:
+        return asyncio.run(read())
+    except StoreUnavailable as exc:
+        raise CommandFailed(f"{url}: {exc}") from None

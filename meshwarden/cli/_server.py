@@ -14,6 +14,7 @@ from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalle
 from meshwarden.cli import _observe as observe
 from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import fail, percentage
+from meshwarden.cli._store import store_url
 from meshwarden.cli._types import duration, host_port
 from meshwarden.identities import SystemClock
 
@@ -88,6 +89,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="also append every flow record to PATH as NDJSON (0600, rotated "
                         "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
                         "--flows`")  # fmt: skip
+    parser.add_argument("--store", type=store_url, metavar="URL",
+                        help="replicas: policies from the shared store etcd://HOST:PORT,... "
+                        "(written by `meshwarden apply`) instead of DIR; run any number of "
+                        "servers on one store")  # fmt: skip
+    parser.add_argument("--kek-file", type=Path, metavar="FILE",
+                        help="with --store: the key-encryption key (base64 of 32 bytes, "
+                        "`openssl rand -base64 32`, mode 0600) the CA keys are encrypted with "
+                        "in the store; the same file on every replica, never in etcd")  # fmt: skip
     observe.add_arguments(parser, sidecars=True)
     ui.add_arguments(parser)
     parser.set_defaults(func=run)
@@ -121,8 +130,15 @@ def run(args: argparse.Namespace) -> int:
     if args.policies and args.policies_flag and args.policies != args.policies_flag:
         return fail("give the policy directory once: meshwarden server DIR --data-dir DIR")
     args.policies = args.policies or args.policies_flag
-    if args.policies is None:
-        return fail("the policy directory is missing: meshwarden server DIR --data-dir DIR")
+    if args.policies is not None and args.store is not None:
+        return fail("give the policy directory or --store, not both")
+    if args.policies is None and args.store is None:
+        return fail("the policy directory is missing: meshwarden server DIR --data-dir DIR "
+                    "(or --store etcd://... for replicas)")  # fmt: skip
+    if args.store is not None and args.kek_file is None:
+        return fail("--store needs --kek-file: the CA in the store is encrypted with it")
+    if args.kek_file is not None and args.store is None:
+        return fail("--kek-file goes with --store")
     problem = _ttl_problem(args.svid_ttl, args.ca_ttl)
     if problem:
         return fail(problem)
@@ -145,7 +161,7 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         flow_log_sample=args.flow_log_sample, svid_ttl=args.svid_ttl, ca_ttl=args.ca_ttl,
         new_ca=args.new_ca,
         flow_log_file=args.flow_log_file,
-        ui=args.console,
+        ui=args.console, store=args.store, kek_file=args.kek_file,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())
 

@@ -1,0 +1,244 @@
+"""A small etcd v3 client over every member of a cluster: the part of the API the shared store
+needs (range, txn, watch, leases), with failover between members.
+
+The wire types are etcd's own `rpc.proto`, as generated code shipped by the `aetcd` package; its
+`Client` talks to one member only, so the connection handling is ours: one gRPC channel per
+member, the next member tried when one is unreachable or has no leader (a member cut off from
+the quorum answers UNAVAILABLE "no leader" instead of stale data: every request is linearizable
+and carries `hasleader`). After every member was tried for `timeout` seconds in all, the call
+raises `StoreUnavailable`, never an RPC error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc
+from aetcd import rpc
+
+__all__ = [
+    "Etcd",
+    "KeyValue",
+    "StoreUnavailable",
+    "StoreUrl",
+    "delete_op",
+    "mod_revision_is",
+    "put_op",
+    "value_is",
+]
+
+_RETRIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_REQUIRE_LEADER = (("hasleader", "true"),)  # a member without a leader refuses, never serves stale
+
+
+class StoreUnavailable(Exception):
+    """No member of the etcd cluster answered (or none had a leader) in time."""
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """`etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`: the members and the key prefix (default
+    `/meshwarden/`) the shared state lives under."""
+
+    endpoints: tuple[str, ...]
+    prefix: str = "/meshwarden/"
+
+    @classmethod
+    def parse(cls, text: str) -> StoreUrl:
+        """ValueError with the reason for anything else."""
+        if not text.startswith("etcd://"):
+            raise ValueError(f"{text!r}: a store URL starts with etcd:// (etcd://HOST:PORT,...)")
+        rest = text[len("etcd://") :]
+        hosts, _, path = rest.partition("/")
+        endpoints = tuple(part.strip() for part in hosts.split(",") if part.strip())
+        if not endpoints:
+            raise ValueError(f"{text!r}: no etcd member (etcd://HOST:PORT,...)")
+        for endpoint in endpoints:
+            split = urlsplit(f"//{endpoint}")
+            try:
+                port = split.port
+            except ValueError:
+                port = None
+            if not split.hostname or port is None or port == 0:
+                raise ValueError(f"{text!r}: {endpoint!r} is not HOST:PORT")
+        prefix = "/" + path.strip("/") + "/" if path.strip("/") else "/meshwarden/"
+        return cls(endpoints, prefix)
+
+    def __str__(self) -> str:
+        suffix = "" if self.prefix == "/meshwarden/" else self.prefix.rstrip("/")
+        return "etcd://" + ",".join(self.endpoints) + suffix
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    mod_revision: int
+
+
+def put_op(key: bytes, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def delete_op(key: bytes) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def mod_revision_is(key: bytes, revision: int) -> Any:
+    """True when `key` was last written at `revision` (0: the key does not exist)."""
+    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key,
+                       mod_revision=revision)  # fmt: skip
+
+
+def value_is(key: bytes, value: bytes) -> Any:
+    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, key=key, value=value)
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """The range end that covers every key starting with `prefix`."""
+    end = bytearray(prefix)
+    while end and end[-1] == 0xFF:
+        end.pop()
+    if not end:
+        return b"\0"
+    end[-1] += 1
+    return bytes(end)
+
+
+class Etcd:
+    """Calls go to one member at a time; an unreachable member is left for the next one."""
+
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self.endpoints = tuple(endpoints)
+        self.timeout = timeout
+        self._current = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self) -> grpc.aio.Channel:
+        endpoint = self.endpoints[self._current % len(self.endpoints)]
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+        return channel
+
+    def _next_member(self) -> None:
+        self._current += 1
+
+    async def _call(self, stub: type, method: str, request: Any) -> Any:
+        deadline = time.monotonic() + self.timeout
+        last: grpc.aio.AioRpcError | None = None
+        attempt = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            call = getattr(stub(self._channel()), method)
+            try:
+                per_member = min(left, max(0.5, self.timeout / len(self.endpoints)))
+                return await call(request, timeout=per_member, metadata=_REQUIRE_LEADER)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRIED:
+                    raise
+                last = exc
+            self._next_member()
+            attempt += 1
+            if attempt % len(self.endpoints) == 0:  # every member failed once: back off a little
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        reason = last.details() if last is not None else "timed out"
+        raise StoreUnavailable(f"etcd ({','.join(self.endpoints)}) unavailable: {reason}")
+
+    async def get(self, key: bytes) -> tuple[KeyValue | None, int]:
+        """The key (None when absent) and the store's revision at the time of the read."""
+        reply = await self._call(rpc.KVStub, "Range", rpc.RangeRequest(key=key))
+        found = reply.kvs[0] if reply.kvs else None
+        value = KeyValue(found.key, found.value, found.mod_revision) if found else None
+        return value, reply.header.revision
+
+    async def get_prefix(self, prefix: bytes, revision: int = 0) -> tuple[list[KeyValue], int]:
+        request = rpc.RangeRequest(key=prefix, range_end=_prefix_end(prefix), revision=revision)
+        reply = await self._call(rpc.KVStub, "Range", request)
+        found = [KeyValue(kv.key, kv.value, kv.mod_revision) for kv in reply.kvs]
+        return found, reply.header.revision
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        request = rpc.PutRequest(key=key, value=value, lease=lease)
+        reply = await self._call(rpc.KVStub, "Put", request)
+        return int(reply.header.revision)
+
+    async def delete(self, key: bytes) -> bytes | None:
+        """Delete `key`; its value when this call deleted it, None when it was not there (of
+        any number of concurrent calls, exactly one gets the value)."""
+        request = rpc.DeleteRangeRequest(key=key, prev_kv=True)
+        reply = await self._call(rpc.KVStub, "DeleteRange", request)
+        if reply.deleted != 1 or not reply.prev_kvs:
+            return None
+        return bytes(reply.prev_kvs[0].value)
+
+    async def txn(self, compare: Sequence[Any], success: Sequence[Any],
+                  failure: Sequence[Any] = ()) -> Any:  # fmt: skip
+        """etcd's TxnResponse (`succeeded`, `responses`, `header.revision`)."""
+        request = rpc.TxnRequest(compare=list(compare), success=list(success),
+                                 failure=list(failure))  # fmt: skip
+        return await self._call(rpc.KVStub, "Txn", request)
+
+    async def grant_lease(self, ttl: int) -> int:
+        reply = await self._call(rpc.LeaseStub, "LeaseGrant", rpc.LeaseGrantRequest(TTL=ttl))
+        return int(reply.ID)
+
+    async def revoke_lease(self, lease: int) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await self._call(rpc.LeaseStub, "LeaseRevoke", rpc.LeaseRevokeRequest(ID=lease))
+
+    async def keep_alive(self, lease: int) -> int:
+        """Refresh a lease once; its remaining TTL (0: it expired)."""
+        reply = await self._call(rpc.LeaseStub, "LeaseTimeToLive",
+                                 rpc.LeaseTimeToLiveRequest(ID=lease))  # fmt: skip
+        if reply.TTL <= 0:
+            return 0
+        stream = rpc.LeaseStub(self._channel()).LeaseKeepAlive(
+            iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=self.timeout,
+            metadata=_REQUIRE_LEADER)  # fmt: skip
+        try:
+            async for answer in stream:
+                return int(answer.TTL)
+        except grpc.aio.AioRpcError as exc:
+            self._next_member()
+            raise StoreUnavailable(f"etcd lease keep-alive failed: {exc.details()}") from None
+        return 0
+
+    async def watch(self, key: bytes, start_revision: int, prefix: bool = False
+                    ) -> AsyncIterator[list[KeyValue]]:  # fmt: skip
+        """The keys written (or, with an empty value, deleted) from `start_revision` on, one
+        list per etcd revision batch. Raises StoreUnavailable when the member goes away or
+        loses its leader; the caller watches again from its last revision + 1."""
+        create = rpc.WatchCreateRequest(key=key, start_revision=start_revision,
+                                        progress_notify=True)  # fmt: skip
+        if prefix:
+            create.range_end = _prefix_end(key)
+        stream = rpc.WatchStub(self._channel()).Watch(metadata=_REQUIRE_LEADER)
+        try:  # the sending side stays open (etcd ends a watch whose client half-closed)
+            await stream.write(rpc.WatchRequest(create_request=create))
+            async for reply in stream:
+                if reply.canceled:
+                    reason = reply.cancel_reason or "compacted"
+                    raise StoreUnavailable(f"etcd watch cancelled: {reason}")
+                yield [KeyValue(e.kv.key, e.kv.value, e.kv.mod_revision) for e in reply.events]
+        except grpc.aio.AioRpcError as exc:
+            self._next_member()
+            raise StoreUnavailable(f"etcd watch ended: {exc.details()}") from None
+        finally:
+            stream.cancel()
+        self._next_member()
+        raise StoreUnavailable("etcd watch ended")
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()

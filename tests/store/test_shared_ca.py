@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from meshwarden.identities import StateError, SystemClock
 
 from meshwarden._etcd import Etcd
 from meshwarden._shared_ca import read_kek
 from meshwarden.cli import main
-from meshwarden.identities import StateError, SystemClock
 
 from ..integration.harness import LoopThread
 from .replicas import replicas, start_plane, write_kek
@@ -31,9 +31,7 @@ def _all_values(endpoints: list[str]) -> bytes:
     return asyncio.run(read())
 
 
-def test_etcd_holds_no_private_key_in_the_clear_and_another_kek_cannot_open_the_ca(
-    etcd, tmp_path
-):
+def test_etcd_holds_no_private_key_in_the_clear_and_another_kek_cannot_open_the_ca(etcd, tmp_path):
     with replicas(etcd, 1) as group:
         stored = _all_values(etcd.endpoints)
         assert b"PRIVATE KEY" not in stored and b"A256GCM" in stored

@@ -4,6 +4,7 @@ and the mTLS channel to the server."""
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,12 +131,37 @@ _OPTIONS = (
 )
 
 
+def channel_target(servers: str) -> str:
+    """The gRPC target of `HOST:PORT[,HOST:PORT...]`: one server as it is; several (replicas)
+    as one target over all their addresses (names resolved now), so the channel spreads calls
+    over the replicas that answer and leaves one that went away, without a restart."""
+    parts = [part.strip() for part in servers.split(",") if part.strip()]
+    if len(parts) == 1:
+        return parts[0]
+    v4: list[str] = []
+    v6: list[str] = []
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        for family, *_, address in socket.getaddrinfo(host.strip("[]"), int(port),
+                                                      type=socket.SOCK_STREAM):  # fmt: skip
+            if family == socket.AF_INET:
+                v4.append(f"{address[0]}:{port}")
+            elif family == socket.AF_INET6:
+                v6.append(f"[{address[0]}]:{port}")
+    if v4 and v6:
+        raise ValueError(f"{servers}: give replicas of one address family (IPv4 or IPv6)")
+    return "ipv4:" + ",".join(dict.fromkeys(v4)) if v4 else "ipv6:" + ",".join(dict.fromkeys(v6))
+
+
 def open_channel(server: str, roots_pem: bytes, node: NodeCredentials | None) -> grpc.aio.Channel:
-    """An mTLS channel with the node SVID, or server-authenticated TLS only (to attest)."""
+    """An mTLS channel with the node SVID, or server-authenticated TLS only (to attest).
+    `server` may list several replicas (comma-separated): calls go round-robin to those that
+    are up."""
     key = private_key_pkcs8_pem(node.key) if node else None
     chain = node.chain_pem() if node else None
     credentials = grpc.ssl_channel_credentials(roots_pem, key, chain)
-    return grpc.aio.secure_channel(server, credentials, options=_OPTIONS)
+    options = (*_OPTIONS, ("grpc.lb_policy_name", "round_robin")) if "," in server else _OPTIONS
+    return grpc.aio.secure_channel(channel_target(server), credentials, options=options)
 
 
 async def attest(server: str, roots_pem: bytes, join_token: str) -> NodeCredentials:

@@ -172,15 +172,6 @@ class Etcd:
         reply = await self._call(rpc.KVStub, "Put", request)
         return int(reply.header.revision)
 
-    async def delete(self, key: bytes) -> bytes | None:
-        """Delete `key`; its value when this call deleted it, None when it was not there (of
-        any number of concurrent calls, exactly one gets the value)."""
-        request = rpc.DeleteRangeRequest(key=key, prev_kv=True)
-        reply = await self._call(rpc.KVStub, "DeleteRange", request)
-        if reply.deleted != 1 or not reply.prev_kvs:
-            return None
-        return bytes(reply.prev_kvs[0].value)
-
     async def txn(self, compare: Sequence[Any], success: Sequence[Any],
                   failure: Sequence[Any] = ()) -> Any:  # fmt: skip
         """etcd's TxnResponse (`succeeded`, `responses`, `header.revision`)."""

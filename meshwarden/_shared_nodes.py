@@ -6,8 +6,11 @@ recognise any node.
   nodes/FINGERPRINT      {"node", "notAfter"}: a node SVID issued through attestation; leased
                          until the certificate expires
 
-A token is redeemed by deleting its key: of any number of concurrent redemptions on any
-replicas, etcd gives the deleted value to exactly one. Node records never change once written,
+A token is redeemed by a transaction that deletes its key if it is unchanged since read and
+leaves a claim (`redeemed/SHA256(token)`: this redemption's random id): of any number of
+concurrent redemptions on any replicas exactly one transaction succeeds. A redemption whose
+answer was lost (a timeout, a member that went away) and is retried finds its own claim and
+still wins, never a second one. Node records never change once written,
 so a replica keeps those it has looked up. An unreachable store is `StoreUnreachable` (the node
 API answers UNAVAILABLE, and the agent tries another server), never an admission."""
 
@@ -20,7 +23,7 @@ import secrets
 
 from cryptography import x509
 
-from meshwarden._etcd import Etcd, StoreUnavailable
+from meshwarden._etcd import Etcd, StoreUnavailable, delete_op, mod_revision_is, put_op
 from meshwarden.identities import (
     AttestationError,
     Clock,
@@ -44,8 +47,8 @@ class SharedTokens:
         self.prefix = prefix
         self.clock = clock
 
-    def _key(self, token: str) -> bytes:
-        return f"{self.prefix}tokens/{hashlib.sha256(token.encode()).hexdigest()}".encode()
+    def _key(self, token: str, kind: str = "tokens") -> bytes:
+        return f"{self.prefix}{kind}/{hashlib.sha256(token.encode()).hexdigest()}".encode()
 
     async def create(self, node: str, ttl: dt.timedelta) -> str:
         """A new single-use token for `node`. Raises ValueError, StoreUnavailable."""
@@ -61,7 +64,7 @@ class SharedTokens:
     async def redeem_async(self, token: str) -> str:
         """Consume `token` (on every replica at once); its node name."""
         try:
-            value = await self.etcd.delete(self._key(token))
+            value = await self._claim(token)
         except StoreUnavailable as exc:
             raise StoreUnreachable(str(exc)) from None
         if value is None:
@@ -71,6 +74,22 @@ class SharedTokens:
         if expires <= self.clock.now():
             raise AttestationError(f"join token expired at {_stamp(expires)}")
         return str(pending["node"])
+
+    async def _claim(self, token: str) -> bytes | None:
+        """The token's value when this call redeemed it; None when it is unknown or another
+        redemption won (across every replica)."""
+        key, claimed = self._key(token), self._key(token, "redeemed")
+        found, _ = await self.etcd.get(key)
+        if found is None:
+            return None
+        claim = secrets.token_hex(16).encode()
+        lease = await self.etcd.grant_lease(int(GRACE.total_seconds()))
+        reply = await self.etcd.txn([mod_revision_is(key, found.mod_revision)],
+                                    [delete_op(key), put_op(claimed, claim, lease)])  # fmt: skip
+        if reply.succeeded:
+            return found.value
+        owner, _ = await self.etcd.get(claimed)  # a retried transaction that had succeeded
+        return found.value if owner is not None and owner.value == claim else None
 
 
 class SharedNodes:

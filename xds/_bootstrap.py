@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,15 @@ def bootstrap(
     server_id: str | None = None,
     admin_socket: str | None = None,
     delta: bool = False,
+    replicas: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """Bootstrap for the sidecar of `workload` (`ns/name`). The sidecar verifies the control
     plane's certificate against its trust bundle (from SDS) and requires exactly the SPIFFE ID
     `server_id`, by default `spiffe://<trust_domain>/meshwarden/server`; one of them is needed.
     Its admin interface listens on the unix socket `admin_socket` (mode 0600: put it in a
     directory only the sidecar's user can enter, and no other local user can reach it), or is
-    absent."""
+    absent. `replicas` are more control-plane addresses (host, port) beside the first: the
+    ADS cluster lists them all and Envoy reconnects to another when one goes away."""
     if server_id is None and trust_domain is None:
         raise ValueError("a sidecar must know the control plane's SPIFFE ID: give trust_domain")
     san = {"exact": server_id or f"spiffe://{trust_domain}/meshwarden/server"}
@@ -87,8 +90,8 @@ def bootstrap(
             {"name": XDS_CLUSTER, "type": "STRICT_DNS", "connectTimeout": "2s",
              "typedExtensionProtocolOptions": _H2, "transportSocket": xds_tls,
              "loadAssignment": {"clusterName": XDS_CLUSTER, "endpoints": [{"lbEndpoints": [
-                 {"endpoint": {"address": {"socketAddress": {
-                     "address": server_host, "portValue": server_port}}}}]}]}},
+                 {"endpoint": {"address": {"socketAddress": {"address": host, "portValue": port}}}}
+                 for host, port in dict.fromkeys([(server_host, server_port), *replicas])]}]}},
         ]},
         "layeredRuntime": {"layers": [{"name": "static", "staticLayer": {
             "overload.global_downstream_max_connections": 50000, **TRACER_RUNTIME}}]},

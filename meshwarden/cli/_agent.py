@@ -11,7 +11,7 @@ from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import serve_until_signalled
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import InputError
-from meshwarden.cli._types import host_port, positive_duration
+from meshwarden.cli._types import host_port, host_port_list, positive_duration
 from meshwarden.identities import SystemClock
 
 EXAMPLES = """\
@@ -35,10 +35,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )  # fmt: skip
     parser.add_argument(
         "--server",
-        type=host_port,
+        type=host_port_list,
         required=True,
-        metavar="HOST:PORT",
-        help="the control plane's node API (`meshwarden server --listen`)",
+        metavar="HOST:PORT[,...]",
+        help="the control plane's node API (`meshwarden server --listen`); replicas: list "
+        "each, comma-separated (failover needs no restart)",
     )
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--join-token-file", metavar="PATH",

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from meshwarden.cli._common import fail, write_output_file
-from meshwarden.cli._types import host_port, split_host_port
+from meshwarden.cli._types import host_port_list, split_host_port
 
 HELP = """\
 Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS
@@ -35,10 +35,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--server",
-        type=host_port,
+        type=host_port_list,
         required=True,
-        metavar="HOST:PORT",
-        help="the control plane's ADS (`meshwarden server --listen`)",
+        metavar="HOST:PORT[,...]",
+        help="the control plane's ADS (`meshwarden server --listen`); replicas: list "
+        "each, comma-separated (failover needs no restart)",
     )
     parser.add_argument(
         "--trust-domain", required=True, metavar="TD",
@@ -89,10 +90,11 @@ def _config(args: argparse.Namespace) -> dict[str, object] | None:
     namespace, slash, name = args.workload.partition("/")
     if not slash or not namespace or not name:
         return None
-    host, port = split_host_port(args.server)  # checked by the argparse type
+    servers = [split_host_port(s) for s in args.server.split(",")]  # checked by argparse
     admin = str(args.admin_socket.resolve()) if args.admin_socket else None
+    (host, port), *replicas = servers
     return bootstrap(args.workload, host, port, str(args.sds_socket.resolve()),
-                     admin_socket=admin, delta=args.delta,
+                     admin_socket=admin, delta=args.delta, replicas=replicas,
                      trust_domain=args.trust_domain)  # fmt: skip
 
 

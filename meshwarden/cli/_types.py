@@ -37,6 +37,15 @@ def host_port(text: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def host_port_list(text: str) -> str:
+    """An argparse type: HOST:PORT, or several separated by commas (control-plane replicas),
+    each checked as `host_port`; returned comma-joined."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT[,HOST:PORT...]")
+    return ",".join(host_port(part) for part in parts)
+
+
 def http_server(text: str) -> str:
     """An argparse type: HOST:PORT of an HTTP endpoint. The `http://HOST:PORT/...` URL that
     `meshwarden up` and `server` print is accepted too (its path is ignored). Returns HOST:PORT."""

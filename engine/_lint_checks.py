@@ -266,6 +266,34 @@ def permissive_mtls(mesh: CompiledMesh, options: LintOptions) -> Iterator[Findin
             "set mtls: STRICT once every caller has an identity (meshwarden flows shows "
             "plaintext callers by IP)",
         )  # fmt: skip
+    yield from _narrower_permissive(mesh)
+
+
+def _narrower_permissive(mesh: CompiledMesh) -> Iterator[Finding]:
+    """MW203 for a namespace, workload or port set to PERMISSIVE (see docs/policy-reference.md,
+    mTLS modes), each at its own `mtls` field."""
+    doc = mesh.registry.mesh.document
+    places: list[tuple[Location, str]] = []
+    if doc is not None:
+        for ns, settings in sorted(doc.spec.namespaces.items()):
+            if settings.mtls == "PERMISSIVE":
+                places.append((doc.at("spec", "namespaces", ns, "mtls"), f"namespace {ns}"))
+    for ref, workload in sorted(mesh.registry.workloads.items()):
+        spec = workload.spec
+        if spec.mtls == "PERMISSIVE":
+            places.append((workload.document.at("spec", "mtls"), f"workload {ref}"))
+        for i, port in enumerate(spec.ports):
+            if port.mtls == "PERMISSIVE":
+                where = workload.document.at("spec", "ports", i, "mtls")
+                places.append((where, f"port {port.port} of workload {ref}"))
+    for where, what in places:
+        yield Finding(
+            where,
+            "MW203",
+            f"mTLS is PERMISSIVE for {what}: its sidecar also accepts plaintext peers, whose "
+            "only credential is their IP address",
+            "set mtls: STRICT there once every caller has an identity",
+        )
 
 
 def issuer_audiences(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:

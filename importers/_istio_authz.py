@@ -115,10 +115,25 @@ def _rules(
         rule = _rule(ctx, fields, ("spec", "rules", i))
         if rule is None:
             continue
+        first = len(out)
         for explicit in split_by_protocol(rule, action, *ports):
             companion = plaintext_companion(explicit)
             out.extend(copy.deepcopy(r) for r in (explicit, companion) if r is not None)
+        _note_rules(ctx, fields.obj, i, first, len(out))
     return out if len(ctx.problems) == problems else None
+
+
+def _note_rules(ctx: ImportContext, obj: KubeObject, index: int, first: int, end: int) -> None:
+    """Say where an Istio rule went when it is not one rule of the same index (explain names
+    the rules of the output)."""
+    if first == end:
+        written = "no rule (it can match no request to the selected pods)"
+    elif end - first == 1:
+        written = f"rule {first}"
+    else:
+        written = f"rules {first}-{end - 1} (its HTTP, tcp and plaintext-peer readings)"
+    if end - first != 1 or first != index:
+        ctx.note(f"{obj.origin}: rule {index} is written as {written}")
 
 
 def _rule(ctx: ImportContext, fields: Fields, path: Path) -> dict[str, Any] | None:

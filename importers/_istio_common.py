@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshwarden.importers._context import ImportContext
+from meshwarden.importers._context import ROOT_NAMESPACE, ImportContext
 from meshwarden.importers._fields import Fields
 from meshwarden.importers._inventory import Pod
 from meshwarden.importers._objects import KubeObject
 
 VERSIONS = ("v1", "v1beta1")
 ISTIO_ROOT = "istio-system"  # Istio's default meshConfig.rootNamespace
-MESH_ROOT = "meshwarden-system"  # the Mesh's rootNamespace the imported documents keep
 ALL_ADDRESSES = ["0.0.0.0/0", "::/0"]
 
 
@@ -47,7 +46,7 @@ def is_root(obj: KubeObject) -> bool:
 def output_namespace(obj: KubeObject) -> str:
     """Where a translated policy goes: a policy in Istio's root namespace applies mesh-wide,
     so it goes to the Mesh's root namespace; any other stays in its namespace."""
-    return MESH_ROOT if is_root(obj) else obj.namespace
+    return ROOT_NAMESPACE if is_root(obj) else obj.namespace
 
 
 def read_workload_selector(fields: Fields) -> dict[str, str] | None:

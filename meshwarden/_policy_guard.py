@@ -1,7 +1,8 @@
 """Changes to the Mesh document that would loosen a running mesh are refused.
 
 A running control plane refuses a new snapshot that removes the Mesh document, turns
-`defaultPolicy` from deny to allow, `mtls` from STRICT to PERMISSIVE, `extAuthz.failOpen`
+`defaultPolicy` from deny to allow, `mtls` (mesh-wide or a namespace's) from STRICT to
+PERMISSIVE, `extAuthz.failOpen`
 from false to true or a namespace from enforce to monitor mode (`defaultMode: dry-run`) —
 unless the new Mesh document carries the annotation
 `meshwarden.io/allow-loosening: "true"`, which accepts the loosening (logged at WARNING). The
@@ -66,7 +67,27 @@ def loosenings(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:
     if not before.spec.ext_authz.fail_open and after.spec.ext_authz.fail_open:
         found.append(Loosening(_located(after, "extAuthz", "failOpen"),
                                "extAuthz.failOpen would loosen from false to true"))  # fmt: skip
-    return found + _monitor_mode(before, after)
+    return found + _monitor_mode(before, after) + _namespace_mtls(before, after)
+
+
+def _namespace_mtls(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:
+    """A namespace whose own `mtls` setting takes it from STRICT to PERMISSIVE (a change of the
+    Mesh-wide mode alone is reported once, at `mtls`)."""
+    found = []
+    for ns in sorted(set(before.spec.namespaces) | set(after.spec.namespaces)):
+        own = [m.spec.namespaces[ns].mtls for m in (before, after) if ns in m.spec.namespaces]
+        if not any(own):
+            continue
+        if _mtls(before, ns) == "STRICT" and _mtls(after, ns) == "PERMISSIVE":
+            place = ("namespaces", ns) if ns in after.spec.namespaces else ("mtls",)
+            message = f"namespace {ns} would loosen mtls from STRICT to PERMISSIVE"
+            found.append(Loosening(_located(after, *place), message))
+    return found
+
+
+def _mtls(mesh: engine.Mesh, namespace: str) -> str:
+    settings = mesh.spec.namespaces.get(namespace)
+    return settings.mtls if settings and settings.mtls else mesh.spec.mtls
 
 
 def _monitor_mode(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:

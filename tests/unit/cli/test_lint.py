@@ -135,3 +135,20 @@ def test_usage_errors_exit_2(capsys):
     assert main(["lint", str(FIXTURES / "missing")]) == 2
     assert main(["lint", BASE, MESH, "--since", "1h"]) == 2
     assert "--since needs --flows" in capsys.readouterr().err
+
+
+def test_permissive_namespaces_workloads_and_ports_are_each_reported_at_their_field(
+    tmp_path, capsys
+):
+    mesh = tmp_path / "mesh.yaml"
+    mesh.write_text(
+        "apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {name: m}\n"
+        "spec: {trustDomain: example.org, namespaces: {legacy: {mtls: PERMISSIVE}}}\n---\n"
+        "apiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
+        "metadata: {name: api-1, namespace: shop}\n"
+        "spec:\n  mtls: PERMISSIVE\n  addresses: [127.0.0.3]\n"
+        "  ports: [{port: 8080, protocol: http}, {port: 9090, protocol: http, mtls: PERMISSIVE}]\n"
+    )
+    _, findings = _lint(capsys, str(mesh))
+    found = [(f["file"], f["line"], f["column"]) for f in findings if f["code"] == "MW203"]
+    assert found == [_at(mesh, "PERMISSIVE", n) for n in range(3)]

@@ -110,7 +110,7 @@ function edgeTable(graph) {
   body.replaceChildren();
   for (const edge of graph.edges) {
     const row = el("tr", null, { "data-edge": edge.id });
-    if (state.selected === edge.id) row.classList.add("selected");
+    if (state.selected === "edge:" + edge.id) row.classList.add("selected");
     row.append(el("td", edge.source), el("td", edge.target), el("td", edge.port),
       el("td", edge.decision, { class: "decision-" + edge.decision }), el("td", edge.counts.allow),
       el("td", edge.counts.deny), el("td", edge.counts.wouldDeny));
@@ -140,7 +140,7 @@ async function refreshGraph() {
     fillNamespaces(graph);
     drawGraph(graph);
     edgeTable(graph);
-    if (state.selected) showSelected();
+    if (state.selected) showSelected(); else showOverview(graph);
   } catch (error) {
     showBanner("graph: " + error.message);
   }
@@ -166,6 +166,24 @@ function showFilters(params) {
     }
     input.value = value || (input.name === "minutes" ? "15" : "");
   }
+}
+
+function showOverview(graph) {
+  // nothing selected: every workload's sidecar state, the ones needing a look first
+  const details = $("details");
+  const workloads = graph.nodes.filter((n) => n.kind === "workload");
+  const order = { PROBLEM: 0, NACK: 1, STALE: 2, NONE: 3, SYNCED: 4 };
+  workloads.sort((a, b) => (order[a.sync] ?? 5) - (order[b.sync] ?? 5) || a.id.localeCompare(b.id));
+  const synced = workloads.filter((n) => n.sync === "SYNCED").length;
+  details.replaceChildren(el("p", "Click an edge or a workload for its flows, causes and sync state.", { class: "hint" }),
+    el("h4", `Sidecars: ${synced} of ${workloads.length} in sync`));
+  const list = el("ul", null, { id: "sidecar-overview" });
+  for (const node of workloads) {
+    const item = el("li");
+    item.append(el("b", node.id), " ", el("span", node.sync, { class: "sync-" + node.sync }), node.syncReason ? " — " + node.syncReason : "");
+    list.append(item);
+  }
+  details.append(list);
 }
 
 function showSelected() {

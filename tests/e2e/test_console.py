@@ -192,6 +192,8 @@ def test_the_graph_shows_the_shops_workloads_an_allowed_and_a_denied_edge(
         f"window.meshwardenConsole.cy.getElementById('ip:{shop.net}.9').data('kind')"
     )
     assert stranger == "plaintext"
+    overview = page.text_content("#details") or ""
+    assert "Sidecars: 4 of 4 in sync" in overview, overview
     _screenshot(page, "graph")
 
 
@@ -205,6 +207,7 @@ def test_clicking_the_denied_edge_names_the_policy_rule_and_opens_its_yaml(
     assert page.text_content("#details-title") == "ops/ops-1 → shop/backend-1:8080"
     causes = page.text_content("#edge-causes") or ""
     assert "deny meshwarden-system/no-debug-anywhere#0" in causes
+    assert page.get_attribute("#edges tr.selected", "data-edge") == DENIED
     trace = page.get_attribute("#edge-flows a[target=_blank]", "href")
     assert trace == TRACE_UI.replace("{traceId}", shop.trace_id)
     _screenshot(page, "edge-details")

@@ -16,10 +16,13 @@ from meshwarden.engine._conditions import (
 )
 from meshwarden.engine._diagnostics import Diagnostic, Location, Severity
 from meshwarden.engine._documents import Document, DocumentKey
+from meshwarden.engine._egress import DestinationIndex, EgressPlan, EgressPolicy
+from meshwarden.engine._egress_rules import CompiledDestination, CompiledEgressRule, Flow
 from meshwarden.engine._evaluator import (
     Decision,
     PolicyTrace,
     decide,
+    decide_egress,
 )
 from meshwarden.engine._files import UsageError, read_text, scan_files
 from meshwarden.engine._hosts import (
@@ -49,6 +52,7 @@ from meshwarden.engine._load import (
 )
 from meshwarden.engine._model import WorkloadPort
 from meshwarden.engine._outcome import Outcome, dry_run_verdict
+from meshwarden.engine._paths import PathDecision, decide_outbound, decide_path
 from meshwarden.engine._patterns import IpNetwork, Patterns, normalize_path
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy, RuleIndex
 from meshwarden.engine._promotion import would_deny
@@ -71,6 +75,8 @@ __all__ = [
     "AuthorizationPlan",
     "Cause",
     "CompiledCondition",
+    "CompiledDestination",
+    "CompiledEgressRule",
     "CompiledMesh",
     "CompiledOperation",
     "CompiledPolicy",
@@ -78,11 +84,15 @@ __all__ = [
     "CompiledSource",
     "ConditionKey",
     "Decision",
+    "DestinationIndex",
     "Diagnostic",
     "Document",
     "DocumentKey",
     "Effect",
+    "EgressPlan",
+    "EgressPolicy",
     "Finding",
+    "Flow",
     "FlowWindow",
     "Host",
     "HostPort",
@@ -96,6 +106,7 @@ __all__ = [
     "Mesh",
     "Mode",
     "Outcome",
+    "PathDecision",
     "PatternCondition",
     "Patterns",
     "Peers",
@@ -120,6 +131,9 @@ __all__ = [
     "collection_paused",
     "compile_documents",
     "decide",
+    "decide_egress",
+    "decide_outbound",
+    "decide_path",
     "dry_run_verdict",
     "find_files",
     "invalid_input",

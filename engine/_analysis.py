@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._diagnostics import Diagnostic, warning
+from meshwarden.engine._egress_checks import egress_warnings
 from meshwarden.engine._hosts import host_warnings
 from meshwarden.engine._model import AuthorizationPolicySpec
 from meshwarden.engine._mtls import any_plaintext
@@ -19,6 +20,7 @@ def warnings(mesh: CompiledMesh) -> list[Diagnostic]:
         found.extend(_policy_warnings(mesh, policy))
     found.extend(_shadowed(mesh))
     found.extend(host_warnings(mesh.registry))
+    found.extend(egress_warnings(mesh.registry, list(mesh.egress_policies.values())))
     for doc, targets in mesh.issuers.values():
         if not targets:
             found.append(

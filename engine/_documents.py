@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
-from meshwarden.engine._model import SPECS, Envelope, Metadata
+from meshwarden.engine._model import Envelope, Metadata, spec_model
 from meshwarden.engine._suggest import did_you_mean, fields_at
 from meshwarden.engine._yaml import Path, SourceDocument
 from pydantic import BaseModel, ValidationError
@@ -63,12 +63,12 @@ def validate_document(source: SourceDocument) -> tuple[Document[Any] | None, lis
         envelope = Envelope.model_validate(source.data)
     except ValidationError as exc:
         problems.extend(_diagnostics(exc, source, ()))
-    spec_model = SPECS.get(str(source.data.get("kind")))
     raw_spec = source.data.get("spec", {})
+    model = spec_model(source.data.get("kind"), raw_spec)
     spec: BaseModel | None = None
-    if spec_model is not None and isinstance(raw_spec, dict):
+    if model is not None and isinstance(raw_spec, dict):
         try:
-            spec = spec_model.model_validate(raw_spec)
+            spec = model.model_validate(raw_spec)
         except ValidationError as exc:
             problems.extend(_diagnostics(exc, source, ("spec",)))
     if envelope is None or spec is None or problems:
@@ -123,9 +123,22 @@ def _message(err: ErrorDetails) -> str:
     return str(err["msg"])
 
 
+EGRESS_ONLY_L4 = frozenset(
+    {"from", "when", "jwt", "methods", "notMethods", "paths", "notPaths", "hosts", "notHosts"}
+)
+
+
 def _suggestion(path: Path, source: SourceDocument) -> str:
     in_spec = bool(path) and path[0] == "spec"
-    root = SPECS.get(str(source.data.get("kind"))) if in_spec else Envelope
+    spec = source.data.get("spec")
+    root = spec_model(source.data.get("kind"), spec) if in_spec else Envelope
+    egress = isinstance(spec, dict) and spec.get("direction") == "egress"
+    if egress and path[1:2] == ("rules",) and str(path[-1]) in EGRESS_ONLY_L4:
+        return (
+            f" in an egress rule: egress rules are L4 (to, ports, notPorts, protocols); "
+            f"the sources are the workloads `selector` picks, and {path[-1]} belongs to "
+            "ingress policies"
+        )
     if not path or root is None:
         return ""
     return did_you_mean(str(path[-1]), fields_at(root, path[1 if in_spec else 0 : -1]))

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshwarden.engine._documents import Document
-from meshwarden.engine._model import JwtIssuerSpec
+from meshwarden.engine._egress import EgressPlan, EgressPolicy
+from meshwarden.engine._egress_rules import Flow
+from meshwarden.engine._model import JwtIssuerSpec, MeshSpec
 from meshwarden.engine._modes import monitor_reason
 from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._plan import AuthorizationPlan, CompiledPolicy
 from meshwarden.engine._request import Request, claim_strings
-from meshwarden.engine._rules import CompiledRule
 from meshwarden.engine._vocabulary import Action, Cause, Effect, Mode
 
 
@@ -80,27 +81,58 @@ def decide(plan: AuthorizationPlan, req: Request, *, explain: bool = False) -> D
     refusal = _authenticate(plan, req)
     if refusal is not None:
         return Decision(False, refusal[0], None, refusal[1], trace=trace)
-    dry_run = _dry_runs(plan, req) if plan.dry_run else ()
+    return _by_policies(plan, req, trace, INGRESS)
+
+
+def decide_egress(plan: EgressPlan, flow: Flow, *, explain: bool = False) -> Decision:
+    """Decide `flow` at its source on the source's egress `plan` (enforced egress DENY first,
+    AUDIT recorded, then ALLOW, else the Mesh `defaultEgressPolicy`)."""
+    trace = tuple(_trace(p, flow) for p in plan.policies) if explain else ()
+    return _by_policies(plan, flow, trace, EGRESS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Direction:
+    """How the shared decision procedure words and defaults one direction."""
+
+    kind: str  # "" (ingress) or "egress "
+    subject: str  # what the policies select
+    default: str  # the Mesh field that decides when no ALLOW policy selects the subject
+
+    def default_of(self, mesh: MeshSpec) -> Effect:
+        return Effect(mesh.default_egress_policy if self.kind else mesh.default_policy)
+
+
+INGRESS = _Direction("", "this workload", "defaultPolicy")
+EGRESS = _Direction("egress ", "this source", "defaultEgressPolicy")
+
+
+def _by_policies(
+    plan: Any, subject: Any, trace: tuple[PolicyTrace, ...], way: _Direction
+) -> Decision:
+    """Semantics 2-5 on an ingress plan and Request, or an egress plan and Flow (both offer
+    `deny`/`allow`/`audit`/`dry_run_index` indexes with `candidates` and `first_match`)."""
+    dry_run = _dry_runs(plan, subject) if plan.dry_run else ()
     audit = tuple(
         Outcome(rule.policy, Action.AUDIT, rule.index)
-        for rule in _first_per_policy(plan.audit.candidates(req), req).values()
+        for rule in _first_per_policy(plan.audit.candidates(subject), subject).values()
     )
-    denied = plan.deny.first_match(req)
+    denied = plan.deny.first_match(subject)
     if denied is not None:
-        reason = f"DENY rule {denied.name} matched"
+        reason = f"{way.kind}DENY rule {denied.name} matched"
         return Decision(False, denied.policy, denied.index, reason, dry_run, audit, trace)
     if plan.has_allow:
-        allowed = plan.allow.first_match(req)
+        allowed = plan.allow.first_match(subject)
         if allowed is not None:
-            reason = f"ALLOW rule {allowed.name} matched"
+            reason = f"{way.kind}ALLOW rule {allowed.name} matched"
             return Decision(True, allowed.policy, allowed.index, reason, dry_run, audit, trace)
-        reason = "ALLOW policies select this workload but none of their rules matched"
+        reason = f"{way.kind}ALLOW policies select {way.subject} but none of their rules matched"
         return Decision(False, Cause.DEFAULT_DENY, None, reason, dry_run, audit, trace)
-    if Effect(plan.mesh.default_policy) is Effect.DENY:
-        reason = "no ALLOW policy selects this workload; Mesh defaultPolicy is deny"
+    if way.default_of(plan.mesh) is Effect.DENY:
+        reason = f"no {way.kind}ALLOW policy selects {way.subject}; Mesh {way.default} is deny"
         return Decision(False, Cause.DEFAULT_DENY, None, reason, dry_run, audit, trace)
     reason = monitor_reason(plan.mesh, plan.workload.namespace) or (
-        "no ALLOW policy selects this workload; Mesh defaultPolicy is allow"
+        f"no {way.kind}ALLOW policy selects {way.subject}; Mesh {way.default} is allow"
     )
     return Decision(True, Cause.DEFAULT_ALLOW, None, reason, dry_run, audit, trace)
 
@@ -148,19 +180,20 @@ def _svid_of(spec: JwtIssuerSpec, sub: Any) -> bool:
     return bool(domain) and isinstance(sub, str) and sub.startswith(f"spiffe://{domain}/")
 
 
-def _first_per_policy(rules: tuple[CompiledRule, ...], req: Request) -> dict[str, CompiledRule]:
+def _first_per_policy(rules: tuple[Any, ...], req: Any) -> dict[str, Any]:
     """The first matching rule of each policy, in policy order (rules come in that order)."""
-    first: dict[str, CompiledRule] = {}
+    first: dict[str, Any] = {}
     for rule in rules:
         if rule.policy not in first and rule.matches(req):
             first[rule.policy] = rule
     return first
 
 
-def _dry_runs(plan: AuthorizationPlan, req: Request) -> tuple[Outcome, ...]:
+def _dry_runs(plan: Any, req: Any) -> tuple[Outcome, ...]:
     matched = _first_per_policy(plan.dry_run_index.candidates(req), req)
     if not matched:
-        return plan.dry_run_unmatched
+        unmatched: tuple[Outcome, ...] = plan.dry_run_unmatched
+        return unmatched
     outcomes = []
     for policy in plan.dry_run:
         rule = matched.get(policy.ref)
@@ -174,7 +207,7 @@ def _dry_runs(plan: AuthorizationPlan, req: Request) -> tuple[Outcome, ...]:
     return tuple(outcomes)
 
 
-def _trace(policy: CompiledPolicy, req: Request) -> PolicyTrace:
+def _trace(policy: CompiledPolicy | EgressPolicy, req: Any) -> PolicyTrace:
     reasons = tuple(rule.mismatch(req) for rule in policy.rules)
     matched = next((i for i, r in enumerate(reasons) if r is None), None)
     note = "" if policy.rules else "no rules: matches nothing"

@@ -314,6 +314,7 @@ def selects_nothing(mesh: CompiledMesh, options: LintOptions) -> Iterator[Findin
     selecting: list[tuple[Document[Any], bool]] = [
         (p.document, bool(p.targets)) for p in _policies(mesh)
     ]
+    selecting += [(p.document, bool(p.targets)) for p in mesh.egress_policies.values()]
     selecting += [(doc, bool(targets)) for doc, targets in mesh.issuers.values()]
     selecting += [(doc, bool(mesh.registry.select(doc.metadata.namespace, doc.spec.selector)))
                   for doc in mesh.registry.services.values()]  # fmt: skip

@@ -35,6 +35,14 @@ LabelKey = Annotated[str, AfterValidator(v.label_key)]
 LabelValue = Annotated[str, AfterValidator(v.label_value)]
 ConditionValue = Annotated[int | str, AfterValidator(lambda x: v.string_pattern(str(x)))]
 WhenValue = Annotated[int | str, AfterValidator(lambda x: v.condition_value(str(x)))]
+Transport = Literal["tcp", "udp", "sctp"]
+PortProtocol = Literal["http", "grpc", "tcp", "udp", "sctp"]
+PROXIED = frozenset({"http", "grpc", "tcp"})  # what sidecars carry; udp and sctp bypass them
+
+
+def transport_of(protocol: str) -> str:
+    """The transport a port protocol rides on: http and grpc count as tcp."""
+    return "tcp" if protocol in PROXIED else protocol
 
 
 class _Strict(BaseModel):
@@ -100,21 +108,32 @@ class MeshSpec(_Strict):
     enforcement: Literal["envoy-rbac", "ext-authz"] = "envoy-rbac"
     ext_authz: ExtAuthzSpec = Field(default_factory=ExtAuthzSpec)
     default_mode: Literal["enforce", "dry-run"] = "enforce"  # dry-run: monitor mode
+    default_egress_policy: Literal["allow", "deny"] = "allow"  # sources no egress ALLOW selects
     namespaces: dict[DnsLabel, NamespaceSettings] = Field(default_factory=dict)
 
 
 class WorkloadPort(_Strict):
-    """A port a workload serves, with its protocol (http, grpc or tcp)."""
+    """A port a workload serves, with its protocol: http, grpc or tcp (through its sidecar), or
+    udp or sctp (which no sidecar carries: the packet filter enforces them)."""
 
     name: DnsLabel | None = None
     port: Port
     target_port: Port | None = None
-    protocol: Literal["http", "grpc", "tcp"] = "tcp"
+    protocol: PortProtocol = "tcp"
     mtls: Literal["STRICT", "PERMISSIVE"] | None = None  # overrides the workload's mode
 
     @property
     def is_http(self) -> bool:
-        return self.protocol != "tcp"
+        return self.protocol in ("http", "grpc")
+
+    @property
+    def transport(self) -> str:
+        return transport_of(self.protocol)
+
+    @property
+    def proxied(self) -> bool:
+        """Whether the workload's sidecar serves this port (tcp, http, grpc)."""
+        return self.protocol in PROXIED
 
 
 class Upstream(_Strict):
@@ -140,7 +159,7 @@ class ServicePort(_Strict):
     name: DnsLabel | None = None
     port: Port
     target_port: Port | None = None
-    protocol: Literal["http", "grpc", "tcp"] = "tcp"
+    protocol: PortProtocol = "tcp"
 
 
 class ServiceSpec(_Strict):
@@ -173,6 +192,7 @@ class Operation(_Strict):
     not_paths: list[PathPattern] | None = None
     hosts: list[StringPattern] | None = None
     not_hosts: list[StringPattern] | None = None
+    protocols: list[Transport] | None = None  # omitted: any; http/grpc ports count as tcp
 
 
 class Condition(_Strict):
@@ -209,10 +229,42 @@ class Rule(_Strict):
 
 
 class AuthorizationPolicySpec(_Strict):
+    direction: Literal["ingress", "egress"] = "ingress"
     selector: LabelSelector | None = None
     action: Literal["ALLOW", "DENY", "AUDIT"] = "ALLOW"
     mode: Literal["enforce", "dry-run"] = "enforce"
     rules: list[Rule] | None = None
+
+
+class Destination(_Strict):
+    """One `to` destination of an egress rule: a mesh workload by identity, or an address outside
+    the mesh by IP (the identity-first rule, seen from the source)."""
+
+    identities: list[IdentityPattern] | None = None
+    not_identities: list[IdentityPattern] | None = None
+    workloads: WorkloadSelector | None = None
+    namespaces: list[StringPattern] | None = None
+    ip_blocks: list[Cidr] | None = None
+    not_ip_blocks: list[Cidr] | None = None
+
+
+class EgressRule(_Strict):
+    """An egress rule: where the selected (source) workloads may connect. L4 only."""
+
+    to: list[Destination] | None = None
+    ports: list[PortSpec] | None = None
+    not_ports: list[PortSpec] | None = None
+    protocols: list[Transport] | None = None
+
+
+class EgressPolicySpec(_Strict):
+    """An AuthorizationPolicy with `direction: egress`: `selector` picks SOURCE workloads."""
+
+    direction: Literal["egress"]
+    selector: LabelSelector | None = None
+    action: Literal["ALLOW", "DENY", "AUDIT"] = "ALLOW"
+    mode: Literal["enforce", "dry-run"] = "enforce"
+    rules: list[EgressRule] | None = None
 
 
 class HeaderSource(_Strict):
@@ -272,7 +324,7 @@ class HostRule(_Strict):
     """An inbound rule for host ports that no sidecar fronts (SSH, a published container port)."""
 
     ports: Annotated[list[PortSpec], Field(min_length=1)]
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Transport = "tcp"
     from_: list[HostPeer] | None = Field(default=None, alias="from")
 
 
@@ -296,6 +348,15 @@ SPECS: dict[str, type[_Strict]] = {
     "Host": HostSpec,
 }
 API_VERSION = "meshwarden.io/v1alpha1"
+
+
+def spec_model(kind: object, raw_spec: object) -> type[_Strict] | None:
+    """The model a document's spec is validated with: by kind, and for an AuthorizationPolicy
+    by its `direction` (an egress policy has rules of another shape)."""
+    egress = isinstance(raw_spec, dict) and raw_spec.get("direction") == "egress"
+    if kind == "AuthorizationPolicy" and egress:
+        return EgressPolicySpec
+    return SPECS.get(str(kind))
 
 
 class Envelope(_Strict):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from meshwarden.engine._diagnostics import Location
 from meshwarden.engine._documents import Document
@@ -19,20 +20,20 @@ from meshwarden.engine._rules import CompiledRule, CompiledSource
 from meshwarden.engine._spiffe import namespace_of
 from meshwarden.engine._vocabulary import Action, Mode, Peers
 
+if TYPE_CHECKING:
+    from meshwarden.engine._egress import DestinationIndex, EgressPolicy
+
 Entry = tuple[int, CompiledRule]
 MEMO_LIMIT = 4096  # distinct peers remembered per index; the memo restarts when full
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class CompiledPolicy:
-    """An AuthorizationPolicy with its rules compiled and its target workloads resolved."""
+class PolicyFacts:
+    """What ingress and egress policies share: their name, mode and source document."""
 
+    __slots__ = ()
     namespace: str
     name: str
-    action: Action
     mode: Mode
-    rules: tuple[CompiledRule, ...]
-    targets: frozenset[str]
     document: Document[Any]
 
     @property
@@ -46,6 +47,19 @@ class CompiledPolicy:
     @property
     def location(self) -> Location:
         return self.document.at("metadata", "name")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledPolicy(PolicyFacts):
+    """An AuthorizationPolicy with its rules compiled and its target workloads resolved."""
+
+    namespace: str
+    name: str
+    action: Action
+    mode: Mode
+    rules: tuple[CompiledRule, ...]
+    targets: frozenset[str]
+    document: Document[Any]
 
     def first_match(self, req: Request) -> CompiledRule | None:
         for rule in self.rules:
@@ -124,10 +138,10 @@ class RuleIndex:
 
     def candidates(self, req: Request) -> tuple[CompiledRule, ...]:
         """Rules that may match `req`, in policy order, each once. They depend only on the
-        peer, the destination port and the method, so they are remembered per (identity or
-        address, port, method) after the first lookup."""
+        peer, the destination port, the method and the protocol, so they are remembered per
+        (identity or address, port, method, protocol) after the first lookup."""
         peer: object = req.identity if req.identity is not None else req.source_ip
-        key = (peer, req.port, req.method)
+        key = (peer, req.port, req.method, req.protocol)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
@@ -135,7 +149,7 @@ class RuleIndex:
             found = tuple(
                 r
                 for r in self.for_peer(req.identity, req.source_ip)
-                if r.admits(req.port, req.method)
+                if r.admits(req.port, req.method, req.protocol)
             )
             self._memo[key] = found
         return found
@@ -215,13 +229,31 @@ class AuthorizationPlan:
         return mtls_setting(self.mesh, self.workload, port)
 
 
-def unmatched(policies: list[CompiledPolicy]) -> tuple[Outcome, ...]:
+def unmatched(policies: Sequence[CompiledPolicy | EgressPolicy]) -> tuple[Outcome, ...]:
     unmatched = {Action.ALLOW: Action.DENY, Action.DENY: Action.ALLOW}
     return tuple(
         Outcome(p.ref, unmatched[p.action], None)
         for p in policies
         if p.dry_run and p.action in unmatched
     )
+
+
+IndexT = TypeVar("IndexT", "RuleIndex", "DestinationIndex")
+
+
+def index_policies(
+    ordered: Sequence[CompiledPolicy] | Sequence[EgressPolicy], new_index: Callable[[], IndexT]
+) -> tuple[dict[Action, IndexT], IndexT, bool]:
+    """The rules of `ordered` policies in one index per action and one for the dry-run ones,
+    and whether an enforced ALLOW policy is among them."""
+    indexes = {action: new_index() for action in Action}
+    dry_run_index = new_index()
+    for policy in ordered:
+        index = dry_run_index if policy.dry_run else indexes[policy.action]
+        for rule in policy.rules:
+            index.add(rule)  # type: ignore[arg-type]
+    has_allow = any(p.action == Action.ALLOW and not p.dry_run for p in ordered)
+    return indexes, dry_run_index, has_allow
 
 
 def build_plan(
@@ -232,13 +264,7 @@ def build_plan(
 ) -> AuthorizationPlan:
     mesh, policies = monitored(mesh, workload.namespace, policies)
     ordered = sorted(policies, key=lambda p: (p.namespace, p.name))
-    indexes = {action: RuleIndex() for action in Action}
-    dry_run_index = RuleIndex()
-    for policy in ordered:
-        index = dry_run_index if policy.dry_run else indexes[policy.action]
-        for rule in policy.rules:
-            index.add(rule)
-    has_allow = any(p.action == Action.ALLOW and not p.dry_run for p in ordered)
+    indexes, dry_run_index, has_allow = index_policies(ordered, RuleIndex)
     issuers = sorted(jwt_issuers, key=lambda d: (d.metadata.namespace, d.metadata.name))
     return AuthorizationPlan(
         workload, mesh, tuple(ordered), tuple(issuers),

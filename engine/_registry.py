@@ -11,11 +11,13 @@ from meshwarden.engine._diagnostics import Diagnostic, error
 from meshwarden.engine._documents import Document
 from meshwarden.engine._hosts import Host, build_hosts
 from meshwarden.engine._model import (
+    PROXIED,
     HostSpec,
     LabelSelector,
     MeshSpec,
     ServiceSpec,
     WorkloadPort,
+    WorkloadSelector,
     WorkloadSpec,
 )
 from meshwarden.engine._patterns import IpAddress, parse_address
@@ -32,9 +34,11 @@ class Workload:
     service_account: str
     spiffe_id: SpiffeId
     addresses: tuple[IpAddress, ...]
-    ports: Mapping[int, WorkloadPort]
+    ports: Mapping[int, WorkloadPort]  # what its sidecar serves: tcp, http and grpc ports
     selectors: tuple[str, ...]
     document: Document[WorkloadSpec]
+    # udp and sctp ports by (protocol, number): no sidecar carries them, the packet filter does
+    packet_ports: Mapping[tuple[str, int], WorkloadPort] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -47,6 +51,17 @@ class Workload:
     @property
     def spec(self) -> WorkloadSpec:
         return self.document.spec
+
+    def port_for(self, number: int, transport: str = "tcp") -> WorkloadPort | None:
+        """The port `number` of this transport (tcp covers http and grpc ports), or None."""
+        if transport == "tcp":
+            return self.ports.get(number)
+        return self.packet_ports.get((transport, number))
+
+    def all_ports(self) -> list[WorkloadPort]:
+        """Every port, sidecar-served first, each group sorted by number."""
+        packet = sorted(self.packet_ports.values(), key=lambda p: (p.port, p.protocol))
+        return [port for _, port in sorted(self.ports.items())] + packet
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +112,21 @@ class Registry:
         if selector.match_expressions:
             candidates = {ref for ref in candidates if _meets(self.workloads[ref].labels, selector)}
         return frozenset(candidates)
+
+    def identities_of(self, selector: WorkloadSelector, namespace: str) -> frozenset[str]:
+        """SPIFFE IDs of the workloads a `workloads` selector of a rule names (its `namespaces`,
+        by default the policy's own `namespace`)."""
+        refs: set[str] = set()
+        for ns in selector.namespaces or [namespace]:
+            refs |= self.select(ns, selector)
+        return frozenset(self.workloads[ref].identity for ref in refs)
+
+    def workload_at(self, address: IpAddress) -> Workload | None:
+        """The workload that has `address` among its addresses, if any (the first by ref)."""
+        for ref in sorted(self.workloads):
+            if address in self.workloads[ref].addresses:
+                return self.workloads[ref]
+        return None
 
     def on_node(self, node: str) -> list[Workload]:
         """Workloads pinned to `node` by a `node:NAME` selector, sorted by ref."""
@@ -176,15 +206,20 @@ def _workload(doc: Document[WorkloadSpec], mesh: Mesh) -> tuple[Workload | None,
     else:
         spiffe_id = SpiffeId.of(mesh.trust_domain, f"/ns/{meta.namespace}/sa/{account}")
     ports: dict[int, WorkloadPort] = {}
+    packet_ports: dict[tuple[str, int], WorkloadPort] = {}
     for i, port in enumerate(spec.ports):
-        if port.port in ports:
+        key = (port.transport, port.port)
+        if (port.proxied and port.port in ports) or key in packet_ports:
             problems.append(
                 error(
                     doc.at("spec", "ports", i, "port"),
-                    f"port {port.port} is listed twice in workload {doc.ref}",
+                    f"{port.transport} port {port.port} is listed twice in workload {doc.ref}",
                 )
             )
-        ports[port.port] = port
+        if port.proxied:
+            ports[port.port] = port
+        else:
+            packet_ports[key] = port
     if problems:
         return None, problems
     addresses = tuple(parse_address(a) for a in spec.addresses)
@@ -198,6 +233,7 @@ def _workload(doc: Document[WorkloadSpec], mesh: Mesh) -> tuple[Workload | None,
         ports,
         tuple(spec.selectors),
         doc,
+        packet_ports,
     )
     return workload, []
 
@@ -233,6 +269,16 @@ def _check_upstreams(registry: Registry) -> list[Diagnostic]:
                         where,
                         f"upstream service {upstream.service!r} is not "
                         "defined; add a Service document or fix the name",
+                    )
+                )
+            elif any(
+                p.port == upstream.port and p.protocol not in PROXIED for p in service.spec.ports
+            ):
+                problems.append(
+                    error(
+                        where,
+                        f"port {upstream.port} of service {upstream.service} is not tcp: "
+                        "upstreams go through the sidecar, which carries tcp only",
                     )
                 )
             elif upstream.port not in {p.port for p in service.spec.ports}:

@@ -17,6 +17,7 @@ class Request:
     `identity` is the peer's verified SPIFFE ID (None: plaintext peer); `source_ip` is the direct
     peer address. HTTP attributes are None on tcp ports. `path` is already normalised.
     `jwt_claims` are the claims of a token found in a configured header, None without a token.
+    `protocol` is the transport (tcp, udp or sctp; http and grpc ride on tcp).
     """
 
     destination: str
@@ -29,6 +30,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)
     jwt_claims: Mapping[str, Any] | None = None
     identity_namespace: str | None = None
+    protocol: str = "tcp"
 
     @classmethod
     def build(
@@ -43,6 +45,7 @@ class Request:
         host: str | None = None,
         headers: Mapping[str, str] | None = None,
         jwt_claims: Mapping[str, Any] | None = None,
+        protocol: str = "tcp",
     ) -> Request:
         spiffe_id = SpiffeId.parse(identity) if isinstance(identity, str) else identity
         address = parse_address(source_ip) if isinstance(source_ip, str) else source_ip
@@ -57,6 +60,7 @@ class Request:
             headers={k.lower(): v for k, v in (headers or {}).items()},
             jwt_claims=jwt_claims,
             identity_namespace=spiffe_id.namespace() if spiffe_id else None,
+            protocol=protocol,
         )
 
 

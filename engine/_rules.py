@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from meshwarden.engine._conditions import CompiledCondition, PortRanges
 from meshwarden.engine._diagnostics import Location
 from meshwarden.engine._model import JwtConstraint, Operation, Source
-from meshwarden.engine._patterns import IpNetwork, Patterns, in_networks, parse_network
+from meshwarden.engine._patterns import (
+    IpAddress,
+    IpNetwork,
+    Patterns,
+    in_networks,
+    parse_network,
+)
 from meshwarden.engine._request import Request, claim, claim_strings
 from meshwarden.engine._vocabulary import Peers
 
@@ -19,7 +25,7 @@ def _ports(values: Sequence[int | str] | None) -> PortRanges | None:
     return None if values is None else PortRanges.of(values)
 
 
-def _opt(values: Sequence[object] | None, fold_case: bool = False) -> Patterns | None:
+def patterns_of(values: Sequence[object] | None, fold_case: bool = False) -> Patterns | None:
     return None if values is None else Patterns.of(values, fold_case)
 
 
@@ -27,7 +33,7 @@ def _paths(values: Sequence[str] | None) -> Patterns | None:
     return None if values is None else Patterns.of(values, path_templates=True)
 
 
-def _nets(values: Sequence[str] | None) -> tuple[IpNetwork, ...] | None:
+def networks_of(values: Sequence[str] | None) -> tuple[IpNetwork, ...] | None:
     return None if values is None else tuple(parse_network(v) for v in values)
 
 
@@ -40,7 +46,7 @@ class CompiledJwt:
     @classmethod
     def of(cls, jwt: JwtConstraint) -> CompiledJwt:
         claims = tuple((k, Patterns.of(v)) for k, v in (jwt.claims or {}).items())
-        return cls(_opt(jwt.issuers), _opt(jwt.subjects), claims)
+        return cls(patterns_of(jwt.issuers), patterns_of(jwt.subjects), claims)
 
     def mismatch(self, claims: Any) -> str | None:
         if claims is None:
@@ -87,13 +93,13 @@ class CompiledSource:
     @classmethod
     def of(cls, source: Source, workload_ids: frozenset[str] | None) -> CompiledSource:
         return cls(
-            _opt(source.identities),
-            _opt(source.not_identities),
+            patterns_of(source.identities),
+            patterns_of(source.not_identities),
             workload_ids,
-            _opt(source.namespaces),
+            patterns_of(source.namespaces),
             CompiledJwt.of(source.jwt) if source.jwt else None,
-            _nets(source.ip_blocks),
-            _nets(source.not_ip_blocks),
+            networks_of(source.ip_blocks),
+            networks_of(source.not_ip_blocks),
         )
 
     def mismatch(self, req: Request) -> str | None:
@@ -103,14 +109,9 @@ class CompiledSource:
                 return "peer has no verified identity (identity fields match only mTLS peers)"
             return "ipBlocks/notIpBlocks match only peers without an identity"
         if identity is not None:
-            if self.identities is not None and not self.identities.matches(identity):
-                return f"identity {identity} not in identities {self.identities}"
-            if self.not_identities is not None and self.not_identities.matches(identity):
-                return f"identity {identity} is in notIdentities {self.not_identities}"
-            if self.workloads is not None and identity not in self.workloads:
-                return f"identity {identity} is not one of the selected workloads"
-            if self.namespaces is not None and not self.namespaces.matches(req.identity_namespace):
-                return f"namespace {req.identity_namespace} not in namespaces {self.namespaces}"
+            reason = identity_mismatch(self, identity, req.identity_namespace)
+            if reason:
+                return reason
         if self.jwt is not None:
             reason = self.jwt.mismatch(req.jwt_claims)
             if reason:
@@ -118,12 +119,46 @@ class CompiledSource:
         return self._ip_mismatch(req)
 
     def _ip_mismatch(self, req: Request) -> str | None:
-        ip = req.source_ip
-        if self.ip_blocks is not None and (ip is None or not in_networks(ip, self.ip_blocks)):
-            return f"source IP {ip or 'unknown'} not in ipBlocks"
-        if self.not_ip_blocks is not None and (ip is None or in_networks(ip, self.not_ip_blocks)):
-            return f"source IP {ip or 'unknown'} is in notIpBlocks"
-        return None
+        return ip_mismatch(self, req.source_ip, "source")
+
+
+class PeerFields(Protocol):
+    """The identity and IP fields a `from` source and an egress `to` destination share."""
+
+    @property
+    def identities(self) -> Patterns | None: ...
+    @property
+    def not_identities(self) -> Patterns | None: ...
+    @property
+    def workloads(self) -> frozenset[str] | None: ...
+    @property
+    def namespaces(self) -> Patterns | None: ...
+    @property
+    def ip_blocks(self) -> tuple[IpNetwork, ...] | None: ...
+    @property
+    def not_ip_blocks(self) -> tuple[IpNetwork, ...] | None: ...
+
+
+def identity_mismatch(fields: PeerFields, identity: str, namespace: str | None) -> str | None:
+    """Why a verified `identity` (of namespace `namespace`) fails the identity fields, or None."""
+    if fields.identities is not None and not fields.identities.matches(identity):
+        return f"identity {identity} not in identities {fields.identities}"
+    if fields.not_identities is not None and fields.not_identities.matches(identity):
+        return f"identity {identity} is in notIdentities {fields.not_identities}"
+    if fields.workloads is not None and identity not in fields.workloads:
+        return f"identity {identity} is not one of the selected workloads"
+    if fields.namespaces is not None and not fields.namespaces.matches(namespace):
+        return f"namespace {namespace} not in namespaces {fields.namespaces}"
+    return None
+
+
+def ip_mismatch(fields: PeerFields, ip: IpAddress | None, side: str) -> str | None:
+    """Why the `side` ("source"/"destination") address fails ipBlocks/notIpBlocks, or None."""
+    if fields.ip_blocks is not None and (ip is None or not in_networks(ip, fields.ip_blocks)):
+        return f"{side} IP {ip or 'unknown'} not in ipBlocks"
+    if fields.not_ip_blocks is not None and (ip is None or in_networks(ip, fields.not_ip_blocks)):
+        return f"{side} IP {ip or 'unknown'} is in notIpBlocks"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +173,7 @@ class CompiledOperation:
     not_paths: Patterns | None
     hosts: Patterns | None
     not_hosts: Patterns | None
+    protocols: frozenset[str] | None = None  # transports; None: any
     # (request attribute, positive patterns, negative patterns) for the HTTP fields that are set
     http_checks: tuple[tuple[str, Patterns | None, Patterns | None], ...] = field(
         init=False, compare=False
@@ -156,9 +192,10 @@ class CompiledOperation:
     def of(cls, op: Operation) -> CompiledOperation:
         return cls(
             _ports(op.ports), _ports(op.not_ports),
-            _opt(op.methods), _opt(op.not_methods),
+            patterns_of(op.methods), patterns_of(op.not_methods),
             _paths(op.paths), _paths(op.not_paths),
-            _opt(op.hosts, fold_case=True), _opt(op.not_hosts, fold_case=True),
+            patterns_of(op.hosts, fold_case=True), patterns_of(op.not_hosts, fold_case=True),
+            None if op.protocols is None else frozenset(op.protocols),
         )  # fmt: skip
 
     @property
@@ -169,13 +206,18 @@ class CompiledOperation:
                       self.not_hosts)
         )  # fmt: skip
 
-    def admits_port(self, port: int) -> bool:
-        """Whether `ports`/`notPorts` let this (listener) port through."""
-        return (self.ports is None or self.ports.contain(port)) and (
-            self.not_ports is None or not self.not_ports.contain(port)
+    def admits_port(self, port: int, protocol: str = "tcp") -> bool:
+        """Whether `ports`/`notPorts` and `protocols` let this port through (by default a
+        sidecar's listener port, which is tcp)."""
+        return (
+            (self.ports is None or self.ports.contain(port))
+            and (self.not_ports is None or not self.not_ports.contain(port))
+            and (self.protocols is None or protocol in self.protocols)
         )
 
     def mismatch(self, req: Request) -> str | None:
+        if self.protocols is not None and req.protocol not in self.protocols:
+            return f"protocol {req.protocol} not in protocols [{', '.join(sorted(self.protocols))}]"
         if self.ports is not None and not self.ports.contain(req.port):
             return f"port {req.port} not in ports"
         if self.not_ports is not None and self.not_ports.contain(req.port):
@@ -204,12 +246,12 @@ class CompiledRule:
     def name(self) -> str:
         return f"{self.policy}#{self.index}"
 
-    def admits(self, port: int, method: str | None) -> bool:
-        """False when no operation of the rule can apply to this port and method."""
+    def admits(self, port: int, method: str | None, protocol: str = "tcp") -> bool:
+        """False when no operation of the rule can apply to this port, method and protocol."""
         if not self.operations:
             return True
         return any(
-            op.admits_port(port)
+            op.admits_port(port, protocol)
             and (op.methods is None or op.methods.matches(method))
             and (op.not_methods is None or not op.not_methods.matches(method))
             for op in self.operations

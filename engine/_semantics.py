@@ -10,7 +10,7 @@ from meshwarden.engine._condition_keys import ConditionKey
 from meshwarden.engine._diagnostics import Diagnostic, Location, error
 from meshwarden.engine._documents import Document, DocumentKey
 from meshwarden.engine._limits import over_limit
-from meshwarden.engine._model import AuthorizationPolicySpec, Rule
+from meshwarden.engine._model import AuthorizationPolicySpec, Operation, Rule
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._registry import Registry
 from meshwarden.engine._reserved import RESERVED_PATH, is_reserved
@@ -90,20 +90,37 @@ def policy_errors(mesh: CompiledMesh, policy: CompiledPolicy) -> list[Diagnostic
     return problems
 
 
-def _rule_ports(rule: Rule) -> list[tuple[int, int]] | None:
-    if not rule.to or any(op.ports is None for op in rule.to):
-        return None
-    return [port_range(p) for op in rule.to for p in op.ports or ()]
+Reach = tuple[list[tuple[int, int]] | None, frozenset[str] | None]  # port ranges, transports
+Hit = tuple[str, int, str]  # workload, port, protocol
 
 
-def _tcp_port(mesh: CompiledMesh, policy: CompiledPolicy, ranges: Any) -> tuple[str, int] | None:
-    """The first (workload, port) that is tcp and that a rule limited to `ranges` applies to."""
+def _rule_reach(rule: Rule) -> Reach:
+    """The port ranges and transports a whole rule can reach (None: any)."""
+    if not rule.to:
+        return None, None
+    ranges = None
+    if all(op.ports is not None for op in rule.to):
+        ranges = [port_range(p) for op in rule.to for p in op.ports or ()]
+    protocols = None
+    if all(op.protocols is not None for op in rule.to):
+        protocols = frozenset(t for op in rule.to for t in op.protocols or ())
+    return ranges, protocols
+
+
+def _op_reach(op: Operation) -> Reach:
+    ranges = None if op.ports is None else [port_range(p) for p in op.ports]
+    return ranges, None if op.protocols is None else frozenset(op.protocols)
+
+
+def _tcp_port(mesh: CompiledMesh, policy: CompiledPolicy, reach: Reach) -> Hit | None:
+    """The first (workload, port, protocol) that is not http/grpc (tcp, udp or sctp) and that a
+    rule limited to `reach` applies to."""
+    ranges, protocols = reach
     for ref in sorted(policy.targets):
-        workload = mesh.registry.workloads[ref]
-        for number, port in sorted(workload.ports.items()):
-            in_rule = ranges is None or any(lo <= number <= hi for lo, hi in ranges)
-            if in_rule and not port.is_http:
-                return ref, number
+        for port in mesh.registry.workloads[ref].all_ports():
+            in_rule = ranges is None or any(lo <= port.port <= hi for lo, hi in ranges)
+            if in_rule and (protocols is None or port.transport in protocols) and not port.is_http:
+                return ref, port.port, port.protocol
     return None
 
 
@@ -111,11 +128,10 @@ def _http_on_tcp(
     mesh: CompiledMesh, policy: CompiledPolicy, rule: Rule, i: int
 ) -> list[Diagnostic]:
     doc = policy.document
-    found: list[tuple[Location, str, tuple[str, int]]] = []
-    rule_tcp = _tcp_port(mesh, policy, _rule_ports(rule))
+    found: list[tuple[Location, str, Hit]] = []
+    rule_tcp = _tcp_port(mesh, policy, _rule_reach(rule))
     for j, op in enumerate(rule.to or []):
-        op_ports = None if op.ports is None else [port_range(p) for p in op.ports]
-        hit = _tcp_port(mesh, policy, op_ports)
+        hit = _tcp_port(mesh, policy, _op_reach(op))
         for name in HTTP_FIELDS:
             if hit and getattr(op, name) is not None:
                 camel = name.replace("_m", "M").replace("_p", "P").replace("_h", "H")
@@ -130,11 +146,11 @@ def _http_on_tcp(
     return [
         error(
             where,
-            f"{what} is HTTP-only but rule {i} of {policy.ref} applies to tcp port "
+            f"{what} is HTTP-only but rule {i} of {policy.ref} applies to {protocol} port "
             f"{port} of workload {ref}; limit the rule with to.ports to http/grpc ports, "
             "or set that port's protocol to http",
         )
-        for where, what, (ref, port) in found
+        for where, what, (ref, port, protocol) in found
     ]
 
 

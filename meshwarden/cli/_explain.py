@@ -7,7 +7,7 @@ import difflib
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from meshwarden.cli._common import (
@@ -20,8 +20,22 @@ from meshwarden.cli._common import (
     load_or_raise,
     print_json,
 )
+from meshwarden.cli._explain_path import (
+    outbound_path,
+    path_json,
+    render_egress,
+    request_path,
+    trace_lines,
+)
 from meshwarden.cli._types import port_number
-from meshwarden.engine import CompiledMesh, Decision, Request, SpiffeId, SpiffeIdError, decide
+from meshwarden.engine import (
+    CompiledMesh,
+    Decision,
+    PathDecision,
+    Request,
+    SpiffeId,
+    SpiffeIdError,
+)
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
@@ -34,12 +48,18 @@ The peer is --from SPIFFE_ID (a verified mTLS identity), or --from-workload NS/N
 workload's identity and its first address), or neither: a plaintext peer at --source-ip. On an
 http/grpc port the request defaults to GET /.
 
+With --from-workload the answer is the path's: the egress policies at the source AND the ingress
+policies at the destination (the json adds "egress" and "direction", the side that decided).
+--to-ip IP asks about egress from --from-workload to an address outside the mesh.
+
 examples:
   meshwarden explain examples/shop --to shop/backend-1 --port 8080 \\
       --from-workload shop/frontend-1 --method GET --path /api/catalogue
   meshwarden explain examples/shop --to shop/backend-1 --port 8080 --source-ip 127.0.0.9 -o json
   meshwarden explain policies/ --to shop/backend-1 --port 8080 \\
       --from spiffe://example.org/ns/ops/sa/ops --jwt-claims '{"iss": "https://idp.example.com"}'
+  meshwarden explain policies/ --from-workload shop/frontend-1 --to-ip 203.0.113.5 --port 443
+  meshwarden explain policies/ --to shop/dns-1 --port 53 --protocol udp --from-workload shop/web-1
 
 exit status: 0 allowed, 1 denied, 2 usage or input error (invalid policies, unknown workload
 or port, malformed flag values) or an internal error - never 1, so a script reads 1 as denied."""
@@ -48,13 +68,25 @@ or port, malformed flag values) or an internal error - never 1, so a script read
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("explain", help="decide and explain one request", description=HELP)
     add_policy_paths(p)
-    p.add_argument("--to", required=True, metavar="NS/WORKLOAD", help="destination workload")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="NS/WORKLOAD", help="destination workload")
+    target.add_argument(
+        "--to-ip",
+        metavar="IP",
+        help="destination address outside the mesh (egress only; needs --from-workload)",
+    )
     p.add_argument(
         "--port",
         required=True,
         type=port_number,
         metavar="N",
         help="destination port (the Workload's port, not its targetPort)",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=("tcp", "udp", "sctp"),
+        default="tcp",
+        help="transport of the port (default: tcp; http and grpc ports are tcp)",
     )
     peer = p.add_mutually_exclusive_group()
     peer.add_argument("--from", dest="from_id", metavar="SPIFFE_ID", help="peer identity")
@@ -102,16 +134,20 @@ def run(args: argparse.Namespace) -> int:
                 "run `meshwarden check` for details",
                 diagnostics=[d.to_json() for d in result.errors],
             )
-        request = build_request(args, result.compiled)
+        if args.to_ip is not None:
+            request, path = None, outbound_path(args, result.compiled)
+        else:
+            request = build_request(args, result.compiled)
+            path = request_path(result.compiled, request, args.from_workload)
         endpoint = _trace_endpoint(args)
     except InputError as exc:
         return fail(str(exc))
-    decision = decide(result.compiled.plan(request.destination), request, explain=True)
     if args.output == "json":
-        print_json(decision.to_json())
+        print_json(path_json(path))
     else:
-        print(render(decision, request))
-    if endpoint is not None:
+        print(render_path(path, request, args.from_workload, args.to or args.to_ip))
+    if endpoint is not None and request is not None and path.ingress is not None:
+        decision = path.ingress
         from meshwarden._explain_trace import TraceExportError, export_explanation
 
         try:
@@ -119,10 +155,12 @@ def run(args: argparse.Namespace) -> int:
         except TraceExportError as exc:
             return fail(str(exc))
         print(f"trace {trace_id} exported to {endpoint}", file=sys.stderr)
-    return EXIT_OK if decision.allowed else EXIT_FAILED
+    return EXIT_OK if path.allowed else EXIT_FAILED
 
 
 def _trace_endpoint(args: argparse.Namespace) -> str | None:
+    if args.trace and args.to_ip is not None:
+        raise InputError("--trace explains a request to a workload; it cannot be used with --to-ip")
     if not args.trace:
         if args.otlp_endpoint:
             raise InputError("--otlp-endpoint is for --trace; add --trace to export the trace")
@@ -156,6 +194,7 @@ class RequestFields:
     host: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     jwt_claims: dict[str, Any] | None = None
+    protocol: str = "tcp"
 
 
 def _flag(name: str) -> str:
@@ -165,7 +204,7 @@ def _flag(name: str) -> str:
 def build_request(args: argparse.Namespace, mesh: CompiledMesh) -> Request:
     fields = RequestFields(
         args.to, args.port, args.from_id, args.from_workload, args.source_ip, args.method,
-        args.path, args.host, _headers(args.header), _claims(args.jwt_claims),
+        args.path, args.host, _headers(args.header), _claims(args.jwt_claims), args.protocol,
     )  # fmt: skip
     return request_from(fields, mesh)
 
@@ -178,12 +217,12 @@ def request_from(
     destination = workloads.get(fields.to)
     if destination is None:
         raise InputError(f"{flag('to')} {fields.to}: no such workload{_few(workloads, fields.to)}")
-    port = destination.ports.get(fields.port)
+    port = destination.port_for(fields.port, fields.protocol)
     if port is None:
-        known = ", ".join(f"{n} ({p.protocol})" for n, p in sorted(destination.ports.items()))
+        known = ", ".join(f"{p.port} ({p.protocol})" for p in destination.all_ports())
         raise InputError(
             f"{flag('port')} {fields.port}: workload {fields.to} has no such port "
-            f"(its ports: {known or 'none'})"
+            f"({fields.protocol}; its ports: {known or 'none'})"
         )
     identity, source_ip = _peer(fields, mesh, flag)
     if not port.is_http:
@@ -200,6 +239,7 @@ def request_from(
             method=(fields.method or "GET") if port.is_http else None,
             path=(fields.path or "/") if port.is_http else None,
             host=fields.host, headers=fields.headers, jwt_claims=fields.jwt_claims,
+            protocol=fields.protocol,
         )  # fmt: skip
     except ValueError as exc:
         raise InputError(str(exc)) from None
@@ -278,12 +318,7 @@ def render(decision: Decision, req: Request) -> str:
         f"  reason: {decision.reason}",
         f"policies selecting {req.destination} ({len(decision.trace)}):",
     ]
-    for t in decision.trace:
-        mark = "+" if t.matched_rule is not None else "-"
-        head = f"  {mark} {t.policy}  [{t.action}{', dry-run' if t.mode == 'dry-run' else ''}]"
-        lines.append(head + (f"  {t.note}" if t.note else ""))
-        for i, reason in enumerate(t.rule_reasons):
-            lines.append(f"      rule {i}: " + ("MATCHED" if reason is None else reason))
+    lines.extend(trace_lines(decision))
     for o in decision.dry_run:
         lines.append(
             f"dry-run: {o.policy} would {o.decision}"
@@ -291,4 +326,27 @@ def render(decision: Decision, req: Request) -> str:
         )
     for o in decision.audit:
         lines.append(f"audit:   {o.policy} rule {o.rule} matched")
+    return "\n".join(lines)
+
+
+def render_path(path: PathDecision, req: Request | None, source: str | None, target: str) -> str:
+    """explain's text for a path: the ingress answer (its first line and cause are the path's),
+    then the egress at the `source` workload."""
+    deciding = path.deciding
+    lines: list[str] = []
+    if path.ingress is not None and req is not None:
+        shown = replace(
+            path.ingress,
+            allowed=path.allowed,
+            policy=deciding.policy,
+            rule=deciding.rule,
+            reason=deciding.reason,
+        )
+        lines = render(shown, req).splitlines()
+        if path.direction == "egress":
+            lines[1] += "  (egress at the source)"
+    if path.egress is not None and source is not None:
+        if req is None:
+            lines.append(f"{path.egress.verdict}  {source} -> {target} (outside the mesh)")
+        lines.extend(render_egress(path.egress, source, target))
     return "\n".join(lines)

@@ -58,15 +58,11 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def explain_argv(case_dir: Path, request: dict[str, Any]) -> list[str]:
-    argv = [
-        "explain",
-        *policy_paths(case_dir),
-        "--to",
-        request["to"],
-        "--port",
-        str(request["port"]),
-    ]
+    argv = ["explain", *policy_paths(case_dir), "--port", str(request["port"])]
     flags = {
+        "to": "--to",
+        "to_ip": "--to-ip",
+        "protocol": "--protocol",
         "from": "--from",
         "from_workload": "--from-workload",
         "source_ip": "--source-ip",
@@ -82,7 +78,7 @@ def explain_argv(case_dir: Path, request: dict[str, Any]) -> list[str]:
     if "jwt_claims" in request:
         claims = request["jwt_claims"]  # a string is passed verbatim (to test bad JSON)
         argv += ["--jwt-claims", claims if isinstance(claims, str) else json.dumps(claims)]
-    unknown = set(request) - set(flags) - {"to", "port", "headers", "jwt_claims"}
+    unknown = set(request) - set(flags) - {"port", "headers", "jwt_claims"}
     assert not unknown, f"case.yaml request has unknown keys {unknown}"
     return [*argv, "-o", "json"]
 
@@ -117,6 +113,13 @@ def test_explain(case_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
             {"policy": e.get("policy"), "rule": e.get("rule")} for e in result.get("audit", [])
         ]
         assert audit == expect["audit"], f"audit differs{context}"
+    if "direction" in expect:
+        assert result.get("direction") == expect["direction"], f"direction differs{context}"
+    if "egress" in expect:
+        egress = result.get("egress")
+        if expect["egress"] is not None and egress is not None:
+            egress = {k: egress.get(k) for k in expect["egress"]}
+        assert egress == expect["egress"], f"egress differs{context}"
 
 
 @pytest.mark.parametrize("case_dir", EXPLAIN_CASES, ids=[p.name for p in EXPLAIN_CASES])

@@ -144,7 +144,7 @@ def test_an_internal_error_in_explain_or_check_is_one_line_and_exit_2_not_1(
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(explain_command, "decide", broken)
+    monkeypatch.setattr(explain_command, "request_path", broken)
     argv = ["explain", SHOP, "--to", "shop/backend-1", "--port", "8080"]
     assert main(argv) == 2  # 1 would read as "denied"
     line = _one_line(capsys.readouterr().err)

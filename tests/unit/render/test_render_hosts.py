@@ -54,11 +54,11 @@ def test_two_hosts_for_one_node_are_an_error_at_the_second() -> None:
     ]
 
 
-def test_host_rules_take_tcp_or_udp_and_address_sources_only() -> None:
+def test_host_rules_take_tcp_udp_or_sctp_and_address_sources_only() -> None:
     spec = "  ingress:\n  - ports: [22]\n    protocol: icmp\n    from: [{namespaces: [ops]}]"
     assert problems(host(spec)) == [
         "hosts.yaml:8:15: error: spec.ingress[0].protocol: 'icmp' is not allowed; "
-        "use 'tcp' or 'udp'",
+        "use 'tcp', 'udp' or 'sctp'",
         "hosts.yaml:9:13: error: unknown field 'spec.ingress[0].from[0].namespaces'",
     ]
 

@@ -105,11 +105,10 @@ def explain_json(mesh: CompiledMesh, params: Mapping[str, str]) -> dict[str, Any
     from, fromWorkload, sourceIp, method, path, host, headers, jwtClaims). ValueError for bad
     input, naming the parameter."""
     from meshwarden.cli._explain import request_from
-    from meshwarden.engine import decide
+    from meshwarden.cli._explain_path import path_json, request_path
 
     try:
         request = request_from(_fields(params), mesh, lambda name: PARAMS[name])
     except InputError as exc:
         raise ValueError(str(exc)) from None
-    result: dict[str, Any] = decide(mesh.plan(request.destination), request, explain=True).to_json()
-    return result
+    return path_json(request_path(mesh, request, params.get("fromWorkload") or None))

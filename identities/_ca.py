@@ -67,6 +67,7 @@ class CertificateAuthority:
         self.sequence = sequence
         self._bundle: TrustBundle | None = None
         self._path_verified: set[x509.Certificate] = set()
+        self.issued_until: dict[str, dt.datetime] = {}  # workload SPIFFE ID → newest SVID's end
         self.rotate()
 
     @property
@@ -123,7 +124,9 @@ class CertificateAuthority:
     ) -> X509Svid:
         """A workload's X509-SVID; IssuanceError for a reserved or foreign ID."""
         self._check_workload_id(spiffe_id)
-        return self._sign_x509(public_key, spiffe_id, ttl)
+        svid = self._sign_x509(public_key, spiffe_id, ttl)
+        self.issued_until[str(spiffe_id)] = svid.leaf.not_valid_after_utc
+        return svid
 
     def sign_server_svid(
         self, public_key: PublicKey, dns_names: Sequence[str] = (SERVER_DNS_NAME,)

@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ class ServerOptions:
     ui: ConsoleOptions | None = None  # the web console (--ui HOST:PORT); None = off
     store: StoreUrl | None = None  # policies (and, with kek_file, the CA) from etcd
     kek_file: Path | None = None  # key-encryption key of the CA material in the store
+    replica_id: str | None = None  # names this control plane in status; default HOST:PORT
 
 
 class ControlPlane:
@@ -206,6 +208,7 @@ class ControlPlane:
             self.options.svid_ttl,
         )  # fmt: skip
         self.xds.jwt_bundle = self._jwt_bundle
+        self.xds.issued_until = self._issued_until
         self.xds.publish(frozenset(self.policies.mesh.plans) if self.policies.mesh else None)
         settle_collections()
 
@@ -215,6 +218,9 @@ class ControlPlane:
 
         self.endpoint = TlsEndpoint(host or "127.0.0.1", int(port), tls, services)
         await self.endpoint.start()
+        self.xds.replica = self.options.replica_id or replica_name(
+            self.endpoint.host, self.endpoint.port
+        )
         await self._start_admin()
         if self.options.health:
             health_host, _, health_port = self.options.health.rpartition(":")
@@ -238,9 +244,13 @@ class ControlPlane:
             return None
         return self.ca.bundle().standard_jwks_json().decode()
 
+    def _issued_until(self, spiffe_id: str) -> dt.datetime | None:
+        return None if self.ca is None else self.ca.issued_until.get(spiffe_id)
+
     def _health(self) -> dict[str, Any]:
         report = health_report(self.policies, self.xds.nacks(), self.xds.sidecars(),
                                sorted(self.xds.build_errors.values()))  # fmt: skip
+        report["replica"] = self.xds.replica
         if self.replica is None:
             assert self.options.policies is not None
             report["policies"] = str(self.options.policies.resolve())  # for `meshwarden verify`
@@ -347,6 +357,13 @@ class ControlPlane:
             await self.replica.close()
 
 
+def replica_name(host: str, port: int) -> str:
+    """`HOST:PORT` of the ADS listener, with this machine's name for a wildcard address."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
 async def admin_request(data_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
     """Send one request to a running server's admin socket."""
     path = data_dir / ADMIN_SOCKET
@@ -365,13 +382,23 @@ async def serve_until_signalled(
     command: str = "meshwarden",
 ) -> int:
     """`start` returns the text of the `ready` line; `run` runs until cancelled. A StateError
-    at start (a corrupt or missing state file, an unsafe data dir) exits 2, any other failure 1."""
+    at start (a corrupt or missing state file, an unsafe data dir) exits 2, any other failure 1.
+    SIGINT/SIGTERM stop it at any time, also while `start` still waits (exit 0)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    starting: asyncio.Future[str] = asyncio.ensure_future(start())
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # SIGINT/SIGTERM while starting (e.g. `up` waiting for ACKs)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await stop()
+        return 0
     try:
-        ready = await start()
+        ready = starting.result()
     except (StateError, OSError) as exc:  # fix a file, the data dir, a port in use first
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"{command}: error: {reason}", file=sys.stderr)
@@ -383,7 +410,6 @@ async def serve_until_signalled(
         return 1
     print(f"ready {ready}", flush=True)
     task = asyncio.create_task(run())
-    waiter = asyncio.create_task(stopping.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     failure = task.exception() if task.done() and not task.cancelled() else None
     task.cancel()

@@ -4,6 +4,8 @@ cache the ADS server watches; sidecars are admitted by the SPIFFE ID their mTLS 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from typing import Any
 
 from meshwarden._flows import FlowLog, engine_attribution
 from meshwarden._policies import Policies, collection_paused
+from meshwarden.identities import IdentityError
 from meshwarden.xds import (
     XDS_CLUSTER,
     AccessLogReceiver,
@@ -29,6 +32,7 @@ from meshwarden.xds import (
     registered_workload,
     registry_authorizer,
     relayed_peer_spiffe_id,
+    sidecar_sync,
 )
 
 log = logging.getLogger(__name__)
@@ -91,6 +95,9 @@ class MeshXds:
         self.flows = flows or FlowLog()  # sidecars' access logs (the bootstrap's xDS cluster)
         self.cache = SnapshotCache()
         self.jwt_bundle: Callable[[str], str | None] = lambda trust_domain: None
+        # SPIFFE ID → expiry of the newest X509-SVID the CA issued for it (set by the server)
+        self.issued_until: Callable[[str], dt.datetime | None] = lambda spiffe_id: None
+        self.replica = ""  # which control plane this is, for `meshwarden status`
         context = TranslationContext(
             jwt_bundle=self._bundle,
             tracing=tracing,
@@ -162,11 +169,18 @@ class MeshXds:
             assert self.policies.registry is not None
             return self.policies.registry
 
+        def presented(node: str, context: Any) -> None:
+            with contextlib.suppress(IdentityError):
+                certificate = peers.of(context).certificate
+                if certificate is not None:
+                    self.cache.presented(node, certificate.not_valid_after_utc)
+
         ads = AggregatedDiscovery(
             self.cache,
             registry_authorizer(registry),
             observer=self.cache,
             peer_identity=relayed_peer_spiffe_id(peers),
+            admitted=presented,
         )
         server.add_generic_rpc_handlers((ads_handler(ads),))
         flows = AccessLogReceiver(self.flows, registry_authorizer(registry),
@@ -182,11 +196,30 @@ class MeshXds:
         /healthz and for `up` to print)."""
         return self._nacks.standing(self.cache.nodes())
 
+    def _svid(self, node: str, presented: dt.datetime | None) -> dict[str, Any]:
+        """The sidecar's SVID: what it presented when its ADS stream opened, and the newest
+        this control plane issued for its identity since (SDS renews it without a new
+        stream); `expiry` is the later of the two."""
+        registry = self.policies.registry
+        workload = registry.workloads.get(node) if registry is not None else None
+        spiffe_id = workload.identity if workload is not None else None
+        issued = self.issued_until(spiffe_id) if spiffe_id else None
+        known = [t for t in (presented, issued) if t is not None]
+        return {
+            "spiffeId": spiffe_id,
+            "expiry": _iso(max(known)) if known else None,
+            "presentedExpiry": _iso(presented),
+            "issuedExpiry": _iso(issued),
+        }
+
     def sidecars(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for node in sorted(self.cache.nodes()):
             status = self.cache.status(node)
             out[node] = {
+                **sidecar_sync(node, self.cache.snapshot(node), status).to_json(),
+                "replica": self.replica,
+                "svid": self._svid(node, status.svid_expiry),
                 "applied": self.cache.applied(node),
                 "streams": status.streams,
                 "acked": {t.rsplit(".", 1)[-1]: v for t, v in status.acked.items()},
@@ -197,3 +230,7 @@ class MeshXds:
                 ],
             }  # fmt: skip
         return out
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")

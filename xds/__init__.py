@@ -25,6 +25,7 @@ from meshwarden.xds._observability import TelemetryObserver
 from meshwarden.xds._publisher import SnapshotBuilder
 from meshwarden.xds._sds import sds_handler
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
+from meshwarden.xds._status import SidecarSync, SyncState, sidecar_sync
 from meshwarden.xds._tracing import TracingTarget
 from meshwarden.xds._translate import workload_resources
 
@@ -39,10 +40,12 @@ __all__ = [
     "Authorization",
     "Flow",
     "ResourceEncoder",
+    "SidecarSync",
     "Snapshot",
     "SnapshotBuilder",
     "SnapshotCache",
     "StaticTls",
+    "SyncState",
     "TcpAttribution",
     "TelemetryObserver",
     "TracingTarget",
@@ -59,6 +62,7 @@ __all__ = [
     "relayed_peer_spiffe_id",
     "sds_handler",
     "serve_on_loopback",
+    "sidecar_sync",
     "verdict_of",
     "workload_authorizer",
     "workload_resources",

@@ -30,6 +30,8 @@ SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 Request = TypeVar("Request", DiscoveryRequest, DeltaDiscoveryRequest)
 _Received = TypeVar("_Received", DiscoveryRequest, DeltaDiscoveryRequest, contravariant=True)
 PeerIdentity = Callable[[grpc.aio.ServicerContext], str | None]
+Admitted = Callable[[str, grpc.aio.ServicerContext], None]
+"""Told the node key of each admitted stream and its call (e.g. to note the certificate)."""
 
 
 class _Machine(Protocol[_Received]):
@@ -51,8 +53,10 @@ class AggregatedDiscovery:
         authorize: NodeAuthorizer,
         observer: StreamObserver | None = None,
         peer_identity: PeerIdentity = peer_spiffe_id,
+        admitted: Admitted | None = None,
     ) -> None:
         self._watcher = watcher
+        self._admitted = admitted
         self._authorize = authorize
         self._observer: StreamObserver = observer or SilentObserver()
         self._peer_identity = peer_identity
@@ -91,6 +95,8 @@ class AggregatedDiscovery:
         except PermissionError as exc:
             log.warning("ADS stream refused: %s", exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        if self._admitted is not None:
+            self._admitted(node, context)
         return first, node
 
     async def _serve(

@@ -4,6 +4,8 @@ node, and a record of what each node's Envoys connected, acknowledged and reject
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ class Rejection:
     type_url: str
     version: str
     error_message: str
+    at: float = field(default=0.0, compare=False)  # when it arrived (epoch seconds)
 
 
 @dataclass(slots=True)
@@ -26,6 +29,10 @@ class NodeStatus:
     acked: dict[str, str] = field(default_factory=dict)  # type URL → last ACKed version
     rejections: list[Rejection] = field(default_factory=list)
     responses: dict[str, int] = field(default_factory=dict)  # type URL → responses sent
+    sent: dict[str, str] = field(default_factory=dict)  # type URL → last version sent
+    nacked: dict[str, Rejection] = field(default_factory=dict)  # type URL → NACK not yet ACKed
+    connected_since: float | None = None  # when its first open stream opened (epoch seconds)
+    svid_expiry: dt.datetime | None = None  # of the certificate its newest stream presented
 
 
 class SnapshotCache:
@@ -34,7 +41,8 @@ class SnapshotCache:
     It is also a `StreamObserver`: give it to the ADS server and it keeps a `NodeStatus` per
     node and forwards every event to the observers added with `observe`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._snapshots: dict[str, Snapshot] = {}
         self._waiters: dict[str, asyncio.Event] = {}
         self._status: dict[str, NodeStatus] = {}
@@ -101,6 +109,10 @@ class SnapshotCache:
             self._progress.set()
             self._progress = None
 
+    def presented(self, node: str, not_after: dt.datetime) -> None:
+        """A stream of `node` proved itself with a certificate valid until `not_after`."""
+        self.status(node).svid_expiry = not_after
+
     def observe(self, observer: StreamObserver) -> Callable[[], None]:
         """Forward stream events to `observer`; returns the function that stops it."""
         self._observers.append(observer)
@@ -108,30 +120,41 @@ class SnapshotCache:
 
     # StreamObserver
     def on_connect(self, node: str) -> None:
-        self.status(node).streams += 1
+        status = self.status(node)
+        if status.streams == 0:
+            status.connected_since = self._clock()
+        status.streams += 1
         self._progressed()
         for observer in list(self._observers):
             observer.on_connect(node)
 
     def on_ack(self, node: str, type_url: str, version: str) -> None:
-        self.status(node).acked[type_url] = version
+        status = self.status(node)
+        status.acked[type_url] = version
+        status.nacked.pop(type_url, None)
         self._progressed()
         for observer in list(self._observers):
             observer.on_ack(node, type_url, version)
 
     def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None:
-        self.status(node).rejections.append(Rejection(type_url, version, error_message))
+        rejection = Rejection(type_url, version, error_message, self._clock())
+        status = self.status(node)
+        status.rejections.append(rejection)
+        status.nacked[type_url] = rejection
         for observer in list(self._observers):
             observer.on_nack(node, type_url, version, error_message)
 
     def on_response(self, node: str, type_url: str, version: str, nonce: str = "") -> None:
-        responses = self.status(node).responses
-        responses[type_url] = responses.get(type_url, 0) + 1
+        status = self.status(node)
+        status.responses[type_url] = status.responses.get(type_url, 0) + 1
+        status.sent[type_url] = version
         for observer in list(self._observers):
             observer.on_response(node, type_url, version, nonce)
 
     def on_disconnect(self, node: str) -> None:
         status = self.status(node)
         status.streams = max(0, status.streams - 1)
+        if status.streams == 0:
+            status.connected_since = None
         for observer in list(self._observers):
             observer.on_disconnect(node)

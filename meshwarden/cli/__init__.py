@@ -37,6 +37,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "import",
     "matrix",
     "store",
+    "status",
 )
 
 
@@ -72,6 +73,7 @@ _SUMMARIES: dict[str, str] = {
     "verify": "probe the live mesh through its sidecars and compare with explain",
     "import": "translate Kubernetes objects, NetworkPolicies and Istio policies",
     "matrix": "print who can reach whom (a reachability matrix)",
+    "status": "show every sidecar's configuration state: SYNCED, STALE or NACK",
 }
 _LISTING = "listing"  # `build_parser(_LISTING)`: summaries only, for the top-level help
 

@@ -97,6 +97,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="with --store: the key-encryption key (base64 of 32 bytes, "
                         "`openssl rand -base64 32`, mode 0600) the CA keys are encrypted with "
                         "in the store; the same file on every replica, never in etcd")  # fmt: skip
+    parser.add_argument(
+        "--replica-id",
+        metavar="NAME",
+        help="how `meshwarden status` and /healthz name this control plane "
+        "(default: HOST:PORT of --listen, this machine's name for 0.0.0.0)",
+    )
     observe.add_arguments(parser, sidecars=True)
     ui.add_arguments(parser)
     parser.set_defaults(func=run)
@@ -160,7 +166,7 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         health=args.health, flow_log_size=args.flow_log_size, tracing=tracing,
         flow_log_sample=args.flow_log_sample, svid_ttl=args.svid_ttl, ca_ttl=args.ca_ttl,
         new_ca=args.new_ca,
-        flow_log_file=args.flow_log_file,
+        flow_log_file=args.flow_log_file, replica_id=args.replica_id,
         ui=args.console, store=args.store, kek_file=args.kek_file,
     )  # fmt: skip
     plane = ControlPlane(options, SystemClock())

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
@@ -45,6 +46,38 @@ DEFAULT_NAME, ROOTCA_NAME = "default", "ROOTCA"
 SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
 _NOT_FOUND, _PERMISSION_DENIED = 5, 7
 CallerAttestor = Callable[[grpc.aio.ServicerContext], frozenset[str]]
+NO_IDENTITY_LOG_SECONDS = 60.0  # one warning per caller (selector set) this often
+
+
+def no_identity_reason(caller: frozenset[str], held: Sequence[CachedIdentity]) -> str:
+    """Why a caller gets no SVID: its selectors, and what this node's identities need."""
+    wants = "; ".join(f"{i.spiffe_id} needs {', '.join(i.selectors) or '(nothing)'}"
+                      for i in held[:5])  # fmt: skip
+    more = f"; and {len(held) - 5} more" if len(held) > 5 else ""
+    entries = f"this node's identities: {wants}{more}" if held else "this node has no Workload"
+    return (f"no Workload's selectors match the caller ({', '.join(sorted(caller))}); "
+            f"{entries}")  # fmt: skip
+
+
+class NoIdentityLog:
+    """Warns (at most once a minute per caller) that an SDS caller holds no identity, so a
+    sidecar whose uid matches no Workload does not wait silently."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[frozenset[str], float] = {}
+
+    def caller_without_identity(self, caller: frozenset[str], cache: IdentityCache) -> None:
+        if cache.bundle() is None or cache.identities_for(caller):
+            return  # not synced yet, or it has one
+        now = self._clock()
+        if now - self._last.get(caller, -NO_IDENTITY_LOG_SECONDS) < NO_IDENTITY_LOG_SECONDS:
+            return
+        if len(self._last) > 1024:
+            self._last.clear()
+        self._last[caller] = now
+        log.warning("SDS: no identity for this caller, its Envoy waits for one: %s",
+                    no_identity_reason(caller, cache.identities))  # fmt: skip
 
 
 def tls_secret(name: str, identity: CachedIdentity) -> Secret:
@@ -105,6 +138,7 @@ class SecretDiscovery:
     def __init__(self, cache: IdentityCache, attest: CallerAttestor) -> None:
         self._cache = cache
         self._attest = attest
+        self._no_identity = NoIdentityLog()
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> frozenset[str]:
         try:
@@ -118,6 +152,8 @@ class SecretDiscovery:
         if bundle is None:
             return None
         identities = self._cache.identities_for(caller)
+        if not identities:
+            self._no_identity.caller_without_identity(caller, self._cache)
         return build_response(names, identities, bundle, str(self._cache.version))
 
     async def fetch(

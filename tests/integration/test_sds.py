@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -169,3 +170,26 @@ def test_fetch_secrets_answers_once(sds: str) -> None:
             DiscoveryRequest(resource_names=["default"], type_url=SECRET_TYPE), timeout=10
         )
     assert _leaf_id(_secrets(response)["default"]) == ROOT_TOOL
+
+
+def test_a_caller_matching_no_workload_is_named_in_one_warning_with_what_each_identity_needs(
+    sds: str, workload_api: WorkloadApiFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    workload_api.issue([(NOBODY, ("unix:uid:65534",))])  # nothing for this (root) process
+    caplog.set_level(logging.WARNING, logger="meshwarden.xds._sds")
+    stream = SdsStream(sds)
+    try:
+        stream.send(["default"])
+        first = stream.receive()
+        stream.send(["default", "ROOTCA"])  # asks again: the warning is not repeated
+        stream.receive()
+    finally:
+        stream.close()
+    assert {e.resource_name.name: e.error_detail.code for e in first.resource_errors} == {  # type: ignore[union-attr]
+        "default": 7
+    }
+    warnings = [r.getMessage() for r in caplog.records if "no identity" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "no Workload's selectors match the caller (" in warnings[0]
+    assert "unix:uid:0" in warnings[0]
+    assert f"{NOBODY} needs unix:uid:65534" in warnings[0]

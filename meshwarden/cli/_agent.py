@@ -125,6 +125,9 @@ def _join_token(args: argparse.Namespace) -> str | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from meshwarden._log_format import timestamped_logs
+
+    timestamped_logs()
     join_token = _join_token(args)  # an InputError is printed by the entry point, exit 2
     options = AgentOptions(
         server=args.server, data_dir=args.data_dir, socket=args.socket,

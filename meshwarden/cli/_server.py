@@ -160,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, tracing: Any) -> int:
+    from meshwarden._log_format import timestamped_logs
+
+    timestamped_logs()
     options = ServerOptions(
         policies=args.policies, data_dir=args.data_dir, listen=args.listen,
         upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,

@@ -93,6 +93,10 @@ def bootstrap(
                  {"endpoint": {"address": {"socketAddress": {"address": host, "portValue": port}}}}
                  for host, port in dict.fromkeys([(server_host, server_port), *replicas])]}]}},
         ]},
-        "layeredRuntime": {"layers": [{"name": "static", "staticLayer": {
-            "overload.global_downstream_max_connections": 50000, **TRACER_RUNTIME}}]},
+        "overloadManager": {"resourceMonitors": [{  # (the runtime key of old is deprecated)
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typedConfig": {"@type": _T + "envoy.extensions.resource_monitors."
+                            "downstream_connections.v3.DownstreamConnectionsConfig",
+                            "maxActiveDownstreamConnections": "50000"}}]},
+        "layeredRuntime": {"layers": [{"name": "static", "staticLayer": TRACER_RUNTIME}]},
     }  # fmt: skip

@@ -26,7 +26,9 @@ examples:
       --trust-domain example.org --sds-socket /run/meshwarden/sds.sock --output-file backend-1.json
   meshwarden sidecar --workload shop/backend-1 --server 10.0.0.1:8443 \\
       --trust-domain example.org --sds-socket /run/meshwarden/sds.sock \\
-      --admin-socket /run/meshwarden/backend-1/admin.sock"""
+      --admin-socket /run/meshwarden/backend-1/admin.sock
+  meshwarden sidecar --workload shop/backend-1 --user mw-backend --server 10.0.0.1:8443 \\
+      --trust-domain example.org --sds-socket /run/meshwarden/sds.sock"""
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +79,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )  # fmt: skip
     _common(sidecar)
     sidecar.add_argument(
+        "--user",
+        metavar="USER|UID",
+        help="run Envoy as this user (started as root): the agent attests the sidecar by its "
+        "uid, so give each workload's sidecar its own user and the Workload a unix:uid:N "
+        "selector; the --admin-socket directory is made this user's (mode 0700) "
+        "(default: the user running this command)",
+    )
+    sidecar.add_argument(
         "--log-level",
         default="warning",
         help="Envoy's log level (trace, debug, info, warning, error)",
@@ -111,11 +121,18 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 
 
 def run_sidecar(args: argparse.Namespace) -> int:
+    from meshwarden._sidecar_user import SidecarUser, native_envoy, warn_without_identity
     from meshwarden._sidecars import envoy_command
 
     config = _config(args)
     if config is None:
         return fail(f"--workload {args.workload!r}: expected NS/NAME")
+    try:
+        user = SidecarUser.resolve(args.user) if args.user else None
+        if user is not None and args.admin_socket is not None:
+            user.own_directory(args.admin_socket.resolve().parent)
+    except (ValueError, PermissionError) as exc:
+        return fail(str(exc))
     if args.admin_socket is not None:
         folder = args.admin_socket.resolve().parent
         if not folder.is_dir():
@@ -124,8 +141,14 @@ def run_sidecar(args: argparse.Namespace) -> int:
             print(f"meshwarden sidecar: warning: {folder} is open to other users; keep the "
                   "admin socket in a directory of mode 0700", file=sys.stderr)  # fmt: skip
     handle, path = tempfile.mkstemp(prefix="meshwarden-sidecar-", suffix=".json")
+    if user is not None:
+        os.fchown(handle, user.uid, user.gid)
     with os.fdopen(handle, "w") as out:
         json.dump(config, out)
     command = envoy_command(Path(path), args.log_level)
+    if user is not None:
+        command[0] = native_envoy(command[0])
+        user.become()
+    warn_without_identity(args.sds_socket)
     os.execv(command[0], command)
     return 0  # pragma: no cover - execv does not return

@@ -14,7 +14,8 @@ DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 class UtcFormatter(logging.Formatter):
-    converter = time.gmtime
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return time.strftime(datefmt or DATE_FORMAT, time.gmtime(record.created))
 
 
 def timestamped_logs(level: int = logging.WARNING) -> logging.Handler:

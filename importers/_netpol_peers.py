@@ -11,6 +11,7 @@ addresses it covers by their identities.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 from meshwarden.importers._context import ImportContext
@@ -20,52 +21,65 @@ from meshwarden.importers._selectors import Selector, read_selector
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PeerPath = tuple[str | int, ...]
+Sources = list[dict[str, Any]]
 
 
-def read_peers(ctx: ImportContext, fields: Fields, path: PeerPath) -> list[dict[str, Any]] | None:
-    """The sources of a rule's `from` (or `to`) list: None = any peer (absent or empty);
-    [] = no peer of the inventory can match (the rule matches nothing)."""
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """A rule's peers as sources (`from`) or destinations (`to`) of the policy language, and
+    the pods of the inventory they name. `sources` None: any peer; []: none can match."""
+
+    sources: Sources | None
+    pods: tuple[Pod, ...]
+
+
+def read_peers(ctx: ImportContext, fields: Fields, path: PeerPath, ingress: bool) -> Peers:
+    """The peers of a rule's `from` (ingress) or `to` (egress) list; absent or empty = any
+    peer, every pod of the inventory."""
     entries = fields.sequence(*path)
     if not entries:
-        return None
-    sources: list[dict[str, Any]] = []
+        return Peers(None, tuple(ctx.inventory.pods))
+    sources: Sources = []
+    pods: dict[str, Pod] = {}
     for i, _ in enumerate(entries):
-        for source in _peer(ctx, fields, (*path, i)):
-            if source not in sources:
-                sources.append(source)
-    return sources
+        found, named = _peer(ctx, fields, (*path, i), ingress)
+        sources.extend(s for s in found if s not in sources)
+        pods.update((p.ref, p) for p in named)
+    return Peers(sources, tuple(pods.values()))
 
 
-def _peer(ctx: ImportContext, fields: Fields, path: PeerPath) -> list[dict[str, Any]]:
+def _peer(
+    ctx: ImportContext, fields: Fields, path: PeerPath, ingress: bool
+) -> tuple[Sources, list[Pod]]:
     if fields.mapping(*path) is None:
         fields.fail(path, "a peer must be a mapping (podSelector, namespaceSelector, ipBlock)")
-        return []
+        return [], []
     fields.known(path, ("podSelector", "namespaceSelector", "ipBlock"))
     keys = ("podSelector", "namespaceSelector", "ipBlock")
     has = {k for k in keys if fields.obj.get(*path, k) is not None}
     if "ipBlock" in has:
         if len(has) > 1:
             fields.fail(path, "ipBlock cannot be combined with podSelector or namespaceSelector")
-            return []
-        return _ip_block(ctx, fields, (*path, "ipBlock"))
+            return [], []
+        return _ip_block(ctx, fields, (*path, "ipBlock"), ingress)
     if fields.obj.get(*path) == {}:
         fields.fail(path, "a peer needs podSelector, namespaceSelector or ipBlock")
-        return []
+        return [], []
     return _selected(ctx, fields, path)
 
 
-def _selected(ctx: ImportContext, fields: Fields, path: PeerPath) -> list[dict[str, Any]]:
+def _selected(ctx: ImportContext, fields: Fields, path: PeerPath) -> tuple[Sources, list[Pod]]:
     pod_selector = Selector()
     if fields.obj.get(*path, "podSelector") is not None:
         found = read_selector(fields, *path, "podSelector")
         if found is None:
-            return []
+            return [], []
         pod_selector = found
     namespaces = [fields.obj.namespace]
     if fields.obj.get(*path, "namespaceSelector") is not None:
         ns_selector = read_selector(fields, *path, "namespaceSelector")
         if ns_selector is None:
-            return []
+            return [], []
         known = ctx.inventory.namespaces
         namespaces = sorted(ns for ns, labels in known.items() if ns_selector.matches(labels))
     pods = [
@@ -75,36 +89,39 @@ def _selected(ctx: ImportContext, fields: Fields, path: PeerPath) -> list[dict[s
     ]
     ctx.select(pods, fields.obj.at(*path), "this peer")
     if not namespaces:
-        return []
+        return [], []
     if pod_selector.empty:
-        return [{"namespaces": namespaces}]
-    return [{"workloads": {**pod_selector.to_yaml(), "namespaces": namespaces}}]
+        return [{"namespaces": namespaces}], pods
+    return [{"workloads": {**pod_selector.to_yaml(), "namespaces": namespaces}}], pods
 
 
-def _ip_block(ctx: ImportContext, fields: Fields, path: PeerPath) -> list[dict[str, Any]]:
+def _ip_block(
+    ctx: ImportContext, fields: Fields, path: PeerPath, ingress: bool
+) -> tuple[Sources, list[Pod]]:
     fields.known(path, ("cidr", "except"))
     cidr = _network(fields, (*path, "cidr"))
     if cidr is None:
         if fields.obj.get(*path, "cidr") is None:
             fields.fail(path, "ipBlock needs a cidr")
-        return []
+        return [], []
     excepts: list[Network] = []
     for i, _ in enumerate(fields.sequence(*path, "except") or []):
         network = _network(fields, (*path, "except", i))
         if network is None:
-            return []
+            return [], []
         if network.version != cidr.version or not network.subnet_of(cidr):  # type: ignore[arg-type]
             fields.fail((*path, "except", i), f"except {network} is not inside cidr {cidr}")
-            return []
+            return [], []
         excepts.append(network)
-    ctx.mesh["mtls"] = "PERMISSIVE"  # peers without an identity must reach the IP fallback
+    if ingress:
+        ctx.mesh["mtls"] = "PERMISSIVE"  # peers without an identity must reach the IP fallback
     fallback: dict[str, Any] = {"ipBlocks": [str(cidr)]}
     if excepts:
         fallback["notIpBlocks"] = [str(n) for n in excepts]
     covered = [p for p in ctx.inventory.pods if _covered(p, cidr, excepts)]
     ctx.select(covered, fields.obj.at(*path), "this ipBlock (by the pods' addresses)")
     identities = sorted({ctx.identity(p) for p in covered})
-    return [{"identities": identities}, fallback] if identities else [fallback]
+    return ([{"identities": identities}, fallback] if identities else [fallback]), covered
 
 
 def _covered(pod: Pod, cidr: Network, excepts: list[Network]) -> bool:

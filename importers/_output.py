@@ -55,8 +55,15 @@ def _with_origin(emitted: Emitted) -> str:
     return comment + _dump(emitted.document)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a value shared by two places twice, never as an anchor and alias."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _dump(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=100)
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
 
 
 def check_output(outdir: str, files: list[OutputFile]) -> list[Diagnostic]:

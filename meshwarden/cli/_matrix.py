@@ -15,16 +15,17 @@ from meshwarden.cli._common import (
     print_json,
 )
 from meshwarden.cli._types import port_number
-from meshwarden.engine import CompiledMesh, Request, Workload, decide
+from meshwarden.engine import CompiledMesh, Workload, decide_path
 
 HELP = """\
 Print who can reach whom: one row per source workload, one column per destination workload,
 1 where a connection from the row to the column is allowed, 0 where it is denied.
 
 Each cell is the engine's decision, the same as `meshwarden explain --from-workload ROW --to
-COLUMN --port N` (the source's identity and first address; GET / on an http or grpc port).
-With --port, every cell is decided for that port; without it, a cell is 1 when any port the
-destination declares is allowed.
+COLUMN --port N --protocol P`: egress at the source AND ingress at the destination (the
+source's identity and first address; GET / on an http or grpc port). With --port, every cell
+is decided for that port; without it, a cell is 1 when any port of --protocol the destination
+declares is allowed.
 
 examples:
   meshwarden matrix examples/shop --port 8080
@@ -47,7 +48,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="destination port (default: any port the destination declares)",
     )
     parser.add_argument(
-        "--protocol", choices=("tcp",), default="tcp", help="transport of the connection"
+        "--protocol",
+        choices=("tcp", "udp", "sctp"),
+        default="tcp",
+        help="transport of the connection (http and grpc ports are tcp)",
     )
     add_output_format(parser)
     parser.set_defaults(func=run)
@@ -98,28 +102,21 @@ def reachability(mesh: CompiledMesh, port: int | None, protocol: str) -> Matrix:
         (source.ref, dest.ref)
         for source in workloads
         for dest in workloads
-        if source is not dest and _reaches(mesh, source, dest, port)
+        if source is not dest and _reaches(mesh, source, dest, port, protocol)
     }
     return Matrix(port, protocol, tuple(w.ref for w in workloads), frozenset(allowed))
 
 
-def _reaches(mesh: CompiledMesh, source: Workload, dest: Workload, port: int | None) -> bool:
-    ports = [port] if port is not None else sorted(dest.ports)
-    plan = mesh.plan(dest.ref)
-    return any(decide(plan, _request(source, dest, p)).allowed for p in ports)
+def _reaches(
+    mesh: CompiledMesh, source: Workload, dest: Workload, port: int | None, protocol: str
+) -> bool:
+    """Egress at the source and ingress at the destination (`decide_path`, as explain)."""
+    ports = [port] if port is not None else _declared(dest, protocol)
+    return any(decide_path(mesh, source.ref, dest.ref, p, protocol).allowed for p in ports)
 
 
-def _request(source: Workload, dest: Workload, port: int) -> Request:
-    declared = dest.ports.get(port)
-    http = declared is not None and declared.is_http
-    return Request.build(
-        dest.ref,
-        port,
-        identity=source.spiffe_id,
-        source_ip=source.addresses[0] if source.addresses else None,
-        method="GET" if http else None,
-        path="/" if http else None,
-    )
+def _declared(workload: Workload, protocol: str) -> list[int]:
+    return sorted({p.port for p in workload.spec.ports if p.transport == protocol})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """The cluster of the Kubernetes e2e network-policy suite: namespaces x, y, z, each with pods
-a, b, c (label `pod: a|b|c`, the namespace's default service account, container ports 80 and 81
-named serve-80-tcp / serve-81-tcp), and the helpers that import it and read `matrix`."""
+a, b, c (label `pod: a|b|c`, the namespace's default service account, container ports 80 and
+81 on TCP, UDP and SCTP named serve-80-tcp, serve-80-udp, ...), and the helpers that import
+it and read `matrix`."""
 
 from __future__ import annotations
 

@@ -89,6 +89,12 @@ def _selected(ctx: ImportContext, fields: Fields, path: PeerPath) -> tuple[Sourc
     ]
     ctx.select(pods, fields.obj.at(*path), "this peer")
     if not namespaces:
+        where = fields.obj.at(*path, "namespaceSelector")
+        ctx.note(
+            f"{where}: namespaceSelector matches no namespace of the input (Namespace objects "
+            "carry the labels; without them a namespace has only kubernetes.io/metadata.name), "
+            "so this peer allows nothing"
+        )
         return [], []
     if pod_selector.empty:
         return [{"namespaces": namespaces}], pods

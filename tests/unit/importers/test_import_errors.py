@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from meshwarden.cli import main
 
@@ -193,3 +194,19 @@ def test_an_object_that_cannot_be_translated_exactly_is_an_error_at_its_position
     api = "networking.k8s.io/v1" if "NetworkPolicy" in text else "v1"
     lines = _errors(tmp_path, capsys, f"apiVersion: {api}\n{text}")
     assert len(lines) == 1 and lines[0].startswith(str(tmp_path / expected)), lines
+
+
+def test_a_namespace_selector_that_matches_no_namespace_of_the_input_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without Namespace objects a namespace has only kubernetes.io/metadata.name: a selector
+    on other labels allows nothing, and stderr says why."""
+    source = tmp_path / "in.yaml"
+    source.write_text(
+        POLICY + "  ingress: [{from: [{namespaceSelector: {matchLabels: {team: y}}}]}]\n"
+    )
+    assert main(["import", str(source), "-o", str(tmp_path / "out")]) == 0
+    notes = capsys.readouterr().err
+    assert f"note: {source}:6:41: namespaceSelector matches no namespace of the input" in notes
+    written = yaml.safe_load_all((tmp_path / "out" / "x.yaml").read_text())
+    assert [d["spec"]["rules"] for d in written if d["kind"] == "AuthorizationPolicy"] == [[]]

@@ -63,6 +63,10 @@ class ImportContext:
     # mTLS settings of single workloads (Istio PeerAuthentication): pod ref ->
     # {"mtls": mode (optional), "ports": {port: mode}}
     workload_mtls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Istio: rules that need a verified token (where, the pods they apply to), and the pods a
+    # RequestAuthentication selects; see `_istio_authz.unverifiable_tokens`
+    token_rules: list[tuple[Location, frozenset[str]]] = field(default_factory=list)
+    token_pods: set[str] = field(default_factory=set)
 
     def emit(self, obj: KubeObject | None, document: dict[str, Any]) -> None:
         """Add a meshwarden document (apiVersion is filled in) translated from `obj`."""

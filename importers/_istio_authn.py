@@ -151,6 +151,8 @@ def translate_request_authentication(obj: KubeObject, ctx: ImportContext) -> Non
     if labels is None:
         return
     rules = fields.sequence("spec", "jwtRules") or []
+    if rules:
+        ctx.token_pods.update(p.ref for p in selected_pods(ctx, obj, labels))
     for i, _ in enumerate(rules):
         spec = _jwt_rule(fields, ("spec", "jwtRules", i))
         if spec is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from meshwarden.engine import Diagnostic
 from meshwarden.importers._context import ImportContext
 from meshwarden.importers._fields import Fields
 from meshwarden.importers._inventory import Pod, workload_port
@@ -25,7 +26,7 @@ from meshwarden.importers._istio_common import (
     strings,
     supported,
 )
-from meshwarden.importers._istio_rules import plaintext_companion, split_by_protocol
+from meshwarden.importers._istio_rules import plaintext_companion, split_by_protocol, uses_token
 from meshwarden.importers._istio_sources import (
     RuleParts,
     read_condition,
@@ -33,7 +34,7 @@ from meshwarden.importers._istio_sources import (
     with_addresses,
 )
 from meshwarden.importers._names import dns_label
-from meshwarden.importers._objects import KubeObject
+from meshwarden.importers._objects import KubeObject, error
 
 Path = tuple[str | int, ...]
 _ACTIONS = ("ALLOW", "DENY", "AUDIT")
@@ -75,12 +76,33 @@ def translate_authorization_policy(obj: KubeObject, ctx: ImportContext) -> None:
     rules = _rules(ctx, fields, action, _ports_by_protocol(ctx, fields, targets))
     if rules is None:
         return
+    if any(uses_token(r) for r in rules):
+        ctx.token_rules.append((obj.at("spec", "rules"), frozenset(p.ref for p in targets)))
     spec: dict[str, Any] = {**selector_yaml(labels), "action": action, "rules": rules}
     annotations = obj.get("metadata", "annotations") or {}
     if isinstance(annotations, dict) and annotations.get("istio.io/dry-run") == "true":
         spec["mode"] = "dry-run"
     metadata = {"name": dns_label(obj.name), "namespace": output_namespace(obj)}
     ctx.emit(obj, {"kind": "AuthorizationPolicy", "metadata": metadata, "spec": spec})
+
+
+def unverifiable_tokens(ctx: ImportContext) -> list[Diagnostic]:
+    """A rule on a verified token (requestPrincipals, request.auth.*) for pods no
+    RequestAuthentication selects: Istio never matches it silently; here it is an error."""
+    problems = []
+    for where, pods in ctx.token_rules:
+        lacking = sorted(pods - ctx.token_pods)
+        if lacking:
+            problems.append(
+                error(
+                    where,
+                    f"these rules need a verified token, but no RequestAuthentication selects "
+                    f"pod {lacking[0]}"
+                    + (f" (and {len(lacking) - 1} more)" if len(lacking) > 1 else "")
+                    + "; import the RequestAuthentication too, or remove the token fields",
+                )
+            )
+    return problems
 
 
 def _ports_by_protocol(

@@ -37,6 +37,13 @@ def uses_http(rule: Rule) -> bool:
     )
 
 
+def uses_token(rule: Rule) -> bool:
+    """Whether the rule needs a verified token (a `jwt` source or a claim condition)."""
+    return any("jwt" in s for s in rule.get("from") or []) or any(
+        str(c["key"]).startswith("request.jwt.claims[") for c in rule.get("when") or []
+    )
+
+
 def limit_to_ports(rule: Rule, ports: list[int]) -> Rule | None:
     """The rule applying only to `ports`; None when no operation can reach one of them."""
     if not rule.get("to"):

@@ -15,7 +15,10 @@ from meshwarden.importers._istio_authn import (
     translate_peer_authentication,
     translate_request_authentication,
 )
-from meshwarden.importers._istio_authz import translate_authorization_policy
+from meshwarden.importers._istio_authz import (
+    translate_authorization_policy,
+    unverifiable_tokens,
+)
 from meshwarden.importers._netpol import translate_network_policy
 from meshwarden.importers._objects import KubeObject, error, read_objects
 from meshwarden.importers._output import OutputFile, check_output, render_files
@@ -62,6 +65,7 @@ def import_paths(
     ctx = _translate(policies, inventory, options, frozenset(split))
     emit_inventory(ctx)
     problems.extend(refused + ctx.problems + _same_names(ctx.documents))
+    problems.extend(unverifiable_tokens(ctx))
     result.notes = notes + ctx.notes
     if problems:
         result.problems = sorted(set(problems))

@@ -390,6 +390,10 @@ AP = (
             "4:50: error: remoteIpBlocks come from X-Forwarded-For",
         ),
         (
+            "spec: {rules: [{from: [{source: {requestPrincipals: ['*']}}]}]}\n",
+            "4:15: error: these rules need a verified token, but no RequestAuthentication",
+        ),
+        (
             "spec: {rules: [{when: [{key: destination.ip, values: [1.2.3.4]}]}]}\n",
             "4:30: error: condition key 'destination.ip' is not supported",
         ),

@@ -136,3 +136,12 @@ def test_a_thousand_host_rules_on_one_port_become_one_map_entry_and_one_set() ->
     text = render_nftables(nf)
     assert text.count("tcp . 22 : jump sources_1") == 1
     assert text.count("\tset ") == 3  # the sources, and the closed host's two families
+
+
+def test_a_permissive_port_of_a_strict_mesh_admits_its_ip_fallback_sources() -> None:
+    head = HEAD.replace("targetPort: 19000}}", "targetPort: 19000, mtls: PERMISSIVE}}")
+    documents, problems = parse_text(head.format(mtls="STRICT", default="deny") + policy(FALLBACK))
+    assert not problems, problems
+    compiled, found = check_documents(documents)
+    assert compiled is not None, found
+    assert ports(compiled)["tcp/9000"][:2] == ["192.168.0.0/24", "192.168.2.0/23"]

@@ -5,8 +5,9 @@ certificate validated by Envoy's SPIFFE validator against the trust bundle from 
 PERMISSIVE a second, plaintext chain selected by tls_inspector where only the IP fallback layer
 can match); HTTP ports get an HCM with jwt_authn, the RBAC filters and a router to
 127.0.0.1:targetPort; tcp ports network RBAC and tcp_proxy. Per `upstreams` entry an outbound
-listener on 127.0.0.1:localPort → an EDS cluster of the service's workloads, with mTLS using
-the workload's own SVID and verifying the server's SPIFFE ID.
+listener on 127.0.0.1:localPort → an EDS cluster of the service's workloads that the source's
+egress policies let it reach, with mTLS using the workload's own SVID and verifying the server's
+SPIFFE ID (one of theirs); an upstream egress denies entirely is closed by a named RBAC filter.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from meshwarden.engine import CompiledMesh, Workload, WorkloadPort
 from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
 from meshwarden.xds._context import StaticTls, TranslationContext
 from meshwarden.xds._decisions import RULES_STAT_PREFIX
+from meshwarden.xds._egress import egress_deny_filter, upstream_egress
 from meshwarden.xds._envoy import (
     ads_source,
     downstream_tls,
@@ -374,9 +376,11 @@ def outbound(
                 mesh.registry.select(service.metadata.namespace, service.spec.selector)
             )
         ]
+        serving = [w for w in members if w.addresses and upstream.port in w.ports]
+        egress = upstream_egress(mesh, workload, upstream.port, serving)
         sans = [
             {"sanType": "URI", "matcher": {"exact": w.identity}}
-            for w in {w.identity: w for w in members}.values()
+            for w in {w.identity: w for w in egress.allowed}.values()
         ]
         validation = {"matchTypedSubjectAltNames": sans} if sans else None
         clusters.append(
@@ -388,17 +392,18 @@ def outbound(
                 "transportSocket": upstream_tls(commonTlsContext=_common_tls(ctx, validation)),
             }
         )
-        serving = [w for w in members if w.addresses and upstream.port in w.ports]
         endpoints.append(
-            load_assignment(name, [(str(w.addresses[0]), upstream.port) for w in serving])
+            load_assignment(name, [(str(w.addresses[0]), upstream.port) for w in egress.allowed])
         )
-        proxy = tcp_proxy(f"out_{upstream.local_port}", name)
+        filters = [tcp_proxy(f"out_{upstream.local_port}", name)]
+        if egress.denied_by is not None:
+            filters.insert(0, egress_deny_filter(egress.denied_by))
         listeners.append(
             {
                 "name": f"out:{upstream.local_port}",
                 "enableReusePort": False,
                 "address": socket_address("127.0.0.1", upstream.local_port),
-                "filterChains": [{"filters": [proxy]}],
+                "filterChains": [{"filters": filters}],
             }
         )
     return listeners, clusters, endpoints

@@ -4,49 +4,36 @@ Envoy running our translated configuration agree on every verdict."""
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import random
-import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import (
-    CompiledMesh,
     Request,
-    SpiffeId,
     TrustDomain,
-    check_documents,
     decide,
-    parse_text,
 )
 from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
     SystemClock,
-    generate_key,
-    private_key_pkcs8_pem,
 )
 from meshwarden.xds import (
     CLUSTER,
     LISTENER,
     StaticTls,
     TranslationContext,
-    envoy_binary,
     workload_resources,
 )
 
-from meshwarden._sidecars import admin_request
 from meshwarden.demo import DemoIdp, sample_apps
 
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
+from ._static_envoy import compile_docs, free_port, static_envoy, write_svid
 
 # `make test` runs 30 sets × 12 requests; bench/bench_differential.py runs thousands.
 SETS = int(os.environ.get("MESHWARDEN_DIFFERENTIAL_SETS", "30"))
@@ -55,33 +42,9 @@ REQUESTS_PER_SET = 12
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[int]:
-    port = _free_port()
+    port = free_port()
     with sample_apps([port], []):
         yield port
-
-
-def _write_svid(ca: CertificateAuthority, spiffe_id: str, folder: Path) -> tuple[str, str]:
-    key = generate_key()
-    svid = ca.sign_x509_svid(key.public_key(), SpiffeId.parse(spiffe_id))
-    name = spiffe_id.rsplit("/", 3)[-3] + "-" + spiffe_id.rsplit("/", 1)[-1]
-    chain, key_file = folder / f"{name}.pem", folder / f"{name}.key"
-    chain.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain))
-    key_file.write_bytes(private_key_pkcs8_pem(key))
-    return str(chain), str(key_file)
-
-
-def _compile(docs: list[dict[str, Any]]) -> CompiledMesh:
-    documents, problems = parse_text(yaml.safe_dump_all(docs, sort_keys=False))
-    assert not problems, problems
-    compiled, found = check_documents(documents)
-    assert compiled is not None, [str(d) for d in found]
-    return compiled
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +53,8 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
     ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
     bundle = folder / "bundle.pem"
     bundle.write_bytes(ca.bundle().x509_pem())
-    chain, key = _write_svid(ca, f"spiffe://{TD}/ns/a/sa/x", folder)
-    clients = {spiffe_id: _write_svid(ca, spiffe_id, folder) for spiffe_id in IDS}
+    chain, key = write_svid(ca, f"spiffe://{TD}/ns/a/sa/x", folder)
+    clients = {spiffe_id: write_svid(ca, spiffe_id, folder) for spiffe_id in IDS}
     ctx = TranslationContext(static_tls=StaticTls(chain, key, str(bundle), TD),
                              inline_routes=True)  # fmt: skip
     idp = DemoIdp(ISSUER)
@@ -99,43 +62,15 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
     for i in range(SETS):
         rng = random.Random(7000 + i)
         address = f"127.{os.getpid() % 250 + 1}.{30 + i // 250}.{i % 250 + 1}"  # per run
-        compiled = _compile(mesh_documents(rng, address, backend, idp.jwks()))
+        compiled = compile_docs(mesh_documents(rng, address, backend, idp.jwks()))
         resources = workload_resources(compiled, DESTINATION, ctx)
         for listener in resources[LISTENER]:
             listener["name"] = f"set{i}:{listener['name']}"
             listeners.append(listener)
         clusters.update({c["name"]: c for c in resources[CLUSTER]})
         sets.append((address, compiled, [random_request(rng) for _ in range(REQUESTS_PER_SET)]))
-    admin = folder / "admin.sock"
-    config = {
-        "admin": {"address": {"pipe": {"path": str(admin), "mode": 0o600}}},
-        "staticResources": {"listeners": listeners, "clusters": list(clusters.values())},
-    }
-    (folder / "envoy.json").write_text(json.dumps(config))
-    log = (folder / "envoy.log").open("w")
-    envoy = subprocess.Popen(
-        [envoy_binary(), "-c", str(folder / "envoy.json"), "--concurrency", "1",
-         "--use-dynamic-base-id", "--log-level", "warning"], stdout=log, stderr=log)  # fmt: skip
-    try:
-        _wait_ready(admin, envoy, folder / "envoy.log")
+    with static_envoy(folder, listeners, list(clusters.values())):
         yield sets, clients, idp
-    finally:
-        envoy.terminate()
-        envoy.wait(timeout=10)
-        log.close()
-
-
-def _wait_ready(admin: Path, envoy: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert envoy.poll() is None, f"Envoy exited:\n{log.read_text()[-3000:]}"
-        try:
-            if admin_request(admin, "/ready", timeout=1)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"Envoy not ready:\n{log.read_text()[-3000:]}")
 
 
 def _send(address: str, req: dict[str, Any], clients: dict[str, tuple[str, str]],

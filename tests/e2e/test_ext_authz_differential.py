@@ -35,15 +35,11 @@ from meshwarden.xds import (
 from meshwarden.demo import DemoIdp, sample_apps
 
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
-from .test_differential import (
-    REQUESTS_PER_SET,
-    SETS,
-    _compile,
-    _free_port,
-    _send,
-    _wait_ready,
-    _write_svid,
-)
+from ._static_envoy import compile_docs as _compile
+from ._static_envoy import free_port as _free_port
+from ._static_envoy import wait_ready as _wait_ready
+from ._static_envoy import write_svid as _write_svid
+from .test_differential import REQUESTS_PER_SET, SETS, _send
 
 AUTHZ_CLUSTER = "ext-authz-test"
 SET_HEADER = "x-differential-set"  # test only: which random mesh a listener belongs to

@@ -35,7 +35,8 @@ from meshwarden.xds import CLUSTER, LISTENER, StaticTls, TranslationContext, wor
 from meshwarden._sidecars import admin_request
 from meshwarden.demo import DemoIdp, sample_apps
 
-from .test_differential import _free_port, _write_svid
+from ._static_envoy import free_port as _free_port
+from ._static_envoy import write_svid as _write_svid
 
 TD = "cluster.local"
 DEST = "foo/httpbin"

@@ -7,6 +7,7 @@ by the control plane, and the JSON endpoints it reads — usable by scripts too:
                   [&method=M][&path=P][&host=H][&headers=NAME=VALUE lines][&jwtClaims=JSON]
   GET /api/policies     documents per namespace, rule line ranges, file text, check diagnostics
   GET /api/workload?ref=NS/NAME   identity, SVID expiry, sidecar sync state, its policies
+  GET /api/history      the store's revisions;  GET /api/diff?from=N[&to=M]  as `diff -o json`
   GET /api/status       the /healthz report;  GET /api/flows   as /flows
   GET /api/config       trace URL template, what this control plane can show
   GET /api/events       server-sent events: `flow` (a record), `policies` (version change)
@@ -37,7 +38,12 @@ from meshwarden._console_policies import policies_view
 from meshwarden._flows import FlowLog, FlowQuery
 from meshwarden._health import HealthEndpoint, Reply
 from meshwarden._policies import Policies
+from meshwarden._policy_store import PolicyStore, RevisionNotFound, StoreUnavailable
 from meshwarden.engine import CompiledMesh, load
+
+DiffJson = Callable[[dict[str, bytes], dict[str, bytes]], dict[str, Any]]
+"""(files of one revision, files of another) → `meshwarden diff -o json`'s changes; ValueError
+when a revision does not compile."""
 
 ExplainJson = Callable[[CompiledMesh, Mapping[str, str]], dict[str, Any]]
 """(the running mesh, the query parameters) → `meshwarden explain -o json`'s object; raises
@@ -82,6 +88,7 @@ class ConsoleOptions:
     allow_remote: bool = False  # bind to a non-loopback address (read-only, unauthenticated)
     trace_url: str | None = None  # a trace UI link with {traceId}, e.g. Jaeger's /trace/{traceId}
     explain: ExplainJson | None = None  # `meshwarden explain`'s code (the CLI passes it in)
+    diff: DiffJson | None = None  # `meshwarden diff`'s code, for the store's revisions
 
     def problem(self) -> str:
         """Why these options cannot be served ("" when they can)."""
@@ -105,6 +112,7 @@ class ConsoleSources:
     flows: FlowLog
     status: Callable[[], dict[str, Any]]  # the /healthz report
     svid_expiry: Callable[[str], str | None] = lambda spiffe_id: None  # known where an agent is
+    store: PolicyStore | None = None  # policy revisions (history, diff) in store mode
 
 
 class Console:
@@ -120,10 +128,8 @@ class Console:
         routes.update({path: _static(*where) for path, where in STATIC.items()})
         routes.update(
             {
-                "/api/graph": self._graph,
                 "/api/edge": self._edge,
                 "/api/explain": self._explain,
-                "/api/policies": self._policies,
                 "/api/workload": self._workload,
                 "/api/status": lambda params: Reply.json(self.sources.status()),
                 "/api/flows": sources.flows.route,
@@ -131,6 +137,14 @@ class Console:
                 "/api/events": lambda params: Reply(
                     b"", content_type="text/event-stream", stream=self._events()
                 ),
+            }
+        )
+        self.endpoint.async_routes.update(
+            {
+                "/api/graph": self._graph,
+                "/api/policies": self._policies,
+                "/api/history": self._history,
+                "/api/diff": self._diff,
             }
         )
         self._checked: tuple[tuple[Any, ...], list[dict[str, Any]]] | None = None
@@ -154,11 +168,11 @@ class Console:
                 "trustDomain": str(mesh.registry.trust_domain) if mesh else None,
                 "policyVersion": mesh.version if mesh else None,
                 "explain": self.options.explain is not None,
-                "history": None,  # policy history needs the store (not this control plane)
+                "history": self.sources.store is not None,  # revisions live in the store only
             }
         )
 
-    def _graph(self, params: dict[str, str]) -> Reply:
+    async def _graph(self, params: dict[str, str]) -> Reply:
         try:
             query = GraphQuery.from_params(params)
         except ValueError as exc:
@@ -173,7 +187,7 @@ class Console:
             version = mesh.version if mesh else None
             return {"policyVersion": version, "status": status.get("status"), **view}
 
-        return _off_loop(build)
+        return await _off_loop(build)
 
     def _edge(self, params: dict[str, str]) -> Reply:
         try:
@@ -215,8 +229,40 @@ class Console:
             }
         )
 
-    def _policies(self, params: dict[str, str]) -> Reply:
-        return _off_loop(self._policies_json)
+    async def _policies(self, params: dict[str, str]) -> Reply:
+        return await _off_loop(self._policies_json)
+
+    async def _history(self, params: dict[str, str]) -> Reply:
+        """The store's revisions, newest first, and the head replicas serve."""
+        store = self.sources.store
+        if store is None:
+            return _no_store()
+        try:
+            head, _ = await store.head()
+            revisions = await store.history()
+        except StoreUnavailable as exc:
+            return Reply.json({"error": f"the store: {exc}"}, "503 Service Unavailable")
+        return Reply.json({"head": head, "revisions": [r.to_json() for r in reversed(revisions)]})
+
+    async def _diff(self, params: dict[str, str]) -> Reply:
+        """`meshwarden diff FROM [TO]` (TO: the head) on the store's revisions."""
+        store, diff = self.sources.store, self.options.diff
+        if store is None or diff is None:
+            return _no_store()
+        try:
+            first = int(params["from"])
+            second = int(params["to"]) if params.get("to") else (await store.head())[0]
+            before = await store.contents(await store.revision(first))
+            after = await store.contents(await store.revision(second))
+            changes = await asyncio.to_thread(diff, before, after)
+        except (KeyError, ValueError) as exc:
+            why = "from (a revision number) is required" if isinstance(exc, KeyError) else exc
+            return Reply.json({"error": str(why)}, "400 Bad Request")
+        except RevisionNotFound as exc:
+            return Reply.json({"error": str(exc)}, "404 Not Found")
+        except StoreUnavailable as exc:
+            return Reply.json({"error": f"the store: {exc}"}, "503 Service Unavailable")
+        return Reply.json({"from": first, "to": second, **changes})
 
     def _policies_json(self) -> dict[str, Any]:
         policies = self.sources.policies
@@ -224,14 +270,14 @@ class Console:
         status = policies.status
         key = (status.version, status.loaded, status.rejected)
         if self._checked is None or self._checked[0] != key:
-            result = load([policies.directory])
-            self._checked = (key, [d.to_json() for d in result.diagnostics])
+            found = load([policies.directory]).diagnostics if policies.directory.is_dir() else []
+            self._checked = (key, [d.to_json() for d in found])
         return {
             **view,
             "directory": str(policies.directory),
             "rejectedChange": status.errors,
             "diagnostics": self._checked[1],
-            "history": None,
+            "history": self.sources.store is not None,  # then GET /api/history
         }
 
     async def _events(self) -> AsyncIterator[bytes]:
@@ -265,14 +311,20 @@ def _svid_expiry(status: dict[str, Any], ref: str) -> str | None:
     return svid.get("expiry") if isinstance(svid, dict) else None
 
 
-def _off_loop(build: Callable[[], Any]) -> Reply:
+async def _off_loop(build: Callable[[], Any]) -> Reply:
     """A reply built and encoded in a worker thread (a large graph or directory takes a while;
-    the loop keeps serving xDS meanwhile), sent once ready."""
+    the loop keeps serving xDS meanwhile)."""
+    return Reply(await asyncio.to_thread(lambda: json.dumps(build(), indent=2).encode()))
 
-    async def body() -> AsyncIterator[bytes]:
-        yield await asyncio.to_thread(lambda: json.dumps(build(), indent=2).encode())
 
-    return Reply(b"", stream=body())
+def _no_store() -> Reply:
+    return Reply.json(
+        {
+            "error": "no policy store: history and diff come with server --store; "
+            "this control plane reads a directory"
+        },
+        "404 Not Found",
+    )
 
 
 def _event(name: str, data: Any) -> bytes:

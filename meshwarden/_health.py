@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -63,6 +63,9 @@ class Reply:
 Route = Callable[[dict[str, str]], Reply]
 """A handler: the query parameters (last value of each) → the reply."""
 
+AsyncRoute = Callable[[dict[str, str]], Awaitable[Reply]]
+"""A handler whose reply needs I/O or a worker thread first (`async_routes[path] = handler`)."""
+
 Guard = Callable[[dict[str, str]], Reply | None]
 """Looks at a request's headers (lower-case names) first: a reply refuses it, None lets it in."""
 
@@ -72,6 +75,7 @@ class HealthEndpoint:
         self.host, self.port = host or "127.0.0.1", port
         self._report = report
         self.routes: dict[str, Route] = {"/healthz": lambda params: Reply.json(self._report())}
+        self.async_routes: dict[str, AsyncRoute] = {}
         self.guard: Guard | None = None
         self.headers: tuple[tuple[str, str], ...] = ()  # sent with every reply
         self._server: asyncio.AbstractServer | None = None
@@ -95,7 +99,8 @@ class HealthEndpoint:
             request = await asyncio.wait_for(reader.readline(), timeout=5)
             headers = await self._headers(reader)
             refused = self.guard(headers) if self.guard is not None else None
-            reply = refused or self._route(request.decode("latin-1").split())
+            routed = refused or self._route(request.decode("latin-1").split())
+            reply = routed if isinstance(routed, Reply) else await routed
             head = f"HTTP/1.1 {reply.status}\r\ncontent-type: {reply.content_type}\r\n"
             head += "".join(f"{k}: {v}\r\n" for k, v in (*self.headers, *reply.headers))
             if reply.stream is None:
@@ -121,13 +126,13 @@ class HealthEndpoint:
                 headers[name.strip().lower()] = value.strip()
         return headers
 
-    def _route(self, parts: list[str]) -> Reply:
+    def _route(self, parts: list[str]) -> Reply | Awaitable[Reply]:
         if len(parts) < 2 or parts[0] != "GET":
             return Reply.json({"error": "only GET"}, "405 Method Not Allowed")
         url = urlsplit(parts[1])
-        handler = self.routes.get(url.path)
+        handler = self.routes.get(url.path) or self.async_routes.get(url.path)
         if handler is None:
-            known = ", ".join(sorted(self.routes))
+            known = ", ".join(sorted([*self.routes, *self.async_routes]))
             return Reply.json({"error": f"no route {url.path}; try GET {known}"}, "404 Not Found")
         return handler(dict(parse_qsl(url.query)))
 

@@ -229,6 +229,7 @@ class ControlPlane:
             await self.health.start()
         if self.options.ui is not None:
             sources = ConsoleSources(self.policies, self.xds.flows, self.status_report)
+            sources.store = self.replica.source.store if self.replica is not None else None
             self.console = Console(self.options.ui, sources)
             await self.console.start()
         return f"{self.endpoint.host}:{self.endpoint.port}"

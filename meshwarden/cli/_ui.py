@@ -58,7 +58,9 @@ def options(args: argparse.Namespace) -> Any:
         return None
     from meshwarden._console import ConsoleOptions
 
-    chosen = ConsoleOptions(args.ui, args.ui_allow_remote, args.ui_trace_url, explain_json)
+    chosen = ConsoleOptions(
+        args.ui, args.ui_allow_remote, args.ui_trace_url, explain_json, diff_json
+    )
     problem = chosen.problem()
     if problem:
         fail(problem)
@@ -112,3 +114,14 @@ def explain_json(mesh: CompiledMesh, params: Mapping[str, str]) -> dict[str, Any
     except InputError as exc:
         raise ValueError(str(exc)) from None
     return path_json(request_path(mesh, request, params.get("fromWorkload") or None))
+
+
+def diff_json(before: dict[str, bytes], after: dict[str, bytes]) -> dict[str, Any]:
+    """`meshwarden diff -o json`'s changes between two revisions' files; ValueError when one
+    does not compile."""
+    from meshwarden.cli._store_diff import compare
+
+    try:
+        return compare(before, after)
+    except InputError as exc:
+        raise ValueError(str(exc)) from None

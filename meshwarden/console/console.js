@@ -375,7 +375,47 @@ async function loadPolicies() {
       list.append(el("a", label, { href: `#/policies/${doc.namespace}/${doc.name}`, "data-ref": doc.ref, "data-kind": doc.kind }));
     }
   }
-  $("history").textContent = view.history ? "" : "Revision history and diffs come with the policy store; this control plane reads a directory, so there is none to show.";
+  if (view.history) await loadHistory();
+  else $("history").textContent = "Revision history and diffs come with the policy store (server --store); this control plane reads a directory, so there is none to show.";
+}
+
+async function loadHistory() {
+  const history = $("history");
+  try {
+    const found = await getJson("/api/history");
+    const table = el("table", null, { id: "revisions" });
+    const head = el("tr");
+    head.append(...["revision", "time", "who", "message", "files", ""].map((h) => el("th", h)));
+    table.append(head);
+    for (const r of found.revisions) {
+      const row = el("tr");
+      const label = r.revision + (r.revision === found.head ? " (serving)" : "") + (r.rollbackOf ? ` (rollback of ${r.rollbackOf})` : "");
+      const diff = el("td");
+      if (r.revision > 1) diff.append(el("a", `diff with ${r.revision - 1}`, { href: `#/policies?diff=${r.revision}` }));
+      row.append(el("td", label), el("td", r.time), el("td", r.who), el("td", r.message), el("td", r.files), diff);
+      table.append(row);
+    }
+    history.replaceChildren(table);
+  } catch (error) {
+    history.replaceChildren(el("p", "history: " + error.message, { class: "error" }));
+  }
+}
+
+async function showDiff(revision) {
+  const box = $("diff");
+  box.hidden = false;
+  box.replaceChildren(el("h4", `Revision ${revision - 1} → ${revision}`));
+  try {
+    const diff = await getJson(`/api/diff?from=${revision - 1}&to=${revision}`);
+    const documents = el("ul", null, { id: "diff-documents" });
+    if (!diff.documents.length) documents.append(el("li", "no document changed"));
+    for (const d of diff.documents) documents.append(el("li", `${d.change} ${d.document} (${d.file})`));
+    const workloads = el("ul", null, { id: "diff-workloads" });
+    for (const w of diff.workloads) workloads.append(el("li", `${w.change} ${w.workload}`));
+    box.append(documents, el("p", "workloads whose authorization changed:"), workloads);
+  } catch (error) {
+    box.append(el("p", error.message, { class: "error" }));
+  }
 }
 
 function showSource(ref, rule) {
@@ -421,6 +461,7 @@ async function route() {
     await loadPolicies();
     const [, , ns, name] = path.split("/");
     if (ns && name) showSource(`${ns}/${name}`, params.has("rule") ? Number(params.get("rule")) : null);
+    if (params.has("diff")) await showDiff(Number(params.get("diff"))); else $("diff").hidden = true;
   }
   document.body.dataset.ready = view; // the view has its data
 }

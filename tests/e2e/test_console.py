@@ -15,31 +15,20 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from meshwarden.demo import DemoIdp, move_to_free_ports, sample_apps, shop_copy
 
+from ._browser import chromium_page, screenshot
 from ._live import MeshwardenUp, request, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "build" / "console-screenshots"
 GREEN, RED = "rgb(46,125,50)", "rgb(198,40,40)"
 ALLOWED = "shop/frontend-1->shop/backend-1:8080"
 DENIED = "ops/ops-1->shop/backend-1:8080"
@@ -111,28 +100,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShopMesh]:
 
 @pytest.fixture(scope="module")
 def browser_page(shop: ShopMesh) -> Iterator[Page]:
-    with tempfile.TemporaryDirectory(prefix="h16-chromium-") as profile, sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 1000},
-        )
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        try:
-            yield page
-        finally:
-            context.close()
-        assert errors == [], errors  # no script error, no CSP violation
-
-
-def _screenshot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    with chromium_page() as page:
+        yield page
 
 
 def _edge(page: Page, edge_id: str) -> dict[str, Any] | None:
@@ -194,7 +163,7 @@ def test_the_graph_shows_the_shops_workloads_an_allowed_and_a_denied_edge(
     assert stranger == "plaintext"
     overview = page.text_content("#details") or ""
     assert "Sidecars: 4 of 4 in sync" in overview, overview
-    _screenshot(page, "graph")
+    screenshot(page, "graph")
 
 
 def test_clicking_the_denied_edge_names_the_policy_rule_and_opens_its_yaml(
@@ -210,7 +179,7 @@ def test_clicking_the_denied_edge_names_the_policy_rule_and_opens_its_yaml(
     assert page.get_attribute("#edges tr.selected", "data-edge") == DENIED
     trace = page.get_attribute("#edge-flows a[target=_blank]", "href")
     assert trace == TRACE_UI.replace("{traceId}", shop.trace_id)
-    _screenshot(page, "edge-details")
+    screenshot(page, "edge-details")
     page.click("#edge-causes a")
     page.wait_for_selector("body[data-ready=policies]")
     page.wait_for_selector("#source .line.rule")
@@ -221,7 +190,7 @@ def test_clicking_the_denied_edge_names_the_policy_rule_and_opens_its_yaml(
     assert "AuthorizationPolicy meshwarden-system/no-debug-anywhere" in (
         page.text_content("#source-title") or ""
     )
-    _screenshot(page, "policies")
+    screenshot(page, "policies")
 
 
 def _click(page: Page, element: str, where: str) -> None:
@@ -247,7 +216,7 @@ def test_clicking_a_workload_shows_its_identity_svid_expiry_and_sidecar_state(
     assert shown["identity"] == "spiffe://example.org/ns/ops/sa/ops"
     assert dt.datetime.fromisoformat(shown["SVID expires"]) > dt.datetime.now(dt.UTC)
     assert shown["sidecar"].startswith("SYNCED, 1 stream(s), replica 127.0.0.1:")
-    _screenshot(page, "workload")
+    screenshot(page, "workload")
 
 
 def test_the_decision_filter_keeps_the_denied_edges_and_is_in_the_url(
@@ -290,7 +259,7 @@ def test_the_explain_form_answers_what_the_cli_answers(shop: ShopMesh, browser_p
     assert shown == cli
     assert (cli["decision"], cli["policy"], cli["rule"]) == ("ALLOW", "shop/backend-access", 1)
     assert page.text_content("#explain-verdict") == "ALLOW"
-    _screenshot(page, "explain")
+    screenshot(page, "explain")
     deep_link = page.url  # the answer's URL, opened afresh, answers the same
     page.goto("about:blank")
     page.goto(deep_link)
@@ -318,4 +287,4 @@ def test_a_live_policy_change_recolours_the_edge_without_a_reload(
     edge = _edge(page, ALLOWED)
     assert edge is not None and edge["colour"] == RED
     assert page.evaluate("window.meshwardenConsole.marker") == "same page"  # no reload
-    _screenshot(page, "live-change")
+    screenshot(page, "live-change")

@@ -266,11 +266,12 @@ class Console:
 
     def _policies_json(self) -> dict[str, Any]:
         policies = self.sources.policies
-        view = policies_view(policies.mesh)
+        on_disk = self.sources.store is None and policies.directory.is_dir()
+        view = policies_view(policies.mesh, on_disk)
         status = policies.status
         key = (status.version, status.loaded, status.rejected)
         if self._checked is None or self._checked[0] != key:
-            found = load([policies.directory]).diagnostics if policies.directory.is_dir() else []
+            found = load([policies.directory]).diagnostics if on_disk else []
             self._checked = (key, [d.to_json() for d in found])
         return {
             **view,

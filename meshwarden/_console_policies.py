@@ -97,8 +97,9 @@ def _jwks_lines(document: Document[Any]) -> tuple[int, int]:
     return first, (min(later) - 1 if later else end)
 
 
-def policies_view(mesh: CompiledMesh | None) -> dict[str, Any]:
-    """The documents of `mesh` per namespace and the text of their files."""
+def policies_view(mesh: CompiledMesh | None, on_disk: bool = True) -> dict[str, Any]:
+    """The documents of `mesh` per namespace and the text of their files — read from disk only
+    when the policies come from a directory (`on_disk`; a store's paths name no local file)."""
     namespaces: dict[str, list[dict[str, Any]]] = defaultdict(list)
     redact: dict[str, list[tuple[int, int]]] = defaultdict(list)
     documents = list(mesh.documents.values()) if mesh else []
@@ -110,5 +111,5 @@ def policies_view(mesh: CompiledMesh | None) -> dict[str, Any]:
     return {
         "version": mesh.version if mesh else None,
         "namespaces": {ns: namespaces[ns] for ns in sorted(namespaces)},
-        "files": {file: _read(file, redact[file]) for file in files},
+        "files": {file: _read(file, redact[file]) if on_disk else None for file in files},
     }

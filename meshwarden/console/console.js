@@ -344,6 +344,15 @@ async function runExplain(params) {
       item.append(reasons);
       trace.append(item);
     }
+    if (answer.egress) {
+      const e = answer.egress;
+      const cause = e.rule === null ? e.policy : `${e.policy}#${e.rule}`;
+      const item = el("li", `egress at the source (${answer.direction}): ${e.decision} by ${cause} — ${e.reason}`);
+      const policies = el("ul");
+      for (const t of e.trace) policies.append(el("li", `${t.policy} [${t.action}] ${t.matched ? "rule " + t.rule + " matched" : "no rule matched"}`));
+      item.append(policies);
+      trace.append(item);
+    }
     for (const o of answer.dryRun) trace.append(el("li", `dry-run: ${o.policy} would ${o.decision}` + (o.rule !== null && o.rule !== undefined ? ` (rule ${o.rule})` : "")));
     $("explain-json").textContent = JSON.stringify(answer, null, 2);
   } catch (error) {
@@ -427,7 +436,7 @@ function showSource(ref, rule) {
   if (!doc) { $("source-title").textContent = `${ref}: not in the running version`; return; }
   const text = state.policies.files[doc.file];
   $("source-title").textContent = `${doc.kind} ${doc.ref} — ${doc.file}:${doc.lines[0]}-${doc.lines[1]}` + (rule !== null ? ` — rule ${rule}` : "");
-  if (text === null) { source.append(el("p", "(file too large or unreadable to show)")); return; }
+  if (text === null) { source.append(el("p", "(its text is not shown: the file is too large or unreadable here, or it lives in the policy store)")); return; }
   const ruleLines = rule !== null && doc.rules[rule] ? doc.rules[rule].lines : null;
   text.split("\n").forEach((line, i) => {
     const n = i + 1;

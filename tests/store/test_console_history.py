@@ -74,6 +74,9 @@ def test_history_lists_the_stores_revisions_and_diff_names_what_changed(
             bad, _ = await _get(port, "/api/diff?from=one")
             assert bad == "400 Bad Request"
             await asyncio.to_thread(_in_the_browser, console.url)
+            status, view = await _get(port, "/api/policies")  # store mode: no local file read
+            assert status == "200 OK" and isinstance(view, dict)
+            assert set(view["files"].values()) == {None} and view["diagnostics"] == []
         finally:
             await console.stop()
             await client.close()

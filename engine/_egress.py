@@ -8,6 +8,7 @@ recorded, then ALLOW, dry-run beside), so the evaluator decides both with one co
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,13 @@ from meshwarden.engine._egress_rules import CompiledDestination, CompiledEgressR
 from meshwarden.engine._model import EgressPolicySpec, MeshSpec
 from meshwarden.engine._modes import monitored
 from meshwarden.engine._outcome import Outcome
-from meshwarden.engine._plan import PolicyFacts, index_policies, unmatched
+from meshwarden.engine._plan import (
+    DryRunOutcomes,
+    PolicyFacts,
+    dry_run_outcomes,
+    index_policies,
+    unmatched,
+)
 from meshwarden.engine._registry import Registry, Workload
 from meshwarden.engine._vocabulary import Action, Mode, Peers
 
@@ -107,6 +114,10 @@ class DestinationIndex:
                 return rule
         return None
 
+    def matching(self, flow: Flow) -> Iterator[CompiledEgressRule]:
+        """The rules that match `flow`, in policy order."""
+        return (rule for rule in self.candidates(flow) if rule.matches(flow))
+
 
 def _exact_keys(dest: CompiledDestination) -> frozenset[str] | None:
     """The identities a destination can only ever match, or None when it is not so limited."""
@@ -132,6 +143,7 @@ class EgressPlan:
     dry_run: tuple[EgressPolicy, ...]
     dry_run_index: DestinationIndex
     dry_run_unmatched: tuple[Outcome, ...]
+    dry_run_outcomes: tuple[DryRunOutcomes, ...]
 
 
 def build_egress_plan(
@@ -151,4 +163,5 @@ def build_egress_plan(
         tuple(p for p in ordered if p.dry_run),
         dry_run_index,
         unmatched(ordered),
+        dry_run_outcomes(ordered),
     )

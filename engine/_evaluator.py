@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,11 +111,11 @@ def _by_policies(
     plan: Any, subject: Any, trace: tuple[PolicyTrace, ...], way: _Direction
 ) -> Decision:
     """Semantics 2-5 on an ingress plan and Request, or an egress plan and Flow (both offer
-    `deny`/`allow`/`audit`/`dry_run_index` indexes with `candidates` and `first_match`)."""
+    `deny`/`allow`/`audit`/`dry_run_index` indexes with `matching` and `first_match`)."""
     dry_run = _dry_runs(plan, subject) if plan.dry_run else ()
     audit = tuple(
         Outcome(rule.policy, Action.AUDIT, rule.index)
-        for rule in _first_per_policy(plan.audit.candidates(subject), subject).values()
+        for rule in _first_per_policy(plan.audit.matching(subject)).values()
     )
     denied = plan.deny.first_match(subject)
     if denied is not None:
@@ -180,30 +180,25 @@ def _svid_of(spec: JwtIssuerSpec, sub: Any) -> bool:
     return bool(domain) and isinstance(sub, str) and sub.startswith(f"spiffe://{domain}/")
 
 
-def _first_per_policy(rules: tuple[Any, ...], req: Any) -> dict[str, Any]:
+def _first_per_policy(matching: Iterable[Any]) -> dict[str, Any]:
     """The first matching rule of each policy, in policy order (rules come in that order)."""
     first: dict[str, Any] = {}
-    for rule in rules:
-        if rule.policy not in first and rule.matches(req):
-            first[rule.policy] = rule
+    for rule in matching:
+        first.setdefault(rule.policy, rule)
     return first
 
 
 def _dry_runs(plan: Any, req: Any) -> tuple[Outcome, ...]:
-    matched = _first_per_policy(plan.dry_run_index.candidates(req), req)
+    matched = _first_per_policy(plan.dry_run_index.matching(req))
     if not matched:
         unmatched: tuple[Outcome, ...] = plan.dry_run_unmatched
         return unmatched
     outcomes = []
-    for policy in plan.dry_run:
-        rule = matched.get(policy.ref)
-        index = rule.index if rule else None
-        if policy.action == Action.ALLOW:
-            outcomes.append(Outcome(policy.ref, Action.ALLOW if rule else Action.DENY, index))
-        elif policy.action == Action.DENY:
-            outcomes.append(Outcome(policy.ref, Action.DENY if rule else Action.ALLOW, index))
-        elif rule is not None:
-            outcomes.append(Outcome(policy.ref, Action.AUDIT, index))
+    for policy, none, by_rule in plan.dry_run_outcomes:
+        rule = matched.get(policy)
+        outcome = none if rule is None else by_rule[rule.index]
+        if outcome is not None:
+            outcomes.append(outcome)
     return tuple(outcomes)
 
 

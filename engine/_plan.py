@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,6 +12,7 @@ from meshwarden.engine._documents import Document
 from meshwarden.engine._model import JwtIssuerSpec, MeshSpec
 from meshwarden.engine._modes import monitored
 from meshwarden.engine._mtls import MtlsSetting, mtls_setting
+from meshwarden.engine._narrowing import Narrowed, narrowed
 from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._patterns import AddressIndex, IpAddress
 from meshwarden.engine._registry import Workload
@@ -88,7 +89,7 @@ class RuleIndex:
     any_plaintext: list[Entry] = field(default_factory=list)
     any_peer: list[Entry] = field(default_factory=list)
     size: int = 0
-    _memo: dict[object, tuple[CompiledRule, ...]] = field(default_factory=dict, repr=False)
+    _memo: dict[object, tuple[Narrowed, ...]] = field(default_factory=dict, repr=False)
 
     def add(self, rule: CompiledRule) -> None:
         entry = (self.size, rule)
@@ -137,20 +138,27 @@ class RuleIndex:
             self.any_identity.append(entry)
 
     def candidates(self, req: Request) -> tuple[CompiledRule, ...]:
-        """Rules that may match `req`, in policy order, each once. They depend only on the
-        peer, the destination port, the method and the protocol, so they are remembered per
-        (identity or address, port, method, protocol) after the first lookup."""
+        """Rules that may match `req`, in policy order, each once."""
+        return tuple(rule for rule, _ in self._narrowed(req))
+
+    def matching(self, req: Request) -> Iterator[CompiledRule]:
+        """The rules that match `req`, in policy order."""
+        for rule, rest in self._narrowed(req):
+            if rest is None or rest.matches(req):
+                yield rule
+
+    def _narrowed(self, req: Request) -> tuple[Narrowed, ...]:
+        """The rules the peer, the destination port, the method and the protocol leave, each
+        narrowed to what is left to check (`_narrowing`); remembered per (identity or address,
+        port, method, protocol) after the first lookup."""
         peer: object = req.identity if req.identity is not None else req.source_ip
-        key = (peer, req.port, req.method, req.protocol)
+        key = (peer, req.identity_namespace, req.port, req.method, req.protocol)
         found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
                 self._memo.clear()
-            found = tuple(
-                r
-                for r in self.for_peer(req.identity, req.source_ip)
-                if r.admits(req.port, req.method, req.protocol)
-            )
+            peer_rules = self.for_peer(req.identity, req.source_ip)
+            found = tuple(n for r in peer_rules if (n := narrowed(r, req)) is not None)
             self._memo[key] = found
         return found
 
@@ -192,8 +200,8 @@ class RuleIndex:
         return _ordered([*self.plaintext.values(), *self.any_plaintext, *self.any_peer])
 
     def first_match(self, req: Request) -> CompiledRule | None:
-        for rule in self.candidates(req):
-            if rule.matches(req):
+        for rule, rest in self._narrowed(req):
+            if rest is None or rest.matches(req):
                 return rule
         return None
 
@@ -219,6 +227,7 @@ class AuthorizationPlan:
     dry_run: tuple[CompiledPolicy, ...]
     dry_run_index: RuleIndex
     dry_run_unmatched: tuple[Outcome, ...]  # the dry-run outcomes when no dry-run rule matches
+    dry_run_outcomes: tuple[DryRunOutcomes, ...]  # per dry-run policy, in policy order
 
     @property
     def enforcement(self) -> str:
@@ -227,6 +236,29 @@ class AuthorizationPlan:
     def mtls(self, port: int) -> MtlsSetting:
         """The mTLS mode in force on `port` (most specific setting first)."""
         return mtls_setting(self.mesh, self.workload, port)
+
+
+DryRunOutcomes = tuple[str, Outcome | None, dict[int, Outcome]]
+"""A dry-run policy's ref, its outcome when none of its rules matches (None: it adds none),
+and its outcome when rule N is the first of its rules that matches."""
+
+
+def dry_run_outcomes(
+    policies: Sequence[CompiledPolicy | EgressPolicy],
+) -> tuple[DryRunOutcomes, ...]:
+    """Every outcome a dry-run policy can add to a decision, made once per plan."""
+    found = []
+    for policy in policies:
+        if not policy.dry_run:
+            continue
+        when_matched = (
+            policy.action if policy.action in (Action.ALLOW, Action.DENY) else Action.AUDIT
+        )
+        outcomes = {r.index: Outcome(policy.ref, when_matched, r.index) for r in policy.rules}
+        otherwise = {Action.ALLOW: Action.DENY, Action.DENY: Action.ALLOW}.get(policy.action)
+        none = Outcome(policy.ref, otherwise, None) if otherwise is not None else None
+        found.append((policy.ref, none, outcomes))
+    return tuple(found)
 
 
 def unmatched(policies: Sequence[CompiledPolicy | EgressPolicy]) -> tuple[Outcome, ...]:
@@ -270,4 +302,5 @@ def build_plan(
         workload, mesh, tuple(ordered), tuple(issuers),
         indexes[Action.DENY], indexes[Action.ALLOW], indexes[Action.AUDIT], has_allow,
         tuple(p for p in ordered if p.dry_run), dry_run_index, unmatched(ordered),
+        dry_run_outcomes(ordered),
     )  # fmt: skip

@@ -237,6 +237,68 @@ def test_incremental_recompile_equals_a_full_compile(mesh_kind, pols, change, re
             assert incremental.plan(req.destination) is old.plan(req.destination)
 
 
+ISSUER = "https://idp.example.com"
+JWT_ISSUER = {"kind": "JwtIssuer", "metadata": {"name": "idp", "namespace": "meshwarden-system"},
+              "spec": {"issuer": ISSUER, "jwksUri": f"{ISSUER}/jwks.json"}}  # fmt: skip
+jwt_source = st.fixed_dictionaries(
+    {"jwt": st.fixed_dictionaries({"subjects": subset(["alice", "bob"])})},
+    optional={"namespaces": subset(NAMESPACES)},
+)  # fmt: skip
+peer_rule = st.fixed_dictionaries({}, optional={
+    "from": st.lists(st.one_of(source, jwt_source), min_size=1, max_size=2),
+    "to": st.lists(operation, min_size=1, max_size=2),
+    "when": st.lists(condition, min_size=1, max_size=1),
+})  # fmt: skip
+peer_policies = st.lists(
+    st.tuples(st.sampled_from([*NAMESPACES, "meshwarden-system"]), policy_spec,
+              st.lists(peer_rule, min_size=1, max_size=3)),
+    min_size=1, max_size=8,
+).map(lambda found: [(ns, spec | {"rules": rules}) for ns, spec, rules in found])  # fmt: skip
+variants = st.lists(
+    st.tuples(st.sampled_from(IPS), st.sampled_from(REQUEST_PATHS),
+              st.sampled_from([None, "acme", "beta-1"]), st.sampled_from([None, "alice", "bob"])),
+    min_size=2, max_size=8,
+)  # fmt: skip
+
+
+def dry_run_reference(mesh: CompiledMesh, req: Request) -> list[tuple[str, str, int | None]]:
+    """Each dry-run policy's outcome by brute force: its first matching rule, if any."""
+    plan = mesh.plan(req.destination)
+    if req.identity is None and plan.mesh.mtls == "STRICT":
+        return []
+    found = []
+    for p in plan.policies:
+        rule = p.first_match(req) if p.dry_run else None
+        index = rule.index if rule else None
+        if p.dry_run and p.action in ("ALLOW", "DENY"):
+            other = "DENY" if p.action == "ALLOW" else "ALLOW"
+            found.append((p.ref, p.action if rule else other, index))
+        elif p.dry_run and rule:
+            found.append((p.ref, "AUDIT", index))
+    return found
+
+
+@SETTINGS
+@given(meshes, peer_policies, requests, variants)
+def test_requests_of_one_peer_port_and_method_decide_like_a_full_scan(mesh_kind, pols, base, vs):
+    """The index remembers what the peer, port and method decide of each rule: requests that
+    share those but differ in everything else (address, path, headers, JWT) still decide,
+    audit and dry-run exactly as a scan of every rule of every policy."""
+    mesh = compile_yaml([*workload_docs(*mesh_kind), JWT_ISSUER, *policy_docs(pols)])
+    reqs = [
+        Request.build(base.destination, base.port, identity=base.identity, source_ip=ip,
+                      method=base.method, path=path, headers={"x-tenant": t} if t else None,
+                      jwt_claims={"iss": ISSUER, "sub": sub} if sub else None)
+        for ip, path, t, sub in vs
+    ]  # fmt: skip
+    for req in [*reqs, *reversed(reqs)]:
+        decision = decide(mesh.plan(req.destination), req)
+        audited = [o.policy for o in decision.audit]
+        assert (decision.verdict, decision.policy, decision.rule, audited) == reference(mesh, req)
+        dry_run = [(o.policy, o.decision, o.rule) for o in decision.dry_run]
+        assert dry_run == dry_run_reference(mesh, req)
+
+
 @given(st.text(alphabet="/.%2e5fFa", max_size=24))
 def test_path_normalisation_is_idempotent_and_rooted(raw):
     once = normalize_path(raw)

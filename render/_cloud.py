@@ -12,6 +12,7 @@ from typing import Any
 from meshwarden.render._filter import IpNetwork, NodeFilter, PortRule
 
 GCP_NAME_LIMIT = 63
+AWS_PROTOCOL = {"sctp": "132"}  # AWS names tcp, udp and icmp; other protocols by IANA number
 
 
 def _reachable(nf: NodeFilter) -> list[PortRule]:
@@ -30,7 +31,7 @@ def render_aws_security_group(nf: NodeFilter) -> dict[str, Any]:
     for rule in _reachable(nf):
         description = _description(rule)
         permission: dict[str, Any] = {
-            "IpProtocol": rule.protocol,
+            "IpProtocol": AWS_PROTOCOL.get(rule.protocol, rule.protocol),
             "FromPort": rule.low,
             "ToPort": rule.high,
         }

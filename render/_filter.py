@@ -30,6 +30,7 @@ from meshwarden.engine import (
     collapse_networks,
     subtract_networks,
 )
+from meshwarden.render._packet import packet_sources
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_ONLY: tuple[IpNetwork, ...] = ()
@@ -86,6 +87,7 @@ def node_filter(mesh: CompiledMesh, node: str) -> NodeFilter:
     claims: list[_Claim] = []
     for workload in registry.on_node(node):
         claims.extend(_workload_claims(mesh.plan(workload.ref)))
+        claims.extend(_packet_claims(mesh, mesh.plan(workload.ref)))
     host = registry.hosts.get(node)
     closed: tuple[IpNetwork, ...] = ()
     if host is not None:
@@ -112,6 +114,17 @@ def _workload_claims(plan: AuthorizationPlan) -> list[_Claim]:
         origin = f"{workload.ref} upstream {upstream.service} local port {upstream.local_port}"
         claims.append(_Claim("tcp", upstream.local_port, upstream.local_port, (), origin))
     return claims
+
+
+def _packet_claims(mesh: CompiledMesh, plan: AuthorizationPlan) -> list[_Claim]:
+    """The workload's udp and sctp ports: no sidecar, so the filter admits what the policies do
+    (identities resolved to their workloads' addresses, see `packet_sources`)."""
+    workload = plan.workload
+    return [
+        _Claim(protocol, number, number, packet_sources(mesh, plan, number, protocol),
+               f"{workload.ref} {protocol} port {number} (no sidecar)")
+        for (protocol, number) in sorted(workload.packet_ports)
+    ]  # fmt: skip
 
 
 def sidecar_sources(plan: AuthorizationPlan, port: int) -> tuple[IpNetwork, ...]:

@@ -41,9 +41,9 @@ def require_tools() -> None:
 
 
 class Lab:
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "mwr") -> None:
         require_tools()
-        self.tag = f"mwr{os.getpid() % 100000}{next(_counter)}"
+        self.tag = f"{prefix}{os.getpid() % 100000}{next(_counter)}"
         self.host = f"{self.tag}-host"
         self.client = f"{self.tag}-cli"
         self.container = f"{self.tag}-ctr"
@@ -170,8 +170,8 @@ class Lab:
 
 
 @contextmanager
-def lab() -> Iterator[Lab]:
-    made = Lab()
+def lab(prefix: str = "mwr") -> Iterator[Lab]:
+    made = Lab(prefix)
     try:
         yield made.start()
     finally:

@@ -94,15 +94,25 @@ def _better(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return b if key_b > key_a else a
 
 
+def _newer(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b, key=dt.datetime.fromisoformat)
+
+
 def merge(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per workload from the health reports of every replica asked."""
+    """One row per workload from the health reports of every replica asked: the view of the
+    replica it is connected to, and the newest SVID expiry any replica knows (agents renew
+    through any replica)."""
     chosen: dict[str, dict[str, Any]] = {}
+    expiry: dict[str, str | None] = {}
     for report in reports.values():
         for workload, view in report.get("sidecars", {}).items():
             row = {"workload": workload, "replica": view.get("replica", ""), **view}
-            row["svidExpiry"] = (view.get("svid") or {}).get("expiry")
             chosen[workload] = _better(chosen[workload], row) if workload in chosen else row
-    return [chosen[w] for w in sorted(chosen)]
+            seen = (view.get("svid") or {}).get("expiry")
+            expiry[workload] = _newer(expiry.get(workload), seen)
+    return [{**chosen[w], "svidExpiry": expiry[w]} for w in sorted(chosen)]
 
 
 def _expiry(text: str | None, now: dt.datetime) -> str:

@@ -1,0 +1,40 @@
+"""`meshwarden status` over replicas: each sidecar is reported by the replica it is connected
+to, and its SVID expiry is the newest any replica issued (plain values, no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshwarden.cli._status import merge
+
+
+def view(state: str, streams: int, replica: str, expiry: str | None) -> dict[str, Any]:
+    return {"state": state, "reason": "" if state == "SYNCED" else "why", "streams": streams,
+            "replica": replica, "svid": {"expiry": expiry}}  # fmt: skip
+
+
+def test_a_sidecar_is_reported_by_the_replica_it_is_connected_to() -> None:
+    reports = {
+        "a:9090": {"sidecars": {"shop/web-1": view("STALE", 0, "a", None)}},
+        "b:9090": {"sidecars": {"shop/web-1": view("SYNCED", 1, "b", "2027-01-01T10:00:00+00:00")}},
+    }
+    [row] = merge(reports)
+    assert (row["workload"], row["state"], row["replica"]) == ("shop/web-1", "SYNCED", "b")
+
+
+def test_the_worst_state_wins_between_two_connected_replicas() -> None:
+    reports = {
+        "a:9090": {"sidecars": {"shop/web-1": view("SYNCED", 1, "a", None)}},
+        "b:9090": {"sidecars": {"shop/web-1": view("NACK", 1, "b", None)}},
+    }
+    assert merge(reports)[0]["state"] == "NACK"
+
+
+def test_the_svid_expiry_is_the_newest_any_replica_issued() -> None:
+    """Agents renew through any replica: the connected one may not have signed the newest."""
+    reports = {
+        "a:9090": {"sidecars": {"shop/web-1": view("SYNCED", 1, "a", "2027-01-01T10:00:00+00:00")}},
+        "b:9090": {"sidecars": {"shop/web-1": view("STALE", 0, "b", "2027-01-01T10:30:00+00:00")}},
+    }
+    [row] = merge(reports)
+    assert (row["replica"], row["svidExpiry"]) == ("a", "2027-01-01T10:30:00+00:00")

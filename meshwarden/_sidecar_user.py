@@ -11,6 +11,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+# Imported here, while the process may still be root: after `become` the sidecar's user may
+# not be able to read the virtualenv these live in.
+import grpc
+from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
+
 SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
@@ -68,12 +73,18 @@ def native_envoy(path: str) -> str:
 
 
 def warn_without_identity(sds_socket: Path, timeout: float = 3.0) -> None:
+    """`_ask_agent`, best effort: a failure of the check itself is one warning line, and
+    Envoy still starts."""
+    try:
+        _ask_agent(sds_socket, timeout)
+    except Exception as exc:  # a diagnostic must never keep the sidecar from starting
+        _warn(f"could not ask the agent whether it has an identity for this sidecar: {exc!r}")
+
+
+def _ask_agent(sds_socket: Path, timeout: float) -> None:
     """Ask the agent's SDS for `default` as this process (uid) would; print one warning line
     when it has no identity for it, or does not answer. Envoy starts either way (the Workload
     may be added later), but nobody is left guessing why it waits."""
-    import grpc
-    from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
-
     who = f"uid {os.getuid()}"
     request = DiscoveryRequest(resource_names=["default"], type_url=SECRET_TYPE)
     try:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshwarden._policy_watch import WriteWatch
+
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
 READ_LIMIT = 64 * 1024 * 1024  # bytes read of one file at most (the engine's own limit is lower)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -102,15 +104,27 @@ class _Pending:
 
 class SettledDirectory:
     """Polled by the control plane: `poll()` returns the directory's contents once after each
-    change, when the change has settled; None while nothing changed or a change is settling."""
+    change, when the change has settled; None while nothing changed or a change is settling.
 
-    def __init__(self, directory: Path, settle: float = SETTLE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    With `watch_writes` (Linux), a change is read at once when the kernel says no policy file
+    is open for writing (`_policy_watch`), confirmed by no write and no stat change during the
+    read; otherwise (or when the watch cannot see everything) it waits as described above."""
+
+    def __init__(
+        self,
+        directory: Path,
+        settle: float = SETTLE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        watch_writes: bool = False,
+    ) -> None:
         self.directory = directory
         self.settle = settle
         self._clock = clock
         self._delivered: Fingerprint | None = None
         self._pending: _Pending | None = None
+        self._watch_writes = watch_writes and settle > 0
+        self._watch: WriteWatch | None = None
+        self._events_delivered = -1  # the watch's event count at the last delivery
 
     @property
     def settling(self) -> bool:
@@ -127,8 +141,12 @@ class SettledDirectory:
                 self._pending = None  # changed and changed back
                 return None
             self._pending = pending = _Pending(current, now)
+            if self._seen_complete():
+                return self._read_at_once(current)
             if self.settle > 0:
                 return None
+        elif self._seen_complete():  # the writer closed the file since
+            return self._read_at_once(current)
         if now - pending.since < self.settle:
             return None
         files = read_contents(current)
@@ -138,8 +156,40 @@ class SettledDirectory:
         if self.settle > 0 and (pending.files is None or pending.files != files):
             pending.files, pending.since = files, now  # once more, after another interval
             return None
+        return self._deliver(current, files)
+
+    def _seen_complete(self) -> bool:
+        """The watch saw this change being written, and no policy file is open for writing."""
+        watch = self._writes()
+        return watch is not None and watch.quiet() and watch.events != self._events_delivered
+
+    def _read_at_once(self, current: Fingerprint) -> DirectoryContents | None:
+        watch = self._watch
+        assert watch is not None
+        events = watch.events
+        files = read_contents(current)
+        if files is None or not watch.quiet() or watch.events != events:
+            return None  # written meanwhile: the next poll sees it (or the timed settle does)
+        if fingerprint(self.directory) != current:
+            return None
+        return self._deliver(current, files)
+
+    def _deliver(self, current: Fingerprint, files: tuple[PolicyFile, ...]) -> DirectoryContents:
         self._pending, self._delivered = None, current
+        if self._watch is not None:
+            self._watch.drain()
+            self._events_delivered = self._watch.events
         return DirectoryContents(current, files)
+
+    def _writes(self) -> WriteWatch | None:
+        if not self._watch_writes:
+            return None
+        if self._watch is not None and self._watch.broken:
+            self._watch.close()
+            self._watch = None
+        if self._watch is None:
+            self._watch = WriteWatch.open(self.directory, YAML_SUFFIXES, self.settle, self._clock)
+        return self._watch
 
     def forget(self) -> None:
         """Deliver the directory again on the next settled poll (even if unchanged)."""

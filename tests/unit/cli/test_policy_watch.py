@@ -1,0 +1,116 @@
+"""A policy change is read as soon as the kernel says no policy file is open for writing
+(inotify), and never while a writer still has one open; what the watch cannot see (a write
+before it existed, a symlinked file's target elsewhere) waits for the timed settle."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from meshwarden._policy_files import SettledDirectory
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watched(directory: Path) -> tuple[SettledDirectory, Clock]:
+    """A settled directory whose watch is past its start-up blindness, everything delivered."""
+    clock = Clock()
+    settled = SettledDirectory(directory, settle=0.2, clock=clock, watch_writes=True)
+    for _ in range(4):
+        settled.poll()
+        clock.now += 0.3
+    assert not settled.settling
+    return settled, clock
+
+
+def replace(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def test_a_file_replaced_in_one_step_is_read_on_the_next_poll(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("kind: Mesh\n")
+    settled, _ = watched(tmp_path)
+    replace(tmp_path / "p.yaml", "kind: Mesh\nmetadata: {name: m}\n")
+    contents = settled.poll()  # the clock has not moved: no waiting
+    assert contents is not None
+    assert [f.content for f in contents.files] == [b"kind: Mesh\nmetadata: {name: m}\n"]
+    assert settled.poll() is None  # delivered once
+
+
+def test_a_file_still_open_for_writing_is_not_read_until_its_writer_closes_it(
+    tmp_path: Path,
+) -> None:
+    settled, clock = watched(tmp_path)
+    with open(tmp_path / "p.yaml", "w") as writer:
+        writer.write("kind: Me")
+        writer.flush()
+        assert settled.poll() is None
+        clock.now += 0.05
+        assert settled.poll() is None
+        writer.write("sh\n")
+        writer.flush()
+        assert settled.poll() is None
+    contents = settled.poll()
+    assert contents is not None and contents.files[0].content == b"kind: Mesh\n"
+
+
+def test_a_file_renamed_into_place_while_still_written_waits_for_the_close(
+    tmp_path: Path,
+) -> None:
+    settled, _ = watched(tmp_path)
+    temporary = tmp_path / ".p.yaml.tmp"
+    with open(temporary, "w") as writer:
+        writer.write("kind: ")
+        writer.flush()
+        os.replace(temporary, tmp_path / "p.yaml")
+        assert settled.poll() is None
+        writer.write("Mesh\n")
+    contents = settled.poll()
+    assert contents is not None and contents.files[0].content == b"kind: Mesh\n"
+
+
+def test_a_file_in_a_new_subdirectory_is_read_only_after_the_settle_time(
+    tmp_path: Path,
+) -> None:
+    settled, clock = watched(tmp_path)
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "p.yaml").write_text("kind: Mesh\n")  # before the watch could see it
+    assert settled.poll() is None
+    clock.now += 0.1
+    assert settled.poll() is None
+    clock.now += 0.15  # no write seen for the settle time since the watch was added
+    contents = settled.poll()
+    assert contents is not None and contents.files[0].content == b"kind: Mesh\n"
+
+
+def test_a_change_the_watch_did_not_see_waits_for_the_timed_settle(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "p.yaml").write_text("kind: Mesh\n")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").symlink_to(outside / "p.yaml")
+    settled, clock = watched(policies)
+    (outside / "p.yaml").write_text("kind: Mesh\nmetadata: {name: m}\n")  # no event in policies/
+    assert settled.poll() is None
+    clock.now += 0.25
+    assert settled.poll() is None
+    clock.now += 0.25
+    contents = settled.poll()
+    assert contents is not None and contents.files[0].content.endswith(b"{name: m}\n")
+
+
+def test_right_after_start_the_watch_is_not_trusted(tmp_path: Path) -> None:
+    clock = Clock()
+    settled = SettledDirectory(tmp_path, settle=0.2, clock=clock, watch_writes=True)
+    settled.poll()  # opens the watch
+    (tmp_path / "p.yaml").write_text("kind: Mesh\n")  # may have begun before the watch
+    assert settled.poll() is None

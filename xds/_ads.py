@@ -20,6 +20,7 @@ from envoy_data_plane.envoy.service.discovery.v3 import (
 )
 from meshwarden.xds._ads_events import SilentObserver, Step, StreamObserver, report
 from meshwarden.xds._delta import DeltaStream
+from meshwarden.xds._discovery_wire import parse_discovery_request, serialize_discovery_response
 from meshwarden.xds._node_auth import NodeAuthorizer, peer_spiffe_id
 from meshwarden.xds._snapshot import ConfigWatcher, Snapshot
 from meshwarden.xds._sotw import SotwStream
@@ -180,8 +181,12 @@ async def _drain(requests: AsyncIterator[Request], inbox: asyncio.Queue[Request 
 
 
 def ads_handler(ads: AggregatedDiscovery) -> grpc.GenericRpcHandler:
-    """The generic handler to add to a `grpc.aio.server` (encoding with `bytes(msg)`)."""
-    sotw = {"request_deserializer": DiscoveryRequest.parse, "response_serializer": bytes}
+    """The generic handler to add to a `grpc.aio.server` (state of the world read and written
+    at the wire level, `_discovery_wire`; delta with envoy-data-plane)."""
+    sotw = {
+        "request_deserializer": parse_discovery_request,
+        "response_serializer": serialize_discovery_response,
+    }
     delta = {"request_deserializer": DeltaDiscoveryRequest.parse, "response_serializer": bytes}
     return grpc.method_handlers_generic_handler(
         SERVICE,

@@ -147,9 +147,7 @@ class Policies:
         self.mesh: engine.CompiledMesh | None = None
         self.status = PolicyStatus()
         self.reloading_since: float | None = None  # time.time() a compile started; None: idle
-        self._files: PolicySource = source or SettledDirectory(
-            directory, settle, watch_writes=True
-        )
+        self._files: PolicySource = source or SettledDirectory(directory, settle, watch_writes=True)
         self._scan_error: str | None = None
         self._parsed: dict[tuple[str, str], tuple[list[Any], list[engine.Diagnostic]]] = {}
         self._report = report

@@ -162,6 +162,12 @@ class Policies:
         """A change was seen and is waiting to settle before it is read."""
         return self._files.settling
 
+    def next_poll(self, interval: float) -> float:
+        """When to poll again: after `interval`, or sooner when a complete change waits only
+        for its burst of writes to end (a source without a write watch: `interval`)."""
+        ready_in = getattr(self._files, "ready_in", None)
+        return interval if ready_in is None else min(interval, ready_in + 0.001)
+
     def reload_if_changed(self) -> frozenset[str] | None:
         """The workloads whose plans changed, or None when nothing (valid) changed. Each
         reload (a settled change) is a span `meshwarden.policies.reload`. Never raises."""

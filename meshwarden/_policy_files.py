@@ -23,6 +23,7 @@ from pathlib import Path
 from meshwarden._policy_watch import WriteWatch
 
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
+WRITE_QUIET_SECONDS = 0.02  # with the watch: no write for this long (one burst, e.g. git checkout)
 READ_LIMIT = 64 * 1024 * 1024  # bytes read of one file at most (the engine's own limit is lower)
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -159,9 +160,21 @@ class SettledDirectory:
         return self._deliver(current, files)
 
     def _seen_complete(self) -> bool:
-        """The watch saw this change being written, and no policy file is open for writing."""
+        """The watch saw this change being written, no policy file is open for writing, and
+        nothing was written for WRITE_QUIET_SECONDS (files written in one burst — a script,
+        `git checkout`, `cp -r` — are read together)."""
+        return self.ready_in == 0
+
+    @property
+    def ready_in(self) -> float | None:
+        """Seconds until the change seen can be read at once (0: now); None when it must settle
+        (or nothing changed): the control plane polls again that soon."""
         watch = self._writes()
-        return watch is not None and watch.quiet() and watch.events != self._events_delivered
+        if self._pending is None or watch is None or not watch.quiet():
+            return None
+        if watch.events == self._events_delivered:
+            return None
+        return max(0.0, watch.last_event + WRITE_QUIET_SECONDS - self._clock())
 
     def _read_at_once(self, current: Fingerprint) -> DirectoryContents | None:
         watch = self._watch

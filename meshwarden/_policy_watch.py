@@ -65,6 +65,7 @@ class WriteWatch:
         self._blind_until = clock() + settle
         self.broken = False
         self.events = 0  # events seen so far (a change with no event was not seen)
+        self.last_event = float("-inf")  # clock() when events were last read
         self._watch_tree(directory)
 
     @classmethod
@@ -128,6 +129,7 @@ class WriteWatch:
                 offset += size
                 self.events += 1
                 self._event(wd, mask, cookie, name)
+            self.last_event = self._clock()
 
     def _event(self, wd: int, mask: int, cookie: int, name: str) -> None:
         if mask & _OVERFLOW:  # events were lost: nothing is known until the tree is still

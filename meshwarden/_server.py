@@ -307,7 +307,7 @@ class ControlPlane:
         """Scan, read and compile in a worker thread: ADS, the node API, ext_authz and
         /healthz keep being served while a large change compiles."""
         while True:
-            await asyncio.sleep(POLICY_POLL_SECONDS)
+            await asyncio.sleep(self.policies.next_poll(POLICY_POLL_SECONDS))
             affected = await asyncio.to_thread(self.policies.reload_if_changed)
             if affected is not None:
                 await self.xds.publish_off_loop(affected)

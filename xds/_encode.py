@@ -55,8 +55,8 @@ class ResourceEncoder:
         self.encoded = 0  # messages encoded (not found in the cache)
 
     def encode(self, type_url: str, name: str, config: dict[str, Any]) -> Resource:
-        key, body = self._part(_MESSAGES[type_url], config)
-        return Resource(type_url, name, body, key.hex()[:16])
+        _, body = self._part(_MESSAGES[type_url], config)
+        return Resource(type_url, name, body)  # versioned by its bytes: equal on every replica
 
     def encode_all(self, resources: dict[str, list[dict[str, Any]]]) -> list[Resource]:
         out = []

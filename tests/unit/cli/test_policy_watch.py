@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from meshwarden._policy_files import SettledDirectory
+import pytest
+
+from meshwarden._policy_files import WRITE_QUIET_SECONDS, SettledDirectory
 
 
 class Clock:
@@ -35,14 +37,33 @@ def replace(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def test_a_file_replaced_in_one_step_is_read_on_the_next_poll(tmp_path: Path) -> None:
+def test_a_file_replaced_in_one_step_is_read_once_its_writes_are_quiet(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("kind: Mesh\n")
-    settled, _ = watched(tmp_path)
+    settled, clock = watched(tmp_path)
     replace(tmp_path / "p.yaml", "kind: Mesh\nmetadata: {name: m}\n")
-    contents = settled.poll()  # the clock has not moved: no waiting
+    assert settled.poll() is None
+    assert settled.ready_in == pytest.approx(WRITE_QUIET_SECONDS)  # not the 0.4 s settle
+    clock.now += WRITE_QUIET_SECONDS
+    contents = settled.poll()
     assert contents is not None
     assert [f.content for f in contents.files] == [b"kind: Mesh\nmetadata: {name: m}\n"]
     assert settled.poll() is None  # delivered once
+
+
+def test_files_written_in_one_burst_are_read_together(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("a: 1\n")
+    (tmp_path / "b.yaml").write_text("b: 1\n")
+    settled, clock = watched(tmp_path)
+    replace(tmp_path / "a.yaml", "a: 2\n")
+    clock.now += WRITE_QUIET_SECONDS / 2
+    assert settled.poll() is None
+    replace(tmp_path / "b.yaml", "b: 2\n")
+    clock.now += WRITE_QUIET_SECONDS / 2
+    assert settled.poll() is None  # the second write restarted the quiet window
+    clock.now += WRITE_QUIET_SECONDS
+    contents = settled.poll()
+    assert contents is not None
+    assert [f.content for f in contents.files] == [b"a: 2\n", b"b: 2\n"]
 
 
 def test_a_file_still_open_for_writing_is_not_read_until_its_writer_closes_it(
@@ -58,6 +79,8 @@ def test_a_file_still_open_for_writing_is_not_read_until_its_writer_closes_it(
         writer.write("sh\n")
         writer.flush()
         assert settled.poll() is None
+    assert settled.poll() is None  # the close is seen now: its writes end now
+    clock.now += WRITE_QUIET_SECONDS
     contents = settled.poll()
     assert contents is not None and contents.files[0].content == b"kind: Mesh\n"
 
@@ -65,14 +88,17 @@ def test_a_file_still_open_for_writing_is_not_read_until_its_writer_closes_it(
 def test_a_file_renamed_into_place_while_still_written_waits_for_the_close(
     tmp_path: Path,
 ) -> None:
-    settled, _ = watched(tmp_path)
+    settled, clock = watched(tmp_path)
     temporary = tmp_path / ".p.yaml.tmp"
     with open(temporary, "w") as writer:
         writer.write("kind: ")
         writer.flush()
         os.replace(temporary, tmp_path / "p.yaml")
+        clock.now += WRITE_QUIET_SECONDS
         assert settled.poll() is None
         writer.write("Mesh\n")
+    assert settled.poll() is None
+    clock.now += WRITE_QUIET_SECONDS
     contents = settled.poll()
     assert contents is not None and contents.files[0].content == b"kind: Mesh\n"
 

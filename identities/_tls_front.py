@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from asyncio import sslproto
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +20,6 @@ class TlsPeer:
     """The verified client certificate of a connection; None when the client sent none."""
 
     certificate: x509.Certificate | None
-
-
-TLS_READ_BUFFER = 16 * 1024  # the most plaintext one TLS record carries (RFC 8446, 5.1)
-
-
-def small_tls_read_buffers() -> None:
-    """asyncio gives every TLS connection a 256 KiB read buffer (`SSLProtocol.max_size`), about
-    70 % of what a connected sidecar cost the control plane. A TLS record carries at most 16 KiB
-    of plaintext, so a buffer of that size still reads a whole record per call; only bulk
-    transfers take more calls. Process-wide (asyncio has no per-server setting): the control
-    plane's TLS connections are all ours."""
-    sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
 
 
 def server_tls_context(cert_file: Path, key_file: Path, client_roots_pem: bytes) -> ssl.SSLContext:
@@ -65,7 +52,6 @@ class TlsEndpoint:
         self._internal = 0
 
     async def start(self) -> None:
-        small_tls_read_buffers()
         self._grpc = grpc.aio.server()
         self._add_services(self._grpc, self.peers)
         self._internal = self._grpc.add_insecure_port("127.0.0.1:0")

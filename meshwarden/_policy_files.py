@@ -23,7 +23,7 @@ from pathlib import Path
 from meshwarden._policy_watch import WriteWatch
 
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
-WRITE_QUIET_SECONDS = 0.02  # with the watch: no write for this long (one burst, e.g. git checkout)
+WRITE_QUIET_SECONDS = 0.1  # with the watch: no write for this long (one burst of files)
 READ_LIMIT = 64 * 1024 * 1024  # bytes read of one file at most (the engine's own limit is lower)
 YAML_SUFFIXES = (".yaml", ".yml")
 

@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_ext_authz.py
 	$(BIN)/python bench/bench_packet_filter.py
 	$(BIN)/python bench/bench_reload.py
+	$(BIN)/python bench/bench_replicas.py
 	$(BIN)/python bench/bench_console.py
 
 protos: $(STAMP)

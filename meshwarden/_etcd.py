@@ -15,8 +15,9 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import grpc
 from aetcd import rpc
@@ -24,6 +25,7 @@ from aetcd import rpc
 __all__ = [
     "Etcd",
     "KeyValue",
+    "StoreTls",
     "StoreUnavailable",
     "StoreUrl",
     "delete_op",
@@ -41,19 +43,38 @@ class StoreUnavailable(Exception):
 
 
 @dataclass(frozen=True)
+class StoreTls:
+    """Client TLS to etcd: the CA that signed the members' certificates and, for etcd's
+    `--client-cert-auth`, this client's certificate and key (PEM files)."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Raises OSError naming the file that cannot be read."""
+        cert = Path(self.cert).read_bytes() if self.cert else None
+        key = Path(self.key).read_bytes() if self.key else None
+        return grpc.ssl_channel_credentials(Path(self.ca).read_bytes(), key, cert)
+
+
+@dataclass(frozen=True)
 class StoreUrl:
-    """`etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`: the members and the key prefix (default
-    `/meshwarden/`) the shared state lives under."""
+    """`etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?ca=FILE&cert=FILE&key=FILE]`: the members,
+    the key prefix (default `/meshwarden/`) the shared state lives under, and client TLS
+    (`ca` alone: TLS; with `cert` and `key`: also authenticated by certificate)."""
 
     endpoints: tuple[str, ...]
     prefix: str = "/meshwarden/"
+    tls: StoreTls | None = None
 
     @classmethod
     def parse(cls, text: str) -> StoreUrl:
         """ValueError with the reason for anything else."""
         if not text.startswith("etcd://"):
             raise ValueError(f"{text!r}: a store URL starts with etcd:// (etcd://HOST:PORT,...)")
-        rest = text[len("etcd://") :]
+        rest, _, query = text[len("etcd://") :].partition("?")
+        tls = _tls(text, query)
         hosts, _, path = rest.partition("/")
         endpoints = tuple(part.strip() for part in hosts.split(",") if part.strip())
         if not endpoints:
@@ -67,11 +88,26 @@ class StoreUrl:
             if not split.hostname or port is None or port == 0:
                 raise ValueError(f"{text!r}: {endpoint!r} is not HOST:PORT")
         prefix = "/" + path.strip("/") + "/" if path.strip("/") else "/meshwarden/"
-        return cls(endpoints, prefix)
+        return cls(endpoints, prefix, tls)
 
     def __str__(self) -> str:
+        """The URL without its query (file names are not secret, but keep messages short)."""
         suffix = "" if self.prefix == "/meshwarden/" else self.prefix.rstrip("/")
         return "etcd://" + ",".join(self.endpoints) + suffix
+
+
+def _tls(text: str, query: str) -> StoreTls | None:
+    if not query:
+        return None
+    fields = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(fields) - {"ca", "cert", "key"})
+    if unknown:
+        raise ValueError(f"{text!r}: unknown store option {unknown[0]!r} (ca, cert, key)")
+    if not fields.get("ca"):
+        raise ValueError(f"{text!r}: TLS needs ca=FILE (the CA of the etcd members)")
+    if bool(fields.get("cert")) != bool(fields.get("key")):
+        raise ValueError(f"{text!r}: cert=FILE and key=FILE go together")
+    return StoreTls(fields["ca"], fields.get("cert") or None, fields.get("key") or None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +149,29 @@ def _prefix_end(prefix: bytes) -> bytes:
 class Etcd:
     """Calls go to one member at a time; an unreachable member is left for the next one."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0,
+                 tls: StoreTls | None = None) -> None:  # fmt: skip
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
+        self._credentials = tls.credentials() if tls else None
         self._current = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @classmethod
+    def of(cls, url: StoreUrl, timeout: float = 5.0) -> Etcd:
+        """A client of the members (and with the TLS) of a store URL."""
+        return cls(url.endpoints, timeout, url.tls)
 
     def _channel(self) -> grpc.aio.Channel:
         endpoint = self.endpoints[self._current % len(self.endpoints)]
         channel = self._channels.get(endpoint)
+        if channel is None and self._credentials is not None:
+            channel = grpc.aio.secure_channel(endpoint, self._credentials)
         if channel is None:
-            channel = self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+            channel = grpc.aio.insecure_channel(endpoint)
+        self._channels[endpoint] = channel
         return channel
 
     def _next_member(self) -> None:

@@ -29,7 +29,7 @@ class Replica:
         self.url = url
         self.kek_file = kek_file
         self.clock = clock
-        self.etcd = Etcd(url.endpoints)
+        self.etcd = Etcd.of(url)
         self.source = StoreSource(PolicyStore(self.etcd, url.prefix))
         self.tokens = SharedTokens(self.etcd, url.prefix, clock)
         self.nodes = SharedNodes(self.etcd, url.prefix, clock)

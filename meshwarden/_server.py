@@ -256,7 +256,6 @@ class ControlPlane:
             assert self.options.policies is not None
             report["policies"] = str(self.options.policies.resolve())  # for `meshwarden verify`
             return report
-        report["policies"] = str(self.options.store)
         report["store"] = self.replica.health()
         if not self.replica.source.reachable:
             report["status"] = "degraded"

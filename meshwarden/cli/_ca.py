@@ -74,7 +74,7 @@ def _store_bundle(url: object) -> str:
     from meshwarden._etcd import Etcd, StoreUnavailable
 
     async def read() -> str:
-        etcd = Etcd(url.endpoints)  # type: ignore[attr-defined]
+        etcd = Etcd.of(url)  # type: ignore[arg-type]
         try:
             found, _ = await etcd.get(f"{url.prefix}bundle".encode())  # type: ignore[attr-defined]
         finally:

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-STORE_HELP = "the shared store: etcd://HOST:PORT[,HOST:PORT...] (every member of the cluster)"
+STORE_HELP = (
+    "the shared store: etcd://HOST:PORT[,HOST:PORT...] (every member of the cluster); "
+    "TLS: add ?ca=FILE[&cert=FILE&key=FILE]"
+)
 EXAMPLES = {
     "apply": """\
 examples:
@@ -51,9 +54,14 @@ def store_url(text: str) -> Any:
     from meshwarden._etcd import StoreUrl
 
     try:
-        return StoreUrl.parse(text)
+        url = StoreUrl.parse(text)
+        if url.tls is not None:
+            url.tls.credentials()  # the files must be readable now, not at the first call
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.filename}: {exc.strerror or exc}") from None
+    return url
 
 
 def revision_number(text: str) -> int:
@@ -133,7 +141,7 @@ def with_store(args: argparse.Namespace, action: Callable[[PolicyStore], Awaitab
     from meshwarden._policy_store import PolicyStore, RevisionNotFound, StoreUnavailable
 
     async def run() -> T:
-        etcd = Etcd(args.store.endpoints, timeout=args.store_timeout)
+        etcd = Etcd.of(args.store, args.store_timeout)
         try:
             return await action(PolicyStore(etcd, args.store.prefix))
         finally:

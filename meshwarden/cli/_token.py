@@ -70,7 +70,7 @@ def _create_in_store(args: argparse.Namespace) -> str:
     from meshwarden.identities import SystemClock
 
     async def create() -> str:
-        etcd = Etcd(args.store.endpoints)
+        etcd = Etcd.of(args.store)
         try:
             tokens = SharedTokens(etcd, args.store.prefix, SystemClock())
             return await tokens.create(args.node, dt.timedelta(seconds=args.ttl))

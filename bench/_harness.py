@@ -84,27 +84,52 @@ def mesh_documents(n_rules: int, server_address: str, backend_port: int) -> list
     """Mesh, server + client workloads, a Service, and `n_rules` one-rule ALLOW policies whose
     last (in name order) names the benchmark client."""
     docs: list[dict[str, Any]] = [
-        {"kind": "Mesh", "metadata": {"name": "bench"},
-         "spec": {"trustDomain": TD, "mtls": "STRICT", "defaultPolicy": "deny"}},
-        {"kind": "Workload", "metadata": {"name": "server", "namespace": NS,
-                                          "labels": {"app": "server"}},
-         "spec": {"serviceAccount": "server", "addresses": [server_address],
-                  "ports": [{"port": PORT, "targetPort": backend_port, "protocol": "http"}]}},
-        {"kind": "Service", "metadata": {"name": "server", "namespace": NS},
-         "spec": {"selector": {"matchLabels": {"app": "server"}},
-                  "ports": [{"port": PORT, "protocol": "http"}]}},
-        {"kind": "Workload", "metadata": {"name": "client", "namespace": NS,
-                                          "labels": {"app": "client"}},
-         "spec": {"serviceAccount": "client",
-                  "upstreams": [{"service": SERVER, "port": PORT, "localPort": 15001}]}},
-    ]  # fmt: skip
+        {
+            "kind": "Mesh",
+            "metadata": {"name": "bench"},
+            "spec": {"trustDomain": TD, "mtls": "STRICT", "defaultPolicy": "deny"},
+        },
+        {
+            "kind": "Workload",
+            "metadata": {"name": "server", "namespace": NS, "labels": {"app": "server"}},
+            "spec": {
+                "serviceAccount": "server",
+                "addresses": [server_address],
+                "ports": [{"port": PORT, "targetPort": backend_port, "protocol": "http"}],
+            },
+        },
+        {
+            "kind": "Service",
+            "metadata": {"name": "server", "namespace": NS},
+            "spec": {
+                "selector": {"matchLabels": {"app": "server"}},
+                "ports": [{"port": PORT, "protocol": "http"}],
+            },
+        },
+        {
+            "kind": "Workload",
+            "metadata": {"name": "client", "namespace": NS, "labels": {"app": "client"}},
+            "spec": {
+                "serviceAccount": "client",
+                "upstreams": [{"service": SERVER, "port": PORT, "localPort": 15001}],
+            },
+        },
+    ]
     for i in range(n_rules):
         identity = CLIENT_ID if i == n_rules - 1 else f"spiffe://{TD}/ns/callers/sa/caller-{i:05d}"
-        docs.append({"kind": "AuthorizationPolicy",
-                     "metadata": {"name": f"allow-{i:05d}", "namespace": NS},
-                     "spec": {"selector": {"matchLabels": {"app": "server"}}, "action": "ALLOW",
-                              "rules": [{"from": [{"identities": [identity]}],
-                                         "to": [{"ports": [str(PORT)]}]}]}})  # fmt: skip
+        docs.append(
+            {
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": f"allow-{i:05d}", "namespace": NS},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "server"}},
+                    "action": "ALLOW",
+                    "rules": [
+                        {"from": [{"identities": [identity]}], "to": [{"ports": [str(PORT)]}]}
+                    ],
+                },
+            }
+        )
     for doc in docs:
         doc["apiVersion"] = "meshwarden.io/v1alpha1"
     return docs
@@ -161,8 +186,9 @@ def our_config(n: int, address: str, backend_port: int, tls: StaticTls) -> Prepa
     return config, docs, compiled, timing
 
 
-def client_resources(compiled: CompiledMesh, tls: StaticTls, configs: list[Config]
-                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+def client_resources(
+    compiled: CompiledMesh, tls: StaticTls, configs: list[Config]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Our client sidecar's outbound listener + mTLS cluster, once per server under test
     (static: the EDS cluster becomes STATIC with the server's address)."""
     resources = workload_resources(compiled, CLIENT, TranslationContext(static_tls=tls))
@@ -174,9 +200,13 @@ def client_resources(compiled: CompiledMesh, tls: StaticTls, configs: list[Confi
         del cluster["edsClusterConfig"]
         endpoints = copy.deepcopy(endpoints0)
         endpoints["endpoints"][0]["lbEndpoints"][0]["endpoint"]["address"]["socketAddress"][
-            "address"] = c.address  # fmt: skip
-        cluster.update(name=f"out:{c.name}", type="STATIC",
-                       loadAssignment={**endpoints, "clusterName": f"out:{c.name}"})  # fmt: skip
+            "address"
+        ] = c.address
+        cluster.update(
+            name=f"out:{c.name}",
+            type="STATIC",
+            loadAssignment={**endpoints, "clusterName": f"out:{c.name}"},
+        )
         listener = copy.deepcopy(listener0)
         listener["name"] = f"out:{c.name}"
         listener["address"]["socketAddress"]["portValue"] = c.local_port
@@ -188,20 +218,52 @@ def client_resources(compiled: CompiledMesh, tls: StaticTls, configs: list[Confi
 
 
 def backend_listener(port: int) -> dict[str, Any]:
-    route = {"name": "backend", "virtualHosts": [{"name": "any", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "directResponse": {
-            "status": 200, "body": {"inlineString": BACKEND_BODY.decode()}}}]}]}  # fmt: skip
+    route = {
+        "name": "backend",
+        "virtualHosts": [
+            {
+                "name": "any",
+                "domains": ["*"],
+                "routes": [
+                    {
+                        "match": {"prefix": "/"},
+                        "directResponse": {
+                            "status": 200,
+                            "body": {"inlineString": BACKEND_BODY.decode()},
+                        },
+                    }
+                ],
+            }
+        ],
+    }
     return {
         "name": "backend",
         "address": {"socketAddress": {"address": "127.0.0.1", "portValue": port}},
-        "filterChains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-            "typedConfig": {"@type": _T + "envoy.extensions.filters.network."
+        "filterChains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typedConfig": {
+                            "@type": _T + "envoy.extensions.filters.network."
                             "http_connection_manager.v3.HttpConnectionManager",
-                            "statPrefix": "backend", "routeConfig": route,
-                            "httpFilters": [{"name": "envoy.filters.http.router", "typedConfig": {
-                                "@type": _T + "envoy.extensions.filters.http.router.v3.Router"
-                            }}]}}]}],
-    }  # fmt: skip
+                            "statPrefix": "backend",
+                            "routeConfig": route,
+                            "httpFilters": [
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typedConfig": {
+                                        "@type": _T
+                                        + "envoy.extensions.filters.http.router.v3.Router"
+                                    },
+                                }
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def free_port() -> int:
@@ -257,9 +319,20 @@ class Processes:
         path.write_text(json.dumps({**config, "admin": admin}))
         log = (self.folder / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--concurrency", "1", "--use-dynamic-base-id",
-             "--log-level", "warning"],
-            stdout=log, stderr=log, preexec_fn=child_setup(cpus))  # fmt: skip
+            [
+                envoy_binary(),
+                "-c",
+                str(path),
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warning",
+            ],
+            stdout=log,
+            stderr=log,
+            preexec_fn=child_setup(cpus),
+        )
         log.close()
         self.children.append((name, proc))
         return admin_socket
@@ -283,9 +356,12 @@ class Processes:
             admin = self.folder / f"{name}.admin.sock"
             stats: dict[str, int] = {}
             with contextlib.suppress(OSError, ValueError):
-                stats = {k: v for k, v in admin_stats(admin, "ssl|cx_connect_fail|rbac").items()
-                         if v and any(w in k for w in ("error", "fail", "denied", "handshake",
-                                                       "allowed"))}  # fmt: skip
+                stats = {
+                    k: v
+                    for k, v in admin_stats(admin, "ssl|cx_connect_fail|rbac").items()
+                    if v
+                    and any(w in k for w in ("error", "fail", "denied", "handshake", "allowed"))
+                }
             out.append(f"--- Envoy {name}: {state}; non-zero counters {stats}\n{log}")
         return "\n".join(out)
 
@@ -378,17 +454,21 @@ def check_enforcement(config: Config, ids: Identities, compiled: CompiledMesh) -
     status = mtls_status(config.address, ids.intruder)
     denied = _rbac_denied(config.admin) - denied_before
     if status != 403 or denied != 1:
-        raise SystemExit(f"{config.name}: {INTRUDER_ID} got {status} (RBAC denials "
-                         f"+{denied}); expected 403 from RBAC: this Envoy does not enforce "
-                         "the policies")  # fmt: skip
+        raise SystemExit(
+            f"{config.name}: {INTRUDER_ID} got {status} (RBAC denials "
+            f"+{denied}); expected 403 from RBAC: this Envoy does not enforce "
+            "the policies"
+        )
     status, body = http_get(f"http://127.0.0.1:{config.local_port}/")
     if status != 200 or body != BACKEND_BODY:
         raise SystemExit(f"{config.name}: the client via its sidecar got {status} {body[:80]!r}")
     decision = decide(compiled.plan(SERVER), Request.build(SERVER, PORT, identity=CLIENT_ID))
     last = f"{NS}/allow-{config.rules - 1:05d}"
     if not decision.allowed or decision.policy != last:
-        raise SystemExit(f"engine: client allowed={decision.allowed} by {decision.policy}, "
-                         f"expected the last policy {last}")  # fmt: skip
+        raise SystemExit(
+            f"engine: client allowed={decision.allowed} by {decision.policy}, "
+            f"expected the last policy {last}"
+        )
     config.figures["denied_intruder"] = True
 
 
@@ -445,8 +525,11 @@ class Run:
         quantiles = out["quantiles_us"]
         samples = [(us, out["requests"] / len(quantiles)) for us in quantiles]
         self.samples += samples
-        one = {"p50_ms": _percentile(samples, 50), "p99_ms": _percentile(samples, 99),
-               "rps": out["requests"] / (out["duration_us"] / 1e6)}  # fmt: skip
+        one = {
+            "p50_ms": _percentile(samples, 50),
+            "p99_ms": _percentile(samples, 99),
+            "rps": out["requests"] / (out["duration_us"] / 1e6),
+        }
         if cpu_s and "server" in cpu_s:
             one["server_cpu_us_per_req"] = cpu_s["server"] / out["requests"] * 1e6
         self.rounds.append(one)
@@ -455,8 +538,11 @@ class Run:
         return _percentile(self.samples, p)
 
     def summary(self) -> dict[str, float]:
-        out = {"p50_ms": self.percentile(50), "p99_ms": self.percentile(99),
-               "rps": self.requests / self.seconds if self.seconds else 0.0}  # fmt: skip
+        out = {
+            "p50_ms": self.percentile(50),
+            "p99_ms": self.percentile(99),
+            "rps": self.requests / self.seconds if self.seconds else 0.0,
+        }
         for name, seconds in self.cpu_s.items():
             out[f"{name}_cpu_us_per_req"] = seconds / self.requests * 1e6
         return out
@@ -466,24 +552,37 @@ class Run:
         return min(values), max(values)
 
 
-def wrk(url: str, seconds: float, connections: int, folder: Path, cpus: set[int] | None
-        ) -> dict[str, Any]:  # fmt: skip
+def wrk(
+    url: str, seconds: float, connections: int, folder: Path, cpus: set[int] | None
+) -> dict[str, Any]:
     out = folder / "wrk.json"
     out.unlink(missing_ok=True)
     script = folder / "wrk.lua"
     script.write_text(WRK_SCRIPT % out)
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "2s",
-           "-s", str(script), url]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=child_setup(cpus),
-                          timeout=seconds + 30)  # fmt: skip
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "2s",
+        "-s",
+        str(script),
+        url,
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=child_setup(cpus), timeout=seconds + 30
+    )
     if done.returncode != 0 or not out.exists():
         raise SystemExit(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
     result: dict[str, Any] = json.loads(out.read_text())
     errors = {k: v for k, v in result["errors"].items() if v}
     if errors or not result["requests"]:
-        raise SystemExit(f"{url}: wrk saw errors {errors} in {result['requests']} "
-                         "requests (non-2xx answers or socket errors): not measuring a broken "
-                         "path")  # fmt: skip
+        raise SystemExit(
+            f"{url}: wrk saw errors {errors} in {result['requests']} "
+            "requests (non-2xx answers or socket errors): not measuring a broken "
+            "path"
+        )
     return result
 
 
@@ -503,27 +602,36 @@ class Layout:
         return cls({cpus[-1]}, set(cpus[:-1]))
 
 
-def start(procs: Processes, configs: list[Config], client_compiled: CompiledMesh,
-          ids: Identities, backend_port: int, layout: Layout) -> None:  # fmt: skip
+def start(
+    procs: Processes,
+    configs: list[Config],
+    client_compiled: CompiledMesh,
+    ids: Identities,
+    backend_port: int,
+    layout: Layout,
+) -> None:
     """Every Envoy at once, then wait until all are ready."""
 
-    def static(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]
-               ) -> dict[str, Any]:  # fmt: skip
+    def static(listeners: list[dict[str, Any]], clusters: list[dict[str, Any]]) -> dict[str, Any]:
         # Without SO_REUSEPORT a second process binding one of our addresses fails instead of
         # silently taking a share of our connections (the loopback is shared with other runs).
         listeners = [{**listener, "enableReusePort": False} for listener in listeners]
-        return {"staticResources": {"listeners": listeners, "clusters": clusters},
-                "layeredRuntime": {"layers": [{"name": "static",
-                                               "staticLayer": TRACER_RUNTIME}]}}  # fmt: skip
+        return {
+            "staticResources": {"listeners": listeners, "clusters": clusters},
+            "layeredRuntime": {"layers": [{"name": "static", "staticLayer": TRACER_RUNTIME}]},
+        }
 
-    pending = {"backend": procs.envoy("backend", static([backend_listener(backend_port)], []),
-                                      layout.others)}  # fmt: skip
+    pending = {
+        "backend": procs.envoy(
+            "backend", static([backend_listener(backend_port)], []), layout.others
+        )
+    }
     listeners, clusters = client_resources(client_compiled, ids.client, configs)
     pending["client"] = procs.envoy("client", static(listeners, clusters), layout.others)
     for c in configs:
-        pending[c.name] = procs.envoy(c.name, static([c.listener], [c.local_cluster,
-                                                                    *c.extra_clusters]),
-                                      layout.server)  # fmt: skip
+        pending[c.name] = procs.envoy(
+            c.name, static([c.listener], [c.local_cluster, *c.extra_clusters]), layout.server
+        )
     admins = {name: procs.wait_ready(name, path) for name, path in pending.items()}
     for c in configs:
         c.admin = admins[c.name]
@@ -548,14 +656,21 @@ def machine(layout: Layout) -> dict[str, Any]:
     envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True)
     wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     return {
-        "cpu": model, "cores": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
         "envoy": envoy.stdout.strip().rsplit("version:", 1)[-1].strip(),
         "wrk": (wrk_v.stdout + wrk_v.stderr).split("[")[0].strip(),
-        "pinning": (f"server sidecar on cpu {sorted(layout.server)}; wrk, client sidecar, "
-                    f"backend on cpu {sorted(layout.others or ())}") if layout.server else "none",
+        "pinning": (
+            f"server sidecar on cpu {sorted(layout.server)}; wrk, client sidecar, "
+            f"backend on cpu {sorted(layout.others or ())}"
+        )
+        if layout.server
+        else "none",
         "load_avg_start": os.getloadavg()[0],
-    }  # fmt: skip
+    }
 
 
 def stop_on_sigterm(*_: Any) -> None:

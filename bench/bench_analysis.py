@@ -71,12 +71,19 @@ SHAPES = ("namespaces", "identities", "paths", "headers", "mixed")
 
 def mesh_text(shape: str, rules: int) -> str:
     docs: list[dict[str, Any]] = [
-        {"apiVersion": API, "kind": "Mesh", "metadata": {"name": "m"},
-         "spec": {"trustDomain": TD, "mtls": "STRICT"}},
-        {"apiVersion": API, "kind": "Workload",
-         "metadata": {"name": "backend-1", "namespace": "shop", "labels": {"app": "backend"}},
-         "spec": {"addresses": ["127.0.0.3"], "ports": [{"port": 8080, "protocol": "http"}]}},
-    ]  # fmt: skip
+        {
+            "apiVersion": API,
+            "kind": "Mesh",
+            "metadata": {"name": "m"},
+            "spec": {"trustDomain": TD, "mtls": "STRICT"},
+        },
+        {
+            "apiVersion": API,
+            "kind": "Workload",
+            "metadata": {"name": "backend-1", "namespace": "shop", "labels": {"app": "backend"}},
+            "spec": {"addresses": ["127.0.0.3"], "ports": [{"port": 8080, "protocol": "http"}]},
+        },
+    ]
     for i in range(rules):
         docs.append(
             {
@@ -116,8 +123,11 @@ def pairwise(mesh: CompiledMesh) -> list[Diagnostic]:
 def _warning(mesh: CompiledMesh, rule: CompiledRule, ref: str, shadow: CompiledRule) -> Diagnostic:
     deny = shadow.policy != ref and mesh.policies[shadow.policy].action == "DENY"
     verb = "denied" if deny else "already matched"
-    return warning(rule.location, f"rule {rule.index} of {ref} is fully shadowed: every request "
-                                  f"it matches is {verb} by rule {shadow.name} first")  # fmt: skip
+    return warning(
+        rule.location,
+        f"rule {rule.index} of {ref} is fully shadowed: every request "
+        f"it matches is {verb} by rule {shadow.name} first",
+    )
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -136,16 +146,24 @@ def run_shape(shape: str, sizes: list[int], pairwise_max: int) -> list[dict[str,
         assert checked is not None, [str(d) for d in found if d.severity.value == "error"][:3]
         shadow_s, warnings = timed(lambda mesh=compiled: _shadowed(mesh))
         assert len(warnings) == rules // 10, (shape, rules, len(warnings))
-        row: dict[str, Any] = {"shape": shape, "rules": rules, "check_s": check_s,
-                               "shadow_s": shadow_s, "warnings": len(warnings)}  # fmt: skip
+        row: dict[str, Any] = {
+            "shape": shape,
+            "rules": rules,
+            "check_s": check_s,
+            "shadow_s": shadow_s,
+            "warnings": len(warnings),
+        }
         if rules <= pairwise_max:
             row["pairwise_s"], expected = timed(lambda mesh=compiled: pairwise(mesh))
             if sorted(map(str, expected)) != sorted(map(str, warnings)):
                 raise SystemExit(f"{shape} x {rules}: indexed and pairwise analyses disagree")
         rows.append(row)
-        print(f"  {shape:<11} {rules:>6,} rules: check {check_s:7.3f} s, shadow analysis "
-              f"{shadow_s:7.3f} s" + (f", pairwise {row['pairwise_s']:7.3f} s"
-                                      if "pairwise_s" in row else ""), file=sys.stderr)  # fmt: skip
+        print(
+            f"  {shape:<11} {rules:>6,} rules: check {check_s:7.3f} s, shadow analysis "
+            f"{shadow_s:7.3f} s"
+            + (f", pairwise {row['pairwise_s']:7.3f} s" if "pairwise_s" in row else ""),
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -163,8 +181,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="80 and 800 rules only")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--pairwise-max", type=int, default=800,
-                        help="largest size also run pairwise (default 800)")  # fmt: skip
+    parser.add_argument(
+        "--pairwise-max", type=int, default=800, help="largest size also run pairwise (default 800)"
+    )
     args = parser.parse_args()
     sizes = [80, 800] if args.quick else [80, 800, 8000]
     info = machine()
@@ -174,20 +193,26 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"\n{'shape':<11} {'rules':>6} {'check s':>8} {'shadow s':>9} {'pairwise s':>11} "
-          f"{'pairwise/ours':>14} {'ours / ours(80)':>16}")  # fmt: skip
+    print(
+        f"\n{'shape':<11} {'rules':>6} {'check s':>8} {'shadow s':>9} {'pairwise s':>11} "
+        f"{'pairwise/ours':>14} {'ours / ours(80)':>16}"
+    )
     for row in rows:
         base = next(r for r in rows if r["shape"] == row["shape"] and r["rules"] == sizes[0])
         pair = row.get("pairwise_s")
         ratio = f"{pair / max(row['shadow_s'], 1e-6):13.1f}x" if pair is not None else " " * 14
-        print(f"{row['shape']:<11} {row['rules']:>6,} {row['check_s']:8.3f} {row['shadow_s']:9.3f} "
-              f"{pair if pair is not None else float('nan'):11.3f} {ratio} "
-              f"{row['shadow_s'] / max(base['shadow_s'], 1e-6):15.1f}x")  # fmt: skip
+        print(
+            f"{row['shape']:<11} {row['rules']:>6,} {row['check_s']:8.3f} {row['shadow_s']:9.3f} "
+            f"{pair if pair is not None else float('nan'):11.3f} {ratio} "
+            f"{row['shadow_s'] / max(base['shadow_s'], 1e-6):15.1f}x"
+        )
     big = [r for r in rows if r["shape"] == "namespaces" and r["rules"] == 8000]
     if big:
         verdict = "pass" if big[0]["check_s"] <= 2 else "MISS"
-        print(f"\ntarget (issue #9): 8,000 namespace rules checked in <= 2 s: "
-              f"{big[0]['check_s']:.2f} s CPU, {verdict}")  # fmt: skip
+        print(
+            f"\ntarget (issue #9): 8,000 namespace rules checked in <= 2 s: "
+            f"{big[0]['check_s']:.2f} s CPU, {verdict}"
+        )
     print(f"load average at end: {os.getloadavg()}")
     return 0
 

@@ -103,15 +103,40 @@ def istio_style_rbac(docs: list[dict[str, Any]], stat_prefix: str) -> dict[str, 
             ids = [x for src in rule["from"] for x in src["identities"]]
             assert set(rule) == {"from", "to"} and all("*" not in x for x in ids)
             policies[f"ns[{meta['namespace']}]-policy[{meta['name']}]-rule[{i}]"] = {
-                "permissions": [{"andRules": {"rules": [{"orRules": {"rules": [
-                    {"destinationPort": int(p)} for p in ports]}}]}}],
-                "principals": [{"andIds": {"ids": [{"orIds": {"ids": [
-                    {"authenticated": {"principalName": {"exact": x}}} for x in ids]}}]}}],
-            }  # fmt: skip
-    return {"name": "envoy.filters.http.rbac", "typedConfig": {
-        "@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC",
-        "rulesStatPrefix": stat_prefix,
-        "rules": {"action": "ALLOW", "policies": policies}}}  # fmt: skip
+                "permissions": [
+                    {
+                        "andRules": {
+                            "rules": [
+                                {"orRules": {"rules": [{"destinationPort": int(p)} for p in ports]}}
+                            ]
+                        }
+                    }
+                ],
+                "principals": [
+                    {
+                        "andIds": {
+                            "ids": [
+                                {
+                                    "orIds": {
+                                        "ids": [
+                                            {"authenticated": {"principalName": {"exact": x}}}
+                                            for x in ids
+                                        ]
+                                    }
+                                }
+                            ]
+                        }
+                    }
+                ],
+            }
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typedConfig": {
+            "@type": _T + "envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rulesStatPrefix": stat_prefix,
+            "rules": {"action": "ALLOW", "policies": policies},
+        },
+    }
 
 
 # --------------------------------------------------------------------------- configs
@@ -124,8 +149,9 @@ def _http_filters(listener: dict[str, Any]) -> list[dict[str, Any]]:
     return filters
 
 
-def linear_listener(ours: dict[str, Any], docs: list[dict[str, Any]], address: str
-                    ) -> dict[str, Any]:  # fmt: skip
+def linear_listener(
+    ours: dict[str, Any], docs: list[dict[str, Any]], address: str
+) -> dict[str, Any]:
     """Our listener with its one RBAC filter swapped for the Istio-style one: same TLS, HCM,
     router and stat prefix."""
     listener = copy.deepcopy(ours)
@@ -155,8 +181,9 @@ def linear_listener(ours: dict[str, Any], docs: list[dict[str, Any]], address: s
 # --------------------------------------------------------------------------- run
 
 
-def prepare(sizes: Sequence[int], backend_port: int, ids: Identities
-            ) -> tuple[list[Config], dict[int, CompiledMesh]]:  # fmt: skip
+def prepare(
+    sizes: Sequence[int], backend_port: int, ids: Identities
+) -> tuple[list[Config], dict[int, CompiledMesh]]:
     """(ours, linear) per size, then the A/A control (a second sidecar with exactly the
     smallest size's listener), and the compiled mesh of each size."""
     addresses = server_addresses(2 * len(sizes) + 1)
@@ -168,24 +195,37 @@ def prepare(sizes: Sequence[int], backend_port: int, ids: Identities
         meshes[n] = compiled
         if k == 0:
             check_shape(docs)
-        linear = Config("linear", n, addresses[2 * k + 1],
-                        linear_listener(ours.listener, docs, addresses[2 * k + 1]),
-                        ours.local_cluster)  # fmt: skip
+        linear = Config(
+            "linear",
+            n,
+            addresses[2 * k + 1],
+            linear_listener(ours.listener, docs, addresses[2 * k + 1]),
+            ours.local_cluster,
+        )
         linear.figures["listener_json_bytes"] = len(json.dumps(linear.listener))
         ours.figures.update(timing)
         configs += [ours, linear]
     small = configs[0]
     control = copy.deepcopy(small.listener)
     control["address"]["socketAddress"]["address"] = addresses[-1]
-    configs.append(Config("control", small.rules, addresses[-1], control, small.local_cluster,
-                          figures={"listener_json_bytes": len(json.dumps(control))}))  # fmt: skip
+    configs.append(
+        Config(
+            "control",
+            small.rules,
+            addresses[-1],
+            control,
+            small.local_cluster,
+            figures={"listener_json_bytes": len(json.dumps(control))},
+        )
+    )
     for c in configs:
         c.local_port = free_port()
     return configs, meshes
 
 
-def measure(configs: list[Config], args: argparse.Namespace, folder: Path, layout: Layout,
-            procs: Processes) -> dict[str, Run]:  # fmt: skip
+def measure(
+    configs: list[Config], args: argparse.Namespace, folder: Path, layout: Layout, procs: Processes
+) -> dict[str, Run]:
     runs = {c.name: Run() for c in configs}
     url = {c.name: f"http://127.0.0.1:{c.local_port}/" for c in configs}
     for c in configs:
@@ -211,12 +251,14 @@ def results(configs: list[Config], runs: dict[str, Run]) -> list[dict[str, Any]]
     pairs = [c for c in configs if c.label in ("ours", "linear")]
     for ours, linear in zip(pairs[::2], pairs[1::2], strict=True):
         o, lin = runs[ours.name].summary(), runs[linear.name].summary()
-        rows.append({
-            "rules": ours.rules,
-            "ours": {**o, **ours.figures, **_extra(runs[ours.name])},
-            "linear": {**lin, **linear.figures, **_extra(runs[linear.name])},
-            "ours_over_linear": {k: o[k] / lin[k] for k in o},
-        })  # fmt: skip
+        rows.append(
+            {
+                "rules": ours.rules,
+                "ours": {**o, **ours.figures, **_extra(runs[ours.name])},
+                "linear": {**lin, **linear.figures, **_extra(runs[linear.name])},
+                "ours_over_linear": {k: o[k] / lin[k] for k in o},
+            }
+        )
     control = runs[f"control-{rows[0]['rules']}"]
     rows[0]["control"] = {**control.summary(), **_extra(control)}
     base = rows[0]["ours"]
@@ -229,8 +271,11 @@ RATIO_KEYS = ("p50_ms", "p99_ms", "rps", "server_cpu_us_per_req")
 
 
 def _extra(run: Run) -> dict[str, Any]:
-    return {"requests": run.requests, "round_p50_ms": run.spread("p50_ms"),
-            "round_rps": run.spread("rps")}  # fmt: skip
+    return {
+        "requests": run.requests,
+        "round_p50_ms": run.spread("p50_ms"),
+        "round_rps": run.spread("rps"),
+    }
 
 
 def verdicts(rows: list[dict[str, Any]], runs: dict[str, Run]) -> dict[str, dict[str, Any]]:
@@ -243,8 +288,12 @@ def verdicts(rows: list[dict[str, Any]], runs: dict[str, Run]) -> dict[str, dict
     small, large = runs[f"ours-{first['rules']}"], runs[f"ours-{last['rules']}"]
     control = runs[f"control-{first['rules']}"]
     out = {}
-    checks = (("p50_ms", "p50", True), ("p99_ms", "p99", True), ("rps", "req/s", False),
-              ("server_cpu_us_per_req", "server CPU/req", True))  # fmt: skip
+    checks = (
+        ("p50_ms", "p50", True),
+        ("p99_ms", "p99", True),
+        ("rps", "req/s", False),
+        ("server_cpu_us_per_req", "server CPU/req", True),
+    )
     for key, what, higher_is_worse in checks:
         paired = _paired(small, large, key)
         median = statistics.median(paired)
@@ -252,12 +301,13 @@ def verdicts(rows: list[dict[str, Any]], runs: dict[str, Run]) -> dict[str, dict
         target = 1.05 if higher_is_worse else 0.95
         out[f"ours_{key}_ratio"] = {
             "label": f"ours {what} at {last['rules']:,} / at {first['rules']:,} rules",
-            "value": median, "target": target,
+            "value": median,
+            "target": target,
             "pass": median <= target if higher_is_worse else median >= target,
             "pooled": last["ours"][key] / first["ours"][key],
             "paired_rounds": paired,
-            "control": {"median": statistics.median(same), "min": same[0],
-                        "max": same[-1]}}  # fmt: skip
+            "control": {"median": statistics.median(same), "min": same[0], "max": same[-1]},
+        }
     return out
 
 
@@ -269,9 +319,11 @@ def print_report(report: dict[str, Any]) -> None:
     m, a = report["machine"], report["settings"]
     print(f"machine : {m['cpu']}, {m['cores']} cores, {m['platform']}")
     print(f"software: Envoy {m['envoy']}; {m['wrk']}; Python {m['python']}")
-    print(f"load    : wrk -t1 -c{a['connections']} HTTP/1.1 keep-alive, {a['seconds']:g} s per "
-          f"config in {a['rounds']} interleaved rounds after {a['warmup']:g} s warm-up; every "
-          f"Envoy --concurrency 1; pinning: {m['pinning']}")  # fmt: skip
+    print(
+        f"load    : wrk -t1 -c{a['connections']} HTTP/1.1 keep-alive, {a['seconds']:g} s per "
+        f"config in {a['rounds']} interleaved rounds after {a['warmup']:g} s warm-up; every "
+        f"Envoy --concurrency 1; pinning: {m['pinning']}"
+    )
     print(
         f"load avg: {m['load_avg_start']:.2f} at start, {m['load_avg_end']:.2f} at end "
         "(shared machine)"
@@ -287,9 +339,11 @@ def print_report(report: dict[str, Any]) -> None:
         for label in [k for k in ("ours", "control", "linear") if k in r]:
             x = r[label]
             lo, hi = x["round_p50_ms"]
-            print(f"{r['rules']:>8,}  {label:<7} {x['p50_ms']:7.3f} ({lo:6.3f}-{hi:<6.3f}) "
-                  f"{x['p99_ms']:8.3f} {x['rps']:9,.0f} {x['server_cpu_us_per_req']:13.1f} "
-                  f"{x['client_cpu_us_per_req']:7.1f}")  # fmt: skip
+            print(
+                f"{r['rules']:>8,}  {label:<7} {x['p50_ms']:7.3f} ({lo:6.3f}-{hi:<6.3f}) "
+                f"{x['p99_ms']:8.3f} {x['rps']:9,.0f} {x['server_cpu_us_per_req']:13.1f} "
+                f"{x['client_cpu_us_per_req']:7.1f}"
+            )
     print()
     print(
         "   rules   ours / linear: p50   p99  req/s  server CPU"
@@ -297,9 +351,11 @@ def print_report(report: dict[str, Any]) -> None:
     )
     for r in report["results"]:
         q, s = r["ours_over_linear"], r["ours_over_ours_smallest"]
-        print(f"{r['rules']:>8,}  {q['p50_ms']:20.2f} {q['p99_ms']:5.2f} {q['rps']:6.2f} "
-              f"{q['server_cpu_us_per_req']:11.2f} {s['p50_ms']:28.3f} {s['p99_ms']:5.3f} "
-              f"{s['rps']:6.3f} {s['server_cpu_us_per_req']:11.3f}")  # fmt: skip
+        print(
+            f"{r['rules']:>8,}  {q['p50_ms']:20.2f} {q['p99_ms']:5.2f} {q['rps']:6.2f} "
+            f"{q['server_cpu_us_per_req']:11.2f} {s['p50_ms']:28.3f} {s['p99_ms']:5.3f} "
+            f"{s['rps']:6.3f} {s['server_cpu_us_per_req']:11.3f}"
+        )
     print()
     print(
         "           our translator          listener JSON given to Envoy     ours as"
@@ -326,12 +382,16 @@ def print_report(report: dict[str, Any]) -> None:
     for t in report["targets"].values():
         sign = "≤" if t["target"] > 1 else "≥"
         r = t["paired_rounds"]
-        print(f"target  : {t['label']} = {t['value']:.3f} ({sign} {t['target']}) "
-              f"{'PASS' if t['pass'] else 'MISS'}  (median of {len(r)} paired rounds, range "
-              f"{r[0]:.3f}-{r[-1]:.3f}; pooled {t['pooled']:.3f})")  # fmt: skip
+        print(
+            f"target  : {t['label']} = {t['value']:.3f} ({sign} {t['target']}) "
+            f"{'PASS' if t['pass'] else 'MISS'}  (median of {len(r)} paired rounds, range "
+            f"{r[0]:.3f}-{r[-1]:.3f}; pooled {t['pooled']:.3f})"
+        )
         c = t["control"]
-        print(f"          A/A control, two identical {first:,}-rule sidecars: median "
-              f"{c['median']:.3f}, range {c['min']:.3f}-{c['max']:.3f}")  # fmt: skip
+        print(
+            f"          A/A control, two identical {first:,}-rule sidecars: median "
+            f"{c['median']:.3f}, range {c['min']:.3f}-{c['max']:.3f}"
+        )
 
 
 def _size(n: int) -> str:
@@ -381,17 +441,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_enforcement(c, ids, meshes[c.rules])
             progress("403 for an unnamed identity and 200 for the client on every config")
             backend_alone = Run()
-            backend_alone.add(wrk(f"http://127.0.0.1:{backend_port}/", min(3.0, args.seconds),
-                                  args.connections, folder, layout.others))  # fmt: skip
+            backend_alone.add(
+                wrk(
+                    f"http://127.0.0.1:{backend_port}/",
+                    min(3.0, args.seconds),
+                    args.connections,
+                    folder,
+                    layout.others,
+                )
+            )
             runs = measure(configs, args, folder, layout, procs)
         finally:
             procs.stop_all()
     info["load_avg_end"] = os.getloadavg()[0]
     rows = results(configs, runs)
-    report = {"machine": info, "settings": {k: getattr(args, k) for k in (
-        "sizes", "seconds", "rounds", "warmup", "connections")},
-        "backend_alone": backend_alone.summary(), "results": rows,
-        "targets": verdicts(rows, runs)}  # fmt: skip
+    report = {
+        "machine": info,
+        "settings": {
+            k: getattr(args, k) for k in ("sizes", "seconds", "rounds", "warmup", "connections")
+        },
+        "backend_alone": backend_alone.summary(),
+        "results": rows,
+        "targets": verdicts(rows, runs),
+    }
     if args.json:
         print(json.dumps(report, indent=1))
     else:

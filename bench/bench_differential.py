@@ -26,21 +26,36 @@ def main() -> int:
         "--sets", type=int, default=300, help="random policy sets (12 requests each)"
     )
     args = parser.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}")  # fmt: skip
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
     env = dict(os.environ, MESHWARDEN_DIFFERENTIAL_SETS=str(args.sets))
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-         str(ROOT / "tests" / "e2e" / "test_differential.py")], cwd=ROOT, env=env,
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            str(ROOT / "tests" / "e2e" / "test_differential.py"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     lines = [
         line for line in result.stdout.splitlines() if "differential:" in line or "differ" in line
     ]
     print("\n".join(lines) or result.stdout[-3000:])
-    print(f"{'PASS' if result.returncode == 0 else 'FAIL'}: {args.sets * 12} cases in "
-          f"{time.perf_counter() - started:.1f} s (Envoy startup included)")  # fmt: skip
+    print(
+        f"{'PASS' if result.returncode == 0 else 'FAIL'}: {args.sets * 12} cases in "
+        f"{time.perf_counter() - started:.1f} s (Envoy startup included)"
+    )
     return result.returncode
 
 

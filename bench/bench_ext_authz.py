@@ -104,8 +104,7 @@ class Engine:
     def __init__(self, docs: list[dict[str, Any]], cpus: set[int] | None) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve_engine, args=(docs, child, cpus),
-                                       daemon=True)  # fmt: skip
+        self.process = context.Process(target=_serve_engine, args=(docs, child, cpus), daemon=True)
         self.process.start()
         if not self.conn.poll(60):
             raise SystemExit("the engine process did not start")
@@ -122,15 +121,17 @@ class Engine:
             self.process.join(10)
 
 
-def ext_authz_config(n: int, address: str, backend_port: int, ids: Identities
-                     ) -> tuple[Config, list[dict[str, Any]]]:  # fmt: skip
+def ext_authz_config(
+    n: int, address: str, backend_port: int, ids: Identities
+) -> tuple[Config, list[dict[str, Any]]]:
     """The server sidecar in ext-authz mode (the cluster to the engine is added at start) and
     its documents: bench_dataplane's with `enforcement: ext-authz`."""
     docs = harness.mesh_documents(n, address, backend_port)
     docs[0]["spec"]["enforcement"] = "ext-authz"
     compiled = harness.load_mesh(docs)
-    ctx = TranslationContext(static_tls=ids.server, inline_routes=True,
-                             ext_authz_cluster=AUTHZ_CLUSTER)  # fmt: skip
+    ctx = TranslationContext(
+        static_tls=ids.server, inline_routes=True, ext_authz_cluster=AUTHZ_CLUSTER
+    )
     resources = workload_resources(compiled, SERVER, ctx)
     [listener] = [r for r in resources[LISTENER] if r["name"] == f"in:{PORT}"]
     [local] = resources[CLUSTER]
@@ -150,21 +151,37 @@ def check_enforcement(configs: Sequence[Config], ids: Identities, engine: Engine
             raise SystemExit(f"{c.name}: the client via its sidecar got {status} {body[:80]!r}")
 
 
-def fixed_rate(url: str, rate: int, seconds: int, folder: Path, cpus: set[int] | None
-               ) -> list[float]:  # fmt: skip
+def fixed_rate(
+    url: str, rate: int, seconds: int, folder: Path, cpus: set[int] | None
+) -> list[float]:
     """Latencies (ms) of every request at `rate` req/s over 4 keep-alive HTTP/1.1 connections."""
     log = folder / "h2load.log"
     log.unlink(missing_ok=True)
     clients = 4
-    cmd = ["h2load", "--h1", f"-c{clients}", f"--rps={rate / clients:g}", f"-D{seconds}",
-           "--warm-up-time=1", f"--log-file={log}", url]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30,
-                          preexec_fn=harness.child_setup(cpus))  # fmt: skip
+    cmd = [
+        "h2load",
+        "--h1",
+        f"-c{clients}",
+        f"--rps={rate / clients:g}",
+        f"-D{seconds}",
+        "--warm-up-time=1",
+        f"--log-file={log}",
+        url,
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        preexec_fn=harness.child_setup(cpus),
+    )
     rows = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
     bad = [r for r in rows if r[1] != "200"]
     if done.returncode != 0 or not rows or bad:
-        raise SystemExit(f"h2load failed ({done.returncode}, {len(bad)} non-200 of {len(rows)}):"
-                         f" {done.stdout[-800:]}{done.stderr[-800:]}")  # fmt: skip
+        raise SystemExit(
+            f"h2load failed ({done.returncode}, {len(bad)} non-200 of {len(rows)}):"
+            f" {done.stdout[-800:]}{done.stderr[-800:]}"
+        )
     return [int(r[2]) / 1000 for r in rows]
 
 
@@ -183,14 +200,24 @@ class Rate:
     engine_us: list[float] = field(default_factory=list)  # Check handler times (ext_authz)
     paired: dict[str, list[float]] = field(default_factory=lambda: {"p50_ms": [], "p99_ms": []})
 
-    def run(self, c: Config, rate: int, args: argparse.Namespace, engine: Engine,
-            procs: Processes, layout: Layout, folder: Path) -> tuple[float, float]:  # fmt: skip
+    def run(
+        self,
+        c: Config,
+        rate: int,
+        args: argparse.Namespace,
+        engine: Engine,
+        procs: Processes,
+        layout: Layout,
+        folder: Path,
+    ) -> tuple[float, float]:
         server, before = procs.cpu_seconds(c.name), engine.stats()
-        latencies = fixed_rate(f"http://127.0.0.1:{c.local_port}/", rate, args.seconds, folder,
-                               layout.others)  # fmt: skip
+        latencies = fixed_rate(
+            f"http://127.0.0.1:{c.local_port}/", rate, args.seconds, folder, layout.others
+        )
         after = engine.stats()
-        self.server_cpu_s[c.label] = self.server_cpu_s.get(c.label, 0.0) + procs.cpu_seconds(
-            c.name) - server  # fmt: skip
+        self.server_cpu_s[c.label] = (
+            self.server_cpu_s.get(c.label, 0.0) + procs.cpu_seconds(c.name) - server
+        )
         self.engine_cpu_s[c.label] = (
             self.engine_cpu_s.get(c.label, 0.0) + after.cpu_s - before.cpu_s
         )
@@ -199,8 +226,14 @@ class Rate:
         return quantile(latencies, 50), quantile(latencies, 99)
 
 
-def measure(configs: Sequence[Config], engine: Engine, args: argparse.Namespace,
-            folder: Path, layout: Layout, procs: Processes) -> dict[str, Any]:  # fmt: skip
+def measure(
+    configs: Sequence[Config],
+    engine: Engine,
+    args: argparse.Namespace,
+    folder: Path,
+    layout: Layout,
+    procs: Processes,
+) -> dict[str, Any]:
     for c in configs:
         progress(f"warm-up {c.name}")
         harness.wrk(f"http://127.0.0.1:{c.local_port}/", 1, 4, folder, layout.others)
@@ -209,8 +242,9 @@ def measure(configs: Sequence[Config], engine: Engine, args: argparse.Namespace,
         for rate, state in rates.items():
             one = {}
             for c in configs if r % 2 == 0 else configs[::-1]:
-                progress(f"round {r + 1}/{args.rounds}: {c.name} at {rate:,} req/s "
-                         f"({args.seconds} s)")  # fmt: skip
+                progress(
+                    f"round {r + 1}/{args.rounds}: {c.name} at {rate:,} req/s ({args.seconds} s)"
+                )
                 one[c.label] = state.run(c, rate, args, engine, procs, layout, folder)
             for i, key in enumerate(("p50_ms", "p99_ms")):
                 state.paired[key].append(one["ext_authz"][i] / one["native"][i])
@@ -218,8 +252,15 @@ def measure(configs: Sequence[Config], engine: Engine, args: argparse.Namespace,
     for c in configs:
         progress(f"closed loop: {c.name} (wrk -c{args.connections}, {args.closed_seconds} s)")
         run = harness.Run()
-        run.add(harness.wrk(f"http://127.0.0.1:{c.local_port}/", args.closed_seconds,
-                              args.connections, folder, layout.others))  # fmt: skip
+        run.add(
+            harness.wrk(
+                f"http://127.0.0.1:{c.local_port}/",
+                args.closed_seconds,
+                args.connections,
+                folder,
+                layout.others,
+            )
+        )
         closed[c.label] = run.summary()
     return {"rates": rates, "closed": closed}
 
@@ -236,24 +277,33 @@ def summarize(m: dict[str, Any]) -> dict[str, Any]:
         for label, lat in state.latencies.items():
             per_req = 1e6 / len(lat)
             modes[label] = {
-                "requests": len(lat), "p50_ms": quantile(lat, 50), "p99_ms": quantile(lat, 99),
+                "requests": len(lat),
+                "p50_ms": quantile(lat, 50),
+                "p99_ms": quantile(lat, 99),
                 "mean_ms": statistics.fmean(lat),
                 "server_cpu_us_per_req": state.server_cpu_s[label] * per_req,
-                "engine_cpu_us_per_req": state.engine_cpu_s[label] * per_req}  # fmt: skip
+                "engine_cpu_us_per_req": state.engine_cpu_s[label] * per_req,
+            }
         handler = state.engine_us
         rates[rate] = {
             **modes,
-            "ext_authz_over_native": {k: modes["ext_authz"][k] / modes["native"][k]
-                                      for k in ("p50_ms", "p99_ms")},
+            "ext_authz_over_native": {
+                k: modes["ext_authz"][k] / modes["native"][k] for k in ("p50_ms", "p99_ms")
+            },
             "paired_rounds": {k: sorted(v) for k, v in state.paired.items()},
-            "engine_check_handler": {"calls": len(handler),
-                                     "p50_ms": quantile(handler, 50) / 1000,
-                                     "p99_ms": quantile(handler, 99) / 1000},
-        }  # fmt: skip
+            "engine_check_handler": {
+                "calls": len(handler),
+                "p50_ms": quantile(handler, 50) / 1000,
+                "p99_ms": quantile(handler, 99) / 1000,
+            },
+        }
     closed = m["closed"]
     ratios = {k: closed["ext_authz"][k] / closed["native"][k] for k in ("p50_ms", "p99_ms", "rps")}
-    return {"fixed_rate": rates, "closed_loop": {**closed, "ext_authz_over_native": ratios},
-            "opa_envoy_anchor": OPA_ANCHOR}  # fmt: skip
+    return {
+        "fixed_rate": rates,
+        "closed_loop": {**closed, "ext_authz_over_native": ratios},
+        "opa_envoy_anchor": OPA_ANCHOR,
+    }
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -262,36 +312,48 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"software: Envoy {m['envoy']}; {m['wrk']}; h2load; Python {m['python']}")
     print(f"policies: {a['rules']:,} one-rule ALLOW policies (client named by the last)")
     print(f"pinning : {m['pinning']}; the engine (a Python process) unpinned")
-    print(f"load    : fixed rates {', '.join(f'{r:,}' for r in a['rates'])} req/s (h2load --h1, "
-          f"4 connections, every request timed), {a['rounds']} interleaved rounds × "
-          f"{a['seconds']} s per mode and rate; closed loop wrk -c{a['connections']} "
-          f"{a['closed_seconds']} s per mode")  # fmt: skip
-    print(f"load avg: {m['load_avg_start']:.2f} at start, {m['load_avg_end']:.2f} at end "
-          "(shared machine)")  # fmt: skip
+    print(
+        f"load    : fixed rates {', '.join(f'{r:,}' for r in a['rates'])} req/s (h2load --h1, "
+        f"4 connections, every request timed), {a['rounds']} interleaved rounds × "
+        f"{a['seconds']} s per mode and rate; closed loop wrk -c{a['connections']} "
+        f"{a['closed_seconds']} s per mode"
+    )
+    print(
+        f"load avg: {m['load_avg_start']:.2f} at start, {m['load_avg_end']:.2f} at end "
+        "(shared machine)"
+    )
     print()
     print("   req/s  mode        p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
     for rate, row in report["fixed_rate"].items():
         for label in ("native", "ext_authz"):
             x = row[label]
-            print(f"{rate:>8,}  {label:<10} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
-                  f"{x['server_cpu_us_per_req']:19.1f} "
-                  f"{x['engine_cpu_us_per_req']:18.1f}")  # fmt: skip
+            print(
+                f"{rate:>8,}  {label:<10} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
+                f"{x['server_cpu_us_per_req']:19.1f} "
+                f"{x['engine_cpu_us_per_req']:18.1f}"
+            )
         q, p, h = row["ext_authz_over_native"], row["paired_rounds"], row["engine_check_handler"]
-        print(f"          ext_authz/native: p50 {q['p50_ms']:.2f}× (rounds {p['p50_ms'][0]:.2f}-"
-              f"{p['p50_ms'][-1]:.2f}), p99 {q['p99_ms']:.2f}× (rounds {p['p99_ms'][0]:.2f}-"
-              f"{p['p99_ms'][-1]:.2f}); engine Check handler p50 {h['p50_ms']:.3f} ms, "
-              f"p99 {h['p99_ms']:.3f} ms")  # fmt: skip
+        print(
+            f"          ext_authz/native: p50 {q['p50_ms']:.2f}× (rounds {p['p50_ms'][0]:.2f}-"
+            f"{p['p50_ms'][-1]:.2f}), p99 {q['p99_ms']:.2f}× (rounds {p['p99_ms'][0]:.2f}-"
+            f"{p['p99_ms'][-1]:.2f}); engine Check handler p50 {h['p50_ms']:.3f} ms, "
+            f"p99 {h['p99_ms']:.3f} ms"
+        )
     c = report["closed_loop"]
     print()
-    print(f"closed loop (wrk -c{a['connections']}):  native p50 {c['native']['p50_ms']:.3f} ms, "
-          f"p99 {c['native']['p99_ms']:.3f} ms, {c['native']['rps']:,.0f} req/s;  ext_authz p50 "
-          f"{c['ext_authz']['p50_ms']:.3f} ms, p99 {c['ext_authz']['p99_ms']:.3f} ms, "
-          f"{c['ext_authz']['rps']:,.0f} req/s;  req/s ratio "
-          f"{c['ext_authz_over_native']['rps']:.2f}")  # fmt: skip
+    print(
+        f"closed loop (wrk -c{a['connections']}):  native p50 {c['native']['p50_ms']:.3f} ms, "
+        f"p99 {c['native']['p99_ms']:.3f} ms, {c['native']['rps']:,.0f} req/s;  ext_authz p50 "
+        f"{c['ext_authz']['p50_ms']:.3f} ms, p99 {c['ext_authz']['p99_ms']:.3f} ms, "
+        f"{c['ext_authz']['rps']:,.0f} req/s;  req/s ratio "
+        f"{c['ext_authz_over_native']['rps']:.2f}"
+    )
     o = report["opa_envoy_anchor"]
-    print(f"anchor  : OPA-Envoy reports ≈{o['p50_ms']} ms median, {o['p99_ms']} ms p99 evaluation "
-          "at 1,000 req/s; compare with the engine Check handler figures (the handler excludes "
-          "gRPC and protobuf framing; engine CPU µs/req includes them)")  # fmt: skip
+    print(
+        f"anchor  : OPA-Envoy reports ≈{o['p50_ms']} ms median, {o['p99_ms']} ms p99 evaluation "
+        "at 1,000 req/s; compare with the engine Check handler figures (the handler excludes "
+        "gRPC and protobuf framing; engine CPU µs/req includes them)"
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -317,8 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
     if missing:
-        print(f"bench_ext_authz: needs {', '.join(missing)}: {harness.INSTALL_HINT}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"bench_ext_authz: needs {', '.join(missing)}: {harness.INSTALL_HINT}", file=sys.stderr
+        )
         return 2
     signal.signal(signal.SIGTERM, harness.stop_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -330,8 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend_port = harness.free_port()
         native_address, ext_address = harness.server_addresses(2)
         progress(f"compiling {args.rules:,} rules twice ...")
-        native, _, compiled, _ = harness.our_config(args.rules, native_address, backend_port,
-                                                      ids.server)  # fmt: skip
+        native, _, compiled, _ = harness.our_config(
+            args.rules, native_address, backend_port, ids.server
+        )
         native.label = "native"
         ext, ext_docs = ext_authz_config(args.rules, ext_address, backend_port, ids)
         for c in (native, ext):
@@ -348,9 +412,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             procs.stop_all()
             engine.stop()
     info["load_avg_end"] = os.getloadavg()[0]
-    report = {"machine": info, "settings": {k: getattr(args, k) for k in (
-        "rules", "rates", "rounds", "seconds", "closed_seconds", "connections")},
-        **summarize(measured)}  # fmt: skip
+    report = {
+        "machine": info,
+        "settings": {
+            k: getattr(args, k)
+            for k in ("rules", "rates", "rounds", "seconds", "closed_seconds", "connections")
+        },
+        **summarize(measured),
+    }
     if args.json:
         print(json.dumps(report, indent=1))
     else:

@@ -82,8 +82,9 @@ def use_iptables(lab: Lab, chain: str) -> None:
 def connect_us(lab: Lab, connects: int) -> tuple[float, float]:
     """(median, 10th percentile) of one series of connects, in µs. The low percentile is the
     path's own cost with less of the scheduling noise of a shared machine."""
-    out = lab.sh(sys.executable, "-c", TIMER, HOST_IP, str(PORT), str(connects), CLIENT,
-                 ns=lab.client)  # fmt: skip
+    out = lab.sh(
+        sys.executable, "-c", TIMER, HOST_IP, str(PORT), str(connects), CLIENT, ns=lab.client
+    )
     samples = sorted(json.loads(out))
     return statistics.median(samples) * 1e6, samples[len(samples) // 10] * 1e6
 
@@ -114,8 +115,10 @@ def main() -> int:
 def report(
     results: dict[tuple[str, int], list[tuple[float, float]]], args: argparse.Namespace
 ) -> None:
-    print(f"TCP connect latency (µs): median over {args.rounds} rounds of each series' p50 / p10 "
-          f"({args.connects} connects per series)")  # fmt: skip
+    print(
+        f"TCP connect latency (µs): median over {args.rounds} rounds of each series' p50 / p10 "
+        f"({args.connects} connects per series)"
+    )
     print(f"{'IP rules':>10} {'nftables (sets) p50/p10':>26} {'iptables (linear) p50/p10':>28}")
     figure = {
         (key, stat): statistics.median(v[stat] for v in values)

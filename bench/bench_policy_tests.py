@@ -44,8 +44,10 @@ TD = "bench.example.org"
 def _mesh_yaml(
     workloads: int, policies: int, rng: random.Random
 ) -> tuple[list[str], dict[str, set[str]]]:
-    docs = [f"apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\n"
-            f"spec: {{trustDomain: {TD}, defaultPolicy: deny}}\n"]  # fmt: skip
+    docs = [
+        f"apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\n"
+        f"spec: {{trustDomain: {TD}, defaultPolicy: deny}}\n"
+    ]
     for w in range(workloads):
         docs.append(
             f"apiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
@@ -79,17 +81,20 @@ def _policy_files(folder: Path, docs: list[str]) -> list[str]:
     return names
 
 
-def _tests_yaml(cases: int, workloads: int, callers: dict[str, set[str]],
-                rng: random.Random) -> list[str]:  # fmt: skip
+def _tests_yaml(
+    cases: int, workloads: int, callers: dict[str, set[str]], rng: random.Random
+) -> list[str]:
     lines = []
     refs = [f"ns{w % 10}/w{w}" for w in range(workloads)]
     for n in range(cases):
         to, source = rng.choice(refs), rng.choice(refs)
         path = rng.choice(["/api/items", "/admin/x"])
         allowed = source in callers.get(to, set()) and path.startswith("/api/")
-        lines.append(f"- name: case {n}\n  request: {{to: {to}, port: 8080, "
-                     f"fromWorkload: {source}, path: {path}}}\n"
-                     f"  expect: {{decision: {'ALLOW' if allowed else 'DENY'}}}")  # fmt: skip
+        lines.append(
+            f"- name: case {n}\n  request: {{to: {to}, port: 8080, "
+            f"fromWorkload: {source}, path: {path}}}\n"
+            f"  expect: {{decision: {'ALLOW' if allowed else 'DENY'}}}"
+        )
     return lines
 
 
@@ -130,13 +135,16 @@ def main() -> int:
         print(f"FAIL: {failed[0].case.name}: {failed[0].problem}" if failed else problems[0])
         return 1
     figures = {
-        "workloads": workloads, "policies": policies, "cases": cases,
-        "read_cases_per_s": round(cases / read_s), "decide_cases_per_s": round(cases / run_s),
+        "workloads": workloads,
+        "policies": policies,
+        "cases": cases,
+        "read_cases_per_s": round(cases / read_s),
+        "decide_cases_per_s": round(cases / run_s),
         "end_to_end_cases_per_s": round(cases / (read_s + run_s)),
         "target_cases_per_s": 10_000,
         "libyaml_load_cases_per_s": round(cases / baseline_s),
         "read_vs_libyaml": round(read_s / baseline_s, 2),
-    }  # fmt: skip
+    }
     print_figures(figures, args.json, info)
     return 0
 

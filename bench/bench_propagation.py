@@ -273,8 +273,10 @@ def build_reference(policies: Path) -> dict[str, float]:
             importlib.import_module("envoy_data_plane." + module)
         cache_betterproto_validators()
         start = time.process_time()
-        baseline = [betterproto_bodies(workload_resources(state.mesh, ref, ours.builder.context))
-                    for ref in workloads]  # fmt: skip
+        baseline = [
+            betterproto_bodies(workload_resources(state.mesh, ref, ours.builder.context))
+            for ref in workloads
+        ]
         baseline_s = time.process_time() - start
         assert built is not None
         for ref, bodies in zip(workloads, baseline, strict=True):  # the correctness oracle
@@ -353,8 +355,13 @@ class Child:
     def __init__(self, command: list[str], log_file: Path) -> None:
         self.name = " ".join(command[2:4])
         self.log_file = log_file
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.stdout: list[str] = []
         self.stderr: list[tuple[float, str]] = []
         self._cond = threading.Condition()
@@ -475,8 +482,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": percentile(values, 50), "p99": percentile(values, 99),
-            "min": min(values), "max": max(values)}  # fmt: skip
+    return {
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "min": min(values),
+        "max": max(values),
+    }
 
 
 def describe(changes: list[Change]) -> dict[str, dict[str, float]]:
@@ -496,8 +507,9 @@ def run_envoys(sidecars: int, rounds: int, net: str, work: Path) -> dict[str, An
     shape = MeshShape(sidecars, net, free_ports(sidecars))
     policy = write_mesh(work / "policies", shape)
     reference = recompile_reference(work / "policies")
-    up = Child(meshwarden("up", str(work / "policies"), "--data-dir", str(work / "data")),
-               work / "up.log")  # fmt: skip
+    up = Child(
+        meshwarden("up", str(work / "policies"), "--data-dir", str(work / "data")), work / "up.log"
+    )
     try:
         start = time.perf_counter()
         ready = up.wait_ready(timeout=180)
@@ -512,11 +524,15 @@ def run_envoys(sidecars: int, rounds: int, net: str, work: Path) -> dict[str, An
         changes = [envoy_change(up, policy, health, sidecars, k) for k in range(1, rounds + 1)]
         final = health()
         return {
-            "sidecars": sidecars, "rounds": rounds, "ready_s": ready_s,
-            "recompile_reference_s": reference, "changes": [c.as_dict() for c in changes],
-            **describe(changes), "rss_kib_up_process": up.rss_kib(),
+            "sidecars": sidecars,
+            "rounds": rounds,
+            "ready_s": ready_s,
+            "recompile_reference_s": reference,
+            "changes": [c.as_dict() for c in changes],
+            **describe(changes),
+            "rss_kib_up_process": up.rss_kib(),
             "rejections": sum(len(s["rejections"]) for s in final["sidecars"].values()),
-        }  # fmt: skip
+        }
     finally:
         up.stop()
 
@@ -668,8 +684,9 @@ class _TypeState:
 class AdsClient:
     """One Envoy-like SotW ADS stream over its own mTLS channel."""
 
-    def __init__(self, node: str, target: str, credentials: grpc.ChannelCredentials,
-                 propagation: Propagation) -> None:  # fmt: skip
+    def __init__(
+        self, node: str, target: str, credentials: grpc.ChannelCredentials, propagation: Propagation
+    ) -> None:
         self.node, self.target, self.credentials = node, target, credentials
         self.propagation = propagation
         self.types: dict[str, _TypeState] = {}
@@ -677,9 +694,12 @@ class AdsClient:
     def _request(self, type_url: str, first: bool = False) -> DiscoveryRequest:
         state = self.types.setdefault(type_url, _TypeState())
         return DiscoveryRequest(
-            version_info=state.version, node=Node(id=self.node, cluster="bench") if first else None,
-            resource_names=list(state.names), type_url=type_url, response_nonce=state.nonce,
-        )  # fmt: skip
+            version_info=state.version,
+            node=Node(id=self.node, cluster="bench") if first else None,
+            resource_names=list(state.names),
+            type_url=type_url,
+            response_nonce=state.nonce,
+        )
 
     async def run(self) -> None:
         options = [("grpc.ssl_target_name_override", SERVER_DNS_NAME)]
@@ -709,8 +729,13 @@ class AdsClient:
         elif type_url == CLUSTER:
             await self._subscribe(call, ENDPOINT, response, eds_names)
 
-    async def _subscribe(self, call: Any, type_url: str, response: DiscoveryResponse,
-                         referenced: Callable[[bytes], list[str]]) -> None:  # fmt: skip
+    async def _subscribe(
+        self,
+        call: Any,
+        type_url: str,
+        response: DiscoveryResponse,
+        referenced: Callable[[bytes], list[str]],
+    ) -> None:
         """Ask for the EDS/RDS names the response's resources reference, when they changed."""
         names = sorted({n for resource in response.resources for n in referenced(resource.value)})
         state = self.types.setdefault(type_url, _TypeState())
@@ -776,9 +801,18 @@ def run_clients(clients: int, rounds: int, net: str, work: Path) -> dict[str, An
         f"rebuild after a mesh-wide change, in-process CPU: ours {build['ours_s']:.2f} s, "
         f"baseline {build['baseline_s']:.2f} s ({build['baseline_s'] / build['ours_s']:.1f}×)"
     )
-    server = Child(meshwarden("server", "--policies", str(work / "policies"), "--data-dir",
-                              str(work / "data"), "--listen", "127.0.0.1:0"),
-                   work / "server.log")  # fmt: skip
+    server = Child(
+        meshwarden(
+            "server",
+            "--policies",
+            str(work / "policies"),
+            "--data-dir",
+            str(work / "data"),
+            "--listen",
+            "127.0.0.1:0",
+        ),
+        work / "server.log",
+    )
     try:
         start = time.perf_counter()
         ready = server.wait_ready(timeout=300)
@@ -794,17 +828,27 @@ def run_clients(clients: int, rounds: int, net: str, work: Path) -> dict[str, An
         minted = time.perf_counter()
         identities = mint_identities(work / "policies", work / "data")
         log(f"minted {clients} SVIDs in {time.perf_counter() - minted:.1f} s")
-        row = asyncio.run(_clients_rounds(server, target, health_port, identities, policy,
-                                          rounds, ready_s, reference))  # fmt: skip
+        row = asyncio.run(
+            _clients_rounds(
+                server, target, health_port, identities, policy, rounds, ready_s, reference
+            )
+        )
         row["build_reference"] = build
         return row
     finally:
         server.stop()
 
 
-async def _clients_rounds(server: Child, target: str, health_port: int, identities: Identities,
-                          policy: Path, rounds: int, ready_s: float, reference: float
-                          ) -> dict[str, Any]:  # fmt: skip
+async def _clients_rounds(
+    server: Child,
+    target: str,
+    health_port: int,
+    identities: Identities,
+    policy: Path,
+    rounds: int,
+    ready_s: float,
+    reference: float,
+) -> dict[str, Any]:
     clients = len(identities.credentials)
     propagation = Propagation(clients)
     time.sleep(2.0)  # let the server settle after start
@@ -821,8 +865,10 @@ async def _clients_rounds(server: Child, target: str, health_port: int, identiti
     connect_cpu = (time.process_time() - cpu[0], server.cpu_seconds() - cpu[1])
     await asyncio.sleep(2.0)
     rss_after = server.rss_kib()
-    log(f"{clients} clients connected and ACKed in {connect_s:.1f} s; server RSS "
-        f"{rss_before / 1024:.0f} → {rss_after / 1024:.0f} MiB; {rounds} changes")  # fmt: skip
+    log(
+        f"{clients} clients connected and ACKed in {connect_s:.1f} s; server RSS "
+        f"{rss_before / 1024:.0f} → {rss_after / 1024:.0f} MiB; {rounds} changes"
+    )
     cpu = (time.process_time(), server.cpu_seconds())
     changes: list[Change] = []
     server_seen: list[float] = []
@@ -846,21 +892,26 @@ async def _clients_rounds(server: Child, target: str, health_port: int, identiti
         await asyncio.gather(*tasks, return_exceptions=True)
     wall = sum(c.acked for c in changes)
     return {
-        "clients": clients, "rounds": rounds, "ready_s": ready_s,
-        "recompile_reference_s": reference, "connect_s": connect_s,
+        "clients": clients,
+        "rounds": rounds,
+        "ready_s": ready_s,
+        "recompile_reference_s": reference,
+        "connect_s": connect_s,
         "connect_cpu_s": {"clients": connect_cpu[0], "server": connect_cpu[1]},
-        "rounds_cpu_s": {"clients": rounds_cpu[0], "server": rounds_cpu[1],
-                         "change_wall_s": wall},
-        "rss_kib_before": rss_before, "rss_kib_after": rss_after,
+        "rounds_cpu_s": {"clients": rounds_cpu[0], "server": rounds_cpu[1], "change_wall_s": wall},
+        "rss_kib_before": rss_before,
+        "rss_kib_after": rss_after,
         "rss_kib_per_client": (rss_after - rss_before) / clients,
         "server_reports_applied": applied,
         "server_applied_s": summary(server_seen),
-        "changes": [c.as_dict() for c in changes], **describe(changes),
-    }  # fmt: skip
+        "changes": [c.as_dict() for c in changes],
+        **describe(changes),
+    }
 
 
-async def _wait_or_fail(event: asyncio.Event, tasks: list[asyncio.Task[None]], timeout: float,
-                        what: str) -> None:  # fmt: skip
+async def _wait_or_fail(
+    event: asyncio.Event, tasks: list[asyncio.Task[None]], timeout: float, what: str
+) -> None:
     waiter = asyncio.ensure_future(event.wait())
     deadline = time.monotonic() + timeout
     try:
@@ -875,8 +926,9 @@ async def _wait_or_fail(event: asyncio.Event, tasks: list[asyncio.Task[None]], t
         waiter.cancel()
 
 
-async def _clients_change(server: Child, propagation: Propagation, policy: Path,
-                          tasks: list[asyncio.Task[None]], k: int) -> Change:  # fmt: skip
+async def _clients_change(
+    server: Child, propagation: Propagation, policy: Path, tasks: list[asyncio.Task[None]], k: int
+) -> Change:
     await asyncio.sleep(random.uniform(0, TICK_SECONDS))
     propagation.begin()
     mark = server.stderr_mark()
@@ -915,9 +967,11 @@ def p50_p99(row: dict[str, Any], key: str) -> str:
 
 def print_report(result: dict[str, Any]) -> None:
     m = result["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
-          f"grpcio {m['grpcio']}, Envoy {m['envoy']}; load {m['loadavg_start']:.2f} → "
-          f"{result['loadavg_end']:.2f}")  # fmt: skip
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
+        f"grpcio {m['grpcio']}, Envoy {m['envoy']}; load {m['loadavg_start']:.2f} → "
+        f"{result['loadavg_end']:.2f}"
+    )
     if result["quick"]:
         print("QUICK RUN: fewer changes than the default run")
     print(
@@ -935,16 +989,20 @@ def print_report(result: dict[str, Any]) -> None:
     )
     print("  deliver = → every sidecar ACKed (pushes, Envoy applying, ACKs)")
     print()
-    header = (f"{'setup':<24}{'n':>4}  {'total p50/p99 ms':>18}  {'detect p50/p99':>16}  "
-              f"{'recompile':>9}  {'publish p50/p99':>16}  {'deliver p50/p99':>16}  "
-              f"{'w/o poll p50/p99':>17}")  # fmt: skip
+    header = (
+        f"{'setup':<24}{'n':>4}  {'total p50/p99 ms':>18}  {'detect p50/p99':>16}  "
+        f"{'recompile':>9}  {'publish p50/p99':>16}  {'deliver p50/p99':>16}  "
+        f"{'w/o poll p50/p99':>17}"
+    )
     print(header)
     print("-" * len(header))
     for row in result["setups"]:
         pair = functools.partial(p50_p99, row)
-        print(f"{row['label']:<24}{row['rounds']:>4}  {pair('total'):>18}  {pair('detect'):>16}  "
-              f"{ms(row['recompile_reference_s']):>9}  {pair('publish'):>16}  "
-              f"{pair('deliver'):>16}  {pair('after_detect'):>17}")  # fmt: skip
+        print(
+            f"{row['label']:<24}{row['rounds']:>4}  {pair('total'):>18}  {pair('detect'):>16}  "
+            f"{ms(row['recompile_reference_s']):>9}  {pair('publish'):>16}  "
+            f"{pair('deliver'):>16}  {pair('after_detect'):>17}"
+        )
     print(
         "  (recompile: in-process time of the same change (read + recompile), median; "
         "w/o poll = detect line → all ACKed, i.e. everything after the poll and the recompile)"
@@ -953,32 +1011,44 @@ def print_report(result: dict[str, Any]) -> None:
     for row in result["setups"]:
         if "clients" in row:
             c, r = row["connect_cpu_s"], row["rounds_cpu_s"]
-            print(f"{row['label']}: connect + first config {row['connect_s']:.1f} s "
-                  f"(CPU: clients {c['clients']:.1f} s, server {c['server']:.1f} s); during the "
-                  f"changes (wall {r['change_wall_s']:.1f} s): clients {r['clients']:.1f} s CPU, "
-                  f"server {r['server']:.1f} s CPU; server reports {row['server_reports_applied']}"
-                  f"/{row['clients']} applied at the end")  # fmt: skip
+            print(
+                f"{row['label']}: connect + first config {row['connect_s']:.1f} s "
+                f"(CPU: clients {c['clients']:.1f} s, server {c['server']:.1f} s); during the "
+                f"changes (wall {r['change_wall_s']:.1f} s): clients {r['clients']:.1f} s CPU, "
+                f"server {r['server']:.1f} s CPU; server reports {row['server_reports_applied']}"
+                f"/{row['clients']} applied at the end"
+            )
             seen = row["server_applied_s"]
-            print(f"  the clients' ACK writes vs. the server: /healthz (polled every 50 ms after "
-                  f"the last client ACK) shows all {row['clients']} applied after p50 "
-                  f"{ms(seen['p50'])} / p99 {ms(seen['p99'])} ms from the write")  # fmt: skip
+            print(
+                f"  the clients' ACK writes vs. the server: /healthz (polled every 50 ms after "
+                f"the last client ACK) shows all {row['clients']} applied after p50 "
+                f"{ms(seen['p50'])} / p99 {ms(seen['p99'])} ms from the write"
+            )
             b = row["build_reference"]
-            print(f"  rebuilding {b['workloads']} workloads' snapshots after the change, "
-                  f"in-process CPU: ours {b['ours_s']:.2f} s, baseline (betterproto2, whole "
-                  f"listeners) {b['baseline_s']:.2f} s: {b['baseline_s'] / b['ours_s']:.1f}× "
-                  f"less")  # fmt: skip
-            print(f"control-plane memory: RSS {row['rss_kib_before'] / 1024:.1f} MiB before, "
-                  f"{row['rss_kib_after'] / 1024:.1f} MiB with {row['clients']} clients → "
-                  f"{row['rss_kib_per_client']:.0f} KiB per connected client")  # fmt: skip
+            print(
+                f"  rebuilding {b['workloads']} workloads' snapshots after the change, "
+                f"in-process CPU: ours {b['ours_s']:.2f} s, baseline (betterproto2, whole "
+                f"listeners) {b['baseline_s']:.2f} s: {b['baseline_s'] / b['ours_s']:.1f}× "
+                f"less"
+            )
+            print(
+                f"control-plane memory: RSS {row['rss_kib_before'] / 1024:.1f} MiB before, "
+                f"{row['rss_kib_after'] / 1024:.1f} MiB with {row['clients']} clients → "
+                f"{row['rss_kib_per_client']:.0f} KiB per connected client"
+            )
         else:
-            print(f"{row['label']}: ready in {row['ready_s']:.1f} s; `up` process RSS "
-                  f"{row['rss_kib_up_process'] / 1024:.0f} MiB (server + agent + SDS, Envoys "
-                  f"not counted); NACKs: {row['rejections']}")  # fmt: skip
+            print(
+                f"{row['label']}: ready in {row['ready_s']:.1f} s; `up` process RSS "
+                f"{row['rss_kib_up_process'] / 1024:.0f} MiB (server + agent + SDS, Envoys "
+                f"not counted); NACKs: {row['rejections']}"
+            )
     print()
     for target in result["targets"].values():
         verdict = "PASS" if target["pass"] else "MISS"
-        print(f"{verdict}  {target['label']}: p99 {ms(target['value'])} ms (target ≤ "
-              f"{ms(target['target'])} ms){target['note']}")  # fmt: skip
+        print(
+            f"{verdict}  {target['label']}: p99 {ms(target['value'])} ms (target ≤ "
+            f"{ms(target['target'])} ms){target['note']}"
+        )
 
 
 def targets(setups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -991,10 +1061,17 @@ def targets(setups: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             continue
         p99, rest = row["total"]["p99"], row["after_detect"]["p99"]
-        note = (f"; without the poll wait and recompile: p99 {ms(rest)} ms "
-                f"({'within' if rest <= limit else 'over'} the target)")  # fmt: skip
-        out[key] = {"label": f"{row['label']}, change → all ACKed", "value": p99,
-                    "target": limit, "pass": p99 <= limit, "note": note}  # fmt: skip
+        note = (
+            f"; without the poll wait and recompile: p99 {ms(rest)} ms "
+            f"({'within' if rest <= limit else 'over'} the target)"
+        )
+        out[key] = {
+            "label": f"{row['label']}, change → all ACKed",
+            "value": p99,
+            "target": limit,
+            "pass": p99 <= limit,
+            "note": note,
+        }
     return out
 
 
@@ -1018,8 +1095,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer changes (~2 min)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.add_argument("--rounds", type=int, help="changes per Envoy setup (20; quick 5)")
-    parser.add_argument("--client-rounds", type=int,
-                        help="changes with the simulated clients (10; quick 2)")  # fmt: skip
+    parser.add_argument(
+        "--client-rounds", type=int, help="changes with the simulated clients (10; quick 2)"
+    )
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--sidecars", default="1,20", help="Envoy counts (default 1,20)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")

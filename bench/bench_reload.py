@@ -44,18 +44,22 @@ spec: {trustDomain: bench.test, mtls: STRICT, defaultPolicy: deny}
 
 
 def workload(n: int) -> str:
-    return (f"---\napiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
-            f"metadata: {{name: w{n}, namespace: ns{n % 10}, labels: {{app: a{n}}}}}\n"
-            f"spec:\n  addresses: [10.1.{n // 250}.{n % 250 + 1}]\n"
-            f"  ports: [{{port: 8080, protocol: http}}]\n")  # fmt: skip
+    return (
+        f"---\napiVersion: meshwarden.io/v1alpha1\nkind: Workload\n"
+        f"metadata: {{name: w{n}, namespace: ns{n % 10}, labels: {{app: a{n}}}}}\n"
+        f"spec:\n  addresses: [10.1.{n // 250}.{n % 250 + 1}]\n"
+        f"  ports: [{{port: 8080, protocol: http}}]\n"
+    )
 
 
 def policy(n: int, workloads: int) -> str:
-    return (f"---\napiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
-            f"metadata: {{name: p{n}, namespace: ns{n % 10}}}\n"
-            f"spec:\n  selector: {{matchLabels: {{app: a{n % workloads}}}}}\n"
-            f"  rules:\n  - from: [{{namespaces: [src{n}]}}]\n"
-            f"    to: [{{paths: [/p{n}/*]}}]\n")  # fmt: skip
+    return (
+        f"---\napiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
+        f"metadata: {{name: p{n}, namespace: ns{n % 10}}}\n"
+        f"spec:\n  selector: {{matchLabels: {{app: a{n % workloads}}}}}\n"
+        f"  rules:\n  - from: [{{namespaces: [src{n}]}}]\n"
+        f"    to: [{{paths: [/p{n}/*]}}]\n"
+    )
 
 
 def write_policies(directory: Path, workloads: int, rules: int) -> None:
@@ -107,22 +111,38 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": round(percentile(values, 0.5), 2),
-            "p99_ms": round(percentile(values, 0.99), 2),
-            "max_ms": round(max(values) * 1000, 2)}  # fmt: skip
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(values, 0.5), 2),
+        "p99_ms": round(percentile(values, 0.99), 2),
+        "max_ms": round(max(values) * 1000, 2),
+    }
 
 
 def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}  # fmt: skip
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def start_server(root: Path) -> tuple[subprocess.Popen[str], int]:
-    command = [sys.executable, "-m", "meshwarden", "server", "--policies", str(root / "p"),
-               "--data-dir", str(root / "data"), "--listen", "127.0.0.1:0"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "meshwarden",
+        "server",
+        "--policies",
+        str(root / "p"),
+        "--data-dir",
+        str(root / "data"),
+        "--listen",
+        "127.0.0.1:0",
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert server.stdout is not None
     ready = server.stdout.readline()
     if not ready.startswith("ready"):
@@ -154,13 +174,17 @@ def run(workloads: int, rules: int, reloads: int) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     idle_s, during_s = summary(idle), summary(during)
     return {
-        "machine": machine(), "workloads": workloads, "rules": rules, "reloads": reloads,
+        "machine": machine(),
+        "workloads": workloads,
+        "rules": rules,
+        "reloads": reloads,
         "reload_s": round(statistics.median(durations), 2),
         "reloads_seen_compiling": compiling,
-        "healthz_idle": idle_s, "healthz_during_reload": during_s,
+        "healthz_idle": idle_s,
+        "healthz_during_reload": during_s,
         "p99_ratio": round(during_s["p99_ms"] / max(idle_s["p99_ms"], 1e-3), 2),
         "target": {"p99_ms": TARGET_P99_MS, "pass": during_s["p99_ms"] <= TARGET_P99_MS},
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -178,18 +202,26 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     m = result["machine"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}, "
-          f"load {m['load_avg_1m']}")  # fmt: skip
-    print(f"{rules} rules on {args.workloads} workloads; full reload takes "
-          f"{result['reload_s']} s (median of {reloads}; seen compiling in "
-          f"{result['reloads_seen_compiling']})")  # fmt: skip
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}, Python {m['python']}, "
+        f"load {m['load_avg_1m']}"
+    )
+    print(
+        f"{rules} rules on {args.workloads} workloads; full reload takes "
+        f"{result['reload_s']} s (median of {reloads}; seen compiling in "
+        f"{result['reloads_seen_compiling']})"
+    )
     for label, key in (("idle", "healthz_idle"), ("during reload", "healthz_during_reload")):
         s = result[key]
-        print(f"GET /healthz {label:>14}: p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms"
-              f"  max {s['max_ms']:8.2f} ms  (n={s['n']})")  # fmt: skip
+        print(
+            f"GET /healthz {label:>14}: p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms"
+            f"  max {s['max_ms']:8.2f} ms  (n={s['n']})"
+        )
     verdict = "PASS" if result["target"]["pass"] else "FAIL"
-    print(f"p99 during/idle: {result['p99_ratio']}x; target p99 ≤ {TARGET_P99_MS:.0f} ms "
-          f"during a reload: {verdict}")  # fmt: skip
+    print(
+        f"p99 during/idle: {result['p99_ratio']}x; target p99 ≤ {TARGET_P99_MS:.0f} ms "
+        f"during a reload: {verdict}"
+    )
 
 
 if __name__ == "__main__":

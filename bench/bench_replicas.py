@@ -63,8 +63,10 @@ def log(message: str) -> None:
 def mesh_files(workloads: int, round_number: int) -> dict[str, bytes]:
     shape = MeshShape(workloads, "127.61.0", tuple(30000 + i for i in range(workloads)))
     docs = mesh_documents(shape)
-    files = {f"mesh-{n // 500:03d}.yaml": "---\n".join(docs[n : n + 500]).encode()
-             for n in range(0, len(docs), 500)}  # fmt: skip
+    files = {
+        f"mesh-{n // 500:03d}.yaml": "---\n".join(docs[n : n + 500]).encode()
+        for n in range(0, len(docs), 500)
+    }
     files["root-policy.yaml"] = root_policy(round_number).encode()
     return files
 
@@ -92,8 +94,9 @@ def health(url: str) -> dict[str, Any]:
 class Replica:
     def __init__(self, args: list[str], log_path: Path) -> None:
         started = time.monotonic()
-        self.process = subprocess.Popen([*MESHWARDEN, *args], stdout=subprocess.PIPE,
-                                        stderr=log_path.open("w"), text=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            [*MESHWARDEN, *args], stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True
+        )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("ready"):
@@ -113,9 +116,25 @@ class Replica:
 
 
 def start_replicas(url: str, kek: Path, work: Path, count: int) -> list[Replica]:
-    return [Replica(["server", "--store", url, "--kek-file", str(kek), "--data-dir",
-                     str(work / f"r{n}"), "--listen", "127.0.0.1:0", "--health",
-                     "127.0.0.1:0"], work / f"r{n}.log") for n in range(count)]  # fmt: skip
+    return [
+        Replica(
+            [
+                "server",
+                "--store",
+                url,
+                "--kek-file",
+                str(kek),
+                "--data-dir",
+                str(work / f"r{n}"),
+                "--listen",
+                "127.0.0.1:0",
+                "--health",
+                "127.0.0.1:0",
+            ],
+            work / f"r{n}.log",
+        )
+        for n in range(count)
+    ]
 
 
 def served(replicas: list[Replica], revision: int, before: str) -> str | None:
@@ -186,8 +205,19 @@ def run_directory_baseline(work: Path, rounds: int) -> dict[str, Any]:
     for name, data in mesh_files(100, 0).items():
         (policies / name).write_bytes(data)
     data_dir = work / "dir-data"
-    server = Replica(["server", str(policies), "--data-dir", str(data_dir), "--listen",
-                      "127.0.0.1:0", "--health", "127.0.0.1:0"], work / "dir.log")  # fmt: skip
+    server = Replica(
+        [
+            "server",
+            str(policies),
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+        ],
+        work / "dir.log",
+    )
     try:
         times = []
         for k in range(1, rounds + 1):
@@ -211,13 +241,16 @@ def run_size(endpoints: list[str], count: int) -> dict[str, Any]:
     started = time.monotonic()
     asyncio.run(apply(endpoints, files, f"{count} policies"))
     seconds = time.monotonic() - started
-    return {"policies": count, "bytesApplied": sum(len(v) for v in files.values()),
-            "applySeconds": seconds, "dbSizeBefore": before,
-            "dbSizeAfter": asyncio.run(db_size(endpoints))}  # fmt: skip
+    return {
+        "policies": count,
+        "bytesApplied": sum(len(v) for v in files.values()),
+        "applySeconds": seconds,
+        "dbSizeBefore": before,
+        "dbSizeAfter": asyncio.run(db_size(endpoints)),
+    }
 
 
-def run_start(endpoints: list[str], url: str, kek: Path, work: Path, count: int
-              ) -> dict[str, Any]:  # fmt: skip
+def run_start(endpoints: list[str], url: str, kek: Path, work: Path, count: int) -> dict[str, Any]:
     """Start to `ready` of a replica on a revision of `count` policies, and of one server on the
     same files in a directory (the baseline)."""
     files = many_policies(count)
@@ -230,12 +263,26 @@ def run_start(endpoints: list[str], url: str, kek: Path, work: Path, count: int
     directory.mkdir()
     for name, data in files.items():
         (directory / name).write_bytes(data)
-    single = Replica(["server", str(directory), "--data-dir", str(work / "start-dir-data"),
-                      "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0"],
-                     work / "start-dir.log")  # fmt: skip
+    single = Replica(
+        [
+            "server",
+            str(directory),
+            "--data-dir",
+            str(work / "start-dir-data"),
+            "--listen",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+        ],
+        work / "start-dir.log",
+    )
     single.stop()
-    return {"policies": count, "replicaReadySeconds": replica.ready_seconds,
-            "replicaRssKiB": rss, "directoryReadySeconds": single.ready_seconds}  # fmt: skip
+    return {
+        "policies": count,
+        "replicaReadySeconds": replica.ready_seconds,
+        "replicaRssKiB": rss,
+        "directoryReadySeconds": single.ready_seconds,
+    }
 
 
 def main() -> int:

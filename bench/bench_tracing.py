@@ -81,8 +81,12 @@ def serve_collector(state: Path) -> None:
     server.start()
     while True:
         with counter._lock:
-            snapshot = {"port": port, "spans": counter.spans, "decisions": counter.decisions,
-                        "last": counter.last}  # fmt: skip
+            snapshot = {
+                "port": port,
+                "spans": counter.spans,
+                "decisions": counter.decisions,
+                "last": counter.last,
+            }
         (state.parent / "tmp.json").write_text(json.dumps(snapshot))
         (state.parent / "tmp.json").replace(state)
         time.sleep(0.5)
@@ -94,7 +98,7 @@ class Collector:
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--serve-collector", str(self.state)],
             preexec_fn=harness.child_setup(cpus),
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 20
         while not self.state.exists():
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -111,33 +115,51 @@ class Collector:
         self.process.wait(timeout=10)
 
 
-def traced_config(base: Config, label: str, address: str, ids: harness.Identities,
-                  compiled: Any, target: TracingTarget) -> Config:  # fmt: skip
+def traced_config(
+    base: Config,
+    label: str,
+    address: str,
+    ids: harness.Identities,
+    compiled: Any,
+    target: TracingTarget,
+) -> Config:
     ctx = TranslationContext(static_tls=ids.server, inline_routes=True, tracing=target)
     resources = workload_resources(compiled, SERVER, ctx)
     [listener] = [r for r in resources[LISTENER] if r["name"] == f"in:{PORT}"]
     listener = copy.deepcopy(listener)
     listener["address"]["socketAddress"]["address"] = address
     [otlp] = [c for c in resources[CLUSTER] if c["name"] == TRACING_CLUSTER]
-    return Config(label, base.rules, address, listener, base.local_cluster,
-                  extra_clusters=[otlp])  # fmt: skip
+    return Config(label, base.rules, address, listener, base.local_cluster, extra_clusters=[otlp])
 
 
-def prepare(rules: int, backend_port: int, ids: harness.Identities, otlp_port: int
-            ) -> tuple[list[Config], Any]:  # fmt: skip
+def prepare(
+    rules: int, backend_port: int, ids: harness.Identities, otlp_port: int
+) -> tuple[list[Config], Any]:
     addresses = harness.server_addresses(5)
     off, _docs, compiled, _ = harness.our_config(rules, addresses[0], backend_port, ids.server)
     off.label = "off"
-    control = Config("control", rules, addresses[1], copy.deepcopy(off.listener),
-                     off.local_cluster)  # fmt: skip
+    control = Config("control", rules, addresses[1], copy.deepcopy(off.listener), off.local_cluster)
     control.listener["address"]["socketAddress"]["address"] = addresses[1]
-    full = traced_config(off, "on100", addresses[2], ids, compiled,
-                         TracingTarget("127.0.0.1", otlp_port, sampling=100.0))  # fmt: skip
-    sampled = traced_config(off, "on1", addresses[3], ids, compiled,
-                            TracingTarget("127.0.0.1", otlp_port, sampling=1.0))  # fmt: skip
+    full = traced_config(
+        off,
+        "on100",
+        addresses[2],
+        ids,
+        compiled,
+        TracingTarget("127.0.0.1", otlp_port, sampling=100.0),
+    )
+    sampled = traced_config(
+        off, "on1", addresses[3], ids, compiled, TracingTarget("127.0.0.1", otlp_port, sampling=1.0)
+    )
     # where the cost goes: the same traced config without the Lua filter (spans without tags)
-    bare = traced_config(off, "nolua100", addresses[4], ids, compiled,
-                         TracingTarget("127.0.0.1", otlp_port, sampling=100.0))  # fmt: skip
+    bare = traced_config(
+        off,
+        "nolua100",
+        addresses[4],
+        ids,
+        compiled,
+        TracingTarget("127.0.0.1", otlp_port, sampling=100.0),
+    )
     [hcm] = bare.listener["filterChains"][0]["filters"]
     filters = hcm["typedConfig"]["httpFilters"]
     assert filters[0]["name"] == "envoy.filters.http.lua", "the decision filter comes first"
@@ -148,8 +170,9 @@ def prepare(rules: int, backend_port: int, ids: harness.Identities, otlp_port: i
     return configs, compiled
 
 
-def measure(configs: list[Config], args: argparse.Namespace, folder: Path, layout: Layout,
-            procs: Processes) -> dict[str, Run]:  # fmt: skip
+def measure(
+    configs: list[Config], args: argparse.Namespace, folder: Path, layout: Layout, procs: Processes
+) -> dict[str, Run]:
     runs = {c.name: Run() for c in configs}
     url = {c.name: f"http://127.0.0.1:{c.local_port}/" for c in configs}
     for c in configs:
@@ -198,8 +221,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def report(configs: list[Config], runs: dict[str, Run], spans: dict[str, int]
-           ) -> dict[str, Any]:  # fmt: skip
+def report(configs: list[Config], runs: dict[str, Run], spans: dict[str, int]) -> dict[str, Any]:
     summary = {c.label: runs[c.name].summary() for c in configs}
     off = summary["off"]
     keys = ("p50_ms", "p99_ms", "rps", "server_cpu_us_per_req")
@@ -218,26 +240,35 @@ def report(configs: list[Config], runs: dict[str, Run], spans: dict[str, int]
 def print_report(out: dict[str, Any]) -> None:
     m = out["machine"]
     print(f"machine: {m['cpu']} ({m['cores']} cores), {m['platform']}, Envoy {m['envoy']}")
-    print(f"pinning: {m['pinning']}; load avg {m['load_avg_start']:.2f} → "
-          f"{m['load_avg_end']:.2f}")  # fmt: skip
+    print(f"pinning: {m['pinning']}; load avg {m['load_avg_start']:.2f} → {m['load_avg_end']:.2f}")
     s = out["settings"]
-    print(f"{s['rules']} ALLOW policies; {s['seconds']:g} s per config in {s['rounds']} "
-          f"interleaved rounds; wrk {s['connections']} connections\n")  # fmt: skip
-    print(f"{'config':<10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>10}{'server µs/req':>15}"
-          f"{'p50 ×':>8}{'p99 ×':>8}{'req/s ×':>9}{'CPU ×':>8}")  # fmt: skip
+    print(
+        f"{s['rules']} ALLOW policies; {s['seconds']:g} s per config in {s['rounds']} "
+        f"interleaved rounds; wrk {s['connections']} connections\n"
+    )
+    print(
+        f"{'config':<10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>10}{'server µs/req':>15}"
+        f"{'p50 ×':>8}{'p99 ×':>8}{'req/s ×':>9}{'CPU ×':>8}"
+    )
     for label, fig in out["configs"].items():
         r = out["ratios_vs_off"].get(label)
         ratios = f"{'(baseline)':>33}"
         if r:
-            ratios = (f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['rps']:>9.2f}"
-                      f"{r['server_cpu_us_per_req']:>8.2f}")  # fmt: skip
-        print(f"{label:<10}{fig['p50_ms']:>9.3f}{fig['p99_ms']:>9.3f}{fig['rps']:>10.0f}"
-              f"{fig['server_cpu_us_per_req']:>15.1f}{ratios}")  # fmt: skip
+            ratios = (
+                f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['rps']:>9.2f}"
+                f"{r['server_cpu_us_per_req']:>8.2f}"
+            )
+        print(
+            f"{label:<10}{fig['p50_ms']:>9.3f}{fig['p99_ms']:>9.3f}{fig['rps']:>10.0f}"
+            f"{fig['server_cpu_us_per_req']:>15.1f}{ratios}"
+        )
     spans, requests = out["spans"], out["requests"]
     expected = requests["on100"] + requests["nolua100"] + requests["on1"] / 100
-    print(f"\nspans received by the collector: {spans['total']:,}; expected about "
-          f"{expected:,.0f} (every request of on100 and nolua100, 1 in 100 of on1) plus the "
-          "warm-ups")  # fmt: skip
+    print(
+        f"\nspans received by the collector: {spans['total']:,}; expected about "
+        f"{expected:,.0f} (every request of on100 and nolua100, 1 in 100 of on1) plus the "
+        "warm-ups"
+    )
     print("nolua100 = on100 without the Lua filter that tags the decision (the tracer alone).")
     print("control = a second identical 'off' sidecar: its ratio is this machine's noise.")
 

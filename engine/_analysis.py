@@ -141,9 +141,14 @@ def _shadowed(mesh: CompiledMesh) -> list[Diagnostic]:
             if shadow is not None:
                 deny = shadow.policy != later.ref and _is_deny(mesh, shadow)
                 verb = "denied" if deny else "already matched"
-                found.append(warning(rule.location, f"rule {rule.index} of {later.ref} is fully "
-                                     f"shadowed: every request it matches is {verb} by rule "
-                                     f"{shadow.name} first"))  # fmt: skip
+                found.append(
+                    warning(
+                        rule.location,
+                        f"rule {rule.index} of {later.ref} is fully "
+                        f"shadowed: every request it matches is {verb} by rule "
+                        f"{shadow.name} first",
+                    )
+                )
     return found
 
 

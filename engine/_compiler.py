@@ -52,8 +52,15 @@ def compile_policy(doc: Document[AuthorizationPolicySpec], registry: Registry) -
         )
     spec = doc.spec
     targets = registry.targets(doc)
-    return CompiledPolicy(namespace, doc.metadata.name, Action(spec.action), Mode(spec.mode),
-                          tuple(rules), targets, doc)  # fmt: skip
+    return CompiledPolicy(
+        namespace,
+        doc.metadata.name,
+        Action(spec.action),
+        Mode(spec.mode),
+        tuple(rules),
+        targets,
+        doc,
+    )
 
 
 def document_hash(doc: Document[Any]) -> str:

@@ -145,9 +145,12 @@ T = TypeVar("T")
 
 
 def _mismatch(
-    key: ConditionKey, value: T, values: V | None, not_values: V | None,
+    key: ConditionKey,
+    value: T,
+    values: V | None,
+    not_values: V | None,
     contains: Callable[[V, T], bool],
-) -> str | None:  # fmt: skip
+) -> str | None:
     if values is not None and not contains(values, value):
         return f"{key}={value!r} not in values"
     if not_values is not None and contains(not_values, value):

@@ -74,15 +74,22 @@ class Finding:
         return f"docs/lint.md#{self.code.lower()}"
 
     def __str__(self) -> str:
-        return (f"{self.location}: {self.severity.value}: {self.code} {self.message}\n"
-                f"    fix: {self.fix}  ({self.docs})")  # fmt: skip
+        return (
+            f"{self.location}: {self.severity.value}: {self.code} {self.message}\n"
+            f"    fix: {self.fix}  ({self.docs})"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "code": self.code, "severity": self.severity.value, "file": self.location.file,
-            "line": self.location.line, "column": self.location.column,
-            "message": self.message, "fix": self.fix, "docs": self.docs,
-        }  # fmt: skip
+            "code": self.code,
+            "severity": self.severity.value,
+            "file": self.location.file,
+            "line": self.location.line,
+            "column": self.location.column,
+            "message": self.message,
+            "fix": self.fix,
+            "docs": self.docs,
+        }
 
 
 @dataclass(frozen=True, slots=True)

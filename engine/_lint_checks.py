@@ -48,12 +48,13 @@ def split_rules(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
             if first.from_ and not first.to and not first.when and second.to and not second.from_:
                 where = policy.document.key_at("spec", "rules", i + 1, "to")
                 yield Finding(
-                    where, "MW101",
+                    where,
+                    "MW101",
                     f"rule {i + 1} of {policy.ref} has `to` but no `from`, right after rule {i} "
                     f"with `from` but no `to`: a stray '- ' split one rule in two, so rule "
                     f"{i + 1} {_verb(policy)} every peer and rule {i} every operation",
                     f"delete the '- ' before 'to:' on line {where.line} to make one rule",
-                )  # fmt: skip
+                )
 
 
 def _verb(policy: CompiledPolicy) -> str:
@@ -64,8 +65,10 @@ def _identity_places(policy: CompiledPolicy) -> Iterator[tuple[Location, str]]:
     """Every exact or prefix identity a policy names, with its place."""
     doc = policy.document
     for place, source in _sources(policy):
-        for field_name, values in (("identities", source.identities),
-                                   ("notIdentities", source.not_identities)):  # fmt: skip
+        for field_name, values in (
+            ("identities", source.identities),
+            ("notIdentities", source.not_identities),
+        ):
             for j, value in enumerate(values or []):
                 yield doc.at(*place, field_name, j), value
 
@@ -91,20 +94,25 @@ def unknown_namespaces(mesh: CompiledMesh, options: LintOptions) -> Iterator[Fin
     domain = str(mesh.registry.trust_domain)
     for policy in _policies(mesh):
         places = list(_namespace_places(policy))
-        places += [(where, ns) for where, value in _identity_places(policy)
-                   if value.startswith(f"spiffe://{domain}/")
-                   and "*" not in (exact := value.removesuffix("/*"))
-                   and (ns := namespace_of(exact)) is not None]  # fmt: skip
+        places += [
+            (where, ns)
+            for where, value in _identity_places(policy)
+            if value.startswith(f"spiffe://{domain}/")
+            and "*" not in (exact := value.removesuffix("/*"))
+            and (ns := namespace_of(exact)) is not None
+        ]
         for where, namespace in places:
             if "*" in namespace or namespace in known:
                 continue
             guess = _closest(namespace, known)
             yield Finding(
-                where, "MW102",
+                where,
+                "MW102",
                 f"no workload is in namespace {namespace!r}, so this never matches anyone",
-                f"did you mean {guess!r}?" if guess else
-                f"add a Workload in namespace {namespace} or remove the namespace",
-            )  # fmt: skip
+                f"did you mean {guess!r}?"
+                if guess
+                else f"add a Workload in namespace {namespace} or remove the namespace",
+            )
 
 
 def unknown_identities(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
@@ -120,21 +128,23 @@ def unknown_identities(mesh: CompiledMesh, options: LintOptions) -> Iterator[Fin
             if not value.startswith(f"spiffe://{domain}/") and value != f"spiffe://{domain}":
                 other = value.removeprefix("spiffe://").split("/", 1)[0].rstrip("*")
                 yield Finding(
-                    where, "MW104",
+                    where,
+                    "MW104",
                     f"{value} is in trust domain {other!r}, but this mesh is {domain!r} and "
                     "issues no other; no peer can present it",
                     f"write spiffe://{domain}/{value.removeprefix('spiffe://').partition('/')[2]}",
-                )  # fmt: skip
+                )
             elif "*" not in value and value not in identities and namespace_of(value) in known_ns:
                 ns = namespace_of(value)
                 same = {i for i in identities if namespace_of(i) == ns}
                 guess = _closest(value, same)
                 accounts = ", ".join(sorted(i.rsplit("/", 1)[-1] for i in same))
                 yield Finding(
-                    where, "MW103",
+                    where,
+                    "MW103",
                     f"no workload has identity {value} (service accounts in {ns}: {accounts})",
                     f"did you mean {guess}?" if guess else "fix the service account",
-                )  # fmt: skip
+                )
 
 
 def jwt_issuers(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
@@ -149,12 +159,13 @@ def jwt_issuers(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
                 near = [c for c in configured if c.rstrip("/") == issuer.rstrip("/")]
                 guess = near[0] if near else _closest(issuer, configured)
                 yield Finding(
-                    policy.document.at(*place, "jwt", "issuers", j), "MW105",
+                    policy.document.at(*place, "jwt", "issuers", j),
+                    "MW105",
                     f"issuer {issuer!r} is not the issuer of any JwtIssuer selecting the "
                     f"workloads of {policy.ref} ({', '.join(sorted(configured))}); tokens "
                     "carry one of those, so this source never matches",
                     f"write {guess!r} exactly" if guess else "add a JwtIssuer for it",
-                )  # fmt: skip
+                )
 
 
 def shadowed_rules(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
@@ -163,10 +174,13 @@ def shadowed_rules(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding
     for diagnostic in _analysis._shadowed(mesh):
         deny = "is denied by" in diagnostic.message
         yield Finding(
-            diagnostic.location, "MW106" if deny else "MW304", diagnostic.message,
+            diagnostic.location,
+            "MW106" if deny else "MW304",
+            diagnostic.message,
             "narrow the DENY rule (e.g. notIdentities for this rule's sources) or drop this rule"
-            if deny else "remove this rule, or the earlier one if this is the one you meant",
-        )  # fmt: skip
+            if deny
+            else "remove this rule, or the earlier one if this is the one you meant",
+        )
 
 
 def upstream_ports(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
@@ -181,17 +195,17 @@ def upstream_ports(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding
                 first = seen.setdefault((host, upstream.local_port), (ref, i))
                 if first[0] != ref:
                     yield Finding(
-                        workload.document.at("spec", "upstreams", i, "localPort"), "MW107",
+                        workload.document.at("spec", "upstreams", i, "localPort"),
+                        "MW107",
                         f"localPort {upstream.local_port} is also an upstream of {first[0]}; "
                         "on one host both sidecars listen on 127.0.0.1:"
                         f"{upstream.local_port} and the second listener is refused",
                         f"give this upstream a localPort no other workload on {host} uses",
-                    )  # fmt: skip
+                    )
 
 
 def _hosts(addresses: tuple[Any, ...]) -> set[str]:
-    hosts = {"loopback" if ipaddress.ip_address(str(a)).is_loopback else str(a)
-             for a in addresses}  # fmt: skip
+    hosts = {"loopback" if ipaddress.ip_address(str(a)).is_loopback else str(a) for a in addresses}
     return hosts or {"loopback"}
 
 
@@ -224,13 +238,18 @@ def open_rules(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
 
 def _wildcard(source: Any) -> str:
     ids, namespaces = source.identities, source.namespaces
-    if ids is not None and (ids.anything or any(
-            p.count("/") <= 3 or p.endswith("/ns/") for p in ids.prefixes)):  # fmt: skip
+    if ids is not None and (
+        ids.anything or any(p.count("/") <= 3 or p.endswith("/ns/") for p in ids.prefixes)
+    ):
         return f"identities {ids} match every identity"
     if namespaces is not None and namespaces.anything:
         return f"namespaces {namespaces} match every identity"
-    if source.not_identities is not None and ids is None and namespaces is None and (
-            source.workloads is None):  # fmt: skip
+    if (
+        source.not_identities is not None
+        and ids is None
+        and namespaces is None
+        and (source.workloads is None)
+    ):
         return "only notIdentities: every other identity matches"
     if not source.needs_identity and not source.needs_plaintext and source.jwt is None:
         return "a source without identity fields matches every identity"
@@ -239,11 +258,12 @@ def _wildcard(source: Any) -> str:
 
 def _plaintext(where: Location, policy: CompiledPolicy, index: int) -> Finding:
     return Finding(
-        where, "MW201",
+        where,
+        "MW201",
         f"rule {index} of {policy.ref} allows peers without an identity: mTLS is PERMISSIVE and "
         "nothing in the rule requires an identity or a source address",
         "add `identities`/`workloads`/`namespaces` to its `from`, or ipBlocks for known hosts",
-    )  # fmt: skip
+    )
 
 
 def _any_identity(where: Location, policy: CompiledPolicy, index: int, why: str) -> Finding:
@@ -260,12 +280,13 @@ def permissive_mtls(mesh: CompiledMesh, options: LintOptions) -> Iterator[Findin
     doc = mesh.registry.mesh.document
     if doc is not None and doc.spec.mtls == "PERMISSIVE":
         yield Finding(
-            doc.at("spec", "mtls"), "MW203",
+            doc.at("spec", "mtls"),
+            "MW203",
             "mTLS is PERMISSIVE: every sidecar also accepts plaintext peers, whose only "
             "credential is their IP address",
             "set mtls: STRICT once every caller has an identity (meshwarden flows shows "
             "plaintext callers by IP)",
-        )  # fmt: skip
+        )
     yield from _narrower_permissive(mesh)
 
 
@@ -302,11 +323,12 @@ def issuer_audiences(mesh: CompiledMesh, options: LintOptions) -> Iterator[Findi
         doc = mesh.issuers[ref][0]
         if not doc.spec.audiences and not doc.spec.spiffe_trust_domain:
             yield Finding(
-                doc.at("spec", "issuer"), "MW204",
+                doc.at("spec", "issuer"),
+                "MW204",
                 f"JwtIssuer {ref} has no audiences: any token of {doc.spec.issuer} is "
                 "accepted, even one minted for another service",
                 "add audiences: [the name your workloads' tokens are minted for]",
-            )  # fmt: skip
+            )
 
 
 def selects_nothing(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
@@ -316,8 +338,10 @@ def selects_nothing(mesh: CompiledMesh, options: LintOptions) -> Iterator[Findin
     ]
     selecting += [(p.document, bool(p.targets)) for p in mesh.egress_policies.values()]
     selecting += [(doc, bool(targets)) for doc, targets in mesh.issuers.values()]
-    selecting += [(doc, bool(mesh.registry.select(doc.metadata.namespace, doc.spec.selector)))
-                  for doc in mesh.registry.services.values()]  # fmt: skip
+    selecting += [
+        (doc, bool(mesh.registry.select(doc.metadata.namespace, doc.spec.selector)))
+        for doc in mesh.registry.services.values()
+    ]
     for doc, selects in selecting:
         if not selects:
             yield Finding(
@@ -366,11 +390,20 @@ def old_dry_runs(mesh: CompiledMesh, options: LintOptions) -> Iterator[Finding]:
                 f"{policy.ref} has been dry-run since {since} ({days} days, more than "
                 f"{options.dry_run_max_days}); a policy nobody promotes protects nothing",
                 f"meshwarden promote {policy.ref} ... --require-clean 24h, or delete it",
-            )  # fmt: skip
+            )
 
 
 CHECKS: tuple[Check, ...] = (
-    split_rules, unknown_namespaces, unknown_identities, jwt_issuers, shadowed_rules,
-    upstream_ports, open_rules, permissive_mtls, issuer_audiences, selects_nothing,
-    unused_rules, old_dry_runs,
-)  # fmt: skip
+    split_rules,
+    unknown_namespaces,
+    unknown_identities,
+    jwt_issuers,
+    shadowed_rules,
+    upstream_ports,
+    open_rules,
+    permissive_mtls,
+    issuer_audiences,
+    selects_nothing,
+    unused_rules,
+    old_dry_runs,
+)

@@ -56,5 +56,7 @@ def monitor_reason(mesh: MeshSpec, namespace: str) -> str:
     """The reason of an allow that monitor mode made ("" outside monitor mode)."""
     if namespace_mode(mesh, namespace) != DRY_RUN:
         return ""
-    return (f"monitor mode: namespace {namespace} runs its ALLOW/DENY policies as dry-run "
-            "and lets every request through")  # fmt: skip
+    return (
+        f"monitor mode: namespace {namespace} runs its ALLOW/DENY policies as dry-run "
+        "and lets every request through"
+    )

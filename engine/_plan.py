@@ -191,8 +191,12 @@ class RuleIndex:
 
     def unkeyed_identity_rules(self) -> list[CompiledRule]:
         """Rules an identity outside `identity_keys` may match, in order."""
-        entries = [e for lists in (self.namespace, self.prefix, self.suffix) for es in
-                   lists.values() for e in es]  # fmt: skip
+        entries = [
+            e
+            for lists in (self.namespace, self.prefix, self.suffix)
+            for es in lists.values()
+            for e in es
+        ]
         return _ordered([*entries, *self.any_identity, *self.any_peer])
 
     def plaintext_rules(self) -> list[CompiledRule]:
@@ -207,8 +211,12 @@ class RuleIndex:
 
 
 def _ordered(entries: list[Entry]) -> list[CompiledRule]:
-    return [rule for _, rule in sorted({seq: (seq, rule) for seq, rule in entries}.values(),
-                                        key=lambda e: e[0])]  # fmt: skip
+    return [
+        rule
+        for _, rule in sorted(
+            {seq: (seq, rule) for seq, rule in entries}.values(), key=lambda e: e[0]
+        )
+    ]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -299,8 +307,16 @@ def build_plan(
     indexes, dry_run_index, has_allow = index_policies(ordered, RuleIndex)
     issuers = sorted(jwt_issuers, key=lambda d: (d.metadata.namespace, d.metadata.name))
     return AuthorizationPlan(
-        workload, mesh, tuple(ordered), tuple(issuers),
-        indexes[Action.DENY], indexes[Action.ALLOW], indexes[Action.AUDIT], has_allow,
-        tuple(p for p in ordered if p.dry_run), dry_run_index, unmatched(ordered),
+        workload,
+        mesh,
+        tuple(ordered),
+        tuple(issuers),
+        indexes[Action.DENY],
+        indexes[Action.ALLOW],
+        indexes[Action.AUDIT],
+        has_allow,
+        tuple(p for p in ordered if p.dry_run),
+        dry_run_index,
+        unmatched(ordered),
         dry_run_outcomes(ordered),
-    )  # fmt: skip
+    )

@@ -38,10 +38,13 @@ def _request(flow: Mapping[str, Any]) -> Request | None:
     http = flow.get("protocol") != "tcp"
     try:
         return Request.build(
-            str(flow["workload"]), int(flow["port"]), identity=flow.get("sourceIdentity"),
-            source_ip=flow.get("sourceIp"), method=flow.get("method") if http else None,
+            str(flow["workload"]),
+            int(flow["port"]),
+            identity=flow.get("sourceIdentity"),
+            source_ip=flow.get("sourceIp"),
+            method=flow.get("method") if http else None,
             path=flow.get("path") if http else None,
-        )  # fmt: skip
+        )
     except (KeyError, TypeError, ValueError):
         return None
 

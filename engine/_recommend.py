@@ -106,8 +106,10 @@ def _groups(mesh: CompiledMesh, notes: list[str]) -> dict[str, str]:
     groups: dict[str, str] = {}
     for ref, workload in sorted(mesh.registry.workloads.items()):
         if not workload.labels:
-            notes.append(f"workload {ref} has no labels, so no policy can select it alone; "
-                         "give it a label (e.g. app) and run recommend again")  # fmt: skip
+            notes.append(
+                f"workload {ref} has no labels, so no policy can select it alone; "
+                "give it a label (e.g. app) and run recommend again"
+            )
             continue
         labels = ",".join(f"{k}={v}" for k, v in sorted(workload.labels.items()))
         groups[ref] = f"{workload.namespace}|{labels}"
@@ -134,9 +136,12 @@ def _caller(flow: Mapping[str, Any]) -> Caller:
     return ("identity", str(identity)) if identity else ("ip", str(flow["sourceIp"]))
 
 
-def _build(mesh: CompiledMesh, groups: dict[str, str],
-           seen: dict[tuple[str, int], dict[Caller, Seen]], notes: list[str],
-           ) -> list[Recommendation]:  # fmt: skip
+def _build(
+    mesh: CompiledMesh,
+    groups: dict[str, str],
+    seen: dict[tuple[str, int], dict[Caller, Seen]],
+    notes: list[str],
+) -> list[Recommendation]:
     members: dict[str, list[Workload]] = defaultdict(list)
     for ref, group in groups.items():
         members[group].append(mesh.registry.workloads[ref])
@@ -166,8 +171,10 @@ def _recommendation(
     notes = []
     if selected != refs:
         others = ", ".join(r for r in selected if r not in refs)
-        notes.append(f"its selector also selects {others} (their labels include these); "
-                     "narrow it by hand if that is not wanted")  # fmt: skip
+        notes.append(
+            f"its selector also selects {others} (their labels include these); "
+            "narrow it by hand if that is not wanted"
+        )
     return Recommendation(first.namespace, name, dict(first.labels), refs, [], notes)
 
 
@@ -177,8 +184,9 @@ def _selector(labels: Mapping[str, str]) -> Any:
     return LabelSelector(match_labels=dict(labels))
 
 
-def _rules(mesh: CompiledMesh, port: int, http: bool,
-           callers: dict[Caller, Seen]) -> list[RecommendedRule]:  # fmt: skip
+def _rules(
+    mesh: CompiledMesh, port: int, http: bool, callers: dict[Caller, Seen]
+) -> list[RecommendedRule]:
     merged, notes = _collapse_namespaces(mesh, callers)
     by_ops: dict[tuple[Any, ...], list[Caller]] = defaultdict(list)
     operations: dict[Caller, tuple[Any, ...]] = {}
@@ -198,8 +206,9 @@ def _rules(mesh: CompiledMesh, port: int, http: bool,
             if c[0] == "ip"
         ]
         rule_notes += _generalised(seen, ops)
-        rules.append(RecommendedRule(port, http, tuple(sorted(group)), ops, seen,
-                                     tuple(rule_notes)))  # fmt: skip
+        rules.append(
+            RecommendedRule(port, http, tuple(sorted(group)), ops, seen, tuple(rule_notes))
+        )
     return rules
 
 

@@ -54,10 +54,16 @@ def _rule(rule: RecommendedRule) -> list[str]:
     lines = [f"  # {seen.count} flow(s), first {seen.first}, last {seen.last}"]
     lines += [f"  # {note}" for note in rule.notes]
     sources = []
-    for kind, values in (("identities", "identity"), ("namespaces", "namespace"),
-                         ("ipBlocks", "ip")):  # fmt: skip
-        found = [v if values != "ip" else f"{v}/32" if ":" not in v else f"{v}/128"
-                 for k, v in rule.callers if k == values]  # fmt: skip
+    for kind, values in (
+        ("identities", "identity"),
+        ("namespaces", "namespace"),
+        ("ipBlocks", "ip"),
+    ):
+        found = [
+            v if values != "ip" else f"{v}/32" if ":" not in v else f"{v}/128"
+            for k, v in rule.callers
+            if k == values
+        ]
         if found:
             sources.append(f"{{{kind}: {_flow_list(found)}}}")
     lines.append(f"  - from: [{', '.join(sources)}]")
@@ -66,6 +72,8 @@ def _rule(rule: RecommendedRule) -> list[str]:
         return lines
     lines.append("    to:")
     for methods, paths in rule.operations:
-        lines.append(f"    - {{ports: [{rule.port}], methods: {_flow_list(methods)}, "
-                     f"paths: {_flow_list(paths)}}}")  # fmt: skip
+        lines.append(
+            f"    - {{ports: [{rule.port}], methods: {_flow_list(methods)}, "
+            f"paths: {_flow_list(paths)}}}"
+        )
     return lines

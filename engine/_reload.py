@@ -58,12 +58,14 @@ def _full(documents: list[Document[Any]]) -> Reload:
     return Reload(mesh, affected, found, False)
 
 
-def _incremental(previous: CompiledMesh, upserts: list[Document[Any]],
-                 deletes: list[DocumentKey]) -> Reload:  # fmt: skip
+def _incremental(
+    previous: CompiledMesh, upserts: list[Document[Any]], deletes: list[DocumentKey]
+) -> Reload:
     mesh, affected = previous.with_policy_changes(upserts, deletes)
     touched = {ref for w in affected for ref in mesh.by_workload.get(w, ())}
-    problems = [p for ref in sorted(touched)
-                for p in _semantics.policy_errors(mesh, mesh.policies[ref])]  # fmt: skip
+    problems = [
+        p for ref in sorted(touched) for p in _semantics.policy_errors(mesh, mesh.policies[ref])
+    ]
     if problems:
         return Reload(None, frozenset(), problems, True)
     return Reload(mesh, affected, [], True)

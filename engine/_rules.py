@@ -191,20 +191,30 @@ class CompiledOperation:
     @classmethod
     def of(cls, op: Operation) -> CompiledOperation:
         return cls(
-            _ports(op.ports), _ports(op.not_ports),
-            patterns_of(op.methods), patterns_of(op.not_methods),
-            _paths(op.paths), _paths(op.not_paths),
-            patterns_of(op.hosts, fold_case=True), patterns_of(op.not_hosts, fold_case=True),
+            _ports(op.ports),
+            _ports(op.not_ports),
+            patterns_of(op.methods),
+            patterns_of(op.not_methods),
+            _paths(op.paths),
+            _paths(op.not_paths),
+            patterns_of(op.hosts, fold_case=True),
+            patterns_of(op.not_hosts, fold_case=True),
             None if op.protocols is None else frozenset(op.protocols),
-        )  # fmt: skip
+        )
 
     @property
     def is_http(self) -> bool:
         return any(
             f is not None
-            for f in (self.methods, self.not_methods, self.paths, self.not_paths, self.hosts,
-                      self.not_hosts)
-        )  # fmt: skip
+            for f in (
+                self.methods,
+                self.not_methods,
+                self.paths,
+                self.not_paths,
+                self.hosts,
+                self.not_hosts,
+            )
+        )
 
     def admits_port(self, port: int, protocol: str = "tcp") -> bool:
         """Whether `ports`/`notPorts` and `protocols` let this port through (by default a

@@ -140,8 +140,12 @@ class Agent:
         except (grpc.aio.AioRpcError, IdentityError, ValueError) as exc:
             self.failures += 1
             self.last_sync_error = _describe(exc)
-            log.warning("sync with %s failed (%d in a row): %s", self.config.server,
-                        self.failures, self.last_sync_error)  # fmt: skip
+            log.warning(
+                "sync with %s failed (%d in a row): %s",
+                self.config.server,
+                self.failures,
+                self.last_sync_error,
+            )
             return False
         self.failures, self.last_sync_error = 0, None
         return True

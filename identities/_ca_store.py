@@ -156,8 +156,9 @@ def load_ca(
     return _from_document(document, config, clock, str(path))
 
 
-def _from_document(document: dict[str, Any], config: CaConfig, clock: Clock, source: str
-                   ) -> CertificateAuthority:  # fmt: skip
+def _from_document(
+    document: dict[str, Any], config: CaConfig, clock: Clock, source: str
+) -> CertificateAuthority:
     _check_header(document, config, source)
     try:
         return CertificateAuthority(

@@ -79,8 +79,7 @@ class NodeApi:
         self._node_svid_ttl = node_svid_ttl
         self._packet_filter = packet_filter
 
-    async def _sign_node(self, node: str, csr: x509.CertificateSigningRequest
-                         ) -> pb.AttestResponse:  # fmt: skip
+    async def _sign_node(self, node: str, csr: x509.CertificateSigningRequest) -> pb.AttestResponse:
         svid = self._ca.sign_node_csr(csr, node, self._node_svid_ttl)
         await self._nodes.record(svid.leaf, node)
         return pb.AttestResponse(
@@ -141,11 +140,13 @@ class NodeApi:
         registry = await self._current_registry(context)
         entries = [
             pb.WorkloadEntry(
-                spiffe_id=str(w.spiffe_id), selectors=list(w.selectors),
-                namespace=w.namespace, name=w.name,
+                spiffe_id=str(w.spiffe_id),
+                selectors=list(w.selectors),
+                namespace=w.namespace,
+                name=w.name,
             )
             for w in servable_workloads(registry, node)
-        ]  # fmt: skip
+        ]
         response = pb.SyncResponse(workloads=entries, bundle=self._ca.bundle().to_spiffe_json())
         if request.packet_filter_format:
             response.packet_filter = await self._filter_of(node, request, context)

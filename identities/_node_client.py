@@ -142,8 +142,9 @@ def channel_target(servers: str) -> str:
     v6: list[str] = []
     for part in parts:
         host, _, port = part.rpartition(":")
-        for family, *_, address in socket.getaddrinfo(host.strip("[]"), int(port),
-                                                      type=socket.SOCK_STREAM):  # fmt: skip
+        for family, *_, address in socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM
+        ):
             if family == socket.AF_INET:
                 v4.append(f"{address[0]}:{port}")
             elif family == socket.AF_INET6:

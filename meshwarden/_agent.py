@@ -51,8 +51,12 @@ class NodeAgent:
     def __init__(self, options: AgentOptions, clock: Clock) -> None:
         self.options = options
         self.cache = IdentityCache()
-        config = AgentConfig(options.server, options.data_dir, options.sync_interval,
-                             packet_filter_format=options.enforce or "")  # fmt: skip
+        config = AgentConfig(
+            options.server,
+            options.data_dir,
+            options.sync_interval,
+            packet_filter_format=options.enforce or "",
+        )
         self.agent = Agent(config, self.cache, clock)
         self.enforcer = TableEnforcer() if options.enforce else None
         if self.enforcer is not None:
@@ -65,12 +69,17 @@ class NodeAgent:
         self.health: HealthEndpoint | None = None
         meter = metrics.get_meter("meshwarden.agent")
         meter.create_observable_gauge(
-            "meshwarden.svid.expiry", callbacks=[self._svid_expiry], unit="s",
-            description="seconds until each X509-SVID this agent holds expires")  # fmt: skip
+            "meshwarden.svid.expiry",
+            callbacks=[self._svid_expiry],
+            unit="s",
+            description="seconds until each X509-SVID this agent holds expires",
+        )
         meter.create_observable_gauge(
-            "meshwarden.agent.identity.at_risk", callbacks=[self._at_risk],
+            "meshwarden.agent.identity.at_risk",
+            callbacks=[self._at_risk],
             description="1 when the control plane is unreachable and an SVID held is in the "
-            "last quarter of its lifetime (or expired), else 0")  # fmt: skip
+            "last quarter of its lifetime (or expired), else 0",
+        )
 
     def _at_risk(self, _options: CallbackOptions) -> Iterable[Observation]:
         health = self.agent.health()
@@ -91,18 +100,24 @@ class NodeAgent:
             "syncFailuresInARow": self.agent.failures,
             "lastSyncError": self.agent.last_sync_error,
             "nodeSvidExpires": node.expires_at.isoformat() if node else None,
-            "svids": [{"spiffeId": str(held.spiffe_id),
-                       "expires": held.svid.leaf.not_valid_after_utc.isoformat()}
-                      for held in self.cache.identities],
-        }  # fmt: skip
+            "svids": [
+                {
+                    "spiffeId": str(held.spiffe_id),
+                    "expires": held.svid.leaf.not_valid_after_utc.isoformat(),
+                }
+                for held in self.cache.identities
+            ],
+        }
 
     def _svid_expiry(self, _options: CallbackOptions) -> Iterable[Observation]:
         now = self.clock.now()
         return [
-            Observation((held.svid.leaf.not_valid_after_utc - now).total_seconds(),
-                        {"spiffe_id": str(held.spiffe_id)})
+            Observation(
+                (held.svid.leaf.not_valid_after_utc - now).total_seconds(),
+                {"spiffe_id": str(held.spiffe_id)},
+            )
             for held in self.cache.identities
-        ]  # fmt: skip
+        ]
 
     async def _enforce(self, table: str) -> None:
         assert self.enforcer is not None

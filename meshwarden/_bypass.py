@@ -22,9 +22,11 @@ class Bypass:
     address: str  # where the app listens
 
     def __str__(self) -> str:
-        return (f"warning: {self.ref}: an app listens on {self.address} port "
-                f"{self.target_port} (targetPort of port {self.port}), so other hosts reach it "
-                "without its sidecar; bind the app to 127.0.0.1")  # fmt: skip
+        return (
+            f"warning: {self.ref}: an app listens on {self.address} port "
+            f"{self.target_port} (targetPort of port {self.port}), so other hosts reach it "
+            "without its sidecar; bind the app to 127.0.0.1"
+        )
 
 
 def _address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

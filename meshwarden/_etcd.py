@@ -127,8 +127,9 @@ def delete_op(key: bytes) -> Any:
 
 def mod_revision_is(key: bytes, revision: int) -> Any:
     """True when `key` was last written at `revision` (0: the key does not exist)."""
-    return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key,
-                       mod_revision=revision)  # fmt: skip
+    return rpc.Compare(
+        result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, key=key, mod_revision=revision
+    )
 
 
 def value_is(key: bytes, value: bytes) -> Any:
@@ -149,8 +150,9 @@ def _prefix_end(prefix: bytes) -> bytes:
 class Etcd:
     """Calls go to one member at a time; an unreachable member is left for the next one."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0,
-                 tls: StoreTls | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = 5.0, tls: StoreTls | None = None
+    ) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = tuple(endpoints)
@@ -218,11 +220,13 @@ class Etcd:
         reply = await self._call(rpc.KVStub, "Put", request)
         return int(reply.header.revision)
 
-    async def txn(self, compare: Sequence[Any], success: Sequence[Any],
-                  failure: Sequence[Any] = ()) -> Any:  # fmt: skip
+    async def txn(
+        self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
+    ) -> Any:
         """etcd's TxnResponse (`succeeded`, `responses`, `header.revision`)."""
-        request = rpc.TxnRequest(compare=list(compare), success=list(success),
-                                 failure=list(failure))  # fmt: skip
+        request = rpc.TxnRequest(
+            compare=list(compare), success=list(success), failure=list(failure)
+        )
         return await self._call(rpc.KVStub, "Txn", request)
 
     async def grant_lease(self, ttl: int) -> int:
@@ -235,13 +239,16 @@ class Etcd:
 
     async def keep_alive(self, lease: int) -> int:
         """Refresh a lease once; its remaining TTL (0: it expired)."""
-        reply = await self._call(rpc.LeaseStub, "LeaseTimeToLive",
-                                 rpc.LeaseTimeToLiveRequest(ID=lease))  # fmt: skip
+        reply = await self._call(
+            rpc.LeaseStub, "LeaseTimeToLive", rpc.LeaseTimeToLiveRequest(ID=lease)
+        )
         if reply.TTL <= 0:
             return 0
         stream = rpc.LeaseStub(self._channel()).LeaseKeepAlive(
-            iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=self.timeout,
-            metadata=_REQUIRE_LEADER)  # fmt: skip
+            iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
+            timeout=self.timeout,
+            metadata=_REQUIRE_LEADER,
+        )
         try:
             async for answer in stream:
                 return int(answer.TTL)
@@ -250,13 +257,15 @@ class Etcd:
             raise StoreUnavailable(f"etcd lease keep-alive failed: {exc.details()}") from None
         return 0
 
-    async def watch(self, key: bytes, start_revision: int, prefix: bool = False
-                    ) -> AsyncIterator[list[KeyValue]]:  # fmt: skip
+    async def watch(
+        self, key: bytes, start_revision: int, prefix: bool = False
+    ) -> AsyncIterator[list[KeyValue]]:
         """The keys written (or, with an empty value, deleted) from `start_revision` on, one
         list per etcd revision batch. Raises StoreUnavailable when the member goes away or
         loses its leader; the caller watches again from its last revision + 1."""
-        create = rpc.WatchCreateRequest(key=key, start_revision=start_revision,
-                                        progress_notify=True)  # fmt: skip
+        create = rpc.WatchCreateRequest(
+            key=key, start_revision=start_revision, progress_notify=True
+        )
         if prefix:
             create.range_end = _prefix_end(key)
         stream = rpc.WatchStub(self._channel()).Watch(metadata=_REQUIRE_LEADER)

@@ -53,28 +53,37 @@ def export_explanation(decision: Decision, req: Request, endpoint: str) -> str:
     context = set_span_in_context(root)
     for considered in decision.trace:
         matched = considered.matched_rule is not None
-        child = tracer.start_span("meshwarden.explain.policy", context=context, attributes={
-            "meshwarden.authz.policy": considered.policy,
-            "meshwarden.policy.action": considered.action,
-            "meshwarden.policy.mode": considered.mode,
-            "meshwarden.policy.matched": matched,
-            "meshwarden.policy.rule_reasons": [r or "MATCHED" for r in considered.rule_reasons],
-        })  # fmt: skip
+        child = tracer.start_span(
+            "meshwarden.explain.policy",
+            context=context,
+            attributes={
+                "meshwarden.authz.policy": considered.policy,
+                "meshwarden.policy.action": considered.action,
+                "meshwarden.policy.mode": considered.mode,
+                "meshwarden.policy.matched": matched,
+                "meshwarden.policy.rule_reasons": [r or "MATCHED" for r in considered.rule_reasons],
+            },
+        )
         if matched:
             child.set_attribute("meshwarden.authz.rule", str(considered.matched_rule))
         if considered.note:
             child.set_attribute("meshwarden.policy.note", considered.note)
         child.end()
     for outcome in decision.dry_run:
-        event = {"meshwarden.authz.policy": outcome.policy,
-                 "meshwarden.authz.decision": outcome.decision.lower()}  # fmt: skip
+        event = {
+            "meshwarden.authz.policy": outcome.policy,
+            "meshwarden.authz.decision": outcome.decision.lower(),
+        }
         root.add_event("dry-run", event)
     if not decision.allowed:
         root.set_status(Status(StatusCode.ERROR, f"denied by {decision.policy}"))
     root.end()
     parts = urlsplit(endpoint)
-    exporter = OTLPSpanExporter(endpoint=f"{parts.hostname}:{parts.port or 4317}",
-                                insecure=parts.scheme == "http", timeout=5)  # fmt: skip
+    exporter = OTLPSpanExporter(
+        endpoint=f"{parts.hostname}:{parts.port or 4317}",
+        insecure=parts.scheme == "http",
+        timeout=5,
+    )
     result = exporter.export(memory.get_finished_spans())
     exporter.shutdown()
     if result is not SpanExportResult.SUCCESS:

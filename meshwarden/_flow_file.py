@@ -32,8 +32,10 @@ def open_private(path: Path) -> int:
     mode = os.fstat(fd).st_mode
     if mode & 0o077:
         os.close(fd)
-        raise PermissionError(f"{path} is readable by others (mode {mode & 0o777:o}); "
-                              "chmod 600 it or choose another file")  # fmt: skip
+        raise PermissionError(
+            f"{path} is readable by others (mode {mode & 0o777:o}); "
+            "chmod 600 it or choose another file"
+        )
     return fd
 
 
@@ -52,8 +54,13 @@ def problem(path: Path | None) -> str:
 class FlowFile:
     """Appends flow records to PATH, rotating by size. Not thread-safe (the event loop's)."""
 
-    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP,
-                 errors: TextIO = sys.stderr) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep: int = DEFAULT_KEEP,
+        errors: TextIO = sys.stderr,
+    ) -> None:
         if max_bytes < 1 or keep < 1:
             raise ValueError("a flow log file needs max_bytes >= 1 and keep >= 1")
         self.path = path
@@ -77,8 +84,11 @@ class FlowFile:
         except OSError as exc:
             self.failures += 1
             if self.failures == 1:
-                print(f"meshwarden: flow log file {self.path}: {exc} (records are kept in "
-                      "memory only until it works again)", file=self._errors)  # fmt: skip
+                print(
+                    f"meshwarden: flow log file {self.path}: {exc} (records are kept in "
+                    "memory only until it works again)",
+                    file=self._errors,
+                )
             return
         self._size += len(encoded)
         self.written += len(flows)

@@ -74,9 +74,13 @@ class FlowLog:
     """A bounded record of decisions (a `FlowSink` for `AccessLogReceiver`), with a fair share
     per workload. Runs on the event loop of the control plane; not thread-safe."""
 
-    def __init__(self, size: int = DEFAULT_SIZE, clock: Callable[[], float] = time.time,
-                 meter: metrics.Meter | None = None, mirror: FlowMirror | None = None,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size: int = DEFAULT_SIZE,
+        clock: Callable[[], float] = time.time,
+        meter: metrics.Meter | None = None,
+        mirror: FlowMirror | None = None,
+    ) -> None:
         if size < 1:
             raise ValueError(f"flow log size must be at least 1, not {size}")
         self.size = size
@@ -92,12 +96,16 @@ class FlowLog:
         self.mirror = mirror  # also gets every record, e.g. a FlowFile (--flow-log-file)
         meter = meter or metrics.get_meter("meshwarden.flows")
         self._decisions = meter.create_counter(
-            "meshwarden.authz.decisions", unit="{decision}",
-            description="Authorization decisions reported by sidecars")  # fmt: skip
+            "meshwarden.authz.decisions",
+            unit="{decision}",
+            description="Authorization decisions reported by sidecars",
+        )
         self._dropped = meter.create_counter(
-            "meshwarden.flows.dropped", unit="{record}",
+            "meshwarden.flows.dropped",
+            unit="{record}",
             description="Flow records pushed out of the full flow log, by the workload that "
-            "had reported them")  # fmt: skip
+            "had reported them",
+        )
 
     @property
     def dropped(self) -> int:
@@ -183,11 +191,15 @@ class FlowLog:
             self._followers.discard(queue)
 
     def stats(self) -> dict[str, Any]:
-        return {"size": self.size, "stored": self._stored, "received": self.received,
-                "dropped": self.dropped, "droppedByWorkload": dict(sorted(
-                    self.dropped_by_workload.items())),
-                "followers": len(self._followers),
-                "followerMisses": self.follower_misses}  # fmt: skip
+        return {
+            "size": self.size,
+            "stored": self._stored,
+            "received": self.received,
+            "dropped": self.dropped,
+            "droppedByWorkload": dict(sorted(self.dropped_by_workload.items())),
+            "followers": len(self._followers),
+            "followerMisses": self.follower_misses,
+        }
 
     def route(self, params: Mapping[str, str]) -> Reply:
         """`GET /flows`: JSON `{"flows": [...], "size", "stored", "received", "dropped"}`;
@@ -211,8 +223,7 @@ def engine_attribution(mesh: Callable[[], CompiledMesh | None]) -> TcpAttributio
     plane's current compiled mesh. None (the flow says `unknown`) when the current mesh would
     not allow it — the sidecar then ran an older configuration — or does not know the workload."""
 
-    def attribute(workload: str, port: int, identity: str | None, ip: str | None
-                  ) -> Verdict | None:  # fmt: skip
+    def attribute(workload: str, port: int, identity: str | None, ip: str | None) -> Verdict | None:
         current = mesh()
         if current is None or workload not in current.plans:
             return None

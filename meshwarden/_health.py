@@ -22,8 +22,12 @@ def _stamp(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def health_report(policies: Policies, nacks: Sequence[Nack], sidecars: dict[str, Any],
-                  build_errors: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+def health_report(
+    policies: Policies,
+    nacks: Sequence[Nack],
+    sidecars: dict[str, Any],
+    build_errors: Sequence[str] = (),
+) -> dict[str, Any]:
     """`/healthz`: `degraded` while the last policy change stands rejected, some sidecar
     rejected its configuration (a NACK not replaced by an accepted version) or a workload's
     configuration could not be built."""
@@ -119,8 +123,10 @@ class HealthEndpoint:
         """The request's header fields (names lower-case; at most `most` are kept)."""
         headers: dict[str, str] = {}
         while (line := await asyncio.wait_for(reader.readline(), timeout=5)) not in (
-            b"\r\n", b"\n", b""
-        ):  # fmt: skip
+            b"\r\n",
+            b"\n",
+            b"",
+        ):
             name, _, value = line.decode("latin-1").partition(":")
             if len(headers) < most:
                 headers[name.strip().lower()] = value.strip()
@@ -136,8 +142,9 @@ class HealthEndpoint:
             return Reply.json({"error": f"no route {url.path}; try GET {known}"}, "404 Not Found")
         return handler(dict(parse_qsl(url.query)))
 
-    async def _send_stream(self, chunks: AsyncIterator[bytes], writer: asyncio.StreamWriter
-                           ) -> None:  # fmt: skip
+    async def _send_stream(
+        self, chunks: AsyncIterator[bytes], writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)

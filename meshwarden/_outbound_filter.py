@@ -60,9 +60,12 @@ def chain_name(data_dir: Path) -> str:
 def ruleset(chain: str, found: Iterable[Guard]) -> str:
     """An `nft -f` script replacing `chain` with one rule per guard: a SYN to the listener from
     a socket of any other uid is answered with a TCP reset."""
-    lines = [f"add table inet {TABLE}",
-             f"add chain inet {TABLE} {chain} {{ type filter hook output priority 0 ; "
-             "policy accept ; }", f"flush chain inet {TABLE} {chain}"]  # fmt: skip
+    lines = [
+        f"add table inet {TABLE}",
+        f"add chain inet {TABLE} {chain} {{ type filter hook output priority 0 ; "
+        "policy accept ; }",
+        f"flush chain inet {TABLE} {chain}",
+    ]
     for guard in found:
         uids = ", ".join(str(u) for u in sorted(guard.uids))
         lines.append(
@@ -79,8 +82,9 @@ def _nft(script: str) -> str | None:
     if binary is None:
         return "the nft command is not installed (apt-get install nftables)"
     try:
-        done = subprocess.run([binary, "-f", "-"], input=script, capture_output=True, text=True,
-                              timeout=30)  # fmt: skip
+        done = subprocess.run(
+            [binary, "-f", "-"], input=script, capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"nft: {exc}"
     if done.returncode != 0:

@@ -138,9 +138,13 @@ def settle_collections() -> None:
 class Policies:
     """The last good compiled mesh of a policy directory."""
 
-    def __init__(self, directory: Path, report: TextIO = sys.stderr,
-                 settle: float = SETTLE_SECONDS, source: PolicySource | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        report: TextIO = sys.stderr,
+        settle: float = SETTLE_SECONDS,
+        source: PolicySource | None = None,
+    ) -> None:
         """`directory` names the source in messages; `source` (default: the directory,
         settled) is where the contents come from."""
         self.directory = directory
@@ -178,8 +182,13 @@ class Policies:
             return self._traced_reload(contents)
         except Exception as exc:  # a bug here must not stop the control plane either
             log.exception("reloading policies failed")
-            self._reject([f"{self.directory}: error: internal error while reloading "
-                          f"policies: {exc!r}"[:MAX_MESSAGE]])  # fmt: skip
+            self._reject(
+                [
+                    f"{self.directory}: error: internal error while reloading policies: {exc!r}"[
+                        :MAX_MESSAGE
+                    ]
+                ]
+            )
             return None
 
     def reload_when_settled(self, timeout: float = 10.0) -> frozenset[str] | None:
@@ -237,8 +246,13 @@ class Policies:
             result = engine.reload(self.mesh, documents)
         except Exception as exc:  # a bug must not take down the last good configuration
             log.exception("compiling policies failed")
-            self._reject([f"{self.directory}: error: internal error while compiling "
-                          f"policies: {exc!r}"[:MAX_MESSAGE]])  # fmt: skip
+            self._reject(
+                [
+                    f"{self.directory}: error: internal error while compiling policies: {exc!r}"[
+                        :MAX_MESSAGE
+                    ]
+                ]
+            )
             return None
         if result.mesh is None:
             self._reject([str(p) for p in result.errors])
@@ -253,8 +267,7 @@ class Policies:
             return True
         refusals, accepted = refused(self.mesh.registry.mesh, new.registry.mesh)
         for item in accepted:
-            log.warning("accepting a loosening of the mesh (%s: \"true\"): %s",
-                        ALLOW_LOOSENING, item)  # fmt: skip
+            log.warning('accepting a loosening of the mesh (%s: "true"): %s', ALLOW_LOOSENING, item)
             print(f"warning: accepted because of {ALLOW_LOOSENING}: {item}", file=self._report)
         if refusals:
             for item in refusals:
@@ -268,11 +281,15 @@ class Policies:
         for warning in result.diagnostics:
             print(warning, file=self._report)
         previous, self.mesh = self.mesh, result.mesh
-        self.status = PolicyStatus(result.mesh.version, self.status.loaded + 1,
-                                   self.status.rejected)  # fmt: skip
+        self.status = PolicyStatus(
+            result.mesh.version, self.status.loaded + 1, self.status.rejected
+        )
         how = "incrementally" if result.incremental else "fully"
-        print(f"policies {result.mesh.version}: compiled {how}, "
-              f"{len(result.affected)} workload(s) affected", file=self._report)  # fmt: skip
+        print(
+            f"policies {result.mesh.version}: compiled {how}, "
+            f"{len(result.affected)} workload(s) affected",
+            file=self._report,
+        )
         if previous is not None and set(previous.plans) != set(result.mesh.plans):
             return frozenset(previous.plans) | frozenset(result.mesh.plans)
         return result.affected
@@ -295,6 +312,9 @@ class Policies:
         for line in errors:
             print(line, file=self._report)
         kept = self.mesh.version if self.mesh else "none"
-        print(f"policies rejected: {len(errors)} error(s); still serving version {kept}",
-              file=self._report, flush=True)  # fmt: skip
+        print(
+            f"policies rejected: {len(errors)} error(s); still serving version {kept}",
+            file=self._report,
+            flush=True,
+        )
         self.status = replace(self.status, errors=errors, rejected=self.status.rejected + 1)

@@ -89,8 +89,9 @@ def read_contents(files: Fingerprint) -> tuple[PolicyFile, ...] | None:
             continue
         if len(content) > READ_LIMIT:
             digest = hashlib.sha256(content).hexdigest()  # a change of the first bytes is seen
-            out.append(PolicyFile(path, b"", digest, f"file is larger than {READ_LIMIT:,} "
-                                  f"bytes; not read"))  # fmt: skip
+            out.append(
+                PolicyFile(path, b"", digest, f"file is larger than {READ_LIMIT:,} bytes; not read")
+            )
             continue
         out.append(PolicyFile(path, content, hashlib.sha256(content).hexdigest()))
     return tuple(out)

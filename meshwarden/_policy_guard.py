@@ -45,28 +45,43 @@ def _document_place(mesh: engine.Mesh) -> str:
 def loosenings(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:
     """How `after` would loosen `before` (empty when it does not)."""
     if before.document is not None and after.document is None:
-        return [Loosening(
-            _document_place(before),
-            f"the Mesh document {before.document.ref} was removed, which would reset "
-            f"defaultPolicy, mtls and the trust domain to their defaults; refused while the "
-            f"control plane runs (restart it to run without a Mesh document)",
-            overridable=False)]  # fmt: skip
+        return [
+            Loosening(
+                _document_place(before),
+                f"the Mesh document {before.document.ref} was removed, which would reset "
+                f"defaultPolicy, mtls and the trust domain to their defaults; refused while the "
+                f"control plane runs (restart it to run without a Mesh document)",
+                overridable=False,
+            )
+        ]
     found = []
     if after.spec.trust_domain != before.spec.trust_domain:
-        found.append(Loosening(
-            _located(after, "trustDomain"),
-            f"trustDomain would change from {before.spec.trust_domain} to "
-            f"{after.spec.trust_domain}; the trust domain cannot change while the control plane "
-            f"runs (restart it)", overridable=False))  # fmt: skip
+        found.append(
+            Loosening(
+                _located(after, "trustDomain"),
+                f"trustDomain would change from {before.spec.trust_domain} to "
+                f"{after.spec.trust_domain}; the trust domain cannot change while the control "
+                "plane runs (restart it)",
+                overridable=False,
+            )
+        )
     if before.spec.default_policy == "deny" and after.spec.default_policy == "allow":
-        found.append(Loosening(_located(after, "defaultPolicy"),
-                               "defaultPolicy would loosen from deny to allow"))  # fmt: skip
+        found.append(
+            Loosening(
+                _located(after, "defaultPolicy"), "defaultPolicy would loosen from deny to allow"
+            )
+        )
     if before.spec.mtls == "STRICT" and after.spec.mtls == "PERMISSIVE":
-        found.append(Loosening(_located(after, "mtls"),
-                               "mtls would loosen from STRICT to PERMISSIVE"))  # fmt: skip
+        found.append(
+            Loosening(_located(after, "mtls"), "mtls would loosen from STRICT to PERMISSIVE")
+        )
     if not before.spec.ext_authz.fail_open and after.spec.ext_authz.fail_open:
-        found.append(Loosening(_located(after, "extAuthz", "failOpen"),
-                               "extAuthz.failOpen would loosen from false to true"))  # fmt: skip
+        found.append(
+            Loosening(
+                _located(after, "extAuthz", "failOpen"),
+                "extAuthz.failOpen would loosen from false to true",
+            )
+        )
     return found + _monitor_mode(before, after) + _namespace_mtls(before, after)
 
 
@@ -104,17 +119,24 @@ def _monitor_mode(before: engine.Mesh, after: engine.Mesh) -> list[Loosening]:
         )
     for ns in sorted(set(before.spec.namespaces) | set(after.spec.namespaces)):
         if _mode(before, ns) == "enforce" and _mode(after, ns) == "dry-run":
-            where = (_located(after, "namespaces", ns) if ns in after.spec.namespaces
-                     else _located(after, "defaultMode"))  # fmt: skip
-            found.append(Loosening(where, f"namespace {ns} would loosen from enforce to dry-run "
-                                   "(monitor mode: its policies stop refusing)"))  # fmt: skip
+            where = (
+                _located(after, "namespaces", ns)
+                if ns in after.spec.namespaces
+                else _located(after, "defaultMode")
+            )
+            found.append(
+                Loosening(
+                    where,
+                    f"namespace {ns} would loosen from enforce to dry-run "
+                    "(monitor mode: its policies stop refusing)",
+                )
+            )
     return found
 
 
 def _mode(mesh: engine.Mesh, namespace: str) -> str:
     settings = mesh.spec.namespaces.get(namespace)
-    return (settings.default_mode if settings and settings.default_mode else
-            mesh.spec.default_mode)  # fmt: skip
+    return settings.default_mode if settings and settings.default_mode else mesh.spec.default_mode
 
 
 def allowed_by_annotation(mesh: engine.Mesh) -> bool:
@@ -131,7 +153,13 @@ def refused(before: engine.Mesh, after: engine.Mesh) -> tuple[list[Loosening], l
     if allowed_by_annotation(after):
         return [f for f in found if not f.overridable], [f for f in found if f.overridable]
     return [
-        Loosening(f.where, f"{f.message}; refused (annotate the Mesh document with "
-                  f'{ALLOW_LOOSENING}: "true" to allow it)', False) if f.overridable else f
+        Loosening(
+            f.where,
+            f"{f.message}; refused (annotate the Mesh document with "
+            f'{ALLOW_LOOSENING}: "true" to allow it)',
+            False,
+        )
+        if f.overridable
+        else f
         for f in found
-    ], []  # fmt: skip
+    ], []

@@ -77,25 +77,40 @@ class PolicyRevision:
         return files_digest(self.files)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"revision": self.revision, "time": self.time, "who": self.who,
-                               "message": self.message, "digest": self.digest,
-                               "files": len(self.files)}  # fmt: skip
+        out: dict[str, Any] = {
+            "revision": self.revision,
+            "time": self.time,
+            "who": self.who,
+            "message": self.message,
+            "digest": self.digest,
+            "files": len(self.files),
+        }
         if self.rollback_of is not None:
             out["rollbackOf"] = self.rollback_of
         return out
 
     def encode(self) -> bytes:
-        record = {"revision": self.revision, "time": self.time, "who": self.who,
-                  "message": self.message, "files": dict(self.files),
-                  "rollbackOf": self.rollback_of}  # fmt: skip
+        record = {
+            "revision": self.revision,
+            "time": self.time,
+            "who": self.who,
+            "message": self.message,
+            "files": dict(self.files),
+            "rollbackOf": self.rollback_of,
+        }
         return json.dumps(record, sort_keys=True).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> PolicyRevision:
         record = json.loads(data)
-        return cls(int(record["revision"]), str(record["time"]), str(record["who"]),
-                   str(record["message"]), dict(record["files"]),
-                   record.get("rollbackOf"))  # fmt: skip
+        return cls(
+            int(record["revision"]),
+            str(record["time"]),
+            str(record["who"]),
+            str(record["message"]),
+            dict(record["files"]),
+            record.get("rollbackOf"),
+        )
 
 
 class PolicyStore:
@@ -129,8 +144,7 @@ class PolicyStore:
 
     async def history(self) -> list[PolicyRevision]:
         found, _ = await self.etcd.get_prefix(self.key("policy/rev/"))
-        return sorted((PolicyRevision.decode(kv.value) for kv in found),
-                      key=lambda r: r.revision)  # fmt: skip
+        return sorted((PolicyRevision.decode(kv.value) for kv in found), key=lambda r: r.revision)
 
     async def contents(self, record: PolicyRevision) -> dict[str, bytes]:
         """The files of a revision: {path: bytes}."""
@@ -138,14 +152,21 @@ class PolicyStore:
         for path, digest in sorted(record.files.items()):
             found, _ = await self.etcd.get(self._blob_key(digest))
             if found is None:
-                raise RevisionNotFound(f"revision {record.revision}: the content of {path} "
-                                       f"({digest[:12]}) is missing from the store")  # fmt: skip
+                raise RevisionNotFound(
+                    f"revision {record.revision}: the content of {path} "
+                    f"({digest[:12]}) is missing from the store"
+                )
             out[path] = found.value
         return out
 
-    async def apply(self, files: Mapping[str, bytes], message: str, who: str,
-                    expected_head: int | None = None,
-                    rollback_of: int | None = None) -> PolicyRevision | None:  # fmt: skip
+    async def apply(
+        self,
+        files: Mapping[str, bytes],
+        message: str,
+        who: str,
+        expected_head: int | None = None,
+        rollback_of: int | None = None,
+    ) -> PolicyRevision | None:
         """Write `files` as the next revision; None when they equal the current head's (nothing
         written). With `expected_head`, refuse (ConcurrentApply) unless the head is still that
         revision. Raises ConcurrentApply when another apply landed in between."""
@@ -161,14 +182,18 @@ class PolicyStore:
         record = PolicyRevision(current + 1, now, who, message, digests, rollback_of)
         reply = await self.etcd.txn(
             [mod_revision_is(self.key(HEAD), head_mod)],
-            [put_op(self._rev_key(record.revision), record.encode()),
-             put_op(self.key(HEAD), json.dumps({"revision": record.revision}).encode())],
-        )  # fmt: skip
+            [
+                put_op(self._rev_key(record.revision), record.encode()),
+                put_op(self.key(HEAD), json.dumps({"revision": record.revision}).encode()),
+            ],
+        )
         if not reply.succeeded:
             latest, _ = await self.head()
-            raise ConcurrentApply(f"another apply landed revision {latest} while this one "
-                                  f"was writing revision {record.revision}; nothing was "
-                                  "written, re-run to apply on top of it")  # fmt: skip
+            raise ConcurrentApply(
+                f"another apply landed revision {latest} while this one "
+                f"was writing revision {record.revision}; nothing was "
+                "written, re-run to apply on top of it"
+            )
         return record
 
     async def rollback(self, target: int, who: str, message: str = "") -> PolicyRevision | None:

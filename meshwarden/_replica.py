@@ -38,8 +38,7 @@ class Replica:
     async def open_ca(self, config: CaConfig) -> CertificateAuthority:
         """The store's CA (created there by the first replica). Raises StateError when the KEK
         file is unusable or does not open the stored CA, StoreUnavailable."""
-        self._ca = SharedCa(self.etcd, self.url.prefix, read_kek(self.kek_file), config,
-                            self.clock)  # fmt: skip
+        self._ca = SharedCa(self.etcd, self.url.prefix, read_kek(self.kek_file), config, self.clock)
         return await self._ca.open()
 
     async def sync_ca(self) -> bool:
@@ -54,9 +53,13 @@ class Replica:
 
     def health(self) -> dict[str, Any]:
         source = self.source
-        return {"url": str(self.url), "reachable": source.reachable,
-                "revision": source.delivered, "error": source.error,
-                "writes": "accepted" if source.reachable else "refused"}  # fmt: skip
+        return {
+            "url": str(self.url),
+            "reachable": source.reachable,
+            "revision": source.delivered,
+            "error": source.error,
+            "writes": "accepted" if source.reachable else "refused",
+        }
 
     async def close(self) -> None:
         await self.etcd.close()

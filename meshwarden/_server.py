@@ -104,9 +104,12 @@ class ControlPlane:
             assert options.policies is not None
             self.policies = Policies(options.policies)
         on_disk = FlowFile(options.flow_log_file) if options.flow_log_file else None
-        self.xds = MeshXds(self.policies, options.tracing,
-                           flows=FlowLog(options.flow_log_size, mirror=on_disk),
-                           flow_log_sample=options.flow_log_sample)  # fmt: skip
+        self.xds = MeshXds(
+            self.policies,
+            options.tracing,
+            flows=FlowLog(options.flow_log_size, mirror=on_disk),
+            flow_log_sample=options.flow_log_sample,
+        )
         self.health: HealthEndpoint | None = None
         self.console: Console | None = None
         self.ca: CertificateAuthority | None = None
@@ -115,19 +118,26 @@ class ControlPlane:
         self._server_cert_renew_at = clock.now()
         self._background: set[asyncio.Task[None]] = set()
         metrics.get_meter("meshwarden.server").create_observable_gauge(
-            "meshwarden.ca.expiry", callbacks=[self._ca_expiry], unit="s",
-            description="seconds until each published X.509 CA certificate expires")  # fmt: skip
+            "meshwarden.ca.expiry",
+            callbacks=[self._ca_expiry],
+            unit="s",
+            description="seconds until each published X.509 CA certificate expires",
+        )
 
     def _ca_expiry(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.ca is None:
             return []
         now = self.clock.now()
         return [
-            Observation((cert.not_valid_after_utc - now).total_seconds(),
-                        {"trust_domain": str(self.ca.trust_domain),
-                         "serial": format(cert.serial_number, "x")})
+            Observation(
+                (cert.not_valid_after_utc - now).total_seconds(),
+                {
+                    "trust_domain": str(self.ca.trust_domain),
+                    "serial": format(cert.serial_number, "x"),
+                },
+            )
             for cert in self.ca.bundle().x509_authorities
-        ]  # fmt: skip
+        ]
 
     @property
     def data_dir(self) -> Path:
@@ -136,8 +146,10 @@ class ControlPlane:
     def _ca_config(self) -> CaConfig:
         self.policies.reload_when_settled()
         if self.policies.registry is None and self.replica is not None:
-            raise ValueError(f"{self.options.store}: no valid policy revision in the store; "
-                             "meshwarden apply DIR --store URL writes one")  # fmt: skip
+            raise ValueError(
+                f"{self.options.store}: no valid policy revision in the store; "
+                "meshwarden apply DIR --store URL writes one"
+            )
         if self.policies.registry is None:
             raise ValueError(f"{self.options.policies}: no valid policies; fix the errors above")
         upstream = None
@@ -204,9 +216,13 @@ class ControlPlane:
         host, _, port = self.options.listen.rpartition(":")
         filters = PacketFilters(lambda: self.policies.mesh)  # for `agent --enforce`
         node_api = node_api_services(
-            self.ca, tokens, lambda: self.policies.registry, nodes, filters,
+            self.ca,
+            tokens,
+            lambda: self.policies.registry,
+            nodes,
+            filters,
             self.options.svid_ttl,
-        )  # fmt: skip
+        )
         self.xds.jwt_bundle = self._jwt_bundle
         self.xds.issued_until = self._issued_until
         self.xds.publish(frozenset(self.policies.mesh.plans) if self.policies.mesh else None)
@@ -249,8 +265,12 @@ class ControlPlane:
         return None if self.ca is None else self.ca.issued_until.get(spiffe_id)
 
     def _health(self) -> dict[str, Any]:
-        report = health_report(self.policies, self.xds.nacks(), self.xds.sidecars(),
-                               sorted(self.xds.build_errors.values()))  # fmt: skip
+        report = health_report(
+            self.policies,
+            self.xds.nacks(),
+            self.xds.sidecars(),
+            sorted(self.xds.build_errors.values()),
+        )
         report["replica"] = self.xds.replica
         if self.replica is None:
             assert self.options.policies is not None

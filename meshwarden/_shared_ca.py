@@ -43,31 +43,41 @@ def read_kek(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise StateError(f"{path}: cannot read the key-encryption key: "
-                         f"{exc.strerror or exc}") from None  # fmt: skip
+        raise StateError(
+            f"{path}: cannot read the key-encryption key: {exc.strerror or exc}"
+        ) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise StateError(f"{path}: the key-encryption key must be a regular file")
         if info.st_mode & 0o077:
-            raise StateError(f"{path}: mode {stat.S_IMODE(info.st_mode):04o}: the key-encryption "
-                             "key must be readable by its owner only (chmod 600)")  # fmt: skip
+            raise StateError(
+                f"{path}: mode {stat.S_IMODE(info.st_mode):04o}: the key-encryption "
+                "key must be readable by its owner only (chmod 600)"
+            )
         text = handle.read(4096)
     try:
         key = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != KEK_BYTES:
-        raise StateError(f"{path}: not a key-encryption key: expected base64 of {KEK_BYTES} "
-                         "bytes (openssl rand -base64 32)")  # fmt: skip
+        raise StateError(
+            f"{path}: not a key-encryption key: expected base64 of {KEK_BYTES} "
+            "bytes (openssl rand -base64 32)"
+        )
     return key
 
 
 def seal(kek: bytes, name: bytes, plain: bytes) -> bytes:
     nonce = os.urandom(12)
     sealed = AESGCM(kek).encrypt(nonce, plain, name)
-    return json.dumps({"alg": "A256GCM", "nonce": base64.b64encode(nonce).decode(),
-                       "ciphertext": base64.b64encode(sealed).decode()}).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "alg": "A256GCM",
+            "nonce": base64.b64encode(nonce).decode(),
+            "ciphertext": base64.b64encode(sealed).decode(),
+        }
+    ).encode()
 
 
 def unseal(kek: bytes, name: bytes, value: bytes) -> bytes:
@@ -76,8 +86,10 @@ def unseal(kek: bytes, name: bytes, value: bytes) -> bytes:
         nonce, sealed = base64.b64decode(box["nonce"]), base64.b64decode(box["ciphertext"])
         return AESGCM(kek).decrypt(nonce, sealed, name)
     except InvalidTag:
-        raise StateError(f"{name.decode()} in the store does not open with this --kek-file "
-                         "(another key, or the value was altered)") from None  # fmt: skip
+        raise StateError(
+            f"{name.decode()} in the store does not open with this --kek-file "
+            "(another key, or the value was altered)"
+        ) from None
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise StateError(f"{name.decode()} in the store is not a sealed value") from None
 
@@ -90,8 +102,7 @@ def _slots(document: bytes) -> object:
 class SharedCa:
     """The live CA of this replica, kept equal to the store's."""
 
-    def __init__(self, etcd: Etcd, prefix: str, kek: bytes, config: CaConfig, clock: Clock
-                 ) -> None:  # fmt: skip
+    def __init__(self, etcd: Etcd, prefix: str, kek: bytes, config: CaConfig, clock: Clock) -> None:
         self.etcd = etcd
         self.key = (prefix + "ca").encode()
         self.bundle_key = (prefix + "bundle").encode()
@@ -104,12 +115,18 @@ class SharedCa:
     def _writes(self, ca: CertificateAuthority) -> list[object]:
         """The sealed CA and, beside it in plain text, its public trust bundle (for `ca bundle
         --store`, which needs no key)."""
-        return [put_op(self.key, seal(self.kek, self.key, encode_ca(ca))),
-                put_op(self.bundle_key, ca.bundle().to_spiffe_json().encode())]  # fmt: skip
+        return [
+            put_op(self.key, seal(self.kek, self.key, encode_ca(ca))),
+            put_op(self.bundle_key, ca.bundle().to_spiffe_json().encode()),
+        ]
 
     def _decode(self, value: bytes) -> CertificateAuthority:
-        return decode_ca(unseal(self.kek, self.key, value), self.config, self.clock,
-                         f"the CA in the store ({self.key.decode()})")  # fmt: skip
+        return decode_ca(
+            unseal(self.kek, self.key, value),
+            self.config,
+            self.clock,
+            f"the CA in the store ({self.key.decode()})",
+        )
 
     async def open(self) -> CertificateAuthority:
         """The store's CA; a new one, written to the store, when it has none (the first replica
@@ -141,13 +158,15 @@ class SharedCa:
         stored = unseal(self.kek, self.key, found.value)
         bumped = json.loads(stored)
         bumped["sequence"] = int(bumped["sequence"]) + 1  # the bundle sequence of the next step
-        candidate = decode_ca(json.dumps(bumped).encode(), self.config, self.clock,
-                              self.key.decode())  # fmt: skip
+        candidate = decode_ca(
+            json.dumps(bumped).encode(), self.config, self.clock, self.key.decode()
+        )
         document = encode_ca(candidate)
         if _slots(document) == _slots(stored):
             return changed
-        reply = await self.etcd.txn([mod_revision_is(self.key, found.mod_revision)],
-                                    self._writes(candidate))  # fmt: skip
+        reply = await self.etcd.txn(
+            [mod_revision_is(self.key, found.mod_revision)], self._writes(candidate)
+        )
         if reply.succeeded:
             self.ca.adopt(candidate)
             self.mod_revision = int(reply.header.revision)

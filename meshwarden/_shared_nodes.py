@@ -84,8 +84,10 @@ class SharedTokens:
             return None
         claim = secrets.token_hex(16).encode()
         lease = await self.etcd.grant_lease(int(GRACE.total_seconds()))
-        reply = await self.etcd.txn([mod_revision_is(key, found.mod_revision)],
-                                    [delete_op(key), put_op(claimed, claim, lease)])  # fmt: skip
+        reply = await self.etcd.txn(
+            [mod_revision_is(key, found.mod_revision)],
+            [delete_op(key), put_op(claimed, claim, lease)],
+        )
         if reply.succeeded:
             return found.value
         owner, _ = await self.etcd.get(claimed)  # a retried transaction that had succeeded
@@ -129,8 +131,10 @@ class SharedNodes:
         except StoreUnavailable as exc:
             raise StoreUnreachable(str(exc)) from None
         if found is None:
-            raise AttestationError("the client certificate is not a node SVID issued by "
-                                   "attestation; attest with a join token")  # fmt: skip
+            raise AttestationError(
+                "the client certificate is not a node SVID issued by "
+                "attestation; attest with a join token"
+            )
         node = str(json.loads(found.value)["node"])
         self._remember(print_, node, certificate.not_valid_after_utc)
         return node

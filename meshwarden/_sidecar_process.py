@@ -84,9 +84,14 @@ def spawn_detached(command: list[str], log: Path) -> ProcessRecord:
     away from this process; its output is appended to `log`."""
     with log.open("ab") as out:
         launched = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _LAUNCHER, *command], stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=out, start_new_session=True, timeout=30, check=True,
-        )  # fmt: skip
+            [sys.executable, "-I", "-S", "-c", _LAUNCHER, *command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            start_new_session=True,
+            timeout=30,
+            check=True,
+        )
     pid = int(launched.stdout)
     started = start_time(pid)
     if started is None:

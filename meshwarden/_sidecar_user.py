@@ -89,18 +89,24 @@ def _ask_agent(sds_socket: Path, timeout: float) -> None:
     request = DiscoveryRequest(resource_names=["default"], type_url=SECRET_TYPE)
     try:
         with grpc.insecure_channel(f"unix:{sds_socket}") as channel:
-            fetch = channel.unary_unary(f"/{SDS_SERVICE}/FetchSecrets", request_serializer=bytes,
-                                        response_deserializer=DiscoveryResponse.parse)  # fmt: skip
+            fetch = channel.unary_unary(
+                f"/{SDS_SERVICE}/FetchSecrets",
+                request_serializer=bytes,
+                response_deserializer=DiscoveryResponse.parse,
+            )
             response = fetch(request, timeout=timeout)
     except grpc.RpcError as exc:
-        _warn(f"the agent's SDS socket {sds_socket} does not answer ({exc.code().name}); "
-              "Envoy starts and keeps asking")  # fmt: skip
+        _warn(
+            f"the agent's SDS socket {sds_socket} does not answer ({exc.code().name}); "
+            "Envoy starts and keeps asking"
+        )
         return
-    if any(e.resource_name and e.resource_name.name == "default"
-           for e in response.resource_errors):  # fmt: skip
-        _warn(f"the agent has no identity for this sidecar ({who}): no Workload of this node "
-              f"has selectors it matches (e.g. unix:uid:{os.getuid()}); the agent's log names "
-              "what each identity needs. Envoy starts and waits for one")  # fmt: skip
+    if any(e.resource_name and e.resource_name.name == "default" for e in response.resource_errors):
+        _warn(
+            f"the agent has no identity for this sidecar ({who}): no Workload of this node "
+            f"has selectors it matches (e.g. unix:uid:{os.getuid()}); the agent's log names "
+            "what each identity needs. Envoy starts and waits for one"
+        )
 
 
 def _warn(text: str) -> None:

@@ -27,8 +27,18 @@ def file_stem(ref: str) -> str:
 
 
 def envoy_command(config: Path, log_level: str = "warning") -> list[str]:
-    return [envoy_binary(), "-c", str(config), "--use-dynamic-base-id", "--concurrency", "1",
-            "--log-level", log_level, "--drain-time-s", "1"]  # fmt: skip
+    return [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--use-dynamic-base-id",
+        "--concurrency",
+        "1",
+        "--log-level",
+        log_level,
+        "--drain-time-s",
+        "1",
+    ]
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -173,9 +183,15 @@ class Sidecar:
     async def start(self, server: str, delta: bool = False) -> None:
         host, _, port = server.rpartition(":")
         trust_domain = self.spiffe_id.removeprefix("spiffe://").partition("/")[0]
-        config = bootstrap(self.ref, host, int(port), str(self.sds_socket), delta=delta,
-                           trust_domain=trust_domain,
-                           admin_socket=str(self.admin_socket))  # fmt: skip
+        config = bootstrap(
+            self.ref,
+            host,
+            int(port),
+            str(self.sds_socket),
+            delta=delta,
+            trust_domain=trust_domain,
+            admin_socket=str(self.admin_socket),
+        )
         path = self.folder / f"{file_stem(self.ref)}.bootstrap.json"
         path.write_text(json.dumps(config, indent=1))
         self.admin_socket.unlink(missing_ok=True)
@@ -185,8 +201,9 @@ class Sidecar:
         else:
             with self.log_file.open("ab") as log:
                 self.process = subprocess.Popen(command, stdout=log, stderr=log)
-            self.record = ProcessRecord(self.process.pid, start_time(self.process.pid) or 0,
-                                        str(path))  # fmt: skip
+            self.record = ProcessRecord(
+                self.process.pid, start_time(self.process.pid) or 0, str(path)
+            )
         self.record.save(self.record_file)
 
     async def stop(self) -> None:

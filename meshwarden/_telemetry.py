@@ -106,8 +106,9 @@ def tracer_provider(endpoint: str, service_name: str) -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     parts = urlsplit(endpoint)
-    exporter = OTLPSpanExporter(endpoint=f"{parts.hostname}:{parts.port or 4317}",
-                                insecure=parts.scheme == "http")  # fmt: skip
+    exporter = OTLPSpanExporter(
+        endpoint=f"{parts.hostname}:{parts.port or 4317}", insecure=parts.scheme == "http"
+    )
     provider = TracerProvider(resource=_resource(service_name))
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     return provider
@@ -141,8 +142,9 @@ def setup(service_name: str, endpoint: str | None, metrics_at: str | None = None
 
 
 @contextmanager
-def installed(service_name: str, endpoint: str | None, metrics_at: str | None = None
-              ) -> Iterator[Telemetry]:  # fmt: skip
+def installed(
+    service_name: str, endpoint: str | None, metrics_at: str | None = None
+) -> Iterator[Telemetry]:
     telemetry = setup(service_name, endpoint, metrics_at)
     try:
         yield telemetry

@@ -40,8 +40,10 @@ BYPASS_SCAN_S = 10.0
 
 def _check_socket_path(path: Path) -> None:
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise ValueError(f"{path}: too long for a unix socket ({MAX_SOCKET_PATH} bytes at "
-                         "most); use a shorter --data-dir")  # fmt: skip
+        raise ValueError(
+            f"{path}: too long for a unix socket ({MAX_SOCKET_PATH} bytes at "
+            "most); use a shorter --data-dir"
+        )
 
 
 class LocalMesh:
@@ -67,10 +69,18 @@ class LocalMesh:
         self.clock = clock or SystemClock()
         self.progress = Progress(report)
         self.plane = ControlPlane(
-            ServerOptions(policies=policies, data_dir=self.data_dir / "server",
-                          listen="127.0.0.1:0", health=health, tracing=tracing,
-                          flow_log_sample=flow_log_sample, flow_log_file=flow_log_file, ui=ui),
-            self.clock)  # fmt: skip
+            ServerOptions(
+                policies=policies,
+                data_dir=self.data_dir / "server",
+                listen="127.0.0.1:0",
+                health=health,
+                tracing=tracing,
+                flow_log_sample=flow_log_sample,
+                flow_log_file=flow_log_file,
+                ui=ui,
+            ),
+            self.clock,
+        )
         self.agent: NodeAgent | None = None
         self.sidecars: dict[str, Sidecar] = {}
         self.server_address = ""
@@ -104,11 +114,13 @@ class LocalMesh:
         self._degrade_health_on_problems()
         token = self.plane.tokens.create(NODE_NAME, dt.timedelta(minutes=5))
         options = AgentOptions(
-            server=self.server_address, data_dir=self.data_dir / "agent",
+            server=self.server_address,
+            data_dir=self.data_dir / "agent",
             socket=self.data_dir / "agent" / "workload.sock",
-            server_bundle=self.data_dir / "server" / BUNDLE_FILE, join_token=token,
+            server_bundle=self.data_dir / "server" / BUNDLE_FILE,
+            join_token=token,
             sync_interval=1.0,
-        )  # fmt: skip
+        )
         self.agent = NodeAgent(options, self.clock)
         await self.agent.start()
         if self.plane.console is not None:
@@ -152,8 +164,10 @@ class LocalMesh:
             record = ProcessRecord.load(path)
             ours = record is not None and Path(record.config).parent == self.folder
             if record is not None and ours and record.alive():
-                self.progress.say(f"replacing the Envoy (pid {record.pid}) an earlier `up` "
-                                  f"left running for {record.config}")  # fmt: skip
+                self.progress.say(
+                    f"replacing the Envoy (pid {record.pid}) an earlier `up` "
+                    f"left running for {record.config}"
+                )
                 await asyncio.to_thread(terminate, record)
             path.unlink(missing_ok=True)
 
@@ -185,8 +199,11 @@ class LocalMesh:
         if registry is None:
             return
         self._guard_outbound(list(registry.workloads.values()))
-        wanted = {ref: w.identity for ref, w in registry.workloads.items()
-                  if w.addresses and ref not in self._blocked}  # fmt: skip
+        wanted = {
+            ref: w.identity
+            for ref, w in registry.workloads.items()
+            if w.addresses and ref not in self._blocked
+        }
         self._wanted = set(wanted)
         for ref in sorted(set(self.sidecars) - set(wanted)):
             await self.sidecars.pop(ref).stop()
@@ -234,22 +251,28 @@ class LocalMesh:
         for guard in found if error else []:
             self._blocked[guard.ref] = f"its outbound listeners cannot be guarded ({error})"
         for ref, why in sorted(self._blocked.items()):
-            self.progress.once(f"blocked {ref}", f"error: {ref}: {why}; its sidecar is not "
-                               "started (fail closed)")  # fmt: skip
+            self.progress.once(
+                f"blocked {ref}", f"error: {ref}: {why}; its sidecar is not started (fail closed)"
+            )
         for ref in unguarded:
-            self.progress.once(f"unguarded {ref}", f"warning: {ref} has upstreams but no "
-                               "unix:uid selector: any local process can use its outbound "
-                               "listeners (and its identity)")  # fmt: skip
+            self.progress.once(
+                f"unguarded {ref}",
+                f"warning: {ref} has upstreams but no "
+                "unix:uid selector: any local process can use its outbound "
+                "listeners (and its identity)",
+            )
 
     def _identity_reason(self, sidecar: Sidecar) -> str:
         """Why the node agent holds no SVID for a sidecar's workload, as far as we know."""
         registry = self.plane.policies.registry
         workload = registry.workloads.get(sidecar.ref) if registry else None
-        pinned = [s.removeprefix("node:") for s in (workload.selectors if workload else ())
-                  if s.startswith("node:")]  # fmt: skip
+        pinned = [
+            s.removeprefix("node:")
+            for s in (workload.selectors if workload else ())
+            if s.startswith("node:")
+        ]
         if pinned and NODE_NAME not in pinned:
-            return (f"its selectors pin it to node {', '.join(pinned)} "
-                    f"(this node is {NODE_NAME!r})")  # fmt: skip
+            return f"its selectors pin it to node {', '.join(pinned)} (this node is {NODE_NAME!r})"
         return self._identity_notes.reason(sidecar.spiffe_id)
 
     def _has_identity(self, sidecar: Sidecar) -> bool:
@@ -292,10 +315,12 @@ class LocalMesh:
                     why = f"({sidecar.exit_status()}):\n{sidecar.log_tail()}"
                     raise RuntimeError(f"the Envoy of {sidecar.ref} exited {why}")
             if monotonic() > deadline:
-                why = "; ".join(f"{ref}: {self._why_pending(self.sidecars[ref])}"
-                                for ref in pending)  # fmt: skip
-                raise RuntimeError(f"sidecars not ready after {timeout:.0f} s "
-                                   f"(--ready-timeout): {why}")  # fmt: skip
+                why = "; ".join(
+                    f"{ref}: {self._why_pending(self.sidecars[ref])}" for ref in pending
+                )
+                raise RuntimeError(
+                    f"sidecars not ready after {timeout:.0f} s (--ready-timeout): {why}"
+                )
             await asyncio.sleep(0.1)
 
     def _report_identities(self, refs: list[str]) -> None:
@@ -333,8 +358,11 @@ class LocalMesh:
 
     async def run(self) -> None:
         assert self.agent is not None
-        tasks = [asyncio.create_task(self.plane.run()), asyncio.create_task(self.agent.run()),
-                 asyncio.create_task(self._keep_sidecars())]  # fmt: skip
+        tasks = [
+            asyncio.create_task(self.plane.run()),
+            asyncio.create_task(self.agent.run()),
+            asyncio.create_task(self._keep_sidecars()),
+        ]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -365,8 +393,10 @@ class LocalMesh:
                 delay = restarts.exited(now)
                 why = f"the Envoy of {ref} (pid {sidecar.pid}) exited ({sidecar.exit_status()})"
                 self.problems[ref] = why
-                self.progress.say(f"{why}; restarting it in {delay:.0f} s ({restarts.failures} "
-                                  f"exit(s) in a row; log {sidecar.log_file})")  # fmt: skip
+                self.progress.say(
+                    f"{why}; restarting it in {delay:.0f} s ({restarts.failures} "
+                    f"exit(s) in a row; log {sidecar.log_file})"
+                )
             elif restarts.ready(now):
                 await sidecar.start(self.server_address, self.delta)
                 restarts.restarted(now)

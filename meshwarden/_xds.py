@@ -48,12 +48,18 @@ class Nack:
     message: str  # Envoy's error_detail
 
     def __str__(self) -> str:
-        return (f"the sidecar of {self.workload} rejected {self.type} version "
-                f"{self.version}: {self.message}")  # fmt: skip
+        return (
+            f"the sidecar of {self.workload} rejected {self.type} version "
+            f"{self.version}: {self.message}"
+        )
 
     def to_json(self) -> dict[str, str]:
-        return {"workload": self.workload, "type": self.type, "version": self.version,
-                "error": self.message}  # fmt: skip
+        return {
+            "workload": self.workload,
+            "type": self.type,
+            "version": self.version,
+            "error": self.message,
+        }
 
 
 class NackTracker:
@@ -89,8 +95,13 @@ class NackTracker:
 
 
 class MeshXds:
-    def __init__(self, policies: Policies, tracing: TracingTarget | None = None,
-                 flows: FlowLog | None = None, flow_log_sample: float = 100.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policies: Policies,
+        tracing: TracingTarget | None = None,
+        flows: FlowLog | None = None,
+        flow_log_sample: float = 100.0,
+    ) -> None:
         self.policies = policies
         self.flows = flows or FlowLog()  # sidecars' access logs (the bootstrap's xDS cluster)
         self.cache = SnapshotCache()
@@ -111,9 +122,12 @@ class MeshXds:
         self.pushes = 0
         self._nacks = NackTracker()
         self.cache.observe(self._nacks)
-        self.cache.observe(TelemetryObserver(
-            parent=lambda: self.policies.trace_context,
-            policy_version=self.builder.policy_versions.get))  # fmt: skip
+        self.cache.observe(
+            TelemetryObserver(
+                parent=lambda: self.policies.trace_context,
+                policy_version=self.builder.policy_versions.get,
+            )
+        )
 
     def _bundle(self, trust_domain: str) -> str | None:
         return self.jwt_bundle(trust_domain)
@@ -146,9 +160,11 @@ class MeshXds:
                     built[ref] = self.builder.snapshot(mesh, ref)
                 except Exception as exc:  # a translation bug: its sidecar keeps the last one
                     log.exception("building the configuration of %s failed", ref)
-                    self.build_errors[ref] = (f"{ref}: error: its configuration could not "
-                                              f"be built; its sidecar keeps the last one: "
-                                              f"{exc!r}")  # fmt: skip
+                    self.build_errors[ref] = (
+                        f"{ref}: error: its configuration could not "
+                        f"be built; its sidecar keeps the last one: "
+                        f"{exc!r}"
+                    )
             return built
 
     def _apply(self, built: dict[str, Snapshot | None] | None) -> None:
@@ -183,12 +199,16 @@ class MeshXds:
             admitted=presented,
         )
         server.add_generic_rpc_handlers((ads_handler(ads),))
-        flows = AccessLogReceiver(self.flows, registry_authorizer(registry),
-                                  relayed_peer_spiffe_id(peers),
-                                  engine_attribution(lambda: self.policies.mesh))  # fmt: skip
+        flows = AccessLogReceiver(
+            self.flows,
+            registry_authorizer(registry),
+            relayed_peer_spiffe_id(peers),
+            engine_attribution(lambda: self.policies.mesh),
+        )
         server.add_generic_rpc_handlers((access_log_handler(flows),))
-        authorization = Authorization(registered_workload(
-            lambda: self.policies.mesh, relayed_peer_spiffe_id(peers)))  # fmt: skip
+        authorization = Authorization(
+            registered_workload(lambda: self.policies.mesh, relayed_peer_spiffe_id(peers))
+        )
         server.add_generic_rpc_handlers((authorization_handler(authorization),))
 
     def nacks(self) -> list[Nack]:
@@ -224,11 +244,14 @@ class MeshXds:
                 "streams": status.streams,
                 "acked": {t.rsplit(".", 1)[-1]: v for t, v in status.acked.items()},
                 "rejections": [
-                    {"type": r.type_url.rsplit(".", 1)[-1], "version": r.version,
-                     "error": r.error_message}
+                    {
+                        "type": r.type_url.rsplit(".", 1)[-1],
+                        "version": r.version,
+                        "error": r.error_message,
+                    }
                     for r in status.rejections
                 ],
-            }  # fmt: skip
+            }
         return out
 
 

@@ -121,10 +121,15 @@ def _packet_claims(mesh: CompiledMesh, plan: AuthorizationPlan) -> list[_Claim]:
     (identities resolved to their workloads' addresses, see `packet_sources`)."""
     workload = plan.workload
     return [
-        _Claim(protocol, number, number, packet_sources(mesh, plan, number, protocol),
-               f"{workload.ref} {protocol} port {number} (no sidecar)")
+        _Claim(
+            protocol,
+            number,
+            number,
+            packet_sources(mesh, plan, number, protocol),
+            f"{workload.ref} {protocol} port {number} (no sidecar)",
+        )
         for (protocol, number) in sorted(workload.packet_ports)
-    ]  # fmt: skip
+    ]
 
 
 def sidecar_sources(plan: AuthorizationPlan, port: int) -> tuple[IpNetwork, ...]:

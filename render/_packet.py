@@ -43,9 +43,12 @@ def packet_sources(
             network = ipaddress.ip_network(address)
             members.append(network)
             request = Request.build(
-                plan.workload.ref, port, identity=workload.spiffe_id, source_ip=address,
+                plan.workload.ref,
+                port,
+                identity=workload.spiffe_id,
+                source_ip=address,
                 protocol=protocol,
-            )  # fmt: skip
+            )
             if decide(plan, request).allowed:
                 allowed.append(network)
     outside = subtract_networks(_plaintext(plan, port, protocol), members)
@@ -73,8 +76,9 @@ def _plaintext(plan: AuthorizationPlan, port: int, protocol: str) -> list[IpNetw
         for rule in _rules(plan, Action.ALLOW):
             if _reaches(rule, port, protocol) and not rule.conditions:
                 opened += _admitted(rule)
-    denied = [n for r in _rules(plan, Action.DENY) if _reaches(r, port, protocol)
-              for n in _admitted(r)]  # fmt: skip
+    denied = [
+        n for r in _rules(plan, Action.DENY) if _reaches(r, port, protocol) for n in _admitted(r)
+    ]
     return subtract_networks(collapse_networks(opened), denied)
 
 

@@ -47,9 +47,12 @@ _METHODS = ("", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "T
 
 
 def _common_config(ctx: TranslationContext, workload: str, port: int) -> dict[str, Any]:
-    return {"logName": f"flows:{workload}:{port}", "transportApiVersion": "V3",
-            "grpcService": {"envoyGrpc": {"clusterName": ctx.flow_log_cluster}},
-            "bufferFlushInterval": FLUSH_INTERVAL}  # fmt: skip
+    return {
+        "logName": f"flows:{workload}:{port}",
+        "transportApiVersion": "V3",
+        "grpcService": {"envoyGrpc": {"clusterName": ctx.flow_log_cluster}},
+        "bufferFlushInterval": FLUSH_INTERVAL,
+    }
 
 
 def http_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[dict[str, Any]]:
@@ -59,9 +62,14 @@ def http_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[
     common = _common_config(ctx, workload, port)
     # the id of the trace Envoy recorded (also when the caller sent no traceparent)
     common["customTags"] = [{"tag": TRACE_TAG, "value": "%TRACE_ID%"}]
-    log: dict[str, Any] = {"name": "envoy.access_loggers.http_grpc", "typedConfig": {
-        "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
-        "commonConfig": common, "additionalRequestHeadersToLog": [TRACE_HEADER]}}  # fmt: skip
+    log: dict[str, Any] = {
+        "name": "envoy.access_loggers.http_grpc",
+        "typedConfig": {
+            "@type": _T + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "commonConfig": common,
+            "additionalRequestHeadersToLog": [TRACE_HEADER],
+        },
+    }
     if ctx.flow_log_allowed_percent < 100:
         log["filter"] = _sampled_unless_refused(ctx.flow_log_allowed_percent)
     return [log]
@@ -84,16 +92,22 @@ def _sampled_unless_refused(percent: float) -> dict[str, Any]:
             "percentSampled": {"numerator": round(percent * 100), "denominator": "TEN_THOUSAND"},
         }
     }
-    return {"orFilter": {"filters": [refused, sampled]}}  # fmt: skip
+    return {"orFilter": {"filters": [refused, sampled]}}
 
 
 def tcp_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[dict[str, Any]]:
     """tcp_proxy `access_log` entries for an inbound tcp port ([] when the flow log is off)."""
     if ctx.flow_log_cluster is None:
         return []
-    return [{"name": "envoy.access_loggers.tcp_grpc", "typedConfig": {
-        "@type": _T + "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
-        "commonConfig": _common_config(ctx, workload, port)}}]  # fmt: skip
+    return [
+        {
+            "name": "envoy.access_loggers.tcp_grpc",
+            "typedConfig": {
+                "@type": _T + "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig",
+                "commonConfig": _common_config(ctx, workload, port),
+            },
+        }
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +139,24 @@ class Flow:
         v = self.verdict
         stamp = dt.datetime.fromtimestamp(self.time, dt.UTC).isoformat(timespec="milliseconds")
         return {
-            "time": stamp.replace("+00:00", "Z"), "source": self.source,
-            "sourceIdentity": self.identity, "sourceIp": self.source_ip,
-            "workload": self.workload, "port": self.port, "protocol": self.protocol,
-            "method": self.method, "path": self.path, "status": self.status,
-            "decision": v.decision, "policy": v.policy, "rule": v.rule,
-            "dryRun": None if v.dry_run_decision is None else
-            {"decision": v.dry_run_decision, "policy": v.dry_run_policy},
+            "time": stamp.replace("+00:00", "Z"),
+            "source": self.source,
+            "sourceIdentity": self.identity,
+            "sourceIp": self.source_ip,
+            "workload": self.workload,
+            "port": self.port,
+            "protocol": self.protocol,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "decision": v.decision,
+            "policy": v.policy,
+            "rule": v.rule,
+            "dryRun": None
+            if v.dry_run_decision is None
+            else {"decision": v.dry_run_decision, "policy": v.dry_run_policy},
             "traceId": self.trace_id,
-        }  # fmt: skip
+        }
 
 
 class FlowSink(Protocol):
@@ -190,8 +213,16 @@ def _trace_id(common: wire.Fields, headers: Mapping[str, str]) -> str | None:
 def _flow(common: wire.Fields, workload: str, protocol: str, verdict: Verdict, **http: Any) -> Flow:
     source_ip, _ = _address(common, 20)
     _, port = _address(common, 3)
-    return Flow(_time(common), workload, port or 0, _peer_identity(common), source_ip,
-                protocol, verdict=verdict, **http)  # fmt: skip
+    return Flow(
+        _time(common),
+        workload,
+        port or 0,
+        _peer_identity(common),
+        source_ip,
+        protocol,
+        verdict=verdict,
+        **http,
+    )
 
 
 def http_flow(entry: bytes, workload: str) -> Flow:
@@ -206,9 +237,16 @@ def http_flow(entry: bytes, workload: str) -> Flow:
     verdict = verdict_from_envoy(_metadata(common), status)
     headers = wire.string_map(request, 13)
     method = wire.last(request, 1, 0)
-    return _flow(common, workload, "http", verdict, status=status, path=wire.text(request, 5),
-                 method=_METHODS[method] if method < len(_METHODS) else str(method),
-                 trace_id=_trace_id(common, headers))  # fmt: skip
+    return _flow(
+        common,
+        workload,
+        "http",
+        verdict,
+        status=status,
+        path=wire.text(request, 5),
+        method=_METHODS[method] if method < len(_METHODS) else str(method),
+        trace_id=_trace_id(common, headers),
+    )
 
 
 def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = None) -> Flow:
@@ -223,15 +261,20 @@ def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = Non
     else:
         source_ip, _ = _address(common, 20)
         _, port = _address(common, 3)
-        found = attribute(workload, port or 0, _peer_identity(common), source_ip) if (
-            attribute) else None  # fmt: skip
+        found = (
+            attribute(workload, port or 0, _peer_identity(common), source_ip)
+            if (attribute)
+            else None
+        )
         verdict = found or Verdict(Effect.ALLOW, UNATTRIBUTED)
-    return _flow(common, workload, "tcp", verdict, status=None, method=None, path=None,
-                 trace_id=None)  # fmt: skip
+    return _flow(
+        common, workload, "tcp", verdict, status=None, method=None, path=None, trace_id=None
+    )
 
 
-def message_flows(message: wire.Fields, workload: str, attribute: TcpAttribution | None = None
-                  ) -> list[Flow]:  # fmt: skip
+def message_flows(
+    message: wire.Fields, workload: str, attribute: TcpAttribution | None = None
+) -> list[Flow]:
     """The flows of one `StreamAccessLogsMessage` (decoded to its top-level fields)."""
     flows = [http_flow(e, workload) for e in wire.submessage(message, 2).get(1, [])]
     flows += [tcp_flow(e, workload, attribute) for e in wire.submessage(message, 3).get(1, [])]
@@ -247,16 +290,21 @@ class AccessLogReceiver:
     """`StreamAccessLogs`: the first message names the node; it must be the workload the mTLS
     peer proves (else PERMISSION_DENIED); every entry becomes a `Flow` of that workload."""
 
-    def __init__(self, sink: FlowSink, authorize: NodeAuthorizer,
-                 peer_identity: PeerIdentity = peer_spiffe_id,
-                 attribute_tcp: TcpAttribution | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sink: FlowSink,
+        authorize: NodeAuthorizer,
+        peer_identity: PeerIdentity = peer_spiffe_id,
+        attribute_tcp: TcpAttribution | None = None,
+    ) -> None:
         self._sink = sink
         self._authorize = authorize
         self._peer_identity = peer_identity
         self._attribute_tcp = attribute_tcp
 
-    async def stream(self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-                     ) -> bytes:  # fmt: skip
+    async def stream(
+        self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> bytes:
         workload = None
         async for raw in messages:
             try:
@@ -280,5 +328,6 @@ class AccessLogReceiver:
 
 def access_log_handler(receiver: AccessLogReceiver) -> grpc.GenericRpcHandler:
     """The generic handler to add to a `grpc.aio.server` (messages arrive as raw bytes)."""
-    return grpc.method_handlers_generic_handler(SERVICE, {
-        "StreamAccessLogs": grpc.stream_unary_rpc_method_handler(receiver.stream)})  # fmt: skip
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {"StreamAccessLogs": grpc.stream_unary_rpc_method_handler(receiver.stream)}
+    )

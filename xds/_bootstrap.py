@@ -16,9 +16,12 @@ from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA
 
 XDS_CLUSTER = "meshwarden-xds"
 _T = "type.googleapis.com/"
-_H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-    "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-    "explicitHttpConfig": {"http2ProtocolOptions": {}}}}  # fmt: skip
+_H2 = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicitHttpConfig": {"http2ProtocolOptions": {}},
+    }
+}
 
 
 def envoy_binary() -> str:
@@ -36,9 +39,17 @@ def envoy_binary() -> str:
 
 
 def _sds_secret(name: str) -> dict[str, Any]:
-    return {"name": name, "sdsConfig": {"resourceApiVersion": "V3", "apiConfigSource": {
-        "apiType": "GRPC", "transportApiVersion": "V3",
-        "grpcServices": [{"envoyGrpc": {"clusterName": SDS_CLUSTER}}]}}}  # fmt: skip
+    return {
+        "name": name,
+        "sdsConfig": {
+            "resourceApiVersion": "V3",
+            "apiConfigSource": {
+                "apiType": "GRPC",
+                "transportApiVersion": "V3",
+                "grpcServices": [{"envoyGrpc": {"clusterName": SDS_CLUSTER}}],
+            },
+        },
+    }
 
 
 def bootstrap(
@@ -63,40 +74,95 @@ def bootstrap(
     if server_id is None and trust_domain is None:
         raise ValueError("a sidecar must know the control plane's SPIFFE ID: give trust_domain")
     san = {"exact": server_id or f"spiffe://{trust_domain}/meshwarden/server"}
-    xds_tls = {"name": "envoy.transport_sockets.tls", "typedConfig": {
-        "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "commonTlsContext": {
-            "tlsCertificateSdsSecretConfigs": [_sds_secret(DEFAULT_SECRET)],
-            "combinedValidationContext": {
-                "defaultValidationContext": {"matchTypedSubjectAltNames": [
-                    {"sanType": "URI", "matcher": san}]},
-                "validationContextSdsSecretConfig": _sds_secret(ROOTCA)}}}}  # fmt: skip
+    xds_tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typedConfig": {
+            "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "commonTlsContext": {
+                "tlsCertificateSdsSecretConfigs": [_sds_secret(DEFAULT_SECRET)],
+                "combinedValidationContext": {
+                    "defaultValidationContext": {
+                        "matchTypedSubjectAltNames": [{"sanType": "URI", "matcher": san}]
+                    },
+                    "validationContextSdsSecretConfig": _sds_secret(ROOTCA),
+                },
+            },
+        },
+    }
     admin = {"admin": {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}}}
     return {
         "node": {"id": workload, "cluster": workload.split("/")[0]},
         **(admin if admin_socket else {}),
         "dynamicResources": {
-            "adsConfig": {"apiType": "DELTA_GRPC" if delta else "GRPC",
-                          "transportApiVersion": "V3", "setNodeOnFirstMessageOnly": True,
-                          "grpcServices": [{"envoyGrpc": {"clusterName": XDS_CLUSTER}}]},
+            "adsConfig": {
+                "apiType": "DELTA_GRPC" if delta else "GRPC",
+                "transportApiVersion": "V3",
+                "setNodeOnFirstMessageOnly": True,
+                "grpcServices": [{"envoyGrpc": {"clusterName": XDS_CLUSTER}}],
+            },
             "cdsConfig": {"ads": {}, "resourceApiVersion": "V3"},
             "ldsConfig": {"ads": {}, "resourceApiVersion": "V3"},
         },
-        "staticResources": {"clusters": [
-            {"name": SDS_CLUSTER, "type": "STATIC", "connectTimeout": "1s",
-             "typedExtensionProtocolOptions": _H2,
-             "loadAssignment": {"clusterName": SDS_CLUSTER, "endpoints": [{"lbEndpoints": [
-                 {"endpoint": {"address": {"pipe": {"path": sds_socket}}}}]}]}},
-            {"name": XDS_CLUSTER, "type": "STRICT_DNS", "connectTimeout": "2s",
-             "typedExtensionProtocolOptions": _H2, "transportSocket": xds_tls,
-             "loadAssignment": {"clusterName": XDS_CLUSTER, "endpoints": [{"lbEndpoints": [
-                 {"endpoint": {"address": {"socketAddress": {"address": host, "portValue": port}}}}
-                 for host, port in dict.fromkeys([(server_host, server_port), *replicas])]}]}},
-        ]},
-        "overloadManager": {"resourceMonitors": [{  # (the runtime key of old is deprecated)
-            "name": "envoy.resource_monitors.global_downstream_max_connections",
-            "typedConfig": {"@type": _T + "envoy.extensions.resource_monitors."
-                            "downstream_connections.v3.DownstreamConnectionsConfig",
-                            "maxActiveDownstreamConnections": "50000"}}]},
+        "staticResources": {
+            "clusters": [
+                {
+                    "name": SDS_CLUSTER,
+                    "type": "STATIC",
+                    "connectTimeout": "1s",
+                    "typedExtensionProtocolOptions": _H2,
+                    "loadAssignment": {
+                        "clusterName": SDS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lbEndpoints": [
+                                    {"endpoint": {"address": {"pipe": {"path": sds_socket}}}}
+                                ]
+                            }
+                        ],
+                    },
+                },
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STRICT_DNS",
+                    "connectTimeout": "2s",
+                    "typedExtensionProtocolOptions": _H2,
+                    "transportSocket": xds_tls,
+                    "loadAssignment": {
+                        "clusterName": XDS_CLUSTER,
+                        "endpoints": [
+                            {
+                                "lbEndpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socketAddress": {
+                                                    "address": host,
+                                                    "portValue": port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                    for host, port in dict.fromkeys(
+                                        [(server_host, server_port), *replicas]
+                                    )
+                                ]
+                            }
+                        ],
+                    },
+                },
+            ]
+        },
+        "overloadManager": {
+            "resourceMonitors": [
+                {  # (the runtime key of old is deprecated)
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typedConfig": {
+                        "@type": _T + "envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "maxActiveDownstreamConnections": "50000",
+                    },
+                }
+            ]
+        },
         "layeredRuntime": {"layers": [{"name": "static", "staticLayer": TRACER_RUNTIME}]},
-    }  # fmt: skip
+    }

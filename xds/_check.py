@@ -47,8 +47,13 @@ def decode_check(buf: bytes) -> CheckAttributes:
         http = wire.submessage(request, 2)
         pairs = (wire.pair(entry) for entry in http.get(3, ()))
         headers = {key.decode(): value.decode() for key, value in pairs}
-        out.update(http=True, method=_string(http, 2), path=_string(http, 4),
-                   host=_string(http, 5), headers=headers)  # fmt: skip
+        out.update(
+            http=True,
+            method=_string(http, 2),
+            path=_string(http, 4),
+            host=_string(http, 5),
+            headers=headers,
+        )
     for entry in wire.submessage(attributes, 11).get(1, ()):
         key, value = wire.pair(entry)
         if key == _JWT_AUTHN_KEY:

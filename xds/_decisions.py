@@ -98,8 +98,10 @@ def _dry_run(rbac: Mapping[str, Any]) -> tuple[Effect | None, str | None]:
     """The shadow stages read as the engine's dry-run outcomes, decided by the same function."""
     actions: set[Action] = set()
     matched: list[Outcome] = []
-    for action, prefix, hit in ((Action.DENY, DRY_DENY_PREFIX, "denied"),
-                                (Action.ALLOW, DRY_ALLOW_PREFIX, "allowed")):  # fmt: skip
+    for action, prefix, hit in (
+        (Action.DENY, DRY_DENY_PREFIX, "denied"),
+        (Action.ALLOW, DRY_ALLOW_PREFIX, "allowed"),
+    ):
         stage = _stage(rbac, prefix, "shadow")
         if stage is not None:
             actions.add(action)

@@ -104,16 +104,18 @@ def registered_workload(
 class Authorization:
     """`Check`: decide with the engine, trace the decision, answer with the verdict."""
 
-    def __init__(self, resolve: PlanResolver, tracer: trace.Tracer | None = None,
-                 meter_provider: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self, resolve: PlanResolver, tracer: trace.Tracer | None = None, meter_provider: Any = None
+    ) -> None:
         self.resolve = resolve
         self.tracer = tracer or trace.get_tracer("meshwarden.xds.ext_authz")
         self.checks = 0
         meter = metrics.get_meter("meshwarden.xds.ext_authz", meter_provider=meter_provider)
         self._duration = meter.create_histogram(
-            "meshwarden.authz.check.duration", unit="s",
+            "meshwarden.authz.check.duration",
+            unit="s",
             description="time the engine took to answer an ext_authz Check (decode to answer)",
-        )  # fmt: skip
+        )
 
     async def check(self, check: CheckAttributes, context: grpc.aio.ServicerContext) -> bytes:
         started = time.perf_counter()
@@ -122,8 +124,9 @@ class Authorization:
         self._duration.record(time.perf_counter() - started, labels)
         return answer
 
-    def _check(self, check: CheckAttributes, context: grpc.aio.ServicerContext
-               ) -> tuple[bytes, Verdict, str | None]:  # fmt: skip
+    def _check(
+        self, check: CheckAttributes, context: grpc.aio.ServicerContext
+    ) -> tuple[bytes, Verdict, str | None]:
         self.checks += 1
         metadata = {key: value for key, value in context.invocation_metadata() or ()}
         parent = propagate.extract(_carrier(check, metadata))

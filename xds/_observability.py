@@ -80,7 +80,8 @@ class TelemetryObserver:
 
     def on_nack(self, node: str, type_url: str, version: str, error_message: str) -> None:
         self._nacks.add(1, {"type": _short(type_url)})
-        span = self._span("meshwarden.xds.nack", node, type_url, version,
-                          **{"xds.error_detail": error_message})  # fmt: skip
+        span = self._span(
+            "meshwarden.xds.nack", node, type_url, version, **{"xds.error_detail": error_message}
+        )
         span.set_status(Status(StatusCode.ERROR, error_message[:512]))
         span.end()

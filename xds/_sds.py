@@ -51,12 +51,12 @@ NO_IDENTITY_LOG_SECONDS = 60.0  # one warning per caller (selector set) this oft
 
 def no_identity_reason(caller: frozenset[str], held: Sequence[CachedIdentity]) -> str:
     """Why a caller gets no SVID: its selectors, and what this node's identities need."""
-    wants = "; ".join(f"{i.spiffe_id} needs {', '.join(i.selectors) or '(nothing)'}"
-                      for i in held[:5])  # fmt: skip
+    wants = "; ".join(
+        f"{i.spiffe_id} needs {', '.join(i.selectors) or '(nothing)'}" for i in held[:5]
+    )
     more = f"; and {len(held) - 5} more" if len(held) > 5 else ""
     entries = f"this node's identities: {wants}{more}" if held else "this node has no Workload"
-    return (f"no Workload's selectors match the caller ({', '.join(sorted(caller))}); "
-            f"{entries}")  # fmt: skip
+    return f"no Workload's selectors match the caller ({', '.join(sorted(caller))}); {entries}"
 
 
 class NoIdentityLog:
@@ -76,8 +76,10 @@ class NoIdentityLog:
         if len(self._last) > 1024:
             self._last.clear()
         self._last[caller] = now
-        log.warning("SDS: no identity for this caller, its Envoy waits for one: %s",
-                    no_identity_reason(caller, cache.identities))  # fmt: skip
+        log.warning(
+            "SDS: no identity for this caller, its Envoy waits for one: %s",
+            no_identity_reason(caller, cache.identities),
+        )
 
 
 def tls_secret(name: str, identity: CachedIdentity) -> Secret:

@@ -29,9 +29,12 @@ from meshwarden.xds._decisions import (
 _T = "type.googleapis.com/"
 TRACING_CLUSTER = "meshwarden-otlp"
 TAGS_NS = "meshwarden"
-_H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-    "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-    "explicitHttpConfig": {"http2ProtocolOptions": {}}}}  # fmt: skip
+_H2 = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicitHttpConfig": {"http2ProtocolOptions": {}},
+    }
+}
 
 
 # Envoy's tracer sends a gRPC export every 5 spans by default (runtime
@@ -181,9 +184,13 @@ end
 
 def decision_tags_filter() -> dict[str, Any]:
     """The Lua filter that records the verdict for the span tags (first HTTP filter)."""
-    return {"name": "envoy.filters.http.lua", "typedConfig": {
-        "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
-        "defaultSourceCode": {"inlineString": _LUA}}}  # fmt: skip
+    return {
+        "name": "envoy.filters.http.lua",
+        "typedConfig": {
+            "@type": _T + "envoy.extensions.filters.http.lua.v3.Lua",
+            "defaultSourceCode": {"inlineString": _LUA},
+        },
+    }
 
 
 def _from_metadata(tag: str, key: str) -> dict[str, Any]:
@@ -200,20 +207,26 @@ def hcm_tracing(target: TracingTarget, workload: str, port: int, version: str) -
         _from_metadata("meshwarden.authz.dry_run.decision", "dry_run_decision"),
         _from_metadata("meshwarden.authz.dry_run.policy", "dry_run_policy"),
         {"tag": "meshwarden.source.spiffe_id", "value": "%DOWNSTREAM_PEER_URI_SAN%"},
-        {"tag": "meshwarden.source.address",
-         "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"},
+        {
+            "tag": "meshwarden.source.address",
+            "value": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+        },
         {"tag": "meshwarden.destination.workload", "literal": {"value": workload}},
         {"tag": "meshwarden.destination.port", "literal": {"value": str(port)}},
         {"tag": "meshwarden.policy.version", "literal": {"value": version}},
-    ]  # fmt: skip
+    ]
     return {
-        "provider": {"name": "envoy.tracers.opentelemetry", "typedConfig": {
-            "@type": _T + "envoy.config.trace.v3.OpenTelemetryConfig",
-            "grpcService": {"envoyGrpc": {"clusterName": TRACING_CLUSTER}, "timeout": "1s"},
-            "serviceName": f"{workload} sidecar"}},
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
+            "typedConfig": {
+                "@type": _T + "envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpcService": {"envoyGrpc": {"clusterName": TRACING_CLUSTER}, "timeout": "1s"},
+                "serviceName": f"{workload} sidecar",
+            },
+        },
         "randomSampling": {"value": target.sampling},
         "customTags": tags,
-    }  # fmt: skip
+    }
 
 
 def tracing_clusters(target: TracingTarget | None) -> list[dict[str, Any]]:
@@ -221,13 +234,36 @@ def tracing_clusters(target: TracingTarget | None) -> list[dict[str, Any]]:
     if target is None:
         return []
     cluster: dict[str, Any] = {
-        "name": TRACING_CLUSTER, "type": "STRICT_DNS", "connectTimeout": "2s",
+        "name": TRACING_CLUSTER,
+        "type": "STRICT_DNS",
+        "connectTimeout": "2s",
         "typedExtensionProtocolOptions": _H2,
-        "loadAssignment": {"clusterName": TRACING_CLUSTER, "endpoints": [{"lbEndpoints": [
-            {"endpoint": {"address": {"socketAddress": {
-                "address": target.host, "portValue": target.port}}}}]}]}}  # fmt: skip
+        "loadAssignment": {
+            "clusterName": TRACING_CLUSTER,
+            "endpoints": [
+                {
+                    "lbEndpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socketAddress": {
+                                        "address": target.host,
+                                        "portValue": target.port,
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
     if target.tls:
-        cluster["transportSocket"] = {"name": "envoy.transport_sockets.tls", "typedConfig": {
-            "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": target.host}}  # fmt: skip
+        cluster["transportSocket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typedConfig": {
+                "@type": _T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": target.host,
+            },
+        }
     return [cluster]

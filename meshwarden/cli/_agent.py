@@ -28,11 +28,12 @@ COMMAND = "meshwarden agent"
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "agent", help="run the node agent (Workload API)",
+        "agent",
+        help="run the node agent (Workload API)",
         description="Attest this node with a join token (once; the node identity is kept in "
         "--data-dir), then serve SVIDs to local workloads on the Workload API socket.",
         epilog=EXAMPLES,
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--server",
         type=host_port_list,
@@ -42,13 +43,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "each, comma-separated (failover needs no restart)",
     )
     token = parser.add_mutually_exclusive_group()
-    token.add_argument("--join-token-file", metavar="PATH",
-                       help="read the join token (needed until the node is attested) from PATH, "
-                       "or from stdin with '-'; it is spent once the server signs the node SVID, "
-                       "and the file can then be deleted")  # fmt: skip
-    token.add_argument("--join-token", metavar="T",
-                       help="the join token on the command line: visible to every local user in "
-                       "`ps` while the agent runs; prefer --join-token-file")  # fmt: skip
+    token.add_argument(
+        "--join-token-file",
+        metavar="PATH",
+        help="read the join token (needed until the node is attested) from PATH, "
+        "or from stdin with '-'; it is spent once the server signs the node SVID, "
+        "and the file can then be deleted",
+    )
+    token.add_argument(
+        "--join-token",
+        metavar="T",
+        help="the join token on the command line: visible to every local user in "
+        "`ps` while the agent runs; prefer --join-token-file",
+    )
     parser.add_argument("--server-bundle", type=Path, metavar="FILE", help="PEM or SPIFFE JSON")
     parser.add_argument(
         "--data-dir",
@@ -105,8 +112,11 @@ def _join_token(args: argparse.Namespace) -> str | None:
     """The token from --join-token-file (a file, or '-' for stdin) or --join-token (warned
     about); InputError when the file cannot be read or holds no token."""
     if args.join_token is not None:
-        print(f"{COMMAND}: warning: --join-token is visible to every local user in `ps`; use "
-              "--join-token-file PATH (or - for stdin)", file=sys.stderr)  # fmt: skip
+        print(
+            f"{COMMAND}: warning: --join-token is visible to every local user in `ps`; use "
+            "--join-token-file PATH (or - for stdin)",
+            file=sys.stderr,
+        )
         return str(args.join_token)
     if args.join_token_file is None:
         return None
@@ -130,11 +140,16 @@ def _serve(args: argparse.Namespace) -> int:
     timestamped_logs()
     join_token = _join_token(args)  # an InputError is printed by the entry point, exit 2
     options = AgentOptions(
-        server=args.server, data_dir=args.data_dir, socket=args.socket,
-        server_bundle=args.server_bundle, join_token=join_token,
-        sds_socket=args.sds_socket, sync_interval=args.sync_interval, enforce=args.enforce,
+        server=args.server,
+        data_dir=args.data_dir,
+        socket=args.socket,
+        server_bundle=args.server_bundle,
+        join_token=join_token,
+        sds_socket=args.sds_socket,
+        sync_interval=args.sync_interval,
+        enforce=args.enforce,
         health=args.health,
-    )  # fmt: skip
+    )
     agent = NodeAgent(options, SystemClock())
 
     async def start() -> str:
@@ -143,8 +158,11 @@ def _serve(args: argparse.Namespace) -> int:
         node = agent.agent.node.chain[0]
         from meshwarden.identities import spiffe_id_of
 
-        health = f", health http://{agent.health.host}:{agent.health.port}/healthz" if (
-            agent.health) else ""  # fmt: skip
+        health = (
+            f", health http://{agent.health.host}:{agent.health.port}/healthz"
+            if (agent.health)
+            else ""
+        )
         return f"node {spiffe_id_of(node)}, Workload API on {options.socket}{health}"
 
     return asyncio.run(serve_until_signalled(start, agent.run, agent.stop, COMMAND))

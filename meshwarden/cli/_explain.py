@@ -110,10 +110,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="claims of a verified token; its iss selects the JwtIssuer",
     )
     add_output_format(p)
-    p.add_argument("--trace", action="store_true",
-                   help="also export the explanation as a span tree to an OTLP collector "
-                   "(--otlp-endpoint, else $OTEL_EXPORTER_OTLP_ENDPOINT); prints the trace id "
-                   "on stderr")  # fmt: skip
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also export the explanation as a span tree to an OTLP collector "
+        "(--otlp-endpoint, else $OTEL_EXPORTER_OTLP_ENDPOINT); prints the trace id "
+        "on stderr",
+    )
     p.add_argument(
         "--otlp-endpoint",
         metavar="URL",
@@ -203,9 +206,18 @@ def _flag(name: str) -> str:
 
 def build_request(args: argparse.Namespace, mesh: CompiledMesh) -> Request:
     fields = RequestFields(
-        args.to, args.port, args.from_id, args.from_workload, args.source_ip, args.method,
-        args.path, args.host, _headers(args.header), _claims(args.jwt_claims), args.protocol,
-    )  # fmt: skip
+        args.to,
+        args.port,
+        args.from_id,
+        args.from_workload,
+        args.source_ip,
+        args.method,
+        args.path,
+        args.host,
+        _headers(args.header),
+        _claims(args.jwt_claims),
+        args.protocol,
+    )
     return request_from(fields, mesh)
 
 
@@ -235,12 +247,17 @@ def request_from(
             )
     try:
         return Request.build(
-            fields.to, fields.port, identity=identity, source_ip=source_ip,
+            fields.to,
+            fields.port,
+            identity=identity,
+            source_ip=source_ip,
             method=(fields.method or "GET") if port.is_http else None,
             path=(fields.path or "/") if port.is_http else None,
-            host=fields.host, headers=fields.headers, jwt_claims=fields.jwt_claims,
+            host=fields.host,
+            headers=fields.headers,
+            jwt_claims=fields.jwt_claims,
             protocol=fields.protocol,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         raise InputError(str(exc)) from None
 

@@ -28,13 +28,19 @@ def add_arguments(parser: Any, since_default: str | None = None) -> None:
         metavar="URL",
         help="the control plane's health URL: read its in-memory flow log",
     )
-    parser.add_argument("--since", type=duration, default=since_default, metavar="DURATION",
-                        help="only flows of the last DURATION (30m, 24h, 7d)"
-                        + (f"; default {since_default}" if since_default else ""))  # fmt: skip
+    parser.add_argument(
+        "--since",
+        type=duration,
+        default=since_default,
+        metavar="DURATION",
+        help="only flows of the last DURATION (30m, 24h, 7d)"
+        + (f"; default {since_default}" if since_default else ""),
+    )
 
 
-def read_flows(files: Iterable[str], server: str | None, window: float | None,
-               now: float | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def read_flows(
+    files: Iterable[str], server: str | None, window: float | None, now: float | None = None
+) -> list[dict[str, Any]]:
     """The flow records of the last `window` seconds (None: all), oldest first; InputError
     names a bad file line, CommandFailed a server that does not answer."""
     cutoff = None if window is None else (now or time.time()) - window
@@ -75,8 +81,7 @@ def _from_server(server: str, window: float | None) -> list[dict[str, Any]]:
     except OSError as exc:
         raise CommandFailed(f"--server {server}: {exc}") from None
     if response.status != 200:
-        raise CommandFailed(f"--server {server}: {response.status} "
-                            f"{body.decode(errors='replace')}")  # fmt: skip
+        raise CommandFailed(f"--server {server}: {response.status} {body.decode(errors='replace')}")
     flows: list[dict[str, Any]] = json.loads(body)["flows"]
     return flows
 

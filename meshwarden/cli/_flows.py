@@ -46,9 +46,11 @@ exit status: 0 ok, 1 the server could not be reached or refused the query, 2 usa
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "flows", help="show the authorization decisions the sidecars reported",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "flows",
+        help="show the authorization decisions the sidecars reported",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "--server",
         type=http_server,
@@ -65,10 +67,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"only the last DURATION ({DURATION_EXAMPLES})",
     )
     p.add_argument("--limit", type=positive_int, metavar="N", help="only the newest N records")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing new records as they arrive (Ctrl-C stops)")  # fmt: skip
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                   help="json: an array; with --follow one JSON object per line")  # fmt: skip
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new records as they arrive (Ctrl-C stops)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="json: an array; with --follow one JSON object per line",
+    )
     p.set_defaults(func=run)
 
 
@@ -142,8 +153,17 @@ def _records(response: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-_HEADER = ("TIME", "SOURCE", "DESTINATION", "REQUEST", "STATUS", "DECISION", "POLICY",
-           "DRY-RUN", "TRACE")  # fmt: skip
+_HEADER = (
+    "TIME",
+    "SOURCE",
+    "DESTINATION",
+    "REQUEST",
+    "STATUS",
+    "DECISION",
+    "POLICY",
+    "DRY-RUN",
+    "TRACE",
+)
 _WIDTHS = (23, 44, 24, 24, 6, 8, 28, 28, 32)
 
 
@@ -153,11 +173,16 @@ def cells(flow: dict[str, Any]) -> tuple[str, ...]:
     policy = flow["policy"] + (f"#{flow['rule']}" if flow["rule"] is not None else "")
     dry = flow["dryRun"]
     return (
-        flow["time"].replace("T", " ").removesuffix("Z"), flow["source"],
-        f"{flow['workload']}:{flow['port']}", request, str(flow["status"] or "-"),
-        flow["decision"], policy, f"{dry['decision']} {dry['policy']}" if dry else "-",
+        flow["time"].replace("T", " ").removesuffix("Z"),
+        flow["source"],
+        f"{flow['workload']}:{flow['port']}",
+        request,
+        str(flow["status"] or "-"),
+        flow["decision"],
+        policy,
+        f"{dry['decision']} {dry['policy']}" if dry else "-",
         flow["traceId"] or "-",
-    )  # fmt: skip
+    )
 
 
 def _row(values: tuple[str, ...], widths: tuple[int, ...]) -> str:

@@ -44,21 +44,33 @@ exit status: 0 no finding at or above --fail-on, 1 some finding is, 2 usage erro
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "lint", help="find risky or broken-in-waiting policies (stable codes)",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "lint",
+        help="find risky or broken-in-waiting policies (stable codes)",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     _flow_input.add_arguments(p)
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                   help="text for people (default) or one JSON object for scripts")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or one JSON object for scripts",
+    )
     p.add_argument(
         "--fail-on",
         choices=("error", "warning", "info"),
         default="error",
         help="exit 1 when a finding is at least this severe (default: error)",
     )
-    p.add_argument("--max-dry-run-age", type=duration, default="14d", metavar="DURATION",
-                   help="MW303: dry-run for longer than this (default 14d)")  # fmt: skip
+    p.add_argument(
+        "--max-dry-run-age",
+        type=duration,
+        default="14d",
+        metavar="DURATION",
+        help="MW303: dry-run for longer than this (default 14d)",
+    )
     p.set_defaults(func=run)
 
 
@@ -99,6 +111,9 @@ def _report(findings: list[Finding], output: str) -> None:
     for finding in findings:
         print(finding)
     counts = {s: sum(1 for f in findings if f.severity is s) for s in LintSeverity}
-    print(f"{len(findings)} finding(s): {counts[LintSeverity.ERROR]} error(s), "
-          f"{counts[LintSeverity.WARNING]} warning(s), {counts[LintSeverity.INFO]} info "
-          "(codes: docs/lint.md)", file=sys.stderr)  # fmt: skip
+    print(
+        f"{len(findings)} finding(s): {counts[LintSeverity.ERROR]} error(s), "
+        f"{counts[LintSeverity.WARNING]} warning(s), {counts[LintSeverity.INFO]} info "
+        "(codes: docs/lint.md)",
+        file=sys.stderr,
+    )

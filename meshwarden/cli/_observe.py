@@ -17,19 +17,25 @@ OTLP_HELP = (
 )
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: bool = True
-                  ) -> None:  # fmt: skip
+def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: bool = True) -> None:
     group = parser.add_argument_group("telemetry")
     group.add_argument("--otlp-endpoint", metavar="URL", help=OTLP_HELP)
     if sidecars:
         group.add_argument(
-            "--trace-sampling", type=percentage, default=100.0, metavar="PERCENT",
+            "--trace-sampling",
+            type=percentage,
+            default=100.0,
+            metavar="PERCENT",
             help="share of requests without a sampled traceparent that Envoy traces "
             "(default 100; requests arriving with a sampled traceparent are always traced)",
-        )  # fmt: skip
+        )
     if metrics:
-        group.add_argument("--metrics", type=host_port, metavar="HOST:PORT",
-                           help="serve Prometheus metrics at http://HOST:PORT/metrics")  # fmt: skip
+        group.add_argument(
+            "--metrics",
+            type=host_port,
+            metavar="HOST:PORT",
+            help="serve Prometheus metrics at http://HOST:PORT/metrics",
+        )
 
 
 def set_up(args: argparse.Namespace, service_name: str) -> tuple[Any, Any]:

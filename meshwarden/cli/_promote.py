@@ -37,17 +37,36 @@ exit status: 0 promoted (or already enforced), 1 refused (would-deny flows; each
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "promote", help="switch dry-run policies to enforce, if the flows show no would-deny",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("items", nargs="+", metavar="NS/NAME... PATH",
-                   help="policies to promote, then policy files or directories")  # fmt: skip
-    p.add_argument("--require-clean", type=duration, metavar="DURATION",
-                   help="refuse while flows of the last DURATION show would-deny")  # fmt: skip
-    p.add_argument("--flows", action="append", default=[], metavar="FILE",
-                   help="NDJSON flow records (repeat for rotated files)")  # fmt: skip
-    p.add_argument("--server", type=http_server, metavar="URL",
-                   help="the control plane's health URL (its in-memory flow log)")  # fmt: skip
+        "promote",
+        help="switch dry-run policies to enforce, if the flows show no would-deny",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "items",
+        nargs="+",
+        metavar="NS/NAME... PATH",
+        help="policies to promote, then policy files or directories",
+    )
+    p.add_argument(
+        "--require-clean",
+        type=duration,
+        metavar="DURATION",
+        help="refuse while flows of the last DURATION show would-deny",
+    )
+    p.add_argument(
+        "--flows",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="NDJSON flow records (repeat for rotated files)",
+    )
+    p.add_argument(
+        "--server",
+        type=http_server,
+        metavar="URL",
+        help="the control plane's health URL (its in-memory flow log)",
+    )
     p.set_defaults(func=run)
 
 
@@ -56,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         refs, paths = _split(args.items)
         result = load_or_raise(paths)
         if result.compiled is None:
-            raise InputError(f"the policies have {len(result.errors)} error(s); "
-                             "run `meshwarden check` for details")  # fmt: skip
+            raise InputError(
+                f"the policies have {len(result.errors)} error(s); "
+                "run `meshwarden check` for details"
+            )
         policies = _policies(result.compiled, refs)
         flows = _window(args)
     except InputError as exc:
@@ -108,23 +129,32 @@ def _refuse(refused: dict[str, list[Mapping[str, Any]]]) -> int:
         for f in flows[:5]:
             request = "tcp" if f.get("protocol") == "tcp" else f"{f.get('method')} {f.get('path')}"
             source = f.get("sourceIdentity") or f.get("sourceIp")
-            print(f"{ref}: would deny {source} -> {f['workload']}:{f['port']} {request} "
-                  f"at {f['time']}", file=sys.stderr)  # fmt: skip
+            print(
+                f"{ref}: would deny {source} -> {f['workload']}:{f['port']} {request} "
+                f"at {f['time']}",
+                file=sys.stderr,
+            )
         if len(flows) > 5:
             print(f"{ref}: ... and {len(flows) - 5} more would-deny flow(s)", file=sys.stderr)
     bad = [ref for ref, flows in refused.items() if flows]
-    print(f"meshwarden promote: refused: {', '.join(bad)} would have denied traffic in the "
-          "window; fix the rules (or wait), nothing was changed", file=sys.stderr)  # fmt: skip
+    print(
+        f"meshwarden promote: refused: {', '.join(bad)} would have denied traffic in the "
+        "window; fix the rules (or wait), nothing was changed",
+        file=sys.stderr,
+    )
     return EXIT_FAILED
 
 
-def _report_thin(todo: list[CompiledPolicy], mesh: CompiledMesh, flows: list[dict[str, Any]],
-                 window: float) -> None:  # fmt: skip
+def _report_thin(
+    todo: list[CompiledPolicy], mesh: CompiledMesh, flows: list[dict[str, Any]], window: float
+) -> None:
     for policy in todo:
         if not any(f.get("workload") in policy.targets for f in flows):
-            print(f"meshwarden promote: note: no flow reached the workloads of {policy.ref} in "
-                  f"the last {window:g} s; nothing shows what it would do",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"meshwarden promote: note: no flow reached the workloads of {policy.ref} in "
+                f"the last {window:g} s; nothing shows what it would do",
+                file=sys.stderr,
+            )
 
 
 def edit_mode(where: Location) -> None:
@@ -155,7 +185,10 @@ def _verify(paths: list[str], refs: list[str]) -> int:
     result = load(paths)
     wrong = [r for r in refs if result.compiled is None or result.compiled.policies[r].dry_run]
     if wrong:
-        print(f"meshwarden promote: after editing, {', '.join(wrong)} is not enforced or the "
-              "policies no longer load; check the files", file=sys.stderr)  # fmt: skip
+        print(
+            f"meshwarden promote: after editing, {', '.join(wrong)} is not enforced or the "
+            "policies no longer load; check the files",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK

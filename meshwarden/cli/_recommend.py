@@ -37,13 +37,21 @@ exit status: 0 written, 1 no usable flow, 2 usage or input error."""
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "recommend", help="write dry-run ALLOW policies from observed flows",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "recommend",
+        help="write dry-run ALLOW policies from observed flows",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     _flow_input.add_arguments(p, since_default="24h")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="DIR",
-                   help="directory to write the policies to (created if missing)")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="directory to write the policies to (created if missing)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing files in DIR")
     p.set_defaults(func=run)
 
@@ -54,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("give --flows FILE (NDJSON) or --server URL to read flows from")
         result = load_or_raise(args.paths)
         if result.compiled is None:
-            raise InputError(f"the policies have {len(result.errors)} error(s); "
-                             "run `meshwarden check` for details")  # fmt: skip
+            raise InputError(
+                f"the policies have {len(result.errors)} error(s); "
+                "run `meshwarden check` for details"
+            )
         flows = _flow_input.read_flows(args.flows, args.server, args.since)
     except InputError as exc:
         return fail(str(exc))
@@ -63,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"meshwarden recommend: note: {note}", file=sys.stderr)
     if not recommendations:
-        print(f"meshwarden recommend: no usable flow among {len(flows)} record(s)",
-              file=sys.stderr)  # fmt: skip
+        print(f"meshwarden recommend: no usable flow among {len(flows)} record(s)", file=sys.stderr)
         return EXIT_FAILED
     try:
         written = _write(recommendations, args.output, args.force)
@@ -80,8 +89,10 @@ def _write(recs: list[Recommendation], out: Path, force: bool) -> list[tuple[Pat
     planned = [(out / rec.namespace / f"{rec.name}.yaml", rec) for rec in recs]
     existing = [str(p) for p, _ in planned if p.exists() or p.is_symlink()]
     if existing and not force:
-        raise InputError(f"{existing[0]} exists (and {len(existing) - 1} more); "
-                         "use --force to overwrite or another -o DIR")  # fmt: skip
+        raise InputError(
+            f"{existing[0]} exists (and {len(existing) - 1} more); "
+            "use --force to overwrite or another -o DIR"
+        )
     for path, rec in planned:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
@@ -100,7 +111,10 @@ def _self_check(paths: list[str], written: list[Path]) -> int:
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
-        print("meshwarden recommend: the policies written above do not pass `check --strict`; "
-              "please report this", file=sys.stderr)  # fmt: skip
+        print(
+            "meshwarden recommend: the policies written above do not pass `check --strict`; "
+            "please report this",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK

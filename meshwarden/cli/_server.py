@@ -27,13 +27,14 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "server", help="run the control plane (CA, node API, ADS)",
+        "server",
+        help="run the control plane (CA, node API, ADS)",
         description="Run the control plane: the CA of the mesh's trust domain, the node API "
         "that agents attest to, and ADS for Envoy sidecars (mTLS with their workload SVIDs). "
         "Policies are reloaded when files change; a broken change keeps the last good config. "
         "Prints a line starting with 'ready' once it serves.",
         epilog=EXAMPLES,
-    )  # fmt: skip
+    )
     parser.add_argument(
         "policies",
         nargs="?",
@@ -57,14 +58,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="HOST:PORT",
         help="node API and ADS for agents and sidecars (mTLS)",
     )
-    parser.add_argument("--health", type=host_port, default="127.0.0.1:0", metavar="HOST:PORT",
-                        help="HTTP health endpoint (GET /healthz); port 0 picks one")  # fmt: skip
-    parser.add_argument("--flow-log-size", type=int, default=DEFAULT_FLOW_LOG_SIZE, metavar="N",
-                        help="authorization decisions kept for `meshwarden flows` (oldest "
-                        "dropped first; default %(default)s)")  # fmt: skip
-    parser.add_argument("--flow-log-sample", type=percentage, default=100.0, metavar="PERCENT",
-                        help="share of allowed HTTP requests the sidecars log; denials (and every "
-                        "4xx/5xx answer) are always logged (default 100)")  # fmt: skip
+    parser.add_argument(
+        "--health",
+        type=host_port,
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="HTTP health endpoint (GET /healthz); port 0 picks one",
+    )
+    parser.add_argument(
+        "--flow-log-size",
+        type=int,
+        default=DEFAULT_FLOW_LOG_SIZE,
+        metavar="N",
+        help="authorization decisions kept for `meshwarden flows` (oldest "
+        "dropped first; default %(default)s)",
+    )
+    parser.add_argument(
+        "--flow-log-sample",
+        type=percentage,
+        default=100.0,
+        metavar="PERCENT",
+        help="share of allowed HTTP requests the sidecars log; denials (and every "
+        "4xx/5xx answer) are always logged (default 100)",
+    )
     parser.add_argument(
         "--upstream-ca-cert",
         type=Path,
@@ -74,29 +90,54 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--upstream-ca-key", type=Path, metavar="FILE", help="the upstream CA's private key (PEM)"
     )
-    parser.add_argument("--svid-ttl", type=ttl, default=SVID_TTL, metavar="DURATION",
-                        help="lifetime of workload and node X509-SVIDs, renewed at half-life "
-                        "(default 1h; 5m to 7d); how long agents ride out a control-plane "
-                        "outage")  # fmt: skip
-    parser.add_argument("--ca-ttl", type=ttl, default=CA_TTL, metavar="DURATION",
-                        help="lifetime of each CA certificate, rotated at half-life "
-                        "(default 24h; 1h to 3650d; at least 6 times --svid-ttl)")  # fmt: skip
-    parser.add_argument("--new-ca", action="store_true",
-                        help="mint a new CA although the data dir shows one existed (its ca.json "
-                        "is missing, empty or corrupt; the old file is kept as ca.json.replaced). "
-                        "Every agent and sidecar then needs the new trust bundle")  # fmt: skip
-    parser.add_argument("--flow-log-file", type=Path, metavar="PATH",
-                        help="also append every flow record to PATH as NDJSON (0600, rotated "
-                        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
-                        "--flows`")  # fmt: skip
-    parser.add_argument("--store", type=store_url, metavar="URL",
-                        help="replicas: policies from the shared store etcd://HOST:PORT,... "
-                        "(written by `meshwarden apply`) instead of DIR; run any number of "
-                        "servers on one store")  # fmt: skip
-    parser.add_argument("--kek-file", type=Path, metavar="FILE",
-                        help="with --store: the key-encryption key (base64 of 32 bytes, "
-                        "`openssl rand -base64 32`, mode 0600) the CA keys are encrypted with "
-                        "in the store; the same file on every replica, never in etcd")  # fmt: skip
+    parser.add_argument(
+        "--svid-ttl",
+        type=ttl,
+        default=SVID_TTL,
+        metavar="DURATION",
+        help="lifetime of workload and node X509-SVIDs, renewed at half-life "
+        "(default 1h; 5m to 7d); how long agents ride out a control-plane "
+        "outage",
+    )
+    parser.add_argument(
+        "--ca-ttl",
+        type=ttl,
+        default=CA_TTL,
+        metavar="DURATION",
+        help="lifetime of each CA certificate, rotated at half-life "
+        "(default 24h; 1h to 3650d; at least 6 times --svid-ttl)",
+    )
+    parser.add_argument(
+        "--new-ca",
+        action="store_true",
+        help="mint a new CA although the data dir shows one existed (its ca.json "
+        "is missing, empty or corrupt; the old file is kept as ca.json.replaced). "
+        "Every agent and sidecar then needs the new trust bundle",
+    )
+    parser.add_argument(
+        "--flow-log-file",
+        type=Path,
+        metavar="PATH",
+        help="also append every flow record to PATH as NDJSON (0600, rotated "
+        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
+        "--flows`",
+    )
+    parser.add_argument(
+        "--store",
+        type=store_url,
+        metavar="URL",
+        help="replicas: policies from the shared store etcd://HOST:PORT,... "
+        "(written by `meshwarden apply`) instead of DIR; run any number of "
+        "servers on one store",
+    )
+    parser.add_argument(
+        "--kek-file",
+        type=Path,
+        metavar="FILE",
+        help="with --store: the key-encryption key (base64 of 32 bytes, "
+        "`openssl rand -base64 32`, mode 0600) the CA keys are encrypted with "
+        "in the store; the same file on every replica, never in etcd",
+    )
     parser.add_argument(
         "--replica-id",
         metavar="NAME",
@@ -120,8 +161,10 @@ def ttl(text: str) -> dt.timedelta:
 
 
 def _ttl_problem(svid_ttl: dt.timedelta, ca_ttl: dt.timedelta) -> str | None:
-    for flag, value, (low, high) in (("--svid-ttl", svid_ttl, SVID_TTL_RANGE),
-                                     ("--ca-ttl", ca_ttl, CA_TTL_RANGE)):  # fmt: skip
+    for flag, value, (low, high) in (
+        ("--svid-ttl", svid_ttl, SVID_TTL_RANGE),
+        ("--ca-ttl", ca_ttl, CA_TTL_RANGE),
+    ):
         if not low <= value <= high:
             return f"{flag} {value} is out of range ({low} to {high})"
     if svid_ttl * CA_TO_SVID > ca_ttl:
@@ -139,8 +182,10 @@ def run(args: argparse.Namespace) -> int:
     if args.policies is not None and args.store is not None:
         return fail("give the policy directory or --store, not both")
     if args.policies is None and args.store is None:
-        return fail("the policy directory is missing: meshwarden server DIR --data-dir DIR "
-                    "(or --store etcd://... for replicas)")  # fmt: skip
+        return fail(
+            "the policy directory is missing: meshwarden server DIR --data-dir DIR "
+            "(or --store etcd://... for replicas)"
+        )
     if args.store is not None and args.kek_file is None:
         return fail("--store needs --kek-file: the CA in the store is encrypted with it")
     if args.kek_file is not None and args.store is None:
@@ -164,21 +209,34 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
 
     timestamped_logs()
     options = ServerOptions(
-        policies=args.policies, data_dir=args.data_dir, listen=args.listen,
-        upstream_cert=args.upstream_ca_cert, upstream_key=args.upstream_ca_key,
-        health=args.health, flow_log_size=args.flow_log_size, tracing=tracing,
-        flow_log_sample=args.flow_log_sample, svid_ttl=args.svid_ttl, ca_ttl=args.ca_ttl,
+        policies=args.policies,
+        data_dir=args.data_dir,
+        listen=args.listen,
+        upstream_cert=args.upstream_ca_cert,
+        upstream_key=args.upstream_ca_key,
+        health=args.health,
+        flow_log_size=args.flow_log_size,
+        tracing=tracing,
+        flow_log_sample=args.flow_log_sample,
+        svid_ttl=args.svid_ttl,
+        ca_ttl=args.ca_ttl,
         new_ca=args.new_ca,
-        flow_log_file=args.flow_log_file, replica_id=args.replica_id,
-        ui=args.console, store=args.store, kek_file=args.kek_file,
-    )  # fmt: skip
+        flow_log_file=args.flow_log_file,
+        replica_id=args.replica_id,
+        ui=args.console,
+        store=args.store,
+        kek_file=args.kek_file,
+    )
     plane = ControlPlane(options, SystemClock())
 
     async def start() -> str:
         address = await plane.start()
         assert plane.ca is not None
-        health = f", health http://{plane.health.host}:{plane.health.port}/healthz" if (
-            plane.health) else ""  # fmt: skip
+        health = (
+            f", health http://{plane.health.host}:{plane.health.port}/healthz"
+            if (plane.health)
+            else ""
+        )
         console = f", console {plane.console.url}" if plane.console else ""
         domain = plane.ca.trust_domain
         return f"node API and ADS on {address}, trust domain {domain}{health}{console}"

@@ -76,35 +76,49 @@ def revision_number(text: str) -> int:
 
 def add_store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=store_url, required=True, metavar="URL", help=STORE_HELP)
-    parser.add_argument("--store-timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="give up when no etcd member answers for this long "
-                        "(default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--store-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up when no etcd member answers for this long (default %(default)s)",
+    )
 
 
 COMMANDS = {  # name: (help, description)
-    "apply": ("validate policies and write them to the shared store as a new revision",
-              "Validate the policy files (as `meshwarden check` does) and write all of them to "
-              "the shared store in one step, as a new revision every replica then serves. "
-              "Nothing is written when a file has an error, when the change would loosen the "
-              "running Mesh, or when another apply lands first. Prints the new revision."),
-    "history": ("list the policy revisions of the shared store",
-                "Every revision of the shared store, oldest first: revision, time (UTC), who "
-                "(user@host), digest of its files and message. The current one is marked *."),
-    "diff": ("what changed between two revisions, per document and per workload",
-             "The documents added, removed and changed from revision REV to REV2 (default: "
-             "the current revision), and the workloads whose authorization changed."),
-    "rollback": ("make an earlier revision current again (as a new revision)",
-                 "Apply the files of revision REV again, as a new revision: history is never "
-                 "rewritten. The replicas serve it as soon as they see it."),
-}  # fmt: skip
+    "apply": (
+        "validate policies and write them to the shared store as a new revision",
+        "Validate the policy files (as `meshwarden check` does) and write all of them to "
+        "the shared store in one step, as a new revision every replica then serves. "
+        "Nothing is written when a file has an error, when the change would loosen the "
+        "running Mesh, or when another apply lands first. Prints the new revision.",
+    ),
+    "history": (
+        "list the policy revisions of the shared store",
+        "Every revision of the shared store, oldest first: revision, time (UTC), who "
+        "(user@host), digest of its files and message. The current one is marked *.",
+    ),
+    "diff": (
+        "what changed between two revisions, per document and per workload",
+        "The documents added, removed and changed from revision REV to REV2 (default: "
+        "the current revision), and the workloads whose authorization changed.",
+    ),
+    "rollback": (
+        "make an earlier revision current again (as a new revision)",
+        "Apply the files of revision REV again, as a new revision: history is never "
+        "rewritten. The replicas serve it as soon as they see it.",
+    ),
+}
 
 
-def _command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
-             func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:  # fmt: skip
+def _command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
     """A store command's parser: its --store and -o options added after its own arguments."""
     help_, description = COMMANDS[name]
-    parser = subparsers.add_parser(name, help=help_, description=description,
-                                   epilog=EXAMPLES[name])  # fmt: skip
+    parser = subparsers.add_parser(name, help=help_, description=description, epilog=EXAMPLES[name])
     parser.set_defaults(func=func)
     return parser
 
@@ -119,11 +133,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from meshwarden.cli._store_diff import run_diff
 
     apply = _command(subparsers, "apply", run_apply)
-    apply.add_argument("paths", nargs="+", metavar="PATH",
-                       help="policy directories or files (searched for *.yaml, *.yml)")  # fmt: skip
+    apply.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="policy directories or files (searched for *.yaml, *.yml)",
+    )
     apply.add_argument("-m", "--message", default="", help="why (shown by `history`)")
-    apply.add_argument("--expect-revision", type=int, metavar="REV",
-                       help="apply only if the store is at revision REV (0: empty)")  # fmt: skip
+    apply.add_argument(
+        "--expect-revision",
+        type=int,
+        metavar="REV",
+        help="apply only if the store is at revision REV (0: empty)",
+    )
     history = _command(subparsers, "history", run_history)
     diff = _command(subparsers, "diff", run_diff)
     diff.add_argument("revision", type=revision_number, metavar="REV")
@@ -249,8 +271,10 @@ async def _refuse_loosening(store: PolicyStore, mesh: Any) -> None:
     if refusals:
         for item in refusals:
             print(item, file=sys.stderr)
-        raise InputError(f"the change loosens the running Mesh (revision {current[0].revision}); "
-                         "nothing was applied")  # fmt: skip
+        raise InputError(
+            f"the change loosens the running Mesh (revision {current[0].revision}); "
+            "nothing was applied"
+        )
 
 
 def compile_files(files: dict[str, bytes]) -> Any:
@@ -273,8 +297,10 @@ def _report_write(args: argparse.Namespace, record: PolicyRevision | None, verb:
     if args.output == "json":
         print_json({"changed": True, **record.to_json()})
     else:
-        print(f"{verb} revision {record.revision} ({len(record.files)} file(s), digest "
-              f"{record.digest})")  # fmt: skip
+        print(
+            f"{verb} revision {record.revision} ({len(record.files)} file(s), digest "
+            f"{record.digest})"
+        )
     return 0
 
 

@@ -19,8 +19,10 @@ def _documents(files: dict[str, bytes]) -> dict[str, tuple[str, str]]:
     mesh = compile_files(files)
     if mesh is None:
         raise InputError("a revision in the store does not compile any more; diff its files")
-    return {f"{key.kind} {key.namespace}/{key.name}": (mesh.documents[key].source.file, digest)
-            for key, digest in mesh.hashes.items()}  # fmt: skip
+    return {
+        f"{key.kind} {key.namespace}/{key.name}": (mesh.documents[key].source.file, digest)
+        for key, digest in mesh.hashes.items()
+    }
 
 
 def compare(before: dict[str, bytes], after: dict[str, bytes]) -> dict[str, Any]:
@@ -30,11 +32,16 @@ def compare(before: dict[str, bytes], after: dict[str, bytes]) -> dict[str, Any]
     old, new = _documents(before), _documents(after)
     documents = (
         [{"change": "added", "document": k, "file": new[k][0]} for k in sorted(new.keys() - old)]
-        + [{"change": "removed", "document": k, "file": old[k][0]}
-           for k in sorted(old.keys() - new)]
-        + [{"change": "changed", "document": k, "file": new[k][0]}
-           for k in sorted(old.keys() & new) if old[k][1] != new[k][1]]
-    )  # fmt: skip
+        + [
+            {"change": "removed", "document": k, "file": old[k][0]}
+            for k in sorted(old.keys() - new)
+        ]
+        + [
+            {"change": "changed", "document": k, "file": new[k][0]}
+            for k in sorted(old.keys() & new)
+            if old[k][1] != new[k][1]
+        ]
+    )
     old_mesh, new_mesh = compile_files(before), compile_files(after)
     result = reload(old_mesh, list(new_mesh.documents.values()))
     affected = set(result.affected) if result.mesh is not None else set(new_mesh.plans)
@@ -43,9 +50,12 @@ def compare(before: dict[str, bytes], after: dict[str, bytes]) -> dict[str, Any]
     workloads = (
         [{"change": "added", "workload": w} for w in sorted(added)]
         + [{"change": "removed", "workload": w} for w in sorted(removed)]
-        + [{"change": "changed", "workload": w}
-           for w in sorted(affected - added - removed) if w in new_mesh.plans]
-    )  # fmt: skip
+        + [
+            {"change": "changed", "workload": w}
+            for w in sorted(affected - added - removed)
+            if w in new_mesh.plans
+        ]
+    )
     return {"documents": documents, "workloads": workloads}
 
 

@@ -55,14 +55,22 @@ a malformed test file, a request naming an unknown workload or port)."""
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "test", help="run policy test cases (for CI)", description=HELP,
+        "test",
+        help="run policy test cases (for CI)",
+        description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="test files, policy files or directories")  # fmt: skip
+    )
+    p.add_argument(
+        "paths", nargs="+", metavar="PATH", help="test files, policy files or directories"
+    )
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                   help="text for people (default) or one JSON object for scripts")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text for people (default) or one JSON object for scripts",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="also list passing cases")
     p.set_defaults(func=run)
 
@@ -90,12 +98,17 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         found: dict[str, Any] = {
-            "name": self.case.name, "file": self.case.location.file,
-            "line": self.case.location.line, "passed": self.passed,
+            "name": self.case.name,
+            "file": self.case.location.file,
+            "line": self.case.location.line,
+            "passed": self.passed,
             "expected": self.case.expect.to_json(),
-            "got": {"decision": self.decision.verdict, "policy": self.decision.policy,
-                    "rule": self.decision.rule},
-        }  # fmt: skip
+            "got": {
+                "decision": self.decision.verdict,
+                "policy": self.decision.policy,
+                "rule": self.decision.rule,
+            },
+        }
         if not self.passed:
             found["message"] = self.problem
             found["trace"] = [t.to_json() for t in self.decision.trace]
@@ -190,8 +203,13 @@ def _namer(named: list[str]) -> Callable[[str], str]:
 def _report(results: list[Result], args: argparse.Namespace) -> None:
     failed = [r for r in results if not r.passed]
     if args.output == "json":
-        print_json({"passed": len(results) - len(failed), "failed": len(failed),
-                    "tests": [r.to_json() for r in results]})  # fmt: skip
+        print_json(
+            {
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "tests": [r.to_json() for r in results],
+            }
+        )
         return
     for r in results:
         where = f"{r.case.location.file}:{r.case.location.line}"
@@ -211,8 +229,14 @@ def write_junit(results: list[Result], path: str) -> None:
         file = r.case.location.file
         if file not in suites:
             suites[file] = ET.SubElement(root, "testsuite", name=file)
-        case = ET.SubElement(suites[file], "testcase", name=r.case.name, classname=file,
-                             file=file, line=str(r.case.location.line))  # fmt: skip
+        case = ET.SubElement(
+            suites[file],
+            "testcase",
+            name=r.case.name,
+            classname=file,
+            file=file,
+            line=str(r.case.location.line),
+        )
         if not r.passed:
             failure = ET.SubElement(case, "failure", message=r.problem, type="PolicyTestFailure")
             failure.text = r.text

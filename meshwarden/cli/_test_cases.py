@@ -26,10 +26,17 @@ from meshwarden.engine import (
 
 # request keys (as written) → RequestFields attribute
 REQUEST_KEYS = {
-    "to": "to", "port": "port", "from": "from_id", "fromWorkload": "from_workload",
-    "sourceIp": "source_ip", "method": "method", "path": "path", "host": "host",
-    "headers": "headers", "jwtClaims": "jwt_claims",
-}  # fmt: skip
+    "to": "to",
+    "port": "port",
+    "from": "from_id",
+    "fromWorkload": "from_workload",
+    "sourceIp": "source_ip",
+    "method": "method",
+    "path": "path",
+    "host": "host",
+    "headers": "headers",
+    "jwtClaims": "jwt_claims",
+}
 KEY_OF = {attr: key for key, attr in REQUEST_KEYS.items()}
 EXPECT_KEYS = ("decision", "policy", "rule")
 CASE_KEYS = ("name", "request", "expect")
@@ -75,8 +82,11 @@ def is_test_file(file: str) -> bool:
             head = stream.read(65536)
     except (OSError, UnicodeDecodeError):
         return False
-    return any(line.rstrip() == "tests:" or line.startswith("tests: ") for line in
-               head.splitlines() if not line.startswith((" ", "#", "-")))  # fmt: skip
+    return any(
+        line.rstrip() == "tests:" or line.startswith("tests: ")
+        for line in head.splitlines()
+        if not line.startswith((" ", "#", "-"))
+    )
 
 
 def read_cases(file: str) -> tuple[list[TestCase], list[Diagnostic]]:
@@ -153,8 +163,10 @@ def _request(
 
 
 _REQUEST_TYPES = {key: "a string" for key in REQUEST_KEYS} | {
-    "port": "a port number", "headers": "a mapping", "jwtClaims": "a mapping with 'iss'",
-}  # fmt: skip
+    "port": "a port number",
+    "headers": "a mapping",
+    "jwtClaims": "a mapping with 'iss'",
+}
 
 
 def _typed(value: Any, want: str) -> bool:

@@ -28,9 +28,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="the running server's --data-dir (its admin socket is there)",
     )
-    source.add_argument("--store", type=store_url, metavar="URL",
-                        help="the replicas' shared store, etcd://HOST:PORT,...: the token is "
-                        "written there and any replica redeems it, once")  # fmt: skip
+    source.add_argument(
+        "--store",
+        type=store_url,
+        metavar="URL",
+        help="the replicas' shared store, etcd://HOST:PORT,...: the token is "
+        "written there and any replica redeems it, once",
+    )
     create.add_argument("--node", required=True, metavar="NAME", help="the node the token is for")
     create.add_argument(
         "--ttl",

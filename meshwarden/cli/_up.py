@@ -52,22 +52,32 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "up", help="run server, agent and one Envoy per workload on this host",
-        description=HELP, epilog=EXAMPLES,
-    )  # fmt: skip
+        "up",
+        help="run server, agent and one Envoy per workload on this host",
+        description=HELP,
+        epilog=EXAMPLES,
+    )
     parser.add_argument(
         "policies",
         type=Path,
         metavar="DIR",
         help="the policy directory (watched; changes are pushed live)",
     )
-    parser.add_argument("--data-dir", type=Path, metavar="D",
-                        help="state, sockets and sidecar logs (default: "
-                        "~/.local/state/meshwarden/up/DIRNAME-HASH, one per DIR)")  # fmt: skip
-    parser.add_argument("--ready-timeout", type=positive_duration, default=60.0,
-                        metavar="DURATION",
-                        help="give up (exit 1, saying which sidecars are not ready and why) "
-                        "if not every sidecar ACKed by then, e.g. 90s (default 60s)")  # fmt: skip
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="D",
+        help="state, sockets and sidecar logs (default: "
+        "~/.local/state/meshwarden/up/DIRNAME-HASH, one per DIR)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=positive_duration,
+        default=60.0,
+        metavar="DURATION",
+        help="give up (exit 1, saying which sidecars are not ready and why) "
+        "if not every sidecar ACKed by then, e.g. 90s (default 60s)",
+    )
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
     parser.add_argument(
         "--health",
@@ -77,13 +87,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="HTTP endpoint for /healthz and /flows (default: a free port on "
         "127.0.0.1; `meshwarden flows --server HOST:PORT`)",
     )
-    parser.add_argument("--flow-log-sample", type=percentage, default=100.0, metavar="PERCENT",
-                        help="share of allowed HTTP requests logged for `meshwarden flows`; "
-                        "denials are always logged (default 100)")  # fmt: skip
-    parser.add_argument("--flow-log-file", type=Path, metavar="PATH",
-                        help="also append every flow record to PATH as NDJSON (0600, rotated "
-                        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
-                        "--flows`")  # fmt: skip
+    parser.add_argument(
+        "--flow-log-sample",
+        type=percentage,
+        default=100.0,
+        metavar="PERCENT",
+        help="share of allowed HTTP requests logged for `meshwarden flows`; "
+        "denials are always logged (default 100)",
+    )
+    parser.add_argument(
+        "--flow-log-file",
+        type=Path,
+        metavar="PATH",
+        help="also append every flow record to PATH as NDJSON (0600, rotated "
+        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
+        "--flows`",
+    )
     observe.add_arguments(parser, sidecars=True)
     ui.add_arguments(parser)
     parser.set_defaults(func=run)
@@ -103,9 +122,17 @@ def run(args: argparse.Namespace) -> int:
 
     def serve(tracing: Any) -> int:
         data_dir = args.data_dir or default_data_dir(args.policies)
-        mesh = LocalMesh(args.policies, data_dir, delta=args.delta, tracing=tracing,
-                         health=args.health, flow_log_sample=args.flow_log_sample,
-                         flow_log_file=args.flow_log_file, detach=True, ui=console)  # fmt: skip
+        mesh = LocalMesh(
+            args.policies,
+            data_dir,
+            delta=args.delta,
+            tracing=tracing,
+            health=args.health,
+            flow_log_sample=args.flow_log_sample,
+            flow_log_file=args.flow_log_file,
+            detach=True,
+            ui=console,
+        )
         start = lambda: mesh.start(args.ready_timeout)  # noqa: E731
         return asyncio.run(serve_until_signalled(start, mesh.run, mesh.stop, args.command_prog))
 

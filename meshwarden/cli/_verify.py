@@ -53,11 +53,17 @@ exit status: 0 no difference, 1 a difference (or a probe failed), 2 usage or inp
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "verify", help="probe the live mesh through its sidecars and compare with explain",
-        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    p.add_argument("paths", nargs="*", metavar="PATH",
-                   help="policy files or directories (default: the control plane's)")  # fmt: skip
+        "verify",
+        help="probe the live mesh through its sidecars and compare with explain",
+        description=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="policy files or directories (default: the control plane's)",
+    )
     p.add_argument(
         "--server",
         required=True,
@@ -73,8 +79,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="how long to wait for the sidecars to apply the policies",
     )
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                   help="text (a matrix and the differences) or one JSON object")  # fmt: skip
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json"),
+        default="text",
+        help="text (a matrix and the differences) or one JSON object",
+    )
     p.set_defaults(func=run)
 
 
@@ -84,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
         paths = args.paths or [_policy_dir(health)]
         result = load_or_raise(paths)
         if result.compiled is None:
-            raise InputError(f"the policies have {len(result.errors)} error(s); "
-                             "run `meshwarden check` for details")  # fmt: skip
+            raise InputError(
+                f"the policies have {len(result.errors)} error(s); "
+                "run `meshwarden check` for details"
+            )
         mesh = result.compiled
         todo = _expected(mesh, args.expect) if args.expect else probes.default_probes(mesh)
         _wait_applied(args.server, mesh.version, args.wait)
@@ -149,8 +162,9 @@ def _expected(mesh: CompiledMesh, path: Path) -> list[probes.Probe]:
     items = data.get("expect") if isinstance(data, dict) else None
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise InputError(f"--expect {path}: expected a mapping with an 'expect' list of entries")
-    return [probes.expected_probe(mesh, item, f"{path}: expect[{n}]")
-            for n, item in enumerate(items)]  # fmt: skip
+    return [
+        probes.expected_probe(mesh, item, f"{path}: expect[{n}]") for n, item in enumerate(items)
+    ]
 
 
 def _report(outcomes: list[probes.Outcome], output: str) -> None:
@@ -178,5 +192,6 @@ def matrix(outcomes: list[probes.Outcome]) -> str:
     for source in sources:
         rows.append([source, *(",".join(sorted(cells.get((source, t), {"."}))) for t in targets)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)  # fmt: skip
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )

@@ -59,8 +59,9 @@ class Outcome:
             found.append(f"the probe failed: {self.detail}")
         elif self.explained not in (self.observed, "mixed"):
             causes = "; ".join(f"{ref}: {_cause(d)}" for ref, d in sorted(self.explain.items()))
-            found.append(f"sidecars {self.observed} ({self.detail}), explain "
-                         f"{self.explained} ({causes})")  # fmt: skip
+            found.append(
+                f"sidecars {self.observed} ({self.detail}), explain {self.explained} ({causes})"
+            )
         expected = self.probe.expected
         if expected is not None and self.observed != expected:
             found.append(f"expected {expected}, sidecars {self.observed} ({self.detail})")
@@ -69,12 +70,21 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         p = self.probe
         return {
-            "from": p.source, "to": p.service, "port": p.port, "localPort": p.local_port,
-            "request": p.request, "observed": self.observed, "detail": self.detail,
-            "explain": {ref: {"decision": d.verdict, "policy": d.policy, "rule": d.rule}
-                        for ref, d in sorted(self.explain.items())},
-            "expected": p.expected, "ok": not self.problems, "problems": self.problems,
-        }  # fmt: skip
+            "from": p.source,
+            "to": p.service,
+            "port": p.port,
+            "localPort": p.local_port,
+            "request": p.request,
+            "observed": self.observed,
+            "detail": self.detail,
+            "explain": {
+                ref: {"decision": d.verdict, "policy": d.policy, "rule": d.rule}
+                for ref, d in sorted(self.explain.items())
+            },
+            "expected": p.expected,
+            "ok": not self.problems,
+            "problems": self.problems,
+        }
 
 
 def _cause(decision: Decision) -> str:
@@ -88,8 +98,17 @@ def default_probes(mesh: CompiledMesh) -> list[Probe]:
     for ref, workload in sorted(mesh.registry.workloads.items()):
         for upstream in workload.spec.upstreams:
             http = _is_http(mesh, upstream.service, upstream.port)
-            probes.append(Probe(ref, upstream.service, upstream.port, upstream.local_port, http,
-                                "GET" if http else None, "/" if http else None))  # fmt: skip
+            probes.append(
+                Probe(
+                    ref,
+                    upstream.service,
+                    upstream.port,
+                    upstream.local_port,
+                    http,
+                    "GET" if http else None,
+                    "/" if http else None,
+                )
+            )
     return probes
 
 
@@ -106,11 +125,21 @@ def expected_probe(mesh: CompiledMesh, item: dict[str, Any], where: str) -> Prob
                 raise InputError(f"{where}: decision must be ALLOW or DENY")
             method = str(item.get("method", "GET")) if http else None
             path = str(item.get("path", "/")) if http else None
-            return Probe(source.ref, upstream.service, upstream.port, upstream.local_port, http,
-                         method, path, decision)  # fmt: skip
+            return Probe(
+                source.ref,
+                upstream.service,
+                upstream.port,
+                upstream.local_port,
+                http,
+                method,
+                path,
+                decision,
+            )
     target = f"{item.get('to')}:{item.get('port')}"
-    raise InputError(f"{where}: {source.ref} has no upstream to {target}; verify probes "
-                     "through the source's upstreams")  # fmt: skip
+    raise InputError(
+        f"{where}: {source.ref} has no upstream to {target}; verify probes "
+        "through the source's upstreams"
+    )
 
 
 def _is_http(mesh: CompiledMesh, service: str, port: int) -> bool:
@@ -128,8 +157,14 @@ def explain(mesh: CompiledMesh, probe: Probe) -> dict[str, Decision]:
     identity = mesh.registry.workloads[probe.source].identity
     found = {}
     for ref in destinations(mesh, probe):
-        request = Request.build(ref, probe.port, identity=identity, source_ip="127.0.0.1",
-                                method=probe.method, path=probe.path)  # fmt: skip
+        request = Request.build(
+            ref,
+            probe.port,
+            identity=identity,
+            source_ip="127.0.0.1",
+            method=probe.method,
+            path=probe.path,
+        )
         found[ref] = decide(mesh.plan(ref), request)
     return found
 

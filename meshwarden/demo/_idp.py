@@ -26,8 +26,9 @@ class DemoIdp:
     def jwks(self) -> str:
         numbers = self.key.public_key().public_numbers()
         x, y = (_b64(n.to_bytes(32, "big")) for n in (numbers.x, numbers.y))
-        return json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "kid": "demo", "alg": "ES256",
-                                     "x": x, "y": y}]})  # fmt: skip
+        return json.dumps(
+            {"keys": [{"kty": "EC", "crv": "P-256", "kid": "demo", "alg": "ES256", "x": x, "y": y}]}
+        )
 
     def claims(self, **extra: Any) -> dict[str, Any]:
         now = int(time.time())

@@ -133,8 +133,9 @@ _MOVABLE_PORT = re.compile(r"((?:targetPort|localPort): )(\d+)")
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports free on 127.0.0.1 right now (held together while chosen)."""
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.create_server(("127.0.0.1", 0)))
-                   for _ in range(count)]  # fmt: skip
+        sockets = [
+            stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(count)
+        ]
         return [s.getsockname()[1] for s in sockets]
 
 
@@ -162,30 +163,58 @@ def rows(idp: DemoIdp, moved: dict[int, int] | None = None) -> list[Row]:
         return {"authorization": "Bearer " + idp.token(claims)}
 
     return [
-        Row("frontend  GET  /api/catalogue", "ALLOW",
+        Row(
+            "frontend  GET  /api/catalogue",
+            "ALLOW",
             lambda: http_call(port(15080, 15080), "GET", "/api/catalogue"),
-            [*frontend, "--path", "/api/catalogue"]),
-        Row("frontend  POST /api/orders", "DENY",
+            [*frontend, "--path", "/api/catalogue"],
+        ),
+        Row(
+            "frontend  POST /api/orders",
+            "DENY",
             lambda: http_call(port(15080, 15080), "POST", "/api/orders"),
-            [*frontend, "--method", "POST", "--path", "/api/orders"]),
-        Row("frontend  GET  /api/../debug/vars", "DENY",
+            [*frontend, "--method", "POST", "--path", "/api/orders"],
+        ),
+        Row(
+            "frontend  GET  /api/../debug/vars",
+            "DENY",
             lambda: http_call(port(15080, 15080), "GET", "/api/../debug/vars"),
-            [*frontend, "--path", "/api/../debug/vars"]),
-        Row("ops       GET  /admin/flush (admin token)", "ALLOW",
+            [*frontend, "--path", "/api/../debug/vars"],
+        ),
+        Row(
+            "ops       GET  /admin/flush (admin token)",
+            "ALLOW",
             lambda: http_call(port(15081, 15081), "GET", "/admin/flush", headers=bearer(admin)),
-            [*ops, "--jwt-claims", json.dumps(admin)]),
-        Row("ops       GET  /admin/flush (dev token)", "DENY",
+            [*ops, "--jwt-claims", json.dumps(admin)],
+        ),
+        Row(
+            "ops       GET  /admin/flush (dev token)",
+            "DENY",
             lambda: http_call(port(15081, 15081), "GET", "/admin/flush", headers=bearer(dev)),
-            [*ops, "--jwt-claims", json.dumps(dev)]),
-        Row("ops       GET  /admin/flush (unknown issuer)", "DENY",
+            [*ops, "--jwt-claims", json.dumps(dev)],
+        ),
+        Row(
+            "ops       GET  /admin/flush (unknown issuer)",
+            "DENY",
             lambda: http_call(port(15081, 15081), "GET", "/admin/flush", headers=bearer(stranger)),
-            [*ops, "--jwt-claims", json.dumps(stranger)]),
-        Row("stranger  GET  /api/catalogue from .9", "ALLOW",
+            [*ops, "--jwt-claims", json.dumps(stranger)],
+        ),
+        Row(
+            "stranger  GET  /api/catalogue from .9",
+            "ALLOW",
             lambda: http_call(8080, "GET", "/api/catalogue", "127.0.0.3", source="127.0.0.9"),
-            [*to_backend, "--source-ip", "127.0.0.9", "--path", "/api/catalogue"]),
-        Row("stranger  GET  /api/catalogue from .10", "DENY",
+            [*to_backend, "--source-ip", "127.0.0.9", "--path", "/api/catalogue"],
+        ),
+        Row(
+            "stranger  GET  /api/catalogue from .10",
+            "DENY",
             lambda: http_call(8080, "GET", "/api/catalogue", "127.0.0.3", source="127.0.0.10"),
-            [*to_backend, "--source-ip", "127.0.0.10", "--path", "/api/catalogue"]),
-        Row("backend   tcp  db:5432", "ALLOW", lambda: tcp_call(port(15432, 15432)),
-            ["--to", "shop/db-1", "--port", "5432", "--from-workload", "shop/backend-1"]),
-    ]  # fmt: skip
+            [*to_backend, "--source-ip", "127.0.0.10", "--path", "/api/catalogue"],
+        ),
+        Row(
+            "backend   tcp  db:5432",
+            "ALLOW",
+            lambda: tcp_call(port(15432, 15432)),
+            ["--to", "shop/db-1", "--port", "5432", "--from-workload", "shop/backend-1"],
+        ),
+    ]

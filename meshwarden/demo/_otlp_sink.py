@@ -53,19 +53,28 @@ class OtlpReceiver(pb_grpc.TraceServiceServicer):
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
             for scope in resource_spans.scope_spans:
                 for span in scope.spans:
-                    received.append(ReceivedSpan(
-                        name=span.name, trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                        parent_span_id=span.parent_span_id.hex(),
-                        service=str(resource.get("service.name", "")),
-                        attributes={a.key: _value(a.value) for a in span.attributes},
-                        status_code=span.status.code, status_message=span.status.message,
-                    ))  # fmt: skip
+                    received.append(
+                        ReceivedSpan(
+                            name=span.name,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            service=str(resource.get("service.name", "")),
+                            attributes={a.key: _value(a.value) for a in span.attributes},
+                            status_code=span.status.code,
+                            status_message=span.status.message,
+                        )
+                    )
         with self._lock:
             self.spans.extend(received)
         return pb.ExportTraceServiceResponse()
 
-    def wait_for(self, found: Callable[[list[ReceivedSpan]], list[ReceivedSpan]],
-                 count: int = 1, timeout: float = 20) -> list[ReceivedSpan]:  # fmt: skip
+    def wait_for(
+        self,
+        found: Callable[[list[ReceivedSpan]], list[ReceivedSpan]],
+        count: int = 1,
+        timeout: float = 20,
+    ) -> list[ReceivedSpan]:
         """Poll until `found(spans)` returns at least `count` spans; returns what it found."""
         deadline = time.monotonic() + timeout
         while True:

@@ -78,12 +78,18 @@ def request(
     return exchange(host, port, method, path, headers, source)[0]
 
 
-def exchange(host: str, port: int, method: str = "GET", path: str = "/",
-             headers: dict[str, str] | None = None, source: str | None = None
-             ) -> tuple[int | str, str]:  # fmt: skip
+def exchange(
+    host: str,
+    port: int,
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+    source: str | None = None,
+) -> tuple[int | str, str]:
     """(HTTP status or how the connection failed, response body)."""
-    conn = http.client.HTTPConnection(host, port, timeout=10,
-                                      source_address=(source, 0) if source else None)  # fmt: skip
+    conn = http.client.HTTPConnection(
+        host, port, timeout=10, source_address=(source, 0) if source else None
+    )
     try:
         conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
@@ -108,18 +114,33 @@ class MeshwardenUp:
     """`meshwarden up DIR` as a user runs it: a subprocess, ready when it prints `ready`.
     `prefix` runs it through another command (e.g. `ip netns exec NS`)."""
 
-    def __init__(self, policies: Path, data_dir: Path, args: tuple[str, ...] = (),
-                 prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policies: Path,
+        data_dir: Path,
+        args: tuple[str, ...] = (),
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.policies, self.data_dir, self.args, self.prefix = policies, data_dir, args, prefix
         self.log = data_dir.parent / "up.log"
         self.process: subprocess.Popen[str] | None = None
         self.ready_line = ""
 
     def start(self, timeout: float = 120) -> None:
-        command = [*self.prefix, sys.executable, "-m", "meshwarden", "up", str(self.policies),
-                   "--data-dir", str(self.data_dir), *self.args]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                        stderr=self.log.open("w"), text=True)  # fmt: skip
+        command = [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "meshwarden",
+            "up",
+            str(self.policies),
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
+        ]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True
+        )
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

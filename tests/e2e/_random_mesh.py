@@ -15,20 +15,39 @@ ID_PATTERNS = [*IDS, f"spiffe://{TD}/ns/a/*", "*/sa/x", "*"]
 CIDRS = ["127.0.1.0/28", "127.0.1.4/32", "127.0.2.0/24", "10.0.0.0/8"]
 SOURCE_IPS = ["127.0.1.1", "127.0.1.4", "127.0.1.20", "127.0.2.9"]
 PATHS = ["/api/*", "/health", "*.js", "/admin/*", "/api/{*}", "/admin/{**}", "/{*}/x/{**}"]
-REQUEST_PATHS = ["/api/items", "/health", "/static/app.js", "/admin/x", "/", "/api//x/../y",
-                 "/health?probe=1", "/%61dmin/x", "/api/a/b", "/a/x/", "/admin/a=b/c"]  # fmt: skip
+REQUEST_PATHS = [
+    "/api/items",
+    "/health",
+    "/static/app.js",
+    "/admin/x",
+    "/",
+    "/api//x/../y",
+    "/health?probe=1",
+    "/%61dmin/x",
+    "/api/a/b",
+    "/a/x/",
+    "/admin/a=b/c",
+]
 DESTINATION = "a/x-1"
 ISSUER = "https://idp.diff.test"
 GROUPS = ["admin", "dev", "ops"]
 SUBJECTS = ["alice", "bob"]
 
 
-def mesh_documents(rng: random.Random, destination_address: str, target_port: int,
-                   jwks: str) -> list[dict[str, Any]]:  # fmt: skip
-    docs: list[dict[str, Any]] = [{
-        "kind": "Mesh", "metadata": {"name": "m"},
-        "spec": {"trustDomain": TD, "mtls": rng.choice(["STRICT", "PERMISSIVE"]),
-                 "defaultPolicy": rng.choice(["allow", "deny"])}}]  # fmt: skip
+def mesh_documents(
+    rng: random.Random, destination_address: str, target_port: int, jwks: str
+) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = [
+        {
+            "kind": "Mesh",
+            "metadata": {"name": "m"},
+            "spec": {
+                "trustDomain": TD,
+                "mtls": rng.choice(["STRICT", "PERMISSIVE"]),
+                "defaultPolicy": rng.choice(["allow", "deny"]),
+            },
+        }
+    ]
     n = 0
     for ns in NAMESPACES:
         for app in APPS:
@@ -36,19 +55,37 @@ def mesh_documents(rng: random.Random, destination_address: str, target_port: in
                 n += 1
                 ref = f"{ns}/{app}-{i}"
                 address = destination_address if ref == DESTINATION else f"127.0.3.{n}"
-                docs.append({
-                    "kind": "Workload",
-                    "metadata": {"name": f"{app}-{i}", "namespace": ns, "labels": {"app": app}},
-                    "spec": {"serviceAccount": app, "addresses": [address],
-                             "ports": [{"port": 8080, "targetPort": target_port,
-                                        "protocol": "http"}]}})  # fmt: skip
-    docs.append({"kind": "JwtIssuer", "metadata": {"name": "idp", "namespace": "meshwarden-system"},
-                 "spec": {"issuer": ISSUER, "jwks": jwks}})  # fmt: skip
+                docs.append(
+                    {
+                        "kind": "Workload",
+                        "metadata": {"name": f"{app}-{i}", "namespace": ns, "labels": {"app": app}},
+                        "spec": {
+                            "serviceAccount": app,
+                            "addresses": [address],
+                            "ports": [
+                                {"port": 8080, "targetPort": target_port, "protocol": "http"}
+                            ],
+                        },
+                    }
+                )
+    docs.append(
+        {
+            "kind": "JwtIssuer",
+            "metadata": {"name": "idp", "namespace": "meshwarden-system"},
+            "spec": {"issuer": ISSUER, "jwks": jwks},
+        }
+    )
     for i in range(rng.randint(1, 6)):
-        docs.append({"kind": "AuthorizationPolicy",
-                     "metadata": {"name": f"p{i}", "namespace": rng.choice(
-                         [*NAMESPACES, "meshwarden-system"])},
-                     "spec": _policy(rng)})  # fmt: skip
+        docs.append(
+            {
+                "kind": "AuthorizationPolicy",
+                "metadata": {
+                    "name": f"p{i}",
+                    "namespace": rng.choice([*NAMESPACES, "meshwarden-system"]),
+                },
+                "spec": _policy(rng),
+            }
+        )
     for doc in docs:
         doc["apiVersion"] = "meshwarden.io/v1alpha1"
     docs[0]["spec"].update(_monitor_mode(docs))
@@ -83,11 +120,15 @@ def _monitor_mode(docs: list[dict[str, Any]]) -> dict[str, Any]:
     so the requests drawn after the mesh stay what they were before monitor mode existed."""
     draw = zlib.crc32(json.dumps(docs, sort_keys=True).encode()) % 12
     namespace = DESTINATION.split("/")[0]
-    return [
-        {"defaultMode": "dry-run"},
-        {"namespaces": {namespace: {"defaultMode": "dry-run"}}},
-        {"defaultMode": "dry-run", "namespaces": {namespace: {"defaultMode": "enforce"}}},
-    ][draw] if draw < 3 else {}  # fmt: skip
+    return (
+        [
+            {"defaultMode": "dry-run"},
+            {"namespaces": {namespace: {"defaultMode": "dry-run"}}},
+            {"defaultMode": "dry-run", "namespaces": {namespace: {"defaultMode": "enforce"}}},
+        ][draw]
+        if draw < 3
+        else {}
+    )
 
 
 def _some(rng: random.Random, values: list[str]) -> list[str]:
@@ -132,15 +173,17 @@ def _operation(rng: random.Random) -> dict[str, Any]:
 
 
 def _condition(rng: random.Random) -> dict[str, Any]:
-    return rng.choice([
-        {"key": "request.headers[x-tenant]", "values": _some(rng, ["acme", "beta-*"])},
-        {"key": "request.headers[x-tenant]", "notValues": ["blocked"]},
-        {"key": "source.ip", "values": _some(rng, CIDRS)},
-        {"key": "source.namespace", "values": _some(rng, NAMESPACES)},
-        {"key": "request.method", "values": ["GET"]},
-        {"key": "request.jwt.claims[groups]", "values": _some(rng, GROUPS)},
-        {"key": "request.jwt.claims[realm.role]", "notValues": ["ops"]},
-    ])  # fmt: skip
+    return rng.choice(
+        [
+            {"key": "request.headers[x-tenant]", "values": _some(rng, ["acme", "beta-*"])},
+            {"key": "request.headers[x-tenant]", "notValues": ["blocked"]},
+            {"key": "source.ip", "values": _some(rng, CIDRS)},
+            {"key": "source.namespace", "values": _some(rng, NAMESPACES)},
+            {"key": "request.method", "values": ["GET"]},
+            {"key": "request.jwt.claims[groups]", "values": _some(rng, GROUPS)},
+            {"key": "request.jwt.claims[realm.role]", "notValues": ["ops"]},
+        ]
+    )
 
 
 def _policy(rng: random.Random) -> dict[str, Any]:
@@ -154,8 +197,10 @@ def _policy(rng: random.Random) -> dict[str, Any]:
         if rng.random() < 0.3:
             rule["when"] = [_condition(rng)]
         rules.append(rule)
-    spec: dict[str, Any] = {"action": rng.choice(["ALLOW", "ALLOW", "DENY", "AUDIT"]),
-                            "rules": rules}  # fmt: skip
+    spec: dict[str, Any] = {
+        "action": rng.choice(["ALLOW", "ALLOW", "DENY", "AUDIT"]),
+        "rules": rules,
+    }
     if rng.random() < 0.6:
         spec["selector"] = {"matchLabels": {"app": rng.choice(APPS)}}
     if rng.random() < 0.15:

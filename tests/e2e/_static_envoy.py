@@ -57,8 +57,16 @@ def static_envoy(folder: Path, listeners: list[Any], clusters: list[Any]) -> Ite
     }
     (folder / "envoy.json").write_text(json.dumps(config))
     log = (folder / "envoy.log").open("w")
-    argv = [envoy_binary(), "-c", str(folder / "envoy.json"), "--concurrency", "1",
-            "--use-dynamic-base-id", "--log-level", "warning"]  # fmt: skip
+    argv = [
+        envoy_binary(),
+        "-c",
+        str(folder / "envoy.json"),
+        "--concurrency",
+        "1",
+        "--use-dynamic-base-id",
+        "--log-level",
+        "warning",
+    ]
     envoy = subprocess.Popen(argv, stdout=log, stderr=log)
     try:
         wait_ready(admin, envoy, folder / "envoy.log")

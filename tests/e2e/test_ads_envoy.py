@@ -114,9 +114,14 @@ def _dynamic(proxy: RunningEnvoy, resource: str) -> list[dict[str, Any]]:
 @MODES
 @FRONTS
 def test_envoy_serves_the_snapshot_and_applies_pushed_changes(
-    envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, delta: bool, web: WebConfig,
+    envoy: StartEnvoy,
+    ads: AdsServer,
+    pki: Pki,
+    tmp_path: Path,
+    delta: bool,
+    web: WebConfig,
     upstreams: tuple[int, int],
-) -> None:  # fmt: skip
+) -> None:
     proxy = _connect(envoy, ads, pki, tmp_path, delta, web)
     _eventually_get(web, "/direct", "v1")
     assert _get(web, "/") == "backend one"
@@ -195,8 +200,12 @@ def test_a_nack_is_a_control_plane_span_with_envoys_error(
         assert nack.attributes["xds.version"] == bad.version(LISTENER)
         assert "65535" in nack.attributes["xds.error_detail"]  # Envoy's own words
         assert nack.status_code == 2  # STATUS_CODE_ERROR
-        pushes = [s for s in receiver.spans if s.name == "meshwarden.xds.push"
-                  and s.attributes["xds.version"] == bad.version(LISTENER)]  # fmt: skip
+        pushes = [
+            s
+            for s in receiver.spans
+            if s.name == "meshwarden.xds.push"
+            and s.attributes["xds.version"] == bad.version(LISTENER)
+        ]
         assert pushes and pushes[0].attributes["xds.nonce"]
 
 
@@ -287,9 +296,13 @@ def test_a_client_whose_certificate_is_not_its_node_id_is_refused(ads: AdsServer
 
 @FRONTS
 def test_an_envoy_proving_another_identity_gets_no_configuration(
-    envoy: StartEnvoy, ads: AdsServer, pki: Pki, tmp_path: Path, web: WebConfig,
+    envoy: StartEnvoy,
+    ads: AdsServer,
+    pki: Pki,
+    tmp_path: Path,
+    web: WebConfig,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     caplog.set_level(logging.WARNING, logger="meshwarden.xds")
     ads.publish(web_snapshot(web))
     files = write_envoy_credentials(tmp_path, pki, "spiffe://example.org/ns/shop/sa/other")

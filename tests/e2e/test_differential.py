@@ -55,8 +55,7 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
     bundle.write_bytes(ca.bundle().x509_pem())
     chain, key = write_svid(ca, f"spiffe://{TD}/ns/a/sa/x", folder)
     clients = {spiffe_id: write_svid(ca, spiffe_id, folder) for spiffe_id in IDS}
-    ctx = TranslationContext(static_tls=StaticTls(chain, key, str(bundle), TD),
-                             inline_routes=True)  # fmt: skip
+    ctx = TranslationContext(static_tls=StaticTls(chain, key, str(bundle), TD), inline_routes=True)
     idp = DemoIdp(ISSUER)
     sets, listeners, clusters = [], [], {}
     for i in range(SETS):
@@ -73,8 +72,9 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
         yield sets, clients, idp
 
 
-def _send(address: str, req: dict[str, Any], clients: dict[str, tuple[str, str]],
-          idp: DemoIdp) -> int | str:  # fmt: skip
+def _send(
+    address: str, req: dict[str, Any], clients: dict[str, tuple[str, str]], idp: DemoIdp
+) -> int | str:
     headers = {"x-tenant": req["tenant"]} if req["tenant"] else {}
     if req["claims"]:
         token = idp.token({**req["claims"], "exp": int(time.time()) + 600})
@@ -103,11 +103,19 @@ def test_envoy_and_the_evaluator_agree_on_every_verdict(mesh_under_test: Any) ->
     disagreements, cases, allowed = [], 0, 0
     for i, (address, compiled, requests) in enumerate(sets):
         for req in requests:
-            decision = decide(compiled.plan(DESTINATION), Request.build(
-                DESTINATION, 8080, identity=req["identity"], source_ip=req["source_ip"],
-                method=req["method"], path=req["path"],
-                headers={"x-tenant": req["tenant"]} if req["tenant"] else None,
-                jwt_claims=req["claims"]))  # fmt: skip
+            decision = decide(
+                compiled.plan(DESTINATION),
+                Request.build(
+                    DESTINATION,
+                    8080,
+                    identity=req["identity"],
+                    source_ip=req["source_ip"],
+                    method=req["method"],
+                    path=req["path"],
+                    headers={"x-tenant": req["tenant"]} if req["tenant"] else None,
+                    jwt_claims=req["claims"],
+                ),
+            )
             got = _send(address, req, clients, idp)
             cases += 1
             allowed += decision.allowed
@@ -115,7 +123,9 @@ def test_envoy_and_the_evaluator_agree_on_every_verdict(mesh_under_test: Any) ->
                 engine = f"{decision.verdict} ({decision.policy}#{decision.rule})"
                 disagreements.append(f"set {i} {req}: engine {engine}, Envoy {got}")
     assert cases >= SETS * REQUESTS_PER_SET >= 300
-    print(f"\ndifferential: {cases} cases, {allowed} allowed, {cases - allowed} denied, "
-          f"{len(disagreements)} disagreements")  # fmt: skip
+    print(
+        f"\ndifferential: {cases} cases, {allowed} allowed, {cases - allowed} denied, "
+        f"{len(disagreements)} disagreements"
+    )
     assert 0 < allowed < cases, "the random cases must contain both verdicts"
     assert not disagreements, f"{len(disagreements)}/{cases} differ:\n" + "\n".join(disagreements)

@@ -115,8 +115,11 @@ def mesh_documents(rng: random.Random, local_port: int) -> list[dict[str, Any]]:
     mesh = {"trustDomain": TD, "defaultEgressPolicy": rng.choice(["allow", "deny"])}
     docs = [mesh_document(mesh), service("shop/db", "db", [{"port": PORT, "protocol": "tcp"}])]
     for i, (name, (tier, account)) in enumerate(MEMBERS.items()):
-        spec = {"serviceAccount": account, "addresses": [_address(i)],
-                "ports": [{"port": PORT, "protocol": "tcp"}]}  # fmt: skip
+        spec = {
+            "serviceAccount": account,
+            "addresses": [_address(i)],
+            "ports": [{"port": PORT, "protocol": "tcp"}],
+        }
         doc = workload(f"shop/{name}", "db", spec)
         doc["metadata"]["labels"]["tier"] = tier
         docs.append(doc)
@@ -192,9 +195,8 @@ def test_envoy_reaches_exactly_the_destinations_egress_allows(egress_sets: list[
     disagreements, open_sets = [], 0
     for i, (local_port, compiled) in enumerate(egress_sets):
         allowed = {
-            name for name in MEMBERS
-            if decide_path(compiled, SOURCE, f"shop/{name}", PORT).allowed
-        }  # fmt: skip
+            name for name in MEMBERS if decide_path(compiled, SOURCE, f"shop/{name}", PORT).allowed
+        }
         open_sets += bool(allowed)
         for _ in range(CONNECTIONS):
             got = _reached(local_port)

@@ -14,8 +14,18 @@ from meshwarden.cli import main
 from meshwarden.demo import otlp_receiver
 
 SHOP = str(Path(__file__).parents[2] / "examples" / "shop")
-REQUEST = ["explain", SHOP, "--to", "shop/backend-1", "--port", "8080",
-           "--from-workload", "shop/frontend-1", "--path", "/api/items"]  # fmt: skip
+REQUEST = [
+    "explain",
+    SHOP,
+    "--to",
+    "shop/backend-1",
+    "--port",
+    "8080",
+    "--from-workload",
+    "shop/frontend-1",
+    "--path",
+    "/api/items",
+]
 
 
 def _run(argv: list[str]) -> tuple[int, str, str]:
@@ -27,8 +37,9 @@ def _run(argv: list[str]) -> tuple[int, str, str]:
 
 def test_the_explanation_is_a_span_tree_with_one_child_per_policy() -> None:
     with otlp_receiver() as receiver:
-        code, out, err = _run([*REQUEST, "-o", "json", "--trace",
-                               "--otlp-endpoint", receiver.endpoint])  # fmt: skip
+        code, out, err = _run(
+            [*REQUEST, "-o", "json", "--trace", "--otlp-endpoint", receiver.endpoint]
+        )
         spans = list(receiver.spans)
     assert code == 0
     explained = json.loads(out)  # stdout stays the plain JSON explanation

@@ -44,6 +44,8 @@ from .test_differential import REQUESTS_PER_SET, SETS, _send
 AUTHZ_CLUSTER = "ext-authz-test"
 SET_HEADER = "x-differential-set"  # test only: which random mesh a listener belongs to
 
+FILE_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
 
 def _ext_authz_configs(listener: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for chain in listener["filterChains"]:
@@ -62,9 +64,16 @@ def _log_decisions(listener: dict[str, Any], path: Path) -> None:
     """A file access log of the status and the ext_authz namespace of every request."""
     fmt = {"code": "%RESPONSE_CODE%", "authz": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%"}
     for hcm in _hcms(listener):
-        hcm["accessLog"] = [{"name": "envoy.access_loggers.file", "typedConfig": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": str(path), "logFormat": {"jsonFormat": fmt}}}]  # fmt: skip
+        hcm["accessLog"] = [
+            {
+                "name": "envoy.access_loggers.file",
+                "typedConfig": {
+                    "@type": FILE_ACCESS_LOG,
+                    "path": str(path),
+                    "logFormat": {"jsonFormat": fmt},
+                },
+            }
+        ]
 
 
 def _set_resolver(meshes: list[CompiledMesh]) -> Any:
@@ -120,9 +129,21 @@ def ext_authz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         (folder / "envoy.json").write_text(json.dumps(config))
         log = (folder / "envoy.log").open("w")
         envoy = subprocess.Popen(
-            [envoy_binary(), "-c", str(folder / "envoy.json"), "--concurrency", "1",
-             "--use-dynamic-base-id", "--log-level", "warning", "--file-flush-interval-msec",
-             "100"], stdout=log, stderr=log)  # fmt: skip
+            [
+                envoy_binary(),
+                "-c",
+                str(folder / "envoy.json"),
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warning",
+                "--file-flush-interval-msec",
+                "100",
+            ],
+            stdout=log,
+            stderr=log,
+        )
         try:
             _wait_ready(admin, envoy, folder / "envoy.log")
             yield sets, clients, idp, authorization, folder
@@ -150,11 +171,19 @@ def test_ext_authz_mode_enforces_the_evaluators_verdict_on_every_differential_ca
         expected_log = []
         for req in requests:
             plan = compiled.plan(DESTINATION)
-            decision = decide(plan, Request.build(
-                DESTINATION, 8080, identity=req["identity"], source_ip=req["source_ip"],
-                method=req["method"], path=req["path"],
-                headers={"x-tenant": req["tenant"]} if req["tenant"] else None,
-                jwt_claims=req["claims"]))  # fmt: skip
+            decision = decide(
+                plan,
+                Request.build(
+                    DESTINATION,
+                    8080,
+                    identity=req["identity"],
+                    source_ip=req["source_ip"],
+                    method=req["method"],
+                    path=req["path"],
+                    headers={"x-tenant": req["tenant"]} if req["tenant"] else None,
+                    jwt_claims=req["claims"],
+                ),
+            )
             got = _send(address, req, clients, idp)
             cases += 1
             allowed += decision.allowed
@@ -172,9 +201,11 @@ def test_ext_authz_mode_enforces_the_evaluators_verdict_on_every_differential_ca
                 continue
             assert Verdict.from_metadata(entry["authz"]) == verdict, (entry, req)
             checked_metadata += 1
-    print(f"\next_authz differential: {cases} cases, {allowed} allowed, {cases - allowed} "
-          f"denied, {authorization.checks} Check calls, {len(disagreements)} "
-          "disagreements")  # fmt: skip
+    print(
+        f"\next_authz differential: {cases} cases, {allowed} allowed, {cases - allowed} "
+        f"denied, {authorization.checks} Check calls, {len(disagreements)} "
+        "disagreements"
+    )
     assert cases == SETS * REQUESTS_PER_SET >= 300
     assert 0 < allowed < cases, "the random cases must contain both verdicts"
     assert checked_metadata > cases // 2

@@ -36,20 +36,40 @@ AUTHZ_CLUSTER = "ext-authz-test"
 PING = b"ping, sidecar"
 
 
-def _documents(address: str, http_port: int, echo_port: int, fail_open: bool
-               ) -> list[dict[str, Any]]:  # fmt: skip
+def _documents(
+    address: str, http_port: int, echo_port: int, fail_open: bool
+) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = [
-        {"kind": "Mesh", "metadata": {"name": "m"},
-         "spec": {"trustDomain": TD, "mtls": "PERMISSIVE", "enforcement": "ext-authz",
-                  "extAuthz": {"failOpen": fail_open, "timeout": "500ms"}}},
-        {"kind": "Workload", "metadata": {"name": "w", "namespace": "a", "labels": {"app": "w"}},
-         "spec": {"addresses": [address], "ports": [
-             {"port": 8080, "targetPort": http_port, "protocol": "http"},
-             {"port": 9000, "targetPort": echo_port, "protocol": "tcp"}]}},
-        {"kind": "AuthorizationPolicy", "metadata": {"name": "local-only", "namespace": "a"},
-         "spec": {"selector": {"matchLabels": {"app": "w"}},
-                  "rules": [{"from": [{"ipBlocks": [f"{ALLOWED_SOURCE}/32"]}]}]}},
-    ]  # fmt: skip
+        {
+            "kind": "Mesh",
+            "metadata": {"name": "m"},
+            "spec": {
+                "trustDomain": TD,
+                "mtls": "PERMISSIVE",
+                "enforcement": "ext-authz",
+                "extAuthz": {"failOpen": fail_open, "timeout": "500ms"},
+            },
+        },
+        {
+            "kind": "Workload",
+            "metadata": {"name": "w", "namespace": "a", "labels": {"app": "w"}},
+            "spec": {
+                "addresses": [address],
+                "ports": [
+                    {"port": 8080, "targetPort": http_port, "protocol": "http"},
+                    {"port": 9000, "targetPort": echo_port, "protocol": "tcp"},
+                ],
+            },
+        },
+        {
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "local-only", "namespace": "a"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "w"}},
+                "rules": [{"from": [{"ipBlocks": [f"{ALLOWED_SOURCE}/32"]}]}],
+            },
+        },
+    ]
     for doc in docs:
         doc["apiVersion"] = "meshwarden.io/v1alpha1"
     return docs
@@ -75,14 +95,19 @@ Sidecar = Callable[[bool, int], tuple[str, CompiledMesh]]
 
 
 @pytest.fixture
-def sidecar(envoy: Callable[[dict[str, Any]], RunningEnvoy], loopback: str,
-            apps: tuple[int, int], tls: StaticTls) -> Sidecar:  # fmt: skip
+def sidecar(
+    envoy: Callable[[dict[str, Any]], RunningEnvoy],
+    loopback: str,
+    apps: tuple[int, int],
+    tls: StaticTls,
+) -> Sidecar:
     """(fail_open, engine port) → a running ext-authz sidecar's address and its mesh."""
 
     def start(fail_open: bool, engine_port: int) -> tuple[str, CompiledMesh]:
         compiled = _compile(_documents(loopback, *apps, fail_open))
-        ctx = TranslationContext(static_tls=tls, inline_routes=True,
-                                 ext_authz_cluster=AUTHZ_CLUSTER)  # fmt: skip
+        ctx = TranslationContext(
+            static_tls=tls, inline_routes=True, ext_authz_cluster=AUTHZ_CLUSTER
+        )
         resources = workload_resources(compiled, WORKLOAD, ctx)
         clusters = [*resources[CLUSTER], loopback_cluster(AUTHZ_CLUSTER, engine_port)]
         envoy({"staticResources": {"listeners": resources[LISTENER], "clusters": clusters}})

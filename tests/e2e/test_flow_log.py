@@ -84,8 +84,12 @@ BACKEND = "shop/backend-1"
 class FlowMesh:
     def __init__(self, root: Path, net: str) -> None:
         self.net = net
-        self.values = {"net": net, "front_http": free_port(), "front_tcp": free_port(),
-                       "app_port": free_port()}  # fmt: skip
+        self.values = {
+            "net": net,
+            "front_http": free_port(),
+            "front_tcp": free_port(),
+            "app_port": free_port(),
+        }
         policies = root / "policies"
         policies.mkdir()
         ports = {k: v for k, v in self.values.items() if k != "net"}
@@ -119,8 +123,10 @@ class FlowMesh:
     def flows(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "meshwarden", "flows", "--server", self.server, *args],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def flows_json(self, *args: str) -> list[dict[str, Any]]:
         result = self.flows(*args, "-o", "json")
@@ -152,27 +158,84 @@ def _wait_for_count(mesh: FlowMesh, count: int, timeout: float = 15) -> list[dic
 
 def _cause(flow: dict[str, Any]) -> tuple[Any, ...]:
     dry = flow["dryRun"]
-    return (flow["source"], flow["workload"], flow["port"], flow["method"], flow["path"],
-            flow["status"], flow["decision"], flow["policy"], flow["rule"],
-            (dry["decision"], dry["policy"]) if dry else None)  # fmt: skip
+    return (
+        flow["source"],
+        flow["workload"],
+        flow["port"],
+        flow["method"],
+        flow["path"],
+        flow["status"],
+        flow["decision"],
+        flow["policy"],
+        flow["rule"],
+        (dry["decision"], dry["policy"]) if dry else None,
+    )
 
 
 def test_flows_return_exactly_the_requests_sent_with_their_causes(mesh: FlowMesh) -> None:
     ip9 = f"{mesh.net}.9"
     sent = [
-        (mesh.traced("GET", "/api/items"),
-         (FRONTEND, BACKEND, 8080, "GET", "/api/items", 200, "allow", "shop/backend-access", 0,
-          ("deny", "shop/try-lockdown"))),
-        (mesh.traced("GET", "/api/secret"),
-         (FRONTEND, BACKEND, 8080, "GET", "/api/secret", 403, "deny", "shop/no-secrets", 0,
-          ("allow", "default:allow"))),
-        (mesh.traced("POST", "/api/items"),
-         (FRONTEND, BACKEND, 8080, "POST", "/api/items", 403, "deny", "default:deny", None,
-          ("deny", "shop/try-lockdown"))),
-        (mesh.traced("GET", "/public", source=ip9),
-         (ip9, BACKEND, 8080, "GET", "/public", 200, "allow", "shop/backend-access", 1,
-          ("allow", "default:allow"))),
-    ]  # fmt: skip
+        (
+            mesh.traced("GET", "/api/items"),
+            (
+                FRONTEND,
+                BACKEND,
+                8080,
+                "GET",
+                "/api/items",
+                200,
+                "allow",
+                "shop/backend-access",
+                0,
+                ("deny", "shop/try-lockdown"),
+            ),
+        ),
+        (
+            mesh.traced("GET", "/api/secret"),
+            (
+                FRONTEND,
+                BACKEND,
+                8080,
+                "GET",
+                "/api/secret",
+                403,
+                "deny",
+                "shop/no-secrets",
+                0,
+                ("allow", "default:allow"),
+            ),
+        ),
+        (
+            mesh.traced("POST", "/api/items"),
+            (
+                FRONTEND,
+                BACKEND,
+                8080,
+                "POST",
+                "/api/items",
+                403,
+                "deny",
+                "default:deny",
+                None,
+                ("deny", "shop/try-lockdown"),
+            ),
+        ),
+        (
+            mesh.traced("GET", "/public", source=ip9),
+            (
+                ip9,
+                BACKEND,
+                8080,
+                "GET",
+                "/public",
+                200,
+                "allow",
+                "shop/backend-access",
+                1,
+                ("allow", "default:allow"),
+            ),
+        ),
+    ]
     assert [status for (status, _), _ in sent] == [200, 403, 403, 200]
     flows = _wait_for_count(mesh, len(sent))
     by_trace = {flow["traceId"]: flow for flow in flows}
@@ -187,8 +250,10 @@ def test_tcp_connections_name_the_policy_that_allowed_or_refused_them(mesh: Flow
     assert mesh.tcp("127.0.0.1", mesh.values["front_tcp"]).startswith(b"HTTP/1.")
     assert mesh.tcp(f"{mesh.net}.3", 9000, source=f"{mesh.net}.10") == b""  # no rule: refused
     flows = _wait_for_count(mesh, before + 2)[before:]
-    causes = sorted((f["source"], f["protocol"], f["port"], f["decision"], f["policy"], f["rule"])
-                    for f in flows)  # fmt: skip
+    causes = sorted(
+        (f["source"], f["protocol"], f["port"], f["decision"], f["policy"], f["rule"])
+        for f in flows
+    )
     assert causes == [
         (f"{mesh.net}.10", "tcp", 9000, "deny", "default:deny", None),
         (FRONTEND, "tcp", 9000, "allow", "shop/backend-access", 2),
@@ -211,16 +276,34 @@ def test_flows_filter_by_denied_workload_and_age_and_print_a_table(mesh: FlowMes
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()
     assert header.split()[:3] == ["TIME", "SOURCE", "DESTINATION"]
-    for cell in (FRONTEND, f"{BACKEND}:8080", "GET /api/secret", "403", "deny",
-                 "shop/no-secrets#0", trace_id):  # fmt: skip
+    for cell in (
+        FRONTEND,
+        f"{BACKEND}:8080",
+        "GET /api/secret",
+        "403",
+        "deny",
+        "shop/no-secrets#0",
+        trace_id,
+    ):
         assert cell in row
     bad = mesh.flows("--since", "soon")
     assert bad.returncode == 2 and "--since 'soon'" in bad.stderr
 
 
 def test_follow_prints_new_records_as_they_arrive(mesh: FlowMesh) -> None:
-    command = [sys.executable, "-m", "meshwarden", "flows", "--server", mesh.server, "--follow",
-               "--since", "0", "-o", "json"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "meshwarden",
+        "flows",
+        "--server",
+        mesh.server,
+        "--follow",
+        "--since",
+        "0",
+        "-o",
+        "json",
+    ]
     follower = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert follower.stdout is not None

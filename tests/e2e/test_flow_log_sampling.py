@@ -39,4 +39,6 @@ def test_with_no_allowed_sampling_only_the_denials_are_logged(sampled: FlowMesh)
     flows = sampled.flows_json()
     assert sorted(f["traceId"] for f in flows) == sorted(trace for _, trace in denied)
     assert {(f["policy"], f["decision"]) for f in flows} == {
-        ("shop/no-secrets", "deny"), ("default:deny", "deny")}  # fmt: skip
+        ("shop/no-secrets", "deny"),
+        ("default:deny", "deny"),
+    }

@@ -85,9 +85,12 @@ class HostileMesh:
     def decisions(self) -> dict[str, Any]:
         """What the sidecars answer: the allowed path, a denied one, default deny, plaintext."""
         plain = self.plaintext()
-        return {"allowed": self.frontend("/api/items"), "denied": self.frontend("/api/secret"),
-                "default": self.frontend("/other"),
-                "plaintext": "refused" if isinstance(plain, str) else plain}  # fmt: skip
+        return {
+            "allowed": self.frontend("/api/items"),
+            "denied": self.frontend("/api/secret"),
+            "default": self.frontend("/other"),
+            "plaintext": "refused" if isinstance(plain, str) else plain,
+        }
 
     def alive(self) -> bool:
         return self.up.process is not None and self.up.process.poll() is None
@@ -168,8 +171,10 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set() and len(self.seen) < 2000:
             plain = self.mesh.plaintext()
-            answers = {"secret": self.mesh.frontend("/api/secret"),
-                       "default": self.mesh.frontend("/other")}  # fmt: skip
+            answers = {
+                "secret": self.mesh.frontend("/api/secret"),
+                "default": self.mesh.frontend("/other"),
+            }
             answers["plaintext"] = "refused" if isinstance(plain, str) else plain
             self.seen.append(answers)
 
@@ -226,8 +231,18 @@ def test_every_crash_trigger_leaves_a_server_serving(tmp_path: Path) -> None:
     policies.mkdir()
     (policies / "mesh.yaml").write_text(MESH)
     write(policies / "workloads.yaml", shop_pair("127.0.0", free_port(), free_port()))
-    command = [sys.executable, "-m", "meshwarden", "server", "--policies", str(policies),
-               "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "meshwarden",
+        "server",
+        "--policies",
+        str(policies),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--listen",
+        "127.0.0.1:0",
+    ]
     log = tmp_path / "server.log"
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
     try:

@@ -218,7 +218,8 @@ def test_observe_recommend_promote_enforce_and_verify(rollout: Rollout, tmp_path
 
     for line in LOAD:  # every observed flow is still allowed, now enforced
         assert mesh.call("front", line) == 200, line
-    assert mesh.db_connection_held()
+    # held open once the backend's sidecar reaches the database (a denial closes it every time)
+    assert wait_for(mesh.db_connection_held, True, timeout=20)
     assert mesh.call("front", "GET /api/items/77") == 200  # the generalised sibling prefix
     assert mesh.call("front", "DELETE /api/cart") == 403  # a method never observed
     assert mesh.call("ops", "GET /api/catalogue") == 403  # a caller never observed

@@ -299,9 +299,23 @@ def _up_with_an_unbindable_address(host: Host, folder: Path) -> str:
             document("Workload", "t/pinned-1", pinned),
         ],
     )
-    command = ["ip", "netns", "exec", host.name, sys.executable, "-m", "meshwarden", "up",
-               str(policies), "--data-dir", str(folder / "data"), "--ready-timeout", "6s",
-               "--health", "127.0.0.1:0"]  # fmt: skip
+    command = [
+        "ip",
+        "netns",
+        "exec",
+        host.name,
+        sys.executable,
+        "-m",
+        "meshwarden",
+        "up",
+        str(policies),
+        "--data-dir",
+        str(folder / "data"),
+        "--ready-timeout",
+        "6s",
+        "--health",
+        "127.0.0.1:0",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert not list((folder / "data" / "sidecars").glob("*.pid.json"))  # stopped on the way out

@@ -72,9 +72,13 @@ def _sidecar(envoy: StartEnvoy, ads: AdsServer, sds_socket: Path) -> RunningEnvo
 
 @pytest.mark.parametrize("impostor", [None, WEB_ID, "spiffe://example.org/ns/ops/sa/tool"])
 def test_a_sidecar_accepts_only_the_exact_server_id(
-    envoy: StartEnvoy, loop: LoopThread, pki: Pki, sds_socket: Path, tmp_path: Path,
+    envoy: StartEnvoy,
+    loop: LoopThread,
+    pki: Pki,
+    sds_socket: Path,
+    tmp_path: Path,
     impostor: str | None,
-) -> None:  # fmt: skip
+) -> None:
     ads = AdsServer(loop, pki, tmp_path, impostor=impostor)
     try:
         proxy = _sidecar(envoy, ads, sds_socket)

@@ -61,9 +61,19 @@ def up_with_a_nack(loopback: str) -> Iterator[Up]:
     (folder / "policies").mkdir()
     (folder / "policies" / "mesh.yaml").write_text(MESH.replace("ADDRESS", loopback))
     health = f"127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "meshwarden", "up", str(folder / "policies"),
-               "--data-dir", str(folder / "data"), "--health", health,
-               "--ready-timeout", "120s"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "meshwarden",
+        "up",
+        str(folder / "policies"),
+        "--data-dir",
+        str(folder / "data"),
+        "--health",
+        health,
+        "--ready-timeout",
+        "120s",
+    ]
     up = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield Up(health, up, folder / "data")

@@ -107,8 +107,9 @@ class TracedMesh:
         status, trace_id, _ = self.exchange(method, path, token)
         return status, trace_id
 
-    def exchange(self, method: str, path: str, token: str | None = None
-                 ) -> tuple[int | str, str, str]:  # fmt: skip
+    def exchange(
+        self, method: str, path: str, token: str | None = None
+    ) -> tuple[int | str, str, str]:
         """(status, trace id, body: the traceparent the app received when allowed)."""
         trace_id = secrets.token_hex(16)
         headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
@@ -133,15 +134,24 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
     policies.mkdir()
     idp = DemoIdp(ISSUER)
     values: dict[str, Any] = {
-        "net": f"127.79.{os.getpid() % 250}", "front_out": free_port(),
-        "app_port": free_port(), "issuer": ISSUER, "jwks": idp.jwks(),
-        "metrics": free_port(), "health": free_port(),
-    }  # fmt: skip
+        "net": f"127.79.{os.getpid() % 250}",
+        "front_out": free_port(),
+        "app_port": free_port(),
+        "issuer": ISSUER,
+        "jwks": idp.jwks(),
+        "metrics": free_port(),
+        "health": free_port(),
+    }
     write(policies / "mesh.yaml", traced_documents(values))
     with otlp_receiver() as receiver, http_server(values["app_port"], _TraceEchoApp):
-        args = ("--otlp-endpoint", receiver.endpoint,
-                "--metrics", f"127.0.0.1:{values['metrics']}",
-                "--health", f"127.0.0.1:{values['health']}")  # fmt: skip
+        args = (
+            "--otlp-endpoint",
+            receiver.endpoint,
+            "--metrics",
+            f"127.0.0.1:{values['metrics']}",
+            "--health",
+            f"127.0.0.1:{values['health']}",
+        )
         up = MeshwardenUp(policies, root / "data", args)
         up.start()
         try:
@@ -216,9 +226,13 @@ def test_the_push_that_installed_the_rules_is_found_from_a_decision(traced: Trac
     version = traced.sidecar_span(trace_id).attributes["meshwarden.policy.version"]
 
     def pushes(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-        return [s for s in spans if s.name == "meshwarden.xds.push"
-                and s.attributes.get("meshwarden.node") == "shop/backend-1"
-                and s.attributes.get("meshwarden.policy.version") == version]  # fmt: skip
+        return [
+            s
+            for s in spans
+            if s.name == "meshwarden.xds.push"
+            and s.attributes.get("meshwarden.node") == "shop/backend-1"
+            and s.attributes.get("meshwarden.policy.version") == version
+        ]
 
     push = traced.receiver.wait_for(pushes)
     assert push, "no push span names the policy version the sidecar reported"
@@ -227,8 +241,11 @@ def test_the_push_that_installed_the_rules_is_found_from_a_decision(traced: Trac
     assert push[0].service == "meshwarden"
 
     def reload(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-        return [s for s in spans if s.name == "meshwarden.policies.reload"
-                and s.trace_id == push[0].trace_id]  # fmt: skip
+        return [
+            s
+            for s in spans
+            if s.name == "meshwarden.policies.reload" and s.trace_id == push[0].trace_id
+        ]
 
     loads = traced.receiver.wait_for(reload)
     assert loads and loads[0].attributes["meshwarden.policy.version"]
@@ -237,9 +254,13 @@ def test_the_push_that_installed_the_rules_is_found_from_a_decision(traced: Trac
     pushed = push[0].attributes["xds.version"]
 
     def acks(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-        return [s for s in spans if s.name == "meshwarden.xds.ack"
-                and s.attributes.get("meshwarden.node") == "shop/backend-1"
-                and s.attributes.get("xds.version") == pushed]  # fmt: skip
+        return [
+            s
+            for s in spans
+            if s.name == "meshwarden.xds.ack"
+            and s.attributes.get("meshwarden.node") == "shop/backend-1"
+            and s.attributes.get("xds.version") == pushed
+        ]
 
     assert traced.receiver.wait_for(acks), "the push was never ACKed in the trace"
 
@@ -251,10 +272,15 @@ def test_a_policy_change_is_traced_from_reload_to_push(traced: TracedMesh, tmp_p
     try:
 
         def new_reload(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-            return [s for s in spans if s.name == "meshwarden.policies.reload"
-                    and s.attributes.get("meshwarden.policy.workloads_affected", 0) > 0
-                    and any(p.parent_span_id == s.span_id and p.name == "meshwarden.xds.push"
-                            for p in spans)]  # fmt: skip
+            return [
+                s
+                for s in spans
+                if s.name == "meshwarden.policies.reload"
+                and s.attributes.get("meshwarden.policy.workloads_affected", 0) > 0
+                and any(
+                    p.parent_span_id == s.span_id and p.name == "meshwarden.xds.push" for p in spans
+                )
+            ]
 
         found = traced.receiver.wait_for(new_reload, count=2)
         assert len(found) >= 2  # the first load, and this change
@@ -281,8 +307,11 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def _sum(samples: dict[str, float], prefix: str, *labels: str) -> float:
-    return sum(v for k, v in samples.items()
-               if k.startswith(prefix) and all(label in k for label in labels))  # fmt: skip
+    return sum(
+        v
+        for k, v in samples.items()
+        if k.startswith(prefix) and all(label in k for label in labels)
+    )
 
 
 def test_metrics_are_served_for_prometheus(traced: TracedMesh) -> None:
@@ -301,9 +330,13 @@ def test_spans_and_the_flow_log_report_the_same_decisions(traced: TracedMesh) ->
     parsing access logs — must tell the same story for every kind of decision."""
     idp = traced.idp
     forged = idp.token(idp.claims(aud="backend"), forged=True)
-    calls = [traced.call("GET", "/api/items"), traced.call("GET", "/api/secret"),
-             traced.call("POST", "/api/items"), traced.call("GET", "/api/beta"),
-             traced.call("GET", "/api/items", forged)]  # fmt: skip
+    calls = [
+        traced.call("GET", "/api/items"),
+        traced.call("GET", "/api/secret"),
+        traced.call("POST", "/api/items"),
+        traced.call("GET", "/api/beta"),
+        traced.call("GET", "/api/items", forged),
+    ]
     assert f"health http://127.0.0.1:{traced.health_port}/healthz" in traced.up.ready_line
     url = f"http://127.0.0.1:{traced.health_port}/flows"
     wanted = {trace_id for _, trace_id in calls}
@@ -339,8 +372,12 @@ def test_spans_and_the_flow_log_report_the_same_decisions(traced: TracedMesh) ->
 
 def test_the_agent_traces_the_svids_it_signs(traced: TracedMesh) -> None:
     def signing(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-        return [s for s in spans if s.name == "meshwarden.agent.sign_svids"
-                and FRONTEND_ID in s.attributes.get("meshwarden.spiffe_ids", [])]  # fmt: skip
+        return [
+            s
+            for s in spans
+            if s.name == "meshwarden.agent.sign_svids"
+            and FRONTEND_ID in s.attributes.get("meshwarden.spiffe_ids", [])
+        ]
 
     spans = traced.receiver.wait_for(signing)
     assert spans, "no span for the SVIDs the agent fetched at start"
@@ -364,8 +401,11 @@ def test_a_flow_record_names_the_trace_envoy_started_for_a_caller_without_tracep
     assert len(flows) == 1 and flows[0]["traceId"]
 
     def sidecar(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-        return [s for s in spans if s.service == SIDECAR
-                and s.attributes.get("http.url", "").endswith(path)]  # fmt: skip
+        return [
+            s
+            for s in spans
+            if s.service == SIDECAR and s.attributes.get("http.url", "").endswith(path)
+        ]
 
     [span] = traced.receiver.wait_for(sidecar)
     assert flows[0]["traceId"] == span.trace_id

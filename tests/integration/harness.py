@@ -60,9 +60,13 @@ def run_as(uid: int, gid: int, code: str, env: dict[str, str] | None = None) -> 
     command = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
     command += [sys.executable, "-c", code]
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
         cwd="/",
-    )  # fmt: skip
+    )
     if result.returncode != 0:
         raise AssertionError(f"child failed ({result.returncode}): {result.stderr}")
     return result.stdout.strip()

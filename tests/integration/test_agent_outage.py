@@ -43,10 +43,13 @@ def test_the_agent_warns_before_its_svids_expire_and_renews_when_the_server_is_b
     first = _plane(tmp_path, clock, "127.0.0.1:0")
     address = loop.run(first.start())
     options = AgentOptions(
-        server=address, data_dir=tmp_path / "agent", socket=tmp_path / "agent.sock",
-        server_bundle=tmp_path / "server" / BUNDLE_FILE, health="127.0.0.1:0",
+        server=address,
+        data_dir=tmp_path / "agent",
+        socket=tmp_path / "agent.sock",
+        server_bundle=tmp_path / "server" / BUNDLE_FILE,
+        health="127.0.0.1:0",
         join_token=first.tokens.create("node-a"),
-    )  # fmt: skip
+    )
     agent = NodeAgent(options, clock)
     try:
         loop.run(agent.start())

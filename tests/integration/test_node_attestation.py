@@ -291,11 +291,29 @@ def test_a_broken_policy_edit_keeps_the_last_good_registry(plane: Plane, tmp_pat
 def test_intermediate_ca_under_an_upstream_root_serves_agents_end_to_end(tmp_path: Path) -> None:
     cert, key = tmp_path / "root.pem", tmp_path / "root.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "30",
-         "-subj", "/O=Corp/CN=Corp Root", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "30",
+            "-subj",
+            "/O=Corp/CN=Corp Root",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with running_plane(tmp_path, upstream_cert=cert, upstream_key=key) as plane:
         assert plane.roots == cert.read_bytes()
         agent = plane.agent(tmp_path / "agent", plane.token("node-a"))
@@ -307,9 +325,18 @@ def test_intermediate_ca_under_an_upstream_root_serves_agents_end_to_end(tmp_pat
         (tmp_path / "leaf.pem").write_bytes(chain[0].public_bytes(Encoding.PEM))
         (tmp_path / "mid.pem").write_bytes(chain[1].public_bytes(Encoding.PEM))
         verify = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-CAfile", str(cert), "-untrusted",
-             str(tmp_path / "mid.pem"), str(tmp_path / "leaf.pem")],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                "openssl",
+                "verify",
+                "-x509_strict",
+                "-CAfile",
+                str(cert),
+                "-untrusted",
+                str(tmp_path / "mid.pem"),
+                str(tmp_path / "leaf.pem"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
         plane.loop.run(agent.stop())

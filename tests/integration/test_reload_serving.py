@@ -37,8 +37,9 @@ def healthz(plane: ControlPlane) -> dict[str, Any]:
     return dict(json.loads(conn.getresponse().read()))
 
 
-def held(real: Callable[..., Any], started: threading.Event, release: threading.Event
-         ) -> Callable[..., Any]:  # fmt: skip
+def held(
+    real: Callable[..., Any], started: threading.Event, release: threading.Event
+) -> Callable[..., Any]:
     """`real` made to burn CPU first (holding the GIL as a real compile does, between the
     interpreter's switches) until released."""
 
@@ -90,7 +91,9 @@ def test_healthz_answers_while_a_reload_is_compiling(
         return registry is not None and "shop/late" in registry.workloads
 
     with change_held_in(tmp_path, monkeypatch, lambda plane: engine, "reload", applied) as (
-        plane, before):  # fmt: skip
+        plane,
+        before,
+    ):
         during = healthz(plane)  # the compile is held: this answer comes from the loop
         assert during["reload"]["state"] == "compiling"
         assert during["policyVersion"] == before and during["status"] == "ok"
@@ -103,8 +106,9 @@ def test_healthz_answers_while_snapshots_are_built(
     def served(plane: ControlPlane) -> bool:
         return "shop/late" in plane.xds.cache.nodes()
 
-    with change_held_in(tmp_path, monkeypatch, lambda plane: plane.xds.builder, "snapshot",
-                        served) as (plane, before):  # fmt: skip
+    with change_held_in(
+        tmp_path, monkeypatch, lambda plane: plane.xds.builder, "snapshot", served
+    ) as (plane, before):
         during = healthz(plane)  # compiled; its snapshots are held in the build
         assert during["policyVersion"] != before and during["status"] == "ok"
         assert not served(plane)

@@ -65,9 +65,12 @@ class SdsStream:
 
     def send(self, names: list[str], nonce: str = "", version: str = "", **extra: object) -> None:
         request = DiscoveryRequest(
-            resource_names=names, type_url=SECRET_TYPE, response_nonce=nonce,
-            version_info=version, **extra,
-        )  # fmt: skip
+            resource_names=names,
+            type_url=SECRET_TYPE,
+            response_nonce=nonce,
+            version_info=version,
+            **extra,
+        )
         self._requests.put(request)
 
     def receive(self) -> DiscoveryResponse:

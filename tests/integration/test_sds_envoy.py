@@ -71,8 +71,10 @@ def _listener(port: int) -> dict[str, object]:
 
 
 def _sds_cluster(sds_socket: Path) -> dict[str, object]:
-    h2 = {"@type": f"type.googleapis.com/{_HTTP_OPTIONS}", "explicit_http_config": {
-        "http2_protocol_options": {}}}  # fmt: skip
+    h2 = {
+        "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
     endpoint = {"endpoint": {"address": {"pipe": {"path": str(sds_socket)}}}}
     return {
         "name": "sds",
@@ -109,8 +111,9 @@ def envoy(workload_api: WorkloadApiFixture) -> Iterator[int]:
     assert ENVOY is not None
     process = subprocess.Popen(
         [ENVOY, "-c", str(config), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"],
-        stdout=subprocess.DEVNULL, stderr=workload_api.socket.with_name("envoy.log").open("w"),
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=workload_api.socket.with_name("envoy.log").open("w"),
+    )
     try:
         yield port
     finally:

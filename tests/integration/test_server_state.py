@@ -17,8 +17,18 @@ def _server(tmp_path: Path, *extra: str) -> list[str]:
     (tmp_path / "policies").mkdir(exist_ok=True)
     (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
     policies, data = str(tmp_path / "policies"), str(tmp_path / "data")
-    return ["server", "--policies", policies, "--data-dir", data,
-            "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0", *extra]  # fmt: skip
+    return [
+        "server",
+        "--policies",
+        policies,
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--health",
+        "127.0.0.1:0",
+        *extra,
+    ]
 
 
 def _refused(tmp_path: Path, *extra: str) -> str:

@@ -55,8 +55,21 @@ class ThreeHosts:
         for host, address in ADDRESSES.items():
             ns, port = self.ns[host], f"{self.tag}{host[-1]}"
             self._netns(ns)
-            self.sh("ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name",
-                    port, "netns", self.switch)  # fmt: skip
+            self.sh(
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                self.switch,
+            )
             self.sh("ip", "link", "set", port, "master", "br0", "up", host=self.switch)
             self.sh("ip", "addr", "add", f"{address}/24", "dev", "eth0", host=host)
             self.sh("ip", "link", "set", "eth0", "up", host=host)
@@ -72,9 +85,12 @@ class ThreeHosts:
     def spawn(self, host: str, command: list[str], log: str) -> subprocess.Popen[bytes]:
         """Start `command` on `host`, stdout and stderr to root/LOG (read with `log`)."""
         out = (self.root / log).open("wb")
-        process = subprocess.Popen(["ip", "netns", "exec", self.ns[host], *command],
-                                   stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns[host], *command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes.append((process, out))
         return process
 

@@ -90,11 +90,29 @@ class Lab:
 
     def add_ipv6(self) -> None:
         """IPv6 on the host-client link (no duplicate address detection, so usable at once)."""
-        self.sh("ip", "-6", "addr", "add", f"{HOST6_IP}/64", "dev", f"{self.tag}a", "nodad",
-                ns=self.host)  # fmt: skip
+        self.sh(
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            f"{HOST6_IP}/64",
+            "dev",
+            f"{self.tag}a",
+            "nodad",
+            ns=self.host,
+        )
         for address in CLIENT6_IPS:
-            self.sh("ip", "-6", "addr", "add", f"{address}/64", "dev", f"{self.tag}b", "nodad",
-                    ns=self.client)  # fmt: skip
+            self.sh(
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                f"{address}/64",
+                "dev",
+                f"{self.tag}b",
+                "nodad",
+                ns=self.client,
+            )
 
     def add_docker_bridge(self, bridge: str) -> None:
         """A container namespace behind a bridge on the host, its port 80 published on the host's

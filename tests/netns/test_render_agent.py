@@ -114,9 +114,12 @@ def test_agent_enforces_its_nodes_table_and_follows_policy_changes(tmp_path: Pat
         report = healthz(net, health_port)
         assert report["status"] == "ok", report
         assert report["packetFilter"] == {
-            "table": "inet meshwarden", "healthy": True, "loaded": True, "error": None,
+            "table": "inet meshwarden",
+            "healthy": True,
+            "loaded": True,
+            "error": None,
             "failures": 0,
-        }  # fmt: skip
+        }
         (policies / "mesh.yaml").write_text(POLICIES.replace("WEB", "8443"))
         deadline = time.monotonic() + 30
         while "tcp . 8443 : accept" not in loaded and time.monotonic() < deadline:

@@ -96,8 +96,9 @@ def test_udp_ports_admit_exactly_the_addresses_explain_allows(kind: str) -> None
         for (protocol, source, _, port), result in zip(targets, results, strict=True):
             if protocol == "tcp":
                 continue  # a sidecar port: identity is Envoy's to check, see below
-            request = Request.build("shop/dns", port, identity=IDENTITY.get(source),
-                                    source_ip=source, protocol=protocol)  # fmt: skip
+            request = Request.build(
+                "shop/dns", port, identity=IDENTITY.get(source), source_ip=source, protocol=protocol
+            )
             decision = decide(mesh.plan("shop/dns"), request)
             assert (result == "open") == decision.allowed, (protocol, source, port, result)
         assert results == [

@@ -22,45 +22,100 @@ from ._hosts import ADDRESSES, ThreeHosts, meshwarden
 EXAMPLE = Path(__file__).parents[2] / "examples" / "shop-hosts"
 SERVER = f"{ADDRESSES['host-a']}:8443"
 # workload, host, uid of its sidecar, app port (behind the sidecar)
-WORKLOADS = (("shop/frontend-1", "host-a", 2001, 18080), ("shop/backend-1", "host-b", 2002, 18081),
-             ("shop/db-1", "host-c", 2003, 15433))  # fmt: skip
+WORKLOADS = (
+    ("shop/frontend-1", "host-a", 2001, 18080),
+    ("shop/backend-1", "host-b", 2002, 18081),
+    ("shop/db-1", "host-c", 2003, 15433),
+)
 STRAY_UID = 2999  # no Workload names it
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
 
 def _control_plane(lab: ThreeHosts) -> None:
     data = lab.path("host-a", "server")
-    lab.spawn("host-a", meshwarden("server", str(EXAMPLE), "--data-dir", str(data),
-                                   "--listen", "0.0.0.0:8443", "--health", "127.0.0.1:9090"),
-              "server.log")  # fmt: skip
+    lab.spawn(
+        "host-a",
+        meshwarden(
+            "server",
+            str(EXAMPLE),
+            "--data-dir",
+            str(data),
+            "--listen",
+            "0.0.0.0:8443",
+            "--health",
+            "127.0.0.1:9090",
+        ),
+        "server.log",
+    )
     lab.wait_for(lambda: "ready " in lab.log("server.log"), "the control plane")
-    lab.sh(*meshwarden("ca", "bundle", "--data-dir", str(data), "--output-file",
-                       str(lab.root / "bundle.pem")))  # fmt: skip
+    lab.sh(
+        *meshwarden(
+            "ca", "bundle", "--data-dir", str(data), "--output-file", str(lab.root / "bundle.pem")
+        )
+    )
 
 
 def _agent(lab: ThreeHosts, host: str) -> Path:
-    token = lab.sh(*meshwarden("token", "create", "--data-dir", str(lab.root / "host-a" / "server"),
-                               "--node", host, "--ttl", "10m")).strip()  # fmt: skip
+    token = lab.sh(
+        *meshwarden(
+            "token",
+            "create",
+            "--data-dir",
+            str(lab.root / "host-a" / "server"),
+            "--node",
+            host,
+            "--ttl",
+            "10m",
+        )
+    ).strip()
     (lab.path(host, "etc") / "join-token").write_text(token)
     run = lab.path(host, "run", mode=0o755)
-    lab.spawn(host, meshwarden("agent", "--server", SERVER, "--join-token-file",
-                               str(lab.root / host / "etc" / "join-token"),
-                               "--server-bundle", str(lab.root / "bundle.pem"),
-                               "--data-dir", str(lab.path(host, "agent")),
-                               "--socket", str(run / "agent.sock"),
-                               "--sds-socket", str(run / "sds.sock")),
-              f"{host}-agent.log")  # fmt: skip
+    lab.spawn(
+        host,
+        meshwarden(
+            "agent",
+            "--server",
+            SERVER,
+            "--join-token-file",
+            str(lab.root / host / "etc" / "join-token"),
+            "--server-bundle",
+            str(lab.root / "bundle.pem"),
+            "--data-dir",
+            str(lab.path(host, "agent")),
+            "--socket",
+            str(run / "agent.sock"),
+            "--sds-socket",
+            str(run / "sds.sock"),
+        ),
+        f"{host}-agent.log",
+    )
     lab.wait_for((run / "sds.sock").exists, f"the agent of {host}")
     return run / "sds.sock"
 
 
 def _sidecar(lab: ThreeHosts, workload: str, host: str, uid: int, sds: Path, log: str) -> None:
     admin = lab.root / host / f"admin-{uid}" / "admin.sock"  # the sidecar makes the directory
-    lab.spawn(host, meshwarden("sidecar", "--workload", workload, "--user", str(uid),
-                               "--server", SERVER, "--trust-domain", "shop.example",
-                               "--sds-socket", str(sds), "--admin-socket", str(admin),
-                               "--log-level", "info"),  # deprecations are warnings; info too
-              log)  # fmt: skip
+    lab.spawn(
+        host,
+        meshwarden(
+            "sidecar",
+            "--workload",
+            workload,
+            "--user",
+            str(uid),
+            "--server",
+            SERVER,
+            "--trust-domain",
+            "shop.example",
+            "--sds-socket",
+            str(sds),
+            "--admin-socket",
+            str(admin),
+            "--log-level",
+            "info",
+        ),  # deprecations are warnings; info too
+        log,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +126,11 @@ def lab() -> Iterator[ThreeHosts]:
         _control_plane(lab)
         sockets = {host: _agent(lab, host) for host in ADDRESSES}
         for workload, host, uid, port in WORKLOADS:
-            lab.spawn(host, ["python3", "-m", "http.server", "--bind", "127.0.0.1", str(port)],
-                      f"app-{port}.log")  # fmt: skip
+            lab.spawn(
+                host,
+                ["python3", "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                f"app-{port}.log",
+            )
             _sidecar(lab, workload, host, uid, sockets[host], f"sidecar-{uid}.log")
         _sidecar(lab, "shop/backend-1", "host-b", STRAY_UID, sockets["host-b"], "stray.log")
         yield lab
@@ -81,9 +139,18 @@ def lab() -> Iterator[ThreeHosts]:
 
 
 def _status_json(lab: ThreeHosts) -> dict[str, str]:
-    done = subprocess.run(["ip", "netns", "exec", lab.ns["host-a"],
-                           *meshwarden("status", "--server", "127.0.0.1:9090", "-o", "json")],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.ns["host-a"],
+            *meshwarden("status", "--server", "127.0.0.1:9090", "-o", "json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     rows = json.loads(done.stdout)["sidecars"] if done.stdout else []
     return {row["workload"]: row["state"] for row in rows}
 

@@ -29,17 +29,27 @@ REQUEST_PATHS = ["/api/items", "/health", "/static/app.js", "/admin/x", "/", "/a
 
 def workload_docs(mtls: str, default: str) -> list[dict]:
     docs: list[dict] = [
-        {"kind": "Mesh", "metadata": {"name": "m"},
-         "spec": {"trustDomain": TD, "mtls": mtls, "defaultPolicy": default}},
-    ]  # fmt: skip
+        {
+            "kind": "Mesh",
+            "metadata": {"name": "m"},
+            "spec": {"trustDomain": TD, "mtls": mtls, "defaultPolicy": default},
+        },
+    ]
     for n, (ns, app, i) in enumerate(WORKLOADS):
-        docs.append({
-            "kind": "Workload",
-            "metadata": {"name": f"{app}-{i}", "namespace": ns, "labels": {"app": app}},
-            "spec": {"serviceAccount": app, "addresses": [f"127.0.1.{n + 1}"],
-                     "ports": [{"port": 8080, "protocol": "http"},
-                               {"port": 8081, "protocol": "http"}]},
-        })  # fmt: skip
+        docs.append(
+            {
+                "kind": "Workload",
+                "metadata": {"name": f"{app}-{i}", "namespace": ns, "labels": {"app": app}},
+                "spec": {
+                    "serviceAccount": app,
+                    "addresses": [f"127.0.1.{n + 1}"],
+                    "ports": [
+                        {"port": 8080, "protocol": "http"},
+                        {"port": 8081, "protocol": "http"},
+                    ],
+                },
+            }
+        )
     return docs
 
 
@@ -48,38 +58,64 @@ def subset(values: list[str]) -> st.SearchStrategy[list[str]]:
 
 
 source = st.dictionaries(
-    st.sampled_from(["identities", "notIdentities", "namespaces", "workloads", "ipBlocks",
-                     "notIpBlocks"]),
-    st.none(), min_size=1, max_size=2,
-).flatmap(lambda keys: st.fixed_dictionaries({
-    k: {
-        "identities": subset(ID_PATTERNS), "notIdentities": subset(IDS),
-        "namespaces": subset(NAMESPACES),
-        "workloads": st.builds(lambda a: {"matchLabels": {"app": a}}, st.sampled_from(APPS)),
-        "ipBlocks": subset(CIDRS), "notIpBlocks": subset(CIDRS),
-    }[k] for k in keys
-}))  # fmt: skip
-operation = st.fixed_dictionaries({}, optional={
-    "methods": subset(["GET", "POST"]), "notMethods": subset(["DELETE"]),
-    "paths": subset(PATHS), "notPaths": subset(PATHS), "ports": subset(["8080", "8081"]),
-})  # fmt: skip
+    st.sampled_from(
+        ["identities", "notIdentities", "namespaces", "workloads", "ipBlocks", "notIpBlocks"]
+    ),
+    st.none(),
+    min_size=1,
+    max_size=2,
+).flatmap(
+    lambda keys: st.fixed_dictionaries(
+        {
+            k: {
+                "identities": subset(ID_PATTERNS),
+                "notIdentities": subset(IDS),
+                "namespaces": subset(NAMESPACES),
+                "workloads": st.builds(
+                    lambda a: {"matchLabels": {"app": a}}, st.sampled_from(APPS)
+                ),
+                "ipBlocks": subset(CIDRS),
+                "notIpBlocks": subset(CIDRS),
+            }[k]
+            for k in keys
+        }
+    )
+)
+operation = st.fixed_dictionaries(
+    {},
+    optional={
+        "methods": subset(["GET", "POST"]),
+        "notMethods": subset(["DELETE"]),
+        "paths": subset(PATHS),
+        "notPaths": subset(PATHS),
+        "ports": subset(["8080", "8081"]),
+    },
+)
 condition = st.one_of(
-    st.fixed_dictionaries({"key": st.just("request.headers[x-tenant]"),
-                           "values": subset(["acme", "beta-*"])}),
+    st.fixed_dictionaries(
+        {"key": st.just("request.headers[x-tenant]"), "values": subset(["acme", "beta-*"])}
+    ),
     st.fixed_dictionaries({"key": st.just("source.ip"), "notValues": subset(CIDRS)}),
     st.fixed_dictionaries({"key": st.just("source.namespace"), "values": subset(NAMESPACES)}),
-)  # fmt: skip
-rule = st.fixed_dictionaries({}, optional={
-    "from": st.lists(source, min_size=1, max_size=2),
-    "to": st.lists(operation, min_size=1, max_size=2),
-    "when": st.lists(condition, min_size=1, max_size=1),
-})  # fmt: skip
+)
+rule = st.fixed_dictionaries(
+    {},
+    optional={
+        "from": st.lists(source, min_size=1, max_size=2),
+        "to": st.lists(operation, min_size=1, max_size=2),
+        "when": st.lists(condition, min_size=1, max_size=1),
+    },
+)
 policy_spec = st.fixed_dictionaries(
-    {"action": st.sampled_from(["ALLOW", "ALLOW", "DENY", "AUDIT"]),
-     "rules": st.lists(rule, min_size=1, max_size=3)},
-    optional={"selector": st.builds(lambda a: {"matchLabels": {"app": a}}, st.sampled_from(APPS)),
-              "mode": st.sampled_from(["enforce", "dry-run"])},
-)  # fmt: skip
+    {
+        "action": st.sampled_from(["ALLOW", "ALLOW", "DENY", "AUDIT"]),
+        "rules": st.lists(rule, min_size=1, max_size=3),
+    },
+    optional={
+        "selector": st.builds(lambda a: {"matchLabels": {"app": a}}, st.sampled_from(APPS)),
+        "mode": st.sampled_from(["enforce", "dry-run"]),
+    },
+)
 policies = st.lists(
     st.tuples(st.sampled_from([*NAMESPACES, "meshwarden-system"]), policy_spec),
     min_size=1,
@@ -87,21 +123,34 @@ policies = st.lists(
 )
 requests = st.builds(
     lambda w, port, ident, ip, method, path, tenant: Request.build(
-        f"{w[0]}/{w[1]}-{w[2]}", port, identity=ident, source_ip=ip, method=method, path=path,
-        headers={"x-tenant": tenant} if tenant else None),
-    st.sampled_from(WORKLOADS), st.sampled_from([8080, 8081]), st.sampled_from([*IDS, None]),
-    st.sampled_from(IPS), st.sampled_from(["GET", "POST", "DELETE"]),
-    st.sampled_from(REQUEST_PATHS), st.sampled_from([None, "acme", "beta-1", "gamma"]),
-)  # fmt: skip
+        f"{w[0]}/{w[1]}-{w[2]}",
+        port,
+        identity=ident,
+        source_ip=ip,
+        method=method,
+        path=path,
+        headers={"x-tenant": tenant} if tenant else None,
+    ),
+    st.sampled_from(WORKLOADS),
+    st.sampled_from([8080, 8081]),
+    st.sampled_from([*IDS, None]),
+    st.sampled_from(IPS),
+    st.sampled_from(["GET", "POST", "DELETE"]),
+    st.sampled_from(REQUEST_PATHS),
+    st.sampled_from([None, "acme", "beta-1", "gamma"]),
+)
 meshes = st.tuples(st.sampled_from(["STRICT", "PERMISSIVE"]), st.sampled_from(["allow", "deny"]))
 
 
 def policy_docs(pols: list[tuple[str, dict]]) -> list[dict]:
     return [
-        {"kind": "AuthorizationPolicy", "metadata": {"name": f"p{i}", "namespace": ns},
-         "spec": spec}
+        {
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": f"p{i}", "namespace": ns},
+            "spec": spec,
+        }
         for i, (ns, spec) in enumerate(pols)
-    ]  # fmt: skip
+    ]
 
 
 def compile_yaml(docs: list[dict]) -> CompiledMesh:
@@ -148,7 +197,10 @@ def test_indexed_decisions_equal_a_full_scan_of_every_policy(mesh_kind, pols, re
         assert (decision.verdict, decision.policy, decision.rule, audited) == reference(mesh, req)
         explained = decide(mesh.plan(req.destination), req, explain=True)
         assert (explained.verdict, explained.policy, explained.rule) == (
-            decision.verdict, decision.policy, decision.rule)  # fmt: skip
+            decision.verdict,
+            decision.policy,
+            decision.rule,
+        )
 
 
 @SETTINGS
@@ -157,8 +209,9 @@ def test_deny_always_wins(mesh_kind, pols, reqs):
     mesh = compile_yaml(workload_docs(*mesh_kind) + policy_docs(pols))
     for req in reqs:
         plan = mesh.plan(req.destination)
-        denying = [p for p in plan.policies
-                   if p.action == "DENY" and not p.dry_run and p.first_match(req)]  # fmt: skip
+        denying = [
+            p for p in plan.policies if p.action == "DENY" and not p.dry_run and p.first_match(req)
+        ]
         if denying and not (req.identity is None and plan.mesh.mtls == "STRICT"):
             decision = decide(plan, req)
             assert decision.verdict == "DENY" and decision.policy == denying[0].ref
@@ -223,8 +276,9 @@ def test_incremental_recompile_equals_a_full_compile(mesh_kind, pols, change, re
     key = next(k for k in full.documents if k.kind == "AuthorizationPolicy" and k.name == "p0")
     incremental, affected = old.with_policy_changes(upserts=[full.documents[key]])
     if pols:  # the replaced policy's old namespace may differ: remove its old key
-        old_key = next(k for k in old.documents if k.kind == "AuthorizationPolicy"
-                       and k.name == "p0")  # fmt: skip
+        old_key = next(
+            k for k in old.documents if k.kind == "AuthorizationPolicy" and k.name == "p0"
+        )
         if old_key != key:
             incremental, more = incremental.with_policy_changes(deletes=[old_key])
             affected |= more
@@ -238,27 +292,42 @@ def test_incremental_recompile_equals_a_full_compile(mesh_kind, pols, change, re
 
 
 ISSUER = "https://idp.example.com"
-JWT_ISSUER = {"kind": "JwtIssuer", "metadata": {"name": "idp", "namespace": "meshwarden-system"},
-              "spec": {"issuer": ISSUER, "jwksUri": f"{ISSUER}/jwks.json"}}  # fmt: skip
+JWT_ISSUER = {
+    "kind": "JwtIssuer",
+    "metadata": {"name": "idp", "namespace": "meshwarden-system"},
+    "spec": {"issuer": ISSUER, "jwksUri": f"{ISSUER}/jwks.json"},
+}
 jwt_source = st.fixed_dictionaries(
     {"jwt": st.fixed_dictionaries({"subjects": subset(["alice", "bob"])})},
     optional={"namespaces": subset(NAMESPACES)},
-)  # fmt: skip
-peer_rule = st.fixed_dictionaries({}, optional={
-    "from": st.lists(st.one_of(source, jwt_source), min_size=1, max_size=2),
-    "to": st.lists(operation, min_size=1, max_size=2),
-    "when": st.lists(condition, min_size=1, max_size=1),
-})  # fmt: skip
+)
+peer_rule = st.fixed_dictionaries(
+    {},
+    optional={
+        "from": st.lists(st.one_of(source, jwt_source), min_size=1, max_size=2),
+        "to": st.lists(operation, min_size=1, max_size=2),
+        "when": st.lists(condition, min_size=1, max_size=1),
+    },
+)
 peer_policies = st.lists(
-    st.tuples(st.sampled_from([*NAMESPACES, "meshwarden-system"]), policy_spec,
-              st.lists(peer_rule, min_size=1, max_size=3)),
-    min_size=1, max_size=8,
-).map(lambda found: [(ns, spec | {"rules": rules}) for ns, spec, rules in found])  # fmt: skip
+    st.tuples(
+        st.sampled_from([*NAMESPACES, "meshwarden-system"]),
+        policy_spec,
+        st.lists(peer_rule, min_size=1, max_size=3),
+    ),
+    min_size=1,
+    max_size=8,
+).map(lambda found: [(ns, spec | {"rules": rules}) for ns, spec, rules in found])
 variants = st.lists(
-    st.tuples(st.sampled_from(IPS), st.sampled_from(REQUEST_PATHS),
-              st.sampled_from([None, "acme", "beta-1"]), st.sampled_from([None, "alice", "bob"])),
-    min_size=2, max_size=8,
-)  # fmt: skip
+    st.tuples(
+        st.sampled_from(IPS),
+        st.sampled_from(REQUEST_PATHS),
+        st.sampled_from([None, "acme", "beta-1"]),
+        st.sampled_from([None, "alice", "bob"]),
+    ),
+    min_size=2,
+    max_size=8,
+)
 
 
 def dry_run_reference(mesh: CompiledMesh, req: Request) -> list[tuple[str, str, int | None]]:
@@ -286,11 +355,18 @@ def test_requests_of_one_peer_port_and_method_decide_like_a_full_scan(mesh_kind,
     audit and dry-run exactly as a scan of every rule of every policy."""
     mesh = compile_yaml([*workload_docs(*mesh_kind), JWT_ISSUER, *policy_docs(pols)])
     reqs = [
-        Request.build(base.destination, base.port, identity=base.identity, source_ip=ip,
-                      method=base.method, path=path, headers={"x-tenant": t} if t else None,
-                      jwt_claims={"iss": ISSUER, "sub": sub} if sub else None)
+        Request.build(
+            base.destination,
+            base.port,
+            identity=base.identity,
+            source_ip=ip,
+            method=base.method,
+            path=path,
+            headers={"x-tenant": t} if t else None,
+            jwt_claims={"iss": ISSUER, "sub": sub} if sub else None,
+        )
         for ip, path, t, sub in vs
-    ]  # fmt: skip
+    ]
     for req in [*reqs, *reversed(reqs)]:
         decision = decide(mesh.plan(req.destination), req)
         audited = [o.policy for o in decision.audit]
@@ -308,8 +384,13 @@ def test_path_normalisation_is_idempotent_and_rooted(raw):
 
 def test_full_compile_and_shared_plans_are_consistent():
     mesh = compile_documents(
-        parse_text(yaml.safe_dump_all(
-            [dict(d, apiVersion="meshwarden.io/v1alpha1") for d in workload_docs("STRICT", "allow")]
-        ))[0]
-    )  # fmt: skip
+        parse_text(
+            yaml.safe_dump_all(
+                [
+                    dict(d, apiVersion="meshwarden.io/v1alpha1")
+                    for d in workload_docs("STRICT", "allow")
+                ]
+            )
+        )[0]
+    )
     assert sorted(mesh.plans) == sorted(f"{ns}/{app}-{i}" for ns, app, i in WORKLOADS)

@@ -19,28 +19,45 @@ def some(values: list[str]) -> st.SearchStrategy[list[str]]:
     return st.lists(st.sampled_from(values), min_size=1, max_size=2, unique=True)
 
 
-source = st.fixed_dictionaries({}, optional={
-    "identities": some(ID_PATTERNS), "namespaces": some(["a", "b", "*"]),
-    "notIdentities": some(IDS[:1]),
-    "workloads": st.builds(lambda a: {"matchLabels": {"app": a}}, st.sampled_from(["x", "y"])),
-})  # fmt: skip
-operation = st.fixed_dictionaries({}, optional={
-    "ports": some(["8080", "8081", "8080-8081"]), "paths": some(PATHS),
-    "methods": some(["GET", "POST"]), "hosts": some(["a.example", "*.example"]),
-})  # fmt: skip
+source = st.fixed_dictionaries(
+    {},
+    optional={
+        "identities": some(ID_PATTERNS),
+        "namespaces": some(["a", "b", "*"]),
+        "notIdentities": some(IDS[:1]),
+        "workloads": st.builds(lambda a: {"matchLabels": {"app": a}}, st.sampled_from(["x", "y"])),
+    },
+)
+operation = st.fixed_dictionaries(
+    {},
+    optional={
+        "ports": some(["8080", "8081", "8080-8081"]),
+        "paths": some(PATHS),
+        "methods": some(["GET", "POST"]),
+        "hosts": some(["a.example", "*.example"]),
+    },
+)
 condition = st.fixed_dictionaries(
-    {"key": st.sampled_from(["request.headers[x-t]", "source.namespace"]),
-     "values": some(["a", "b"])}
-)  # fmt: skip
-rule = st.fixed_dictionaries({}, optional={
-    "from": st.lists(source, max_size=2), "to": st.lists(operation, max_size=2),
-    "when": st.lists(condition, max_size=2),
-})  # fmt: skip
+    {
+        "key": st.sampled_from(["request.headers[x-t]", "source.namespace"]),
+        "values": some(["a", "b"]),
+    }
+)
+rule = st.fixed_dictionaries(
+    {},
+    optional={
+        "from": st.lists(source, max_size=2),
+        "to": st.lists(operation, max_size=2),
+        "when": st.lists(condition, max_size=2),
+    },
+)
 policy = st.fixed_dictionaries(
-    {"action": st.sampled_from(["ALLOW", "ALLOW", "DENY"]),
-     "rules": st.lists(rule, min_size=1, max_size=4)},
+    {
+        "action": st.sampled_from(["ALLOW", "ALLOW", "DENY"]),
+        "rules": st.lists(rule, min_size=1, max_size=4),
+    },
     optional={"selector": st.just({"matchLabels": {"app": "x"}})},
-)  # fmt: skip
+)
 
 HTTP_PORTS = [{"port": 8080, "protocol": "http"}, {"port": 8081, "protocol": "http"}]
 PLACES = [("a", "x"), ("a", "y"), ("b", "x")]

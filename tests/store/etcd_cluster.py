@@ -41,14 +41,33 @@ class Member:
         client = f"http://{self.endpoint}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         return [
-            str(ETCD), "--name", self.name, "--data-dir", str(self.data_dir),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", cluster, "--initial-cluster-state", "new",
-            "--initial-cluster-token", self.data_dir.parent.name,
-            "--heartbeat-interval", "50", "--election-timeout", "500",
-            "--log-level", "error", "--unsafe-no-fsync",
-        ]  # fmt: skip
+            str(ETCD),
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            self.data_dir.parent.name,
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "error",
+            "--unsafe-no-fsync",
+        ]
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -122,8 +141,11 @@ def start_cluster(size: int) -> EtcdCluster:
     root = Path(tempfile.mkdtemp(prefix=f"mw-etcd-{os.getpid()}-"))
     cluster = EtcdCluster(root)
     for index in range(size):
-        cluster.members.append(Member(f"m{index}", free_port(), free_port(),
-                                      root / f"m{index}", root / f"m{index}.log"))  # fmt: skip
+        cluster.members.append(
+            Member(
+                f"m{index}", free_port(), free_port(), root / f"m{index}", root / f"m{index}.log"
+            )
+        )
     try:
         for member in cluster.members:
             cluster.start(member)

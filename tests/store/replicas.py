@@ -66,19 +66,32 @@ class Replicas:
     def wait_served(self, revision: int, before: str = "", timeout: float = 10) -> str:
         """Wait until every replica took `revision` and compiled it to a version other than
         `before`; that version."""
-        wait_for(lambda: all(p.replica is not None and p.replica.source.delivered == revision
-                             and p.policies.status.version not in ("", before)
-                             for p in self.planes), timeout)  # fmt: skip
+        wait_for(
+            lambda: all(
+                p.replica is not None
+                and p.replica.source.delivered == revision
+                and p.policies.status.version not in ("", before)
+                for p in self.planes
+            ),
+            timeout,
+        )
         versions = {p.policies.status.version for p in self.planes}
         assert len(versions) == 1, f"replicas compiled revision {revision} differently"
         return versions.pop()
 
 
-def start_plane(loop: LoopThread, url: str, kek: Path, data_dir: Path,
-                clock: Clock, run: bool = True) -> ControlPlane:  # fmt: skip
+def start_plane(
+    loop: LoopThread, url: str, kek: Path, data_dir: Path, clock: Clock, run: bool = True
+) -> ControlPlane:
     data_dir.mkdir(mode=0o700)
-    options = ServerOptions(policies=None, data_dir=data_dir, listen="127.0.0.1:0",
-                            health=None, store=StoreUrl.parse(url), kek_file=kek)  # fmt: skip
+    options = ServerOptions(
+        policies=None,
+        data_dir=data_dir,
+        listen="127.0.0.1:0",
+        health=None,
+        store=StoreUrl.parse(url),
+        kek_file=kek,
+    )
     plane = ControlPlane(options, clock)
     loop.run(plane.start(), timeout=30)
     if run:
@@ -87,8 +100,13 @@ def start_plane(loop: LoopThread, url: str, kek: Path, data_dir: Path,
 
 
 @contextmanager
-def replicas(etcd: EtcdCluster, count: int, clock: Clock | None = None, run: bool = True,
-             files: dict[str, bytes] | None = None) -> Iterator[Replicas]:  # fmt: skip
+def replicas(
+    etcd: EtcdCluster,
+    count: int,
+    clock: Clock | None = None,
+    run: bool = True,
+    files: dict[str, bytes] | None = None,
+) -> Iterator[Replicas]:
     """`count` replicas on the store, which is given the shop example first."""
     root = Path(tempfile.mkdtemp(prefix="mw-replicas-"))
     loop = LoopThread()
@@ -96,8 +114,11 @@ def replicas(etcd: EtcdCluster, count: int, clock: Clock | None = None, run: boo
     try:
         group.apply(files or shop_files(), "the shop")
         for index in range(count):
-            group.planes.append(start_plane(loop, etcd.url, group.kek, root / f"r{index}",
-                                            clock or SystemClock(), run))  # fmt: skip
+            group.planes.append(
+                start_plane(
+                    loop, etcd.url, group.kek, root / f"r{index}", clock or SystemClock(), run
+                )
+            )
         yield group
     finally:
         for plane in group.planes:

@@ -23,16 +23,28 @@ def test_replicas_of_both_address_families_are_refused():
 
 
 def test_the_sidecar_bootstrap_lists_every_replica_in_its_ads_cluster(tmp_path, capsys):
-    argv = ["bootstrap", "--workload", "shop/backend-1", "--trust-domain", "example.org",
-            "--sds-socket", str(tmp_path / "sds.sock"),
-            "--server", "127.0.0.1:8443,127.0.0.2:8443,127.0.0.1:8443"]  # fmt: skip
+    argv = [
+        "bootstrap",
+        "--workload",
+        "shop/backend-1",
+        "--trust-domain",
+        "example.org",
+        "--sds-socket",
+        str(tmp_path / "sds.sock"),
+        "--server",
+        "127.0.0.1:8443,127.0.0.2:8443,127.0.0.1:8443",
+    ]
     assert main(argv) == 0
     clusters = json.loads(capsys.readouterr().out)["staticResources"]["clusters"]
     xds = next(c for c in clusters if "transportSocket" in c)  # the mTLS one: ADS
-    endpoints = [e["endpoint"]["address"]["socketAddress"]
-                 for e in xds["loadAssignment"]["endpoints"][0]["lbEndpoints"]]  # fmt: skip
-    assert endpoints == [{"address": "127.0.0.1", "portValue": 8443},
-                         {"address": "127.0.0.2", "portValue": 8443}]  # fmt: skip
+    endpoints = [
+        e["endpoint"]["address"]["socketAddress"]
+        for e in xds["loadAssignment"]["endpoints"][0]["lbEndpoints"]
+    ]
+    assert endpoints == [
+        {"address": "127.0.0.1", "portValue": 8443},
+        {"address": "127.0.0.2", "portValue": 8443},
+    ]
 
 
 @pytest.mark.parametrize("servers", ["127.0.0.1:8443,", "127.0.0.1:8443,nope"])

@@ -59,8 +59,9 @@ class Processes:
 
     def start(self, name: str, *args: str, ready: bool = True) -> tuple[subprocess.Popen[str], str]:
         log = (self.root / f"{name}.log").open("w")
-        process = subprocess.Popen([*MESHWARDEN, *args], stdout=subprocess.PIPE, stderr=log,
-                                   text=True)  # fmt: skip
+        process = subprocess.Popen(
+            [*MESHWARDEN, *args], stdout=subprocess.PIPE, stderr=log, text=True
+        )
         self.started.append(process)
         if not ready:
             return process, ""
@@ -147,8 +148,19 @@ def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
     for n in range(2):
         data = tmp_path / f"replica{n}"
         process, line = processes.start(
-            f"replica{n}", "server", "--store", url, "--kek-file", str(kek), "--data-dir",
-            str(data), "--listen", "127.0.0.1:0", "--health", "127.0.0.1:0")  # fmt: skip
+            f"replica{n}",
+            "server",
+            "--store",
+            url,
+            "--kek-file",
+            str(kek),
+            "--data-dir",
+            str(data),
+            "--listen",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+        )
         servers.append((process, line.split(" on ")[1].split(",")[0]))
         healths.append(line.rsplit("health ", 1)[1].strip())
     replicas = ",".join(address for _, address in servers)
@@ -157,16 +169,39 @@ def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
     _run("ca", "bundle", "--store", url, "--output-file", str(bundle))
     sds = tmp_path / "sds.sock"
     agent, _ = processes.start(
-        "agent", "agent", "--server", replicas, "--join-token", token, "--server-bundle",
-        str(bundle), "--data-dir", str(tmp_path / "agent"), "--socket",
-        str(tmp_path / "agent.sock"), "--sds-socket", str(sds))  # fmt: skip
+        "agent",
+        "agent",
+        "--server",
+        replicas,
+        "--join-token",
+        token,
+        "--server-bundle",
+        str(bundle),
+        "--data-dir",
+        str(tmp_path / "agent"),
+        "--socket",
+        str(tmp_path / "agent.sock"),
+        "--sds-socket",
+        str(sds),
+    )
     with sample_app(app_port):
         processes.start(
-            "sidecar", "sidecar", "--workload", "shop/backend-1", "--server", replicas,
-            "--trust-domain", "example.org", "--sds-socket", str(sds), ready=False)  # fmt: skip
+            "sidecar",
+            "sidecar",
+            "--workload",
+            "shop/backend-1",
+            "--server",
+            replicas,
+            "--trust-domain",
+            "example.org",
+            "--sds-socket",
+            str(sds),
+            ready=False,
+        )
         wait_for(lambda: any(_connected(h) for h in healths), timeout=30)
-        wait_for(lambda: request(f"{net}.3", 8080, "GET", "/api/x", source=f"{net}.9") == 200,
-                 timeout=30)  # fmt: skip
+        wait_for(
+            lambda: request(f"{net}.3", 8080, "GET", "/api/x", source=f"{net}.9") == 200, timeout=30
+        )
         used = next(n for n, h in enumerate(healths) if _connected(h))
         other = 1 - used
 
@@ -179,15 +214,19 @@ def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
 
         write(policies / "mesh.yaml", _documents(net, app_port, ["/api/*", "/admin/*"]))
         assert "applied revision 2" in _run("apply", str(policies), "--store", url)
-        wait_for(lambda: request(f"{net}.3", 8080, "GET", "/admin/x", source=f"{net}.9") == 200,
-                 timeout=30)  # fmt: skip
+        wait_for(
+            lambda: request(f"{net}.3", 8080, "GET", "/admin/x", source=f"{net}.9") == 200,
+            timeout=30,
+        )
 
         with Traffic(net) as traffic:  # /admin is allowed now: only /api is checked here
             etcd3.leader().kill()
             rolled = _run("rollback", "1", "--store", url, "--store-timeout", "20")
             assert "now revision 3" in rolled
-            wait_for(lambda: request(f"{net}.3", 8080, "GET", "/admin/x",
-                                     source=f"{net}.9") == 403, timeout=30)  # fmt: skip
+            wait_for(
+                lambda: request(f"{net}.3", 8080, "GET", "/admin/x", source=f"{net}.9") == 403,
+                timeout=30,
+            )
         assert [f for f in traffic.failures if f.startswith("GET /api/")] == []
         assert _health(healths[other])["store"]["revision"] == 3
         assert agent.poll() is None, "the agent carried on with the other replica"

@@ -63,7 +63,9 @@ def test_apply_writes_revisions_history_lists_them_and_unchanged_input_writes_no
     assert main(["history", *store, "-o", "json"]) == 0
     history = _json(capsys)
     assert [(r["revision"], r["message"], r["current"]) for r in history] == [
-        (1, "first", False), (2, "frontend may POST", True)]  # fmt: skip
+        (1, "first", False),
+        (2, "frontend may POST", True),
+    ]
     assert all("@" in r["who"] and r["time"].endswith("+00:00") for r in history)
     assert history[0]["digest"] == first["digest"] != history[1]["digest"]
 
@@ -74,8 +76,10 @@ def test_invalid_policies_are_refused_with_file_line_col_and_nothing_is_written(
     assert main(["apply", str(policies), "--store", etcd.url]) == 0
     before = _keys(etcd)
     bad = policies / "workloads.yaml"
-    bad.write_text(bad.read_text() + "\n---\napiVersion: meshwarden.io/v1alpha1\nkind: Mesh\n"
-                   "metadata: {name: m}\nspec: {mtls: LOOSE}\n")  # fmt: skip
+    bad.write_text(
+        bad.read_text() + "\n---\napiVersion: meshwarden.io/v1alpha1\nkind: Mesh\n"
+        "metadata: {name: m}\nspec: {mtls: LOOSE}\n"
+    )
     capsys.readouterr()
     assert main(["apply", str(policies), "--store", etcd.url]) == 2
     err = capsys.readouterr().err
@@ -101,10 +105,14 @@ def test_a_change_that_loosens_the_mesh_is_refused_before_anything_is_written(
 def test_racing_applies_land_one_at_a_time_and_the_losers_write_nothing(etcd, policies):
     """Twelve applies of different content start from the same head at once: each either lands
     as its own revision or is refused; history has no gap and no lost or merged write."""
-    contents = [{"mesh.yaml": (SHOP / "mesh.yaml").read_bytes(),
-                 "policies.yaml": (SHOP / "policies.yaml").read_bytes(),
-                 "workloads.yaml": (SHOP / "workloads.yaml").read_bytes() + f"# {n}\n".encode()}
-                for n in range(12)]  # fmt: skip
+    contents = [
+        {
+            "mesh.yaml": (SHOP / "mesh.yaml").read_bytes(),
+            "policies.yaml": (SHOP / "policies.yaml").read_bytes(),
+            "workloads.yaml": (SHOP / "workloads.yaml").read_bytes() + f"# {n}\n".encode(),
+        }
+        for n in range(12)
+    ]
 
     async def race() -> tuple[list[object], list[object]]:
         clients = [Etcd(etcd.endpoints) for _ in contents]
@@ -112,10 +120,12 @@ def test_racing_applies_land_one_at_a_time_and_the_losers_write_nothing(etcd, po
             stores = [PolicyStore(c) for c in clients]
             await stores[0].apply(contents[0], "base", "test@host")
             results = await asyncio.gather(
-                *(s.apply(files, f"apply {n}", "test@host", expected_head=None)
-                  for n, (s, files) in enumerate(zip(stores[1:], contents[1:], strict=True))),
+                *(
+                    s.apply(files, f"apply {n}", "test@host", expected_head=None)
+                    for n, (s, files) in enumerate(zip(stores[1:], contents[1:], strict=True))
+                ),
                 return_exceptions=True,
-            )  # fmt: skip
+            )
             return results, await stores[0].history()
         finally:
             for client in clients:
@@ -146,9 +156,13 @@ def test_diff_names_documents_and_workloads_and_rollback_restores_the_files(etcd
     assert main(["diff", "1", *store, "-o", "json"]) == 0
     diff = _json(capsys)
     assert diff["from"] == 1 and diff["to"] == 2
-    assert diff["documents"] == [{"change": "changed",
-                                  "document": "AuthorizationPolicy shop/backend-access",
-                                  "file": "policies.yaml"}]  # fmt: skip
+    assert diff["documents"] == [
+        {
+            "change": "changed",
+            "document": "AuthorizationPolicy shop/backend-access",
+            "file": "policies.yaml",
+        }
+    ]
     assert diff["workloads"] == [{"change": "changed", "workload": "shop/backend-1"}]
     assert main(["rollback", "1", *store, "-o", "json"]) == 0
     rolled = _json(capsys)
@@ -169,11 +183,14 @@ def test_an_unknown_revision_and_an_unreachable_store_are_one_line_errors(etcd, 
     assert err.startswith(f"meshwarden history: error: {nobody}: etcd") and "\n" not in err
 
 
-@pytest.mark.parametrize(("url", "reason"), [
-    ("http://127.0.0.1:2379", "starts with etcd://"),
-    ("etcd://h1:2379,h2", "'h2' is not HOST:PORT"),
-    ("etcd://", "no etcd member"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:2379", "starts with etcd://"),
+        ("etcd://h1:2379,h2", "'h2' is not HOST:PORT"),
+        ("etcd://", "no etcd member"),
+    ],
+)
 def test_store_urls_are_checked_before_anything_runs(url, reason, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(["history", "--store", url])

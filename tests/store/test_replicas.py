@@ -82,9 +82,12 @@ def test_fifty_concurrent_redemptions_of_one_join_token_over_replicas_admit_exac
             channels = [open_channel(servers[n % 2], roots, None) for n in range(50)]
             for first in range(0, 50, 10):
                 await asyncio.gather(*(c.channel_ready() for c in channels[first : first + 10]))
-            calls = [node_stub(c).Attest(pb.AttestRequest(join_token=token,
-                                                          csr=make_csr(generate_key())),
-                                         timeout=30) for c in channels]  # fmt: skip
+            calls = [
+                node_stub(c).Attest(
+                    pb.AttestRequest(join_token=token, csr=make_csr(generate_key())), timeout=30
+                )
+                for c in channels
+            ]
             try:
                 return await asyncio.gather(*calls, return_exceptions=True)
             finally:
@@ -94,8 +97,9 @@ def test_fifty_concurrent_redemptions_of_one_join_token_over_replicas_admit_exac
         admitted = [r for r in results if not isinstance(r, BaseException)]
         refused = [r for r in results if isinstance(r, BaseException)]
         assert len(admitted) == 1, [str(r) for r in refused]
-        assert all(isinstance(r, grpc.aio.AioRpcError) and "already used" in r.details()
-                   for r in refused), [str(r) for r in refused]  # fmt: skip
+        assert all(
+            isinstance(r, grpc.aio.AioRpcError) and "already used" in r.details() for r in refused
+        ), [str(r) for r in refused]
 
 
 def test_a_replica_that_loses_etcd_keeps_serving_refuses_writes_and_catches_up(etcd):
@@ -144,9 +148,22 @@ def _openssl_accepts(group: Replicas, chain_pem: bytes, bundle_pem: bytes, at: i
     roots, leaf = group.root / "roots.pem", group.root / "leaf.pem"
     roots.write_bytes(bundle_pem)
     leaf.write_bytes(chain_pem)
-    result = subprocess.run(["openssl", "verify", "-attime", str(at), "-CAfile", str(roots),
-                             "-untrusted", str(leaf), str(leaf)],
-                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    result = subprocess.run(
+        [
+            "openssl",
+            "verify",
+            "-attime",
+            str(at),
+            "-CAfile",
+            str(roots),
+            "-untrusted",
+            str(leaf),
+            str(leaf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     return result.returncode == 0
 
 

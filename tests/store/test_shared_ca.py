@@ -45,11 +45,15 @@ def test_etcd_holds_no_private_key_in_the_clear_and_another_kek_cannot_open_the_
         assert group.health(0)["status"] == "ok"
 
 
-@pytest.mark.parametrize(("content", "mode", "problem"), [
-    (base64.b64encode(bytes(range(32))), 0o644, "readable by its owner only"),
-    (base64.b64encode(bytes(range(16))), 0o600, "base64 of 32 bytes"),
-    (b"not base64 at all!", 0o600, "base64 of 32 bytes"),
-], ids=["group-readable", "16-bytes", "not-base64"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "mode", "problem"),
+    [
+        (base64.b64encode(bytes(range(32))), 0o644, "readable by its owner only"),
+        (base64.b64encode(bytes(range(16))), 0o600, "base64 of 32 bytes"),
+        (b"not base64 at all!", 0o600, "base64 of 32 bytes"),
+    ],
+    ids=["group-readable", "16-bytes", "not-base64"],
+)
 def test_an_unsafe_or_malformed_kek_file_is_refused(tmp_path: Path, content, mode, problem):
     path = tmp_path / "kek"
     path.write_bytes(content)
@@ -66,11 +70,14 @@ def test_a_kek_file_that_is_a_symlink_is_refused(tmp_path: Path):
         read_kek(link)
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--store", "etcd://127.0.0.1:2379"], "--store needs --kek-file"),
-    (["DIR", "--store", "etcd://127.0.0.1:2379", "--kek-file", "k"], "not both"),
-    (["DIR", "--kek-file", "k"], "--kek-file goes with --store"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--store", "etcd://127.0.0.1:2379"], "--store needs --kek-file"),
+        (["DIR", "--store", "etcd://127.0.0.1:2379", "--kek-file", "k"], "not both"),
+        (["DIR", "--kek-file", "k"], "--kek-file goes with --store"),
+    ],
+)
 def test_server_store_flags_are_checked_before_anything_starts(tmp_path, capsys, extra, message):
     argv = ["server", "--data-dir", str(tmp_path), *extra]
     assert main([str(tmp_path) if a == "DIR" else a for a in argv]) == 2

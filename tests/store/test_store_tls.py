@@ -35,22 +35,30 @@ Issued = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 def _issue(directory: Path, name: str, issuer: Issued | None, usage: object) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(_name(name))
-               .issuer_name(issuer[0].subject if issuer else _name(name))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(hours=1)))  # fmt: skip
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(issuer[0].subject if issuer else _name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+    )
     if issuer is None:
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
     else:
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), False).add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            False)  # fmt: skip
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
     cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
     (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{name}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))  # fmt: skip
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert, key
 
 
@@ -62,11 +70,22 @@ def tls_etcd() -> Iterator[tuple[str, Path]]:
     _issue(root, "client", ca, ExtendedKeyUsageOID.CLIENT_AUTH)
     member = Member("m0", free_port(), free_port(), root / "m0", root / "m0.log")
     cluster = f"m0=http://127.0.0.1:{member.peer_port}"
-    command = [a.replace("http://127.0.0.1:" + str(member.client_port),
-                         "https://127.0.0.1:" + str(member.client_port))
-               for a in member.command(cluster)]  # fmt: skip
-    command += ["--cert-file", str(root / "etcd.pem"), "--key-file", str(root / "etcd.key"),
-                "--client-cert-auth", "--trusted-ca-file", str(root / "ca.pem")]  # fmt: skip
+    command = [
+        a.replace(
+            "http://127.0.0.1:" + str(member.client_port),
+            "https://127.0.0.1:" + str(member.client_port),
+        )
+        for a in member.command(cluster)
+    ]
+    command += [
+        "--cert-file",
+        str(root / "etcd.pem"),
+        "--key-file",
+        str(root / "etcd.key"),
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        str(root / "ca.pem"),
+    ]
     with member.log.open("ab") as log:
         member.process = subprocess.Popen(command, stdout=log, stderr=log)
     try:
@@ -89,12 +108,15 @@ def test_apply_and_history_over_tls_with_a_client_certificate(tls_etcd, capsys):
     assert main(["history", "--store", url, "--store-timeout", "1"]) == 1  # plain gRPC: refused
 
 
-@pytest.mark.parametrize(("query", "problem"), [
-    ("?cert=a&key=b", "TLS needs ca=FILE"),
-    ("?ca=/nonexistent/ca.pem", "/nonexistent/ca.pem: No such file"),
-    ("?ca=x&cert=y", "cert=FILE and key=FILE go together"),
-    ("?ca=x&password=y", "unknown store option 'password'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("?cert=a&key=b", "TLS needs ca=FILE"),
+        ("?ca=/nonexistent/ca.pem", "/nonexistent/ca.pem: No such file"),
+        ("?ca=x&cert=y", "cert=FILE and key=FILE go together"),
+        ("?ca=x&password=y", "unknown store option 'password'"),
+    ],
+)
 def test_store_tls_options_are_checked_before_anything_runs(query, problem, capsys):
     with pytest.raises(SystemExit):
         main(["history", "--store", f"etcd://127.0.0.1:2379{query}"])

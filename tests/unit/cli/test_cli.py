@@ -19,9 +19,11 @@ def test_check_exit_codes_valid_invalid_and_usage(tmp_path, capsys):
 
 def test_check_json_lists_every_diagnostic(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: meshwarden.io/v1alpha1\nkind: Nope\nmetadata: {name: a}\n---\n"
-                   "apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {name: m}\n"
-                   "spec: {mtls: LOOSE}\n")  # fmt: skip
+    bad.write_text(
+        "apiVersion: meshwarden.io/v1alpha1\nkind: Nope\nmetadata: {name: a}\n---\n"
+        "apiVersion: meshwarden.io/v1alpha1\nkind: Mesh\nmetadata: {name: m}\n"
+        "spec: {mtls: LOOSE}\n"
+    )
     assert main(["check", str(bad), "-o", "json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["valid"]
@@ -34,8 +36,23 @@ def test_seed_example_only_frontend_reaches_backend(capsys):
     assert json.loads(capsys.readouterr().out)["policy"] == "shop/backend-access-policy"
     assert main([*base, "--from", "spiffe://example.org/ns/shop/sa/backend"]) == 1
     assert json.loads(capsys.readouterr().out)["policy"] == "default:deny"
-    assert main(["explain", SEED, "--to", "shop/frontend-1", "--port", "8080", "--from-workload",
-                 "shop/backend-1", "-o", "json"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                SEED,
+                "--to",
+                "shop/frontend-1",
+                "--port",
+                "8080",
+                "--from-workload",
+                "shop/backend-1",
+                "-o",
+                "json",
+            ]
+        )
+        == 1
+    )
     assert json.loads(capsys.readouterr().out)["policy"] == "default:deny"
 
 
@@ -52,13 +69,31 @@ def test_explain_input_errors_exit_2_with_a_reason(capsys):
 
 
 def test_explain_text_names_every_policy_and_the_cause(capsys):
-    code = main(["explain", SHOP, "--to", "shop/backend-1", "--port", "8080", "--from-workload",
-                 "shop/frontend-1", "--method", "DELETE", "--path", "/api/x"])  # fmt: skip
+    code = main(
+        [
+            "explain",
+            SHOP,
+            "--to",
+            "shop/backend-1",
+            "--port",
+            "8080",
+            "--from-workload",
+            "shop/frontend-1",
+            "--method",
+            "DELETE",
+            "--path",
+            "/api/x",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert out.startswith("DENY")
-    for policy in ("shop/backend-access", "shop/audit-admin", "shop/tighten-frontend",
-                   "meshwarden-system/no-debug-anywhere"):  # fmt: skip
+    for policy in (
+        "shop/backend-access",
+        "shop/audit-admin",
+        "shop/tighten-frontend",
+        "meshwarden-system/no-debug-anywhere",
+    ):
         assert policy in out
     assert "dry-run: shop/tighten-frontend would DENY" in out
 

@@ -13,9 +13,19 @@ from meshwarden._flows import FlowLog, FlowQuery
 
 
 def _flow(n: int) -> Flow:
-    return Flow(1_700_000_000.0 + n, "shop/backend-1", 8080, "spiffe://td/ns/shop/sa/frontend",
-                "127.0.0.2", "http", "GET", f"/api/{n}", 200, Verdict("allow", "shop/p", 0),
-                None)  # fmt: skip
+    return Flow(
+        1_700_000_000.0 + n,
+        "shop/backend-1",
+        8080,
+        "spiffe://td/ns/shop/sa/frontend",
+        "127.0.0.2",
+        "http",
+        "GET",
+        f"/api/{n}",
+        200,
+        Verdict("allow", "shop/p", 0),
+        None,
+    )
 
 
 def test_every_record_the_flow_log_gets_is_appended_as_one_json_line(tmp_path):
@@ -35,7 +45,10 @@ def test_the_file_rotates_by_size_keeping_a_bounded_number_of_old_files(tmp_path
     for n in range(12):  # 3 records per file: 4 files' worth
         sink.add([_flow(n)])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "flows.ndjson", "flows.ndjson.1", "flows.ndjson.2"]  # fmt: skip
+        "flows.ndjson",
+        "flows.ndjson.1",
+        "flows.ndjson.2",
+    ]
     paths_by_age = [tmp_path / "flows.ndjson.2", tmp_path / "flows.ndjson.1", path]
     kept = [json.loads(x)["path"] for p in paths_by_age for x in p.read_text().splitlines()]
     assert kept == [f"/api/{n}" for n in range(3, 12)]  # the oldest file was dropped

@@ -40,11 +40,22 @@ ALLOW = Verdict("allow", "shop/backend-access", 0)
 DENY = Verdict("deny", "default:deny")
 
 
-def flow(n: int, verdict: Verdict = ALLOW, workload: str = "shop/backend-1",
-         age: float = 0.0) -> Flow:  # fmt: skip
-    return Flow(NOW - age, workload, 8080, "spiffe://td/ns/shop/sa/frontend-1", "10.0.0.2",
-                "http", "GET", f"/n/{n}", 403 if verdict.decision == "deny" else 200, verdict,
-                f"{n:032x}")  # fmt: skip
+def flow(
+    n: int, verdict: Verdict = ALLOW, workload: str = "shop/backend-1", age: float = 0.0
+) -> Flow:
+    return Flow(
+        NOW - age,
+        workload,
+        8080,
+        "spiffe://td/ns/shop/sa/frontend-1",
+        "10.0.0.2",
+        "http",
+        "GET",
+        f"/n/{n}",
+        403 if verdict.decision == "deny" else 200,
+        verdict,
+        f"{n:032x}",
+    )
 
 
 def test_the_store_keeps_the_newest_records_within_its_bound_and_counts_drops() -> None:
@@ -52,17 +63,30 @@ def test_the_store_keeps_the_newest_records_within_its_bound_and_counts_drops() 
     log.add([flow(i) for i in range(5)])
     log.add([flow(5)])
     assert [f.path for f in log.query(FlowQuery())] == ["/n/3", "/n/4", "/n/5"]
-    assert log.stats() == {"size": 3, "stored": 3, "received": 6, "dropped": 3,
-                           "droppedByWorkload": {"shop/backend-1": 3}, "followers": 0,
-                           "followerMisses": 0}  # fmt: skip
+    assert log.stats() == {
+        "size": 3,
+        "stored": 3,
+        "received": 6,
+        "dropped": 3,
+        "droppedByWorkload": {"shop/backend-1": 3},
+        "followers": 0,
+        "followerMisses": 0,
+    }
     with pytest.raises(ValueError, match="at least 1"):
         FlowLog(size=0)
 
 
 def test_queries_select_by_denied_workload_age_and_limit() -> None:
     log = FlowLog(clock=lambda: NOW)
-    log.add([flow(0, age=600), flow(1, DENY, age=120), flow(2, workload="shop/db-1"),
-             flow(3, DENY), flow(4)])  # fmt: skip
+    log.add(
+        [
+            flow(0, age=600),
+            flow(1, DENY, age=120),
+            flow(2, workload="shop/db-1"),
+            flow(3, DENY),
+            flow(4),
+        ]
+    )
     paths = lambda **q: [f.path for f in log.query(FlowQuery(**q))]  # noqa: E731
     assert paths(denied=True) == ["/n/1", "/n/3"]
     assert paths(workload="shop/db-1") == ["/n/2"]
@@ -97,32 +121,42 @@ def test_each_record_is_counted_by_decision_policy_and_workload() -> None:
     log.add([flow(0), flow(1), flow(2, DENY)])
     data = reader.get_metrics_data()
     assert data is not None
-    (metric,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics
-                 for m in sm.metrics]  # fmt: skip
+    (metric,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
     assert metric.name == "meshwarden.authz.decisions"
     counts = {tuple(sorted(p.attributes.items())): p.value for p in metric.data.data_points}
     assert counts == {
-        (("decision", "allow"), ("policy", "shop/backend-access"),
-         ("workload", "shop/backend-1")): 2,
+        (
+            ("decision", "allow"),
+            ("policy", "shop/backend-access"),
+            ("workload", "shop/backend-1"),
+        ): 2,
         (("decision", "deny"), ("policy", "default:deny"), ("workload", "shop/backend-1")): 1,
-    }  # fmt: skip
+    }
 
 
 # --- a flood of access-log messages into the receiver --------------------------------------
 
 
 def _message(denied: bool, size: int, node: str | None = None) -> bytes:
-    rbac = {"authz_allow_enforced_engine_result": "denied" if denied else "allowed",
-            "authz_allow_enforced_effective_policy_id":
-            "default:deny" if denied else "shop/backend-access#0"}  # fmt: skip
+    rbac = {
+        "authz_allow_enforced_engine_result": "denied" if denied else "allowed",
+        "authz_allow_enforced_effective_policy_id": "default:deny"
+        if denied
+        else "shop/backend-access#0",
+    }
     local = Address(socket_address=SocketAddress(address="10.0.0.3", port_value=8080))
-    common = AccessLogCommon(downstream_local_address=local, metadata=Metadata(
-        filter_metadata={RBAC_NS: Struct.from_dict(rbac)}))  # fmt: skip
-    entry = HttpAccessLogEntry(common_properties=common,
-                               request=HttpRequestProperties(path="/flood"),
-                               response=HttpResponseProperties(response_code=200))  # fmt: skip
-    out = StreamAccessLogsMessage(http_logs=StreamAccessLogsMessageHttpAccessLogEntries(
-        log_entry=[entry] * size))  # fmt: skip
+    common = AccessLogCommon(
+        downstream_local_address=local,
+        metadata=Metadata(filter_metadata={RBAC_NS: Struct.from_dict(rbac)}),
+    )
+    entry = HttpAccessLogEntry(
+        common_properties=common,
+        request=HttpRequestProperties(path="/flood"),
+        response=HttpResponseProperties(response_code=200),
+    )
+    out = StreamAccessLogsMessage(
+        http_logs=StreamAccessLogsMessageHttpAccessLogEntries(log_entry=[entry] * size)
+    )
     if node:
         out.identifier = StreamAccessLogsMessageIdentifier(node=Node(id=node))
     return bytes(out)
@@ -155,13 +189,16 @@ def test_a_flood_far_beyond_the_bound_keeps_the_store_within_it() -> None:
 
 def test_a_flooding_workload_evicts_only_its_own_records() -> None:
     """Two sidecars stream to the same log; backend-1 floods 50 times the log's size."""
-    ids = {"shop/backend-1": "spiffe://td/ns/shop/sa/backend-1",
-           "shop/db-1": "spiffe://td/ns/shop/sa/db-1"}  # fmt: skip
+    ids = {
+        "shop/backend-1": "spiffe://td/ns/shop/sa/backend-1",
+        "shop/db-1": "spiffe://td/ns/shop/sa/db-1",
+    }
     log = FlowLog(size=500)
 
     def receiver(workload: str) -> AccessLogReceiver:
-        return AccessLogReceiver(log, workload_authorizer(lambda: ids),
-                                 lambda context: ids[workload])  # fmt: skip
+        return AccessLogReceiver(
+            log, workload_authorizer(lambda: ids), lambda context: ids[workload]
+        )
 
     async def stream(workload: str, batches: int, size: int) -> AsyncIterator[bytes]:
         yield _message(False, 0, workload)
@@ -250,26 +287,48 @@ def test_follow_streams_ndjson_as_records_arrive(served: Any) -> None:
     conn.close()
 
 
-def test_the_command_prints_a_table_or_json(served: Any, capsys: pytest.CaptureFixture[str]
-                                            ) -> None:  # fmt: skip
+def test_the_command_prints_a_table_or_json(
+    served: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     url, log, loop = served
     _add(loop, log, [flow(0), flow(1, DENY)])
     assert main(["flows", "--server", url, "-o", "json", "--denied"]) == 0
     (record,) = json.loads(capsys.readouterr().out)
-    assert (record["path"], record["decision"], record["policy"]) == ("/n/1", "deny",
-                                                                      "default:deny")  # fmt: skip
+    assert (record["path"], record["decision"], record["policy"]) == (
+        "/n/1",
+        "deny",
+        "default:deny",
+    )
     assert main(["flows", "--server", url]) == 0
     header, allowed, denied = capsys.readouterr().out.splitlines()
-    assert header.split() == ["TIME", "SOURCE", "DESTINATION", "REQUEST", "STATUS", "DECISION",
-                              "POLICY", "DRY-RUN", "TRACE"]  # fmt: skip
-    assert allowed.split()[2:] == ["spiffe://td/ns/shop/sa/frontend-1", "shop/backend-1:8080",
-                                   "GET", "/n/0", "200", "allow", "shop/backend-access#0", "-",
-                                   f"{0:032x}"]  # fmt: skip
+    assert header.split() == [
+        "TIME",
+        "SOURCE",
+        "DESTINATION",
+        "REQUEST",
+        "STATUS",
+        "DECISION",
+        "POLICY",
+        "DRY-RUN",
+        "TRACE",
+    ]
+    assert allowed.split()[2:] == [
+        "spiffe://td/ns/shop/sa/frontend-1",
+        "shop/backend-1:8080",
+        "GET",
+        "/n/0",
+        "200",
+        "allow",
+        "shop/backend-access#0",
+        "-",
+        f"{0:032x}",
+    ]
     assert "default:deny" in denied and denied.endswith(f"{1:032x}")
 
 
-def test_the_command_explains_what_is_wrong(capsys: pytest.CaptureFixture[str],
-                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_the_command_explains_what_is_wrong(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("MESHWARDEN_SERVER", raising=False)
     assert main(["flows"]) == 2
     assert "give --server HOST:PORT" in capsys.readouterr().err

@@ -70,8 +70,9 @@ def test_a_snapshot_that_cannot_be_built_is_reported_and_the_last_one_kept(
     monkeypatch.setattr(xds.builder, "snapshot", broken)
     xds.publish(None)
     assert xds.cache.snapshot("shop/backend-1") is kept
-    health = health_report(xds.policies, xds.nacks(), xds.sidecars(),
-                           sorted(xds.build_errors.values()))  # fmt: skip
+    health = health_report(
+        xds.policies, xds.nacks(), xds.sidecars(), sorted(xds.build_errors.values())
+    )
     assert health["status"] == "degraded"
     assert health["errors"] == [
         "shop/backend-1: error: its configuration could not be built; "

@@ -96,14 +96,20 @@ def test_unused_rules_need_a_flow_window_and_name_the_rule_no_flow_hit(tmp_path,
     assert [f["code"] for f in _lint(capsys, *paths)[1]] == []
     flows = tmp_path / "flows.ndjson"
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    record = {"time": now, "sourceIdentity": "spiffe://example.org/ns/shop/sa/frontend",
-              "workload": "shop/backend-1", "port": 8080, "decision": "allow",
-              "policy": "shop/backend-callers", "rule": 0, "dryRun": None}  # fmt: skip
+    record = {
+        "time": now,
+        "sourceIdentity": "spiffe://example.org/ns/shop/sa/frontend",
+        "workload": "shop/backend-1",
+        "port": 8080,
+        "decision": "allow",
+        "policy": "shop/backend-callers",
+        "rule": 0,
+        "dryRun": None,
+    }
     flows.write_text(json.dumps(record) + "\n")
     _, findings = _lint(capsys, *paths, extra=("--flows", str(flows), "--since", "1h"))
     where = _at(FIXTURES / "MW302.yaml", "from: [{namespaces: [ops]}]")
-    assert [(f["code"], f["file"], f["line"], f["column"]) for f in findings] == [
-        ("MW302", *where)]  # fmt: skip
+    assert [(f["code"], f["file"], f["line"], f["column"]) for f in findings] == [("MW302", *where)]
 
 
 def test_fail_on_warning_fails_on_warnings_and_text_output_has_position_code_and_fix(capsys):

@@ -36,10 +36,12 @@ def test_monitor_mode_mesh_wide_or_for_a_namespace_is_refused_unless_annotated(t
     policies = _loaded(tmp_path)
     spec = MESH.format(extra=", defaultMode: dry-run", annotations="").splitlines()[3]
     for extra, message in [
-        (", defaultMode: dry-run",
-         f"mesh.yaml:4:{spec.index('dry-run') + 1}: error: defaultMode would loosen"),
+        (
+            ", defaultMode: dry-run",
+            f"mesh.yaml:4:{spec.index('dry-run') + 1}: error: defaultMode would loosen",
+        ),
         (", namespaces: {shop: {defaultMode: dry-run}}", "namespace shop would loosen"),
-    ]:  # fmt: skip
+    ]:
         _write(tmp_path, extra)
         assert policies.reload_if_changed() is None
         assert message in "\n".join(policies.status.errors)

@@ -32,8 +32,9 @@ spec:
 ALLOW_LOOSENING = ', annotations: {"meshwarden.io/allow-loosening": "true"}'
 
 
-def mesh_text(td: str = "example.org", mtls: str = "STRICT", default: str = "deny",
-              annotations: str = "") -> str:  # fmt: skip
+def mesh_text(
+    td: str = "example.org", mtls: str = "STRICT", default: str = "deny", annotations: str = ""
+) -> str:
     return MESH.format(td=td, mtls=mtls, default=default, annotations=annotations)
 
 
@@ -194,17 +195,22 @@ def test_removing_the_mesh_document_is_refused(directory: Path) -> None:
     version = policies.status.version
     (directory / "mesh.yaml").rename(directory / "mesh.yaml.bak")
     assert policies.reload_if_changed() is None
-    assert_rejected_keeping(policies, version, "mesh.yaml:2:1: error: the Mesh document",
-                            "was removed")  # fmt: skip
+    assert_rejected_keeping(
+        policies, version, "mesh.yaml:2:1: error: the Mesh document", "was removed"
+    )
     assert denied_by_default(policies)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"default": "allow"}, "defaultPolicy would loosen from deny to allow"),
-    ({"mtls": "PERMISSIVE"}, "mtls would loosen from STRICT to PERMISSIVE"),
-])  # fmt: skip
-def test_a_loosening_is_refused_unless_annotated(directory: Path, change: dict[str, str],
-                                                 message: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"default": "allow"}, "defaultPolicy would loosen from deny to allow"),
+        ({"mtls": "PERMISSIVE"}, "mtls would loosen from STRICT to PERMISSIVE"),
+    ],
+)
+def test_a_loosening_is_refused_unless_annotated(
+    directory: Path, change: dict[str, str], message: str
+) -> None:
     policies = loaded(directory)
     version = policies.status.version
     (directory / "mesh.yaml").write_text(mesh_text(**change))

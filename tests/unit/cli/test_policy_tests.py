@@ -25,10 +25,14 @@ def test_failing_cases_exit_1_and_print_file_line_expectation_and_trace(capsys):
     assert main(["test", SHOP_TESTS, SHOP]) == 1
     captured = capsys.readouterr()
     out = captured.out
-    assert f"{SHOP_TESTS}:9: FAIL frontend may delete (wrong on purpose): " \
-           "expected ALLOW, got DENY" in out  # fmt: skip
-    assert f"{SHOP_TESTS}:12: FAIL stranger gets the catalogue through rule 1 (wrong rule on " \
-           "purpose): expected rule 1, got 2 of shop/backend-access" in out  # fmt: skip
+    assert (
+        f"{SHOP_TESTS}:9: FAIL frontend may delete (wrong on purpose): "
+        "expected ALLOW, got DENY" in out
+    )
+    assert (
+        f"{SHOP_TESTS}:12: FAIL stranger gets the catalogue through rule 1 (wrong rule on "
+        "purpose): expected rule 1, got 2 of shop/backend-access" in out
+    )
     assert "+ shop/backend-access" in out  # explain's trace, under the failure
     assert "may read the catalogue" not in out  # passing cases stay quiet without -v
     assert "2 passed, 2 failed" in captured.err
@@ -49,7 +53,10 @@ def test_json_reports_each_case_with_what_was_expected_and_got(capsys):
     assert (report["passed"], report["failed"]) == (2, 2)
     first, _, third, fourth = report["tests"]
     assert first["passed"] and first["got"] == {
-        "decision": "ALLOW", "policy": "shop/backend-access", "rule": 0}  # fmt: skip
+        "decision": "ALLOW",
+        "policy": "shop/backend-access",
+        "rule": 0,
+    }
     assert third["expected"] == {"decision": "ALLOW"} and third["got"]["decision"] == "DENY"
     assert third["line"] == 9 and third["trace"]
     assert fourth["expected"] == {"decision": "ALLOW", "rule": 1} and fourth["got"]["rule"] == 2

@@ -37,11 +37,30 @@ def _setup(tmp_path: Path) -> tuple[Path, Path]:
 def _flows(tmp_path: Path, *dry_runs: tuple[str, dict | None]) -> str:
     path = tmp_path.parent / f"{tmp_path.name}-flows.ndjson"
     now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-    path.write_text("".join(json.dumps({
-        "time": now, "sourceIdentity": src, "sourceIp": None, "workload": "shop/backend-1",
-        "port": 8080, "protocol": "http", "method": "GET", "path": "/x", "status": 200,
-        "decision": "allow", "policy": "default:allow", "rule": None, "dryRun": dry,
-        "traceId": None}) + "\n" for src, dry in dry_runs))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "time": now,
+                    "sourceIdentity": src,
+                    "sourceIp": None,
+                    "workload": "shop/backend-1",
+                    "port": 8080,
+                    "protocol": "http",
+                    "method": "GET",
+                    "path": "/x",
+                    "status": 200,
+                    "decision": "allow",
+                    "policy": "default:allow",
+                    "rule": None,
+                    "dryRun": dry,
+                    "traceId": None,
+                }
+            )
+            + "\n"
+            for src, dry in dry_runs
+        )
+    )
     return str(path)
 
 
@@ -58,15 +77,29 @@ def test_promote_edits_only_the_mode_values_keeping_comments_and_layout(tmp_path
 
 def test_a_would_deny_in_the_window_refuses_every_promotion_and_names_the_flow(tmp_path, capsys):
     folder, policy = _setup(tmp_path)
-    flows = _flows(tmp_path, (FRONTEND, {"decision": "allow", "policy": "shop/backend-callers"}),
-                   ("spiffe://example.org/ns/ops/sa/cron",
-                    {"decision": "deny", "policy": "default:deny"}))  # fmt: skip
-    code = main(["promote", "shop/backend-callers", "shop/db-callers", str(folder),
-                 "--require-clean", "24h", "--flows", flows])  # fmt: skip
+    flows = _flows(
+        tmp_path,
+        (FRONTEND, {"decision": "allow", "policy": "shop/backend-callers"}),
+        ("spiffe://example.org/ns/ops/sa/cron", {"decision": "deny", "policy": "default:deny"}),
+    )
+    code = main(
+        [
+            "promote",
+            "shop/backend-callers",
+            "shop/db-callers",
+            str(folder),
+            "--require-clean",
+            "24h",
+            "--flows",
+            flows,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
-    assert "shop/backend-callers: would deny spiffe://example.org/ns/ops/sa/cron -> " \
-           "shop/backend-1:8080 GET /x" in err  # fmt: skip
+    assert (
+        "shop/backend-callers: would deny spiffe://example.org/ns/ops/sa/cron -> "
+        "shop/backend-1:8080 GET /x" in err
+    )
     assert "nothing was changed" in err
     assert policy.read_text() == POLICY
 
@@ -74,8 +107,20 @@ def test_a_would_deny_in_the_window_refuses_every_promotion_and_names_the_flow(t
 def test_a_clean_window_promotes(tmp_path, capsys):
     folder, policy = _setup(tmp_path)
     flows = _flows(tmp_path, (FRONTEND, {"decision": "allow", "policy": "shop/backend-callers"}))
-    assert main(["promote", "shop/backend-callers", str(folder), "--require-clean", "24h",
-                 "--flows", flows]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "promote",
+                "shop/backend-callers",
+                str(folder),
+                "--require-clean",
+                "24h",
+                "--flows",
+                flows,
+            ]
+        )
+        == 0
+    )
     assert "mode: enforce    # promote me" in policy.read_text()
     assert 'mode: "dry-run"' in policy.read_text()  # only the named policy changed
 

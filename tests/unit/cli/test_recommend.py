@@ -14,13 +14,32 @@ FRONTEND, BACKEND = f"{TD}/ns/shop/sa/frontend", f"{TD}/ns/shop/sa/backend"
 CRON, SHELL = f"{TD}/ns/ops/sa/cron", f"{TD}/ns/ops/sa/shell"
 
 
-def _flow(n: int, src: str | None, to: str, port: int, method: str | None = None,
-          path: str | None = None, ip: str | None = None,
-          decision: str = "allow") -> dict:  # fmt: skip
-    return {"time": f"2026-12-06T10:{n:02d}:00.000Z", "sourceIdentity": src, "sourceIp": ip,
-            "workload": to, "port": port, "protocol": "http" if method else "tcp",
-            "method": method, "path": path, "status": 200, "decision": decision,
-            "policy": "default:allow", "rule": None, "dryRun": None, "traceId": None}  # fmt: skip
+def _flow(
+    n: int,
+    src: str | None,
+    to: str,
+    port: int,
+    method: str | None = None,
+    path: str | None = None,
+    ip: str | None = None,
+    decision: str = "allow",
+) -> dict:
+    return {
+        "time": f"2026-12-06T10:{n:02d}:00.000Z",
+        "sourceIdentity": src,
+        "sourceIp": ip,
+        "workload": to,
+        "port": port,
+        "protocol": "http" if method else "tcp",
+        "method": method,
+        "path": path,
+        "status": 200,
+        "decision": decision,
+        "policy": "default:allow",
+        "rule": None,
+        "dryRun": None,
+        "traceId": None,
+    }
 
 
 FLOWS = [
@@ -47,8 +66,9 @@ def written(tmp_path, capsys):
     flows = tmp_path / "flows.ndjson"
     flows.write_text("".join(json.dumps(f) + "\n" for f in FLOWS))
     out = tmp_path / "out"
-    code = main(["recommend", str(FIXTURE), "--flows", str(flows), "--since", "3650d",
-                 "-o", str(out)])  # fmt: skip
+    code = main(
+        ["recommend", str(FIXTURE), "--flows", str(flows), "--since", "3650d", "-o", str(out)]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return out, captured
@@ -73,8 +93,15 @@ def test_the_policies_allow_every_observed_flow_and_nothing_else(written, tmp_pa
     mesh = _enforced(out, tmp_path)
     for f in FLOWS:
         if f["decision"] == "allow":
-            assert _allowed(mesh, f["workload"], f["port"], f["sourceIdentity"], f["method"],
-                            f["path"], f["sourceIp"]), f  # fmt: skip
+            assert _allowed(
+                mesh,
+                f["workload"],
+                f["port"],
+                f["sourceIdentity"],
+                f["method"],
+                f["path"],
+                f["sourceIp"],
+            ), f
     assert not _allowed(mesh, "shop/db-1", 5432, CRON)  # denied when observed: not proposed
     assert not _allowed(mesh, "shop/backend-1", 8080, FRONTEND, "DELETE", "/api/items/1")
     assert not _allowed(mesh, "shop/backend-1", 8080, FRONTEND, "GET", "/api/cart")

@@ -9,8 +9,13 @@ from meshwarden.cli._status import merge
 
 
 def view(state: str, streams: int, replica: str, expiry: str | None) -> dict[str, Any]:
-    return {"state": state, "reason": "" if state == "SYNCED" else "why", "streams": streams,
-            "replica": replica, "svid": {"expiry": expiry}}  # fmt: skip
+    return {
+        "state": state,
+        "reason": "" if state == "SYNCED" else "why",
+        "streams": streams,
+        "replica": replica,
+        "svid": {"expiry": expiry},
+    }
 
 
 def test_a_sidecar_is_reported_by_the_replica_it_is_connected_to() -> None:

@@ -18,8 +18,10 @@ def test_the_flag_wins_over_the_environment() -> None:
 
 
 def test_the_traces_variable_wins_over_the_generic_one() -> None:
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4317",
-           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317"}  # fmt: skip
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4317",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317",
+    }
     assert otlp_endpoint(None, env) == "http://traces:4317"
     assert otlp_endpoint(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317"}) == (
         "http://collector:4317"
@@ -29,8 +31,12 @@ def test_the_traces_variable_wins_over_the_generic_one() -> None:
 def test_tracing_is_off_by_default_and_when_disabled() -> None:
     assert otlp_endpoint(None, {}) is None
     assert otlp_endpoint("http://x:4317", {"OTEL_SDK_DISABLED": "true"}) is None
-    assert otlp_endpoint(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:1",
-                                "OTEL_TRACES_EXPORTER": "none"}) is None  # fmt: skip
+    assert (
+        otlp_endpoint(
+            None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:1", "OTEL_TRACES_EXPORTER": "none"}
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize("bad", ["ftp://x:4317", "http://:4317", "http://host:port"])
@@ -45,8 +51,10 @@ def test_only_the_grpc_protocol_is_accepted() -> None:
     endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
     with pytest.raises(TelemetryError, match="OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"):
         otlp_endpoint(None, {**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
-    traces_grpc = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
-                   "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}  # fmt: skip
+    traces_grpc = {
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
     assert otlp_endpoint(None, {**endpoint, **traces_grpc}) == "http://collector:4318"
 
 

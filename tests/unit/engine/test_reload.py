@@ -6,12 +6,15 @@ FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 
 
 def policy(body: str) -> str:
-    return ("---\napiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
-            "metadata: {name: p, namespace: shop}\n" + body)  # fmt: skip
+    return (
+        "---\napiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: p, namespace: shop}\n" + body
+    )
 
 
-ALLOW_OPS = policy("spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n"
-                   "  - from: [{namespaces: [ops]}]\n")  # fmt: skip
+ALLOW_OPS = policy(
+    "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n  - from: [{namespaces: [ops]}]\n"
+)
 ALLOW_FRONTEND = ALLOW_OPS.replace("[ops]", "[shop]")
 
 
@@ -22,8 +25,9 @@ def docs(text: str) -> list:
 
 
 def allowed(mesh, identity: str) -> bool:
-    return decide(mesh.plan("shop/backend-1"),
-                  Request.build("shop/backend-1", 8080, identity=identity)).allowed  # fmt: skip
+    return decide(
+        mesh.plan("shop/backend-1"), Request.build("shop/backend-1", 8080, identity=identity)
+    ).allowed
 
 
 def test_one_policy_change_is_incremental_and_touches_only_its_workloads(shop_workloads):
@@ -43,8 +47,7 @@ def test_unchanged_documents_keep_the_same_snapshot(shop_workloads):
 
 def test_an_invalid_change_yields_no_snapshot_and_located_errors(shop_workloads):
     before = mesh_from(shop_workloads + ALLOW_OPS)
-    bad = ALLOW_OPS.replace("  - from: [{namespaces: [ops]}]\n",
-                            "  - to: [{paths: [/x]}]\n")  # fmt: skip
+    bad = ALLOW_OPS.replace("  - from: [{namespaces: [ops]}]\n", "  - to: [{paths: [/x]}]\n")
     result = reload(before, docs(shop_workloads + bad))
     assert result.mesh is None
     assert ["tcp port 9000" in e.message for e in result.errors] == [True]

@@ -25,7 +25,10 @@ ALLOW_FRONTEND = policy(
 def test_strict_mtls_refuses_plaintext_peers_before_any_policy(shop_workloads):
     mesh = mesh_from(shop_workloads.replace("mtls: PERMISSIVE", "mtls: STRICT"))
     assert verdict(mesh, "shop/backend-1", 8080, source_ip="127.0.0.9") == (
-        "DENY", "mtls:required", None)  # fmt: skip
+        "DENY",
+        "mtls:required",
+        None,
+    )
 
 
 def test_token_from_unconfigured_issuer_is_rejected_but_no_token_is_not(shop_workloads):
@@ -38,10 +41,13 @@ def test_token_from_unconfigured_issuer_is_rejected_but_no_token_is_not(shop_wor
     mesh = mesh_from(shop_workloads + issuer)
     bad = {"iss": "https://evil.example.com", "aud": "backend"}
     assert verdict(mesh, "shop/backend-1", 8080, identity=FRONTEND, jwt_claims=bad)[:2] == (
-        "DENY", "jwt:invalid")  # fmt: skip
+        "DENY",
+        "jwt:invalid",
+    )
     wrong_aud = {"iss": "https://idp.example.com", "aud": "other"}
     assert verdict(mesh, "shop/backend-1", 8080, identity=FRONTEND, jwt_claims=wrong_aud)[1] == (
-        "jwt:invalid")  # fmt: skip
+        "jwt:invalid"
+    )
     assert verdict(mesh, "shop/backend-1", 8080, identity=FRONTEND)[1] == "default:allow"
 
 
@@ -66,7 +72,9 @@ def test_audit_records_a_match_without_changing_the_outcome(shop_workloads):
 def test_allow_policies_selecting_a_workload_deny_what_they_do_not_match(shop_workloads):
     mesh = mesh_from(shop_workloads + ALLOW_FRONTEND)
     assert verdict(mesh, "shop/backend-1", 8080, identity=FRONTEND)[:2] == (
-        "ALLOW", "shop/allow-frontend")  # fmt: skip
+        "ALLOW",
+        "shop/allow-frontend",
+    )
     assert verdict(mesh, "shop/backend-1", 8080, identity=OPS) == ("DENY", "default:deny", None)
     # a workload no ALLOW policy selects falls back to the Mesh default (allow)
     assert verdict(mesh, "shop/frontend-1", 8080, identity=OPS)[1] == "default:allow"
@@ -92,18 +100,24 @@ def test_dry_run_is_reported_and_never_changes_the_outcome(shop_workloads):
 
 
 def test_ip_rules_never_match_a_peer_with_an_identity(shop_workloads):
-    deny_ip = policy("deny-ip", "spec:\n  action: DENY\n  rules:\n"
-                     "  - from: [{ipBlocks: [127.0.0.0/8]}]\n")  # fmt: skip
+    deny_ip = policy(
+        "deny-ip", "spec:\n  action: DENY\n  rules:\n  - from: [{ipBlocks: [127.0.0.0/8]}]\n"
+    )
     mesh = mesh_from(shop_workloads + deny_ip)
     assert verdict(mesh, "shop/backend-1", 8080, identity=FRONTEND, source_ip="127.0.0.2")[0] == (
-        "ALLOW")  # fmt: skip
+        "ALLOW"
+    )
     assert verdict(mesh, "shop/backend-1", 8080, source_ip="127.0.0.2")[:2] == (
-        "DENY", "shop/deny-ip")  # fmt: skip
+        "DENY",
+        "shop/deny-ip",
+    )
 
 
 def test_identity_rules_never_match_a_plaintext_peer_even_negated(shop_workloads):
-    deny = policy("deny-not-frontend", "spec:\n  action: DENY\n  rules:\n"
-                  f"  - from: [{{notIdentities: ['{FRONTEND}']}}]\n")  # fmt: skip
+    deny = policy(
+        "deny-not-frontend",
+        f"spec:\n  action: DENY\n  rules:\n  - from: [{{notIdentities: ['{FRONTEND}']}}]\n",
+    )
     mesh = mesh_from(shop_workloads + deny)
     assert verdict(mesh, "shop/backend-1", 8080, source_ip="127.0.0.9")[0] == "ALLOW"
     assert verdict(mesh, "shop/backend-1", 8080, identity=OPS)[1] == "shop/deny-not-frontend"
@@ -115,10 +129,13 @@ def test_jwt_source_matches_only_a_verified_token_meeting_every_constraint(shop_
         "metadata: {name: idp, namespace: shop}\n"
         'spec: {issuer: https://idp.example.com, jwks: \'{"keys": [{"kty": "EC"}]}\'}\n'
     )
-    allow = policy("admins", "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n"
-                   "  - from: [{jwt: {issuers: [https://idp.example.com], "
-                   "claims: {groups: [admin], realm.role: [ops]}}}]\n"
-                   "    to: [{ports: [8080]}]\n")  # fmt: skip
+    allow = policy(
+        "admins",
+        "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n"
+        "  - from: [{jwt: {issuers: [https://idp.example.com], "
+        "claims: {groups: [admin], realm.role: [ops]}}}]\n"
+        "    to: [{ports: [8080]}]\n",
+    )
     mesh = mesh_from(shop_workloads + issuer + allow)
     good = {"iss": "https://idp.example.com", "groups": ["dev", "admin"], "realm": {"role": "ops"}}
     assert verdict(mesh, "shop/backend-1", 8080, identity=OPS, jwt_claims=good)[0] == "ALLOW"
@@ -130,8 +147,10 @@ def test_jwt_source_matches_only_a_verified_token_meeting_every_constraint(shop_
 def test_http_only_fields_on_a_tcp_port_are_a_load_error(shop_workloads):
     from meshwarden.engine import check_documents, parse_text
 
-    bad = policy("paths-everywhere", "spec:\n  selector: {matchLabels: {app: backend}}\n"
-                 "  rules:\n  - to: [{paths: [/api/*]}]\n")  # fmt: skip
+    bad = policy(
+        "paths-everywhere",
+        "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n  - to: [{paths: [/api/*]}]\n",
+    )
     text = shop_workloads + bad
     documents, _ = parse_text(text, "p.yaml")
     compiled, found = check_documents(documents)
@@ -153,8 +172,11 @@ def test_every_decision_names_policy_and_rule(shop_workloads):
 
 
 def test_root_namespace_policy_applies_to_every_namespace(shop_workloads):
-    deny = policy("no-admin", "spec:\n  action: DENY\n  rules:\n  - to: [{ports: [8080], "
-                  "paths: [/admin/*]}]\n", namespace="meshwarden-system")  # fmt: skip
+    deny = policy(
+        "no-admin",
+        "spec:\n  action: DENY\n  rules:\n  - to: [{ports: [8080], paths: [/admin/*]}]\n",
+        namespace="meshwarden-system",
+    )
     mesh = mesh_from(shop_workloads + deny)
     assert verdict(
         mesh, "shop/backend-1", 8080, identity=OPS, method="GET", path="/x/../admin/%61"
@@ -185,13 +207,19 @@ def test_a_jwt_svid_of_the_configured_trust_domain_is_accepted_without_iss(shop_
         "metadata: {name: mesh-svids, namespace: shop}\n"
         "spec: {issuer: spiffe-jwt, spiffeTrustDomain: example.org, audiences: [backend]}\n"
     )
-    allow = policy("svid-callers", "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n"
-                   f"  - from: [{{jwt: {{subjects: ['{OPS}']}}}}]\n"
-                   "    to: [{ports: [8080]}]\n")  # fmt: skip
+    allow = policy(
+        "svid-callers",
+        "spec:\n  selector: {matchLabels: {app: backend}}\n  rules:\n"
+        f"  - from: [{{jwt: {{subjects: ['{OPS}']}}}}]\n"
+        "    to: [{ports: [8080]}]\n",
+    )
     mesh = mesh_from(shop_workloads + issuer + allow)
     svid = {"sub": OPS, "aud": ["backend"], "exp": 9999999999}
     assert verdict(mesh, "shop/backend-1", 8080, identity=OPS, jwt_claims=svid)[:2] == (
-        "ALLOW", "shop/svid-callers")  # fmt: skip
+        "ALLOW",
+        "shop/svid-callers",
+    )
     other_domain = dict(svid, sub="spiffe://other.org/ns/ops/sa/ops-1")
     assert verdict(mesh, "shop/backend-1", 8080, identity=OPS, jwt_claims=other_domain)[1] == (
-        "jwt:invalid")  # fmt: skip
+        "jwt:invalid"
+    )

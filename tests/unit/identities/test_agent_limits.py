@@ -35,8 +35,10 @@ def test_the_log_says_one_line_per_interval_and_counts_the_rest(
         now[0] = 10.5
         limited.warning("uid:65534", "refused")
     assert [r.getMessage() for r in caplog.records] == [
-        "refused", "refused 1000", "refused (4999 more like it in the last 10 s)"
-    ]  # fmt: skip
+        "refused",
+        "refused 1000",
+        "refused (4999 more like it in the last 10 s)",
+    ]
 
 
 def _leaf(ca: CertificateAuthority) -> x509.Certificate:

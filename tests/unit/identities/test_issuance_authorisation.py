@@ -49,8 +49,10 @@ REGISTRY = Registry(
 
 def test_a_node_serves_its_pinned_workloads_and_unpinned_ones() -> None:
     assert [w.name for w in servable_workloads(REGISTRY, "node-a")] == [
-        "anywhere", "pinned", "two-nodes",
-    ]  # fmt: skip
+        "anywhere",
+        "pinned",
+        "two-nodes",
+    ]
     assert [w.name for w in servable_workloads(REGISTRY, "node-c")] == ["anywhere"]
 
 

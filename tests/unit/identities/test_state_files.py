@@ -119,15 +119,19 @@ def test_a_first_start_without_any_state_mints_a_ca(tmp_path: Path, clock: Manua
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("garbage", "not valid JSON at line 1 col 1; restore it from a backup or start with "
-         "--new-ca"),
+        (
+            "garbage",
+            "not valid JSON at line 1 col 1; restore it from a backup or start with --new-ca",
+        ),
         ('{"format": 1, "trust_domain": "example.org", "x509": [{"state": "act', "not valid JSON"),
-        ('{"format": 1, "trust_domain": "example.org", "x509": [{"state": "active"}]}',
-         "not a usable CA state (KeyError"),
+        (
+            '{"format": 1, "trust_domain": "example.org", "x509": [{"state": "active"}]}',
+            "not a usable CA state (KeyError",
+        ),
         ("[1, 2]", "not a CA state document"),
         ('{"format": 9, "x509": [1]}', "unknown CA state format 9"),
     ],
-)  # fmt: skip
+)
 def test_a_corrupt_ca_file_is_an_error_naming_it(
     tmp_path: Path, clock: ManualClock, text: str, expected: str
 ) -> None:

@@ -101,12 +101,29 @@ def test_ca_certificates_have_unique_subjects_across_rotations(
 def _openssl_upstream_ca(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "upstream.pem", tmp_path / "upstream.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "3650",
-         "-subj", "/O=Upstream Corp/CN=Upstream Root",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "3650",
+            "-subj",
+            "/O=Upstream Corp/CN=Upstream Root",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 

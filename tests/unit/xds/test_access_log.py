@@ -57,49 +57,74 @@ BACKEND_ID = "spiffe://td/ns/shop/sa/backend-1"
 FRONTEND_ID = "spiffe://td/ns/shop/sa/frontend-1"
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 STARTED = dt.datetime(2026, 11, 26, 12, 0, 0, 250_000, tzinfo=dt.UTC)
-ALLOWED = {"authz_deny_enforced_engine_result": "allowed",
-           "authz_deny_enforced_effective_policy_id": "allow:no-deny-rule",
-           "authz_allow_enforced_engine_result": "allowed",
-           "authz_allow_enforced_effective_policy_id": "shop/backend-access#2"}  # fmt: skip
+ALLOWED = {
+    "authz_deny_enforced_engine_result": "allowed",
+    "authz_deny_enforced_effective_policy_id": "allow:no-deny-rule",
+    "authz_allow_enforced_engine_result": "allowed",
+    "authz_allow_enforced_effective_policy_id": "shop/backend-access#2",
+}
 
 
 def _address(ip: str, port: int) -> Address:
     return Address(socket_address=SocketAddress(address=ip, port_value=port))
 
 
-def common(identity: str | None = FRONTEND_ID, metadata: dict[str, Any] | None = None,
-           ip: str = "10.0.0.7", **more: Any) -> AccessLogCommon:  # fmt: skip
+def common(
+    identity: str | None = FRONTEND_ID,
+    metadata: dict[str, Any] | None = None,
+    ip: str = "10.0.0.7",
+    **more: Any,
+) -> AccessLogCommon:
     tls = None
     if identity is not None:
         san = TlsPropertiesCertificatePropertiesSubjectAltName(uri=identity)
-        tls = TlsProperties(peer_certificate_properties=TlsPropertiesCertificateProperties(
-            subject_alt_name=[san]))  # fmt: skip
+        tls = TlsProperties(
+            peer_certificate_properties=TlsPropertiesCertificateProperties(subject_alt_name=[san])
+        )
     filters = {ns: Struct.from_dict(fields) for ns, fields in (metadata or {}).items()}
     return AccessLogCommon(
-        downstream_remote_address=_address("192.0.2.1", 1), tls_properties=tls,
+        downstream_remote_address=_address("192.0.2.1", 1),
+        tls_properties=tls,
         downstream_direct_remote_address=_address(ip, 41000),
-        downstream_local_address=_address("10.0.0.3", 8080), start_time=STARTED,
-        metadata=Metadata(filter_metadata=filters), **more,
-    )  # fmt: skip
+        downstream_local_address=_address("10.0.0.3", 8080),
+        start_time=STARTED,
+        metadata=Metadata(filter_metadata=filters),
+        **more,
+    )
 
 
-def http_entry(path: str = "/api/items", status: int = 200, method: str = "GET",
-               traceparent: str | None = f"00-{TRACE}-b7ad6b7169203331-01",
-               **kwargs: Any) -> HttpAccessLogEntry:  # fmt: skip
+def http_entry(
+    path: str = "/api/items",
+    status: int = 200,
+    method: str = "GET",
+    traceparent: str | None = f"00-{TRACE}-b7ad6b7169203331-01",
+    **kwargs: Any,
+) -> HttpAccessLogEntry:
     headers = {"traceparent": traceparent} if traceparent else {}
     return HttpAccessLogEntry(
         common_properties=common(**kwargs),
-        request=HttpRequestProperties(request_method=RequestMethod[method], path=path,
-                                      request_headers=headers),
+        request=HttpRequestProperties(
+            request_method=RequestMethod[method], path=path, request_headers=headers
+        ),
         response=HttpResponseProperties(response_code=status, response_code_details="x"),
-    )  # fmt: skip
+    )
 
 
 def test_an_allowed_request_names_its_source_policy_rule_and_trace() -> None:
     flow = http_flow(bytes(http_entry(metadata={RBAC_NS: ALLOWED})), BACKEND)
-    assert flow == Flow(STARTED.timestamp(), BACKEND, 8080, FRONTEND_ID, "10.0.0.7", "http",
-                        "GET", "/api/items", 200, Verdict("allow", "shop/backend-access", 2),
-                        TRACE)  # fmt: skip
+    assert flow == Flow(
+        STARTED.timestamp(),
+        BACKEND,
+        8080,
+        FRONTEND_ID,
+        "10.0.0.7",
+        "http",
+        "GET",
+        "/api/items",
+        200,
+        Verdict("allow", "shop/backend-access", 2),
+        TRACE,
+    )
     assert flow.to_json()["time"] == "2026-11-26T12:00:00.250Z"
     assert flow.to_json()["source"] == FRONTEND_ID and flow.to_json()["dryRun"] is None
 
@@ -110,12 +135,16 @@ def test_a_plaintext_peer_is_named_by_its_direct_address_not_forwarded_ones() ->
 
 
 def test_an_implicit_deny_is_default_deny_with_the_dry_run_outcome() -> None:
-    rbac = {**ALLOWED, "authz_allow_enforced_engine_result": "denied",
-            "authz_allow_enforced_effective_policy_id": "default:deny",
-            "dryrun_deny_shadow_engine_result": "denied",
-            "dryrun_deny_shadow_effective_policy_id": "shop/try-lockdown#0"}  # fmt: skip
-    flow = http_flow(bytes(http_entry(method="POST", status=403, metadata={RBAC_NS: rbac})),
-                     BACKEND)  # fmt: skip
+    rbac = {
+        **ALLOWED,
+        "authz_allow_enforced_engine_result": "denied",
+        "authz_allow_enforced_effective_policy_id": "default:deny",
+        "dryrun_deny_shadow_engine_result": "denied",
+        "dryrun_deny_shadow_effective_policy_id": "shop/try-lockdown#0",
+    }
+    flow = http_flow(
+        bytes(http_entry(method="POST", status=403, metadata={RBAC_NS: rbac})), BACKEND
+    )
     assert flow.verdict == Verdict("deny", "default:deny", None, "deny", "shop/try-lockdown")
     assert flow.denied and flow.method == "POST"
     assert flow.to_json()["dryRun"] == {"decision": "deny", "policy": "shop/try-lockdown"}
@@ -153,8 +182,7 @@ def test_a_refused_tcp_connection_names_the_policy_from_its_termination_details(
 def test_an_allowed_tcp_connection_is_attributed_or_reported_unknown() -> None:
     asked = []
 
-    def attribute(workload: str, port: int, identity: str | None, ip: str | None
-                  ) -> Verdict | None:  # fmt: skip
+    def attribute(workload: str, port: int, identity: str | None, ip: str | None) -> Verdict | None:
         asked.append((workload, port, identity, ip))
         return Verdict("allow", "shop/db-access", 0)
 
@@ -185,8 +213,12 @@ def test_the_access_log_config_streams_to_the_given_cluster_and_decodes() -> Non
         assert decoded.common_config.grpc_service.envoy_grpc.cluster_name == "meshwarden-xds"
         assert decoded.common_config.buffer_flush_interval == dt.timedelta(seconds=0.25)
     http_config = HttpGrpcAccessLogConfig.from_dict(
-        {k: v for k, v in http_access_logs(ctx, BACKEND, 8080)[0]["typedConfig"].items()
-         if k != "@type"})  # fmt: skip
+        {
+            k: v
+            for k, v in http_access_logs(ctx, BACKEND, 8080)[0]["typedConfig"].items()
+            if k != "@type"
+        }
+    )
     assert http_config.additional_request_headers_to_log == ["traceparent"]
 
 
@@ -218,8 +250,9 @@ def message(node_id: str | None, http: int = 0, tcp: int = 0) -> StreamAccessLog
     return out
 
 
-async def stream_logs(messages: list[StreamAccessLogsMessage], peer: str | None,
-                      sink: ListSink) -> grpc.StatusCode:  # fmt: skip
+async def stream_logs(
+    messages: list[StreamAccessLogsMessage], peer: str | None, sink: ListSink
+) -> grpc.StatusCode:
     """Send `messages` on one stream to a receiver that sees the client as `peer`."""
     authorize = workload_authorizer(lambda: {BACKEND: BACKEND_ID, "shop/frontend-1": FRONTEND_ID})
     receiver = AccessLogReceiver(sink, authorize, peer_identity=lambda context: peer)
@@ -229,9 +262,11 @@ async def stream_logs(messages: list[StreamAccessLogsMessage], peer: str | None,
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.stream_unary(f"/{SERVICE}/StreamAccessLogs",
-                                        request_serializer=bytes,
-                                        response_deserializer=lambda b: b)  # fmt: skip
+            call = channel.stream_unary(
+                f"/{SERVICE}/StreamAccessLogs",
+                request_serializer=bytes,
+                response_deserializer=lambda b: b,
+            )
 
             async def send() -> AsyncIterator[StreamAccessLogsMessage]:
                 for m in messages:
@@ -256,11 +291,13 @@ def test_a_stream_is_bound_to_the_workload_its_mtls_proves() -> None:
 
 @pytest.mark.parametrize(
     ("node", "peer"),
-    [("shop/frontend-1", BACKEND_ID),  # claims another workload than it proved
-     (BACKEND, None),  # no client certificate
-     ("shop/unknown", BACKEND_ID),  # not a registered workload
-     (None, BACKEND_ID)],  # no identifier on the first message
-)  # fmt: skip
+    [
+        ("shop/frontend-1", BACKEND_ID),  # claims another workload than it proved
+        (BACKEND, None),  # no client certificate
+        ("shop/unknown", BACKEND_ID),  # not a registered workload
+        (None, BACKEND_ID),
+    ],  # no identifier on the first message
+)
 def test_a_stream_claiming_another_workload_is_refused_and_logs_nothing(
     node: str | None, peer: str | None
 ) -> None:
@@ -283,9 +320,11 @@ def test_a_malformed_message_ends_the_stream_as_invalid_argument() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"short": "x", "long": "y" * 300, "n": 2.5, "yes": True, "none": None},
-     {"nested": {"list": ["a", 1.0, {"deep": "z" * 200}], "empty": {}}, "": ""}],
-)  # fmt: skip
+    [
+        {"short": "x", "long": "y" * 300, "n": 2.5, "yes": True, "none": None},
+        {"nested": {"list": ["a", 1.0, {"deep": "z" * 200}], "empty": {}}, "": ""},
+    ],
+)
 def test_metadata_structs_decode_like_envoy_data_plane_long_values_included(
     fields: dict[str, Any],
 ) -> None:

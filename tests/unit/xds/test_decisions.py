@@ -114,9 +114,14 @@ def test_ext_authz_metadata_round_trips() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("shop/a#12", ("shop/a", 12)), ("default:deny", ("default:deny", None)),
-     ("ns/with#hash#3", ("ns/with#hash", 3)), ("ns/x#y", ("ns/x#y", None))],
-)  # fmt: skip
-def test_action_names_split_into_policy_and_rule(name: str, expected: tuple[str, int | None]
-                                                 ) -> None:  # fmt: skip
+    [
+        ("shop/a#12", ("shop/a", 12)),
+        ("default:deny", ("default:deny", None)),
+        ("ns/with#hash#3", ("ns/with#hash", 3)),
+        ("ns/x#y", ("ns/x#y", None)),
+    ],
+)
+def test_action_names_split_into_policy_and_rule(
+    name: str, expected: tuple[str, int | None]
+) -> None:
     assert split_action(name) == expected

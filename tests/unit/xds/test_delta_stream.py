@@ -92,8 +92,9 @@ def test_a_requested_but_absent_name_is_removed_once_and_sent_when_it_appears() 
     assert stream.update(snap(cluster_a="ca", endpoint_a="ea", listener_l="ll", route_r="rr")) == (
         Step()
     )
-    appeared = snap(cluster_a="ca", endpoint_a="ea", endpoint_missing="em", listener_l="ll",
-                    route_r="rr")  # fmt: skip
+    appeared = snap(
+        cluster_a="ca", endpoint_a="ea", endpoint_missing="em", listener_l="ll", route_r="rr"
+    )
     assert sent(one(stream.update(appeared))) == {"missing": b"em"}
 
 

@@ -61,8 +61,12 @@ def betterproto_class(type_url: str) -> Any:
     from envoy_data_plane.envoy.config.listener.v3 import Listener
     from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 
-    classes = {CLUSTER: Cluster, ENDPOINT: ClusterLoadAssignment, LISTENER: Listener,
-               ROUTE: RouteConfiguration}  # fmt: skip
+    classes = {
+        CLUSTER: Cluster,
+        ENDPOINT: ClusterLoadAssignment,
+        LISTENER: Listener,
+        ROUTE: RouteConfiguration,
+    }
     return classes[type_url]
 
 

@@ -48,23 +48,45 @@ CALLER = f"spiffe://{TD}/ns/b/sa/client"
 SERVER_ID = f"spiffe://{TD}/ns/a/sa/api"
 
 
-def _mesh(*policies: dict[str, Any], mesh: dict[str, Any] | None = None,
-          overrides: dict[str, str] | None = None) -> CompiledMesh:  # fmt: skip
+def _mesh(
+    *policies: dict[str, Any],
+    mesh: dict[str, Any] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> CompiledMesh:
     """api-1 and api-2 (one identity), c/solo, and `policies` in namespace a; `overrides`:
     workload name → its own `enforcement`."""
     docs: list[dict[str, Any]] = [
-        {"kind": "Mesh", "metadata": {"name": "m"},
-         "spec": {"trustDomain": TD, "enforcement": "ext-authz", **(mesh or {})}},
-        *({"kind": "Workload", "metadata": {"name": name, "namespace": "a",
-                                            "labels": {"app": "api"}},
-           "spec": {"serviceAccount": "api", "addresses": [address],
-                    "ports": [{"port": 8080, "protocol": "http"}, {"port": 9000}]}}
-          for name, address in (("api-1", "10.0.0.1"), ("api-2", "10.0.0.2"))),
-        {"kind": "Workload", "metadata": {"name": "solo", "namespace": "c"},
-         "spec": {"ports": [{"port": 8080, "protocol": "http"}]}},
-        *({"kind": "AuthorizationPolicy", "metadata": {"name": f"p{i}", "namespace": "a"},
-           "spec": spec} for i, spec in enumerate(policies)),
-    ]  # fmt: skip
+        {
+            "kind": "Mesh",
+            "metadata": {"name": "m"},
+            "spec": {"trustDomain": TD, "enforcement": "ext-authz", **(mesh or {})},
+        },
+        *(
+            {
+                "kind": "Workload",
+                "metadata": {"name": name, "namespace": "a", "labels": {"app": "api"}},
+                "spec": {
+                    "serviceAccount": "api",
+                    "addresses": [address],
+                    "ports": [{"port": 8080, "protocol": "http"}, {"port": 9000}],
+                },
+            }
+            for name, address in (("api-1", "10.0.0.1"), ("api-2", "10.0.0.2"))
+        ),
+        {
+            "kind": "Workload",
+            "metadata": {"name": "solo", "namespace": "c"},
+            "spec": {"ports": [{"port": 8080, "protocol": "http"}]},
+        },
+        *(
+            {
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": f"p{i}", "namespace": "a"},
+                "spec": spec,
+            }
+            for i, spec in enumerate(policies)
+        ),
+    ]
     for doc in docs:
         doc["apiVersion"] = "meshwarden.io/v1alpha1"
         if doc["kind"] == "Workload" and doc["metadata"]["name"] in (overrides or {}):
@@ -76,25 +98,44 @@ def _mesh(*policies: dict[str, Any], mesh: dict[str, Any] | None = None,
     return compiled
 
 
-def _check(principal: str = CALLER, *, path: str | None = "/api/x", claims: Any = None
-           ) -> CheckAttributes:  # fmt: skip
+def _check(
+    principal: str = CALLER, *, path: str | None = "/api/x", claims: Any = None
+) -> CheckAttributes:
     """A CheckRequest as Envoy sends it (encoded by the envoy-data-plane classes), decoded."""
     http = None
     if path is not None:
         http = AttributeContextHttpRequest(
-            method="POST", path=path, host="api.a:8080",
-            headers={":path": path, "x-tenant": "acme", "traceparent": _TRACEPARENT})  # fmt: skip
+            method="POST",
+            path=path,
+            host="api.a:8080",
+            headers={":path": path, "x-tenant": "acme", "traceparent": _TRACEPARENT},
+        )
     context = None
     if claims is not None:
         payload = Struct.from_dict({JWT_PAYLOAD_KEY: claims})
         context = Metadata(filter_metadata={JWT_AUTHN_NS: payload})
-    return decode_check(bytes(CheckRequest(attributes=AttributeContext(
-        source=AttributeContextPeer(principal=principal, address=Address(
-            socket_address=SocketAddress(address="10.1.2.3", port_value=40000))),
-        destination=AttributeContextPeer(principal=SERVER_ID, address=Address(
-            socket_address=SocketAddress(address="10.0.0.1", port_value=8080))),
-        request=AttributeContextRequest(time=_NOW, http=http) if http else None,
-        metadata_context=context))))  # fmt: skip
+    return decode_check(
+        bytes(
+            CheckRequest(
+                attributes=AttributeContext(
+                    source=AttributeContextPeer(
+                        principal=principal,
+                        address=Address(
+                            socket_address=SocketAddress(address="10.1.2.3", port_value=40000)
+                        ),
+                    ),
+                    destination=AttributeContextPeer(
+                        principal=SERVER_ID,
+                        address=Address(
+                            socket_address=SocketAddress(address="10.0.0.1", port_value=8080)
+                        ),
+                    ),
+                    request=AttributeContextRequest(time=_NOW, http=http) if http else None,
+                    metadata_context=context,
+                )
+            )
+        )
+    )
 
 
 _NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -109,10 +150,16 @@ def test_a_check_request_maps_to_the_engines_request() -> None:
     claims = {"iss": "https://idp", "sub": "alice", "exp": 1700000000, "groups": ["dev"]}
     got = request_of(_check(path="/api//v1/../items?x=1", claims=claims), "a/api-1", 8080)
     assert got == Request.build(
-        "a/api-1", 8080, identity=CALLER, source_ip="10.1.2.3", method="POST",
-        path="/api/items", host="api.a:8080",
-        headers={":path": "/api//v1/../items?x=1", "x-tenant": "acme",
-                 "traceparent": _TRACEPARENT}, jwt_claims=claims)  # fmt: skip
+        "a/api-1",
+        8080,
+        identity=CALLER,
+        source_ip="10.1.2.3",
+        method="POST",
+        path="/api/items",
+        host="api.a:8080",
+        headers={":path": "/api//v1/../items?x=1", "x-tenant": "acme", "traceparent": _TRACEPARENT},
+        jwt_claims=claims,
+    )
     assert isinstance(got.jwt_claims and got.jwt_claims["exp"], int)  # not 1.7e9 as a double
 
 
@@ -127,8 +174,10 @@ def test_a_plaintext_peer_has_no_identity_and_a_tcp_check_no_http_attributes() -
 
 def _verdict(compiled: CompiledMesh, identity: str = CALLER, path: str = "/api/x") -> Verdict:
     plan = compiled.plan("a/api-1")
-    return verdict_of(plan, decide(plan, Request.build("a/api-1", 8080, identity=identity,
-                                                       method="GET", path=path)))  # fmt: skip
+    return verdict_of(
+        plan,
+        decide(plan, Request.build("a/api-1", 8080, identity=identity, method="GET", path=path)),
+    )
 
 
 ALLOW_CALLER = {"rules": [{"from": [{"identities": [CALLER]}]}]}
@@ -247,9 +296,12 @@ def test_check_decides_for_the_callers_workload_in_a_child_span_of_the_request()
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
     assert f"{span.context.trace_id:032x}" == _TRACE_ID
     assert dict(span.attributes or {}) == {
-        "meshwarden.authz.decision": "allow", "meshwarden.authz.policy": "a/p0",
-        "meshwarden.authz.rule": "0", "meshwarden.source.spiffe_id": CALLER,
-        "meshwarden.destination.workload": "a/api-1"}  # fmt: skip
+        "meshwarden.authz.decision": "allow",
+        "meshwarden.authz.policy": "a/p0",
+        "meshwarden.authz.rule": "0",
+        "meshwarden.source.spiffe_id": CALLER,
+        "meshwarden.destination.workload": "a/api-1",
+    }
 
 
 def test_every_check_is_timed_in_a_histogram_by_decision_and_workload() -> None:
@@ -265,18 +317,26 @@ def test_every_check_is_timed_in_a_histogram_by_decision_and_workload() -> None:
         asyncio.run(authorization.check(_check(), context))  # type: ignore[arg-type]
     asyncio.run(authorization.check(_check(), _Context(CALLER)))  # type: ignore[arg-type]
     data = reader.get_metrics_data()
-    [metric] = [m for rm in data.resource_metrics for sm in rm.scope_metrics
-                for m in sm.metrics if m.name == "meshwarden.authz.check.duration"]  # fmt: skip
-    counts = {(p.attributes["decision"], p.attributes["workload"]): p.count
-              for p in metric.data.data_points}  # fmt: skip
+    [metric] = [
+        m
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "meshwarden.authz.check.duration"
+    ]
+    counts = {
+        (p.attributes["decision"], p.attributes["workload"]): p.count
+        for p in metric.data.data_points
+    }
     assert counts == {("allow", "a/api-1"): 3, ("deny", ""): 1}
 
 
 def test_envoys_span_in_the_call_metadata_is_the_parent_when_there_is_one() -> None:
     tracer, spans = _traced()
     envoy_span = f"00-{_TRACE_ID}-1111111111111111-01"
-    context = _Context(SERVER_ID, **{WORKLOAD_HEADER: "a/api-1", PORT_HEADER: "8080",
-                                     "traceparent": envoy_span})  # fmt: skip
+    context = _Context(
+        SERVER_ID, **{WORKLOAD_HEADER: "a/api-1", PORT_HEADER: "8080", "traceparent": envoy_span}
+    )
     asyncio.run(Authorization(_resolver(_mesh()), tracer).check(_check(), context))  # type: ignore[arg-type]
     [span] = spans.get_finished_spans()
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "1111111111111111"
@@ -299,10 +359,10 @@ def test_a_refused_caller_is_denied_even_by_a_fail_open_sidecar() -> None:
 def test_ext_authz_filters_carry_the_mesh_settings_and_pass_envoy_validation(
     tmp_path: Path,
 ) -> None:
-    compiled = _mesh(mesh={"mtls": "PERMISSIVE", "extAuthz": {"failOpen": True,
-                                                              "timeout": "40ms"}})  # fmt: skip
-    resources = workload_resources(compiled, "a/api-1",
-                                   TranslationContext(ext_authz_cluster=XDS_CLUSTER))  # fmt: skip
+    compiled = _mesh(mesh={"mtls": "PERMISSIVE", "extAuthz": {"failOpen": True, "timeout": "40ms"}})
+    resources = workload_resources(
+        compiled, "a/api-1", TranslationContext(ext_authz_cluster=XDS_CLUSTER)
+    )
     text = json.dumps(resources[LISTENER])
     assert "envoy.filters.http.rbac" not in text and "envoy.filters.network.rbac" not in text
     configs = [c for c in _typed_configs(resources[LISTENER]) if "ExtAuthz" in c["@type"]]
@@ -313,8 +373,13 @@ def test_ext_authz_filters_carry_the_mesh_settings_and_pass_envoy_validation(
         assert (service["timeout"], config["failureModeAllow"]) == ("0.04s", True)
         metadata = {m["key"]: m["value"] for m in service["initialMetadata"]}
         assert metadata[WORKLOAD_HEADER] == "a/api-1" and metadata[PORT_HEADER] in ("8080", "9000")
-    config = bootstrap("a/api-1", "127.0.0.1", 15010, str(tmp_path / "sds.sock"),
-                       server_id=f"spiffe://{TD}/meshwarden/server")  # fmt: skip
+    config = bootstrap(
+        "a/api-1",
+        "127.0.0.1",
+        15010,
+        str(tmp_path / "sds.sock"),
+        server_id=f"spiffe://{TD}/meshwarden/server",
+    )
     config["staticResources"]["clusters"] += resources[CLUSTER]
     config["staticResources"]["listeners"] = resources[LISTENER]
     (tmp_path / "envoy.json").write_text(json.dumps(config))

@@ -11,20 +11,33 @@ from meshwarden.xds._tracing import policy_version
 
 WORKLOADS = [
     {"kind": "Mesh", "metadata": {"name": "m"}, "spec": {"trustDomain": "example.org"}},
-    *({"kind": "Workload", "metadata": {"name": name, "namespace": "a", "labels": {"app": name}},
-       "spec": {"ports": [{"port": 8080, "protocol": "http"}]}} for name in ("api", "web")),
-]  # fmt: skip
+    *(
+        {
+            "kind": "Workload",
+            "metadata": {"name": name, "namespace": "a", "labels": {"app": name}},
+            "spec": {"ports": [{"port": 8080, "protocol": "http"}]},
+        }
+        for name in ("api", "web")
+    ),
+]
 
 
 def _policy(name: str, app: str, methods: list[str]) -> dict[str, Any]:
-    return {"kind": "AuthorizationPolicy", "metadata": {"name": name, "namespace": "a"},
-            "spec": {"selector": {"matchLabels": {"app": app}},
-                     "rules": [{"to": [{"methods": methods}]}]}}  # fmt: skip
+    return {
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "a"},
+        "spec": {
+            "selector": {"matchLabels": {"app": app}},
+            "rules": [{"to": [{"methods": methods}]}],
+        },
+    }
 
 
 def _mesh(*docs: dict[str, Any]) -> CompiledMesh:
-    text = yaml.safe_dump_all([{"apiVersion": "meshwarden.io/v1alpha1", **d}
-                               for d in (*WORKLOADS, *docs)], sort_keys=False)  # fmt: skip
+    text = yaml.safe_dump_all(
+        [{"apiVersion": "meshwarden.io/v1alpha1", **d} for d in (*WORKLOADS, *docs)],
+        sort_keys=False,
+    )
     documents, problems = parse_text(text)
     assert not problems, problems
     compiled, found = check_documents(documents)

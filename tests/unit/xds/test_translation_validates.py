@@ -21,8 +21,10 @@ def _validate(config: dict, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     path.write_text(json.dumps(config))
     return subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("example", ["shop", "seed"])
@@ -31,8 +33,13 @@ def test_every_workload_config_passes_envoy_validation(example, tmp_path):
     assert compiled is not None
     for ref in compiled.registry.workloads:
         resources = workload_resources(compiled, ref, TranslationContext())
-        config = bootstrap(ref, "127.0.0.1", 15010, str(tmp_path / "sds.sock"),
-                           server_id="spiffe://example.org/meshwarden/server")  # fmt: skip
+        config = bootstrap(
+            ref,
+            "127.0.0.1",
+            15010,
+            str(tmp_path / "sds.sock"),
+            server_id="spiffe://example.org/meshwarden/server",
+        )
         static = config["staticResources"]
         # RDS/EDS references resolve through ADS at run time; validate mode checks the shapes.
         static["clusters"] += resources[CLUSTER]

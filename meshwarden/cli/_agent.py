@@ -11,7 +11,7 @@ from meshwarden._agent import AgentOptions, NodeAgent
 from meshwarden._server import serve_until_signalled
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import InputError
-from meshwarden.cli._types import host_port, host_port_list, positive_duration
+from meshwarden.cli._types import host_port_list, loopback_host_port, positive_duration
 from meshwarden.identities import SystemClock
 
 EXAMPLES = """\
@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--health",
-        type=host_port,
+        type=loopback_host_port,
         metavar="HOST:PORT",
         help="serve GET /healthz here (identity ok | expiring | expired); port 0 picks one; "
         "default off",

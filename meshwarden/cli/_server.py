@@ -15,7 +15,7 @@ from meshwarden.cli import _observe as observe
 from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import fail, percentage
 from meshwarden.cli._store import store_url
-from meshwarden.cli._types import duration, host_port
+from meshwarden.cli._types import duration, host_port, loopback_host_port
 from meshwarden.identities import SystemClock
 
 EXAMPLES = """\
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--health",
-        type=host_port,
+        type=loopback_host_port,
         default="127.0.0.1:0",
         metavar="HOST:PORT",
         help="HTTP health endpoint (GET /healthz); port 0 picks one",

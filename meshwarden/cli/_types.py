@@ -6,6 +6,7 @@ An argparse type raises `argparse.ArgumentTypeError`; the parser turns it into t
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -35,6 +36,24 @@ def host_port(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def loopback_host_port(text: str) -> str:
+    """An argparse type: HOST:PORT as `host_port`, where HOST must be a loopback address or
+    `localhost` (for endpoints that answer without authentication, such as /healthz and /flows)."""
+    address = host_port(text)
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: this endpoint has no authentication, so it listens on loopback only "
+            "(127.0.0.1, ::1 or localhost); put an authenticating proxy in front to reach it "
+            "from elsewhere"
+        )
+    return address
 
 
 def host_port_list(text: str) -> str:

@@ -13,7 +13,7 @@ from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden.cli import _observe as observe
 from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import envoy_or_fail, fail, percentage
-from meshwarden.cli._types import host_port, positive_duration
+from meshwarden.cli._types import loopback_host_port, positive_duration
 
 HELP = """\
 Run the mesh of DIR on this host: the control plane (CA, node API, ADS), a node agent, and one
@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
     parser.add_argument(
         "--health",
-        type=host_port,
+        type=loopback_host_port,
         default="127.0.0.1:0",
         metavar="HOST:PORT",
         help="HTTP endpoint for /healthz and /flows (default: a free port on "

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshwarden.cli._types import duration, host_port, http_server, parse_duration, split_host_port
+from meshwarden.cli import build_parser
+from meshwarden.cli._types import (
+    duration,
+    host_port,
+    http_server,
+    loopback_host_port,
+    parse_duration,
+    split_host_port,
+)
 
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -63,3 +71,24 @@ def test_an_http_server_may_be_given_as_the_url_printed_in_the_ready_line() -> N
     assert http_server("127.0.0.1:41234") == "127.0.0.1:41234"
     with pytest.raises(argparse.ArgumentTypeError, match="expected HOST:PORT or http://"):
         http_server("https://127.0.0.1:41234")
+
+
+@pytest.mark.parametrize("command", ["server", "agent", "up"])
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0:9090", "10.0.0.5:9090", "[::]:9090", "example.org:80"]
+)
+def test_the_unauthenticated_health_endpoint_refuses_a_non_loopback_address(
+    command: str, address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # /healthz and /flows answer without authentication (workloads, flows, paths): never exposed
+    args = [command, "--health", address]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser([command]).parse_args(args)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--health {address!r}: this endpoint has no authentication" in error
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:0", "127.9.9.9:9090", "[::1]:9090", "localhost:9"])
+def test_the_health_endpoint_takes_any_loopback_address(address: str) -> None:
+    assert loopback_host_port(address).endswith(address.rpartition(":")[2])

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-from meshwarden.cli._common import EXIT_OK, CommandFailed, fail, print_json
+from meshwarden.cli._common import EXIT_OK, CommandFailed, add_output_format, fail, print_json
 from meshwarden.cli._types import (
     DURATION_EXAMPLES,
     duration,
@@ -73,13 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="keep printing new records as they arrive (Ctrl-C stops)",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="json: an array; with --follow one JSON object per line",
-    )
+    add_output_format(p, help="json: an array; with --follow one JSON object per line")
     p.set_defaults(func=run)
 
 

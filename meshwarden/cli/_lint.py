@@ -6,7 +6,15 @@ import argparse
 import sys
 
 from meshwarden.cli import _flow_input
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, InputError, fail, load_or_raise, print_json
+from meshwarden.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    InputError,
+    add_output_format,
+    fail,
+    load_or_raise,
+    print_json,
+)
 from meshwarden.cli._types import duration
 from meshwarden.engine import (
     Finding,
@@ -51,13 +59,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="policy files or directories")
     _flow_input.add_arguments(p)
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people (default) or one JSON object for scripts",
-    )
+    add_output_format(p, help="text for people (default) or one JSON object for scripts")
     p.add_argument(
         "--fail-on",
         choices=("error", "warning", "info"),

@@ -11,7 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError, load_or_raise
+from meshwarden.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    InputError,
+    add_output_format,
+    load_or_raise,
+)
 from meshwarden.engine import CompiledMesh
 from meshwarden.render import (
     DEFAULT_CHAIN,
@@ -95,11 +102,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="FILE",
         help="write to FILE (atomically) instead of standard output",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
+    add_output_format(
+        parser,
         help="text: the rendered file itself (default); json: one object with "
         "the node, the mesh version, the port rules and the rendering",
     )

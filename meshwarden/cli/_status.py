@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, fail, print_json
+from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, add_output_format, fail, print_json
 from meshwarden.cli._types import http_server, split_host_port
 
 SERVER_ENV = "MESHWARDEN_SERVER"
@@ -61,13 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"the control plane's health endpoint(s) (default: ${SERVER_ENV})",
     )
     p.add_argument("--workload", metavar="NS/NAME", help="only this workload's sidecar")
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="json: {servers, sidecars, counts}, see docs/cli.md (default text)",
-    )
+    add_output_format(p, help="json: {servers, sidecars, counts}, see docs/cli.md (default text)")
     p.set_defaults(func=run)
 
 

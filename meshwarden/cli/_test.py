@@ -10,7 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, InputError, fail, print_json
+from meshwarden.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    InputError,
+    add_output_format,
+    fail,
+    print_json,
+)
 from meshwarden.cli._explain import render, request_from
 from meshwarden.cli._test_cases import KEY_OF, TestCase, is_test_file, read_cases
 from meshwarden.engine import (
@@ -64,13 +71,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "paths", nargs="+", metavar="PATH", help="test files, policy files or directories"
     )
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report to FILE")
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text for people (default) or one JSON object for scripts",
-    )
+    add_output_format(p, help="text for people (default) or one JSON object for scripts")
     p.add_argument("-v", "--verbose", action="store_true", help="also list passing cases")
     p.set_defaults(func=run)
 

@@ -18,6 +18,7 @@ from meshwarden.cli._common import (
     EXIT_OK,
     CommandFailed,
     InputError,
+    add_output_format,
     fail,
     load_or_raise,
     print_json,
@@ -79,13 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="how long to wait for the sidecars to apply the policies",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        choices=("text", "json"),
-        default="text",
-        help="text (a matrix and the differences) or one JSON object",
-    )
+    add_output_format(p, help="text (a matrix and the differences) or one JSON object")
     p.set_defaults(func=run)
 
 

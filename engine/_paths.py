@@ -12,6 +12,7 @@ from meshwarden.engine._evaluator import Decision, decide, decide_egress
 from meshwarden.engine._patterns import IpAddress
 from meshwarden.engine._registry import Workload
 from meshwarden.engine._request import Request
+from meshwarden.engine._vocabulary import Cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +58,10 @@ def decide_path(
     """May workload `source` (NS/NAME) reach `port`/`protocol` of workload `destination`?
 
     The destination sees the source's identity from its first address. On an http/grpc port
-    the request is `method` `path` (default GET /), as `explain` does; the port need not be
-    declared on the destination. Raises KeyError for an unknown workload."""
+    the request is `method` `path` (default GET /), as `explain` does. A port the destination
+    does not declare (for that protocol) is denied with cause `port:undeclared`: no sidecar
+    listener and no packet-filter rule opens it, so nothing in the mesh reaches it; egress is
+    still decided, for the record. Raises KeyError for an unknown workload."""
     src = mesh.registry.workloads[source]
     dst = mesh.registry.workloads[destination]
     flow = Flow.build(
@@ -70,9 +73,21 @@ def decide_path(
         address=dst.addresses[0] if dst.addresses else None,
     )
     egress = decide_egress(mesh.egress_plan(source), flow, explain=explain)
+    if dst.port_for(port, protocol) is None:
+        return PathDecision(egress, undeclared_port(dst, port, protocol))
     request = ingress_request(src, dst, port, protocol, method, path)
     ingress = decide(mesh.plan(destination), request, explain=explain)
     return PathDecision(egress, ingress)
+
+
+def undeclared_port(destination: Workload, port: int, protocol: str) -> Decision:
+    """The ingress side of a path to a port `destination` does not declare: denied, as the
+    sidecar (no listener) and the packet filter (no rule) would."""
+    reason = (
+        f"port {port}/{protocol} not declared by {destination.ref}: nothing in the mesh "
+        "listens there or lets it through"
+    )
+    return Decision(False, Cause.PORT_UNDECLARED, None, reason)
 
 
 def ingress_request(

@@ -220,6 +220,7 @@ def _workload(doc: Document[WorkloadSpec], mesh: Mesh) -> tuple[Workload | None,
             ports[port.port] = port
         else:
             packet_ports[key] = port
+            problems.extend(_packet_target_port(doc, i, port))
     if problems:
         return None, problems
     addresses = tuple(parse_address(a) for a in spec.addresses)
@@ -236,6 +237,22 @@ def _workload(doc: Document[WorkloadSpec], mesh: Mesh) -> tuple[Workload | None,
         packet_ports,
     )
     return workload, []
+
+
+def _packet_target_port(
+    doc: Document[WorkloadSpec], i: int, port: WorkloadPort
+) -> list[Diagnostic]:
+    """A udp/sctp port with a targetPort: no sidecar carries it, so nothing would forward port
+    to targetPort; the packet filter lets the datagrams through to `port` itself."""
+    if port.target_port is None:
+        return []
+    message = (
+        f"targetPort {port.target_port} means nothing on {port.transport} port {port.port} of "
+        f"workload {doc.ref}: no sidecar carries {port.transport} (the packet filter lets it "
+        f"through to the app on port {port.port} itself); remove targetPort and have the app "
+        f"listen on {port.port}"
+    )
+    return [error(doc.key_at("spec", "ports", i, "targetPort"), message)]
 
 
 def _check_addresses(registry: Registry) -> list[Diagnostic]:

@@ -44,6 +44,7 @@ class Cause(StrEnum):
     MTLS_REQUIRED = "mtls:required"
     JWT_INVALID = "jwt:invalid"
     AUTHZ_UNAVAILABLE = "authz:unavailable"  # ext_authz enforcement: the engine did not answer
+    PORT_UNDECLARED = "port:undeclared"  # a path to a port the destination does not declare
 
 
 class Peers(Enum):

@@ -233,8 +233,9 @@ def request_from(
     if port is None:
         known = ", ".join(f"{p.port} ({p.protocol})" for p in destination.all_ports())
         raise InputError(
-            f"{flag('port')} {fields.port}: workload {fields.to} has no such port "
-            f"({fields.protocol}; its ports: {known or 'none'})"
+            f"{flag('port')} {fields.port}: port {fields.port}/{fields.protocol} not declared by "
+            f"{fields.to} (its ports: {known or 'none'}); the workload has no such port, so "
+            "nothing in the mesh reaches it there"
         )
     identity, source_ip = _peer(fields, mesh, flag)
     if not port.is_http:

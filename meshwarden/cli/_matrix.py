@@ -24,8 +24,9 @@ Print who can reach whom: one row per source workload, one column per destinatio
 Each cell is the engine's decision, the same as `meshwarden explain --from-workload ROW --to
 COLUMN --port N --protocol P`: egress at the source AND ingress at the destination (the
 source's identity and first address; GET / on an http or grpc port). With --port, every cell
-is decided for that port; without it, a cell is 1 when any port of --protocol the destination
-declares is allowed.
+is decided for that port; a destination that does not declare it (for --protocol) is 0, as
+nothing listens there (the cause port:undeclared; explain refuses such a port); without
+--port, a cell is 1 when any port of --protocol the destination declares is allowed.
 
 examples:
   meshwarden matrix examples/shop --port 8080

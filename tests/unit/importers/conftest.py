@@ -50,15 +50,12 @@ def cluster(labels: dict[str, dict[str, str]] | None = None) -> str:
                                 "image": "agnhost",
                                 "ports": [
                                     {
-                                        "containerPort": 80,
-                                        "name": "serve-80-tcp",
-                                        "protocol": "TCP",
-                                    },
-                                    {
-                                        "containerPort": 81,
-                                        "name": "serve-81-tcp",
-                                        "protocol": "TCP",
-                                    },
+                                        "containerPort": number,
+                                        "name": f"serve-{number}-{protocol.lower()}",
+                                        "protocol": protocol,
+                                    }
+                                    for protocol in ("TCP", "UDP", "SCTP")
+                                    for number in (80, 81)
                                 ],
                             }
                         ]

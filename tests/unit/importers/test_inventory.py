@@ -194,9 +194,10 @@ def test_the_seed_network_policy_lets_only_frontend_reach_backend_8080(
     assert explain("shop/frontend-1", 9090) == 1
     capsys.readouterr()
     assert main(["matrix", str(out), "--port", "8080"]) == 0
+    # reports-1 declares no port: nothing listens on its 8080, so no one reaches it there
     assert capsys.readouterr().out.splitlines()[1:] == [
         "                  1 2 3",
-        "1 shop/backend-1  - 1 1",
-        "2 shop/frontend-1 1 - 1",
+        "1 shop/backend-1  - 1 0",
+        "2 shop/frontend-1 1 - 0",
         "3 shop/reports-1  0 1 -",
     ]

@@ -111,8 +111,8 @@ TO_A = [
         id="named-port",
     ),
     pytest.param(
-        to_a(", ingress: [{ports: [{protocol: TCP, port: 81, endPort: 90}]}]"),
-        {80: [], 81: ALL, 90: ALL, 91: []},
+        to_a(", ingress: [{ports: [{protocol: TCP, port: 79, endPort: 80}]}]"),
+        {80: ALL, 81: []},
         id="end-port-range",
     ),
     pytest.param(

@@ -16,11 +16,13 @@ ROOT_NAMESPACE = "meshwarden-system"  # the Mesh's default rootNamespace
 
 @dataclass(frozen=True, slots=True)
 class ImportOptions:
-    """How to import: the mesh's trust domain, and whether pods that share a service account
-    but that a policy tells apart may get distinct identities (else the import refuses)."""
+    """How to import: the mesh's trust domain, whether pods that share a service account but
+    that a policy tells apart may get distinct identities (else the import refuses), and the
+    namespace Istio's policies apply mesh-wide from (its meshConfig.rootNamespace)."""
 
     trust_domain: str = "cluster.local"
     split_identities: bool = True
+    istio_root_namespace: str = "istio-system"  # Istio's meshConfig.rootNamespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +89,13 @@ class ImportContext:
         self.selections.append(Selection(frozenset(p.ref for p in chosen), where, what))
         return chosen
 
+    def account_identity(self, pod: Pod) -> str:
+        """The SPIFFE ID every pod of `pod`'s service account proves in Kubernetes and Istio."""
+        return f"spiffe://{self.options.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+
     def identity(self, pod: Pod) -> str:
         """The SPIFFE ID the imported workload of `pod` will have."""
-        base = f"spiffe://{self.options.trust_domain}/ns/{pod.namespace}/sa/{pod.service_account}"
+        base = self.account_identity(pod)
         if (pod.namespace, pod.service_account) in self.split:
             return f"{base}/pod/{pod.name}"
         return base

@@ -78,7 +78,7 @@ def _mode(fields: Fields, path: tuple[str | int, ...]) -> str | None:
 
 def _namespace_mode(ctx: ImportContext, obj: KubeObject, mode: str) -> None:
     namespaces = ctx.mesh.setdefault("namespaces", {})
-    if is_root(obj):  # mesh-wide: every namespace that has no namespace-wide policy
+    if is_root(obj, ctx):  # mesh-wide: every namespace that has no namespace-wide policy
         ctx.mesh["mtls"] = mode
         for namespace in ctx.inventory.namespaces:
             namespaces.setdefault(namespace, {}).setdefault("mtls", mode)
@@ -158,7 +158,7 @@ def translate_request_authentication(obj: KubeObject, ctx: ImportContext) -> Non
         if spec is None:
             continue
         name = dns_label(obj.name) if len(rules) == 1 else joined(obj.name, str(i))
-        metadata = {"name": name, "namespace": output_namespace(obj)}
+        metadata = {"name": name, "namespace": output_namespace(obj, ctx)}
         ctx.emit(
             obj,
             {"kind": "JwtIssuer", "metadata": metadata, "spec": {**selector_yaml(labels), **spec}},

@@ -82,7 +82,7 @@ def translate_authorization_policy(obj: KubeObject, ctx: ImportContext) -> None:
     annotations = obj.get("metadata", "annotations") or {}
     if isinstance(annotations, dict) and annotations.get("istio.io/dry-run") == "true":
         spec["mode"] = "dry-run"
-    metadata = {"name": dns_label(obj.name), "namespace": output_namespace(obj)}
+    metadata = {"name": dns_label(obj.name), "namespace": output_namespace(obj, ctx)}
     ctx.emit(obj, {"kind": "AuthorizationPolicy", "metadata": metadata, "spec": spec})
 
 

@@ -11,7 +11,6 @@ from meshwarden.importers._inventory import Pod
 from meshwarden.importers._objects import KubeObject
 
 VERSIONS = ("v1", "v1beta1")
-ISTIO_ROOT = "istio-system"  # Istio's default meshConfig.rootNamespace
 ALL_ADDRESSES = ["0.0.0.0/0", "::/0"]
 
 
@@ -34,19 +33,21 @@ def istio_mesh_defaults(ctx: ImportContext) -> None:
         ctx.mesh["mtls"] = "PERMISSIVE"
         ctx.note(
             "Istio's default mTLS mode is PERMISSIVE: unless a mesh-wide "
-            "PeerAuthentication (in istio-system) says STRICT, the imported Mesh accepts "
+            f"PeerAuthentication (in {ctx.options.istio_root_namespace}) says STRICT, the "
+            "imported Mesh accepts "
             "plaintext peers too (only ipBlocks rules can match them)"
         )
 
 
-def is_root(obj: KubeObject) -> bool:
-    return obj.namespace == ISTIO_ROOT
+def is_root(obj: KubeObject, ctx: ImportContext) -> bool:
+    """Whether `obj` is in Istio's root namespace (`import --istio-root-namespace`)."""
+    return obj.namespace == ctx.options.istio_root_namespace
 
 
-def output_namespace(obj: KubeObject) -> str:
+def output_namespace(obj: KubeObject, ctx: ImportContext) -> str:
     """Where a translated policy goes: a policy in Istio's root namespace applies mesh-wide,
     so it goes to the Mesh's root namespace; any other stays in its namespace."""
-    return ROOT_NAMESPACE if is_root(obj) else obj.namespace
+    return ROOT_NAMESPACE if is_root(obj, ctx) else obj.namespace
 
 
 def read_workload_selector(fields: Fields) -> dict[str, str] | None:
@@ -75,7 +76,7 @@ def read_workload_selector(fields: Fields) -> dict[str, str] | None:
 
 def selected_pods(ctx: ImportContext, obj: KubeObject, labels: dict[str, str]) -> list[Pod]:
     """The pods a policy applies to: its namespace's (every namespace's from the root)."""
-    pods = ctx.inventory.pods if is_root(obj) else ctx.inventory.pods_in(obj.namespace)
+    pods = ctx.inventory.pods if is_root(obj, ctx) else ctx.inventory.pods_in(obj.namespace)
     return [p for p in pods if all(p.labels.get(k) == v for k, v in labels.items())]
 
 
@@ -98,10 +99,13 @@ def strings(fields: Fields, path: tuple[str | int, ...]) -> list[tuple[str, tupl
 
 def principal_patterns(ctx: ImportContext, value: str) -> list[str] | None:
     """An Istio principal (`<td>/ns/<ns>/sa/<sa>`, with one `*` as prefix, suffix or alone) as
-    identity patterns; None when it has no SPIFFE spelling. An exact principal whose service
-    account was split by the import also names the split identities."""
-    if value == "*" or value.startswith("*"):
+    identity patterns; None when it has no SPIFFE spelling. A principal that names a service
+    account the import split (exactly, or a `*suffix` its identity ends with) also names the
+    pods' own identities, as in Istio every pod of that account proves the account's."""
+    if value == "*":
         return [value]
+    if value.startswith("*"):
+        return [value, *_split_pods_ending_with(ctx, value[1:])]
     full = f"spiffe://{value}"
     if value.endswith("*"):
         return [full]
@@ -111,6 +115,40 @@ def principal_patterns(ctx: ImportContext, value: str) -> list[str] | None:
     if (parts[2], parts[4]) in ctx.split:
         return [full, f"{full}/pod/*"]
     return [full]
+
+
+def _split_pods_ending_with(ctx: ImportContext, suffix: str) -> list[str]:
+    """The identities of pods whose service account was split and whose account identity
+    ends with `suffix` (a `*suffix` principal matches them in Istio)."""
+    return [
+        ctx.identity(pod)
+        for pod in ctx.inventory.pods
+        if (pod.namespace, pod.service_account) in ctx.split
+        and ctx.account_identity(pod).endswith(suffix)
+    ]
+
+
+def suffix_overreach(ctx: ImportContext, value: str) -> str | None:
+    """Why a `*suffix` principal cannot be kept exactly: it would match the own identity of a
+    split pod (`.../sa/SA/pod/NAME`) whose account identity it does not match, a peer Istio
+    would never match; None when it can."""
+    if not value.startswith("*") or value == "*":
+        return None
+    suffix = value[1:]
+    wrong = sorted(
+        pod.ref
+        for pod in ctx.inventory.pods
+        if (pod.namespace, pod.service_account) in ctx.split
+        and ctx.identity(pod).endswith(suffix)
+        and not ctx.account_identity(pod).endswith(suffix)
+    )
+    if not wrong:
+        return None
+    return (
+        f"principal {value!r} would also match the identities the import gives pods "
+        f"{', '.join(wrong)} (.../sa/SA/pod/NAME), which Istio would not match; "
+        "write the principal up to its service account (e.g. '*/sa/NAME')"
+    )
 
 
 def service_account_patterns(ctx: ImportContext, value: str) -> list[str] | None:

@@ -23,6 +23,7 @@ from meshwarden.importers._istio_common import (
     principal_patterns,
     service_account_patterns,
     strings,
+    suffix_overreach,
 )
 
 Path = tuple[str | int, ...]
@@ -109,8 +110,9 @@ def _identity_fields(ctx: ImportContext, fields: Fields, path: Path, out: dict[s
     for name, target, convert in mapping:
         for value, where in strings(fields, (*path, name)):
             patterns = convert(ctx, value)
-            if patterns is None:
-                fields.fail(where, _spelling(name, value))
+            overreach = suffix_overreach(ctx, value) if convert is principal_patterns else None
+            if patterns is None or overreach is not None:
+                fields.fail(where, overreach or _spelling(name, value))
                 ok = False
                 continue
             out.setdefault(target, []).extend(p for p in patterns if p not in out[target])
@@ -256,8 +258,12 @@ def _condition_key(
     if key in ("source.namespace", "destination.port"):
         return one(key)
     if key == "source.principal":
-        if any(principal_patterns(ctx, v) is None for v in (values or []) + (not_values or [])):
+        given = (values or []) + (not_values or [])
+        if any(principal_patterns(ctx, v) is None for v in given):
             return "source.principal values are written <trust-domain>/ns/<ns>/sa/<sa>"
+        overreach = next(filter(None, (suffix_overreach(ctx, v) for v in given)), None)
+        if overreach is not None:
+            return overreach
         return one("source.identity", lambda v: principal_patterns(ctx, v))
     if key in _JWT_KEYS:
         return one(f"request.jwt.claims[{_JWT_KEYS[key]}]")

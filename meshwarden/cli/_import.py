@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, InputError, fail
@@ -36,6 +37,8 @@ examples:
 exit status: 0 written, 1 the input cannot be translated (errors printed as FILE:LINE:COL: error:
 MESSAGE), 2 usage error (a path that does not exist, OUTDIR not writable)."""
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -58,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the mesh's trust domain, in every SPIFFE ID written",
     )
     parser.add_argument(
+        "--istio-root-namespace",
+        default="istio-system",
+        metavar="NS",
+        help="Istio's root namespace (its meshConfig.rootNamespace): AuthorizationPolicies, "
+        "PeerAuthentications and RequestAuthentications there apply mesh-wide "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-split-identities",
         action="store_true",
         help="refuse (instead of giving pods distinct identities) when a policy tells apart "
@@ -74,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
         trust_domain = str(TrustDomain.parse(args.trust_domain))
     except (SpiffeIdError, ValueError) as exc:
         return fail(f"--trust-domain {args.trust_domain!r}: {exc}")
-    options = ImportOptions(trust_domain, split_identities=not args.no_split_identities)
+    root = args.istio_root_namespace
+    if not _DNS_LABEL.fullmatch(root):
+        return fail(f"--istio-root-namespace {root!r} is not a namespace name (a DNS label)")
+    options = ImportOptions(
+        trust_domain, split_identities=not args.no_split_identities, istio_root_namespace=root
+    )
     try:
         result = import_paths(args.paths, args.outdir, options)
     except UsageError as exc:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshwarden.cli import main
 
+from . import test_istio_import as istio_import
 from .test_istio_import import CLUSTER, explain, sa
 
 DENY_DEV = """
@@ -24,23 +24,7 @@ spec: {{action: DENY, rules: [{{from: [{{source: {{namespaces: ["dev"]}}}}]}}]}}
 FROM_DEV = {"from": sa("dev", "curl"), "method": "GET", "path": "/"}
 
 
-@pytest.fixture
-def imported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
-    """Import the Istio cluster plus `policies` with `flags`; the output directory."""
-    counter = iter(range(100))
-
-    def run(policies: str, *flags: str, cluster: dict[str, Any] = CLUSTER) -> Path:
-        n = next(counter)
-        source = tmp_path / f"in-{n}"
-        source.mkdir()
-        (source / "cluster.json").write_text(json.dumps(cluster))
-        (source / "istio.yaml").write_text(textwrap.dedent(policies))
-        out = tmp_path / f"out-{n}"
-        code = main(["import", str(source), "-o", str(out), *flags])
-        assert code == 0, capsys.readouterr()
-        return out
-
-    return run
+imported = istio_import.imported  # the fixture, with flags and another cluster
 
 
 def test_a_custom_istio_root_namespace_applies_mesh_wide(imported, capsys) -> None:

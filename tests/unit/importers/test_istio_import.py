@@ -62,16 +62,17 @@ def sa(ns: str, account: str) -> str:
 
 @pytest.fixture
 def imported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """Import the cluster (CLUSTER unless given) plus `policies` with `flags`; the output."""
     counter = iter(range(100))
 
-    def run(policies: str) -> Path:
+    def run(policies: str, *flags: str, cluster: dict[str, Any] = CLUSTER) -> Path:
         n = next(counter)
         source = tmp_path / f"in-{n}"
         source.mkdir()
-        (source / "cluster.json").write_text(json.dumps(CLUSTER))
+        (source / "cluster.json").write_text(json.dumps(cluster))
         (source / "istio.yaml").write_text(textwrap.dedent(policies))
         out = tmp_path / f"out-{n}"
-        code = main(["import", str(source), "-o", str(out)])
+        code = main(["import", str(source), "-o", str(out), *flags])
         assert code == 0, capsys.readouterr()
         return out
 

@@ -51,6 +51,7 @@ from meshwarden.engine._load import (
     read_files,
 )
 from meshwarden.engine._model import WorkloadPort
+from meshwarden.engine._mtls import MtlsSetting, mtls_setting
 from meshwarden.engine._outcome import Outcome, dry_run_verdict
 from meshwarden.engine._paths import PathDecision, decide_outbound, decide_path
 from meshwarden.engine._patterns import IpNetwork, Patterns, normalize_path
@@ -105,6 +106,7 @@ __all__ = [
     "Location",
     "Mesh",
     "Mode",
+    "MtlsSetting",
     "Outcome",
     "PathDecision",
     "PatternCondition",
@@ -140,6 +142,7 @@ __all__ = [
     "is_reserved",
     "lint",
     "load",
+    "mtls_setting",
     "normalize_path",
     "parse_text",
     "read_documents",

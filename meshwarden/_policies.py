@@ -32,7 +32,7 @@ from meshwarden._policy_files import (
     SettledDirectory,
     fingerprint,
 )
-from meshwarden._policy_guard import ALLOW_LOOSENING, refused
+from meshwarden._policy_guard import ALLOW_LOOSENING, refused, workload_mtls
 
 __all__ = [
     "Policies",
@@ -265,7 +265,8 @@ class Policies:
         """False (and the change rejected) when it would loosen the running Mesh."""
         if self.mesh is None or new is self.mesh:
             return True
-        refusals, accepted = refused(self.mesh.registry.mesh, new.registry.mesh)
+        before, after = self.mesh.registry, new.registry
+        refusals, accepted = refused(before.mesh, after.mesh, workload_mtls(before, after))
         for item in accepted:
             log.warning('accepting a loosening of the mesh (%s: "true"): %s', ALLOW_LOOSENING, item)
             print(f"warning: accepted because of {ALLOW_LOOSENING}: {item}", file=self._report)

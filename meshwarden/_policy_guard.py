@@ -1,11 +1,12 @@
 """Changes to the Mesh document that would loosen a running mesh are refused.
 
 A running control plane refuses a new snapshot that removes the Mesh document, turns
-`defaultPolicy` from deny to allow, `mtls` (mesh-wide or a namespace's) from STRICT to
-PERMISSIVE, `extAuthz.failOpen`
+`defaultPolicy` from deny to allow, `mtls` (mesh-wide, a namespace's, a workload's or one of
+its ports') from STRICT to PERMISSIVE, `extAuthz.failOpen`
 from false to true or a namespace from enforce to monitor mode (`defaultMode: dry-run`) —
 unless the new Mesh document carries the annotation
-`meshwarden.io/allow-loosening: "true"`, which accepts the loosening (logged at WARNING). The
+`meshwarden.io/allow-loosening: "true"`, which accepts the loosening (logged at WARNING); a
+workload's own loosening is also accepted when its Workload document carries it. The
 trust domain never changes while the control plane runs (its CA and every SVID belong to it):
 that takes a restart. A Mesh document cannot be removed while running: with no document left
 to carry the annotation, deleting it is never taken as intent.
@@ -27,6 +28,7 @@ class Loosening:
     where: str  # FILE:LINE:COL
     message: str
     overridable: bool = True
+    annotated: bool = False  # the loosened document itself (a Workload) carries the annotation
 
     def __str__(self) -> str:
         return f"{self.where}: error: {self.message}"
@@ -139,7 +141,62 @@ def _mode(mesh: engine.Mesh, namespace: str) -> str:
     return settings.default_mode if settings and settings.default_mode else mesh.spec.default_mode
 
 
-def allowed_by_annotation(mesh: engine.Mesh) -> bool:
+def workload_mtls(before: engine.Registry, after: engine.Registry) -> list[Loosening]:
+    """Workloads (or ports of theirs) whose own mTLS setting takes them from STRICT to
+    PERMISSIVE, as Istio's workload and port-level PeerAuthentication can; a change of the
+    namespace's or the Mesh's mode alone is reported there, once."""
+    found = []
+    for ref, new in sorted(after.workloads.items()):
+        old = before.workloads.get(ref)
+        if old is None:
+            continue
+        whole = _loosened_port(before, after, old, new, None)
+        found.extend([whole] if whole else [])
+        for number in sorted(new.ports):
+            loosened = _loosened_port(before, after, old, new, number)
+            previous = old.ports.get(number)
+            own = new.ports[number].mtls is not None or (previous and previous.mtls) is not None
+            if loosened is not None and (whole is None or own):
+                found.append(loosened)
+    return found
+
+
+def _loosened_port(
+    before: engine.Registry,
+    after: engine.Registry,
+    old: engine.Workload,
+    new: engine.Workload,
+    number: int | None,
+) -> Loosening | None:
+    """The loosening of port `number` of `new` (None: the workload's own mode), if any."""
+    port = 0 if number is None or number not in old.ports else number
+    was = engine.mtls_setting(before.mesh.spec, old, port)
+    now = engine.mtls_setting(after.mesh.spec, new, number or 0)
+    if not was.strict or now.strict:
+        return None
+    if now.origin.startswith("Mesh") and _mtls(before.mesh, new.namespace) == "STRICT":
+        return None  # the namespace (or the Mesh) loosened: reported there, once
+    place = f"port {number} of workload {new.ref}" if number else f"workload {new.ref}"
+    return Loosening(
+        str(_workload_place(new, number)),
+        f"{place} would loosen mtls from STRICT to PERMISSIVE",
+        annotated=allowed_by_annotation(new),
+    )
+
+
+def _workload_place(workload: engine.Workload, number: int | None) -> engine.Location:
+    document = workload.document
+    if number is not None:
+        index = next(i for i, p in enumerate(workload.spec.ports) if p.port == number and p.proxied)
+        if workload.spec.ports[index].mtls is not None:
+            return document.at("spec", "ports", index, "mtls")
+        return document.at("spec", "ports", index)
+    if workload.spec.mtls is not None:
+        return document.at("spec", "mtls")
+    return document.key_at("spec")
+
+
+def allowed_by_annotation(mesh: engine.Mesh | engine.Workload) -> bool:
     document = mesh.document
     if document is None:
         return False
@@ -147,11 +204,16 @@ def allowed_by_annotation(mesh: engine.Mesh) -> bool:
     return annotations.get(ALLOW_LOOSENING, "").lower() == "true"
 
 
-def refused(before: engine.Mesh, after: engine.Mesh) -> tuple[list[Loosening], list[Loosening]]:
-    """(refused, accepted) loosenings of the change from `before` to `after`."""
-    found = loosenings(before, after)
+def refused(
+    before: engine.Mesh, after: engine.Mesh, workloads: list[Loosening] | None = None
+) -> tuple[list[Loosening], list[Loosening]]:
+    """(refused, accepted) loosenings of the change from `before` to `after`, and of the
+    `workloads` (`workload_mtls`) changed with it."""
+    found = loosenings(before, after) + (workloads or [])
     if allowed_by_annotation(after):
         return [f for f in found if not f.overridable], [f for f in found if f.overridable]
+    accepted = [f for f in found if f.overridable and f.annotated]
+    found = [f for f in found if f not in accepted]
     return [
         Loosening(
             f.where,
@@ -162,4 +224,4 @@ def refused(before: engine.Mesh, after: engine.Mesh) -> tuple[list[Loosening], l
         if f.overridable
         else f
         for f in found
-    ], []
+    ], accepted

@@ -1,18 +1,24 @@
 """Fronts for grpc.aio servers: the public socket is accepted by asyncio, which learns who the
 peer is (Unix peer credentials, or a TLS client certificate) and pipes the bytes to a grpc.aio
-server bound to an ephemeral loopback port.
+server behind it: on an ephemeral loopback port (`LoopbackUpstream`), or on a Unix socket in a
+directory only this process's user can enter (`PrivateSocketUpstream`, cheaper per connection).
 
 grpcio exposes neither SO_PEERCRED nor "request a client certificate if given" (its server
 credentials either require one or never ask), so the identity is established here and recorded
-per loopback source port; a call on any other connection (a local process dialling the loopback
-port directly) finds no record and is refused.
+under the name grpc gives the relayed connection's peer (`ipv4:127.0.0.1:PORT`, or
+`unix-abstract:NAME` for a Unix socket the kernel named at bind); a call on any other connection
+(a process dialling the grpc server directly) finds no record and is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import tempfile
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 from meshwarden.identities._errors import AttestationError
@@ -21,22 +27,22 @@ P = TypeVar("P")
 
 
 class PeerTable(Generic[P]):
-    """Loopback source port → what the front learnt about the peer of that connection."""
+    """grpc's name for a relayed connection's peer → what the front learnt about the peer of
+    the connection it relays."""
 
     def __init__(self) -> None:
-        self._by_port: dict[int, P] = {}
+        self._by_name: dict[str, P] = {}
 
-    def register(self, port: int, peer: P) -> None:
-        self._by_port[port] = peer
+    def register(self, name: str, peer: P) -> None:
+        self._by_name[name] = peer
 
-    def unregister(self, port: int) -> None:
-        self._by_port.pop(port, None)
+    def unregister(self, name: str) -> None:
+        self._by_name.pop(name, None)
 
     def lookup(self, grpc_peer: str) -> P:
         """`grpc_peer` is `context.peer()`, e.g. `ipv4:127.0.0.1:40312`."""
-        host, _, port = grpc_peer.rpartition(":")
-        peer = self._by_port.get(int(port)) if port.isdigit() else None
-        if peer is None or host not in ("ipv4:127.0.0.1", "ipv6:[::1]"):
+        peer = self._by_name.get(grpc_peer)
+        if peer is None:
             raise AttestationError(f"connection {grpc_peer} did not come through the socket")
         return peer
 
@@ -91,15 +97,73 @@ class _Half(asyncio.Protocol):
             self.other.transport.resume_reading()
 
 
+class Upstream(Protocol):
+    """Where a front relays its accepted connections: the grpc server's listener."""
+
+    def listen(self, server: grpc.aio.Server) -> None:
+        """Add the listener to `server` (before it starts)."""
+        ...
+
+    async def connect(self) -> tuple[_Half, str]:
+        """A new connection to the grpc server, and the name grpc gives its peer."""
+        ...
+
+
+class LoopbackUpstream:
+    """A grpc server on an ephemeral loopback port (any local process can dial it; the peer
+    table refuses its calls)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    def listen(self, server: grpc.aio.Server) -> None:
+        self.port = server.add_insecure_port("127.0.0.1:0")
+
+    async def connect(self) -> tuple[_Half, str]:
+        loop = asyncio.get_running_loop()
+        upstream, half = await loop.create_connection(_Half, "127.0.0.1", self.port)
+        return half, f"ipv4:127.0.0.1:{upstream.get_extra_info('sockname')[1]}"
+
+
+class PrivateSocketUpstream:
+    """A grpc server on a Unix socket in a fresh directory of mode 0700: only this process's
+    user (and root) can dial it. Each relayed connection binds to a name the kernel chooses
+    (Linux autobind: `unix-abstract:` and five hex digits, unique while the socket is open)."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="meshwarden-"))
+        self.path = self.directory / "grpc.sock"
+
+    def listen(self, server: grpc.aio.Server) -> None:
+        server.add_insecure_port(f"unix:{self.path}")
+
+    async def connect(self) -> tuple[_Half, str]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind("")
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, str(self.path))
+            _, half = await asyncio.get_running_loop().create_unix_connection(_Half, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return half, "unix-abstract:" + sock.getsockname()[1:].decode("ascii")
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
+
+
 class RelayedConnection(_Half, Generic[P]):
     """An accepted connection: identified once by `identify` (which may raise
     AttestationError: the connection is then closed), then relayed to the grpc server."""
 
     def __init__(
-        self, table: PeerTable[P], port: int, identify: Callable[[asyncio.Transport], P]
+        self, table: PeerTable[P], upstream: Upstream, identify: Callable[[asyncio.Transport], P]
     ) -> None:
         super().__init__()
-        self._table, self._port, self._identify = table, port, identify
+        self._table, self._upstream, self._identify = table, upstream, identify
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -116,15 +180,13 @@ class RelayedConnection(_Half, Generic[P]):
 
     async def _connect(self, peer: P) -> None:
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
         try:
-            upstream, half = await loop.create_connection(_Half, "127.0.0.1", self._port)
+            half, name = await self._upstream.connect()
         except OSError:
             self.transport.close()
             return
-        local_port = upstream.get_extra_info("sockname")[1]
-        self._table.register(local_port, peer)
-        half.on_lost = lambda: self._table.unregister(local_port)
+        self._table.register(name, peer)
+        half.on_lost = lambda: self._table.unregister(name)
         half.join(self)
         self.join(half)
         self.transport.resume_reading()

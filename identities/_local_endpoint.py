@@ -13,7 +13,7 @@ from typing import TypeAlias
 import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
 from meshwarden.identities._errors import AttestationError
-from meshwarden.identities._front import PeerTable, RelayedConnection
+from meshwarden.identities._front import PeerTable, PrivateSocketUpstream, RelayedConnection
 from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidGate
 
 ProcessPeers: TypeAlias = PeerTable[PeerProcess]
@@ -45,18 +45,20 @@ class LocalEndpoint:
         self._mode = mode
         self._grpc: grpc.aio.Server | None = None
         self._listener: asyncio.AbstractServer | None = None
-        self._port = 0
+        self.upstream: PrivateSocketUpstream | None = None
         self.connections_accepted = 0
 
     @property
-    def internal_port(self) -> int:
-        """The loopback port of the grpc server behind the socket (for diagnostics and tests)."""
-        return self._port
+    def internal_address(self) -> str:
+        """The grpc server behind the socket, as grpc names it (for diagnostics and tests)."""
+        assert self.upstream is not None, "the endpoint has not started"
+        return f"unix:{self.upstream.path}"
 
     async def start(self) -> None:
         self._grpc = grpc.aio.server()
         self._add_services(self._grpc, self.peers)
-        self._port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self.upstream = PrivateSocketUpstream()
+        self.upstream.listen(self._grpc)
         await self._grpc.start()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
@@ -69,6 +71,8 @@ class LocalEndpoint:
             self._listener.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self.upstream is not None:
+            self.upstream.remove()
         self.socket_path.unlink(missing_ok=True)
 
     def _connection(self) -> RelayedConnection[PeerProcess]:
@@ -81,7 +85,8 @@ class _GatedConnection(RelayedConnection[PeerProcess]):
     within the first-bytes deadline."""
 
     def __init__(self, endpoint: LocalEndpoint) -> None:
-        super().__init__(endpoint.peers, endpoint.internal_port, self._admit)
+        assert endpoint.upstream is not None
+        super().__init__(endpoint.peers, endpoint.upstream, self._admit)
         self._endpoint = endpoint
         self._uid: int | None = None
         self._heard = False

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
-from meshwarden.identities._front import PeerTable, RelayedConnection
+from meshwarden.identities._front import LoopbackUpstream, PeerTable, RelayedConnection
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,12 @@ class TlsEndpoint:
         self._add_services = add_services
         self._grpc: grpc.aio.Server | None = None
         self._listener: asyncio.AbstractServer | None = None
-        self._internal = 0
+        self._upstream = LoopbackUpstream()
 
     async def start(self) -> None:
         self._grpc = grpc.aio.server()
         self._add_services(self._grpc, self.peers)
-        self._internal = self._grpc.add_insecure_port("127.0.0.1:0")
+        self._upstream.listen(self._grpc)
         await self._grpc.start()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
@@ -69,7 +69,7 @@ class TlsEndpoint:
             await self._grpc.stop(grace)
 
     def _connection(self) -> RelayedConnection[TlsPeer]:
-        return RelayedConnection(self.peers, self._internal, _identify_certificate)
+        return RelayedConnection(self.peers, self._upstream, _identify_certificate)
 
 
 def _identify_certificate(transport: asyncio.Transport) -> TlsPeer:

@@ -52,6 +52,31 @@ def x509_svid_response(
     return pb.X509SVIDResponse(svids=svids)
 
 
+class _X509Responses:
+    """X509SVIDResponse per set of identities, built once per cache version: the DER encodings of
+    keys and certificates cost more than the rest of a workload's first fetch."""
+
+    def __init__(self, cache: IdentityCache) -> None:
+        self._cache = cache
+        self._version = -1
+        self._built: dict[tuple[int, ...], tuple[object, pb.X509SVIDResponse]] = {}
+
+    def of(
+        self, identities: tuple[CachedIdentity, ...], bundle: TrustBundle
+    ) -> pb.X509SVIDResponse:
+        if self._cache.version != self._version:
+            self._version, self._built = self._cache.version, {}
+        key = (id(bundle), *map(id, identities))
+        built = self._built.get(key)
+        if built is None:
+            # The entry keeps what its key names alive, so no id is reused while it is cached.
+            built = self._built[key] = (
+                (bundle, identities),
+                x509_svid_response(identities, bundle),
+            )
+        return built[1]
+
+
 class WorkloadApi:
     """The servicer of `SpiffeWorkloadAPI` (registered by the generated add_... function)."""
 
@@ -62,6 +87,7 @@ class WorkloadApi:
         self._attest = attest
         self._mint_jwt = mint_jwt
         self._clock = clock
+        self._x509 = _X509Responses(cache)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> frozenset[str]:
         metadata = context.invocation_metadata() or ()
@@ -92,7 +118,7 @@ class WorkloadApi:
         while True:
             version = self._cache.version
             identities, bundle = await self._identities(context, caller)
-            yield x509_svid_response(identities, bundle)
+            yield self._x509.of(identities, bundle)
             await self._cache.wait_for_change(version)
 
     async def FetchX509Bundles(

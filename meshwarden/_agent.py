@@ -17,6 +17,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from meshwarden._enforce import TableEnforcer
 from meshwarden._enforce import observe as observe_enforcement
 from meshwarden._health import HealthEndpoint
+from meshwarden._policies import settle_collections
 from meshwarden.identities import (
     Agent,
     AgentConfig,
@@ -141,6 +142,10 @@ class NodeAgent:
             host, _, port = options.health.rpartition(":")
             self.health = HealthEndpoint(host, int(port), self._report)
             await self.health.start()
+        # What start-up loaded (≈ 100,000 objects: grpc, cryptography, the engine) is exempt
+        # from collections from now on: a full collection walking it all while workloads connect
+        # held their first fetch for hundreds of milliseconds (bench/bench_identities.py).
+        settle_collections()
 
     async def run(self) -> None:
         await self.agent.run()

@@ -14,10 +14,10 @@ from typing import Any
 
 from meshwarden._etcd import Etcd, StoreUnavailable, StoreUrl
 from meshwarden._policy_store import PolicyStore
-from meshwarden._shared_ca import SharedCa, read_kek
+from meshwarden._shared_ca import SharedCa
 from meshwarden._shared_nodes import SharedNodes, SharedTokens
 from meshwarden._store_source import StoreSource
-from meshwarden.identities import CaConfig, CertificateAuthority, Clock
+from meshwarden.identities import CaConfig, CertificateAuthority, Clock, StateError
 
 __all__ = ["Replica"]
 
@@ -34,22 +34,33 @@ class Replica:
         self.tokens = SharedTokens(self.etcd, url.prefix, clock)
         self.nodes = SharedNodes(self.etcd, url.prefix, clock)
         self._ca: SharedCa | None = None
+        self.ca_error: str | None = None  # why the store's CA cannot be followed now
 
     async def open_ca(self, config: CaConfig) -> CertificateAuthority:
         """The store's CA (created there by the first replica). Raises StateError when the KEK
         file is unusable or does not open the stored CA, StoreUnavailable."""
-        self._ca = SharedCa(self.etcd, self.url.prefix, read_kek(self.kek_file), config, self.clock)
+        self._ca = SharedCa(self.etcd, self.url.prefix, self.kek_file, config, self.clock)
         return await self._ca.open()
 
     async def sync_ca(self) -> bool:
         """Adopt or write the next CA rotation step; True when the live CA changed. False
-        (nothing rotates) while etcd is unreachable."""
+        (nothing rotates, the live CA keeps signing) while etcd is unreachable or the stored
+        CA does not open with the KEK file (re-keyed, and the new key is not in the file yet)."""
         assert self._ca is not None
         try:
-            return await self._ca.sync()
+            changed = await self._ca.sync()
         except StoreUnavailable as exc:
             log.warning("CA not synchronised with the store: %s", exc)
             return False
+        except StateError as exc:
+            if str(exc) != self.ca_error:
+                log.error("CA not synchronised with the store (serving the CA held): %s", exc)
+            self.ca_error = str(exc)
+            return False
+        if self.ca_error is not None:
+            log.info("CA synchronised with the store again")
+        self.ca_error = None
+        return changed
 
     def health(self) -> dict[str, Any]:
         source = self.source
@@ -59,6 +70,7 @@ class Replica:
             "revision": source.delivered,
             "error": source.error,
             "writes": "accepted" if source.reachable else "refused",
+            "ca": self.ca_error or "ok",
         }
 
     async def close(self) -> None:

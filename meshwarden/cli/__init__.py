@@ -45,7 +45,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
 _MODULE_OF = (
     {name: name for name in _COMMAND_MODULES}
     | {"sidecar": "bootstrap"}
-    | {name: "store" for name in ("apply", "history", "diff", "rollback")}
+    | {name: "store" for name in ("apply", "history", "diff", "rollback", "store")}
 )
 
 # What `meshwarden --help` lists, without importing the command modules (several pull in gRPC and
@@ -74,6 +74,7 @@ _SUMMARIES: dict[str, str] = {
     "import": "translate Kubernetes objects, NetworkPolicies and Istio policies",
     "matrix": "print who can reach whom (a reachability matrix)",
     "status": "show every sidecar's configuration state: SYNCED, STALE or NACK",
+    "store": "operations on the shared store itself (rekey)",
 }
 _LISTING = "listing"  # `build_parser(_LISTING)`: summaries only, for the top-level help
 

@@ -130,6 +130,7 @@ def _finish(*parsers: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from meshwarden.cli import _store_rekey
     from meshwarden.cli._store_diff import run_diff
 
     apply = _command(subparsers, "apply", run_apply)
@@ -154,6 +155,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rollback.add_argument("revision", type=revision_number, metavar="REV")
     rollback.add_argument("-m", "--message", default="", help="why (shown by `history`)")
     _finish(apply, history, diff, rollback)
+    _store_rekey.register(subparsers)
 
 
 def with_store(args: argparse.Namespace, action: Callable[[PolicyStore], Awaitable[T]]) -> T:

@@ -15,16 +15,18 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import grpc
 from aetcd import rpc
 
+from meshwarden._store_url import StoreAuth, StoreTls, StoreUrl
+
 __all__ = [
     "Etcd",
     "KeyValue",
+    "StoreAuth",
+    "StoreRefused",
     "StoreTls",
     "StoreUnavailable",
     "StoreUrl",
@@ -42,72 +44,10 @@ class StoreUnavailable(Exception):
     """No member of the etcd cluster answered (or none had a leader) in time."""
 
 
-@dataclass(frozen=True)
-class StoreTls:
-    """Client TLS to etcd: the CA that signed the members' certificates and, for etcd's
-    `--client-cert-auth`, this client's certificate and key (PEM files)."""
-
-    ca: str
-    cert: str | None = None
-    key: str | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        """Raises OSError naming the file that cannot be read."""
-        cert = Path(self.cert).read_bytes() if self.cert else None
-        key = Path(self.key).read_bytes() if self.key else None
-        return grpc.ssl_channel_credentials(Path(self.ca).read_bytes(), key, cert)
-
-
-@dataclass(frozen=True)
-class StoreUrl:
-    """`etcd://HOST:PORT[,HOST:PORT...][/PREFIX][?ca=FILE&cert=FILE&key=FILE]`: the members,
-    the key prefix (default `/meshwarden/`) the shared state lives under, and client TLS
-    (`ca` alone: TLS; with `cert` and `key`: also authenticated by certificate)."""
-
-    endpoints: tuple[str, ...]
-    prefix: str = "/meshwarden/"
-    tls: StoreTls | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> StoreUrl:
-        """ValueError with the reason for anything else."""
-        if not text.startswith("etcd://"):
-            raise ValueError(f"{text!r}: a store URL starts with etcd:// (etcd://HOST:PORT,...)")
-        rest, _, query = text[len("etcd://") :].partition("?")
-        tls = _tls(text, query)
-        hosts, _, path = rest.partition("/")
-        endpoints = tuple(part.strip() for part in hosts.split(",") if part.strip())
-        if not endpoints:
-            raise ValueError(f"{text!r}: no etcd member (etcd://HOST:PORT,...)")
-        for endpoint in endpoints:
-            split = urlsplit(f"//{endpoint}")
-            try:
-                port = split.port
-            except ValueError:
-                port = None
-            if not split.hostname or port is None or port == 0:
-                raise ValueError(f"{text!r}: {endpoint!r} is not HOST:PORT")
-        prefix = "/" + path.strip("/") + "/" if path.strip("/") else "/meshwarden/"
-        return cls(endpoints, prefix, tls)
-
-    def __str__(self) -> str:
-        """The URL without its query (file names are not secret, but keep messages short)."""
-        suffix = "" if self.prefix == "/meshwarden/" else self.prefix.rstrip("/")
-        return "etcd://" + ",".join(self.endpoints) + suffix
-
-
-def _tls(text: str, query: str) -> StoreTls | None:
-    if not query:
-        return None
-    fields = dict(parse_qsl(query, keep_blank_values=True))
-    unknown = sorted(set(fields) - {"ca", "cert", "key"})
-    if unknown:
-        raise ValueError(f"{text!r}: unknown store option {unknown[0]!r} (ca, cert, key)")
-    if not fields.get("ca"):
-        raise ValueError(f"{text!r}: TLS needs ca=FILE (the CA of the etcd members)")
-    if bool(fields.get("cert")) != bool(fields.get("key")):
-        raise ValueError(f"{text!r}: cert=FILE and key=FILE go together")
-    return StoreTls(fields["ca"], fields.get("cert") or None, fields.get("key") or None)
+class StoreRefused(StoreUnavailable):
+    """etcd answered but refused this client: a wrong user or password, a user without
+    permission on the keys, authentication required or not enabled. Retrying does not help;
+    a running replica treats it as an unreachable store (serves what it has, writes nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +76,12 @@ def value_is(key: bytes, value: bytes) -> Any:
     return rpc.Compare(result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, key=key, value=value)
 
 
+def _token_expired(exc: grpc.aio.AioRpcError) -> bool:
+    """etcd's answer to a token that expired (or was issued before an auth change)."""
+    details = exc.details() or ""
+    return "invalid auth token" in details or "revision of auth store is old" in details
+
+
 def _prefix_end(prefix: bytes) -> bytes:
     """The range end that covers every key starting with `prefix`."""
     end = bytearray(prefix)
@@ -151,8 +97,13 @@ class Etcd:
     """Calls go to one member at a time; an unreachable member is left for the next one."""
 
     def __init__(
-        self, endpoints: Sequence[str], timeout: float = 5.0, tls: StoreTls | None = None
+        self,
+        endpoints: Sequence[str],
+        timeout: float = 5.0,
+        tls: StoreTls | None = None,
+        auth: StoreAuth | None = None,
     ) -> None:
+        """Raises OSError (a TLS file), StateError (the password file)."""
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = tuple(endpoints)
@@ -160,11 +111,15 @@ class Etcd:
         self._credentials = tls.credentials() if tls else None
         self._current = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.auth = auth
+        self._password = auth.password() if auth else ""
+        self._token: str | None = None  # etcd's auth token, from Authenticate
+        self._authenticating: asyncio.Lock | None = None
 
     @classmethod
     def of(cls, url: StoreUrl, timeout: float = 5.0) -> Etcd:
-        """A client of the members (and with the TLS) of a store URL."""
-        return cls(url.endpoints, timeout, url.tls)
+        """A client of the members (with the TLS and the user) of a store URL."""
+        return cls(url.endpoints, timeout, url.tls, url.auth)
 
     def _channel(self) -> grpc.aio.Channel:
         endpoint = self.endpoints[self._current % len(self.endpoints)]
@@ -179,20 +134,34 @@ class Etcd:
     def _next_member(self) -> None:
         self._current += 1
 
-    async def _call(self, stub: type, method: str, request: Any) -> Any:
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self._token is None:
+            return _REQUIRE_LEADER
+        return (*_REQUIRE_LEADER, ("token", self._token))
+
+    async def _call(self, stub: type, method: str, request: Any, authenticated: bool = True) -> Any:
         deadline = time.monotonic() + self.timeout
         last: grpc.aio.AioRpcError | None = None
         attempt = 0
+        renewed = False  # the token is renewed once per call at most
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
+            if authenticated and self.auth is not None and self._token is None:
+                await self._authenticate()
             call = getattr(stub(self._channel()), method)
             try:
                 per_member = min(left, max(0.5, self.timeout / len(self.endpoints)))
-                return await call(request, timeout=per_member, metadata=_REQUIRE_LEADER)
+                return await call(request, timeout=per_member, metadata=self._metadata())
             except grpc.aio.AioRpcError as exc:
+                if authenticated and not renewed and self.auth and _token_expired(exc):
+                    self._token, renewed = None, True
+                    continue
                 if exc.code() not in _RETRIED:
+                    refused = self._refused(exc, request)
+                    if refused is not None:
+                        raise refused from None
                     raise
                 last = exc
             self._next_member()
@@ -201,6 +170,43 @@ class Etcd:
                 await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         reason = last.details() if last is not None else "timed out"
         raise StoreUnavailable(f"etcd ({','.join(self.endpoints)}) unavailable: {reason}")
+
+    async def _authenticate(self) -> None:
+        """Get a token for the URL's user (one Authenticate at a time; the others wait for its
+        token). Raises StoreRefused for a wrong user or password."""
+        assert self.auth is not None
+        if self._authenticating is None:
+            self._authenticating = asyncio.Lock()
+        async with self._authenticating:
+            if self._token is not None:
+                return
+            request = rpc.AuthenticateRequest(name=self.auth.user, password=self._password)
+            reply = await self._call(rpc.AuthStub, "Authenticate", request, authenticated=False)
+            self._token = str(reply.token)
+
+    def _refused(self, exc: grpc.aio.AioRpcError, request: Any) -> StoreRefused | None:
+        """StoreRefused with what to do, for etcd's authentication and permission errors."""
+        details, user = exc.details() or "", self.auth.user if self.auth else None
+        if "authentication failed" in details and self.auth is not None:
+            return StoreRefused(
+                f"etcd refused user {user!r}: wrong user name or password "
+                f"(password-file {self.auth.password_file})"
+            )
+        if "authentication is not enabled" in details:
+            return StoreRefused("etcd has authentication disabled: remove user= from the URL")
+        if "user name is empty" in details or exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            return StoreRefused(
+                "etcd requires authentication: add ?user=NAME&password-file=FILE to the URL"
+            )
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            key = getattr(request, "key", b"") or b""
+            what = f" on {key.decode(errors='replace')}" if key else ""
+            return StoreRefused(
+                f"etcd user {user!r} has no permission{what}: grant its role readwrite on "
+                "the store's prefix (etcdctl role grant-permission ROLE --prefix readwrite "
+                "/meshwarden/)"
+            )
+        return None
 
     async def get(self, key: bytes) -> tuple[KeyValue | None, int]:
         """The key (None when absent) and the store's revision at the time of the read."""
@@ -247,7 +253,7 @@ class Etcd:
         stream = rpc.LeaseStub(self._channel()).LeaseKeepAlive(
             iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
             timeout=self.timeout,
-            metadata=_REQUIRE_LEADER,
+            metadata=self._metadata(),
         )
         try:
             async for answer in stream:
@@ -268,7 +274,9 @@ class Etcd:
         )
         if prefix:
             create.range_end = _prefix_end(key)
-        stream = rpc.WatchStub(self._channel()).Watch(metadata=_REQUIRE_LEADER)
+        if self.auth is not None and self._token is None:
+            await self._authenticate()
+        stream = rpc.WatchStub(self._channel()).Watch(metadata=self._metadata())
         try:  # the sending side stays open (etcd ends a watch whose client half-closed)
             await stream.write(rpc.WatchRequest(create_request=create))
             async for reply in stream:
@@ -278,6 +286,8 @@ class Etcd:
                 yield [KeyValue(e.kv.key, e.kv.value, e.kv.mod_revision) for e in reply.events]
         except grpc.aio.AioRpcError as exc:
             self._next_member()
+            if _token_expired(exc):
+                self._token = None
             raise StoreUnavailable(f"etcd watch ended: {exc.details()}") from None
         finally:
             stream.cancel()

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 STORE_HELP = (
     "the shared store: etcd://HOST:PORT[,HOST:PORT...] (every member of the cluster); "
-    "TLS: add ?ca=FILE[&cert=FILE&key=FILE]"
+    "TLS: add ?ca=FILE[&cert=FILE&key=FILE]; an etcd user: &user=NAME&password-file=FILE"
 )
 EXAMPLES = {
     "apply": """\
@@ -52,12 +52,15 @@ examples:
 def store_url(text: str) -> Any:
     """An argparse type: an etcd:// store URL."""
     from meshwarden._etcd import StoreUrl
+    from meshwarden.identities import StateError
 
     try:
         url = StoreUrl.parse(text)
         if url.tls is not None:
             url.tls.credentials()  # the files must be readable now, not at the first call
-    except ValueError as exc:
+        if url.auth is not None:
+            url.auth.password()
+    except (ValueError, StateError) as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{exc.filename}: {exc.strerror or exc}") from None

@@ -114,7 +114,8 @@ def test_apply_and_history_over_tls_with_a_client_certificate(tls_etcd, capsys):
         ("?cert=a&key=b", "TLS needs ca=FILE"),
         ("?ca=/nonexistent/ca.pem", "/nonexistent/ca.pem: No such file"),
         ("?ca=x&cert=y", "cert=FILE and key=FILE go together"),
-        ("?ca=x&password=y", "unknown store option 'password'"),
+        ("?ca=x&password=y", "give the etcd password in a file (password-file=FILE"),
+        ("?ca=x&pass=y", "unknown store option 'pass'"),
     ],
 )
 def test_store_tls_options_are_checked_before_anything_runs(query, problem, capsys):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from meshwarden.engine._diagnostics import Diagnostic, error, warning
 from meshwarden.engine._documents import Document
-from meshwarden.engine._model import HostPeer, HostRule, HostSpec
+from meshwarden.engine._model import HostEgressRule, HostPeer, HostRule, HostSpec
 from meshwarden.engine._patterns import IpAddress, IpNetwork, parse_address
 from meshwarden.engine._validators import port_range
 
@@ -29,13 +29,14 @@ EVERYWHERE: tuple[IpNetwork, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class HostPort:
-    """One Host rule, compiled: protocol, inclusive port ranges and the source networks (with
-    the except-ranges already taken out) it admits."""
+    """One Host rule, compiled: protocol, inclusive port ranges and the peer networks (with the
+    except-ranges already taken out) it admits: sources for `ingress`, destinations for
+    `egress`."""
 
     protocol: str
     ports: tuple[tuple[int, int], ...]
     sources: tuple[IpNetwork, ...]
-    origin: str  # "Host NAME ingress[i]"
+    origin: str  # "Host NAME ingress[i]" or "Host NAME egress[i]"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -48,6 +49,8 @@ class Host:
     management_ports: tuple[int, ...]
     rules: tuple[HostPort, ...]
     document: Document[HostSpec]
+    egress: tuple[HostPort, ...] = ()
+    egress_closed: bool = False  # `defaultEgress: deny`: only `egress` rules leave the host
 
 
 def peer_networks(peers: list[HostPeer] | None) -> tuple[IpNetwork, ...]:
@@ -86,8 +89,12 @@ def collapse_networks(networks: Iterable[IpNetwork]) -> tuple[IpNetwork, ...]:
     return (*v4, *v6)
 
 
-def _compile_rule(host: str, index: int, rule: HostRule) -> HostPort:
+def _compile_rule(host: str, index: int, rule: HostRule | HostEgressRule) -> HostPort:
     ports = tuple(port_range(p) for p in rule.ports)
+    if isinstance(rule, HostEgressRule):
+        return HostPort(
+            rule.protocol, ports, peer_networks(rule.to), f"Host {host} egress[{index}]"
+        )
     return HostPort(
         rule.protocol, ports, peer_networks(rule.from_), f"Host {host} ingress[{index}]"
     )
@@ -127,7 +134,10 @@ def build_hosts(
             problems.append(_lockout(doc))
             continue
         addresses = tuple(parse_address(a) for a in spec.addresses)
-        hosts[node] = Host(name, node, addresses, tuple(spec.management_ports), rules, doc)
+        egress = tuple(_compile_rule(name, i, r) for i, r in enumerate(spec.egress))
+        closed = spec.default_egress == "deny"
+        management = tuple(spec.management_ports)
+        hosts[node] = Host(name, node, addresses, management, rules, doc, egress, closed)
     return hosts, problems
 
 
@@ -144,9 +154,16 @@ def _lockout(doc: Document[HostSpec]) -> Diagnostic:
 
 def host_warnings(registry: Registry) -> list[Diagnostic]:
     """A Host rule naming a port that only loopback may reach (an app port behind a sidecar, an
-    upstream's local port): the rule has no effect there, which its author should know."""
+    upstream's local port): the rule has no effect there, which its author should know. Egress
+    rules while `defaultEgress` is allow have no effect either."""
     found = []
     for host in registry.hosts.values():
+        if host.egress and not host.egress_closed:
+            text = (
+                f"Host {host.name} has egress rules but defaultEgress is allow: every "
+                "destination is open, so they have no effect; set defaultEgress: deny"
+            )
+            found.append(warning(host.document.at("spec", "egress"), text))
         local = _loopback_ports(registry, host.node)
         for i, rule in enumerate(host.rules):
             for port, why in sorted(local.items()):

@@ -314,7 +314,8 @@ class JwtIssuerSpec(_Strict):
 
 
 class HostPeer(_Strict):
-    """Where packets to a Host may come from: addresses only, since packets carry no identity."""
+    """Where packets to a Host may come from (or, in `egress`, go to): addresses only, since
+    packets carry no identity."""
 
     ip_blocks: list[Cidr] | None = None
     not_ip_blocks: list[Cidr] | None = None
@@ -328,6 +329,14 @@ class HostRule(_Strict):
     from_: list[HostPeer] | None = Field(default=None, alias="from")
 
 
+class HostEgressRule(_Strict):
+    """An outbound rule for the host's own traffic (not a workload's, not a sidecar's)."""
+
+    ports: Annotated[list[PortSpec], Field(min_length=1)]
+    protocol: Transport = "tcp"
+    to: list[HostPeer] | None = None
+
+
 class HostSpec(_Strict):
     """A machine of the mesh: what reaches it beside its sidecars. Everything else is closed."""
 
@@ -337,6 +346,8 @@ class HostSpec(_Strict):
         default_factory=lambda: [22]
     )
     ingress: list[HostRule] = Field(default_factory=list)
+    egress: list[HostEgressRule] = Field(default_factory=list)
+    default_egress: Literal["allow", "deny"] = "allow"  # deny: only `egress` rules leave
 
 
 SPECS: dict[str, type[_Strict]] = {

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 from meshwarden.engine import (
@@ -30,6 +30,7 @@ from meshwarden.engine import (
     collapse_networks,
     subtract_networks,
 )
+from meshwarden.render._egress import NodeEgress, node_egress
 from meshwarden.render._packet import packet_sources
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -58,14 +59,15 @@ class PortRule:
 
 @dataclass(frozen=True, slots=True)
 class NodeFilter:
-    """What one node's packet filter does: disjoint port rules, the Host (if any) and the
-    destinations closed for every other port."""
+    """What one node's packet filter does: disjoint port rules, the Host (if any), the
+    destinations closed for every other port, and what may leave (`egress`)."""
 
     node: str
     version: str
     ports: tuple[PortRule, ...]
     host: Host | None
     closed: tuple[IpNetwork, ...]  # destinations closed for every other port ((): none)
+    egress: NodeEgress = field(default_factory=NodeEgress)
 
     def sources_of(self, rule: PortRule, version: int) -> tuple[IpNetwork, ...]:
         return tuple(n for n in rule.sources if n.version == version)
@@ -97,7 +99,8 @@ def node_filter(mesh: CompiledMesh, node: str) -> NodeFilter:
             for low, high in rule.ports
         )
         closed = collapse_networks(ipaddress.ip_network(a) for a in host.addresses) or EVERYWHERE
-    return NodeFilter(node, mesh.version, _disjoint(claims), host, closed)
+    egress = node_egress(mesh, node)
+    return NodeFilter(node, mesh.version, _disjoint(claims), host, closed, egress)
 
 
 def _workload_claims(plan: AuthorizationPlan) -> list[_Claim]:

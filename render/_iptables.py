@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshwarden.render._filter import NodeFilter, PortRule
+from meshwarden.render._ipt_egress import OUT_CHAIN, output_rules, routed_rules
 
 DEFAULT_CHAIN = "MESHWARDEN"
 DOCKER_CHAIN = "DOCKER-USER"
@@ -50,22 +51,30 @@ def render_iptables(nf: NodeFilter, options: IptablesOptions = IptablesOptions()
     filters = [*_port_rules(nf, options, version), *_closed(nf, options, version)]
     body = [*_preamble(options), *(key + rule for rule in filters)]
     if options.docker:
+        body[1:1] = routed_rules(nf.egress, version, options.interface)
         body.append("-j RETURN")
     rules = [f"-A {chain} {rule}" for rule in body]
+    chains = [f":{chain} - [0:0]", f"-F {chain}", *rules]
+    if not options.docker:
+        out = [f"-A {OUT_CHAIN} {rule}" for rule in output_rules(nf.egress, version)]
+        chains += [f":{OUT_CHAIN} - [0:0]", f"-F {OUT_CHAIN}", *out]
+        rules += out
     tool = "ip6tables-restore" if options.ipv6 else "iptables-restore"
     header = [
         f"# meshwarden: packet filter of node {nf.node} (mesh version {nf.version}), IPv{version}.",
         f"# Generated; do not edit. Apply with: {tool} --noflush FILE",
-        f"# {len(rules)} rules in one linear chain: iptables cannot group source ranges in a "
+        f"# {len(rules)} rules in linear chains: iptables cannot group source ranges in a "
         "restore file (no ipset); `meshwarden render nftables` uses sets instead.",
     ]
     if not options.docker:
         header.append(
             f"# Hook it once: iptables -C INPUT -j {chain} || iptables -I INPUT -j {chain}"
         )
-    return (
-        "\n".join([*header, "*filter", f":{chain} - [0:0]", f"-F {chain}", *rules, "COMMIT"]) + "\n"
-    )
+        header.append(
+            f"# and, for egress: iptables -C OUTPUT -j {OUT_CHAIN} || "
+            f"iptables -I OUTPUT -j {OUT_CHAIN}"
+        )
+    return "\n".join([*header, "*filter", *chains, "COMMIT"]) + "\n"
 
 
 def _preamble(options: IptablesOptions) -> list[str]:

@@ -3,20 +3,23 @@
 The file declares the table, deletes it and defines it again: `nft -f` runs the whole file as one
 transaction, so the kernel switches from the old table to the new one at once or, on any error,
 keeps the old one. Per-packet cost does not grow with the rules: one verdict-map lookup on
-(protocol . port), then at most one interval-set lookup on the source address.
+(protocol . port), then at most one interval-set lookup on the source address. Outbound packets
+(the `output` and `forward` chains, see `_nft_egress`) cost one lookup of the sender and one of
+(destination . protocol . port).
 """
 
 from __future__ import annotations
 
 from meshwarden.render._filter import IpNetwork, NodeFilter, PortRule
+from meshwarden.render._nft_egress import (
+    ICMP_NEEDED,
+    ICMPV6_NEEDED,
+    egress_chains,
+    egress_origins,
+    egress_sets,
+)
 
 TABLE = "inet meshwarden"
-# ICMP a closed host still needs: errors (path MTU discovery) and IPv6 neighbour discovery.
-ICMP_NEEDED = "destination-unreachable, time-exceeded, parameter-problem"
-ICMPV6_NEEDED = (
-    "destination-unreachable, packet-too-big, time-exceeded, parameter-problem, "
-    "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
-)
 
 
 def render_nftables(nf: NodeFilter) -> str:
@@ -26,6 +29,7 @@ def render_nftables(nf: NodeFilter) -> str:
         f"# meshwarden: packet filter of node {nf.node} (mesh version {nf.version}).",
         "# Generated; do not edit. Apply atomically with: nft -f FILE",
         *_origins(nf),
+        *egress_origins(nf.egress),
         f"table {TABLE}",
         f"delete table {TABLE}",
         f"table {TABLE} {{",
@@ -36,10 +40,12 @@ def render_nftables(nf: NodeFilter) -> str:
     if nf.host is not None and nf.closed:
         lines += _address_set("closed_v4", "ipv4_addr", _family(nf.closed, 4))
         lines += _address_set("closed_v6", "ipv6_addr", _family(nf.closed, 6))
+    lines += egress_sets(nf.egress)
     lines += _ports_map(nf, source_sets)
     for name, networks in source_sets.items():
         lines += _source_chain(name, networks)
     lines += _input_chain(nf)
+    lines += egress_chains(nf.egress)
     lines.append("}")
     return "\n".join(lines) + "\n"
 

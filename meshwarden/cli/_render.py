@@ -23,6 +23,7 @@ from meshwarden.engine import CompiledMesh
 from meshwarden.render import (
     DEFAULT_CHAIN,
     IptablesOptions,
+    NodeEgress,
     NodeFilter,
     node_filter,
     render_aws_security_group,
@@ -40,7 +41,11 @@ nodeName (default: its name) is NAME, if there is one (none is needed). Rendered
 sidecar ports open to whoever the policies could allow (narrowed to the IP-fallback ranges when
 only ipBlocks rules allow the port), the workloads' app ports reachable from loopback only, the
 Host's rules, and everything else of the Host closed. Traffic to ports the mesh does not own is
-never dropped unless a Host closes them.
+never dropped unless a Host closes them. Outbound (nftables output/forward chains, iptables
+MESHWARDEN-OUT or DOCKER-USER): each workload's egress policies for what no sidecar carries,
+keyed on its unix:uid selector (or its address when routed through the node), decided as
+`explain --from-workload W --to-ip IP` decides; the Host's own traffic only under
+defaultEgress: deny; nobody on the node reaches another workload's app port directly.
 
 formats:
   nftables            one `table inet meshwarden`, replaced atomically by `nft -f FILE`
@@ -48,7 +53,8 @@ formats:
                       --chain DOCKER-USER for Docker hosts: rules on the container-facing
                       --interface, original destination ports, Docker's own chains untouched)
   aws-security-group  {"IpPermissions": [...]} for `aws ec2 authorize-security-group-ingress
-                      --group-id sg-... --cli-input-json file://FILE`
+                      --group-id sg-... --cli-input-json file://FILE` (--egress: for
+                      authorize-security-group-egress)
   gcp-firewall        a list of compute.firewalls.insert bodies targeting the tag NAME
 
 examples:
@@ -91,6 +97,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--ipv6", action="store_true", help="iptables: render for ip6tables-restore"
+    )
+    parser.add_argument(
+        "--egress",
+        action="store_true",
+        help="aws-security-group: the outbound permissions (for authorize-security-group-"
+        "egress; every address unless the Host has defaultEgress: deny) instead of the inbound",
     )
     parser.add_argument(
         "--network",
@@ -192,7 +204,7 @@ def _iptables(nf: NodeFilter, args: argparse.Namespace) -> str:
 RENDERERS: dict[str, Callable[[NodeFilter, argparse.Namespace], Any]] = {
     "nftables": lambda nf, _: render_nftables(nf),
     "iptables": _iptables,
-    "aws-security-group": lambda nf, _: render_aws_security_group(nf),
+    "aws-security-group": lambda nf, args: render_aws_security_group(nf, args.egress),
     "gcp-firewall": lambda nf, args: render_gcp_firewall(nf, args.network),
 }
 
@@ -212,8 +224,34 @@ def _as_json(fmt: str, nf: NodeFilter, rendered: Any) -> dict[str, Any]:
             for r in nf.ports
         ],
         "closed": [str(n) for n in nf.closed],
+        "egress": _egress_json(nf),
         "rendered": rendered,
     }
+
+
+def _egress_json(nf: NodeFilter) -> dict[str, Any]:
+    egress = nf.egress
+    senders = [*egress.sources, *([egress.host] if egress.host is not None else [])]
+    return {
+        "uids": {str(uid): _sender(egress, i) for uid, i in egress.uids},
+        "addresses": {str(a): _sender(egress, i) for a, i in egress.addresses},
+        "senders": [
+            {
+                "name": s.name,
+                "allowed": [
+                    {"to": e.destination, "protocol": e.protocol, "ports": e.ports}
+                    for e in s.allowed
+                ],
+            }
+            for s in senders
+        ],
+        "bypassRefused": [f"{a}:{port}" for a, port in egress.bypass],
+        "notHeldBack": list(egress.unkeyed),
+    }
+
+
+def _sender(egress: NodeEgress, index: int | None) -> str | None:
+    return None if index is None else egress.sources[index].name
 
 
 def write_atomically(path: Path, text: str) -> None:

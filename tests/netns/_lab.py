@@ -23,6 +23,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 PROBE = str(Path(__file__).with_name("_probe.py"))
+SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's interpreter lives under /root (0700)
 HOST_IP = "10.77.0.1"
 CLIENT_IPS = ("10.77.1.2", "10.77.1.200", "10.77.2.2")
 CONTAINER_IP = "10.88.0.2"
@@ -174,8 +175,17 @@ class Lab:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready", f"server in {ns} did not start"
 
-    def probe(self, ns: str, targets: list[tuple[str, str, str, int]]) -> list[str]:
-        out = self.sh(sys.executable, PROBE, "probe", json.dumps(targets), ns=ns)
+    def probe(
+        self, ns: str, targets: list[tuple[str, str, str, int]], uid: int | None = None
+    ) -> list[str]:
+        """Outcomes of `targets` probed from `ns`; with `uid`, from sockets of that uid (with
+        CAP_NET_RAW for SCTP's raw sockets, and the system python, which any uid may run)."""
+        command = [sys.executable, PROBE, "probe", json.dumps(targets)]
+        if uid is not None:
+            user = [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            caps = ["--inh-caps=+net_raw", "--ambient-caps=+net_raw"]
+            command = ["setpriv", *user, *caps, SYSTEM_PYTHON, *command[1:]]
+        out = self.sh(*command, ns=ns)
         results: list[str] = json.loads(out)
         return results
 

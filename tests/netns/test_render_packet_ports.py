@@ -5,13 +5,11 @@ UDP 53 never opens TCP 53."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
-from meshwarden.engine import CompiledMesh, Request, check_documents, decide, parse_text
-from meshwarden.render import node_filter, render_iptables, render_nftables
+from meshwarden.engine import CompiledMesh, Request, decide
 
-from ._lab import CLIENT_IPS, HOST_IP, Lab, lab
+from ._filters import LOAD, compile_text
+from ._lab import CLIENT_IPS, HOST_IP, lab
 
 WEB, STRANGER, BATCH = CLIENT_IPS  # a workload, an address outside the mesh, another workload
 
@@ -64,32 +62,15 @@ IDENTITY = {
 
 
 def compiled() -> CompiledMesh:
-    documents, problems = parse_text(MESH, "policy.yaml")
-    assert not problems
-    mesh, found = check_documents(documents)
-    assert mesh is not None, found
-    return mesh
+    return compile_text(MESH)
 
 
-def apply_nftables(net: Lab) -> None:
-    net.sh("nft", "-f", "-", ns=net.host, text=render_nftables(node_filter(compiled(), "h1")))
-
-
-def apply_iptables(net: Lab) -> None:
-    rendered = render_iptables(node_filter(compiled(), "h1"))
-    net.sh("iptables-restore", "--noflush", ns=net.host, text=rendered)
-    net.sh("iptables", "-I", "INPUT", "-j", "MESHWARDEN", ns=net.host)
-
-
-APPLY: dict[str, Callable[[Lab], None]] = {"nftables": apply_nftables, "iptables": apply_iptables}
-
-
-@pytest.mark.parametrize("kind", sorted(APPLY))
+@pytest.mark.parametrize("kind", sorted(LOAD))
 def test_udp_ports_admit_exactly_the_addresses_explain_allows(kind: str) -> None:
     mesh = compiled()
     with lab(prefix="eg") as net:
         net.serve(net.host, "udp:53", "tcp:53", "udp:5353")
-        APPLY[kind](net)
+        LOAD[kind](net, mesh)
         ports = (("udp", 53), ("tcp", 53), ("udp", 5353))
         targets = [(p, source, HOST_IP, port) for p, port in ports for source in CLIENT_IPS]
         results = net.probe(net.client, targets)

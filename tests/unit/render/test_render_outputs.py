@@ -7,8 +7,6 @@ import copy
 import random
 from pathlib import Path
 
-import botocore.session
-from botocore.validate import ParamValidator
 from meshwarden.engine import CompiledMesh, check_documents, load, parse_text
 from meshwarden.render import (
     IptablesOptions,
@@ -19,6 +17,7 @@ from meshwarden.render import (
     render_nftables,
 )
 
+from ._ec2 import ec2_problems
 from ._gcp_firewall_schema import firewall_problems
 
 SEED = "examples/seed"
@@ -28,13 +27,6 @@ def seed() -> CompiledMesh:
     result = load([SEED])
     assert result.compiled is not None, result.errors
     return result.compiled
-
-
-def ec2_problems(params: dict[str, object]) -> str:
-    model = botocore.session.get_session().get_service_model("ec2")
-    shape = model.operation_model("AuthorizeSecurityGroupIngress").input_shape
-    report = ParamValidator().validate(params, shape)
-    return report.generate_report() if report.has_errors() else ""
 
 
 def test_seed_docker_host_renders_the_seeds_two_docker_user_rules() -> None:

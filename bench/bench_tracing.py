@@ -12,8 +12,10 @@ server's listener is our translation of 100 one-rule ALLOW policies (`--rules`),
 TranslationContext(tracing=None) for "off" and tracing to an in-process OTLP/gRPC collector
 (counting spans, real wire format) at 100 % and at 1 % random sampling. A/A control: a second
 "off" sidecar, showing the noise between identical configs. Rounds are interleaved (forward,
-then reverse order) and the ratios are on the merged rounds. "nolua100" is on100 without the
-decision Lua filter, to split the cost between Envoy's tracer/exporter and the tagging. Before
+then reverse order) and the ratios are on the merged rounds. "nolua100" and "nolua1" are on100
+and on1 without the decision Lua filter, to split the cost between Envoy's tracer/exporter and
+the tagging (which is skipped for requests that are not sampled: on1 - nolua1 is its cost;
+"always1" is on1 with the filter run on every request, as before that skip). Before
 measuring, every config must
 answer 200 to the client and 403 to an unnamed identity, and the traced config must deliver
 spans tagged with the decision.
@@ -132,39 +134,45 @@ def traced_config(
     return Config(label, base.rules, address, listener, base.local_cluster, extra_clusters=[otlp])
 
 
+def _without_lua(config: Config) -> Config:
+    [hcm] = config.listener["filterChains"][0]["filters"]
+    filters = hcm["typedConfig"]["httpFilters"]
+    assert filters[0]["name"] == "envoy.filters.http.lua", "the decision filter comes first"
+    del filters[0]
+    return config
+
+
+def _lua_on_every_request(config: Config) -> Config:
+    """The tagging filter without the matcher that skips requests not sampled (as before)."""
+    [hcm] = config.listener["filterChains"][0]["filters"]
+    filters = hcm["typedConfig"]["httpFilters"]
+    filters[0] = filters[0]["typedConfig"]["extensionConfig"]
+    return config
+
+
 def prepare(
     rules: int, backend_port: int, ids: harness.Identities, otlp_port: int
 ) -> tuple[list[Config], Any]:
-    addresses = harness.server_addresses(5)
+    addresses = harness.server_addresses(7)
     off, _docs, compiled, _ = harness.our_config(rules, addresses[0], backend_port, ids.server)
     off.label = "off"
     control = Config("control", rules, addresses[1], copy.deepcopy(off.listener), off.local_cluster)
     control.listener["address"]["socketAddress"]["address"] = addresses[1]
-    full = traced_config(
-        off,
-        "on100",
-        addresses[2],
-        ids,
-        compiled,
-        TracingTarget("127.0.0.1", otlp_port, sampling=100.0),
-    )
-    sampled = traced_config(
-        off, "on1", addresses[3], ids, compiled, TracingTarget("127.0.0.1", otlp_port, sampling=1.0)
-    )
-    # where the cost goes: the same traced config without the Lua filter (spans without tags)
-    bare = traced_config(
-        off,
-        "nolua100",
-        addresses[4],
-        ids,
-        compiled,
-        TracingTarget("127.0.0.1", otlp_port, sampling=100.0),
-    )
-    [hcm] = bare.listener["filterChains"][0]["filters"]
-    filters = hcm["typedConfig"]["httpFilters"]
-    assert filters[0]["name"] == "envoy.filters.http.lua", "the decision filter comes first"
-    del filters[0]
-    configs = [off, control, full, sampled, bare]
+    # label → (sampling %, how the tagging filter is changed): nolua* are the same traced configs
+    # without the Lua filter (where the cost goes); always1 runs it on every request, as before
+    # requests not sampled skipped it
+    traced = {
+        "on100": (100.0, None),
+        "on1": (1.0, None),
+        "nolua100": (100.0, _without_lua),
+        "nolua1": (1.0, _without_lua),
+        "always1": (1.0, _lua_on_every_request),
+    }
+    configs = [off, control]
+    for (label, (sampling, change)), address in zip(traced.items(), addresses[2:], strict=True):
+        target = TracingTarget("127.0.0.1", otlp_port, sampling=sampling)
+        config = traced_config(off, label, address, ids, compiled, target)
+        configs.append(change(config) if change else config)
     for c in configs:
         c.local_port = harness.free_port()
     return configs, compiled
@@ -263,13 +271,25 @@ def print_report(out: dict[str, Any]) -> None:
             f"{fig['server_cpu_us_per_req']:>15.1f}{ratios}"
         )
     spans, requests = out["spans"], out["requests"]
-    expected = requests["on100"] + requests["nolua100"] + requests["on1"] / 100
+    expected = (
+        requests["on100"]
+        + requests["nolua100"]
+        + (requests["on1"] + requests["nolua1"] + requests["always1"]) / 100
+    )
     print(
         f"\nspans received by the collector: {spans['total']:,}; expected about "
-        f"{expected:,.0f} (every request of on100 and nolua100, 1 in 100 of on1) plus the "
-        "warm-ups"
+        f"{expected:,.0f} (every request of on100 and nolua100, 1 in 100 of the 1 % ones) "
+        "plus the warm-ups"
     )
-    print("nolua100 = on100 without the Lua filter that tags the decision (the tracer alone).")
+    print("nolua100, nolua1 = on100, on1 without the Lua filter that tags the decision.")
+    on1, bare1 = out["configs"]["on1"], out["configs"]["nolua1"]
+    tagging = on1["server_cpu_us_per_req"] - bare1["server_cpu_us_per_req"]
+    print(
+        f"decision tagging at 1 % sampling (on1 - nolua1): {tagging:+.1f} µs of sidecar CPU per "
+        "request (the filter is skipped on the 99 % not sampled)"
+    )
+    always = out["configs"]["always1"]["server_cpu_us_per_req"] - bare1["server_cpu_us_per_req"]
+    print(f"  ... with the filter on every request as before (always1 - nolua1): {always:+.1f} µs")
     print("control = a second identical 'off' sidecar: its ratio is this machine's noise.")
 
 

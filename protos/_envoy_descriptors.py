@@ -47,6 +47,8 @@ PACKAGES = (
     "envoy.extensions.upstreams.http.v3",
     "envoy.extensions.access_loggers.grpc.v3",
     "envoy.type.matcher.v3",
+    "envoy.extensions.common.matching.v3",
+    "envoy.extensions.filters.common.matcher.action.v3",
 )
 OUT = Path(__file__).resolve().parent / "envoy_api.binpb"
 

@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: b
             type=percentage,
             default=100.0,
             metavar="PERCENT",
-            help="share of requests without a sampled traceparent that Envoy traces "
-            "(default 100; requests arriving with a sampled traceparent are always traced)",
+            help="share of requests that Envoy traces (default 100; a request whose "
+            "traceparent is not sampled is not traced)",
         )
     if metrics:
         group.add_argument(

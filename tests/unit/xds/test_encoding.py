@@ -46,6 +46,8 @@ TYPED_CONFIG_MODULES = (
     "envoy.type.matcher.v3",
     "envoy.extensions.upstreams.http.v3",
     "envoy.extensions.filters.http.lua.v3",
+    "envoy.extensions.common.matching.v3",
+    "envoy.extensions.filters.common.matcher.action.v3",
     "envoy.config.trace.v3",
     "envoy.extensions.access_loggers.grpc.v3",
     "envoy.extensions.filters.http.ext_authz.v3",

@@ -26,6 +26,7 @@ class CheckAttributes:
     host: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     jwt_payload: Any = None  # the verified token's claims (JSON-shaped), None without a token
+    jwt_raw: bytes = b""  # the same claims as they came on the wire (a cache key)
 
 
 def decode_check(buf: bytes) -> CheckAttributes:
@@ -46,7 +47,7 @@ def decode_check(buf: bytes) -> CheckAttributes:
     if 2 in request:
         http = wire.submessage(request, 2)
         pairs = (wire.pair(entry) for entry in http.get(3, ()))
-        headers = {key.decode(): value.decode() for key, value in pairs}
+        headers = {key.decode().lower(): value.decode() for key, value in pairs}
         out.update(
             http=True,
             method=_string(http, 2),
@@ -58,6 +59,7 @@ def decode_check(buf: bytes) -> CheckAttributes:
         key, value = wire.pair(entry)
         if key == _JWT_AUTHN_KEY:
             out["jwt_payload"] = wire.struct_value(value).get(JWT_PAYLOAD_KEY)
+            out["jwt_raw"] = value
     return CheckAttributes(**out)
 
 

@@ -12,6 +12,9 @@ filter names its workload and port in the call's initial metadata; that name is 
 when the workload's identity is the caller's (as ADS accepts a node id), since several
 workloads may share one identity. An engine that does not answer within `Mesh.spec.extAuthz.
 timeout` fails closed (403) unless `failOpen`.
+
+Answers are remembered per workload (`DecisionCache`), keyed on the attributes the workload's
+policies can read, so a repeated request skips building the engine's Request and deciding.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from meshwarden.engine import (
     dry_run_verdict,
 )
 from meshwarden.xds._check import CheckAttributes, decode_check, request_of
+from meshwarden.xds._decision_cache import Decided, DecisionCache
 from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._ext_authz_filter import PORT_HEADER, WORKLOAD_HEADER
 from opentelemetry import metrics, propagate, trace
@@ -110,6 +114,7 @@ class Authorization:
         self.resolve = resolve
         self.tracer = tracer or trace.get_tracer("meshwarden.xds.ext_authz")
         self.checks = 0
+        self.cache = DecisionCache()
         meter = metrics.get_meter("meshwarden.xds.ext_authz", meter_provider=meter_provider)
         self._duration = meter.create_histogram(
             "meshwarden.authz.check.duration",
@@ -135,18 +140,27 @@ class Authorization:
         ) as span:
             try:
                 plan = self.resolve(context, metadata)
-                port = int(metadata.get(PORT_HEADER, "0"))
-                request = request_of(check, plan.workload.ref, port)
+                decided = self._decide(plan, int(metadata.get(PORT_HEADER, "0")), check)
             except (PermissionError, LookupError, ValueError, SpiffeIdError) as refused:
                 verdict = Verdict(Effect.DENY, Cause.AUTHZ_UNAVAILABLE)
                 span.set_attributes(_attributes(verdict, None, None))
                 span.set_status(trace.StatusCode.ERROR, str(refused))
                 detail = f"the engine cannot decide for this caller: {refused}"
                 return _response(verdict, detail), verdict, None
-            decision = decide(plan, request)
-            verdict = verdict_of(plan, decision)
-            span.set_attributes(_attributes(verdict, request.identity, plan.workload.ref))
-            return _response(verdict, ""), verdict, plan.workload.ref
+            verdict, workload = decided.verdict, plan.workload.ref
+            span.set_attributes(_attributes(verdict, decided.identity, workload))
+            return _response(verdict, ""), verdict, workload
+
+    def _decide(self, plan: AuthorizationPlan, port: int, check: CheckAttributes) -> Decided:
+        """The engine's answer, remembered for the next Check with the same deciding
+        attributes (`DecisionCache`); a request the engine cannot read raises ValueError."""
+        key = self.cache.key(plan, port, check)
+        decided = self.cache.get(plan, key)
+        if decided is None:
+            request = request_of(check, plan.workload.ref, port)
+            decided = Decided(verdict_of(plan, decide(plan, request)), request.identity)
+            self.cache.put(plan, key, decided)
+        return decided
 
 
 def _carrier(check: CheckAttributes, metadata: Mapping[str, str]) -> Mapping[str, str]:

@@ -26,6 +26,7 @@ Adding a translator (e.g. Istio's AuthorizationPolicy in `importers/_istio.py`):
 from meshwarden.importers._context import Emitted, ImportContext, ImportOptions, Translator
 from meshwarden.importers._fields import Fields
 from meshwarden.importers._inventory import Inventory, Pod
+from meshwarden.importers._local_runtime import LocalRuntime
 from meshwarden.importers._objects import KubeObject, read_objects
 from meshwarden.importers._output import OutputFile, write_files
 from meshwarden.importers._run import TRANSLATORS, ImportResult, import_paths
@@ -39,6 +40,7 @@ __all__ = [
     "ImportResult",
     "Inventory",
     "KubeObject",
+    "LocalRuntime",
     "OutputFile",
     "Pod",
     "Translator",

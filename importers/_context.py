@@ -8,6 +8,7 @@ from typing import Any
 
 from meshwarden.engine import Diagnostic, Location
 from meshwarden.importers._inventory import Inventory, Pod
+from meshwarden.importers._local_runtime import LocalRuntime
 from meshwarden.importers._objects import KubeObject, error
 
 API_VERSION = "meshwarden.io/v1alpha1"
@@ -23,6 +24,7 @@ class ImportOptions:
     trust_domain: str = "cluster.local"
     split_identities: bool = True
     istio_root_namespace: str = "istio-system"  # Istio's meshConfig.rootNamespace
+    runtime: LocalRuntime | None = None  # `--runtime local`: where workloads run on this host
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,9 @@ class ImportContext:
     # RequestAuthentication selects; see `_istio_authz.unverifiable_tokens`
     token_rules: list[tuple[Location, frozenset[str]]] = field(default_factory=list)
     token_pods: set[str] = field(default_factory=set)
+    # labels the import adds to workloads (pod ref -> labels), e.g. POD_LABEL for a policy
+    # split by named ports; see `_netpol_named`
+    added_labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def emit(self, obj: KubeObject | None, document: dict[str, Any]) -> None:
         """Add a meshwarden document (apiVersion is filled in) translated from `obj`."""

@@ -16,7 +16,8 @@ from meshwarden.importers._context import ROOT_NAMESPACE, ImportContext
 from meshwarden.importers._fields import Fields
 from meshwarden.importers._inventory import Pod
 from meshwarden.importers._names import dns_label, joined
-from meshwarden.importers._netpol_peers import read_peers
+from meshwarden.importers._netpol_named import POD_LABEL, resolution_groups, resolved
+from meshwarden.importers._netpol_peers import Peers, read_peers
 from meshwarden.importers._netpol_ports import PortGroup, RulePorts, grouped, read_ports
 from meshwarden.importers._objects import KubeObject
 from meshwarden.importers._selectors import Selector, read_selector
@@ -92,6 +93,7 @@ def _emit(
     selector: Selector,
     rules: list[dict[str, Any]],
     egress: bool,
+    name: str | None = None,
 ) -> None:
     obj = fields.obj
     spec: dict[str, Any] = {"direction": "egress"} if egress else {}
@@ -99,16 +101,43 @@ def _emit(
         spec["selector"] = selector.to_yaml()
     spec["action"] = "ALLOW"
     spec["rules"] = rules
-    name = joined(obj.name, "egress") if egress else dns_label(obj.name)
+    name = name or (joined(obj.name, "egress") if egress else dns_label(obj.name))
     metadata = {"name": name, "namespace": obj.namespace}
     ctx.emit(obj, {"kind": "AuthorizationPolicy", "metadata": metadata, "spec": spec})
 
 
 def _ingress(ctx: ImportContext, fields: Fields, selector: Selector, targets: list[Pod]) -> None:
+    """One ALLOW policy; or, when a named port is a different number on some selected pods,
+    one per group of pods that resolve every named port alike (see `_netpol_named`)."""
+    parsed = [
+        (
+            read_peers(ctx, fields, (*path, "from"), ingress=True),
+            read_ports(fields, (*path, "ports")),
+        )
+        for path in _rules(fields, "ingress")
+    ]
+    groups = resolution_groups([ports for _, ports in parsed], targets)
+    if len(groups) <= 1:
+        _emit(ctx, fields, selector, _ingress_rules(parsed, targets), egress=False)
+        return
+    names = []
+    for i, pods in enumerate(groups):
+        name = joined(fields.obj.name, str(i + 1))
+        names.append(f"{name} ({', '.join(p.name for p in pods)})")
+        for pod in pods:
+            ctx.added_labels.setdefault(pod.ref, {})[POD_LABEL] = pod.name
+        narrowed = selector.narrowed(POD_LABEL, [p.name for p in pods])
+        _emit(ctx, fields, narrowed, _ingress_rules(parsed, pods), egress=False, name=name)
+    ctx.note(
+        f"{fields.obj.origin}: a named port is a different number on the pods it selects; "
+        f"written as {', '.join(names)}, each selecting its pods by the label {POD_LABEL}"
+    )
+
+
+def _ingress_rules(parsed: list[tuple[Peers, RulePorts | None]], pods: list[Pod]) -> list[Any]:
     rules: list[dict[str, Any]] = []
-    for path in _rules(fields, "ingress"):
-        peers = read_peers(ctx, fields, (*path, "from"), ingress=True)
-        operations = _operations(fields, read_ports(fields, (*path, "ports")), targets)
+    for peers, ports in parsed:
+        operations = _operations(ports, pods)
         if peers.sources == [] or operations == []:
             continue  # matches nothing
         rule: dict[str, Any] = {}
@@ -117,30 +146,15 @@ def _ingress(ctx: ImportContext, fields: Fields, selector: Selector, targets: li
         if operations is not None:
             rule["to"] = operations
         rules.append(rule)
-    _emit(ctx, fields, selector, rules, egress=False)
+    return rules
 
 
-def _operations(
-    fields: Fields, ports: RulePorts | None, targets: list[Pod]
-) -> list[dict[str, Any]] | None:
-    """Ingress operations: None = every port of every protocol; [] = no port at all. A named
-    port is the number the selected pods give it; ports of the policy language apply to every
-    selected workload, so pods that give the name different numbers (or lack it) are refused
-    rather than given each other's ports."""
+def _operations(ports: RulePorts | None, pods: list[Pod]) -> list[dict[str, Any]] | None:
+    """Ingress operations for `pods`, which resolve every named port alike: None = every port
+    of every protocol; [] = no port at all (a named port none of them has opens nothing)."""
     if ports is None:
         return None
-    for named in ports.named:
-        numbers = {p.ref: named.number_on(p) for p in targets}
-        if len(set(numbers.values())) > 1:
-            shown = ", ".join(f"{ref}: {n or 'none'}" for ref, n in sorted(numbers.items())[:4])
-            fields.fail(
-                named.path,
-                f"named port {named.name!r} is a different port on the pods this policy selects "
-                f"({shown}); give the pods the same port or use port numbers",
-            )
-        elif numbers and (number := next(iter(numbers.values()))) is not None:
-            ports.add(named.transport, number)
-    operations = [group.fields() for group in grouped(ports.numbers)]
+    operations = [group.fields() for group in grouped(resolved(ports, pods))]
     return None if {} in operations else operations
 
 

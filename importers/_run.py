@@ -19,6 +19,7 @@ from meshwarden.importers._istio_authz import (
     translate_authorization_policy,
     unverifiable_tokens,
 )
+from meshwarden.importers._local_runtime import localize
 from meshwarden.importers._netpol import translate_network_policy
 from meshwarden.importers._objects import KubeObject, error, read_objects
 from meshwarden.importers._output import OutputFile, check_output, render_files
@@ -66,6 +67,9 @@ def import_paths(
     emit_inventory(ctx)
     problems.extend(refused + ctx.problems + _same_names(ctx.documents))
     problems.extend(unverifiable_tokens(ctx))
+    if options.runtime is not None and not problems:
+        documents = [e.document for e in ctx.documents]
+        problems.extend(localize(documents, inventory.services, options.runtime))
     result.notes = notes + ctx.notes
     if problems:
         result.problems = sorted(set(problems))

@@ -3,6 +3,7 @@ against the inventory's labels and written back in the policy language's spellin
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,11 @@ class Selector:
         return all(labels.get(k) == v for k, v in self.labels) and all(
             r.holds(labels) for r in self.expressions
         )
+
+    def narrowed(self, key: str, values: Iterable[str]) -> Selector:
+        """This selector AND `key` In `values`."""
+        requirement = Requirement(key, "In", tuple(sorted(values)))
+        return Selector(self.labels, (*self.expressions, requirement))
 
     def to_yaml(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -25,8 +25,9 @@ def emit_inventory(ctx: ImportContext) -> None:
 
 def _workload(ctx: ImportContext, pod: Pod) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": pod.name, "namespace": pod.namespace}
-    if pod.labels:
-        metadata["labels"] = dict(pod.labels)
+    labels = pod.labels | ctx.added_labels.get(pod.ref, {})
+    if labels:
+        metadata["labels"] = labels
     spec: dict[str, Any] = {"serviceAccount": pod.service_account}
     if (pod.namespace, pod.service_account) in ctx.split:
         spec["spiffeId"] = ctx.identity(pod)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, InputError, fail
+
+if TYPE_CHECKING:
+    from meshwarden.importers import LocalRuntime
 
 HELP = """\
 Translate Kubernetes objects into meshwarden documents, keeping what the policies meant exactly
@@ -29,10 +33,16 @@ selector or an ipBlock picks some of them), each gets its own identity and a not
 so; --no-split-identities refuses instead. Anything that cannot be translated exactly is an
 error at its FILE:LINE:COL, never dropped. See docs/kubernetes.md.
 
+--runtime local makes the output runnable on this host with `meshwarden up OUTDIR`: each
+workload gets a loopback address of its own, each port its sidecar serves a targetPort on
+127.0.0.1 (where you run the app), and an upstream (a localPort on 127.0.0.1) to every Service
+port; the policies, identities and pod port numbers stay as imported, so matrix answers alike.
+
 examples:
   kubectl get ns,pods,deploy,sts,ds,svc,netpol -A -o yaml > cluster.yaml
   meshwarden import cluster.yaml -o mesh/ && meshwarden matrix mesh/ --port 8080
   meshwarden import manifests/ -o mesh/ --trust-domain prod.example.org --no-split-identities
+  meshwarden import examples/kubernetes -o mesh/ --runtime local && meshwarden up mesh/
 
 exit status: 0 written, 1 the input cannot be translated (errors printed as FILE:LINE:COL: error:
 MESSAGE), 2 usage error (a path that does not exist, OUTDIR not writable)."""
@@ -61,6 +71,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the mesh's trust domain, in every SPIFFE ID written",
     )
     parser.add_argument(
+        "--runtime",
+        choices=("kubernetes", "local"),
+        default="kubernetes",
+        help="kubernetes: keep the pods' addresses and ports as they are; local: make the "
+        "mesh runnable on this host by `meshwarden up` (loopback addresses, targetPorts for "
+        "the apps, upstreams to every Service; see docs/kubernetes.md) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--local-network",
+        default="127.10.0.0/16",
+        metavar="CIDR",
+        help="with --runtime local: the workloads' addresses, within 127.0.0.0/8 "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--local-first-port",
+        type=int,
+        default=20000,
+        metavar="N",
+        help="with --runtime local: the apps' targetPorts and the upstreams' localPorts on "
+        "127.0.0.1 count up from N (default: %(default)s)",
+    )
+    parser.add_argument(
         "--istio-root-namespace",
         default="istio-system",
         metavar="NS",
@@ -77,6 +110,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def _runtime(args: argparse.Namespace) -> LocalRuntime | None:
+    from meshwarden.importers import LocalRuntime
+
+    if args.runtime != "local":
+        return None
+    try:
+        return LocalRuntime.parse(args.local_network, args.local_first_port)
+    except ValueError as exc:
+        raise InputError(f"--runtime local: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from meshwarden.engine import SpiffeIdError, TrustDomain, UsageError
     from meshwarden.importers import ImportOptions, import_paths, write_files
@@ -89,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
     if not _DNS_LABEL.fullmatch(root):
         return fail(f"--istio-root-namespace {root!r} is not a namespace name (a DNS label)")
     options = ImportOptions(
-        trust_domain, split_identities=not args.no_split_identities, istio_root_namespace=root
+        trust_domain,
+        split_identities=not args.no_split_identities,
+        istio_root_namespace=root,
+        runtime=_runtime(args),
     )
     try:
         result = import_paths(args.paths, args.outdir, options)

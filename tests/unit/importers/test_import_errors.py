@@ -82,38 +82,6 @@ def test_a_kind_import_does_not_know_is_an_error_at_its_kind(
     assert lines[0].startswith(f"{tmp_path}/in.yaml:2:7: error: ConfigMap (v1) cannot be imported")
 
 
-def test_a_named_port_that_differs_between_selected_pods_is_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Opening 80 on one pod and 8080 on the other through one policy would open both ports on
-    both pods: refused instead of widened."""
-    lines = _errors(
-        tmp_path,
-        capsys,
-        """\
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: one, labels: {app: web}}
-        spec: {containers: [{name: c, ports: [{name: web, containerPort: 80}]}]}
-        ---
-        apiVersion: v1
-        kind: Pod
-        metadata: {name: two, labels: {app: web}}
-        spec: {containers: [{name: c, ports: [{name: web, containerPort: 8080}]}]}
-        ---
-        apiVersion: networking.k8s.io/v1
-        kind: NetworkPolicy
-        metadata: {name: web}
-        spec:
-          podSelector: {matchLabels: {app: web}}
-          ingress: [{ports: [{port: web}]}]
-        """,
-    )
-    assert len(lines) == 1
-    assert lines[0].startswith(f"{tmp_path}/in.yaml:16:29: error: named port 'web' is a different")
-    assert "default/one: 80, default/two: 8080" in lines[0]
-
-
 A_FROM_B = """\
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy

@@ -172,6 +172,12 @@ class Policies:
         ready_in = getattr(self._files, "ready_in", None)
         return interval if ready_in is None else min(interval, ready_in + 0.001)
 
+    @property
+    def wake_fd(self) -> int | None:
+        """Readable when the policy directory is written (inotify); None: poll on a timer."""
+        fd = getattr(self._files, "wake_fd", None)
+        return fd if isinstance(fd, int) else None
+
     def reload_if_changed(self) -> frozenset[str] | None:
         """The workloads whose plans changed, or None when nothing (valid) changed. Each
         reload (a settled change) is a span `meshwarden.policies.reload`. Never raises."""

@@ -23,7 +23,8 @@ from pathlib import Path
 from meshwarden._policy_watch import WriteWatch
 
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
-WRITE_QUIET_SECONDS = 0.1  # with the watch: no write for this long (one burst of files)
+WRITE_QUIET_SECONDS = 0.025  # with the watch: no write for this long (one burst of files)...
+WRITE_QUIET_MAX_SECONDS = 0.1  # ...longer on a busy machine, up to this (`write_quiet_seconds`)
 READ_LIMIT = 64 * 1024 * 1024  # bytes read of one file at most (the engine's own limit is lower)
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -97,6 +98,24 @@ def read_contents(files: Fingerprint) -> tuple[PolicyFile, ...] | None:
     return tuple(out)
 
 
+def quiet_window(load: float, cores: int) -> float:
+    """How long no write must be seen before a burst of files is taken as complete. A writer
+    between two files (a script, `git checkout`) is off the CPU while other runnable tasks
+    have it, so the window grows with the run queue per core: WRITE_QUIET_SECONDS on a machine
+    with a core to spare, up to WRITE_QUIET_MAX_SECONDS at four runnable tasks per core."""
+    per_core = load / max(1, cores)
+    return min(WRITE_QUIET_MAX_SECONDS, WRITE_QUIET_SECONDS * max(1.0, per_core))
+
+
+def write_quiet_seconds() -> float:
+    """`quiet_window` of this machine now (the 1-minute load average)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available: assume busy
+        return WRITE_QUIET_MAX_SECONDS
+    return quiet_window(load, os.cpu_count() or 1)
+
+
 @dataclass(slots=True)
 class _Pending:
     fingerprint: Fingerprint
@@ -118,10 +137,12 @@ class SettledDirectory:
         settle: float = SETTLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         watch_writes: bool = False,
+        quiet: Callable[[], float] = write_quiet_seconds,
     ) -> None:
         self.directory = directory
         self.settle = settle
         self._clock = clock
+        self._quiet = quiet
         self._delivered: Fingerprint | None = None
         self._pending: _Pending | None = None
         self._watch_writes = watch_writes and settle > 0
@@ -133,8 +154,17 @@ class SettledDirectory:
         """A change was seen and is not delivered yet."""
         return self._pending is not None
 
+    @property
+    def wake_fd(self) -> int | None:
+        """A descriptor that becomes readable when the directory is written (the inotify
+        watch), for a poller to wait on between polls; None without a watch."""
+        watch = self._writes()
+        return None if watch is None else watch.fileno()
+
     def poll(self) -> DirectoryContents | None:
         """Raises ScanError when the directory cannot be listed."""
+        if self._watch is not None:
+            self._watch.drain()  # also events of no consequence: `wake_fd` is read empty
         current = fingerprint(self.directory)
         now = self._clock()
         pending = self._pending
@@ -162,7 +192,7 @@ class SettledDirectory:
 
     def _seen_complete(self) -> bool:
         """The watch saw this change being written, no policy file is open for writing, and
-        nothing was written for WRITE_QUIET_SECONDS (files written in one burst — a script,
+        nothing was written for the quiet window (files written in one burst — a script,
         `git checkout`, `cp -r` — are read together)."""
         return self.ready_in == 0
 
@@ -175,7 +205,7 @@ class SettledDirectory:
             return None
         if watch.events == self._events_delivered:
             return None
-        return max(0.0, watch.last_event + WRITE_QUIET_SECONDS - self._clock())
+        return max(0.0, watch.last_event + self._quiet() - self._clock())
 
     def _read_at_once(self, current: Fingerprint) -> DirectoryContents | None:
         watch = self._watch

@@ -160,6 +160,10 @@ class WriteWatch:
         if mask & _MOVED_TO and self._moving.pop(cookie, False):
             self._writing.add(key)  # renamed into place while still being written
 
+    def fileno(self) -> int:
+        """The inotify descriptor: readable when events are queued (a poller may wait on it)."""
+        return self._fd
+
     def writing(self) -> list[str]:
         """Policy files open for writing (for messages and tests)."""
         return sorted(

@@ -326,7 +326,9 @@ class ControlPlane:
         """Scan, read and compile in a worker thread: ADS, the node API, ext_authz and
         /healthz keep being served while a large change compiles."""
         while True:
-            await asyncio.sleep(self.policies.next_poll(POLICY_POLL_SECONDS))
+            await _written_or_timeout(
+                self.policies.wake_fd, self.policies.next_poll(POLICY_POLL_SECONDS)
+            )
             affected = await asyncio.to_thread(self.policies.reload_if_changed)
             if affected is not None:
                 await self.xds.publish_off_loop(affected)
@@ -441,3 +443,25 @@ async def serve_until_signalled(
         print(f"error: stopped: {failure!r}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _written_or_timeout(fd: int | None, timeout: float) -> None:
+    """Sleep `timeout` seconds, or less when `fd` (the policy directory's inotify watch)
+    turns readable: a write is seen when it happens, not at the next poll."""
+    if fd is None:
+        await asyncio.sleep(timeout)
+        return
+    loop = asyncio.get_running_loop()
+    written: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not written.done():
+            written.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(written, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)

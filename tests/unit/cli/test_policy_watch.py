@@ -4,12 +4,20 @@ before it existed, a symlinked file's target elsewhere) waits for the timed sett
 
 from __future__ import annotations
 
+import asyncio
 import os
+import select
 from pathlib import Path
 
 import pytest
 
-from meshwarden._policy_files import WRITE_QUIET_SECONDS, SettledDirectory
+from meshwarden._policy_files import (
+    WRITE_QUIET_MAX_SECONDS,
+    WRITE_QUIET_SECONDS,
+    SettledDirectory,
+    quiet_window,
+)
+from meshwarden._server import _written_or_timeout
 
 
 class Clock:
@@ -23,7 +31,9 @@ class Clock:
 def watched(directory: Path) -> tuple[SettledDirectory, Clock]:
     """A settled directory whose watch is past its start-up blindness, everything delivered."""
     clock = Clock()
-    settled = SettledDirectory(directory, settle=0.2, clock=clock, watch_writes=True)
+    settled = SettledDirectory(
+        directory, settle=0.2, clock=clock, watch_writes=True, quiet=lambda: WRITE_QUIET_SECONDS
+    )
     for _ in range(4):
         settled.poll()
         clock.now += 0.3
@@ -140,3 +150,41 @@ def test_right_after_start_the_watch_is_not_trusted(tmp_path: Path) -> None:
     settled.poll()  # opens the watch
     (tmp_path / "p.yaml").write_text("kind: Mesh\n")  # may have begun before the watch
     assert settled.poll() is None
+
+
+def test_the_quiet_window_grows_with_the_run_queue_and_stays_bounded() -> None:
+    # a core to spare: the short window; a writer waiting for busy cores: a longer one
+    assert quiet_window(0.5, 2) == quiet_window(2.0, 2) == WRITE_QUIET_SECONDS
+    assert WRITE_QUIET_SECONDS < quiet_window(5.0, 2) < WRITE_QUIET_MAX_SECONDS
+    assert quiet_window(22.0, 2) == quiet_window(1000.0, 1) == WRITE_QUIET_MAX_SECONDS
+
+
+def test_the_wake_descriptor_turns_readable_on_a_write_and_a_poll_empties_it(
+    tmp_path: Path,
+) -> None:
+    settled, _ = watched(tmp_path)
+    fd = settled.wake_fd
+    assert fd is not None and not _readable(fd)
+    (tmp_path / "notes.txt").write_text("not a policy file\n")  # no change to deliver
+    assert _readable(fd)
+    assert settled.poll() is None
+    assert not _readable(fd)  # a poller waiting on it would not spin
+
+
+def _readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_the_control_plane_wakes_on_a_policy_write_instead_of_sleeping_out_its_timeout(
+    tmp_path: Path,
+) -> None:
+    settled, _ = watched(tmp_path)
+
+    async def wait_then_write() -> bool:
+        waiting = asyncio.create_task(_written_or_timeout(settled.wake_fd, timeout=3600))
+        await asyncio.sleep(0)
+        (tmp_path / "p.yaml").write_text("kind: Mesh\n")
+        done, _ = await asyncio.wait({waiting}, timeout=60)  # bounded: a broken wake fails
+        return waiting in done
+
+    assert asyncio.run(wait_then_write())

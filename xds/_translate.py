@@ -426,5 +426,33 @@ def workload_resources(
     }
 
 
+def wiring_resources(
+    mesh: CompiledMesh, ref: str, ctx: TranslationContext
+) -> dict[str, list[dict[str, Any]]]:
+    """The part of `workload_resources` built from the registry, the workload's egress plan and
+    `ctx` alone (local and outbound clusters, endpoints, outbound listeners, routes): an
+    AuthorizationPolicy or JwtIssuer change leaves it as it was."""
+    workload = mesh.registry.workloads[ref]
+    out_listeners, out_clusters, out_endpoints = outbound(mesh, workload, ctx)
+    return {
+        CLUSTER: local_clusters(workload) + out_clusters + tracing_clusters(ctx.tracing),
+        ENDPOINT: out_endpoints,
+        LISTENER: out_listeners,
+        ROUTE: inbound_routes(workload),
+    }
+
+
+def plan_resources(
+    mesh: CompiledMesh, ref: str, ctx: TranslationContext
+) -> dict[str, list[dict[str, Any]]]:
+    """The rest of `workload_resources`: what the workload's authorization plan and issuers
+    decide (inbound listeners, JWKS clusters)."""
+    workload = mesh.registry.workloads[ref]
+    return {
+        CLUSTER: jwks_clusters(mesh, workload),
+        LISTENER: inbound_listeners(mesh, workload, ctx),
+    }
+
+
 def canonical(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))

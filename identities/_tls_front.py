@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from asyncio import sslproto
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,19 @@ class TlsPeer:
     """The verified client certificate of a connection; None when the client sent none."""
 
     certificate: x509.Certificate | None
+
+
+TLS_READ_BUFFER = 16 * 1024  # the most plaintext one TLS record carries (RFC 8446, 5.1)
+ACCEPT_BACKLOG = 4096  # connections the kernel queues for accept (sidecars reconnecting at once)
+
+
+def small_tls_read_buffers() -> None:
+    """asyncio gives every TLS connection a read buffer of `SSLProtocol.max_size` (256 KiB),
+    held for the connection's life: about 70 % of what a connected sidecar cost the control
+    plane. A TLS record carries at most 16 KiB of plaintext, so a buffer of that size still
+    reads a whole record per call; bulk transfers only take more calls. Process-wide (asyncio
+    has no per-server setting); the control plane's asyncio TLS connections are all this front."""
+    sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
 
 
 def server_tls_context(cert_file: Path, key_file: Path, client_roots_pem: bytes) -> ssl.SSLContext:
@@ -52,13 +66,19 @@ class TlsEndpoint:
         self._upstream = LoopbackUpstream()
 
     async def start(self) -> None:
+        small_tls_read_buffers()
         self._grpc = grpc.aio.server()
         self._add_services(self._grpc, self.peers)
         self._upstream.listen(self._grpc)
         await self._grpc.start()
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            self._connection, self.host, self.port, ssl=self.tls, ssl_handshake_timeout=10
+            self._connection,
+            self.host,
+            self.port,
+            ssl=self.tls,
+            ssl_handshake_timeout=10,
+            backlog=ACCEPT_BACKLOG,
         )
         self.port = self._listener.sockets[0].getsockname()[1]
 

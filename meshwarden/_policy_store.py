@@ -15,6 +15,7 @@ are not part of it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import getpass
 import hashlib
@@ -146,17 +147,27 @@ class PolicyStore:
         found, _ = await self.etcd.get_prefix(self.key("policy/rev/"))
         return sorted((PolicyRevision.decode(kv.value) for kv in found), key=lambda r: r.revision)
 
-    async def contents(self, record: PolicyRevision) -> dict[str, bytes]:
-        """The files of a revision: {path: bytes}."""
+    async def contents(
+        self, record: PolicyRevision, known: Mapping[str, bytes] | None = None
+    ) -> dict[str, bytes]:
+        """The files of a revision: {path: bytes}. Blobs whose digest is in `known` (sha256 →
+        bytes, e.g. the previous revision's) are not read again; the others are read
+        concurrently."""
+        known = known or {}
+        missing = sorted({d for d in record.files.values() if d not in known})
+        fetched = await asyncio.gather(*(self.etcd.get(self._blob_key(d)) for d in missing))
+        blobs = dict(known)
+        for digest, (found, _) in zip(missing, fetched, strict=True):
+            if found is not None:
+                blobs[digest] = found.value
         out = {}
         for path, digest in sorted(record.files.items()):
-            found, _ = await self.etcd.get(self._blob_key(digest))
-            if found is None:
+            if digest not in blobs:
                 raise RevisionNotFound(
                     f"revision {record.revision}: the content of {path} "
                     f"({digest[:12]}) is missing from the store"
                 )
-            out[path] = found.value
+            out[path] = blobs[digest]
         return out
 
     async def apply(

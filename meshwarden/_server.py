@@ -326,9 +326,11 @@ class ControlPlane:
         """Scan, read and compile in a worker thread: ADS, the node API, ext_authz and
         /healthz keep being served while a large change compiles."""
         while True:
-            await _written_or_timeout(
-                self.policies.wake_fd, self.policies.next_poll(POLICY_POLL_SECONDS)
-            )
+            interval = self.policies.next_poll(POLICY_POLL_SECONDS)
+            if self.replica is not None:  # woken by the store's watch as soon as it read one
+                await self.replica.source.changed(interval)
+            else:
+                await _written_or_timeout(self.policies.wake_fd, interval)
             affected = await asyncio.to_thread(self.policies.reload_if_changed)
             if affected is not None:
                 await self.xds.publish_off_loop(affected)

@@ -13,6 +13,7 @@ the head is re-read before watching again)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import threading
@@ -51,6 +52,18 @@ class StoreSource:
         self.unreachable_since: float | None = None
         self._pending: DirectoryContents | None = None
         self._lock = threading.Lock()  # poll() runs in a worker thread
+        self._blobs: dict[str, bytes] = {}  # sha256 → bytes of the newest revision read
+        self._wakeup: asyncio.Event | None = None
+
+    async def changed(self, timeout: float) -> None:
+        """Return as soon as a new revision was read (then `poll()` has it), or after
+        `timeout`: the server's policy loop waits here instead of polling on a timer."""
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+        if self._pending is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+        self._wakeup.clear()
 
     @property
     def reachable(self) -> bool:
@@ -92,13 +105,16 @@ class StoreSource:
     async def _fetch(self, revision: int) -> None:
         try:
             record = await self.store.revision(revision)
-            files = await self.store.contents(record)
+            files = await self.store.contents(record, self._blobs)
         except RevisionNotFound as exc:
             log.error("store: %s", exc)
             return
+        self._blobs = {record.files[path]: data for path, data in files.items()}
         with self._lock:
             self._pending = contents_of(record, files)
             self.revision = revision
+        if self._wakeup is not None:
+            self._wakeup.set()
         log.info("store: policy revision %d (%d file(s))", revision, len(files))
 
     async def follow(self) -> None:

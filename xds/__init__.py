@@ -4,7 +4,7 @@ receivers of what sidecars report (access logs, ext_authz Check calls)."""
 
 from meshwarden.xds._access_log import AccessLogReceiver, Flow, TcpAttribution, access_log_handler
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
-from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary
+from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary, replica_order
 from meshwarden.xds._cache import SnapshotCache
 from meshwarden.xds._context import StaticTls, TranslationContext
 from meshwarden.xds._decisions import Verdict
@@ -60,6 +60,7 @@ __all__ = [
     "registered_workload",
     "registry_authorizer",
     "relayed_peer_spiffe_id",
+    "replica_order",
     "sds_handler",
     "serve_on_loopback",
     "sidecar_sync",

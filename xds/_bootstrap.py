@@ -3,7 +3,9 @@ agent's socket, the admin interface on a unix socket only its owner may open (mo
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import shutil
 import sys
 from collections.abc import Sequence
@@ -38,6 +40,18 @@ def envoy_binary() -> str:
     return found
 
 
+def replica_order(workload: str, servers: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The control-plane addresses (each once) in the order the sidecar of `workload` cycles
+    through them: a permutation drawn from the workload's name, so a sidecar's bootstrap is
+    the same every time. Envoy's round robin starts at a random address and, when that replica
+    goes away, moves to the next in this order: were the order the same for every sidecar,
+    all the sidecars of a failed replica would land together on one other replica."""
+    unique = list(dict.fromkeys(servers))
+    seed = int.from_bytes(hashlib.sha256(workload.encode()).digest()[:8], "big")
+    random.Random(seed).shuffle(unique)
+    return unique
+
+
 def _sds_secret(name: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -70,7 +84,8 @@ def bootstrap(
     Its admin interface listens on the unix socket `admin_socket` (mode 0600: put it in a
     directory only the sidecar's user can enter, and no other local user can reach it), or is
     absent. `replicas` are more control-plane addresses (host, port) beside the first: the
-    ADS cluster lists them all and Envoy reconnects to another when one goes away."""
+    ADS cluster lists them all (`replica_order`) and Envoy reconnects to another when one
+    goes away."""
     if server_id is None and trust_domain is None:
         raise ValueError("a sidecar must know the control plane's SPIFFE ID: give trust_domain")
     san = {"exact": server_id or f"spiffe://{trust_domain}/meshwarden/server"}
@@ -142,8 +157,8 @@ def bootstrap(
                                             }
                                         }
                                     }
-                                    for host, port in dict.fromkeys(
-                                        [(server_host, server_port), *replicas]
+                                    for host, port in replica_order(
+                                        workload, [(server_host, server_port), *replicas]
                                     )
                                 ]
                             }

@@ -7,8 +7,10 @@ import json
 
 import pytest
 from meshwarden.identities._node_client import channel_target
+from meshwarden.xds import XDS_CLUSTER, bootstrap
 
 from meshwarden.cli import main
+from meshwarden.cli._types import split_host_port
 
 
 def test_one_server_is_used_as_given_and_several_become_one_target_over_all():
@@ -41,10 +43,44 @@ def test_the_sidecar_bootstrap_lists_every_replica_in_its_ads_cluster(tmp_path, 
         e["endpoint"]["address"]["socketAddress"]
         for e in xds["loadAssignment"]["endpoints"][0]["lbEndpoints"]
     ]
-    assert endpoints == [
+    assert sorted(endpoints, key=lambda e: e["address"]) == [
         {"address": "127.0.0.1", "portValue": 8443},
         {"address": "127.0.0.2", "portValue": 8443},
     ]
+    assert main(argv) == 0  # the same bootstrap every time
+    again = json.loads(capsys.readouterr().out)["staticResources"]["clusters"]
+    assert again == clusters
+
+
+def _ads_endpoints(workload: str, servers: list[str]) -> list[str]:
+    config = bootstrap(
+        workload,
+        *split_host_port(servers[0]),
+        "/run/sds.sock",
+        trust_domain="example.org",
+        replicas=[split_host_port(s) for s in servers[1:]],
+    )
+    xds = next(c for c in config["staticResources"]["clusters"] if c["name"] == XDS_CLUSTER)
+    return [
+        "{address}:{portValue}".format(**e["endpoint"]["address"]["socketAddress"])
+        for e in xds["loadAssignment"]["endpoints"][0]["lbEndpoints"]
+    ]
+
+
+def test_the_sidecars_of_a_failed_replica_spread_over_the_others():
+    """Envoy moves to the next address of its ADS cluster when its replica goes away: the
+    sidecars given the same --server list must not all have the same next one."""
+    servers = ["127.0.0.1:8443", "127.0.0.2:8443", "127.0.0.3:8443"]
+    moved_to: dict[str, dict[str, int]] = {s: {} for s in servers}
+    for n in range(300):
+        order = _ads_endpoints(f"shop/backend-{n}", servers)
+        assert sorted(order) == servers
+        for position, failed in enumerate(order):
+            after = order[(position + 1) % len(order)]
+            moved_to[failed][after] = moved_to[failed].get(after, 0) + 1
+    for failed, counts in moved_to.items():
+        assert set(counts) == set(servers) - {failed}, counts
+        assert min(counts.values()) >= 100, f"the sidecars of {failed} moved to {counts}"
 
 
 @pytest.mark.parametrize("servers", ["127.0.0.1:8443,", "127.0.0.1:8443,nope"])

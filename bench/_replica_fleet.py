@@ -20,7 +20,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from threading import Thread
 from typing import Any
@@ -159,44 +158,6 @@ class FleetMesh:
             temp = directory / f".{name}.tmp"
             temp.write_bytes(data)
             os.replace(temp, directory / name)
-
-
-class _Ok(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def app(port: int) -> Iterator[None]:
-    """Every workload's app: 200 to any request on 127.0.0.1:port."""
-    server = ThreadingHTTPServer(("127.0.0.1", port), _Ok)
-    Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def probe(local_port: int, path: str) -> int:
-    """GET through a sidecar's outbound listener (mTLS to the next app's sidecars, whose RBAC
-    decides): the HTTP status, 0 when the connection failed."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", local_port, timeout=10)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status
-    except OSError:
-        return 0
-    finally:
-        conn.close()
 
 
 # ------------------------------------------------------------------ processes

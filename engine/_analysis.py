@@ -123,7 +123,15 @@ Ranked = tuple[tuple[int, int], CompiledRule, CompiledPolicy]
 
 def _shadowed(mesh: CompiledMesh) -> list[Diagnostic]:
     """Rules fully covered by an earlier rule of the same action (or an ALLOW rule covered by a
-    DENY rule). Candidates come from `RivalIndex`, so rules are not compared pairwise."""
+    DENY rule), found once per snapshot (`check` and `lint` both report them)."""
+    found = mesh.derived.get("shadowed")
+    if found is None:
+        found = mesh.derived["shadowed"] = _find_shadowed(mesh)
+    return list(found)
+
+
+def _find_shadowed(mesh: CompiledMesh) -> list[Diagnostic]:
+    """Candidates come from `RivalIndex`, so rules are not compared pairwise."""
     found = []
     enforced = sorted(
         (p for p in mesh.policies.values() if _enforced(p) and p.targets),

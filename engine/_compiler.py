@@ -87,6 +87,9 @@ class CompiledMesh:
     egress_policies: Mapping[str, EgressPolicy] = field(default_factory=dict)
     egress_by_workload: Mapping[str, frozenset[str]] = field(default_factory=dict)
     egress_plans: Mapping[str, EgressPlan] = field(default_factory=dict)
+    # results computed from this snapshot and kept with it (a new snapshot starts empty): the
+    # shadowed-rule analysis that `check` (on load) and `lint` both report
+    derived: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def version(self) -> str:

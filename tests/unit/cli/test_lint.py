@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
-from meshwarden.engine import LINT_CODES
+from meshwarden.engine import LINT_CODES, lint, load, parse_text
 
 from meshwarden.cli import main
 
@@ -158,3 +158,21 @@ def test_permissive_namespaces_workloads_and_ports_are_each_reported_at_their_fi
     _, findings = _lint(capsys, str(mesh))
     found = [(f["file"], f["line"], f["column"]) for f in findings if f["code"] == "MW203"]
     assert found == [_at(mesh, "PERMISSIVE", n) for n in range(3)]
+
+
+def test_a_changed_snapshot_is_linted_afresh_not_from_the_previous_one():
+    """`check` and `lint` share one shadowed-rule analysis per snapshot; an incremental change
+    makes a new snapshot whose findings are its own."""
+    result = load(_fixture_paths("MW304"))
+    assert result.compiled is not None
+    assert [f.code for f in lint(result.compiled)].count("MW304") == 1
+    fixed = (
+        (FIXTURES / "MW304.yaml")
+        .read_text()
+        .replace("  - from: [{workloads: {matchLabels: {app: frontend}}}]\n    to:", "  - to:")
+    )
+    [document], problems = parse_text(fixed, str(FIXTURES / "MW304.yaml"))
+    assert not problems
+    changed, _ = result.compiled.with_policy_changes(upserts=[document])
+    assert "MW304" not in [f.code for f in lint(changed)]
+    assert [f.code for f in lint(result.compiled)].count("MW304") == 1

@@ -8,7 +8,7 @@ recorded, then ALLOW, dry-run beside), so the evaluator decides both with one co
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from meshwarden.engine._outcome import Outcome
 from meshwarden.engine._plan import (
     DryRunOutcomes,
     PolicyFacts,
+    R,
     dry_run_outcomes,
     index_policies,
     unmatched,
@@ -117,6 +118,12 @@ class DestinationIndex:
     def matching(self, flow: Flow) -> Iterator[CompiledEgressRule]:
         """The rules that match `flow`, in policy order."""
         return (rule for rule in self.candidates(flow) if rule.matches(flow))
+
+    def reduce(
+        self, flow: Flow, reducer: Callable[[Any, Iterator[CompiledEgressRule]], R], plan: Any
+    ) -> R:
+        """`reducer(plan, matching rules)`, as `RuleIndex.reduce` (nothing remembered here)."""
+        return reducer(plan, self.matching(flow))
 
 
 def _exact_keys(dest: CompiledDestination) -> frozenset[str] | None:

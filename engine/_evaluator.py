@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,17 +112,14 @@ def _by_policies(
 ) -> Decision:
     """Semantics 2-5 on an ingress plan and Request, or an egress plan and Flow (both offer
     `deny`/`allow`/`audit`/`dry_run_index` indexes with `matching` and `first_match`)."""
-    dry_run = _dry_runs(plan, subject) if plan.dry_run else ()
-    audit = tuple(
-        Outcome(rule.policy, Action.AUDIT, rule.index)
-        for rule in _first_per_policy(plan.audit.matching(subject)).values()
-    )
-    denied = plan.deny.first_match(subject)
+    dry_run = plan.dry_run_index.reduce(subject, _dry_runs, plan) if plan.dry_run else ()
+    audit = plan.audit.reduce(subject, _audits, plan)
+    denied = plan.deny.reduce(subject, _first, plan)
     if denied is not None:
         reason = f"{way.kind}DENY rule {denied.name} matched"
         return Decision(False, denied.policy, denied.index, reason, dry_run, audit, trace)
     if plan.has_allow:
-        allowed = plan.allow.first_match(subject)
+        allowed = plan.allow.reduce(subject, _first, plan)
         if allowed is not None:
             reason = f"{way.kind}ALLOW rule {allowed.name} matched"
             return Decision(True, allowed.policy, allowed.index, reason, dry_run, audit, trace)
@@ -188,8 +185,22 @@ def _first_per_policy(matching: Iterable[Any]) -> dict[str, Any]:
     return first
 
 
-def _dry_runs(plan: Any, req: Any) -> tuple[Outcome, ...]:
-    matched = _first_per_policy(plan.dry_run_index.matching(req))
+def _first(_plan: Any, matching: Iterator[Any]) -> Any:
+    """The first matching rule (None: none matches)."""
+    return next(matching, None)
+
+
+def _audits(_plan: Any, matching: Iterator[Any]) -> tuple[Outcome, ...]:
+    """The AUDIT outcomes: the first matching rule of each AUDIT policy."""
+    return tuple(
+        Outcome(rule.policy, Action.AUDIT, rule.index)
+        for rule in _first_per_policy(matching).values()
+    )
+
+
+def _dry_runs(plan: Any, matching: Iterator[Any]) -> tuple[Outcome, ...]:
+    """The outcomes of the plan's dry-run policies, given their matching rules."""
+    matched = _first_per_policy(matching)
     if not matched:
         unmatched: tuple[Outcome, ...] = plan.dry_run_unmatched
         return unmatched

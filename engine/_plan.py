@@ -25,7 +25,39 @@ if TYPE_CHECKING:
     from meshwarden.engine._egress import DestinationIndex, EgressPolicy
 
 Entry = tuple[int, CompiledRule]
+_MISSING = object()
 MEMO_LIMIT = 4096  # distinct peers remembered per index; the memo restarts when full
+RESULT_LIMIT = 16384  # remembered (peer, path, host) results per index; the memo restarts too
+R = TypeVar("R")
+
+
+@dataclass(slots=True, eq=False)
+class _Candidates:
+    """The narrowed rules of one (peer, port, method, protocol) key and, when what is left of
+    them checks nothing but the path and the host (`by_path`), what each reducer made of the
+    rules that matched, per (reducer, path, host): the per-path table."""
+
+    rules: tuple[Narrowed, ...]
+    by_path: bool
+    results: dict[tuple[object, str | None, str | None], Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rules: tuple[Narrowed, ...]) -> _Candidates:
+        return cls(rules, all(rest is None or _path_and_host_only(rest) for _, rest in rules))
+
+
+def _path_and_host_only(rule: CompiledRule) -> bool:
+    """Whether matching what is left of a narrowed rule reads nothing but the request's path
+    and host (no peer field, no condition, no header or JWT)."""
+    return (
+        not rule.sources
+        and not rule.conditions
+        and all(
+            what in ("path", "host")
+            for op in rule.operations or ()
+            for what, _, _ in op.http_checks
+        )
+    )
 
 
 class PolicyFacts:
@@ -89,7 +121,8 @@ class RuleIndex:
     any_plaintext: list[Entry] = field(default_factory=list)
     any_peer: list[Entry] = field(default_factory=list)
     size: int = 0
-    _memo: dict[object, tuple[Narrowed, ...]] = field(default_factory=dict, repr=False)
+    _memo: dict[object, _Candidates] = field(default_factory=dict, repr=False)
+    _results: int = field(default=0, repr=False)
 
     def add(self, rule: CompiledRule) -> None:
         entry = (self.size, rule)
@@ -139,15 +172,40 @@ class RuleIndex:
 
     def candidates(self, req: Request) -> tuple[CompiledRule, ...]:
         """Rules that may match `req`, in policy order, each once."""
-        return tuple(rule for rule, _ in self._narrowed(req))
+        return tuple(rule for rule, _ in self._narrowed(req).rules)
 
     def matching(self, req: Request) -> Iterator[CompiledRule]:
         """The rules that match `req`, in policy order."""
-        for rule, rest in self._narrowed(req):
+        return self._matching(self._narrowed(req), req)
+
+    def reduce(
+        self, req: Request, reducer: Callable[[Any, Iterator[CompiledRule]], R], plan: Any
+    ) -> R:
+        """`reducer(plan, matching rules)`, remembered per (peer, port, method, protocol, path,
+        host) when that is all the result can depend on. One index belongs to one plan, and a
+        reducer reads only the rules it is given and the plan, so a remembered result is the
+        one it would make again."""
+        found = self._narrowed(req)
+        if not found.by_path:
+            return reducer(plan, self._matching(found, req))
+        key = (reducer, req.path, req.host)
+        result = found.results.get(key, _MISSING)
+        if result is _MISSING:
+            result = reducer(plan, self._matching(found, req))
+            if self._results >= RESULT_LIMIT:
+                self._memo.clear()
+                self._results = 0
+            found.results[key] = result
+            self._results += 1
+        return result  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _matching(found: _Candidates, req: Request) -> Iterator[CompiledRule]:
+        for rule, rest in found.rules:
             if rest is None or rest.matches(req):
                 yield rule
 
-    def _narrowed(self, req: Request) -> tuple[Narrowed, ...]:
+    def _narrowed(self, req: Request) -> _Candidates:
         """The rules the peer, the destination port, the method and the protocol leave, each
         narrowed to what is left to check (`_narrowing`); remembered per (identity or address,
         port, method, protocol) after the first lookup."""
@@ -157,8 +215,11 @@ class RuleIndex:
         if found is None:
             if len(self._memo) >= MEMO_LIMIT:
                 self._memo.clear()
+                self._results = 0
             peer_rules = self.for_peer(req.identity, req.source_ip)
-            found = tuple(n for r in peer_rules if (n := narrowed(r, req)) is not None)
+            found = _Candidates.of(
+                tuple(n for r in peer_rules if (n := narrowed(r, req)) is not None)
+            )
             self._memo[key] = found
         return found
 
@@ -204,10 +265,7 @@ class RuleIndex:
         return _ordered([*self.plaintext.values(), *self.any_plaintext, *self.any_peer])
 
     def first_match(self, req: Request) -> CompiledRule | None:
-        for rule, rest in self._narrowed(req):
-            if rest is None or rest.matches(req):
-                return rule
-        return None
+        return next(self.matching(req), None)
 
 
 def _ordered(entries: list[Entry]) -> list[CompiledRule]:

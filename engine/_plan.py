@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 Entry = tuple[int, CompiledRule]
 _MISSING = object()
 MEMO_LIMIT = 4096  # distinct peers remembered per index; the memo restarts when full
-RESULT_LIMIT = 16384  # remembered (peer, path, host) results per index; the memo restarts too
+RESULT_LIMIT = 4096  # remembered (peer, path, host) results per index; the memo restarts too
+PATH_LIMIT = 256  # longer paths (and hosts) are decided afresh every time, never remembered
 R = TypeVar("R")
 
 
@@ -44,6 +45,10 @@ class _Candidates:
     @classmethod
     def of(cls, rules: tuple[Narrowed, ...]) -> _Candidates:
         return cls(rules, all(rest is None or _path_and_host_only(rest) for _, rest in rules))
+
+
+def _long(value: str | None) -> bool:
+    return value is not None and len(value) > PATH_LIMIT
 
 
 def _path_and_host_only(rule: CompiledRule) -> bool:
@@ -186,7 +191,7 @@ class RuleIndex:
         reducer reads only the rules it is given and the plan, so a remembered result is the
         one it would make again."""
         found = self._narrowed(req)
-        if not found.by_path:
+        if not found.by_path or _long(req.path) or _long(req.host):
             return reducer(plan, self._matching(found, req))
         key = (reducer, req.path, req.host)
         result = found.results.get(key, _MISSING)

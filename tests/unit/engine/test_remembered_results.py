@@ -146,7 +146,7 @@ def test_paths_an_attacker_chooses_do_not_grow_the_index_without_bound(shop_work
     mesh = mesh_from(shop_workloads + POLICIES)
     plan = mesh.plan("shop/backend-1")
     for n in range(RESULT_LIMIT + 500):
-        path = f"/api/x{n}"
+        path = f"/api/x{n}" + ("/long" * 60 if n % 7 == 0 else "")
         d = decide(
             plan,
             Request.build(

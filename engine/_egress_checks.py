@@ -5,12 +5,12 @@ from __future__ import annotations
 from meshwarden.engine._diagnostics import Diagnostic, warning
 from meshwarden.engine._egress import EgressPolicy
 from meshwarden.engine._egress_rules import CompiledDestination
-from meshwarden.engine._registry import Registry
+from meshwarden.engine._registry import Registry, Workload
 from meshwarden.engine._vocabulary import Action
 
 
 def egress_warnings(registry: Registry, policies: list[EgressPolicy]) -> list[Diagnostic]:
-    found: list[Diagnostic] = []
+    found: list[Diagnostic] = _not_held_back(registry, policies)
     for policy in sorted(policies, key=lambda p: p.ref):
         doc = policy.document
         if not policy.targets:
@@ -47,3 +47,42 @@ def _never_matches(dest: CompiledDestination) -> str:
     if dest.workloads is not None and not dest.workloads:
         return "its workloads selector matches no workload"
     return ""
+
+
+def _not_held_back(registry: Registry, policies: list[EgressPolicy]) -> list[Diagnostic]:
+    """A workload placed on a node whose egress is restricted, but whose packets the node's
+    filter cannot tell from the host's: no `unix:uid:N` selector (uid 0 is never a key) and no
+    address of its own there. What no sidecar carries is then not held back (docs/hosts.md)."""
+    restricted = {
+        ref for p in policies if not p.dry_run and p.action != Action.AUDIT for ref in p.targets
+    }
+    default_deny = registry.mesh.spec.default_egress_policy == "deny"
+    found = []
+    for ref in sorted(registry.workloads):
+        workload = registry.workloads[ref]
+        nodes = [s.removeprefix("node:") for s in workload.selectors if s.startswith("node:")]
+        if (
+            not nodes
+            or not (default_deny or ref in restricted)
+            or _keyed(registry, workload, nodes)
+        ):
+            continue
+        text = (
+            f"workload {ref}'s egress is not held back by its node's packet filter: it has "
+            "no unix:uid:N selector (other than 0) and no address of its own on the node; "
+            "add its uid as a selector"
+        )
+        found.append(warning(workload.document.at("spec", "selectors"), text))
+    return found
+
+
+def _keyed(registry: Registry, workload: Workload, nodes: list[str]) -> bool:
+    if any(uid != "0" for uid in _uids(workload)):
+        return True
+    shared = {a for node in nodes if node in registry.hosts for a in registry.hosts[node].addresses}
+    return any(not a.is_loopback and a not in shared for a in workload.addresses)
+
+
+def _uids(workload: Workload) -> list[str]:
+    prefix = "unix:uid:"
+    return [s.removeprefix(prefix) for s in workload.selectors if s.startswith(prefix)]

@@ -157,12 +157,13 @@ def _order(key: object) -> tuple[int, int]:
 
 
 def workload_uids(workload: Workload) -> frozenset[int]:
-    """The uids of a workload's `unix:uid:N` attestation selectors."""
+    """The uids of a workload's `unix:uid:N` attestation selectors; never 0, which would hold
+    every root process (the agent, sshd) to one workload's egress."""
     return frozenset(
         int(s.removeprefix(UID_SELECTOR))
         for s in workload.selectors
         if s.startswith(UID_SELECTOR) and s.removeprefix(UID_SELECTOR).isdigit()
-    )
+    ) - {0}
 
 
 def _by_uid(local: list[Workload]) -> dict[int, tuple[str, ...]]:

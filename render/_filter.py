@@ -28,6 +28,7 @@ from meshwarden.engine import (
     Effect,
     Host,
     collapse_networks,
+    collection_paused,
     subtract_networks,
 )
 from meshwarden.render._egress import NodeEgress, node_egress
@@ -99,7 +100,8 @@ def node_filter(mesh: CompiledMesh, node: str) -> NodeFilter:
             for low, high in rule.ports
         )
         closed = collapse_networks(ipaddress.ip_network(a) for a in host.addresses) or EVERYWHERE
-    egress = node_egress(mesh, node)
+    with collection_paused():  # many short-lived values, no cycles: no collector walks
+        egress = node_egress(mesh, node)
     return NodeFilter(node, mesh.version, _disjoint(claims), host, closed, egress)
 
 

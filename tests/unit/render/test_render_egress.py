@@ -306,3 +306,21 @@ def test_the_seeds_hosts_render_no_outbound_rules() -> None:
         egress = node_filter(seed, node).egress
         assert (egress.sources, egress.host, egress.unkeyed, egress.bypass) == ((), None, (), ())
         assert "hook output" not in render_nftables(node_filter(seed, node))
+
+
+def test_check_warns_about_a_restricted_workload_the_kernel_cannot_tell_apart() -> None:
+    rule = egress("[{to: [{ipBlocks: [0.0.0.0/0]}], ports: [443]}]")
+    on_host_address = host("  addresses: [10.0.0.5]\n")  # web's address is the host's
+    as_root = HEAD.replace('"unix:uid:1500"', '"unix:uid:0"')  # uid 0 is never a key
+    documents, _ = parse_text(as_root.format(default="allow") + rule + on_host_address, "p.yaml")
+    compiled, found = check_documents(documents)
+    assert compiled is not None
+    assert [str(d) for d in found] == [
+        "p.yaml:10:42: warning: workload shop/web's egress is not held back by its node's "
+        "packet filter: it has no unix:uid:N selector (other than 0) and no address of its own "
+        "on the node; add its uid as a selector"
+    ]
+    nf = node_filter(compiled, "n1")
+    assert (nf.egress.uids, nf.egress.addresses, nf.egress.unkeyed) == ((), (), ("shop/web",))
+    assert problems(rule, on_host_address) == []  # uid 1500 keys it
+    assert problems(rule) == []  # so does an address of its own (no Host claims 10.0.0.5)

@@ -121,3 +121,21 @@ def test_a_suffix_principal_that_would_match_a_split_identity_only_is_refused(
     out = capsys.readouterr().out
     assert f"{policies}:15:42: error: principal '*web-b' would also match" in out, out
     assert "foo/web-b" in out
+
+
+def test_a_suffix_not_principal_spares_every_pod_of_its_service_account(imported, capsys) -> None:
+    """DENY notPrincipals ["*/sa/web"]: Istio denies every identified peer but foo/web's pods."""
+    deny = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-web, namespace: foo}
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  action: DENY
+  rules: [{from: [{source: {notPrincipals: ["*/sa/web"]}}]}]
+"""
+    out = imported(ONLY_WEB_A_TO_SLEEP + deny, cluster=WEB_CLUSTER)
+    http = {"method": "GET", "path": "/"}
+    for pod in ("foo/web-a", "foo/web-b"):
+        assert explain(out, capsys, from_workload=pod, **http) == ("ALLOW", "default:allow")
+    assert explain(out, capsys, from_workload="foo/sleep", **http) == ("DENY", "foo/only-web")

@@ -112,7 +112,9 @@ def test_process_under_another_uid_gets_its_own_identity_never_roots(
         f"c = spiffe.WorkloadApiClient({workload_api.address!r})\n"
         "print(json.dumps([str(s.spiffe_id) for s in c.fetch_x509_svids(timeout=10)]))\n"
     )
-    output = run_as(NOBODY_UID, NOBODY_UID, code)
+    with WorkloadApiClient(workload_api.address) as client:  # root's response, built first
+        assert len(client.fetch_x509_svids(timeout=10)) == 2
+    output = run_as(NOBODY_UID, NOBODY_UID, code)  # same cache version, another caller
     assert json.loads(output) == ["spiffe://example.org/ns/shop/sa/nobody-app"]
 
 

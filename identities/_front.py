@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import tempfile
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import grpc
 from meshwarden.identities._errors import AttestationError
 
 P = TypeVar("P")
+_SUN_PATH = 107  # bytes of a Unix socket address, less the terminating NUL
 
 
 class PeerTable(Generic[P]):
@@ -126,13 +128,17 @@ class LoopbackUpstream:
 
 
 class PrivateSocketUpstream:
-    """A grpc server on a Unix socket in a fresh directory of mode 0700: only this process's
+    """A grpc server on a Unix socket in a fresh directory of mode 0700 beside the public socket
+    (writable where that one is, also on a read-only root file system): only this process's
     user (and root) can dial it. Each relayed connection binds to a name the kernel chooses
     (Linux autobind: `unix-abstract:` and five hex digits, unique while the socket is open)."""
 
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="meshwarden-"))
-        self.path = self.directory / "grpc.sock"
+    def __init__(self, beside: Path) -> None:
+        parent: Path | None = beside.parent
+        if len(os.fsencode(beside.parent)) + len("/.meshwarden-XXXXXXXX/s") > _SUN_PATH:
+            parent = None  # too long for a socket address there: the temporary directory
+        self.directory = Path(tempfile.mkdtemp(prefix=".meshwarden-", dir=parent))
+        self.path = self.directory / "s"
 
     def listen(self, server: grpc.aio.Server) -> None:
         server.add_insecure_port(f"unix:{self.path}")

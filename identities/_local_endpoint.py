@@ -57,10 +57,10 @@ class LocalEndpoint:
     async def start(self) -> None:
         self._grpc = grpc.aio.server()
         self._add_services(self._grpc, self.peers)
-        self.upstream = PrivateSocketUpstream()
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.upstream = PrivateSocketUpstream(self.socket_path)
         self.upstream.listen(self._grpc)
         await self._grpc.start()
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_unix_server(self._connection, path=str(self.socket_path))

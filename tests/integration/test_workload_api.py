@@ -202,7 +202,9 @@ def test_another_user_cannot_dial_the_grpc_server_behind_the_socket(
         "        print('refused')\n"
     )
     assert run_as(NOBODY_UID, NOBODY_UID, code).split() == ["connected", "refused"]
-    assert os.stat(os.path.dirname(internal)).st_mode & 0o777 == 0o700
+    private = os.path.dirname(internal)
+    assert os.stat(private).st_mode & 0o777 == 0o700
+    assert os.path.dirname(private) == str(workload_api.socket.parent)  # writable, as it is
 
 
 def test_stopping_the_endpoint_removes_the_grpc_socket_and_its_directory(

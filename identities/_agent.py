@@ -23,11 +23,14 @@ from meshwarden.identities._errors import AttestationError, IdentityError, Issua
 from meshwarden.identities._keys import generate_key
 from meshwarden.identities._node_client import (
     NodeCredentials,
+    Resolve,
     attest,
+    channel_target,
     make_csr,
     node_stub,
     open_channel,
     renew,
+    system_resolve,
 )
 from meshwarden.identities._outlook import IdentityHealth, identity_health
 from meshwarden.identities._validate import X509Svid
@@ -73,12 +76,20 @@ class _JwtCache:
 class Agent:
     """The node agent: attests the node to the server, keeps workload SVIDs fresh in the cache."""
 
-    def __init__(self, config: AgentConfig, cache: IdentityCache, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        cache: IdentityCache,
+        clock: Clock,
+        resolve: Resolve = system_resolve,
+    ) -> None:
         self.config = config
         self.cache = cache
         self.clock = clock
+        self.resolve = resolve  # the server names' addresses, asked again on every reconnect
         self.node: NodeCredentials | None = None
         self._channel: grpc.aio.Channel | None = None
+        self.target: str | None = None  # the addresses the channel goes to
         self._jwt = _JwtCache()
         self._jitter: dict[SpiffeId, float] = {}
         self._closing: set[asyncio.Task[None]] = set()
@@ -98,21 +109,42 @@ class Agent:
                 raise AttestationError(
                     "no saved node identity: --join-token and --server-bundle needed"
                 )
-            node = await attest(self.config.server, server_roots_pem, join_token)
+            node = await attest(self.config.server, server_roots_pem, join_token, self.resolve)
             node.save(self.config.data_dir)
         self._use(node)
         await self.sync()
 
-    def _use(self, node: NodeCredentials) -> None:
+    def _use(self, node: NodeCredentials, target: str | None = None) -> None:
         self.node = node
+        if target is None and self.target is None:
+            target = self._resolve() or self.config.server.split(",")[0]  # gRPC resolves it
+        self.target = target or self.target
+        assert self.target is not None
         old, self._channel = (
             self._channel,
-            open_channel(self.config.server, node.bundle.x509_pem(), node),
+            open_channel(self.target, node.bundle.x509_pem(), node),
         )
         if old is not None:  # let calls in flight on the old channel finish
             closing = asyncio.get_running_loop().create_task(old.close(grace=1))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
+
+    def _resolve(self) -> str | None:
+        """The channel target of the server names as they resolve now; None (logged) when
+        none resolves."""
+        try:
+            return channel_target(self.config.server, self.resolve)
+        except OSError as exc:
+            log.warning("cannot resolve the server: %s", exc)
+            return None
+
+    async def _follow_resolution(self) -> None:
+        """After a failed call: resolve the server names again, and move the channel to the
+        addresses they have now if those changed (a replica replaced, a DNS name moved)."""
+        target = await asyncio.to_thread(self._resolve)
+        if target is not None and target != self.target and self.node is not None:
+            log.info("%s resolves to %s now: reconnecting there", self.config.server, target)
+            self._use(self.node, target)
 
     @property
     def _stub(self) -> Any:
@@ -146,6 +178,7 @@ class Agent:
                 self.failures,
                 self.last_sync_error,
             )
+            await self._follow_resolution()
             return False
         self.failures, self.last_sync_error = 0, None
         return True

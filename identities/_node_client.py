@@ -4,8 +4,9 @@ and the mTLS channel to the server."""
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -131,44 +132,75 @@ _OPTIONS = (
 )
 
 
-def channel_target(servers: str) -> str:
-    """The gRPC target of `HOST:PORT[,HOST:PORT...]`: one server as it is; several (replicas)
-    as one target over all their addresses (names resolved now), so the channel spreads calls
-    over the replicas that answer and leaves one that went away, without a restart."""
-    parts = [part.strip() for part in servers.split(",") if part.strip()]
-    if len(parts) == 1:
-        return parts[0]
-    v4: list[str] = []
-    v6: list[str] = []
-    for part in parts:
+Resolve = Callable[[str, int], Sequence[tuple[int, str]]]  # host, port -> (family, address)
+
+
+def system_resolve(host: str, port: int) -> list[tuple[int, str]]:
+    """The addresses the system resolver (/etc/hosts, DNS) gives `host` now."""
+    return [
+        (family, str(address[0]))
+        for family, *_, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    ]
+
+
+def channel_target(servers: str, resolve: Resolve = system_resolve) -> str:
+    """The gRPC target of `HOST:PORT[,HOST:PORT...]`: every address of every name, resolved
+    now (call it again on a reconnect to follow a changed resolution), as one target the
+    channel spreads its calls over. A name that does not resolve is left out; OSError when
+    none does. Names resolving to both address families use the family of the first address;
+    IP addresses of both families are a ValueError."""
+    found: list[tuple[int, str, bool]] = []  # family, "ADDRESS:PORT", given as an address
+    failures: list[str] = []
+    for part in (p.strip() for p in servers.split(",") if p.strip()):
         host, _, port = part.rpartition(":")
-        for family, *_, address in socket.getaddrinfo(
-            host.strip("[]"), int(port), type=socket.SOCK_STREAM
-        ):
-            if family == socket.AF_INET:
-                v4.append(f"{address[0]}:{port}")
-            elif family == socket.AF_INET6:
-                v6.append(f"[{address[0]}]:{port}")
-    if v4 and v6:
+        host = host.strip("[]")
+        literal = _is_address(host)
+        try:
+            resolved = resolve(host, int(port))
+        except OSError as exc:
+            failures.append(f"{host}: {exc.strerror or exc}")
+            continue
+        for family, address in resolved:
+            shown = f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"
+            found.append((family, shown, literal))
+    if not found:
+        raise OSError(f"{servers}: no address for the server ({'; '.join(failures)})")
+    families = {family for family, _, literal in found if literal}
+    if len(families) > 1:
         raise ValueError(f"{servers}: give replicas of one address family (IPv4 or IPv6)")
-    return "ipv4:" + ",".join(dict.fromkeys(v4)) if v4 else "ipv6:" + ",".join(dict.fromkeys(v6))
+    family = families.pop() if families else found[0][0]
+    addresses = dict.fromkeys(shown for f, shown, _ in found if f == family)
+    return ("ipv6:" if family == socket.AF_INET6 else "ipv4:") + ",".join(addresses)
 
 
-def open_channel(server: str, roots_pem: bytes, node: NodeCredentials | None) -> grpc.aio.Channel:
-    """An mTLS channel with the node SVID, or server-authenticated TLS only (to attest).
-    `server` may list several replicas (comma-separated): calls go round-robin to those that
-    are up."""
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def open_channel(target: str, roots_pem: bytes, node: NodeCredentials | None) -> grpc.aio.Channel:
+    """An mTLS channel with the node SVID, or server-authenticated TLS only (to attest), to a
+    `channel_target` (or one HOST:PORT): calls go round-robin to the addresses that are up."""
     key = private_key_pkcs8_pem(node.key) if node else None
     chain = node.chain_pem() if node else None
     credentials = grpc.ssl_channel_credentials(roots_pem, key, chain)
-    options = (*_OPTIONS, ("grpc.lb_policy_name", "round_robin")) if "," in server else _OPTIONS
-    return grpc.aio.secure_channel(channel_target(server), credentials, options=options)
+    options = (*_OPTIONS, ("grpc.lb_policy_name", "round_robin")) if "," in target else _OPTIONS
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
-async def attest(server: str, roots_pem: bytes, join_token: str) -> NodeCredentials:
+async def attest(
+    server: str, roots_pem: bytes, join_token: str, resolve: Resolve = system_resolve
+) -> NodeCredentials:
     """Redeem a join token for a node SVID; the node key never leaves this process."""
     key = generate_key()
-    async with open_channel(server, roots_pem, None) as channel:
+    try:
+        target = channel_target(server, resolve)
+    except OSError as exc:
+        raise AttestationError(f"attestation with {server} failed: {exc}") from None
+    async with open_channel(target, roots_pem, None) as channel:
         stub = node_stub(channel)
         try:
             response = await stub.Attest(

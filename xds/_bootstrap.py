@@ -139,6 +139,17 @@ def bootstrap(
                 {
                     "name": XDS_CLUSTER,
                     "type": "STRICT_DNS",
+                    # names are resolved again every 5 s, by the system's resolver (getaddrinfo:
+                    # /etc/hosts and nsswitch as every other process), so a replica name that
+                    # moves is followed without a restart
+                    "dnsRefreshRate": "5s",
+                    "typedDnsResolverConfig": {
+                        "name": "envoy.network.dns_resolver.getaddrinfo",
+                        "typedConfig": {
+                            "@type": _T + "envoy.extensions.network.dns_resolver.getaddrinfo.v3."
+                            "GetAddrInfoDnsResolverConfig"
+                        },
+                    },
                     "connectTimeout": "2s",
                     "typedExtensionProtocolOptions": _H2,
                     "transportSocket": xds_tls,

@@ -13,8 +13,8 @@ from meshwarden.cli import main
 from meshwarden.cli._types import split_host_port
 
 
-def test_one_server_is_used_as_given_and_several_become_one_target_over_all():
-    assert channel_target("cp.example:8443") == "cp.example:8443"
+def test_servers_become_one_target_over_every_address():
+    assert channel_target("127.0.0.1:8443") == "ipv4:127.0.0.1:8443"
     assert channel_target("127.0.0.1:8443,127.0.0.2:8443") == "ipv4:127.0.0.1:8443,127.0.0.2:8443"
     assert channel_target("[::1]:1,[::1]:2") == "ipv6:[::1]:1,[::1]:2"
 

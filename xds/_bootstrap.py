@@ -139,10 +139,9 @@ def bootstrap(
                 {
                     "name": XDS_CLUSTER,
                     "type": "STRICT_DNS",
-                    # names are resolved again every 5 s, by the system's resolver (getaddrinfo:
-                    # /etc/hosts and nsswitch as every other process), so a replica name that
-                    # moves is followed without a restart
-                    "dnsRefreshRate": "5s",
+                    # names are resolved again every 5 s (Envoy's default refresh), by the
+                    # system's resolver (getaddrinfo: /etc/hosts and nsswitch as every other
+                    # process), so a replica name that moves is followed without a restart
                     "typedDnsResolverConfig": {
                         "name": "envoy.network.dns_resolver.getaddrinfo",
                         "typedConfig": {

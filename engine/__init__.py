@@ -64,7 +64,7 @@ from meshwarden.engine._request import Request
 from meshwarden.engine._reserved import is_reserved
 from meshwarden.engine._rules import CompiledOperation, CompiledRule, CompiledSource
 from meshwarden.engine._spiffe import SpiffeId, SpiffeIdError, TrustDomain
-from meshwarden.engine._vocabulary import Action, Cause, Effect, Mode, Peers
+from meshwarden.engine._vocabulary import Action, Cause, Direction, Effect, Mode, Peers
 from meshwarden.engine._yaml import SourceDocument, read_documents
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "Decision",
     "DestinationIndex",
     "Diagnostic",
+    "Direction",
     "Document",
     "DocumentKey",
     "Effect",

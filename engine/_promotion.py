@@ -16,7 +16,7 @@ from typing import Any
 from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._request import Request
-from meshwarden.engine._vocabulary import Action, Effect
+from meshwarden.engine._vocabulary import Action, Direction, Effect
 
 
 def would_deny(
@@ -28,6 +28,8 @@ def would_deny(
         workload = flow.get("workload")
         if workload not in policy.targets or str(flow.get("decision")).lower() != Effect.ALLOW:
             continue
+        if flow.get("direction") == Direction.EGRESS:
+            continue  # the destination's ingress record of the same connection is the one
         request = _request(flow)
         if request is not None and _denies(mesh, policy, request):
             found.append(flow)

@@ -20,6 +20,7 @@ from meshwarden.engine._compiler import CompiledMesh
 from meshwarden.engine._patterns import normalize_path
 from meshwarden.engine._recommend_yaml import render
 from meshwarden.engine._registry import Workload
+from meshwarden.engine._vocabulary import Direction
 
 MIN_SIBLINGS = 4
 Caller = tuple[str, str]  # ("identity" | "namespace" | "ip", value)
@@ -87,6 +88,8 @@ def recommend(
     seen: dict[tuple[str, int], dict[Caller, Seen]] = defaultdict(dict)
     skipped: dict[str, int] = defaultdict(int)
     for flow in flows:
+        if flow.get("direction") == Direction.EGRESS:
+            continue  # the source's record of a connection the destination also reported
         reason = _usable(mesh, flow, groups)
         if reason:
             skipped[reason] += 1

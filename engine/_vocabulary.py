@@ -36,6 +36,13 @@ class Effect(StrEnum):
         return cls.ALLOW if allowed else cls.DENY
 
 
+class Direction(StrEnum):
+    """Which side decided: the destination's sidecar (ingress) or the source's (egress)."""
+
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
 class Cause(StrEnum):
     """What decided a request when no policy rule did (in place of `ns/name`)."""
 

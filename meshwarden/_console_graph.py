@@ -6,7 +6,10 @@ An edge's `decision` is that of its newest record — `allow`, `deny`, or `would
 but a dry-run DENY policy matched) — so a policy change shows as a colour change as soon as the
 next request is decided. A peer is its workload when its SPIFFE ID belongs to exactly one
 workload of the registry, else its SPIFFE ID (`identity` node), or its address for a plaintext
-peer (`plaintext` node). Pure: a function of the registry, the records and the query."""
+peer (`plaintext` node). Egress records count only when egress denied them (nothing reached
+the destination to report it; an upstream egress closed is an edge to its Service); the others
+are the same connections the destinations reported. Pure: a function of the registry, the
+records and the query."""
 
 from __future__ import annotations
 
@@ -141,6 +144,8 @@ def _edges(flows: Iterable[Flow], peers: _Peers) -> tuple[list[_Edge], dict[str,
     edges: dict[tuple[str, str, int], _Edge] = {}
     kinds: dict[str, str] = {}
     for flow in flows:
+        if flow.egress is not None and not flow.denied:
+            continue  # the destination reported the same connection (ingress)
         source, kind = peers.node(flow)
         kinds[source] = kind
         key = (source, flow.workload, flow.port)

@@ -3,11 +3,12 @@
 Bounded (`--flow-log-size`) and fair: when it is full, a new record pushes out the oldest record
 of the workload holding the most, so a workload flooding its access-log stream only ever evicts
 its own records once it holds the largest share (drops counted per workload, in `/flows` and on
-the counter `meshwarden.flows.dropped`). Queryable by denied / workload / age, and followable
-(new records as they arrive). Every record is also
+the counter `meshwarden.flows.dropped`); a record belongs to the workload whose sidecar reported
+it (the destination for ingress, the source for egress). Queryable by denied / workload (either
+end) / direction / age, and followable (new records as they arrive). Every record is also
 counted on the OpenTelemetry API counter `meshwarden.authz.decisions` (decision, policy,
-workload); whoever sets up the SDK decides where that goes. Served over the health endpoint:
-`GET /flows?denied=1&workload=ns/name&since=300[&follow=1]`.
+workload, direction); whoever sets up the SDK decides where that goes. Served over the health
+endpoint: `GET /flows?denied=1&workload=ns/name&direction=egress&since=300[&follow=1]`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import itertools
 import json
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from opentelemetry import metrics
 
 from meshwarden._health import Reply
-from meshwarden.engine import CompiledMesh, Effect, Request, decide
+from meshwarden.engine import CompiledMesh, Direction, Effect, Request, decide
 from meshwarden.xds import Flow, TcpAttribution, Verdict
 
 DEFAULT_SIZE = 10_000
@@ -39,6 +40,7 @@ class FlowQuery:
     workload: str | None = None
     since: float | None = None  # seconds back from now
     limit: int | None = None  # the newest N matches
+    direction: Direction | None = None  # ingress or egress records only
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> FlowQuery:
@@ -49,7 +51,11 @@ class FlowQuery:
         except ValueError:
             raise ValueError("since (seconds) and limit must be numbers") from None
         denied = params.get("denied", "0").lower() in ("1", "true", "yes")
-        return cls(denied, params.get("workload") or None, since, limit)
+        direction = params.get("direction") or None
+        if direction is not None and direction not in tuple(Direction):
+            raise ValueError("direction must be ingress or egress")
+        workload = params.get("workload") or None
+        return cls(denied, workload, since, limit, Direction(direction) if direction else None)
 
     def matcher(self, now: float) -> Callable[[Flow], bool]:
         cutoff = None if self.since is None else now - self.since
@@ -57,7 +63,8 @@ class FlowQuery:
         def matches(flow: Flow) -> bool:
             return (
                 (not self.denied or flow.denied)
-                and (self.workload is None or flow.workload == self.workload)
+                and (self.workload is None or self.workload in (flow.workload, flow.reporter))
+                and (self.direction is None or flow.direction == self.direction)
                 and (cutoff is None or flow.time >= cutoff)
             )
 
@@ -87,7 +94,8 @@ class FlowLog:
         self.received = 0
         self.follower_misses = 0
         self.dropped_by_workload: Counter[str] = Counter()
-        self._records: dict[str, deque[tuple[int, Flow]]] = {}  # workload → (arrival, record)
+        # reporting workload → (arrival, record)
+        self._records: dict[str, deque[tuple[int, Flow]]] = {}
         self._stored = 0
         self._largest = ""  # a workload holding the most records (checked before trusted)
         self._arrivals = itertools.count()
@@ -121,7 +129,13 @@ class FlowLog:
         for flow in flows:
             v = flow.verdict
             self._decisions.add(
-                1, {"decision": v.decision, "policy": v.policy, "workload": flow.workload}
+                1,
+                {
+                    "decision": v.decision,
+                    "policy": v.policy,
+                    "workload": flow.workload,
+                    "direction": str(flow.direction),
+                },
             )
             for queue in self._followers:
                 try:
@@ -131,12 +145,12 @@ class FlowLog:
 
     def _store(self, flow: Flow) -> None:
         if self._stored >= self.size:
-            self._evict_for(flow.workload)
-        own = self._records.setdefault(flow.workload, deque())
+            self._evict_for(flow.reporter)
+        own = self._records.setdefault(flow.reporter, deque())
         own.append((next(self._arrivals), flow))
         self._stored += 1
         if len(own) > self._count(self._largest):
-            self._largest = flow.workload
+            self._largest = flow.reporter
 
     def _count(self, workload: str) -> int:
         records = self._records.get(workload)
@@ -163,10 +177,7 @@ class FlowLog:
     def query(self, query: FlowQuery) -> list[Flow]:
         """Matching records, oldest first."""
         matches = query.matcher(self._clock())
-        if query.workload is not None:
-            stored: Iterable[tuple[int, Flow]] = self._records.get(query.workload, ())
-        else:
-            stored = heapq.merge(*self._records.values(), key=lambda item: item[0])
+        stored = heapq.merge(*self._records.values(), key=lambda item: item[0])
         found = [flow for _, flow in stored if matches(flow)]
         return found[-query.limit :] if query.limit else found
 

@@ -7,13 +7,13 @@ from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
 from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary, replica_order
 from meshwarden.xds._cache import SnapshotCache
 from meshwarden.xds._context import StaticTls, TranslationContext
-from meshwarden.xds._decisions import Verdict
+from meshwarden.xds._decisions import Verdict, verdict_of
+from meshwarden.xds._egress_log import EgressEnds
 from meshwarden.xds._encode import ResourceEncoder
 from meshwarden.xds._ext_authz import (
     Authorization,
     authorization_handler,
     registered_workload,
-    verdict_of,
 )
 from meshwarden.xds._loopback import loopback_cluster, serve_on_loopback
 from meshwarden.xds._node_auth import (
@@ -38,6 +38,7 @@ __all__ = [
     "AccessLogReceiver",
     "AggregatedDiscovery",
     "Authorization",
+    "EgressEnds",
     "Flow",
     "ResourceEncoder",
     "SidecarSync",

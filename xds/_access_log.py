@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
-from meshwarden.engine import Cause, Effect
+from meshwarden.engine import Cause, Direction, Effect
 from meshwarden.xds import _wire as wire
 from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._decisions import (
@@ -30,6 +30,8 @@ from meshwarden.xds._decisions import (
     split_action,
     verdict_from_envoy,
 )
+from meshwarden.xds._egress_log import EgressEnds, egress_ends, egress_verdict, is_egress
+from meshwarden.xds._envoy import allowed_sample
 from meshwarden.xds._node_auth import NodeAuthorizer, peer_spiffe_id
 
 log = logging.getLogger(__name__)
@@ -85,14 +87,7 @@ def _sampled_unless_refused(percent: float) -> dict[str, Any]:
             }
         }
     }
-    sampled = {
-        "runtimeFilter": {
-            "runtimeKey": "meshwarden.flow_log.allowed_sampling",
-            "useIndependentRandomness": True,
-            "percentSampled": {"numerator": round(percent * 100), "denominator": "TEN_THOUSAND"},
-        }
-    }
-    return {"orFilter": {"filters": [refused, sampled]}}
+    return {"orFilter": {"filters": [refused, allowed_sample(percent)]}}
 
 
 def tcp_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[dict[str, Any]]:
@@ -112,8 +107,10 @@ def tcp_access_logs(ctx: TranslationContext, workload: str, port: int) -> list[d
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    """One authorization decision of a sidecar: `workload` (`ns/name`) is the destination, the
-    sidecar that reported it; `identity` the peer's SPIFFE ID (None for a plaintext peer)."""
+    """One authorization decision of a sidecar: `workload` (`ns/name`) is the destination;
+    `identity` the source's SPIFFE ID (None for a plaintext peer). An ingress record is
+    reported by the destination's sidecar; an egress record (`egress` set) by the source's,
+    and its `workload` is the endpoint reached, or the Service when egress closed it."""
 
     time: float  # epoch seconds, when the request started
     workload: str
@@ -126,6 +123,16 @@ class Flow:
     status: int | None  # the HTTP response code
     verdict: Verdict
     trace_id: str | None
+    egress: EgressEnds | None = None
+
+    @property
+    def direction(self) -> Direction:
+        return Direction.INGRESS if self.egress is None else Direction.EGRESS
+
+    @property
+    def reporter(self) -> str:
+        """The workload whose sidecar reported the record."""
+        return self.workload if self.egress is None else self.egress.source_workload
 
     @property
     def source(self) -> str:
@@ -138,8 +145,9 @@ class Flow:
     def to_json(self) -> dict[str, Any]:
         v = self.verdict
         stamp = dt.datetime.fromtimestamp(self.time, dt.UTC).isoformat(timespec="milliseconds")
-        return {
+        out = {
             "time": stamp.replace("+00:00", "Z"),
+            "direction": self.direction,
             "source": self.source,
             "sourceIdentity": self.identity,
             "sourceIp": self.source_ip,
@@ -157,6 +165,9 @@ class Flow:
             else {"decision": v.dry_run_decision, "policy": v.dry_run_policy},
             "traceId": self.trace_id,
         }
+        if self.egress is not None:
+            out.update(self.egress.to_json())
+        return out
 
 
 class FlowSink(Protocol):
@@ -255,6 +266,9 @@ def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = Non
     and the policy is `unknown` when it cannot tell."""
     common = wire.submessage(wire.decode(entry), 1)
     details = wire.text(common, 25) or ""
+    tags = wire.string_map(common, 22)
+    if is_egress(tags):
+        return _egress_flow(common, workload, tags, details)
     if details.startswith(_DENIED_DETAILS):
         policy, rule = split_action(details[len(_DENIED_DETAILS) : -1] or Cause.DEFAULT_DENY)
         verdict = Verdict(Effect.DENY, policy, rule)
@@ -269,6 +283,29 @@ def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = Non
         verdict = found or Verdict(Effect.ALLOW, UNATTRIBUTED)
     return _flow(
         common, workload, "tcp", verdict, status=None, method=None, path=None, trace_id=None
+    )
+
+
+def _egress_flow(common: wire.Fields, reporter: str, tags: dict[str, str], details: str) -> Flow:
+    """A connection through an outbound listener of `reporter` (the source)."""
+    refused = details[len(_DENIED_DETAILS) : -1] if details.startswith(_DENIED_DETAILS) else None
+    verdict = egress_verdict(tags, refused or (Cause.DEFAULT_DENY if refused == "" else None))
+    ends = egress_ends(tags, reporter, _address(common, 13))
+    source_ip, _ = _address(common, 20)
+    port = tags.get("egress.port", "")
+    return Flow(
+        _time(common),
+        tags.get("egress.workload") or ends.service or "",
+        int(port) if port.isdigit() else 0,
+        tags.get("egress.source"),
+        source_ip,
+        "tcp",
+        None,
+        None,
+        None,
+        verdict,
+        None,
+        ends,
     )
 
 

@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshwarden.engine import Action, Cause, Effect, Outcome, dry_run_verdict
+from meshwarden.engine import (
+    Action,
+    AuthorizationPlan,
+    Cause,
+    Decision,
+    Effect,
+    EgressPlan,
+    Outcome,
+    dry_run_verdict,
+)
 
 RBAC_NS = "envoy.filters.http.rbac"
 NETWORK_RBAC_NS = "envoy.filters.network.rbac"
@@ -72,6 +81,15 @@ class Verdict:
             dry_run_decision=None if dry_decision is None else _effect(dry_decision),
             dry_run_policy=fields.get("dry_run_policy"),
         )
+
+
+def verdict_of(plan: AuthorizationPlan | EgressPlan, decision: Decision) -> Verdict:
+    """The engine's decision as a Verdict, with the dry-run verdict when the plan has dry-run
+    policies (ingress or egress)."""
+    matched = [o for o in decision.dry_run if o.rule is not None]
+    dry = dry_run_verdict(matched, {p.action for p in plan.dry_run}) if plan.dry_run else None
+    dry_decision, dry_policy = dry if dry is not None else (None, None)
+    return Verdict(decision.effect, decision.policy, decision.rule, dry_decision, dry_policy)
 
 
 def _effect(value: Any) -> Effect:

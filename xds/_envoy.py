@@ -84,3 +84,14 @@ def tcp_proxy(stat_prefix: str, cluster: str, **fields: Any) -> Config:
 def router() -> Config:
     """The router HTTP filter (last in every HCM)."""
     return extension("envoy.filters.http.router", "envoy.extensions.filters.http.router.v3.Router")
+
+
+def allowed_sample(percent: float) -> Config:
+    """An access-log filter passing `percent` of the entries (`--flow-log-sample`)."""
+    return {
+        "runtimeFilter": {
+            "runtimeKey": "meshwarden.flow_log.allowed_sampling",
+            "useIndependentRandomness": True,
+            "percentSampled": {"numerator": round(percent * 100), "denominator": "TEN_THOUSAND"},
+        }
+    }

@@ -36,29 +36,19 @@ from meshwarden.engine import (
     AuthorizationPlan,
     Cause,
     CompiledMesh,
-    Decision,
     Effect,
     SpiffeIdError,
     decide,
-    dry_run_verdict,
 )
 from meshwarden.xds._check import CheckAttributes, decode_check, request_of
 from meshwarden.xds._decision_cache import Decided, DecisionCache
-from meshwarden.xds._decisions import Verdict
+from meshwarden.xds._decisions import Verdict, verdict_of
 from meshwarden.xds._ext_authz_filter import PORT_HEADER, WORKLOAD_HEADER
 from opentelemetry import metrics, propagate, trace
 
 SERVICE = "envoy.service.auth.v3.Authorization"
 SPAN_NAME = "meshwarden.authz.check"
 _OK, _PERMISSION_DENIED, _UNAUTHENTICATED = 0, 7, 16
-
-
-def verdict_of(plan: AuthorizationPlan, decision: Decision) -> Verdict:
-    """The decision as a Verdict, with the dry-run verdict when the plan has dry-run policies."""
-    matched = [o for o in decision.dry_run if o.rule is not None]
-    dry = dry_run_verdict(matched, {p.action for p in plan.dry_run}) if plan.dry_run else None
-    dry_decision, dry_policy = dry if dry is not None else (None, None)
-    return Verdict(decision.effect, decision.policy, decision.rule, dry_decision, dry_policy)
 
 
 # --------------------------------------------------------------------------- the service

@@ -20,13 +20,13 @@ from meshwarden.engine import CompiledMesh, Workload, WorkloadPort
 from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
 from meshwarden.xds._context import StaticTls, TranslationContext
 from meshwarden.xds._decisions import RULES_STAT_PREFIX
-from meshwarden.xds._egress import egress_deny_filter, upstream_egress
+from meshwarden.xds._egress import egress_rbac_filter, upstream_egress
+from meshwarden.xds._egress_log import egress_access_logs, egress_load_assignment
 from meshwarden.xds._envoy import (
     ads_source,
     downstream_tls,
     extension,
     grpc_source,
-    load_assignment,
     router,
     socket_address,
     static_cluster,
@@ -392,12 +392,13 @@ def outbound(
                 "transportSocket": upstream_tls(commonTlsContext=_common_tls(ctx, validation)),
             }
         )
-        endpoints.append(
-            load_assignment(name, [(str(w.addresses[0]), upstream.port) for w in egress.allowed])
-        )
-        filters = [tcp_proxy(f"out_{upstream.local_port}", name)]
-        if egress.denied_by is not None:
-            filters.insert(0, egress_deny_filter(egress.denied_by))
+        endpoints.append(egress_load_assignment(name, egress, upstream.port))
+        logs = egress_access_logs(ctx, workload, upstream.service, upstream.port, egress)
+        logging = {"accessLog": logs} if logs else {}
+        filters = [tcp_proxy(f"out_{upstream.local_port}", name, **logging)]
+        rbac = egress_rbac_filter(egress)
+        if rbac is not None:
+            filters.insert(0, rbac)
         listeners.append(
             {
                 "name": f"out:{upstream.local_port}",

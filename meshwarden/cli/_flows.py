@@ -24,13 +24,16 @@ SERVER_ENV = "MESHWARDEN_SERVER"
 
 HELP = f"""\
 Show the control plane's flow log: the authorization decisions the sidecars reported (each
-request on an HTTP port, each connection on a tcp port), oldest first. The log is bounded
-(`meshwarden server --flow-log-size`); the oldest records go first.
+request on an HTTP port, each connection on a tcp port, each connection through an upstream),
+oldest first. The log is bounded (`meshwarden server --flow-log-size`); the oldest records go
+first.
 
 Each record: time, source (SPIFFE ID, or IP for a plaintext peer), destination workload and
-port, method and path, HTTP status, decision, the policy and rule that made it (or a default
-cause: default:deny, default:allow, jwt:invalid), the dry-run outcome where a dry-run policy
-applies, and the W3C trace id of the request's traceparent.
+port (for an egress record whose upstream egress closed: its Service), method and path
+(`egress tcp` for a connection decided by the source's sidecar, through one of its upstreams),
+HTTP status, decision, the policy and rule that made it (or a default cause: default:deny,
+default:allow, jwt:invalid), the dry-run outcome where a dry-run policy applies, and the W3C
+trace id of the request's traceparent.
 
 The server is the HOST:PORT of the health endpoint that `meshwarden up` and `meshwarden
 server` print in their 'ready' line (the http://HOST:PORT/healthz URL itself works too), from
@@ -40,6 +43,7 @@ examples:
   meshwarden flows --server 127.0.0.1:41234 --denied --since 5m
   MESHWARDEN_SERVER=127.0.0.1:41234 meshwarden flows --workload shop/backend-1 -o json
   meshwarden flows --server http://127.0.0.1:41234/healthz --follow
+  meshwarden flows --direction egress --workload shop/frontend-1 --denied
 
 exit status: 0 ok, 1 the server could not be reached or refused the query, 2 usage error."""
 
@@ -59,7 +63,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"the control plane's health endpoint (default: ${SERVER_ENV})",
     )
     p.add_argument("--denied", action="store_true", help="only denied requests")
-    p.add_argument("--workload", metavar="NS/NAME", help="only requests to this workload")
+    p.add_argument(
+        "--workload",
+        metavar="NS/NAME",
+        help="only records of this workload, as destination or (egress) as source",
+    )
+    p.add_argument(
+        "--direction",
+        choices=("ingress", "egress"),
+        help="only decisions of the destination's sidecar (ingress) or of the source's (egress)"
+        " (default: both)",
+    )
     p.add_argument(
         "--since",
         type=duration,
@@ -85,6 +99,8 @@ def _query(args: argparse.Namespace) -> dict[str, str]:
         if args.workload.count("/") != 1:
             raise ValueError(f"--workload {args.workload!r}: expected NS/NAME")
         params["workload"] = args.workload
+    if args.direction:
+        params["direction"] = args.direction
     if args.since is not None:
         params["since"] = str(args.since)
     if args.limit is not None:
@@ -164,6 +180,8 @@ _WIDTHS = (23, 44, 24, 24, 6, 8, 28, 28, 32)
 def cells(flow: dict[str, Any]) -> tuple[str, ...]:
     """The table cells of one record (as `GET /flows` returns it)."""
     request = "tcp" if flow["protocol"] == "tcp" else f"{flow['method']} {flow['path']}"
+    if flow.get("direction") == "egress":
+        request = f"egress {flow['protocol']}"  # decided by the source's sidecar
     policy = flow["policy"] + (f"#{flow['rule']}" if flow["rule"] is not None else "")
     dry = flow["dryRun"]
     return (

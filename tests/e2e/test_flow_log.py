@@ -147,12 +147,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowMesh]:
 
 
 def _wait_for_count(mesh: FlowMesh, count: int, timeout: float = 15) -> list[dict[str, Any]]:
-    """The flow log once it holds `count` records (sidecars flush every 0.25 s)."""
+    """The flow log's ingress records once there are `count` (sidecars flush every 0.25 s);
+    the frontend's own egress records are test_egress_flows.py's subject."""
     deadline = time.monotonic() + timeout
-    flows = mesh.flows_json()
+    flows = mesh.flows_json("--direction", "ingress")
     while len(flows) < count and time.monotonic() < deadline:
         time.sleep(0.2)
-        flows = mesh.flows_json()
+        flows = mesh.flows_json("--direction", "ingress")
     return flows
 
 
@@ -246,7 +247,7 @@ def test_flows_return_exactly_the_requests_sent_with_their_causes(mesh: FlowMesh
 
 
 def test_tcp_connections_name_the_policy_that_allowed_or_refused_them(mesh: FlowMesh) -> None:
-    before = len(mesh.flows_json())
+    before = len(mesh.flows_json("--direction", "ingress"))
     assert mesh.tcp("127.0.0.1", mesh.values["front_tcp"]).startswith(b"HTTP/1.")
     assert mesh.tcp(f"{mesh.net}.3", 9000, source=f"{mesh.net}.10") == b""  # no rule: refused
     flows = _wait_for_count(mesh, before + 2)[before:]
@@ -271,8 +272,10 @@ def test_flows_filter_by_denied_workload_and_age_and_print_a_table(mesh: FlowMes
         time.sleep(0.2)
     assert denied and all(f["decision"] == "deny" for f in denied)
     assert any(f["traceId"] == trace_id for f in denied)
-    assert mesh.flows_json("--workload", "shop/frontend-1") == []
-    table = mesh.flows("--denied", "--limit", "1")
+    assert mesh.flows_json("--workload", "shop/frontend-1", "--direction", "ingress") == []
+    from_frontend = mesh.flows_json("--workload", "shop/frontend-1")  # its egress, as source
+    assert from_frontend and {f["direction"] for f in from_frontend} == {"egress"}
+    table = mesh.flows("--denied", "--limit", "1", "--direction", "ingress")
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()
     assert header.split()[:3] == ["TIME", "SOURCE", "DESTINATION"]
@@ -301,6 +304,8 @@ def test_follow_prints_new_records_as_they_arrive(mesh: FlowMesh) -> None:
         "--follow",
         "--since",
         "0",
+        "--direction",
+        "ingress",
         "-o",
         "json",
     ]

@@ -11,12 +11,13 @@ import json
 import shutil
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from meshwarden.engine import Effect
-from meshwarden.xds import Flow, Verdict
+from meshwarden.xds import EgressEnds, Flow, Verdict
 
 from meshwarden._console import Console, ConsoleOptions, ConsoleSources
 from meshwarden._console_graph import GraphQuery, graph
@@ -101,6 +102,22 @@ def test_plaintext_peers_unknown_identities_and_dry_run_denials_are_told_apart()
     assert edges["shop/frontend-1"]["decision"] == "would-deny"
     kinds = {n["id"]: n["kind"] for n in view["nodes"]}
     assert kinds["ip:127.0.0.9"] == "plaintext" and kinds["spiffe://other.org/x"] == "identity"
+
+
+def test_an_egress_denial_is_an_edge_and_an_allowed_egress_is_not_counted_twice() -> None:
+    """The frontend's sidecar reports its connection too (egress): allowed, the backend's own
+    record already counts it; refused by egress, it is the only record of the attempt."""
+    registry = _policies().registry
+    ends = EgressEnds("shop/frontend-1", "shop/backend", None, None)
+    refused = Verdict(Effect.DENY, "shop/no-backend", 0)
+    flows = [
+        _flow(FRONTEND, ALLOW),
+        replace(_flow(FRONTEND, ALLOW), egress=ends, protocol="tcp"),
+        replace(_flow(FRONTEND, refused), egress=ends, protocol="tcp"),
+    ]
+    [edge] = graph(registry, flows, GraphQuery())["edges"]
+    assert edge["counts"] == {"allow": 1, "deny": 1, "wouldDeny": 0}
+    assert edge["decision"] == "deny" and edge["causes"][-1]["cause"] == "shop/no-backend#0"
 
 
 def test_filters_keep_the_edges_asked_for() -> None:

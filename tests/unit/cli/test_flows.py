@@ -9,6 +9,7 @@ import http.client
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,7 +26,8 @@ from envoy_data_plane.envoy.service.accesslog.v3 import (
     StreamAccessLogsMessageIdentifier,
 )
 from envoy_data_plane.google.protobuf import Struct
-from meshwarden.xds import workload_authorizer
+from meshwarden.engine import Direction
+from meshwarden.xds import EgressEnds, workload_authorizer
 from meshwarden.xds._access_log import AccessLogReceiver, Flow
 from meshwarden.xds._decisions import RBAC_NS, Verdict
 from opentelemetry.sdk.metrics import MeterProvider
@@ -115,7 +117,7 @@ def test_follow_gives_the_backlog_then_new_records_whatever_their_age() -> None:
     assert asyncio.run(scenario()) == ["/n/1", "/n/4"]
 
 
-def test_each_record_is_counted_by_decision_policy_and_workload() -> None:
+def test_each_record_is_counted_by_decision_policy_workload_and_direction() -> None:
     reader = InMemoryMetricReader()
     log = FlowLog(meter=MeterProvider(metric_readers=[reader]).get_meter("test"))
     log.add([flow(0), flow(1), flow(2, DENY)])
@@ -127,10 +129,16 @@ def test_each_record_is_counted_by_decision_policy_and_workload() -> None:
     assert counts == {
         (
             ("decision", "allow"),
+            ("direction", "ingress"),
             ("policy", "shop/backend-access"),
             ("workload", "shop/backend-1"),
         ): 2,
-        (("decision", "deny"), ("policy", "default:deny"), ("workload", "shop/backend-1")): 1,
+        (
+            ("decision", "deny"),
+            ("direction", "ingress"),
+            ("policy", "default:deny"),
+            ("workload", "shop/backend-1"),
+        ): 1,
     }
 
 
@@ -217,6 +225,38 @@ def test_a_flooding_workload_evicts_only_its_own_records() -> None:
     assert len(log.query(FlowQuery(workload="shop/db-1"))) == 150  # every one of them
     assert log.stats()["droppedByWorkload"] == {"shop/backend-1": 24_650}
     assert [f.workload for f in log.query(FlowQuery())].count("shop/backend-1") == 350
+
+
+def egress_flow(n: int, source: str, verdict: Verdict = ALLOW) -> Flow:
+    """A record the sidecar of `source` reported about its connection to backend-1."""
+    ends = EgressEnds(source, "shop/backend", None, None)
+    return replace(flow(n, verdict), protocol="tcp", method=None, path=None, egress=ends)
+
+
+def test_egress_records_are_selected_by_direction_and_by_either_end() -> None:
+    log = FlowLog(clock=lambda: NOW)
+    log.add([flow(0), egress_flow(1, "shop/frontend-1"), egress_flow(2, "shop/web-1", DENY)])
+    assert [f.direction for f in log.query(FlowQuery())] == ["ingress", "egress", "egress"]
+    egress = FlowQuery.from_params({"direction": "egress", "workload": "shop/frontend-1"})
+    assert [f.egress.source_workload for f in log.query(egress) if f.egress] == ["shop/frontend-1"]
+    to_backend = log.query(FlowQuery(workload="shop/backend-1"))  # the destination of all three
+    assert len(to_backend) == 3
+    ingress = log.query(FlowQuery.from_params({"direction": "ingress"}))
+    assert [f.path for f in ingress] == ["/n/0"]
+    assert log.query(FlowQuery(denied=True))[0].to_json()["sourceWorkload"] == "shop/web-1"
+    with pytest.raises(ValueError, match="direction"):
+        FlowQuery.from_params({"direction": "sideways"})
+
+
+def test_egress_records_count_against_the_source_that_reported_them() -> None:
+    """A source flooding its own egress records evicts only them, not the destination's."""
+    log = FlowLog(size=10, clock=lambda: NOW)
+    log.add([flow(n) for n in range(5)])  # backend-1's ingress records
+    log.add([egress_flow(n, "shop/frontend-1") for n in range(100)])
+    assert [f.path for f in log.query(FlowQuery(direction=Direction.INGRESS))] == [
+        f"/n/{n}" for n in range(5)
+    ]
+    assert log.stats()["droppedByWorkload"] == {"shop/frontend-1": 95}
 
 
 def test_when_all_flood_each_keeps_an_equal_share() -> None:

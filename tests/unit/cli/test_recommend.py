@@ -58,6 +58,9 @@ FLOWS = [
         for i, c in enumerate("abcde")
     ],
     _flow(30, CRON, "shop/db-1", 5432, decision="deny"),
+    # the source's own record of a connection (egress): allowed there, not evidence that the
+    # destination let it in
+    {**_flow(31, SHELL, "shop/db-1", 5432), "direction": "egress", "sourceWorkload": "ops/shell"},
 ]
 
 
@@ -92,7 +95,7 @@ def test_the_policies_allow_every_observed_flow_and_nothing_else(written, tmp_pa
     out, _ = written
     mesh = _enforced(out, tmp_path)
     for f in FLOWS:
-        if f["decision"] == "allow":
+        if f["decision"] == "allow" and f.get("direction") != "egress":
             assert _allowed(
                 mesh,
                 f["workload"],
@@ -103,6 +106,7 @@ def test_the_policies_allow_every_observed_flow_and_nothing_else(written, tmp_pa
                 f["sourceIp"],
             ), f
     assert not _allowed(mesh, "shop/db-1", 5432, CRON)  # denied when observed: not proposed
+    assert not _allowed(mesh, "shop/db-1", 5432, SHELL)  # an egress record proposes nothing
     assert not _allowed(mesh, "shop/backend-1", 8080, FRONTEND, "DELETE", "/api/items/1")
     assert not _allowed(mesh, "shop/backend-1", 8080, FRONTEND, "GET", "/api/cart")
     assert not _allowed(mesh, "shop/backend-1", 8080, BACKEND, "GET", "/api/catalogue")

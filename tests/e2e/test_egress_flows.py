@@ -145,8 +145,8 @@ class EgressMesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressMesh]:
-    # Its own network per xdist worker (the other live-mesh tests use 127.77.x and 127.78.x).
-    egress_mesh = EgressMesh(tmp_path_factory.mktemp("egress-flows"), f"127.79.{os.getpid() % 250}")
+    # Its own network per xdist worker (the other live-mesh tests use 127.77.x to 127.81.x).
+    egress_mesh = EgressMesh(tmp_path_factory.mktemp("egress-flows"), f"127.83.{os.getpid() % 250}")
     with sample_app(egress_mesh.app_port):
         egress_mesh.up.start()
         try:

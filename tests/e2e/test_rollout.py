@@ -120,9 +120,11 @@ class Rollout:
                 return False
 
     def flow_records(self) -> list[dict[str, Any]]:
+        """The ingress records of the flow file (the sources' egress records are beside them)."""
         if not self.flow_file.exists():
             return []
-        return [json.loads(line) for line in self.flow_file.read_text().splitlines()]
+        records = [json.loads(line) for line in self.flow_file.read_text().splitlines()]
+        return [r for r in records if r["direction"] == "ingress"]
 
     def wait_applied(self) -> None:
         """Until the control plane serves what the files compile to and every sidecar has it."""

@@ -26,37 +26,35 @@ other:
 - the engine's own share: time inside the Check handler (parse, decide, span, answer) per
   call, which is what OPA-Envoy's ≈0.2 ms median / 1.5 ms p99 "evaluation" figures measure.
 Before measuring, both sidecars must deny an identity no rule names (403) and let the client
-through (200). Prints figures only.
+through (200). Then the engine alone (bench/_engine_alone.py): Checks straight over gRPC
+(h2load, no Envoy), the production servicer against the same without its decision cache and
+against a servicer answering a constant — grpc's own per-call cost, measured in the same run
+(`--engine-only`: just that part, about a minute). Prints figures only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import resource
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import _harness as harness
+from _engine_alone import Engine, engine_alone, print_engine_alone, run_load
 from _harness import PORT, SERVER, Config, Identities, Layout, Processes, progress
 from meshwarden.xds import (
     CLUSTER,
     LISTENER,
-    Authorization,
     TranslationContext,
     loopback_cluster,
-    serve_on_loopback,
     workload_resources,
 )
 
@@ -64,61 +62,11 @@ AUTHZ_CLUSTER = "meshwarden-ext-authz"
 OPA_ANCHOR = {"p50_ms": 0.2, "p99_ms": 1.5}  # OPA-Envoy evaluation at 1,000 req/s
 
 
-class TimedAuthorization(Authorization):
-    """The production servicer, with the wall time of each Check handler recorded."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.handler_us: list[float] = []
-
-    async def check(self, check: Any, context: Any) -> bytes:
-        start = time.perf_counter_ns()
-        answer = await super().check(check, context)
-        self.handler_us.append((time.perf_counter_ns() - start) / 1000)
-        return answer
-
-
-def _serve_engine(docs: list[dict[str, Any]], conn: Any, cpus: set[int] | None) -> None:
-    """The engine process: compile the documents, serve Check, answer `stats` until `stop`."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    compiled = harness.load_mesh(docs)
-    engine = TimedAuthorization(lambda context, metadata: compiled.plan(SERVER))
-    with serve_on_loopback(engine) as port:
-        conn.send(port)
-        while conn.recv() == "stats":
-            conn.send(EngineStats(engine.checks, list(engine.handler_us), _own_cpu()))
-
-
-@dataclass(frozen=True)
-class EngineStats:
-    checks: int
-    handler_us: list[float]
-    cpu_s: float
-
-
-class Engine:
-    """`Authorization` in a process of its own (spawned: this process forks the Envoys and the
-    load generators, which must not inherit gRPC's threads)."""
-
-    def __init__(self, docs: list[dict[str, Any]], cpus: set[int] | None) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve_engine, args=(docs, child, cpus), daemon=True)
-        self.process.start()
-        if not self.conn.poll(60):
-            raise SystemExit("the engine process did not start")
-        self.port: int = self.conn.recv()
-
-    def stats(self) -> EngineStats:
-        self.conn.send("stats")
-        stats: EngineStats = self.conn.recv()
-        return stats
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.conn.send("stop")
-            self.process.join(10)
+def ext_documents(n: int, address: str, backend_port: int) -> list[dict[str, Any]]:
+    """bench_dataplane's documents with `enforcement: ext-authz`."""
+    docs = harness.mesh_documents(n, address, backend_port)
+    docs[0]["spec"]["enforcement"] = "ext-authz"
+    return docs
 
 
 def ext_authz_config(
@@ -126,8 +74,7 @@ def ext_authz_config(
 ) -> tuple[Config, list[dict[str, Any]]]:
     """The server sidecar in ext-authz mode (the cluster to the engine is added at start) and
     its documents: bench_dataplane's with `enforcement: ext-authz`."""
-    docs = harness.mesh_documents(n, address, backend_port)
-    docs[0]["spec"]["enforcement"] = "ext-authz"
+    docs = ext_documents(n, address, backend_port)
     compiled = harness.load_mesh(docs)
     ctx = TranslationContext(
         static_tls=ids.server, inline_routes=True, ext_authz_cluster=AUTHZ_CLUSTER
@@ -168,13 +115,7 @@ def fixed_rate(
         f"--log-file={log}",
         url,
     ]
-    done = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        preexec_fn=harness.child_setup(cpus),
-    )
+    done = run_load(cmd, seconds, cpus)
     rows = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
     bad = [r for r in rows if r[1] != "200"]
     if done.returncode != 0 or not rows or bad:
@@ -265,11 +206,6 @@ def measure(
     return {"rates": rates, "closed": closed}
 
 
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def summarize(m: dict[str, Any]) -> dict[str, Any]:
     rates = {}
     for rate, state in m["rates"].items():
@@ -322,6 +258,13 @@ def print_report(report: dict[str, Any]) -> None:
         f"load avg: {m['load_avg_start']:.2f} at start, {m['load_avg_end']:.2f} at end "
         "(shared machine)"
     )
+    if "fixed_rate" in report:
+        print_end_to_end(report)
+    print_engine_alone(report["engine_alone"], a["engine_seconds"] * a["rounds"])
+
+
+def print_end_to_end(report: dict[str, Any]) -> None:
+    a = report["settings"]
     print()
     print("   req/s  mode        p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
     for rate, row in report["fixed_rate"].items():
@@ -367,12 +310,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--closed-seconds", type=int, help="closed-loop seconds per mode (default 8)")
     p.add_argument("--connections", type=int, default=4, help="wrk connections (closed loop)")
     p.add_argument("--no-pin", action="store_true", help="let the OS place every process")
+    p.add_argument(
+        "--engine-seconds", type=int, help="seconds per servicer and round, engine alone (5)"
+    )
+    p.add_argument(
+        "--engine-only", action="store_true", help="only the engine alone (no Envoy, ~1 min)"
+    )
     args = p.parse_args(argv)
+    args.engine_seconds = args.engine_seconds or (2 if args.quick else 5)
     args.rates = [int(r) for r in args.rates.split(",")]
     args.rounds = args.rounds or (2 if args.quick else 4)
     args.seconds = args.seconds or (3 if args.quick else 5)
     args.closed_seconds = args.closed_seconds or (2 if args.quick else 8)
     return args
+
+
+def end_to_end(
+    args: argparse.Namespace,
+    layout: Layout,
+    folder: Path,
+    ids: harness.Identities,
+    backend_port: int,
+) -> dict[str, Any]:
+    """Native RBAC against ext_authz through the sidecars, the engine in a process of its own."""
+    native_address, ext_address = harness.server_addresses(2)
+    progress(f"compiling {args.rules:,} rules twice ...")
+    native, _, compiled, _ = harness.our_config(
+        args.rules, native_address, backend_port, ids.server
+    )
+    native.label = "native"
+    ext, ext_docs = ext_authz_config(args.rules, ext_address, backend_port, ids)
+    for c in (native, ext):
+        c.local_port = harness.free_port()
+    procs, engine = Processes(folder), Engine(ext_docs, None)
+    try:
+        progress("starting 4 Envoys ...")
+        ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, engine.port)]
+        harness.start(procs, [native, ext], compiled, ids, backend_port, layout)
+        check_enforcement((native, ext), ids, engine)
+        progress("both modes: 403 for an unnamed identity, 200 for the client")
+        return measure([native, ext], engine, args, folder, layout, procs)
+    finally:
+        procs.stop_all()
+        engine.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -391,34 +371,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = Path(tmp)
         ids = harness.mint_identities(folder)
         backend_port = harness.free_port()
-        native_address, ext_address = harness.server_addresses(2)
-        progress(f"compiling {args.rules:,} rules twice ...")
-        native, _, compiled, _ = harness.our_config(
-            args.rules, native_address, backend_port, ids.server
+        measured = None if args.engine_only else end_to_end(args, layout, folder, ids, backend_port)
+        address = "127.0.213.1"  # the engine alone: named in the CheckRequest, never bound
+        docs = ext_documents(args.rules, address, backend_port)
+        alone = engine_alone(
+            lambda servicer: Engine(docs, layout.server, servicer),
+            address,
+            layout,
+            folder,
+            args.engine_seconds,
+            args.rounds,
         )
-        native.label = "native"
-        ext, ext_docs = ext_authz_config(args.rules, ext_address, backend_port, ids)
-        for c in (native, ext):
-            c.local_port = harness.free_port()
-        procs, engine = Processes(folder), Engine(ext_docs, None)
-        try:
-            progress("starting 4 Envoys ...")
-            ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, engine.port)]
-            harness.start(procs, [native, ext], compiled, ids, backend_port, layout)
-            check_enforcement((native, ext), ids, engine)
-            progress("both modes: 403 for an unnamed identity, 200 for the client")
-            measured = measure([native, ext], engine, args, folder, layout, procs)
-        finally:
-            procs.stop_all()
-            engine.stop()
     info["load_avg_end"] = os.getloadavg()[0]
     report = {
         "machine": info,
         "settings": {
             k: getattr(args, k)
-            for k in ("rules", "rates", "rounds", "seconds", "closed_seconds", "connections")
+            for k in (
+                "rules",
+                "rates",
+                "rounds",
+                "seconds",
+                "closed_seconds",
+                "connections",
+                "engine_seconds",
+            )
         },
-        **summarize(measured),
+        **(summarize(measured) if measured else {}),
+        "engine_alone": alone,
     }
     if args.json:
         print(json.dumps(report, indent=1))

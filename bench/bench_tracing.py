@@ -15,7 +15,9 @@ TranslationContext(tracing=None) for "off" and tracing to an in-process OTLP/gRP
 then reverse order) and the ratios are on the merged rounds. "nolua100" and "nolua1" are on100
 and on1 without the decision Lua filter, to split the cost between Envoy's tracer/exporter and
 the tagging (which is skipped for requests that are not sampled: on1 - nolua1 is its cost;
-"always1" is on1 with the filter run on every request, as before that skip). Before
+"always1" is on1 with the filter run on every request, as before that skip). Last, the
+tagging alone (bench/_tagging_alone.py): the filter's CPU per request on one Envoy with nothing
+else in the path, where the sidecars' TLS and RBAC noise does not hide it. Before
 measuring, every config must
 answer 200 to the client and 403 to an unnamed identity, and the traced config must deliver
 spans tagged with the decision.
@@ -42,6 +44,7 @@ from typing import Any
 import _harness as harness
 import grpc
 from _harness import PORT, SERVER, Config, Layout, Processes, Run, progress
+from _tagging_alone import tagging_alone
 from meshwarden.xds import CLUSTER, LISTENER, TracingTarget, TranslationContext, workload_resources
 from meshwarden.xds._tracing import TRACING_CLUSTER
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
@@ -291,6 +294,13 @@ def print_report(out: dict[str, Any]) -> None:
     always = out["configs"]["always1"]["server_cpu_us_per_req"] - bare1["server_cpu_us_per_req"]
     print(f"  ... with the filter on every request as before (always1 - nolua1): {always:+.1f} µs")
     print("control = a second identical 'off' sidecar: its ratio is this machine's noise.")
+    alone = out["tagging_alone_cpu_us_per_req"]
+    print(
+        f"\ntagging alone (one Envoy, direct response, 1 % sampling; CPU µs/req): none "
+        f"{alone['none']:.1f}, always {alone['always']:.1f} "
+        f"({alone['always'] - alone['none']:+.1f}), matcher {alone['matcher']:.1f} "
+        f"({alone['matcher'] - alone['none']:+.1f} per request not sampled)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,6 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs = measure(configs, args, folder, layout, procs)
             time.sleep(2)  # let the last batches of spans arrive
             spans = {"total": int(collector.read()["spans"])}
+            slice_s = args.seconds / args.rounds
+            tagging = tagging_alone(collector.port, procs, layout, slice_s, args.rounds)
         finally:
             procs.stop_all()
             collector.stop()
@@ -328,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = ("rules", "seconds", "rounds", "warmup", "connections")
     settings = {k: getattr(args, k) for k in keys}
     out = {"machine": info, "settings": settings, **report(configs, runs, spans)}
+    out["tagging_alone_cpu_us_per_req"] = tagging
     if args.json:
         print(json.dumps(out, indent=1))
     else:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTOS = ("workload.proto", "node.proto")
+PROTOS = ("workload.proto", "node.proto", "check_view.proto")
 _DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
 _PRIVATE_POOL = """# meshwarden: a private descriptor pool (see protos/_generate.py).
 _POOL = _descriptor_pool.DescriptorPool()

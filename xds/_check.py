@@ -1,4 +1,4 @@
-"""ext_authz enforcement: a CheckRequest read off the wire into the engine's Request."""
+"""ext_authz enforcement: a CheckRequest read into the engine's Request."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import json_format
 from meshwarden.engine import Request, SpiffeId
-from meshwarden.xds import _wire as wire
+from meshwarden.protos import check_view_pb2 as view
 from meshwarden.xds._ext_authz_filter import JWT_AUTHN_NS
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 
@@ -30,45 +31,32 @@ class CheckAttributes:
 
 
 def decode_check(buf: bytes) -> CheckAttributes:
-    """A CheckRequest's attributes read straight off the wire (with the flow log's protobuf
-    reader). betterproto2's pure-Python `CheckRequest.parse` takes ≈0.7 ms for a small request,
-    more than the decision itself; this reads only the fields the engine needs
-    (envoy/service/auth/v3/attribute_context.proto: CheckRequest.attributes=1; AttributeContext
-    source=1, request=4, metadata_context=11; Peer address=1 → SocketAddress(1).address=2,
-    principal=4; Request.http=2; HttpRequest method=2, headers=3, path=4, host=5;
-    Metadata.filter_metadata=1)."""
-    attributes = wire.submessage(wire.decode(buf), 1)
-    source = wire.submessage(attributes, 1)
-    request = wire.submessage(attributes, 4)
+    """A CheckRequest's attributes, parsed by protobuf's upb into a view that declares only the
+    fields the engine reads (protos/check_view.proto: the same numbers as Envoy's
+    attribute_context.proto — source address and principal, the HTTP request's method, headers,
+    path and host, the metadata jwt_authn verified); the rest is skipped in C. ≈4× faster than
+    reading the wire in Python, ≈50× faster than envoy-data-plane's `CheckRequest.parse`."""
+    attributes = view.CheckRequestView.FromString(buf).attributes
+    source = attributes.source
     out: dict[str, Any] = {
-        "principal": _string(source, 4),
-        "source_ip": _string(wire.submessage(wire.submessage(source, 1), 1), 2),
+        "principal": source.principal,
+        "source_ip": source.address.socket_address.address,
     }
-    if 2 in request:
-        http = wire.submessage(request, 2)
-        pairs = (wire.pair(entry) for entry in http.get(3, ()))
-        headers = {key.decode().lower(): value.decode() for key, value in pairs}
+    if attributes.request.HasField("http"):
+        http = attributes.request.http
         out.update(
             http=True,
-            method=_string(http, 2),
-            path=_string(http, 4),
-            host=_string(http, 5),
-            headers=headers,
+            method=http.method,
+            path=http.path,
+            host=http.host,
+            headers={key.lower(): value for key, value in http.headers.items()},
         )
-    for entry in wire.submessage(attributes, 11).get(1, ()):
-        key, value = wire.pair(entry)
-        if key == _JWT_AUTHN_KEY:
-            out["jwt_payload"] = wire.struct_value(value).get(JWT_PAYLOAD_KEY)
-            out["jwt_raw"] = value
+    verified = attributes.metadata_context.filter_metadata
+    if JWT_AUTHN_NS in verified:
+        token = verified[JWT_AUTHN_NS]
+        out["jwt_payload"] = json_format.MessageToDict(token).get(JWT_PAYLOAD_KEY)
+        out["jwt_raw"] = token.SerializeToString(deterministic=True)
     return CheckAttributes(**out)
-
-
-_JWT_AUTHN_KEY = JWT_AUTHN_NS.encode()
-
-
-def _string(fields: dict[int, list[Any]], number: int) -> str:
-    value: bytes = wire.last(fields, number, b"")
-    return value.decode()
 
 
 def _whole(value: Any) -> Any:

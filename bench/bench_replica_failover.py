@@ -15,11 +15,12 @@ random one (Envoy's round robin) and, when its stream ends, tries the next one a
 back-off (a random wait in [0, 0.5 s), doubling per failed attempt up to 30 s; reset by a
 response).
 
-A kill: SIGKILL to the replica serving the most clients; for each of its clients, the time from
-the kill until it has, on a stream to another replica, ACKed every type it had subscribed
-(CDS, EDS, LDS, RDS). The killed replica is then started again on the same address. Baseline in
-the same run: the first connection of the same clients (start → all ACKed), i.e. the same work
-with nothing failing.
+A round: every client connected afresh (so the three replicas share them), then SIGKILL to one
+replica (another one each round); for each of its clients, the time from the kill until it has,
+on a stream to another replica, ACKed every type it had subscribed (CDS, EDS, LDS, RDS). The
+killed replica is then started again on the same address. Baseline in the same run: the first
+connection of the same clients (each from its start until it ACKed), i.e. the same work with
+nothing failing.
 
 Correctness oracles: every client ends each kill on the same Listener and Cluster versions it had
 (the replicas compile the store's revision to identical versions), and the surviving replicas'
@@ -123,31 +124,80 @@ def check_servers(planes: list[ControlPlane | None], clients: int) -> None:
         raise AssertionError(f"the live replicas report {synced} of {clients} clients SYNCED")
 
 
-async def scenario(
-    procs: Processes, planes: list[ControlPlane], kek: Path, url: str, mesh: FleetMesh, kills: int
-) -> dict[str, Any]:
-    _, credentials = await mint(url, kek, procs.root / "store-policies")
-    addresses = [p.address for p in planes]
+async def connect(
+    addresses: list[str], credentials: dict[str, Any]
+) -> tuple[list[Client], list[asyncio.Task[None]]]:
+    """Every client started (a ramp of 50 at a time, as bench_propagation) and synced."""
     clients = [
-        Client(ref, targets(ref, addresses), credentials[ref], random.randrange(len(addresses)))
-        for ref in mesh.workloads()
+        Client(ref, targets(ref, addresses), creds, random.randrange(len(addresses)))
+        for ref, creds in credentials.items()
     ]
-    await asyncio.sleep(2.0)
-    rss_before = [p.process.rss_kib() for p in planes]
-    started = time.perf_counter()
     tasks = []
     for n, client in enumerate(clients):
         tasks.append(asyncio.create_task(client.run()))
         if n % 50 == 49:
-            await asyncio.sleep(0.05)  # a ramp, as bench_propagation
-    cpu = cpu_now(planes)
+            await asyncio.sleep(0.05)
     await until(lambda: all(c.at for c in clients), 600, "every client ACKed", tasks)
-    connect_cpu = cpu_spent(cpu, planes)
-    connect = [c.synced_at - c.begun for c in clients]
-    log(f"{len(clients)} clients ACKed {time.perf_counter() - started:.1f} s after the first began")
+    return clients, tasks
+
+
+async def disconnect(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def kill(
+    planes: list[ControlPlane], victim: int, clients: list[Client], tasks: list[asyncio.Task[None]]
+) -> dict[str, Any]:
+    """SIGKILL one replica; when each of its clients was synced on another one."""
+    address = planes[victim].address
+    moving = [c for c in clients if c.at == address]
+    versions = {c.node: c.versions() for c in clients}
+    cpu = cpu_now(planes)
+    killed = time.perf_counter()
+    planes[victim].process.popen.kill()
+    live: list[ControlPlane | None] = [None if n == victim else p for n, p in enumerate(planes)]
+    await until(lambda: all(c.at not in (None, address) for c in moving), 180, "failover", tasks)
+    spent = cpu_spent(cpu, live)
+    times = [c.synced_at - killed for c in moving]
+    waited = [c.synced_dial - killed for c in moving]
+    wrong = [c.node for c in clients if c.versions() != versions[c.node]]
+    if wrong:
+        raise AssertionError(f"{len(wrong)} clients changed version: {wrong[:3]}")
+    await asyncio.to_thread(check_servers, live, len(clients))
+    log(
+        f"kill of replica {victim} ({len(moving)} clients): all back and ACKed after "
+        f"{max(times):.2f} s (p50 {summary(times)['p50']:.2f} s; dialled the new replica "
+        f"p50 {summary(waited)['p50']:.2f} s after the kill); CPU {spent}"
+    )
+    return {
+        "replica": victim,
+        "clients": len(moving),
+        "seconds": summary(times),
+        "samples": times,
+        "dialedAfter": summary(waited),
+        "cpuSeconds": spent,
+    }
+
+
+async def scenario(
+    procs: Processes, planes: list[ControlPlane], kek: Path, url: str, kills: int
+) -> dict[str, Any]:
+    """First connection (the baseline, and memory), then `kills` rounds: every client
+    connected afresh (so the three replicas share them again), one replica killed."""
+    _, credentials = await mint(url, kek, procs.root / "store-policies")
+    addresses = [p.address for p in planes]
+    await asyncio.sleep(2.0)
+    rss_before = [p.process.rss_kib() for p in planes]
+    cpu = cpu_now(planes)
+    clients, tasks = await connect(addresses, credentials)
+    connect_cpu = cpu_spent(cpu, list(planes))
+    first = [c.synced_at - c.begun for c in clients]
     await asyncio.sleep(2.0)
     rss_after = [p.process.rss_kib() for p in planes]
     served = [sum(1 for c in clients if c.at == a) for a in addresses]
+    log(f"clients per replica {served}; RSS {[r // 1024 for r in rss_after]} MiB")
     memory = {
         "rssKiBBefore": rss_before,
         "rssKiBAfter": rss_after,
@@ -156,61 +206,24 @@ async def scenario(
             (a - b) / max(n, 1) for a, b, n in zip(rss_after, rss_before, served, strict=True)
         ],
     }
-    log(f"clients per replica {served}; RSS {[r // 1024 for r in rss_after]} MiB")
-    live: list[ControlPlane | None] = list(planes)
-    samples, rounds = [], []
+    rounds = []
     try:
         for k in range(kills):
-            victim = max(range(3), key=lambda i: sum(1 for c in clients if c.at == addresses[i]))
-            moving = [c for c in clients if c.at == addresses[victim]]
-            versions = {c.node: c.versions() for c in clients}
-            cpu = cpu_now(planes)
-            killed = time.perf_counter()
-            planes[victim].process.popen.kill()
-            live[victim] = None
-            cpu[1][victim] = 0.0
-            await until(
-                lambda m=moving, v=victim: all(c.at not in (None, addresses[v]) for c in m),
-                180,
-                f"kill {k + 1}: every client of replica {victim} back",
-                tasks,
+            if k:
+                await disconnect(tasks)
+                clients, tasks = await connect(addresses, credentials)
+            rounds.append(await kill(planes, k % len(planes), clients, tasks))
+            planes[k % len(planes)].process.popen.wait(10)
+            planes[k % len(planes)] = await asyncio.to_thread(
+                restart, procs, planes[k % len(planes)], url, kek, k % len(planes)
             )
-            spent = cpu_spent(cpu, live)
-            times = [c.synced_at - killed for c in moving]
-            waited = [c.synced_dial - killed for c in moving]
-            wrong = [c.node for c in clients if c.versions() != versions[c.node]]
-            if wrong:
-                raise AssertionError(f"kill {k + 1}: {len(wrong)} clients changed version")
-            await asyncio.to_thread(check_servers, live, len(clients))
-            samples += times
-            rounds.append(
-                {
-                    "replica": victim,
-                    "clients": len(moving),
-                    "seconds": summary(times),
-                    "dialedAfter": summary(waited),
-                    "cpuSeconds": spent,
-                }
-            )
-            log(
-                f"kill {k + 1}: replica {victim} ({len(moving)} clients): all back and ACKed after "
-                f"{max(times):.2f} s (p50 {summary(times)['p50']:.2f} s; dialled the new replica "
-                f"p50 {summary(waited)['p50']:.2f} s after the kill); CPU {spent}"
-            )
-            planes[victim].process.popen.wait(10)
-            planes[victim] = await asyncio.to_thread(
-                restart, procs, planes[victim], url, kek, victim
-            )
-            live[victim] = planes[victim]
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await disconnect(tasks)
     return {
         "clients": len(clients),
-        "connect": summary(connect),
+        "connect": summary(first),
         "connectCpuSeconds": connect_cpu,
-        "failover": summary(samples) if samples else None,
+        "failover": summary([t for r in rounds for t in r.pop("samples")]),
         "kills": rounds,
         "memory": memory,
     }
@@ -260,7 +273,7 @@ def main() -> int:
         try:
             ready = time.perf_counter() - started
             log(f"3 replicas ready on {args.clients} workloads in {ready:.1f} s")
-            found = asyncio.run(scenario(procs, planes, work / "kek", cluster.url, mesh, kills))
+            found = asyncio.run(scenario(procs, planes, work / "kek", cluster.url, kills))
             result.update(found)
         finally:
             procs.stop_all()

@@ -70,7 +70,7 @@ from meshwarden.identities import (
 
 from meshwarden._etcd import Etcd, StoreUrl
 from meshwarden._policies import Policies
-from meshwarden._shared_ca import SharedCa, read_kek
+from meshwarden._shared_ca import SharedCa
 
 NET = "127.72.0"
 
@@ -89,7 +89,7 @@ async def mint(endpoints: str, kek: Path, policies: Path) -> tuple[bytes, dict[s
     etcd = Etcd.of(url)
     try:
         config = CaConfig(TrustDomain(TRUST_DOMAIN))
-        ca = await SharedCa(etcd, url.prefix, read_kek(kek), config, SystemClock()).open()
+        ca = await SharedCa(etcd, url.prefix, kek, config, SystemClock()).open()
     finally:
         await etcd.close()
     bundle = ca.bundle().x509_pem()

@@ -1,6 +1,7 @@
 """`meshwarden agent --enforce nftables` as a user runs it: server and agent in a network
 namespace of the test's own; the agent loads its node's table (rendered by the server from the
-policies; the agent has no policy files) and follows a policy change."""
+policies; the agent has no policy files), inbound and outbound chains together, and follows a
+policy change."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ POLICIES = """
 apiVersion: meshwarden.io/v1alpha1
 kind: Workload
 metadata: {name: api, namespace: shop}
-spec: {ports: [{port: 9443, targetPort: 19443}], selectors: ["node:node-a"]}
+spec: {ports: [{port: 9443, targetPort: 19443}], selectors: ["node:node-a", "unix:uid:1500"]}
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: api-out, namespace: shop}
+spec: {direction: egress, rules: [{to: [{ipBlocks: [10.77.2.0/24]}], ports: [443]}]}
 ---
 apiVersion: meshwarden.io/v1alpha1
 kind: Host
@@ -111,6 +117,9 @@ def test_agent_enforces_its_nodes_table_and_follows_policy_changes(tmp_path: Pat
         )
         loaded = table(net)  # the first sync happens before `ready`
         assert "tcp . 443 : accept" in loaded and "tcp . 19443 : drop" in loaded
+        # egress in the same table, so in the same transaction: uid 1500 to 10.77.2.0/24:443
+        assert "hook output" in loaded and "1500 : jump egress_1" in loaded
+        assert "10.77.2.0/24 . tcp . 443" in loaded
         report = healthz(net, health_port)
         assert report["status"] == "ok", report
         assert report["packetFilter"] == {

@@ -20,12 +20,18 @@ from meshwarden.engine import (
     decide_outbound,
     decide_path,
 )
-from meshwarden.render import node_filter, render_nftables
+from meshwarden.render import (
+    OUT_CHAIN,
+    IptablesOptions,
+    node_filter,
+    render_iptables,
+    render_nftables,
+)
 
 from meshwarden._enforce import TableEnforcer, loaded_table
 
-from ._filters import LOAD, compile_text
-from ._lab import CLIENT_IPS, HOST_IP, inside, lab
+from ._filters import LOAD, compile_text, load_nftables
+from ._lab import CLIENT6_IPS, CLIENT_IPS, HOST6_IP, HOST_IP, inside, lab
 
 DB, STRANGER, OUTSIDE = CLIENT_IPS  # a workload on another node, two addresses outside the mesh
 WEB_UID, OTHER_UID = 1500, 1600
@@ -171,3 +177,45 @@ def test_the_agents_enforcer_applies_egress_with_ingress_and_keeps_both_on_failu
         assert not inside(net.host, lambda: enforcer.sync(broken))
         assert "nowhere" in str(enforcer.error) and inside(net.host, loaded_table) == listing
         assert net.probe(net.host, web_443, uid=WEB_UID) == ["refused"]
+
+
+IPV6_MESH = f"""
+apiVersion: meshwarden.io/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{trustDomain: example.org}}
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: Workload
+metadata: {{name: web, namespace: shop, labels: {{app: web}}}}
+spec: {{addresses: ["{HOST6_IP}"], selectors: ["node:h1", "unix:uid:{WEB_UID}"]}}
+---
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: web-out, namespace: shop}}
+spec:
+  direction: egress
+  selector: {{matchLabels: {{app: web}}}}
+  rules: [{{to: [{{ipBlocks: ["fd77::2:0/112"]}}], ports: [443]}}]
+"""
+
+
+@pytest.mark.parametrize("kind", ["nftables", "ip6tables"])
+def test_ipv6_egress_reaches_what_explain_allows(kind: str) -> None:
+    mesh = compile_text(IPV6_MESH)
+    with lab(prefix="kg") as net:
+        net.add_ipv6()
+        net.serve(net.client, "tcp6:443", "udp6:443")
+        if kind == "nftables":
+            load_nftables(net, mesh)
+        else:
+            rendered = render_iptables(node_filter(mesh, "h1"), IptablesOptions(ipv6=True))
+            net.sh("ip6tables-restore", "--noflush", ns=net.host, text=rendered)
+            net.sh("ip6tables", "-I", "OUTPUT", "-j", OUT_CHAIN, ns=net.host)
+        targets = [(p, HOST6_IP, dst, 443) for dst in CLIENT6_IPS for p in ("tcp", "udp")]
+        seen = net.probe(net.host, targets, uid=WEB_UID)
+    for (protocol, _, target, port), outcome in zip(targets, seen, strict=True):
+        address = ipaddress.ip_address(target)
+        allowed = decide_outbound(mesh, "shop/web", address, port, protocol).allowed
+        assert (outcome == "open") == allowed, (target, protocol, outcome)
+    assert seen == ["refused", "refused", "open", "open"]  # only fd77::2:0/112

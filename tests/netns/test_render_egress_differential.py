@@ -18,8 +18,8 @@ from .test_render_egress import DB, WEB_AND_DB, WEB_UID
 
 SERVED = [("tcp", 53), ("tcp", 443), ("tcp", 5432), ("tcp", 15432), ("udp", 53), ("udp", 443)]
 SERVED += [("sctp", 443), ("sctp", 3868)]
-MESHES = 4  # per filter kind
-TUPLES = 16  # per mesh
+MESHES = 8  # per filter kind
+TUPLES = 20  # per mesh
 BLOCKS = ["10.77.1.0/24", "10.77.1.128/25", "10.77.2.0/24", "10.77.0.0/16", "0.0.0.0/0"]
 BASE = f"""
 apiVersion: meshwarden.io/v1alpha1

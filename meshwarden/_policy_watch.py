@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import struct
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +58,9 @@ class WriteWatch:
         clock: Callable[[], float],
     ) -> None:
         self._fd, self._settle, self._clock = fd, settle, clock
+        # the descriptor is closed with the watch even when its owner never calls close():
+        # inotify instances are a per-user resource (128 by default)
+        self._release = weakref.finalize(self, os.close, fd)
         self._suffixes = suffixes
         self._dirs: dict[int, Path] = {}
         self._root = -1
@@ -173,5 +177,5 @@ class WriteWatch:
         )
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._release()
         self.broken = True

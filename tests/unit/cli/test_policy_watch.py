@@ -5,6 +5,7 @@ before it existed, a symlinked file's target elsewhere) waits for the timed sett
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import select
 from pathlib import Path
@@ -188,3 +189,25 @@ def test_the_control_plane_wakes_on_a_policy_write_instead_of_sleeping_out_its_t
         return waiting in done
 
     assert asyncio.run(wait_then_write())
+
+
+def test_a_discarded_policy_directory_gives_its_inotify_instance_back(tmp_path: Path) -> None:
+    """inotify instances are a per-user limit (128 by default): a control plane that reloads, or
+    a process that opens many policy directories, must not leak them until it exits."""
+
+    def inotify_fds() -> set[int]:
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
+                    found.add(int(fd))
+            except OSError:
+                continue
+        return found
+
+    before = inotify_fds()
+    settled, _ = watched(tmp_path)
+    assert settled.wake_fd is not None and settled.wake_fd in inotify_fds() - before
+    del settled
+    gc.collect()
+    assert inotify_fds() - before == set()

@@ -18,6 +18,10 @@ from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidG
 
 ProcessPeers: TypeAlias = PeerTable[PeerProcess]
 DEFAULT_LIMITS = ConnectionLimits()
+# Connections the kernel queues for accept while the agent is busy: a workload's gRPC client
+# connects without blocking, and a refused connect costs it a reconnect back-off of a second or
+# more, so a burst of workloads starting at once (or Envoys reconnecting to SDS) waits instead.
+ACCEPT_BACKLOG = 4096
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +67,9 @@ class LocalEndpoint:
         await self._grpc.start()
         self.socket_path.unlink(missing_ok=True)
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_unix_server(self._connection, path=str(self.socket_path))
+        self._listener = await loop.create_unix_server(
+            self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
+        )
         os.chmod(self.socket_path, self._mode)
 
     async def stop(self, grace: float = 0.5) -> None:

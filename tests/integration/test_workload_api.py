@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import threading
+import time
 
 import grpc
 import pytest
@@ -213,3 +216,32 @@ def test_stopping_the_endpoint_removes_the_grpc_socket_and_its_directory(
     internal = workload_api.endpoint.internal_address.removeprefix("unix:")
     workload_api.loop.run(workload_api.endpoint.stop(0))
     assert not os.path.exists(os.path.dirname(internal))
+
+
+def test_a_burst_of_workloads_waits_in_the_accept_queue_instead_of_being_refused(
+    workload_api: WorkloadApiFixture,
+) -> None:
+    """200 workloads connect (without blocking, as gRPC clients do) while the agent is busy for
+    a second: every connect is queued by the kernel; a refused one would cost that workload a
+    reconnect back-off of a second or more before its first fetch."""
+    busy = threading.Event()
+
+    def hold_the_loop() -> None:
+        busy.set()
+        time.sleep(1.0)
+
+    workload_api.loop.loop.call_soon_threadsafe(hold_the_loop)
+    assert busy.wait(5)
+    connections, refused = [], 0
+    try:
+        for _ in range(200):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            connections.append(sock)
+            try:
+                sock.connect(str(workload_api.socket))
+            except BlockingIOError:
+                refused += 1
+    finally:
+        for sock in connections:
+            sock.close()
+    assert refused == 0

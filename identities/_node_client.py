@@ -147,7 +147,8 @@ def channel_target(servers: str, resolve: Resolve = system_resolve) -> str:
     """The gRPC target of `HOST:PORT[,HOST:PORT...]`: every address of every name, resolved
     now (call it again on a reconnect to follow a changed resolution), as one target the
     channel spreads its calls over. A name that does not resolve is left out; OSError when
-    none does. Names resolving to both address families use the family of the first address;
+    none does. Names resolving to both address families use their IPv4 addresses (servers
+    listen on IPv4 by default: `localhost` must reach 127.0.0.1, whatever gai.conf prefers);
     IP addresses of both families are a ValueError."""
     found: list[tuple[int, str, bool]] = []  # family, "ADDRESS:PORT", given as an address
     failures: list[str] = []
@@ -168,7 +169,12 @@ def channel_target(servers: str, resolve: Resolve = system_resolve) -> str:
     families = {family for family, _, literal in found if literal}
     if len(families) > 1:
         raise ValueError(f"{servers}: give replicas of one address family (IPv4 or IPv6)")
-    family = families.pop() if families else found[0][0]
+    if families:
+        family = families.pop()
+    elif any(f == socket.AF_INET for f, _, _ in found):
+        family = socket.AF_INET
+    else:
+        family = socket.AF_INET6
     addresses = dict.fromkeys(shown for f, shown, _ in found if f == family)
     return ("ipv6:" if family == socket.AF_INET6 else "ipv4:") + ",".join(addresses)
 

@@ -142,6 +142,7 @@ def bootstrap(
                     # names are resolved again every 5 s (Envoy's default refresh), by the
                     # system's resolver (getaddrinfo: /etc/hosts and nsswitch as every other
                     # process), so a replica name that moves is followed without a restart
+                    "dnsLookupFamily": "V4_PREFERRED",  # as the agent: localhost is 127.0.0.1
                     "typedDnsResolverConfig": {
                         "name": "envoy.network.dns_resolver.getaddrinfo",
                         "typedConfig": {

@@ -59,7 +59,9 @@ def test_a_name_becomes_every_address_it_resolves_to_and_a_new_resolution_is_fol
     hosts.write_text("127.0.0.4 cp.example\n")
     assert channel_target("cp.example:8443", resolve) == "ipv4:127.0.0.4:8443"
     both = "::1 cp.example\n127.0.0.4 cp.example\n"
-    hosts.write_text(both)  # the first address's family wins for a name
+    hosts.write_text(both)  # a name with both families: its IPv4 addresses
+    assert channel_target("cp.example:8443", resolve) == "ipv4:127.0.0.4:8443"
+    hosts.write_text("::1 cp.example\n")
     assert channel_target("cp.example:8443", resolve) == "ipv6:[::1]:8443"
     hosts.write_text("127.0.0.4 cp.example\n")  # a name that does not resolve is left out
     assert channel_target("gone.example:1,cp.example:2", resolve) == "ipv4:127.0.0.4:2"

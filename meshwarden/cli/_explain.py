@@ -154,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
         from meshwarden._explain_trace import TraceExportError, export_explanation
 
         try:
-            trace_id = export_explanation(decision, request, endpoint)
+            trace_id = export_explanation(
+                decision, request, endpoint, path.egress, args.from_workload
+            )
         except TraceExportError as exc:
             return fail(str(exc))
         print(f"trace {trace_id} exported to {endpoint}", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,11 @@ def test_the_explanation_is_a_span_tree_with_one_child_per_policy() -> None:
     assert root.attributes["meshwarden.authz.policy"] == explained["policy"]
     assert root.attributes["meshwarden.authz.rule"] == str(explained["rule"])
     assert root.attributes["meshwarden.source.spiffe_id"].endswith("/ns/shop/sa/frontend")
-    children = [s for s in spans if s.parent_span_id == root.span_id]
+    children = [
+        s
+        for s in spans
+        if s.parent_span_id == root.span_id and s.name == "meshwarden.explain.policy"
+    ]
     assert sorted(c.attributes["meshwarden.authz.policy"] for c in children) == sorted(
         t["policy"] for t in explained["trace"]
     )
@@ -85,3 +90,47 @@ def test_an_unreachable_collector_is_reported() -> None:
     code, _, err = _run([*REQUEST, "--trace", "--otlp-endpoint", "http://127.0.0.1:9"])
     assert code == 2
     assert "could not export the trace to http://127.0.0.1:9" in err
+
+
+def test_a_source_workload_adds_its_egress_explanation_with_the_same_names(
+    tmp_path: Path,
+) -> None:
+    """With --from-workload the trace also explains egress at the source: a child span with
+    the same verdict attributes plus `meshwarden.authz.direction`, and its policies below."""
+    policies = tmp_path / "shop"
+    shutil.copytree(SHOP, policies)
+    (policies / "egress.yaml").write_text(EGRESS_DENY)
+    with otlp_receiver() as receiver:
+        argv = [*REQUEST[:1], str(policies), *REQUEST[2:], "-o", "json", "--trace"]
+        code, out, err = _run([*argv, "--otlp-endpoint", receiver.endpoint])
+        spans = list(receiver.spans)
+    assert code == 1, err  # egress denies the path
+    explained = json.loads(out)["egress"]
+    (root,) = [s for s in spans if s.name == "meshwarden.explain"]
+    (egress,) = [s for s in spans if s.name == "meshwarden.explain.egress"]
+    assert egress.parent_span_id == root.span_id
+    assert root.attributes["meshwarden.authz.direction"] == "ingress"
+    assert (
+        egress.attributes["meshwarden.authz.direction"],
+        egress.attributes["meshwarden.authz.decision"],
+        egress.attributes["meshwarden.authz.policy"],
+        egress.attributes["meshwarden.authz.rule"],
+        egress.attributes["meshwarden.source.workload"],
+    ) == ("egress", "deny", explained["policy"], str(explained["rule"]), "shop/frontend-1")
+    assert explained["policy"] == "shop/frontend-no-backend"
+    considered = [s for s in spans if s.parent_span_id == egress.span_id]
+    assert [s.attributes["meshwarden.authz.policy"] for s in considered] == [
+        "shop/frontend-no-backend"
+    ]
+
+
+EGRESS_DENY = """\
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: frontend-no-backend, namespace: shop}
+spec:
+  direction: egress
+  action: DENY
+  selector: {matchLabels: {app: frontend}}
+  rules: [{to: [{workloads: {matchLabels: {app: backend}}}]}]
+"""

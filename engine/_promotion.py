@@ -6,6 +6,11 @@ match — the answer errs on refusing) and judged by the policy's own rules, as 
 semantics would once it is enforced: a DENY policy denies what one of its rules matches; an
 ALLOW policy denies what neither its rules nor those of the other enforced ALLOW policies
 selecting that workload match.
+
+An egress policy is judged the same way on the allowed egress records of the sources it
+selects (source workload, destination identity and port), against the other enforced egress
+ALLOW policies of that source; ingress records say nothing about egress and are skipped (and
+the other way round).
 """
 
 from __future__ import annotations
@@ -14,15 +19,19 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshwarden.engine._compiler import CompiledMesh
+from meshwarden.engine._egress import EgressPolicy
+from meshwarden.engine._egress_rules import Flow
 from meshwarden.engine._plan import CompiledPolicy
 from meshwarden.engine._request import Request
 from meshwarden.engine._vocabulary import Action, Direction, Effect
 
 
 def would_deny(
-    mesh: CompiledMesh, policy: CompiledPolicy, flows: Iterable[Mapping[str, Any]]
+    mesh: CompiledMesh, policy: CompiledPolicy | EgressPolicy, flows: Iterable[Mapping[str, Any]]
 ) -> list[Mapping[str, Any]]:
     """The allowed flows that `policy`, enforced, would have denied."""
+    if isinstance(policy, EgressPolicy):
+        return _egress_would_deny(mesh, policy, flows)
     found = []
     for flow in flows:
         workload = flow.get("workload")
@@ -60,4 +69,54 @@ def _denies(mesh: CompiledMesh, policy: CompiledPolicy, request: Request) -> boo
     return not any(
         p.action == Action.ALLOW and not p.dry_run and p.first_match(request) is not None
         for p in others
+    )
+
+
+def _egress_would_deny(
+    mesh: CompiledMesh, policy: EgressPolicy, flows: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The allowed egress records of the sources `policy` selects that it, enforced, would have
+    denied (egress is decided at the source: ingress records say nothing about it)."""
+    found = []
+    for flow in flows:
+        if flow.get("direction") != Direction.EGRESS:
+            continue
+        if flow.get("sourceWorkload") not in policy.targets:
+            continue
+        if str(flow.get("decision")).lower() != Effect.ALLOW:
+            continue
+        attempt = _egress_attempt(flow)
+        if attempt is not None and _egress_denies(mesh, policy, attempt):
+            found.append(flow)
+    return found
+
+
+def _egress_attempt(flow: Mapping[str, Any]) -> Flow | None:
+    """The connection an egress record reports, to the destination it reached."""
+    identity = flow.get("destinationIdentity")
+    if not identity:
+        return None
+    try:
+        return Flow.build(
+            str(flow["sourceWorkload"]),
+            int(flow["port"]),
+            str(flow.get("protocol") or "tcp"),
+            destination=str(flow["workload"]),
+            identity=str(identity),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _egress_denies(mesh: CompiledMesh, policy: EgressPolicy, attempt: Flow) -> bool:
+    def matched(p: EgressPolicy) -> bool:
+        return any(rule.matches(attempt) for rule in p.rules)
+
+    if policy.action == Action.DENY:
+        return matched(policy)
+    if policy.action != Action.ALLOW or matched(policy):
+        return False
+    return not any(
+        p.action == Action.ALLOW and not p.dry_run and attempt.source in p.targets and matched(p)
+        for p in mesh.egress_policies.values()
     )

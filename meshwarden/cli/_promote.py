@@ -13,7 +13,14 @@ from typing import Any
 from meshwarden.cli import _flow_input
 from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, InputError, fail, load_or_raise
 from meshwarden.cli._types import duration, http_server
-from meshwarden.engine import CompiledMesh, CompiledPolicy, Location, load, would_deny
+from meshwarden.engine import (
+    CompiledMesh,
+    CompiledPolicy,
+    EgressPolicy,
+    Location,
+    load,
+    would_deny,
+)
 
 HELP = """\
 Switch dry-run AuthorizationPolicies to enforce by editing their `mode:` in the policy files in
@@ -24,8 +31,10 @@ promoted only if, enforced, it would have denied none of the requests the mesh a
 workloads in that window: each flow is decided again by the engine with the policy's own rules
 (an ALLOW policy denies what neither it nor another enforced ALLOW policy of that workload
 matches; a DENY policy denies what it matches). Headers and token claims are not in flow
-records, so a rule that needs them counts as not matching. All or nothing: if one policy is
-refused, no file is changed.
+records, so a rule that needs them counts as not matching. An egress policy (direction:
+egress) is judged on the egress records of the sources it selects: the connections their
+sidecars let through, to the workload each reached. All or nothing: if one policy is refused,
+no file is changed.
 
 examples:
   meshwarden promote shop/recommended-backend policies/ --require-clean 24h --server URL
@@ -108,11 +117,17 @@ def _split(items: list[str]) -> tuple[list[str], list[str]]:
     return refs, paths
 
 
-def _policies(mesh: CompiledMesh, refs: list[str]) -> list[CompiledPolicy]:
-    missing = [r for r in refs if r not in mesh.policies]
+def _known(mesh: CompiledMesh) -> dict[str, CompiledPolicy | EgressPolicy]:
+    """Every AuthorizationPolicy by `ns/name`, ingress and egress."""
+    return {**mesh.policies, **mesh.egress_policies}
+
+
+def _policies(mesh: CompiledMesh, refs: list[str]) -> list[CompiledPolicy | EgressPolicy]:
+    known = _known(mesh)
+    missing = [r for r in refs if r not in known]
     if missing:
         raise InputError(f"no AuthorizationPolicy {missing[0]} in the given paths")
-    return [mesh.policies[r] for r in refs]
+    return [known[r] for r in refs]
 
 
 def _window(args: argparse.Namespace) -> list[dict[str, Any]] | None:
@@ -146,15 +161,27 @@ def _refuse(refused: dict[str, list[Mapping[str, Any]]]) -> int:
 
 
 def _report_thin(
-    todo: list[CompiledPolicy], mesh: CompiledMesh, flows: list[dict[str, Any]], window: float
+    todo: list[CompiledPolicy | EgressPolicy],
+    mesh: CompiledMesh,
+    flows: list[dict[str, Any]],
+    window: float,
 ) -> None:
     for policy in todo:
-        if not any(f.get("workload") in policy.targets for f in flows):
+        if not any(_decided_by(f, policy) in policy.targets for f in flows):
             print(
                 f"meshwarden promote: note: no flow reached the workloads of {policy.ref} in "
                 f"the last {window:g} s; nothing shows what it would do",
                 file=sys.stderr,
             )
+
+
+def _decided_by(flow: Mapping[str, Any], policy: CompiledPolicy | EgressPolicy) -> Any:
+    """The workload of `flow` that `policy` would select: the source of an egress record for
+    an egress policy, else the destination of an ingress record (None when neither)."""
+    egress = flow.get("direction") == "egress"
+    if isinstance(policy, EgressPolicy):
+        return flow.get("sourceWorkload") if egress else None
+    return None if egress else flow.get("workload")
 
 
 def edit_mode(where: Location) -> None:
@@ -183,7 +210,7 @@ def edit_mode(where: Location) -> None:
 
 def _verify(paths: list[str], refs: list[str]) -> int:
     result = load(paths)
-    wrong = [r for r in refs if result.compiled is None or result.compiled.policies[r].dry_run]
+    wrong = [r for r in refs if result.compiled is None or _known(result.compiled)[r].dry_run]
     if wrong:
         print(
             f"meshwarden promote: after editing, {', '.join(wrong)} is not enforced or the "

@@ -131,3 +131,56 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "no AuthorizationPolicy shop/nope" in capsys.readouterr().err
     assert main(["promote", "shop/backend-callers", str(folder), "--require-clean", "1h"]) == 2
     assert main(["promote", str(folder)]) == 2
+
+
+EGRESS = """\
+apiVersion: meshwarden.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: frontend-egress, namespace: shop}
+spec:
+  direction: egress
+  selector: {matchLabels: {app: frontend}}
+  mode: dry-run
+  rules: [{to: [{workloads: {matchLabels: {app: backend}}}]}]
+"""
+
+
+def _egress_record(destination: str, port: int, identity: str) -> dict:
+    """What frontend-1's sidecar reports of a connection through one of its upstreams."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()),
+        "direction": "egress",
+        "source": FRONTEND,
+        "sourceIdentity": FRONTEND,
+        "sourceIp": "127.0.0.1",
+        "sourceWorkload": "shop/frontend-1",
+        "workload": destination,
+        "port": port,
+        "protocol": "tcp",
+        "decision": "allow",
+        "policy": "default:allow",
+        "rule": None,
+        "dryRun": None,
+        "destinationIdentity": identity,
+    }
+
+
+def test_an_egress_policy_is_promoted_only_if_no_egress_record_would_be_denied(tmp_path, capsys):
+    folder, _ = _setup(tmp_path)
+    policy = folder / "egress.yaml"
+    policy.write_text(EGRESS)
+    flows = tmp_path.parent / f"{tmp_path.name}-egress.ndjson"
+    backend = _egress_record("shop/backend-1", 8080, "spiffe://example.org/ns/shop/sa/backend")
+    db = _egress_record("shop/db-1", 5432, "spiffe://example.org/ns/shop/sa/db")
+    # the db's own (ingress) record of the same connection does not count for egress
+    ingress = {**db, "direction": "ingress", "workload": "shop/db-1"}
+    flows.write_text("".join(json.dumps(r) + "\n" for r in (backend, db, ingress)))
+    argv = ["promote", "shop/frontend-egress", str(folder), "--require-clean", "24h"]
+    assert main([*argv, "--flows", str(flows)]) == 1
+    err = capsys.readouterr().err
+    assert f"shop/frontend-egress: would deny {FRONTEND} -> shop/db-1:5432 tcp" in err
+    assert policy.read_text() == EGRESS
+    flows.write_text(json.dumps(backend) + "\n")
+    assert main([*argv, "--flows", str(flows)]) == 0
+    assert "mode: enforce" in policy.read_text()
+    assert "shop/frontend-egress: dry-run -> enforce" in capsys.readouterr().out

@@ -254,10 +254,16 @@ def http_flow(entry: bytes, workload: str) -> Flow:
         "http",
         verdict,
         status=status,
-        path=wire.text(request, 5),
+        path=_without_query(wire.text(request, 5)),
         method=_METHODS[method] if method < len(_METHODS) else str(method),
         trace_id=_trace_id(common, headers),
     )
+
+
+def _without_query(path: str | None) -> str | None:
+    """The path without its query string: a flow record is kept, served (`flows`, the console)
+    and exported, and a query string may carry secrets (tokens, signed-URL signatures)."""
+    return None if path is None else path.partition("?")[0]
 
 
 def tcp_flow(entry: bytes, workload: str, attribute: TcpAttribution | None = None) -> Flow:

@@ -337,3 +337,11 @@ def test_long_header_values_and_paths_decode() -> None:
     traceparent = f"00-{TRACE}-{'b' * 16}-01" + "0" * 200  # a value longer than 127 bytes
     flow = http_flow(bytes(http_entry(path=path, traceparent=traceparent)), BACKEND)
     assert flow.path == path and flow.trace_id == TRACE
+
+
+def test_a_query_string_never_reaches_the_flow_log() -> None:
+    """Clients put tokens and signed-URL signatures in query strings; flow records are kept,
+    served by `flows` and the console, and exported, so the path is recorded without them."""
+    flow = http_flow(bytes(http_entry(path="/download/report?token=s3cr3t&sig=abc")), BACKEND)
+    assert flow.path == "/download/report"
+    assert "s3cr3t" not in str(flow.to_json())

@@ -6,11 +6,14 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from meshwarden.cli._common import fail, write_output_file
 from meshwarden.cli._types import host_port_list, split_host_port
+
+if TYPE_CHECKING:
+    from meshwarden._sidecar_user import SidecarUser
 
 HELP = """\
 Print (or write with --output-file) the Envoy bootstrap of a workload's sidecar: ADS over mTLS
@@ -158,15 +161,25 @@ def run_sidecar(args: argparse.Namespace) -> int:
                 "admin socket in a directory of mode 0700",
                 file=sys.stderr,
             )
-    handle, path = tempfile.mkstemp(prefix="meshwarden-sidecar-", suffix=".json")
-    if user is not None:
-        os.fchown(handle, user.uid, user.gid)
-    with os.fdopen(handle, "w") as out:
-        json.dump(config, out)
-    command = envoy_command(Path(path), args.log_level)
+    command = envoy_command(_bootstrap_file(config, user), args.log_level)
     if user is not None:
         command[0] = native_envoy(command[0])
         user.become()
     warn_without_identity(args.sds_socket)
     os.execv(command[0], command)
     return 0  # pragma: no cover - execv does not return
+
+
+def _bootstrap_file(config: dict[str, Any], user: SidecarUser | None) -> Path:
+    """The bootstrap in an anonymous memory file that Envoy inherits and reads as `/dev/fd/N`
+    (JSON, Envoy's format for a path without a known extension): Envoy replaces this process,
+    so a file on disk would be left behind for good, one per sidecar start."""
+    fd = os.memfd_create("meshwarden-sidecar-bootstrap", 0)  # no MFD_CLOEXEC: kept across exec
+    data = json.dumps(config).encode()
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
+    if user is not None:
+        os.fchown(fd, user.uid, user.gid)
+    os.fchmod(fd, 0o400)
+    return Path(f"/dev/fd/{fd}")

@@ -65,6 +65,26 @@ def add_output_format(parser: argparse.ArgumentParser, help: str | None = None) 
     )
 
 
+def add_flow_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flow-log options every command that runs a control plane takes (server, up)."""
+    parser.add_argument(
+        "--flow-log-sample",
+        type=percentage,
+        default=100.0,
+        metavar="PERCENT",
+        help="share of allowed requests and connections the sidecars log; denials (and every "
+        "4xx/5xx answer) are always logged (default 100)",
+    )
+    parser.add_argument(
+        "--flow-log-file",
+        type=Path,
+        metavar="PATH",
+        help="also append every flow record to PATH as NDJSON (0600, rotated "
+        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
+        "--flows`",
+    )
+
+
 def fail(message: str) -> NoReturn:
     """Stop the command with an input error (exit 2); `return fail(...)` reads naturally."""
     raise InputError(message)

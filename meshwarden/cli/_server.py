@@ -13,7 +13,7 @@ from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
 from meshwarden.cli import _observe as observe
 from meshwarden.cli import _ui as ui
-from meshwarden.cli._common import fail, percentage
+from meshwarden.cli._common import add_flow_log_arguments, fail
 from meshwarden.cli._store import store_url
 from meshwarden.cli._types import duration, host_port, loopback_host_port
 from meshwarden.identities import SystemClock
@@ -74,14 +74,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dropped first; default %(default)s)",
     )
     parser.add_argument(
-        "--flow-log-sample",
-        type=percentage,
-        default=100.0,
-        metavar="PERCENT",
-        help="share of allowed HTTP requests the sidecars log; denials (and every "
-        "4xx/5xx answer) are always logged (default 100)",
-    )
-    parser.add_argument(
         "--upstream-ca-cert",
         type=Path,
         metavar="FILE",
@@ -114,14 +106,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "is missing, empty or corrupt; the old file is kept as ca.json.replaced). "
         "Every agent and sidecar then needs the new trust bundle",
     )
-    parser.add_argument(
-        "--flow-log-file",
-        type=Path,
-        metavar="PATH",
-        help="also append every flow record to PATH as NDJSON (0600, rotated "
-        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
-        "--flows`",
-    )
+    add_flow_log_arguments(parser)
     parser.add_argument(
         "--store",
         type=store_url,

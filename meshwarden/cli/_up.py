@@ -12,7 +12,7 @@ from typing import Any
 from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden.cli import _observe as observe
 from meshwarden.cli import _ui as ui
-from meshwarden.cli._common import envoy_or_fail, fail, percentage
+from meshwarden.cli._common import add_flow_log_arguments, envoy_or_fail, fail
 from meshwarden.cli._types import loopback_host_port, positive_duration
 
 HELP = """\
@@ -87,22 +87,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="HTTP endpoint for /healthz and /flows (default: a free port on "
         "127.0.0.1; `meshwarden flows --server HOST:PORT`)",
     )
-    parser.add_argument(
-        "--flow-log-sample",
-        type=percentage,
-        default=100.0,
-        metavar="PERCENT",
-        help="share of allowed HTTP requests logged for `meshwarden flows`; "
-        "denials are always logged (default 100)",
-    )
-    parser.add_argument(
-        "--flow-log-file",
-        type=Path,
-        metavar="PATH",
-        help="also append every flow record to PATH as NDJSON (0600, rotated "
-        "at 64 MiB to PATH.1 ... PATH.4) for `recommend --flows`, `lint "
-        "--flows`",
-    )
+    add_flow_log_arguments(parser)
     observe.add_arguments(parser, sidecars=True)
     ui.add_arguments(parser)
     parser.set_defaults(func=run)

@@ -9,6 +9,10 @@ in any order; repeated items concatenate). So a mesh-wide policy change re-encod
 RBAC filter once, and per workload only the small envelopes around it. A part's key is computed
 bottom-up (its own fields' serialised content and its children's keys), so each config is
 serialised once. The codec is protobuf's upb (`_codec`).
+
+A `SharedConfig` is a part that many resources hold as the very same object (the inbound RBAC
+filters of workloads with equal plans): it is encoded once and keeps its bytes, so the other
+resources holding it spend neither a serialisation nor a hash on it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,26 @@ _PART_FIELDS = frozenset(
     {"filterChains", "listenerFilters", "filters", "httpFilters", "transportSocket", "typedConfig"}
 )
 _ANY = "google.protobuf.Any"
+
+
+class SharedConfig(dict[str, Any]):
+    """A JSON-shaped part that many resources share as one object; never mutated, so the
+    encoder keeps its bytes on it. Equal to (and pickled, copied as) a plain dict."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.encoded: tuple[str, bytes, bytes] | None = None  # (message type, key, bytes)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a SharedConfig is shared by many resources: copy it to change it")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
 
 
 def _content(config: Any) -> bytes:
@@ -80,7 +104,10 @@ class ResourceEncoder:
                 continue
             number, item_name = field
             for item in value if isinstance(value, list) else [value]:
-                key, part = self._part(item_name, item)
+                if type(item) is SharedConfig:
+                    key, part = self._shared(item_name, item)
+                else:
+                    key, part = self._part(item_name, item)
                 keys.append(key)
                 parts.append(length_delimited(number, part))
         own_key = _digest(full_name.encode(), _content(own))
@@ -92,6 +119,13 @@ class ResourceEncoder:
         else:
             self._cache.move_to_end(own_key)
         return _digest(own_key, *keys), body + b"".join(parts)
+
+    def _shared(self, full_name: str, config: SharedConfig) -> tuple[bytes, bytes]:
+        found = config.encoded
+        if found is None or found[0] != full_name:
+            key, body = self._part(full_name, config)
+            config.encoded = found = (full_name, key, body)
+        return found[1], found[2]
 
     def _any(self, typed: dict[str, Any]) -> tuple[bytes, bytes]:
         """An `Any`: its `@type` and the bytes of the message it names, a part of its own."""

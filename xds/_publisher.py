@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from meshwarden.engine import CompiledMesh, EgressPlan, Registry
 from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._encode import ResourceEncoder
+from meshwarden.xds._rbac import InboundRbac
 from meshwarden.xds._snapshot import Resource, Snapshot
 from meshwarden.xds._tracing import policy_version
 from meshwarden.xds._translate import plan_resources, wiring_resources
@@ -23,13 +24,16 @@ class SnapshotBuilder:
     def __init__(self, context: TranslationContext | None = None) -> None:
         self.context = context or TranslationContext()
         self.encoder = ResourceEncoder()
+        self.rbac = InboundRbac()  # inbound RBAC filters, once per distinct plan content
         self.policy_versions: dict[str, str] = {}  # workload → what its decision spans say
         self._registry: Registry | None = None  # the registry the wiring below was built from
         self._wiring: dict[str, tuple[EgressPlan | None, list[Resource]]] = {}
 
     def snapshot(self, mesh: CompiledMesh, workload: str) -> Snapshot:
         resources = self._wiring_of(mesh, workload)
-        resources += self.encoder.encode_all(plan_resources(mesh, workload, self.context))
+        self.rbac.for_mesh(mesh)
+        planned = plan_resources(mesh, workload, self.context, self.rbac)
+        resources += self.encoder.encode_all(planned)
         if self.context.tracing is not None:
             self.policy_versions[workload] = policy_version(mesh, workload)
         return Snapshot.of(resources)

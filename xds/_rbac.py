@@ -7,6 +7,11 @@ under PERMISSIVE): the IP-fallback rules. DENY and ALLOW need two filters (one a
 AUDIT is a third, with LOG actions; dry-run policies go into each filter's shadow matcher.
 Every action is named after its source rule (`ns/name#index`), so Envoy's
 `rbac_access_denied_matched_policy[...]` and the filter metadata point at the YAML.
+
+The filters depend only on the plan's policies and the mesh's default policy (not on the
+workload they guard), so `InboundRbac` translates them once per distinct plan content, port
+and branch, and every workload with an equal plan (an app's replicas) shares the same objects
+and so their encoded bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +19,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from meshwarden.engine import Action, AuthorizationPlan, Cause, CompiledRule, Effect, RuleIndex
+from meshwarden.engine import (
+    Action,
+    AuthorizationPlan,
+    Cause,
+    CompiledPolicy,
+    CompiledRule,
+    Effect,
+    RuleIndex,
+)
 from meshwarden.xds._decisions import (
     DRY_ALLOW_PREFIX,
     DRY_DEFAULT_DENY,
@@ -22,7 +35,10 @@ from meshwarden.xds._decisions import (
     DRY_NO_DENY,
     NO_AUDIT,
     NO_DENY,
+    RULES_STAT_PREFIX,
 )
+from meshwarden.xds._encode import SharedConfig
+from meshwarden.xds._envoy import extension
 from meshwarden.xds._predicates import TRUE, URI_SAN, rule_predicate
 
 Matcher = dict[str, Any]
@@ -135,3 +151,61 @@ def rbac_filters(plan: AuthorizationPlan, port: int, identified: bool) -> list[t
         config["shadowRulesStatPrefix"] = DRY_ALLOW_PREFIX
     filters.append(("allow", config))
     return filters
+
+
+def rbac_filter(stage: str, config: dict[str, Any], http: bool) -> dict[str, Any]:
+    """One stage of `rbac_filters` as an HTTP filter (`http`) or a network filter."""
+    prefix = RULES_STAT_PREFIX[stage]
+    if http:
+        rbac = "envoy.extensions.filters.http.rbac.v3.RBAC"
+        return extension("envoy.filters.http.rbac", rbac, rulesStatPrefix=prefix, **config)
+    rbac = "envoy.extensions.filters.network.rbac.v3.RBAC"
+    return extension("envoy.filters.network.rbac", rbac, statPrefix=prefix, **config)
+
+
+# What `rbac_filters` reads of a plan, and the filter's port, branch and kind (HTTP or network).
+# CompiledPolicy compares by identity, so equal keys mean the very same compiled policies.
+_Key = tuple[tuple[CompiledPolicy, ...], str, int, bool, bool]
+
+
+class InboundRbac:
+    """The inbound RBAC filters of plans, translated once per distinct key and shared.
+
+    The key is exactly what `rbac_filters` reads: the plan's policies (its rule indexes,
+    dry-run policies and `has_allow` are made from them alone), the mesh's default policy, the
+    port and the branch. Entries live for two meshes: those the current mesh's plans used and
+    those of the mesh before (a partial rebuild finds what it still shares); older ones are
+    dropped, so the cache does not grow with every reload."""
+
+    def __init__(self) -> None:
+        self._mesh: object = None
+        self._current: dict[_Key, tuple[SharedConfig, ...]] = {}
+        self._previous: dict[_Key, tuple[SharedConfig, ...]] = {}
+        self.translated = 0  # filter lists translated (not found in the cache)
+
+    def __len__(self) -> int:
+        """Entries held (of the current mesh and the one before)."""
+        return len(self._current.keys() | self._previous.keys())
+
+    def for_mesh(self, mesh: object) -> None:
+        """Start translating plans of `mesh` (a new mesh drops the entries of the one before
+        the last)."""
+        if mesh is not self._mesh:
+            self._mesh = mesh
+            self._previous, self._current = self._current, {}
+
+    def filters(
+        self, plan: AuthorizationPlan, port: int, identified: bool, http: bool
+    ) -> tuple[SharedConfig, ...]:
+        key = (plan.policies, plan.mesh.default_policy, port, identified, http)
+        found = self._current.get(key)
+        if found is None:
+            found = self._previous.get(key)
+        if found is None:
+            found = tuple(
+                SharedConfig(rbac_filter(stage, config, http))
+                for stage, config in rbac_filters(plan, port, identified)
+            )
+            self.translated += 1
+        self._current[key] = found
+        return found

@@ -40,6 +40,8 @@ class Snapshot:
     """Everything one node should have, by type URL and name."""
 
     resources: Mapping[str, Mapping[str, Resource]] = field(default_factory=dict)
+    # type URL → version, computed on first use: every stream and /healthz asks for it
+    _versions: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, resources: list[Resource]) -> Snapshot:
@@ -56,10 +58,13 @@ class Snapshot:
 
     def version(self, type_url: str) -> str:
         """Content hash of all resources of a type: equal content, equal version."""
-        digest = hashlib.sha256()
-        for name, resource in sorted(self.of_type(type_url).items()):
-            digest.update(f"{name}\0{resource.version}\0".encode())
-        return digest.hexdigest()[:16]
+        version = self._versions.get(type_url)
+        if version is None:
+            digest = hashlib.sha256()
+            for name, resource in sorted(self.of_type(type_url).items()):
+                digest.update(f"{name}\0{resource.version}\0".encode())
+            version = self._versions[type_url] = digest.hexdigest()[:16]
+        return version
 
 
 class ConfigWatcher(Protocol):

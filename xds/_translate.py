@@ -12,6 +12,7 @@ SPIFFE ID (one of theirs); an upstream egress denies entirely is closed by a nam
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,9 +20,9 @@ from urllib.parse import urlsplit
 from meshwarden.engine import CompiledMesh, Workload, WorkloadPort
 from meshwarden.xds._access_log import http_access_logs, tcp_access_logs
 from meshwarden.xds._context import StaticTls, TranslationContext
-from meshwarden.xds._decisions import RULES_STAT_PREFIX
 from meshwarden.xds._egress import egress_rbac_filter, upstream_egress
 from meshwarden.xds._egress_log import egress_access_logs, egress_load_assignment
+from meshwarden.xds._encode import SharedConfig
 from meshwarden.xds._envoy import (
     ads_source,
     downstream_tls,
@@ -36,7 +37,7 @@ from meshwarden.xds._envoy import (
 )
 from meshwarden.xds._ext_authz_filter import ext_authz_http_filter, ext_authz_network_filter
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
-from meshwarden.xds._rbac import rbac_filters
+from meshwarden.xds._rbac import InboundRbac
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshwarden.xds._tracing import (
     decision_tags_filter,
@@ -72,40 +73,36 @@ def _static_tls(files: StaticTls, validation: dict[str, Any] | None) -> dict[str
 
 
 def _common_tls(
-    ctx: TranslationContext, validation: dict[str, Any] | None = None
+    static_tls: StaticTls | None, sds_cluster: str, validation: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    if ctx.static_tls is not None:
-        return _static_tls(ctx.static_tls, validation)
+    if static_tls is not None:
+        return _static_tls(static_tls, validation)
     common: dict[str, Any] = {
-        "tlsCertificateSdsSecretConfigs": [_sds(DEFAULT_SECRET, ctx.sds_cluster)],
+        "tlsCertificateSdsSecretConfigs": [_sds(DEFAULT_SECRET, sds_cluster)],
         "tlsParams": {"tlsMinimumProtocolVersion": "TLSv1_2"},
     }
     if validation is None:
-        common["validationContextSdsSecretConfig"] = _sds(ROOTCA, ctx.sds_cluster)
+        common["validationContextSdsSecretConfig"] = _sds(ROOTCA, sds_cluster)
     else:
         common["combinedValidationContext"] = {
             "defaultValidationContext": validation,
-            "validationContextSdsSecretConfig": _sds(ROOTCA, ctx.sds_cluster),
+            "validationContextSdsSecretConfig": _sds(ROOTCA, sds_cluster),
         }
     return common
 
 
-def _downstream_tls(ctx: TranslationContext) -> dict[str, Any]:
-    return downstream_tls(
-        requireClientCertificate=True,
-        disableStatelessSessionResumption=True,
-        disableStatefulSessionResumption=True,
-        commonTlsContext=_common_tls(ctx),
+@functools.lru_cache(maxsize=16)
+def _downstream_tls(static_tls: StaticTls | None, sds_cluster: str) -> SharedConfig:
+    """The inbound mTLS transport socket: the same for every workload (its SVID comes by SDS),
+    so one shared object, encoded once."""
+    return SharedConfig(
+        downstream_tls(
+            requireClientCertificate=True,
+            disableStatelessSessionResumption=True,
+            disableStatefulSessionResumption=True,
+            commonTlsContext=_common_tls(static_tls, sds_cluster),
+        )
     )
-
-
-def _rbac_filter(stage: str, config: dict[str, Any], http: bool) -> dict[str, Any]:
-    prefix = RULES_STAT_PREFIX[stage]
-    if http:
-        rbac = "envoy.extensions.filters.http.rbac.v3.RBAC"
-        return extension("envoy.filters.http.rbac", rbac, rulesStatPrefix=prefix, **config)
-    rbac = "envoy.extensions.filters.network.rbac.v3.RBAC"
-    return extension("envoy.filters.network.rbac", rbac, statPrefix=prefix, **config)
 
 
 def _local_cluster(workload: Workload, port: WorkloadPort) -> str:
@@ -118,18 +115,18 @@ def _http_filters(
     port: WorkloadPort,
     identified: bool,
     ctx: TranslationContext,
+    rbac: InboundRbac,
 ) -> list[dict[str, Any]]:
     plan = mesh.plan(workload.ref)
-    filters = []
+    filters: list[dict[str, Any]] = []
     jwt = _jwt_authn(plan.jwt_issuers, ctx)
     if jwt:
         filters.append(jwt)
     if plan.enforcement == "ext-authz":
         filters.append(ext_authz_http_filter(plan, port.port, identified, ctx))
     else:
-        for kind, config in rbac_filters(plan, port.port, identified):
-            filters.append(_rbac_filter(kind, config, http=True))
-    filters.append(router())
+        filters.extend(rbac.filters(plan, port.port, identified, http=True))
+    filters.append(_ROUTER)
     return filters
 
 
@@ -139,8 +136,9 @@ def _hcm(
     port: WorkloadPort,
     identified: bool,
     ctx: TranslationContext,
+    rbac: InboundRbac,
 ) -> dict[str, Any]:
-    filters = _http_filters(mesh, workload, port, identified, ctx)
+    filters = _http_filters(mesh, workload, port, identified, ctx, rbac)
     hcm = typed(
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         statPrefix=f"in_{port.port}",
@@ -174,15 +172,13 @@ def _tcp_filters(
     port: WorkloadPort,
     identified: bool,
     ctx: TranslationContext,
+    rbac: InboundRbac,
 ) -> list[dict[str, Any]]:
     plan = mesh.plan(workload.ref)
     if plan.enforcement == "ext-authz":
         filters = [ext_authz_network_filter(plan, port.port, identified, ctx)]
     else:
-        filters = [
-            _rbac_filter(kind, config, http=False)
-            for kind, config in rbac_filters(plan, port.port, identified)
-        ]
+        filters = list(rbac.filters(plan, port.port, identified, http=False))
     access_logs = tcp_access_logs(ctx, workload.ref, port.port)
     logging = {"accessLog": access_logs} if access_logs else {}
     filters.append(tcp_proxy(f"in_{port.port}", _local_cluster(workload, port), **logging))
@@ -199,15 +195,16 @@ def _chain(
     port: WorkloadPort,
     identified: bool,
     ctx: TranslationContext,
+    rbac: InboundRbac,
 ) -> dict[str, Any]:
     filters = (
-        [_hcm(mesh, workload, port, identified, ctx)]
+        [_hcm(mesh, workload, port, identified, ctx, rbac)]
         if port.is_http
-        else _tcp_filters(mesh, workload, port, identified, ctx)
+        else _tcp_filters(mesh, workload, port, identified, ctx, rbac)
     )
     chain: dict[str, Any] = {"filters": filters}
     if identified:
-        chain["transportSocket"] = _downstream_tls(ctx)
+        chain["transportSocket"] = _downstream_tls(ctx.static_tls, ctx.sds_cluster)
         chain["filterChainMatch"] = {"transportProtocol": "tls"}
         chain["name"] = "mtls"
     else:
@@ -217,14 +214,16 @@ def _chain(
 
 
 def inbound_listeners(
-    mesh: CompiledMesh, workload: Workload, ctx: TranslationContext
+    mesh: CompiledMesh, workload: Workload, ctx: TranslationContext, rbac: InboundRbac
 ) -> list[dict[str, Any]]:
+    """The workload's inbound listeners; their RBAC filters come from `rbac` (shared with the
+    workloads whose plans are equal)."""
     listeners = []
     for address in workload.addresses[:1]:
         for port in sorted(workload.ports.values(), key=lambda p: p.port):
-            chains = [_chain(mesh, workload, port, True, ctx)]
+            chains = [_chain(mesh, workload, port, True, ctx, rbac)]
             if not mesh.plan(workload.ref).mtls(port.port).strict:
-                chains.append(_chain(mesh, workload, port, False, ctx))
+                chains.append(_chain(mesh, workload, port, False, ctx, rbac))
             listeners.append(
                 {
                     "name": f"in:{port.port}",
@@ -239,10 +238,13 @@ def inbound_listeners(
     return listeners
 
 
-_TLS_INSPECTOR = extension(
-    "envoy.filters.listener.tls_inspector",
-    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+_TLS_INSPECTOR = SharedConfig(
+    extension(
+        "envoy.filters.listener.tls_inspector",
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    )
 )
+_ROUTER = SharedConfig(router())
 
 
 def _route(workload: Workload, port: WorkloadPort) -> dict[str, Any]:
@@ -389,7 +391,9 @@ def outbound(
                 "type": "EDS",
                 "connectTimeout": "2s",
                 "edsClusterConfig": {"edsConfig": ads_source()},
-                "transportSocket": upstream_tls(commonTlsContext=_common_tls(ctx, validation)),
+                "transportSocket": upstream_tls(
+                    commonTlsContext=_common_tls(ctx.static_tls, ctx.sds_cluster, validation)
+                ),
             }
         )
         endpoints.append(egress_load_assignment(name, egress, upstream.port))
@@ -415,6 +419,7 @@ def workload_resources(
 ) -> dict[str, list[dict[str, Any]]]:
     """Every resource of one workload's sidecar, by type URL."""
     workload = mesh.registry.workloads[ref]
+    inbound = inbound_listeners(mesh, workload, ctx, InboundRbac())
     out_listeners, out_clusters, out_endpoints = outbound(mesh, workload, ctx)
     return {
         CLUSTER: local_clusters(workload)
@@ -422,7 +427,7 @@ def workload_resources(
         + out_clusters
         + tracing_clusters(ctx.tracing),
         ENDPOINT: out_endpoints,
-        LISTENER: inbound_listeners(mesh, workload, ctx) + out_listeners,
+        LISTENER: inbound + out_listeners,
         ROUTE: inbound_routes(workload),
     }
 
@@ -444,14 +449,15 @@ def wiring_resources(
 
 
 def plan_resources(
-    mesh: CompiledMesh, ref: str, ctx: TranslationContext
+    mesh: CompiledMesh, ref: str, ctx: TranslationContext, rbac: InboundRbac
 ) -> dict[str, list[dict[str, Any]]]:
     """The rest of `workload_resources`: what the workload's authorization plan and issuers
-    decide (inbound listeners, JWKS clusters)."""
+    decide (inbound listeners, JWKS clusters). `rbac` shares the inbound RBAC filters between
+    workloads with equal plans."""
     workload = mesh.registry.workloads[ref]
     return {
         CLUSTER: jwks_clusters(mesh, workload),
-        LISTENER: inbound_listeners(mesh, workload, ctx),
+        LISTENER: inbound_listeners(mesh, workload, ctx, rbac),
     }
 
 

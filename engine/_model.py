@@ -87,10 +87,12 @@ class WorkloadSelector(LabelSelector):
 
 class ExtAuthzSpec(_Strict):
     """How a sidecar in ext-authz enforcement treats an engine that does not answer in time:
-    fail closed (403) unless `fail_open`."""
+    fail closed (403) unless `fail_open`; and how HTTP ports ask the engine: gRPC `Check`, or
+    `http` (Envoy's HTTP ext_authz client on the control plane's HTTP/1.1 authz port)."""
 
     fail_open: bool = False
     timeout: str = Field(default="250ms", pattern=r"^[0-9]{1,6}(ms|s)$")
+    transport: Literal["grpc", "http"] = "grpc"
 
 
 class NamespaceSettings(_Strict):

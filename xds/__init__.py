@@ -15,6 +15,11 @@ from meshwarden.xds._ext_authz import (
     authorization_handler,
     registered_workload,
 )
+from meshwarden.xds._ext_authz_http import (
+    AuthzHttpFront,
+    serve_authz_http,
+    serve_http_on_loopback,
+)
 from meshwarden.xds._loopback import loopback_cluster, serve_on_loopback
 from meshwarden.xds._node_auth import (
     registry_authorizer,
@@ -38,6 +43,7 @@ __all__ = [
     "AccessLogReceiver",
     "AggregatedDiscovery",
     "Authorization",
+    "AuthzHttpFront",
     "EgressEnds",
     "Flow",
     "ResourceEncoder",
@@ -63,6 +69,8 @@ __all__ = [
     "relayed_peer_spiffe_id",
     "replica_order",
     "sds_handler",
+    "serve_authz_http",
+    "serve_http_on_loopback",
     "serve_on_loopback",
     "sidecar_sync",
     "verdict_of",

@@ -36,3 +36,5 @@ class TranslationContext:
     flow_log_cluster: str | None = None  # gRPC access logs → the control plane via this cluster
     flow_log_allowed_percent: float = 100.0  # share of allowed HTTP requests logged (4xx/5xx: all)
     ext_authz_cluster: str | None = None  # ext-authz enforcement asks the engine via this cluster
+    # `extAuthz.transport: http`: HTTP ports ask the engine's HTTP/1.1 authz port via this one
+    ext_authz_http_cluster: str | None = None

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from meshwarden.engine import Attribute, AuthorizationPlan, PatternCondition
+from meshwarden.engine import AuthorizationPlan
 from meshwarden.xds._check import CheckAttributes
 from meshwarden.xds._decisions import Verdict
+from meshwarden.xds._ext_authz_filter import condition_headers
 
 DecisionKey = tuple[Any, ...]
 
@@ -30,19 +31,6 @@ class Decided:
 
     verdict: Verdict
     identity: str | None
-
-
-def condition_headers(plan: AuthorizationPlan) -> tuple[str, ...]:
-    """The (lower-case) header names that some rule of the plan's policies reads."""
-    names = {
-        condition.key.argument
-        for policy in (*plan.policies, *plan.dry_run)
-        for rule in policy.rules
-        for condition in rule.conditions
-        if isinstance(condition, PatternCondition)
-        and condition.key.attribute is Attribute.REQUEST_HEADER
-    }
-    return tuple(sorted(names))
 
 
 @dataclass(slots=True)

@@ -53,14 +53,15 @@ _OK, _PERMISSION_DENIED, _UNAUTHENTICATED = 0, 7, 16
 
 # --------------------------------------------------------------------------- the service
 
-PlanResolver = Callable[[grpc.aio.ServicerContext, Mapping[str, str]], AuthorizationPlan]
-"""(call context, its metadata) → the plan of the workload whose sidecar is asking; raises
-PermissionError (refused caller) or LookupError (nothing to decide with yet)."""
+PlanResolver = Callable[[Any, Mapping[str, str]], AuthorizationPlan]
+"""(the caller — a gRPC call context, or the HTTP front's connection identity —, the call's
+metadata) → the plan of the workload whose sidecar is asking; raises PermissionError (refused
+caller) or LookupError (nothing to decide with yet)."""
 
 
 def registered_workload(
     mesh: Callable[[], CompiledMesh | None],
-    peer_identity: Callable[[grpc.aio.ServicerContext], str | None],
+    peer_identity: Callable[[Any], str | None],
 ) -> PlanResolver:
     """The production resolver: the caller's mTLS SPIFFE ID must be a registered workload's;
     the workload the filter names is used only if it has that identity (several workloads may
@@ -75,9 +76,7 @@ def registered_workload(
             last[:] = [(compiled, refs)]
         return last[0][1]
 
-    def resolve(
-        context: grpc.aio.ServicerContext, metadata: Mapping[str, str]
-    ) -> AuthorizationPlan:
+    def resolve(context: Any, metadata: Mapping[str, str]) -> AuthorizationPlan:
         compiled = mesh()
         if compiled is None:
             raise LookupError("no policies are loaded yet")
@@ -113,33 +112,41 @@ class Authorization:
         )
 
     async def check(self, check: CheckAttributes, context: grpc.aio.ServicerContext) -> bytes:
+        """The gRPC `Check`: the encoded CheckResponse."""
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        return _response(*self.answer(check, context, metadata))
+
+    def answer(
+        self, check: CheckAttributes, caller: Any, metadata: Mapping[str, str]
+    ) -> tuple[Verdict, str]:
+        """The verdict on one check (and the detail of a refusal), traced and timed; the same
+        for every transport."""
         started = time.perf_counter()
-        answer, verdict, workload = self._check(check, context)
+        verdict, detail, workload = self._check(check, caller, metadata)
         labels = {"decision": verdict.decision, "workload": workload or ""}
         self._duration.record(time.perf_counter() - started, labels)
-        return answer
+        return verdict, detail
 
     def _check(
-        self, check: CheckAttributes, context: grpc.aio.ServicerContext
-    ) -> tuple[bytes, Verdict, str | None]:
+        self, check: CheckAttributes, caller: Any, metadata: Mapping[str, str]
+    ) -> tuple[Verdict, str, str | None]:
         self.checks += 1
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
         parent = propagate.extract(_carrier(check, metadata))
         with self.tracer.start_as_current_span(
             SPAN_NAME, context=parent, kind=trace.SpanKind.SERVER
         ) as span:
             try:
-                plan = self.resolve(context, metadata)
+                plan = self.resolve(caller, metadata)
                 decided = self._decide(plan, int(metadata.get(PORT_HEADER, "0")), check)
             except (PermissionError, LookupError, ValueError, SpiffeIdError) as refused:
                 verdict = Verdict(Effect.DENY, Cause.AUTHZ_UNAVAILABLE)
                 span.set_attributes(_attributes(verdict, None, None))
                 span.set_status(trace.StatusCode.ERROR, str(refused))
                 detail = f"the engine cannot decide for this caller: {refused}"
-                return _response(verdict, detail), verdict, None
+                return verdict, detail, None
             verdict, workload = decided.verdict, plan.workload.ref
             span.set_attributes(_attributes(verdict, decided.identity, workload))
-            return _response(verdict, ""), verdict, workload
+            return verdict, "", workload
 
     def _decide(self, plan: AuthorizationPlan, port: int, check: CheckAttributes) -> Decided:
         """The engine's answer, remembered for the next Check with the same deciding
@@ -193,14 +200,12 @@ def _response(verdict: Verdict, detail: str) -> bytes:
             status=Status(code=_OK), ok_response=OkHttpResponse(), dynamic_metadata=metadata
         )
     else:
-        unauthenticated = verdict.policy == Cause.JWT_INVALID
-        cause = verdict.policy + (f"#{verdict.rule}" if verdict.rule is not None else "")
-        code = StatusCode.Unauthorized if unauthenticated else StatusCode.Forbidden
+        status, body = denial(verdict, detail)
+        unauthenticated = status == StatusCode.Unauthorized
+        denied = DeniedHttpResponse(status=HttpStatus(code=StatusCode(status)), body=body)
         message = CheckResponse(
             status=Status(code=_UNAUTHENTICATED if unauthenticated else _PERMISSION_DENIED),
-            denied_response=DeniedHttpResponse(
-                status=HttpStatus(code=code), body=f"ext_authz: access denied by {cause}{detail}"
-            ),
+            denied_response=denied,
             dynamic_metadata=metadata,
         )
     encoded = bytes(message)
@@ -208,6 +213,15 @@ def _response(verdict: Verdict, detail: str) -> bytes:
         _RESPONSES.clear()
     _RESPONSES[key] = encoded
     return encoded
+
+
+def denial(verdict: Verdict, detail: str) -> tuple[int, str]:
+    """A denied request's HTTP status — 401 for a token the engine rejects, else 403 — and the
+    body naming the cause, whichever transport carries it."""
+    cause = verdict.policy + (f"#{verdict.rule}" if verdict.rule is not None else "")
+    unauthenticated = verdict.policy == Cause.JWT_INVALID
+    status = StatusCode.Unauthorized if unauthenticated else StatusCode.Forbidden
+    return int(status), f"ext_authz: access denied by {cause}{detail}"
 
 
 def authorization_handler(authorization: Authorization) -> grpc.GenericRpcHandler:

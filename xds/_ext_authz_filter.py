@@ -1,19 +1,39 @@
 """ext_authz enforcement, the translation side: the Envoy filters that replace the RBAC filters
 for a workload with `enforcement: ext-authz` (HTTP ports: after jwt_authn, before the router; tcp
 ports: the network filter before tcp_proxy), calling `Check` on the control plane through
-`TranslationContext.ext_authz_cluster` and naming the workload and port in the call's metadata."""
+`TranslationContext.ext_authz_cluster` and naming the workload and port in the call's metadata.
+
+With `extAuthz.transport: http` an HTTP port's filter asks the engine's HTTP/1.1 authz port
+instead (`TranslationContext.ext_authz_http_cluster`; tcp ports keep gRPC: Envoy's network filter
+has no HTTP mode). The request to the engine is the client's method, `CHECK_PATH` + its path, its
+host, the headers the workload's policies read, and the `RESERVED` headers the filter itself adds
+from what Envoy verified — which override a client header of the same name (checked with Envoy
+1.40), are never forwarded from the client, and always carry a value (`=` + the substitution,
+so an empty one is still present) so the engine can require each exactly once.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from meshwarden.engine import AuthorizationPlan
+from meshwarden.engine import Attribute, AuthorizationPlan, PatternCondition
 from meshwarden.xds._context import TranslationContext
 from meshwarden.xds._envoy import extension
+from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 
 WORKLOAD_HEADER = "x-meshwarden-workload"  # gRPC initial metadata set by the filter config
 PORT_HEADER = "x-meshwarden-port"
 JWT_AUTHN_NS = "envoy.filters.http.jwt_authn"
+
+# `extAuthz.transport: http`: what the filter adds to each request to the engine
+CHECK_PATH = "/meshwarden.authz/check"  # path prefix: the client's path follows it
+PEER_HEADER = "x-meshwarden-peer"  # `=` + the caller's verified URI SAN (`=` alone: none)
+SOURCE_HEADER = "x-meshwarden-source"  # `=` + the direct peer address
+JWT_HEADER = "x-meshwarden-jwt"  # `=` + the verified token's payload as JSON (`=` alone: none)
+RESERVED_PREFIX = "x-meshwarden-"
+RESERVED = (WORKLOAD_HEADER, PORT_HEADER, PEER_HEADER, SOURCE_HEADER, JWT_HEADER)
+TRACE_HEADERS = ("traceparent", "tracestate")
+VERDICT_HEADERS = ("decision", "policy", "rule", "dry_run_decision", "dry_run_policy")
 
 
 def _duration(value: str) -> str:
@@ -53,12 +73,72 @@ def ext_authz_http_filter(
     """The HTTP filter that replaces the RBAC filters for an ext-authz workload. The peer's
     identity reaches the engine as `source.principal` (empty on a plaintext chain)."""
     del identified  # the engine reads the peer from the request itself
+    if plan.mesh.ext_authz.transport == "http":
+        return _http_transport_filter(plan, port, ctx)
     return extension(
         "envoy.filters.http.ext_authz",
         "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         statusOnError={"code": "Forbidden"},
         metadataContextNamespaces=[JWT_AUTHN_NS],
         **_calling(plan, port, ctx),
+    )
+
+
+def condition_headers(plan: AuthorizationPlan) -> tuple[str, ...]:
+    """The (lower-case) header names that some rule of the plan's policies reads."""
+    names = {
+        condition.key.argument
+        for policy in (*plan.policies, *plan.dry_run)
+        for rule in policy.rules
+        for condition in rule.conditions
+        if isinstance(condition, PatternCondition)
+        and condition.key.attribute is Attribute.REQUEST_HEADER
+    }
+    return tuple(sorted(names))
+
+
+def _patterns(names: tuple[str, ...]) -> dict[str, Any]:
+    return {"patterns": [{"exact": name} for name in names]}
+
+
+def _http_transport_filter(
+    plan: AuthorizationPlan, port: int, ctx: TranslationContext
+) -> dict[str, Any]:
+    """The HTTP ext_authz filter asking the engine over HTTP/1.1 (see the module docstring)."""
+    if ctx.ext_authz_http_cluster is None:
+        raise ValueError(f"{plan.workload.ref}: extAuthz transport http needs its HTTP cluster")
+    added = {
+        WORKLOAD_HEADER: plan.workload.ref,
+        PORT_HEADER: str(port),
+        PEER_HEADER: "=%DOWNSTREAM_PEER_URI_SAN%",
+        SOURCE_HEADER: "=%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+        JWT_HEADER: f"=%DYNAMIC_METADATA({JWT_AUTHN_NS}:{JWT_PAYLOAD_KEY})%",
+    }
+    read = tuple(h for h in condition_headers(plan) if not h.startswith(RESERVED_PREFIX))
+    service = {
+        "serverUri": {
+            "uri": "http://meshwarden-authz",
+            "cluster": ctx.ext_authz_http_cluster,
+            "timeout": _duration(plan.mesh.ext_authz.timeout),
+        },
+        "pathPrefix": CHECK_PATH,
+        "authorizationRequest": {
+            "headersToAdd": [{"key": key, "value": value} for key, value in added.items()]
+        },
+        "authorizationResponse": {
+            "dynamicMetadataFromHeaders": _patterns(VERDICT_HEADERS),
+            "allowedClientHeaders": _patterns(("content-type",)),
+            "allowedUpstreamHeaders": _patterns(()),
+        },
+    }
+    return extension(
+        "envoy.filters.http.ext_authz",
+        "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        httpService=service,
+        allowedHeaders=_patterns((*read, *TRACE_HEADERS)),
+        statusOnError={"code": "Forbidden"},
+        failureModeAllow=plan.mesh.ext_authz.fail_open,
+        statPrefix="authz_",
     )
 
 

@@ -1,0 +1,269 @@
+"""ext_authz over HTTP/1.1 (`extAuthz.transport: http`): the engine's answer to Envoy's HTTP
+ext_authz client, on an asyncio Protocol with no framework — a keep-alive request costs a small
+fraction of a grpc.aio unary call (docs/benchmarks.md).
+
+The same `Authorization` decides (same resolver, decision cache, span and metric) as for gRPC
+`Check`; only the request and the answer change shape. The request (`read_check`): the client's
+method, `CHECK_PATH` + its path, its host, the headers the policies read, and the filter's
+`RESERVED` headers, each required exactly once — anything missing, repeated or malformed is
+denied, never allowed. The answer: 200 to allow, else the denial's 403/401 with its body; the
+verdict travels in `VERDICT_HEADERS`, which the filter turns into the same dynamic metadata the
+gRPC answer carries. Protocol errors (`RequestReader`) are answered with their status and the
+connection is closed; the sidecar's filter treats any answer but 200 as a denial.
+
+Who calls: the server is given an `ssl.SSLContext` that requires client certificates from the
+mesh's trust bundle, and the connection's verified SPIFFE ID is the caller the resolver checks
+the claimed workload against (as for gRPC); without TLS it must listen on loopback only (tests,
+benchmarks). At most `max_connections` connections are open at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from meshwarden.engine import Cause, Effect
+from meshwarden.xds._check import CheckAttributes
+from meshwarden.xds._decisions import Verdict
+from meshwarden.xds._ext_authz import Authorization, denial
+from meshwarden.xds._ext_authz_filter import (
+    CHECK_PATH,
+    JWT_HEADER,
+    PEER_HEADER,
+    PORT_HEADER,
+    RESERVED,
+    RESERVED_PREFIX,
+    SOURCE_HEADER,
+    TRACE_HEADERS,
+    WORKLOAD_HEADER,
+)
+from meshwarden.xds._ext_authz_http1 import Malformed, RequestHead, RequestReader
+
+MAX_CONNECTIONS = 1024
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
+
+
+class Refused(ValueError):
+    """A request head that is HTTP but not a check this engine reads."""
+
+
+def read_check(head: RequestHead) -> tuple[CheckAttributes, dict[str, str]]:
+    """The attributes of one check and its call metadata (workload, port, trace context);
+    raises Refused when a reserved header is missing or repeated, or the path is not a check."""
+    fields: dict[str, list[str]] = {}
+    for name, value in head.headers:
+        fields.setdefault(name, []).append(value)
+    reserved = {name: _once(fields, name) for name in RESERVED}
+    for name in (PEER_HEADER, SOURCE_HEADER, JWT_HEADER):
+        if not reserved[name].startswith("="):
+            raise Refused(f"{name} is not as the sidecar's filter writes it")
+    if not head.target.startswith(CHECK_PATH + "/"):
+        raise Refused(f"the path is not under {CHECK_PATH}")
+    jwt = reserved[JWT_HEADER][1:]
+    check = CheckAttributes(
+        principal=reserved[PEER_HEADER][1:],
+        source_ip=reserved[SOURCE_HEADER][1:],
+        http=True,
+        method=head.method,
+        path=head.target[len(CHECK_PATH) :],
+        host=_once(fields, "host"),
+        headers={
+            name: ",".join(values)
+            for name, values in fields.items()
+            if not name.startswith(RESERVED_PREFIX)
+        },
+        jwt_payload=_claims(jwt) if jwt else None,
+        jwt_raw=jwt.encode(),
+    )
+    metadata = {name: reserved[name] for name in (WORKLOAD_HEADER, PORT_HEADER)}
+    metadata.update((name, _once(fields, name)) for name in TRACE_HEADERS if name in fields)
+    return check, metadata
+
+
+def _once(fields: Mapping[str, list[str]], name: str) -> str:
+    values = fields.get(name, [])
+    if len(values) != 1:
+        raise Refused(f"{name} must come exactly once (came {len(values)} times)")
+    return values[0]
+
+
+def _claims(payload: str) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError as bad:
+        raise Refused(f"{JWT_HEADER} is not JSON: {bad}") from None
+
+
+_ANSWERS: dict[tuple[Verdict, str], bytes] = {}
+_ANSWERS_LIMIT = 4096
+
+
+def http_answer(verdict: Verdict, detail: str) -> bytes:
+    """The HTTP response carrying a verdict (each distinct answer is encoded once)."""
+    key = (verdict, detail)
+    cached = _ANSWERS.get(key)
+    if cached is not None:
+        return cached
+    fields = "".join(
+        f"{name}: {_header_safe(value)}\r\n"
+        for name, value in verdict.to_metadata().items()
+        if value is not None
+    )
+    if verdict.decision == Effect.ALLOW:
+        status, body = 200, b""
+    else:
+        code, text = denial(verdict, detail)
+        status, body = code, text.encode()
+        fields += "content-type: text/plain\r\n"
+    encoded = _response(status, fields, body)
+    if len(_ANSWERS) >= _ANSWERS_LIMIT:
+        _ANSWERS.clear()
+    _ANSWERS[key] = encoded
+    return encoded
+
+
+def _header_safe(value: Any) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in str(value))
+
+
+def _response(status: int, fields: str, body: bytes, close: bool = False) -> bytes:
+    head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n{fields}"
+    head += f"content-length: {len(body)}\r\n" + ("connection: close\r\n" if close else "")
+    return head.encode() + b"\r\n" + body
+
+
+class AuthzHttpFront:
+    """The HTTP/1.1 front of one `Authorization`: connection accounting and the answer to
+    each request head."""
+
+    def __init__(self, authorization: Authorization, max_connections: int = MAX_CONNECTIONS):
+        self.authorization = authorization
+        self.max_connections = max_connections
+        self.connections = 0
+        self.refused_connections = 0
+
+    def answer(self, head: RequestHead, caller: str | None) -> bytes:
+        try:
+            check, metadata = read_check(head)
+        except Refused as refused:
+            verdict = Verdict(Effect.DENY, Cause.AUTHZ_UNAVAILABLE)
+            return http_answer(verdict, f"the engine cannot read this check: {refused}")
+        return http_answer(*self.authorization.answer(check, caller, metadata))
+
+    def protocol(self) -> AuthzHttpConnection:
+        return AuthzHttpConnection(self)
+
+
+class AuthzHttpConnection(asyncio.Protocol):
+    """One keep-alive connection from a sidecar: heads in, answers out, in order."""
+
+    def __init__(self, front: AuthzHttpFront) -> None:
+        self.front = front
+        self.reader = RequestReader()
+        self.caller: str | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self.front.connections >= self.front.max_connections:
+            self.front.refused_connections += 1
+            transport.abort()
+            return
+        self.front.connections += 1
+        self.transport = transport
+        self.caller = peer_spiffe_id(transport.get_extra_info("peercert"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        answers: list[bytes] = []
+        close = False
+        for item in self.reader.feed(data):
+            if isinstance(item, Malformed):
+                answers.append(_response(item.status, "", item.reason.encode(), close=True))
+                close = True
+                break
+            answers.append(self.front.answer(item, self.caller))
+            if item.close:
+                close = True
+                break
+        self.transport.write(b"".join(answers))
+        if close:
+            self.reader.failed = True
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.front.connections -= 1
+            self.transport = None
+
+
+def peer_spiffe_id(peercert: Mapping[str, Any] | None) -> str | None:
+    """The one URI SAN of a verified client certificate (ssl's `getpeercert()` form)."""
+    if not peercert:
+        return None
+    uris = [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
+    return uris[0] if len(uris) == 1 else None
+
+
+async def serve_authz_http(
+    front: AuthzHttpFront, host: str, port: int, tls: ssl.SSLContext | None
+) -> asyncio.Server:
+    """Listen for sidecars: with `tls` (client certificates required), or plaintext on a
+    loopback address only."""
+    if tls is None and not _is_loopback(host):
+        raise ValueError(f"the plaintext ext_authz HTTP front must listen on loopback, not {host}")
+    if tls is not None and tls.verify_mode != ssl.CERT_REQUIRED:
+        raise ValueError("the ext_authz HTTP front requires client certificates")
+    loop = asyncio.get_running_loop()
+    if tls is None:
+        return await loop.create_server(front.protocol, host, port)
+    return await loop.create_server(front.protocol, host, port, ssl=tls, ssl_handshake_timeout=10)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@contextlib.contextmanager
+def serve_http_on_loopback(authorization: Authorization) -> Iterator[int]:
+    """The HTTP front on a plaintext 127.0.0.1 port in a thread of its own (tests,
+    benchmarks); yields the port."""
+    loop = asyncio.new_event_loop()
+    started: list[asyncio.Server] = []
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            front = AuthzHttpFront(authorization)
+            started.append(loop.run_until_complete(serve_authz_http(front, "127.0.0.1", 0, None)))
+        finally:
+            ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="ext-authz-http-loopback", daemon=True)
+    thread.start()
+    ready.wait(10)
+    if not started:
+        raise RuntimeError("the ext_authz HTTP loopback front did not start")
+    try:
+        yield int(started[0].sockets[0].getsockname()[1])
+    finally:
+
+        async def stop() -> None:
+            started[0].close()
+            await started[0].wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

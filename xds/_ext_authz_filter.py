@@ -128,7 +128,6 @@ def _http_transport_filter(
         "authorizationResponse": {
             "dynamicMetadataFromHeaders": _patterns(VERDICT_HEADERS),
             "allowedClientHeaders": _patterns(("content-type",)),
-            "allowedUpstreamHeaders": _patterns(()),
         },
     }
     return extension(

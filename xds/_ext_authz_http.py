@@ -235,8 +235,10 @@ def _is_loopback(host: str) -> bool:
 
 
 @contextlib.contextmanager
-def serve_http_on_loopback(authorization: Authorization) -> Iterator[int]:
-    """The HTTP front on a plaintext 127.0.0.1 port in a thread of its own (tests,
+def serve_http_on_loopback(
+    authorization: Authorization, tls: ssl.SSLContext | None = None
+) -> Iterator[int]:
+    """The HTTP front on a 127.0.0.1 port (plaintext, or `tls`) in a thread of its own (tests,
     benchmarks); yields the port."""
     loop = asyncio.new_event_loop()
     started: list[asyncio.Server] = []
@@ -246,7 +248,7 @@ def serve_http_on_loopback(authorization: Authorization) -> Iterator[int]:
         asyncio.set_event_loop(loop)
         try:
             front = AuthzHttpFront(authorization)
-            started.append(loop.run_until_complete(serve_authz_http(front, "127.0.0.1", 0, None)))
+            started.append(loop.run_until_complete(serve_authz_http(front, "127.0.0.1", 0, tls)))
         finally:
             ready.set()
         loop.run_forever()

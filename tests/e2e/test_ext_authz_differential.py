@@ -1,7 +1,9 @@
 """ext_authz mode enforces the same verdicts as native RBAC: the differential test's random
 policy sets and requests, with `enforcement: ext-authz`, through a real Envoy whose ext_authz
 filter asks our Authorization service — every verdict equals the evaluator's, and the dynamic
-metadata Envoy ingests from the answer is the verdict the spans and the flow log read."""
+metadata Envoy ingests from the answer is the verdict the spans and the flow log read. Both
+transports: gRPC `Check`, and `extAuthz.transport: http` (Envoy's HTTP ext_authz client and the
+engine's HTTP/1.1 front)."""
 
 from __future__ import annotations
 
@@ -27,10 +29,13 @@ from meshwarden.xds import (
     Verdict,
     envoy_binary,
     loopback_cluster,
+    serve_http_on_loopback,
     serve_on_loopback,
     verdict_of,
     workload_resources,
 )
+from meshwarden.xds._envoy import static_cluster
+from meshwarden.xds._ext_authz_filter import WORKLOAD_HEADER
 
 from meshwarden.demo import DemoIdp, sample_apps
 
@@ -78,23 +83,43 @@ def _log_decisions(listener: dict[str, Any], path: Path) -> None:
 
 def _set_resolver(meshes: list[CompiledMesh]) -> Any:
     """Test resolver: plaintext loopback has no caller certificate, so the set index the test
-    adds to the filter's initial metadata picks the mesh (production: `registered_workload`)."""
+    adds to the filter's initial metadata (gRPC) or to the workload header it adds (HTTP:
+    `ns/name@set`) picks the mesh (production: `registered_workload`)."""
 
     def resolve(context: grpc.aio.ServicerContext, metadata: Mapping[str, str]) -> Any:
-        return meshes[int(metadata[SET_HEADER])].plan(DESTINATION)
+        index = metadata.get(SET_HEADER) or metadata[WORKLOAD_HEADER].rpartition("@")[2]
+        return meshes[int(index)].plan(DESTINATION)
 
     return resolve
 
 
-@pytest.fixture(scope="module")
-def ext_authz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    folder = tmp_path_factory.mktemp("ext-authz-differential")
+def _name_the_set(config: dict[str, Any], index: int) -> None:
+    """The filter `config` names set `index` in what it sends the engine (test only)."""
+    if "grpcService" in config:
+        config["grpcService"]["initialMetadata"].append({"key": SET_HEADER, "value": str(index)})
+        return
+    for header in config["httpService"]["authorizationRequest"]["headersToAdd"]:
+        if header["key"] == WORKLOAD_HEADER:
+            header["value"] += f"@{index}"
+
+
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def ext_authz_mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    transport = request.param
+    folder = tmp_path_factory.mktemp(f"ext-authz-differential-{transport}")
     ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
     bundle = folder / "bundle.pem"
     bundle.write_bytes(ca.bundle().x509_pem())
     tls = StaticTls(*_write_svid(ca, f"spiffe://{TD}/ns/a/sa/x", folder), str(bundle), TD)
     clients = {spiffe_id: _write_svid(ca, spiffe_id, folder) for spiffe_id in IDS}
-    ctx = TranslationContext(static_tls=tls, inline_routes=True, ext_authz_cluster=AUTHZ_CLUSTER)
+    ctx = TranslationContext(
+        static_tls=tls,
+        inline_routes=True,
+        ext_authz_cluster=AUTHZ_CLUSTER,
+        ext_authz_http_cluster=AUTHZ_CLUSTER,
+    )
     idp, backend = DemoIdp(ISSUER), _free_port()
     sets, listeners, clusters, meshes = [], [], {}, []
     for i in range(SETS):
@@ -104,23 +129,26 @@ def ext_authz_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         docs[0]["spec"]["enforcement"] = "ext-authz"
         # Verdicts, not latency, are compared: on a loaded machine the default 250 ms Check
         # timeout can expire, and Envoy then fails closed without the engine's metadata.
-        docs[0]["spec"]["extAuthz"] = {"timeout": "10s"}
+        docs[0]["spec"]["extAuthz"] = {"timeout": "10s", "transport": transport}
         compiled = _compile(docs)
         resources = workload_resources(compiled, DESTINATION, ctx)
         for listener in resources[LISTENER]:
             listener["name"] = f"set{i}:{listener['name']}"
             for config in _ext_authz_configs(listener):
-                config["grpcService"]["initialMetadata"].append(
-                    {"key": SET_HEADER, "value": str(i)}
-                )
+                _name_the_set(config, i)
             _log_decisions(listener, folder / f"set{i}.log")
             listeners.append(listener)
         clusters.update({c["name"]: c for c in resources[CLUSTER]})
         meshes.append(compiled)
         sets.append((address, compiled, [random_request(rng) for _ in range(REQUESTS_PER_SET)]))
     authorization = Authorization(_set_resolver(meshes))
-    with serve_on_loopback(authorization) as port, sample_apps([backend], []):
-        clusters[AUTHZ_CLUSTER] = loopback_cluster(AUTHZ_CLUSTER, port)
+    serve = serve_http_on_loopback if transport == "http" else serve_on_loopback
+    with serve(authorization) as port, sample_apps([backend], []):
+        clusters[AUTHZ_CLUSTER] = (
+            static_cluster(AUTHZ_CLUSTER, "127.0.0.1", port)  # HTTP/1.1
+            if transport == "http"
+            else loopback_cluster(AUTHZ_CLUSTER, port)
+        )
         admin = folder / "admin.sock"
         config = {
             "admin": {"address": {"pipe": {"path": str(admin), "mode": 0o600}}},

@@ -9,7 +9,13 @@ share. Three servicers in the same run, interleaved:
 - grpc-echo: the same grpc.aio server answering a constant — the floor any Python servicer on
   grpc.aio pays per call, which our code cannot go below;
 - grpc-sync-echo: the constant from grpc's synchronous server (a thread pool of one), the
-  other Python gRPC server.
+  other Python gRPC server;
+- engine-http: the production `Authorization` behind the HTTP/1.1 front of
+  `extAuthz.transport: http` (`AuthzHttpFront`, an asyncio Protocol), driven by `h2load --h1`
+  with the request head Envoy's HTTP ext_authz filter sends (checked with Envoy 1.40);
+- engine-https: the same behind asyncio's TLS (production: mTLS; the per-request cost is the
+  record layer, the handshake is once per pooled connection);
+- http-echo: the same front answering a constant verdict — the HTTP front's own floor.
 
 The request is a CheckRequest as Envoy's HTTP ext_authz filter sends it (peer addresses and
 principals, the HTTP request with Envoy's headers and a fresh-looking request id), encoded by
@@ -19,12 +25,16 @@ cache — the best case, as a sidecar repeating one request sees.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
+import queue
 import re
 import resource
+import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,12 +55,17 @@ from envoy_data_plane.envoy.service.auth.v3 import (
     CheckRequest,
 )
 from meshwarden.engine import Effect, decide
-from meshwarden.xds import Authorization, serve_on_loopback
+from meshwarden.xds import (
+    Authorization,
+    AuthzHttpFront,
+    serve_http_on_loopback,
+    serve_on_loopback,
+)
 from meshwarden.xds._check import request_of
 from meshwarden.xds._decision_cache import Decided
 from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._ext_authz import SERVICE, _response, verdict_of
-from meshwarden.xds._ext_authz_filter import PORT_HEADER
+from meshwarden.xds._ext_authz_filter import CHECK_PATH, PORT_HEADER, WORKLOAD_HEADER
 
 
 class TimedAuthorization(Authorization):
@@ -75,6 +90,20 @@ class Uncached(TimedAuthorization):
         return Decided(verdict_of(plan, decide(plan, request)), request.identity)
 
 
+class TimedHttpAuthorization(Authorization):
+    """The production decider as the HTTP front calls it, with each answer's time recorded."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.handler_us: list[float] = []
+
+    def answer(self, check: Any, caller: Any, metadata: Any) -> tuple[Verdict, str]:
+        start = time.perf_counter_ns()
+        answer = super().answer(check, caller, metadata)
+        self.handler_us.append((time.perf_counter_ns() - start) / 1000)
+        return answer
+
+
 class Echo(TimedAuthorization):
     """gRPC's floor: the same server and handler registration, answering a constant (the
     allow answer) without reading the request — what any Python servicer costs at least."""
@@ -84,13 +113,28 @@ class Echo(TimedAuthorization):
         return ALLOW_ANSWER
 
 
-ALLOW_ANSWER = _response(Verdict(Effect.ALLOW, "bench/allow-00099", 0), "")
+class HttpEcho(TimedHttpAuthorization):
+    """The HTTP front's floor: the request head read, the constant allow verdict answered."""
+
+    def answer(self, check: Any, caller: Any, metadata: Any) -> tuple[Verdict, str]:
+        self.checks += 1
+        return ALLOW, ""
+
+
+ALLOW = Verdict(Effect.ALLOW, "bench/allow-00099", 0)
+ALLOW_ANSWER = _response(ALLOW, "")
 SERVICERS = {
     "engine": TimedAuthorization,
     "uncached": Uncached,
     "grpc-echo": Echo,
     "grpc-sync-echo": Echo,
+    "engine-http": TimedHttpAuthorization,
+    "engine-https": TimedHttpAuthorization,
+    "http-echo": HttpEcho,
 }
+ALONE = list(SERVICERS)  # the engine-alone comparison
+SERVICERS["engine-mtls"] = TimedHttpAuthorization  # end to end: the front as in production
+HTTP_SERVICERS = ("engine-http", "engine-https", "http-echo", "engine-mtls")
 
 
 @contextlib.contextmanager
@@ -115,16 +159,58 @@ def sync_server(echo: Echo) -> Iterator[int]:
         server.stop(None)
 
 
+@contextlib.contextmanager
+def https_front(engine: Authorization, tls: tuple[str, str]) -> Iterator[int]:
+    """The HTTP front behind asyncio's TLS. h2load presents no client certificate, so this
+    context asks for none (production requires one: `serve_authz_http`); per request the cost
+    is the same record layer, the handshake is once per pooled connection."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls)
+    ready: queue.Queue[int] = queue.Queue()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        front = AuthzHttpFront(engine)
+        server = await loop.create_server(front.protocol, "127.0.0.1", 0, ssl=context)
+        ready.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()  # until the process ends
+
+    threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
+    yield ready.get(timeout=10)
+
+
+def _server(servicer: str, tls: tuple[str, ...] | None) -> Any:
+    """How the servicer is served: grpc.aio, grpc's sync server, or the HTTP front (plaintext,
+    TLS, or mTLS: (chain, key, the bundle client certificates must chain to))."""
+    if servicer == "grpc-sync-echo":
+        return sync_server
+    if servicer not in HTTP_SERVICERS:
+        return serve_on_loopback
+    if servicer not in ("engine-https", "engine-mtls"):
+        return serve_http_on_loopback
+    assert tls is not None
+    if servicer == "engine-https":
+        return lambda engine: https_front(engine, (tls[0], tls[1]))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls[0], tls[1])
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(tls[2])
+    return lambda engine: serve_http_on_loopback(engine, context)
+
+
 def _serve_engine(
-    docs: list[dict[str, Any]], conn: Any, cpus: set[int] | None, servicer: str = "engine"
+    docs: list[dict[str, Any]],
+    conn: Any,
+    cpus: set[int] | None,
+    servicer: str = "engine",
+    tls: tuple[str, ...] | None = None,
 ) -> None:
     """The engine process: compile the documents, serve Check, answer `stats` until `stop`."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     compiled = harness.load_mesh(docs)
     engine = SERVICERS[servicer](lambda context, metadata: compiled.plan(SERVER))
-    serve = sync_server if servicer == "grpc-sync-echo" else serve_on_loopback
-    with serve(engine) as port:
+    with _server(servicer, tls)(engine) as port:
         conn.send(port)
         while conn.recv() == "stats":
             conn.send(EngineStats(engine.checks, list(engine.handler_us), _own_cpu()))
@@ -142,12 +228,17 @@ class Engine:
     load generators, which must not inherit gRPC's threads)."""
 
     def __init__(
-        self, docs: list[dict[str, Any]], cpus: set[int] | None, servicer: str = "engine"
+        self,
+        docs: list[dict[str, Any]],
+        cpus: set[int] | None,
+        servicer: str = "engine",
+        tls: tuple[str, ...] | None = None,
     ) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
+        self.servicer = servicer
         self.process = context.Process(
-            target=_serve_engine, args=(docs, child, cpus, servicer), daemon=True
+            target=_serve_engine, args=(docs, child, cpus, servicer, tls), daemon=True
         )
         self.process.start()
         if not self.conn.poll(60):
@@ -230,6 +321,41 @@ def h2load(port: int, frame: Path, seconds: int, cpus: set[int] | None) -> int:
     return int(found.group(1))
 
 
+# The request head Envoy's HTTP ext_authz filter sends (Envoy 1.40, bench_ext_authz's filter):
+# h2load adds the method, path, host and its user-agent.
+HTTP_CHECK_HEADERS = [
+    "content-length: 0",
+    f"{WORKLOAD_HEADER}: {SERVER}",
+    f"{PORT_HEADER}: {PORT}",
+    f"x-meshwarden-peer: ={CLIENT_ID}",
+    "x-meshwarden-source: =127.0.0.1",
+    "x-meshwarden-jwt: =",
+    "x-envoy-internal: true",
+    "x-envoy-expected-rq-timeout-ms: 250",
+]
+
+
+def h1load(port: int, tls: bool, seconds: int, cpus: set[int] | None) -> int:
+    """HTTP checks answered 200 in `seconds` of closed loop (4 keep-alive HTTP/1.1 connections,
+    one request at a time each, as Envoy's connection pool to the engine)."""
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}{CHECK_PATH}/"
+    cmd = ["h2load", "--h1", "-c4", "-m1", f"-D{seconds}", "--warm-up-time=1", url]
+    for header in HTTP_CHECK_HEADERS:
+        cmd[1:1] = ["-H", header]
+    done = run_load(cmd, seconds, cpus)
+    found = re.search(r"(\d+) succeeded, (\d+) failed, (\d+) errored", done.stdout)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx", done.stdout)
+    if done.returncode != 0 or found is None or codes is None or codes.group(3) != "0":
+        raise SystemExit(f"h2load --h1 against the engine failed: {done.stdout[-800:]}")
+    return int(codes.group(1))
+
+
+def _load(engine: Engine, frame: Path, seconds: int, cpus: set[int] | None) -> int:
+    if engine.servicer in HTTP_SERVICERS:
+        return h1load(engine.port, engine.servicer == "engine-https", seconds, cpus)
+    return h2load(engine.port, frame, seconds, cpus)
+
+
 def engine_alone(
     start: Callable[[str], Any],
     address: str,
@@ -241,15 +367,15 @@ def engine_alone(
     """servicer → checks/s and CPU µs per Check (engine process only), interleaved rounds."""
     frame = folder / "check.grpc"
     frame.write_bytes(check_frame(address))
-    names = list(SERVICERS)
+    names = list(ALONE)
     engines = {name: start(name) for name in names}
-    totals = {name: [0, 0.0, 0] for name in SERVICERS}  # checks, CPU s, h2load successes
+    totals = {name: [0, 0.0, 0] for name in ALONE}  # checks, CPU s, h2load successes
     try:
         for r in range(rounds):
             for name in names if r % 2 == 0 else names[::-1]:
                 progress(f"engine alone, round {r + 1}/{rounds}: {name} ({seconds} s)")
                 before = engines[name].stats()
-                answered = h2load(engines[name].port, frame, seconds, layout.others)
+                answered = _load(engines[name], frame, seconds, layout.others)
                 after = engines[name].stats()
                 totals[name][0] += after.checks - before.checks
                 totals[name][1] += after.cpu_s - before.cpu_s
@@ -270,8 +396,8 @@ def print_engine_alone(alone: dict[str, dict[str, float]], seconds: int) -> None
     echo = alone["grpc-echo"]
     print()
     print(
-        f"engine alone (h2load -c4 over plaintext gRPC, no Envoy; {seconds} s per servicer; "
-        "engine pinned to one CPU):"
+        f"engine alone (h2load -c4: gRPC, or --h1 for the HTTP front; no Envoy; {seconds} s per "
+        "servicer; engine pinned to one CPU):"
     )
     print("  servicer         checks/s  CPU µs/check  CPU × grpc-echo")
     for name, row in alone.items():
@@ -286,3 +412,10 @@ def print_engine_alone(alone: dict[str, dict[str, float]], seconds: int) -> None
         f"  our code (engine - grpc-echo): {engine - floor:.1f} µs per Check; grpc.aio's own "
         f"per-call cost: {floor:.1f} µs ({floor / engine:.0%} of the engine's)"
     )
+    if "engine-http" in alone:
+        http, https = alone["engine-http"]["cpu_us_per_check"], alone["engine-https"]
+        print(
+            f"  HTTP front: {http:.1f} µs per check ({http / engine:.2f}× gRPC's), with TLS "
+            f"{https['cpu_us_per_check']:.1f} µs: {1e6 / https['cpu_us_per_check']:,.0f} "
+            "checks/s per core of CPU"
+        )

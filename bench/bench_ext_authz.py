@@ -42,6 +42,7 @@ import signal
 import statistics
 import sys
 import tempfile
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,41 +58,69 @@ from meshwarden.xds import (
     loopback_cluster,
     workload_resources,
 )
+from meshwarden.xds._envoy import static_cluster, upstream_tls
 
 AUTHZ_CLUSTER = "meshwarden-ext-authz"
 OPA_ANCHOR = {"p50_ms": 0.2, "p99_ms": 1.5}  # OPA-Envoy evaluation at 1,000 req/s
+EXT_LABELS = ("ext_authz", "ext_authz_http")  # gRPC Check, and `extAuthz.transport: http`
 
 
-def ext_documents(n: int, address: str, backend_port: int) -> list[dict[str, Any]]:
-    """bench_dataplane's documents with `enforcement: ext-authz`."""
+def ext_documents(
+    n: int, address: str, backend_port: int, transport: str = "grpc"
+) -> list[dict[str, Any]]:
+    """bench_dataplane's documents with `enforcement: ext-authz` over `transport`."""
     docs = harness.mesh_documents(n, address, backend_port)
     docs[0]["spec"]["enforcement"] = "ext-authz"
+    docs[0]["spec"]["extAuthz"] = {"transport": transport}
     return docs
 
 
 def ext_authz_config(
-    n: int, address: str, backend_port: int, ids: Identities
+    n: int, address: str, backend_port: int, ids: Identities, transport: str = "grpc"
 ) -> tuple[Config, list[dict[str, Any]]]:
     """The server sidecar in ext-authz mode (the cluster to the engine is added at start) and
     its documents: bench_dataplane's with `enforcement: ext-authz`."""
-    docs = ext_documents(n, address, backend_port)
+    docs = ext_documents(n, address, backend_port, transport)
     compiled = harness.load_mesh(docs)
     ctx = TranslationContext(
-        static_tls=ids.server, inline_routes=True, ext_authz_cluster=AUTHZ_CLUSTER
+        static_tls=ids.server,
+        inline_routes=True,
+        ext_authz_cluster=AUTHZ_CLUSTER,
+        ext_authz_http_cluster=AUTHZ_CLUSTER,
     )
     resources = workload_resources(compiled, SERVER, ctx)
     [listener] = [r for r in resources[LISTENER] if r["name"] == f"in:{PORT}"]
     [local] = resources[CLUSTER]
-    return Config("ext_authz", n, address, listener, local), docs
+    label = "ext_authz" if transport == "grpc" else "ext_authz_http"
+    return Config(label, n, address, listener, local), docs
 
 
-def check_enforcement(configs: Sequence[Config], ids: Identities, engine: Engine) -> None:
+def mtls_cluster(port: int, ids: Identities) -> dict[str, Any]:
+    """The server sidecar's HTTP/1.1 cluster to the engine's front, over mTLS with its SVID
+    (as in production: the front requires a client certificate from the bundle)."""
+    tls = ids.server
+    certificate = {
+        "certificateChain": {"filename": tls.certificate_chain},
+        "privateKey": {"filename": tls.private_key},
+    }
+    validation = {"trustedCa": {"filename": tls.trust_bundle}}
+    common = {"tlsCertificates": [certificate], "validationContext": validation}
+    return {
+        **static_cluster(AUTHZ_CLUSTER, "127.0.0.1", port),
+        "transportSocket": upstream_tls(commonTlsContext=common),
+    }
+
+
+def check_enforcement(
+    configs: Sequence[Config], ids: Identities, engines: dict[str, Engine]
+) -> None:
     for c in configs:
+        engine = engines[c.label]
         before = engine.stats().checks
         status = harness.mtls_status(c.address, ids.intruder)
         if status != 403:
             raise SystemExit(f"{c.name}: {harness.INTRUDER_ID} got {status}, expected 403")
-        if c.label == "ext_authz" and engine.stats().checks != before + 1:
+        if c.label != "native" and engine.stats().checks != before + 1:
             raise SystemExit(f"{c.name}: denied without asking the engine")
         status, body = harness.http_get(f"http://127.0.0.1:{c.local_port}/")
         if status != 200 or body != harness.BACKEND_BODY:
@@ -138,8 +167,8 @@ class Rate:
     latencies: dict[str, list[float]] = field(default_factory=dict)  # mode → ms
     server_cpu_s: dict[str, float] = field(default_factory=dict)
     engine_cpu_s: dict[str, float] = field(default_factory=dict)
-    engine_us: list[float] = field(default_factory=list)  # Check handler times (ext_authz)
-    paired: dict[str, list[float]] = field(default_factory=lambda: {"p50_ms": [], "p99_ms": []})
+    engine_us: dict[str, list[float]] = field(default_factory=dict)  # Check handler times
+    paired: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def run(
         self,
@@ -162,14 +191,14 @@ class Rate:
         self.engine_cpu_s[c.label] = (
             self.engine_cpu_s.get(c.label, 0.0) + after.cpu_s - before.cpu_s
         )
-        self.engine_us += after.handler_us[len(before.handler_us) :]
+        self.engine_us.setdefault(c.label, []).extend(after.handler_us[len(before.handler_us) :])
         self.latencies.setdefault(c.label, []).extend(latencies)
         return quantile(latencies, 50), quantile(latencies, 99)
 
 
 def measure(
     configs: Sequence[Config],
-    engine: Engine,
+    engines: dict[str, Engine],
     args: argparse.Namespace,
     folder: Path,
     layout: Layout,
@@ -186,9 +215,10 @@ def measure(
                 progress(
                     f"round {r + 1}/{args.rounds}: {c.name} at {rate:,} req/s ({args.seconds} s)"
                 )
-                one[c.label] = state.run(c, rate, args, engine, procs, layout, folder)
-            for i, key in enumerate(("p50_ms", "p99_ms")):
-                state.paired[key].append(one["ext_authz"][i] / one["native"][i])
+                one[c.label] = state.run(c, rate, args, engines[c.label], procs, layout, folder)
+            for label in EXT_LABELS:
+                for i, key in enumerate(("p50_ms", "p99_ms")):
+                    state.paired[f"{label}:{key}"].append(one[label][i] / one["native"][i])
     closed = {}
     for c in configs:
         progress(f"closed loop: {c.name} (wrk -c{args.connections}, {args.closed_seconds} s)")
@@ -220,24 +250,31 @@ def summarize(m: dict[str, Any]) -> dict[str, Any]:
                 "server_cpu_us_per_req": state.server_cpu_s[label] * per_req,
                 "engine_cpu_us_per_req": state.engine_cpu_s[label] * per_req,
             }
-        handler = state.engine_us
         rates[rate] = {
             **modes,
-            "ext_authz_over_native": {
-                k: modes["ext_authz"][k] / modes["native"][k] for k in ("p50_ms", "p99_ms")
+            "over_native": {
+                label: {k: modes[label][k] / modes["native"][k] for k in ("p50_ms", "p99_ms")}
+                for label in EXT_LABELS
             },
             "paired_rounds": {k: sorted(v) for k, v in state.paired.items()},
             "engine_check_handler": {
-                "calls": len(handler),
-                "p50_ms": quantile(handler, 50) / 1000,
-                "p99_ms": quantile(handler, 99) / 1000,
+                label: {
+                    "calls": len(handler),
+                    "p50_ms": quantile(handler, 50) / 1000,
+                    "p99_ms": quantile(handler, 99) / 1000,
+                }
+                for label, handler in state.engine_us.items()
+                if label != "native"
             },
         }
     closed = m["closed"]
-    ratios = {k: closed["ext_authz"][k] / closed["native"][k] for k in ("p50_ms", "p99_ms", "rps")}
+    ratios = {
+        label: {k: closed[label][k] / closed["native"][k] for k in ("p50_ms", "p99_ms", "rps")}
+        for label in EXT_LABELS
+    }
     return {
         "fixed_rate": rates,
-        "closed_loop": {**closed, "ext_authz_over_native": ratios},
+        "closed_loop": {**closed, "over_native": ratios},
         "opa_envoy_anchor": OPA_ANCHOR,
     }
 
@@ -266,31 +303,36 @@ def print_report(report: dict[str, Any]) -> None:
 def print_end_to_end(report: dict[str, Any]) -> None:
     a = report["settings"]
     print()
-    print("   req/s  mode        p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
+    print("   req/s  mode            p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
     for rate, row in report["fixed_rate"].items():
-        for label in ("native", "ext_authz"):
+        for label in ("native", *EXT_LABELS):
             x = row[label]
             print(
-                f"{rate:>8,}  {label:<10} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
+                f"{rate:>8,}  {label:<14} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
                 f"{x['server_cpu_us_per_req']:19.1f} "
                 f"{x['engine_cpu_us_per_req']:18.1f}"
             )
-        q, p, h = row["ext_authz_over_native"], row["paired_rounds"], row["engine_check_handler"]
-        print(
-            f"          ext_authz/native: p50 {q['p50_ms']:.2f}× (rounds {p['p50_ms'][0]:.2f}-"
-            f"{p['p50_ms'][-1]:.2f}), p99 {q['p99_ms']:.2f}× (rounds {p['p99_ms'][0]:.2f}-"
-            f"{p['p99_ms'][-1]:.2f}); engine Check handler p50 {h['p50_ms']:.3f} ms, "
-            f"p99 {h['p99_ms']:.3f} ms"
-        )
+        for label in EXT_LABELS:
+            q, h = row["over_native"][label], row["engine_check_handler"][label]
+            p50, p99 = (
+                row["paired_rounds"][f"{label}:p50_ms"],
+                row["paired_rounds"][f"{label}:p99_ms"],
+            )
+            added = row[label]["p50_ms"] - row["native"]["p50_ms"]
+            print(
+                f"          {label}/native: p50 {q['p50_ms']:.2f}× (+{added:.2f} ms; rounds "
+                f"{p50[0]:.2f}-{p50[-1]:.2f}), p99 {q['p99_ms']:.2f}× (rounds {p99[0]:.2f}-"
+                f"{p99[-1]:.2f}); engine handler p50 {h['p50_ms']:.3f} ms, p99 {h['p99_ms']:.3f} ms"
+            )
     c = report["closed_loop"]
     print()
-    print(
-        f"closed loop (wrk -c{a['connections']}):  native p50 {c['native']['p50_ms']:.3f} ms, "
-        f"p99 {c['native']['p99_ms']:.3f} ms, {c['native']['rps']:,.0f} req/s;  ext_authz p50 "
-        f"{c['ext_authz']['p50_ms']:.3f} ms, p99 {c['ext_authz']['p99_ms']:.3f} ms, "
-        f"{c['ext_authz']['rps']:,.0f} req/s;  req/s ratio "
-        f"{c['ext_authz_over_native']['rps']:.2f}"
-    )
+    print(f"closed loop (wrk -c{a['connections']}):")
+    for label in ("native", *EXT_LABELS):
+        ratio = f", {c['over_native'][label]['rps']:.2f}× native" if label != "native" else ""
+        print(
+            f"  {label:<14} p50 {c[label]['p50_ms']:.3f} ms, p99 {c[label]['p99_ms']:.3f} ms, "
+            f"{c[label]['rps']:,.0f} req/s{ratio}"
+        )
     o = report["opa_envoy_anchor"]
     print(
         f"anchor  : OPA-Envoy reports ≈{o['p50_ms']} ms median, {o['p99_ms']} ms p99 evaluation "
@@ -333,26 +375,35 @@ def end_to_end(
     backend_port: int,
 ) -> dict[str, Any]:
     """Native RBAC against ext_authz through the sidecars, the engine in a process of its own."""
-    native_address, ext_address = harness.server_addresses(2)
+    native_address, ext_address, http_address = harness.server_addresses(3)
     progress(f"compiling {args.rules:,} rules twice ...")
     native, _, compiled, _ = harness.our_config(
         args.rules, native_address, backend_port, ids.server
     )
     native.label = "native"
     ext, ext_docs = ext_authz_config(args.rules, ext_address, backend_port, ids)
-    for c in (native, ext):
+    http, http_docs = ext_authz_config(args.rules, http_address, backend_port, ids, "http")
+    for c in (native, ext, http):
         c.local_port = harness.free_port()
-    procs, engine = Processes(folder), Engine(ext_docs, None)
+    procs = Processes(folder)
+    grpc_engine = Engine(ext_docs, None)
+    tls = ids.server
+    http_engine = Engine(
+        http_docs, None, "engine-mtls", (tls.certificate_chain, tls.private_key, tls.trust_bundle)
+    )
+    engines = {"native": grpc_engine, "ext_authz": grpc_engine, "ext_authz_http": http_engine}
     try:
-        progress("starting 4 Envoys ...")
-        ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, engine.port)]
-        harness.start(procs, [native, ext], compiled, ids, backend_port, layout)
-        check_enforcement((native, ext), ids, engine)
-        progress("both modes: 403 for an unnamed identity, 200 for the client")
-        return measure([native, ext], engine, args, folder, layout, procs)
+        progress("starting 5 Envoys ...")
+        ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, grpc_engine.port)]
+        http.extra_clusters = [mtls_cluster(http_engine.port, ids)]
+        harness.start(procs, [native, ext, http], compiled, ids, backend_port, layout)
+        check_enforcement((native, ext, http), ids, engines)
+        progress("all modes: 403 for an unnamed identity, 200 for the client")
+        return measure([native, ext, http], engines, args, folder, layout, procs)
     finally:
         procs.stop_all()
-        engine.stop()
+        grpc_engine.stop()
+        http_engine.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,8 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         measured = None if args.engine_only else end_to_end(args, layout, folder, ids, backend_port)
         address = "127.0.213.1"  # the engine alone: named in the CheckRequest, never bound
         docs = ext_documents(args.rules, address, backend_port)
+        tls = (ids.server.certificate_chain, ids.server.private_key)
         alone = engine_alone(
-            lambda servicer: Engine(docs, layout.server, servicer),
+            lambda servicer: Engine(docs, layout.server, servicer, tls),
             address,
             layout,
             folder,

@@ -19,6 +19,7 @@ from meshwarden.identities._errors import (
     SvidValidationError,
 )
 from meshwarden.identities._files import check_private_dir, write_file
+from meshwarden.identities._grpc_tls import MtlsEndpoint, RotatingCredentials
 from meshwarden.identities._issued_nodes import IssuedNodes, fingerprint
 from meshwarden.identities._join_tokens import (
     SERVER_DNS_NAME,
@@ -61,10 +62,12 @@ __all__ = [
     "JwtSvid",
     "LocalEndpoint",
     "ManualClock",
+    "MtlsEndpoint",
     "NodeRecords",
     "PeerProcess",
     "ProcessPeers",
     "RegisteredWorkload",
+    "RotatingCredentials",
     "Slot",
     "SlotState",
     "StateError",

@@ -43,7 +43,9 @@ from meshwarden.identities import (
     IdentityError,
     IssuedNodes,
     JoinTokens,
+    MtlsEndpoint,
     NodeRecords,
+    RotatingCredentials,
     StateError,
     TlsEndpoint,
     TokenRedeemer,
@@ -74,7 +76,8 @@ POLICY_POLL_SECONDS = 0.05  # how often the policy files are stat()ed for change
 class ServerOptions:
     policies: Path | None  # the policy directory; None with `store`
     data_dir: Path
-    listen: str = "127.0.0.1:8443"
+    listen: str = "127.0.0.1:8443"  # node API (agents: attestation, SVIDs), Python TLS
+    xds_listen: str = "127.0.0.1:0"  # ADS, access logs, ext_authz for sidecars (grpc TLS)
     upstream_cert: Path | None = None
     upstream_key: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
@@ -113,7 +116,8 @@ class ControlPlane:
         self.health: HealthEndpoint | None = None
         self.console: Console | None = None
         self.ca: CertificateAuthority | None = None
-        self.endpoint: TlsEndpoint | None = None
+        self.endpoint: TlsEndpoint | None = None  # the node API
+        self.xds_endpoint: MtlsEndpoint | None = None  # what sidecars connect to
         self._admin: asyncio.AbstractServer | None = None
         self._server_cert_renew_at = clock.now()
         self._background: set[asyncio.Task[None]] = set()
@@ -228,12 +232,18 @@ class ControlPlane:
         self.xds.publish(frozenset(self.policies.mesh.plans) if self.policies.mesh else None)
         settle_collections()
 
-        def services(server: Any, peers: Any) -> None:
-            node_api(server, peers)
-            self.xds.add_to(server, peers)
-
-        self.endpoint = TlsEndpoint(host or "127.0.0.1", int(port), tls, services)
+        self.endpoint = TlsEndpoint(host or "127.0.0.1", int(port), tls, node_api)
         await self.endpoint.start()
+        xds_host, _, xds_port = self.options.xds_listen.rpartition(":")
+        credentials = RotatingCredentials(
+            (self.data_dir / SERVER_KEY).read_bytes(),
+            (self.data_dir / SERVER_CERT).read_bytes(),
+            self.ca.bundle().x509_pem(),
+        )
+        self.xds_endpoint = MtlsEndpoint(
+            xds_host.strip("[]") or "127.0.0.1", int(xds_port), credentials, self.xds.add_to
+        )
+        await self.xds_endpoint.start()
         self.xds.replica = self.options.replica_id or replica_name(
             self.endpoint.host, self.endpoint.port
         )
@@ -249,6 +259,13 @@ class ControlPlane:
             self.console = Console(self.options.ui, sources)
             await self.console.start()
         return f"{self.endpoint.host}:{self.endpoint.port}"
+
+    @property
+    def xds_address(self) -> str:
+        """HOST:PORT of the sidecars' listener (ADS, access logs, ext_authz) once started."""
+        assert self.xds_endpoint is not None
+        host, port = self.xds_endpoint.host, self.xds_endpoint.port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def status_report(self) -> dict[str, Any]:
         """What GET /healthz answers now (with what `up` adds to it), also without one."""
@@ -357,14 +374,20 @@ class ControlPlane:
         """Apply due CA transitions (`changed`: the shared CA already did) and renew the
         server's own certificate when due."""
         assert self.ca is not None and self.endpoint is not None
+        assert self.xds_endpoint is not None
         if self.ca.rotate() if changed is None else changed:
             self._publish()
             self._push_all()  # JWT-SVID keys of the trust domain may be in jwt_authn
-            self.endpoint.tls.load_verify_locations(cadata=self.ca.bundle().x509_pem().decode())
+            roots = self.ca.bundle().x509_pem()
+            self.endpoint.tls.load_verify_locations(cadata=roots.decode())
+            self.xds_endpoint.credentials.update(roots_pem=roots)
         if self.clock.now() >= self._server_cert_renew_at:
             self._issue_server_svid()
             self.endpoint.tls.load_cert_chain(
                 self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
+            )
+            self.xds_endpoint.credentials.update(
+                chain_pem=(self.data_dir / SERVER_CERT).read_bytes()
             )
 
     async def stop(self) -> None:
@@ -374,6 +397,8 @@ class ControlPlane:
             await self.health.stop()
         if self._admin is not None:
             self._admin.close()
+        if self.xds_endpoint is not None:
+            await self.xds_endpoint.stop()
         if self.endpoint is not None:
             await self.endpoint.stop()
         (self.data_dir / ADMIN_SOCKET).unlink(missing_ok=True)

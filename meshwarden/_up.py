@@ -131,7 +131,8 @@ class LocalMesh:
         console = f", console {self.plane.console.url}" if self.plane.console else ""
         return (
             f"{len(self.sidecars)} sidecar(s) ACKed their config; control plane "
-            f"{self.server_address}, health {self.health_url}{console}, data {self.data_dir}"
+            f"{self.server_address}, ADS {self.plane.xds_address}, health {self.health_url}"
+            f"{console}, data {self.data_dir}"
         )
 
     def _svid_expiry(self, spiffe_id: str) -> str | None:
@@ -231,7 +232,7 @@ class LocalMesh:
             _check_socket_path(path)
         await sidecar.start_sds(self.agent.cache)
         try:
-            await sidecar.start(self.server_address, self.delta)
+            await sidecar.start(self.plane.xds_address, self.delta)
         except BaseException:
             await sidecar.stop()
             raise
@@ -398,7 +399,7 @@ class LocalMesh:
                     f"exit(s) in a row; log {sidecar.log_file})"
                 )
             elif restarts.ready(now):
-                await sidecar.start(self.server_address, self.delta)
+                await sidecar.start(self.plane.xds_address, self.delta)
                 restarts.restarted(now)
 
     def _warn_bypass(self) -> None:

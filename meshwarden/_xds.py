@@ -4,7 +4,6 @@ cache the ADS server watches; sidecars are admitted by the SPIFFE ID their mTLS 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import threading
@@ -14,7 +13,6 @@ from typing import Any
 
 from meshwarden._flows import FlowLog, engine_attribution
 from meshwarden._policies import Policies, collection_paused
-from meshwarden.identities import IdentityError
 from meshwarden.xds import (
     XDS_CLUSTER,
     AccessLogReceiver,
@@ -29,9 +27,10 @@ from meshwarden.xds import (
     access_log_handler,
     ads_handler,
     authorization_handler,
+    peer_certificate,
+    peer_spiffe_id,
     registered_workload,
     registry_authorizer,
-    relayed_peer_spiffe_id,
     sidecar_sync,
 )
 
@@ -178,36 +177,33 @@ class MeshXds:
                 self.cache.clear(ref)
         self.pushes += 1
 
-    def add_to(self, server: Any, peers: Any) -> None:
-        """Register ADS on a grpc.aio server behind `identities.TlsEndpoint`."""
+    def add_to(self, server: Any) -> None:
+        """Register ADS, the access-log service and ext_authz Check on a grpc.aio server whose
+        TLS requires a client certificate (`identities.MtlsEndpoint`): each call's peer is
+        the SPIFFE ID in the certificate grpc verified."""
 
         def registry() -> Any:
             assert self.policies.registry is not None
             return self.policies.registry
 
         def presented(node: str, context: Any) -> None:
-            with contextlib.suppress(IdentityError):
-                certificate = peers.of(context).certificate
-                if certificate is not None:
-                    self.cache.presented(node, certificate.not_valid_after_utc)
+            certificate = peer_certificate(context)
+            if certificate is not None:
+                self.cache.presented(node, certificate.not_valid_after_utc)
 
         ads = AggregatedDiscovery(
-            self.cache,
-            registry_authorizer(registry),
-            observer=self.cache,
-            peer_identity=relayed_peer_spiffe_id(peers),
-            admitted=presented,
+            self.cache, registry_authorizer(registry), observer=self.cache, admitted=presented
         )
         server.add_generic_rpc_handlers((ads_handler(ads),))
         flows = AccessLogReceiver(
             self.flows,
             registry_authorizer(registry),
-            relayed_peer_spiffe_id(peers),
+            peer_spiffe_id,
             engine_attribution(lambda: self.policies.mesh),
         )
         server.add_generic_rpc_handlers((access_log_handler(flows),))
         authorization = Authorization(
-            registered_workload(lambda: self.policies.mesh, relayed_peer_spiffe_id(peers))
+            registered_workload(lambda: self.policies.mesh, peer_spiffe_id)
         )
         server.add_generic_rpc_handlers((authorization_handler(authorization),))
 

@@ -22,8 +22,9 @@ from meshwarden.xds._ext_authz_http import (
 )
 from meshwarden.xds._loopback import loopback_cluster, serve_on_loopback
 from meshwarden.xds._node_auth import (
+    peer_certificate,
+    peer_spiffe_id,
     registry_authorizer,
-    relayed_peer_spiffe_id,
     workload_authorizer,
 )
 from meshwarden.xds._observability import TelemetryObserver
@@ -64,9 +65,10 @@ __all__ = [
     "bootstrap",
     "envoy_binary",
     "loopback_cluster",
+    "peer_certificate",
+    "peer_spiffe_id",
     "registered_workload",
     "registry_authorizer",
-    "relayed_peer_spiffe_id",
     "replica_order",
     "sds_handler",
     "serve_authz_http",

@@ -4,7 +4,6 @@ node id claiming another workload is refused (node fields are client-asserted)."
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
 
 import grpc
 from cryptography import x509
@@ -16,39 +15,29 @@ NodeAuthorizer = Callable[[str | None, str, str], str]
 PermissionError with the reason when the peer may not act as that node."""
 
 
-def peer_spiffe_id(context: grpc.aio.ServicerContext) -> str | None:
-    """The SPIFFE ID in the verified client certificate of this call; None without mTLS or when
-    the certificate carries no SPIFFE ID. Needs a server with `require_client_auth=True`, so
-    the chain has been verified against the trust bundle before the call starts."""
+def peer_certificate(context: grpc.aio.ServicerContext) -> x509.Certificate | None:
+    """The client certificate of this call, verified against the trust bundle during the
+    handshake (a server with `require_client_auth`: `identities.MtlsEndpoint`); None without
+    one."""
     pems = context.auth_context().get("x509_pem_cert") or []
     if not pems:
         return None
     try:
-        return str(spiffe_id_of(x509.load_pem_x509_certificate(pems[0])))
-    except (ValueError, IdentityError):
+        return x509.load_pem_x509_certificate(pems[0])
+    except ValueError:
         return None
 
 
-class RelayedPeers(Protocol):
-    """`TlsEndpoint.peers`: what the Python TLS front learnt about a relayed connection."""
-
-    def of(self, context: grpc.aio.ServicerContext) -> Any: ...
-
-
-def relayed_peer_spiffe_id(
-    peers: RelayedPeers,
-) -> Callable[[grpc.aio.ServicerContext], str | None]:
-    """`peer_spiffe_id` for services behind `identities.TlsEndpoint`, where TLS ends in Python
-    (the certificate was verified there, when the client sent one)."""
-
-    def identify(context: grpc.aio.ServicerContext) -> str | None:
-        try:
-            certificate = peers.of(context).certificate
-            return None if certificate is None else str(spiffe_id_of(certificate))
-        except IdentityError:
-            return None
-
-    return identify
+def peer_spiffe_id(context: grpc.aio.ServicerContext) -> str | None:
+    """The SPIFFE ID in the verified client certificate of this call; None without mTLS or when
+    the certificate carries no (valid) SPIFFE ID."""
+    certificate = peer_certificate(context)
+    if certificate is None:
+        return None
+    try:
+        return str(spiffe_id_of(certificate))
+    except IdentityError:
+        return None
 
 
 def workload_authorizer(workloads: Callable[[], Mapping[str, str]]) -> NodeAuthorizer:

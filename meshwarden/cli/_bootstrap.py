@@ -25,12 +25,12 @@ user can enter). There is no TCP admin port: any local user could stop a sidecar
 
 EXAMPLES = """\
 examples:
-  meshwarden bootstrap --workload shop/backend-1 --server 10.0.0.1:8443 \\
+  meshwarden bootstrap --workload shop/backend-1 --server 10.0.0.1:8444 \\
       --trust-domain example.org --sds-socket /run/meshwarden/sds.sock --output-file backend-1.json
-  meshwarden sidecar --workload shop/backend-1 --server 10.0.0.1:8443 \\
+  meshwarden sidecar --workload shop/backend-1 --server 10.0.0.1:8444 \\
       --trust-domain example.org --sds-socket /run/meshwarden/sds.sock \\
       --admin-socket /run/meshwarden/backend-1/admin.sock
-  meshwarden sidecar --workload shop/backend-1 --user mw-backend --server 10.0.0.1:8443 \\
+  meshwarden sidecar --workload shop/backend-1 --user mw-backend --server 10.0.0.1:8444 \\
       --trust-domain example.org --sds-socket /run/meshwarden/sds.sock"""
 
 
@@ -43,7 +43,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=host_port_list,
         required=True,
         metavar="HOST:PORT[,...]",
-        help="the control plane's ADS (`meshwarden server --listen`); replicas: list "
+        help="the control plane's ADS (`meshwarden server --xds-listen`); replicas: list "
         "each, comma-separated (failover needs no restart)",
     )
     parser.add_argument(

@@ -22,7 +22,7 @@ EXAMPLES = """\
 examples:
   meshwarden server /etc/meshwarden/policies --data-dir /var/lib/meshwarden
   meshwarden server policies/ --data-dir data/ --listen 10.0.0.1:8443 \\
-      --otlp-endpoint http://127.0.0.1:4317"""
+      --xds-listen 10.0.0.1:8444 --otlp-endpoint http://127.0.0.1:4317"""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "server",
         help="run the control plane (CA, node API, ADS)",
         description="Run the control plane: the CA of the mesh's trust domain, the node API "
-        "that agents attest to, and ADS for Envoy sidecars (mTLS with their workload SVIDs). "
+        "that agents attest to (--listen), and ADS for Envoy sidecars with their access logs "
+        "and ext_authz checks (--xds-listen; mTLS with their workload SVIDs). "
         "Policies are reloaded when files change; a broken change keeps the last good config. "
         "Prints a line starting with 'ready' once it serves.",
         epilog=EXAMPLES,
@@ -56,7 +57,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=host_port,
         default="127.0.0.1:8443",
         metavar="HOST:PORT",
-        help="node API and ADS for agents and sidecars (mTLS)",
+        help="the node API for agents: join-token attestation, node SVIDs, packet filter "
+        "tables (TLS; a client certificate is optional, a join token stands in for one) "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--xds-listen",
+        type=host_port,
+        default="127.0.0.1:8444",
+        metavar="HOST:PORT",
+        help="ADS, access logs and ext_authz for Envoy sidecars (`meshwarden sidecar "
+        "--server`); mTLS: a client without a workload SVID of the mesh's trust bundle fails "
+        "the handshake (default %(default)s; port 0 picks one)",
     )
     parser.add_argument(
         "--health",
@@ -197,6 +209,7 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         policies=args.policies,
         data_dir=args.data_dir,
         listen=args.listen,
+        xds_listen=args.xds_listen,
         upstream_cert=args.upstream_ca_cert,
         upstream_key=args.upstream_ca_key,
         health=args.health,
@@ -224,6 +237,9 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         )
         console = f", console {plane.console.url}" if plane.console else ""
         domain = plane.ca.trust_domain
-        return f"node API and ADS on {address}, trust domain {domain}{health}{console}"
+        return (
+            f"node API on {address}, ADS on {plane.xds_address}, trust domain {domain}"
+            f"{health}{console}"
+        )
 
     return asyncio.run(serve_until_signalled(start, plane.run, plane.stop, "meshwarden server"))

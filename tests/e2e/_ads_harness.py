@@ -14,20 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey as PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import SpiffeId, TrustDomain
 from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
+    MtlsEndpoint,
+    RotatingCredentials,
     SystemClock,
-    TlsEndpoint,
     X509Svid,
     generate_key,
     private_key_pkcs8_pem,
     server_spiffe_id,
-    server_tls_context,
 )
 from meshwarden.xds import (
     CLUSTER,
@@ -39,7 +38,6 @@ from meshwarden.xds import (
     Snapshot,
     SnapshotCache,
     ads_handler,
-    relayed_peer_spiffe_id,
     workload_authorizer,
 )
 
@@ -86,57 +84,40 @@ class Pki:
 
 class AdsServer:
     """Our ADS server on 127.0.0.1 with a fresh `SnapshotCache`; `restart` replaces both
-    (a new process, as far as Envoy can tell) on the same port. mTLS is done by grpc
-    (`require_client_auth`), or with `front` by `identities.TlsEndpoint` (TLS ends in Python,
-    as in `meshwarden server`, which shares its port with the node API)."""
+    (a new process, as far as Envoy can tell) on the same port. mTLS is done by grpc's C core
+    through `identities.MtlsEndpoint`, as on `meshwarden server --xds-listen`."""
 
     def __init__(
         self,
         loop: LoopThread,
         pki: Pki,
-        directory: Path,
-        front: bool = False,
         impostor: str | None = None,
     ) -> None:
-        self.loop, self._pki, self._front = loop, pki, front
+        self.loop, self._pki = loop, pki
         # the DNS name only for grpc's Python client, which checks host names, not SPIFFE IDs;
         # an `impostor` serves with that (workload) SPIFFE ID instead of the server's
         self._credentials = (
             pki.mint(impostor) if impostor else pki.mint_server(dns_names=("localhost",))
         )
-        self._files = directory / "server.pem", directory / "server.key"
-        self._files[0].write_bytes(self._credentials.chain)
-        self._files[1].write_bytes(self._credentials.key)
         self.port = 0
         self.cache, self._stop = self._start()
 
     def _start(self) -> tuple[SnapshotCache, Callable[[], Awaitable[None]]]:
         cache = SnapshotCache()
-        start = self._start_front if self._front else self._start_grpc
-        stop, self.port = self.loop.run(start(cache))
+        stop, self.port = self.loop.run(self._serve(cache))
         return cache, stop
 
-    async def _start_grpc(self, cache: SnapshotCache) -> tuple[Callable[[], Awaitable[None]], int]:
+    async def _serve(self, cache: SnapshotCache) -> tuple[Callable[[], Awaitable[None]], int]:
         ads = AggregatedDiscovery(cache, workload_authorizer(lambda: {NODE: WEB_ID}), cache)
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((ads_handler(ads),))
-        credentials = grpc.ssl_server_credentials(
-            [(self._credentials.key, self._credentials.chain)],
-            root_certificates=self._pki.bundle_pem(),
-            require_client_auth=True,
+        credentials = RotatingCredentials(
+            self._credentials.key, self._credentials.chain, self._pki.bundle_pem()
         )
-        port = server.add_secure_port(f"127.0.0.1:{self.port}", credentials)
-        await server.start()
-        return lambda: server.stop(0), port
-
-    async def _start_front(self, cache: SnapshotCache) -> tuple[Callable[[], Awaitable[None]], int]:
-        def services(server: grpc.aio.Server, peers: Any) -> None:
-            authorize = workload_authorizer(lambda: {NODE: WEB_ID})
-            ads = AggregatedDiscovery(cache, authorize, cache, relayed_peer_spiffe_id(peers))
-            server.add_generic_rpc_handlers((ads_handler(ads),))
-
-        tls = server_tls_context(*self._files, self._pki.bundle_pem())
-        endpoint = TlsEndpoint("127.0.0.1", self.port, tls, services)
+        endpoint = MtlsEndpoint(
+            "127.0.0.1",
+            self.port,
+            credentials,
+            lambda server: server.add_generic_rpc_handlers((ads_handler(ads),)),
+        )
         await endpoint.start()
         return lambda: endpoint.stop(0), endpoint.port
 

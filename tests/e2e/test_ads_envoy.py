@@ -39,7 +39,6 @@ from .conftest import RunningEnvoy
 
 pytestmark = pytest.mark.e2e
 MODES = pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-FRONTS = pytest.mark.parametrize("ads", ["grpc-tls", "tls-front"], indirect=True)
 StartEnvoy = Callable[[dict[str, Any]], RunningEnvoy]
 
 
@@ -48,11 +47,11 @@ def pki() -> Pki:
     return Pki()
 
 
-@pytest.fixture(params=["grpc-tls"])
-def ads(request: pytest.FixtureRequest, pki: Pki, tmp_path: Path) -> Iterator[AdsServer]:
-    """The ADS server; tests parametrized with `@FRONTS` also run behind the Python TLS front."""
+@pytest.fixture
+def ads(pki: Pki, tmp_path: Path) -> Iterator[AdsServer]:
+    """The ADS server (TLS in grpc's C core, as `meshwarden server --xds-listen`)."""
     loop = LoopThread()
-    server = AdsServer(loop, pki, tmp_path, front=request.param == "tls-front")
+    server = AdsServer(loop, pki)
     try:
         yield server
     finally:
@@ -112,7 +111,6 @@ def _dynamic(proxy: RunningEnvoy, resource: str) -> list[dict[str, Any]]:
 
 
 @MODES
-@FRONTS
 def test_envoy_serves_the_snapshot_and_applies_pushed_changes(
     envoy: StartEnvoy,
     ads: AdsServer,
@@ -294,7 +292,6 @@ def test_a_client_whose_certificate_is_not_its_node_id_is_refused(ads: AdsServer
     assert ads.read(lambda c: c.status(NODE).streams) == 0
 
 
-@FRONTS
 def test_an_envoy_proving_another_identity_gets_no_configuration(
     envoy: StartEnvoy,
     ads: AdsServer,

@@ -242,6 +242,8 @@ def test_every_crash_trigger_leaves_a_server_serving(tmp_path: Path) -> None:
         str(tmp_path / "data"),
         "--listen",
         "127.0.0.1:0",
+        "--xds-listen",
+        "127.0.0.1:0",
     ]
     log = tmp_path / "server.log"
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)

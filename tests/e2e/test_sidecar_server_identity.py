@@ -79,7 +79,7 @@ def test_a_sidecar_accepts_only_the_exact_server_id(
     tmp_path: Path,
     impostor: str | None,
 ) -> None:
-    ads = AdsServer(loop, pki, tmp_path, impostor=impostor)
+    ads = AdsServer(loop, pki, impostor=impostor)
     try:
         proxy = _sidecar(envoy, ads, sds_socket)
         if impostor is None:  # the real control plane: the sidecar ACKs its configuration

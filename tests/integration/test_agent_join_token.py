@@ -28,6 +28,8 @@ def server(tmp_path: Path) -> Iterator[str]:
             str(tmp_path / "server"),
             "--listen",
             "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
         ],
         tmp_path / "server.log",
     )

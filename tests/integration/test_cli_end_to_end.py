@@ -57,6 +57,8 @@ def test_server_agent_and_svid_fetch_end_to_end(
             str(server_dir),
             "--listen",
             "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
         ],
         tmp_path / "server.log",
     )

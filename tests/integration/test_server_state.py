@@ -25,6 +25,8 @@ def _server(tmp_path: Path, *extra: str) -> list[str]:
         data,
         "--listen",
         "127.0.0.1:0",
+        "--xds-listen",
+        "127.0.0.1:0",
         "--health",
         "127.0.0.1:0",
         *extra,

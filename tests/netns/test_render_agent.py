@@ -81,6 +81,8 @@ def test_agent_enforces_its_nodes_table_and_follows_policy_changes(tmp_path: Pat
                 str(server_dir),
                 "--listen",
                 "127.0.0.1:0",
+                "--xds-listen",
+                "127.0.0.1:0",
             ],
             tmp_path / "s.log",
         )

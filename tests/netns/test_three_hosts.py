@@ -20,7 +20,8 @@ import pytest
 from ._hosts import ADDRESSES, ThreeHosts, meshwarden
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "shop-hosts"
-SERVER = f"{ADDRESSES['host-a']}:8443"
+SERVER = f"{ADDRESSES['host-a']}:8443"  # the node API, for the agents
+ADS = f"{ADDRESSES['host-a']}:8444"  # for the sidecars
 # workload, host, uid of its sidecar, app port (behind the sidecar)
 WORKLOADS = (
     ("shop/frontend-1", "host-a", 2001, 18080),
@@ -42,6 +43,8 @@ def _control_plane(lab: ThreeHosts) -> None:
             str(data),
             "--listen",
             "0.0.0.0:8443",
+            "--xds-listen",
+            "0.0.0.0:8444",
             "--health",
             "127.0.0.1:9090",
         ),
@@ -104,7 +107,7 @@ def _sidecar(lab: ThreeHosts, workload: str, host: str, uid: int, sds: Path, log
             "--user",
             str(uid),
             "--server",
-            SERVER,
+            ADS,
             "--trust-domain",
             "shop.example",
             "--sds-socket",

@@ -158,12 +158,15 @@ def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
             str(data),
             "--listen",
             "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
             "--health",
             "127.0.0.1:0",
         )
-        servers.append((process, line.split(" on ")[1].split(",")[0]))
+        ads = line.split("ADS on ")[1].split(",")[0]
+        servers.append((process, line.split(" on ")[1].split(",")[0], ads))
         healths.append(line.rsplit("health ", 1)[1].strip())
-    replicas = ",".join(address for _, address in servers)
+    replicas = ",".join(address for _, address, _ in servers)
     token = _run("token", "create", "--store", url, "--node", "host-a").strip()
     bundle = tmp_path / "bundle.pem"
     _run("ca", "bundle", "--store", url, "--output-file", str(bundle))
@@ -191,7 +194,7 @@ def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
             "--workload",
             "shop/backend-1",
             "--server",
-            replicas,
+            ",".join(ads for _, _, ads in servers),
             "--trust-domain",
             "example.org",
             "--sds-socket",

@@ -115,13 +115,14 @@ def _follow_a_moving_name(url: str, tmp_path: Path, processes: Processes) -> Non
     policies.mkdir()
     write(policies / "mesh.yaml", _documents(["backend-1"]))
     _run("apply", str(policies), "--store", url)
-    kek, listen = write_kek(tmp_path), free_port()
+    kek, listen, xds = write_kek(tmp_path), free_port(), free_port()
     replicas, healths = [], []
     for n, address in enumerate(("127.0.0.1", "127.0.0.2")):  # one port, two addresses
         process, line = processes.start(
             f"replica{n}",
             *("server", "--store", url, "--kek-file", str(kek), "--data-dir"),
             *(str(tmp_path / f"r{n}"), "--listen", f"{address}:{listen}"),
+            *("--xds-listen", f"{address}:{xds}"),
             *("--health", "127.0.0.1:0"),
         )
         replicas.append(process)
@@ -149,7 +150,7 @@ def _follow_a_moving_name(url: str, tmp_path: Path, processes: Processes) -> Non
         hosts,
         processes,
         "sidecar",
-        *("sidecar", "--workload", "shop/backend-1", "--server", f"{name}:{listen}"),
+        *("sidecar", "--workload", "shop/backend-1", "--server", f"{name}:{xds}"),
         *("--trust-domain", "example.org", "--sds-socket", str(sds)),
     )
     wait_for(lambda: _connected(healths[0]), timeout=30)

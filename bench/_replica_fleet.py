@@ -84,8 +84,11 @@ def emit(result: dict[str, Any], as_json: bool, report: Callable[[dict[str, Any]
     return 0
 
 
-def server_args(url: str, kek: Path, data_dir: Path, listen: str = "127.0.0.1:0") -> list[str]:
-    """`meshwarden server` as one replica on the store at `url`."""
+def server_args(
+    url: str, kek: Path, data_dir: Path, listen: str = "127.0.0.1:0", ads: str = "127.0.0.1:0"
+) -> list[str]:
+    """`meshwarden server` as one replica on the store at `url` (node API on `listen`, the
+    sidecars' ADS on `ads`)."""
     return [
         "server",
         "--store",
@@ -96,6 +99,8 @@ def server_args(url: str, kek: Path, data_dir: Path, listen: str = "127.0.0.1:0"
         str(data_dir),
         "--listen",
         listen,
+        "--xds-listen",
+        ads,
         "--health",
         "127.0.0.1:0",
     ]
@@ -245,16 +250,18 @@ class Processes:
 
 @dataclass
 class ControlPlane:
-    """One server process: its ADS address and its /healthz URL."""
+    """One server process: its node API and ADS addresses and its /healthz URL."""
 
     process: Process
-    address: str
+    address: str  # the node API (agents)
+    ads: str  # the sidecars' listener
     health_url: str
 
     @classmethod
     def of(cls, process: Process) -> ControlPlane:
         line = process.ready
-        return cls(process, line.split(" on ")[1].split(",")[0], line.rsplit("health ", 1)[1])
+        node_api, ads = (line.split(f"{name} on ")[1].split(",")[0] for name in ("API", "ADS"))
+        return cls(process, node_api, ads, line.rsplit("health ", 1)[1])
 
 
 def write_kek(root: Path) -> Path:
@@ -354,7 +361,7 @@ def start_fleet(
             "--user",
             str(uid),
             "--server",
-            ",".join(addresses),
+            ",".join(p.ads for p in planes),
             "--trust-domain",
             TRUST_DOMAIN,
             "--sds-socket",

@@ -906,6 +906,8 @@ def run_clients(
             str(work / "data"),
             "--listen",
             "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
         ),
         work / "server.log",
     )
@@ -913,7 +915,7 @@ def run_clients(
         start = time.perf_counter()
         ready = server.wait_ready(timeout=300)
         ready_s = time.perf_counter() - start
-        target = re.search(r" on (\S+?:\d+)", ready).group(1)  # type: ignore[union-attr]
+        target = re.search(r"ADS on (\S+?:\d+)", ready).group(1)  # type: ignore[union-attr]
         printed = re.search(r"health http://[^/]+:(\d+)/", ready)
         health_port = (
             int(printed.group(1))

@@ -141,6 +141,8 @@ def start_server(root: Path) -> tuple[subprocess.Popen[str], int]:
         str(root / "data"),
         "--listen",
         "127.0.0.1:0",
+        "--xds-listen",
+        "127.0.0.1:0",
     ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert server.stdout is not None

@@ -171,6 +171,8 @@ def run_directory(mesh: FleetMesh, rounds: int, root: Path) -> dict[str, Any]:
             str(root / "dir-server"),
             "--listen",
             "127.0.0.1:0",
+            "--xds-listen",
+            "127.0.0.1:0",
             "--health",
             "127.0.0.1:0",
         )

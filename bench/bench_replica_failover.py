@@ -151,7 +151,7 @@ async def kill(
     planes: list[ControlPlane], victim: int, clients: list[Client], tasks: list[asyncio.Task[None]]
 ) -> dict[str, Any]:
     """SIGKILL one replica; when each of its clients was synced on another one."""
-    address = planes[victim].address
+    address = planes[victim].ads
     moving = [c for c in clients if c.at == address]
     versions = {c.node: c.versions() for c in clients}
     cpu = cpu_now(planes)
@@ -187,7 +187,7 @@ async def scenario(
     """First connection (the baseline, and memory), then `kills` rounds: every client
     connected afresh (so the three replicas share them again), one replica killed."""
     _, credentials = await mint(url, kek, procs.root / "store-policies")
-    addresses = [p.address for p in planes]
+    addresses = [p.ads for p in planes]
     await asyncio.sleep(2.0)
     rss_before = [p.process.rss_kib() for p in planes]
     cpu = cpu_now(planes)
@@ -251,7 +251,7 @@ def restart(procs: Processes, plane: ControlPlane, url: str, kek: Path, n: int) 
     """The killed replica again, on the address the clients know."""
     data_dir = procs.root / f"replica{n}"
     return ControlPlane.of(
-        procs.start(f"replica{n}-again", *server_args(url, kek, data_dir, plane.address))
+        procs.start(f"replica{n}-again", *server_args(url, kek, data_dir, plane.address, plane.ads))
     )
 
 

@@ -36,7 +36,7 @@ import bench_propagation as bp
 
 POLICIES_PER_FILE = 500  # a file holds at most 1,000 documents (the input limits)
 START_WORKLOADS = 1000
-DESCRIPTORS_PER_CLIENT = 2  # the server's TLS socket (grpc terminates TLS), the client's
+DESCRIPTORS_PER_CLIENT = 1  # in the server (grpc terminates TLS) and in this process alike
 
 
 def raise_descriptor_limit(wanted: int) -> int:

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from typing import Any
 
 from meshwarden.xds._codec import EnvoyMessages
+from meshwarden.xds._json_wire import Unsupported, to_wire
 from meshwarden.xds._snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from meshwarden.xds._wire import length_delimited
 
@@ -113,7 +114,7 @@ class ResourceEncoder:
         own_key = _digest(full_name.encode(), _content(own))
         body = self._cache.get(own_key)
         if body is None:
-            body = EnvoyMessages.encode(full_name, own) if own else b""
+            body = _message_bytes(full_name, own) if own else b""
             self.encoded += 1
             self._remember(own_key, body)
         else:
@@ -142,6 +143,20 @@ class ResourceEncoder:
         self._cache[key] = body
         if len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
+
+
+def _message_bytes(full_name: str, config: dict[str, Any]) -> bytes:
+    """Written from the descriptors (`_json_wire`), or by ParseDict where that cannot (which
+    also names what is wrong in a bad config)."""
+    try:
+        return to_wire(_descriptor(full_name), config)
+    except Unsupported:
+        return EnvoyMessages.encode(full_name, config)
+
+
+@functools.cache
+def _descriptor(full_name: str) -> Any:
+    return EnvoyMessages.pool().FindMessageTypeByName(full_name)
 
 
 @functools.cache

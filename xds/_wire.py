@@ -28,7 +28,12 @@ def varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]  # most tags and lengths
+
+
 def encode_varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)

@@ -65,17 +65,21 @@ def test_a_connection_flood_from_another_uid_leaves_legitimate_fetches_working(
     assert flood.stdout is not None
     assert flood.stdout.readline().strip() == str(FLOOD)  # every connect() went through
     endpoint = workload_api.endpoint
-    wait_for(lambda: endpoint.connections_accepted >= FLOOD, timeout=30)  # and was accepted
+    wait_for(lambda: endpoint.connections_accepted >= FLOOD, timeout=60)  # and was accepted
     limit = endpoint.limits.per_uid
     assert workload_api.loop.call(lambda: endpoint.gate.open[NOBODY_UID]) <= limit
     with WorkloadApiClient(workload_api.address) as client:
         svids = client.fetch_x509_svids(timeout=10)
     assert str(svids[0].spiffe_id) == "spiffe://example.org/ns/ops/sa/root-tool"
-    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(records) <= 5, [r.getMessage() for r in records]
-    assert not any(r.exc_info for r in records)
+    # A few lines for 6,744 refusals: one per kind per 10 s (the refusals, and the held
+    # connections closed as silent once the flood outlasts the 10 s first-bytes deadline, as
+    # it does on a loaded machine), no traceback.
+    records = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(records) <= 5, records
+    assert not any(r.exc_info for r in caplog.records)
     assert f"refused a connection of uid {NOBODY_UID}: {limit} open" in caplog.text
-    assert "more like it" in caplog.text or len(records) == 1
+    kinds = (f"refused a connection of uid {NOBODY_UID}", f"uid {NOBODY_UID} that sent nothing")
+    assert all(any(kind in line for kind in kinds) for line in records), records
 
 
 async def _no_jwt(spiffe_id: SpiffeId, audience: object) -> str:

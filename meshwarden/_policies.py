@@ -178,6 +178,12 @@ class Policies:
         fd = getattr(self._files, "wake_fd", None)
         return fd if isinstance(fd, int) else None
 
+    def close(self) -> None:
+        """Release what watching the source holds (the policy directory's inotify instance)."""
+        close = getattr(self._files, "close", None)
+        if callable(close):
+            close()
+
     def reload_if_changed(self) -> frozenset[str] | None:
         """The workloads whose plans changed, or None when nothing (valid) changed. Each
         reload (a settled change) is a span `meshwarden.policies.reload`. Never raises."""

@@ -235,6 +235,14 @@ class SettledDirectory:
             self._watch = WriteWatch.open(self.directory, YAML_SUFFIXES, self.settle, self._clock)
         return self._watch
 
+    def close(self) -> None:
+        """Give the write watch back (an inotify instance: a per-user resource, 128 by
+        default); later polls settle on time alone."""
+        self._watch_writes = False
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
     def forget(self) -> None:
         """Deliver the directory again on the next settled poll (even if unchanged)."""
         self._delivered = None

@@ -404,6 +404,7 @@ class ControlPlane:
         (self.data_dir / ADMIN_SOCKET).unlink(missing_ok=True)
         if self.replica is not None:
             await self.replica.close()
+        self.policies.close()  # its inotify instance, not left to the garbage collector
 
 
 def replica_name(host: str, port: int) -> str:

@@ -80,3 +80,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def inotify_fds() -> set[int]:
+    """This process's open inotify instances (a per-user resource, 128 by default)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
+                found.add(int(fd))
+        except OSError:
+            continue
+    return found

@@ -19,6 +19,7 @@ import pytest
 from meshwarden import engine
 from meshwarden._server import ControlPlane
 
+from .harness import inotify_fds
 from .test_node_attestation import POLICIES, running_plane
 
 ADDED = """
@@ -112,3 +113,14 @@ def test_healthz_answers_while_snapshots_are_built(
         during = healthz(plane)  # compiled; its snapshots are held in the build
         assert during["policyVersion"] != before and during["status"] == "ok"
         assert not served(plane)
+
+
+def test_a_stopped_control_plane_gives_its_inotify_instance_back(tmp_path: Path) -> None:
+    """inotify instances are a per-user limit (128 by default) shared by every process of the
+    user: a control plane stopped in a process that goes on (a test run, a program embedding
+    it) must not keep its policy watch until the garbage collector finds the plane."""
+    before = inotify_fds()
+    with running_plane(tmp_path) as running:
+        assert running.plane.policies.wake_fd in inotify_fds() - before
+    assert running.plane is not None  # still referenced: only `stop` could give it back
+    assert inotify_fds() - before == set()

@@ -20,6 +20,8 @@ from meshwarden._policy_files import (
 )
 from meshwarden._server import _written_or_timeout
 
+from ...integration.harness import inotify_fds
+
 
 class Clock:
     def __init__(self) -> None:
@@ -194,16 +196,6 @@ def test_the_control_plane_wakes_on_a_policy_write_instead_of_sleeping_out_its_t
 def test_a_discarded_policy_directory_gives_its_inotify_instance_back(tmp_path: Path) -> None:
     """inotify instances are a per-user limit (128 by default): a control plane that reloads, or
     a process that opens many policy directories, must not leak them until it exits."""
-
-    def inotify_fds() -> set[int]:
-        found = set()
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
-                    found.add(int(fd))
-            except OSError:
-                continue
-        return found
 
     before = inotify_fds()
     settled, _ = watched(tmp_path)

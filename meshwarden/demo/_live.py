@@ -130,13 +130,25 @@ def shop_copy(examples: Path, idp: DemoIdp) -> Path:
 _MOVABLE_PORT = re.compile(r"((?:targetPort|localPort): )(\d+)")
 
 
+def reserve_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that stays free for a server binding it with SO_REUSEADDR (Envoy's
+    listeners, `http.server`, asyncio, grpc all do): the port is left in TIME_WAIT (the
+    listening side closes first), and for that minute the kernel gives it to no bind() to port
+    0 and no connect(), so no other process on the host takes it between choosing and binding."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()[:2], timeout=10) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # this end closes first, so this end enters TIME_WAIT
+            client.recv(1)  # its FIN arrived; closing the client completes the handshake
+        return int(listener.getsockname()[1])
+
+
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 right now (held together while chosen)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.create_server(("127.0.0.1", 0))) for _ in range(count)
-        ]
-        return [s.getsockname()[1] for s in sockets]
+    """`count` distinct ports on 127.0.0.1 reserved for the demo's apps and listeners."""
+    return [reserve_port() for _ in range(count)]
 
 
 def move_to_free_ports(folder: Path) -> dict[int, int]:

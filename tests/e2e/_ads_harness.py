@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
-import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -267,12 +266,6 @@ def web_snapshot(config: WebConfig, encoder: ResourceEncoder | None = None) -> S
     encoder = encoder or ResourceEncoder()
     resources = {CLUSTER: [cluster], ENDPOINT: [assignment], LISTENER: [listener], ROUTE: [route]}
     return Snapshot.of(encoder.encode_all(resources))
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

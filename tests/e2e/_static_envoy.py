@@ -5,7 +5,6 @@ socket, and stopped."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -39,12 +38,6 @@ def compile_docs(docs: list[dict[str, Any]]) -> CompiledMesh:
     compiled, found = check_documents(documents)
     assert compiled is not None, [str(d) for d in found]
     return compiled
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

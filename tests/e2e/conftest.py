@@ -1,7 +1,7 @@
 """Real Envoy processes for end-to-end tests: `envoy` starts one from a bootstrap dict and waits
 until its admin interface (a 0600 unix socket, as for every Envoy of ours) answers; `loopback`
-hands out 127.0.0.0/8 addresses no other test (or xdist worker) uses, so listeners never
-collide."""
+hands out 127.0.0.0/8 addresses no other test (xdist worker, or suite run beside this one)
+uses, so listeners never collide."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 
 from meshwarden._sidecars import admin_request
+
+from .._loopback import Addresses
 
 _BESIDE_PYTHON = Path(sys.executable).parent / "envoy"
 
@@ -118,14 +120,12 @@ def envoy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RunningEnvoy]]:
 
 
 @pytest.fixture(scope="session")
-def _loopback_numbers() -> Iterator[int]:
-    return itertools.count(1)
+def _addresses() -> Addresses:
+    return Addresses()
 
 
 @pytest.fixture
-def loopback(_loopback_numbers: Iterator[int]) -> str:
-    """An address in 127.0.0.0/8 unique to this test within this session and worker (the
-    second octet comes from the worker's pid)."""
-    worker = os.getpid() % 250 + 1
-    n = next(_loopback_numbers)
-    return f"127.{worker}.{n // 250 % 250}.{n % 250 + 1}"
+def loopback(_addresses: Addresses) -> str:
+    """An address in 127.0.0.0/8 that no other test of this run or of any other run on this
+    host listens on (from a 127.X/16 this process holds; see tests/_loopback.py)."""
+    return _addresses.next()

@@ -22,6 +22,7 @@ from meshwarden.xds import CLUSTER, LISTENER, Snapshot, TelemetryObserver
 from meshwarden._telemetry import tracer_provider
 from meshwarden.demo import otlp_receiver
 
+from .._loopback import free_port
 from ..integration.harness import LoopThread, wait_for
 from ._ads_harness import (
     NODE,
@@ -30,7 +31,6 @@ from ._ads_harness import (
     Pki,
     WebConfig,
     bootstrap,
-    free_port,
     http_upstream,
     web_snapshot,
     write_envoy_credentials,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import secrets
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from playwright.sync_api import Page
 
 from meshwarden.demo import DemoIdp, move_to_free_ports, sample_apps, shop_copy
 
+from .._loopback import claim_net
 from ._browser import chromium_page, screenshot
 from ._live import MeshwardenUp, request, wait_for
 
@@ -40,7 +40,7 @@ class ShopMesh:
     """The demo's shop on addresses of its own (127.116.N.x), run by `meshwarden up --ui`."""
 
     def __init__(self, root: Path) -> None:
-        self.net = f"127.116.{os.getpid() % 250}"
+        self.net = claim_net()
         self.idp = DemoIdp("https://idp.example.com")
         self.folder = shop_copy(ROOT / "examples" / "shop", self.idp)
         self.ports = move_to_free_ports(self.folder)

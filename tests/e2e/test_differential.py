@@ -32,8 +32,9 @@ from meshwarden.xds import (
 
 from meshwarden.demo import DemoIdp, sample_apps
 
+from .._loopback import Addresses, free_port
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
-from ._static_envoy import compile_docs, free_port, static_envoy, write_svid
+from ._static_envoy import compile_docs, static_envoy, write_svid
 
 # `make test` runs 30 sets × 12 requests; bench/bench_differential.py runs thousands.
 SETS = int(os.environ.get("MESHWARDEN_DIFFERENTIAL_SETS", "30"))
@@ -58,9 +59,10 @@ def mesh_under_test(backend: int, tmp_path_factory: pytest.TempPathFactory) -> I
     ctx = TranslationContext(static_tls=StaticTls(chain, key, str(bundle), TD), inline_routes=True)
     idp = DemoIdp(ISSUER)
     sets, listeners, clusters = [], [], {}
+    addresses = Addresses()  # of this process: no other run's
     for i in range(SETS):
         rng = random.Random(7000 + i)
-        address = f"127.{os.getpid() % 250 + 1}.{30 + i // 250}.{i % 250 + 1}"  # per run
+        address = addresses.next()
         compiled = compile_docs(mesh_documents(rng, address, backend, idp.jwks()))
         resources = workload_resources(compiled, DESTINATION, ctx)
         for listener in resources[LISTENER]:

@@ -4,6 +4,7 @@ translated outbound side agree on which destination workloads a connection can r
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -32,8 +33,9 @@ from meshwarden.xds import (
     workload_resources,
 )
 
+from .._loopback import claim_net, free_port
 from ._mesh import document, mesh_document, service, workload
-from ._static_envoy import compile_docs, free_port, static_envoy, write_svid
+from ._static_envoy import compile_docs, static_envoy, write_svid
 
 TD = "egress.test"
 SETS = int(os.environ.get("MESHWARDEN_EGRESS_DIFFERENTIAL_SETS", "24"))
@@ -48,8 +50,13 @@ MEMBERS = {  # name -> (tier label, service account)
 SOURCE = "shop/src"
 
 
+@functools.cache
+def _net() -> str:
+    return claim_net()  # of this process: no other run's
+
+
 def _address(i: int) -> str:
-    return f"127.{os.getpid() % 200 + 20}.77.{i + 10}"
+    return f"{_net()}.{i + 10}"
 
 
 class _Member:

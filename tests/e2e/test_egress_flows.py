@@ -7,7 +7,6 @@ monitor mode, would have done while the traffic passes."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,7 +19,8 @@ import pytest
 
 from meshwarden._sidecars import admin_request
 
-from ._live import MeshwardenUp, free_port, request, sample_app
+from .._loopback import claim_net, free_port
+from ._live import MeshwardenUp, request, sample_app
 from ._mesh import (
     Document,
     app,
@@ -145,8 +145,8 @@ class EgressMesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EgressMesh]:
-    # Its own network per xdist worker (the other live-mesh tests use 127.77.x to 127.81.x).
-    egress_mesh = EgressMesh(tmp_path_factory.mktemp("egress-flows"), f"127.83.{os.getpid() % 250}")
+    # A network of its own: no other test of this run or of a run beside it listens there.
+    egress_mesh = EgressMesh(tmp_path_factory.mktemp("egress-flows"), claim_net())
     with sample_app(egress_mesh.app_port):
         egress_mesh.up.start()
         try:

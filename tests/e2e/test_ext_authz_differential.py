@@ -8,7 +8,6 @@ engine's HTTP/1.1 front)."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import time
@@ -39,9 +38,10 @@ from meshwarden.xds._ext_authz_filter import WORKLOAD_HEADER
 
 from meshwarden.demo import DemoIdp, sample_apps
 
+from .._loopback import Addresses
+from .._loopback import free_port as _free_port
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
 from ._static_envoy import compile_docs as _compile
-from ._static_envoy import free_port as _free_port
 from ._static_envoy import wait_ready as _wait_ready
 from ._static_envoy import write_svid as _write_svid
 from .test_differential import REQUESTS_PER_SET, SETS, _send
@@ -122,9 +122,10 @@ def ext_authz_mesh(
     )
     idp, backend = DemoIdp(ISSUER), _free_port()
     sets, listeners, clusters, meshes = [], [], {}, []
+    addresses = Addresses()  # of this process: no other run's
     for i in range(SETS):
         rng = random.Random(7000 + i)  # the seeds of test_differential.py: the same cases
-        address = f"127.{os.getpid() % 250 + 1}.{130 + i // 250}.{i % 250 + 1}"  # per run
+        address = addresses.next()
         docs = mesh_documents(rng, address, backend, idp.jwks())
         docs[0]["spec"]["enforcement"] = "ext-authz"
         # Verdicts, not latency, are compared: on a loaded machine the default 250 ms Check

@@ -24,8 +24,8 @@ from meshwarden.xds import (
 
 from meshwarden.demo import sample_apps
 
+from .._loopback import free_port as _free_port
 from ._static_envoy import compile_docs as _compile
-from ._static_envoy import free_port as _free_port
 from ._static_envoy import write_svid as _write_svid
 from .conftest import RunningEnvoy
 

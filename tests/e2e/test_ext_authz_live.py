@@ -4,7 +4,6 @@ the connection proves and traces each decision as a child of the request's span.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,8 @@ import pytest
 
 from meshwarden.demo import OtlpReceiver, ReceivedSpan, otlp_receiver
 
-from ._live import MeshwardenUp, exchange, free_port, request, sample_app
+from .._loopback import claim_net, free_port
+from ._live import MeshwardenUp, exchange, request, sample_app
 from ._mesh import Document, app, mesh_document, policy, shop_pair, upstream, workload, write
 
 FRONTEND_ID = "spiffe://live.test/ns/shop/sa/frontend-1"
@@ -67,7 +67,7 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("ext-authz-live")
     values: dict[str, int | str] = {
-        "net": f"127.81.{os.getpid() % 250}",
+        "net": claim_net(),
         "front_out": free_port(),
         "ops_out": free_port(),
         "app_port": free_port(),

@@ -5,7 +5,6 @@ its cause (policy and rule, or the default), dry-run outcome, source and trace i
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import select
 import socket
@@ -18,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from ._live import MeshwardenUp, free_port, request, sample_app
+from .._loopback import claim_net, free_port
+from ._live import MeshwardenUp, request, sample_app
 from ._mesh import Document, app, mesh_document, policy, port, service, upstream, workload, write
 
 
@@ -136,8 +136,8 @@ class FlowMesh:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowMesh]:
-    # Its own network per xdist worker (the other live-mesh tests use 127.77.x).
-    flow_mesh = FlowMesh(tmp_path_factory.mktemp("flows"), f"127.78.{os.getpid() % 250}")
+    # A network of its own: no other test of this run or of a run beside it listens there.
+    flow_mesh = FlowMesh(tmp_path_factory.mktemp("flows"), claim_net())
     with sample_app(flow_mesh.values["app_port"]):
         flow_mesh.up.start()
         try:

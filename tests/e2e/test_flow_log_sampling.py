@@ -3,19 +3,19 @@ denial — live, with the sidecars' own access-log filter."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from .._loopback import claim_net
 from ._live import MeshwardenUp, sample_app
 from .test_flow_log import FlowMesh
 
 
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowMesh]:
-    mesh = FlowMesh(tmp_path_factory.mktemp("sampled"), f"127.80.{os.getpid() % 250}")
+    mesh = FlowMesh(tmp_path_factory.mktemp("sampled"), claim_net())
     mesh.up = MeshwardenUp(mesh.up.policies, mesh.up.data_dir, ("--flow-log-sample", "0"))
     with sample_app(mesh.values["app_port"]):
         mesh.up.start()

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from ._live import MeshwardenUp, free_port, request, sample_app, wait_for
+from .._loopback import claim_net, free_port
+from ._live import MeshwardenUp, request, sample_app, wait_for
 from ._mesh import shop_pair, write
 
 MESH = """\
@@ -105,7 +106,7 @@ EXPECTED = {"allowed": 200, "denied": 403, "default": 403, "plaintext": "refused
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileMesh]:
-    live = HostileMesh(tmp_path_factory.mktemp("hostile"), f"127.78.{os.getpid() % 250}")
+    live = HostileMesh(tmp_path_factory.mktemp("hostile"), claim_net())
     with sample_app(live.app_port):
         live.up.start()
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import ssl
 import time
@@ -35,7 +34,8 @@ from meshwarden.xds import CLUSTER, LISTENER, StaticTls, TranslationContext, wor
 from meshwarden._sidecars import admin_request
 from meshwarden.demo import DemoIdp, sample_apps
 
-from ._static_envoy import free_port as _free_port
+from .._loopback import claim_net
+from .._loopback import free_port as _free_port
 from ._static_envoy import write_svid as _write_svid
 
 TD = "cluster.local"
@@ -282,7 +282,6 @@ def apps() -> Iterator[dict[int, int]]:
 def istio_mesh(
     apps: dict[int, int],
     tmp_path: Path,
-    _loopback_numbers: Iterator[int],
     envoy: Callable[[dict[str, Any]], Any],
 ) -> tuple[list[Any], dict[str, tuple[str, str]], DemoIdp]:
     ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
@@ -298,11 +297,9 @@ def istio_mesh(
         static_tls=StaticTls(chain, key, str(tmp_path / "bundle.pem"), TD), inline_routes=True
     )
     idp = DemoIdp(ISSUER)
-    worker = os.getpid() % 250 + 1
     sets, listeners, clusters = [], [], {}
     for i in range(SETS):
-        n = next(_loopback_numbers)  # one /24 of our own: 127.W.(200 + n % 50).0
-        net = f"127.{worker}.{200 + n % 50}"
+        net = claim_net()  # a /24 of our own
         istio = _policy_sets(net, idp.jwks())[i]
         compiled = _import(tmp_path / f"set{i}", _cluster(net, f"{net}.2"), istio, apps)
         resources = workload_resources(compiled, DEST, ctx)

@@ -16,10 +16,10 @@ import pytest
 
 from meshwarden.demo import DemoIdp
 
+from .._loopback import claim_net, free_port
 from ._live import (
     MeshwardenUp,
     exchange,
-    free_port,
     request,
     sample_app,
     static_files,
@@ -152,9 +152,9 @@ class LiveMesh:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveMesh]:
-    # A network of its own per xdist worker: Envoy would otherwise share the port with the
-    # other worker's mesh (this test's sidecars turn SO_REUSEPORT off, so that would fail).
-    mesh = LiveMesh(tmp_path_factory.mktemp("live"), f"127.77.{os.getpid() % 250}")
+    # A network of its own (no other run's worker listens there): Envoy would otherwise share
+    # the port with another mesh (this test's sidecars turn SO_REUSEPORT off, so that fails).
+    mesh = LiveMesh(tmp_path_factory.mktemp("live"), claim_net())
     jwks = {"/jwks.json": mesh.partner.jwks()}
     with sample_app(mesh.values["app_port"]), static_files(mesh.values["jwks_port"], jwks):
         mesh.up.start()

@@ -7,7 +7,6 @@ an expectation matrix — until a policy is broken, which `verify` reports by pa
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from typing import Any
 import pytest
 from meshwarden.engine import load
 
-from ._live import MeshwardenUp, free_port, request, sample_app, wait_for
+from .._loopback import claim_net, free_port
+from ._live import MeshwardenUp, request, sample_app, wait_for
 from ._mesh import Document, app, mesh_document, policy, port, service, upstream, workload, write
 
 
@@ -160,8 +160,8 @@ with socket.create_connection(("127.0.0.1", back), timeout=10) as db:
 
 @pytest.fixture(scope="module")
 def rollout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
-    # Its own network per xdist worker (other live tests use 127.77.x and 127.78.x).
-    mesh = Rollout(tmp_path_factory.mktemp("rollout"), f"127.79.{os.getpid() % 250}")
+    # A network of its own: no other test of this run or of a run beside it listens there.
+    mesh = Rollout(tmp_path_factory.mktemp("rollout"), claim_net())
     with sample_app(mesh.ports["app"]), sample_app(mesh.ports["db"]):
         mesh.up.start()
         try:

@@ -23,6 +23,7 @@ import yaml
 from meshwarden.cli import main
 from meshwarden.demo import sample_apps
 
+from .._loopback import claim_net
 from ._live import MeshwardenUp, request, wait_for
 
 SEED = Path(__file__).parent / "seed" / "cluster.yaml"
@@ -116,7 +117,7 @@ def _app_ports(documents: dict[str, dict[str, Any]]) -> list[int]:
 def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedMesh]:
     root = tmp_path_factory.mktemp("seed")
     out = root / "mesh"
-    network = f"127.78.{os.getpid() % 250}.0/24"
+    network = f"{claim_net()}.0/24"
     first = _free_block(40)
     argv = ["import", str(SEED), "-o", str(out), "--runtime", "local"]
     argv += ["--local-network", network, "--local-first-port", str(first)]

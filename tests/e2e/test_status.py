@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from ._live import free_port
+from .._loopback import free_port
 
 MESH = """\
 apiVersion: meshwarden.io/v1alpha1

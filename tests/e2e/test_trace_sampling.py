@@ -26,7 +26,8 @@ from meshwarden.xds._tracing import TRACER_RUNTIME
 
 from meshwarden.demo import OtlpReceiver, ReceivedSpan, otlp_receiver, sample_apps
 
-from ._static_envoy import compile_docs, free_port, write_svid
+from .._loopback import free_port
+from ._static_envoy import compile_docs, write_svid
 from .conftest import RunningEnvoy
 
 TD = "example.org"

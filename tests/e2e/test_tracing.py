@@ -5,7 +5,6 @@ collector protocol — and the control plane's spans show the push that installe
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 import urllib.request
@@ -19,7 +18,8 @@ import pytest
 
 from meshwarden.demo import DemoIdp, OtlpReceiver, ReceivedSpan, otlp_receiver
 
-from ._live import MeshwardenUp, exchange, free_port, http_server
+from .._loopback import claim_net, free_port
+from ._live import MeshwardenUp, exchange, http_server
 from ._mesh import Document, app, jwt_issuer, mesh_document, policy, shop_pair, write
 
 ISSUER = "https://idp.trace.example"
@@ -134,7 +134,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
     policies.mkdir()
     idp = DemoIdp(ISSUER)
     values: dict[str, Any] = {
-        "net": f"127.79.{os.getpid() % 250}",
+        "net": claim_net(),
         "front_out": free_port(),
         "app_port": free_port(),
         "issuer": ISSUER,

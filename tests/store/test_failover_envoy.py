@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from ..e2e._live import free_port, request, sample_app
+from .._loopback import free_port
+from ..e2e._live import request, sample_app
 from ..e2e._mesh import mesh_document, policy, port, workload, write
 from ..integration.harness import wait_for
 from .replicas import write_kek

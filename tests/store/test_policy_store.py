@@ -14,7 +14,8 @@ from meshwarden._etcd import Etcd
 from meshwarden._policy_store import ConcurrentApply, PolicyStore
 from meshwarden.cli import main
 
-from .etcd_cluster import EtcdCluster, free_port
+from .._loopback import free_port
+from .etcd_cluster import EtcdCluster
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from meshwarden.identities._node_client import channel_target
 
-from ..e2e._live import free_port
+from .._loopback import free_port
 from ..e2e._mesh import mesh_document, port, workload, write
 from ..integration.harness import wait_for
 from .replicas import write_kek

@@ -19,8 +19,9 @@ from meshwarden.identities import SystemClock
 from meshwarden._etcd import Etcd, StoreUrl
 from meshwarden.cli import main
 
+from .._loopback import free_port
 from ..integration.harness import LoopThread, wait_for
-from .etcd_cluster import ETCD, EtcdCluster, Member, free_port
+from .etcd_cluster import ETCD, EtcdCluster, Member
 from .replicas import SHOP, start_plane, write_kek
 from .test_replicas import OPEN_METRICS
 

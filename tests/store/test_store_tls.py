@@ -19,8 +19,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshwarden.cli import main
 
+from .._loopback import free_port
 from ..integration.harness import wait_for
-from .etcd_cluster import Member, free_port
+from .etcd_cluster import Member
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
 

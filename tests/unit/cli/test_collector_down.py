@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -12,14 +11,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from meshwarden.cli._collector_log import EXPORTER_LOGGER, collector_down_reported_once
 
-
-def _closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
+from ..._loopback import free_port
 
 
 def test_export_failures_print_one_line_in_all(caplog: pytest.LogCaptureFixture) -> None:
-    port = _closed_port()
+    port = free_port()  # reserved: nothing else can listen there
     # A 2 s budget: each export retries once ("Transient error ...") and then gives up
     # ("Failed to export ..."): two SDK lines per export without the filter.
     exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}", insecure=True, timeout=2)

@@ -24,6 +24,7 @@ from meshwarden.demo import reserve_port
 _NAME = "meshwarden-tests/127.{}"
 _claims: list[tuple[int, socket.socket]] = []  # the 127.X/16s held until the process exits
 _next = 0  # the next /24 of the last one
+_blocks: list[socket.socket] = []  # the port blocks held until the process exits
 _lock = threading.Lock()
 
 
@@ -55,6 +56,38 @@ def _claim_16() -> tuple[int, socket.socket]:
             continue
         return second, claim
     raise AssertionError("every 127.X/16 is held by another test process")
+
+
+def claim_ports(count: int) -> int:
+    """The first of `count` (≤ 100) consecutive ports on 127.0.0.1 for servers a test names by
+    number: a block of 100 under the kernel's ephemeral range (no bind() to port 0 and no
+    connect() is given one), held for the life of this process like `claim_net`, each port
+    free when claimed."""
+    assert count <= 100
+    with _lock:
+        for block in random.sample(range(120), 120):
+            first = 20000 + block * 100
+            claim = socket.socket(socket.AF_UNIX)
+            try:
+                claim.bind(f"\0meshwarden-tests/ports/{first}")
+            except OSError:
+                claim.close()
+                continue
+            if all(_bindable(port) for port in range(first, first + count)):
+                _blocks.append(claim)
+                return first
+            claim.close()  # someone outside the tests listens there
+    raise AssertionError("no free block of ports in 20000-31999")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 class Addresses:

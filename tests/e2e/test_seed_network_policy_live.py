@@ -9,8 +9,6 @@ policy's own namespace; pods no policy selects are not isolated)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -23,7 +21,7 @@ import yaml
 from meshwarden.cli import main
 from meshwarden.demo import sample_apps
 
-from .._loopback import claim_net
+from .._loopback import claim_net, claim_ports
 from ._live import MeshwardenUp, request, wait_for
 
 SEED = Path(__file__).parent / "seed" / "cluster.yaml"
@@ -59,30 +57,11 @@ READY = [(FRONTEND, BACKEND), (BACKEND, FRONTEND), (REPORTS, FRONTEND), (TOOLS, 
 READY += [(FRONTEND, TOOLS)]
 
 
-def _free_block(size: int) -> int:
-    """The first port of `size` consecutive ports free on 127.0.0.1, below the ephemeral range,
-    starting at a place of this process's own (bounded search)."""
-    for attempt in range(120):
-        first = 20000 + (os.getpid() + attempt) % 120 * 100
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(first, first + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError("no free block of ports on 127.0.0.1")
-
-
 @dataclass
 class SeedMesh:
     out: Path
     documents: dict[str, dict[str, Any]]  # Workload documents by NS/NAME
+    net: str  # their addresses' 127.X.Y
 
     def local_port(self, source: str, destination: str, port: int) -> int:
         service = SERVICES[(destination, port)]
@@ -117,14 +96,15 @@ def _app_ports(documents: dict[str, dict[str, Any]]) -> list[int]:
 def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedMesh]:
     root = tmp_path_factory.mktemp("seed")
     out = root / "mesh"
-    network = f"{claim_net()}.0/24"
-    first = _free_block(40)
+    net = claim_net()
+    network = f"{net}.0/24"
+    first = claim_ports(40)
     argv = ["import", str(SEED), "-o", str(out), "--runtime", "local"]
     argv += ["--local-network", network, "--local-first-port", str(first)]
     assert main(argv) == 0
     documents = _workloads(out)
     up = MeshwardenUp(out, root / "data")
-    mesh = SeedMesh(out, documents)
+    mesh = SeedMesh(out, documents, net)
     with sample_apps(_app_ports(documents), []):
         up.start()
         try:
@@ -163,7 +143,6 @@ def test_every_pair_behaves_as_matrix_and_the_seed_say(
 def test_the_imported_workloads_run_on_loopback_with_their_pod_ports(seed: SeedMesh) -> None:
     backend = seed.documents[BACKEND]["spec"]
     assert [p["port"] for p in backend["ports"]] == [8080, 9090]  # the pod's own numbers
-    assert all(
-        a.startswith("127.78.") for d in seed.documents.values() for a in d["spec"]["addresses"]
-    )
+    addresses = [a for d in seed.documents.values() for a in d["spec"]["addresses"]]
+    assert all(a.startswith(f"{seed.net}.") for a in addresses), addresses
     assert "ports" not in seed.documents[REPORTS]["spec"]

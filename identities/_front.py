@@ -26,6 +26,7 @@ from meshwarden.identities._errors import AttestationError
 
 P = TypeVar("P")
 _SUN_PATH = 107  # bytes of a Unix socket address, less the terminating NUL
+PRIVATE_DIR_PREFIX = ".meshwarden-"  # + mkdtemp's eight characters; see `_leftovers`
 
 
 class PeerTable(Generic[P]):
@@ -135,9 +136,9 @@ class PrivateSocketUpstream:
 
     def __init__(self, beside: Path) -> None:
         parent: Path | None = beside.parent
-        if len(os.fsencode(beside.parent)) + len("/.meshwarden-XXXXXXXX/s") > _SUN_PATH:
+        if len(os.fsencode(beside.parent)) + len(f"/{PRIVATE_DIR_PREFIX}XXXXXXXX/s") > _SUN_PATH:
             parent = None  # too long for a socket address there: the temporary directory
-        self.directory = Path(tempfile.mkdtemp(prefix=".meshwarden-", dir=parent))
+        self.directory = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX, dir=parent))
         self.path = self.directory / "s"
 
     def listen(self, server: grpc.aio.Server) -> None:

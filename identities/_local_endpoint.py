@@ -14,6 +14,7 @@ import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
 from meshwarden.identities._errors import AttestationError
 from meshwarden.identities._front import PeerTable, PrivateSocketUpstream, RelayedConnection
+from meshwarden.identities._leftovers import remove_stale_private_dirs
 from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidGate
 
 ProcessPeers: TypeAlias = PeerTable[PeerProcess]
@@ -62,6 +63,7 @@ class LocalEndpoint:
         self._grpc = grpc.aio.server()
         self._add_services(self._grpc, self.peers)
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_private_dirs(self.socket_path.parent)  # of an endpoint killed with -9
         self.upstream = PrivateSocketUpstream(self.socket_path)
         self.upstream.listen(self._grpc)
         await self._grpc.start()

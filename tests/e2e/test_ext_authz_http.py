@@ -32,8 +32,8 @@ from meshwarden.xds import (
 )
 from meshwarden.xds._envoy import static_cluster, upstream_tls
 
+from .._loopback import free_port as _free_port
 from ._static_envoy import compile_docs as _compile
-from ._static_envoy import free_port as _free_port
 from ._static_envoy import write_svid as _write_svid
 from .conftest import RunningEnvoy
 

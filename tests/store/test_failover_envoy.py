@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .._loopback import free_port
+from .._loopback import claim_net, free_port
 from ..e2e._live import request, sample_app
 from ..e2e._mesh import mesh_document, policy, port, workload, write
 from ..integration.harness import wait_for
@@ -137,7 +137,7 @@ class Traffic:
 def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
     etcd3, tmp_path, processes
 ):
-    net = f"127.79.{os.getpid() % 250}"
+    net = claim_net()  # no other test of this run or of a run beside it listens there
     policies = tmp_path / "policies"
     policies.mkdir()
     app_port = free_port()

@@ -61,7 +61,7 @@ from meshwarden.identities import (
     server_tls_context,
     write_file,
 )
-from meshwarden.xds import TracingTarget
+from meshwarden.xds import FrontTls, TracingTarget, serve_authz_http
 
 ADMIN_SOCKET = "admin.sock"
 BUNDLE_FILE = "bundle.json"
@@ -78,6 +78,7 @@ class ServerOptions:
     data_dir: Path
     listen: str = "127.0.0.1:8443"  # node API (agents: attestation, SVIDs), Python TLS
     xds_listen: str = "127.0.0.1:0"  # ADS, access logs, ext_authz for sidecars (grpc TLS)
+    ext_authz_http_listen: str | None = None  # the ext_authz HTTP front (mTLS); None = off
     upstream_cert: Path | None = None
     upstream_key: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
@@ -112,12 +113,15 @@ class ControlPlane:
             options.tracing,
             flows=FlowLog(options.flow_log_size, mirror=on_disk),
             flow_log_sample=options.flow_log_sample,
+            ext_authz_http=options.ext_authz_http_listen is not None,
         )
         self.health: HealthEndpoint | None = None
         self.console: Console | None = None
         self.ca: CertificateAuthority | None = None
         self.endpoint: TlsEndpoint | None = None  # the node API
         self.xds_endpoint: MtlsEndpoint | None = None  # what sidecars connect to
+        self.authz_http: asyncio.Server | None = None  # the ext_authz HTTP front, when on
+        self._authz_tls: FrontTls | None = None
         self._admin: asyncio.AbstractServer | None = None
         self._server_cert_renew_at = clock.now()
         self._background: set[asyncio.Task[None]] = set()
@@ -244,6 +248,7 @@ class ControlPlane:
             xds_host.strip("[]") or "127.0.0.1", int(xds_port), credentials, self.xds.add_to
         )
         await self.xds_endpoint.start()
+        await self._start_authz_http()
         self.xds.replica = self.options.replica_id or replica_name(
             self.endpoint.host, self.endpoint.port
         )
@@ -259,6 +264,30 @@ class ControlPlane:
             self.console = Console(self.options.ui, sources)
             await self.console.start()
         return f"{self.endpoint.host}:{self.endpoint.port}"
+
+    async def _start_authz_http(self) -> None:
+        """The ext_authz HTTP front (`extAuthz.transport: http`): the server certificate,
+        client certificates of the trust bundle required (followed through rotations)."""
+        if self.options.ext_authz_http_listen is None:
+            return
+        assert self.ca is not None
+        host, _, port = self.options.ext_authz_http_listen.rpartition(":")
+        self._authz_tls = FrontTls(
+            self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY, self.ca.bundle().x509_pem()
+        )
+        self.authz_http = await serve_authz_http(
+            self.xds.ext_authz_front(),
+            host.strip("[]") or "127.0.0.1",
+            int(port),
+            self._authz_tls.listening,
+        )
+
+    @property
+    def ext_authz_http_port(self) -> int | None:
+        """The ext_authz HTTP front's port once started (None when off)."""
+        if self.authz_http is None:
+            return None
+        return int(self.authz_http.sockets[0].getsockname()[1])
 
     @property
     def xds_address(self) -> str:
@@ -381,6 +410,8 @@ class ControlPlane:
             roots = self.ca.bundle().x509_pem()
             self.endpoint.tls.load_verify_locations(cadata=roots.decode())
             self.xds_endpoint.credentials.update(roots_pem=roots)
+            if self._authz_tls is not None:
+                self._authz_tls.update(roots_pem=roots)
         if self.clock.now() >= self._server_cert_renew_at:
             self._issue_server_svid()
             self.endpoint.tls.load_cert_chain(
@@ -389,6 +420,8 @@ class ControlPlane:
             self.xds_endpoint.credentials.update(
                 chain_pem=(self.data_dir / SERVER_CERT).read_bytes()
             )
+            if self._authz_tls is not None:
+                self._authz_tls.update()
 
     async def stop(self) -> None:
         if self.console is not None:
@@ -397,6 +430,8 @@ class ControlPlane:
             await self.health.stop()
         if self._admin is not None:
             self._admin.close()
+        if self.authz_http is not None:
+            self.authz_http.close()
         if self.xds_endpoint is not None:
             await self.xds_endpoint.stop()
         if self.endpoint is not None:

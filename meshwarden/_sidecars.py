@@ -180,7 +180,9 @@ class Sidecar:
         self.sds = LocalEndpoint(self.sds_socket, add, mode=0o600)
         await self.sds.start()
 
-    async def start(self, server: str, delta: bool = False) -> None:
+    async def start(
+        self, server: str, delta: bool = False, ext_authz_http_port: int | None = None
+    ) -> None:
         host, _, port = server.rpartition(":")
         trust_domain = self.spiffe_id.removeprefix("spiffe://").partition("/")[0]
         config = bootstrap(
@@ -191,6 +193,7 @@ class Sidecar:
             delta=delta,
             trust_domain=trust_domain,
             admin_socket=str(self.admin_socket),
+            ext_authz_http_port=ext_authz_http_port,
         )
         path = self.folder / f"{file_stem(self.ref)}.bootstrap.json"
         path.write_text(json.dumps(config, indent=1))

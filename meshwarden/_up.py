@@ -73,6 +73,7 @@ class LocalMesh:
                 policies=policies,
                 data_dir=self.data_dir / "server",
                 listen="127.0.0.1:0",
+                ext_authz_http_listen="127.0.0.1:0",  # for Mesh extAuthz.transport: http
                 health=health,
                 tracing=tracing,
                 flow_log_sample=flow_log_sample,
@@ -232,7 +233,7 @@ class LocalMesh:
             _check_socket_path(path)
         await sidecar.start_sds(self.agent.cache)
         try:
-            await sidecar.start(self.plane.xds_address, self.delta)
+            await sidecar.start(self.plane.xds_address, self.delta, self.plane.ext_authz_http_port)
         except BaseException:
             await sidecar.stop()
             raise
@@ -399,7 +400,9 @@ class LocalMesh:
                     f"exit(s) in a row; log {sidecar.log_file})"
                 )
             elif restarts.ready(now):
-                await sidecar.start(self.plane.xds_address, self.delta)
+                await sidecar.start(
+                    self.plane.xds_address, self.delta, self.plane.ext_authz_http_port
+                )
                 restarts.restarted(now)
 
     def _warn_bypass(self) -> None:

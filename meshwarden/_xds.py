@@ -14,10 +14,12 @@ from typing import Any
 from meshwarden._flows import FlowLog, engine_attribution
 from meshwarden._policies import Policies, collection_paused
 from meshwarden.xds import (
+    EXT_AUTHZ_HTTP_CLUSTER,
     XDS_CLUSTER,
     AccessLogReceiver,
     AggregatedDiscovery,
     Authorization,
+    AuthzHttpFront,
     Snapshot,
     SnapshotBuilder,
     SnapshotCache,
@@ -100,7 +102,10 @@ class MeshXds:
         tracing: TracingTarget | None = None,
         flows: FlowLog | None = None,
         flow_log_sample: float = 100.0,
+        ext_authz_http: bool = False,
     ) -> None:
+        """`ext_authz_http`: this control plane serves the ext_authz HTTP front
+        (`ext_authz_front`), so workloads with `extAuthz.transport: http` can be configured."""
         self.policies = policies
         self.flows = flows or FlowLog()  # sidecars' access logs (the bootstrap's xDS cluster)
         self.cache = SnapshotCache()
@@ -114,8 +119,13 @@ class MeshXds:
             flow_log_cluster=XDS_CLUSTER,
             flow_log_allowed_percent=flow_log_sample,
             ext_authz_cluster=XDS_CLUSTER,
+            ext_authz_http_cluster=EXT_AUTHZ_HTTP_CLUSTER if ext_authz_http else None,
         )
         self.builder = SnapshotBuilder(context)
+        # one decider (and decision cache) for gRPC Check and the HTTP front
+        self.authorization = Authorization(
+            registered_workload(lambda: self.policies.mesh, _caller_identity)
+        )
         self._building = threading.Lock()
         self.build_errors: dict[str, str] = {}  # workload → why its snapshot could not be built
         self.pushes = 0
@@ -202,10 +212,12 @@ class MeshXds:
             engine_attribution(lambda: self.policies.mesh),
         )
         server.add_generic_rpc_handlers((access_log_handler(flows),))
-        authorization = Authorization(
-            registered_workload(lambda: self.policies.mesh, peer_spiffe_id)
-        )
-        server.add_generic_rpc_handlers((authorization_handler(authorization),))
+        server.add_generic_rpc_handlers((authorization_handler(self.authorization),))
+
+    def ext_authz_front(self) -> AuthzHttpFront:
+        """The ext_authz HTTP front (`extAuthz.transport: http`), deciding with the same
+        `Authorization` as gRPC Check; serve it with `serve_authz_http` over mTLS."""
+        return AuthzHttpFront(self.authorization)
 
     def nacks(self) -> list[Nack]:
         """Configurations some sidecar rejected and has not replaced by an accepted one (for
@@ -253,3 +265,9 @@ class MeshXds:
 
 def _iso(moment: dt.datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds")
+
+
+def _caller_identity(caller: Any) -> str | None:
+    """Who asks for a decision: a gRPC call's verified peer, or the SPIFFE ID the HTTP front
+    read from the connection's verified client certificate (None: no certificate)."""
+    return caller if caller is None or isinstance(caller, str) else peer_spiffe_id(caller)

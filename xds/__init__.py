@@ -4,7 +4,13 @@ receivers of what sidecars report (access logs, ext_authz Check calls)."""
 
 from meshwarden.xds._access_log import AccessLogReceiver, Flow, TcpAttribution, access_log_handler
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
-from meshwarden.xds._bootstrap import XDS_CLUSTER, bootstrap, envoy_binary, replica_order
+from meshwarden.xds._bootstrap import (
+    EXT_AUTHZ_HTTP_CLUSTER,
+    XDS_CLUSTER,
+    bootstrap,
+    envoy_binary,
+    replica_order,
+)
 from meshwarden.xds._cache import SnapshotCache
 from meshwarden.xds._context import StaticTls, TranslationContext
 from meshwarden.xds._decisions import Verdict, verdict_of
@@ -20,6 +26,7 @@ from meshwarden.xds._ext_authz_http import (
     serve_authz_http,
     serve_http_on_loopback,
 )
+from meshwarden.xds._ext_authz_tls import FrontTls
 from meshwarden.xds._loopback import loopback_cluster, serve_on_loopback
 from meshwarden.xds._node_auth import (
     peer_certificate,
@@ -38,6 +45,7 @@ from meshwarden.xds._translate import workload_resources
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
+    "EXT_AUTHZ_HTTP_CLUSTER",
     "LISTENER",
     "ROUTE",
     "XDS_CLUSTER",
@@ -47,6 +55,7 @@ __all__ = [
     "AuthzHttpFront",
     "EgressEnds",
     "Flow",
+    "FrontTls",
     "ResourceEncoder",
     "SidecarSync",
     "Snapshot",

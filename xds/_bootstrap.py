@@ -17,6 +17,7 @@ from meshwarden.xds._tracing import TRACER_RUNTIME
 from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA
 
 XDS_CLUSTER = "meshwarden-xds"
+EXT_AUTHZ_HTTP_CLUSTER = "meshwarden-ext-authz-http"
 _T = "type.googleapis.com/"
 _H2 = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -77,6 +78,7 @@ def bootstrap(
     admin_socket: str | None = None,
     delta: bool = False,
     replicas: Sequence[tuple[str, int]] = (),
+    ext_authz_http_port: int | None = None,
 ) -> dict[str, Any]:
     """Bootstrap for the sidecar of `workload` (`ns/name`). The sidecar verifies the control
     plane's certificate against its trust bundle (from SDS) and requires exactly the SPIFFE ID
@@ -85,7 +87,9 @@ def bootstrap(
     directory only the sidecar's user can enter, and no other local user can reach it), or is
     absent. `replicas` are more control-plane addresses (host, port) beside the first: the
     ADS cluster lists them all (`replica_order`) and Envoy reconnects to another when one
-    goes away."""
+    goes away. `ext_authz_http_port`: the control planes' ext_authz HTTP front
+    (`server --ext-authz-http-listen`) on the same hosts, for `extAuthz.transport: http`, over
+    the same mTLS."""
     if server_id is None and trust_domain is None:
         raise ValueError("a sidecar must know the control plane's SPIFFE ID: give trust_domain")
     san = {"exact": server_id or f"spiffe://{trust_domain}/meshwarden/server"}
@@ -105,6 +109,11 @@ def bootstrap(
         },
     }
     admin = {"admin": {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}}}
+    control_planes = replica_order(workload, [(server_host, server_port), *replicas])
+    authz_http = []
+    if ext_authz_http_port is not None:  # the same hosts, the engine's HTTP/1.1 front
+        fronts = [(host, ext_authz_http_port) for host, _ in control_planes]
+        authz_http = [_control_plane_cluster(EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, {})]
     return {
         "node": {"id": workload, "cluster": workload.split("/")[0]},
         **(admin if admin_socket else {}),
@@ -136,46 +145,8 @@ def bootstrap(
                         ],
                     },
                 },
-                {
-                    "name": XDS_CLUSTER,
-                    "type": "STRICT_DNS",
-                    # names are resolved again every 5 s (Envoy's default refresh), by the
-                    # system's resolver (getaddrinfo: /etc/hosts and nsswitch as every other
-                    # process), so a replica name that moves is followed without a restart
-                    "dnsLookupFamily": "V4_PREFERRED",  # as the agent: localhost is 127.0.0.1
-                    "typedDnsResolverConfig": {
-                        "name": "envoy.network.dns_resolver.getaddrinfo",
-                        "typedConfig": {
-                            "@type": _T + "envoy.extensions.network.dns_resolver.getaddrinfo.v3."
-                            "GetAddrInfoDnsResolverConfig"
-                        },
-                    },
-                    "connectTimeout": "2s",
-                    "typedExtensionProtocolOptions": _H2,
-                    "transportSocket": xds_tls,
-                    "loadAssignment": {
-                        "clusterName": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lbEndpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socketAddress": {
-                                                    "address": host,
-                                                    "portValue": port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                    for host, port in replica_order(
-                                        workload, [(server_host, server_port), *replicas]
-                                    )
-                                ]
-                            }
-                        ],
-                    },
-                },
+                _control_plane_cluster(XDS_CLUSTER, control_planes, xds_tls, _H2),
+                *authz_http,
             ]
         },
         "overloadManager": {
@@ -191,4 +162,33 @@ def bootstrap(
             ]
         },
         "layeredRuntime": {"layers": [{"name": "static", "staticLayer": TRACER_RUNTIME}]},
+    }
+
+
+def _control_plane_cluster(
+    name: str, servers: Sequence[tuple[str, int]], tls: dict[str, Any], protocol: dict[str, Any]
+) -> dict[str, Any]:
+    """A cluster of the control planes at `servers`, in that order, over `tls`."""
+    endpoints = [
+        {"endpoint": {"address": {"socketAddress": {"address": host, "portValue": port}}}}
+        for host, port in servers
+    ]
+    return {
+        "name": name,
+        "type": "STRICT_DNS",
+        # names are resolved again every 5 s (Envoy's default refresh), by the system's
+        # resolver (getaddrinfo: /etc/hosts and nsswitch as every other process), so a
+        # replica name that moves is followed without a restart
+        "dnsLookupFamily": "V4_PREFERRED",  # as the agent: localhost is 127.0.0.1
+        "typedDnsResolverConfig": {
+            "name": "envoy.network.dns_resolver.getaddrinfo",
+            "typedConfig": {
+                "@type": _T + "envoy.extensions.network.dns_resolver.getaddrinfo.v3."
+                "GetAddrInfoDnsResolverConfig"
+            },
+        },
+        "connectTimeout": "2s",
+        **({"typedExtensionProtocolOptions": protocol} if protocol else {}),
+        "transportSocket": tls,
+        "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": endpoints}]},
     }

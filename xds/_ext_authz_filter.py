@@ -106,7 +106,10 @@ def _http_transport_filter(
 ) -> dict[str, Any]:
     """The HTTP ext_authz filter asking the engine over HTTP/1.1 (see the module docstring)."""
     if ctx.ext_authz_http_cluster is None:
-        raise ValueError(f"{plan.workload.ref}: extAuthz transport http needs its HTTP cluster")
+        raise ValueError(
+            f"{plan.workload.ref}: extAuthz.transport http needs the control plane's ext_authz "
+            "HTTP front (meshwarden server --ext-authz-http-listen)"
+        )
     added = {
         WORKLOAD_HEADER: plan.workload.ref,
         PORT_HEADER: str(port),

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshwarden.cli._common import fail, write_output_file
-from meshwarden.cli._types import host_port_list, split_host_port
+from meshwarden.cli._types import host_port_list, port_number, split_host_port
 
 if TYPE_CHECKING:
     from meshwarden._sidecar_user import SidecarUser
@@ -67,6 +67,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="unix socket for Envoy's admin interface, mode 0600 (default: no admin interface)",
     )
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
+    parser.add_argument(
+        "--ext-authz-http-port",
+        type=port_number,
+        metavar="PORT",
+        help="the control plane's ext_authz HTTP front (`meshwarden server "
+        "--ext-authz-http-listen`) on the --server hosts, for workloads with Mesh "
+        "extAuthz.transport: http (default: none; their requests are then denied)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -123,6 +131,7 @@ def _config(args: argparse.Namespace) -> dict[str, object] | None:
         delta=args.delta,
         replicas=replicas,
         trust_domain=args.trust_domain,
+        ext_authz_http_port=args.ext_authz_http_port,
     )
 
 

@@ -71,6 +71,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the handshake (default %(default)s; port 0 picks one)",
     )
     parser.add_argument(
+        "--ext-authz-http-listen",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="the engine's HTTP/1.1 ext_authz front, for workloads with Mesh "
+        "extAuthz.transport: http (their sidecars need `meshwarden sidecar "
+        "--ext-authz-http-port`); mTLS like --xds-listen (default: off — such workloads' "
+        "configurations are then not built)",
+    )
+    parser.add_argument(
         "--health",
         type=loopback_host_port,
         default="127.0.0.1:0",
@@ -210,6 +219,7 @@ def _serve(args: argparse.Namespace, tracing: Any) -> int:
         data_dir=args.data_dir,
         listen=args.listen,
         xds_listen=args.xds_listen,
+        ext_authz_http_listen=args.ext_authz_http_listen,
         upstream_cert=args.upstream_ca_cert,
         upstream_key=args.upstream_ca_key,
         health=args.health,

@@ -129,3 +129,9 @@ def loopback(_addresses: Addresses) -> str:
     """An address in 127.0.0.0/8 that no other test of this run or of any other run on this
     host listens on (from a 127.X/16 this process holds; see tests/_loopback.py)."""
     return _addresses.next()
+
+
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def ext_authz_transport(request: pytest.FixtureRequest) -> str:
+    """Mesh `extAuthz.transport`: each ext_authz module runs once per transport."""
+    return str(request.param)

@@ -103,11 +103,11 @@ def _name_the_set(config: dict[str, Any], index: int) -> None:
             header["value"] += f"@{index}"
 
 
-@pytest.fixture(scope="module", params=["grpc", "http"])
+@pytest.fixture(scope="module")
 def ext_authz_mesh(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    ext_authz_transport: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    transport = request.param
+    transport = ext_authz_transport
     folder = tmp_path_factory.mktemp(f"ext-authz-differential-{transport}")
     ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
     bundle = folder / "bundle.pem"

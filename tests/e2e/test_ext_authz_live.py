@@ -1,6 +1,7 @@
 """`meshwarden up --otlp-endpoint` with `enforcement: ext-authz`: the sidecars ask the control
 plane over their mTLS connection to it (the production path), which decides for the workload
-the connection proves and traces each decision as a child of the request's span."""
+the connection proves and traces each decision as a child of the request's span. Both
+transports: gRPC Check, and `extAuthz.transport: http` (the engine's HTTP front, mTLS too)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from ._mesh import Document, app, mesh_document, policy, shop_pair, upstream, wo
 FRONTEND_ID = "spiffe://live.test/ns/shop/sa/frontend-1"
 SIDECAR = "shop/backend-1 sidecar"
 ENVOY_CHECK = "async envoy.service.auth.v3.Authorization.Check egress"  # Envoy's span of the call
+ENVOY_HTTP_CHECK = "async meshwarden-ext-authz-http egress"  # the same over HTTP (its cluster)
 
 
-def ext_authz_mesh(net: str, front_out: int, ops_out: int, app_port: int) -> list[Document]:
+def ext_authz_mesh(
+    net: str, front_out: int, ops_out: int, app_port: int, transport: str = "grpc"
+) -> list[Document]:
     """The shop pair plus ops-1 (an upstream to the backend too), enforced by ext-authz: only the
     frontend may reach /api/*."""
     mesh = {
@@ -30,6 +34,7 @@ def ext_authz_mesh(net: str, front_out: int, ops_out: int, app_port: int) -> lis
         "mtls": "PERMISSIVE",
         "defaultPolicy": "deny",
         "enforcement": "ext-authz",
+        "extAuthz": {"transport": transport},
     }
     ops = {"addresses": [f"{net}.5"], "upstreams": [upstream("shop/backend", 8080, ops_out)]}
     rule = {"from": [{"workloads": app("frontend")}], "to": [{"paths": ["/api/*"]}]}
@@ -45,6 +50,7 @@ def ext_authz_mesh(net: str, front_out: int, ops_out: int, app_port: int) -> lis
 class Live:
     values: dict[str, int | str]
     receiver: OtlpReceiver
+    transport: str
 
     def call(self, path: str) -> tuple[int | str, str, str]:
         """GET `path` from the frontend with a sampled traceparent: (status, body, trace id)."""
@@ -64,8 +70,9 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    root = tmp_path_factory.mktemp("ext-authz-live")
+def live(ext_authz_transport: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    transport = ext_authz_transport
+    root = tmp_path_factory.mktemp(f"ext-authz-live-{transport}")
     values: dict[str, int | str] = {
         "net": claim_net(),
         "front_out": free_port(),
@@ -75,12 +82,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     policies = root / "policies"
     policies.mkdir()
     ports = {k: int(v) for k, v in values.items() if k != "net"}
-    write(policies / "mesh.yaml", ext_authz_mesh(str(values["net"]), **ports))
+    write(policies / "mesh.yaml", ext_authz_mesh(str(values["net"]), **ports, transport=transport))
     with otlp_receiver() as receiver, sample_app(int(values["app_port"])):
         up = MeshwardenUp(policies, Path(root / "data"), ("--otlp-endpoint", receiver.endpoint))
         up.start()
         try:
-            yield Live(values, receiver)
+            yield Live(values, receiver, transport)
         finally:
             assert up.stop() == 0, up.log.read_text()[-3000:]
 
@@ -110,7 +117,8 @@ def test_each_decision_is_a_span_in_the_requests_trace_with_its_cause(
 ) -> None:
     got, _, trace_id = live.call(path)
     assert got == status
-    spans = live.trace(trace_id, {"meshwarden.authz.check", ENVOY_CHECK, "ingress"})
+    envoy_call = ENVOY_CHECK if live.transport == "grpc" else ENVOY_HTTP_CHECK
+    spans = live.trace(trace_id, {"meshwarden.authz.check", envoy_call, "ingress"})
     by_id = {s.span_id: s for s in spans}
     [check] = [s for s in spans if s.name == "meshwarden.authz.check"]
     # the engine's span ← Envoy's span of the Check call ← the sidecar's span of the request

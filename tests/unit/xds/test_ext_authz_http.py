@@ -26,7 +26,17 @@ from envoy_data_plane.envoy.service.auth.v3 import (
 from envoy_data_plane.google.protobuf import Struct
 from meshwarden.engine import CompiledMesh, SpiffeId, TrustDomain, check_documents, parse_text
 from meshwarden.identities import CaConfig, CertificateAuthority, SystemClock
-from meshwarden.xds import Authorization, AuthzHttpFront, registered_workload
+from meshwarden.xds import (
+    EXT_AUTHZ_HTTP_CLUSTER,
+    XDS_CLUSTER,
+    Authorization,
+    AuthzHttpFront,
+    FrontTls,
+    TranslationContext,
+    bootstrap,
+    registered_workload,
+    workload_resources,
+)
 from meshwarden.xds._check import decode_check
 from meshwarden.xds._ext_authz_filter import JWT_AUTHN_NS, PORT_HEADER, WORKLOAD_HEADER
 from meshwarden.xds._ext_authz_http import serve_authz_http, serve_http_on_loopback
@@ -332,3 +342,100 @@ def test_with_tls_the_callers_certificate_names_the_workloads_it_may_ask_for(
         return statuses
 
     assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [200, 403]
+
+
+def test_after_a_ca_rotation_the_front_refuses_certificates_of_the_removed_ca(
+    tmp_path: Path,
+) -> None:
+    """FrontTls hands each handshake to the current context: new roots replace the old ones
+    (a long-lived context could only add roots)."""
+    old, new = (CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock()) for _ in "ab")
+    folders = {name: tmp_path / name for name in ("server", "old", "new")}
+    for folder in folders.values():
+        folder.mkdir()
+    chain, key = _svid(old, f"spiffe://{TD}/ns/cp/sa/server", folders["server"])
+    front_tls = FrontTls(chain, key, old.bundle().x509_pem())
+
+    def client(ca: CertificateAuthority, folder: Path) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        context.load_cert_chain(*_svid(ca, API, folder))
+        return context
+
+    async def status(port: int, context: ssl.SSLContext) -> int | str:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            writer.write(_http_check(CALLER, "GET", "/api/x", {}, None))
+            head = await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            return int(head.split(b" ")[1])
+        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as refused:
+            return type(refused).__name__
+
+    async def scenario() -> list[int | str]:
+        front = AuthzHttpFront(_authorization())
+        server = await serve_authz_http(front, "127.0.0.1", 0, front_tls.listening)
+        port = server.sockets[0].getsockname()[1]
+        old_client, new_client = client(old, folders["old"]), client(new, folders["new"])
+        got = [await status(port, old_client), await status(port, new_client)]
+        front_tls.update(roots_pem=new.bundle().x509_pem())
+        got += [await status(port, old_client), await status(port, new_client)]
+        no_certificate = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        no_certificate.check_hostname, no_certificate.verify_mode = False, ssl.CERT_NONE
+        got.append(await status(port, no_certificate))
+        server.close()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert got[0] == 200 and got[1] != 200  # before: only the old CA's certificates
+    assert got[2] != 200 and got[3] == 200  # after: only the new CA's
+    assert got[4] != 200  # never without a certificate
+
+
+def test_the_sidecar_bootstrap_reaches_the_front_on_every_control_plane_host(
+    tmp_path: Path,
+) -> None:
+    config = bootstrap(
+        "a/api",
+        "cp-1",
+        8444,
+        str(tmp_path / "sds.sock"),
+        trust_domain=TD,
+        replicas=[("cp-2", 8444)],
+        ext_authz_http_port=8445,
+    )
+    clusters = {c["name"]: c for c in config["staticResources"]["clusters"]}
+    xds, front = clusters[XDS_CLUSTER], clusters[EXT_AUTHZ_HTTP_CLUSTER]
+
+    def endpoints(cluster: dict[str, Any]) -> list[tuple[str, int]]:
+        found = cluster["loadAssignment"]["endpoints"][0]["lbEndpoints"]
+        addresses = [e["endpoint"]["address"]["socketAddress"] for e in found]
+        return [(a["address"], a["portValue"]) for a in addresses]
+
+    assert endpoints(front) == [(host, 8445) for host, _ in endpoints(xds)]
+    assert front["transportSocket"] == xds["transportSocket"]  # the workload SVID, server's SAN
+    assert "typedExtensionProtocolOptions" not in front  # HTTP/1.1
+
+
+def test_without_the_front_an_http_transport_workload_is_not_built() -> None:
+    docs = yaml.safe_dump_all(
+        [
+            {
+                "apiVersion": "meshwarden.io/v1alpha1",
+                "kind": "Mesh",
+                "metadata": {"name": "m"},
+                "spec": {"enforcement": "ext-authz", "extAuthz": {"transport": "http"}},
+            },
+            {
+                "apiVersion": "meshwarden.io/v1alpha1",
+                "kind": "Workload",
+                "metadata": {"name": "api", "namespace": "a"},
+                "spec": {"addresses": ["10.0.0.1"], "ports": [{"port": 8080, "protocol": "http"}]},
+            },
+        ]
+    )
+    documents, _ = parse_text(docs)
+    compiled, _ = check_documents(documents)
+    assert compiled is not None
+    with pytest.raises(ValueError, match="--ext-authz-http-listen"):
+        workload_resources(compiled, "a/api", TranslationContext(ext_authz_cluster="x"))

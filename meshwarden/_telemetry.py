@@ -78,7 +78,7 @@ class Telemetry:
     """What `setup` installed; `shutdown` flushes spans that are still buffered."""
 
     endpoint: str | None = None
-    metrics_port: int | None = None
+    metrics_url: str | None = None  # where /metrics is served (the bound port, also for 0)
     _providers: list[Any] = field(default_factory=list)
     _metrics_server: Any = None
 
@@ -137,7 +137,8 @@ def setup(service_name: str, endpoint: str | None, metrics_at: str | None = None
         except OSError as exc:
             raise TelemetryError(f"--metrics {metrics_at}: cannot listen: {exc}") from None
         telemetry._metrics_server = server
-        telemetry.metrics_port = server.server_port
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        telemetry.metrics_url = f"http://{host}:{server.server_port}/metrics"
     return telemetry
 
 

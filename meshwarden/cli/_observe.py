@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, sidecars: bool, metrics: b
             "--metrics",
             type=host_port,
             metavar="HOST:PORT",
-            help="serve Prometheus metrics at http://HOST:PORT/metrics",
+            help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0: a free one; the "
+            "URL is printed on stderr at start)",
         )
 
 
@@ -59,6 +61,9 @@ def run(args: argparse.Namespace, service_name: str, main: Callable[[Any], int])
         telemetry, tracing = set_up(args, service_name)
     except TelemetryError as exc:
         return fail(str(exc))
+    if telemetry.metrics_url:  # the port it bound: `--metrics 127.0.0.1:0` is findable
+        prog = getattr(args, "command_prog", "meshwarden")
+        print(f"{prog}: metrics at {telemetry.metrics_url}", file=sys.stderr, flush=True)
     with collector_down_reported_once(getattr(args, "command_prog", "meshwarden")):
         try:
             return main(tracing)

@@ -5,6 +5,7 @@ collector protocol — and the control plane's spans show the push that installe
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 import urllib.request
@@ -95,11 +96,17 @@ class TracedMesh:
 
     @property
     def metrics_port(self) -> int:
-        return int(self.values["metrics"])
+        """The port `--metrics 127.0.0.1:0` bound, as `up` announced it on stderr."""
+        found = re.search(r"metrics at http://127\.0\.0\.1:(\d+)/metrics", self.up.log.read_text())
+        assert found, self.up.log.read_text()[-3000:]
+        return int(found[1])
 
     @property
     def health_port(self) -> int:
-        return int(self.values["health"])
+        """The port `--health 127.0.0.1:0` bound, from the `ready` line."""
+        found = re.search(r"health http://127\.0\.0\.1:(\d+)/healthz", self.up.ready_line)
+        assert found, self.up.ready_line
+        return int(found[1])
 
     def call(self, method: str, path: str, token: str | None = None) -> tuple[int | str, str]:
         """Send one request from the frontend with a fresh sampled traceparent; (status,
@@ -139,18 +146,13 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedMesh]:
         "app_port": free_port(),
         "issuer": ISSUER,
         "jwks": idp.jwks(),
-        "metrics": free_port(),
-        "health": free_port(),
     }
     write(policies / "mesh.yaml", traced_documents(values))
     with otlp_receiver() as receiver, http_server(values["app_port"], _TraceEchoApp):
         args = (
             "--otlp-endpoint",
             receiver.endpoint,
-            "--metrics",
-            f"127.0.0.1:{values['metrics']}",
-            "--health",
-            f"127.0.0.1:{values['health']}",
+            *("--metrics", "127.0.0.1:0", "--health", "127.0.0.1:0"),  # ports they bind
         )
         up = MeshwardenUp(policies, root / "data", args)
         up.start()
@@ -337,7 +339,6 @@ def test_spans_and_the_flow_log_report_the_same_decisions(traced: TracedMesh) ->
         traced.call("GET", "/api/beta"),
         traced.call("GET", "/api/items", forged),
     ]
-    assert f"health http://127.0.0.1:{traced.health_port}/healthz" in traced.up.ready_line
     url = f"http://127.0.0.1:{traced.health_port}/flows"
     wanted = {trace_id for _, trace_id in calls}
 

@@ -28,7 +28,7 @@ def meshwarden(*args: str) -> list[str]:
 class ThreeHosts:
     def __init__(self) -> None:
         assert os.geteuid() == 0, "the three-hosts walkthrough runs as root (network namespaces)"
-        self.tag = f"op{os.getpid() % 10000}{next(_counter)}"
+        self.tag = f"op{os.getpid()}x{next(_counter)}"  # unique among live processes
         self.switch = f"{self.tag}-sw"
         self.ns = {host: f"{self.tag}-{host[-1]}" for host in ADDRESSES}
         # mode 0755: the sidecars' users must reach the agents' sockets inside

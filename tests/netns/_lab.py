@@ -44,7 +44,7 @@ def require_tools() -> None:
 class Lab:
     def __init__(self, prefix: str = "mwr") -> None:
         require_tools()
-        self.tag = f"{prefix}{os.getpid() % 100000}{next(_counter)}"
+        self.tag = f"{prefix}{os.getpid()}x{next(_counter)}"  # "x": pid 1234 #10 ≠ pid 12341 #0
         self.host = f"{self.tag}-host"
         self.client = f"{self.tag}-cli"
         self.container = f"{self.tag}-ctr"

@@ -71,7 +71,10 @@ def ext_documents(
     """bench_dataplane's documents with `enforcement: ext-authz` over `transport`."""
     docs = harness.mesh_documents(n, address, backend_port)
     docs[0]["spec"]["enforcement"] = "ext-authz"
-    docs[0]["spec"]["extAuthz"] = {"transport": transport}
+    # The sidecar's 250 ms default would turn a scheduling stall of this shared machine (seen:
+    # 300-400 ms, both transports) into a fail-closed 403 that stops the run at its oracle;
+    # latency is measured, not bounded, so the timeout is 2 s for both.
+    docs[0]["spec"]["extAuthz"] = {"transport": transport, "timeout": "2s"}
     return docs
 
 

@@ -45,7 +45,7 @@ from meshwarden.xds._ext_authz_filter import (
 )
 from meshwarden.xds._ext_authz_http1 import Malformed, RequestHead, RequestReader
 
-MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS = 8192  # Envoy pools a few per sidecar worker: room for thousands of sidecars
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 
 

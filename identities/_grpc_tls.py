@@ -39,7 +39,9 @@ class RotatingCredentials:
         chain_pem: bytes | None = None,
         roots_pem: bytes | None = None,
     ) -> None:
-        """Use these for the next handshakes (what is not given stays as it is)."""
+        """Use these for the next handshakes (what is not given stays as it is). A set grpc
+        cannot load (a key that is not the chain's) is logged by grpc, and the handshakes go on
+        with the configuration before it."""
         with self._lock:
             key, chain, roots = self._pending or self._current
             wanted = (key_pem or key, chain_pem or chain, roots_pem or roots)

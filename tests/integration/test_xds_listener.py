@@ -21,6 +21,8 @@ from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
     ManualClock,
+    MtlsEndpoint,
+    RotatingCredentials,
     SystemClock,
     generate_key,
     private_key_pkcs8_pem,
@@ -151,4 +153,55 @@ def test_after_a_ca_rotation_svids_of_the_new_ca_connect(tmp_path: Path) -> None
         assert _ads(plane, old).version_info  # the old CA is still in the bundle
     finally:
         loop.run(control.stop())
+        loop.close()
+
+
+def test_new_roots_and_a_new_server_certificate_apply_to_the_next_handshake() -> None:
+    """`RotatingCredentials.update`: a CA removed from the roots is refused on the next
+    connection (open ones keep theirs), a CA added is accepted, and the next handshake presents
+    the renewed server certificate."""
+    kept = CertificateAuthority(CaConfig(TrustDomain("example.org")), SystemClock())
+    removed = CertificateAuthority(CaConfig(TrustDomain("example.org")), SystemClock())
+    added = CertificateAuthority(CaConfig(TrustDomain("example.org")), SystemClock())
+
+    def server_pem(ca: CertificateAuthority) -> tuple[bytes, bytes]:
+        key = generate_key()
+        chain = ca.sign_server_svid(key.public_key()).chain
+        return private_key_pkcs8_pem(key), b"".join(c.public_bytes(Encoding.PEM) for c in chain)
+
+    def roots(*cas: CertificateAuthority) -> bytes:
+        return b"".join(ca.bundle().x509_pem() for ca in cas)
+
+    key, chain = server_pem(kept)
+    credentials = RotatingCredentials(key, chain, roots(kept, removed))
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    handler = grpc.method_handlers_generic_handler("t.Echo", {"Call": echo})
+    endpoint = MtlsEndpoint(
+        "127.0.0.1", 0, credentials, lambda s: s.add_generic_rpc_handlers((handler,))
+    )
+    loop = LoopThread()
+
+    def call(client: CertificateAuthority, trusted: bytes) -> bytes:
+        client_key, client_chain = _sign(client, API)
+        channel_credentials = grpc.ssl_channel_credentials(trusted, client_key, client_chain)
+        options = [("grpc.ssl_target_name_override", SERVER_DNS_NAME)]
+        target = f"127.0.0.1:{endpoint.port}"
+        with grpc.secure_channel(target, channel_credentials, options) as channel:
+            return bytes(channel.unary_unary("/t.Echo/Call")(b"hi", timeout=10))
+
+    try:
+        loop.run(endpoint.start())
+        assert call(removed, roots(kept)) == b"hi"
+        credentials.update(roots_pem=roots(kept, added))
+        with pytest.raises(grpc.RpcError) as refused:
+            call(removed, roots(kept))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert call(added, roots(kept)) == b"hi"
+        new_key, renewed = server_pem(added)
+        credentials.update(key_pem=new_key, chain_pem=renewed)
+        with pytest.raises(grpc.RpcError):  # the client trusts only the old server CA
+            call(kept, roots(kept))
+        assert call(kept, roots(added)) == b"hi"
+    finally:
+        loop.run(endpoint.stop(0))
         loop.close()

@@ -15,7 +15,7 @@ from meshwarden.cli import _observe as observe
 from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import add_flow_log_arguments, fail
 from meshwarden.cli._store import store_url
-from meshwarden.cli._types import duration, host_port, loopback_host_port
+from meshwarden.cli._types import duration, host_port, loopback_host_port, split_host_port
 from meshwarden.identities import SystemClock
 
 EXAMPLES = """\
@@ -181,6 +181,13 @@ def _ttl_problem(svid_ttl: dt.timedelta, ca_ttl: dt.timedelta) -> str | None:
     return None
 
 
+def _same_listener(first: str, second: str) -> bool:
+    """Two HOST:PORT binds that would collide (port 0 picks a free port, so never)."""
+    (host_a, port_a), (host_b, port_b) = split_host_port(first), split_host_port(second)
+    wildcard = {"0.0.0.0", "::"}
+    return port_a == port_b != 0 and (host_a == host_b or bool({host_a, host_b} & wildcard))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.policies and args.policies_flag and args.policies != args.policies_flag:
         return fail("give the policy directory once: meshwarden server DIR --data-dir DIR")
@@ -201,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
         return fail(problem)
     if args.flow_log_size < 1:
         return fail("--flow-log-size must be at least 1")
+    if _same_listener(args.listen, args.xds_listen):
+        return fail(
+            f"--xds-listen {args.xds_listen} is --listen's address: the sidecars' listener "
+            "needs a port of its own (default 127.0.0.1:8444)"
+        )
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
         return fail("--upstream-ca-cert and --upstream-ca-key go together")
     problem = flow_file_problem(args.flow_log_file)

@@ -96,3 +96,8 @@ def test_new_ca_replaces_a_corrupt_ca_and_keeps_the_old_file(tmp_path: Path) -> 
     assert server.wait(10) == 0
     assert (data / "ca.json.replaced").read_text() == "garbage"
     assert '"x509"' in (data / "ca.json").read_text()
+
+
+def test_the_sidecars_listener_on_the_node_apis_address_is_refused(tmp_path: Path) -> None:
+    line = _refused(tmp_path, "--listen", "127.0.0.1:8443", "--xds-listen", "127.0.0.1:8443")
+    assert line.startswith("meshwarden server: error: --xds-listen 127.0.0.1:8443 is --listen")

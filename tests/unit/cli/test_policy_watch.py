@@ -37,6 +37,10 @@ def watched(directory: Path) -> tuple[SettledDirectory, Clock]:
     settled = SettledDirectory(
         directory, settle=0.2, clock=clock, watch_writes=True, quiet=lambda: WRITE_QUIET_SECONDS
     )
+    assert settled.wake_fd is not None, (
+        "no inotify instance: this user's fs.inotify.max_user_instances are all in use "
+        f"({len(inotify_fds())} by this process)"
+    )
     for _ in range(4):
         settled.poll()
         clock.now += 0.3

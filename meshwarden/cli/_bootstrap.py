@@ -73,7 +73,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="the control plane's ext_authz HTTP front (`meshwarden server "
         "--ext-authz-http-listen`) on the --server hosts, for workloads with Mesh "
-        "extAuthz.transport: http (default: none; their requests are then denied)",
+        "extAuthz.transport: http (default: none; Envoy then has no cluster to ask, and "
+        "their requests fail closed: 403, or pass with extAuthz.failOpen)",
     )
 
 

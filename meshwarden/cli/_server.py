@@ -213,6 +213,13 @@ def run(args: argparse.Namespace) -> int:
             f"--xds-listen {args.xds_listen} is --listen's address: the sidecars' listener "
             "needs a port of its own (default 127.0.0.1:8444)"
         )
+    taken = {"--listen": args.listen, "--xds-listen": args.xds_listen}
+    for flag, address in taken.items():
+        if args.ext_authz_http_listen and _same_listener(address, args.ext_authz_http_listen):
+            return fail(
+                f"--ext-authz-http-listen {args.ext_authz_http_listen} is {flag}'s address: the "
+                "ext_authz HTTP front needs a port of its own"
+            )
     if bool(args.upstream_ca_cert) != bool(args.upstream_ca_key):
         return fail("--upstream-ca-cert and --upstream-ca-key go together")
     problem = flow_file_problem(args.flow_log_file)

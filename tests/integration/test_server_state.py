@@ -101,3 +101,12 @@ def test_new_ca_replaces_a_corrupt_ca_and_keeps_the_old_file(tmp_path: Path) -> 
 def test_the_sidecars_listener_on_the_node_apis_address_is_refused(tmp_path: Path) -> None:
     line = _refused(tmp_path, "--listen", "127.0.0.1:8443", "--xds-listen", "127.0.0.1:8443")
     assert line.startswith("meshwarden server: error: --xds-listen 127.0.0.1:8443 is --listen")
+
+
+def test_the_ext_authz_http_front_on_another_listeners_address_is_refused(tmp_path: Path) -> None:
+    line = _refused(
+        tmp_path, "--xds-listen", "127.0.0.1:8444", "--ext-authz-http-listen", "0.0.0.0:8444"
+    )
+    assert line.startswith(
+        "meshwarden server: error: --ext-authz-http-listen 0.0.0.0:8444 is --xds-listen's"
+    )

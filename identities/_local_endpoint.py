@@ -14,7 +14,7 @@ import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
 from meshwarden.identities._errors import AttestationError
 from meshwarden.identities._front import PeerTable, PrivateSocketUpstream, RelayedConnection
-from meshwarden.identities._leftovers import remove_stale_private_dirs
+from meshwarden.identities._leftovers import claim_socket_path, remove_stale_private_dirs
 from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidGate
 
 ProcessPeers: TypeAlias = PeerTable[PeerProcess]
@@ -67,7 +67,7 @@ class LocalEndpoint:
         self.upstream = PrivateSocketUpstream(self.socket_path)
         self.upstream.listen(self._grpc)
         await self._grpc.start()
-        self.socket_path.unlink(missing_ok=True)
+        claim_socket_path(self.socket_path)  # refuses another live endpoint's socket
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_unix_server(
             self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
@@ -81,7 +81,8 @@ class LocalEndpoint:
             await self._grpc.stop(grace)
         if self.upstream is not None:
             self.upstream.remove()
-        self.socket_path.unlink(missing_ok=True)
+        if self._listener is not None:  # only the socket this endpoint bound, never another's
+            self.socket_path.unlink(missing_ok=True)
 
     def _connection(self) -> RelayedConnection[PeerProcess]:
         self.connections_accepted += 1

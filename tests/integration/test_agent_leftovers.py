@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from spiffe import WorkloadApiClient
 
-from .test_cli_end_to_end import _start
+from .test_cli_end_to_end import MESHWARDEN, _start
 from .test_node_attestation import running_plane
 
 NOBODY = 65534
@@ -98,3 +99,45 @@ def test_an_agent_removes_what_a_killed_agent_left_and_nothing_else(
             agent.terminate()
             assert agent.wait(10) == 0
     assert _private_dirs(run) == {d.name for d in decoys}  # a clean stop removes its own
+
+
+def test_a_second_agent_on_a_served_socket_is_refused_and_a_file_is_never_deleted(
+    tmp_path: Path,
+) -> None:
+    """Two agents given one `--socket`: the second used to unlink the first's socket and take
+    its workloads over; now it exits 2 naming the path, and the first keeps serving. A file
+    that is not a socket at that path is refused too, not deleted."""
+    with running_plane(tmp_path) as plane:
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_bytes(plane.roots)
+        _second_agent_refused(tmp_path, plane.address, bundle, plane.token("a"), plane.token("b"))
+
+
+def _second_agent_refused(
+    tmp_path: Path, address: str, bundle: Path, token: str, other: str
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    first, _ = _start(
+        _agent(address, bundle, tmp_path / "a", run, "--join-token", token), tmp_path / "a.log"
+    )
+    try:
+        served = (run / "w.sock").stat().st_ino
+        second = _agent(address, bundle, tmp_path / "b", run, "--join-token", other)
+        second[second.index(str(run / "sds.sock"))] = str(run / "sds-b.sock")
+        refused = subprocess.run(MESHWARDEN + second, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        assert f"{run / 'w.sock'}: another process is serving on this socket" in refused.stderr
+        assert (run / "w.sock").stat().st_ino == served
+        with WorkloadApiClient(f"unix://{run / 'w.sock'}") as client:
+            assert client.fetch_x509_svids(timeout=10)  # still the first agent's workloads
+    finally:
+        first.terminate()
+        assert first.wait(10) == 0
+    notes = run / "w.sock"
+    notes.write_text("a user's file\n")
+    third = _agent(address, bundle, tmp_path / "a", run)
+    refused = subprocess.run(MESHWARDEN + third, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert f"{notes} exists and is not a socket" in refused.stderr
+    assert notes.read_text() == "a user's file\n"

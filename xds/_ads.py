@@ -1,15 +1,21 @@
 """The gRPC side of ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService`): state of the
 world and delta. A thin adapter: it authorizes the stream's node against the mTLS peer, then
 feeds Envoy's requests and the node's snapshot changes to a `SotwStream` / `DeltaStream` and
-writes what they return. The configuration comes from a `ConfigWatcher`, nothing else."""
+writes what they return. The configuration comes from a `ConfigWatcher`, nothing else.
+
+A stream costs one task, the one grpc.aio runs the handler in: it reads requests with
+`context.read()`; a snapshot change is a callback from the watcher that feeds the machine on the
+event loop, so requests and changes reach the machine in arrival order. Responses go out in
+order through one outbox, written by the handler after a request, or by a short-lived task
+after a change (only while there is something to write)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from envoy_data_plane.envoy.service.discovery.v3 import (
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 Request = TypeVar("Request", DiscoveryRequest, DeltaDiscoveryRequest)
 _Received = TypeVar("_Received", DiscoveryRequest, DeltaDiscoveryRequest, contravariant=True)
+Response = DiscoveryResponse | DeltaDiscoveryResponse
 PeerIdentity = Callable[[grpc.aio.ServicerContext], str | None]
 Admitted = Callable[[str, grpc.aio.ServicerContext], None]
 """Told the node key of each admitted stream and its call (e.g. to note the certificate)."""
@@ -64,30 +71,23 @@ class AggregatedDiscovery:
         self._sotw_rejected: dict[str, dict[str, str]] = {}
         self._delta_rejected: dict[str, dict[tuple[str, str], str]] = {}
 
-    async def stream(
-        self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[DiscoveryResponse]:
-        first, node = await self._open(requests, context)
+    async def stream(self, requests: object, context: grpc.aio.ServicerContext) -> None:
+        """The SotW handler (reader/writer API: `requests` is grpc's iterator, left unused)."""
+        first, node = await self._open(context)
         machine = SotwStream(self._sotw_rejected.setdefault(node, {}))
-        async for response in self._serve(node, machine, first, requests):
-            yield response  # type: ignore[misc]
+        await _Stream(node, machine, context, self._watcher, self._observer).run(first)
 
-    async def delta(
-        self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[DeltaDiscoveryResponse]:
-        first, node = await self._open(requests, context)
+    async def delta(self, requests: object, context: grpc.aio.ServicerContext) -> None:
+        """The delta handler (reader/writer API, as `stream`)."""
+        first, node = await self._open(context)
         machine = DeltaStream(self._delta_rejected.setdefault(node, {}))
-        async for response in self._serve(node, machine, first, requests):
-            yield response  # type: ignore[misc]
+        await _Stream(node, machine, context, self._watcher, self._observer).run(first)
 
-    async def _open(
-        self, requests: AsyncIterator[Request], context: grpc.aio.ServicerContext
-    ) -> tuple[Request, str]:
+    async def _open(self, context: grpc.aio.ServicerContext) -> tuple[Any, str]:
         """The first request (it carries the node) and the node key it is authorized as."""
-        first = await anext(requests, None)
-        if first is None:
+        first = await context.read()
+        if first is grpc.aio.EOF:
             await context.abort(grpc.StatusCode.CANCELLED, "stream closed before any request")
-        assert first is not None
         peer = self._peer_identity(context)
         node_id = first.node.id if first.node else ""
         cluster = first.node.cluster if first.node else ""
@@ -100,61 +100,109 @@ class AggregatedDiscovery:
             self._admitted(node, context)
         return first, node
 
-    async def _serve(
+
+class _Stream(Generic[Request]):
+    """The I/O of one admitted stream, run in the handler's task until Envoy half-closes it
+    or the call ends; on the way out it leaves no watch, scheduled callback or task behind."""
+
+    __slots__ = (
+        "_context",
+        "_machine",
+        "_node",
+        "_observer",
+        "_outbox",
+        "_wake",
+        "_watcher",
+        "_writer",
+        "_writing",
+    )
+
+    def __init__(
         self,
         node: str,
         machine: _Machine[Request],
-        first: Request,
-        requests: AsyncIterator[Request],
-    ) -> AsyncIterator[DiscoveryResponse | DeltaDiscoveryResponse]:
-        self._observer.on_connect(node)
+        context: grpc.aio.ServicerContext,
+        watcher: ConfigWatcher,
+        observer: StreamObserver,
+    ) -> None:
+        self._node, self._context = node, context
+        self._machine: _Machine[Request] = machine
+        self._watcher, self._observer = watcher, observer
+        self._outbox: list[Response] = []
+        self._writing = False  # a write of the outbox is under way (handler or `_writer`)
+        self._writer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Handle | None = None
+
+    async def run(self, first: Request) -> None:
+        self._observer.on_connect(self._node)
+        unwatch = self._watcher.watch(self._node, self._changed)
         try:
-            current = self._watcher.snapshot(node)
+            current = self._watcher.snapshot(self._node)
             if current is not None:
-                machine.update(current)
-            for response in self._emit(node, machine.receive(first)):
-                yield response
-            async for step in _steps(node, machine, requests, self._watcher):
-                for response in self._emit(node, step):
-                    yield response
+                self._machine.update(current)
+            await self._handle(self._machine.receive(first))
+            while (request := await self._context.read()) is not grpc.aio.EOF:
+                log.debug("ADS %s <- %s", self._node, _describe(request))
+                await self._handle(self._machine.receive(request))
+            if self._writer is not None:  # half-closed: what was decided before still goes out
+                await self._writer
         finally:
-            self._observer.on_disconnect(node)
+            unwatch()
+            if self._wake is not None:
+                self._wake.cancel()
+            await self._stop_writer()
+            self._observer.on_disconnect(self._node)
 
-    def _emit(self, node: str, step: Step) -> list[DiscoveryResponse | DeltaDiscoveryResponse]:
-        report(self._observer, node, step.events)
+    def _changed(self, snapshot: Snapshot) -> None:
+        """The watcher's callback (inside its writer's call): apply it on the next loop turn,
+        once however many changes come before then."""
+        if self._wake is None:
+            self._wake = asyncio.get_running_loop().call_soon(self._apply)
+
+    def _apply(self) -> None:
+        self._wake = None
+        snapshot = self._watcher.snapshot(self._node)
+        if snapshot is None or snapshot is self._machine.snapshot:
+            return
+        self._queue(self._machine.update(snapshot))
+        if self._outbox and not self._writing:
+            self._writing = True
+            self._writer = asyncio.get_running_loop().create_task(self._write_behind())
+
+    async def _handle(self, step: Step) -> None:
+        self._queue(step)
+        if self._outbox and not self._writing:
+            self._writing = True
+            await self._flush()
+
+    def _queue(self, step: Step) -> None:
+        report(self._observer, self._node, step.events)
         for event in step.events:
-            log.debug("ADS %s -> %s", node, event)
-        return step.responses
+            log.debug("ADS %s -> %s", self._node, event)
+        self._outbox.extend(step.responses)
 
+    async def _flush(self) -> None:
+        """Write the outbox in order; the caller set `_writing`."""
+        try:
+            while self._outbox:
+                await self._context.write(self._outbox.pop(0))
+        finally:
+            self._writing = False
 
-async def _steps(
-    node: str, machine: _Machine[Request], requests: AsyncIterator[Request], watcher: ConfigWatcher
-) -> AsyncIterator[Step]:
-    """Steps from the stream's requests and the node's snapshot changes, in arrival order,
-    until Envoy half-closes the stream."""
-    inbox: asyncio.Queue[Request | None] = asyncio.Queue()
-    reader = asyncio.create_task(_drain(requests, inbox))
-    change = asyncio.ensure_future(watcher.changed(node, machine.snapshot))
-    get = asyncio.ensure_future(inbox.get())
-    try:
-        while True:
-            await asyncio.wait({get, change}, return_when=asyncio.FIRST_COMPLETED)
-            if change.done():
-                snapshot = change.result()
-                change = asyncio.ensure_future(watcher.changed(node, snapshot))
-                yield machine.update(snapshot)
-            if not get.done():  # (re-checked: it may have finished while we yielded)
-                continue
-            request, get = get.result(), asyncio.ensure_future(inbox.get())
-            if request is None:
-                return
-            log.debug("ADS %s <- %s", node, _describe(request))
-            yield machine.receive(request)
-    finally:
-        for task in (reader, change, get):
-            task.cancel()
+    async def _write_behind(self) -> None:
+        try:
+            await self._flush()
+        except Exception as exc:  # the call ended under it: the handler's read ends it too
+            log.debug("ADS %s: write failed: %s", self._node, exc)
+        finally:
+            self._writer = None
+
+    async def _stop_writer(self) -> None:
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await writer
 
 
 def _describe(request: DiscoveryRequest | DeltaDiscoveryRequest) -> str:
@@ -170,14 +218,6 @@ def _describe(request: DiscoveryRequest | DeltaDiscoveryRequest) -> str:
         f"{kind} nonce={request.response_nonce!r} +{list(request.resource_names_subscribe)} "
         f"-{list(request.resource_names_unsubscribe)} error={error!r}"
     )
-
-
-async def _drain(requests: AsyncIterator[Request], inbox: asyncio.Queue[Request | None]) -> None:
-    try:
-        async for request in requests:
-            await inbox.put(request)
-    finally:
-        await inbox.put(None)
 
 
 def ads_handler(ads: AggregatedDiscovery) -> grpc.GenericRpcHandler:

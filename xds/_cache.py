@@ -1,5 +1,5 @@
-"""An in-memory `ConfigWatcher`: one snapshot per node key, asyncio change notification per
-node, and a record of what each node's Envoys connected, acknowledged and rejected."""
+"""An in-memory `ConfigWatcher`: one snapshot per node key, change callbacks per node, and a
+record of what each node's Envoys connected, acknowledged and rejected."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class SnapshotCache:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._snapshots: dict[str, Snapshot] = {}
-        self._waiters: dict[str, asyncio.Event] = {}
+        self._watches: dict[str, list[Callable[[Snapshot], None]]] = {}
         self._status: dict[str, NodeStatus] = {}
         self._observers: list[StreamObserver] = []
         self._progress: asyncio.Event | None = None
@@ -53,23 +53,28 @@ class SnapshotCache:
     def snapshot(self, node: str) -> Snapshot | None:
         return self._snapshots.get(node)
 
-    async def changed(self, node: str, seen: Snapshot | None) -> Snapshot:
-        while True:
-            current = self._snapshots.get(node)
-            if current is not None and current is not seen:
-                return current
-            waiter = self._waiters.get(node)
-            if waiter is None:
-                waiter = self._waiters[node] = asyncio.Event()
-            await waiter.wait()
+    def watch(self, node: str, changed: Callable[[Snapshot], None]) -> Callable[[], None]:
+        self._watches.setdefault(node, []).append(changed)
+
+        def unwatch() -> None:
+            callbacks = self._watches.get(node)
+            if callbacks is not None and changed in callbacks:
+                callbacks.remove(changed)
+                if not callbacks:
+                    del self._watches[node]
+
+        return unwatch
+
+    def watching(self, node: str) -> int:
+        """How many watches (open ADS streams) the node has."""
+        return len(self._watches.get(node, ()))
 
     # writers
     def set_snapshot(self, node: str, snapshot: Snapshot) -> None:
         """Serve `snapshot` to `node` from now on; its open streams push what changed."""
         self._snapshots[node] = snapshot
-        waiter = self._waiters.pop(node, None)
-        if waiter is not None:
-            waiter.set()
+        for changed in tuple(self._watches.get(node, ())):
+            changed(snapshot)
         self._progressed()
 
     def clear(self, node: str) -> None:

@@ -8,7 +8,7 @@ version, so no stream or push ever re-encodes them. The server depends only on t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,6 +74,7 @@ class ConfigWatcher(Protocol):
         """The current snapshot for a node key (a workload `ns/name`), None if unknown."""
         ...
 
-    async def changed(self, node: str, seen: Snapshot | None) -> Snapshot:
-        """Wait until the node's snapshot is not `seen` (identity), then return it."""
+    def watch(self, node: str, changed: Callable[[Snapshot], None]) -> Callable[[], None]:
+        """Call `changed` with each new snapshot of the node key, on the event loop and inside
+        the writer's call (so it must not block or raise); returns the function that stops it."""
         ...

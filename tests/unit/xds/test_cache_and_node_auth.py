@@ -14,23 +14,22 @@ from .test_sotw_stream import snap
 WEB, WEB_ID = "shop/web", "spiffe://example.org/ns/shop/sa/web"
 
 
-def test_changed_wakes_up_when_the_nodes_snapshot_is_replaced() -> None:
-    async def scenario() -> None:
-        cache = SnapshotCache()
-        first = snap(cluster_a="1")
-        waiting = asyncio.create_task(cache.changed(WEB, None))
-        await asyncio.sleep(0)
-        cache.set_snapshot("shop/other", snap(cluster_a="x"))
-        await asyncio.sleep(0)
-        assert not waiting.done()
-        cache.set_snapshot(WEB, first)
-        assert await asyncio.wait_for(waiting, 1) is first
-        second = snap(cluster_a="2")
-        waiting = asyncio.create_task(cache.changed(WEB, first))
-        cache.set_snapshot(WEB, second)
-        assert await asyncio.wait_for(waiting, 1) is second
-
-    asyncio.run(scenario())
+def test_a_watch_is_called_with_each_new_snapshot_of_its_node_until_stopped() -> None:
+    cache = SnapshotCache()
+    seen: list[object] = []
+    unwatch = cache.watch(WEB, seen.append)
+    cache.set_snapshot("shop/other", snap(cluster_a="x"))
+    assert seen == []
+    first, second = snap(cluster_a="1"), snap(cluster_a="2")
+    cache.set_snapshot(WEB, first)
+    cache.set_snapshot(WEB, second)
+    assert seen == [first, second]
+    assert cache.watching(WEB) == 1
+    unwatch()
+    unwatch()  # twice is harmless
+    cache.set_snapshot(WEB, snap(cluster_a="3"))
+    assert seen == [first, second]
+    assert cache.watching(WEB) == 0
 
 
 def test_cleared_nodes_have_no_snapshot() -> None:

@@ -21,13 +21,13 @@ from meshwarden.xds._ext_authz import (
     authorization_handler,
     registered_workload,
 )
-from meshwarden.xds._ext_authz_http import (
-    AuthzHttpFront,
-    serve_authz_http,
-    serve_http_on_loopback,
-)
+from meshwarden.xds._ext_authz_http import AuthzHttpFront, serve_authz_http
 from meshwarden.xds._ext_authz_tls import FrontTls
-from meshwarden.xds._loopback import loopback_cluster, serve_on_loopback
+from meshwarden.xds._loopback import (
+    loopback_cluster,
+    serve_http_on_loopback,
+    serve_on_loopback,
+)
 from meshwarden.xds._node_auth import (
     peer_certificate,
     peer_spiffe_id,

@@ -20,12 +20,10 @@ benchmarks). At most `max_connections` connections are open at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import ssl
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from meshwarden.engine import Cause, Effect
@@ -232,40 +230,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-@contextlib.contextmanager
-def serve_http_on_loopback(
-    authorization: Authorization, tls: ssl.SSLContext | None = None
-) -> Iterator[int]:
-    """The HTTP front on a 127.0.0.1 port (plaintext, or `tls`) in a thread of its own (tests,
-    benchmarks); yields the port."""
-    loop = asyncio.new_event_loop()
-    started: list[asyncio.Server] = []
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            front = AuthzHttpFront(authorization)
-            started.append(loop.run_until_complete(serve_authz_http(front, "127.0.0.1", 0, tls)))
-        finally:
-            ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, name="ext-authz-http-loopback", daemon=True)
-    thread.start()
-    ready.wait(10)
-    if not started:
-        raise RuntimeError("the ext_authz HTTP loopback front did not start")
-    try:
-        yield int(started[0].sockets[0].getsockname()[1])
-    finally:
-
-        async def stop() -> None:
-            started[0].close()
-            await started[0].wait_closed()
-
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)

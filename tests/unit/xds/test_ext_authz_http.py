@@ -39,8 +39,9 @@ from meshwarden.xds import (
 )
 from meshwarden.xds._check import decode_check
 from meshwarden.xds._ext_authz_filter import JWT_AUTHN_NS, PORT_HEADER, WORKLOAD_HEADER
-from meshwarden.xds._ext_authz_http import serve_authz_http, serve_http_on_loopback
+from meshwarden.xds._ext_authz_http import serve_authz_http
 from meshwarden.xds._ext_authz_http1 import RequestReader
+from meshwarden.xds._loopback import serve_http_on_loopback
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
 
 TD = "example.org"

@@ -141,9 +141,8 @@ class _Stream(Generic[Request]):
             if current is not None:
                 self._machine.update(current)
             await self._handle(self._machine.receive(first))
-            while (request := await self._context.read()) is not grpc.aio.EOF:
-                log.debug("ADS %s <- %s", self._node, _describe(request))
-                await self._handle(self._machine.receive(request))
+            while await self._next():
+                pass
             if self._writer is not None:  # half-closed: what was decided before still goes out
                 await self._writer
         finally:
@@ -152,6 +151,16 @@ class _Stream(Generic[Request]):
                 self._wake.cancel()
             await self._stop_writer()
             self._observer.on_disconnect(self._node)
+
+    async def _next(self) -> bool:
+        """Read and answer one request; False once Envoy half-closed. (The request lives only
+        in this frame, not in the idle stream's.)"""
+        request = await self._context.read()
+        if request is grpc.aio.EOF:
+            return False
+        log.debug("ADS %s <- %s", self._node, _describe(request))
+        await self._handle(self._machine.receive(request))
+        return True
 
     def _changed(self, snapshot: Snapshot) -> None:
         """The watcher's callback (inside its writer's call): apply it on the next loop turn,

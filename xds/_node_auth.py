@@ -3,7 +3,7 @@ node id claiming another workload is refused (node fields are client-asserted)."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import grpc
 from cryptography import x509
@@ -61,5 +61,24 @@ def workload_authorizer(workloads: Callable[[], Mapping[str, str]]) -> NodeAutho
 
 
 def registry_authorizer(registry: Callable[[], Registry]) -> NodeAuthorizer:
-    """`workload_authorizer` over the engine's current registry."""
-    return workload_authorizer(lambda: {ref: w.identity for ref, w in registry().workloads.items()})
+    """`workload_authorizer` over the engine's current registry (looked up, not copied: a
+    mapping of every workload built per stream made opening N streams cost O(N²))."""
+    return workload_authorizer(lambda: _Identities(registry()))
+
+
+class _Identities(Mapping[str, str]):
+    """A registry's workload refs → SPIFFE IDs, as a view."""
+
+    __slots__ = ("_workloads",)
+
+    def __init__(self, registry: Registry) -> None:
+        self._workloads = registry.workloads
+
+    def __getitem__(self, ref: str) -> str:
+        return self._workloads[ref].identity
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._workloads)
+
+    def __len__(self) -> int:
+        return len(self._workloads)

@@ -6,9 +6,10 @@ import asyncio
 
 import pytest
 from meshwarden.xds._cache import Rejection, SnapshotCache
-from meshwarden.xds._node_auth import workload_authorizer
+from meshwarden.xds._node_auth import registry_authorizer, workload_authorizer
 from meshwarden.xds._snapshot import CLUSTER, LISTENER
 
+from .test_snapshot_reuse import changed, doc, mesh_text
 from .test_sotw_stream import snap
 
 WEB, WEB_ID = "shop/web", "spiffe://example.org/ns/shop/sa/web"
@@ -120,3 +121,28 @@ def test_wait_applied_returns_once_every_node_acked_its_snapshot() -> None:
         await asyncio.wait_for(waiting, 1)
 
     asyncio.run(scenario())
+
+
+def test_the_registry_authorizer_reads_the_live_registry() -> None:
+    """`registry_authorizer` (what the ADS and access-log services use) looks each node up in
+    the registry current at the call: a workload added later is admitted, a removed one is
+    refused, and a workload's certificate never stands for another's."""
+    first = changed(None, mesh_text())
+    current = [first.registry]
+    authorize = registry_authorizer(lambda: current[0])
+    primary = "spiffe://example.org/ns/shop/sa/db-primary"
+    assert authorize(primary, "shop/db-1", "shop") == "shop/db-1"
+    with pytest.raises(PermissionError, match="belongs to"):
+        authorize(primary, "shop/db-2", "shop")
+    with pytest.raises(PermissionError, match="not a registered workload"):
+        authorize(primary, "shop/db-3", "shop")
+    extra = doc(
+        "Workload",
+        "{name: db-3, namespace: shop, labels: {app: db, tier: replica}}",
+        "{serviceAccount: db-primary, addresses: [127.0.0.14], ports: [{port: 5432}]}",
+    )
+    current[0] = changed(first, mesh_text() + extra).registry
+    assert authorize(primary, "shop/db-3", "shop") == "shop/db-3"
+    current[0] = changed(first, mesh_text().replace("name: db-1,", "name: db-9,")).registry
+    with pytest.raises(PermissionError, match="not a registered workload"):
+        authorize(primary, "shop/db-1", "shop")

@@ -36,7 +36,7 @@ from meshwarden.identities._node_client import read_server_bundle
 from meshwarden.identities._outlook import IdentityHealth
 from meshwarden.identities._registry import RegisteredWorkload, WorkloadRegistry
 from meshwarden.identities._rotation import Slot, SlotState
-from meshwarden.identities._tls_front import TlsEndpoint, server_tls_context
+from meshwarden.identities._tls_front import ServerTls, TlsEndpoint
 from meshwarden.identities._validate import X509Svid, spiffe_id_of, verify_x509_svid
 from meshwarden.identities._workload_api import workload_api_services
 
@@ -68,6 +68,7 @@ __all__ = [
     "ProcessPeers",
     "RegisteredWorkload",
     "RotatingCredentials",
+    "ServerTls",
     "Slot",
     "SlotState",
     "StateError",
@@ -97,7 +98,6 @@ __all__ = [
     "read_server_bundle",
     "save_ca",
     "server_spiffe_id",
-    "server_tls_context",
     "spiffe_id_of",
     "unix_selectors",
     "verify_jwt_svid",

@@ -32,19 +32,51 @@ def small_tls_read_buffers() -> None:
     held for the connection's life: about 70 % of what a connected sidecar cost the control
     plane. A TLS record carries at most 16 KiB of plaintext, so a buffer of that size still
     reads a whole record per call; bulk transfers only take more calls. Process-wide (asyncio
-    has no per-server setting); the control plane's asyncio TLS connections are all this front."""
+    has no per-server setting); this front and the ext_authz HTTP front are the control plane's."""
     sslproto.SSLProtocol.max_size = min(sslproto.SSLProtocol.max_size, TLS_READ_BUFFER)
 
 
-def server_tls_context(cert_file: Path, key_file: Path, client_roots_pem: bytes) -> ssl.SSLContext:
-    """A TLS 1.2+ server context for h2 that asks for client certificates from the roots."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_OPTIONAL
-    context.load_verify_locations(cadata=client_roots_pem.decode("ascii"))
-    context.load_cert_chain(cert_file, key_file)
-    context.set_alpn_protocols(["h2"])
-    return context
+class ServerTls:
+    """A TLS 1.2+ server's contexts, following the renewed server certificate and the trust
+    bundle's changes: asyncio keeps the context a server was created with for its whole life, so
+    that context (`listening`) only hands each handshake to the current one (`sni_callback`,
+    which OpenSSL calls with or without a server name). `update` builds a new current context and
+    the next handshake uses it: a CA removed from the bundle is refused from then on, which
+    adding roots to one long-lived context could never do. Client certificates chaining to the
+    roots are asked for (`CERT_OPTIONAL`: verified when given) or required (`CERT_REQUIRED`)."""
+
+    def __init__(
+        self,
+        chain: Path,
+        key: Path,
+        roots_pem: bytes,
+        *,
+        client_certificate: ssl.VerifyMode = ssl.CERT_OPTIONAL,
+        alpn: str = "h2",
+    ) -> None:
+        self.chain, self.key, self.roots_pem = chain, key, roots_pem
+        self.client_certificate, self.alpn = client_certificate, alpn
+        self.current = self._context()
+        self.listening = self._context()
+        self.listening.sni_callback = self._select
+
+    def update(self, roots_pem: bytes | None = None) -> None:
+        """Read the certificate and key files again; replace the roots when given."""
+        if roots_pem is not None:
+            self.roots_pem = roots_pem
+        self.current = self._context()
+
+    def _select(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        connection.context = self.current
+
+    def _context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.verify_mode = self.client_certificate
+        context.load_verify_locations(cadata=self.roots_pem.decode("ascii"))
+        context.load_cert_chain(self.chain, self.key)
+        context.set_alpn_protocols([self.alpn])
+        return context
 
 
 class TlsEndpoint:
@@ -54,7 +86,7 @@ class TlsEndpoint:
         self,
         host: str,
         port: int,
-        tls: ssl.SSLContext,
+        tls: ServerTls,
         add_services: Callable[[grpc.aio.Server, PeerTable[TlsPeer]], None],
     ) -> None:
         self.host, self.port = host, port
@@ -76,7 +108,7 @@ class TlsEndpoint:
             self._connection,
             self.host,
             self.port,
-            ssl=self.tls,
+            ssl=self.tls.listening,
             ssl_handshake_timeout=10,
             backlog=ACCEPT_BACKLOG,
         )

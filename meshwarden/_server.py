@@ -46,6 +46,7 @@ from meshwarden.identities import (
     MtlsEndpoint,
     NodeRecords,
     RotatingCredentials,
+    ServerTls,
     StateError,
     TlsEndpoint,
     TokenRedeemer,
@@ -58,10 +59,9 @@ from meshwarden.identities import (
     peer_process,
     private_key_pkcs8_pem,
     save_ca,
-    server_tls_context,
     write_file,
 )
-from meshwarden.xds import FrontTls, TracingTarget, serve_authz_http
+from meshwarden.xds import TracingTarget, front_tls, serve_authz_http
 
 ADMIN_SOCKET = "admin.sock"
 BUNDLE_FILE = "bundle.json"
@@ -121,7 +121,7 @@ class ControlPlane:
         self.endpoint: TlsEndpoint | None = None  # the node API
         self.xds_endpoint: MtlsEndpoint | None = None  # what sidecars connect to
         self.authz_http: asyncio.Server | None = None  # the ext_authz HTTP front, when on
-        self._authz_tls: FrontTls | None = None
+        self._authz_tls: ServerTls | None = None
         self._admin: asyncio.AbstractServer | None = None
         self._server_cert_renew_at = clock.now()
         self._background: set[asyncio.Task[None]] = set()
@@ -218,7 +218,7 @@ class ControlPlane:
         self.ca = await self._open_ca()
         self._publish()
         self._issue_server_svid()
-        tls = server_tls_context(
+        tls = ServerTls(
             self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY, self.ca.bundle().x509_pem()
         )
         host, _, port = self.options.listen.rpartition(":")
@@ -272,7 +272,7 @@ class ControlPlane:
             return
         assert self.ca is not None
         host, _, port = self.options.ext_authz_http_listen.rpartition(":")
-        self._authz_tls = FrontTls(
+        self._authz_tls = front_tls(
             self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY, self.ca.bundle().x509_pem()
         )
         self.authz_http = await serve_authz_http(
@@ -408,20 +408,21 @@ class ControlPlane:
             self._publish()
             self._push_all()  # JWT-SVID keys of the trust domain may be in jwt_authn
             roots = self.ca.bundle().x509_pem()
-            self.endpoint.tls.load_verify_locations(cadata=roots.decode())
+            for tls in self._python_tls():
+                tls.update(roots_pem=roots)
             self.xds_endpoint.credentials.update(roots_pem=roots)
-            if self._authz_tls is not None:
-                self._authz_tls.update(roots_pem=roots)
         if self.clock.now() >= self._server_cert_renew_at:
             self._issue_server_svid()
-            self.endpoint.tls.load_cert_chain(
-                self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY
-            )
+            for tls in self._python_tls():
+                tls.update()
             self.xds_endpoint.credentials.update(
                 chain_pem=(self.data_dir / SERVER_CERT).read_bytes()
             )
-            if self._authz_tls is not None:
-                self._authz_tls.update()
+
+    def _python_tls(self) -> list[ServerTls]:
+        """The listeners whose TLS ends in Python: the node API's and the ext_authz front's."""
+        assert self.endpoint is not None
+        return [self.endpoint.tls] + ([self._authz_tls] if self._authz_tls else [])
 
     async def stop(self) -> None:
         if self.console is not None:

@@ -21,8 +21,7 @@ from meshwarden.xds._ext_authz import (
     authorization_handler,
     registered_workload,
 )
-from meshwarden.xds._ext_authz_http import AuthzHttpFront, serve_authz_http
-from meshwarden.xds._ext_authz_tls import FrontTls
+from meshwarden.xds._ext_authz_http import AuthzHttpFront, front_tls, serve_authz_http
 from meshwarden.xds._loopback import (
     loopback_cluster,
     serve_http_on_loopback,
@@ -55,7 +54,6 @@ __all__ = [
     "AuthzHttpFront",
     "EgressEnds",
     "Flow",
-    "FrontTls",
     "ResourceEncoder",
     "SidecarSync",
     "Snapshot",
@@ -73,6 +71,7 @@ __all__ = [
     "authorization_handler",
     "bootstrap",
     "envoy_binary",
+    "front_tls",
     "loopback_cluster",
     "peer_certificate",
     "peer_spiffe_id",

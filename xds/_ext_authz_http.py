@@ -24,9 +24,11 @@ import ipaddress
 import json
 import ssl
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from meshwarden.engine import Cause, Effect
+from meshwarden.identities import ServerTls
 from meshwarden.xds._check import CheckAttributes
 from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._ext_authz import Authorization, denial
@@ -223,6 +225,12 @@ async def serve_authz_http(
     if tls is None:
         return await loop.create_server(front.protocol, host, port)
     return await loop.create_server(front.protocol, host, port, ssl=tls, ssl_handshake_timeout=10)
+
+
+def front_tls(chain: Path, key: Path, roots_pem: bytes) -> ServerTls:
+    """The front's TLS: HTTP/1.1, a client certificate chaining to the roots required, following
+    the server certificate's renewal and the roots' rotation."""
+    return ServerTls(chain, key, roots_pem, client_certificate=ssl.CERT_REQUIRED, alpn="http/1.1")
 
 
 def _is_loopback(host: str) -> bool:

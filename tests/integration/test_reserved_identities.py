@@ -18,12 +18,12 @@ from meshwarden.identities import (
     CertificateAuthority,
     IssuedNodes,
     JoinTokens,
+    ServerTls,
     SystemClock,
     TlsEndpoint,
     generate_key,
     node_api_services,
     private_key_pkcs8_pem,
-    server_tls_context,
     write_file,
 )
 from meshwarden.identities._node_client import (
@@ -80,9 +80,7 @@ def node_api(tmp_path: Path, registry: _Registry) -> Iterator[NodeApiUnderTest]:
     write_file(
         tmp_path / "server.pem", b"".join(c.public_bytes(Encoding.PEM) for c in server.chain)
     )
-    tls = server_tls_context(
-        tmp_path / "server.pem", tmp_path / "server.key", ca.bundle().x509_pem()
-    )
+    tls = ServerTls(tmp_path / "server.pem", tmp_path / "server.key", ca.bundle().x509_pem())
     nodes = IssuedNodes(tmp_path / "nodes.json", clock)
     services = node_api_services(ca, tokens, lambda: registry, nodes)
     endpoint = TlsEndpoint("127.0.0.1", 0, tls, services)

@@ -16,11 +16,11 @@ from meshwarden.identities import (
     SERVER_DNS_NAME,
     CaConfig,
     CertificateAuthority,
+    ServerTls,
     SystemClock,
     TlsEndpoint,
     generate_key,
     private_key_pkcs8_pem,
-    server_tls_context,
     write_file,
 )
 
@@ -46,7 +46,7 @@ def test_a_megabyte_crosses_the_tls_front_whole_with_16_kib_read_buffers(tmp_pat
     write_file(tmp_path / "server.key", private_key_pkcs8_pem(key))
     write_file(tmp_path / "server.pem", chain)
     roots = bytes(ca.bundle().x509_pem())
-    tls = server_tls_context(tmp_path / "server.pem", tmp_path / "server.key", roots)
+    tls = ServerTls(tmp_path / "server.pem", tmp_path / "server.key", roots)
     endpoint = TlsEndpoint(
         "127.0.0.1",
         0,

@@ -31,9 +31,9 @@ from meshwarden.xds import (
     XDS_CLUSTER,
     Authorization,
     AuthzHttpFront,
-    FrontTls,
     TranslationContext,
     bootstrap,
+    front_tls,
     registered_workload,
     workload_resources,
 )
@@ -348,14 +348,14 @@ def test_with_tls_the_callers_certificate_names_the_workloads_it_may_ask_for(
 def test_after_a_ca_rotation_the_front_refuses_certificates_of_the_removed_ca(
     tmp_path: Path,
 ) -> None:
-    """FrontTls hands each handshake to the current context: new roots replace the old ones
+    """The front's TLS hands each handshake to the current context: new roots replace the old ones
     (a long-lived context could only add roots)."""
     old, new = (CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock()) for _ in "ab")
     folders = {name: tmp_path / name for name in ("server", "old", "new")}
     for folder in folders.values():
         folder.mkdir()
     chain, key = _svid(old, f"spiffe://{TD}/ns/cp/sa/server", folders["server"])
-    front_tls = FrontTls(chain, key, old.bundle().x509_pem())
+    tls = front_tls(chain, key, old.bundle().x509_pem())
 
     def client(ca: CertificateAuthority, folder: Path) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -375,11 +375,11 @@ def test_after_a_ca_rotation_the_front_refuses_certificates_of_the_removed_ca(
 
     async def scenario() -> list[int | str]:
         front = AuthzHttpFront(_authorization())
-        server = await serve_authz_http(front, "127.0.0.1", 0, front_tls.listening)
+        server = await serve_authz_http(front, "127.0.0.1", 0, tls.listening)
         port = server.sockets[0].getsockname()[1]
         old_client, new_client = client(old, folders["old"]), client(new, folders["new"])
         got = [await status(port, old_client), await status(port, new_client)]
-        front_tls.update(roots_pem=new.bundle().x509_pem())
+        tls.update(roots_pem=new.bundle().x509_pem())
         got += [await status(port, old_client), await status(port, new_client)]
         no_certificate = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         no_certificate.check_hostname, no_certificate.verify_mode = False, ssl.CERT_NONE

@@ -27,8 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from meshwarden.engine import Cause, Effect
-from meshwarden.identities import ServerTls
+from meshwarden.identities import IdentityError, ServerTls, spiffe_id_of
 from meshwarden.xds._check import CheckAttributes
 from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._ext_authz import Authorization, denial
@@ -177,7 +178,7 @@ class AuthzHttpConnection(asyncio.Protocol):
             return
         self.front.connections += 1
         self.transport = transport
-        self.caller = peer_spiffe_id(transport.get_extra_info("peercert"))
+        self.caller = transport_spiffe_id(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -204,12 +205,17 @@ class AuthzHttpConnection(asyncio.Protocol):
             self.transport = None
 
 
-def peer_spiffe_id(peercert: Mapping[str, Any] | None) -> str | None:
-    """The one URI SAN of a verified client certificate (ssl's `getpeercert()` form)."""
-    if not peercert:
+def transport_spiffe_id(transport: asyncio.Transport) -> str | None:
+    """The SPIFFE ID of the connection's verified client certificate (the same parsing as the
+    gRPC services', `identities.spiffe_id_of`); None without one."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    if not der:
         return None
-    uris = [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
-    return uris[0] if len(uris) == 1 else None
+    try:
+        return str(spiffe_id_of(x509.load_der_x509_certificate(der)))
+    except (ValueError, IdentityError):
+        return None
 
 
 async def serve_authz_http(

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -27,18 +27,21 @@ def health_report(
     nacks: Sequence[Nack],
     sidecars: dict[str, Any],
     build_errors: Sequence[str] = (),
+    sidecar_problems: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """`/healthz`: `degraded` while the last policy change stands rejected, some sidecar
-    rejected its configuration (a NACK not replaced by an accepted version) or a workload's
-    configuration could not be built."""
+    rejected its configuration (a NACK not replaced by an accepted version), a workload's
+    configuration could not be built or a connected sidecar cannot work as configured
+    (`sidecar_problems`: workload → why)."""
     status = policies.status
     started = policies.reloading_since
     if started is not None:
         reload = {"state": "compiling", "since": _stamp(started)}
     else:
         reload = {"state": "settling" if policies.settling else "idle"}
-    return {
-        "status": "ok" if status.healthy and not nacks and not build_errors else "degraded",
+    healthy = status.healthy and not nacks and not build_errors and not sidecar_problems
+    report = {
+        "status": "ok" if healthy else "degraded",
         "policyVersion": status.version,
         "lastChangeRejected": bool(status.errors),
         "errors": [*status.errors, *build_errors],
@@ -46,6 +49,9 @@ def health_report(
         "nacks": [nack.to_json() for nack in nacks],
         "sidecars": sidecars,
     }
+    if sidecar_problems:
+        report["sidecarProblems"] = dict(sidecar_problems)
+    return report
 
 
 @dataclass(frozen=True)

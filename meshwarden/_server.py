@@ -316,6 +316,7 @@ class ControlPlane:
             self.xds.nacks(),
             self.xds.sidecars(),
             sorted(self.xds.build_errors.values()),
+            self.xds.sidecar_problems(),
         )
         report["replica"] = self.xds.replica
         if self.replica is None:

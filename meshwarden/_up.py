@@ -186,6 +186,7 @@ class LocalMesh:
             if not problems:
                 return reply
             body: dict[str, Any] = json.loads(reply.body)
+            problems = {**body.get("sidecarProblems", {}), **problems}
             body["status"] = "degraded"
             body["sidecarProblems"] = problems
             return Reply.json(body, reply.status)

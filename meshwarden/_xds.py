@@ -13,6 +13,7 @@ from typing import Any
 
 from meshwarden._flows import FlowLog, engine_attribution
 from meshwarden._policies import Policies, collection_paused
+from meshwarden.engine import AuthorizationPlan
 from meshwarden.xds import (
     EXT_AUTHZ_HTTP_CLUSTER,
     XDS_CLUSTER,
@@ -29,6 +30,7 @@ from meshwarden.xds import (
     access_log_handler,
     ads_handler,
     authorization_handler,
+    ext_authz_http_declared,
     peer_certificate,
     peer_spiffe_id,
     registered_workload,
@@ -127,6 +129,8 @@ class MeshXds:
             registered_workload(lambda: self.policies.mesh, _caller_identity)
         )
         self._building = threading.Lock()
+        # workload → whether its newest ADS stream's bootstrap has the HTTP front's cluster
+        self._reaches_http_front: dict[str, bool] = {}
         self.build_errors: dict[str, str] = {}  # workload → why its snapshot could not be built
         self.pushes = 0
         self._nacks = NackTracker()
@@ -196,10 +200,11 @@ class MeshXds:
             assert self.policies.registry is not None
             return self.policies.registry
 
-        def presented(node: str, context: Any) -> None:
+        def presented(node: str, context: Any, envoy_node: Any) -> None:
             certificate = peer_certificate(context)
             if certificate is not None:
                 self.cache.presented(node, certificate.not_valid_after_utc)
+            self._reaches_http_front[node] = ext_authz_http_declared(envoy_node)
 
         ads = AggregatedDiscovery(
             self.cache, registry_authorizer(registry), observer=self.cache, admitted=presented
@@ -240,6 +245,22 @@ class MeshXds:
             "issuedExpiry": _iso(issued),
         }
 
+    def sidecar_problems(self) -> dict[str, str]:
+        """Connected sidecars that cannot work as configured, and why (for /healthz
+        `sidecarProblems`): ext_authz over HTTP for a sidecar bootstrapped without the HTTP
+        front's cluster, whose Envoy accepts the filter but fails every request closed."""
+        mesh = self.policies.mesh
+        if mesh is None:
+            return {}
+        return {
+            node: _NO_HTTP_FRONT
+            for node, reaches in self._reaches_http_front.items()
+            if not reaches
+            and self.cache.status(node).streams
+            and node in mesh.plans
+            and _asks_http_front(mesh.plans[node])
+        }
+
     def sidecars(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for node in sorted(self.cache.nodes()):
@@ -261,6 +282,23 @@ class MeshXds:
                 ],
             }
         return out
+
+
+_NO_HTTP_FRONT = (
+    "extAuthz.transport is http but its sidecar was bootstrapped without --ext-authz-http-port: "
+    "every request to its HTTP ports fails closed (restart it with --ext-authz-http-port, the "
+    "port of the server's --ext-authz-http-listen)"
+)
+
+
+def _asks_http_front(plan: AuthorizationPlan) -> bool:
+    """Whether the sidecar of `plan` asks the ext_authz HTTP front (an HTTP port under
+    ext-authz enforcement with `extAuthz.transport: http`)."""
+    return (
+        plan.enforcement == "ext-authz"
+        and plan.mesh.ext_authz.transport == "http"
+        and any(port.is_http for port in plan.workload.ports.values())
+    )
 
 
 def _iso(moment: dt.datetime | None) -> str | None:

@@ -9,6 +9,7 @@ from meshwarden.xds._bootstrap import (
     XDS_CLUSTER,
     bootstrap,
     envoy_binary,
+    ext_authz_http_declared,
     replica_order,
 )
 from meshwarden.xds._cache import SnapshotCache
@@ -71,6 +72,7 @@ __all__ = [
     "authorization_handler",
     "bootstrap",
     "envoy_binary",
+    "ext_authz_http_declared",
     "front_tls",
     "loopback_cluster",
     "peer_certificate",

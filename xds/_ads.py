@@ -38,8 +38,9 @@ Request = TypeVar("Request", DiscoveryRequest, DeltaDiscoveryRequest)
 _Received = TypeVar("_Received", DiscoveryRequest, DeltaDiscoveryRequest, contravariant=True)
 Response = DiscoveryResponse | DeltaDiscoveryResponse
 PeerIdentity = Callable[[grpc.aio.ServicerContext], str | None]
-Admitted = Callable[[str, grpc.aio.ServicerContext], None]
-"""Told the node key of each admitted stream and its call (e.g. to note the certificate)."""
+Admitted = Callable[[str, grpc.aio.ServicerContext, Any], None]
+"""Told the node key of each admitted stream, its call (e.g. to note the certificate) and the
+Envoy node its first request carried (e.g. to read the node's metadata)."""
 
 
 class _Machine(Protocol[_Received]):
@@ -97,7 +98,7 @@ class AggregatedDiscovery:
             log.warning("ADS stream refused: %s", exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         if self._admitted is not None:
-            self._admitted(node, context)
+            self._admitted(node, context, first.node)
         return first, node
 
 

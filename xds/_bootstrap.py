@@ -12,12 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from envoy_data_plane.envoy.config.core.v3 import Node
 from meshwarden.xds._context import SDS_CLUSTER
 from meshwarden.xds._tracing import TRACER_RUNTIME
 from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA
 
 XDS_CLUSTER = "meshwarden-xds"
 EXT_AUTHZ_HTTP_CLUSTER = "meshwarden-ext-authz-http"
+# The node metadata key a sidecar's bootstrap sets when it has EXT_AUTHZ_HTTP_CLUSTER, so the
+# control plane can tell a sidecar that cannot reach its HTTP front (`ext_authz_http_declared`).
+EXT_AUTHZ_HTTP_METADATA = "meshwarden.ext_authz_http"
 _T = "type.googleapis.com/"
 _H2 = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -111,11 +115,13 @@ def bootstrap(
     admin = {"admin": {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}}}
     control_planes = replica_order(workload, [(server_host, server_port), *replicas])
     authz_http = []
+    node: dict[str, Any] = {"id": workload, "cluster": workload.split("/")[0]}
     if ext_authz_http_port is not None:  # the same hosts, the engine's HTTP/1.1 front
         fronts = [(host, ext_authz_http_port) for host, _ in control_planes]
         authz_http = [_control_plane_cluster(EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, {})]
+        node["metadata"] = {EXT_AUTHZ_HTTP_METADATA: True}
     return {
-        "node": {"id": workload, "cluster": workload.split("/")[0]},
+        "node": node,
         **(admin if admin_socket else {}),
         "dynamicResources": {
             "adsConfig": {
@@ -192,3 +198,10 @@ def _control_plane_cluster(
         "transportSocket": tls,
         "loadAssignment": {"clusterName": name, "endpoints": [{"lbEndpoints": endpoints}]},
     }
+
+
+def ext_authz_http_declared(node: Node | None) -> bool:
+    """Whether the Envoy `node` (the first ADS request's) says its bootstrap has the cluster of
+    the control plane's ext_authz HTTP front (see `bootstrap`'s `ext_authz_http_port`)."""
+    metadata = node.metadata if node is not None else None
+    return metadata is not None and metadata.to_dict().get(EXT_AUTHZ_HTTP_METADATA) is True

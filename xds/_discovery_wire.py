@@ -2,17 +2,18 @@
 
 A state-of-the-world stream sends every sidecar a response per change and reads its ACK; with
 envoy-data-plane's pure-Python codec that was ≈ 1 ms of the event loop per sidecar and change.
-Here a request is read for the fields the ADS server uses (version, node id and cluster,
-resource names, type URL, nonce, error detail) into the same message class, and a response of
-the shape the server sends (version, resources, type URL, nonce) is written directly; anything
-else falls back to envoy-data-plane."""
+Here a request is read for the fields the ADS server uses (version, node id, cluster and
+metadata, resource names, type URL, nonce, error detail) into the same message class, and a
+response of the shape the server sends (version, resources, type URL, nonce) is written
+directly; anything else falls back to envoy-data-plane."""
 
 from __future__ import annotations
 
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
+from envoy_data_plane.google.protobuf import Struct
 from envoy_data_plane.google.rpc import Status
-from meshwarden.xds._wire import decode, last, length_delimited, submessage
+from meshwarden.xds._wire import decode, last, length_delimited, struct_value, submessage
 
 __all__ = ["parse_discovery_request", "serialize_discovery_response"]
 
@@ -26,7 +27,12 @@ def parse_discovery_request(buf: bytes) -> DiscoveryRequest:
     node = None
     if 2 in fields:
         node_fields = submessage(fields, 2)
-        node = Node(id=_text(last(node_fields, 1)), cluster=_text(last(node_fields, 2)))
+        metadata = last(node_fields, 3)  # sent once per stream (setNodeOnFirstMessageOnly)
+        node = Node(
+            id=_text(last(node_fields, 1)),
+            cluster=_text(last(node_fields, 2)),
+            metadata=None if metadata is None else Struct.from_dict(struct_value(metadata)),
+        )
     error = None
     if 6 in fields:
         status = submessage(fields, 6)

@@ -73,7 +73,7 @@ _SUMMARIES: dict[str, str] = {
     "verify": "probe the live mesh through its sidecars and compare with explain",
     "import": "translate Kubernetes objects, NetworkPolicies and Istio policies",
     "matrix": "print who can reach whom (a reachability matrix)",
-    "status": "show every sidecar's configuration state: SYNCED, STALE or NACK",
+    "status": "show every sidecar's configuration state: SYNCED, STALE, NACK or PROBLEM",
     "store": "operations on the shared store itself (rekey)",
 }
 _LISTING = "listing"  # `build_parser(_LISTING)`: summaries only, for the top-level help

@@ -1,5 +1,5 @@
-"""`meshwarden status`: every sidecar's configuration state (SYNCED / STALE / NACK) as the
-control plane(s) see it, with Envoy's message for a NACK and when its SVID expires."""
+"""`meshwarden status`: every sidecar's configuration state (SYNCED / STALE / NACK / PROBLEM)
+as the control plane(s) see it, with Envoy's message for a NACK and when its SVID expires."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, add_output_format, fail
 from meshwarden.cli._types import http_server, split_host_port
 
 SERVER_ENV = "MESHWARDEN_SERVER"
-_RANK = {"SYNCED": 0, "STALE": 1, "NACK": 2}
+_RANK = {"SYNCED": 0, "STALE": 1, "NACK": 2, "PROBLEM": 3}
 
 HELP = f"""\
 Show, per sidecar, whether it runs the configuration the control plane serves:
@@ -24,6 +24,9 @@ Show, per sidecar, whether it runs the configuration the control plane serves:
   STALE   no ADS stream is open, or a version was not sent or not ACKed yet (the reason says)
   NACK    Envoy rejected a version (its message is shown); it keeps serving the last version
           it accepted, until it ACKs a newer one
+  PROBLEM it cannot serve as configured (the reason says): under `up` its Envoy exited or has
+          no identity; a sidecar bootstrapped without --ext-authz-http-port while the Mesh
+          asks for extAuthz.transport http
 
 and when the SVID it holds expires. Works the same for `meshwarden server` (a policy directory
 or a store) and `meshwarden up`.
@@ -37,8 +40,8 @@ examples:
   meshwarden status --server 127.0.0.1:41234
   meshwarden status --server cp1:9090,cp2:9090,cp3:9090 -o json
 
-exit status: 0 no sidecar NACKed, 1 some sidecar NACKed or a server could not be asked,
-2 usage error."""
+exit status: 0 no sidecar NACKed or has a problem, 1 some sidecar NACKed or has a problem, or
+a server could not be asked, 2 usage error."""
 
 
 def _servers(text: str) -> list[str]:
@@ -49,7 +52,7 @@ def _servers(text: str) -> list[str]:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "status",
-        help="show every sidecar's configuration state: SYNCED, STALE or NACK",
+        help="show every sidecar's configuration state: SYNCED, STALE, NACK or PROBLEM",
         description=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -101,8 +104,14 @@ def merge(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     chosen: dict[str, dict[str, Any]] = {}
     expiry: dict[str, str | None] = {}
     for report in reports.values():
-        for workload, view in report.get("sidecars", {}).items():
+        problems: dict[str, str] = report.get("sidecarProblems", {})
+        views = report.get("sidecars", {})
+        for workload in problems.keys() - views.keys():  # e.g. under `up`: its Envoy exited
+            views = {**views, workload: {"state": "STALE", "reason": "", "streams": 0}}
+        for workload, view in views.items():
             row = {"workload": workload, "replica": view.get("replica", ""), **view}
+            if workload in problems:
+                row |= {"state": "PROBLEM", "reason": problems[workload]}
             chosen[workload] = _better(chosen[workload], row) if workload in chosen else row
             seen = (view.get("svid") or {}).get("expiry")
             expiry[workload] = _newer(expiry.get(workload), seen)
@@ -177,4 +186,4 @@ def run(args: argparse.Namespace) -> int:
         print(", ".join(f"{n} {state}" for state, n in counts.items()))
     for server, problem in problems.items():
         print(f"meshwarden status: error: {server}: {problem}", file=sys.stderr)
-    return EXIT_FAILED if counts["NACK"] or problems else EXIT_OK
+    return EXIT_FAILED if counts["NACK"] or counts["PROBLEM"] or problems else EXIT_OK

@@ -129,7 +129,7 @@ def test_status_shows_synced_and_nacked_sidecars_with_envoys_message(up_with_a_n
     assert web["svid"]["spiffeId"] == "spiffe://status.test/ns/t/sa/web-1"
     assert web["svid"]["presentedExpiry"] and web["svid"]["issuedExpiry"]
     assert web["replica"] == report["servers"][0]["replica"] != ""
-    assert report["counts"] == {"SYNCED": 1, "STALE": 0, "NACK": 1}
+    assert report["counts"] == {"SYNCED": 1, "STALE": 0, "NACK": 1, "PROBLEM": 0}
 
     text = status(up_with_a_nack.health)
     assert text.returncode == 1  # a NACK stands
@@ -139,7 +139,7 @@ def test_status_shows_synced_and_nacked_sidecars_with_envoys_message(up_with_a_n
     assert " NACK " in nacked and "10.99.0.1:8080" in nacked
     synced = next(line for line in lines if line.startswith("t/web-1"))
     assert " SYNCED " in synced and "(in " in synced
-    assert lines[-1] == "1 SYNCED, 0 STALE, 1 NACK"
+    assert lines[-1] == "1 SYNCED, 0 STALE, 1 NACK, 0 PROBLEM"
 
     only_web = status(up_with_a_nack.health, "--workload", "t/web-1")
     assert only_web.returncode == 0, only_web.stderr

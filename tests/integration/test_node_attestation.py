@@ -85,10 +85,11 @@ class Plane:
 
 
 @contextlib.contextmanager
-def running_plane(tmp_path: Path, **options: Any) -> Iterator[Plane]:
-    """A control plane on the policies above; `options` override ServerOptions fields."""
+def running_plane(tmp_path: Path, policies: str = POLICIES, **options: Any) -> Iterator[Plane]:
+    """A control plane on `policies` (those above by default); `options` override
+    ServerOptions fields."""
     (tmp_path / "policies").mkdir(exist_ok=True)
-    (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
+    (tmp_path / "policies" / "mesh.yaml").write_text(policies)
     server_options = ServerOptions(
         tmp_path / "policies", tmp_path / "server", listen="127.0.0.1:0", **options
     )

@@ -43,3 +43,26 @@ def test_the_svid_expiry_is_the_newest_any_replica_issued() -> None:
     }
     [row] = merge(reports)
     assert (row["replica"], row["svidExpiry"]) == ("a", "2027-01-01T10:30:00+00:00")
+
+
+def test_a_sidecar_with_a_problem_is_a_problem_row_with_the_reason() -> None:
+    """/healthz `sidecarProblems` wins over the sync state; a problem sidecar with no stream
+    (under `up`: its Envoy exited) still gets a row."""
+    reports = {
+        "a:9090": {
+            "sidecars": {"shop/web-1": view("SYNCED", 1, "a", None)},
+            "sidecarProblems": {
+                "shop/web-1": "bootstrapped without --ext-authz-http-port",
+                "shop/db-1": "its Envoy exited (status 1)",
+            },
+        }
+    }
+    rows = {row["workload"]: row for row in merge(reports)}
+    assert (rows["shop/web-1"]["state"], rows["shop/web-1"]["reason"]) == (
+        "PROBLEM",
+        "bootstrapped without --ext-authz-http-port",
+    )
+    assert (rows["shop/db-1"]["state"], rows["shop/db-1"]["reason"]) == (
+        "PROBLEM",
+        "its Envoy exited (status 1)",
+    )

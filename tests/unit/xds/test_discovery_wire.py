@@ -6,13 +6,21 @@ from __future__ import annotations
 from envoy_data_plane.envoy.config.core.v3 import Node
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
 from envoy_data_plane.google.protobuf import Any as AnyMessage
+from envoy_data_plane.google.protobuf import Struct
 from envoy_data_plane.google.rpc import Status
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from meshwarden.xds._discovery_wire import parse_discovery_request, serialize_discovery_response
 
 TEXT = st.text(max_size=40)
-NODES = st.none() | st.builds(Node, id=TEXT, cluster=TEXT)
+SCALARS = st.booleans() | TEXT | st.floats(allow_nan=False) | st.none()
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+METADATA = st.none() | st.dictionaries(TEXT, VALUES, max_size=4).map(Struct.from_dict)
+NODES = st.none() | st.builds(Node, id=TEXT, cluster=TEXT, metadata=METADATA)
 ERRORS = st.none() | st.builds(Status, code=st.integers(-(2**31), 2**31 - 1), message=TEXT)
 REQUESTS = st.builds(
     DiscoveryRequest,
@@ -52,3 +60,11 @@ def test_a_request_from_envoy_keeps_the_node_id_among_its_other_node_fields() ->
     parsed = parse_discovery_request(bytes(request))
     assert parsed.node == Node(id="shop/web-1", cluster="shop")
     assert parsed.resource_names == ["a", "b"] and parsed.type_url == "t"
+
+
+def test_a_nodes_metadata_is_read_for_what_its_bootstrap_declares() -> None:
+    metadata = Struct.from_dict({"meshwarden.ext_authz_http": True, "zone": "a"})
+    parsed = parse_discovery_request(
+        bytes(DiscoveryRequest(node=Node(id="a/b", metadata=metadata)))
+    )
+    assert parsed.node is not None and parsed.node.metadata == metadata

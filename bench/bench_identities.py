@@ -8,12 +8,13 @@ on one core, and Workload API first-fetch latency with 100 concurrent workloads.
 Issuance runs in this process (one core). For the Workload API each server runs in a forked child
 process and the clients come from this one (see _first_fetch.py), each doing what a workload
 starting up does: connect, call FetchX509SVID with the security header, wait for the first
-message (checked: it must carry the workload's SVID). Three servers take turns, round by round:
-ours (the agent's endpoint: SO_PEERCRED front, relay, grpc.aio, our servicer), "no front" (our
-servicer on grpc.aio listening on the socket itself, no attestation) and the grpc.aio floor (a
-response encoded in advance, nothing else), so the cost of each layer shows in one run, as
-latency and as the server's CPU time per connection. Targets (issue #14): ≥ 2,000 SVIDs/s;
-first fetch p99 ≤ 20 ms. Prints figures only.
+message (checked: it must carry the workload's SVID). Four servers take turns, round by round:
+ours (the agent's endpoint), "no front" (our servicer on grpc.aio listening on the socket itself,
+no attestation), the grpc.aio floor (a response encoded in advance, nothing else) and the
+asyncio floor (accept, attest the caller as ours does, write a canned HTTP/2 answer without
+reading the request: what the kernel and CPython cost before any HTTP/2 or gRPC code), so the
+cost of each layer shows in one run, as latency and as the server's CPU time per connection.
+Targets (issue #14): ≥ 2,000 SVIDs/s; first fetch p99 ≤ 20 ms. Prints figures only.
 """
 
 from __future__ import annotations
@@ -33,7 +34,16 @@ from typing import Any
 
 import cryptography
 import grpc
-from _first_fetch import Fetch, first_fetches
+from _first_fetch import (
+    DATA,
+    END_HEADERS,
+    HEADERS,
+    SETTINGS,
+    STREAM,
+    Fetch,
+    first_fetches,
+    frame,
+)
 from _harness import cpu_model
 from cryptography import x509
 from cryptography.hazmat.backends.openssl import backend
@@ -50,6 +60,7 @@ from meshwarden.identities import (
     generate_key,
     workload_api_services,
 )
+from meshwarden.identities._attestation import peer_process
 from meshwarden.identities._workload_api import WorkloadApi, x509_svid_response
 from meshwarden.protos import workload_pb2_grpc
 from spiffe._proto import workload_pb2
@@ -86,7 +97,7 @@ def bench_issuance(seconds: float) -> dict[str, float]:
     return {"svids": issued, "seconds": round(elapsed, 3), "svids_per_second": issued / elapsed}
 
 
-SERVERS = ("ours", "no front", "grpc.aio floor")
+SERVERS = ("ours", "no front", "grpc.aio floor", "asyncio floor")
 
 
 def _identity_cache(ca: CertificateAuthority) -> IdentityCache:
@@ -155,9 +166,51 @@ async def _start_floor(socket_path: str) -> Any:
     return server
 
 
+class _CannedAnswer(asyncio.Protocol):
+    """The asyncio floor's connection: attested at accept as ours are, then answered once with
+    bytes prepared in advance (server SETTINGS, response HEADERS, the message) when the client's
+    first bytes arrive, which are not parsed."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer_process(transport.get_extra_info("socket"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is not None and self.answer:
+            self.transport.write(self.answer)
+            self.answer = b""
+
+
+async def _start_asyncio_floor(socket_path: str) -> Any:
+    """What no Python server on asyncio can go below: accept, attestation, a canned answer."""
+    cache = _identity_cache(CertificateAuthority(CaConfig(TD), SystemClock()))
+    bundle = cache.bundle()
+    assert bundle is not None
+    message = x509_svid_response(cache.identities, bundle).SerializeToString()
+    content_type = b"\x00\x0ccontent-type\x10application/grpc"
+    answer = (
+        frame(SETTINGS, 0, 0)
+        + frame(HEADERS, END_HEADERS, STREAM, b"\x88" + content_type)  # :status 200
+        + frame(DATA, 0, STREAM, b"\x00" + len(message).to_bytes(4, "big") + message)
+    )
+    loop = asyncio.get_running_loop()
+    server = await loop.create_unix_server(lambda: _CannedAnswer(answer), path=socket_path)
+    settle_collections()
+    return server
+
+
 def _serve(kind: str, socket_path: str, ready: Any) -> None:
     async def main() -> None:
-        start = {"ours": _start_ours, "no front": _start_no_front}.get(kind, _start_floor)
+        start = {
+            "ours": _start_ours,
+            "no front": _start_no_front,
+            "asyncio floor": _start_asyncio_floor,
+        }.get(kind, _start_floor)
         server = await start(socket_path)
         ready.set()
         await asyncio.Event().wait()
@@ -236,12 +289,14 @@ def bench_first_fetch(clients: int, rounds: int) -> dict[str, Any]:
         shutil.rmtree(directory, ignore_errors=True)
     figures = {server.kind: server.figures() for server in servers}
     ours, floor = figures["ours"], figures["grpc.aio floor"]
+    bare = figures["asyncio floor"]
     return {
         "clients": clients,
         **figures,
         "p99_ratio_to_floor": ours["p99_ms"] / floor["p99_ms"],
         "cpu_ratio_to_floor": ours["cpu_ms_per_connection"] / floor["cpu_ms_per_connection"],
         "floor_cpu_for_all_clients_ms": floor["cpu_ms_per_connection"] * clients,
+        "cpu_above_asyncio_floor_ms": ours["cpu_ms_per_connection"] - bare["cpu_ms_per_connection"],
     }
 
 
@@ -281,6 +336,10 @@ def main() -> None:
         f"CPU per connection {fetch['cpu_ratio_to_floor']:.2f}x; target p99 <= 20 ms "
         f"(the floor alone needs {fetch['floor_cpu_for_all_clients_ms']:.0f} ms of CPU "
         f"for {fetch['clients']} connections)"
+    )
+    print(
+        f"  ours above the asyncio floor (HTTP/2, gRPC, servicer): "
+        f"{fetch['cpu_above_asyncio_floor_ms']:.3f} ms of CPU per connection"
     )
 
 

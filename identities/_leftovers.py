@@ -9,10 +9,7 @@ endpoint removes the ones that are certainly dead, and nothing else:
 
 A live endpoint's directory (another process's, or this process's other socket) accepts the
 connection and is left alone; so is an empty one younger than a minute (an endpoint between
-creating its directory and binding its socket).
-
-The public socket itself (`claim_socket_path`): a dead one is replaced, a live one is another
-endpoint's and is refused, anything that is not a socket is refused."""
+creating its directory and binding its socket)."""
 
 from __future__ import annotations
 
@@ -48,39 +45,6 @@ def remove_stale_private_dirs(parent: Path) -> list[Path]:
                 removed.append(parent / name)
                 log.info("removed %s, left by an endpoint that was killed", parent / name)
     return removed
-
-
-def claim_socket_path(path: Path) -> None:
-    """Make `path` free to bind: remove a socket nothing listens on (a killed endpoint's);
-    raise OSError(EADDRINUSE) when one answers (another agent serves there) and
-    OSError(EEXIST) when the path is not a socket (never delete a user's file)."""
-    try:
-        found = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(found.st_mode):
-        raise OSError(
-            errno.EEXIST, f"{path} exists and is not a socket; remove it or choose another path"
-        )
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.setblocking(False)  # a live server with a full backlog answers EAGAIN
-        try:
-            probe.connect(str(path))
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise _in_use(path) from None
-        else:
-            raise _in_use(path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _in_use(path: Path) -> OSError:
-    return OSError(
-        errno.EADDRINUSE,
-        f"{path}: another process is serving on this socket (a second agent?); stop it or "
-        "choose another path",
-    )
 
 
 def _remove_if_stale(parent: Path, name: str) -> bool:

@@ -14,8 +14,9 @@ import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
 from meshwarden.identities._errors import AttestationError
 from meshwarden.identities._front import PeerTable, PrivateSocketUpstream, RelayedConnection
-from meshwarden.identities._leftovers import claim_socket_path, remove_stale_private_dirs
+from meshwarden.identities._leftovers import remove_stale_private_dirs
 from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidGate
+from meshwarden.identities._socket_claim import SocketLock, claim_socket_path
 
 ProcessPeers: TypeAlias = PeerTable[PeerProcess]
 DEFAULT_LIMITS = ConnectionLimits()
@@ -52,6 +53,7 @@ class LocalEndpoint:
         self._listener: asyncio.AbstractServer | None = None
         self.upstream: PrivateSocketUpstream | None = None
         self.connections_accepted = 0
+        self._lock = SocketLock(socket_path)
 
     @property
     def internal_address(self) -> str:
@@ -60,9 +62,17 @@ class LocalEndpoint:
         return f"unix:{self.upstream.path}"
 
     async def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()  # refuses a second endpoint on this path, even one starting now
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(0)
+            raise
+
+    async def _start(self) -> None:
         self._grpc = grpc.aio.server()
         self._add_services(self._grpc, self.peers)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_private_dirs(self.socket_path.parent)  # of an endpoint killed with -9
         self.upstream = PrivateSocketUpstream(self.socket_path)
         self.upstream.listen(self._grpc)
@@ -83,6 +93,7 @@ class LocalEndpoint:
             self.upstream.remove()
         if self._listener is not None:  # only the socket this endpoint bound, never another's
             self.socket_path.unlink(missing_ok=True)
+        self._lock.release()
 
     def _connection(self) -> RelayedConnection[PeerProcess]:
         self.connections_accepted += 1

@@ -25,14 +25,14 @@ def _stamp(epoch: float) -> str:
 def health_report(
     policies: Policies,
     nacks: Sequence[Nack],
-    sidecars: dict[str, Any],
+    sidecars: dict[str, Any] | None,
     build_errors: Sequence[str] = (),
     sidecar_problems: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """`/healthz`: `degraded` while the last policy change stands rejected, some sidecar
     rejected its configuration (a NACK not replaced by an accepted version), a workload's
     configuration could not be built or a connected sidecar cannot work as configured
-    (`sidecar_problems`: workload → why)."""
+    (`sidecar_problems`: workload → why). `sidecars` None leaves the per-sidecar view out."""
     status = policies.status
     started = policies.reloading_since
     if started is not None:
@@ -47,8 +47,9 @@ def health_report(
         "errors": [*status.errors, *build_errors],
         "reload": reload,
         "nacks": [nack.to_json() for nack in nacks],
-        "sidecars": sidecars,
     }
+    if sidecars is not None:
+        report["sidecars"] = sidecars
     if sidecar_problems:
         report["sidecarProblems"] = dict(sidecar_problems)
     return report
@@ -67,7 +68,7 @@ class Reply:
 
     @classmethod
     def json(cls, value: Any, status: str = "200 OK") -> Reply:
-        return cls(json.dumps(value, indent=2).encode(), status)
+        return cls(json.dumps(value, separators=(",", ":")).encode(), status)  # C encoder
 
 
 Route = Callable[[dict[str, str]], Reply]

@@ -19,6 +19,7 @@ from meshwarden.identities._errors import (
     SvidValidationError,
 )
 from meshwarden.identities._files import check_private_dir, write_file
+from meshwarden.identities._grpc_calls import LocalServer
 from meshwarden.identities._grpc_tls import MtlsEndpoint, RotatingCredentials
 from meshwarden.identities._issued_nodes import IssuedNodes, fingerprint
 from meshwarden.identities._join_tokens import (
@@ -61,6 +62,7 @@ __all__ = [
     "JwtKey",
     "JwtSvid",
     "LocalEndpoint",
+    "LocalServer",
     "ManualClock",
     "MtlsEndpoint",
     "NodeRecords",

@@ -1,32 +1,24 @@
-"""Fronts for grpc.aio servers: the public socket is accepted by asyncio, which learns who the
-peer is (Unix peer credentials, or a TLS client certificate) and pipes the bytes to a grpc.aio
-server behind it: on an ephemeral loopback port (`LoopbackUpstream`), or on a Unix socket in a
-directory only this process's user can enter (`PrivateSocketUpstream`, cheaper per connection).
+"""A front for a grpc.aio server (the node API's, `_tls_front`): the public socket is accepted by
+asyncio, which learns who the peer is (a TLS client certificate) and pipes the bytes to a grpc.aio
+server behind it on an ephemeral loopback port (`LoopbackUpstream`).
 
-grpcio exposes neither SO_PEERCRED nor "request a client certificate if given" (its server
-credentials either require one or never ask), so the identity is established here and recorded
-under the name grpc gives the relayed connection's peer (`ipv4:127.0.0.1:PORT`, or
-`unix-abstract:NAME` for a Unix socket the kernel named at bind); a call on any other connection
-(a process dialling the grpc server directly) finds no record and is refused.
+grpcio's server credentials either require a client certificate or never ask for one, so the
+identity is established here and recorded under the name grpc gives the relayed connection's peer
+(`ipv4:127.0.0.1:PORT`); a call on any other connection (a process dialling the grpc server
+directly) finds no record and is refused. (The agent's Unix sockets need no front: their gRPC
+server owns the accepted socket, `_local_endpoint`.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 import grpc
 from meshwarden.identities._errors import AttestationError
 
 P = TypeVar("P")
-_SUN_PATH = 107  # bytes of a Unix socket address, less the terminating NUL
-PRIVATE_DIR_PREFIX = ".meshwarden-"  # + mkdtemp's eight characters; see `_leftovers`
 
 
 class PeerTable(Generic[P]):
@@ -126,40 +118,6 @@ class LoopbackUpstream:
         loop = asyncio.get_running_loop()
         upstream, half = await loop.create_connection(_Half, "127.0.0.1", self.port)
         return half, f"ipv4:127.0.0.1:{upstream.get_extra_info('sockname')[1]}"
-
-
-class PrivateSocketUpstream:
-    """A grpc server on a Unix socket in a fresh directory of mode 0700 beside the public socket
-    (writable where that one is, also on a read-only root file system): only this process's
-    user (and root) can dial it. Each relayed connection binds to a name the kernel chooses
-    (Linux autobind: `unix-abstract:` and five hex digits, unique while the socket is open)."""
-
-    def __init__(self, beside: Path) -> None:
-        parent: Path | None = beside.parent
-        if len(os.fsencode(beside.parent)) + len(f"/{PRIVATE_DIR_PREFIX}XXXXXXXX/s") > _SUN_PATH:
-            parent = None  # too long for a socket address there: the temporary directory
-        self.directory = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX, dir=parent))
-        self.path = self.directory / "s"
-
-    def listen(self, server: grpc.aio.Server) -> None:
-        server.add_insecure_port(f"unix:{self.path}")
-
-    async def connect(self) -> tuple[_Half, str]:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind("")
-            sock.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(sock, str(self.path))
-            _, half = await asyncio.get_running_loop().create_unix_connection(_Half, sock=sock)
-        except BaseException:
-            sock.close()
-            raise
-        return half, "unix-abstract:" + sock.getsockname()[1:].decode("ascii")
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.directory.rmdir()
 
 
 class RelayedConnection(_Half, Generic[P]):

@@ -1,5 +1,10 @@
-"""A gRPC endpoint on a Unix socket whose every call knows the calling process (see `_front`),
-with per-uid connection limits and a first-bytes deadline (see `_limits`)."""
+"""A gRPC endpoint on a Unix socket whose every call knows the calling process, with per-uid
+connection limits and a first-bytes deadline (see `_limits`).
+
+The endpoint owns each accepted socket: the caller is attested from it (SO_PEERCRED and /proc,
+`_attestation.peer_process`) before a byte is read, and its HTTP/2 and gRPC are served in this
+process by `_grpc_connection` (sans-IO `_h2_server` underneath), so a call's caller is the
+process at the other end of the call's own connection."""
 
 from __future__ import annotations
 
@@ -8,26 +13,35 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any
 
-import grpc
 from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
 from meshwarden.identities._errors import AttestationError
-from meshwarden.identities._front import PeerTable, PrivateSocketUpstream, RelayedConnection
-from meshwarden.identities._leftovers import remove_stale_private_dirs
+from meshwarden.identities._grpc_calls import LocalServer
+from meshwarden.identities._grpc_connection import GrpcConnection
 from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidGate
 from meshwarden.identities._socket_claim import SocketLock, claim_socket_path
 
-ProcessPeers: TypeAlias = PeerTable[PeerProcess]
 DEFAULT_LIMITS = ConnectionLimits()
 # Connections the kernel queues for accept while the agent is busy: a workload's gRPC client
 # connects without blocking, and a refused connect costs it a reconnect back-off of a second or
 # more, so a burst of workloads starting at once (or Envoys reconnecting to SDS) waits instead.
 ACCEPT_BACKLOG = 4096
+STOP_WAIT_SECONDS = 1.0  # at most this long for cancelled calls to finish at stop
 log = logging.getLogger(__name__)
 
 
-def caller_selectors(peers: ProcessPeers, context: grpc.aio.ServicerContext) -> frozenset[str]:
+class ProcessPeers:
+    """The attested process of a call's connection (`of(context)`)."""
+
+    def of(self, context: Any) -> PeerProcess:
+        peer = getattr(context, "peer_process", None)
+        if not isinstance(peer, PeerProcess):
+            raise AttestationError("the call did not come through an attesting socket")
+        return peer
+
+
+def caller_selectors(peers: ProcessPeers, context: Any) -> frozenset[str]:
     """The unix selectors of the process that made the call on `context`."""
     return frozenset(unix_selectors(peers.of(context)))
 
@@ -38,81 +52,69 @@ class LocalEndpoint:
     def __init__(
         self,
         socket_path: Path,
-        add_services: Callable[[grpc.aio.Server, ProcessPeers], None],
+        add_services: Callable[[LocalServer, ProcessPeers], None],
         mode: int = 0o666,
         limits: ConnectionLimits = DEFAULT_LIMITS,
     ) -> None:
         self.socket_path = socket_path
-        self.peers: ProcessPeers = PeerTable()
+        self.peers = ProcessPeers()
         self.limits = limits
         self.gate = UidGate(limits.per_uid)
         self.log = RateLimitedLog(log)
-        self._add_services = add_services
+        self.server = LocalServer()
+        add_services(self.server, self.peers)
         self._mode = mode
-        self._grpc: grpc.aio.Server | None = None
         self._listener: asyncio.AbstractServer | None = None
-        self.upstream: PrivateSocketUpstream | None = None
+        self.connections: set[_GatedConnection] = set()
         self.connections_accepted = 0
         self._lock = SocketLock(socket_path)
-
-    @property
-    def internal_address(self) -> str:
-        """The grpc server behind the socket, as grpc names it (for diagnostics and tests)."""
-        assert self.upstream is not None, "the endpoint has not started"
-        return f"unix:{self.upstream.path}"
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()  # refuses a second endpoint on this path, even one starting now
         try:
-            await self._start()
+            claim_socket_path(self.socket_path)  # refuses another live endpoint's socket
+            loop = asyncio.get_running_loop()
+            self._listener = await loop.create_unix_server(
+                self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
+            )
+            os.chmod(self.socket_path, self._mode)
         except BaseException:
             await self.stop(0)
             raise
 
-    async def _start(self) -> None:
-        self._grpc = grpc.aio.server()
-        self._add_services(self._grpc, self.peers)
-        remove_stale_private_dirs(self.socket_path.parent)  # of an endpoint killed with -9
-        self.upstream = PrivateSocketUpstream(self.socket_path)
-        self.upstream.listen(self._grpc)
-        await self._grpc.start()
-        claim_socket_path(self.socket_path)  # refuses another live endpoint's socket
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_unix_server(
-            self._connection, path=str(self.socket_path), backlog=ACCEPT_BACKLOG
-        )
-        os.chmod(self.socket_path, self._mode)
-
     async def stop(self, grace: float = 0.5) -> None:
+        """Stop accepting, cancel every call (each ends with RST_STREAM, each connection with
+        GOAWAY), remove the socket."""
         if self._listener is not None:
             self._listener.close()
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
-        if self.upstream is not None:
-            self.upstream.remove()
+        tasks = [c.task for conn in self.connections for c in conn.calls.values() if c.task]
+        for connection in list(self.connections):
+            connection.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(grace, STOP_WAIT_SECONDS))
         if self._listener is not None:  # only the socket this endpoint bound, never another's
             self.socket_path.unlink(missing_ok=True)
+            self._listener = None
         self._lock.release()
 
-    def _connection(self) -> RelayedConnection[PeerProcess]:
+    def _connection(self) -> _GatedConnection:
         self.connections_accepted += 1
         return _GatedConnection(self)
 
 
-class _GatedConnection(RelayedConnection[PeerProcess]):
-    """A relayed connection counted against its caller's uid, closed when it sends nothing
-    within the first-bytes deadline."""
+class _GatedConnection(GrpcConnection):
+    """A connection counted against its caller's uid, closed when it sends nothing within the
+    first-bytes deadline."""
 
     def __init__(self, endpoint: LocalEndpoint) -> None:
-        assert endpoint.upstream is not None
-        super().__init__(endpoint.peers, endpoint.upstream, self._admit)
+        super().__init__(endpoint.server)
         self._endpoint = endpoint
         self._uid: int | None = None
         self._heard = False
         self._deadline: asyncio.TimerHandle | None = None
 
-    def _admit(self, transport: asyncio.Transport) -> PeerProcess:
+    def identify(self, transport: asyncio.Transport) -> PeerProcess:
         endpoint = self._endpoint
         try:
             peer = peer_process(transport.get_extra_info("socket"))
@@ -127,6 +129,7 @@ class _GatedConnection(RelayedConnection[PeerProcess]):
             )
             raise AttestationError(f"uid {peer.uid} has too many connections open")
         self._uid = peer.uid
+        endpoint.connections.add(self)
         self._deadline = asyncio.get_running_loop().call_later(
             endpoint.limits.first_bytes_seconds, self._close_if_silent
         )
@@ -142,7 +145,10 @@ class _GatedConnection(RelayedConnection[PeerProcess]):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self._heard = True
+        if not self._heard:
+            self._heard = True
+            if self._deadline is not None:
+                self._deadline.cancel()
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -151,4 +157,5 @@ class _GatedConnection(RelayedConnection[PeerProcess]):
         if self._uid is not None:
             self._endpoint.gate.release(self._uid)
             self._uid = None
+        self._endpoint.connections.discard(self)
         super().connection_lost(exc)

@@ -19,6 +19,7 @@ from meshwarden.identities._bundle import TrustBundle
 from meshwarden.identities._cache import CachedIdentity, IdentityCache, JwtMinter
 from meshwarden.identities._clock import Clock
 from meshwarden.identities._errors import AttestationError, IdentityError
+from meshwarden.identities._grpc_calls import LocalServer
 from meshwarden.identities._jwt import verify_jwt_svid
 from meshwarden.identities._keys import private_key_pkcs8_der
 from meshwarden.identities._local_endpoint import ProcessPeers, caller_selectors
@@ -214,13 +215,13 @@ class WorkloadApi:
 
 def workload_api_services(
     cache: IdentityCache, mint_jwt: JwtMinter, clock: Clock
-) -> Callable[[grpc.aio.Server, ProcessPeers], None]:
+) -> Callable[[LocalServer, ProcessPeers], None]:
     """The `add_services` of a `LocalEndpoint` serving the Workload API from `cache`."""
 
-    def add(server: grpc.aio.Server, peers: ProcessPeers) -> None:
+    def add(server: LocalServer, peers: ProcessPeers) -> None:
         api = WorkloadApi(cache, partial(caller_selectors, peers), mint_jwt, clock)
         register = cast(
-            Callable[[WorkloadApi, grpc.aio.Server], None],
+            Callable[[WorkloadApi, LocalServer], None],
             workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server,
         )
         register(api, server)

@@ -10,7 +10,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
@@ -25,6 +24,7 @@ from meshwarden.identities import (
     IdentityCache,
     IdentityHealth,
     LocalEndpoint,
+    LocalServer,
     ProcessPeers,
     caller_selectors,
     check_private_dir,
@@ -124,7 +124,7 @@ class NodeAgent:
         assert self.enforcer is not None
         await asyncio.to_thread(self.enforcer.sync, table)
 
-    def _add_sds(self, server: grpc.aio.Server, peers: ProcessPeers) -> None:
+    def _add_sds(self, server: LocalServer, peers: ProcessPeers) -> None:
         handler = sds_handler(self.cache, partial(caller_selectors, peers))
         server.add_generic_rpc_handlers((handler,))
 

@@ -18,7 +18,13 @@ from typing import Any
 import grpc
 
 from meshwarden._sidecar_process import ProcessRecord, spawn_detached, start_time, terminate
-from meshwarden.identities import AttestationError, CachedIdentity, IdentityCache, LocalEndpoint
+from meshwarden.identities import (
+    AttestationError,
+    CachedIdentity,
+    IdentityCache,
+    LocalEndpoint,
+    LocalServer,
+)
 from meshwarden.xds import bootstrap, envoy_binary, sds_handler
 
 
@@ -173,7 +179,7 @@ class Sidecar:
     async def start_sds(self, cache: IdentityCache) -> None:
         view = WorkloadIdentities(cache, self.spiffe_id)
 
-        def add(server: grpc.aio.Server, peers: Any) -> None:
+        def add(server: LocalServer, peers: Any) -> None:
             attest = lambda context: self._attest(peers, context)  # noqa: E731
             server.add_generic_rpc_handlers((sds_handler(view, attest),))  # type: ignore[arg-type]
 

@@ -9,6 +9,7 @@ import asyncio
 import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from meshwarden.identities._workload_api import workload_api_services
 from spiffe import WorkloadApiClient
 
 from .conftest import WorkloadApiFixture
+from .test_cli_end_to_end import MESHWARDEN, _start
+from .test_node_attestation import running_plane
 
 
 async def _mint(*_: object) -> str:
@@ -78,3 +81,53 @@ def test_the_lock_file_is_private_and_a_symlink_there_is_refused_not_followed(
     assert target.read_text() == "not a lock\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert not path.exists()
+
+
+def _agent(server: str, bundle: Path, data: Path, run: Path, *token: str) -> list[str]:
+    return [
+        "agent",
+        *("--server", server, "--server-bundle", str(bundle), "--data-dir", str(data)),
+        *("--socket", str(run / "w.sock"), "--sds-socket", str(run / "sds.sock"), *token),
+    ]
+
+
+def test_a_second_agent_on_a_served_socket_is_refused_and_a_file_is_never_deleted(
+    tmp_path: Path,
+) -> None:
+    """Two agents given one `--socket`: the second used to unlink the first's socket and take
+    its workloads over; now it exits 2 naming the path, and the first keeps serving. A file
+    that is not a socket at that path is refused too, not deleted."""
+    with running_plane(tmp_path) as plane:
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_bytes(plane.roots)
+        _second_agent_refused(tmp_path, plane.address, bundle, plane.token("a"), plane.token("b"))
+
+
+def _second_agent_refused(
+    tmp_path: Path, address: str, bundle: Path, token: str, other: str
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    first, _ = _start(
+        _agent(address, bundle, tmp_path / "a", run, "--join-token", token), tmp_path / "a.log"
+    )
+    try:
+        served = (run / "w.sock").stat().st_ino
+        second = _agent(address, bundle, tmp_path / "b", run, "--join-token", other)
+        second[second.index(str(run / "sds.sock"))] = str(run / "sds-b.sock")
+        refused = subprocess.run(MESHWARDEN + second, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2, refused.stderr
+        assert f"{run / 'w.sock'}: another process is serving on this socket" in refused.stderr
+        assert (run / "w.sock").stat().st_ino == served
+        with WorkloadApiClient(f"unix://{run / 'w.sock'}") as client:
+            assert client.fetch_x509_svids(timeout=10)  # still the first agent's workloads
+    finally:
+        first.terminate()
+        assert first.wait(10) == 0
+    notes = run / "w.sock"
+    notes.write_text("a user's file\n")
+    third = _agent(address, bundle, tmp_path / "a", run)
+    refused = subprocess.run(MESHWARDEN + third, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stderr
+    assert f"{notes} exists and is not a socket" in refused.stderr
+    assert notes.read_text() == "a user's file\n"

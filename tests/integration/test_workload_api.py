@@ -179,45 +179,6 @@ def test_stream_pushes_the_full_state_again_on_every_change(
     assert second.svids[0].x509_svid != first.svids[0].x509_svid
 
 
-def test_call_dialled_on_the_internal_socket_directly_is_refused(
-    workload_api: WorkloadApiFixture,
-) -> None:
-    channel, stub = _stub(workload_api.endpoint.internal_address)
-    with channel, pytest.raises(grpc.RpcError) as error:
-        next(stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10))
-    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "did not come through the socket" in (error.value.details() or "")
-
-
-def test_another_user_cannot_dial_the_grpc_server_behind_the_socket(
-    workload_api: WorkloadApiFixture,
-) -> None:
-    """Only the agent's own user reaches the relayed grpc server: another user connecting there
-    directly would get around the per-uid connection limits (its calls are refused anyway)."""
-    internal = workload_api.endpoint.internal_address.removeprefix("unix:")
-    code = (
-        "import socket\n"
-        f"for path in {[str(workload_api.socket), internal]!r}:\n"
-        "    try:\n"
-        "        socket.socket(socket.AF_UNIX).connect(path)\n"
-        "        print('connected')\n"
-        "    except PermissionError:\n"
-        "        print('refused')\n"
-    )
-    assert run_as(NOBODY_UID, NOBODY_UID, code).split() == ["connected", "refused"]
-    private = os.path.dirname(internal)
-    assert os.stat(private).st_mode & 0o777 == 0o700
-    assert os.path.dirname(private) == str(workload_api.socket.parent)  # writable, as it is
-
-
-def test_stopping_the_endpoint_removes_the_grpc_socket_and_its_directory(
-    workload_api: WorkloadApiFixture,
-) -> None:
-    internal = workload_api.endpoint.internal_address.removeprefix("unix:")
-    workload_api.loop.run(workload_api.endpoint.stop(0))
-    assert not os.path.exists(os.path.dirname(internal))
-
-
 def test_a_burst_of_workloads_waits_in_the_accept_queue_instead_of_being_refused(
     workload_api: WorkloadApiFixture,
 ) -> None:

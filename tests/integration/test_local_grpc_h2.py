@@ -1,0 +1,211 @@
+"""The agent's local gRPC server against an HTTP/2 client doing what grpcio never does: a
+one-byte window, PING, RST_STREAM in the middle of a streaming response (its handler is
+cancelled), GOAWAY, a stream over MAX_CONCURRENT_STREAMS, a compressed message, an unknown
+method, and bytes that are not HTTP/2. A real `LocalEndpoint` on a Unix socket, the `h2`
+library as the client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+from meshwarden.identities import LocalEndpoint, ProcessPeers
+
+from .harness import LoopThread, public_tempdir, remove
+
+BIG = bytes(range(256)) * 400  # 100 KiB
+PATH = "/test.Local/Stream"
+
+
+@dataclass
+class Served:
+    loop: LoopThread
+    endpoint: LocalEndpoint
+    socket: Path
+    started: threading.Semaphore
+    cancelled: threading.Semaphore
+    callers: list[int]
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    loop = LoopThread()
+    directory = public_tempdir()
+    started, cancelled = threading.Semaphore(0), threading.Semaphore(0)
+    callers: list[int] = []
+
+    def add(server: Any, peers: ProcessPeers) -> None:
+        async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
+            callers.append(peers.of(context).pid)
+            started.release()
+            try:
+                yield BIG
+                await asyncio.Event().wait()
+            finally:
+                cancelled.release()
+
+        async def echo(request: bytes, context: Any) -> bytes:
+            return request
+
+        handlers = {
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.Local", handlers),)
+        )
+
+    endpoint = LocalEndpoint(directory / "local.sock", add)
+    loop.run(endpoint.start())
+    try:
+        yield Served(loop, endpoint, directory / "local.sock", started, cancelled, callers)
+    finally:
+        loop.run(endpoint.stop(0))
+        loop.close()
+        remove(directory)
+
+
+class Client:
+    """An h2 client connection on a blocking Unix socket."""
+
+    def __init__(self, path: Path, settings: dict[int, int] | None = None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self.h2 = h2.connection.H2Connection(config)
+        self.h2.local_settings = h2.settings.Settings(client=True, initial_values=settings or None)
+        self.h2.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        self.sock.sendall(self.h2.data_to_send())
+
+    def call(self, sid: int, path: str = PATH, message: bytes = b"\x00\x00\x00\x00\x00") -> None:
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        self.h2.send_headers(sid, headers)
+        self.h2.send_data(sid, message, end_stream=True)
+        self.flush()
+
+    def events(self) -> list[h2.events.Event]:
+        data = self.sock.recv(65536)
+        if not data:
+            return [None]  # type: ignore[list-item]
+        events = self.h2.receive_data(data)
+        with contextlib.suppress(BrokenPipeError):  # the server may have closed by now
+            self.flush()
+        return events
+
+    def until(self, wanted: type, limit: int = 10_000) -> list[h2.events.Event]:
+        seen: list[h2.events.Event] = []
+        for _ in range(limit):
+            seen += self.events()
+            if any(isinstance(e, wanted) for e in seen) or None in seen:
+                return seen
+        raise AssertionError(f"no {wanted.__name__} in {seen[:20]}")
+
+
+def _status(events: list[h2.events.Event]) -> dict[str, str]:
+    for event in events:
+        if isinstance(event, (h2.events.TrailersReceived, h2.events.ResponseReceived)):
+            headers = dict(event.headers)
+            if "grpc-status" in headers:
+                return headers
+    raise AssertionError(f"no grpc-status in {events}")
+
+
+def test_a_one_byte_window_still_delivers_the_whole_response(served: Served) -> None:
+    client = Client(served.socket, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1})
+    client.call(1)
+    received = bytearray()
+    for _ in range(200_000):
+        for event in client.events():
+            assert event is not None, "the server closed the connection"
+            if isinstance(event, h2.events.DataReceived):
+                received += event.data
+                client.h2.acknowledge_received_data(event.flow_controlled_length, 1)
+                client.h2.increment_flow_control_window(1, stream_id=1)  # one more byte
+                client.flush()
+        if len(received) >= 5 + len(BIG):
+            break
+    assert bytes(received) == b"\x00" + len(BIG).to_bytes(4, "big") + BIG
+    assert served.callers == [__import__("os").getpid()]
+
+
+def test_rst_stream_mid_response_cancels_the_streaming_handler(served: Served) -> None:
+    client = Client(served.socket, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000})
+    client.call(1)
+    assert served.started.acquire(timeout=10)
+    client.until(h2.events.DataReceived)  # part of the 100 KiB, the rest waits for window
+    client.h2.reset_stream(1)
+    client.flush()
+    assert served.cancelled.acquire(timeout=10)  # the handler's finally ran
+    client.h2.ping(b"stillok!")
+    client.flush()
+    assert any(
+        isinstance(e, h2.events.PingAckReceived) and e.ping_data == b"stillok!"
+        for e in client.until(h2.events.PingAckReceived)
+    )
+    client.call(3, "/test.Local/Echo", b"\x00\x00\x00\x00\x02hi")
+    events = client.until(h2.events.StreamEnded)
+    assert _status(events)["grpc-status"] == "0"
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == (
+        b"\x00\x00\x00\x00\x02hi"
+    )
+
+
+def test_a_stream_over_the_cap_is_refused_and_goaway_ends_the_calls(served: Served) -> None:
+    client = Client(served.socket)
+    client.until(h2.events.RemoteSettingsChanged)
+    cap = client.h2.remote_settings.max_concurrent_streams
+    assert cap == 100
+    client.h2.remote_settings.max_concurrent_streams = cap + 1  # a client that ignores it
+    client.h2.remote_settings.acknowledge()
+    for n in range(cap + 1):
+        client.call(1 + 2 * n)
+    reset = client.until(h2.events.StreamReset)
+    refused = [e for e in reset if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in refused] == [(1 + 2 * cap, 7)]  # REFUSED_STREAM
+    for _ in range(cap):
+        assert served.started.acquire(timeout=10)
+    client.sock.sendall(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + b"\x00" * 4 + b"\x00\x00\x00\x02")
+    for _ in range(cap):  # GOAWAY with INTERNAL_ERROR: the client is gone, so is every call
+        assert served.cancelled.acquire(timeout=10)
+    assert client.until(type(None))[-1] is None  # and the connection is closed
+
+
+def test_unknown_methods_compressed_messages_and_garbage(served: Served) -> None:
+    client = Client(served.socket)
+    client.call(1, "/test.Local/Nope")
+    assert _status(client.until(h2.events.StreamEnded))["grpc-status"] == "12"
+    client.call(3, "/test.Local/Echo", b"\x01\x00\x00\x00\x02hi")  # the compressed flag
+    status = _status(client.until(h2.events.StreamEnded))
+    assert status["grpc-status"] == "12" and "compressed" in status["grpc-message"]
+    raw = socket.socket(socket.AF_UNIX)
+    raw.settimeout(10)
+    raw.connect(str(served.socket))
+    raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while chunk := raw.recv(4096):
+        answer += chunk
+    assert b"\x07\x00\x00\x00\x00\x00" in answer  # a GOAWAY, then the connection is closed
+    raw.close()

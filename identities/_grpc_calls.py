@@ -170,7 +170,7 @@ class Call:
         count = min(count, self.held)
         self.held -= count
         self.connection.h2.consumed(self.sid, count)
-        self.connection.flush()
+        self.connection.schedule_flush()
 
     async def _requests(self, handler: grpc.RpcMethodHandler) -> AsyncIterator[Any]:
         while (message := await self._next_message()) is not None:
@@ -190,7 +190,7 @@ class Call:
             self.headers_sent = True
             h2.send_headers(self.sid, wire.RESPONSE_HEADERS)
         h2.send_data(self.sid, wire.message(payload))
-        self.connection.flush()
+        self.connection.schedule_flush()
         while (h2.pending(self.sid) > HIGH_WATER or self.connection.paused) and h2.is_open(
             self.sid
         ):

@@ -33,6 +33,7 @@ class GrpcConnection(asyncio.Protocol):
         self.peer: object = None
         self.paused = False  # the transport's write buffer is full
         self.closing = False
+        self._flush_due = False
 
     def identify(self, transport: asyncio.Transport) -> object:
         return None
@@ -44,15 +45,15 @@ class GrpcConnection(asyncio.Protocol):
         except Exception:
             transport.close()
             return
-        self.transport = transport
-        self.flush()  # the server's SETTINGS
+        self.transport = transport  # the server's SETTINGS go out with the first answer
 
     def data_received(self, data: bytes) -> None:
         for event in self.h2.receive(data):
             self._event(event)
-        self.flush()
         if self.h2.closed and not self.calls:
             self.close()
+        else:
+            self.schedule_flush()
 
     def _event(self, event: Event) -> None:
         if isinstance(event, DataReceived):
@@ -86,11 +87,19 @@ class GrpcConnection(asyncio.Protocol):
 
     def call_finished(self, call: Call) -> None:
         self.calls.pop(call.sid, None)
-        self.flush()
+        self.schedule_flush()
         if (self.closing or self.h2.closed) and not self.calls:
             self.close()
 
+    def schedule_flush(self) -> None:
+        """Write what is queued once the calls started by this read have taken their first
+        step: a call answered at once shares one write with the SETTINGS before it."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
     def flush(self) -> None:
+        self._flush_due = False
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)

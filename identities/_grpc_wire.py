@@ -27,7 +27,12 @@ def trailers(code: int, message: str = "") -> bytes:
     """The trailers that end a call (grpc-message percent-encoded, at most 1 KiB)."""
     block = literal(b"grpc-status", str(code).encode())
     if message:
-        block += literal(b"grpc-message", percent_encoded(message)[:MAX_STATUS_MESSAGE])
+        encoded = percent_encoded(message)
+        if len(encoded) > MAX_STATUS_MESSAGE:
+            encoded = encoded[:MAX_STATUS_MESSAGE]
+            cut = encoded.rfind(b"%", MAX_STATUS_MESSAGE - 2)
+            encoded = encoded[:cut] if cut >= 0 else encoded  # no escape cut in half
+        block += literal(b"grpc-message", encoded)
     return block
 
 

@@ -17,6 +17,7 @@ and the request bytes its windows allow."""
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 from hpack import Decoder, HPACKError
@@ -70,16 +71,7 @@ class H2Server:
         self._table_update = b""
         self._block: bytearray | None = None  # a header block waiting for CONTINUATION
         self._block_stream = self._block_flags = 0
-        self._out += f.settings_frame(
-            {
-                f.MAX_CONCURRENT_STREAMS: max_streams,
-                f.MAX_HEADER_LIST_SIZE: max_header_list,
-                f.ENABLE_PUSH: 0,
-                f.INITIAL_WINDOW_SIZE: window,
-            }
-        )
-        if window > f.DEFAULT_WINDOW:
-            self._out += f.window_update(0, window - f.DEFAULT_WINDOW)
+        self._out += _server_preface(window, max_streams, max_header_list)
 
     # --- the client's bytes -------------------------------------------------------------
 
@@ -407,3 +399,16 @@ class H2Server:
             stream.size -= len(chunk)
         if stream.end is not None:
             self.send_headers(sid, stream.end, end_stream=True)
+
+
+@functools.cache
+def _server_preface(window: int, max_streams: int, max_header_list: int) -> bytes:
+    """The server's SETTINGS (and the connection window beyond the default), built once."""
+    settings = {
+        f.MAX_CONCURRENT_STREAMS: max_streams,
+        f.MAX_HEADER_LIST_SIZE: max_header_list,
+        f.ENABLE_PUSH: 0,
+        f.INITIAL_WINDOW_SIZE: window,
+    }
+    extra = f.window_update(0, window - f.DEFAULT_WINDOW) if window > f.DEFAULT_WINDOW else b""
+    return f.settings_frame(settings) + extra

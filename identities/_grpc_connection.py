@@ -50,7 +50,7 @@ class GrpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for event in self.h2.receive(data):
             self._event(event)
-        if self.h2.closed and not self.calls:
+        if (self.h2.closed or self.closing) and not self.calls:
             self.close()
         else:
             self.schedule_flush()

@@ -193,6 +193,27 @@ def test_a_stream_over_the_cap_is_refused_and_goaway_ends_the_calls(served: Serv
     assert client.until(type(None))[-1] is None  # and the connection is closed
 
 
+def test_goaway_from_an_idle_client_closes_the_connection(served: Served) -> None:
+    client = Client(served.socket)
+    client.until(h2.events.RemoteSettingsChanged)
+    client.h2.close_connection()
+    client.flush()
+    assert client.until(type(None))[-1] is None
+
+
+def test_stopping_the_endpoint_cancels_every_call_and_removes_the_socket(served: Served) -> None:
+    client = Client(served.socket)
+    for sid in (1, 3):
+        client.call(sid)
+        assert served.started.acquire(timeout=10)
+    served.loop.run(served.endpoint.stop(0))
+    for _ in (1, 3):
+        assert served.cancelled.acquire(timeout=10)
+    events = client.until(type(None))
+    assert any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+    assert not served.socket.exists()
+
+
 def test_unknown_methods_compressed_messages_and_garbage(served: Served) -> None:
     client = Client(served.socket)
     client.call(1, "/test.Local/Nope")

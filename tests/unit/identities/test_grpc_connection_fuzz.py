@@ -120,3 +120,34 @@ def test_fuzzed_frames_around_calls_never_escape_as_exceptions(pieces: list[byte
             assert int.from_bytes(payload[4:8], "big") in {0, 1, 3, 5, 6, 7, 9, 11}
         at += 9 + length
     assert at == len(data)
+
+
+def test_rst_stream_cancels_a_streaming_handler_and_frees_its_stream() -> None:
+    async def run() -> None:
+        ended = asyncio.Event()
+
+        async def stream(request: bytes, context: Any) -> Any:
+            try:
+                yield b"first"
+                await asyncio.Event().wait()
+            finally:
+                ended.set()
+
+        server = LocalServer()
+        handler = grpc.unary_stream_rpc_method_handler(stream)
+        server.add_registered_method_handlers("t.T", {"Stream": handler})
+        connection, transport = GrpcConnection(server), _Transport()
+        connection.connection_made(transport)
+        empty = f.frame(f.DATA, f.END_STREAM, 1, b"\x00\x00\x00\x00\x00")
+        connection.data_received(f.PREFACE + f.frame(f.SETTINGS, 0, 0) + _call(1, "Stream") + empty)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert b"first" in transport.written and 1 in connection.calls
+        connection.data_received(f.rst_stream(1, f.CANCEL))
+        await asyncio.wait_for(ended.wait(), 5)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not connection.calls and not connection.h2.is_open(1)
+        assert not transport.closed  # the connection serves on
+
+    asyncio.run(run())

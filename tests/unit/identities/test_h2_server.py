@@ -265,3 +265,44 @@ def test_rst_stream_from_the_client_ends_the_stream() -> None:
     assert not server.is_open(1)
     server.send_data(1, b"late")  # a handler that has not noticed yet: nothing is sent
     assert server.data_to_send() == b""
+
+
+def _block() -> bytes:
+    return b"".join(f.literal(k.encode(), v.encode()) for k, v in REQUEST)
+
+
+def test_a_header_block_in_continuations_with_padding_and_priority_is_one_request() -> None:
+    block = _block()
+    priority = b"\x00\x00\x00\x00\x10"  # depends on stream 0, weight 17
+    padded = bytes((7,)) + priority + block[:10] + b"\x00" * 7
+    frames = (
+        f.frame(f.HEADERS, f.PADDED | f.PRIORITY_FLAG, 1, padded)
+        + f.frame(f.PRIORITY, 0, 3, priority)  # on an idle stream: allowed, opens nothing
+        + f.frame(0xFA, 0, 0, b"an extension")  # unknown types are ignored
+    )
+    server = _settled()
+    assert server.receive(frames) == [
+        f.ConnectionEnded(f.PROTOCOL_ERROR, False, "a header block was interrupted")
+    ]
+    server = _settled()
+    events = server.receive(
+        f.frame(f.HEADERS, f.PADDED | f.PRIORITY_FLAG, 1, padded)
+        + f.frame(f.CONTINUATION, 0, 1, block[10:30])
+        + f.frame(f.CONTINUATION, f.END_HEADERS, 1, block[30:])
+        + f.frame(f.PRIORITY, 0, 3, priority)
+        + f.frame(0xFA, 0, 0, b"an extension")
+    )
+    assert events == [f.RequestReceived(1, REQUEST)]
+    assert server.data_to_send() == b""
+
+
+def test_the_clients_max_frame_size_is_honoured() -> None:
+    client = _client({h2.settings.SettingCodes.MAX_FRAME_SIZE: 20_000})
+    client.send_headers(1, REQUEST, end_stream=True)
+    server = H2Server(window=f.DEFAULT_WINDOW)
+    server.receive(client.data_to_send())
+    server.data_to_send()
+    server.send_headers(1, b"\x88")
+    server.send_data(1, b"y" * 60_000)
+    sizes = [len(p) for k, _, _, p in _frames_out(server.data_to_send()) if k == f.DATA]
+    assert sizes == [20_000, 20_000, 20_000]

@@ -20,10 +20,10 @@ from __future__ import annotations
 import functools
 from collections import deque
 
-from hpack import Decoder, HPACKError
+from hpack import HPACKError
 from meshwarden.identities import _h2_frames as f
+from meshwarden.identities._h2_headers import TABLE_SIZE, HeaderDecoder
 
-TABLE_SIZE = 4096  # our SETTINGS_HEADER_TABLE_SIZE: the default, never raised
 MAX_STREAMS = 100
 MAX_HEADER_LIST = 16 * 1024
 
@@ -59,8 +59,7 @@ class H2Server:
         self._out = bytearray()
         self._preface = False
         self._settled = False  # the client's first SETTINGS arrived
-        self._decoder = Decoder(max_header_list_size=max_header_list)
-        self._decoder.max_allowed_table_size = TABLE_SIZE
+        self._decoder = HeaderDecoder(max_header_list)
         self._streams: dict[int, _Stream] = {}
         self._last_stream = 0
         self._send_window = f.DEFAULT_WINDOW
@@ -196,7 +195,7 @@ class H2Server:
         if self.going_away or len(self._streams) >= self.max_streams:
             self._out += f.rst_stream(sid, f.REFUSED_STREAM)
             return
-        fields = [(str(name), str(value)) for name, value in headers]
+        fields = headers
         if not f.well_formed(fields):
             self._out += f.rst_stream(sid, f.PROTOCOL_ERROR)
             return

@@ -40,3 +40,31 @@ def test_a_process_that_exited_fails_attestation() -> None:
 def test_peer_credentials_need_a_unix_socket() -> None:
     with socket.socket() as tcp, pytest.raises(AttestationError, match="Unix domain socket"):
         peer_process(tcp)
+
+
+def test_user_and_group_names_are_looked_up_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of connections from one uid reads /etc/passwd once; a renamed user is seen
+    once the second has passed."""
+    from meshwarden.identities import _attestation
+
+    lookups: list[int] = []
+    name = ["alice"]
+
+    def getpwuid(uid: int) -> object:
+        lookups.append(uid)
+        return type("Entry", (), {"pw_name": name[0]})()
+
+    monkeypatch.setattr(_attestation.pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(_attestation, "_known_names", {})
+    peer = PeerProcess(1, 4242, 4242, 0)
+    now = [100.0]
+    assert _attestation._names(peer, lambda: now[0])[0] == "user:alice"
+    name[0] = "bob"
+    now[0] += 0.5
+    assert _attestation._names(peer, lambda: now[0])[0] == "user:alice"
+    assert lookups == [4242]
+    now[0] += 0.6
+    assert _attestation._names(peer, lambda: now[0])[0] == "user:bob"
+    assert lookups == [4242, 4242]

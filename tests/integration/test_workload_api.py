@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
 import socket
@@ -11,6 +13,10 @@ import time
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from spiffe import JwtSvid, WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 from spiffe.workloadapi.errors import FetchX509SvidError, ValidateJwtSvidError
@@ -206,3 +212,52 @@ def test_a_burst_of_workloads_waits_in_the_accept_queue_instead_of_being_refused
         for sock in connections:
             sock.close()
     assert refused == 0
+
+
+def _extra_authorities(count: int) -> tuple[x509.Certificate, ...]:
+    """`count` self-signed CA certificates (≈ 400 bytes of DER each)."""
+    now = datetime.datetime.now(datetime.UTC)
+    made = []
+    for n in range(count):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"extra authority {n}")])
+        made.append(
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(n + 1)
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+    return tuple(made)
+
+
+def test_a_response_far_larger_than_a_flow_control_window_arrives_whole(
+    workload_api: WorkloadApiFixture,
+) -> None:
+    """A bundle of 250 authorities (≈ 80 KB, in each of the caller's two SVIDs): the agent
+    sends the 160 KB response within grpcio's windows, and py-spiffe and a raw grpcio stub get
+    all of it."""
+    cache = workload_api.cache
+    bundle = workload_api.loop.call(cache.bundle)
+    assert bundle is not None
+    big = dataclasses.replace(
+        bundle, x509_authorities=bundle.x509_authorities + _extra_authorities(250)
+    )
+    workload_api.loop.call(lambda: cache.update(list(cache.identities), big))
+    with WorkloadApiClient(workload_api.address) as client:
+        context = client.fetch_x509_context(timeout=10)
+    received = context.x509_bundle_set.get_bundle_for_trust_domain(
+        context.default_svid.spiffe_id.trust_domain
+    )
+    assert received is not None and len(received.x509_authorities) == 251
+    channel, stub = _stub(workload_api.address)
+    with channel:
+        first = next(
+            stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, timeout=10)
+        )
+    assert first.ByteSize() > 150_000
+    assert all(svid.bundle == big.x509_der() for svid in first.svids)

@@ -37,7 +37,11 @@ def _h2_options(tuning: dict[str, Any]) -> dict[str, Any]:
         "initial_stream_window_size": WINDOW,
         "initial_connection_window_size": WINDOW,
     }
-    return {**window, **tuning.get("h2", {})}
+    return {**({} if tuning.get("defaults") else window), **tuning.get("h2", {})}
+
+
+def _buffer_limit(tuning: dict[str, Any]) -> dict[str, Any]:
+    return {} if tuning.get("defaults") else {"per_connection_buffer_limit_bytes": BUFFER_LIMIT}
 
 
 def _listener(port: int, folder: Path, tuning: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +103,7 @@ def _listener(port: int, folder: Path, tuning: dict[str, Any]) -> dict[str, Any]
     return {
         "name": "front",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+        **_buffer_limit(tuning),
         "filter_chains": [chain],
     }
 
@@ -110,7 +114,12 @@ def _cluster(folder: Path, multiplex: bool, tuning: dict[str, Any]) -> dict[str,
         "explicit_http_config": {
             "http2_protocol_options": {
                 **_h2_options(tuning),
-                "initial_connection_window_size": UPSTREAM_WINDOW,  # shared by every stream
+                # the one upstream connection's window is shared by every stream
+                **(
+                    {}
+                    if tuning.get("defaults")
+                    else {"initial_connection_window_size": UPSTREAM_WINDOW}
+                ),
                 **tuning.get("upstream_h2", {}),
             }
         },
@@ -123,7 +132,7 @@ def _cluster(folder: Path, multiplex: bool, tuning: dict[str, Any]) -> dict[str,
         "name": "ads",
         "type": "STATIC",
         "connect_timeout": "5s",
-        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+        **_buffer_limit(tuning),
         "typed_extension_protocol_options": {} if tuning.get("tcp") else protocols,
         "circuit_breakers": {
             "thresholds": [
@@ -151,7 +160,8 @@ def front_config(
     folder: Path, port: int, multiplex: bool, tuning: dict[str, Any]
 ) -> dict[str, Any]:
     """`tuning`: "h2" (more HTTP/2 options, both sides), "upstream_h2" (the upstream's alone),
-    "runtime" (runtime keys), "plaintext" / "tcp" (profiles: no TLS / no HTTP/2)."""
+    "runtime" (runtime keys), "defaults" (Envoy's own buffer limits and HTTP/2 windows instead
+    of ours), "plaintext" / "tcp" (profiles: no TLS / no HTTP/2)."""
     admin = {"address": {"pipe": {"path": str(folder / "front.admin.sock"), "mode": 0o600}}}
     return {
         "admin": admin,

@@ -5,6 +5,7 @@ sidecar"), and what Envoy as the TLS terminator in front of it would cost instea
     .venv/bin/python bench/bench_connection_memory.py                  # 1,000 connections each
     .venv/bin/python bench/bench_connection_memory.py --clients 300 --json
     .venv/bin/python bench/bench_connection_memory.py --only "one stream" --rounds 5
+    .venv/bin/python bench/bench_connection_memory.py --only "grpc TLS, one stream|tracemalloc"
 
 Per variant a bare server process (`_connmem_server.py`: one stream-stream method that answers
 the caller's verified SPIFFE ID, then waits for pushes) and N client connections from a second
@@ -152,6 +153,9 @@ VARIANTS = {
         "envoy", True, trace=True
     ),
     "Envoy front, one stream, multiplexed upstream, nghttp2": Variant("envoy", True, envoy=NGHTTP2),
+    "Envoy front, one stream, multiplexed upstream, Envoy's default limits and windows": Variant(
+        "envoy", True, envoy={"defaults": True}
+    ),
     "Envoy front, one stream, multiplexed upstream, HPACK tables 0": Variant(
         "envoy", True, envoy={"h2": {"hpack_table_size": 0}}
     ),
@@ -384,10 +388,17 @@ def report(rows: list[dict[str, Any]], clients: int, load: float) -> None:
             )
 
 
+def selected(name: str, wanted: list[str]) -> bool:
+    return any(name == w or (w not in VARIANTS and w in name) for w in wanted)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--only", help="run the variants whose name contains this")
+    parser.add_argument(
+        "--only",
+        help="variants to run, separated by '|': a variant's full name, or text its name contains",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="pushes per stream variant")
     parser.add_argument("--push-bytes", type=int, default=4096)
     parser.add_argument("--json", action="store_true")
@@ -407,7 +418,7 @@ def main() -> int:
     if args.connect is not None:
         asyncio.run(connect(args.connect, args.clients, args.tls, args.stream))
         return 0
-    names = [n for n in VARIANTS if args.only is None or args.only in n]
+    names = [n for n in VARIANTS if args.only is None or selected(n, args.only.split("|"))]
     with tempfile.TemporaryDirectory(prefix="bench-connmem-") as work:
         folder = Path(work)  # 0700: the Unix socket behind Envoy is reachable only by us
         write_pki(folder, args.clients)

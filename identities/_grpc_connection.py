@@ -52,7 +52,7 @@ class GrpcConnection(asyncio.Protocol):
             self._event(event)
         if (self.h2.closed or self.closing) and not self.calls:
             self.close()
-        else:
+        elif self.h2.has_output:  # a call's task schedules its own answer
             self.schedule_flush()
 
     def _event(self, event: Event) -> None:

@@ -367,6 +367,10 @@ class H2Server:
             self._out += f.goaway(self._last_stream, code, reason.encode()[:200])
             self.closed = True
 
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()

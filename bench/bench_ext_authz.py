@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import _harness as harness
+from _authz_floor import FloorEngine
 from _engine_alone import Engine, engine_alone, print_engine_alone, run_load
 from _harness import PORT, SERVER, Config, Identities, Layout, Processes, progress
 from meshwarden.xds import (
@@ -62,7 +63,9 @@ from meshwarden.xds._envoy import static_cluster, upstream_tls
 
 AUTHZ_CLUSTER = "meshwarden-ext-authz"
 OPA_ANCHOR = {"p50_ms": 0.2, "p99_ms": 1.5}  # OPA-Envoy evaluation at 1,000 req/s
-EXT_LABELS = ("ext_authz", "ext_authz_http")  # gRPC Check, and `extAuthz.transport: http`
+FLOOR = "ext_authz_floor"  # the HTTP filter asking a native server that always allows
+# gRPC Check, `extAuthz.transport: http` (our front), and the same filter asking the floor
+EXT_LABELS = ("ext_authz", "ext_authz_http", FLOOR)
 
 
 def ext_documents(
@@ -114,14 +117,17 @@ def mtls_cluster(port: int, ids: Identities) -> dict[str, Any]:
     }
 
 
-def check_enforcement(
-    configs: Sequence[Config], ids: Identities, engines: dict[str, Engine]
-) -> None:
+def check_enforcement(configs: Sequence[Config], ids: Identities, engines: dict[str, Any]) -> None:
+    """Every sidecar lets the client through; each one that decides denies an unnamed
+    identity (the floor allows everything: it only measures the hop)."""
     for c in configs:
         engine = engines[c.label]
         before = engine.stats().checks
         status = harness.mtls_status(c.address, ids.intruder)
-        if status != 403:
+        if c.label == FLOOR:
+            if status != 200 or engine.stats().checks != before + 1:
+                raise SystemExit(f"{c.name}: the floor was not asked ({status})")
+        elif status != 403:
             raise SystemExit(f"{c.name}: {harness.INTRUDER_ID} got {status}, expected 403")
         if c.label != "native" and engine.stats().checks != before + 1:
             raise SystemExit(f"{c.name}: denied without asking the engine")
@@ -267,7 +273,7 @@ def summarize(m: dict[str, Any]) -> dict[str, Any]:
                     "p99_ms": quantile(handler, 99) / 1000,
                 }
                 for label, handler in state.engine_us.items()
-                if label != "native"
+                if label != "native" and handler
             },
         }
     closed = m["closed"]
@@ -306,17 +312,18 @@ def print_report(report: dict[str, Any]) -> None:
 def print_end_to_end(report: dict[str, Any]) -> None:
     a = report["settings"]
     print()
-    print("   req/s  mode            p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
+    print("   req/s  mode             p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
     for rate, row in report["fixed_rate"].items():
         for label in ("native", *EXT_LABELS):
             x = row[label]
             print(
-                f"{rate:>8,}  {label:<14} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
+                f"{rate:>8,}  {label:<15} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
                 f"{x['server_cpu_us_per_req']:19.1f} "
                 f"{x['engine_cpu_us_per_req']:18.1f}"
             )
         for label in EXT_LABELS:
-            q, h = row["over_native"][label], row["engine_check_handler"][label]
+            q = row["over_native"][label]
+            h = row["engine_check_handler"].get(label, {"p50_ms": 0.0, "p99_ms": 0.0})
             p50, p99 = (
                 row["paired_rounds"][f"{label}:p50_ms"],
                 row["paired_rounds"][f"{label}:p99_ms"],
@@ -327,13 +334,19 @@ def print_end_to_end(report: dict[str, Any]) -> None:
                 f"{p50[0]:.2f}-{p50[-1]:.2f}), p99 {q['p99_ms']:.2f}× (rounds {p99[0]:.2f}-"
                 f"{p99[-1]:.2f}); engine handler p50 {h['p50_ms']:.3f} ms, p99 {h['p99_ms']:.3f} ms"
             )
+        p50 = {label: row[label]["p50_ms"] for label in ("native", "ext_authz_http", FLOOR)}
+        print(
+            f"          split of the HTTP front's added p50: Envoy's hop (floor − native) "
+            f"{p50[FLOOR] - p50['native']:+.2f} ms, ours (front − floor) "
+            f"{p50['ext_authz_http'] - p50[FLOOR]:+.2f} ms"
+        )
     c = report["closed_loop"]
     print()
     print(f"closed loop (wrk -c{a['connections']}):")
     for label in ("native", *EXT_LABELS):
         ratio = f", {c['over_native'][label]['rps']:.2f}× native" if label != "native" else ""
         print(
-            f"  {label:<14} p50 {c[label]['p50_ms']:.3f} ms, p99 {c[label]['p99_ms']:.3f} ms, "
+            f"  {label:<15} p50 {c[label]['p50_ms']:.3f} ms, p99 {c[label]['p99_ms']:.3f} ms, "
             f"{c[label]['rps']:,.0f} req/s{ratio}"
         )
     o = report["opa_envoy_anchor"]
@@ -378,7 +391,7 @@ def end_to_end(
     backend_port: int,
 ) -> dict[str, Any]:
     """Native RBAC against ext_authz through the sidecars, the engine in a process of its own."""
-    native_address, ext_address, http_address = harness.server_addresses(3)
+    native_address, ext_address, http_address, floor_address = harness.server_addresses(4)
     progress(f"compiling {args.rules:,} rules twice ...")
     native, _, compiled, _ = harness.our_config(
         args.rules, native_address, backend_port, ids.server
@@ -386,7 +399,10 @@ def end_to_end(
     native.label = "native"
     ext, ext_docs = ext_authz_config(args.rules, ext_address, backend_port, ids)
     http, http_docs = ext_authz_config(args.rules, http_address, backend_port, ids, "http")
-    for c in (native, ext, http):
+    floor, _ = ext_authz_config(args.rules, floor_address, backend_port, ids, "http")
+    floor.label = FLOOR
+    configs = [native, ext, http, floor]
+    for c in configs:
         c.local_port = harness.free_port()
     procs = Processes(folder)
     grpc_engine = Engine(ext_docs, None)
@@ -394,15 +410,23 @@ def end_to_end(
     http_engine = Engine(
         http_docs, None, "engine-mtls", (tls.certificate_chain, tls.private_key, tls.trust_bundle)
     )
-    engines = {"native": grpc_engine, "ext_authz": grpc_engine, "ext_authz_http": http_engine}
+    engines: dict[str, Any] = {
+        "native": grpc_engine,
+        "ext_authz": grpc_engine,
+        "ext_authz_http": http_engine,
+    }
     try:
-        progress("starting 5 Envoys ...")
+        progress("starting 7 Envoys ...")
+        floor_engine = FloorEngine(procs, ids, None)  # unpinned, as the engines
+        engines[FLOOR] = floor_engine
         ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, grpc_engine.port)]
         http.extra_clusters = [mtls_cluster(http_engine.port, ids)]
-        harness.start(procs, [native, ext, http], compiled, ids, backend_port, layout)
-        check_enforcement((native, ext, http), ids, engines)
-        progress("all modes: 403 for an unnamed identity, 200 for the client")
-        return measure([native, ext, http], engines, args, folder, layout, procs)
+        floor.extra_clusters = [mtls_cluster(floor_engine.port, ids)]
+        floor_engine.wait_ready()
+        harness.start(procs, configs, compiled, ids, backend_port, layout)
+        check_enforcement(configs, ids, engines)
+        progress("all modes: 200 for the client, 403 for an unnamed identity but on the floor")
+        return measure(configs, engines, args, folder, layout, procs)
     finally:
         procs.stop_all()
         grpc_engine.stop()

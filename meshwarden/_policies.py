@@ -156,6 +156,7 @@ class Policies:
         self._parsed: dict[tuple[str, str], tuple[list[Any], list[engine.Diagnostic]]] = {}
         self._report = report
         self.trace_context: SpanContext | None = None  # of the last reload (pushes link to it)
+        self.contents: DirectoryContents | None = None  # what `mesh` was compiled from
 
     @property
     def registry(self) -> engine.Registry | None:
@@ -271,6 +272,7 @@ class Policies:
             return None
         if not self._accept_mesh_change(result.mesh):
             return None
+        self.contents = contents
         return self._apply(result)
 
     def _accept_mesh_change(self, new: engine.CompiledMesh) -> bool:

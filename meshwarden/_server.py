@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshwarden._authz_workers import AuthzWorkers, WorkerFiles
 from meshwarden._console import Console, ConsoleOptions, ConsoleSources
 from meshwarden._enforce import PacketFilters
 from meshwarden._etcd import StoreUrl
@@ -79,6 +80,7 @@ class ServerOptions:
     listen: str = "127.0.0.1:8443"  # node API (agents: attestation, SVIDs), Python TLS
     xds_listen: str = "127.0.0.1:0"  # ADS, access logs, ext_authz for sidecars (grpc TLS)
     ext_authz_http_listen: str | None = None  # the ext_authz HTTP front (mTLS); None = off
+    ext_authz_workers: int = 0  # processes serving that front; 0 = on this event loop
     upstream_cert: Path | None = None
     upstream_key: Path | None = None
     svid_ttl: dt.timedelta = dt.timedelta(hours=1)
@@ -121,6 +123,7 @@ class ControlPlane:
         self.endpoint: TlsEndpoint | None = None  # the node API
         self.xds_endpoint: MtlsEndpoint | None = None  # what sidecars connect to
         self.authz_http: asyncio.Server | None = None  # the ext_authz HTTP front, when on
+        self.authz_workers: AuthzWorkers | None = None  # ... when it runs in worker processes
         self._authz_tls: ServerTls | None = None
         self._admin: asyncio.AbstractServer | None = None
         self._server_cert_renew_at = clock.now()
@@ -273,6 +276,9 @@ class ControlPlane:
             return
         assert self.ca is not None
         host, _, port = self.options.ext_authz_http_listen.rpartition(":")
+        if self.options.ext_authz_workers > 0:
+            await self._start_authz_workers(host.strip("[]") or "127.0.0.1", int(port))
+            return
         self._authz_tls = front_tls(
             self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY, self.ca.bundle().x509_pem()
         )
@@ -283,9 +289,34 @@ class ControlPlane:
             self._authz_tls.listening,
         )
 
+    async def _start_authz_workers(self, host: str, port: int) -> None:
+        """The front in `ext_authz_workers` processes sharing the address (`AuthzWorkers`),
+        fed the same policies and TLS changes as the rest of the control plane."""
+        assert self.ca is not None
+        tracing = self.options.tracing
+        endpoint = None
+        if tracing is not None:
+            endpoint = f"{'https' if tracing.tls else 'http'}://{tracing.host}:{tracing.port}"
+        self.authz_workers = AuthzWorkers(
+            self.options.ext_authz_workers,
+            (host, port),
+            WorkerFiles(self.data_dir / SERVER_CERT, self.data_dir / SERVER_KEY),
+            str(self.policies.directory),
+            self.xds.authorization.record,
+            endpoint,
+        )
+        self._publish_to_workers()
+        await self.authz_workers.start(self.ca.bundle().x509_pem())
+
+    def _publish_to_workers(self) -> None:
+        if self.authz_workers is not None and self.policies.mesh is not None:
+            self.authz_workers.publish(self.policies.contents, self.policies.mesh.version)
+
     @property
     def ext_authz_http_port(self) -> int | None:
         """The ext_authz HTTP front's port once started (None when off)."""
+        if self.authz_workers is not None:
+            return self.authz_workers.port
         if self.authz_http is None:
             return None
         return int(self.authz_http.sockets[0].getsockname()[1])
@@ -329,6 +360,12 @@ class ControlPlane:
             self.xds.sidecar_problems(),
         )
         report["replica"] = self.xds.replica
+        if self.authz_workers is not None:
+            report["extAuthz"] = {
+                "workers": self.authz_workers.status(),
+                "current": self.authz_workers.current,
+                "restarts": self.authz_workers.restarts,
+            }
         if self.replica is None:
             assert self.options.policies is not None
             report["policies"] = str(self.options.policies.resolve())  # for `meshwarden verify`
@@ -390,6 +427,7 @@ class ControlPlane:
                 await _written_or_timeout(self.policies.wake_fd, interval)
             affected = await asyncio.to_thread(self.policies.reload_if_changed)
             if affected is not None:
+                self._publish_to_workers()  # they compile while the sidecars' snapshots build
                 await self.xds.publish_off_loop(affected)
                 settle_collections()
 
@@ -402,6 +440,7 @@ class ControlPlane:
         """Apply a policy change once it settled (blocking; `run` does this off the loop)."""
         affected = self.policies.reload_when_settled()
         if affected is not None:
+            self._publish_to_workers()
             self.xds.publish(affected)
 
     def _push_all(self) -> None:
@@ -421,11 +460,15 @@ class ControlPlane:
             roots = self.ca.bundle().x509_pem()
             for tls in self._python_tls():
                 tls.update(roots_pem=roots)
+            if self.authz_workers is not None:
+                self.authz_workers.update_tls(roots)
             self.xds_endpoint.credentials.update(roots_pem=roots)
         if self.clock.now() >= self._server_cert_renew_at:
             self._issue_server_svid()
             for tls in self._python_tls():
                 tls.update()
+            if self.authz_workers is not None:
+                self.authz_workers.update_tls(None)
             self.xds_endpoint.credentials.update(
                 chain_pem=(self.data_dir / SERVER_CERT).read_bytes()
             )
@@ -444,6 +487,8 @@ class ControlPlane:
             self._admin.close()
         if self.authz_http is not None:
             self.authz_http.close()
+        if self.authz_workers is not None:
+            await self.authz_workers.stop()
         if self.xds_endpoint is not None:
             await self.xds_endpoint.stop()
         if self.endpoint is not None:

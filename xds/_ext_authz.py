@@ -53,6 +53,9 @@ _OK, _PERMISSION_DENIED, _UNAUTHENTICATED = 0, 7, 16
 
 # --------------------------------------------------------------------------- the service
 
+CheckRecorder = Callable[[float, Mapping[str, str]], None]
+"""(seconds one check took, its labels: decision, workload) → None."""
+
 PlanResolver = Callable[[Any, Mapping[str, str]], AuthorizationPlan]
 """(the caller — a gRPC call context, or the HTTP front's connection identity —, the call's
 metadata) → the plan of the workload whose sidecar is asking; raises PermissionError (refused
@@ -98,8 +101,14 @@ class Authorization:
     """`Check`: decide with the engine, trace the decision, answer with the verdict."""
 
     def __init__(
-        self, resolve: PlanResolver, tracer: trace.Tracer | None = None, meter_provider: Any = None
+        self,
+        resolve: PlanResolver,
+        tracer: trace.Tracer | None = None,
+        meter_provider: Any = None,
+        on_check: CheckRecorder | None = None,
     ) -> None:
+        """`on_check`: where each check's duration and labels go instead of this process's
+        histogram (an ext_authz worker hands them to the control plane, which `record`s them)."""
         self.resolve = resolve
         self.tracer = tracer or trace.get_tracer("meshwarden.xds.ext_authz")
         self.checks = 0
@@ -110,6 +119,11 @@ class Authorization:
             unit="s",
             description="time the engine took to answer an ext_authz Check (decode to answer)",
         )
+        self._on_check = on_check or self.record
+
+    def record(self, seconds: float, labels: Mapping[str, str]) -> None:
+        """One check's duration into `meshwarden.authz.check.duration`."""
+        self._duration.record(seconds, labels)
 
     async def check(self, check: CheckAttributes, context: grpc.aio.ServicerContext) -> bytes:
         """The gRPC `Check`: the encoded CheckResponse."""
@@ -123,8 +137,8 @@ class Authorization:
         for every transport."""
         started = time.perf_counter()
         verdict, detail, workload = self._check(check, caller, metadata)
-        labels = {"decision": verdict.decision, "workload": workload or ""}
-        self._duration.record(time.perf_counter() - started, labels)
+        labels = {"decision": str(verdict.decision), "workload": workload or ""}
+        self._on_check(time.perf_counter() - started, labels)
         return verdict, detail
 
     def _check(

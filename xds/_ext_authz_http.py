@@ -219,18 +219,30 @@ def transport_spiffe_id(transport: asyncio.Transport) -> str | None:
 
 
 async def serve_authz_http(
-    front: AuthzHttpFront, host: str, port: int, tls: ssl.SSLContext | None
+    front: AuthzHttpFront,
+    host: str,
+    port: int,
+    tls: ssl.SSLContext | None,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
     """Listen for sidecars: with `tls` (client certificates required), or plaintext on a
-    loopback address only."""
+    loopback address only. `reuse_port`: SO_REUSEPORT, so several processes of this user
+    share the address (the kernel spreads connections over them)."""
     if tls is None and not _is_loopback(host):
         raise ValueError(f"the plaintext ext_authz HTTP front must listen on loopback, not {host}")
     if tls is not None and tls.verify_mode != ssl.CERT_REQUIRED:
         raise ValueError("the ext_authz HTTP front requires client certificates")
     loop = asyncio.get_running_loop()
     if tls is None:
-        return await loop.create_server(front.protocol, host, port)
-    return await loop.create_server(front.protocol, host, port, ssl=tls, ssl_handshake_timeout=10)
+        return await loop.create_server(front.protocol, host, port, reuse_port=reuse_port or None)
+    return await loop.create_server(
+        front.protocol,
+        host,
+        port,
+        ssl=tls,
+        ssl_handshake_timeout=10,
+        reuse_port=reuse_port or None,
+    )
 
 
 def front_tls(chain: Path, key: Path, roots_pem: bytes) -> ServerTls:

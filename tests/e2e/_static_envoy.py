@@ -81,3 +81,40 @@ def wait_ready(admin: Path, envoy: subprocess.Popen[bytes], log: Path) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"Envoy not ready:\n{log.read_text()[-3000:]}")
+
+
+def http_ext_authz_documents(
+    trust_domain: str, address: str, app_port: int, allowed: str
+) -> list[dict[str, Any]]:
+    """A mesh in `enforcement: ext-authz` over `extAuthz.transport: http` (2 s timeout): one
+    workload a/w (identity `ns/a/sa/w`) on `address`:8080 → `app_port`, which only `allowed`
+    may call."""
+    docs: list[dict[str, Any]] = [
+        {
+            "kind": "Mesh",
+            "metadata": {"name": "m"},
+            "spec": {
+                "trustDomain": trust_domain,
+                "mtls": "PERMISSIVE",
+                "enforcement": "ext-authz",
+                "extAuthz": {"transport": "http", "timeout": "2s"},
+            },
+        },
+        {
+            "kind": "Workload",
+            "metadata": {"name": "w", "namespace": "a", "labels": {"app": "w"}},
+            "spec": {
+                "serviceAccount": "w",
+                "addresses": [address],
+                "ports": [{"port": 8080, "targetPort": app_port, "protocol": "http"}],
+            },
+        },
+        {
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "caller-only", "namespace": "a"},
+            "spec": {"rules": [{"from": [{"identities": [allowed]}]}]},
+        },
+    ]
+    for doc in docs:
+        doc["apiVersion"] = "meshwarden.io/v1alpha1"
+    return docs

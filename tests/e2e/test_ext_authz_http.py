@@ -34,6 +34,7 @@ from meshwarden.xds._envoy import static_cluster, upstream_tls
 
 from .._loopback import free_port as _free_port
 from ._static_envoy import compile_docs as _compile
+from ._static_envoy import http_ext_authz_documents
 from ._static_envoy import write_svid as _write_svid
 from .conftest import RunningEnvoy
 
@@ -45,35 +46,7 @@ AUTHZ_CLUSTER = "ext-authz-http-test"
 
 
 def _documents(address: str, app_port: int) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = [
-        {
-            "kind": "Mesh",
-            "metadata": {"name": "m"},
-            "spec": {
-                "trustDomain": TD,
-                "mtls": "PERMISSIVE",
-                "enforcement": "ext-authz",
-                "extAuthz": {"transport": "http", "timeout": "2s"},
-            },
-        },
-        {
-            "kind": "Workload",
-            "metadata": {"name": "w", "namespace": "a", "labels": {"app": "w"}},
-            "spec": {
-                "serviceAccount": "w",
-                "addresses": [address],
-                "ports": [{"port": 8080, "targetPort": app_port, "protocol": "http"}],
-            },
-        },
-        {
-            "kind": "AuthorizationPolicy",
-            "metadata": {"name": "caller-only", "namespace": "a"},
-            "spec": {"rules": [{"from": [{"identities": [CALLER]}]}]},
-        },
-    ]
-    for doc in docs:
-        doc["apiVersion"] = "meshwarden.io/v1alpha1"
-    return docs
+    return http_ext_authz_documents(TD, address, app_port, CALLER)
 
 
 class _Headers(BaseHTTPRequestHandler):

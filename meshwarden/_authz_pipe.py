@@ -1,0 +1,76 @@
+"""The pipe between the control plane and one ext_authz worker: a Unix socket pair the worker
+inherits (never a listener), carrying `(kind, value)` messages, each a 4-byte length and a
+pickle. Both ends are this program, started by the control plane for itself, so pickle is
+read only from a process of the same user that we started.
+
+Control plane → worker: `roots` (the trust bundle's PEM), `renewed` (read the server
+certificate and key files again), `policies` (the `DirectoryContents` the control plane's mesh
+was compiled from). Worker → control plane: `listening` (its pid), `version` ((version,
+errors) after each change), `checks` (a `CheckBatch.take()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+_LENGTH = struct.Struct("!I")
+MAX_MESSAGE = 256 * 2**20  # a 10,000-policy directory is ≈ 10 MiB
+MAX_BATCH = 50_000  # check durations held between two flushes; more are counted, not kept
+
+
+class Channel:
+    """Framed messages over one end of the socket pair."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, sock: socket.socket) -> Channel:
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=2**20)
+        return cls(reader, writer)
+
+    def send(self, message: tuple[str, Any]) -> None:
+        body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self.writer.write(_LENGTH.pack(len(body)) + body)
+
+    async def receive(self) -> tuple[str, Any]:
+        """The next message; EOFError when the other end is gone."""
+        try:
+            head = await self.reader.readexactly(_LENGTH.size)
+            (length,) = _LENGTH.unpack(head)
+            if length > MAX_MESSAGE:
+                raise EOFError(f"a message of {length} bytes on the worker pipe")
+            body = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise EOFError("the other end closed the pipe") from exc
+        kind, value = pickle.loads(body)
+        return str(kind), value
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class CheckBatch:
+    """Check durations grouped by their labels until the next flush (bounded)."""
+
+    def __init__(self) -> None:
+        self._durations: dict[tuple[tuple[str, str], ...], list[float]] = {}
+        self._held = 0
+        self.dropped = 0
+
+    def add(self, seconds: float, labels: Mapping[str, str]) -> None:
+        if self._held >= MAX_BATCH:
+            self.dropped += 1
+            return
+        self._durations.setdefault(tuple(sorted(labels.items())), []).append(seconds)
+        self._held += 1
+
+    def take(self) -> list[tuple[dict[str, str], list[float]]]:
+        taken = [(dict(key), values) for key, values in self._durations.items()]
+        self._durations, self._held = {}, 0
+        return taken

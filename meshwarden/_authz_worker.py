@@ -1,0 +1,187 @@
+"""One ext_authz worker: the HTTP front (`extAuthz.transport: http`) in a process of its own,
+started and fed by the control plane (`_authz_workers.AuthzWorkers`), never by hand.
+
+    python -m meshwarden._authz_worker --pipe FD --parent PID --listen HOST:PORT \\
+        --chain FILE --key FILE --policies NAME [--otlp-endpoint URL] [--index I]
+
+What it gets, and how:
+- its pipe (`--pipe`, a Unix socket pair end it inherited): the trust bundle's roots before it
+  listens, then every policy change as the control plane applies it (the policy files' bytes
+  that compiled into the control plane's mesh, compiled here by the same `Policies` code, so
+  the version is the same content hash), and each TLS renewal or CA rotation;
+- its key material: the server certificate and key from the data dir's 0600 files, read again
+  at each renewal — never from a socket;
+- its listener: bound by itself with SO_REUSEPORT on the control plane's address (the control
+  plane holds the address bound, not listening, so no other user can take it).
+
+Fail closed: until the first policies arrived it answers every check with a denial (the
+resolver has no mesh); a worker whose pipe closes (the control plane exited or dropped it)
+exits, and PR_SET_PDEATHSIG kills it if the control plane dies by SIGKILL. What goes back on
+the pipe: `listening`, the compiled version after each change, and batches of check durations
+the control plane records into its own `meshwarden.authz.check.duration`. Decision spans are
+exported from here to the same OTLP collector as the control plane's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import io
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshwarden._authz_pipe import Channel, CheckBatch
+from meshwarden._policies import Policies
+from meshwarden._policy_files import DirectoryContents
+from meshwarden.xds import (
+    Authorization,
+    AuthzHttpFront,
+    front_tls,
+    registered_workload,
+    serve_authz_http,
+)
+
+_PR_SET_PDEATHSIG = 1
+FLUSH_SECONDS = 0.5  # how often check durations go to the control plane
+
+
+class PushedContents:
+    """A `PolicySource` whose contents the control plane hands over: `poll` returns the last
+    pushed contents once."""
+
+    settle = 0.0
+    settling = False
+
+    def __init__(self) -> None:
+        self._pending: DirectoryContents | None = None
+
+    def push(self, contents: DirectoryContents) -> None:
+        self._pending = contents
+
+    def poll(self) -> DirectoryContents | None:
+        pending, self._pending = self._pending, None
+        return pending
+
+    def forget(self) -> None:
+        """Nothing is remembered between pushes."""
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL when the control plane dies (even by SIGKILL); exit now if it already did."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+class _Unprinted(io.StringIO):
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _verified_caller(caller: Any) -> str | None:
+    """The HTTP front's caller is the connection's verified SPIFFE ID (or None)."""
+    return caller if isinstance(caller, str) else None
+
+
+class Worker:
+    """The front, its policies and its pipe to the control plane."""
+
+    def __init__(self, args: argparse.Namespace, channel: Channel) -> None:
+        self.args = args
+        self.channel = channel
+        self.source = PushedContents()
+        # what the control plane already printed is not printed again (errors go back on the pipe)
+        self.policies = Policies(Path(args.policies), _Unprinted(), source=self.source)
+        self.batch = CheckBatch()
+        self.authorization = Authorization(
+            registered_workload(lambda: self.policies.mesh, _verified_caller),
+            on_check=self._checked,
+        )
+
+    def _checked(self, seconds: float, labels: Mapping[str, str]) -> None:
+        self.batch.add(seconds, labels)
+
+    async def run(self) -> None:
+        kind, roots = await self.channel.receive()
+        if kind != "roots":
+            raise SystemExit(f"ext_authz worker: expected the trust bundle first, got {kind}")
+        tls = front_tls(Path(self.args.chain), Path(self.args.key), roots)
+        host, _, port = self.args.listen.rpartition(":")
+        front = AuthzHttpFront(self.authorization)
+        server = await serve_authz_http(
+            front, host.strip("[]"), int(port), tls.listening, reuse_port=True
+        )
+        self.channel.send(("listening", os.getpid()))
+        flushing = asyncio.create_task(self._flush_forever())
+        try:
+            while True:
+                kind, value = await self.channel.receive()
+                if kind == "policies":
+                    await self._apply(value)
+                elif kind == "roots":
+                    tls.update(roots_pem=value)
+                elif kind == "renewed":
+                    tls.update()
+        finally:
+            flushing.cancel()
+            server.close()
+
+    async def _apply(self, contents: DirectoryContents) -> None:
+        """Compile in a thread (the front keeps answering with the previous plans), then say
+        which version this worker now decides with."""
+        self.source.push(contents)
+        await asyncio.to_thread(self.policies.reload_if_changed)
+        status = self.policies.status
+        self.channel.send(("version", (status.version, status.errors[:5])))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            taken = self.batch.take()
+            if taken:
+                self.channel.send(("checks", taken))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="meshwarden-authz-worker", description=__doc__)
+    parser.add_argument("--pipe", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--chain", required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--policies", required=True)
+    parser.add_argument("--otlp-endpoint")
+    parser.add_argument("--index", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    channel = await Channel.open(socket.socket(fileno=args.pipe))
+    worker = Worker(args, channel)
+    try:
+        await worker.run()
+    except EOFError:  # the control plane closed the pipe: stop
+        return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the control plane, which stops us
+    from meshwarden._telemetry import installed
+
+    with installed("meshwarden", args.otlp_endpoint):
+        asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""`meshwarden server --ext-authz-workers 1` with a real Envoy 1.40 sidecar whose HTTP ext_authz
+filter asks the control plane's front over mTLS (the sidecar's SVID from the server's CA): the
+worker process decides; a policy change reaches it and denies end to end; a worker killed with
+SIGKILL is replaced and nothing is allowed while it is gone; the worker dies with a control
+plane killed with SIGKILL."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from meshwarden.engine import TrustDomain
+from meshwarden.identities import CaConfig, SystemClock, load_ca
+from meshwarden.xds import CLUSTER, LISTENER, StaticTls, TranslationContext, workload_resources
+from meshwarden.xds._envoy import static_cluster, upstream_tls
+
+from ._static_envoy import compile_docs, http_ext_authz_documents, write_svid
+from .conftest import RunningEnvoy
+
+TD = "example.org"
+WORKLOAD = "a/w"
+CALLER = f"spiffe://{TD}/ns/b/sa/caller"
+OTHER = f"spiffe://{TD}/ns/b/sa/other"
+SIDECAR_ID = f"spiffe://{TD}/ns/a/sa/w"
+
+
+def _documents(address: str, app_port: int, allowed: str) -> list[dict[str, Any]]:
+    return http_ext_authz_documents(TD, address, app_port, allowed)
+
+
+class _Hello(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def app() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Plane:
+    process: subprocess.Popen[str]
+    policies: Path
+    data: Path
+    front_port: int
+    health_port: int
+
+    def health(self) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.health_port, timeout=10)
+        conn.request("GET", "/healthz")
+        return dict(json.loads(conn.getresponse().read()))
+
+    def workers(self) -> list[dict[str, Any]]:
+        return list(self.health()["extAuthz"]["workers"])
+
+    def svid(self, spiffe_id: str) -> tuple[str, str]:
+        ca = load_ca(self.data / "ca.json", CaConfig(TrustDomain(TD)), SystemClock())
+        folder = self.data.parent / "svids"
+        folder.mkdir(exist_ok=True)
+        return write_svid(ca, spiffe_id, folder)
+
+
+def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def plane(tmp_path: Path, loopback: str, app: int) -> Iterator[Plane]:
+    policies, data = tmp_path / "policies", tmp_path / "data"
+    policies.mkdir()
+    data.mkdir(mode=0o700)
+    (policies / "mesh.yaml").write_text(yaml.safe_dump_all(_documents(loopback, app, CALLER)))
+    command = [sys.executable, "-m", "meshwarden", "server", str(policies), "--data-dir"]
+    command += [str(data), "--listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0"]
+    command += ["--ext-authz-http-listen", "127.0.0.1:0", "--ext-authz-workers", "1"]
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
+    assert process.stdout is not None
+    ready = process.stdout.readline()
+    assert ready.startswith("ready"), (tmp_path / "server.log").read_text()[-3000:]
+    front = int(ready.split("ext_authz HTTP on ")[1].split(" ")[0].rsplit(":", 1)[1])
+    health = int(ready.split("/healthz")[0].rsplit(":", 1)[1])
+    try:
+        yield Plane(process, policies, data, front, health)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+
+def _sidecar(
+    envoy: Callable[[dict[str, Any]], RunningEnvoy], plane: Plane, loopback: str, app: int
+) -> None:
+    """a/w's sidecar, its HTTP ext_authz cluster to the control plane's front over mTLS."""
+    chain, key = plane.svid(SIDECAR_ID)
+    bundle = plane.data / "bundle.pem"
+    bundle.write_bytes(
+        load_ca(plane.data / "ca.json", CaConfig(TrustDomain(TD)), SystemClock())
+        .bundle()
+        .x509_pem()
+    )
+    tls = StaticTls(chain, key, str(bundle), TD)
+    ctx = TranslationContext(static_tls=tls, inline_routes=True, ext_authz_http_cluster="front")
+    resources = workload_resources(compile_docs(_documents(loopback, app, CALLER)), WORKLOAD, ctx)
+    front = static_cluster("front", "127.0.0.1", plane.front_port)
+    certificate = {"certificateChain": {"filename": chain}, "privateKey": {"filename": key}}
+    front["transportSocket"] = upstream_tls(
+        commonTlsContext={
+            "tlsCertificates": [certificate],
+            "validationContext": {"trustedCa": {"filename": str(bundle)}},
+        }
+    )
+    clusters = [*resources[CLUSTER], front]
+    envoy({"staticResources": {"listeners": resources[LISTENER], "clusters": clusters}})
+
+
+def _status(address: str, cert: tuple[str, str]) -> tuple[int, bytes]:
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.load_cert_chain(*cert)
+    conn = http.client.HTTPSConnection(address, 8080, context=context, timeout=10)
+    try:
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _current(plane: Plane) -> bool:
+    workers = plane.workers()
+    return len(workers) == 1 and workers[0]["current"] and workers[0]["listening"]
+
+
+def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed(
+    envoy: Callable[[dict[str, Any]], RunningEnvoy], plane: Plane, loopback: str, app: int
+) -> None:
+    _sidecar(envoy, plane, loopback, app)
+    caller, other = plane.svid(CALLER), plane.svid(OTHER)
+    _wait(lambda: _current(plane), "the worker decides with the control plane's policies")
+    [worker] = plane.workers()
+    assert worker["version"] == plane.health()["policyVersion"] and worker["pid"] != os.getpid()
+    assert _status(loopback, caller) == (200, b"hello")
+    assert _status(loopback, other)[0] == 403
+
+    before = worker["version"]
+    (plane.policies / "mesh.yaml").write_text(yaml.safe_dump_all(_documents(loopback, app, OTHER)))
+    _wait(lambda: plane.workers()[0]["version"] not in (None, before), "the change reached it")
+    assert plane.workers()[0]["current"]
+    assert _status(loopback, caller)[0] == 403  # denied after the change, end to end
+    assert _status(loopback, other) == (200, b"hello")
+
+    os.kill(worker["pid"], signal.SIGKILL)
+    assert _status(loopback, other)[0] == 403  # no worker: the sidecar fails closed
+    _wait(lambda: _current(plane) and plane.workers()[0]["pid"] != worker["pid"], "replaced")
+    assert plane.health()["extAuthz"]["restarts"] == 1
+    assert _status(loopback, other) == (200, b"hello")
+    assert _status(loopback, caller)[0] == 403
+
+
+def test_workers_exit_when_the_control_plane_is_killed(plane: Plane) -> None:
+    _wait(lambda: _current(plane), "the worker listens")
+    [worker] = plane.workers()
+    plane.process.kill()
+    plane.process.wait(10)
+    _wait(lambda: not _alive(worker["pid"]), "the worker exited", timeout=10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -1,0 +1,142 @@
+"""`AuthzWorkers`: a real worker process serving the ext_authz HTTP front over mTLS denies until
+it has the control plane's policies, then decides with them; a CA rotation reaches its next
+handshake (a removed CA is refused); its check durations reach the control plane's recorder;
+`stop` ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives.serialization import Encoding
+from meshwarden.engine import SpiffeId, TrustDomain
+from meshwarden.identities import (
+    CaConfig,
+    CertificateAuthority,
+    SystemClock,
+    generate_key,
+    private_key_pkcs8_pem,
+)
+
+from meshwarden._authz_workers import AuthzWorkers, WorkerFiles
+from meshwarden._policies import Policies
+
+TD = "example.org"
+API = f"spiffe://{TD}/ns/a/sa/api"
+CALLER = f"spiffe://{TD}/ns/b/sa/client"
+
+
+def _policies(folder: Path) -> Policies:
+    docs: list[dict[str, Any]] = [
+        {"kind": "Mesh", "metadata": {"name": "m"}, "spec": {"trustDomain": TD}},
+        {
+            "kind": "Workload",
+            "metadata": {"name": "api", "namespace": "a"},
+            "spec": {"serviceAccount": "api", "ports": [{"port": 8080, "protocol": "http"}]},
+        },
+        {
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "client", "namespace": "a"},
+            "spec": {"rules": [{"from": [{"identities": [CALLER]}]}]},
+        },
+    ]
+    for doc in docs:
+        doc["apiVersion"] = "meshwarden.io/v1alpha1"
+    folder.mkdir()
+    (folder / "mesh.yaml").write_text(yaml.safe_dump_all(docs))
+    policies = Policies(folder, settle=0)
+    policies.reload_when_settled()
+    assert policies.mesh is not None and policies.contents is not None
+    return policies
+
+
+def _svid(ca: CertificateAuthority, spiffe_id: str, folder: Path) -> tuple[Path, Path]:
+    folder.mkdir()
+    key = generate_key()
+    svid = ca.sign_x509_svid(key.public_key(), SpiffeId.parse(spiffe_id))
+    chain, key_file = folder / "chain.pem", folder / "key.pem"
+    chain.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain))
+    key_file.write_bytes(private_key_pkcs8_pem(key))
+    key_file.chmod(0o600)
+    return chain, key_file
+
+
+def _client(ca: CertificateAuthority, folder: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.load_cert_chain(*_svid(ca, API, folder))
+    return context
+
+
+CHECK = (
+    "GET /meshwarden.authz/check/x HTTP/1.1\r\nhost: api.a:8080\r\ncontent-length: 0\r\n"
+    "x-meshwarden-workload: a/api\r\nx-meshwarden-port: 8080\r\n"
+    f"x-meshwarden-peer: ={CALLER}\r\nx-meshwarden-source: =10.1.2.3\r\n"
+    "x-meshwarden-jwt: =\r\n\r\n"
+).encode()
+
+
+async def _check(port: int, context: ssl.SSLContext) -> tuple[int, bytes] | str:
+    """(status, body) of one check as the sidecar of a/api, or why the handshake failed."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        writer.write(CHECK)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        writer.close()
+        return int(head.split(b" ")[1]), body
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as refused:
+        return type(refused).__name__
+
+
+async def _until(condition: Any, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+def test_a_worker_denies_until_it_has_policies_then_follows_them_and_the_ca(
+    tmp_path: Path,
+) -> None:
+    old, new = (CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock()) for _ in "ab")
+    chain, key = _svid(old, f"spiffe://{TD}/ns/cp/sa/server", tmp_path / "server")
+    policies = _policies(tmp_path / "policies")
+    recorded: list[tuple[float, dict[str, str]]] = []
+    workers = AuthzWorkers(
+        1,
+        ("127.0.0.1", 0),
+        WorkerFiles(chain, key),
+        str(tmp_path / "policies"),
+        lambda seconds, labels: recorded.append((seconds, dict(labels))),
+    )
+    old_client, new_client = _client(old, tmp_path / "old"), _client(new, tmp_path / "new")
+
+    async def scenario() -> list[Any]:
+        port = await workers.start(old.bundle().x509_pem())
+        got: list[Any] = [await _check(port, old_client)]  # no policies yet
+        assert policies.mesh is not None
+        workers.publish(policies.contents, policies.mesh.version)
+        await _until(lambda: workers.current)
+        got.append(await _check(port, old_client))
+        await _until(lambda: len(recorded) == 2)
+        workers.update_tls(new.bundle().x509_pem())  # a rotation that removed the old CA
+        got += [await _check(port, old_client), await _check(port, new_client)]
+        [pid] = [w["pid"] for w in workers.status()]
+        await workers.stop()
+        got.append(pid)
+        return got
+
+    before, after, old_refused, new_allowed, pid = asyncio.run(scenario())
+    assert before[0] == 403 and b"authz:unavailable" in before[1]
+    assert after == (200, b"")
+    assert [labels for _, labels in recorded] == [
+        {"decision": "deny", "workload": ""},
+        {"decision": "allow", "workload": "a/api"},
+    ]
+    assert old_refused in ("SSLError", "ConnectionResetError", "IncompleteReadError")
+    assert new_allowed == (200, b"")
+    assert not Path(f"/proc/{pid}").exists()

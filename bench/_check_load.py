@@ -1,0 +1,90 @@
+"""A steady ext_authz load on the HTTP front, as a sidecar's filter sends it: `connections`
+keep-alive mTLS connections (the sidecar's SVID), the same request head Envoy writes, at a
+fixed rate, in a process of its own (spawned) so the bench's own loop does not delay it.
+
+Each request has a scheduled send time; its latency is measured from that time (not from when
+a busy connection got to send it), so a stall of the front shows in full on every request it
+delayed. Returns (scheduled wall-clock time, latency ms, status) per request; a request still
+unanswered `give_up_s` after its scheduled time counts as status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    port: int
+    chain: str
+    key: str
+    head: bytes
+    rate: float  # requests/s over all connections
+    seconds: float
+    connections: int = 8
+    give_up_s: float = 10.0
+
+
+Sample = tuple[float, float, int]  # (scheduled time.time(), latency ms, HTTP status or 0)
+
+
+async def _connection(plan: LoadPlan, index: int, start: float, out: list[Sample]) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.load_cert_chain(plan.chain, plan.key)
+    reader, writer = await asyncio.open_connection("127.0.0.1", plan.port, ssl=context)
+    interval = plan.connections / plan.rate
+    n = 0
+    while True:
+        scheduled = start + index * (interval / plan.connections) + n * interval
+        if scheduled - start > plan.seconds:
+            break
+        delay = scheduled - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        writer.write(plan.head)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), plan.give_up_s)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            status = int(head.split(b" ")[1])
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            out.append((scheduled, (time.time() - scheduled) * 1000, 0))
+            return
+        out.append((scheduled, (time.time() - scheduled) * 1000, status))
+        n += 1
+    writer.close()
+
+
+async def _run(plan: LoadPlan) -> list[Sample]:
+    out: list[Sample] = []
+    start = time.time() + 0.5
+    await asyncio.gather(*(_connection(plan, i, start, out) for i in range(plan.connections)))
+    return sorted(out)
+
+
+def _child(plan: LoadPlan, conn: Any) -> None:
+    conn.send(asyncio.run(_run(plan)))
+
+
+class CheckLoad:
+    """The load in a spawned process; `result()` waits for its samples."""
+
+    def __init__(self, plan: LoadPlan) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_child, args=(plan, child), daemon=True)
+        self.process.start()
+        self.plan = plan
+
+    def result(self) -> list[Sample]:
+        if not self.conn.poll(self.plan.seconds + self.plan.give_up_s + 60):
+            raise SystemExit("the check load did not finish")
+        samples: list[Sample] = self.conn.recv()
+        self.process.join(10)
+        return samples

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -109,10 +110,22 @@ def worker_cpu(health: dict[str, Any]) -> float:
     return total
 
 
+def pin_this_process(cpus: set[int]) -> None:
+    """Every thread of this process (the simulated sidecars) on `cpus`; processes started
+    afterwards inherit it, so the server is started with every CPU."""
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
 async def measure_mode(
     work: Path, workers: int, args: argparse.Namespace, identities: bp.Identities
 ) -> dict[str, Any]:
+    everywhere = set(range(os.cpu_count() or 1))
+    pin_this_process(everywhere)
     server, ports = start_server(work, workers)
+    if args.clients_cpu is not None:  # the sidecars stand for other hosts: keep them on one CPU
+        pin_this_process({args.clients_cpu})
     try:
         return await _with_server(server, ports, work, workers, args, identities)
     finally:
@@ -200,6 +213,11 @@ def summarize(
         return any(a <= t <= b for a, b in windows)
 
     during = [s for s in samples if pushing(s[0])]
+    slow_at = sorted(
+        round(s[0] - max(a for a, _ in windows if a <= s[0]), 2)
+        for s in during
+        if s[1] > TIMEOUT_MS
+    )
     quiet = [s for s in samples if not pushing(s[0]) and s[0] - first < quiet_s]
     return {
         "quiet": _stats(quiet),
@@ -209,6 +227,7 @@ def summarize(
         "server_cpu_s_per_change": cpu[0] / max(1, len(windows)),
         "worker_cpu_s": cpu[1],
         "workers": health.get("extAuthz", {}).get("workers", []),
+        "over_timeout_at_s": slow_at,  # when, after its change was written, each was scheduled
     }
 
 
@@ -232,9 +251,13 @@ def print_report(report: dict[str, Any]) -> None:
                 f"  {cpu}"
             )
         acked = row["change_acked_s"]
+        compiled = [w["lastCompileSeconds"] for w in row["workers"]]
+        late = row["over_timeout_at_s"]
         print(
             f"         {row['changes']} changes ACKed by all after {min(acked):.2f}-"
-            f"{max(acked):.2f} s; workers' CPU {row['worker_cpu_s']:.1f} s"
+            f"{max(acked):.2f} s; workers' CPU {row['worker_cpu_s']:.1f} s, last change "
+            f"compiled in {compiled} s; checks over 250 ms were scheduled "
+            + (f"{late[0]:.2f}-{late[-1]:.2f} s after the write" if late else "never")
         )
 
 
@@ -247,7 +270,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--changes", type=int, help="policy changes per mode (default 5)")
     p.add_argument("--quiet", type=int, help="seconds of load without pushes (default 10)")
     p.add_argument("--workers", default="0,1", help="--ext-authz-workers values (default 0,1)")
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="leave the simulated sidecars unpinned too (default: on CPU 0 when there are 2+)",
+    )
     args = p.parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0))
+    args.clients_cpu = None if args.no_pin or len(cpus) < 2 else cpus[0]
     args.clients = args.clients or (300 if args.quick else 1000)
     args.changes = args.changes or (2 if args.quick else 5)
     args.quiet = args.quiet or (5 if args.quick else 10)
@@ -272,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         modes = {w: asyncio.run(measure_mode(work, w, args, identities)) for w in args.workers}
     report = {
         "machine": {"cpu": bp.cpu_model(), "cores": os.cpu_count(), "load_avg": load_avg},
-        "settings": {k: getattr(args, k) for k in ("clients", "rate", "changes", "quiet")},
+        "settings": {
+            k: getattr(args, k) for k in ("clients", "rate", "changes", "quiet", "clients_cpu")
+        },
         "modes": modes,
     }
     if args.json:

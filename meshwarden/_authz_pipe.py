@@ -6,7 +6,7 @@ read only from a process of the same user that we started.
 Control plane → worker: `roots` (the trust bundle's PEM), `renewed` (read the server
 certificate and key files again), `policies` (the `DirectoryContents` the control plane's mesh
 was compiled from). Worker → control plane: `listening` (its pid), `version` ((version,
-errors) after each change), `checks` (a `CheckBatch.take()`).
+errors, seconds compiling) after each change), `checks` (a `CheckBatch.take()`).
 """
 
 from __future__ import annotations

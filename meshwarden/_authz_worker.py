@@ -17,9 +17,10 @@ What it gets, and how:
 Fail closed: until the first policies arrived it answers every check with a denial (the
 resolver has no mesh); a worker whose pipe closes (the control plane exited or dropped it)
 exits, and PR_SET_PDEATHSIG kills it if the control plane dies by SIGKILL. What goes back on
-the pipe: `listening`, the compiled version after each change, and batches of check durations
-the control plane records into its own `meshwarden.authz.check.duration`. Decision spans are
-exported from here to the same OTLP collector as the control plane's.
+the pipe: `listening`, the compiled version (and the seconds it took) after each change, and
+batches of check durations the control plane records into its own
+`meshwarden.authz.check.duration`. Decision spans are exported from here to the same OTLP
+collector as the control plane's.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ from meshwarden.xds import (
 
 _PR_SET_PDEATHSIG = 1
 FLUSH_SECONDS = 0.5  # how often check durations go to the control plane
+SWITCH_SECONDS = 0.0005  # the GIL's switch interval in a worker (Python's default: 0.005)
 
 
 class PushedContents:
@@ -138,9 +141,11 @@ class Worker:
         """Compile in a thread (the front keeps answering with the previous plans), then say
         which version this worker now decides with."""
         self.source.push(contents)
+        started = time.perf_counter()
         await asyncio.to_thread(self.policies.reload_if_changed)
         status = self.policies.status
-        self.channel.send(("version", (status.version, status.errors[:5])))
+        took = time.perf_counter() - started
+        self.channel.send(("version", (status.version, status.errors[:5], took)))
 
     async def _flush_forever(self) -> None:
         while True:
@@ -175,6 +180,10 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     die_with_parent(args.parent)
+    # A change compiles in a thread while the loop answers checks: with the default 5 ms switch
+    # interval the loop waited up to 5 ms for the GIL at every wake-up, and checks queued past
+    # the sidecars' 250 ms timeout during a compile (docs/benchmarks.md).
+    sys.setswitchinterval(SWITCH_SECONDS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the control plane, which stops us
     from meshwarden._telemetry import installed
 

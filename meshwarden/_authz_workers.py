@@ -56,6 +56,7 @@ class _Worker:
     channel: Channel
     version: str = ""
     errors: list[str] = field(default_factory=list)
+    compile_s: float | None = None  # how long applying the last change took
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.time)
 
@@ -121,6 +122,7 @@ class AuthzWorkers:
                 "version": w.version or None,
                 "current": bool(w.version) and w.version == self.version,
                 "errors": w.errors,
+                "lastCompileSeconds": None if w.compile_s is None else round(w.compile_s, 3),
             }
             for w in sorted(self.workers.values(), key=lambda w: w.index)
         ]
@@ -211,7 +213,7 @@ class AuthzWorkers:
         if kind == "listening":
             worker.listening.set()
         elif kind == "version":
-            worker.version, worker.errors = value
+            worker.version, worker.errors, worker.compile_s = value
         elif kind == "checks":
             for labels, durations in value:
                 for seconds in durations:

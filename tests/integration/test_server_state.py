@@ -110,3 +110,9 @@ def test_the_ext_authz_http_front_on_another_listeners_address_is_refused(tmp_pa
     assert line.startswith(
         "meshwarden server: error: --ext-authz-http-listen 0.0.0.0:8444 is --xds-listen's"
     )
+
+
+@pytest.mark.parametrize("count", ["-1", "65"])
+def test_a_number_of_ext_authz_workers_out_of_range_is_refused(tmp_path: Path, count: str) -> None:
+    line = _refused(tmp_path, "--ext-authz-workers", count)
+    assert line == "meshwarden server: error: --ext-authz-workers must be between 0 and 64"

@@ -4,23 +4,27 @@ started and fed by the control plane (`_authz_workers.AuthzWorkers`), never by h
     python -m meshwarden._authz_worker --pipe FD --parent PID --listen HOST:PORT \\
         --chain FILE --key FILE --policies NAME [--otlp-endpoint URL] [--index I]
 
+A worker serves one policy version for its whole life: a policy change starts new workers,
+which compile it before they listen, and then retires the old ones (`retire`: stop listening,
+hand the connections over), so no check ever waits behind a compile in the process that
+answers it.
+
 What it gets, and how:
-- its pipe (`--pipe`, a Unix socket pair end it inherited): the trust bundle's roots before it
-  listens, then every policy change as the control plane applies it (the policy files' bytes
-  that compiled into the control plane's mesh, compiled here by the same `Policies` code, so
-  the version is the same content hash), and each TLS renewal or CA rotation;
+- its pipe (`--pipe`, a Unix socket pair end it inherited): `start` — the trust bundle's roots
+  and the policy files' bytes the control plane's mesh was compiled from (compiled here by the
+  same `Policies` code, so the version is the same content hash) —, then each CA rotation
+  (`roots`), server certificate renewal (`renewed`), and `retire`;
 - its key material: the server certificate and key from the data dir's 0600 files, read again
   at each renewal — never from a socket;
 - its listener: bound by itself with SO_REUSEPORT on the control plane's address (the control
   plane holds the address bound, not listening, so no other user can take it).
 
-Fail closed: until the first policies arrived it answers every check with a denial (the
+Fail closed: a worker started without policies (none were valid yet) denies every check (the
 resolver has no mesh); a worker whose pipe closes (the control plane exited or dropped it)
 exits, and PR_SET_PDEATHSIG kills it if the control plane dies by SIGKILL. What goes back on
-the pipe: `listening`, the compiled version (and the seconds it took) after each change, and
-batches of check durations the control plane records into its own
-`meshwarden.authz.check.duration`. Decision spans are exported from here to the same OTLP
-collector as the control plane's.
+the pipe: the compiled version (and the seconds compiling took), `listening`, and batches of
+check durations the control plane records into its own `meshwarden.authz.check.duration`.
+Decision spans are exported from here to the same OTLP collector as the control plane's.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from meshwarden.xds import (
 
 _PR_SET_PDEATHSIG = 1
 FLUSH_SECONDS = 0.5  # how often check durations go to the control plane
-SWITCH_SECONDS = 0.0005  # the GIL's switch interval in a worker (Python's default: 0.005)
+DRAIN_SECONDS = 5.0  # a retired worker's longest wait for its connections to be handed over
 
 
 class PushedContents:
@@ -113,9 +117,12 @@ class Worker:
         self.batch.add(seconds, labels)
 
     async def run(self) -> None:
-        kind, roots = await self.channel.receive()
-        if kind != "roots":
-            raise SystemExit(f"ext_authz worker: expected the trust bundle first, got {kind}")
+        kind, value = await self.channel.receive()
+        if kind != "start":
+            raise SystemExit(f"ext_authz worker: expected `start` first, got {kind}")
+        roots, contents = value
+        if contents is not None:  # compiled before listening: never serving a half-made mesh
+            self._compile(contents)
         tls = front_tls(Path(self.args.chain), Path(self.args.key), roots)
         host, _, port = self.args.listen.rpartition(":")
         front = AuthzHttpFront(self.authorization)
@@ -127,32 +134,47 @@ class Worker:
         try:
             while True:
                 kind, value = await self.channel.receive()
-                if kind == "policies":
-                    await self._apply(value)
-                elif kind == "roots":
+                if kind == "roots":
                     tls.update(roots_pem=value)
                 elif kind == "renewed":
                     tls.update()
+                elif kind == "retire":
+                    await _drain(server, front)
+                    return
         finally:
             flushing.cancel()
             server.close()
+            self._flush()
 
-    async def _apply(self, contents: DirectoryContents) -> None:
-        """Compile in a thread (the front keeps answering with the previous plans), then say
-        which version this worker now decides with."""
+    def _compile(self, contents: DirectoryContents) -> None:
+        """Compile what the control plane sent and say which version this worker decides with
+        (and how long compiling took)."""
         self.source.push(contents)
         started = time.perf_counter()
-        await asyncio.to_thread(self.policies.reload_if_changed)
+        self.policies.reload_if_changed()
         status = self.policies.status
         took = time.perf_counter() - started
         self.channel.send(("version", (status.version, status.errors[:5], took)))
 
+    def _flush(self) -> None:
+        taken = self.batch.take()
+        if taken:
+            self.channel.send(("checks", taken))
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            taken = self.batch.take()
-            if taken:
-                self.channel.send(("checks", taken))
+            self._flush()
+
+
+async def _drain(server: asyncio.Server, front: AuthzHttpFront) -> None:
+    """Stop listening (the worker that replaces this one already listens) and hand every
+    connection over (`AuthzHttpFront.drain`); give up on the stragglers after DRAIN_SECONDS."""
+    server.close()
+    front.drain()
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while front.connections and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -180,10 +202,6 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     die_with_parent(args.parent)
-    # A change compiles in a thread while the loop answers checks: with the default 5 ms switch
-    # interval the loop waited up to 5 ms for the GIL at every wake-up, and checks queued past
-    # the sidecars' 250 ms timeout during a compile (docs/benchmarks.md).
-    sys.setswitchinterval(SWITCH_SECONDS)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the control plane, which stops us
     from meshwarden._telemetry import installed
 

@@ -4,16 +4,24 @@ control plane's event loop (which ADS pushes keep busy for seconds on a large me
 The control plane binds the front's address with SO_REUSEPORT and keeps it bound without
 listening (so the port is known, also for port 0, and no other user can bind it); each worker
 (`_authz_worker`) binds the same address with SO_REUSEPORT and listens, and the kernel spreads
-new connections over the listening workers. Each worker gets, over its own inherited socket
-pair (`_authz_pipe`), the trust bundle's roots, every policy change as the control plane applies
-it, and each certificate renewal or CA rotation; it reads the server certificate and key from
-the data dir's 0600 files.
+new connections over the listening workers. A worker gets, over its own inherited socket pair
+(`_authz_pipe`), the trust bundle's roots and the policy files' bytes at start, then each
+certificate renewal or CA rotation; it reads the server certificate and key from the data dir's
+0600 files.
 
-Fail closed and never orphaned: a worker decides nothing before its first policies; one that
-exits is started again (after `RESTART_SECONDS`) with the current roots and policies; workers
-die with the control plane (PR_SET_PDEATHSIG in the worker, and the pipe's end), and `stop`
-ends them. `status()` says, per worker, its pid, the policy version it decides with, whether
-that is the control plane's, and how often it was restarted (GET /healthz `extAuthz`).
+A worker serves one policy version: on a change (`publish`, as the pushes to the sidecars
+begin) each of the N slots gets a new worker, which compiles the change before it listens;
+once it does, the slot's older workers are retired (they stop listening, answer what they are
+reading with `connection: close`, close their idle connections and exit). So no check waits
+behind a compile in the process that answers it, and from the handover on a slot answers with
+the new version only.
+
+Fail closed and never orphaned: a worker decides nothing before it has policies; one that exits
+unretired is started again (after `RESTART_SECONDS`) with the current roots and policies;
+workers die with the control plane (PR_SET_PDEATHSIG in the worker, and the pipe's end), and
+`stop` ends them. `status()` says, per slot, the serving worker's pid, the policy version it
+decides with, whether that is the control plane's, and how long it compiled; `restarts` counts
+replaced crashes (GET /healthz `extAuthz`).
 """
 
 from __future__ import annotations
@@ -25,8 +33,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,16 +56,17 @@ class WorkerFiles:
     key: Path
 
 
-@dataclass
+@dataclass(eq=False)
 class _Worker:
-    index: int
+    slot: int
+    generation: int
     process: subprocess.Popen[bytes]
     channel: Channel
     version: str = ""
     errors: list[str] = field(default_factory=list)
-    compile_s: float | None = None  # how long applying the last change took
+    compile_s: float | None = None  # how long compiling its policies took
     listening: asyncio.Event = field(default_factory=asyncio.Event)
-    started: float = field(default_factory=time.time)
+    retired: bool = False
 
 
 class AuthzWorkers:
@@ -83,78 +91,106 @@ class AuthzWorkers:
         self.contents: DirectoryContents | None = None
         self.version = ""  # the control plane's policy version
         self.restarts = 0
-        self.workers: dict[int, _Worker] = {}
+        self.active: dict[int, _Worker] = {}  # slot → the worker serving it
+        self.live: set[_Worker] = set()  # every worker process: starting, active, retiring
+        self._generation = 0
         self._reserved: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
-    async def start(self, roots_pem: bytes) -> int:
-        """Reserve the address, start every worker and wait until each listens; the port."""
-        self.roots_pem = roots_pem
+    async def start(
+        self, roots_pem: bytes, contents: DirectoryContents | None, version: str
+    ) -> int:
+        """Reserve the address, start every worker with the policies the control plane serves
+        now and wait until each listens; the port."""
+        self.roots_pem, self.contents, self.version = roots_pem, contents, version
         self._reserved = _reserve(self.host, self.port)
         self.port = int(self._reserved.getsockname()[1])
-        for index in range(self.count):
-            await self._spawn(index)
+        for slot in range(self.count):
+            if not await self._replace(slot):
+                raise OSError(f"ext_authz worker {slot} did not listen on {self._address}")
         return self.port
 
     def publish(self, contents: DirectoryContents | None, version: str) -> None:
-        """A policy change, to every worker (as it goes to the sidecars)."""
+        """A policy change (as it goes to the sidecars): new workers compile it, then take over
+        from the ones serving the previous version."""
         if contents is None:
             return
         self.contents, self.version = contents, version
-        for worker in self.workers.values():
-            worker.channel.send(("policies", contents))
+        for slot in range(self.count):
+            self._background(self._replace(slot))
 
     def update_tls(self, roots_pem: bytes | None) -> None:
         """New roots (a CA rotation), or None: the server certificate was renewed."""
         if roots_pem is not None:
             self.roots_pem = roots_pem
         message = ("roots", roots_pem) if roots_pem is not None else ("renewed", None)
-        for worker in self.workers.values():
+        for worker in self.live:
             worker.channel.send(message)
 
     def status(self) -> list[dict[str, Any]]:
         return [
             {
-                "index": w.index,
+                "slot": w.slot,
                 "pid": w.process.pid,
-                "listening": w.listening.is_set(),
                 "version": w.version or None,
                 "current": bool(w.version) and w.version == self.version,
                 "errors": w.errors,
                 "lastCompileSeconds": None if w.compile_s is None else round(w.compile_s, 3),
             }
-            for w in sorted(self.workers.values(), key=lambda w: w.index)
+            for w in sorted(self.active.values(), key=lambda w: w.slot)
         ]
 
     @property
     def current(self) -> bool:
-        """Every worker listens and decides with the control plane's policy version."""
-        return len(self.workers) == self.count and all(s["current"] for s in self.status())
+        """Every slot is served by a worker with the control plane's policy version."""
+        return len(self.active) == self.count and all(s["current"] for s in self.status())
 
-    async def _spawn(self, index: int) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            process = subprocess.Popen(
-                self._command(index, theirs.fileno()), pass_fds=(theirs.fileno(),)
-            )
-        finally:
-            theirs.close()
-        worker = _Worker(index, process, await Channel.open(ours))
-        self.workers[index] = worker
-        worker.channel.send(("roots", self.roots_pem))
-        if self.contents is not None:
-            worker.channel.send(("policies", self.contents))
-        task = asyncio.get_running_loop().create_task(self._follow(worker))
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, slot: int) -> bool:
+        """Start a worker for `slot` with the current roots and policies; once it listens, it
+        serves the slot and the older ones of the slot are retired. False if it never did."""
+        worker = await self._spawn(slot)
         try:
             await asyncio.wait_for(worker.listening.wait(), START_TIMEOUT)
         except TimeoutError:
-            process.kill()
-            raise OSError(f"ext_authz worker {index} did not listen on {self._address}") from None
+            log.error("ext_authz worker %d (pid %d) did not listen", slot, worker.process.pid)
+            worker.process.kill()
+            return False
+        serving = self.active.get(slot)
+        if serving is not None and serving.generation > worker.generation:
+            self._retire(worker)  # a newer one took over while this one compiled
+            return True
+        self.active[slot] = worker
+        for older in [w for w in self.live if w.slot == slot and w.generation < worker.generation]:
+            self._retire(older)
+        return True
 
-    def _command(self, index: int, fd: int) -> list[str]:
+    def _retire(self, worker: _Worker) -> None:
+        if not worker.retired:
+            worker.retired = True
+            worker.channel.send(("retire", None))
+
+    async def _spawn(self, slot: int) -> _Worker:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = subprocess.Popen(
+                self._command(slot, theirs.fileno()), pass_fds=(theirs.fileno(),)
+            )
+        finally:
+            theirs.close()
+        self._generation += 1
+        worker = _Worker(slot, self._generation, process, await Channel.open(ours))
+        self.live.add(worker)
+        worker.channel.send(("start", (self.roots_pem, self.contents)))
+        self._background(self._follow(worker))
+        return worker
+
+    def _command(self, slot: int, fd: int) -> list[str]:
         command = [
             sys.executable,
             "-m",
@@ -165,7 +201,7 @@ class AuthzWorkers:
             f"--chain={self.files.chain}",
             f"--key={self.files.key}",
             f"--policies={self.policies_name}",
-            f"--index={index}",
+            f"--index={slot}",
         ]
         if self.otlp_endpoint:
             command.append(f"--otlp-endpoint={self.otlp_endpoint}")
@@ -176,7 +212,8 @@ class AuthzWorkers:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     async def _follow(self, worker: _Worker) -> None:
-        """Read what the worker says until its pipe closes; then replace it."""
+        """Read what the worker says until its pipe closes; replace it if it was serving (or
+        about to) and was not retired."""
         try:
             while True:
                 kind, value = await worker.channel.receive()
@@ -185,29 +222,24 @@ class AuthzWorkers:
             pass
         worker.channel.close()
         code = await asyncio.to_thread(worker.process.wait)
-        if self._stopping:
+        self.live.discard(worker)
+        if worker.retired or self._stopping:
             return
-        log.warning(
-            "ext_authz worker %d (pid %d) exited (%s); restarting it",
-            worker.index,
-            worker.process.pid,
-            code,
-        )
         print(
-            f"meshwarden server: ext_authz worker {worker.index} (pid {worker.process.pid}) "
+            f"meshwarden server: ext_authz worker {worker.slot} (pid {worker.process.pid}) "
             f"exited with {code}; starting another",
             file=sys.stderr,
             flush=True,
         )
-        self.workers.pop(worker.index, None)
-        await asyncio.sleep(RESTART_SECONDS)
-        if self._stopping:
+        if self.active.get(worker.slot) is worker:
+            del self.active[worker.slot]
+        newer = [w for w in self.live if w.slot == worker.slot and w.generation > worker.generation]
+        if newer:  # one is already on its way for this slot
             return
-        self.restarts += 1
-        try:
-            await self._spawn(worker.index)
-        except OSError as exc:  # retried by the next exit of the one that did not listen
-            log.error("%s", exc)
+        await asyncio.sleep(RESTART_SECONDS)
+        if not self._stopping:
+            self.restarts += 1
+            await self._replace(worker.slot)
 
     def _heard(self, worker: _Worker, kind: str, value: Any) -> None:
         if kind == "listening":
@@ -222,9 +254,9 @@ class AuthzWorkers:
     async def stop(self) -> None:
         """End every worker (closing its pipe ends it; SIGKILL after 5 s)."""
         self._stopping = True
-        for worker in self.workers.values():
+        for worker in self.live:
             worker.channel.close()
-        for worker in list(self.workers.values()):
+        for worker in list(self.live):
             try:
                 await asyncio.to_thread(worker.process.wait, 5)
             except subprocess.TimeoutExpired:

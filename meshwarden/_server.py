@@ -305,8 +305,10 @@ class ControlPlane:
             self.xds.authorization.record,
             endpoint,
         )
-        self._publish_to_workers()
-        await self.authz_workers.start(self.ca.bundle().x509_pem())
+        mesh = self.policies.mesh
+        await self.authz_workers.start(
+            self.ca.bundle().x509_pem(), self.policies.contents, mesh.version if mesh else ""
+        )
 
     def _publish_to_workers(self) -> None:
         if self.authz_workers is not None and self.policies.mesh is not None:

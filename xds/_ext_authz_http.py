@@ -148,6 +148,8 @@ class AuthzHttpFront:
         self.max_connections = max_connections
         self.connections = 0
         self.refused_connections = 0
+        self.draining = False
+        self.open: set[AuthzHttpConnection] = set()
 
     def answer(self, head: RequestHead, caller: str | None) -> bytes:
         try:
@@ -159,6 +161,15 @@ class AuthzHttpFront:
 
     def protocol(self) -> AuthzHttpConnection:
         return AuthzHttpConnection(self)
+
+    def drain(self) -> None:
+        """Hand the sidecars over to another front: idle connections are closed now, and every
+        other one after the answer to the request it is reading (`connection: close`), so no
+        request is left unanswered; stop listening first."""
+        self.draining = True
+        for connection in list(self.open):
+            if connection.reader.idle:
+                connection.close()
 
 
 class AuthzHttpConnection(asyncio.Protocol):
@@ -177,6 +188,7 @@ class AuthzHttpConnection(asyncio.Protocol):
             transport.abort()
             return
         self.front.connections += 1
+        self.front.open.add(self)
         self.transport = transport
         self.caller = transport_spiffe_id(transport)
 
@@ -194,14 +206,23 @@ class AuthzHttpConnection(asyncio.Protocol):
             if item.close:
                 close = True
                 break
+        if self.front.draining and answers and not close:
+            answers[-1] = answers[-1].replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+            close = True
         self.transport.write(b"".join(answers))
         if close:
+            self.reader.failed = True
+            self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
             self.reader.failed = True
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
             self.front.connections -= 1
+            self.front.open.discard(self)
             self.transport = None
 
 

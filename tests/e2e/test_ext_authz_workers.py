@@ -28,6 +28,8 @@ from meshwarden.identities import CaConfig, SystemClock, load_ca
 from meshwarden.xds import CLUSTER, LISTENER, StaticTls, TranslationContext, workload_resources
 from meshwarden.xds._envoy import static_cluster, upstream_tls
 
+from meshwarden.demo import OtlpReceiver, otlp_receiver
+
 from ._static_envoy import compile_docs, http_ext_authz_documents, write_svid
 from .conftest import RunningEnvoy
 
@@ -93,7 +95,13 @@ def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
 
 
 @pytest.fixture
-def plane(tmp_path: Path, loopback: str, app: int) -> Iterator[Plane]:
+def collector() -> Iterator[OtlpReceiver]:
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def plane(tmp_path: Path, loopback: str, app: int, collector: OtlpReceiver) -> Iterator[Plane]:
     policies, data = tmp_path / "policies", tmp_path / "data"
     policies.mkdir()
     data.mkdir(mode=0o700)
@@ -101,6 +109,7 @@ def plane(tmp_path: Path, loopback: str, app: int) -> Iterator[Plane]:
     command = [sys.executable, "-m", "meshwarden", "server", str(policies), "--data-dir"]
     command += [str(data), "--listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0"]
     command += ["--ext-authz-http-listen", "127.0.0.1:0", "--ext-authz-workers", "1"]
+    command += ["--otlp-endpoint", collector.endpoint]
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     assert process.stdout is not None
@@ -157,11 +166,23 @@ def _status(address: str, cert: tuple[str, str]) -> tuple[int, bytes]:
 
 def _current(plane: Plane) -> bool:
     workers = plane.workers()
-    return len(workers) == 1 and workers[0]["current"] and workers[0]["listening"]
+    return len(workers) == 1 and workers[0]["current"]
+
+
+def _decision_spans(collector: OtlpReceiver) -> list[tuple[str, str]]:
+    return [
+        (s.attributes["meshwarden.authz.decision"], s.attributes["meshwarden.source.spiffe_id"])
+        for s in list(collector.spans)
+        if s.name == "meshwarden.authz.check"
+    ]
 
 
 def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed(
-    envoy: Callable[[dict[str, Any]], RunningEnvoy], plane: Plane, loopback: str, app: int
+    envoy: Callable[[dict[str, Any]], RunningEnvoy],
+    plane: Plane,
+    loopback: str,
+    app: int,
+    collector: OtlpReceiver,
 ) -> None:
     _sidecar(envoy, plane, loopback, app)
     caller, other = plane.svid(CALLER), plane.svid(OTHER)
@@ -170,11 +191,15 @@ def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed
     assert worker["version"] == plane.health()["policyVersion"] and worker["pid"] != os.getpid()
     assert _status(loopback, caller) == (200, b"hello")
     assert _status(loopback, other)[0] == 403
+    spans = [("allow", CALLER), ("deny", OTHER)]  # exported by the worker that decided
+    _wait(lambda: _decision_spans(collector) == spans, "the worker's decision spans", 15)
 
-    before = worker["version"]
+    before, before_pid = worker["version"], worker["pid"]
     (plane.policies / "mesh.yaml").write_text(yaml.safe_dump_all(_documents(loopback, app, OTHER)))
     _wait(lambda: plane.workers()[0]["version"] not in (None, before), "the change reached it")
-    assert plane.workers()[0]["current"]
+    [worker] = plane.workers()  # a new worker compiled the change and took over
+    assert worker["current"]
+    _wait(lambda: not _alive(before_pid), "the worker of the previous version exited", 15)
     assert _status(loopback, caller)[0] == 403  # denied after the change, end to end
     assert _status(loopback, other) == (200, b"hello")
 

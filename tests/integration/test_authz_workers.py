@@ -1,7 +1,7 @@
 """`AuthzWorkers`: a real worker process serving the ext_authz HTTP front over mTLS denies until
 it has the control plane's policies, then decides with them; a CA rotation reaches its next
-handshake (a removed CA is refused); its check durations reach the control plane's recorder;
-`stop` ends it."""
+handshake (a removed CA is refused) and a renewed server certificate its next handshake; its
+check durations reach the control plane's recorder; `stop` ends it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from meshwarden.engine import SpiffeId, TrustDomain
 from meshwarden.identities import (
@@ -79,6 +80,14 @@ CHECK = (
 ).encode()
 
 
+async def _server_certificate(port: int, context: ssl.SSLContext) -> bytes:
+    """The DER of the certificate the front presents."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    writer.close()
+    return bytes(der)
+
+
 async def _check(port: int, context: ssl.SSLContext) -> tuple[int, bytes] | str:
     """(status, body) of one check as the sidecar of a/api, or why the handshake failed."""
     try:
@@ -91,6 +100,10 @@ async def _check(port: int, context: ssl.SSLContext) -> tuple[int, bytes] | str:
         return int(head.split(b" ")[1]), body
     except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as refused:
         return type(refused).__name__
+
+
+def _leaf(chain: Path) -> bytes:
+    return x509.load_pem_x509_certificate(chain.read_bytes()).public_bytes(Encoding.DER)
 
 
 async def _until(condition: Any, timeout: float = 30) -> None:
@@ -114,9 +127,10 @@ def test_a_worker_denies_until_it_has_policies_then_follows_them_and_the_ca(
         lambda seconds, labels: recorded.append((seconds, dict(labels))),
     )
     old_client, new_client = _client(old, tmp_path / "old"), _client(new, tmp_path / "new")
+    first_leaf = _leaf(chain)
 
     async def scenario() -> list[Any]:
-        port = await workers.start(old.bundle().x509_pem())
+        port = await workers.start(old.bundle().x509_pem(), None, "")  # no valid policies yet
         got: list[Any] = [await _check(port, old_client)]  # no policies yet
         assert policies.mesh is not None
         workers.publish(policies.contents, policies.mesh.version)
@@ -125,12 +139,23 @@ def test_a_worker_denies_until_it_has_policies_then_follows_them_and_the_ca(
         await _until(lambda: len(recorded) == 2)
         workers.update_tls(new.bundle().x509_pem())  # a rotation that removed the old CA
         got += [await _check(port, old_client), await _check(port, new_client)]
+        presented = [await _server_certificate(port, new_client)]
+        renewed, _ = _svid(new, f"spiffe://{TD}/ns/cp/sa/server", tmp_path / "renewed")
+        renewed.replace(chain)  # the control plane rewrites server.pem/.key, then says so
+        (tmp_path / "renewed" / "key.pem").replace(key)
+        workers.update_tls(None)
+        for _ in range(100):  # the next handshakes, until one presents another certificate
+            presented.append(await _server_certificate(port, new_client))
+            if presented[-1] != presented[0]:
+                break
+            await asyncio.sleep(0.1)
+        got.append((presented[0], presented[-1], _leaf(chain)))
         [pid] = [w["pid"] for w in workers.status()]
         await workers.stop()
         got.append(pid)
         return got
 
-    before, after, old_refused, new_allowed, pid = asyncio.run(scenario())
+    before, after, old_refused, new_allowed, presented, pid = asyncio.run(scenario())
     assert before[0] == 403 and b"authz:unavailable" in before[1]
     assert after == (200, b"")
     assert [labels for _, labels in recorded] == [
@@ -139,4 +164,6 @@ def test_a_worker_denies_until_it_has_policies_then_follows_them_and_the_ca(
     ]
     assert old_refused in ("SSLError", "ConnectionResetError", "IncompleteReadError")
     assert new_allowed == (200, b"")
+    before_renewal, after_renewal, renewed_leaf = presented
+    assert before_renewal == first_leaf and after_renewal == renewed_leaf != first_leaf
     assert not Path(f"/proc/{pid}").exists()

@@ -287,6 +287,31 @@ def test_connections_beyond_the_limit_are_closed_at_once() -> None:
     assert answered.startswith(b"HTTP/1.1 200") and refused == b""
 
 
+def test_a_draining_front_closes_idle_connections_and_the_others_after_their_answer() -> None:
+    """A retired worker hands its sidecars over: no request is dropped unanswered."""
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        front = AuthzHttpFront(_authorization())
+        server = await serve_authz_http(front, "127.0.0.1", 0, None)
+        port = server.sockets[0].getsockname()[1]
+        idle = await asyncio.open_connection("127.0.0.1", port)
+        busy = await asyncio.open_connection("127.0.0.1", port)
+        check = _http_check(CALLER, "GET", "/api/x", {}, None)
+        busy[1].write(check[:20])  # a request half read when the drain begins
+        await asyncio.sleep(0.2)
+        server.close()
+        front.drain()
+        busy[1].write(check[20:])
+        answered = await busy[0].read()  # its answer, then the end of the connection
+        closed = await idle[0].read()
+        return answered, closed, front.connections  # closed before the sidecar saw the end
+
+    answered, closed, left = asyncio.run(asyncio.wait_for(scenario(), 10))
+    status, headers, _ = _parse_response(answered)
+    assert (status, headers["connection"]) == (200, "close")
+    assert closed == b"" and left == 0
+
+
 def test_plaintext_is_refused_on_an_address_other_than_loopback() -> None:
     front = AuthzHttpFront(_authorization())
     with pytest.raises(ValueError, match="loopback"):

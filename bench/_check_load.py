@@ -5,7 +5,7 @@ fixed rate, in a process of its own (spawned) so the bench's own loop does not d
 Each request has a scheduled send time; its latency is measured from that time (not from when
 a busy connection got to send it), so a stall of the front shows in full on every request it
 delayed. Returns (scheduled wall-clock time, latency ms, status) per request; a request still
-unanswered `give_up_s` after its scheduled time counts as status 0.
+unanswered `give_up_s` after its scheduled time, or whose connection failed, is status 0.
 """
 
 from __future__ import annotations
@@ -34,32 +34,52 @@ class LoadPlan:
 Sample = tuple[float, float, int]  # (scheduled time.time(), latency ms, HTTP status or 0)
 
 
-async def _connection(plan: LoadPlan, index: int, start: float, out: list[Sample]) -> None:
+async def _open(plan: LoadPlan) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     context.load_cert_chain(plan.chain, plan.key)
-    reader, writer = await asyncio.open_connection("127.0.0.1", plan.port, ssl=context)
+    return await asyncio.open_connection("127.0.0.1", plan.port, ssl=context)
+
+
+async def _ask(
+    plan: LoadPlan, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[int, bool]:
+    """One check: (status, whether the server closes the connection after it)."""
+    writer.write(plan.head)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), plan.give_up_s)
+    lower = head.lower()
+    length = int(lower.split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return int(head.split(b" ")[1]), b"connection: close" in lower
+
+
+async def _connection(plan: LoadPlan, index: int, start: float, out: list[Sample]) -> None:
+    """One pooled connection, as Envoy keeps it: reopened after `connection: close` or when
+    the server closed it while idle; a check the connection failed under is status 0 (a
+    fail-closed 403 through Envoy)."""
     interval = plan.connections / plan.rate
+    connection = None
     n = 0
     while True:
         scheduled = start + index * (interval / plan.connections) + n * interval
+        n += 1
         if scheduled - start > plan.seconds:
             break
         delay = scheduled - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        writer.write(plan.head)
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), plan.give_up_s)
-            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
-            status = int(head.split(b" ")[1])
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            out.append((scheduled, (time.time() - scheduled) * 1000, 0))
-            return
+            if connection is None or connection[0].at_eof():
+                connection = await _open(plan)
+            status, close = await _ask(plan, *connection)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
+            status, close = 0, True
         out.append((scheduled, (time.time() - scheduled) * 1000, status))
-        n += 1
-    writer.close()
+        if close and connection is not None:
+            connection[1].close()
+            connection = None
+    if connection is not None:
+        connection[1].close()
 
 
 async def _run(plan: LoadPlan) -> list[Sample]:

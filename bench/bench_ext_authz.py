@@ -17,6 +17,13 @@ plane's mTLS endpoint (one more TLS hop on an already open HTTP/2 connection). P
 bench_dataplane's N one-rule ALLOW policies (the client named by the last), both sidecars
 compiled from the same documents, ext_authz only switching `Mesh.spec.enforcement`.
 
+Four server sidecars in the same run: native RBAC; the ext_authz filter over gRPC Check; over
+HTTP to our front (`extAuthz.transport: http`, mTLS, the engine in a process of its own as an
+`--ext-authz-workers` worker is); and the same HTTP filter asking **the floor**
+(bench/_authz_floor.py: an Envoy answering 200 with `direct_response` behind the same mTLS, no
+Python), so the HTTP front's added p50 splits into Envoy's own ext_authz hop (floor − native)
+and ours (front − floor).
+
 Measured, in interleaved rounds (native, ext_authz, then reversed), on 2+ cores the server
 sidecar and the engine pinned to one CPU, load generator, client sidecar and backend to the
 other:

@@ -88,6 +88,10 @@ def die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+class CannotListen(Exception):
+    pass
+
+
 class _Unprinted(io.StringIO):
     def write(self, text: str) -> int:
         return len(text)
@@ -126,9 +130,13 @@ class Worker:
         tls = front_tls(Path(self.args.chain), Path(self.args.key), roots)
         host, _, port = self.args.listen.rpartition(":")
         front = AuthzHttpFront(self.authorization)
-        server = await serve_authz_http(
-            front, host.strip("[]"), int(port), tls.listening, reuse_port=True
-        )
+        try:
+            server = await serve_authz_http(
+                front, host.strip("[]"), int(port), tls.listening, reuse_port=True
+            )
+        except OSError as exc:  # in use by another user, or not an address of this host
+            why = exc.strerror or exc
+            raise CannotListen(f"cannot listen on {self.args.listen}: {why}") from None
         self.channel.send(("listening", os.getpid()))
         flushing = asyncio.create_task(self._flush_forever())
         try:
@@ -190,13 +198,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace) -> int:
     channel = await Channel.open(socket.socket(fileno=args.pipe))
     worker = Worker(args, channel)
     try:
         await worker.run()
     except EOFError:  # the control plane closed the pipe: stop
-        return
+        pass
+    except CannotListen as exc:
+        print(f"meshwarden server: error: ext_authz worker: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,8 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from meshwarden._telemetry import installed
 
     with installed("meshwarden", args.otlp_endpoint):
-        asyncio.run(_serve(args))
-    return 0
+        return asyncio.run(_serve(args))
 
 
 if __name__ == "__main__":

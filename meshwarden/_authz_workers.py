@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 1  # `server`: checks on one core, the rest on the other (docs/benchmarks.md)
 MAX_WORKERS = 64
 RESTART_SECONDS = 0.2  # between a worker's exit and its replacement
+MAX_RESTART_SECONDS = 10.0  # ... doubling while replacements exit without listening
 START_TIMEOUT = 60.0  # for a worker to listen (a cold Python start on a loaded machine)
 
 
@@ -66,6 +67,7 @@ class _Worker:
     errors: list[str] = field(default_factory=list)
     compile_s: float | None = None  # how long compiling its policies took
     listening: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
     retired: bool = False
 
 
@@ -91,6 +93,7 @@ class AuthzWorkers:
         self.contents: DirectoryContents | None = None
         self.version = ""  # the control plane's policy version
         self.restarts = 0
+        self._failures: dict[int, int] = {}  # slot → workers in a row that exited unlistening
         self.active: dict[int, _Worker] = {}  # slot → the worker serving it
         self.live: set[_Worker] = set()  # every worker process: starting, active, retiring
         self._generation = 0
@@ -155,12 +158,15 @@ class AuthzWorkers:
         """Start a worker for `slot` with the current roots and policies; once it listens, it
         serves the slot and the older ones of the slot are retired. False if it never did."""
         worker = await self._spawn(slot)
-        try:
-            await asyncio.wait_for(worker.listening.wait(), START_TIMEOUT)
-        except TimeoutError:
+        waits = [asyncio.ensure_future(e.wait()) for e in (worker.listening, worker.exited)]
+        await asyncio.wait(waits, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if not worker.listening.is_set():
             log.error("ext_authz worker %d (pid %d) did not listen", slot, worker.process.pid)
             worker.process.kill()
             return False
+        self._failures[slot] = 0
         serving = self.active.get(slot)
         if serving is not None and serving.generation > worker.generation:
             self._retire(worker)  # a newer one took over while this one compiled
@@ -222,6 +228,7 @@ class AuthzWorkers:
             pass
         worker.channel.close()
         code = await asyncio.to_thread(worker.process.wait)
+        worker.exited.set()
         self.live.discard(worker)
         if worker.retired or self._stopping:
             return
@@ -236,7 +243,9 @@ class AuthzWorkers:
         newer = [w for w in self.live if w.slot == worker.slot and w.generation > worker.generation]
         if newer:  # one is already on its way for this slot
             return
-        await asyncio.sleep(RESTART_SECONDS)
+        failures = self._failures.get(worker.slot, 0) + (not worker.listening.is_set())
+        self._failures[worker.slot] = failures
+        await asyncio.sleep(min(MAX_RESTART_SECONDS, RESTART_SECONDS * 2**failures))
         if not self._stopping:
             self.restarts += 1
             await self._replace(worker.slot)

@@ -4,6 +4,7 @@ naming the file and exit 2, never a traceback and never a silently minted new CA
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -116,3 +117,14 @@ def test_the_ext_authz_http_front_on_another_listeners_address_is_refused(tmp_pa
 def test_a_number_of_ext_authz_workers_out_of_range_is_refused(tmp_path: Path, count: str) -> None:
     line = _refused(tmp_path, "--ext-authz-workers", count)
     assert line == "meshwarden server: error: --ext-authz-workers must be between 0 and 64"
+
+
+def test_an_ext_authz_address_another_process_holds_is_refused(tmp_path: Path) -> None:
+    """The workers share the front's address only among themselves: a socket bound there
+    without SO_REUSEPORT (another program, or another user's) keeps the server from starting."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        line = _refused(tmp_path, "--ext-authz-http-listen", address, "--ext-authz-workers", "1")
+    assert line == "meshwarden server: error: Address already in use"

@@ -94,6 +94,8 @@ class AuthzWorkers:
         self.version = ""  # the control plane's policy version
         self.restarts = 0
         self._failures: dict[int, int] = {}  # slot → workers in a row that exited unlistening
+        self._renewing: set[int] = set()  # slots whose replacement is on its way
+        self._stale: set[int] = set()  # ... and changed again meanwhile
         self.active: dict[int, _Worker] = {}  # slot → the worker serving it
         self.live: set[_Worker] = set()  # every worker process: starting, active, retiring
         self._generation = 0
@@ -121,7 +123,23 @@ class AuthzWorkers:
             return
         self.contents, self.version = contents, version
         for slot in range(self.count):
-            self._background(self._replace(slot))
+            if slot in self._renewing:  # one is compiling an older change: one more after it
+                self._stale.add(slot)
+            else:
+                self._renewing.add(slot)
+                self._background(self._renew(slot))
+
+    async def _renew(self, slot: int) -> None:
+        """Replace the slot's worker, again while changes came during the replacement: a burst
+        of changes starts one worker per slot at a time, not one per change."""
+        try:
+            while not self._stopping:
+                self._stale.discard(slot)
+                await self._replace(slot)
+                if slot not in self._stale:
+                    return
+        finally:
+            self._renewing.discard(slot)
 
     def update_tls(self, roots_pem: bytes | None) -> None:
         """New roots (a CA rotation), or None: the server certificate was renewed."""
@@ -163,6 +181,8 @@ class AuthzWorkers:
         for wait in waits:
             wait.cancel()
         if not worker.listening.is_set():
+            if self._stopping:
+                return False
             log.error("ext_authz worker %d (pid %d) did not listen", slot, worker.process.pid)
             worker.process.kill()
             return False

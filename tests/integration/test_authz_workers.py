@@ -167,3 +167,39 @@ def test_a_worker_denies_until_it_has_policies_then_follows_them_and_the_ca(
     before_renewal, after_renewal, renewed_leaf = presented
     assert before_renewal == first_leaf and after_renewal == renewed_leaf != first_leaf
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_burst_of_changes_starts_one_worker_at_a_time_and_ends_on_the_last(
+    tmp_path: Path,
+) -> None:
+    ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
+    chain, key = _svid(ca, f"spiffe://{TD}/ns/cp/sa/server", tmp_path / "server")
+    policies = _policies(tmp_path / "policies")
+    versions = []
+    workers = AuthzWorkers(
+        1, ("127.0.0.1", 0), WorkerFiles(chain, key), "policies", lambda *_: None
+    )
+
+    def change(n: int) -> None:
+        path = tmp_path / "policies" / "mesh.yaml"
+        before = CALLER if n == 0 else f"spiffe://{TD}/ns/b/sa/c{n - 1}"
+        path.write_text(path.read_text().replace(before, f"spiffe://{TD}/ns/b/sa/c{n}"))
+        policies.reload_when_settled()
+        assert policies.mesh is not None
+        versions.append(policies.mesh.version)
+        workers.publish(policies.contents, policies.mesh.version)
+
+    async def scenario() -> tuple[str, int]:
+        assert policies.mesh is not None
+        await workers.start(ca.bundle().x509_pem(), policies.contents, policies.mesh.version)
+        for n in range(4):
+            change(n)
+        await _until(lambda: workers.current)
+        [serving] = workers.status()
+        started = workers._generation
+        await workers.stop()
+        return serving["version"], started
+
+    serving, started = asyncio.run(scenario())
+    assert len(set(versions)) == 4 and serving == versions[-1]
+    assert started <= 3  # the first, then at most one compiling and one for what came meanwhile

@@ -55,6 +55,26 @@ class Channel:
         self.writer.close()
 
 
+def receive_blocking(sock: socket.socket) -> tuple[str, Any]:
+    """The first message, read before any event loop runs; EOFError when the other end is
+    gone."""
+
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                raise EOFError("the other end closed the pipe")
+            data += chunk
+        return data
+
+    (length,) = _LENGTH.unpack(exactly(_LENGTH.size))
+    if length > MAX_MESSAGE:
+        raise EOFError(f"a message of {length} bytes on the worker pipe")
+    kind, value = pickle.loads(exactly(length))
+    return str(kind), value
+
+
 class CheckBatch:
     """Check durations grouped by their labels until the next flush (bounded)."""
 

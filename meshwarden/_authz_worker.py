@@ -7,7 +7,8 @@ started and fed by the control plane (`_authz_workers.AuthzWorkers`), never by h
 A worker serves one policy version for its whole life: a policy change starts new workers,
 which compile it before they listen, and then retires the old ones (`retire`: stop listening,
 hand the connections over), so no check ever waits behind a compile in the process that
-answers it.
+answers it. A starting worker imports and compiles in a thread of the lowest priority (nice
+19): until it listens it takes no CPU the serving workers or the control plane's push want.
 
 What it gets, and how:
 - its pipe (`--pipe`, a Unix socket pair end it inherited): `start` — the trust bundle's roots
@@ -30,53 +31,17 @@ Decision spans are exported from here to the same OTLP collector as the control 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
-import io
 import os
 import signal
 import socket
 import sys
-import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import threading
+from collections.abc import Sequence
 from typing import Any
 
-from meshwarden._authz_pipe import Channel, CheckBatch
-from meshwarden._policies import Policies
-from meshwarden._policy_files import DirectoryContents
-from meshwarden.xds import (
-    Authorization,
-    AuthzHttpFront,
-    front_tls,
-    registered_workload,
-    serve_authz_http,
-)
-
 _PR_SET_PDEATHSIG = 1
-FLUSH_SECONDS = 0.5  # how often check durations go to the control plane
-DRAIN_SECONDS = 5.0  # a retired worker's longest wait for its connections to be handed over
-
-
-class PushedContents:
-    """A `PolicySource` whose contents the control plane hands over: `poll` returns the last
-    pushed contents once."""
-
-    settle = 0.0
-    settling = False
-
-    def __init__(self) -> None:
-        self._pending: DirectoryContents | None = None
-
-    def push(self, contents: DirectoryContents) -> None:
-        self._pending = contents
-
-    def poll(self) -> DirectoryContents | None:
-        pending, self._pending = self._pending, None
-        return pending
-
-    def forget(self) -> None:
-        """Nothing is remembered between pushes."""
+PREPARE_NICE = 19  # the niceness of the thread that imports and compiles before listening
 
 
 def die_with_parent(parent: int) -> None:
@@ -86,103 +51,6 @@ def die_with_parent(parent: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:
         os._exit(0)
-
-
-class CannotListen(Exception):
-    pass
-
-
-class _Unprinted(io.StringIO):
-    def write(self, text: str) -> int:
-        return len(text)
-
-
-def _verified_caller(caller: Any) -> str | None:
-    """The HTTP front's caller is the connection's verified SPIFFE ID (or None)."""
-    return caller if isinstance(caller, str) else None
-
-
-class Worker:
-    """The front, its policies and its pipe to the control plane."""
-
-    def __init__(self, args: argparse.Namespace, channel: Channel) -> None:
-        self.args = args
-        self.channel = channel
-        self.source = PushedContents()
-        # what the control plane already printed is not printed again (errors go back on the pipe)
-        self.policies = Policies(Path(args.policies), _Unprinted(), source=self.source)
-        self.batch = CheckBatch()
-        self.authorization = Authorization(
-            registered_workload(lambda: self.policies.mesh, _verified_caller),
-            on_check=self._checked,
-        )
-
-    def _checked(self, seconds: float, labels: Mapping[str, str]) -> None:
-        self.batch.add(seconds, labels)
-
-    async def run(self) -> None:
-        kind, value = await self.channel.receive()
-        if kind != "start":
-            raise SystemExit(f"ext_authz worker: expected `start` first, got {kind}")
-        roots, contents = value
-        if contents is not None:  # compiled before listening: never serving a half-made mesh
-            self._compile(contents)
-        tls = front_tls(Path(self.args.chain), Path(self.args.key), roots)
-        host, _, port = self.args.listen.rpartition(":")
-        front = AuthzHttpFront(self.authorization)
-        try:
-            server = await serve_authz_http(
-                front, host.strip("[]"), int(port), tls.listening, reuse_port=True
-            )
-        except OSError as exc:  # in use by another user, or not an address of this host
-            why = exc.strerror or exc
-            raise CannotListen(f"cannot listen on {self.args.listen}: {why}") from None
-        self.channel.send(("listening", os.getpid()))
-        flushing = asyncio.create_task(self._flush_forever())
-        try:
-            while True:
-                kind, value = await self.channel.receive()
-                if kind == "roots":
-                    tls.update(roots_pem=value)
-                elif kind == "renewed":
-                    tls.update()
-                elif kind == "retire":
-                    await _drain(server, front)
-                    return
-        finally:
-            flushing.cancel()
-            server.close()
-            self._flush()
-
-    def _compile(self, contents: DirectoryContents) -> None:
-        """Compile what the control plane sent and say which version this worker decides with
-        (and how long compiling took)."""
-        self.source.push(contents)
-        started = time.perf_counter()
-        self.policies.reload_if_changed()
-        status = self.policies.status
-        took = time.perf_counter() - started
-        self.channel.send(("version", (status.version, status.errors[:5], took)))
-
-    def _flush(self) -> None:
-        taken = self.batch.take()
-        if taken:
-            self.channel.send(("checks", taken))
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
-            self._flush()
-
-
-async def _drain(server: asyncio.Server, front: AuthzHttpFront) -> None:
-    """Stop listening (the worker that replaces this one already listens) and hand every
-    connection over (`AuthzHttpFront.drain`); give up on the stragglers after DRAIN_SECONDS."""
-    server.close()
-    front.drain()
-    deadline = time.monotonic() + DRAIN_SECONDS
-    while front.connections and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -198,27 +66,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    channel = await Channel.open(socket.socket(fileno=args.pipe))
-    worker = Worker(args, channel)
-    try:
-        await worker.run()
-    except EOFError:  # the control plane closed the pipe: stop
-        pass
-    except CannotListen as exc:
-        print(f"meshwarden server: error: ext_authz worker: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+def prepared_at_low_priority(args: argparse.Namespace, pipe: socket.socket) -> Any:
+    """Import the serving code and compile the policies in a thread of the lowest priority:
+    a new worker starts while others serve (a change, a restart), and until it listens it
+    must not take CPU from them or from the control plane's push. Linux nice is per thread, so
+    the main thread, which then serves, keeps its priority."""
+    prepared: list[Any] = []
+    failed: list[BaseException] = []
+
+    def prepare() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREPARE_NICE)
+            from meshwarden._authz_serve import prepare as build
+
+            prepared.append(build(args, pipe))
+        except BaseException as exc:  # re-raised in the main thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=prepare, name="prepare")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return prepared[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     die_with_parent(args.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the control plane, which stops us
-    from meshwarden._telemetry import installed
+    pipe = socket.socket(fileno=args.pipe)
+    try:
+        worker = prepared_at_low_priority(args, pipe)
+    except EOFError:  # the control plane went away before sending anything
+        return 0
+    from meshwarden._authz_serve import serve
 
-    with installed("meshwarden", args.otlp_endpoint):
-        return asyncio.run(_serve(args))
+    return int(serve(worker, pipe))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 from meshwarden.identities._h2_frames import literal
 
-MAX_MESSAGE = 4 * 1024 * 1024  # grpc's default maximum received message size
+# The largest request message: grpc's default is 4 MiB, but no Workload API or SDS request
+# comes near 1 MiB (an Envoy node with its extension list is tens of KiB), and the connection's
+# flow-control window, which bounds the request bytes held per connection, is this size.
+MAX_MESSAGE = 1024 * 1024
 MAX_STATUS_MESSAGE = 1024
 # Status codes (grpc.StatusCode values, as numbers on the wire).
 OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED = 0, 1, 2, 3, 4

@@ -26,6 +26,7 @@ from meshwarden.identities._h2_headers import TABLE_SIZE, HeaderDecoder
 
 MAX_STREAMS = 100
 MAX_HEADER_LIST = 16 * 1024
+RESET_FLOOD = 200  # streams reset by the client before their answer (see the docstring)
 
 
 class _Stream:
@@ -62,6 +63,8 @@ class H2Server:
         self._decoder = HeaderDecoder(max_header_list)
         self._streams: dict[int, _Stream] = {}
         self._last_stream = 0
+        self._opened = 0  # streams this connection opened
+        self._premature = 0  # of them, reset by the client before their answer
         self._send_window = f.DEFAULT_WINDOW
         self._recv_window = window
         self._unacked = 0
@@ -200,6 +203,7 @@ class H2Server:
             self._out += f.rst_stream(sid, f.PROTOCOL_ERROR)
             return
         self._streams[sid] = _Stream(self._peer_window, self.window)
+        self._opened += 1
         ev.append(f.RequestReceived(sid, fields))
         if flags & f.END_STREAM:
             self._streams[sid].remote_closed = True
@@ -269,6 +273,12 @@ class H2Server:
         if kind == f.RST_STREAM:
             del self._streams[sid]
             ev.append(f.StreamReset(sid, value, by_peer=True))
+            self._premature += 1
+            if self._premature >= RESET_FLOOD and self._premature * 2 > self._opened:
+                raise f.H2Error(
+                    f.ENHANCE_YOUR_CALM,
+                    f"{self._premature} of {self._opened} streams reset before their answer",
+                )
             return
         increment = value & 0x7FFFFFFF
         if increment == 0 or stream.send_window + increment > f.MAX_WINDOW:

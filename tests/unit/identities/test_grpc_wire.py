@@ -45,7 +45,7 @@ def test_an_oversized_message_is_refused_from_its_prefix_with_bounded_memory() -
         tracemalloc.stop()
     assert refused == (
         wire.RESOURCE_EXHAUSTED,
-        "a request message of 5242880 bytes, more than the 4194304 allowed",
+        "a request message of 5242880 bytes, more than the 1048576 allowed",
     )
     assert peak < 500_000
 

@@ -15,7 +15,7 @@ import h2.settings
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from meshwarden.identities import _h2_frames as f
-from meshwarden.identities._h2_server import MAX_HEADER_LIST, H2Server
+from meshwarden.identities._h2_server import MAX_HEADER_LIST, RESET_FLOOD, H2Server
 
 REQUEST = [
     (":method", "POST"),
@@ -306,3 +306,48 @@ def test_the_clients_max_frame_size_is_honoured() -> None:
     server.send_data(1, b"y" * 60_000)
     sizes = [len(p) for k, _, _, p in _frames_out(server.data_to_send()) if k == f.DATA]
     assert sizes == [20_000, 20_000, 20_000]
+
+
+def _open_and_reset(client: h2.connection.H2Connection, server: H2Server, sid: int) -> list:
+    client.send_headers(sid, REQUEST)
+    client.reset_stream(sid)
+    return server.receive(client.data_to_send())
+
+
+def test_a_rapid_reset_flood_ends_the_connection() -> None:
+    """Opening streams and resetting them at once bypasses the concurrent-stream cap (each
+    costs the server a handler): the connection ends with ENHANCE_YOUR_CALM."""
+    client, server = _client(), H2Server()
+    server.receive(client.data_to_send())
+    ended = []
+    for n in range(RESET_FLOOD + 50):
+        events = _open_and_reset(client, server, 1 + 2 * n)
+        ended += [e for e in events if isinstance(e, f.ConnectionEnded)]
+        if ended:
+            break
+    assert ended == [
+        f.ConnectionEnded(
+            f.ENHANCE_YOUR_CALM,
+            False,
+            f"{RESET_FLOOD} of {RESET_FLOOD} streams reset before their answer",
+        )
+    ]
+    assert server.closed
+
+
+def test_a_client_whose_streams_mostly_get_their_answer_may_cancel_some() -> None:
+    """A third of 1,000 streams cancelled before their answer (a client going away, deadlines):
+    no flood, the connection stays."""
+    client, server = _client(), H2Server()
+    server.receive(client.data_to_send())
+    for n in range(1000):
+        sid = 1 + 2 * n
+        if n % 3 == 0:
+            events = _open_and_reset(client, server, sid)
+        else:
+            client.send_headers(sid, REQUEST, end_stream=True)
+            events = server.receive(client.data_to_send())
+            server.send_headers(sid, b"\x88" + f.literal(b"grpc-status", b"0"), end_stream=True)
+            client.receive_data(server.data_to_send())
+        assert not any(isinstance(e, f.ConnectionEnded) for e in events)
+    assert not server.closed

@@ -59,6 +59,7 @@ import _harness as harness
 from _authz_floor import FloorEngine
 from _engine_alone import Engine, engine_alone, print_engine_alone, run_load
 from _harness import PORT, SERVER, Config, Identities, Layout, Processes, progress
+from _worker_engine import WorkerEngine
 from meshwarden.xds import (
     CLUSTER,
     LISTENER,
@@ -71,8 +72,9 @@ from meshwarden.xds._envoy import static_cluster, upstream_tls
 AUTHZ_CLUSTER = "meshwarden-ext-authz"
 OPA_ANCHOR = {"p50_ms": 0.2, "p99_ms": 1.5}  # OPA-Envoy evaluation at 1,000 req/s
 FLOOR = "ext_authz_floor"  # the HTTP filter asking a native server that always allows
+WORKER = "ext_authz_worker"  # the HTTP front as `server --ext-authz-workers 1` serves it
 # gRPC Check, `extAuthz.transport: http` (our front), and the same filter asking the floor
-EXT_LABELS = ("ext_authz", "ext_authz_http", FLOOR)
+EXT_LABELS = ("ext_authz", "ext_authz_http", WORKER, FLOOR)
 
 
 def ext_documents(
@@ -343,6 +345,10 @@ def print_end_to_end(report: dict[str, Any]) -> None:
             )
         p50 = {label: row[label]["p50_ms"] for label in ("native", "ext_authz_http", FLOOR)}
         print(
+            f"          the worker path (`server --ext-authz-workers 1`) against the same front "
+            f"in a bench process: {row[WORKER]['p50_ms'] - p50['ext_authz_http']:+.2f} ms p50"
+        )
+        print(
             f"          split of the HTTP front's added p50: Envoy's hop (floor − native) "
             f"{p50[FLOOR] - p50['native']:+.2f} ms, ours (front − floor) "
             f"{p50['ext_authz_http'] - p50[FLOOR]:+.2f} ms"
@@ -398,7 +404,8 @@ def end_to_end(
     backend_port: int,
 ) -> dict[str, Any]:
     """Native RBAC against ext_authz through the sidecars, the engine in a process of its own."""
-    native_address, ext_address, http_address, floor_address = harness.server_addresses(4)
+    addresses = harness.server_addresses(5)
+    native_address, ext_address, http_address, floor_address, worker_address = addresses
     progress(f"compiling {args.rules:,} rules twice ...")
     native, _, compiled, _ = harness.our_config(
         args.rules, native_address, backend_port, ids.server
@@ -408,7 +415,9 @@ def end_to_end(
     http, http_docs = ext_authz_config(args.rules, http_address, backend_port, ids, "http")
     floor, _ = ext_authz_config(args.rules, floor_address, backend_port, ids, "http")
     floor.label = FLOOR
-    configs = [native, ext, http, floor]
+    worker, _ = ext_authz_config(args.rules, worker_address, backend_port, ids, "http")
+    worker.label = WORKER
+    configs = [native, ext, http, worker, floor]
     for c in configs:
         c.local_port = harness.free_port()
     procs = Processes(folder)
@@ -422,13 +431,16 @@ def end_to_end(
         "ext_authz": grpc_engine,
         "ext_authz_http": http_engine,
     }
+    worker_engine = WorkerEngine(http_docs, ids, folder)  # the production worker path
+    engines[WORKER] = worker_engine
     try:
-        progress("starting 7 Envoys ...")
+        progress("starting 8 Envoys ...")
         floor_engine = FloorEngine(procs, ids, None)  # unpinned, as the engines
         engines[FLOOR] = floor_engine
         ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, grpc_engine.port)]
         http.extra_clusters = [mtls_cluster(http_engine.port, ids)]
         floor.extra_clusters = [mtls_cluster(floor_engine.port, ids)]
+        worker.extra_clusters = [mtls_cluster(worker_engine.port, ids)]
         floor_engine.wait_ready()
         harness.start(procs, configs, compiled, ids, backend_port, layout)
         check_enforcement(configs, ids, engines)
@@ -438,6 +450,7 @@ def end_to_end(
         procs.stop_all()
         grpc_engine.stop()
         http_engine.stop()
+        worker_engine.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """The pipe between the control plane and one ext_authz worker: a Unix socket pair the worker
 inherits (never a listener), carrying `(kind, value)` messages, each a 4-byte length and a
-pickle. Both ends are this program, started by the control plane for itself, so pickle is
-read only from a process of the same user that we started.
+body. The control plane's messages are pickles (the worker reads only what the process that
+started it wrote); the worker's are JSON: a worker parses sidecars' requests from the network,
+so what it says is read as data, never as a pickle that could run code in the control plane.
 
 Control plane → worker: `roots` (the trust bundle's PEM), `renewed` (read the server
 certificate and key files again), `policies` (the `DirectoryContents` the control plane's mesh
@@ -12,6 +13,7 @@ errors, seconds compiling) after each change), `checks` (a `CheckBatch.take()`).
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
 import socket
 import struct
@@ -23,19 +25,37 @@ MAX_MESSAGE = 256 * 2**20  # a 10,000-policy directory is ≈ 10 MiB
 MAX_BATCH = 50_000  # check durations held between two flushes; more are counted, not kept
 
 
-class Channel:
-    """Framed messages over one end of the socket pair."""
+def _pickled(message: tuple[str, Any]) -> bytes:
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+def _json(message: tuple[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def _from_json(body: bytes) -> tuple[str, Any]:
+    kind, value = json.loads(body)
+    return str(kind), value
+
+
+class Channel:
+    """Framed messages over one end of the socket pair: the control plane's end (`parent`:
+    it sends pickles and reads JSON) or the worker's (the other way round)."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parent: bool
+    ) -> None:
         self.reader, self.writer = reader, writer
+        self._encode = _pickled if parent else _json
+        self._decode = _from_json if parent else pickle.loads
 
     @classmethod
-    async def open(cls, sock: socket.socket) -> Channel:
+    async def open(cls, sock: socket.socket, parent: bool) -> Channel:
         reader, writer = await asyncio.open_unix_connection(sock=sock, limit=2**20)
-        return cls(reader, writer)
+        return cls(reader, writer, parent)
 
     def send(self, message: tuple[str, Any]) -> None:
-        body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        body = self._encode(message)
         self.writer.write(_LENGTH.pack(len(body)) + body)
 
     async def receive(self) -> tuple[str, Any]:
@@ -48,7 +68,7 @@ class Channel:
             body = await self.reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise EOFError("the other end closed the pipe") from exc
-        kind, value = pickle.loads(body)
+        kind, value = self._decode(body)
         return str(kind), value
 
     def close(self) -> None:
@@ -56,8 +76,8 @@ class Channel:
 
 
 def receive_blocking(sock: socket.socket) -> tuple[str, Any]:
-    """The first message, read before any event loop runs; EOFError when the other end is
-    gone."""
+    """The control plane's first message to a worker, read before any event loop runs;
+    EOFError when the other end is gone."""
 
     def exactly(size: int) -> bytes:
         data = b""

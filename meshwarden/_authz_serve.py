@@ -173,7 +173,7 @@ def serve(worker: Worker, pipe: socket.socket) -> int:
 
 async def _serve(worker: Worker, pipe: socket.socket) -> int:
     try:
-        await worker.run(await Channel.open(pipe))
+        await worker.run(await Channel.open(pipe, parent=False))
     except EOFError:  # the control plane closed the pipe: stop
         pass
     except CannotListen as exc:

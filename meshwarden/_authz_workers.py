@@ -210,7 +210,8 @@ class AuthzWorkers:
         finally:
             theirs.close()
         self._generation += 1
-        worker = _Worker(slot, self._generation, process, await Channel.open(ours))
+        channel = await Channel.open(ours, parent=True)
+        worker = _Worker(slot, self._generation, process, channel)
         self.live.add(worker)
         worker.channel.send(("start", (self.roots_pem, self.contents)))
         self._background(self._follow(worker))

@@ -18,6 +18,7 @@ from meshwarden._authz_pipe import Channel, CheckBatch
 from meshwarden._policies import Policies, settle_collections
 from meshwarden._policy_files import DirectoryContents
 from meshwarden.xds import (
+    EXT_AUTHZ_HTTP_IDLE_SECONDS,
     Authorization,
     AuthzHttpFront,
     front_tls,
@@ -26,7 +27,9 @@ from meshwarden.xds import (
 )
 
 FLUSH_SECONDS = 0.5  # how often check durations go to the control plane
-DRAIN_SECONDS = 5.0  # a retired worker's longest wait for its connections to be handed over
+# A retired worker's longest wait for its connections to be handed over: longer than the
+# sidecars' idle timeout, so an idle connection is closed by its sidecar, not under it.
+DRAIN_SECONDS = EXT_AUTHZ_HTTP_IDLE_SECONDS + 2.0
 
 
 class PushedContents:

@@ -11,10 +11,12 @@ certificate renewal or CA rotation; it reads the server certificate and key from
 
 A worker serves one policy version: on a change (`publish`, as the pushes to the sidecars
 begin) each of the N slots gets a new worker, which compiles the change before it listens;
-once it does, the slot's older workers are retired (they stop listening, answer what they are
-reading with `connection: close`, close their idle connections and exit). So no check waits
-behind a compile in the process that answers it, and from the handover on a slot answers with
-the new version only.
+once it does, the slot's older workers are retired: they stop listening, answer each of their
+connections' next check (the one being read included) with `connection: close`, leave idle
+connections for the sidecars to close (the sidecars' idle timeout is shorter than a retired
+worker's wait) and exit. So no check waits behind a compile in the process that answers it;
+from the handover on, new connections reach the new version, and an old connection gets at
+most one more answer from the old one.
 
 Fail closed and never orphaned: a worker decides nothing before it has policies; one that exits
 unretired is started again (after `RESTART_SECONDS`) with the current roots and policies;

@@ -6,6 +6,7 @@ from meshwarden.xds._access_log import AccessLogReceiver, Flow, TcpAttribution, 
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
 from meshwarden.xds._bootstrap import (
     EXT_AUTHZ_HTTP_CLUSTER,
+    EXT_AUTHZ_HTTP_IDLE_SECONDS,
     XDS_CLUSTER,
     bootstrap,
     envoy_binary,
@@ -46,6 +47,7 @@ __all__ = [
     "CLUSTER",
     "ENDPOINT",
     "EXT_AUTHZ_HTTP_CLUSTER",
+    "EXT_AUTHZ_HTTP_IDLE_SECONDS",
     "LISTENER",
     "ROUTE",
     "XDS_CLUSTER",

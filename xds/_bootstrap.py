@@ -22,11 +22,24 @@ EXT_AUTHZ_HTTP_CLUSTER = "meshwarden-ext-authz-http"
 # The node metadata key a sidecar's bootstrap sets when it has EXT_AUTHZ_HTTP_CLUSTER, so the
 # control plane can tell a sidecar that cannot reach its HTTP front (`ext_authz_http_declared`).
 EXT_AUTHZ_HTTP_METADATA = "meshwarden.ext_authz_http"
+# How long the sidecar keeps an idle connection to the ext_authz HTTP front. A front handing
+# its connections over (a retired ext_authz worker) waits longer than this before it closes an
+# idle one itself, so the sidecar is the side that closes it: a check sent on a connection the
+# front closed at that instant would fail (closed: 403).
+EXT_AUTHZ_HTTP_IDLE_SECONDS = 3
 _T = "type.googleapis.com/"
 _H2 = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "explicitHttpConfig": {"http2ProtocolOptions": {}},
+    }
+}
+
+_H1_IDLE = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "commonHttpProtocolOptions": {"idleTimeout": f"{EXT_AUTHZ_HTTP_IDLE_SECONDS}s"},
+        "explicitHttpConfig": {"httpProtocolOptions": {}},
     }
 }
 
@@ -118,7 +131,7 @@ def bootstrap(
     node: dict[str, Any] = {"id": workload, "cluster": workload.split("/")[0]}
     if ext_authz_http_port is not None:  # the same hosts, the engine's HTTP/1.1 front
         fronts = [(host, ext_authz_http_port) for host, _ in control_planes]
-        authz_http = [_control_plane_cluster(EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, {})]
+        authz_http = [_control_plane_cluster(EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, _H1_IDLE)]
         node["metadata"] = {EXT_AUTHZ_HTTP_METADATA: True}
     return {
         "node": node,

@@ -163,13 +163,12 @@ class AuthzHttpFront:
         return AuthzHttpConnection(self)
 
     def drain(self) -> None:
-        """Hand the sidecars over to another front: idle connections are closed now, and every
-        other one after the answer to the request it is reading (`connection: close`), so no
-        request is left unanswered; stop listening first."""
+        """Hand the sidecars over to another front (stop listening first): each connection's
+        next answer says `connection: close` and the connection ends after it. An idle one is
+        left for the sidecar to close (its bootstrap's idle timeout,
+        `EXT_AUTHZ_HTTP_IDLE_SECONDS`): closing it here could cross a check the sidecar is
+        sending on it, which would fail (403)."""
         self.draining = True
-        for connection in list(self.open):
-            if connection.reader.idle:
-                connection.close()
 
 
 class AuthzHttpConnection(asyncio.Protocol):

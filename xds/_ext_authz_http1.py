@@ -52,11 +52,6 @@ class RequestReader:
         self.failed = False
         self._buffer = b""
 
-    @property
-    def idle(self) -> bool:
-        """No part of a request is waiting for the rest."""
-        return not self._buffer
-
     def feed(self, data: bytes) -> list[RequestHead | Malformed]:
         if self.failed:
             return []

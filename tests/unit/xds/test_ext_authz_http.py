@@ -28,6 +28,7 @@ from meshwarden.engine import CompiledMesh, SpiffeId, TrustDomain, check_documen
 from meshwarden.identities import CaConfig, CertificateAuthority, SystemClock
 from meshwarden.xds import (
     EXT_AUTHZ_HTTP_CLUSTER,
+    EXT_AUTHZ_HTTP_IDLE_SECONDS,
     XDS_CLUSTER,
     Authorization,
     AuthzHttpFront,
@@ -43,6 +44,8 @@ from meshwarden.xds._ext_authz_http import serve_authz_http
 from meshwarden.xds._ext_authz_http1 import RequestReader
 from meshwarden.xds._loopback import serve_http_on_loopback
 from meshwarden.xds._predicates import JWT_PAYLOAD_KEY
+
+from meshwarden._authz_serve import DRAIN_SECONDS
 
 TD = "example.org"
 CALLER = f"spiffe://{TD}/ns/b/sa/client"
@@ -287,8 +290,10 @@ def test_connections_beyond_the_limit_are_closed_at_once() -> None:
     assert answered.startswith(b"HTTP/1.1 200") and refused == b""
 
 
-def test_a_draining_front_closes_idle_connections_and_the_others_after_their_answer() -> None:
-    """A retired worker hands its sidecars over: no request is dropped unanswered."""
+def test_a_draining_front_answers_every_connections_next_check_then_closes_it() -> None:
+    """A retired worker hands its sidecars over: no request is dropped unanswered. A connection
+    idle when the drain begins is not closed under its sidecar (a check sent on it at that
+    instant would fail): its next check is answered too, with `connection: close`."""
 
     async def scenario() -> tuple[bytes, bytes, int]:
         front = AuthzHttpFront(_authorization())
@@ -301,15 +306,35 @@ def test_a_draining_front_closes_idle_connections_and_the_others_after_their_ans
         await asyncio.sleep(0.2)
         server.close()
         front.drain()
+        await asyncio.sleep(0.2)
         busy[1].write(check[20:])
+        idle[1].write(check)  # sent after the drain began, on a connection idle until then
         answered = await busy[0].read()  # its answer, then the end of the connection
-        closed = await idle[0].read()
-        return answered, closed, front.connections  # closed before the sidecar saw the end
+        answered_idle = await idle[0].read()
+        return answered, answered_idle, front.connections
 
-    answered, closed, left = asyncio.run(asyncio.wait_for(scenario(), 10))
-    status, headers, _ = _parse_response(answered)
-    assert (status, headers["connection"]) == (200, "close")
-    assert closed == b"" and left == 0
+    answered, answered_idle, left = asyncio.run(asyncio.wait_for(scenario(), 10))
+    for answer in (answered, answered_idle):
+        status, headers, _ = _parse_response(answer)
+        assert (status, headers["connection"]) == (200, "close")
+    assert left == 0
+
+
+def test_a_sidecar_closes_its_idle_connections_to_the_front_before_a_drain_would() -> None:
+    """The sidecar's idle timeout on the front's cluster is shorter than a retired worker's
+    wait, so an idle connection is closed by the sidecar, never under it."""
+    config = bootstrap(
+        "a/w", "127.0.0.1", 8444, "/sds.sock", trust_domain="example.org", ext_authz_http_port=8445
+    )
+    [cluster] = [
+        c for c in config["staticResources"]["clusters"] if c["name"] == EXT_AUTHZ_HTTP_CLUSTER
+    ]
+    options = cluster["typedExtensionProtocolOptions"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
+    idle = options["commonHttpProtocolOptions"]["idleTimeout"]
+    assert idle == f"{EXT_AUTHZ_HTTP_IDLE_SECONDS}s"
+    assert EXT_AUTHZ_HTTP_IDLE_SECONDS < DRAIN_SECONDS
 
 
 def test_plaintext_is_refused_on_an_address_other_than_loopback() -> None:
@@ -440,7 +465,8 @@ def test_the_sidecar_bootstrap_reaches_the_front_on_every_control_plane_host(
 
     assert endpoints(front) == [(host, 8445) for host, _ in endpoints(xds)]
     assert front["transportSocket"] == xds["transportSocket"]  # the workload SVID, server's SAN
-    assert "typedExtensionProtocolOptions" not in front  # HTTP/1.1
+    options = front["typedExtensionProtocolOptions"]
+    assert "httpProtocolOptions" in str(options) and "http2" not in str(options)  # HTTP/1.1
 
 
 def test_without_the_front_an_http_transport_workload_is_not_built() -> None:

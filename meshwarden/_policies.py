@@ -157,6 +157,9 @@ class Policies:
         self._report = report
         self.trace_context: SpanContext | None = None  # of the last reload (pushes link to it)
         self.contents: DirectoryContents | None = None  # what `mesh` was compiled from
+        # held by a reload (in a worker thread) and by `close`: the source's watch is never
+        # closed under a reload reading it (its fd number could be another file's by then)
+        self._in_use = threading.Lock()
 
     @property
     def registry(self) -> engine.Registry | None:
@@ -180,14 +183,20 @@ class Policies:
         return fd if isinstance(fd, int) else None
 
     def close(self) -> None:
-        """Release what watching the source holds (the policy directory's inotify instance)."""
+        """Release what watching the source holds (the policy directory's inotify instance),
+        once a reload in progress (a stopping control plane's worker thread) has ended."""
         close = getattr(self._files, "close", None)
         if callable(close):
-            close()
+            with self._in_use:
+                close()
 
     def reload_if_changed(self) -> frozenset[str] | None:
         """The workloads whose plans changed, or None when nothing (valid) changed. Each
         reload (a settled change) is a span `meshwarden.policies.reload`. Never raises."""
+        with self._in_use:
+            return self._reload_if_changed()
+
+    def _reload_if_changed(self) -> frozenset[str] | None:
         try:
             contents = self._poll()
             if contents is None:

@@ -498,7 +498,9 @@ class ControlPlane:
         (self.data_dir / ADMIN_SOCKET).unlink(missing_ok=True)
         if self.replica is not None:
             await self.replica.close()
-        self.policies.close()  # its inotify instance, not left to the garbage collector
+        # its inotify instance, not left to the garbage collector; after a reload still
+        # running in its worker thread (the cancelled task did not stop the thread)
+        await asyncio.to_thread(self.policies.close)
 
 
 def replica_name(host: str, port: int) -> str:

@@ -261,13 +261,14 @@ def measure(folder: Path, name: str, clients: int, rounds: int, push_bytes: int)
     serve_args = ["--serve", listen, "--front", variant.front, "--options"]
     serve_args += [json.dumps(variant.options), *(["--trace"] if variant.trace else [])]
     serve_args += ["--server", variant.server]
-    server = subprocess.Popen(
-        [*me, *serve_args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+
+    def child(args: list[str]) -> subprocess.Popen[str]:
+        """This bench in another role, answering on stdout what it is asked on stdin."""
+        return subprocess.Popen(
+            [*me, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+
+    server = child(serve_args)
     children: list[subprocess.Popen[Any]] = [server]
     try:
         ask = asker(server)
@@ -286,13 +287,7 @@ def measure(folder: Path, name: str, clients: int, rounds: int, push_bytes: int)
             *(["--tls"] if tls else []),
             *(["--stream"] if variant.stream else []),
         ]
-        client = subprocess.Popen(
-            [*me, *client_args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
+        client = child(client_args)
         children.append(client)
         client_ask = asker(client)
         half = clients // 2

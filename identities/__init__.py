@@ -31,7 +31,7 @@ from meshwarden.identities._join_tokens import (
 from meshwarden.identities._jwt import JwtSvid, verify_jwt_svid
 from meshwarden.identities._keys import generate_key, load_private_key_pem, private_key_pkcs8_pem
 from meshwarden.identities._limits import ConnectionLimits, raise_descriptor_limit
-from meshwarden.identities._local_endpoint import LocalEndpoint, ProcessPeers, caller_selectors
+from meshwarden.identities._local_endpoint import LocalEndpoint, caller_process, caller_selectors
 from meshwarden.identities._node_api import NodeRecords, TokenRedeemer, node_api_services
 from meshwarden.identities._node_client import read_server_bundle
 from meshwarden.identities._outlook import IdentityHealth
@@ -67,7 +67,6 @@ __all__ = [
     "MtlsEndpoint",
     "NodeRecords",
     "PeerProcess",
-    "ProcessPeers",
     "RegisteredWorkload",
     "RotatingCredentials",
     "ServerTls",
@@ -84,6 +83,7 @@ __all__ = [
     "WorkloadRegistry",
     "X509Authority",
     "X509Svid",
+    "caller_process",
     "caller_selectors",
     "check_node_name",
     "check_private_dir",

@@ -198,13 +198,12 @@ class H2Server:
         if self.going_away or len(self._streams) >= self.max_streams:
             self._out += f.rst_stream(sid, f.REFUSED_STREAM)
             return
-        fields = headers
-        if not f.well_formed(fields):
+        if not f.well_formed(headers):
             self._out += f.rst_stream(sid, f.PROTOCOL_ERROR)
             return
         self._streams[sid] = _Stream(self._peer_window, self.window)
         self._opened += 1
-        ev.append(f.RequestReceived(sid, fields))
+        ev.append(f.RequestReceived(sid, headers))
         if flags & f.END_STREAM:
             self._streams[sid].remote_closed = True
             ev.append(f.StreamEnded(sid))

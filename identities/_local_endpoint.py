@@ -31,19 +31,17 @@ STOP_WAIT_SECONDS = 1.0  # at most this long for cancelled calls to finish at st
 log = logging.getLogger(__name__)
 
 
-class ProcessPeers:
-    """The attested process of a call's connection (`of(context)`)."""
-
-    def of(self, context: Any) -> PeerProcess:
-        peer = getattr(context, "peer_process", None)
-        if not isinstance(peer, PeerProcess):
-            raise AttestationError("the call did not come through an attesting socket")
-        return peer
+def caller_process(context: Any) -> PeerProcess:
+    """The process attested on the connection of the call `context` (a `LocalEndpoint` call)."""
+    peer = getattr(context, "peer_process", None)
+    if not isinstance(peer, PeerProcess):
+        raise AttestationError("the call did not come through an attesting socket")
+    return peer
 
 
-def caller_selectors(peers: ProcessPeers, context: Any) -> frozenset[str]:
+def caller_selectors(context: Any) -> frozenset[str]:
     """The unix selectors of the process that made the call on `context`."""
-    return frozenset(unix_selectors(peers.of(context)))
+    return frozenset(unix_selectors(caller_process(context)))
 
 
 class LocalEndpoint:
@@ -52,17 +50,16 @@ class LocalEndpoint:
     def __init__(
         self,
         socket_path: Path,
-        add_services: Callable[[LocalServer, ProcessPeers], None],
+        add_services: Callable[[LocalServer], None],
         mode: int = 0o666,
         limits: ConnectionLimits = DEFAULT_LIMITS,
     ) -> None:
         self.socket_path = socket_path
-        self.peers = ProcessPeers()
         self.limits = limits
         self.gate = UidGate(limits.per_uid)
         self.log = RateLimitedLog(log)
         self.server = LocalServer()
-        add_services(self.server, self.peers)
+        add_services(self.server)
         self._mode = mode
         self._listener: asyncio.AbstractServer | None = None
         self.connections: set[_GatedConnection] = set()

@@ -9,7 +9,6 @@ end with OK (py-spiffe's watchers stop for good on a clean end).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from functools import partial
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -22,7 +21,7 @@ from meshwarden.identities._errors import AttestationError, IdentityError
 from meshwarden.identities._grpc_calls import LocalServer
 from meshwarden.identities._jwt import verify_jwt_svid
 from meshwarden.identities._keys import private_key_pkcs8_der
-from meshwarden.identities._local_endpoint import ProcessPeers, caller_selectors
+from meshwarden.identities._local_endpoint import caller_selectors
 from meshwarden.protos import workload_pb2 as pb
 from meshwarden.protos import workload_pb2_grpc
 
@@ -215,11 +214,11 @@ class WorkloadApi:
 
 def workload_api_services(
     cache: IdentityCache, mint_jwt: JwtMinter, clock: Clock
-) -> Callable[[LocalServer, ProcessPeers], None]:
+) -> Callable[[LocalServer], None]:
     """The `add_services` of a `LocalEndpoint` serving the Workload API from `cache`."""
 
-    def add(server: LocalServer, peers: ProcessPeers) -> None:
-        api = WorkloadApi(cache, partial(caller_selectors, peers), mint_jwt, clock)
+    def add(server: LocalServer) -> None:
+        api = WorkloadApi(cache, caller_selectors, mint_jwt, clock)
         register = cast(
             Callable[[WorkloadApi, LocalServer], None],
             workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server,

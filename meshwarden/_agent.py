@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from meshwarden.identities import (
     IdentityHealth,
     LocalEndpoint,
     LocalServer,
-    ProcessPeers,
     caller_selectors,
     check_private_dir,
     raise_descriptor_limit,
@@ -124,8 +122,8 @@ class NodeAgent:
         assert self.enforcer is not None
         await asyncio.to_thread(self.enforcer.sync, table)
 
-    def _add_sds(self, server: LocalServer, peers: ProcessPeers) -> None:
-        handler = sds_handler(self.cache, partial(caller_selectors, peers))
+    def _add_sds(self, server: LocalServer) -> None:
+        handler = sds_handler(self.cache, caller_selectors)
         server.add_generic_rpc_handlers((handler,))
 
     async def start(self) -> None:

@@ -24,6 +24,7 @@ from meshwarden.identities import (
     IdentityCache,
     LocalEndpoint,
     LocalServer,
+    caller_process,
 )
 from meshwarden.xds import bootstrap, envoy_binary, sds_handler
 
@@ -168,8 +169,8 @@ class Sidecar:
     def log_file(self) -> Path:
         return self.folder / f"{file_stem(self.ref)}.envoy.log"
 
-    def _attest(self, peers: Any, context: grpc.aio.ServicerContext) -> frozenset[str]:
-        caller = peers.of(context)
+    def _attest(self, context: grpc.aio.ServicerContext) -> frozenset[str]:
+        caller = caller_process(context)
         if self.pid is None or caller.pid != self.pid:
             raise AttestationError(
                 f"pid {caller.pid} is not the sidecar of {self.ref}; this socket serves only it"
@@ -179,9 +180,8 @@ class Sidecar:
     async def start_sds(self, cache: IdentityCache) -> None:
         view = WorkloadIdentities(cache, self.spiffe_id)
 
-        def add(server: LocalServer, peers: Any) -> None:
-            attest = lambda context: self._attest(peers, context)  # noqa: E731
-            server.add_generic_rpc_handlers((sds_handler(view, attest),))  # type: ignore[arg-type]
+        def add(server: LocalServer) -> None:
+            server.add_generic_rpc_handlers((sds_handler(view, self._attest),))  # type: ignore[arg-type]
 
         self.sds = LocalEndpoint(self.sds_socket, add, mode=0o600)
         await self.sds.start()

@@ -129,8 +129,6 @@ class MeshXds:
             registered_workload(lambda: self.policies.mesh, _caller_identity)
         )
         self._building = threading.Lock()
-        # workload → whether its newest ADS stream's bootstrap has the HTTP front's cluster
-        self._reaches_http_front: dict[str, bool] = {}
         self.build_errors: dict[str, str] = {}  # workload → why its snapshot could not be built
         self.pushes = 0
         self._nacks = NackTracker()
@@ -204,7 +202,7 @@ class MeshXds:
             certificate = peer_certificate(context)
             if certificate is not None:
                 self.cache.presented(node, certificate.not_valid_after_utc)
-            self._reaches_http_front[node] = ext_authz_http_declared(envoy_node)
+            self.cache.status(node).ext_authz_http = ext_authz_http_declared(envoy_node)
 
         ads = AggregatedDiscovery(
             self.cache, registry_authorizer(registry), observer=self.cache, admitted=presented
@@ -252,11 +250,12 @@ class MeshXds:
         mesh = self.policies.mesh
         if mesh is None:
             return {}
+        statuses = ((node, self.cache.status(node)) for node in self.cache.nodes())
         return {
             node: _NO_HTTP_FRONT
-            for node, reaches in self._reaches_http_front.items()
-            if not reaches
-            and self.cache.status(node).streams
+            for node, status in statuses
+            if status.streams
+            and not status.ext_authz_http
             and node in mesh.plans
             and _asks_http_front(mesh.plans[node])
         }

@@ -33,6 +33,8 @@ class NodeStatus:
     nacked: dict[str, Rejection] = field(default_factory=dict)  # type URL → NACK not yet ACKed
     connected_since: float | None = None  # when its first open stream opened (epoch seconds)
     svid_expiry: dt.datetime | None = None  # of the certificate its newest stream presented
+    # its newest stream's bootstrap has the ext_authz HTTP front's cluster (node metadata)
+    ext_authz_http: bool = False
 
 
 class SnapshotCache:

@@ -16,7 +16,6 @@ from meshwarden.identities import (
     CachedIdentity,
     IdentityCache,
     LocalEndpoint,
-    ProcessPeers,
     X509Svid,
     caller_selectors,
     generate_key,
@@ -55,8 +54,8 @@ def sds_socket(loop: LoopThread, pki: Pki, tmp_path: Path) -> Iterator[Path]:
     cache = loop.call(IdentityCache)
     loop.call(lambda: cache.update([identity], pki.ca.bundle()))
 
-    def add(server: Any, peers: ProcessPeers) -> None:
-        server.add_generic_rpc_handlers((sds_handler(cache, lambda c: caller_selectors(peers, c)),))
+    def add(server: Any) -> None:
+        server.add_generic_rpc_handlers((sds_handler(cache, caller_selectors),))
 
     endpoint = LocalEndpoint(tmp_path / "sds.sock", add, mode=0o600)
     loop.run(endpoint.start())

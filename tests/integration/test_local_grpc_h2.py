@@ -21,7 +21,7 @@ import h2.connection
 import h2.events
 import h2.settings
 import pytest
-from meshwarden.identities import LocalEndpoint, ProcessPeers
+from meshwarden.identities import LocalEndpoint, caller_process
 
 from .harness import LoopThread, public_tempdir, remove
 
@@ -46,9 +46,9 @@ def served() -> Iterator[Served]:
     started, cancelled = threading.Semaphore(0), threading.Semaphore(0)
     callers: list[int] = []
 
-    def add(server: Any, peers: ProcessPeers) -> None:
+    def add(server: Any) -> None:
         async def stream(request: bytes, context: Any) -> AsyncIterator[bytes]:
-            callers.append(peers.of(context).pid)
+            callers.append(caller_process(context).pid)
             started.release()
             try:
                 yield BIG

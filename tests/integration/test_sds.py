@@ -32,10 +32,8 @@ NOBODY = "spiffe://example.org/ns/shop/sa/nobody-app"
 def sds(workload_api: WorkloadApiFixture) -> Iterator[str]:
     socket = workload_api.socket.with_name("sds.sock")
 
-    def add(server: grpc.aio.Server, peers: object) -> None:
-        server.add_generic_rpc_handlers(
-            (sds_handler(workload_api.cache, lambda ctx: caller_selectors(peers, ctx)),)  # type: ignore[arg-type]
-        )
+    def add(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers((sds_handler(workload_api.cache, caller_selectors),))
 
     endpoint = LocalEndpoint(socket, add)
     workload_api.loop.run(endpoint.start())

@@ -94,8 +94,8 @@ def _bootstrap(port: int, sds_socket: Path) -> dict[str, object]:
 def envoy(workload_api: WorkloadApiFixture) -> Iterator[int]:
     sds_socket = workload_api.socket.with_name("sds.sock")
 
-    def add(server: object, peers: object) -> None:
-        handler = sds_handler(workload_api.cache, lambda ctx: caller_selectors(peers, ctx))  # type: ignore[arg-type]
+    def add(server: object) -> None:
+        handler = sds_handler(workload_api.cache, caller_selectors)
         server.add_generic_rpc_handlers((handler,))  # type: ignore[attr-defined]
 
     endpoint = LocalEndpoint(sds_socket, add)

@@ -15,6 +15,7 @@ the stat without an event; the caller notices that (`events` did not move) and w
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -23,7 +24,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["WriteWatch"]
+__all__ = ["WriteWatch", "written_or_timeout"]
 
 _MODIFY, _CLOSE_WRITE, _MOVED_FROM, _MOVED_TO = 0x2, 0x8, 0x40, 0x80
 _CREATE, _DELETE, _DELETE_SELF, _MOVE_SELF = 0x100, 0x200, 0x400, 0x800
@@ -179,3 +180,25 @@ class WriteWatch:
     def close(self) -> None:
         self._release()
         self.broken = True
+
+
+async def written_or_timeout(fd: int | None, timeout: float) -> None:
+    """Sleep `timeout` seconds, or less when `fd` (the policy directory's inotify watch)
+    turns readable: a write is seen when it happens, not at the next poll."""
+    if fd is None:
+        await asyncio.sleep(timeout)
+        return
+    loop = asyncio.get_running_loop()
+    written: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not written.done():
+            written.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(written, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)

@@ -8,14 +8,10 @@ create`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
-import os
-import signal
 import socket
-import sys
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from meshwarden._admin import AdminSocket
 from meshwarden._authz_workers import AuthzWorkers, WorkerFiles
 from meshwarden._console import Console, ConsoleOptions, ConsoleSources
 from meshwarden._enforce import PacketFilters
@@ -34,6 +31,7 @@ from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
 from meshwarden._flows import FlowLog
 from meshwarden._health import HealthEndpoint, Reply, health_report
 from meshwarden._policies import Policies, settle_collections
+from meshwarden._policy_watch import written_or_timeout
 from meshwarden._replica import Replica
 from meshwarden._xds import MeshXds
 from meshwarden.identities import (
@@ -41,7 +39,6 @@ from meshwarden.identities import (
     CaConfig,
     CertificateAuthority,
     Clock,
-    IdentityError,
     IssuedNodes,
     JoinTokens,
     MtlsEndpoint,
@@ -57,14 +54,12 @@ from meshwarden.identities import (
     load_ca,
     load_private_key_pem,
     node_api_services,
-    peer_process,
     private_key_pkcs8_pem,
     save_ca,
     write_file,
 )
 from meshwarden.xds import TracingTarget, front_tls, serve_authz_http
 
-ADMIN_SOCKET = "admin.sock"
 BUNDLE_FILE = "bundle.json"
 CA_FILE = "ca.json"
 NODES_FILE = "nodes.json"
@@ -125,7 +120,7 @@ class ControlPlane:
         self.authz_http: asyncio.Server | None = None  # the ext_authz HTTP front, when on
         self.authz_workers: AuthzWorkers | None = None  # ... when it runs in worker processes
         self._authz_tls: ServerTls | None = None
-        self._admin: asyncio.AbstractServer | None = None
+        self._admin: AdminSocket | None = None
         self._server_cert_renew_at = clock.now()
         self._background: set[asyncio.Task[None]] = set()
         metrics.get_meter("meshwarden.server").create_observable_gauge(
@@ -255,7 +250,8 @@ class ControlPlane:
         self.xds.replica = self.options.replica_id or replica_name(
             self.endpoint.host, self.endpoint.port
         )
-        await self._start_admin()
+        self._admin = AdminSocket(self.data_dir, self._admin_request)
+        await self._admin.start()
         if self.options.health:
             health_host, _, health_port = self.options.health.rpartition(":")
             self.health = HealthEndpoint(health_host, int(health_port), self._health)
@@ -377,27 +373,6 @@ class ControlPlane:
             report["status"] = "degraded"
         return report
 
-    async def _start_admin(self) -> None:
-        path = self.data_dir / ADMIN_SOCKET
-        path.unlink(missing_ok=True)
-        self._admin = await asyncio.start_unix_server(self._serve_admin, path=str(path))
-        os.chmod(path, 0o600)
-
-    async def _serve_admin(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            caller = peer_process(writer.get_extra_info("socket"))
-            if caller.uid not in (0, os.getuid()):
-                raise PermissionError(f"uid {caller.uid} may not administer this server")
-            request = json.loads(await reader.readline())
-            reply: dict[str, Any] = await self._admin_request(request)
-        except (IdentityError, PermissionError, ValueError, KeyError) as exc:
-            reply = {"error": str(exc)}
-        writer.write(json.dumps(reply).encode() + b"\n")
-        await writer.drain()
-        writer.close()
-
     async def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("op") != "token.create":
             raise ValueError(f"unknown admin operation {request.get('op')!r}")
@@ -426,7 +401,7 @@ class ControlPlane:
             if self.replica is not None:  # woken by the store's watch as soon as it read one
                 await self.replica.source.changed(interval)
             else:
-                await _written_or_timeout(self.policies.wake_fd, interval)
+                await written_or_timeout(self.policies.wake_fd, interval)
             affected = await asyncio.to_thread(self.policies.reload_if_changed)
             if affected is not None:
                 self._publish_to_workers()  # they compile while the sidecars' snapshots build
@@ -486,7 +461,7 @@ class ControlPlane:
         if self.health is not None:
             await self.health.stop()
         if self._admin is not None:
-            self._admin.close()
+            self._admin.stop()
         if self.authz_http is not None:
             self.authz_http.close()
         if self.authz_workers is not None:
@@ -495,7 +470,6 @@ class ControlPlane:
             await self.xds_endpoint.stop()
         if self.endpoint is not None:
             await self.endpoint.stop()
-        (self.data_dir / ADMIN_SOCKET).unlink(missing_ok=True)
         if self.replica is not None:
             await self.replica.close()
         # its inotify instance, not left to the garbage collector; after a reload still
@@ -508,84 +482,3 @@ def replica_name(host: str, port: int) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
     return f"{host}:{port}"
-
-
-async def admin_request(data_dir: Path, request: dict[str, Any]) -> dict[str, Any]:
-    """Send one request to a running server's admin socket."""
-    path = data_dir / ADMIN_SOCKET
-    reader, writer = await asyncio.open_unix_connection(str(path))
-    writer.write(json.dumps(request).encode() + b"\n")
-    await writer.drain()
-    reply: dict[str, Any] = json.loads(await reader.readline())
-    writer.close()
-    return reply
-
-
-async def serve_until_signalled(
-    start: Callable[[], Awaitable[str]],
-    run: Callable[[], Coroutine[Any, Any, None]],
-    stop: Callable[[], Awaitable[None]],
-    command: str = "meshwarden",
-) -> int:
-    """`start` returns the text of the `ready` line; `run` runs until cancelled. A StateError
-    at start (a corrupt or missing state file, an unsafe data dir) exits 2, any other failure 1.
-    SIGINT/SIGTERM stop it at any time, also while `start` still waits (exit 0)."""
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stopping.set)
-    starting: asyncio.Future[str] = asyncio.ensure_future(start())
-    waiter: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
-    await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():  # SIGINT/SIGTERM while starting (e.g. `up` waiting for ACKs)
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
-        await stop()
-        return 0
-    try:
-        ready = starting.result()
-    except (StateError, OSError) as exc:  # fix a file, the data dir, a port in use first
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        print(f"{command}: error: {reason}", file=sys.stderr)
-        await stop()
-        return 2
-    except Exception as exc:  # the component failed to start: report, exit 1
-        print(f"{command}: error: {exc}", file=sys.stderr)
-        await stop()
-        return 1
-    print(f"ready {ready}", flush=True)
-    task = asyncio.create_task(run())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    failure = task.exception() if task.done() and not task.cancelled() else None
-    task.cancel()
-    waiter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await stop()
-    if failure is not None:
-        print(f"error: stopped: {failure!r}", file=sys.stderr)
-        return 1
-    return 0
-
-
-async def _written_or_timeout(fd: int | None, timeout: float) -> None:
-    """Sleep `timeout` seconds, or less when `fd` (the policy directory's inotify watch)
-    turns readable: a write is seen when it happens, not at the next poll."""
-    if fd is None:
-        await asyncio.sleep(timeout)
-        return
-    loop = asyncio.get_running_loop()
-    written: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not written.done():
-            written.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await asyncio.wait_for(written, timeout)
-    except TimeoutError:
-        pass
-    finally:
-        loop.remove_reader(fd)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from meshwarden._agent import AgentOptions, NodeAgent
-from meshwarden._server import serve_until_signalled
+from meshwarden._lifecycle import serve_until_signalled
 from meshwarden.cli import _observe as observe
 from meshwarden.cli._common import InputError
 from meshwarden.cli._types import host_port_list, loopback_host_port, positive_duration

@@ -12,7 +12,8 @@ from meshwarden._authz_workers import DEFAULT_WORKERS as DEFAULT_AUTHZ_WORKERS
 from meshwarden._authz_workers import MAX_WORKERS as MAX_AUTHZ_WORKERS
 from meshwarden._flow_file import problem as flow_file_problem
 from meshwarden._flows import DEFAULT_SIZE as DEFAULT_FLOW_LOG_SIZE
-from meshwarden._server import ControlPlane, ServerOptions, serve_until_signalled
+from meshwarden._lifecycle import serve_until_signalled
+from meshwarden._server import ControlPlane, ServerOptions
 from meshwarden.cli import _observe as observe
 from meshwarden.cli import _ui as ui
 from meshwarden.cli._common import add_flow_log_arguments, fail

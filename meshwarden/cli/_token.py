@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from meshwarden._server import admin_request  # not at the top: keeps --help fast
+    from meshwarden._admin import admin_request  # not at the top: keeps --help fast
 
     if args.store is not None:
         print(_create_in_store(args))

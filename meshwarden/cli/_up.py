@@ -94,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from meshwarden._server import serve_until_signalled
+    from meshwarden._lifecycle import serve_until_signalled
     from meshwarden._up import LocalMesh
 
     if not args.policies.is_dir():

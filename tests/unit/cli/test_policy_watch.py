@@ -18,7 +18,7 @@ from meshwarden._policy_files import (
     SettledDirectory,
     quiet_window,
 )
-from meshwarden._server import _written_or_timeout
+from meshwarden._policy_watch import written_or_timeout
 
 from ...integration.harness import inotify_fds
 
@@ -188,7 +188,7 @@ def test_the_control_plane_wakes_on_a_policy_write_instead_of_sleeping_out_its_t
     settled, _ = watched(tmp_path)
 
     async def wait_then_write() -> bool:
-        waiting = asyncio.create_task(_written_or_timeout(settled.wake_fd, timeout=3600))
+        waiting = asyncio.create_task(written_or_timeout(settled.wake_fd, timeout=3600))
         await asyncio.sleep(0)
         (tmp_path / "p.yaml").write_text("kind: Mesh\n")
         done, _ = await asyncio.wait({waiting}, timeout=60)  # bounded: a broken wake fails

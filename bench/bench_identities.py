@@ -250,13 +250,16 @@ class _Server:
         if not ready.wait(30):
             raise RuntimeError(f"the {kind} Workload API server did not start")
         self.latencies: list[float] = []
+        self.round_p99s: list[float] = []  # each round's own p99
         self.cpu = 0.0
 
     def round(self, clients: int) -> None:
         assert self.process.pid is not None
         before = _cpu_seconds(self.process.pid)
-        self.latencies += _checked(first_fetches(self.socket_path, clients))
+        latencies = _checked(first_fetches(self.socket_path, clients))
         self.cpu += _cpu_seconds(self.process.pid) - before
+        self.latencies += latencies
+        self.round_p99s.append(statistics.quantiles(latencies, n=100)[98])
 
     def figures(self) -> dict[str, float]:
         cuts = statistics.quantiles(self.latencies, n=100)
@@ -265,6 +268,9 @@ class _Server:
             "p50_ms": cuts[49] * 1e3,
             "p99_ms": cuts[98] * 1e3,
             "max_ms": max(self.latencies) * 1e3,
+            "round_p99_min_ms": min(self.round_p99s) * 1e3,
+            "round_p99_median_ms": statistics.median(self.round_p99s) * 1e3,
+            "round_p99_max_ms": max(self.round_p99s) * 1e3,
             "cpu_ms_per_connection": self.cpu * 1e3 / len(self.latencies),
         }
 
@@ -304,12 +310,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of 100 first fetches per server (default 5, 2 quick)"
+    )
     args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 5)
     report = {
         "machine": machine(),
         "load_average": os.getloadavg(),
         "issuance": bench_issuance(1.0 if args.quick else 3.0),
-        "workload_api_first_fetch": bench_first_fetch(100, 2 if args.quick else 5),
+        "workload_api_first_fetch": bench_first_fetch(100, rounds),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -329,7 +339,9 @@ def main() -> None:
         print(
             f"  {kind:>15}: p50 {f['p50_ms']:6.1f} ms  p99 {f['p99_ms']:6.1f} ms  "
             f"max {f['max_ms']:6.1f} ms  server CPU {f['cpu_ms_per_connection']:.3f} ms/connection"
-            f"  ({f['samples']} samples)"
+            f"  ({f['samples']} samples)\n{'':>17}p99 of each round of {fetch['clients']}: "
+            f"min {f['round_p99_min_ms']:.1f} / median {f['round_p99_median_ms']:.1f} / "
+            f"max {f['round_p99_max_ms']:.1f} ms"
         )
     print(
         f"  ours / floor: p99 {fetch['p99_ratio_to_floor']:.2f}x, "

@@ -230,3 +230,19 @@ def test_unknown_methods_compressed_messages_and_garbage(served: Served) -> None
         answer += chunk
     assert b"\x07\x00\x00\x00\x00\x00" in answer  # a GOAWAY, then the connection is closed
     raw.close()
+
+
+def test_grpcio_channels_calling_again_after_a_cached_first_block(served: Served) -> None:
+    """grpcio's client indexes its request headers in the HPACK table: each channel's first
+    block is the same, so from the second channel on it comes from the first-block cache, and
+    each channel's later calls, whose blocks refer to those table entries, are served on the
+    channel's one connection (grpcio would retry a call refused with GOAWAY on a new one)."""
+    accepted = served.endpoint.connections_accepted
+    for _ in range(3):
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]
+        with grpc.insecure_channel(f"unix:{served.socket}", options=own_connection) as channel:
+            echo = channel.unary_unary("/test.Local/Echo")
+            for n in range(3):
+                request = b"call %d" % n
+                assert echo(request, metadata=[("x-call", str(n))]) == request
+    assert served.endpoint.connections_accepted == accepted + 3

@@ -20,6 +20,7 @@ from meshwarden.identities._errors import (
 )
 from meshwarden.identities._files import check_private_dir, write_file
 from meshwarden.identities._grpc_calls import LocalServer
+from meshwarden.identities._grpc_connection import GrpcConnection
 from meshwarden.identities._grpc_tls import MtlsEndpoint, RotatingCredentials
 from meshwarden.identities._issued_nodes import IssuedNodes, fingerprint
 from meshwarden.identities._join_tokens import (
@@ -52,6 +53,7 @@ __all__ = [
     "CertificateAuthority",
     "Clock",
     "ConnectionLimits",
+    "GrpcConnection",
     "IdentityCache",
     "IdentityError",
     "IdentityHealth",

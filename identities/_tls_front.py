@@ -52,7 +52,7 @@ class ServerTls:
         roots_pem: bytes,
         *,
         client_certificate: ssl.VerifyMode = ssl.CERT_OPTIONAL,
-        alpn: str = "h2",
+        alpn: tuple[str, ...] = ("h2",),
     ) -> None:
         self.chain, self.key, self.roots_pem = chain, key, roots_pem
         self.client_certificate, self.alpn = client_certificate, alpn
@@ -75,7 +75,7 @@ class ServerTls:
         context.verify_mode = self.client_certificate
         context.load_verify_locations(cadata=self.roots_pem.decode("ascii"))
         context.load_cert_chain(self.chain, self.key)
-        context.set_alpn_protocols([self.alpn])
+        context.set_alpn_protocols(list(self.alpn))
         return context
 
 

@@ -1,5 +1,6 @@
 """What an ext_authz worker runs (`_authz_worker` is its entry point): its policies, compiled
-before it listens, and the HTTP front serving them until the control plane retires it."""
+before it listens, and the front (HTTP/1.1 and gRPC Check over h2) serving them until the
+control plane retires it."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ class _Unprinted(io.StringIO):
 
 
 def _verified_caller(caller: Any) -> str | None:
-    """The HTTP front's caller is the connection's verified SPIFFE ID (or None)."""
+    """The front's caller is the connection's verified SPIFFE ID (or None), for HTTP/1.1 and
+    for every gRPC call on an h2 connection alike."""
     return caller if isinstance(caller, str) else None
 
 

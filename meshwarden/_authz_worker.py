@@ -1,5 +1,6 @@
-"""One ext_authz worker: the HTTP front (`extAuthz.transport: http`) in a process of its own,
-started and fed by the control plane (`_authz_workers.AuthzWorkers`), never by hand.
+"""One ext_authz worker: the ext_authz front — HTTP/1.1 (`extAuthz.transport: http`) and gRPC
+`Check` on the connections whose ALPN chose h2 — in a process of its own, started and fed by
+the control plane (`_authz_workers.AuthzWorkers`), never by hand.
 
     python -m meshwarden._authz_worker --pipe FD --parent PID --listen HOST:PORT \\
         --chain FILE --key FILE --policies NAME [--otlp-endpoint URL] [--index I]

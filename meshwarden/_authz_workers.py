@@ -1,5 +1,6 @@
-"""`server --ext-authz-workers N`: the ext_authz HTTP front in N worker processes, off the
-control plane's event loop (which ADS pushes keep busy for seconds on a large mesh).
+"""`server --ext-authz-workers N`: the ext_authz front (HTTP/1.1, and gRPC Check where ALPN
+chose h2) in N worker processes, off the control plane's event loop (which ADS pushes keep busy
+for seconds on a large mesh).
 
 The control plane binds the front's address with SO_REUSEPORT and keeps it bound without
 listening (so the port is known, also for port 0, and no other user can bind it); each worker
@@ -22,8 +23,9 @@ Fail closed and never orphaned: a worker decides nothing before it has policies;
 unretired is started again (after `RESTART_SECONDS`) with the current roots and policies;
 workers die with the control plane (PR_SET_PDEATHSIG in the worker, and the pipe's end), and
 `stop` ends them. `status()` says, per slot, the serving worker's pid, the policy version it
-decides with, whether that is the control plane's, and how long it compiled; `restarts` counts
-replaced crashes (GET /healthz `extAuthz`).
+decides with, whether that is the control plane's, how long it compiled and how many checks
+it answered (both protocols, reported every half second); `restarts` counts replaced
+crashes (GET /healthz `extAuthz`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class _Worker:
     version: str = ""
     errors: list[str] = field(default_factory=list)
     compile_s: float | None = None  # how long compiling its policies took
+    checks: int = 0  # checks it answered (HTTP/1.1 and gRPC), as of its last flush
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     retired: bool = False
@@ -160,6 +163,7 @@ class AuthzWorkers:
                 "current": bool(w.version) and w.version == self.version,
                 "errors": w.errors,
                 "lastCompileSeconds": None if w.compile_s is None else round(w.compile_s, 3),
+                "checks": w.checks,
             }
             for w in sorted(self.active.values(), key=lambda w: w.slot)
         ]
@@ -280,6 +284,7 @@ class AuthzWorkers:
             worker.version, worker.errors, worker.compile_s = value
         elif kind == "checks":
             for labels, durations in value:
+                worker.checks += len(durations)
                 for seconds in durations:
                     self.record(seconds, labels)
 

@@ -126,9 +126,19 @@ class Authorization:
         self._duration.record(seconds, labels)
 
     async def check(self, check: CheckAttributes, context: grpc.aio.ServicerContext) -> bytes:
-        """The gRPC `Check`: the encoded CheckResponse."""
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
-        return _response(*self.answer(check, context, metadata))
+        """The gRPC `Check` on a grpc.aio server (the caller is the call's context): the
+        encoded CheckResponse."""
+        return self.respond(check, context, context)
+
+    def respond(self, check: CheckAttributes, context: Any, caller: Any) -> bytes:
+        """The encoded CheckResponse to the gRPC call `context` (its metadata names the
+        workload and port) from `caller` (what the resolver reads the peer's identity from)."""
+        metadata = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str)  # `-bin` metadata is bytes; none of it is read
+        }
+        return _response(*self.answer(check, caller, metadata))
 
     def answer(
         self, check: CheckAttributes, caller: Any, metadata: Mapping[str, str]
@@ -238,13 +248,20 @@ def denial(verdict: Verdict, detail: str) -> tuple[int, str]:
     return int(status), f"ext_authz: access denied by {cause}{detail}"
 
 
-def authorization_handler(authorization: Authorization) -> grpc.GenericRpcHandler:
-    """The generic handler to add to a `grpc.aio.server` (responses are already bytes)."""
+def authorization_handler(
+    authorization: Authorization, caller: Callable[[Any], Any] | None = None
+) -> grpc.GenericRpcHandler:
+    """The generic handler to add to a `grpc.aio.server` (responses are already bytes), or to
+    another server of gRPC calls, whose caller is `caller(context)` (the ext_authz front's h2
+    connections: the connection's verified SPIFFE ID)."""
+    if caller is None:
+        method: Callable[[CheckAttributes, Any], Any] = authorization.check
+    else:
+
+        def method(check: CheckAttributes, context: Any) -> bytes:
+            return authorization.respond(check, context, caller(context))
+
     return grpc.method_handlers_generic_handler(
         SERVICE,
-        {
-            "Check": grpc.unary_unary_rpc_method_handler(
-                authorization.check, request_deserializer=decode_check
-            )
-        },
+        {"Check": grpc.unary_unary_rpc_method_handler(method, request_deserializer=decode_check)},
     )

@@ -27,9 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from meshwarden.engine import Cause, Effect
-from meshwarden.identities import IdentityError, ServerTls, spiffe_id_of
+from meshwarden.identities import ServerTls
 from meshwarden.xds._check import CheckAttributes
 from meshwarden.xds._decisions import Verdict
 from meshwarden.xds._ext_authz import Authorization, denial
@@ -43,6 +42,13 @@ from meshwarden.xds._ext_authz_filter import (
     SOURCE_HEADER,
     TRACE_HEADERS,
     WORKLOAD_HEADER,
+)
+from meshwarden.xds._ext_authz_h2 import (
+    H2,
+    AuthzGrpcConnection,
+    Negotiated,
+    check_server,
+    transport_spiffe_id,
 )
 from meshwarden.xds._ext_authz_http1 import Malformed, RequestHead, RequestReader
 
@@ -149,7 +155,8 @@ class AuthzHttpFront:
         self.connections = 0
         self.refused_connections = 0
         self.draining = False
-        self.open: set[AuthzHttpConnection] = set()
+        self.open: set[asyncio.Protocol] = set()
+        self.grpc = check_server(authorization)  # gRPC Check on the connections ALPN made h2
 
     def answer(self, head: RequestHead, caller: str | None) -> bytes:
         try:
@@ -159,16 +166,39 @@ class AuthzHttpFront:
             return http_answer(verdict, f"the engine cannot read this check: {refused}")
         return http_answer(*self.authorization.answer(check, caller, metadata))
 
-    def protocol(self) -> AuthzHttpConnection:
-        return AuthzHttpConnection(self)
+    def protocol(self) -> Negotiated:
+        """A connection's protocol: HTTP/1.1, or gRPC Check when ALPN chose h2."""
+        return Negotiated(lambda: AuthzHttpConnection(self), self._grpc_connection)
+
+    def _grpc_connection(self) -> AuthzGrpcConnection:
+        return AuthzGrpcConnection(self, self.grpc)
+
+    def admit(self, connection: asyncio.Protocol, transport: asyncio.Transport) -> bool:
+        """Count a new connection, or abort it when `max_connections` are open."""
+        if self.connections >= self.max_connections:
+            self.refused_connections += 1
+            transport.abort()
+            return False
+        self.connections += 1
+        self.open.add(connection)
+        return True
+
+    def release(self, connection: asyncio.Protocol) -> None:
+        if connection in self.open:
+            self.connections -= 1
+            self.open.discard(connection)
 
     def drain(self) -> None:
-        """Hand the sidecars over to another front (stop listening first): each connection's
-        next answer says `connection: close` and the connection ends after it. An idle one is
-        left for the sidecar to close (its bootstrap's idle timeout,
+        """Hand the sidecars over to another front (stop listening first): each HTTP/1.1
+        connection's next answer says `connection: close` and the connection ends after it. An
+        idle one is left for the sidecar to close (its bootstrap's idle timeout,
         `EXT_AUTHZ_HTTP_IDLE_SECONDS`): closing it here could cross a check the sidecar is
-        sending on it, which would fail (403)."""
+        sending on it, which would fail (403). Each h2 connection gets a graceful GOAWAY
+        (`AuthzGrpcConnection.drain`): the sidecar sends no new call on it and closes it."""
         self.draining = True
+        for connection in list(self.open):
+            if isinstance(connection, AuthzGrpcConnection):
+                connection.drain()
 
 
 class AuthzHttpConnection(asyncio.Protocol):
@@ -182,12 +212,8 @@ class AuthzHttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        if self.front.connections >= self.front.max_connections:
-            self.front.refused_connections += 1
-            transport.abort()
+        if not self.front.admit(self, transport):
             return
-        self.front.connections += 1
-        self.front.open.add(self)
         self.transport = transport
         self.caller = transport_spiffe_id(transport)
 
@@ -219,23 +245,8 @@ class AuthzHttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.front.connections -= 1
-            self.front.open.discard(self)
-            self.transport = None
-
-
-def transport_spiffe_id(transport: asyncio.Transport) -> str | None:
-    """The SPIFFE ID of the connection's verified client certificate (the same parsing as the
-    gRPC services', `identities.spiffe_id_of`); None without one."""
-    ssl_object = transport.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    if not der:
-        return None
-    try:
-        return str(spiffe_id_of(x509.load_der_x509_certificate(der)))
-    except (ValueError, IdentityError):
-        return None
+        self.front.release(self)
+        self.transport = None
 
 
 async def serve_authz_http(
@@ -266,9 +277,11 @@ async def serve_authz_http(
 
 
 def front_tls(chain: Path, key: Path, roots_pem: bytes) -> ServerTls:
-    """The front's TLS: HTTP/1.1, a client certificate chaining to the roots required, following
-    the server certificate's renewal and the roots' rotation."""
-    return ServerTls(chain, key, roots_pem, client_certificate=ssl.CERT_REQUIRED, alpn="http/1.1")
+    """The front's TLS: ALPN h2 (gRPC Check) or HTTP/1.1, a client certificate chaining to the
+    roots required, following the server certificate's renewal and the roots' rotation."""
+    return ServerTls(
+        chain, key, roots_pem, client_certificate=ssl.CERT_REQUIRED, alpn=(H2, "http/1.1")
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -38,7 +38,12 @@ from meshwarden._console_policies import policies_view
 from meshwarden._flows import FlowLog, FlowQuery
 from meshwarden._health import HealthEndpoint, Reply
 from meshwarden._policies import Policies
-from meshwarden._policy_store import PolicyStore, RevisionNotFound, StoreUnavailable
+from meshwarden._policy_store import (
+    PolicyStore,
+    RevisionNotFound,
+    StoreCorrupt,
+    StoreUnavailable,
+)
 from meshwarden.engine import CompiledMesh, load
 
 DiffJson = Callable[[dict[str, bytes], dict[str, bytes]], dict[str, Any]]
@@ -240,7 +245,7 @@ class Console:
         try:
             head, _ = await store.head()
             revisions = await store.history()
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreCorrupt) as exc:
             return Reply.json({"error": f"the store: {exc}"}, "503 Service Unavailable")
         return Reply.json({"head": head, "revisions": [r.to_json() for r in reversed(revisions)]})
 
@@ -260,7 +265,7 @@ class Console:
             return Reply.json({"error": str(why)}, "400 Bad Request")
         except RevisionNotFound as exc:
             return Reply.json({"error": str(exc)}, "404 Not Found")
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, StoreCorrupt) as exc:
             return Reply.json({"error": f"the store: {exc}"}, "503 Service Unavailable")
         return Reply.json({"from": first, "to": second, **changes})
 

@@ -32,6 +32,7 @@ __all__ = [
     "PolicyRevision",
     "PolicyStore",
     "RevisionNotFound",
+    "StoreCorrupt",
     "StoreUnavailable",
     "who_am_i",
 ]
@@ -45,6 +46,30 @@ class ConcurrentApply(Exception):
 
 class RevisionNotFound(Exception):
     """No such revision in the store."""
+
+
+class StoreCorrupt(Exception):
+    """A policy key of the store holds a value meshwarden does not write (by hand, by another
+    program): the message names the key and says what is wrong."""
+
+
+def _record(key: bytes, data: bytes, what: str) -> dict[str, Any]:
+    """The JSON object stored at `key`; StoreCorrupt naming the key when it is not one."""
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        record = None
+    if not isinstance(record, dict):
+        raise StoreCorrupt(f"{key.decode(errors='replace')} in the store is not {what}")
+    return record
+
+
+def _revision_number(key: bytes, value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise StoreCorrupt(
+            f"{key.decode(errors='replace')} in the store names no revision number ({value!r})"
+        )
+    return value
 
 
 def who_am_i() -> str:
@@ -102,16 +127,24 @@ class PolicyRevision:
         return json.dumps(record, sort_keys=True).encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> PolicyRevision:
-        record = json.loads(data)
-        return cls(
-            int(record["revision"]),
-            str(record["time"]),
-            str(record["who"]),
-            str(record["message"]),
-            dict(record["files"]),
-            record.get("rollbackOf"),
-        )
+    def decode(cls, data: bytes, key: bytes = b"a revision record") -> PolicyRevision:
+        """The record `encode` wrote; StoreCorrupt naming `key` for anything else."""
+        record = _record(key, data, "a policy revision record")
+        time, who, message = (record.get(name) for name in ("time", "who", "message"))
+        files, rollback_of = record.get("files"), record.get("rollbackOf")
+        if not (
+            isinstance(time, str)
+            and isinstance(who, str)
+            and isinstance(message, str)
+            and isinstance(files, dict)
+            and all(isinstance(p, str) and _is_digest(d) for p, d in files.items())
+            and (rollback_of is None or type(rollback_of) is int)
+        ):
+            raise StoreCorrupt(
+                f"{key.decode(errors='replace')} in the store is not a policy revision record"
+            )
+        revision = _revision_number(key, record.get("revision"))
+        return cls(revision, time, who, message, files, rollback_of)
 
 
 class PolicyStore:
@@ -135,17 +168,18 @@ class PolicyStore:
         found, _ = await self.etcd.get(self.key(HEAD))
         if found is None:
             return 0, 0
-        return int(json.loads(found.value)["revision"]), found.mod_revision
+        return head_revision(found), found.mod_revision
 
     async def revision(self, number: int) -> PolicyRevision:
         found, _ = await self.etcd.get(self._rev_key(number))
         if found is None:
             raise RevisionNotFound(f"revision {number} is not in the store")
-        return PolicyRevision.decode(found.value)
+        return PolicyRevision.decode(found.value, found.key)
 
     async def history(self) -> list[PolicyRevision]:
         found, _ = await self.etcd.get_prefix(self.key("policy/rev/"))
-        return sorted((PolicyRevision.decode(kv.value) for kv in found), key=lambda r: r.revision)
+        records = (PolicyRevision.decode(kv.value, kv.key) for kv in found)
+        return sorted(records, key=lambda r: r.revision)
 
     async def contents(
         self, record: PolicyRevision, known: Mapping[str, bytes] | None = None
@@ -227,7 +261,15 @@ class PolicyStore:
 
 
 def head_revision(value: KeyValue) -> int:
-    """The revision a head key's value names (0 for a deleted head)."""
+    """The revision a head key's value names (0 for a deleted head); StoreCorrupt for a value
+    that names none."""
     if not value.value:
         return 0
-    return int(json.loads(value.value)["revision"])
+    record = _record(value.key, value.value, 'a policy head ({"revision": N})')
+    return _revision_number(value.key, record.get("revision"))
+
+
+def _is_digest(value: object) -> bool:
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )

@@ -8,7 +8,9 @@ replica.
 
 When etcd cannot be reached the replica keeps serving what it has, says so (`reachable`,
 `error`), and catches up from the head when etcd is back (a watch that was cut loses nothing:
-the head is re-read before watching again)."""
+the head is re-read before watching again). A head or revision record that is not what `apply`
+writes (a value put by hand, another program) is the same: the last good policies keep
+serving, `error` names the key, and the next good head is followed again."""
 
 from __future__ import annotations
 
@@ -21,7 +23,13 @@ import time
 
 from meshwarden._etcd import StoreUnavailable
 from meshwarden._policy_files import DirectoryContents, PolicyFile
-from meshwarden._policy_store import PolicyRevision, PolicyStore, RevisionNotFound, head_revision
+from meshwarden._policy_store import (
+    PolicyRevision,
+    PolicyStore,
+    RevisionNotFound,
+    StoreCorrupt,
+    head_revision,
+)
 
 __all__ = ["StoreSource"]
 
@@ -48,7 +56,8 @@ class StoreSource:
         self.store = store
         self.revision = 0  # the newest revision read (delivered, or waiting to be)
         self.delivered = 0  # the revision `Policies` took last
-        self.error: str | None = "not connected yet"  # why etcd is not reachable now
+        self.unreachable: str | None = "not connected yet"  # why etcd is not reachable now
+        self.corrupt: str | None = None  # why the head revision cannot be read, now
         self.unreachable_since: float | None = None
         self._pending: DirectoryContents | None = None
         self._lock = threading.Lock()  # poll() runs in a worker thread
@@ -64,6 +73,11 @@ class StoreSource:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
         self._wakeup.clear()
+
+    @property
+    def error(self) -> str | None:
+        """Why this replica cannot follow the store's head now (None: it does)."""
+        return self.unreachable or self.corrupt
 
     @property
     def reachable(self) -> bool:
@@ -84,22 +98,31 @@ class StoreSource:
         """Nothing to forget: each revision is delivered once."""
 
     def _mark(self, error: str | None) -> None:
-        if error is None and self.error is not None:
+        if error is None and self.unreachable is not None:
             log.info("store reachable again")
             self.unreachable_since = None
-        elif error is not None and self.error is None:
+        elif error is not None and self.unreachable is None:
             log.warning("store unreachable: %s (serving the last good policies)", error)
             self.unreachable_since = time.time()
-        self.error = error
+        self.unreachable = error
+
+    def _mark_corrupt(self, error: str | None) -> None:
+        if error is not None and error != self.corrupt:
+            log.error("store: %s (serving the last good policies)", error)
+        elif error is None and self.corrupt is not None:
+            log.info("store: the policy head is readable again")
+        self.corrupt = error
 
     async def catch_up(self) -> int:
         """Read the head and queue its files when they are new; the etcd revision read at.
         Raises StoreUnavailable."""
         found, at = await self.store.etcd.get(self.store.head_key())
+        self._mark(None)
         head = head_revision(found) if found is not None else 0
         if head and head != self.revision:
             await self._fetch(head)
-        self._mark(None)
+        else:
+            self._mark_corrupt(None)
         return at
 
     async def _fetch(self, revision: int) -> None:
@@ -109,6 +132,10 @@ class StoreSource:
         except RevisionNotFound as exc:
             log.error("store: %s", exc)
             return
+        except StoreCorrupt as exc:  # the watch goes on; the next head may be good
+            self._mark_corrupt(str(exc))
+            return
+        self._mark_corrupt(None)
         self._blobs = {record.files[path]: data for path, data in files.items()}
         with self._lock:
             self._pending = contents_of(record, files)
@@ -130,6 +157,8 @@ class StoreSource:
                             await self._fetch(revision)
             except StoreUnavailable as exc:
                 self._mark(str(exc))
+            except StoreCorrupt as exc:  # read again from the head after the pause
+                self._mark_corrupt(str(exc))
             await asyncio.sleep(RETRY_SECONDS)
 
     async def probe(self) -> None:

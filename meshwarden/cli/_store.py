@@ -162,10 +162,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def with_store(args: argparse.Namespace, action: Callable[[PolicyStore], Awaitable[T]]) -> T:
-    """Run `action` against the store; an unreachable store or a missing revision is a one-line
-    error (exit 1)."""
+    """Run `action` against the store; an unreachable store, a policy key holding what `apply`
+    does not write, or a missing revision is a one-line error (exit 1, the last exit 2)."""
     from meshwarden._etcd import Etcd
-    from meshwarden._policy_store import PolicyStore, RevisionNotFound, StoreUnavailable
+    from meshwarden._policy_store import (
+        PolicyStore,
+        RevisionNotFound,
+        StoreCorrupt,
+        StoreUnavailable,
+    )
 
     async def run() -> T:
         etcd = Etcd.of(args.store, args.store_timeout)
@@ -176,7 +181,7 @@ def with_store(args: argparse.Namespace, action: Callable[[PolicyStore], Awaitab
 
     try:
         return asyncio.run(run())
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, StoreCorrupt) as exc:
         raise CommandFailed(f"{args.store}: {exc}") from None
     except RevisionNotFound as exc:
         raise InputError(str(exc)) from None

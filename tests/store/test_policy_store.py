@@ -184,6 +184,37 @@ def test_an_unknown_revision_and_an_unreachable_store_are_one_line_errors(etcd, 
     assert err.startswith(f"meshwarden history: error: {nobody}: etcd") and "\n" not in err
 
 
+def test_a_policy_key_written_by_hand_with_garbage_is_a_one_line_error_naming_it(
+    etcd, policies, capsys
+):
+    """`history`, `apply`, `diff` and `rollback` said `internal error: TypeError: list indices
+    must be integers or slices, not str` for a revision record put by hand."""
+    assert main(["apply", str(policies), "--store", etcd.url]) == 0
+
+    async def put(key: bytes, value: bytes) -> None:
+        client = Etcd(etcd.endpoints)
+        try:
+            await client.put(key, value)
+        finally:
+            await client.close()
+
+    record, head = "/meshwarden/policy/rev/000000000001", "/meshwarden/policy/head"
+    asyncio.run(put(record.encode(), b"[1, 2]"))
+    capsys.readouterr()
+    for command in (["history"], ["diff", "1"], ["rollback", "1"], ["apply", str(policies)]):
+        assert main([*command, "--store", etcd.url]) == 1, command
+        assert capsys.readouterr().err == (
+            f"meshwarden {command[0]}: error: {etcd.url}: {record} in the store is not a "
+            "policy revision record\n"
+        )
+    asyncio.run(put(head.encode(), b"garbage{"))
+    assert main(["apply", str(policies), "--store", etcd.url]) == 1
+    assert capsys.readouterr().err == (
+        f"meshwarden apply: error: {etcd.url}: {head} in the store is not a policy head "
+        '({"revision": N})\n'
+    )
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -124,12 +125,24 @@ def print_json(value: Any) -> None:
 
 
 def write_output_file(path: Path, data: str | bytes, flag: str = "--output-file") -> None:
-    """Write a command's result to `path`; a missing directory or a permission problem is an
-    input error naming the flag, not a traceback."""
+    """Write a command's result to `path` atomically (`write_atomically`); a missing directory
+    or a permission problem is an input error naming the flag, not a traceback."""
     try:
-        if isinstance(data, str):
-            path.write_text(data)
-        else:
-            path.write_bytes(data)
+        write_atomically(path, data)
     except OSError as exc:
         raise InputError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write beside `path` then rename over it (mode 0644): readers see the old or the new
+    file, and a symlink planted at `path` is replaced, never followed (writing through it,
+    root would overwrite whatever file the link names)."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

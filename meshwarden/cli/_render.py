@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from meshwarden.cli._common import (
     InputError,
     add_output_format,
     load_or_raise,
+    write_atomically,
 )
 from meshwarden.engine import CompiledMesh
 from meshwarden.render import (
@@ -252,17 +251,3 @@ def _egress_json(nf: NodeFilter) -> dict[str, Any]:
 
 def _sender(egress: NodeEgress, index: int | None) -> str | None:
     return None if index is None else egress.sources[index].name
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write beside `path` then rename over it: readers see the old or the new file, and a
-    symlink at `path` is replaced, never followed."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -8,6 +8,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from meshwarden.cli._common import (
@@ -17,6 +18,7 @@ from meshwarden.cli._common import (
     add_output_format,
     fail,
     print_json,
+    write_output_file,
 )
 from meshwarden.cli._explain import render, request_from
 from meshwarden.cli._test_cases import KEY_OF, TestCase, is_test_file, read_cases
@@ -249,4 +251,5 @@ def write_junit(results: list[Result], path: str) -> None:
     root.set("tests", str(len(results)))
     root.set("failures", str(sum(1 for r in results if not r.passed)))
     root.set("timestamp", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    write_output_file(Path(path), data, "--junit")

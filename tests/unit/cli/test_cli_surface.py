@@ -183,6 +183,44 @@ def test_a_missing_output_directory_is_one_line(capsys: pytest.CaptureFixture[st
     assert line == f"meshwarden bootstrap: error: --output-file {target}: No such file or directory"
 
 
+def _bundle_dir(tmp_path: Path) -> str:
+    from meshwarden.engine import TrustDomain
+    from meshwarden.identities import CaConfig, CertificateAuthority, SystemClock
+
+    ca = CertificateAuthority(CaConfig(TrustDomain("example.org")), SystemClock())
+    (tmp_path / "bundle.json").write_text(ca.bundle().to_spiffe_json())
+    return str(tmp_path)
+
+
+BOOTSTRAP = "bootstrap --workload shop/backend-1 --server 127.0.0.1:8443 --sds-socket /tmp/s"
+TESTS = ROOT / "tests" / "unit" / "cli" / "fixtures" / "policy_tests" / "shop_tests.yaml"
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "written"),
+    [
+        ([*BOOTSTRAP.split(), "--trust-domain", "example.org"], "--output-file", b'"node"'),
+        (["ca", "bundle", "--data-dir", "BUNDLE_DIR"], "--output-file", b"BEGIN CERTIFICATE"),
+        (["test", str(TESTS), SHOP], "--junit", b"<testsuites"),
+    ],
+    ids=["bootstrap", "ca bundle", "test --junit"],
+)
+def test_a_file_a_command_writes_replaces_a_planted_symlink_instead_of_following_it(
+    argv: list[str], flag: str, written: bytes, tmp_path: Path
+) -> None:
+    """Writing through a link let whoever could create FILE (a shared directory) make the
+    command, run as root, overwrite any file the link names (render already did this right)."""
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    link = tmp_path / "out"
+    link.symlink_to(victim)
+    argv = [_bundle_dir(tmp_path) if a == "BUNDLE_DIR" else a for a in argv]
+    assert main([*argv, flag, str(link)]) in (0, 1)  # shop_tests.yaml has a failing case
+    assert victim.read_text() == "keep me\n"
+    assert not link.is_symlink() and written in link.read_bytes()
+    assert link.stat().st_mode & 0o777 == 0o644
+
+
 @pytest.mark.parametrize("argv", [["demo"], ["up", SHOP]], ids=["demo", "up"])
 def test_a_bad_envoy_bin_is_one_line_before_anything_starts(
     argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

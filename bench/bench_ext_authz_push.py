@@ -94,7 +94,7 @@ def start_server(work: Path, workers: int) -> tuple[bp.Child, dict[str, Any]]:
     ready = server.wait_ready(timeout=300)
     ports = {
         "ads": re.search(r"ADS on (\S+?:\d+)", ready).group(1),  # type: ignore[union-attr]
-        "front": int(re.search(r"ext_authz HTTP on \S+:(\d+)", ready).group(1)),  # type: ignore[union-attr]
+        "front": int(re.search(r"ext_authz on \S+:(\d+)", ready).group(1)),  # type: ignore[union-attr]
         "health": int(re.search(r"health http://[^/]+:(\d+)/", ready).group(1)),  # type: ignore[union-attr]
     }
     return server, ports

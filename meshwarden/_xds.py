@@ -15,6 +15,7 @@ from meshwarden._flows import FlowLog, engine_attribution
 from meshwarden._policies import Policies, collection_paused
 from meshwarden.engine import AuthorizationPlan
 from meshwarden.xds import (
+    EXT_AUTHZ_GRPC_CLUSTER,
     EXT_AUTHZ_HTTP_CLUSTER,
     XDS_CLUSTER,
     AccessLogReceiver,
@@ -30,6 +31,7 @@ from meshwarden.xds import (
     access_log_handler,
     ads_handler,
     authorization_handler,
+    ext_authz_grpc_declared,
     ext_authz_http_declared,
     peer_certificate,
     peer_spiffe_id,
@@ -106,8 +108,10 @@ class MeshXds:
         flow_log_sample: float = 100.0,
         ext_authz_http: bool = False,
     ) -> None:
-        """`ext_authz_http`: this control plane serves the ext_authz HTTP front
-        (`ext_authz_front`), so workloads with `extAuthz.transport: http` can be configured."""
+        """`ext_authz_http`: this control plane serves the ext_authz front (`ext_authz_front`),
+        so workloads with `extAuthz.transport: http` can be configured, and the gRPC Check of
+        a sidecar whose bootstrap has the front's h2 cluster goes there (the others' over the
+        ADS connection, as before the front answered gRPC)."""
         self.policies = policies
         self.flows = flows or FlowLog()  # sidecars' access logs (the bootstrap's xDS cluster)
         self.cache = SnapshotCache()
@@ -122,7 +126,11 @@ class MeshXds:
             flow_log_allowed_percent=flow_log_sample,
             ext_authz_cluster=XDS_CLUSTER,
             ext_authz_http_cluster=EXT_AUTHZ_HTTP_CLUSTER if ext_authz_http else None,
+            ext_authz_grpc_cluster=EXT_AUTHZ_GRPC_CLUSTER if ext_authz_http else None,
+            ext_authz_grpc_declared=self._grpc_front_declared,
         )
+        self._declared_changed: set[str] = set()  # sidecars whose snapshot must follow that
+        self._rebuilding: asyncio.Task[None] | None = None
         self.builder = SnapshotBuilder(context)
         # one decider (and decision cache) for gRPC Check and the HTTP front
         self.authorization = Authorization(
@@ -142,6 +150,42 @@ class MeshXds:
 
     def _bundle(self, trust_domain: str) -> str | None:
         return self.jwt_bundle(trust_domain)
+
+    def _grpc_front_declared(self, workload: str) -> bool:
+        """Whether the sidecar of `workload` said its bootstrap has the front's h2 cluster (on
+        its newest ADS stream); read by translation, in the build thread too."""
+        status = self.cache.known_status(workload)
+        return status is not None and status.ext_authz_grpc
+
+    def _declared(self, node: str, envoy_node: Any) -> None:
+        """Note what the bootstrap of a sidecar opening a stream declares; when its gRPC Check
+        should go elsewhere than its snapshot says (a sidecar bootstrapped anew, with or without
+        the front's port), rebuild that workload's snapshot — in the background, and one build
+        for every sidecar that changed meanwhile (a restarted control plane's reconnecting
+        sidecars). Until then it asks where its snapshot says, which its bootstrap has but for
+        a sidecar that lost the front's cluster (its listeners are refused until the rebuild)."""
+        status = self.cache.status(node)
+        status.ext_authz_http = ext_authz_http_declared(envoy_node)
+        grpc = ext_authz_grpc_declared(envoy_node)
+        if grpc == status.ext_authz_grpc:
+            return
+        status.ext_authz_grpc = grpc
+        if self.builder.context.ext_authz_grpc_cluster is None:
+            return
+        self._declared_changed.add(node)
+        if self._rebuilding is None or self._rebuilding.done():
+            self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild_declared())
+
+    async def _rebuild_declared(self) -> None:
+        while self._declared_changed:
+            nodes, self._declared_changed = self._declared_changed, set()
+            mesh = self.policies.mesh
+            plans = mesh.plans if mesh is not None else {}
+            asking = frozenset(
+                n for n in nodes if n in plans and plans[n].enforcement == "ext-authz"
+            )
+            if asking:
+                await self.publish_off_loop(asking)
 
     def publish(self, workloads: frozenset[str] | None) -> None:
         """Rebuild the snapshots of `workloads` (all when None) from the last good mesh, here
@@ -202,7 +246,7 @@ class MeshXds:
             certificate = peer_certificate(context)
             if certificate is not None:
                 self.cache.presented(node, certificate.not_valid_after_utc)
-            self.cache.status(node).ext_authz_http = ext_authz_http_declared(envoy_node)
+            self._declared(node, envoy_node)
 
         ads = AggregatedDiscovery(
             self.cache, registry_authorizer(registry), observer=self.cache, admitted=presented
@@ -284,9 +328,9 @@ class MeshXds:
 
 
 _NO_HTTP_FRONT = (
-    "extAuthz.transport is http but its sidecar was bootstrapped without --ext-authz-http-port: "
-    "every request to its HTTP ports fails closed (restart it with --ext-authz-http-port, the "
-    "port of the server's --ext-authz-http-listen)"
+    "extAuthz.transport is http but its sidecar was bootstrapped without --ext-authz-port: "
+    "every request to its HTTP ports fails closed (restart it with --ext-authz-port, the "
+    "port of the server's --ext-authz-listen)"
 )
 
 

@@ -5,11 +5,13 @@ receivers of what sidecars report (access logs, ext_authz Check calls)."""
 from meshwarden.xds._access_log import AccessLogReceiver, Flow, TcpAttribution, access_log_handler
 from meshwarden.xds._ads import AggregatedDiscovery, ads_handler
 from meshwarden.xds._bootstrap import (
+    EXT_AUTHZ_GRPC_CLUSTER,
     EXT_AUTHZ_HTTP_CLUSTER,
     EXT_AUTHZ_HTTP_IDLE_SECONDS,
     XDS_CLUSTER,
     bootstrap,
     envoy_binary,
+    ext_authz_grpc_declared,
     ext_authz_http_declared,
     replica_order,
 )
@@ -46,6 +48,7 @@ from meshwarden.xds._translate import workload_resources
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
+    "EXT_AUTHZ_GRPC_CLUSTER",
     "EXT_AUTHZ_HTTP_CLUSTER",
     "EXT_AUTHZ_HTTP_IDLE_SECONDS",
     "LISTENER",
@@ -74,6 +77,7 @@ __all__ = [
     "authorization_handler",
     "bootstrap",
     "envoy_binary",
+    "ext_authz_grpc_declared",
     "ext_authz_http_declared",
     "front_tls",
     "loopback_cluster",

@@ -19,9 +19,14 @@ from meshwarden.xds._translate import DEFAULT_SECRET, ROOTCA
 
 XDS_CLUSTER = "meshwarden-xds"
 EXT_AUTHZ_HTTP_CLUSTER = "meshwarden-ext-authz-http"
+# The same front (the same port) over HTTP/2 with ALPN h2: gRPC Check
+EXT_AUTHZ_GRPC_CLUSTER = "meshwarden-ext-authz-grpc"
 # The node metadata key a sidecar's bootstrap sets when it has EXT_AUTHZ_HTTP_CLUSTER, so the
 # control plane can tell a sidecar that cannot reach its HTTP front (`ext_authz_http_declared`).
 EXT_AUTHZ_HTTP_METADATA = "meshwarden.ext_authz_http"
+# ... and when it has EXT_AUTHZ_GRPC_CLUSTER: its gRPC Check may go there instead of over the
+# ADS connection (`ext_authz_grpc_declared`); a bootstrap without it keeps XDS_CLUSTER.
+EXT_AUTHZ_GRPC_METADATA = "meshwarden.ext_authz_grpc"
 # How long the sidecar keeps an idle connection to the ext_authz HTTP front. A front handing
 # its connections over (a retired ext_authz worker) waits longer than this before it closes an
 # idle one itself, so the sidecar is the side that closes it: a check sent on a connection the
@@ -104,9 +109,11 @@ def bootstrap(
     directory only the sidecar's user can enter, and no other local user can reach it), or is
     absent. `replicas` are more control-plane addresses (host, port) beside the first: the
     ADS cluster lists them all (`replica_order`) and Envoy reconnects to another when one
-    goes away. `ext_authz_http_port`: the control planes' ext_authz HTTP front
-    (`server --ext-authz-http-listen`) on the same hosts, for `extAuthz.transport: http`, over
-    the same mTLS."""
+    goes away. `ext_authz_http_port`: the control planes' ext_authz front (`server
+    --ext-authz-listen`) on the same hosts, over the same mTLS: two clusters to it, HTTP/1.1
+    for `extAuthz.transport: http` and HTTP/2 (ALPN h2) for gRPC Check, which the control
+    plane then names in this sidecar's ext_authz filters instead of the ADS cluster, so its
+    checks are answered by the front (the ext_authz workers) and never wait behind a push."""
     if server_id is None and trust_domain is None:
         raise ValueError("a sidecar must know the control plane's SPIFFE ID: give trust_domain")
     san = {"exact": server_id or f"spiffe://{trust_domain}/meshwarden/server"}
@@ -127,12 +134,15 @@ def bootstrap(
     }
     admin = {"admin": {"address": {"pipe": {"path": admin_socket, "mode": 0o600}}}}
     control_planes = replica_order(workload, [(server_host, server_port), *replicas])
-    authz_http = []
+    authz_fronts = []
     node: dict[str, Any] = {"id": workload, "cluster": workload.split("/")[0]}
-    if ext_authz_http_port is not None:  # the same hosts, the engine's HTTP/1.1 front
+    if ext_authz_http_port is not None:  # the same hosts, the engine's front: HTTP/1.1 and h2
         fronts = [(host, ext_authz_http_port) for host, _ in control_planes]
-        authz_http = [_control_plane_cluster(EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, _H1_IDLE)]
-        node["metadata"] = {EXT_AUTHZ_HTTP_METADATA: True}
+        authz_fronts = [
+            _control_plane_cluster(EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, _H1_IDLE),
+            _control_plane_cluster(EXT_AUTHZ_GRPC_CLUSTER, fronts, _with_alpn(xds_tls), _H2),
+        ]
+        node["metadata"] = {EXT_AUTHZ_HTTP_METADATA: True, EXT_AUTHZ_GRPC_METADATA: True}
     return {
         "node": node,
         **(admin if admin_socket else {}),
@@ -165,7 +175,7 @@ def bootstrap(
                     },
                 },
                 _control_plane_cluster(XDS_CLUSTER, control_planes, xds_tls, _H2),
-                *authz_http,
+                *authz_fronts,
             ]
         },
         "overloadManager": {
@@ -182,6 +192,13 @@ def bootstrap(
         },
         "layeredRuntime": {"layers": [{"name": "static", "staticLayer": TRACER_RUNTIME}]},
     }
+
+
+def _with_alpn(tls: dict[str, Any]) -> dict[str, Any]:
+    """`tls` offering ALPN h2: the front serves HTTP/2 (gRPC Check) on what negotiated it."""
+    config = tls["typedConfig"]
+    common = {**config["commonTlsContext"], "alpnProtocols": ["h2"]}
+    return {**tls, "typedConfig": {**config, "commonTlsContext": common}}
 
 
 def _control_plane_cluster(
@@ -216,5 +233,15 @@ def _control_plane_cluster(
 def ext_authz_http_declared(node: Node | None) -> bool:
     """Whether the Envoy `node` (the first ADS request's) says its bootstrap has the cluster of
     the control plane's ext_authz HTTP front (see `bootstrap`'s `ext_authz_http_port`)."""
+    return _declares(node, EXT_AUTHZ_HTTP_METADATA)
+
+
+def ext_authz_grpc_declared(node: Node | None) -> bool:
+    """Whether the Envoy `node` says its bootstrap has the cluster of the ext_authz front's
+    gRPC side (EXT_AUTHZ_GRPC_CLUSTER), so its gRPC Check may be sent there."""
+    return _declares(node, EXT_AUTHZ_GRPC_METADATA)
+
+
+def _declares(node: Node | None, key: str) -> bool:
     metadata = node.metadata if node is not None else None
-    return metadata is not None and metadata.to_dict().get(EXT_AUTHZ_HTTP_METADATA) is True
+    return metadata is not None and metadata.to_dict().get(key) is True

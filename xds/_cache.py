@@ -35,6 +35,8 @@ class NodeStatus:
     svid_expiry: dt.datetime | None = None  # of the certificate its newest stream presented
     # its newest stream's bootstrap has the ext_authz HTTP front's cluster (node metadata)
     ext_authz_http: bool = False
+    # ... and the front's gRPC (h2) cluster: its gRPC Check is translated to go there
+    ext_authz_grpc: bool = False
 
 
 class SnapshotCache:
@@ -90,6 +92,10 @@ class SnapshotCache:
     # status
     def status(self, node: str) -> NodeStatus:
         return self._status.setdefault(node, NodeStatus())
+
+    def known_status(self, node: str) -> NodeStatus | None:
+        """The node's status if it has one (read from any thread: nothing is created)."""
+        return self._status.get(node)
 
     def applied(self, node: str) -> bool:
         """A stream of `node` is open and has ACKed the current version of every type its

@@ -38,3 +38,8 @@ class TranslationContext:
     ext_authz_cluster: str | None = None  # ext-authz enforcement asks the engine via this cluster
     # `extAuthz.transport: http`: HTTP ports ask the engine's HTTP/1.1 authz port via this one
     ext_authz_http_cluster: str | None = None
+    # gRPC Check goes to the ext_authz front (its h2 side) via this cluster instead, for the
+    # workloads whose sidecar declared it (`ext_authz_grpc_declared(workload)`: its bootstrap
+    # has the cluster); the others keep `ext_authz_cluster`
+    ext_authz_grpc_cluster: str | None = None
+    ext_authz_grpc_declared: Callable[[str], bool] = lambda workload: False

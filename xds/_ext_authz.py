@@ -2,7 +2,9 @@
 
 For a workload with `enforcement: ext-authz` the RBAC filters are replaced by Envoy's ext_authz
 filter (HTTP ports: after jwt_authn, before the router; tcp ports: the network filter before
-tcp_proxy) calling `Check` on the control plane through `TranslationContext.ext_authz_cluster`.
+tcp_proxy) calling `Check` on the control plane: over the ADS connection
+(`TranslationContext.ext_authz_cluster`), or, for a sidecar bootstrapped with the ext_authz
+front's port, on that front's h2 side (`_ext_authz_h2`: the ext_authz workers answer).
 The engine decides with the same evaluator as `explain`, answers with the verdict as dynamic
 metadata (`Verdict.to_metadata()`, read by the span tags and the flow log) and records a span
 `meshwarden.authz.check` that is a child of the request's span.

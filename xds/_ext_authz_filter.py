@@ -1,7 +1,10 @@
 """ext_authz enforcement, the translation side: the Envoy filters that replace the RBAC filters
 for a workload with `enforcement: ext-authz` (HTTP ports: after jwt_authn, before the router; tcp
-ports: the network filter before tcp_proxy), calling `Check` on the control plane through
-`TranslationContext.ext_authz_cluster` and naming the workload and port in the call's metadata.
+ports: the network filter before tcp_proxy), calling `Check` on the control plane and naming the
+workload and port in the call's metadata: through `TranslationContext.ext_authz_cluster` (the ADS
+connection), or, for a sidecar whose bootstrap declared the ext_authz front's h2 cluster,
+through that one (`ext_authz_grpc_cluster`: the front's workers answer, off the control plane's
+event loop; `grpc_check_cluster`).
 
 With `extAuthz.transport: http` an HTTP port's filter asks the engine's HTTP/1.1 authz port
 instead (`TranslationContext.ext_authz_http_cluster`; tcp ports keep gRPC: Envoy's network filter
@@ -43,15 +46,24 @@ def _duration(value: str) -> str:
     return f"{int(value[:-1])}s"
 
 
+def grpc_check_cluster(workload: str, ctx: TranslationContext) -> str | None:
+    """Where the sidecar of `workload` sends gRPC Check: the ext_authz front's h2 cluster when
+    its bootstrap declared it, else `ext_authz_cluster` (the ADS connection)."""
+    if ctx.ext_authz_grpc_cluster is not None and ctx.ext_authz_grpc_declared(workload):
+        return ctx.ext_authz_grpc_cluster
+    return ctx.ext_authz_cluster
+
+
 def _grpc_service(plan: AuthorizationPlan, port: int, ctx: TranslationContext) -> dict[str, Any]:
-    if ctx.ext_authz_cluster is None:
+    cluster = grpc_check_cluster(plan.workload.ref, ctx)
+    if cluster is None:
         raise ValueError(f"{plan.workload.ref}: ext-authz enforcement needs ext_authz_cluster")
     metadata = [
         {"key": WORKLOAD_HEADER, "value": plan.workload.ref},
         {"key": PORT_HEADER, "value": str(port)},
     ]
     return {
-        "envoyGrpc": {"clusterName": ctx.ext_authz_cluster},
+        "envoyGrpc": {"clusterName": cluster},
         "timeout": _duration(plan.mesh.ext_authz.timeout),
         "initialMetadata": metadata,
     }
@@ -108,7 +120,7 @@ def _http_transport_filter(
     if ctx.ext_authz_http_cluster is None:
         raise ValueError(
             f"{plan.workload.ref}: extAuthz.transport http needs the control plane's ext_authz "
-            "HTTP front (meshwarden server --ext-authz-http-listen)"
+            "front (meshwarden server --ext-authz-listen)"
         )
     added = {
         WORKLOAD_HEADER: plan.workload.ref,

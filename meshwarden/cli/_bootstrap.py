@@ -68,13 +68,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
     parser.add_argument(
-        "--ext-authz-http-port",
+        "--ext-authz-port",
+        "--ext-authz-http-port",  # its name before the front answered gRPC Check too
+        dest="ext_authz_port",
         type=port_number,
         metavar="PORT",
-        help="the control plane's ext_authz HTTP front (`meshwarden server "
-        "--ext-authz-http-listen`) on the --server hosts, for workloads with Mesh "
-        "extAuthz.transport: http (default: none; Envoy then has no cluster to ask, and "
-        "their requests fail closed: 403, or pass with extAuthz.failOpen)",
+        help="the control plane's ext_authz front (`meshwarden server --ext-authz-listen`) "
+        "on the --server hosts: the sidecar's checks go there (gRPC Check over h2, or "
+        "HTTP/1.1 for Mesh extAuthz.transport: http), answered off the loop that pushes "
+        "configurations (default: none; gRPC Check then goes over the ADS connection, and "
+        "workloads with transport http fail closed: 403, or pass with extAuthz.failOpen)",
     )
 
 
@@ -132,7 +135,7 @@ def _config(args: argparse.Namespace) -> dict[str, object] | None:
         delta=args.delta,
         replicas=replicas,
         trust_domain=args.trust_domain,
-        ext_authz_http_port=args.ext_authz_http_port,
+        ext_authz_http_port=args.ext_authz_port,
     )
 
 

@@ -74,20 +74,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the handshake (default %(default)s; port 0 picks one)",
     )
     parser.add_argument(
-        "--ext-authz-http-listen",
+        "--ext-authz-listen",
+        "--ext-authz-http-listen",  # its name before the front answered gRPC Check too
+        dest="ext_authz_http_listen",
         type=host_port,
         metavar="HOST:PORT",
-        help="the engine's HTTP/1.1 ext_authz front, for workloads with Mesh "
-        "extAuthz.transport: http (their sidecars need `meshwarden sidecar "
-        "--ext-authz-http-port`); mTLS like --xds-listen (default: off — such workloads' "
-        "configurations are then not built)",
+        help="the engine's ext_authz front, mTLS like --xds-listen: HTTP/1.1 for workloads "
+        "with Mesh extAuthz.transport: http, and gRPC Check (ALPN h2) for the others; "
+        "sidecars started with `meshwarden sidecar --ext-authz-port` ask it instead of the "
+        "ADS connection, so their checks never wait behind a configuration push (default: "
+        "off — then every gRPC Check goes over ADS, and workloads with transport http get no "
+        "configuration)",
     )
     parser.add_argument(
         "--ext-authz-workers",
         type=int,
         default=DEFAULT_AUTHZ_WORKERS,
         metavar="N",
-        help="processes serving --ext-authz-http-listen, each with the compiled policies, off "
+        help="processes serving --ext-authz-listen, each with the compiled policies, off "
         "the event loop that pushes configurations to the sidecars (a push to 1,000 sidecars "
         "holds that loop for about a second, and checks would wait behind it); 0 serves the "
         "front on that loop (default %(default)s, the best on 1-2 cores)",
@@ -230,8 +234,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, address in taken.items():
         if args.ext_authz_http_listen and _same_listener(address, args.ext_authz_http_listen):
             return fail(
-                f"--ext-authz-http-listen {args.ext_authz_http_listen} is {flag}'s address: the "
-                "ext_authz HTTP front needs a port of its own"
+                f"--ext-authz-listen {args.ext_authz_http_listen} is {flag}'s address: the "
+                "ext_authz front needs a port of its own"
             )
     if not 0 <= args.ext_authz_workers <= MAX_AUTHZ_WORKERS:
         return fail(f"--ext-authz-workers must be between 0 and {MAX_AUTHZ_WORKERS}")
@@ -245,14 +249,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _authz_front(plane: ControlPlane) -> str:
-    """`, ext_authz HTTP on HOST:PORT (N workers)` for the ready line, when the front is on."""
+    """`, ext_authz on HOST:PORT (N workers)` for the ready line, when the front is on."""
     port = plane.ext_authz_http_port
     if port is None or plane.options.ext_authz_http_listen is None:
         return ""
     host = plane.options.ext_authz_http_listen.rpartition(":")[0] or "127.0.0.1"
     workers = plane.options.ext_authz_workers
     where = f"{workers} worker{'s' if workers != 1 else ''}" if workers else "on the event loop"
-    return f", ext_authz HTTP on {host}:{port} ({where})"
+    return f", ext_authz on {host}:{port} ({where})"
 
 
 def _serve(args: argparse.Namespace, tracing: Any) -> int:

@@ -6,6 +6,7 @@ plane killed with SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -100,22 +101,23 @@ def collector() -> Iterator[OtlpReceiver]:
         yield receiver
 
 
-@pytest.fixture
-def plane(tmp_path: Path, loopback: str, app: int, collector: OtlpReceiver) -> Iterator[Plane]:
+@contextlib.contextmanager
+def _running(tmp_path: Path, documents: list[dict[str, Any]], otlp: str) -> Iterator[Plane]:
+    """`meshwarden server --ext-authz-workers 1` on `documents`, until the block ends."""
     policies, data = tmp_path / "policies", tmp_path / "data"
     policies.mkdir()
     data.mkdir(mode=0o700)
-    (policies / "mesh.yaml").write_text(yaml.safe_dump_all(_documents(loopback, app, CALLER)))
+    (policies / "mesh.yaml").write_text(yaml.safe_dump_all(documents))
     command = [sys.executable, "-m", "meshwarden", "server", str(policies), "--data-dir"]
     command += [str(data), "--listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0"]
-    command += ["--ext-authz-http-listen", "127.0.0.1:0", "--ext-authz-workers", "1"]
-    command += ["--otlp-endpoint", collector.endpoint]
+    command += ["--ext-authz-listen", "127.0.0.1:0", "--ext-authz-workers", "1"]
+    command += ["--otlp-endpoint", otlp]
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     assert process.stdout is not None
     ready = process.stdout.readline()
     assert ready.startswith("ready"), (tmp_path / "server.log").read_text()[-3000:]
-    front = int(ready.split("ext_authz HTTP on ")[1].split(" ")[0].rsplit(":", 1)[1])
+    front = int(ready.split("ext_authz on ")[1].split(" ")[0].rsplit(":", 1)[1])
     health = int(ready.split("/healthz")[0].rsplit(":", 1)[1])
     try:
         yield Plane(process, policies, data, front, health)
@@ -123,6 +125,12 @@ def plane(tmp_path: Path, loopback: str, app: int, collector: OtlpReceiver) -> I
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
+
+
+@pytest.fixture
+def plane(tmp_path: Path, loopback: str, app: int, collector: OtlpReceiver) -> Iterator[Plane]:
+    with _running(tmp_path, _documents(loopback, app, CALLER), collector.endpoint) as running:
+        yield running
 
 
 def _sidecar(

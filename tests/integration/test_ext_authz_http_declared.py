@@ -94,7 +94,7 @@ def test_a_sidecar_without_the_http_fronts_cluster_is_reported_while_connected(
         health = _health(plane)
         assert health["status"] == "degraded"
         problem = health["sidecarProblems"]["shop/api"]
-        assert "--ext-authz-http-port" in problem and "fails closed" in problem
+        assert "--ext-authz-port" in problem and "fails closed" in problem
     wait_for(lambda: "sidecarProblems" not in _health(plane))  # gone once it disconnects
     assert _health(plane)["status"] == "ok"
 

@@ -109,7 +109,7 @@ def test_the_ext_authz_http_front_on_another_listeners_address_is_refused(tmp_pa
         tmp_path, "--xds-listen", "127.0.0.1:8444", "--ext-authz-http-listen", "0.0.0.0:8444"
     )
     assert line.startswith(
-        "meshwarden server: error: --ext-authz-http-listen 0.0.0.0:8444 is --xds-listen's"
+        "meshwarden server: error: --ext-authz-listen 0.0.0.0:8444 is --xds-listen's"
     )
 
 

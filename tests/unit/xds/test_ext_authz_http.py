@@ -489,5 +489,5 @@ def test_without_the_front_an_http_transport_workload_is_not_built() -> None:
     documents, _ = parse_text(docs)
     compiled, _ = check_documents(documents)
     assert compiled is not None
-    with pytest.raises(ValueError, match="--ext-authz-http-listen"):
+    with pytest.raises(ValueError, match="--ext-authz-listen"):
         workload_resources(compiled, "a/api", TranslationContext(ext_authz_cluster="x"))

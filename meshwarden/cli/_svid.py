@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,24 @@ def _fetch(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _no_identity_hint(message: str) -> str:
+    """Why the agent issued nothing to this process, when that is what it said: a Workload
+    matches a caller by its `unix:` selectors, and none named this process's ids."""
+    if "no identity issued" not in message:
+        return ""
+    return (
+        f"; no Workload's unix: selectors match this process (uid {os.getuid()}, gid "
+        f"{os.getgid()}): run it as the workload's user"
+    )
+
+
 def run_fetch(args: argparse.Namespace) -> int:
     from spiffe.errors import PySpiffeError
 
     try:
         result = _fetch(args)
     except PySpiffeError as exc:
-        raise CommandFailed(f"{args.socket}: {exc}") from None
+        raise CommandFailed(f"{args.socket}: {exc}{_no_identity_hint(str(exc))}") from None
     if args.output == "json":
         print(json.dumps(result, indent=2))
         return 0

@@ -1,5 +1,6 @@
-"""The documented commands, as separate processes: server → token → bundle → agent → svid fetch,
-and the fetched chain checked by `openssl verify` against the exported bundle."""
+"""The documented commands, as separate processes: docs/identities.md's quick start (server →
+bundle → token piped into the agent → svid fetch as the workload's user), and the fetched chain
+checked by `openssl verify` against the exported bundle."""
 
 from __future__ import annotations
 
@@ -11,15 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from .test_node_attestation import POLICIES
+from .harness import public_tempdir, remove
 
 MESHWARDEN = [sys.executable, "-m", "meshwarden"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def _start(args: list[str], log: Path) -> tuple[subprocess.Popen[str], str]:
+def _start(
+    args: list[str], log: Path, stdin: str | None = None
+) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        MESHWARDEN + args, stdout=subprocess.PIPE, stderr=log.open("w"), text=True
+        MESHWARDEN + args,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
     )
+    if stdin is not None:  # as `token create | agent --join-token-file -` gives it
+        assert process.stdin is not None
+        process.stdin.write(stdin)
+        process.stdin.close()
     assert process.stdout is not None
     line = process.stdout.readline()  # blocks until `ready ...` or the process exits
     if not line.startswith("ready"):
@@ -28,8 +40,12 @@ def _start(args: list[str], log: Path) -> tuple[subprocess.Popen[str], str]:
     return process, line
 
 
-def _meshwarden(*args: str) -> str:
-    result = subprocess.run(MESHWARDEN + list(args), capture_output=True, text=True, timeout=60)
+def _meshwarden(*args: str, uid: int | None = None) -> str:
+    """`meshwarden ARGS` (as root, or as `uid` with that gid and no other group)."""
+    user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid else []
+    result = subprocess.run(
+        [*user, *MESHWARDEN, *args], capture_output=True, text=True, timeout=60, cwd="/"
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -43,65 +59,73 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         assert process.wait(10) == 0, "a SIGTERM'd component exits 0"
 
 
-def test_server_agent_and_svid_fetch_end_to_end(
+def test_the_quick_start_of_identities_md_as_written(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "mesh.yaml").write_text(POLICIES)
-    server_dir, agent_dir, socket = tmp_path / "server", tmp_path / "agent", tmp_path / "a.sock"
-    server, ready = _start(
-        [
-            "server",
-            str(tmp_path / "policies"),
-            "--data-dir",
-            str(server_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--xds-listen",
-            "127.0.0.1:0",
-        ],
-        tmp_path / "server.log",
-    )
-    processes.append(server)
-    address = ready.split(" on ")[1].split(",")[0]
-    token = _meshwarden(
-        "token", "create", "--data-dir", str(server_dir), "--node", "node-a"
-    ).strip()
-    bundle = tmp_path / "bundle.pem"
-    _meshwarden("ca", "bundle", "--data-dir", str(server_dir), "--output-file", str(bundle))
-    spiffe_bundle = json.loads(
-        _meshwarden("ca", "bundle", "--data-dir", str(server_dir), "--format", "spiffe")
-    )
-    assert {k["use"] for k in spiffe_bundle["keys"]} == {"x509-svid", "jwt-svid"}
-    agent, _ = _start(
-        [
-            "agent",
-            "--server",
-            address,
-            "--join-token",
-            token,
-            "--server-bundle",
-            str(bundle),
-            "--data-dir",
-            str(agent_dir),
-            "--socket",
-            str(socket),
-            "--sds-socket",
-            str(tmp_path / "sds.sock"),
-        ],
-        tmp_path / "agent.log",
-    )
-    processes.append(agent)
-    assert socket.is_socket() and (tmp_path / "sds.sock").is_socket()  # created before `ready`
-    fetched = json.loads(
-        _meshwarden("svid", "fetch", "--socket", str(socket), "--jwt-audience", "db", "-o", "json")
-    )
-    ids = [s["spiffeId"] for s in fetched["x509Svids"]]
-    assert sorted(ids) == [
-        "spiffe://example.org/ns/shop/sa/anywhere",
-        "spiffe://example.org/ns/shop/sa/api",
-    ]
-    assert fetched["jwtSvid"]["spiffeId"] == ids[0]
+    """docs/identities.md's quick start: the server on examples/shop-hosts, the bundle, a join
+    token piped into the agent (`--join-token-file -`), and `svid fetch` run as the user the
+    Workload pinned to host-a selects (uid 2001). The page used examples/shop, whose Workloads
+    have no `unix:` selector: its last command could only say `no identity issued`."""
+    server_dir, agent_dir = tmp_path / "server", tmp_path / "agent"
+    run = public_tempdir()  # the Workload API socket's directory, reachable by uid 2001
+    try:
+        server, ready = _start(
+            [
+                "server",
+                str(ROOT / "examples" / "shop-hosts"),
+                "--data-dir",
+                str(server_dir),
+                "--listen",
+                "127.0.0.1:0",
+                "--xds-listen",
+                "127.0.0.1:0",
+            ],
+            tmp_path / "server.log",
+        )
+        processes.append(server)
+        address = ready.split(" on ")[1].split(",")[0]
+        bundle = tmp_path / "bundle.pem"
+        _meshwarden("ca", "bundle", "--data-dir", str(server_dir), "--output-file", str(bundle))
+        spiffe_bundle = json.loads(
+            _meshwarden("ca", "bundle", "--data-dir", str(server_dir), "--format", "spiffe")
+        )
+        assert {k["use"] for k in spiffe_bundle["keys"]} == {"x509-svid", "jwt-svid"}
+        token = _meshwarden("token", "create", "--data-dir", str(server_dir), "--node", "host-a")
+        agent, _ = _start(
+            [
+                "agent",
+                "--server",
+                address,
+                "--join-token-file",
+                "-",
+                "--server-bundle",
+                str(bundle),
+                "--data-dir",
+                str(agent_dir),
+                "--socket",
+                str(run / "agent.sock"),
+                "--sds-socket",
+                str(run / "sds.sock"),
+            ],
+            tmp_path / "agent.log",
+            stdin=token,
+        )
+        processes.append(agent)
+        assert (run / "agent.sock").is_socket() and (run / "sds.sock").is_socket()
+        fetch = ["svid", "fetch", "--socket", str(run / "agent.sock")]
+        fetched = json.loads(
+            _meshwarden(*fetch, "--jwt-audience", "backend", "-o", "json", uid=2001)
+        )
+        as_root = subprocess.run(
+            MESHWARDEN + fetch, capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        remove(run)
+    frontend = "spiffe://shop.example/ns/shop/sa/frontend"
+    assert [s["spiffeId"] for s in fetched["x509Svids"]] == [frontend]
+    assert fetched["jwtSvid"]["spiffeId"] == frontend
+    assert as_root.returncode == 1 and "no identity issued" in as_root.stderr
+    assert "no Workload's unix: selectors match this process (uid 0, gid 0)" in as_root.stderr
     chain = fetched["x509Svids"][0]["chain"]
     (tmp_path / "leaf.pem").write_text(chain[0])
     (tmp_path / "untrusted.pem").write_text("".join(chain[1:]))

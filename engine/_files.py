@@ -78,11 +78,10 @@ def _is_real_dir(entry: os.DirEntry[str]) -> bool:
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
-    """A regular file, or a symlink (read_text reports a dangling one or a loop)."""
-    try:
-        return entry.is_symlink() or entry.is_file(follow_symlinks=False)
-    except OSError:
-        return True
+    """Anything but a directory named like a policy file: a regular file, a symlink (read_text
+    reports a dangling one or a loop), or a FIFO, socket or device, which read_text reports as
+    not a regular file (left out, a DENY policy replaced by one would stop applying)."""
+    return not _is_real_dir(entry)
 
 
 def read_text(file: str, limits: InputLimits = LIMITS) -> tuple[str | None, Diagnostic | None]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshwarden._policy_watch import WriteWatch
+from meshwarden.engine import UsageError, scan_files
 
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
 WRITE_QUIET_SECONDS = 0.025  # with the watch: no write for this long (one burst of files)...
@@ -30,6 +31,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 """(path, mtime_ns, size) of every policy file, sorted."""
+UNUSABLE = -1  # the mtime of a path the scan found but cannot use (reading names the reason)
 
 
 class ScanError(Exception):
@@ -53,49 +55,74 @@ class DirectoryContents:
 
 
 def fingerprint(directory: Path) -> Fingerprint:
-    """(path, mtime, size) of every policy file, as `meshwarden check` would find them. A file
-    removed while the directory is listed is left out; ScanError when the directory is gone."""
+    """(path, mtime, size) of every policy file `meshwarden check` would read in the directory
+    (the same walk), and (path, UNUSABLE, 0) of each one that cannot be used — a directory it
+    cannot list, a dangling link, a link loop — so that reading reports it instead of leaving
+    it out. A file removed while the directory is listed is left out; ScanError when the
+    directory is gone."""
     if not directory.is_dir():
         raise ScanError(f"{directory}: no such directory (or not a directory)")
-    found = []
     try:
-        paths = sorted(directory.rglob("*"))
+        files, problems = scan_files([directory])
+    except UsageError:  # no policy file at all: an empty set (the Mesh guard judges it)
+        return ()
     except OSError as exc:
         raise ScanError(f"{directory}: cannot list: {exc.strerror or exc}") from None
-    for path in paths:
-        hidden = any(part.startswith(".") for part in path.relative_to(directory).parts)
-        if path.suffix not in YAML_SUFFIXES or hidden:
-            continue
+    found = [(str(p.location.file), UNUSABLE, 0) for p in problems]
+    for path in files:
         try:
-            info = path.stat()
+            info = os.stat(path)
+        except FileNotFoundError:
+            if os.path.islink(path):  # dangling: reading names it
+                found.append((path, UNUSABLE, 0))
+            continue  # removed mid-scan: the next poll sees the directory again
         except OSError:
-            continue  # removed (or unreadable) mid-scan: the next poll sees the directory again
-        if stat.S_ISREG(info.st_mode):
-            found.append((str(path), info.st_mtime_ns, info.st_size))
-    return tuple(found)
+            found.append((path, UNUSABLE, 0))  # a link loop, a parent no longer searchable
+            continue
+        found.append((path, info.st_mtime_ns, info.st_size))
+    return tuple(sorted(found))
 
 
 def read_contents(files: Fingerprint) -> tuple[PolicyFile, ...] | None:
     """The bytes of every file, or None when one went away (the scan starts over). A file
-    that cannot be read is kept with its `error`."""
+    that cannot be read (or is not a regular file) is kept with its `error`."""
     out = []
     for path, _, _ in files:
-        try:  # O_NONBLOCK: a file swapped for a FIFO since the stat must not hang the scan
-            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
-                content = handle.read(READ_LIMIT + 1)
-        except FileNotFoundError:
+        read = _read(path)
+        if read is None:
             return None
-        except OSError as exc:
-            out.append(PolicyFile(path, b"", "", f"cannot read file: {exc.strerror or exc}"))
-            continue
-        if len(content) > READ_LIMIT:
-            digest = hashlib.sha256(content).hexdigest()  # a change of the first bytes is seen
-            out.append(
-                PolicyFile(path, b"", digest, f"file is larger than {READ_LIMIT:,} bytes; not read")
-            )
-            continue
-        out.append(PolicyFile(path, content, hashlib.sha256(content).hexdigest()))
+        out.append(read)
     return tuple(out)
+
+
+def _read(path: str) -> PolicyFile | None:
+    if os.path.isdir(path) and not os.path.islink(path):  # listed as a problem by the scan
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            return PolicyFile(path, b"", "", f"cannot read directory: {exc.strerror or exc}")
+        return None  # listable again: scan anew
+    try:  # O_NONBLOCK: a FIFO must not hang the scan
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        if not os.path.islink(path):
+            return None
+        return PolicyFile(path, b"", "", f"cannot read file: {exc.strerror}")
+    except OSError as exc:
+        return PolicyFile(path, b"", "", f"cannot read file: {exc.strerror or exc}")
+    with os.fdopen(fd, "rb") as handle:
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            what = "a FIFO" if stat.S_ISFIFO(kind) else "a special file"
+            return PolicyFile(path, b"", "", f"cannot read file: {what}, not a regular file")
+        try:
+            content = handle.read(READ_LIMIT + 1)
+        except OSError as exc:
+            return PolicyFile(path, b"", "", f"cannot read file: {exc.strerror or exc}")
+    if len(content) > READ_LIMIT:
+        digest = hashlib.sha256(content).hexdigest()  # a change of the first bytes is seen
+        return PolicyFile(path, b"", digest, f"file is larger than {READ_LIMIT:,} bytes; not read")
+    return PolicyFile(path, content, hashlib.sha256(content).hexdigest())
 
 
 def quiet_window(load: float, cores: int) -> float:

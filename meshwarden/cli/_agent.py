@@ -56,7 +56,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the join token on the command line: visible to every local user in "
         "`ps` while the agent runs; prefer --join-token-file",
     )
-    parser.add_argument("--server-bundle", type=Path, metavar="FILE", help="PEM or SPIFFE JSON")
+    parser.add_argument(
+        "--server-bundle",
+        type=Path,
+        metavar="FILE",
+        help="the control plane's trust bundle (`meshwarden ca bundle`), PEM or SPIFFE JSON: "
+        "needed with the join token to attest; once attested, the agent trusts the bundle it "
+        "keeps in --data-dir and this flag may be left out",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,

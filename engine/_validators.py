@@ -189,6 +189,20 @@ def condition_key(value: str) -> str:
     return value
 
 
+MAX_LINUX_ID = 4294967294  # (uid_t)-1 = 4294967295 means "no id" to the kernel
+
+
+def _linux_id(text: str) -> bool:
+    """A uid or gid as the agent writes it: str.isdigit() alone admits '²' (which int()
+    refuses) and other scripts' digits (which never equal an attested selector)."""
+    return (
+        text.isascii()
+        and text.isdigit()
+        and (text == "0" or not text.startswith("0"))
+        and int(text) <= MAX_LINUX_ID
+    )
+
+
 def attestation_selector(value: str) -> str:
     kind, _, rest = value.partition(":")
     if kind == "node":
@@ -201,8 +215,11 @@ def attestation_selector(value: str) -> str:
                 f"selector {value!r}: use unix:uid:N, unix:gid:N, unix:user:NAME, "
                 "unix:group:NAME or unix:path:/absolute/exe"
             )
-        if sub in ("uid", "gid") and not arg.isdigit():
-            raise ValueError(f"selector {value!r}: {sub} must be a number")
+        if sub in ("uid", "gid") and not _linux_id(arg):
+            raise ValueError(
+                f"selector {value!r}: {sub} must be a number from 0 to {MAX_LINUX_ID}, in "
+                "ASCII digits without a leading zero (as the agent attests it)"
+            )
         if sub == "path" and not arg.startswith("/"):
             raise ValueError(f"selector {value!r}: the path must be absolute")
         return value

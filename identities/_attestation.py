@@ -2,8 +2,9 @@
 
 The kernel's SO_PEERCRED gives the caller's PID, UID and GID as of connect(). UID and GID are
 trustworthy as they are; the PID is only a name that the kernel may recycle, so anything read
-through /proc/PID (the executable path) is bracketed by two reads of the process start time, and a
-process that started after the connection was accepted cannot be the caller (PID reuse guard).
+through /proc/PID (the executable path) is followed by a read of the process start time, which
+must be the one read at accept, and a process that started after the connection was accepted
+cannot be the caller (PID reuse guard; the argument is in `unix_selectors`).
 """
 
 from __future__ import annotations
@@ -104,12 +105,21 @@ def _names(peer: PeerProcess, clock: Callable[[], float] = time.monotonic) -> tu
 
 
 def unix_selectors(peer: PeerProcess) -> frozenset[str]:
-    """`unix:uid:N`, `unix:gid:N`, `unix:user:NAME`, `unix:group:NAME`, `unix:path:/exe`."""
-    _ensure_alive(peer)
+    """`unix:uid:N`, `unix:gid:N`, `unix:user:NAME`, `unix:group:NAME`, `unix:path:/exe`.
+
+    The executable is read through the PID, so the read is followed by one check that the PID
+    still names the process pinned at accept (`peer.start_ticks`, read by `peer_process`). That
+    one check after the read is enough: a PID is given to a new process only after its process
+    has exited, and the new one starts later, so a PID that names a process of the pinned start
+    time after the read named that same process from the accept until then, the read included.
+    A check before the read would only say so for part of that interval (it was dropped: one
+    open and read of /proc/PID/stat per call). The limit is the clock's: a PID reused within the
+    same clock tick as the pinned start is not seen, with or without a check before."""
     selectors = {f"uid:{peer.uid}", f"gid:{peer.gid}", *_names(peer)}
     try:
         selectors.add(f"path:{os.readlink(f'/proc/{peer.pid}/exe')}")
     except OSError as exc:
+        _ensure_alive(peer)  # a process gone or replaced says so
         raise AttestationError(f"cannot read the executable of PID {peer.pid}: {exc}") from exc
     _ensure_alive(peer)
     return frozenset(UNIX_PREFIX + s for s in selectors)

@@ -94,7 +94,7 @@ class GrpcConnection(asyncio.Protocol):
     def schedule_flush(self) -> None:
         """Write what is queued once the calls started by this read have taken their first
         step: a call answered at once shares one write with the SETTINGS before it."""
-        if not self._flush_due:
+        if not self._flush_due and self.transport is not None:  # lost: nothing to write to
             self._flush_due = True
             asyncio.get_running_loop().call_soon(self.flush)
 

@@ -8,13 +8,17 @@ are closed, and callers of other uids are served as before."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import resource
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+C = TypeVar("C", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,47 @@ class UidGate:
         self.open[uid] -= 1
         if self.open[uid] <= 0:
             del self.open[uid]
+
+
+class SilenceDeadline(Generic[C]):
+    """Calls `expired(connection)` for each watched connection not `heard` within `seconds` of
+    being watched. One timer for all of them (armed for the oldest) instead of one per
+    connection: watching and hearing are a dict insertion and removal, and connections are
+    watched in the order they are accepted, so the oldest is the first to expire."""
+
+    def __init__(self, seconds: float, expired: Callable[[C], None]) -> None:
+        self.seconds = seconds
+        self._expired = expired
+        self._since: dict[C, float] = {}  # insertion order is deadline order
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, connection: C) -> None:
+        loop = asyncio.get_running_loop()
+        self._since[connection] = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_later(self.seconds, self._sweep)
+
+    def heard(self, connection: C) -> None:
+        self._since.pop(connection, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._since:
+            connection = next(iter(self._since))
+            left = self._since[connection] + self.seconds - now
+            if left > 0:
+                self._timer = loop.call_later(left, self._sweep)
+                return
+            del self._since[connection]
+            self._expired(connection)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._since.clear()
 
 
 def raise_descriptor_limit() -> None:

@@ -19,7 +19,12 @@ from meshwarden.identities._attestation import PeerProcess, peer_process, unix_s
 from meshwarden.identities._errors import AttestationError
 from meshwarden.identities._grpc_calls import LocalServer
 from meshwarden.identities._grpc_connection import GrpcConnection
-from meshwarden.identities._limits import ConnectionLimits, RateLimitedLog, UidGate
+from meshwarden.identities._limits import (
+    ConnectionLimits,
+    RateLimitedLog,
+    SilenceDeadline,
+    UidGate,
+)
 from meshwarden.identities._socket_claim import SocketLock, claim_socket_path
 
 DEFAULT_LIMITS = ConnectionLimits()
@@ -58,6 +63,9 @@ class LocalEndpoint:
         self.limits = limits
         self.gate = UidGate(limits.per_uid)
         self.log = RateLimitedLog(log)
+        self.silence: SilenceDeadline[_GatedConnection] = SilenceDeadline(
+            limits.first_bytes_seconds, _GatedConnection.close_silent
+        )
         self.server = LocalServer()
         add_services(self.server)
         self._mode = mode
@@ -85,6 +93,7 @@ class LocalEndpoint:
         GOAWAY), remove the socket."""
         if self._listener is not None:
             self._listener.close()
+        self.silence.close()
         tasks = [c.task for conn in self.connections for c in conn.calls.values() if c.task]
         for connection in list(self.connections):
             connection.close()
@@ -109,7 +118,6 @@ class _GatedConnection(GrpcConnection):
         self._endpoint = endpoint
         self._uid: int | None = None
         self._heard = False
-        self._deadline: asyncio.TimerHandle | None = None
 
     def identify(self, transport: asyncio.Transport) -> PeerProcess:
         endpoint = self._endpoint
@@ -127,12 +135,11 @@ class _GatedConnection(GrpcConnection):
             raise AttestationError(f"uid {peer.uid} has too many connections open")
         self._uid = peer.uid
         endpoint.connections.add(self)
-        self._deadline = asyncio.get_running_loop().call_later(
-            endpoint.limits.first_bytes_seconds, self._close_if_silent
-        )
+        endpoint.silence.watch(self)
         return peer
 
-    def _close_if_silent(self) -> None:
+    def close_silent(self) -> None:
+        """The first-bytes deadline passed and the client has sent nothing."""
         if not self._heard and self.transport is not None:
             self._endpoint.log.warning(
                 f"silent:{self._uid}",
@@ -144,13 +151,11 @@ class _GatedConnection(GrpcConnection):
     def data_received(self, data: bytes) -> None:
         if not self._heard:
             self._heard = True
-            if self._deadline is not None:
-                self._deadline.cancel()
+            self._endpoint.silence.heard(self)
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
+        self._endpoint.silence.heard(self)
         if self._uid is not None:
             self._endpoint.gate.release(self._uid)
             self._uid = None

@@ -3,13 +3,14 @@ its identities during an outage (a manual clock, no sleeping)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 
 import pytest
 from cryptography import x509
 from meshwarden.identities import CertificateAuthority, IdentityHealth, ManualClock, generate_key
-from meshwarden.identities._limits import RateLimitedLog, UidGate
+from meshwarden.identities._limits import RateLimitedLog, SilenceDeadline, UidGate
 from meshwarden.identities._outlook import identity_health
 
 from .conftest import WORKLOAD_ID
@@ -21,6 +22,35 @@ def test_the_gate_admits_up_to_the_limit_per_uid_and_frees_on_release() -> None:
     assert gate.admit(1001)  # another uid has its own share
     gate.release(1000)
     assert gate.admit(1000) and not gate.admit(1000)
+
+
+def test_the_silence_deadline_expires_each_unheard_connection_after_its_own_deadline() -> None:
+    """One timer for all: connections watched at different times expire no earlier than their
+    own deadline, in order, and a connection heard in time never expires."""
+
+    async def run() -> tuple[dict[str, float], dict[str, float]]:
+        loop = asyncio.get_running_loop()
+        watched: dict[str, float] = {}
+        expired: dict[str, float] = {}
+        silence: SilenceDeadline[str] = SilenceDeadline(
+            0.05, lambda name: expired.setdefault(name, loop.time())
+        )
+        for names in (["first"], ["heard", "later"], ["last"]):
+            for name in names:
+                watched[name] = loop.time()
+                silence.watch(name)
+            silence.heard("heard")  # in the middle of the watched ones
+            await asyncio.sleep(0.02)
+        for _ in range(200):
+            if len(expired) == 3:
+                break
+            await asyncio.sleep(0.01)
+        silence.close()
+        return watched, expired
+
+    watched, expired = asyncio.run(run())
+    assert list(expired) == ["first", "later", "last"]
+    assert all(expired[name] >= watched[name] + 0.05 for name in expired)
 
 
 def test_the_log_says_one_line_per_interval_and_counts_the_rest(

@@ -64,8 +64,28 @@ class Request:
     timeout: float | None
 
 
+KNOWN_REQUESTS = 64  # header lists whose Request is kept (each of at most KNOWN_REQUEST_SIZE)
+KNOWN_REQUEST_SIZE = 4096
+_known_requests: dict[tuple[tuple[str, str], ...], Request | tuple[int, str]] = {}
+
+
 def request(headers: list[tuple[str, str]]) -> Request | tuple[int, str]:
-    """The call, or (status, message) when the headers are not a gRPC request."""
+    """The call, or (status, message) when the headers are not a gRPC request. Both are
+    immutable and a function of the headers alone, so those of the last `KNOWN_REQUESTS`
+    distinct small header lists are kept: a workload's client sends the same ones on every
+    connection."""
+    key = tuple(headers)
+    found = _known_requests.get(key)
+    if found is None:
+        found = _request(headers)
+        if sum(len(name) + len(value) for name, value in headers) <= KNOWN_REQUEST_SIZE:
+            if len(_known_requests) >= KNOWN_REQUESTS:
+                _known_requests.pop(next(iter(_known_requests)), None)
+            _known_requests[key] = found
+    return found
+
+
+def _request(headers: list[tuple[str, str]]) -> Request | tuple[int, str]:
     fields: dict[str, str] = {}
     metadata: list[tuple[str, str | bytes]] = []
     for name, value in headers:

@@ -97,17 +97,17 @@ class H2Server:
                 return
             self._preface, at = True, len(f.PREFACE)
         try:
-            while len(buffer) - at >= 9 and not self.closed:
-                length = int.from_bytes(buffer[at : at + 3], "big")
+            unpack, size = f.FRAME_HEADER.unpack_from, len(buffer)
+            while size - at >= 9 and not self.closed:
+                length_kind, flags, stream_id = unpack(buffer, at)
+                length = length_kind >> 8
                 if length > f.MIN_FRAME_SIZE:  # our SETTINGS_MAX_FRAME_SIZE
                     raise f.H2Error(f.FRAME_SIZE_ERROR, f"a frame of {length} bytes")
-                if len(buffer) - at < 9 + length:
+                if size - at < 9 + length:
                     break
-                kind, flags = buffer[at + 3], buffer[at + 4]
-                stream_id = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF
                 payload = bytes(buffer[at + 9 : at + 9 + length])
                 at += 9 + length
-                self._frame(kind, flags, stream_id, payload, events)
+                self._frame(length_kind & 0xFF, flags, stream_id & 0x7FFFFFFF, payload, events)
         finally:
             del buffer[:at]
 
@@ -164,6 +164,8 @@ class H2Server:
             if len(fragment) < 5:
                 raise f.H2Error(f.FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             fragment = fragment[5:]
+        if flags & f.END_HEADERS and len(fragment) <= self.max_header_list + 1024:
+            return self._header_block(sid, flags, fragment, ev)  # a block in one frame
         self._block, self._block_stream, self._block_flags = bytearray(), sid, flags
         self._continuation(flags, sid, fragment, ev)
 

@@ -109,3 +109,33 @@ def test_a_long_status_message_is_cut_between_escapes(message: str) -> None:
     assert len(encoded) <= wire.MAX_STATUS_MESSAGE
     assert b"%" not in encoded[-2:]
     assert message.encode().startswith(urllib.parse.unquote_to_bytes(encoded))
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(
+                [
+                    (":path", "/a/B"),
+                    (":path", "/c/D"),
+                    ("grpc-timeout", "5S"),
+                    ("grpc-timeout", "1m"),
+                    ("x-id", "1"),
+                    ("x-id", "2"),
+                    ("x-id-bin", "aGk"),
+                ]
+            ),
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_a_kept_request_is_the_one_its_own_headers_give(
+    extras: list[list[tuple[str, str]]],
+) -> None:
+    """Header lists that differ in any field (the method, the deadline, metadata) never share
+    a Request, however often each comes back."""
+    for extra in extras * 2:
+        headers = _headers() + extra
+        assert wire.request(headers) == wire._request(headers)

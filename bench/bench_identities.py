@@ -53,6 +53,7 @@ from meshwarden.identities import (
     CachedIdentity,
     CaConfig,
     CertificateAuthority,
+    ConnectionLimits,
     IdentityCache,
     LocalEndpoint,
     SystemClock,
@@ -118,7 +119,14 @@ async def _start_ours(socket_path: str) -> Any:
     async def mint(spiffe_id: SpiffeId, audience: Any) -> str:
         return ca.sign_jwt_svid(spiffe_id, audience).token
 
-    endpoint = LocalEndpoint(Path(socket_path), workload_api_services(cache, mint, ca.clock))
+    # The agent's limits, but a rate per uid the rounds never reach: 100 first fetches at once
+    # are within its default burst, but rounds back to back are a flood (thousands of first
+    # fetches a second from one uid) that the default rate would answer RESOURCE_EXHAUSTED.
+    # The rate is still counted on every connection and call, as in the agent.
+    unlimited = ConnectionLimits(per_second=1e9, burst=10**9)
+    endpoint = LocalEndpoint(
+        Path(socket_path), workload_api_services(cache, mint, ca.clock), limits=unlimited
+    )
     await endpoint.start()
     settle_collections()  # as NodeAgent.start does once it serves
     return endpoint

@@ -38,6 +38,10 @@ class GrpcConnection(asyncio.Protocol):
     def identify(self, transport: asyncio.Transport) -> object:
         return None
 
+    def admit_call(self) -> bool:
+        """Whether a new call may run; one refused is answered RESOURCE_EXHAUSTED."""
+        return True
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         try:
@@ -81,6 +85,10 @@ class GrpcConnection(asyncio.Protocol):
         request = wire.request(headers)
         if isinstance(request, tuple):
             self.h2.send_headers(sid, wire.trailers_only(*request), end_stream=True)
+            return
+        if not self.admit_call():
+            refused = wire.trailers_only(wire.RESOURCE_EXHAUSTED, "too many calls from this uid")
+            self.h2.send_headers(sid, refused, end_stream=True)
             return
         call = self.calls[sid] = Call(self, sid, request)
         call.start(self.server.handler(request))

@@ -1,10 +1,12 @@
-"""Limits of the agent's local sockets: connections per caller uid, a deadline for a connection's
-first bytes, and log lines that stay few however many connections a flood brings.
+"""Limits of the agent's local sockets: connections per caller uid, new connections and calls
+per second per caller uid, a deadline for a connection's first bytes, and log lines that stay
+few however many connections a flood brings.
 
 A local user can open connections to the Workload API socket (mode 0666) as fast as the kernel
-accepts them; each one relayed costs the agent three file descriptors. With these limits a flood
-from one uid is refused at accept (one descriptor for an instant), connections that never speak
-are closed, and callers of other uids are served as before."""
+accepts them, and calls on them as fast as it can write; each connection costs the agent a file
+descriptor and each call the agent's CPU. With these limits a flood from one uid is refused at
+accept (one descriptor for an instant) or answered RESOURCE_EXHAUSTED before any handler runs,
+connections that never speak are closed, and callers of other uids are served as before."""
 
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ class ConnectionLimits:
 
     per_uid: int = 256  # open connections per caller uid; more are closed at once
     first_bytes_seconds: float = 10.0  # a connection that sends nothing for this long is closed
+    # New connections and new calls per caller uid, together: a bucket of `burst` refilled at
+    # `per_second` (a first fetch is a connection and a call: 512 of them at once, 512 a second
+    # after that; a uid flooding the agent gets at most ≈ 7 % of a core). A connection beyond
+    # it is closed at accept, a call is answered RESOURCE_EXHAUSTED.
+    per_second: float = 1024.0
+    burst: int = 1024
 
 
 @dataclass
@@ -69,6 +77,38 @@ class UidGate:
         self.open[uid] -= 1
         if self.open[uid] <= 0:
             del self.open[uid]
+
+
+class UidRate:
+    """A token bucket per uid: `burst` tokens, `per_second` more each second; `take` spends
+    one or says there is none. Buckets back to full are forgotten once more than `KEPT` uids
+    are known, so a caller switching uids (inside a user namespace) cannot grow the table."""
+
+    KEPT = 4096
+
+    def __init__(
+        self, per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_second, self.burst, self.clock = per_second, burst, clock
+        self._buckets: dict[int, tuple[float, float]] = {}  # uid -> (tokens, as of)
+
+    def take(self, uid: int) -> bool:
+        now = self.clock()
+        bucket = self._buckets.get(uid)
+        if bucket is None:
+            if len(self._buckets) >= self.KEPT:
+                self._forget_full(now)
+            tokens = float(self.burst)
+        else:
+            tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.per_second)
+        taken = tokens >= 1.0
+        self._buckets[uid] = (tokens - 1.0 if taken else tokens, now)
+        return taken
+
+    def _forget_full(self, now: float) -> None:
+        for uid, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * self.per_second >= self.burst:
+                del self._buckets[uid]
 
 
 class SilenceDeadline(Generic[C]):

@@ -1,5 +1,6 @@
 """A gRPC endpoint on a Unix socket whose every call knows the calling process, with per-uid
-connection limits and a first-bytes deadline (see `_limits`).
+connection limits, a per-uid rate of new connections and calls, and a first-bytes deadline (see
+`_limits`).
 
 The endpoint owns each accepted socket: the caller is attested from it (SO_PEERCRED and /proc,
 `_attestation.peer_process`) before a byte is read, and its HTTP/2 and gRPC are served in this
@@ -24,6 +25,7 @@ from meshwarden.identities._limits import (
     RateLimitedLog,
     SilenceDeadline,
     UidGate,
+    UidRate,
 )
 from meshwarden.identities._socket_claim import SocketLock, claim_socket_path
 
@@ -62,6 +64,7 @@ class LocalEndpoint:
         self.socket_path = socket_path
         self.limits = limits
         self.gate = UidGate(limits.per_uid)
+        self.rate = UidRate(limits.per_second, limits.burst)
         self.log = RateLimitedLog(log)
         self.silence: SilenceDeadline[_GatedConnection] = SilenceDeadline(
             limits.first_bytes_seconds, _GatedConnection.close_silent
@@ -104,6 +107,17 @@ class LocalEndpoint:
             self._listener = None
         self._lock.release()
 
+    def refuse(self, uid: int, what: str, limit: str) -> None:
+        """Log (rate-limited) that `what` of `uid` was refused by the `limit` ("uid", "rate")."""
+        why = (
+            f"{self.gate.limit} open, the limit per uid"
+            if limit == "uid"
+            else f"more than {self.limits.per_second:g} connections and calls a second"
+        )
+        self.log.warning(
+            f"{limit}:{uid}", f"{self.socket_path}: refused {what} of uid {uid}: {why}"
+        )
+
     def _connection(self) -> _GatedConnection:
         self.connections_accepted += 1
         return _GatedConnection(self)
@@ -126,17 +140,23 @@ class _GatedConnection(GrpcConnection):
         except (AttestationError, OSError, ValueError) as exc:
             endpoint.log.warning("attestation", f"{endpoint.socket_path}: caller refused: {exc}")
             raise AttestationError(str(exc)) from None
+        if not endpoint.rate.take(peer.uid):
+            endpoint.refuse(peer.uid, "a connection", "rate")
+            raise AttestationError(f"uid {peer.uid} opens connections too fast")
         if not endpoint.gate.admit(peer.uid):
-            endpoint.log.warning(
-                f"uid:{peer.uid}",
-                f"{endpoint.socket_path}: refused a connection of uid {peer.uid}: "
-                f"{endpoint.gate.limit} open, the limit per uid",
-            )
+            endpoint.refuse(peer.uid, "a connection", "uid")
             raise AttestationError(f"uid {peer.uid} has too many connections open")
         self._uid = peer.uid
         endpoint.connections.add(self)
         endpoint.silence.watch(self)
         return peer
+
+    def admit_call(self) -> bool:
+        endpoint = self._endpoint
+        if self._uid is None or endpoint.rate.take(self._uid):
+            return True
+        endpoint.refuse(self._uid, "a call", "rate")
+        return False
 
     def close_silent(self) -> None:
         """The first-bytes deadline passed and the client has sent nothing."""

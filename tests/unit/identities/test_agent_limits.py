@@ -10,7 +10,7 @@ import logging
 import pytest
 from cryptography import x509
 from meshwarden.identities import CertificateAuthority, IdentityHealth, ManualClock, generate_key
-from meshwarden.identities._limits import RateLimitedLog, SilenceDeadline, UidGate
+from meshwarden.identities._limits import RateLimitedLog, SilenceDeadline, UidGate, UidRate
 from meshwarden.identities._outlook import identity_health
 
 from .conftest import WORKLOAD_ID
@@ -22,6 +22,27 @@ def test_the_gate_admits_up_to_the_limit_per_uid_and_frees_on_release() -> None:
     assert gate.admit(1001)  # another uid has its own share
     gate.release(1000)
     assert gate.admit(1000) and not gate.admit(1000)
+
+
+def test_the_rate_lets_a_burst_through_then_refills_per_uid() -> None:
+    now = [0.0]
+    rate = UidRate(per_second=10.0, burst=100, clock=lambda: now[0])
+    assert all(rate.take(1000) for _ in range(100))  # a burst of 100 at once
+    assert not rate.take(1000)
+    assert rate.take(1001)  # another uid has its own bucket
+    now[0] += 0.5  # five more for uid 1000
+    assert [rate.take(1000) for _ in range(6)] == [True] * 5 + [False]
+    now[0] += 3600.0
+    assert sum(rate.take(1000) for _ in range(200)) == 100  # refilled to the burst, no more
+
+
+def test_the_rate_forgets_full_buckets_when_many_uids_come() -> None:
+    now = [0.0]
+    rate = UidRate(per_second=1.0, burst=2, clock=lambda: now[0])
+    for uid in range(10_000, 10_000 + 3 * UidRate.KEPT):
+        rate.take(uid)
+        now[0] += 0.001
+    assert len(rate._buckets) <= UidRate.KEPT + 1
 
 
 def test_the_silence_deadline_expires_each_unheard_connection_after_its_own_deadline() -> None:

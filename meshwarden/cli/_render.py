@@ -18,6 +18,7 @@ from meshwarden.cli._common import (
     load_or_raise,
     write_atomically,
 )
+from meshwarden.cli._types import interface_name, iptables_chain
 from meshwarden.engine import CompiledMesh
 from meshwarden.render import (
     DEFAULT_CHAIN,
@@ -87,11 +88,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--chain",
         default=DEFAULT_CHAIN,
+        type=iptables_chain,
         help="iptables chain to fill (default %(default)s; DOCKER-USER for Docker)",
     )
     parser.add_argument(
         "--interface",
         default="docker0",
+        type=interface_name,
         help="container-facing interface for --chain DOCKER-USER (default %(default)s)",
     )
     parser.add_argument(

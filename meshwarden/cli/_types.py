@@ -17,6 +17,8 @@ LOOPBACK = "127.0.0.1"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_EXAMPLES = "90s, 5m, 1h30m, 500ms or 2d"
+_INTERFACE = re.compile(r"(?=.{1,15}$)[A-Za-z0-9_.-]+\+?")  # `docker0`, or `br-+` (iptables)
+_CHAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,27}")  # iptables: at most 28 characters
 
 
 def split_host_port(text: str) -> tuple[str, int]:
@@ -137,3 +139,24 @@ def positive_int(text: str) -> int:
 def port_number(text: str) -> int:
     """An argparse type: a TCP port, 1 to 65535."""
     return int(_number_in(text, int, 1, 65535, "a port number, 1 to 65535"))
+
+
+def interface_name(text: str) -> str:
+    """An argparse type: a network interface as iptables' -i/-o take it (at most 15
+    characters of letters, digits, `_.-`, optionally ending in the wildcard `+`). Written into
+    a restore file, anything else would break the file or add rules of its own."""
+    if not _INTERFACE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: not an interface name (at most 15 letters, digits, '_', '.', '-'; "
+            "a trailing '+' matches every interface with that prefix)"
+        )
+    return text
+
+
+def iptables_chain(text: str) -> str:
+    """An argparse type: an iptables chain name (at most 28 letters, digits, `_.-`)."""
+    if not _CHAIN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: not an iptables chain name (at most 28 letters, digits, '_', '.', '-')"
+        )
+    return text

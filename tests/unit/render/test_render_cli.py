@@ -82,3 +82,30 @@ def test_invalid_policies_render_nothing_and_exit_1(
 def test_dry_run_is_for_nftables_only(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["render", "iptables", SEED, "--node", "web-1", "--dry-run"]) == 2
     assert "use it with nftables" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--interface", "docker0 -j ACCEPT\n-A INPUT"),  # a rule of its own in the restore file
+        ("--interface", "a-name-longer-than-15"),
+        ("--chain", "DOCKER USER"),
+        ("--chain", "MESHWARDEN\n-F INPUT"),
+    ],
+)
+def test_a_chain_or_interface_that_is_no_name_is_a_usage_error_not_part_of_the_rules(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["render", "iptables", SEED, "--node", "docker-1", "--chain", "DOCKER-USER"]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, flag, value])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"meshwarden render: error: {flag} {value!r}: not an")
+
+
+def test_an_interface_wildcard_is_rendered_as_given(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["render", "iptables", SEED, "--node", "docker-1", "--chain", "DOCKER-USER"]
+    assert main([*argv, "--interface", "br-+"]) == 0
+    assert "-A DOCKER-USER -i br-+ -j RETURN" in capsys.readouterr().out

@@ -11,7 +11,14 @@ import os
 import sys
 from typing import Any
 
-from meshwarden.cli._common import EXIT_FAILED, EXIT_OK, add_output_format, fail, print_json
+from meshwarden.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandFailed,
+    add_output_format,
+    fail,
+    print_json,
+)
 from meshwarden.cli._types import http_server, split_host_port
 
 SERVER_ENV = "MESHWARDEN_SERVER"
@@ -159,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
         )
     servers = args.server if isinstance(args.server, list) else _servers(args.server)
     reports, problems = _ask_all(servers)
+    if not reports:  # nothing to show: no "0 PROBLEM" summary a script could take as good news
+        raise CommandFailed("; ".join(f"{s}: {problem}" for s, problem in problems.items()))
     rows = merge(reports)
     if args.workload:
         rows = [r for r in rows if r["workload"] == args.workload]

@@ -118,7 +118,8 @@ def _get_json(server: str, path: str) -> dict[str, Any]:
         conn.request("GET", path)
         found: dict[str, Any] = json.loads(conn.getresponse().read())
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise CommandFailed(f"--server {server}: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise CommandFailed(f"--server {server}: {reason}") from None
     finally:
         conn.close()
     return found

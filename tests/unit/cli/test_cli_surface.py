@@ -17,6 +17,8 @@ import pytest
 
 from meshwarden.cli import build_parser, main, subcommand_parsers
 
+from ..._loopback import free_port
+
 ROOT = Path(__file__).resolve().parents[3]
 SHOP = str(ROOT / "examples" / "shop")
 MESHWARDEN = [sys.executable, "-m", "meshwarden"]
@@ -282,6 +284,23 @@ def test_identity_commands_fail_in_one_line(
     line = _one_line(capsys.readouterr().err)
     assert line.startswith(f"meshwarden ca bundle: error: {tmp_path}/")
     assert line.endswith("(has `meshwarden server` run with this data dir?)")
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "-o", "json"], ["verify"]])
+def test_a_control_plane_that_does_not_answer_is_one_error_and_no_report(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` printed its empty table and `0 SYNCED, 0 STALE, 0 NACK, 0 PROBLEM` (a summary a
+    script could read as all well) before the error; `verify` said `[Errno 111]`."""
+    server = f"127.0.0.1:{free_port()}"
+    assert main([*argv, "--server", server]) == 1
+    out, err = capsys.readouterr()
+    flag = "--server " if argv[0] == "verify" else ""
+    if "json" in argv:
+        assert (json.loads(out), err) == ({"error": f"{server}: Connection refused"}, "")
+    else:
+        assert out == ""
+        assert err == f"meshwarden {argv[0]}: error: {flag}{server}: Connection refused\n"
 
 
 def test_top_level_help_lists_every_command_with_the_summary_its_own_parser_gives() -> None:

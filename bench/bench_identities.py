@@ -63,7 +63,7 @@ from meshwarden.identities import (
     generate_key,
     workload_api_services,
 )
-from meshwarden.identities._attestation import peer_process
+from meshwarden.identities._attestation import PeerProcess, attested_peer
 from meshwarden.identities._workload_api import WorkloadApi, x509_svid_response
 from meshwarden.protos import workload_pb2_grpc
 from spiffe._proto import workload_pb2
@@ -184,11 +184,16 @@ class _CannedAnswer(asyncio.Protocol):
     def __init__(self, answer: bytes) -> None:
         self.answer = answer
         self.transport: asyncio.Transport | None = None
+        self.peer: PeerProcess | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer_process(transport.get_extra_info("socket"))
+        self.peer = attested_peer(transport.get_extra_info("socket"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.pidfd is not None:
+            self.peer.pidfd.close()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is not None and self.answer:

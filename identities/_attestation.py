@@ -2,38 +2,74 @@
 
 The kernel's SO_PEERCRED gives the caller's PID, UID and GID as of connect(). UID and GID are
 trustworthy as they are; the PID is only a name that the kernel may recycle, so anything read
-through /proc/PID (the executable path) is followed by a read of the process start time, which
-must be the one read at accept, and a process that started after the connection was accepted
-cannot be the caller (PID reuse guard; the argument is in `unix_selectors`).
+through /proc/PID (the executable path) is followed by a check that the PID still names the
+process that connected (PID reuse guard; the argument is in `unix_selectors`). The agent's
+endpoints pin that process by a pidfd the kernel gives for the connection (`attested_peer`,
+SO_PEERPIDFD, Linux 6.5 and later): it refers to the process itself, not to its number.
+Elsewhere, or on an older kernel, the process is pinned by its start time (`peer_process`):
+one that started after the connection was accepted cannot be the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import os
 import pwd
+import signal
 import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshwarden.identities._errors import AttestationError
 
 _PEERCRED = struct.Struct("3i")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 UNIX_PREFIX = "unix:"
+SO_PEERPIDFD = 77  # Linux 6.5 (`socket.SO_PEERPIDFD` from Python 3.13 on)
+_NO_PIDFD = (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP)  # a kernel without it
+
+
+class PidFd:
+    """A pidfd of a connection's peer process, owned by the connection: `close` it when the
+    connection ends. A closed one proves nothing, so checking it fails."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def ensure_not_reaped(self, pid: int) -> None:
+        """Raise unless the process is still there (running, or exited and not yet reaped),
+        which means its PID has not been given to another process."""
+        if self.fd < 0:
+            raise AttestationError(f"the connection of PID {pid} is closed")
+        try:
+            signal.pidfd_send_signal(self.fd, 0)
+        except ProcessLookupError:
+            raise AttestationError(f"process {pid} is gone (its PID may name another)") from None
+        except PermissionError:
+            pass  # it is there; this agent may not signal it
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 @dataclass(frozen=True)
 class PeerProcess:
-    """The process behind one accepted connection, pinned by its start time."""
+    """The process behind one accepted connection, pinned by a pidfd (`pidfd`, owned by the
+    connection; `start_ticks` is then 0) or by its start time."""
 
     pid: int
     uid: int
     gid: int
     start_ticks: int
+    pidfd: PidFd | None = field(default=None, compare=False, repr=False)
 
 
 def process_start_ticks(pid: int) -> int:
@@ -59,24 +95,58 @@ def _uptime_ticks() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) * _CLOCK_TICKS
 
 
-def peer_process(sock: socket.socket) -> PeerProcess:
-    """Read SO_PEERCRED of an accepted Unix socket and pin the PID by its start time."""
+def _credentials(sock: socket.socket) -> tuple[int, int, int]:
     if sock.family != socket.AF_UNIX:
         raise AttestationError("peer credentials need a Unix domain socket")
-    accepted_at = _uptime_ticks()
     pid, uid, gid = _PEERCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     )
     if pid <= 0:
         raise AttestationError("the kernel reported no peer process for this connection")
+    return pid, uid, gid
+
+
+def peer_process(sock: socket.socket) -> PeerProcess:
+    """Read SO_PEERCRED of an accepted Unix socket and pin the PID by its start time."""
+    accepted_at = _uptime_ticks()
+    pid, uid, gid = _credentials(sock)
     start = process_start_ticks(pid)
     if start > accepted_at + _CLOCK_TICKS:
         raise AttestationError(f"PID {pid} was reused after the connection was made")
     return PeerProcess(pid=pid, uid=uid, gid=gid, start_ticks=start)
 
 
-def _ensure_alive(peer: PeerProcess) -> None:
-    if process_start_ticks(peer.pid) != peer.start_ticks:
+_pidfds = True  # until the kernel says it has no SO_PEERPIDFD
+
+
+def attested_peer(sock: socket.socket) -> PeerProcess:
+    """SO_PEERCRED of an accepted Unix socket, the process pinned by the pidfd the kernel keeps
+    for the connection (SO_PEERPIDFD: the process that called connect(), whatever became of
+    its PID since), or by its start time on a kernel without one. A process already reaped is
+    refused. The caller owns `pidfd` and closes it with the connection."""
+    global _pidfds
+    if not _pidfds:
+        return peer_process(sock)
+    pid, uid, gid = _credentials(sock)
+    try:
+        pidfd = PidFd(sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD))
+    except OSError as exc:
+        if exc.errno not in _NO_PIDFD:
+            raise AttestationError(f"no pidfd for PID {pid}: {exc.strerror}") from None
+        _pidfds = False
+        return peer_process(sock)
+    try:
+        pidfd.ensure_not_reaped(pid)
+    except AttestationError:
+        pidfd.close()
+        raise
+    return PeerProcess(pid=pid, uid=uid, gid=gid, start_ticks=0, pidfd=pidfd)
+
+
+def _ensure_same_process(peer: PeerProcess) -> None:
+    if peer.pidfd is not None:
+        peer.pidfd.ensure_not_reaped(peer.pid)
+    elif process_start_ticks(peer.pid) != peer.start_ticks:
         raise AttestationError(f"PID {peer.pid} now names another process (PID reuse)")
 
 
@@ -108,18 +178,21 @@ def unix_selectors(peer: PeerProcess) -> frozenset[str]:
     """`unix:uid:N`, `unix:gid:N`, `unix:user:NAME`, `unix:group:NAME`, `unix:path:/exe`.
 
     The executable is read through the PID, so the read is followed by one check that the PID
-    still names the process pinned at accept (`peer.start_ticks`, read by `peer_process`). That
-    one check after the read is enough: a PID is given to a new process only after its process
-    has exited, and the new one starts later, so a PID that names a process of the pinned start
-    time after the read named that same process from the accept until then, the read included.
+    still names the process pinned at accept. That one check after the read is enough: a PID
+    is given to a new process only after its process has been reaped, so
+    - with a pidfd (`attested_peer`): a process not reaped after the read held its PID from
+      connect() until then, the read included (a zombie has no executable to read);
+    - with the start time (`peer_process`): the new process starts later, so a PID that names
+      a process of the pinned start time after the read named that same process from the
+      accept until then. The limit is the clock's: a PID reused within the same clock tick as
+      the pinned start is not seen.
     A check before the read would only say so for part of that interval (it was dropped: one
-    open and read of /proc/PID/stat per call). The limit is the clock's: a PID reused within the
-    same clock tick as the pinned start is not seen, with or without a check before."""
+    more system call, or open and read of /proc/PID/stat, per call)."""
     selectors = {f"uid:{peer.uid}", f"gid:{peer.gid}", *_names(peer)}
     try:
         selectors.add(f"path:{os.readlink(f'/proc/{peer.pid}/exe')}")
     except OSError as exc:
-        _ensure_alive(peer)  # a process gone or replaced says so
+        _ensure_same_process(peer)  # a process gone or replaced says so
         raise AttestationError(f"cannot read the executable of PID {peer.pid}: {exc}") from exc
-    _ensure_alive(peer)
+    _ensure_same_process(peer)
     return frozenset(UNIX_PREFIX + s for s in selectors)

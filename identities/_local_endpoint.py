@@ -2,10 +2,11 @@
 connection limits, a per-uid rate of new connections and calls, and a first-bytes deadline (see
 `_limits`).
 
-The endpoint owns each accepted socket: the caller is attested from it (SO_PEERCRED and /proc,
-`_attestation.peer_process`) before a byte is read, and its HTTP/2 and gRPC are served in this
-process by `_grpc_connection` (sans-IO `_h2_server` underneath), so a call's caller is the
-process at the other end of the call's own connection."""
+The endpoint owns each accepted socket: the caller is attested from it (SO_PEERCRED and the
+peer's pidfd, `_attestation.attested_peer`) before a byte is read, and its HTTP/2 and gRPC are
+served in this process by `_grpc_connection` (sans-IO `_h2_server` underneath), so a call's
+caller is the process at the other end of the call's own connection. The pidfd is closed with
+the connection."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from meshwarden.identities._attestation import PeerProcess, peer_process, unix_selectors
+from meshwarden.identities._attestation import PeerProcess, attested_peer, unix_selectors
 from meshwarden.identities._errors import AttestationError
 from meshwarden.identities._grpc_calls import LocalServer
 from meshwarden.identities._grpc_connection import GrpcConnection
@@ -136,16 +137,19 @@ class _GatedConnection(GrpcConnection):
     def identify(self, transport: asyncio.Transport) -> PeerProcess:
         endpoint = self._endpoint
         try:
-            peer = peer_process(transport.get_extra_info("socket"))
+            peer = attested_peer(transport.get_extra_info("socket"))
         except (AttestationError, OSError, ValueError) as exc:
             endpoint.log.warning("attestation", f"{endpoint.socket_path}: caller refused: {exc}")
             raise AttestationError(str(exc)) from None
+        refused = None
         if not endpoint.rate.take(peer.uid):
-            endpoint.refuse(peer.uid, "a connection", "rate")
-            raise AttestationError(f"uid {peer.uid} opens connections too fast")
-        if not endpoint.gate.admit(peer.uid):
-            endpoint.refuse(peer.uid, "a connection", "uid")
-            raise AttestationError(f"uid {peer.uid} has too many connections open")
+            refused = "rate", f"uid {peer.uid} opens connections too fast"
+        elif not endpoint.gate.admit(peer.uid):
+            refused = "uid", f"uid {peer.uid} has too many connections open"
+        if refused is not None:
+            _release(peer)
+            endpoint.refuse(peer.uid, "a connection", refused[0])
+            raise AttestationError(refused[1])
         self._uid = peer.uid
         endpoint.connections.add(self)
         endpoint.silence.watch(self)
@@ -180,4 +184,12 @@ class _GatedConnection(GrpcConnection):
             self._endpoint.gate.release(self._uid)
             self._uid = None
         self._endpoint.connections.discard(self)
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # a call still asking after this is refused
+        if isinstance(self.peer, PeerProcess):
+            _release(self.peer)
+
+
+def _release(peer: PeerProcess) -> None:
+    """Close the peer's pidfd: the connection it was pinned for has ended."""
+    if peer.pidfd is not None:
+        peer.pidfd.close()

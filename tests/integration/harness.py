@@ -82,13 +82,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-def inotify_fds() -> set[int]:
-    """This process's open inotify instances (a per-user resource, 128 by default)."""
+def _anon_inode_fds(kind: str) -> set[int]:
     found = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
+            if os.readlink(f"/proc/self/fd/{fd}") == f"anon_inode:{kind}":
                 found.add(int(fd))
         except OSError:
             continue
     return found
+
+
+def inotify_fds() -> set[int]:
+    """This process's open inotify instances (a per-user resource, 128 by default)."""
+    return _anon_inode_fds("inotify")
+
+
+def pidfds_open() -> int:
+    """How many pidfds this process holds (the agent's endpoints hold one per connection)."""
+    return len(_anon_inode_fds("[pidfd]"))

@@ -26,7 +26,7 @@ from meshwarden.identities import (
 from spiffe import WorkloadApiClient
 
 from .conftest import NOBODY_UID, WorkloadApiFixture
-from .harness import wait_for
+from .harness import pidfds_open, wait_for
 
 FLOOD = 7000
 
@@ -157,7 +157,8 @@ def test_a_call_flood_from_another_uid_is_refused_while_ours_is_served(
 ) -> None:
     """`nobody` opens connections and calls faster than its rate: beyond its burst they are
     refused (RESOURCE_EXHAUSTED, or the connection closed at accept) while a py-spiffe fetch as
-    root, made during the flood, is served: the rate is counted per uid."""
+    root, made during the flood, is served: the rate is counted per uid. The refused
+    connections leave no descriptor behind."""
     endpoint = _endpoint(workload_api, "rated.sock", ConnectionLimits(per_second=20.0, burst=40))
     socket_path = endpoint.socket_path
     child = _flood_calls(socket_path, 2000)
@@ -174,6 +175,7 @@ def test_a_call_flood_from_another_uid_is_refused_while_ours_is_served(
     assert outcomes["3"] >= 20  # its burst was served (INVALID_ARGUMENT: an empty request)
     assert outcomes.get("8", 0) + outcomes.get("closed", 0) >= 1000  # the rest refused
     assert sum(outcomes.values()) == 2000
+    wait_for(lambda: pidfds_open() == 0)  # refused ones kept none
 
 
 def test_calls_beyond_the_rate_on_one_connection_are_resource_exhausted(

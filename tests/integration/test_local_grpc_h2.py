@@ -23,7 +23,7 @@ import h2.settings
 import pytest
 from meshwarden.identities import LocalEndpoint, caller_process
 
-from .harness import LoopThread, public_tempdir, remove
+from .harness import LoopThread, pidfds_open, public_tempdir, remove, wait_for
 
 BIG = bytes(range(256)) * 400  # 100 KiB
 PATH = "/test.Local/Stream"
@@ -246,3 +246,15 @@ def test_grpcio_channels_calling_again_after_a_cached_first_block(served: Served
                 request = b"call %d" % n
                 assert echo(request, metadata=[("x-call", str(n))]) == request
     assert served.endpoint.connections_accepted == accepted + 3
+
+
+def test_each_connection_closes_its_pidfd(served: Served) -> None:
+    """The endpoint holds a pidfd of each connection's peer: answered, reset or refused, every
+    connection gives it back, so the agent's descriptors do not grow with connections served."""
+    for n in range(30):
+        client = Client(served.socket)
+        client.call(1, "/test.Local/Echo" if n % 2 else "/test.Local/Nope")
+        client.until(h2.events.StreamEnded)
+        client.sock.close()
+    wait_for(lambda: not served.loop.call(lambda: served.endpoint.connections))
+    wait_for(lambda: pidfds_open() == 0)

@@ -6,10 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from meshwarden.identities import AttestationError, PeerProcess, peer_process, unix_selectors
-from meshwarden.identities._attestation import process_start_ticks
+from meshwarden.identities._attestation import PidFd, attested_peer, process_start_ticks
 
 
 def test_peer_credentials_name_this_process_and_its_selectors() -> None:
@@ -35,6 +36,49 @@ def test_a_process_that_exited_fails_attestation() -> None:
     child.wait()
     with pytest.raises(AttestationError, match="is gone"):
         unix_selectors(PeerProcess(child.pid, 0, 0, start))
+
+
+def test_the_agent_pins_its_peer_by_a_pidfd_and_its_selectors_need_it_open() -> None:
+    left, right = socket.socketpair(socket.AF_UNIX)
+    with left, right:
+        peer = attested_peer(left)
+    assert peer.pidfd is not None  # Linux 6.5 and later: SO_PEERPIDFD
+    assert f"unix:path:{os.path.realpath(sys.executable)}" in unix_selectors(peer)
+    peer.pidfd.close()  # the connection ended: nothing is proven any more
+    with pytest.raises(AttestationError, match="is closed"):
+        unix_selectors(peer)
+
+
+def _reaped_child() -> tuple[int, PidFd]:
+    """The PID and a pidfd of a child process that has exited and been reaped."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    pidfd = PidFd(os.pidfd_open(child.pid))
+    child.wait()
+    return child.pid, pidfd
+
+
+def test_a_pid_whose_pinned_process_is_gone_fails_attestation_even_if_it_names_another() -> None:
+    """The pidfd's process was reaped; its PID now names a live process (here this one, as
+    after a reuse): the executable read through the PID is not taken for the caller's."""
+    _, pidfd = _reaped_child()
+    reused = PeerProcess(os.getpid(), 0, 0, 0, pidfd=pidfd)
+    try:
+        with pytest.raises(AttestationError, match="is gone"):
+            unix_selectors(reused)
+    finally:
+        pidfd.close()
+
+
+def test_a_peer_reaped_before_it_is_attested_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(path)
+        server.listen()
+        connect = f"import socket; socket.socket(socket.AF_UNIX).connect({path!r})"
+        subprocess.run([sys.executable, "-c", connect], check=True)  # connected, exited, reaped
+        accepted, _ = server.accept()
+        with accepted, pytest.raises(AttestationError, match="is gone"):
+            attested_peer(accepted)
 
 
 def test_peer_credentials_need_a_unix_socket() -> None:

@@ -184,7 +184,7 @@ def cells(flow: dict[str, Any]) -> tuple[str, ...]:
         request = f"egress {flow['protocol']}"  # decided by the source's sidecar
     policy = flow["policy"] + (f"#{flow['rule']}" if flow["rule"] is not None else "")
     dry = flow["dryRun"]
-    return (
+    values = (
         flow["time"].replace("T", " ").removesuffix("Z"),
         flow["source"],
         f"{flow['workload']}:{flow['port']}",
@@ -195,10 +195,21 @@ def cells(flow: dict[str, Any]) -> tuple[str, ...]:
         f"{dry['decision']} {dry['policy']}" if dry else "-",
         flow["traceId"] or "-",
     )
+    return tuple(printable(str(value)) for value in values)
 
 
 def _row(values: tuple[str, ...], widths: tuple[int, ...]) -> str:
     return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: a character that is not printable (an escape sequence, a bell,
+    a line break) is written as its Python escape. A request path reaches the flow log from an
+    access-log stream, which any workload can open with its own SVID: written raw it could
+    retitle, rewrite or clear the operator's terminal, or fake table lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def print_table(flows: list[dict[str, Any]]) -> None:

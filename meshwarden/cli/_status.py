@@ -19,6 +19,7 @@ from meshwarden.cli._common import (
     fail,
     print_json,
 )
+from meshwarden.cli._flows import printable
 from meshwarden.cli._types import http_server, split_host_port
 
 SERVER_ENV = "MESHWARDEN_SERVER"
@@ -137,7 +138,16 @@ def _expiry(text: str | None, now: dt.datetime) -> str:
 def _table(rows: list[dict[str, Any]], now: dt.datetime) -> list[str]:
     header = ("WORKLOAD", "STATE", "REPLICA", "SVID EXPIRES", "MESSAGE")
     cells = [
-        (r["workload"], r["state"], r["replica"] or "-", _expiry(r["svidExpiry"], now), r["reason"])
+        tuple(
+            printable(str(value))  # a NACK's message is whatever the sidecar's stream sent
+            for value in (
+                r["workload"],
+                r["state"],
+                r["replica"] or "-",
+                _expiry(r["svidExpiry"], now),
+                r["reason"],
+            )
+        )
         for r in rows
     ]
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]

@@ -367,6 +367,19 @@ def test_the_command_prints_a_table_or_json(
     assert "default:deny" in denied and denied.endswith(f"{1:032x}")
 
 
+def test_the_table_writes_control_characters_as_escapes(
+    served: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path from an access-log stream (any workload can open one with its SVID) printed
+    raw: an OSC sequence retitling the terminal, a bell, a line faking a record."""
+    url, log, loop = served
+    _add(loop, log, [replace(flow(0), path="/\x1b]0;owned\x07\n2099-01-01 fake allow")])
+    assert main(["flows", "--server", url]) == 0
+    _, row = capsys.readouterr().out.splitlines()
+    assert "GET /\\x1b]0;owned\\x07\\n2099-01-01 fake allow" in row
+    assert row.isprintable()
+
+
 def test_the_command_explains_what_is_wrong(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,9 +3,12 @@ to, and its SVID expiry is the newest any replica issued (plain values, no netwo
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from meshwarden.cli._status import merge
+from meshwarden.cli._status import _table, merge
+
+NOW = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
 
 
 def view(state: str, streams: int, replica: str, expiry: str | None) -> dict[str, Any]:
@@ -66,3 +69,12 @@ def test_a_sidecar_with_a_problem_is_a_problem_row_with_the_reason() -> None:
         "PROBLEM",
         "its Envoy exited (status 1)",
     )
+
+
+def test_the_table_writes_a_nacks_control_characters_as_escapes() -> None:
+    """A NACK's message is what the sidecar's ADS stream sent (any workload can open one with
+    its own SVID): printed raw, an escape sequence in it would reach the operator's terminal."""
+    nack = view("NACK", 1, "a", None) | {"reason": "Cluster v1: \x1b[2J\x1b]0;owned\x07\nbad"}
+    [line] = _table(merge({"a:9090": {"sidecars": {"shop/web-1": nack}}}), NOW)[1:]
+    assert line.endswith("Cluster v1: \\x1b[2J\\x1b]0;owned\\x07\\nbad")
+    assert line.isprintable()

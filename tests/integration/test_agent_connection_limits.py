@@ -159,7 +159,7 @@ def test_a_call_flood_from_another_uid_is_refused_while_ours_is_served(
     refused (RESOURCE_EXHAUSTED, or the connection closed at accept) while a py-spiffe fetch as
     root, made during the flood, is served: the rate is counted per uid. The refused
     connections leave no descriptor behind."""
-    endpoint = _endpoint(workload_api, "rated.sock", ConnectionLimits(per_second=20.0, burst=40))
+    endpoint = _endpoint(workload_api, "rated.sock", ConnectionLimits(per_second=5.0, burst=40))
     socket_path = endpoint.socket_path
     child = _flood_calls(socket_path, 2000)
     try:

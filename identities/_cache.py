@@ -10,7 +10,7 @@ from typing import Protocol
 
 from meshwarden.engine import SpiffeId
 from meshwarden.identities._bundle import TrustBundle
-from meshwarden.identities._registry import matches_caller
+from meshwarden.identities._registry import unix_selectors_of
 from meshwarden.identities._validate import X509Svid
 
 
@@ -32,6 +32,9 @@ class IdentityCache:
 
     def __init__(self, bundle: TrustBundle | None = None) -> None:
         self._identities: tuple[CachedIdentity, ...] = ()
+        # Each identity with the unix selectors a caller needs all of (none: no caller matches),
+        # made once per update instead of once per identity and call.
+        self._wanted: tuple[tuple[CachedIdentity, frozenset[str]], ...] = ()
         self._bundle = bundle
         self._version = 0
         self._event = asyncio.Event()
@@ -48,8 +51,9 @@ class IdentityCache:
         return self._bundle
 
     def identities_for(self, caller: frozenset[str]) -> tuple[CachedIdentity, ...]:
-        """Every identity whose unix selectors the caller has, in registry order."""
-        return tuple(i for i in self._identities if matches_caller(i.selectors, caller))
+        """Every identity whose unix selectors the caller has, in registry order (a Workload
+        without unix selectors matches no caller: `_registry.matches_caller`)."""
+        return tuple(i for i, wanted in self._wanted if wanted and wanted <= caller)
 
     def update(
         self,
@@ -59,6 +63,7 @@ class IdentityCache:
         """Replace the identities and/or the bundle and wake every waiting stream."""
         if identities is not None:
             self._identities = tuple(identities)
+            self._wanted = tuple((i, unix_selectors_of(i.selectors)) for i in self._identities)
         if bundle is not None:
             self._bundle = bundle
         self._version += 1

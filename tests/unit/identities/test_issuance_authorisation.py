@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from meshwarden.engine import SpiffeId, TrustDomain
-from meshwarden.identities import IssuanceError
+from meshwarden.identities import CachedIdentity, IdentityCache, IssuanceError, X509Svid
 from meshwarden.identities._registry import (
     authorise_issuance,
     matches_caller,
@@ -80,3 +83,29 @@ def test_caller_matches_when_all_unix_selectors_are_among_its_own() -> None:
 
 def test_a_workload_without_unix_selectors_matches_no_caller() -> None:
     assert not matches_caller(("node:node-a",), frozenset({"unix:uid:0"}))
+
+
+_SELECTOR = st.sampled_from(["unix:uid:0", "unix:uid:7", "unix:path:/bin/app", "k8s:ns:shop"])
+
+
+@given(
+    st.lists(st.lists(_SELECTOR, max_size=3), max_size=5),
+    st.frozensets(_SELECTOR, max_size=4),
+)
+def test_the_identity_cache_gives_a_caller_the_identities_it_matches(
+    selector_lists: list[list[str]], caller: frozenset[str]
+) -> None:
+    """The cache keeps each identity's unix selectors from one update to the next; what it
+    gives a caller is what `matches_caller` says, in registry order."""
+    identities = [
+        CachedIdentity(
+            SpiffeId.parse(f"spiffe://example.org/ns/shop/sa/w{n}"),
+            tuple(selectors),
+            cast(X509Svid, None),  # not looked at here
+        )
+        for n, selectors in enumerate(selector_lists)
+    ]
+    cache = IdentityCache()
+    cache.update(identities)
+    expected = tuple(i for i in identities if matches_caller(i.selectors, caller))
+    assert cache.identities_for(caller) == expected

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hpack import Decoder
+from meshwarden.identities._h2_frames import well_formed
 
 TABLE_SIZE = 4096  # the default, never raised
 FIRST_BLOCKS = 64
@@ -28,22 +29,25 @@ FIRST_BLOCK_HEADERS = 4096  # decoded, counted as HPACK does (name + value + 32 
 
 Headers = list[tuple[str, str]]
 # (max_header_list, block) -> the block (the key's own bytes, which a connection keeps instead of
-# its copy) and its headers; insertion-ordered, the oldest evicted first.
-_first_blocks: dict[tuple[int, bytes], tuple[bytes, tuple[tuple[str, str], ...]]] = {}
+# its copy), its headers and whether they are a well-formed request's (`_h2_frames.well_formed`);
+# insertion-ordered, the oldest evicted first.
+_first_blocks: dict[tuple[int, bytes], tuple[bytes, tuple[tuple[str, str], ...], bool]] = {}
 
 
 class HeaderDecoder:
     """Decodes one connection's header blocks in order; raises what `hpack.Decoder.decode`
     raises (HPACKError, and ValueError or IndexError on some malformed input)."""
 
-    __slots__ = ("_decoder", "_first", "_max_header_list")
+    __slots__ = ("_decoder", "_first", "_max_header_list", "well_formed")
 
     def __init__(self, max_header_list: int) -> None:
         self._max_header_list = max_header_list
         self._decoder: Decoder | None = None  # made on the first block the cache did not hold
         self._first: bytes | None = None  # a first block taken from the cache, not yet decoded
+        self.well_formed: bool | None = None  # of the last block, when the cache knew it
 
     def decode(self, block: bytes) -> Headers:
+        self.well_formed = None
         decoder = self._decoder
         if decoder is None:
             if self._first is None:
@@ -57,13 +61,13 @@ class HeaderDecoder:
         key = (self._max_header_list, block)
         cached = _first_blocks.get(key)
         if cached is not None:
-            self._first = cached[0]
+            self._first, self.well_formed = cached[0], cached[2]
             return list(cached[1])
         headers = _strings(self._new_decoder().decode(block))
         if len(block) <= FIRST_BLOCK_BYTES and _size(headers) <= FIRST_BLOCK_HEADERS:
             if len(_first_blocks) >= FIRST_BLOCKS:
                 _first_blocks.pop(next(iter(_first_blocks)), None)
-            _first_blocks[key] = (block, tuple(headers))
+            _first_blocks[key] = (block, tuple(headers), well_formed(headers))
         return headers
 
     def _new_decoder(self) -> Decoder:

@@ -200,7 +200,8 @@ class H2Server:
         if self.going_away or len(self._streams) >= self.max_streams:
             self._out += f.rst_stream(sid, f.REFUSED_STREAM)
             return
-        if not f.well_formed(headers):
+        known = self._decoder.well_formed
+        if not (f.well_formed(headers) if known is None else known):
             self._out += f.rst_stream(sid, f.PROTOCOL_ERROR)
             return
         self._streams[sid] = _Stream(self._peer_window, self.window)

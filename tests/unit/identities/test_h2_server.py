@@ -351,3 +351,23 @@ def test_a_client_whose_streams_mostly_get_their_answer_may_cancel_some() -> Non
             client.receive_data(server.data_to_send())
         assert not any(isinstance(e, f.ConnectionEnded) for e in events)
     assert not server.closed
+
+
+def test_a_malformed_request_is_refused_on_every_connection_that_sends_it() -> None:
+    """A first header block is cached with whether it is a well-formed request: the second
+    connection sending the same malformed block (a connection-specific field, an upper-case
+    name, `te` other than trailers) is refused as the first was, and a well-formed one is
+    not refused for having shared the cache with them."""
+    for bad in (("connection", "close"), ("X-Upper", "1"), ("te", "gzip")):
+        block = b"".join(f.literal(n.encode(), v.encode()) for n, v in [*REQUEST[:4], bad])
+        for _ in range(2):
+            server = _settled()
+            events = server.receive(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, block))
+            assert events == []
+            assert _frames_out(server.data_to_send()) == [
+                (f.RST_STREAM, 0, 1, (f.PROTOCOL_ERROR).to_bytes(4, "big"))
+            ]
+    good = b"".join(f.literal(n.encode(), v.encode()) for n, v in REQUEST)
+    for _ in range(2):
+        events = _settled().receive(f.frame(f.HEADERS, f.END_HEADERS, 1, good))
+        assert events == [f.RequestReceived(1, REQUEST)]

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     outcomes = []
     for probe in todo:
-        observed, detail = probes.send(probe)
+        observed, detail = probes.send(mesh, probe)
         outcomes.append(probes.Outcome(probe, observed, detail, probes.explain(mesh, probe)))
     _report(outcomes, args.output)
     return EXIT_FAILED if any(o.problems for o in outcomes) else EXIT_OK

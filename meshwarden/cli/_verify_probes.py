@@ -169,9 +169,32 @@ def explain(mesh: CompiledMesh, probe: Probe) -> dict[str, Decision]:
     return found
 
 
-def send(probe: Probe, timeout: float = 5.0) -> tuple[str, str]:
+def send(mesh: CompiledMesh, probe: Probe, timeout: float = 5.0) -> tuple[str, str]:
     """(ALLOW | DENY | ERROR, detail) of one real request through the source's sidecar."""
-    return _send_http(probe, timeout) if probe.http else _send_tcp(probe, timeout)
+    if probe.http:
+        return _send_http(probe, timeout)
+    observed, detail = _send_tcp(probe, timeout)
+    if observed == "DENY":  # a refusal, or a sidecar with no app to forward to: ask the app
+        missing = _apps_missing(mesh, probe)
+        if missing:
+            return "ERROR", f"{detail}, and no app listens on {missing}"
+    return observed, detail
+
+
+def _apps_missing(mesh: CompiledMesh, probe: Probe) -> str:
+    """The app ports (127.0.0.1:targetPort) behind the probe's Service where nothing accepts
+    a connection, as 'ADDRESS (NS/NAME's targetPort), ...'; '' when every app is there. A
+    destination sidecar closes a tcp connection at once both when its RBAC refuses it and when
+    it cannot reach its app, so a close is a deny only while the app is there."""
+    missing = []
+    for ref in destinations(mesh, probe):
+        port = mesh.registry.workloads[ref].ports[probe.port]
+        address = ("127.0.0.1", port.target_port or port.port)
+        try:
+            socket.create_connection(address, timeout=1.0).close()
+        except OSError:
+            missing.append(f"127.0.0.1:{address[1]} ({ref}'s targetPort)")
+    return ", ".join(missing)
 
 
 def _send_http(probe: Probe, timeout: float) -> tuple[str, str]:

@@ -1,6 +1,9 @@
 """A steady ext_authz load on the HTTP front, as a sidecar's filter sends it: `connections`
 keep-alive mTLS connections (the sidecar's SVID), the same request head Envoy writes, at a
-fixed rate, in a process of its own (spawned) so the bench's own loop does not delay it.
+fixed rate, in a process of its own (spawned) so the bench's own loop does not delay it. Or,
+with `LoadPlan.grpc` (a CheckRequest), gRPC Check: `connections` HTTP/2 connections (grpcio,
+mTLS, ALPN h2), each call sent at its time whatever the others are doing (multiplexed, as
+Envoy's gRPC client does), to the front's h2 side or to the control plane's ADS listener.
 
 Each request has a scheduled send time; its latency is measured from that time (not from when
 a busy connection got to send it), so a stall of the front shows in full on every request it
@@ -11,6 +14,7 @@ unanswered `give_up_s` after its scheduled time, or whose connection failed, is 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import os
 import ssl
@@ -29,6 +33,9 @@ class LoadPlan:
     seconds: float
     connections: int = 8
     give_up_s: float = 10.0
+    grpc: bytes = b""  # a CheckRequest: gRPC Check instead of HTTP/1.1
+    roots: str = ""  # ... and the trust bundle the server's certificate chains to
+    metadata: tuple[tuple[str, str], ...] = ()  # ... and the call's metadata
 
 
 Sample = tuple[float, float, int]  # (scheduled time.time(), latency ms, HTTP status or 0)
@@ -82,10 +89,50 @@ async def _connection(plan: LoadPlan, index: int, start: float, out: list[Sample
         connection[1].close()
 
 
+async def _grpc_connection(plan: LoadPlan, index: int, start: float, out: list[Sample]) -> None:
+    """One HTTP/2 connection (its own subchannel), a call at each scheduled time; status 200
+    for an allowed answer, 403 for a denied one, 0 for a call that failed (a fail-closed 403
+    through Envoy)."""
+    import grpc
+    from envoy_data_plane.envoy.service.auth.v3 import CheckResponse
+
+    with open(plan.chain, "rb") as chain, open(plan.key, "rb") as key, open(plan.roots, "rb") as ca:
+        credentials = grpc.ssl_channel_credentials(ca.read(), key.read(), chain.read())
+    options = [
+        ("grpc.ssl_target_name_override", "meshwarden-server"),
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    async with grpc.aio.secure_channel(f"127.0.0.1:{plan.port}", credentials, options) as channel:
+        check = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
+
+        async def one(scheduled: float) -> None:
+            try:
+                answer = await check(plan.grpc, metadata=plan.metadata, timeout=plan.give_up_s)
+                status = CheckResponse.parse(answer).status
+                code = 200 if status is None or status.code == 0 else 403
+            except grpc.aio.AioRpcError:
+                code = 0
+            out.append((scheduled, (time.time() - scheduled) * 1000, code))
+
+        await channel.channel_ready()
+        interval = plan.connections / plan.rate
+        calls = []
+        for n in itertools.count():
+            scheduled = start + index * (interval / plan.connections) + n * interval
+            if scheduled - start > plan.seconds:
+                break
+            delay = scheduled - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            calls.append(asyncio.create_task(one(scheduled)))
+        await asyncio.gather(*calls)
+
+
 async def _run(plan: LoadPlan) -> list[Sample]:
     out: list[Sample] = []
     start = time.time() + 0.5
-    await asyncio.gather(*(_connection(plan, i, start, out) for i in range(plan.connections)))
+    connection = _grpc_connection if plan.grpc else _connection
+    await asyncio.gather(*(connection(plan, i, start, out) for i in range(plan.connections)))
     return sorted(out)
 
 

@@ -17,9 +17,13 @@ plane's mTLS endpoint (one more TLS hop on an already open HTTP/2 connection). P
 bench_dataplane's N one-rule ALLOW policies (the client named by the last), both sidecars
 compiled from the same documents, ext_authz only switching `Mesh.spec.enforcement`.
 
-Four server sidecars in the same run: native RBAC; the ext_authz filter over gRPC Check; over
+Six server sidecars in the same run: native RBAC; the ext_authz filter over gRPC Check (grpc.aio
+in a process of its own, plaintext loopback, as the control plane's servicer on its event loop);
+the same gRPC filter asking an `--ext-authz-workers` worker (`ext_authz_grpc_worker`: the front's
+h2 side, mTLS with ALPN h2 as a sidecar bootstrapped with `--ext-authz-port` asks it); over
 HTTP to our front (`extAuthz.transport: http`, mTLS, the engine in a process of its own as an
-`--ext-authz-workers` worker is); and the same HTTP filter asking **the floor**
+`--ext-authz-workers` worker is; and the worker itself); and the same HTTP filter asking **the
+floor**
 (bench/_authz_floor.py: an Envoy answering 200 with `direct_response` behind the same mTLS, no
 Python), so the HTTP front's added p50 splits into Envoy's own ext_authz hop (floor − native)
 and ours (front − floor).
@@ -73,8 +77,10 @@ AUTHZ_CLUSTER = "meshwarden-ext-authz"
 OPA_ANCHOR = {"p50_ms": 0.2, "p99_ms": 1.5}  # OPA-Envoy evaluation at 1,000 req/s
 FLOOR = "ext_authz_floor"  # the HTTP filter asking a native server that always allows
 WORKER = "ext_authz_worker"  # the HTTP front as `server --ext-authz-workers 1` serves it
-# gRPC Check, `extAuthz.transport: http` (our front), and the same filter asking the floor
-EXT_LABELS = ("ext_authz", "ext_authz_http", WORKER, FLOOR)
+GRPC_WORKER = "ext_authz_grpc_worker"  # gRPC Check on the same worker's front (h2)
+# gRPC Check (grpc.aio, and the worker), `extAuthz.transport: http` (our front, and the
+# worker), and the same filter asking the floor
+EXT_LABELS = ("ext_authz", GRPC_WORKER, "ext_authz_http", WORKER, FLOOR)
 
 
 def ext_documents(
@@ -124,6 +130,22 @@ def mtls_cluster(port: int, ids: Identities) -> dict[str, Any]:
         **static_cluster(AUTHZ_CLUSTER, "127.0.0.1", port),
         "transportSocket": upstream_tls(commonTlsContext=common),
     }
+
+
+def h2_mtls_cluster(port: int, ids: Identities) -> dict[str, Any]:
+    """`mtls_cluster` over HTTP/2 with ALPN h2: the front's gRPC side, as the sidecar's
+    bootstrap declares it."""
+    cluster = mtls_cluster(port, ids)
+    common = cluster["transportSocket"]["typedConfig"]["commonTlsContext"]
+    common["alpnProtocols"] = ["h2"]
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    cluster["typedExtensionProtocolOptions"] = {
+        options: {
+            "@type": f"type.googleapis.com/{options}",
+            "explicitHttpConfig": {"http2ProtocolOptions": {}},
+        }
+    }
+    return cluster
 
 
 def check_enforcement(configs: Sequence[Config], ids: Identities, engines: dict[str, Any]) -> None:
@@ -321,12 +343,12 @@ def print_report(report: dict[str, Any]) -> None:
 def print_end_to_end(report: dict[str, Any]) -> None:
     a = report["settings"]
     print()
-    print("   req/s  mode             p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
+    print("   req/s  mode                   p50 ms  p99 ms   server CPU µs/req  engine CPU µs/req")
     for rate, row in report["fixed_rate"].items():
         for label in ("native", *EXT_LABELS):
             x = row[label]
             print(
-                f"{rate:>8,}  {label:<15} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
+                f"{rate:>8,}  {label:<21} {x['p50_ms']:7.3f} {x['p99_ms']:7.3f} "
                 f"{x['server_cpu_us_per_req']:19.1f} "
                 f"{x['engine_cpu_us_per_req']:18.1f}"
             )
@@ -349,6 +371,11 @@ def print_end_to_end(report: dict[str, Any]) -> None:
             f"in a bench process: {row[WORKER]['p50_ms'] - p50['ext_authz_http']:+.2f} ms p50"
         )
         print(
+            f"          gRPC Check answered by the worker (h2, mTLS) against grpc.aio (plaintext): "
+            f"{row[GRPC_WORKER]['p50_ms'] - row['ext_authz']['p50_ms']:+.2f} ms p50, "
+            f"{row[GRPC_WORKER]['p99_ms'] - row['ext_authz']['p99_ms']:+.2f} ms p99"
+        )
+        print(
             f"          split of the HTTP front's added p50: Envoy's hop (floor − native) "
             f"{p50[FLOOR] - p50['native']:+.2f} ms, ours (front − floor) "
             f"{p50['ext_authz_http'] - p50[FLOOR]:+.2f} ms"
@@ -359,7 +386,7 @@ def print_end_to_end(report: dict[str, Any]) -> None:
     for label in ("native", *EXT_LABELS):
         ratio = f", {c['over_native'][label]['rps']:.2f}× native" if label != "native" else ""
         print(
-            f"  {label:<15} p50 {c[label]['p50_ms']:.3f} ms, p99 {c[label]['p99_ms']:.3f} ms, "
+            f"  {label:<21} p50 {c[label]['p50_ms']:.3f} ms, p99 {c[label]['p99_ms']:.3f} ms, "
             f"{c[label]['rps']:,.0f} req/s{ratio}"
         )
     o = report["opa_envoy_anchor"]
@@ -404,8 +431,10 @@ def end_to_end(
     backend_port: int,
 ) -> dict[str, Any]:
     """Native RBAC against ext_authz through the sidecars, the engine in a process of its own."""
-    addresses = harness.server_addresses(5)
-    native_address, ext_address, http_address, floor_address, worker_address = addresses
+    addresses = harness.server_addresses(6)
+    native_address, ext_address, http_address, floor_address, worker_address, grpc_address = (
+        addresses
+    )
     progress(f"compiling {args.rules:,} rules twice ...")
     native, _, compiled, _ = harness.our_config(
         args.rules, native_address, backend_port, ids.server
@@ -417,7 +446,9 @@ def end_to_end(
     floor.label = FLOOR
     worker, _ = ext_authz_config(args.rules, worker_address, backend_port, ids, "http")
     worker.label = WORKER
-    configs = [native, ext, http, worker, floor]
+    grpc_worker, _ = ext_authz_config(args.rules, grpc_address, backend_port, ids)
+    grpc_worker.label = GRPC_WORKER
+    configs = [native, ext, grpc_worker, http, worker, floor]
     for c in configs:
         c.local_port = harness.free_port()
     procs = Processes(folder)
@@ -432,15 +463,16 @@ def end_to_end(
         "ext_authz_http": http_engine,
     }
     worker_engine = WorkerEngine(http_docs, ids, folder)  # the production worker path
-    engines[WORKER] = worker_engine
+    engines[WORKER] = engines[GRPC_WORKER] = worker_engine
     try:
-        progress("starting 8 Envoys ...")
+        progress("starting the Envoys ...")
         floor_engine = FloorEngine(procs, ids, None)  # unpinned, as the engines
         engines[FLOOR] = floor_engine
         ext.extra_clusters = [loopback_cluster(AUTHZ_CLUSTER, grpc_engine.port)]
         http.extra_clusters = [mtls_cluster(http_engine.port, ids)]
         floor.extra_clusters = [mtls_cluster(floor_engine.port, ids)]
         worker.extra_clusters = [mtls_cluster(worker_engine.port, ids)]
+        grpc_worker.extra_clusters = [h2_mtls_cluster(worker_engine.port, ids)]
         floor_engine.wait_ready()
         harness.start(procs, configs, compiled, ids, backend_port, layout)
         check_enforcement(configs, ids, engines)

@@ -16,11 +16,14 @@ or **quiet**; per class p50 / p99 and the checks over the sidecar's default `ext
 (closed under them: a fail-closed 403 through Envoy too). The load reopens a connection the
 front closed, as Envoy's pool does.
 
-The same run measures each `--ext-authz-workers` value asked for (default 0 — the front on the
-control plane's event loop, as before workers — and 1), one control plane after the other on
-the same policies, clients and load. Unpinned: the server, its workers, the clients and the
-load share the machine as they would on a 1–2 core host. Every answer must be 200 (the checked
-request is allowed); anything else stops the run.
+The same run measures each mode asked for (`--modes`), one control plane after the other on
+the same policies, clients and load: `http:N` is the HTTP front with `--ext-authz-workers N`
+(0: on the control plane's event loop), `grpc:0` gRPC Check over the sidecars' ADS listener
+(grpc.aio on the event loop: a sidecar bootstrapped without the front), `grpc:N` (N ≥ 1) gRPC
+Check on the front's h2 side served by N workers (a sidecar bootstrapped with
+`--ext-authz-port`). Unpinned: the server, its workers, the clients and the load share the
+machine as they would on a 1–2 core host. Every answer must allow the checked request;
+anything else stops the run.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ from typing import Any
 import bench_propagation as bp
 from _check_load import CheckLoad, LoadPlan, Sample
 from cryptography.hazmat.primitives.serialization import Encoding
+from envoy_data_plane.envoy.config.core.v3 import Address, SocketAddress
+from envoy_data_plane.envoy.service.auth.v3 import (
+    AttributeContext,
+    AttributeContextHttpRequest,
+    AttributeContextPeer,
+    AttributeContextRequest,
+    CheckRequest,
+)
 from meshwarden.engine import SpiffeId, TrustDomain
 from meshwarden.identities import CaConfig, SystemClock, generate_key, load_ca
 from meshwarden.identities import private_key_pkcs8_pem as pkcs8
@@ -67,9 +78,22 @@ def check_head(workload: str, caller: str) -> bytes:
     return f"GET {CHECK_PATH}/api/x HTTP/1.1\r\n{lines}\r\n".encode()
 
 
-def target(policies: Path, data: Path) -> tuple[str, str, tuple[str, str]]:
-    """(workload ref, an allowed caller's SPIFFE ID, the workload's SVID files): app0's first
-    replica, called from ns9 (app0-callers allows ns9 GET /api/*)."""
+def check_request(caller: str) -> bytes:
+    """The CheckRequest Envoy's gRPC ext_authz filter sends for GET /api/x from `caller`."""
+    http = AttributeContextHttpRequest(
+        method="GET", path="/api/x", host="app0.ns0:8080", headers={":path": "/api/x"}
+    )
+    source = AttributeContextPeer(
+        principal=caller,
+        address=Address(socket_address=SocketAddress(address="127.0.0.1", port_value=40000)),
+    )
+    request = AttributeContextRequest(http=http)
+    return bytes(CheckRequest(attributes=AttributeContext(source=source, request=request)))
+
+
+def target(policies: Path, data: Path) -> tuple[str, str, tuple[str, str, str]]:
+    """(workload ref, an allowed caller's SPIFFE ID, the workload's SVID files and the trust
+    bundle's): app0's first replica, called from ns9 (app0-callers allows ns9 GET /api/*)."""
     state = Policies(policies, settle=0)
     state.reload_when_settled()
     assert state.registry is not None
@@ -83,13 +107,15 @@ def target(policies: Path, data: Path) -> tuple[str, str, tuple[str, str]]:
     chain.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in svid.chain))
     key_file.write_bytes(pkcs8(key))
     key_file.chmod(0o600)
-    return ref, caller, (str(chain), str(key_file))
+    roots = data.parent / "roots.pem"
+    roots.write_bytes(ca.bundle().x509_pem())
+    return ref, caller, (str(chain), str(key_file), str(roots))
 
 
 def start_server(work: Path, workers: int) -> tuple[bp.Child, dict[str, Any]]:
     args = ["server", str(work / "policies"), "--data-dir", str(work / "data")]
     args += ["--listen", "127.0.0.1:0", "--xds-listen", "127.0.0.1:0"]
-    args += ["--ext-authz-http-listen", "127.0.0.1:0", "--ext-authz-workers", str(workers)]
+    args += ["--ext-authz-listen", "127.0.0.1:0", "--ext-authz-workers", str(workers)]
     server = bp.Child(bp.meshwarden(*args), work / f"server-{workers}.log")
     ready = server.wait_ready(timeout=300)
     ports = {
@@ -126,27 +152,55 @@ def pin_this_process(cpus: set[int]) -> None:
 
 
 async def measure_mode(
-    work: Path, workers: int, args: argparse.Namespace, identities: bp.Identities
+    work: Path, index: int, mode: str, args: argparse.Namespace, identities: bp.Identities
 ) -> dict[str, Any]:
     everywhere = set(range(os.cpu_count() or 1))
     pin_this_process(everywhere)
-    server, ports = start_server(work, workers)
+    transport, workers = mode.split(":")
+    server, ports = start_server(work, int(workers))
     if args.clients_cpu is not None:  # the sidecars stand for other hosts: keep them on one CPU
         pin_this_process({args.clients_cpu})
     try:
-        return await _with_server(server, ports, work, workers, args, identities)
+        plan = load_plan(transport, int(workers), ports, args)
+        return await _with_server(server, ports, work, (index, mode), plan, args, identities)
     finally:
         server.stop()
+
+
+def load_plan(
+    transport: str, workers: int, ports: dict[str, Any], args: argparse.Namespace
+) -> LoadPlan:
+    """The check load of a mode: HTTP/1.1 to the front, or gRPC Check to the front's h2 side
+    (workers) or to the ADS listener (grpc.aio on the event loop, `grpc:0`)."""
+    ref, caller, (chain, key, roots) = args.target
+    seconds = args.quiet + args.push_seconds
+    if transport == "http":
+        return LoadPlan(ports["front"], chain, key, check_head(ref, caller), args.rate, seconds)
+    port = ports["front"] if workers else int(ports["ads"].rsplit(":", 1)[1])
+    metadata = (("x-meshwarden-workload", ref), ("x-meshwarden-port", "8080"))
+    return LoadPlan(
+        port,
+        chain,
+        key,
+        b"",
+        args.rate,
+        seconds,
+        grpc=check_request(caller),
+        roots=roots,
+        metadata=metadata,
+    )
 
 
 async def _with_server(
     server: bp.Child,
     ports: dict[str, Any],
     work: Path,
-    workers: int,
+    mode: tuple[int, str],
+    plan: LoadPlan,
     args: argparse.Namespace,
     identities: bp.Identities,
 ) -> dict[str, Any]:
+    index, name = mode
     propagation = bp.Propagation(len(identities.credentials))
     tasks = []
     for node, creds in sorted(identities.credentials.items()):
@@ -155,11 +209,7 @@ async def _with_server(
         if len(tasks) % 50 == 0:
             await asyncio.sleep(0.05)
     await bp._wait_or_fail(propagation.connected, tasks, 600, "all clients ACKed")
-    bp.log(f"workers={workers}: {len(tasks):,} clients ACKed; load {args.rate:,} checks/s")
-    ref, caller, svid = args.target
-    plan = LoadPlan(
-        ports["front"], *svid, check_head(ref, caller), args.rate, args.quiet + args.push_seconds
-    )
+    bp.log(f"{name}: {len(tasks):,} clients ACKed; load {args.rate:,} checks/s")
     load = CheckLoad(plan)
     windows: list[tuple[float, float]] = []
     acked: list[float] = []
@@ -173,12 +223,12 @@ async def _with_server(
             propagation.begin()
             began = time.time()
             bp.write_atomically(
-                work / "policies" / "root-policy.yaml", bp.root_policy(k + 1000 * workers)
+                work / "policies" / "root-policy.yaml", bp.root_policy(k + 1000 * index)
             )
             await bp._wait_or_fail(propagation.done, tasks, 600, f"change {k} ACKed")
             windows.append((began, time.time()))
             acked.append(windows[-1][1] - began)
-            bp.log(f"workers={workers}: change {k} ACKed by every client after {acked[-1]:.2f} s")
+            bp.log(f"{name}: change {k} ACKed by every client after {acked[-1]:.2f} s")
             await asyncio.sleep(0.5)
         health = bp.get_health("127.0.0.1", ports["health"])
         cpu = server.cpu_seconds() - cpu[0], worker_cpu(server, health) - cpu[1]
@@ -214,7 +264,7 @@ def summarize(
 ) -> dict[str, Any]:
     bad = [s for s in samples if s[2] not in (200, 0)]
     if bad:
-        raise SystemExit(f"{len(bad)} of {len(samples)} checks not answered 200: {bad[:5]}")
+        raise SystemExit(f"{len(bad)} of {len(samples)} checks not allowed: {bad[:5]}")
     first = samples[0][0] if samples else 0.0
 
     def pushing(t: float) -> bool:
@@ -236,6 +286,8 @@ def summarize(
         "worker_cpu_s": cpu[1],
         "workers": health.get("extAuthz", {}).get("workers", []),
         "over_timeout_at_s": slow_at,  # when, after its change was written, each was scheduled
+        # quiet checks over the timeout: when, after the load began, each was scheduled
+        "quiet_over_timeout_at_s": [round(s[0] - first, 2) for s in quiet if s[1] > TIMEOUT_MS],
     }
 
 
@@ -243,18 +295,22 @@ def print_report(report: dict[str, Any]) -> None:
     m, a = report["machine"], report["settings"]
     print(f"machine : {m['cpu']}, {m['cores']} cores, load average {m['load_avg']:.2f} at start")
     print(
-        f"setup   : {a['clients']:,} simulated ADS clients, {a['rate']:,} checks/s on the HTTP "
-        f"front (mTLS, keep-alive), {a['quiet']} s quiet then up to {a['changes']} mesh-wide "
-        "changes, each waited for until every client ACKed"
+        f"setup   : {a['clients']:,} simulated ADS clients, {a['rate']:,} checks/s (mTLS: "
+        f"keep-alive HTTP/1.1, or gRPC over 8 HTTP/2 connections), {a['quiet']} s quiet then up "
+        f"to {a['changes']} mesh-wide changes, each waited for until every client ACKed"
+    )
+    print("modes   : http:N the HTTP front, N workers (0: on the event loop); grpc:0 gRPC Check")
+    print(
+        "          on the ADS listener (the event loop); grpc:N gRPC Check on the front, N workers"
     )
     print()
-    print("workers  phase         checks  p50 ms   p99 ms   max ms  >250 ms  failed  CPU s/change")
-    for workers, row in report["modes"].items():
+    print("mode     phase         checks  p50 ms   p99 ms   max ms  >250 ms  failed  CPU s/change")
+    for mode, row in report["modes"].items():
         for phase in ("quiet", "during_push"):
             x = row[phase]
             cpu = f"{row['server_cpu_s_per_change']:.2f}" if phase == "during_push" else ""
             print(
-                f"{workers:>7}  {phase:<12} {x['checks']:>7,} {x.get('p50_ms', 0):7.2f} "
+                f"{mode:>7}  {phase:<12} {x['checks']:>7,} {x.get('p50_ms', 0):7.2f} "
                 f"{x.get('p99_ms', 0):8.2f} {x.get('max_ms', 0):8.1f} {x.get('over_timeout', 0):8,}"
                 f" {x.get('failed', 0):7,}  {cpu}"
             )
@@ -277,7 +333,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=int, default=300, help="checks/s (default %(default)s)")
     p.add_argument("--changes", type=int, help="policy changes per mode (default 5)")
     p.add_argument("--quiet", type=int, help="seconds of load without pushes (default 10)")
-    p.add_argument("--workers", default="0,1", help="--ext-authz-workers values (default 0,1)")
+    p.add_argument(
+        "--modes",
+        default="http:0,http:1,grpc:0,grpc:1",
+        help="TRANSPORT:WORKERS, comma-separated (default %(default)s; see above)",
+    )
     p.add_argument(
         "--no-pin",
         action="store_true",
@@ -290,7 +350,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.changes = args.changes or (2 if args.quick else 5)
     args.quiet = args.quiet or (5 if args.quick else 10)
     args.push_seconds = args.changes * (3 + args.clients / 250)
-    args.workers = [int(w) for w in args.workers.split(",")]
+    args.modes = args.modes.split(",")
+    for mode in args.modes:
+        transport, _, workers = mode.partition(":")
+        if transport not in ("http", "grpc") or not workers.isdigit():
+            p.error(f"--modes: {mode!r} is not http:N or grpc:N")
     return args
 
 
@@ -307,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         first.stop()
         identities = bp.mint_identities(work / "policies", work / "data")
         args.target = target(work / "policies", work / "data")
-        modes = {w: asyncio.run(measure_mode(work, w, args, identities)) for w in args.workers}
+        modes = {
+            mode: asyncio.run(measure_mode(work, index, mode, args, identities))
+            for index, mode in enumerate(args.modes)
+        }
     report = {
         "machine": {"cpu": bp.cpu_model(), "cores": os.cpu_count(), "load_avg": load_avg},
         "settings": {

@@ -6,12 +6,15 @@ transports: gRPC Check, and `extAuthz.transport: http` (the engine's HTTP front,
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from meshwarden.xds import EXT_AUTHZ_GRPC_CLUSTER, EXT_AUTHZ_HTTP_CLUSTER
 
+from meshwarden._sidecars import admin_request
 from meshwarden.demo import OtlpReceiver, ReceivedSpan, otlp_receiver
 
 from .._loopback import claim_net, free_port
@@ -51,6 +54,7 @@ class Live:
     values: dict[str, int | str]
     receiver: OtlpReceiver
     transport: str
+    data: Path
 
     def call(self, path: str) -> tuple[int | str, str, str]:
         """GET `path` from the frontend with a sampled traceparent: (status, body, trace id)."""
@@ -87,7 +91,7 @@ def live(ext_authz_transport: str, tmp_path_factory: pytest.TempPathFactory) -> 
         up = MeshwardenUp(policies, Path(root / "data"), ("--otlp-endpoint", receiver.endpoint))
         up.start()
         try:
-            yield Live(values, receiver, transport)
+            yield Live(values, receiver, transport, root / "data")
         finally:
             assert up.stop() == 0, up.log.read_text()[-3000:]
 
@@ -103,6 +107,32 @@ def test_sidecars_in_ext_authz_mode_enforce_the_engines_verdicts_over_mtls(live:
     assert (status, body) == (403, "ext_authz: access denied by default:deny")
     assert request("127.0.0.1", ops, "GET", "/api/items") == 403
     assert request(f"{net}.3", 8080, "GET", "/api/items", source=f"{net}.9") == 403
+
+
+def _front_requests(live: Live) -> int:
+    """Requests the backend's sidecar sent on its cluster to `up`'s ext_authz front for its
+    transport (gRPC Check over h2, or HTTP/1.1)."""
+    cluster = {"grpc": EXT_AUTHZ_GRPC_CLUSTER, "http": EXT_AUTHZ_HTTP_CLUSTER}[live.transport]
+    name = f"cluster.{cluster}.upstream_rq_total"
+    admin = live.data / "sidecars" / "shop_backend-1.admin.sock"
+    status, body = admin_request(admin, f"/stats?filter=^{name}$")
+    assert status == 200, body
+    return sum(int(line.split(": ")[1]) for line in body.splitlines() if line.startswith(name))
+
+
+def test_up_bootstraps_its_sidecars_with_its_ext_authz_front_and_they_check_there(
+    live: Live,
+) -> None:
+    """Under `up` (the front on its own event loop) the sidecars' checks — gRPC Check too — go
+    to the front, not over the ADS connection (once the sidecar's snapshot follows the
+    bootstrap it declared)."""
+    frontend = int(live.values["front_out"])
+    before = _front_requests(live)
+    deadline = time.monotonic() + 30
+    while _front_requests(live) == before and time.monotonic() < deadline:
+        assert request("127.0.0.1", frontend, "GET", "/api/items") == 200
+        time.sleep(0.2)
+    assert _front_requests(live) > before
 
 
 @pytest.mark.parametrize(

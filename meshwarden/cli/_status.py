@@ -33,7 +33,7 @@ Show, per sidecar, whether it runs the configuration the control plane serves:
   NACK    Envoy rejected a version (its message is shown); it keeps serving the last version
           it accepted, until it ACKs a newer one
   PROBLEM it cannot serve as configured (the reason says): under `up` its Envoy exited or has
-          no identity; a sidecar bootstrapped without --ext-authz-http-port while the Mesh
+          no identity; a sidecar bootstrapped without --ext-authz-port while the Mesh
           asks for extAuthz.transport http
 
 and when the SVID it holds expires. Works the same for `meshwarden server` (a policy directory

@@ -89,9 +89,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="transport of the port (default: tcp; http and grpc ports are tcp)",
     )
     peer = p.add_mutually_exclusive_group()
-    peer.add_argument("--from", dest="from_id", metavar="SPIFFE_ID", help="peer identity")
-    peer.add_argument("--from-workload", metavar="NS/WORKLOAD", help="peer workload")
-    p.add_argument("--source-ip", metavar="IP", help="direct peer address")
+    peer.add_argument(
+        "--from",
+        dest="from_id",
+        metavar="SPIFFE_ID",
+        help="the identity the peer proved with its SVID (default: none, a plaintext peer)",
+    )
+    peer.add_argument(
+        "--from-workload",
+        metavar="NS/WORKLOAD",
+        help="the peer is this workload: its identity, and its first address as --source-ip",
+    )
+    p.add_argument(
+        "--source-ip",
+        metavar="IP",
+        help="the direct peer's address (default: --from-workload's first address, else "
+        "none); ipBlocks rules match it only for a plaintext peer",
+    )
     p.add_argument("--method", help="HTTP method (default: GET on http ports)")
     p.add_argument(
         "--path", metavar="/PATH", help="HTTP path, normalised as Envoy does (default: /)"

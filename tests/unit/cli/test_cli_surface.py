@@ -62,6 +62,25 @@ def test_help_shows_defaults_of_flags_that_have_one(capsys: pytest.CaptureFixtur
     assert "(default: 10m)" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.parametrize(
+    ("command", "flag", "says"),
+    [
+        ("explain", "--from", "default: none, a plaintext peer"),
+        ("explain", "--source-ip", "default: --from-workload's first address"),
+        ("agent", "--server-bundle", "needed with the join token to attest"),
+    ],
+)
+def test_a_flag_whose_default_is_no_value_says_what_that_means(
+    command: str, flag: str, says: str
+) -> None:
+    """`--source-ip  direct peer address` and `--server-bundle  PEM or SPIFFE JSON` left out
+    what happens without them (the explain peer is plaintext; the agent needs the bundle only
+    to attest)."""
+    parser = next(s for s in subcommand_parsers(build_parser()) if s.prog.split()[1:] == [command])
+    (action,) = [a for a in parser._actions if flag in a.option_strings]
+    assert says in " ".join(str(action.help).split())
+
+
 def test_help_and_version_print_no_third_party_warnings() -> None:
     help_ = subprocess.run([*MESHWARDEN, "--help"], capture_output=True, text=True, check=True)
     assert help_.stderr == ""  # e.g. cryptography's DSA deprecation warning via py-spiffe

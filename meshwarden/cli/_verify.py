@@ -72,7 +72,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="the control plane's health URL (as `up` prints it, or HOST:PORT)",
     )
-    p.add_argument("--expect", type=Path, metavar="MATRIX.yaml", help="expected decisions")
+    p.add_argument(
+        "--expect",
+        type=Path,
+        metavar="MATRIX.yaml",
+        help="probes and the decision each must get (`expect: [{from, to, port, method, path, "
+        "decision}]`, see docs/rollout.md); default: one probe per upstream, judged against "
+        "explain only",
+    )
     p.add_argument(
         "--wait",
         type=positive_duration,

@@ -68,6 +68,7 @@ def test_help_shows_defaults_of_flags_that_have_one(capsys: pytest.CaptureFixtur
         ("explain", "--from", "default: none, a plaintext peer"),
         ("explain", "--source-ip", "default: --from-workload's first address"),
         ("agent", "--server-bundle", "needed with the join token to attest"),
+        ("verify", "--expect", "default: one probe per upstream"),
     ],
 )
 def test_a_flag_whose_default_is_no_value_says_what_that_means(

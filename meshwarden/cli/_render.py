@@ -7,12 +7,11 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from meshwarden.cli._common import (
-    EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
+    CommandFailed,
     InputError,
     add_output_format,
     load_or_raise,
@@ -130,23 +129,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _error(message: str) -> int:
-    print(f"meshwarden render: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+def _error(message: str) -> NoReturn:
+    """A usage or input error: one line, or `{"error": ...}` under -o json (exit 2)."""
+    raise InputError(message)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = load_or_raise(args.paths)
-    except InputError as exc:
-        return _error(str(exc))
+    result = load_or_raise(args.paths)
     if result.compiled is None:
-        for diagnostic in result.errors:
-            print(diagnostic, file=sys.stderr)
-        print(
-            f"meshwarden render: {len(result.errors)} error(s); nothing rendered", file=sys.stderr
+        if args.output != "json":
+            for diagnostic in result.errors:
+                print(diagnostic, file=sys.stderr)
+        raise CommandFailed(
+            f"the policies have {len(result.errors)} error(s); nothing rendered",
+            diagnostics=[d.to_json() for d in result.errors],
         )
-        return EXIT_FAILED
     problem = _unknown_node(result.compiled, args.node)
     if problem:
         return _error(problem)

@@ -109,3 +109,25 @@ def test_an_interface_wildcard_is_rendered_as_given(capsys: pytest.CaptureFixtur
     argv = ["render", "iptables", SEED, "--node", "docker-1", "--chain", "DOCKER-USER"]
     assert main([*argv, "--interface", "br-+"]) == 0
     assert "-A DOCKER-USER -i br-+ -j RETURN" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("paths", "node", "code", "error"),
+    [
+        (["/nonexistent"], "web-1", 2, "/nonexistent: no such file or directory"),
+        ([SEED], "nope", 2, "node 'nope' has no Host document"),
+        (["/dev/null"], "web-1", 1, "the policies have 1 error(s); nothing rendered"),
+    ],
+)
+def test_under_json_output_an_error_is_one_json_object_on_stdout(
+    paths: list[str], node: str, code: int, error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """render printed its errors on stderr only, so a script reading `-o json` got nothing."""
+    assert main(["render", "nftables", *paths, "--node", node, "-o", "json"]) == code
+    out, err = capsys.readouterr()
+    reply = json.loads(out)
+    assert reply["error"].startswith(error) and err == ""
+    if code == 1:
+        assert (
+            reply["diagnostics"][0]["message"] == "cannot read file: a device, not a regular file"
+        )

@@ -1,6 +1,12 @@
 """The control plane's small HTTP endpoint: `GET /healthz` → JSON (status ok|degraded, policy
 version, the errors of a rejected change, a reload in progress, NACKs, per-sidecar xDS state),
-plus whatever other routes the control plane adds (`routes[path] = handler`; e.g. `/flows`)."""
+plus whatever other routes the control plane adds (`routes[path] = handler`; e.g. `/flows`).
+
+It answers without authentication (loopback by default), so any local user may connect: at most
+`MAX_CONNECTIONS` are open at once (beyond that a connection is closed at once), and a
+request line with its headers must arrive within `REQUEST_SECONDS` in all, so no one holds the
+process's descriptors — shared with the node API, ADS and the policy directory's scan — by
+connecting slowly."""
 
 from __future__ import annotations
 
@@ -16,6 +22,10 @@ from urllib.parse import parse_qsl, urlsplit
 if TYPE_CHECKING:
     from meshwarden._policies import Policies
     from meshwarden._xds import Nack
+
+MAX_CONNECTIONS = 256  # open at once, streaming replies included
+REQUEST_SECONDS = 5.0  # for the request line and every header, together
+MAX_HEADERS = 100  # header fields kept (more are read and dropped)
 
 
 def _stamp(epoch: float) -> str:
@@ -91,6 +101,8 @@ class HealthEndpoint:
         self.headers: tuple[tuple[str, str], ...] = ()  # sent with every reply
         self._server: asyncio.AbstractServer | None = None
         self._streams: set[asyncio.Task[None]] = set()
+        self.open = 0  # connections being served
+        self.refused = 0  # connections closed at once because MAX_CONNECTIONS were open
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -106,9 +118,21 @@ class HealthEndpoint:
         await asyncio.gather(*streams, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= MAX_CONNECTIONS:
+            self.refused += 1
+            writer.close()  # unread: no answer would survive the reset anyway
+            return
+        self.open += 1
         try:
-            request = await asyncio.wait_for(reader.readline(), timeout=5)
-            headers = await self._headers(reader)
+            await self._answer(reader, writer)
+        finally:
+            self.open -= 1
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_SECONDS):
+                request = await reader.readline()
+                headers = await self._headers(reader)
             refused = self.guard(headers) if self.guard is not None else None
             routed = refused or self._route(request.decode("latin-1").split())
             reply = routed if isinstance(routed, Reply) else await routed
@@ -120,22 +144,18 @@ class HealthEndpoint:
             await writer.drain()
             if reply.stream is not None:
                 await self._send_stream(reply.stream, writer)
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError, ValueError):  # ValueError: a line over 64 KiB
             pass
         finally:
             writer.close()
 
     @staticmethod
-    async def _headers(reader: asyncio.StreamReader, most: int = 100) -> dict[str, str]:
-        """The request's header fields (names lower-case; at most `most` are kept)."""
+    async def _headers(reader: asyncio.StreamReader) -> dict[str, str]:
+        """The request's header fields (names lower-case; at most `MAX_HEADERS` are kept)."""
         headers: dict[str, str] = {}
-        while (line := await asyncio.wait_for(reader.readline(), timeout=5)) not in (
-            b"\r\n",
-            b"\n",
-            b"",
-        ):
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
-            if len(headers) < most:
+            if len(headers) < MAX_HEADERS:
                 headers[name.strip().lower()] = value.strip()
         return headers
 

@@ -55,6 +55,7 @@ from meshwarden.identities import (
     load_private_key_pem,
     node_api_services,
     private_key_pkcs8_pem,
+    raise_descriptor_limit,
     save_ca,
     write_file,
 )
@@ -208,6 +209,7 @@ class ControlPlane:
 
     async def start(self) -> str:
         check_private_dir(self.data_dir)
+        raise_descriptor_limit()  # a descriptor per sidecar stream: 1,024 is a small mesh
         nodes: NodeRecords = IssuedNodes.load(self.data_dir / NODES_FILE, self.clock)
         tokens: TokenRedeemer = self.tokens
         if self.replica is not None:

@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,24 +157,26 @@ class MeshXds:
         status = self.cache.known_status(workload)
         return status is not None and status.ext_authz_grpc
 
-    def _declared(self, node: str, envoy_node: Any) -> None:
-        """Note what the bootstrap of a sidecar opening a stream declares; when its gRPC Check
-        should go elsewhere than its snapshot says (a sidecar bootstrapped anew, with or without
-        the front's port), rebuild that workload's snapshot — in the background, and one build
-        for every sidecar that changed meanwhile (a restarted control plane's reconnecting
-        sidecars). Until then it asks where its snapshot says, which its bootstrap has but for
-        a sidecar that lost the front's cluster (its listeners are refused until the rebuild)."""
+    def _declared(self, node: str, envoy_node: Any) -> Awaitable[None] | None:
+        """Note what the bootstrap of a sidecar opening a stream declares. When its gRPC Check
+        should go elsewhere than its snapshot says (the first stream of a sidecar after a
+        restart of this control plane, or a sidecar bootstrapped anew with or without the
+        front's port), that workload's snapshot is rebuilt off the loop — one build for every
+        sidecar that changed meanwhile — and the stream's first response waits for it: the
+        sidecar never gets a configuration for the other bootstrap (nor, reconnecting after a
+        restart, a change: the same versions as before)."""
         status = self.cache.status(node)
         status.ext_authz_http = ext_authz_http_declared(envoy_node)
         grpc = ext_authz_grpc_declared(envoy_node)
         if grpc == status.ext_authz_grpc:
-            return
+            return None
         status.ext_authz_grpc = grpc
         if self.builder.context.ext_authz_grpc_cluster is None:
-            return
+            return None
         self._declared_changed.add(node)
         if self._rebuilding is None or self._rebuilding.done():
             self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild_declared())
+        return _built(self._rebuilding)
 
     async def _rebuild_declared(self) -> None:
         while self._declared_changed:
@@ -242,11 +244,11 @@ class MeshXds:
             assert self.policies.registry is not None
             return self.policies.registry
 
-        def presented(node: str, context: Any, envoy_node: Any) -> None:
+        def presented(node: str, context: Any, envoy_node: Any) -> Awaitable[None] | None:
             certificate = peer_certificate(context)
             if certificate is not None:
                 self.cache.presented(node, certificate.not_valid_after_utc)
-            self._declared(node, envoy_node)
+            return self._declared(node, envoy_node)
 
         ads = AggregatedDiscovery(
             self.cache, registry_authorizer(registry), observer=self.cache, admitted=presented
@@ -342,6 +344,14 @@ def _asks_http_front(plan: AuthorizationPlan) -> bool:
         and plan.mesh.ext_authz.transport == "http"
         and any(port.is_http for port in plan.workload.ports.values())
     )
+
+
+async def _built(rebuilding: asyncio.Task[None]) -> None:
+    """Wait for a rebuild shared by several streams (one stream going away cancels nothing)."""
+    try:
+        await asyncio.shield(rebuilding)
+    except Exception:  # the stream is served what was there before
+        log.exception("rebuilding snapshots for what sidecars' bootstraps declare failed")
 
 
 def _iso(moment: dt.datetime | None) -> str | None:

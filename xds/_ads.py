@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -38,9 +38,11 @@ Request = TypeVar("Request", DiscoveryRequest, DeltaDiscoveryRequest)
 _Received = TypeVar("_Received", DiscoveryRequest, DeltaDiscoveryRequest, contravariant=True)
 Response = DiscoveryResponse | DeltaDiscoveryResponse
 PeerIdentity = Callable[[grpc.aio.ServicerContext], str | None]
-Admitted = Callable[[str, grpc.aio.ServicerContext, Any], None]
+Admitted = Callable[[str, grpc.aio.ServicerContext, Any], Awaitable[None] | None]
 """Told the node key of each admitted stream, its call (e.g. to note the certificate) and the
-Envoy node its first request carried (e.g. to read the node's metadata)."""
+Envoy node its first request carried (e.g. to read the node's metadata); what it returns, if
+anything, is awaited before the stream's first response (e.g. the node's snapshot being
+rebuilt for what its metadata says)."""
 
 
 class _Machine(Protocol[_Received]):
@@ -98,7 +100,9 @@ class AggregatedDiscovery:
             log.warning("ADS stream refused: %s", exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         if self._admitted is not None:
-            self._admitted(node, context, first.node)
+            waiting = self._admitted(node, context, first.node)
+            if waiting is not None:
+                await waiting
         return first, node
 
 

@@ -264,8 +264,9 @@ class MeshXds:
         server.add_generic_rpc_handlers((authorization_handler(self.authorization),))
 
     def ext_authz_front(self) -> AuthzHttpFront:
-        """The ext_authz HTTP front (`extAuthz.transport: http`), deciding with the same
-        `Authorization` as gRPC Check; serve it with `serve_authz_http` over mTLS."""
+        """The ext_authz front (HTTP/1.1 for `extAuthz.transport: http`, and gRPC Check on the
+        connections ALPN made h2), deciding with the same `Authorization` as gRPC Check on the
+        sidecars' listener; serve it with `serve_authz_http` over mTLS (`front_tls`)."""
         return AuthzHttpFront(self.authorization)
 
     def nacks(self) -> list[Nack]:

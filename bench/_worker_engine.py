@@ -1,8 +1,8 @@
 """bench_ext_authz's production worker path: the HTTP front served by the control plane's own
-`AuthzWorkers` (one worker process, SO_REUSEPORT, the policy files' bytes compiled in the
-worker, mTLS with the server sidecar's SVID as the caller, the production resolver), read by
-the bench as an engine: checks answered (the durations the worker hands back), the worker's
-CPU, and the decision handler's time per check.
+`AuthzWorkers` (one worker process accepting from the control plane's listening socket, the
+policy files' bytes compiled in the worker, mTLS with the server sidecar's SVID as the caller,
+the production resolver), read by the bench as an engine: checks answered (the durations the
+worker hands back), the worker's CPU, and the decision handler's time per check.
 """
 
 from __future__ import annotations

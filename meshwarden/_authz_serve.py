@@ -103,11 +103,12 @@ class Worker:
         tls = front_tls(Path(self.args.chain), Path(self.args.key), self.roots)
         host, _, port = self.args.listen.rpartition(":")
         front = AuthzHttpFront(self.authorization)
+        listener = socket.socket(fileno=self.args.listener)  # the control plane's, shared
         try:
             server = await serve_authz_http(
-                front, host.strip("[]"), int(port), tls.listening, reuse_port=True
+                front, host.strip("[]"), int(port), tls.listening, sock=listener
             )
-        except OSError as exc:  # in use by another user, or not an address of this host
+        except OSError as exc:  # not a listening socket of this address
             why = exc.strerror or exc
             raise CannotListen(f"cannot listen on {self.args.listen}: {why}") from None
         channel.send(("listening", os.getpid()))

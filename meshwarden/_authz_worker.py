@@ -2,7 +2,7 @@
 `Check` on the connections whose ALPN chose h2 — in a process of its own, started and fed by
 the control plane (`_authz_workers.AuthzWorkers`), never by hand.
 
-    python -m meshwarden._authz_worker --pipe FD --parent PID --listen HOST:PORT \\
+    python -m meshwarden._authz_worker --pipe FD --parent PID --listen HOST:PORT --listener FD \\
         --chain FILE --key FILE --policies NAME [--otlp-endpoint URL] [--index I]
 
 A worker serves one policy version for its whole life: a policy change starts new workers,
@@ -18,8 +18,9 @@ What it gets, and how:
   (`roots`), server certificate renewal (`renewed`), and `retire`;
 - its key material: the server certificate and key from the data dir's 0600 files, read again
   at each renewal — never from a socket;
-- its listener: bound by itself with SO_REUSEPORT on the control plane's address (the control
-  plane holds the address bound, not listening, so no other user can take it).
+- its listener (`--listener`): the control plane's listening socket, inherited; every worker
+  accepts from the same queue, so a worker that stops accepting leaves the queued connections
+  to the others (`--listen` is its address, for messages).
 
 Fail closed: a worker started without policies (none were valid yet) denies every check (the
 resolver has no mesh); a worker whose pipe closes (the control plane exited or dropped it)
@@ -59,6 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipe", type=int, required=True)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--listen", required=True)
+    parser.add_argument("--listener", type=int, required=True)
     parser.add_argument("--chain", required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--policies", required=True)

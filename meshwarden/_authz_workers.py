@@ -2,10 +2,13 @@
 chose h2) in N worker processes, off the control plane's event loop (which ADS pushes keep busy
 for seconds on a large mesh).
 
-The control plane binds the front's address with SO_REUSEPORT and keeps it bound without
-listening (so the port is known, also for port 0, and no other user can bind it); each worker
-(`_authz_worker`) binds the same address with SO_REUSEPORT and listens, and the kernel spreads
-new connections over the listening workers. A worker gets, over its own inherited socket pair
+The control plane binds and listens on the front's address and never accepts there; each
+worker (`_authz_worker`) inherits that listening socket and accepts from it while it serves. So
+the workers share one accept queue: a worker that stops accepting (retired, or crashed) leaves
+the connections queued behind it to the others instead of taking them down with its own
+listener (with a listener per worker and SO_REUSEPORT, the connections in a retiring worker's
+queue were reset, and each was a check failing closed). A worker gets, over its own inherited
+socket pair
 (`_authz_pipe`), the trust bundle's roots and the policy files' bytes at start, then each
 certificate renewal or CA rotation; it reads the server certificate and key from the data dir's
 0600 files.
@@ -51,6 +54,7 @@ MAX_WORKERS = 64
 RESTART_SECONDS = 0.2  # between a worker's exit and its replacement
 MAX_RESTART_SECONDS = 10.0  # ... doubling while replacements exit without listening
 START_TIMEOUT = 60.0  # for a worker to listen (a cold Python start on a loaded machine)
+BACKLOG = 4096  # connections queued for the workers (a burst of sidecars, a handover)
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ class AuthzWorkers:
         self.active: dict[int, _Worker] = {}  # slot → the worker serving it
         self.live: set[_Worker] = set()  # every worker process: starting, active, retiring
         self._generation = 0
-        self._reserved: socket.socket | None = None
+        self._listener: socket.socket | None = None  # accepted from by the workers only
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
@@ -114,8 +118,8 @@ class AuthzWorkers:
         """Reserve the address, start every worker with the policies the control plane serves
         now and wait until each listens; the port."""
         self.roots_pem, self.contents, self.version = roots_pem, contents, version
-        self._reserved = _reserve(self.host, self.port)
-        self.port = int(self._reserved.getsockname()[1])
+        self._listener = _listening(self.host, self.port)
+        self.port = int(self._listener.getsockname()[1])
         for slot in range(self.count):
             if not await self._replace(slot):
                 raise OSError(f"ext_authz worker {slot} did not listen on {self._address}")
@@ -209,9 +213,11 @@ class AuthzWorkers:
 
     async def _spawn(self, slot: int) -> _Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        assert self._listener is not None
+        shared = self._listener.fileno()
         try:
             process = subprocess.Popen(
-                self._command(slot, theirs.fileno()), pass_fds=(theirs.fileno(),)
+                self._command(slot, theirs.fileno(), shared), pass_fds=(theirs.fileno(), shared)
             )
         finally:
             theirs.close()
@@ -223,7 +229,7 @@ class AuthzWorkers:
         self._background(self._follow(worker))
         return worker
 
-    def _command(self, slot: int, fd: int) -> list[str]:
+    def _command(self, slot: int, fd: int, listener: int) -> list[str]:
         command = [
             sys.executable,
             "-m",
@@ -231,6 +237,7 @@ class AuthzWorkers:
             f"--pipe={fd}",
             f"--parent={os.getpid()}",
             f"--listen={self._address}",
+            f"--listener={listener}",
             f"--chain={self.files.chain}",
             f"--key={self.files.key}",
             f"--policies={self.policies_name}",
@@ -303,19 +310,21 @@ class AuthzWorkers:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._reserved is not None:
-            self._reserved.close()
+        if self._listener is not None:
+            self._listener.close()
 
 
-def _reserve(host: str, port: int) -> socket.socket:
-    """The address bound with SO_REUSEPORT, not listening: the workers' share of it."""
+def _listening(host: str, port: int) -> socket.socket:
+    """The front's listening socket, which only the workers accept from (see the module
+    docstring): connections queue in it, also while no worker accepts yet."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    reserved = socket.socket(family, socket.SOCK_STREAM)
+    listener = socket.socket(family, socket.SOCK_STREAM)
     try:
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reserved.bind((host, port))
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(BACKLOG)
     except OSError:
-        reserved.close()
+        listener.close()
         raise
-    return reserved
+    listener.setblocking(False)
+    return listener

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -254,26 +255,21 @@ async def serve_authz_http(
     host: str,
     port: int,
     tls: ssl.SSLContext | None,
-    reuse_port: bool = False,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
-    """Listen for sidecars: with `tls` (client certificates required), or plaintext on a
-    loopback address only. `reuse_port`: SO_REUSEPORT, so several processes of this user
-    share the address (the kernel spreads connections over them)."""
+    """Listen for sidecars on `host`:`port`: with `tls` (client certificates required), or
+    plaintext on a loopback address only. `sock`: a socket already listening on that address
+    to accept from instead (the ext_authz workers share the control plane's); closing the
+    server closes this process's descriptor of it only."""
     if tls is None and not _is_loopback(host):
         raise ValueError(f"the plaintext ext_authz HTTP front must listen on loopback, not {host}")
     if tls is not None and tls.verify_mode != ssl.CERT_REQUIRED:
         raise ValueError("the ext_authz HTTP front requires client certificates")
     loop = asyncio.get_running_loop()
+    where: dict[str, Any] = {"sock": sock} if sock is not None else {"host": host, "port": port}
     if tls is None:
-        return await loop.create_server(front.protocol, host, port, reuse_port=reuse_port or None)
-    return await loop.create_server(
-        front.protocol,
-        host,
-        port,
-        ssl=tls,
-        ssl_handshake_timeout=10,
-        reuse_port=reuse_port or None,
-    )
+        return await loop.create_server(front.protocol, **where)
+    return await loop.create_server(front.protocol, ssl=tls, ssl_handshake_timeout=10, **where)
 
 
 def front_tls(chain: Path, key: Path, roots_pem: bytes) -> ServerTls:

@@ -6,6 +6,9 @@ check durations reach the control plane's recorder; `stop` ends it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -203,3 +206,49 @@ def test_a_burst_of_changes_starts_one_worker_at_a_time_and_ends_on_the_last(
     serving, started = asyncio.run(scenario())
     assert len(set(versions)) == 4 and serving == versions[-1]
     assert started <= 3  # the first, then at most one compiling and one for what came meanwhile
+
+
+async def _check_on(sock: socket.socket, context: ssl.SSLContext) -> tuple[int, bytes] | str:
+    """`_check` on a TCP connection made before: the handshake and the check on it."""
+    try:
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=context, server_hostname="front"
+        )
+        writer.write(CHECK)
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        return int(head.split(b" ")[1]), b""
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as refused:
+        return type(refused).__name__
+
+
+def test_connections_queued_for_a_worker_that_dies_are_served_by_its_replacement(
+    tmp_path: Path,
+) -> None:
+    """The workers accept from one queue, the control plane's: connections a worker had not
+    accepted yet when it exited wait for the next worker instead of being reset (with a
+    listener per worker, each would have been a check failing closed; a retiring worker's
+    queue is the same case)."""
+    ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
+    chain, key = _svid(ca, f"spiffe://{TD}/ns/cp/sa/server", tmp_path / "server")
+    policies = _policies(tmp_path / "policies")
+    workers = AuthzWorkers(
+        1, ("127.0.0.1", 0), WorkerFiles(chain, key), str(tmp_path / "policies"), lambda *_: None
+    )
+    client = _client(ca, tmp_path / "client")
+
+    async def scenario() -> list[Any]:
+        assert policies.mesh is not None
+        port = await workers.start(ca.bundle().x509_pem(), policies.contents, policies.mesh.version)
+        await _until(lambda: workers.current)
+        [first] = [w["pid"] for w in workers.status()]
+        os.kill(first, signal.SIGSTOP)  # accepts nothing from now on
+        queued = [socket.create_connection(("127.0.0.1", port)) for _ in range(10)]
+        os.kill(first, signal.SIGKILL)
+        await _until(lambda: [w["pid"] for w in workers.status()] not in ([first], []))
+        try:
+            return [await _check_on(sock, client) for sock in queued]
+        finally:
+            await workers.stop()
+
+    assert asyncio.run(scenario()) == [(200, b"")] * 10

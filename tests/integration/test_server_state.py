@@ -120,8 +120,8 @@ def test_a_number_of_ext_authz_workers_out_of_range_is_refused(tmp_path: Path, c
 
 
 def test_an_ext_authz_address_another_process_holds_is_refused(tmp_path: Path) -> None:
-    """The workers share the front's address only among themselves: a socket bound there
-    without SO_REUSEPORT (another program, or another user's) keeps the server from starting."""
+    """The front's address is the control plane's alone: a socket another process holds there
+    (another program, or another user's) keeps the server from starting."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()

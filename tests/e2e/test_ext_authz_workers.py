@@ -1,7 +1,7 @@
 """`meshwarden server --ext-authz-workers 1` with a real Envoy 1.40 sidecar whose HTTP ext_authz
 filter asks the control plane's front over mTLS (the sidecar's SVID from the server's CA): the
 worker process decides; a policy change reaches it and denies end to end; a worker killed with
-SIGKILL is replaced and nothing is allowed while it is gone; the worker dies with a control
+SIGKILL is replaced, and nothing is allowed while no worker answers; the worker dies with a control
 plane killed with SIGKILL."""
 
 from __future__ import annotations
@@ -211,8 +211,9 @@ def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed
     assert _status(loopback, caller)[0] == 403  # denied after the change, end to end
     assert _status(loopback, other) == (200, b"hello")
 
+    os.kill(worker["pid"], signal.SIGSTOP)  # alive, so not replaced, and answering nothing
+    assert _status(loopback, other)[0] == 403  # no worker answers: the sidecar fails closed
     os.kill(worker["pid"], signal.SIGKILL)
-    assert _status(loopback, other)[0] == 403  # no worker: the sidecar fails closed
     _wait(lambda: _current(plane) and plane.workers()[0]["pid"] != worker["pid"], "replaced")
     assert plane.health()["extAuthz"]["restarts"] == 1
     assert _status(loopback, other) == (200, b"hello")

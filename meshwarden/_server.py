@@ -371,7 +371,7 @@ class ControlPlane:
             report["policies"] = str(self.options.policies.resolve())  # for `meshwarden verify`
             return report
         report["store"] = self.replica.health()
-        if not self.replica.source.reachable or self.replica.ca_error is not None:
+        if self.replica.source.error is not None or self.replica.ca_error is not None:
             report["status"] = "degraded"
         return report
 

@@ -81,7 +81,8 @@ class StoreSource:
 
     @property
     def reachable(self) -> bool:
-        return self.error is None
+        """Whether etcd answers (a corrupt head is an `error`, not unreachability)."""
+        return self.unreachable is None
 
     @property
     def settling(self) -> bool:

@@ -110,6 +110,7 @@ def test_a_head_or_record_written_by_hand_with_garbage_is_reported_and_followed_
                 break
             await asyncio.sleep(0.1)
         assert source.delivered == 1
+        assert source.reachable  # etcd answers: the head is corrupt, the store is not down
         return follower.done(), source.error, source.revision
 
     async def scenario() -> list[tuple[bool, str | None, int]]:

@@ -153,7 +153,6 @@ class AuthzHttpFront:
     def __init__(self, authorization: Authorization, max_connections: int = MAX_CONNECTIONS):
         self.authorization = authorization
         self.max_connections = max_connections
-        self.connections = 0
         self.refused_connections = 0
         self.draining = False
         self.open: set[asyncio.Protocol] = set()
@@ -180,14 +179,16 @@ class AuthzHttpFront:
             self.refused_connections += 1
             transport.abort()
             return False
-        self.connections += 1
         self.open.add(connection)
         return True
 
     def release(self, connection: asyncio.Protocol) -> None:
-        if connection in self.open:
-            self.connections -= 1
-            self.open.discard(connection)
+        self.open.discard(connection)
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (both protocols)."""
+        return len(self.open)
 
     def drain(self) -> None:
         """Hand the sidecars over to another front (stop listening first): each HTTP/1.1

@@ -146,3 +146,13 @@ def write_atomically(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal: a character that is not printable (an escape sequence, a bell,
+    a line break) is written as its Python escape. Flow paths and NACK messages come from
+    streams any workload can open with its own SVID: written raw they could retitle, rewrite or
+    clear the operator's terminal, or fake table lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
-from meshwarden.cli._common import EXIT_OK, CommandFailed, add_output_format, fail, print_json
+from meshwarden.cli._common import (
+    EXIT_OK,
+    CommandFailed,
+    add_output_format,
+    fail,
+    print_json,
+    printable,
+)
 from meshwarden.cli._types import (
     DURATION_EXAMPLES,
     duration,
@@ -200,16 +207,6 @@ def cells(flow: dict[str, Any]) -> tuple[str, ...]:
 
 def _row(values: tuple[str, ...], widths: tuple[int, ...]) -> str:
     return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
-
-
-def printable(text: str) -> str:
-    """`text` for a terminal: a character that is not printable (an escape sequence, a bell,
-    a line break) is written as its Python escape. A request path reaches the flow log from an
-    access-log stream, which any workload can open with its own SVID: written raw it could
-    retitle, rewrite or clear the operator's terminal, or fake table lines."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def print_table(flows: list[dict[str, Any]]) -> None:

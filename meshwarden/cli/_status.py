@@ -18,8 +18,8 @@ from meshwarden.cli._common import (
     add_output_format,
     fail,
     print_json,
+    printable,
 )
-from meshwarden.cli._flows import printable
 from meshwarden.cli._types import http_server, split_host_port
 
 SERVER_ENV = "MESHWARDEN_SERVER"

@@ -172,9 +172,17 @@ def _status(address: str, cert: tuple[str, str]) -> tuple[int, bytes]:
         conn.close()
 
 
-def _current(plane: Plane) -> bool:
+def _current_worker(plane: Plane) -> dict[str, Any] | None:
+    """The one worker, if exactly one runs and it serves the current policies.
+
+    One /healthz read: between two reads a killed worker may be gone and its
+    replacement not yet started, so the list may be empty."""
     workers = plane.workers()
-    return len(workers) == 1 and workers[0]["current"]
+    return workers[0] if len(workers) == 1 and workers[0]["current"] else None
+
+
+def _current(plane: Plane) -> bool:
+    return _current_worker(plane) is not None
 
 
 def _decision_spans(collector: OtlpReceiver) -> list[tuple[str, str]]:
@@ -204,9 +212,14 @@ def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed
 
     before, before_pid = worker["version"], worker["pid"]
     (plane.policies / "mesh.yaml").write_text(yaml.safe_dump_all(_documents(loopback, app, OTHER)))
-    _wait(lambda: plane.workers()[0]["version"] not in (None, before), "the change reached it")
-    [worker] = plane.workers()  # a new worker compiled the change and took over
-    assert worker["current"]
+
+    def _changed() -> dict[str, Any] | None:
+        current = _current_worker(plane)
+        return current if current and current["version"] not in (None, before) else None
+
+    _wait(lambda: _changed() is not None, "the change reached it")
+    worker = _changed()  # a new worker compiled the change and took over
+    assert worker is not None
     _wait(lambda: not _alive(before_pid), "the worker of the previous version exited", 15)
     assert _status(loopback, caller)[0] == 403  # denied after the change, end to end
     assert _status(loopback, other) == (200, b"hello")
@@ -214,7 +227,8 @@ def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed
     os.kill(worker["pid"], signal.SIGSTOP)  # alive, so not replaced, and answering nothing
     assert _status(loopback, other)[0] == 403  # no worker answers: the sidecar fails closed
     os.kill(worker["pid"], signal.SIGKILL)
-    _wait(lambda: _current(plane) and plane.workers()[0]["pid"] != worker["pid"], "replaced")
+    killed = worker["pid"]
+    _wait(lambda: (_current_worker(plane) or {"pid": killed})["pid"] != killed, "replaced")
     assert plane.health()["extAuthz"]["restarts"] == 1
     assert _status(loopback, other) == (200, b"hello")
     assert _status(loopback, caller)[0] == 403

@@ -106,6 +106,7 @@ class NodeAgent:
                 }
                 for held in self.cache.identities
             ],
+            "healthEndpoint": self.health.counters() if self.health is not None else None,
         }
 
     def _svid_expiry(self, _options: CallbackOptions) -> Iterable[Observation]:

@@ -2,11 +2,17 @@
 version, the errors of a rejected change, a reload in progress, NACKs, per-sidecar xDS state),
 plus whatever other routes the control plane adds (`routes[path] = handler`; e.g. `/flows`).
 
-It answers without authentication (loopback by default), so any local user may connect: at most
-`MAX_CONNECTIONS` are open at once (beyond that a connection is closed at once), and a
-request line with its headers must arrive within `REQUEST_SECONDS` in all, so no one holds the
-process's descriptors — shared with the node API, ADS and the policy directory's scan — by
-connecting slowly."""
+It answers without authentication (loopback by default), so any local user may connect. What
+they can hold is bounded — the process's descriptors are shared with the node API, ADS and the
+policy directory's scan — and fairly, so a probe always gets through:
+- at most `MAX_CONNECTIONS` are open at once; a connection beyond that is served, and the
+  connection that has waited longest for its own request is closed to make room (else the
+  oldest whose reply is still being written): a flood of slow requests cannot starve a
+  liveness probe, which sends its request at once and is answered before it is the oldest;
+- a request line with its headers must arrive within `REQUEST_SECONDS` in all;
+- at most `MAX_STREAMS` streaming replies (`/flows?follow=1`, the console's events) are open;
+  a new one closes the oldest, whose client sees its stream end.
+`counters()` says how many are open and how many were closed to make room (in `/healthz`)."""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
     from meshwarden._xds import Nack
 
 MAX_CONNECTIONS = 256  # open at once, streaming replies included
+MAX_STREAMS = 64  # streaming replies open at once (of MAX_CONNECTIONS)
 REQUEST_SECONDS = 5.0  # for the request line and every header, together
 MAX_HEADERS = 100  # header fields kept (more are read and dropped)
 
@@ -91,6 +99,27 @@ Guard = Callable[[dict[str, str]], Reply | None]
 """Looks at a request's headers (lower-case names) first: a reply refuses it, None lets it in."""
 
 
+class Phase(StrEnum):
+    """Where a connection of the endpoint is: the order in which a full endpoint closes them."""
+
+    READING = "reading"  # its request line and headers (closed first: a probe's is quick)
+    ANSWERING = "answering"  # its reply is computed or written
+    STREAMING = "streaming"  # a streaming reply (bounded by MAX_STREAMS of its own)
+
+
+class _Connection:
+    """One open connection: its task (the one serving it), its transport and its phase."""
+
+    def __init__(self, task: asyncio.Task[Any], writer: asyncio.StreamWriter) -> None:
+        self.task, self.writer = task, writer
+        self.phase = Phase.READING
+
+    def close(self) -> None:
+        """Now: the descriptor is freed at once and the task serving it ends."""
+        self.writer.transport.abort()
+        self.task.cancel()
+
+
 class HealthEndpoint:
     def __init__(self, host: str, port: int, report: Callable[[], dict[str, Any]]) -> None:
         self.host, self.port = host or "127.0.0.1", port
@@ -100,9 +129,19 @@ class HealthEndpoint:
         self.guard: Guard | None = None
         self.headers: tuple[tuple[str, str], ...] = ()  # sent with every reply
         self._server: asyncio.AbstractServer | None = None
-        self._streams: set[asyncio.Task[None]] = set()
-        self.open = 0  # connections being served
-        self.refused = 0  # connections closed at once because MAX_CONNECTIONS were open
+        self._open: dict[asyncio.Task[Any], _Connection] = {}  # oldest first
+        self.evicted = dict.fromkeys(Phase, 0)  # closed to make room, by their phase then
+
+    @property
+    def open(self) -> int:
+        """Connections being served."""
+        return len(self._open)
+
+    def counters(self) -> dict[str, Any]:
+        """For `/healthz`: connections open (streams among them) and closed to make room."""
+        streams = sum(c.phase is Phase.STREAMING for c in self._open.values())
+        evicted = {phase.value: count for phase, count in self.evicted.items()}
+        return {"open": self.open, "streams": streams, "evicted": evicted}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -111,28 +150,40 @@ class HealthEndpoint:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        streams = list(self._streams)
-        for task in streams:
+        serving = [connection.task for connection in self._open.values()]
+        for task in serving:
             task.cancel()
-        # let cancelled streams close their connections while the loop still runs
-        await asyncio.gather(*streams, return_exceptions=True)
+        # let cancelled connections close while the loop still runs
+        await asyncio.gather(*serving, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         if self.open >= MAX_CONNECTIONS:
-            self.refused += 1
-            writer.close()  # unread: no answer would survive the reset anyway
-            return
-        self.open += 1
+            self._evict(Phase.READING) or self._evict(Phase.ANSWERING)
+        connection = self._open[task] = _Connection(task, writer)
         try:
-            await self._answer(reader, writer)
+            await self._answer(reader, connection)
         finally:
-            self.open -= 1
+            self._open.pop(task, None)
 
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _evict(self, phase: Phase) -> bool:
+        """Close the oldest connection in `phase`; False when there is none."""
+        for task, connection in self._open.items():
+            if connection.phase is phase:
+                del self._open[task]
+                self.evicted[phase] += 1
+                connection.close()
+                return True
+        return False
+
+    async def _answer(self, reader: asyncio.StreamReader, connection: _Connection) -> None:
+        writer = connection.writer
         try:
             async with asyncio.timeout(REQUEST_SECONDS):
                 request = await reader.readline()
                 headers = await self._headers(reader)
+            connection.phase = Phase.ANSWERING
             refused = self.guard(headers) if self.guard is not None else None
             routed = refused or self._route(request.decode("latin-1").split())
             reply = routed if isinstance(routed, Reply) else await routed
@@ -143,7 +194,7 @@ class HealthEndpoint:
             writer.write(f"{head}connection: close\r\n\r\n".encode() + reply.body)
             await writer.drain()
             if reply.stream is not None:
-                await self._send_stream(reply.stream, writer)
+                await self._send_stream(reply.stream, connection)
         except (TimeoutError, ConnectionError, ValueError):  # ValueError: a line over 64 KiB
             pass
         finally:
@@ -169,19 +220,19 @@ class HealthEndpoint:
             return Reply.json({"error": f"no route {url.path}; try GET {known}"}, "404 Not Found")
         return handler(dict(parse_qsl(url.query)))
 
-    async def _send_stream(
-        self, chunks: AsyncIterator[bytes], writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
+    async def _send_stream(self, chunks: AsyncIterator[bytes], connection: _Connection) -> None:
+        """Send chunks until the stream ends, its client goes away, a newer stream takes its
+        place (beyond `MAX_STREAMS`) or the endpoint stops."""
+        connection.phase = Phase.STREAMING
+        streams = sum(c.phase is Phase.STREAMING for c in self._open.values())
+        if streams > MAX_STREAMS:
+            self._evict(Phase.STREAMING)
         try:
             async for chunk in chunks:
-                writer.write(chunk)
-                await writer.drain()
+                connection.writer.write(chunk)
+                await connection.writer.drain()
         except asyncio.CancelledError:
-            pass  # the endpoint stops
+            pass  # closed to make room, or the endpoint stops
         finally:
-            self._streams.discard(task)
             with contextlib.suppress(Exception):
                 await chunks.aclose()  # type: ignore[attr-defined]

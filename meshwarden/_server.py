@@ -360,6 +360,8 @@ class ControlPlane:
             self.xds.sidecar_problems(),
         )
         report["replica"] = self.xds.replica
+        if self.health is not None:  # its connections: a flood shows as evictions
+            report["healthEndpoint"] = self.health.counters()
         if self.authz_workers is not None:
             report["extAuthz"] = {
                 "workers": self.authz_workers.status(),

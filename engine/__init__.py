@@ -24,7 +24,13 @@ from meshwarden.engine._evaluator import (
     decide,
     decide_egress,
 )
-from meshwarden.engine._files import UsageError, read_text, scan_files
+from meshwarden.engine._files import (
+    FileChanged,
+    UsageError,
+    foreign_link,
+    read_text,
+    scan_files,
+)
 from meshwarden.engine._hosts import (
     EVERYWHERE,
     Host,
@@ -93,6 +99,7 @@ __all__ = [
     "Effect",
     "EgressPlan",
     "EgressPolicy",
+    "FileChanged",
     "Finding",
     "Flow",
     "FlowWindow",
@@ -139,6 +146,7 @@ __all__ = [
     "decide_path",
     "dry_run_verdict",
     "find_files",
+    "foreign_link",
     "invalid_input",
     "is_reserved",
     "lint",

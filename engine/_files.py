@@ -4,6 +4,11 @@ A directory that changes during the scan (a file or directory removed, a permiss
 a special file (FIFO, device), a file over the size limit or one that is not UTF-8 becomes an
 `error:` diagnostic naming the file; the scan and the read never follow a symlink into a
 directory (so a symlink loop is never walked) and never block on a FIFO.
+
+A symlink is followed only to a file of the link's own owner, or when root owns the link (the
+rule of nginx's `disable_symlinks if_not_owner`): whoever may write the policy directory must
+not be able to make the reader — `check` in CI, a control plane running as root — read another
+user's file and quote its lines in diagnostics, `/healthz` or the console.
 """
 
 from __future__ import annotations
@@ -95,6 +100,9 @@ def read_text(file: str, limits: InputLimits = LIMITS) -> tuple[str | None, Diag
         if not stat.S_ISREG(info.st_mode):
             kind = _kind(info.st_mode)
             return None, error(Location(file), f"cannot read file: {kind}, not a regular file")
+        refused = foreign_link(file, info)
+        if refused:
+            return None, error(Location(file), f"cannot read file: {refused}")
         if info.st_size > limits.file_bytes:
             return None, _too_big(file, info.st_size, limits)
         data = _read_at_most(fd, limits.file_bytes + 1)
@@ -105,6 +113,33 @@ def read_text(file: str, limits: InputLimits = LIMITS) -> tuple[str | None, Diag
     if len(data) > limits.file_bytes:
         return None, _too_big(file, len(data), limits)
     return _decode(file, data)
+
+
+class FileChanged(OSError):
+    """The path no longer names the file that was opened: read it again."""
+
+
+def foreign_link(path: str, opened: os.stat_result) -> str | None:
+    """Why the file opened at `path` (`opened`, its fstat) must not be read, or None.
+
+    Checked after the open, against the descriptor: a link is refused unless root or the
+    target's owner owns it. FileChanged when `path` is gone or is no link and not the file
+    opened (it was swapped meanwhile, perhaps from a link to another user's file)."""
+    try:
+        entry = os.lstat(path)
+    except OSError as exc:
+        raise FileChanged(exc.errno, f"{exc.strerror} (changed while it was read?)") from None
+    if stat.S_ISLNK(entry.st_mode):
+        if entry.st_uid in (0, opened.st_uid):
+            return None
+        return (
+            f"a link owned by uid {entry.st_uid} to a file owned by uid {opened.st_uid}; "
+            "a link is followed only to a file of its own owner (or when root owns it): "
+            "copy the file into the directory, or give the link the file's owner"
+        )
+    if (entry.st_dev, entry.st_ino) != (opened.st_dev, opened.st_ino):
+        raise FileChanged(0, "replaced while it was opened; read again")
+    return None
 
 
 def _read_at_most(fd: int, size: int) -> bytes:

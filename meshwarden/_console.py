@@ -272,7 +272,8 @@ class Console:
     def _policies_json(self) -> dict[str, Any]:
         policies = self.sources.policies
         on_disk = self.sources.store is None and policies.directory.is_dir()
-        view = policies_view(policies.mesh, on_disk)
+        compiled = policies.contents if on_disk else None
+        view = policies_view(policies.mesh, compiled.by_path() if compiled else None)
         status = policies.status
         key = (status.version, status.loaded, status.rejected)
         if self._checked is None or self._checked[0] != key:

@@ -2,6 +2,9 @@
 namespace, each with its file and line range (and each rule's), the source files' text, and the
 `check` diagnostics of the directory as it is now.
 
+A file's text is the bytes the running version was compiled from, never the file as it is on
+disk now: a file replaced since (say, by a link to a file only root may read) is not served.
+
 No secrets: an inline JWKS that holds private key members (`d`, `p`, `q`, `dp`, `dq`, `qi`, or
 a symmetric `k`) is blanked line by line in the text served (line numbers stay right)."""
 
@@ -9,8 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from meshwarden.engine import CompiledMesh, Document
@@ -75,14 +77,10 @@ def _has_private_jwk(document: Document[Any]) -> bool:
     return any(isinstance(k, dict) and PRIVATE_JWK_MEMBERS & set(k) for k in keys)
 
 
-def _read(file: str, redact: list[tuple[int, int]]) -> str | None:
-    path = Path(file)
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return None
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+def _text(content: bytes | None, redact: list[tuple[int, int]]) -> str | None:
+    if content is None or len(content) > MAX_FILE_BYTES:
         return None
+    lines = content.decode(errors="replace").splitlines()
     for first, last in redact:
         for n in range(first - 1, min(last, len(lines))):
             lines[n] = REDACTED
@@ -97,9 +95,11 @@ def _jwks_lines(document: Document[Any]) -> tuple[int, int]:
     return first, (min(later) - 1 if later else end)
 
 
-def policies_view(mesh: CompiledMesh | None, on_disk: bool = True) -> dict[str, Any]:
-    """The documents of `mesh` per namespace and the text of their files — read from disk only
-    when the policies come from a directory (`on_disk`; a store's paths name no local file)."""
+def policies_view(
+    mesh: CompiledMesh | None, compiled_from: Mapping[str, bytes] | None
+) -> dict[str, Any]:
+    """The documents of `mesh` per namespace and the text of their files: `compiled_from`, the
+    bytes of each file `mesh` was compiled from (None: no text, as for a store's revisions)."""
     namespaces: dict[str, list[dict[str, Any]]] = defaultdict(list)
     redact: dict[str, list[tuple[int, int]]] = defaultdict(list)
     documents = list(mesh.documents.values()) if mesh else []
@@ -111,5 +111,5 @@ def policies_view(mesh: CompiledMesh | None, on_disk: bool = True) -> dict[str, 
     return {
         "version": mesh.version if mesh else None,
         "namespaces": {ns: namespaces[ns] for ns in sorted(namespaces)},
-        "files": {file: _read(file, redact[file]) if on_disk else None for file in files},
+        "files": {file: _text((compiled_from or {}).get(file), redact[file]) for file in files},
     }

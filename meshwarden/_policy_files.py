@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshwarden._policy_watch import WriteWatch
-from meshwarden.engine import UsageError, scan_files
+from meshwarden.engine import FileChanged, UsageError, foreign_link, scan_files
 
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
 WRITE_QUIET_SECONDS = 0.025  # with the watch: no write for this long (one burst of files)...
@@ -52,6 +52,9 @@ class DirectoryContents:
 
     fingerprint: Fingerprint
     files: tuple[PolicyFile, ...]
+
+    def by_path(self) -> dict[str, bytes]:
+        return {file.path: file.content for file in self.files}
 
 
 def fingerprint(directory: Path) -> Fingerprint:
@@ -111,10 +114,16 @@ def _read(path: str) -> PolicyFile | None:
     except OSError as exc:
         return PolicyFile(path, b"", "", f"cannot read file: {exc.strerror or exc}")
     with os.fdopen(fd, "rb") as handle:
-        kind = os.fstat(fd).st_mode
-        if not stat.S_ISREG(kind):
-            what = "a FIFO" if stat.S_ISFIFO(kind) else "a special file"
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            what = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a special file"
             return PolicyFile(path, b"", "", f"cannot read file: {what}, not a regular file")
+        try:
+            refused = foreign_link(path, info)
+        except FileChanged:
+            return None  # swapped while it was opened: scan anew
+        if refused:
+            return PolicyFile(path, b"", "", f"cannot read file: {refused}")
         try:
             content = handle.read(READ_LIMIT + 1)
         except OSError as exc:

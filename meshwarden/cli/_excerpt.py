@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import stat
+from meshwarden.engine import read_text
 
-_MAX_FILE = 10 * 1024 * 1024  # larger files are refused by the loader anyway
 _MAX_WIDTH = 160
 
 
 class SourceLines:
-    """Reads each file once; files that cannot be read show no excerpt."""
+    """Reads each file once, by the loader's rules (a regular file, a link only to a file of its
+    own owner, within the size limit, UTF-8); files that cannot be read show no excerpt."""
 
     def __init__(self) -> None:
         self._files: dict[str, list[str]] = {}
@@ -29,17 +28,6 @@ class SourceLines:
 
     def _lines(self, file: str) -> list[str]:
         if file not in self._files:
-            try:
-                self._files[file] = _read(file).decode(errors="replace").splitlines()
-            except OSError:
-                self._files[file] = []
+            text, _ = read_text(file)
+            self._files[file] = text.splitlines() if text is not None else []
         return self._files[file]
-
-
-def _read(file: str) -> bytes:
-    """A regular file's bytes; never blocks on a FIFO or reads a device."""
-    with open(os.open(file, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_FILE:
-            raise OSError("not a regular file of a readable size")
-        return handle.read(_MAX_FILE)

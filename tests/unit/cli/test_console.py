@@ -55,6 +55,11 @@ def _policies(directory: Path = SHOP) -> Policies:
     return policies
 
 
+def _view(policies: Policies) -> dict[str, Any]:
+    assert policies.contents is not None
+    return policies_view(policies.mesh, policies.contents.by_path())
+
+
 ALLOW = Verdict(Effect.ALLOW, "shop/backend-access", 0)
 DENY = Verdict(Effect.DENY, "meshwarden-system/no-debug-anywhere", 0)
 WOULD_DENY = Verdict(Effect.ALLOW, "shop/backend-access", 0, Effect.DENY, "shop/tighten-frontend")
@@ -160,7 +165,7 @@ def test_a_sidecars_sync_state_comes_from_the_health_report() -> None:
 
 
 def test_policies_view_gives_each_rule_its_lines_in_the_file() -> None:
-    view = policies_view(_policies().mesh)
+    view = _view(_policies())
     [access] = [
         d
         for d in view["namespaces"]["shop"]
@@ -181,7 +186,7 @@ def test_an_inline_jwks_with_private_key_members_is_never_served(tmp_path: Path)
         '"kid": "demo",', f'"kid": "demo", "d": "{PRIVATE_D}",'
     )
     policies_file.write_text(text)
-    view = policies_view(_policies(tmp_path / "shop").mesh)
+    view = _view(_policies(tmp_path / "shop"))
     served = view["files"][str(policies_file)]
     assert PRIVATE_D not in served and PRIVATE_D in text
     assert len(served.splitlines()) == len(text.splitlines())  # line numbers stay right

@@ -25,7 +25,12 @@ from meshwarden.xds._ext_authz import (
     authorization_handler,
     registered_workload,
 )
-from meshwarden.xds._ext_authz_http import AuthzHttpFront, front_tls, serve_authz_http
+from meshwarden.xds._ext_authz_http import (
+    EXT_AUTHZ_FRONT_IDLE_SECONDS,
+    AuthzHttpFront,
+    front_tls,
+    serve_authz_http,
+)
 from meshwarden.xds._loopback import (
     loopback_cluster,
     serve_http_on_loopback,
@@ -48,6 +53,7 @@ from meshwarden.xds._translate import workload_resources
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
+    "EXT_AUTHZ_FRONT_IDLE_SECONDS",
     "EXT_AUTHZ_GRPC_CLUSTER",
     "EXT_AUTHZ_HTTP_CLUSTER",
     "EXT_AUTHZ_HTTP_IDLE_SECONDS",

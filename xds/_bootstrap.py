@@ -27,10 +27,11 @@ EXT_AUTHZ_HTTP_METADATA = "meshwarden.ext_authz_http"
 # ... and when it has EXT_AUTHZ_GRPC_CLUSTER: its gRPC Check may go there instead of over the
 # ADS connection (`ext_authz_grpc_declared`); a bootstrap without it keeps XDS_CLUSTER.
 EXT_AUTHZ_GRPC_METADATA = "meshwarden.ext_authz_grpc"
-# How long the sidecar keeps an idle connection to the ext_authz HTTP front. A front handing
-# its connections over (a retired ext_authz worker) waits longer than this before it closes an
-# idle one itself, so the sidecar is the side that closes it: a check sent on a connection the
-# front closed at that instant would fail (closed: 403).
+# How long the sidecar keeps an idle connection to the ext_authz front (HTTP/1.1 and h2). The
+# front waits longer than this before it ends an idle one itself — when it hands its
+# connections over (a retired ext_authz worker) and for want of requests
+# (EXT_AUTHZ_FRONT_IDLE_SECONDS) — so the sidecar is the side that closes it: a check sent on a
+# connection the front closed at that instant would fail (closed: 403).
 EXT_AUTHZ_HTTP_IDLE_SECONDS = 3
 _T = "type.googleapis.com/"
 _H2 = {
@@ -40,13 +41,16 @@ _H2 = {
     }
 }
 
-_H1_IDLE = {
-    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-        "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "commonHttpProtocolOptions": {"idleTimeout": f"{EXT_AUTHZ_HTTP_IDLE_SECONDS}s"},
-        "explicitHttpConfig": {"httpProtocolOptions": {}},
+
+def _idle(explicit: dict[str, Any]) -> dict[str, Any]:
+    """The front's cluster options: `explicit` HTTP, idle connections closed by the sidecar."""
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "commonHttpProtocolOptions": {"idleTimeout": f"{EXT_AUTHZ_HTTP_IDLE_SECONDS}s"},
+            "explicitHttpConfig": explicit,
+        }
     }
-}
 
 
 def envoy_binary() -> str:
@@ -139,8 +143,15 @@ def bootstrap(
     if ext_authz_http_port is not None:  # the same hosts, the engine's front: HTTP/1.1 and h2
         fronts = [(host, ext_authz_http_port) for host, _ in control_planes]
         authz_fronts = [
-            _control_plane_cluster(EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, _H1_IDLE),
-            _control_plane_cluster(EXT_AUTHZ_GRPC_CLUSTER, fronts, _with_alpn(xds_tls), _H2),
+            _control_plane_cluster(
+                EXT_AUTHZ_HTTP_CLUSTER, fronts, xds_tls, _idle({"httpProtocolOptions": {}})
+            ),
+            _control_plane_cluster(
+                EXT_AUTHZ_GRPC_CLUSTER,
+                fronts,
+                _with_alpn(xds_tls),
+                _idle({"http2ProtocolOptions": {}}),
+            ),
         ]
         node["metadata"] = {EXT_AUTHZ_HTTP_METADATA: True, EXT_AUTHZ_GRPC_METADATA: True}
     return {

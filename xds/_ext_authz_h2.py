@@ -19,6 +19,7 @@ streams are done (RFC 9113 §6.8, the graceful shutdown)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -63,14 +64,23 @@ def _connection_peer(context: Any) -> str | None:
     return peer if isinstance(peer, str) else None
 
 
+class FrontConnection(Protocol):
+    """A front connection, whatever its protocol, as its front's idle sweep sees it."""
+
+    def end_if_idle(self, now: float, seconds: float) -> bool:
+        """End the connection if no request came for `seconds` and none is being answered;
+        whether it began to end now (`time.monotonic()` for `now`)."""
+        ...
+
+
 class FrontConnections(Protocol):
     """A front's connection accounting, whatever the protocol (`AuthzHttpFront`)."""
 
     draining: bool
 
-    def admit(self, connection: asyncio.Protocol, transport: asyncio.Transport) -> bool: ...
+    def admit(self, connection: FrontConnection, transport: asyncio.Transport) -> bool: ...
 
-    def release(self, connection: asyncio.Protocol) -> None: ...
+    def release(self, connection: FrontConnection) -> None: ...
 
 
 class AuthzGrpcConnection(GrpcConnection):
@@ -79,6 +89,31 @@ class AuthzGrpcConnection(GrpcConnection):
     def __init__(self, front: FrontConnections, server: LocalServer) -> None:
         super().__init__(server)
         self.front = front
+        self.active = time.monotonic()  # the last call's start or end
+        self.idle_goaway: float | None = None  # when the idle sweep sent its GOAWAY
+
+    def admit_call(self) -> bool:
+        self.active = time.monotonic()
+        return True
+
+    def call_finished(self, call: Any) -> None:  # a Call of this connection
+        self.active = time.monotonic()
+        super().call_finished(call)
+
+    def end_if_idle(self, now: float, seconds: float) -> bool:
+        """Idle (no call for `seconds`): first a graceful GOAWAY, as when the front is handed
+        over, so the sidecar opens no new stream here and closes the connection itself (a call
+        crossing the GOAWAY is still answered); a peer still idle a quarter of `seconds`
+        later is closed."""
+        if self.transport is None or self.calls or now - self.active < seconds:
+            return False
+        if self.idle_goaway is None:
+            self.idle_goaway = now
+            self.drain()
+            return True
+        if now - self.idle_goaway >= seconds / 4:
+            self.close()
+        return False
 
     def identify(self, transport: asyncio.Transport) -> object:
         return transport_spiffe_id(transport)

@@ -15,6 +15,13 @@ Who calls: the server is given an `ssl.SSLContext` that requires client certific
 mesh's trust bundle, and the connection's verified SPIFFE ID is the caller the resolver checks
 the claimed workload against (as for gRPC); without TLS it must listen on loopback only (tests,
 benchmarks). At most `max_connections` connections are open at once.
+
+Idle connections: a sidecar's bootstrap closes its own after `EXT_AUTHZ_HTTP_IDLE_SECONDS` (both
+clusters to the front), and the front ends one that had no request for `idle_seconds`
+(`EXT_AUTHZ_FRONT_IDLE_SECONDS`, ten times longer: a peer that is no such sidecar, or went
+quiet): an HTTP/1.1 connection is closed, an h2 one gets a graceful GOAWAY first. The sidecar
+closing first matters: a check sent on a connection at the instant the front closes it would
+fail (403).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,7 @@ from meshwarden.xds._ext_authz_filter import (
 from meshwarden.xds._ext_authz_h2 import (
     H2,
     AuthzGrpcConnection,
+    FrontConnection,
     Negotiated,
     check_server,
     transport_spiffe_id,
@@ -54,6 +63,9 @@ from meshwarden.xds._ext_authz_h2 import (
 from meshwarden.xds._ext_authz_http1 import Malformed, RequestHead, RequestReader
 
 MAX_CONNECTIONS = 8192  # Envoy pools a few per sidecar worker: room for thousands of sidecars
+# A connection without a request this long is ended by the front: ten times the sidecars' own
+# idle timeout (EXT_AUTHZ_HTTP_IDLE_SECONDS), so a sidecar always closes its idle ones first.
+EXT_AUTHZ_FRONT_IDLE_SECONDS = 30.0
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 
 
@@ -150,12 +162,20 @@ class AuthzHttpFront:
     """The HTTP/1.1 front of one `Authorization`: connection accounting and the answer to
     each request head."""
 
-    def __init__(self, authorization: Authorization, max_connections: int = MAX_CONNECTIONS):
+    def __init__(
+        self,
+        authorization: Authorization,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_seconds: float = EXT_AUTHZ_FRONT_IDLE_SECONDS,
+    ):
         self.authorization = authorization
         self.max_connections = max_connections
+        self.idle_seconds = idle_seconds
         self.refused_connections = 0
+        self.idle_ended = 0  # connections the front ended for want of requests
         self.draining = False
-        self.open: set[asyncio.Protocol] = set()
+        self.open: set[FrontConnection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
         self.grpc = check_server(authorization)  # gRPC Check on the connections ALPN made h2
 
     def answer(self, head: RequestHead, caller: str | None) -> bytes:
@@ -173,17 +193,33 @@ class AuthzHttpFront:
     def _grpc_connection(self) -> AuthzGrpcConnection:
         return AuthzGrpcConnection(self, self.grpc)
 
-    def admit(self, connection: asyncio.Protocol, transport: asyncio.Transport) -> bool:
+    def admit(self, connection: FrontConnection, transport: asyncio.Transport) -> bool:
         """Count a new connection, or abort it when `max_connections` are open."""
         if self.connections >= self.max_connections:
             self.refused_connections += 1
             transport.abort()
             return False
         self.open.add(connection)
+        if self._sweep is None:
+            self._next_sweep()
         return True
 
-    def release(self, connection: asyncio.Protocol) -> None:
+    def release(self, connection: FrontConnection) -> None:
         self.open.discard(connection)
+
+    def _next_sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._sweep = loop.call_later(self.idle_seconds / 4, self._end_idle)
+
+    def _end_idle(self) -> None:
+        """End the connections idle for `idle_seconds` (each within a quarter more); sweep
+        again while any is open."""
+        self._sweep = None
+        now = time.monotonic()
+        for connection in list(self.open):
+            self.idle_ended += connection.end_if_idle(now, self.idle_seconds)
+        if self.open:
+            self._next_sweep()
 
     @property
     def connections(self) -> int:
@@ -211,6 +247,7 @@ class AuthzHttpConnection(asyncio.Protocol):
         self.reader = RequestReader()
         self.caller: str | None = None
         self.transport: asyncio.Transport | None = None
+        self.active = time.monotonic()  # the last request's arrival
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -233,6 +270,8 @@ class AuthzHttpConnection(asyncio.Protocol):
             if item.close:
                 close = True
                 break
+        if answers:
+            self.active = time.monotonic()
         if self.front.draining and answers and not close:
             answers[-1] = answers[-1].replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
             close = True
@@ -245,6 +284,14 @@ class AuthzHttpConnection(asyncio.Protocol):
         if self.transport is not None:
             self.reader.failed = True
             self.transport.close()
+
+    def end_if_idle(self, now: float, seconds: float) -> bool:
+        """Closed when no request came for `seconds` (every answer is written as its request
+        is read, so none is pending)."""
+        if self.transport is None or now - self.active < seconds:
+            return False
+        self.close()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.release(self)

@@ -1,7 +1,8 @@
 """The ext_authz front's h2 side, read with the `h2` library's client over mTLS (ALPN h2): a
 Check call is answered on the front's TLS port; a front handing its sidecars over (`drain`)
 sends a GOAWAY that lets no new stream in (last stream id 2^31-1, NO_ERROR) and still answers
-a call that crossed it; an HTTP/1.1 client on the same port is still answered as before."""
+a call that crossed it; an HTTP/1.1 client on the same port is still answered as before; a peer
+that stays idle is ended by the front (h2: the same graceful GOAWAY first, then closed)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from meshwarden.identities import (
     private_key_pkcs8_pem,
 )
 from meshwarden.xds import (
+    EXT_AUTHZ_FRONT_IDLE_SECONDS,
     Authorization,
     AuthzHttpFront,
     front_tls,
@@ -74,12 +76,13 @@ def _svid(ca: CertificateAuthority, spiffe_id: str | None, folder: Path) -> tupl
     return chain, key_file
 
 
-def _front() -> AuthzHttpFront:
+def _front(idle_seconds: float = EXT_AUTHZ_FRONT_IDLE_SECONDS) -> AuthzHttpFront:
     documents, problems = parse_text(DOCS)
     assert not problems
     compiled, _ = check_documents(documents)
     assert compiled is not None
-    return AuthzHttpFront(Authorization(registered_workload(lambda: compiled, lambda c: c)))
+    authorization = Authorization(registered_workload(lambda: compiled, lambda c: c))
+    return AuthzHttpFront(authorization, idle_seconds=idle_seconds)
 
 
 def _check(principal: str) -> bytes:
@@ -159,25 +162,48 @@ class _Client:
         return str(metadata.to_dict()["decision"])
 
 
-def test_a_draining_front_lets_no_new_stream_in_and_answers_one_that_crossed(
-    tmp_path: Path,
-) -> None:
-    ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
-    chain, key = _svid(ca, None, tmp_path / "server")
-    client_chain, client_key = _svid(ca, API, tmp_path / "client")
-    front = _front()
+class _Certificates:
+    """The front's certificate and a workload's, from one CA; the client's TLS per ALPN."""
 
-    def client_tls(alpn: str) -> ssl.SSLContext:
+    def __init__(self, folder: Path) -> None:
+        self.ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
+        self.chain, self.key = _svid(self.ca, None, folder / "server")
+        self.client = _svid(self.ca, API, folder / "client")
+
+    async def serve(self, front: AuthzHttpFront) -> tuple[asyncio.Server, int]:
+        tls = front_tls(self.chain, self.key, self.ca.bundle().x509_pem())
+        server = await serve_authz_http(front, "127.0.0.1", 0, tls.listening)
+        return server, server.sockets[0].getsockname()[1]
+
+    def client_tls(self, alpn: str) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        context.load_cert_chain(client_chain, client_key)
+        context.load_cert_chain(*self.client)
         context.set_alpn_protocols([alpn])
         return context
 
+
+async def _until_closed(reader: asyncio.StreamReader) -> bytes:
+    """What the front sent until it closed the connection (within a generous bound)."""
+    received = b""
+    async with asyncio.timeout(30):
+        try:
+            while data := await reader.read(65536):
+                received += data
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+    return received
+
+
+def test_a_draining_front_lets_no_new_stream_in_and_answers_one_that_crossed(
+    tmp_path: Path,
+) -> None:
+    certificates = _Certificates(tmp_path)
+    client_tls = certificates.client_tls
+    front = _front()
+
     async def scenario() -> tuple[Any, ...]:
-        tls = front_tls(chain, key, ca.bundle().x509_pem())
-        server = await serve_authz_http(front, "127.0.0.1", 0, tls.listening)
-        port = server.sockets[0].getsockname()[1]
+        server, port = await certificates.serve(front)
         client = _Client(*await asyncio.open_connection("127.0.0.1", port, ssl=client_tls("h2")))
         first = client.call(CALLER)
         await client.until(lambda: client.ended(first))
@@ -206,3 +232,37 @@ def test_a_draining_front_lets_no_new_stream_in_and_answers_one_that_crossed(
     assert answers == ["allow", "deny"]
     assert goaway == (2**31 - 1, 0)
     assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head  # draining
+
+
+def test_an_idle_peer_is_ended_by_the_front_an_h2_one_after_a_graceful_goaway(
+    tmp_path: Path,
+) -> None:
+    """(The sidecars close theirs first: test_ext_authz_idle.py, with a real Envoy.)"""
+    certificates = _Certificates(tmp_path)
+    front = _front(idle_seconds=0.5)  # a short wait for the test; 30 s in service
+
+    async def scenario() -> tuple[Any, ...]:
+        server, port = await certificates.serve(front)
+        tls = certificates.client_tls
+        client = _Client(*await asyncio.open_connection("127.0.0.1", port, ssl=tls("h2")))
+        first = client.call(CALLER)
+        await client.until(lambda: client.ended(first))
+        await client.until(lambda: client.goaway() is not None)  # then idle, sending nothing
+        goaway, answer = client.goaway(), client.answer(first)
+        await _until_closed(client.reader)
+        http1, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls("http/1.1"))
+        silent = await _until_closed(http1)  # a TLS peer that never sends a request
+        ended = front.idle_ended
+        for ours in (client.writer, writer):
+            ours.close()
+        async with asyncio.timeout(30):
+            while front.connections:  # both let go of (TLS waits for the peer's close)
+                await asyncio.sleep(0.05)
+        server.close()
+        return answer, goaway, silent, ended
+
+    answer, goaway, silent, ended = asyncio.run(scenario())
+    assert answer == "allow"
+    assert goaway == (2**31 - 1, 0)  # no new stream, and any that crossed it is answered
+    assert silent == b""
+    assert ended == 2

@@ -27,6 +27,8 @@ from envoy_data_plane.google.protobuf import Struct
 from meshwarden.engine import CompiledMesh, SpiffeId, TrustDomain, check_documents, parse_text
 from meshwarden.identities import CaConfig, CertificateAuthority, SystemClock
 from meshwarden.xds import (
+    EXT_AUTHZ_FRONT_IDLE_SECONDS,
+    EXT_AUTHZ_GRPC_CLUSTER,
     EXT_AUTHZ_HTTP_CLUSTER,
     EXT_AUTHZ_HTTP_IDLE_SECONDS,
     XDS_CLUSTER,
@@ -320,21 +322,27 @@ def test_a_draining_front_answers_every_connections_next_check_then_closes_it() 
     assert left == 0
 
 
-def test_a_sidecar_closes_its_idle_connections_to_the_front_before_a_drain_would() -> None:
-    """The sidecar's idle timeout on the front's cluster is shorter than a retired worker's
-    wait, so an idle connection is closed by the sidecar, never under it."""
+def test_a_sidecar_closes_its_idle_connections_to_the_front_before_the_front_would() -> None:
+    """The sidecar's idle timeout on both of the front's clusters (HTTP/1.1 and h2) is shorter
+    than a retired worker's wait and than the front's own idle timeout, so an idle connection
+    is closed by the sidecar, never under it."""
     config = bootstrap(
         "a/w", "127.0.0.1", 8444, "/sds.sock", trust_domain="example.org", ext_authz_http_port=8445
     )
-    [cluster] = [
-        c for c in config["staticResources"]["clusters"] if c["name"] == EXT_AUTHZ_HTTP_CLUSTER
-    ]
-    options = cluster["typedExtensionProtocolOptions"][
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    ]
-    idle = options["commonHttpProtocolOptions"]["idleTimeout"]
-    assert idle == f"{EXT_AUTHZ_HTTP_IDLE_SECONDS}s"
+    clusters = {c["name"]: c for c in config["staticResources"]["clusters"]}
+    for name, protocol in [
+        (EXT_AUTHZ_HTTP_CLUSTER, "httpProtocolOptions"),
+        (EXT_AUTHZ_GRPC_CLUSTER, "http2ProtocolOptions"),
+    ]:
+        options = clusters[name]["typedExtensionProtocolOptions"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        ]
+        assert options["commonHttpProtocolOptions"]["idleTimeout"] == (
+            f"{EXT_AUTHZ_HTTP_IDLE_SECONDS}s"
+        )
+        assert protocol in options["explicitHttpConfig"]
     assert EXT_AUTHZ_HTTP_IDLE_SECONDS < DRAIN_SECONDS
+    assert EXT_AUTHZ_HTTP_IDLE_SECONDS * 5 <= EXT_AUTHZ_FRONT_IDLE_SECONDS
 
 
 def test_plaintext_is_refused_on_an_address_other_than_loopback() -> None:

@@ -19,6 +19,7 @@ from meshwarden._authz_pipe import Channel, CheckBatch
 from meshwarden._policies import Policies, settle_collections
 from meshwarden._policy_files import DirectoryContents
 from meshwarden.xds import (
+    EXT_AUTHZ_FRONT_IDLE_SECONDS,
     EXT_AUTHZ_HTTP_IDLE_SECONDS,
     Authorization,
     AuthzHttpFront,
@@ -86,6 +87,8 @@ class Worker:
             on_check=self._checked,
         )
         self.compiled: tuple[str, list[str], float] | None = None
+        self.front: AuthzHttpFront | None = None
+        self._told: tuple[int, int] | None = None  # the front's counts last sent
         if contents is not None:
             self._compile(contents)
         # What is alive now (the compiled policies: ≈ 250,000 objects at 1,000 workloads) is
@@ -102,7 +105,8 @@ class Worker:
             channel.send(("version", self.compiled))
         tls = front_tls(Path(self.args.chain), Path(self.args.key), self.roots)
         host, _, port = self.args.listen.rpartition(":")
-        front = AuthzHttpFront(self.authorization)
+        idle = getattr(self.args, "idle_seconds", None) or EXT_AUTHZ_FRONT_IDLE_SECONDS
+        front = self.front = AuthzHttpFront(self.authorization, idle_seconds=idle)
         listener = socket.socket(fileno=self.args.listener)  # the control plane's, shared
         try:
             server = await serve_authz_http(
@@ -138,9 +142,17 @@ class Worker:
         self.compiled = (status.version, status.errors[:5], time.perf_counter() - started)
 
     def _flush(self) -> None:
+        """Check durations, and the front's connection counts when they changed."""
+        if self.channel is None:
+            return
         taken = self.batch.take()
-        if taken and self.channel is not None:
+        if taken:
             self.channel.send(("checks", taken))
+        front = self.front
+        counts = None if front is None else (front.connections, front.idle_ended)
+        if counts is not None and counts != self._told:
+            self._told = counts
+            self.channel.send(("connections", counts))
 
     async def _flush_forever(self) -> None:
         while True:

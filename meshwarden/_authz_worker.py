@@ -25,8 +25,9 @@ What it gets, and how:
 Fail closed: a worker started without policies (none were valid yet) denies every check (the
 resolver has no mesh); a worker whose pipe closes (the control plane exited or dropped it)
 exits, and PR_SET_PDEATHSIG kills it if the control plane dies by SIGKILL. What goes back on
-the pipe: the compiled version (and the seconds compiling took), `listening`, and batches of
-check durations the control plane records into its own `meshwarden.authz.check.duration`.
+the pipe: the compiled version (and the seconds compiling took), `listening`, batches of
+check durations the control plane records into its own `meshwarden.authz.check.duration`,
+and the front's open connections and idle ones it ended (`/healthz` `extAuthz.workers[]`).
 Decision spans are exported from here to the same OTLP collector as the control plane's.
 """
 
@@ -66,6 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--policies", required=True)
     parser.add_argument("--otlp-endpoint")
     parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--idle-seconds", type=float)  # the front's idle timeout (tests)
     return parser.parse_args(argv)
 
 

@@ -75,6 +75,8 @@ class _Worker:
     errors: list[str] = field(default_factory=list)
     compile_s: float | None = None  # how long compiling its policies took
     checks: int = 0  # checks it answered (HTTP/1.1 and gRPC), as of its last flush
+    connections: int = 0  # open on its front, as of its last flush
+    idle_ended: int = 0  # connections its front ended for want of requests
     listening: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     retired: bool = False
@@ -91,8 +93,10 @@ class AuthzWorkers:
         policies_name: str,
         record: Callable[[float, Mapping[str, str]], None],
         otlp_endpoint: str | None = None,
+        idle_seconds: float | None = None,
     ) -> None:
         self.count = count
+        self.idle_seconds = idle_seconds  # the front's idle timeout (None: its default)
         self.host, self.port = listen
         self.files = files
         self.policies_name = policies_name
@@ -168,6 +172,8 @@ class AuthzWorkers:
                 "errors": w.errors,
                 "lastCompileSeconds": None if w.compile_s is None else round(w.compile_s, 3),
                 "checks": w.checks,
+                "connections": w.connections,
+                "idleEnded": w.idle_ended,
             }
             for w in sorted(self.active.values(), key=lambda w: w.slot)
         ]
@@ -245,6 +251,8 @@ class AuthzWorkers:
         ]
         if self.otlp_endpoint:
             command.append(f"--otlp-endpoint={self.otlp_endpoint}")
+        if self.idle_seconds is not None:
+            command.append(f"--idle-seconds={self.idle_seconds}")
         return command
 
     @property
@@ -289,6 +297,8 @@ class AuthzWorkers:
             worker.listening.set()
         elif kind == "version":
             worker.version, worker.errors, worker.compile_s = value
+        elif kind == "connections":
+            worker.connections, worker.idle_ended = value
         elif kind == "checks":
             for labels, durations in value:
                 worker.checks += len(durations)

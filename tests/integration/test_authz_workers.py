@@ -252,3 +252,35 @@ def test_connections_queued_for_a_worker_that_dies_are_served_by_its_replacement
             await workers.stop()
 
     assert asyncio.run(scenario()) == [(200, b"")] * 10
+
+
+def test_a_workers_front_ends_an_idle_peer_and_the_control_plane_counts_it(
+    tmp_path: Path,
+) -> None:
+    """A TLS peer that never sends a request is closed by the worker's front after its idle
+    timeout (short here; 30 s in service), and `/healthz` `extAuthz.workers[]` says so."""
+    ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
+    chain, key = _svid(ca, f"spiffe://{TD}/ns/cp/sa/server", tmp_path / "server")
+    policies = _policies(tmp_path / "policies")
+    workers = AuthzWorkers(
+        1, ("127.0.0.1", 0), WorkerFiles(chain, key), "policies", lambda *_: None, None, 0.5
+    )
+    client = _client(ca, tmp_path / "client")
+
+    async def scenario() -> tuple[bytes, dict[str, Any]]:
+        assert policies.mesh is not None
+        port = await workers.start(ca.bundle().x509_pem(), policies.contents, policies.mesh.version)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+            async with asyncio.timeout(30):
+                left = await reader.read()  # until the front closes it
+            writer.close()
+            await _until(lambda: workers.status()[0]["idleEnded"] == 1)
+            await _until(lambda: workers.status()[0]["connections"] == 0)
+            return left, workers.status()[0]
+        finally:
+            await workers.stop()
+
+    left, status = asyncio.run(scenario())
+    assert left == b""
+    assert (status["idleEnded"], status["connections"]) == (1, 0)

@@ -5,7 +5,7 @@
 
 const COLOURS = { allow: "#2e7d32", deny: "#c62828", "would-deny": "#ef8f00" };
 const state = { cy: null, graph: null, config: {}, selected: null, refresh: null,
-  workloads: [], policies: null, events: 0 };
+  refreshAgain: false, workloads: [], policies: null, events: 0 };
 window.meshwardenConsole = state; // for scripts and the browser tests
 
 const $ = (id) => document.getElementById(id);
@@ -147,13 +147,17 @@ async function refreshGraph() {
 }
 
 function scheduleRefresh() {
-  // at most one redraw a second however many records arrive (each is one /api/graph request)
-  if (state.refresh) return;
+  // at most one redraw a second however many records arrive (each is one /api/graph request);
+  // a record announced while a request is under way asks for one more after it: that request's
+  // answer may have been built before the record was stored
+  if (state.refresh) { state.refreshAgain = true; return; }
   const wait = Math.max(0, 1000 - (Date.now() - (state.lastRefresh || 0)));
   state.refresh = setTimeout(async () => {
     state.lastRefresh = Date.now();
+    state.refreshAgain = false;
     await refreshGraph();
     state.refresh = null;
+    if (state.refreshAgain) scheduleRefresh();
   }, Math.max(wait, 100));
 }
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import APIResponse, Page, Route
 
 from meshwarden.demo import DemoIdp, move_to_free_ports, sample_apps, shop_copy
 
@@ -114,12 +116,12 @@ def _edge(page: Page, edge_id: str) -> dict[str, Any] | None:
     return dict(found) if found else None
 
 
-def _until(page: Page, expression: str, timeout: float = 15) -> None:
+def _until(page: Page, expression: str, timeout: float = 60) -> None:
     """Poll a JavaScript expression until it is true (the page's CSP forbids the eval that
     Playwright's wait_for_function needs)."""
     deadline = time.monotonic() + timeout
     while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"still false after {timeout} s: {expression}"
+        assert time.monotonic() < deadline, f"still false after {timeout:.0f} s: {expression}"
         time.sleep(0.1)
 
 
@@ -265,6 +267,64 @@ def test_the_explain_form_answers_what_the_cli_answers(shop: ShopMesh, browser_p
     page.goto(deep_link)
     page.wait_for_selector("#explain-result:not([hidden])")
     assert json.loads(page.text_content("#explain-json") or "") == cli
+
+
+def _served_allows(shop: ShopMesh, page: Page, edge_id: str) -> int:
+    """How many allowed records of `edge_id` the console serves for the page's filters now."""
+    url = shop.console + "api/graph?" + page.evaluate("graphParams().toString()")
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        edges = json.loads(reply.read())["edges"]
+    return sum(int(e["counts"]["allow"]) for e in edges if e["id"] == edge_id)
+
+
+def _pump_until(page: Page, check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Wait in the browser (route handlers run meanwhile) until `check()`."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        page.wait_for_timeout(100)
+
+
+GRAPH_FETCH = re.compile(r"/api/graph\?")
+
+
+def test_a_record_announced_while_the_graph_is_fetched_brings_one_more_fetch(
+    shop: ShopMesh, browser_page: Page
+) -> None:
+    """The page fetches the graph at most once a second; a record announced while a fetch is
+    under way (whose answer was built before that record was stored) is shown by the next."""
+    page = browser_page
+    edge_id = f"ip:{shop.net}.9->shop/backend-1:8080"  # a plaintext peer: one record a request
+    _open_graph(page, shop, edge_id)
+    held: list[tuple[Route, APIResponse]] = []
+    released = False
+
+    def hold(route: Route) -> None:  # answered now by the console, handed to the page later
+        if released:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    page.route(GRAPH_FETCH, hold)
+    try:
+        before = _served_allows(shop, page, edge_id)
+        assert shop.stranger_reads_the_catalogue() == 200
+        _pump_until(page, lambda: bool(held), "the page fetches the graph for the record")
+        announced = page.evaluate("window.meshwardenConsole.events")
+        assert shop.stranger_reads_the_catalogue() == 200
+        assert wait_for(lambda: _served_allows(shop, page, edge_id), before + 2, 60) == before + 2
+        _pump_until(
+            page,
+            lambda: page.evaluate("window.meshwardenConsole.events") > announced,
+            "the page hears of the second record while its fetch is under way",
+        )
+    finally:
+        released = True
+        for route, answer in held:  # answered as built when the fetch was made
+            route.fulfill(response=answer)
+    shown = f"window.meshwardenConsole.graph.edges.find(e => e.id == '{edge_id}').counts.allow"
+    _until(page, f"{shown} == {before + 2}", timeout=60)
+    page.unroute(GRAPH_FETCH)
 
 
 def test_a_live_policy_change_recolours_the_edge_without_a_reload(

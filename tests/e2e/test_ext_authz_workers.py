@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -39,6 +39,7 @@ WORKLOAD = "a/w"
 CALLER = f"spiffe://{TD}/ns/b/sa/caller"
 OTHER = f"spiffe://{TD}/ns/b/sa/other"
 SIDECAR_ID = f"spiffe://{TD}/ns/a/sa/w"
+T = TypeVar("T")
 
 
 def _documents(address: str, app_port: int, allowed: str) -> list[dict[str, Any]]:
@@ -88,11 +89,14 @@ class Plane:
         return write_svid(ca, spiffe_id, folder)
 
 
-def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
+def _wait(check: Callable[[], T | None], what: str, timeout: float = 60) -> T:
+    """Poll `check()` until it is truthy; that one reading (never read again: the state may have
+    moved on since)."""
     deadline = time.monotonic() + timeout
-    while not check():
+    while not (got := check()):
         assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
         time.sleep(0.1)
+    return got
 
 
 @pytest.fixture
@@ -172,13 +176,20 @@ def _status(address: str, cert: tuple[str, str]) -> tuple[int, bytes]:
         conn.close()
 
 
-def _current_worker(plane: Plane) -> dict[str, Any] | None:
-    """The one worker, if exactly one runs and it serves the current policies.
+def _current_health(plane: Plane) -> dict[str, Any] | None:
+    """One /healthz report, if exactly one worker runs in it and serves the current policies.
 
-    One /healthz read: between two reads a killed worker may be gone and its
+    Callers use this one reading: between two reads a killed worker may be gone and its
     replacement not yet started, so the list may be empty."""
-    workers = plane.workers()
-    return workers[0] if len(workers) == 1 and workers[0]["current"] else None
+    health = plane.health()
+    workers = health["extAuthz"]["workers"]
+    return health if len(workers) == 1 and workers[0]["current"] else None
+
+
+def _current_worker(plane: Plane) -> dict[str, Any] | None:
+    """The one worker, if exactly one runs and it serves the current policies (one read)."""
+    health = _current_health(plane)
+    return health["extAuthz"]["workers"][0] if health else None
 
 
 def _current(plane: Plane) -> bool:
@@ -202,13 +213,13 @@ def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed
 ) -> None:
     _sidecar(envoy, plane, loopback, app)
     caller, other = plane.svid(CALLER), plane.svid(OTHER)
-    _wait(lambda: _current(plane), "the worker decides with the control plane's policies")
-    [worker] = plane.workers()
-    assert worker["version"] == plane.health()["policyVersion"] and worker["pid"] != os.getpid()
+    health = _wait(lambda: _current_health(plane), "the worker decides with the policies")
+    [worker] = health["extAuthz"]["workers"]
+    assert worker["version"] == health["policyVersion"] and worker["pid"] != os.getpid()
     assert _status(loopback, caller) == (200, b"hello")
     assert _status(loopback, other)[0] == 403
     spans = [("allow", CALLER), ("deny", OTHER)]  # exported by the worker that decided
-    _wait(lambda: _decision_spans(collector) == spans, "the worker's decision spans", 15)
+    _wait(lambda: _decision_spans(collector) == spans, "the worker's decision spans")
 
     before, before_pid = worker["version"], worker["pid"]
     (plane.policies / "mesh.yaml").write_text(yaml.safe_dump_all(_documents(loopback, app, OTHER)))
@@ -217,10 +228,8 @@ def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed
         current = _current_worker(plane)
         return current if current and current["version"] not in (None, before) else None
 
-    _wait(lambda: _changed() is not None, "the change reached it")
-    worker = _changed()  # a new worker compiled the change and took over
-    assert worker is not None
-    _wait(lambda: not _alive(before_pid), "the worker of the previous version exited", 15)
+    worker = _wait(_changed, "the change reached it")  # a new worker compiled it, took over
+    _wait(lambda: not _alive(before_pid), "the worker of the previous version exited")
     assert _status(loopback, caller)[0] == 403  # denied after the change, end to end
     assert _status(loopback, other) == (200, b"hello")
 
@@ -235,11 +244,10 @@ def test_a_worker_decides_follows_a_policy_change_and_is_replaced_failing_closed
 
 
 def test_workers_exit_when_the_control_plane_is_killed(plane: Plane) -> None:
-    _wait(lambda: _current(plane), "the worker listens")
-    [worker] = plane.workers()
+    worker = _wait(lambda: _current_worker(plane), "the worker listens")
     plane.process.kill()
-    plane.process.wait(10)
-    _wait(lambda: not _alive(worker["pid"]), "the worker exited", timeout=10)
+    plane.process.wait(30)
+    _wait(lambda: not _alive(worker["pid"]), "the worker exited")
 
 
 def _alive(pid: int) -> bool:

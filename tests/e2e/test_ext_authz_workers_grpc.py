@@ -39,6 +39,7 @@ from .test_ext_authz_workers import (
     WORKLOAD,
     Plane,
     _current,
+    _current_worker,
     _decision_spans,
     _running,
     _status,
@@ -146,7 +147,12 @@ def test_a_sidecar_with_the_front_sends_grpc_check_to_the_worker_on_both_ports(
     assert (status, body) == (403, b"ext_authz: access denied by default:deny")
     assert _echo(loopback, caller) == b"echo " + PING
     assert _echo(loopback, other) == b""
-    _wait(lambda: plane.workers()[0]["checks"] == 4, "the worker counted the four checks", 15)
-    _wait(lambda: len(_decision_spans(collector)) == 4, "the worker's decision spans", 15)
-    spans = sorted(_decision_spans(collector))
+    _wait(
+        lambda: (_current_worker(plane) or {"checks": None})["checks"] == 4,
+        "the worker counted the four checks",
+    )
+    spans = _wait(
+        lambda: sorted(found) if len(found := _decision_spans(collector)) == 4 else None,
+        "the worker's decision spans",
+    )
     assert spans == [("allow", CALLER), ("allow", CALLER), ("deny", OTHER), ("deny", OTHER)]

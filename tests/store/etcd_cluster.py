@@ -88,7 +88,7 @@ class EtcdCluster:
         with member.log.open("ab") as log:
             member.process = subprocess.Popen(member.command(cluster), stdout=log, stderr=log)
 
-    def wait_healthy(self, timeout: float = 20) -> None:
+    def wait_healthy(self, timeout: float = 60) -> None:
         import urllib.request
 
         deadline = time.monotonic() + timeout
@@ -109,8 +109,20 @@ class EtcdCluster:
                     )
                 time.sleep(0.05)
 
-    def leader(self) -> Member:
-        """The member that is leader now (asked through etcd's own HTTP gateway)."""
+    def leader(self, timeout: float = 30) -> Member:
+        """The member that is leader now (asked through etcd's own HTTP gateway). On a loaded
+        machine a member may miss heartbeats and call an election at any time: while one runs
+        no member is leader (or a member does not answer), so this asks again until one is."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self._leader()
+            if found is not None:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no etcd member is leader within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def _leader(self) -> Member | None:
         import json
         import urllib.request
 
@@ -120,11 +132,14 @@ class EtcdCluster:
             request = urllib.request.Request(
                 f"http://{member.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
             )
-            with urllib.request.urlopen(request, timeout=2) as reply:
-                status = json.loads(reply.read())
+            try:
+                with urllib.request.urlopen(request, timeout=5) as reply:
+                    status = json.loads(reply.read())
+            except OSError:
+                continue
             if status["header"]["member_id"] == status["leader"]:
                 return member
-        raise AssertionError("no etcd member is leader")
+        return None
 
     def stop(self) -> None:
         for member in self.members:

@@ -105,6 +105,18 @@ def _connected(url: str) -> bool:
     return bool(sidecar and sidecar["streams"] and sidecar["applied"])
 
 
+def _connected_replica(healths: list[str]) -> int:
+    """The index of the replica the sidecar is connected to and synced with, once one is."""
+    found: list[int] = []
+
+    def connected() -> bool:
+        found[:] = [n for n, h in enumerate(healths) if _connected(h)]
+        return bool(found)
+
+    wait_for(connected, timeout=60)
+    return found[0]
+
+
 class Traffic:
     """Requests from the legacy peer in a loop: GET /api/x must be 200, GET /admin/x 403."""
 
@@ -124,6 +136,11 @@ class Traffic:
                 if got != expected:
                     self.failures.append(f"GET {path}: {got} (expected {expected})")
             time.sleep(0.01)
+
+    def wait_sent(self, count: int) -> None:
+        """Until `count` requests were answered (however long each takes on a loaded host)."""
+        wait_for(lambda: self.sent >= count or not self._thread.is_alive(), timeout=120)
+        assert self.sent >= count, f"the traffic stopped after {self.sent} requests"
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -202,25 +219,24 @@ def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
             str(sds),
             ready=False,
         )
-        wait_for(lambda: any(_connected(h) for h in healths), timeout=30)
         wait_for(
-            lambda: request(f"{net}.3", 8080, "GET", "/api/x", source=f"{net}.9") == 200, timeout=30
+            lambda: request(f"{net}.3", 8080, "GET", "/api/x", source=f"{net}.9") == 200, timeout=60
         )
-        used = next(n for n, h in enumerate(healths) if _connected(h))
-        other = 1 - used
+        used = _connected_replica(healths)  # one reading: which replica the sidecar uses
 
+        other = 1 - used
         with Traffic(net) as traffic:
-            time.sleep(0.5)
+            traffic.wait_sent(10)  # requests before the kill ...
             servers[used][0].send_signal(signal.SIGKILL)
-            wait_for(lambda: _connected(healths[other]), timeout=30)
-            time.sleep(0.5)
-        assert traffic.failures == [] and traffic.sent > 20
+            wait_for(lambda: _connected(healths[other]), timeout=60)
+            traffic.wait_sent(traffic.sent + 10)  # ... and after the sidecar moved over
+        assert traffic.failures == [] and traffic.sent >= 20
 
         write(policies / "mesh.yaml", _documents(net, app_port, ["/api/*", "/admin/*"]))
         assert "applied revision 2" in _run("apply", str(policies), "--store", url)
         wait_for(
             lambda: request(f"{net}.3", 8080, "GET", "/admin/x", source=f"{net}.9") == 200,
-            timeout=30,
+            timeout=60,
         )
 
         with Traffic(net) as traffic:  # /admin is allowed now: only /api is checked here
@@ -229,7 +245,7 @@ def test_killing_the_sidecars_replica_and_the_etcd_leader_fails_no_request(
             assert "now revision 3" in rolled
             wait_for(
                 lambda: request(f"{net}.3", 8080, "GET", "/admin/x", source=f"{net}.9") == 403,
-                timeout=30,
+                timeout=60,
             )
         assert [f for f in traffic.failures if f.startswith("GET /api/")] == []
         assert _health(healths[other])["store"]["revision"] == 3

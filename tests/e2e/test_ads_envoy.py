@@ -82,7 +82,7 @@ def _connect(
 
 def _wait_applied(ads: AdsServer) -> None:
     try:
-        ads.loop.run(asyncio.wait_for(ads.cache.wait_applied([NODE]), 8))
+        ads.loop.run(asyncio.wait_for(ads.cache.wait_applied([NODE]), 60), timeout=70)
     except TimeoutError:
         status = ads.read(lambda cache: cache.status(NODE))
         snapshot = ads.read(lambda cache: cache.snapshot(NODE))
@@ -103,7 +103,7 @@ def _eventually_get(web: WebConfig, path: str, expected: str) -> None:
         except (urllib.error.URLError, OSError):
             return False
 
-    wait_for(answers, timeout=8)
+    wait_for(answers, timeout=60)
 
 
 def _dynamic(proxy: RunningEnvoy, resource: str) -> list[dict[str, Any]]:
@@ -151,7 +151,7 @@ def test_a_cluster_only_change_finishes_warming(
         warming = _dynamic(proxy, "dynamic_warming_clusters")
         return timeouts == ["2s"] and not warming
 
-    wait_for(updated_and_warm, timeout=8)
+    wait_for(updated_and_warm, timeout=60)
     _eventually_get(web, "/", "backend one")
 
 
@@ -163,7 +163,7 @@ def test_a_rejected_listener_is_nacked_once_and_the_last_good_config_keeps_servi
     _eventually_get(web, "/direct", "v1")
     bad = web_snapshot(replace(web, listener_port=70_000))  # port_value must be <= 65535
     ads.publish(bad)
-    wait_for(lambda: ads.read(lambda c: len(c.status(NODE).rejections)) >= 1, timeout=8)
+    wait_for(lambda: ads.read(lambda c: len(c.status(NODE).rejections)) >= 1, timeout=60)
     sent = ads.read(lambda c: c.status(NODE).responses.get(LISTENER, 0))
 
     time.sleep(1)  # a resend loop would show up as more responses and more NACKs here
@@ -188,7 +188,7 @@ def test_a_nack_is_a_control_plane_span_with_envoys_error(
         _eventually_get(web, "/direct", "v1")
         bad = web_snapshot(replace(web, listener_port=70_000))
         ads.publish(bad)
-        wait_for(lambda: ads.read(lambda c: len(c.status(NODE).rejections)) >= 1, timeout=8)
+        wait_for(lambda: ads.read(lambda c: len(c.status(NODE).rejections)) >= 1, timeout=60)
         provider.shutdown()  # flushes
         nacks = [s for s in receiver.spans if s.name == "meshwarden.xds.nack"]
         assert len(nacks) == 1
@@ -243,7 +243,7 @@ def _wait_stopped_listening(proxy: RunningEnvoy, web: WebConfig) -> None:
             return not active
         return False
 
-    wait_for(stopped, timeout=8)
+    wait_for(stopped, timeout=60)
 
 
 @MODES
@@ -304,7 +304,7 @@ def test_an_envoy_proving_another_identity_gets_no_configuration(
     ads.publish(web_snapshot(web))
     files = write_envoy_credentials(tmp_path, pki, "spiffe://example.org/ns/shop/sa/other")
     proxy = envoy(bootstrap(ads.port, files, delta=False))
-    wait_for(lambda: "ADS stream refused" in caplog.text, timeout=8)
+    wait_for(lambda: "ADS stream refused" in caplog.text, timeout=60)
     assert "belongs to spiffe://example.org/ns/shop/sa/web" in caplog.text
     assert "client proved spiffe://example.org/ns/shop/sa/other" in caplog.text
     assert _dynamic(proxy, "dynamic_listeners") == []

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,20 @@ except OSError as exc:
 """
 
 
+# /healthz read every 50 ms until the deadline (argv[2] seconds), one JSON line per reading
+HEALTH_WATCH = """\
+import json, sys, time, urllib.request
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        print(json.dumps(json.loads(urllib.request.urlopen(sys.argv[1], timeout=5).read())))
+    except OSError:
+        print("{}")
+    sys.stdout.flush()
+    time.sleep(0.05)
+"""
+
+
 class Host:
     """A network namespace standing in for one host, with commands run in it as any uid."""
 
@@ -122,6 +137,22 @@ class Host:
 
     def get(self, port: int, path: str, uid: int = 0, method: str = "GET") -> str:
         return self.run(CLIENT, str(port), method, path, uid=uid)
+
+    @contextmanager
+    def health_readings(self, timeout: float) -> Iterator[Iterator[dict[str, Any]]]:
+        """/healthz readings, every 50 ms for `timeout` s, by one process started in the
+        namespace before the block runs: a state that lasts a second is not missed between two
+        slow `health()` calls (each starts a Python in the namespace)."""
+        url = f"http://{HEALTH}/healthz"
+        command = ["ip", "netns", "exec", self.name, SYSTEM_PYTHON, "-c", HEALTH_WATCH]
+        watcher = subprocess.Popen([*command, url, str(timeout)], stdout=subprocess.PIPE, text=True)
+        assert watcher.stdout is not None
+        try:
+            yield (dict(json.loads(line)) for line in watcher.stdout)
+        finally:
+            watcher.kill()
+            watcher.wait(10)
+            watcher.stdout.close()
 
     def health(self) -> dict[str, object]:
         url = f"http://{HEALTH}/healthz"
@@ -219,15 +250,15 @@ def test_a_sidecar_killed_again_and_again_is_restarted_with_backoff(mesh: Mesh) 
     frontend = mesh.envoy("t/frontend-1")
     for _ in range(3):
         victim = mesh.envoy("t/backend-1")
-        os.kill(victim.pid, signal.SIGKILL)
         said = f"the Envoy of t/backend-1 (pid {victim.pid}) exited"
 
-        def reported(said: str = said) -> bool:
-            health = mesh.host.health()
+        def reported(health: dict[str, Any], said: str = said) -> bool:
             problem = str(health.get("sidecarProblems", {}).get("t/backend-1"))
-            return health["status"] == "degraded" and said in problem
+            return health.get("status") == "degraded" and said in problem
 
-        assert wait_for(reported, True, timeout=10) is True
+        with mesh.host.health_readings(timeout=60) as readings:
+            os.kill(victim.pid, signal.SIGKILL)
+            assert any(reported(health) for health in readings), "/healthz never named the exit"
         assert wait_for(lambda: mesh.frontend("/api/x"), "200", timeout=30) == "200"
         assert mesh.envoy("t/backend-1").pid != victim.pid
     log = mesh.up.log.read_text()

@@ -73,9 +73,10 @@ class OtlpReceiver(pb_grpc.TraceServiceServicer):
         self,
         found: Callable[[list[ReceivedSpan]], list[ReceivedSpan]],
         count: int = 1,
-        timeout: float = 20,
+        timeout: float = 60,
     ) -> list[ReceivedSpan]:
-        """Poll until `found(spans)` returns at least `count` spans; returns what it found."""
+        """Poll until `found(spans)` returns at least `count` spans (up to `timeout` s: exporters
+        on a loaded host may take many seconds); returns what it found."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:

@@ -146,7 +146,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlowMesh]:
             assert flow_mesh.up.stop() == 0, flow_mesh.up.log.read_text()[-3000:]
 
 
-def _wait_for_count(mesh: FlowMesh, count: int, timeout: float = 15) -> list[dict[str, Any]]:
+def _wait_for_count(mesh: FlowMesh, count: int, timeout: float = 60) -> list[dict[str, Any]]:
     """The flow log's ingress records once there are `count` (sidecars flush every 0.25 s);
     the frontend's own egress records are test_egress_flows.py's subject."""
     deadline = time.monotonic() + timeout
@@ -264,7 +264,7 @@ def test_tcp_connections_name_the_policy_that_allowed_or_refused_them(mesh: Flow
 def test_flows_filter_by_denied_workload_and_age_and_print_a_table(mesh: FlowMesh) -> None:
     status, trace_id = mesh.traced("GET", "/api/secret")
     assert status == 403
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         denied = mesh.flows_json("--denied", "--since", "1m", "--workload", BACKEND)
         if any(f["traceId"] == trace_id for f in denied):
@@ -273,7 +273,11 @@ def test_flows_filter_by_denied_workload_and_age_and_print_a_table(mesh: FlowMes
     assert denied and all(f["decision"] == "deny" for f in denied)
     assert any(f["traceId"] == trace_id for f in denied)
     assert mesh.flows_json("--workload", "shop/frontend-1", "--direction", "ingress") == []
-    from_frontend = mesh.flows_json("--workload", "shop/frontend-1")  # its egress, as source
+    while True:  # its egress, as source (the frontend's sidecar reports it on its own)
+        from_frontend = mesh.flows_json("--workload", "shop/frontend-1")
+        if from_frontend or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert from_frontend and {f["direction"] for f in from_frontend} == {"egress"}
     table = mesh.flows("--denied", "--limit", "1", "--direction", "ingress")
     assert table.returncode == 0, table.stderr
@@ -314,14 +318,13 @@ def test_follow_prints_new_records_as_they_arrive(mesh: FlowMesh) -> None:
         assert follower.stdout is not None
         sent: list[str] = []
         ready: list[Any] = []
-        for _ in range(15):  # the follower subscribes once started: send until it prints one
+        deadline = time.monotonic() + 60  # a Python starting on a loaded host: seconds
+        while not ready and time.monotonic() < deadline:  # send until the follower prints one
             status, trace_id = mesh.traced("GET", "/api/items")
             assert status == 200
             sent.append(trace_id)
             ready, _, _ = select.select([follower.stdout], [], [], 1.0)
-            if ready:
-                break
-        assert ready, "no record within 15 requests"
+        assert ready, f"no record within 60 s ({len(sent)} requests)"
         record = json.loads(follower.stdout.readline())
         assert record["traceId"] in sent and record["decision"] == "allow"
     finally:

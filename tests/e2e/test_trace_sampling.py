@@ -98,7 +98,8 @@ def _get(address: str, path: str, headers: dict[str, str]) -> int:
 def _logged(path: Path, cases: int) -> dict[str, str]:
     """case → the decision the tagging filter recorded, once Envoy has flushed every line."""
     lines: list[str] = []
-    for _ in range(150):  # Envoy flushes its file access logs every second
+    deadline = time.monotonic() + 60  # Envoy flushes its file access logs every 0.2 s
+    while time.monotonic() < deadline:
         lines = path.read_text().splitlines() if path.exists() else []
         if len(lines) >= cases:
             return dict(line.split(" ", 1) for line in lines)

@@ -93,8 +93,9 @@ def exchange(
         conn.close()
 
 
-def wait_for(check: Any, expected: Any, timeout: float = 15) -> Any:
-    """Poll `check()` until it returns `expected` (pushes take a moment); returns the last."""
+def wait_for(check: Any, expected: Any, timeout: float = 60) -> Any:
+    """Poll `check()` until it returns `expected` (pushes take a moment, seconds on a loaded
+    host); returns the last."""
     deadline = time.monotonic() + timeout
     got = check()
     while got != expected and time.monotonic() < deadline:

@@ -71,7 +71,7 @@ def static_envoy(folder: Path, listeners: list[Any], clusters: list[Any]) -> Ite
 
 
 def wait_ready(admin: Path, envoy: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert envoy.poll() is None, f"Envoy exited:\n{log.read_text()[-3000:]}"
         try:

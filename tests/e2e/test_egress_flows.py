@@ -116,7 +116,7 @@ class EgressMesh:
         assert result.returncode == 0, result.stderr
         return list(json.loads(result.stdout))
 
-    def wait_for_egress(self, count: int, timeout: float = 20) -> list[dict[str, Any]]:
+    def wait_for_egress(self, count: int, timeout: float = 60) -> list[dict[str, Any]]:
         """The egress records once there are `count` (sidecars flush every 0.25 s)."""
         deadline = time.monotonic() + timeout
         flows = self.flows_json("--direction", "egress")

@@ -72,7 +72,7 @@ def run_as(uid: int, gid: int, code: str, env: dict[str, str] | None = None) -> 
     return result.stdout.strip()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> None:
     import time
 
     deadline = time.monotonic() + timeout

@@ -63,7 +63,7 @@ class Replicas:
         plane = self.planes[index]
         return self.loop.call(plane._health)
 
-    def wait_served(self, revision: int, before: str = "", timeout: float = 10) -> str:
+    def wait_served(self, revision: int, before: str = "", timeout: float = 30) -> str:
         """Wait until every replica took `revision` and compiled it to a version other than
         `before`; that version."""
         wait_for(

@@ -69,7 +69,7 @@ def _step(
     def received() -> set[int]:
         return {s.get_x509_context().default_svid.leaf.serial_number for s in sources}
 
-    wait_for(lambda: received() == serials, timeout=10)
+    wait_for(lambda: received() == serials, timeout=30)
     at, bundles = int(clock.now().timestamp()), set()
     for source in sources:
         context = source.get_x509_context()

@@ -109,7 +109,7 @@ def test_a_replica_that_loses_etcd_keeps_serving_refuses_writes_and_catches_up(e
         token = group.loop.run(plane.replica.tokens.create("web-1", dt.timedelta(minutes=5)))
         for member in etcd.members:
             member.kill()
-        wait_for(lambda: not group.health(0)["store"]["reachable"], timeout=15)
+        wait_for(lambda: not group.health(0)["store"]["reachable"], timeout=60)
         report = group.health(0)
         assert report["status"] == "degraded" and report["store"]["writes"] == "refused"
         assert report["policyVersion"] == served and _versions(group, 0)
@@ -119,7 +119,7 @@ def test_a_replica_that_loses_etcd_keeps_serving_refuses_writes_and_catches_up(e
         for member in etcd.members:
             etcd.start(member)
         etcd.wait_healthy()
-        wait_for(lambda: group.health(0)["store"]["reachable"], timeout=15)
+        wait_for(lambda: group.health(0)["store"]["reachable"], timeout=60)
         revision = group.apply(shop_files(OPEN_METRICS), "after the outage")
         assert group.wait_served(revision, served) == group.health(0)["policyVersion"]
         node = group.loop.run(attest(server, plane.ca.bundle().x509_pem(), token), timeout=30)
@@ -132,7 +132,7 @@ def test_writes_resume_and_replicas_follow_after_the_etcd_leader_is_killed(etcd3
         etcd3.leader().kill()
         revision = group.apply(shop_files(OPEN_METRICS), "after the election")
         assert revision == 2
-        group.wait_served(revision, served, timeout=20)
+        group.wait_served(revision, served, timeout=60)
         assert all(group.health(n)["store"]["reachable"] for n in (0, 1))
 
 

@@ -99,7 +99,7 @@ def tls_etcd() -> Iterator[tuple[str, Path]]:
 def test_apply_and_history_over_tls_with_a_client_certificate(tls_etcd, capsys):
     url, pki = tls_etcd
     secure = f"{url}?ca={pki / 'ca.pem'}&cert={pki / 'client.pem'}&key={pki / 'client.key'}"
-    wait_for(lambda: main(["history", "--store", secure, "--store-timeout", "1"]) == 0, 20)
+    wait_for(lambda: main(["history", "--store", secure, "--store-timeout", "1"]) == 0, 60)
     assert main(["apply", str(SHOP), "--store", secure, "-o", "json"]) == 0
     capsys.readouterr()
     assert main(["history", "--store", secure, "-o", "json"]) == 0

@@ -183,7 +183,7 @@ def ext_authz_mesh(
 
 
 def _logged(path: Path, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         lines = path.read_text().splitlines() if path.exists() else []
         if len(lines) >= count or time.monotonic() > deadline:

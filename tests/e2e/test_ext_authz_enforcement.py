@@ -47,7 +47,9 @@ def _documents(
                 "trustDomain": TD,
                 "mtls": "PERMISSIVE",
                 "enforcement": "ext-authz",
-                "extAuthz": {"failOpen": fail_open, "timeout": "500ms"},
+                # 10 s: a check answered in Python on a loaded host can take over 500 ms, and
+                # Envoy then fails closed (nothing listening fails at once either way)
+                "extAuthz": {"failOpen": fail_open, "timeout": "10s"},
             },
         },
         {

@@ -311,7 +311,7 @@ def istio_mesh(
     running = envoy(
         {"staticResources": {"listeners": listeners, "clusters": list(clusters.values())}}
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while admin_request(running.admin_socket, "/ready", timeout=1)[0] != 200:
         assert time.monotonic() < deadline, running.log_text()[-3000:]
         time.sleep(0.1)

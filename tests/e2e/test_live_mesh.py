@@ -277,7 +277,7 @@ def test_a_crashed_sidecar_is_restarted_and_serves_again(live: LiveMesh) -> None
     crashed = _envoy_pid(bootstrap)
     assert crashed is not None and live.frontend("GET", "/api/items") == 200
     os.kill(crashed, signal.SIGKILL)
-    assert wait_for(lambda: live.frontend("GET", "/api/items"), 200, timeout=30) == 200
+    assert wait_for(lambda: live.frontend("GET", "/api/items"), 200) == 200
     assert _envoy_pid(bootstrap) not in (None, crashed)
     assert live.up.process is not None and live.up.process.poll() is None  # `up` kept running
     log = live.up.log.read_text()

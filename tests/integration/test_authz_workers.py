@@ -110,7 +110,9 @@ def _leaf(chain: Path) -> bytes:
     return x509.load_pem_x509_certificate(chain.read_bytes()).public_bytes(Encoding.DER)
 
 
-async def _until(condition: Any, timeout: float = 30) -> None:
+async def _until(condition: Any, timeout: float = 180) -> None:
+    """Until `condition()`: a starting worker imports and compiles at nice 19, which a host
+    busy at normal priority may starve for a minute."""
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)

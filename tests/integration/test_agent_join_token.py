@@ -43,7 +43,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     )
     yield ready.split(" on ")[1].split(",")[0]
     process.terminate()
-    assert process.wait(10) == 0
+    assert process.wait(60) == 0
 
 
 def _agent_args(tmp_path: Path, address: str, *token: str) -> list[str]:
@@ -123,7 +123,7 @@ def test_a_token_on_the_command_line_is_warned_about_and_a_file_is_not(
         tmp_path / "agent.log",
     )
     agent.terminate()
-    assert agent.wait(10) == 0 and "warning" not in (tmp_path / "agent.log").read_text()
+    assert agent.wait(60) == 0 and "warning" not in (tmp_path / "agent.log").read_text()
 
 
 def test_an_empty_token_file_is_an_input_error(tmp_path: Path) -> None:

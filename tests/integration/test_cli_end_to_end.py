@@ -56,7 +56,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     yield started
     for process in reversed(started):
         process.terminate()
-        assert process.wait(10) == 0, "a SIGTERM'd component exits 0"
+        assert process.wait(60) == 0, "a SIGTERM'd component exits 0"
 
 
 def test_the_quick_start_of_identities_md_as_written(

@@ -94,7 +94,7 @@ def test_new_ca_replaces_a_corrupt_ca_and_keeps_the_old_file(tmp_path: Path) -> 
     (data / "bundle.json").write_text("{}")
     server, _ = _start(_server(tmp_path, "--new-ca"), tmp_path / "server.log")
     server.terminate()
-    assert server.wait(10) == 0
+    assert server.wait(60) == 0
     assert (data / "ca.json.replaced").read_text() == "garbage"
     assert '"x509"' in (data / "ca.json").read_text()
 

@@ -40,6 +40,7 @@ from .conftest import RunningEnvoy
 from .test_ext_authz_http import CALLER, TD, WORKLOAD, Identities, _get, app, ids
 
 __all__ = ["app", "ids"]  # fixtures
+IDLE_SECONDS = 4 * EXT_AUTHZ_FRONT_IDLE_SECONDS  # the front's, here
 
 
 def _server_certificate(ids: Identities) -> tuple[Path, Path]:
@@ -59,7 +60,9 @@ class Front:
     def __init__(self, ids: Identities, docs: list[dict[str, Any]]) -> None:
         compiled = compile_docs(docs)
         authorization = Authorization(registered_workload(lambda: compiled, lambda peer: peer))
-        self.front = AuthzHttpFront(authorization)
+        # four times its default: on a loaded host the sidecar's close may take a
+        # while to reach the front, and the front must not end the connection meanwhile
+        self.front = AuthzHttpFront(authorization, idle_seconds=IDLE_SECONDS)
         tls = front_tls(*_server_certificate(ids), ids.bundle.read_bytes())
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -132,7 +135,7 @@ def _sidecar(
     resources = workload_resources(compile_docs(docs), WORKLOAD, ctx)
     clusters = [*resources[CLUSTER], _front_cluster(name, front.port, ids, chain, key)]
     running = envoy({"staticResources": {"listeners": resources[LISTENER], "clusters": clusters}})
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while running.stat(f"cluster.{name}.membership_healthy") != 1:  # its name resolved
         assert time.monotonic() < deadline, running.log_text()[-3000:]
         time.sleep(0.05)
@@ -150,7 +153,7 @@ def test_the_sidecar_closes_its_idle_connection_to_the_front_first_and_checks_go
     sidecar, cluster = _sidecar(envoy, front, ids, _documents(loopback, app, transport), transport)
     assert _get(loopback, ids.svid(CALLER))[0] == 200
     assert sidecar.stat(f"cluster.{cluster}.upstream_cx_total") == 1
-    deadline = time.monotonic() + EXT_AUTHZ_FRONT_IDLE_SECONDS * 0.8
+    deadline = time.monotonic() + IDLE_SECONDS * 0.75
     while front.front.connections:  # open until the sidecar lets it go
         assert time.monotonic() < deadline, "the sidecar kept its idle connection to the front"
         time.sleep(0.1)

@@ -276,11 +276,11 @@ def test_a_workers_front_ends_an_idle_peer_and_the_control_plane_counts_it(
         port = await workers.start(ca.bundle().x509_pem(), policies.contents, policies.mesh.version)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(60):
                 left = await reader.read()  # until the front closes it
             writer.close()
-            await _until(lambda: workers.status()[0]["idleEnded"] == 1)
-            await _until(lambda: workers.status()[0]["connections"] == 0)
+            await _until(lambda: workers.status()[0]["idleEnded"] == 1, 60)
+            await _until(lambda: workers.status()[0]["connections"] == 0, 60)
             return left, workers.status()[0]
         finally:
             await workers.stop()

@@ -186,7 +186,7 @@ class _Certificates:
 async def _until_closed(reader: asyncio.StreamReader) -> bytes:
     """What the front sent until it closed the connection (within a generous bound)."""
     received = b""
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(60):
         try:
             while data := await reader.read(65536):
                 received += data
@@ -255,7 +255,7 @@ def test_an_idle_peer_is_ended_by_the_front_an_h2_one_after_a_graceful_goaway(
         ended = front.idle_ended
         for ours in (client.writer, writer):
             ours.close()
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(60):
             while front.connections:  # both let go of (TLS waits for the peer's close)
                 await asyncio.sleep(0.05)
         server.close()

@@ -164,6 +164,11 @@ class HealthEndpoint:
         connection = self._open[task] = _Connection(task, writer)
         try:
             await self._answer(reader, connection)
+        except asyncio.CancelledError:
+            # closed to make room, or the endpoint stops: this task serves this connection
+            # only and ends here (Python 3.11's asyncio.start_server logs a traceback for a
+            # connection task that ends cancelled: one per eviction, a flood in the log)
+            pass
         finally:
             self._open.pop(task, None)
 

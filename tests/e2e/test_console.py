@@ -159,6 +159,8 @@ def test_the_graph_shows_the_shops_workloads_an_allowed_and_a_denied_edge(
     assert database is not None and database["causes"][0]["cause"] == "shop/db-access#0"
     denied = _edge(page, DENIED)
     assert denied is not None and (denied["decision"], denied["colour"]) == ("deny", RED)
+    # the stranger's record may come in a later flush of the backend's sidecar than the others
+    _until(page, f"window.meshwardenConsole.cy.getElementById('ip:{shop.net}.9').nonempty()")
     stranger = page.evaluate(
         f"window.meshwardenConsole.cy.getElementById('ip:{shop.net}.9').data('kind')"
     )

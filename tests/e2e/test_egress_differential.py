@@ -80,7 +80,7 @@ class _Member:
             except OSError:
                 continue
             try:
-                conn.settimeout(5)
+                conn.settimeout(15)
                 with self.context.wrap_socket(conn, server_side=True) as tls:
                     tls.sendall(self.name.encode())
             except OSError:
@@ -190,9 +190,9 @@ def egress_sets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]
 
 def _reached(local_port: int) -> str:
     """The member that answered through the source's outbound listener ("" if none did)."""
-    try:
-        with socket.create_connection(("127.0.0.1", local_port), timeout=5) as conn:
-            conn.settimeout(5)
+    try:  # a refused connection is closed at once; an allowed one answers within seconds
+        with socket.create_connection(("127.0.0.1", local_port), timeout=15) as conn:
+            conn.settimeout(15)
             return conn.recv(64).decode()
     except OSError:
         return ""

@@ -45,13 +45,19 @@ spec:
 
 
 def _versions(group: Replicas, index: int) -> dict[str, dict[str, str]]:
+    """Every node's versions, read on the replicas' loop (where the cache is written), so a
+    reading never sees half of a push."""
     cache = group.planes[index].xds.cache
-    out = {}
-    for node in sorted(cache.nodes()):
-        snapshot = cache.snapshot(node)
-        assert snapshot is not None
-        out[node] = {t: snapshot.version(t) for t in snapshot.resources}
-    return out
+
+    def read() -> dict[str, dict[str, str]]:
+        out = {}
+        for node in sorted(cache.nodes()):
+            snapshot = cache.snapshot(node)
+            assert snapshot is not None
+            out[node] = {t: snapshot.version(t) for t in snapshot.resources}
+        return out
+
+    return group.loop.call(read)
 
 
 def test_replicas_serve_each_applied_revision_with_identical_xds_versions(etcd):

@@ -93,6 +93,15 @@ def exchange(
         conn.close()
 
 
+def appended_lines(path: Path) -> list[str]:
+    """The complete lines of a file another process appends to (none if it does not exist
+    yet): a write is not atomic for a reader once it crosses a page, so a last line without
+    its newline is still being written and is left for the next read."""
+    if not path.exists():
+        return []
+    return path.read_text(errors="replace").split("\n")[:-1]
+
+
 def wait_for(check: Any, expected: Any, timeout: float = 60) -> Any:
     """Poll `check()` until it returns `expected` (pushes take a moment, seconds on a loaded
     host); returns the last."""

@@ -40,6 +40,7 @@ from meshwarden.demo import DemoIdp, sample_apps
 
 from .._loopback import Addresses
 from .._loopback import free_port as _free_port
+from ._live import appended_lines
 from ._random_mesh import DESTINATION, IDS, ISSUER, TD, mesh_documents, random_request
 from ._static_envoy import compile_docs as _compile
 from ._static_envoy import wait_ready as _wait_ready
@@ -185,7 +186,7 @@ def ext_authz_mesh(
 def _logged(path: Path, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 60
     while True:
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = appended_lines(path)
         if len(lines) >= count or time.monotonic() > deadline:
             return [json.loads(line) for line in lines]
         time.sleep(0.05)

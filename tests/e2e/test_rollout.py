@@ -18,7 +18,7 @@ import pytest
 from meshwarden.engine import load
 
 from .._loopback import claim_net, free_port
-from ._live import MeshwardenUp, request, sample_app, wait_for
+from ._live import MeshwardenUp, appended_lines, request, sample_app, wait_for
 from ._mesh import Document, app, mesh_document, policy, port, service, upstream, workload, write
 
 
@@ -121,9 +121,7 @@ class Rollout:
 
     def flow_records(self) -> list[dict[str, Any]]:
         """The ingress records of the flow file (the sources' egress records are beside them)."""
-        if not self.flow_file.exists():
-            return []
-        records = [json.loads(line) for line in self.flow_file.read_text().splitlines()]
+        records = [json.loads(line) for line in appended_lines(self.flow_file)]
         return [r for r in records if r["direction"] == "ingress"]
 
     def wait_applied(self) -> None:

@@ -27,6 +27,7 @@ from meshwarden.xds._tracing import TRACER_RUNTIME
 from meshwarden.demo import OtlpReceiver, ReceivedSpan, otlp_receiver, sample_apps
 
 from .._loopback import free_port
+from ._live import appended_lines
 from ._static_envoy import compile_docs, write_svid
 from .conftest import RunningEnvoy
 
@@ -100,7 +101,7 @@ def _logged(path: Path, cases: int) -> dict[str, str]:
     lines: list[str] = []
     deadline = time.monotonic() + 60  # Envoy flushes its file access logs every 0.2 s
     while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = appended_lines(path)
         if len(lines) >= cases:
             return dict(line.split(" ", 1) for line in lines)
         time.sleep(0.1)

@@ -56,10 +56,12 @@ async def serve_until_signalled(
     """`start` returns the text of the `ready` line; `run` runs until cancelled. A StateError
     at start (a corrupt or missing state file, an unsafe data dir) exits 2, any other failure 1.
     SIGINT/SIGTERM stop it at any time, also while `start` still waits (exit 0); so does its
-    output going away (exit 141; see the module docstring)."""
+    output going away (exit 141; see the module docstring) with `stop_when_output_closes`, and
+    then SIGHUP too (exit 0): its terminal closed, and what it started outlives it otherwise."""
     loop = asyncio.get_running_loop()
     ending = _Ending()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    hangup = (signal.SIGHUP,) if stop_when_output_closes else ()  # its terminal closed
+    for signum in (signal.SIGINT, signal.SIGTERM, *hangup):
         loop.add_signal_handler(signum, ending.event.set)
     unwatch = watch_outputs(ending.closed) if stop_when_output_closes else lambda: None
     try:

@@ -30,9 +30,9 @@ next `up` on the same --data-dir replaces them. An Envoy that exits is restarted
 2 s, 4 s ... up to 30 s while the others keep serving. Each Envoy's admin interface is a unix
 socket (0600) in DATA/sidecars (0700). Outbound listeners of a workload with a unix:uid:N
 selector accept only that uid (nftables table 'meshwarden_outbound'; needs root).
-SIGINT/SIGTERM stops everything cleanly (exit 0). So does the end of its output: piped into a
-command that exits (`up DIR | head -1`), `up` stops everything it started, Envoys included,
-and exits 141 like a command killed by SIGPIPE.
+SIGINT/SIGTERM stops everything cleanly (exit 0), and so does SIGHUP (its terminal closed).
+So does the end of its output: piped into a command that exits (`up DIR | head -1`), `up`
+stops everything it started, Envoys included, and exits 141 like a command killed by SIGPIPE.
 
 Example:
   meshwarden up examples/shop --health 127.0.0.1:9901"""

@@ -1,7 +1,8 @@
 """`meshwarden up DIR | head -1`: once its output goes away, `up` stops everything it started —
 its Envoy sidecars, which otherwise outlive it, included — and exits 141, as a command killed
 by SIGPIPE. Whether the pipe's reader goes away after the `ready` line (when `up` has nothing
-more to write for hours) or before it (writing `ready` fails)."""
+more to write for hours) or before it (writing `ready` fails). Closing its terminal (SIGHUP)
+stops it as SIGTERM does (exit 0): the Envoys, in sessions of their own, get no SIGHUP."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def _ready_line(up: subprocess.Popen[bytes]) -> bytes:
     return up.stdout.readline()
 
 
-@pytest.mark.parametrize("closed", ["after ready", "before ready"])
+@pytest.mark.parametrize("closed", ["after ready", "before ready", "terminal hangup"])
 def test_up_stops_everything_it_started_when_its_output_goes_away(
     folder: Path, loopback: str, closed: str
 ) -> None:
@@ -91,8 +92,14 @@ def test_up_stops_everything_it_started_when_its_output_goes_away(
             assert _ready_line(up).startswith(b"ready ")
             assert _naming(data, but=up.pid), "up started no Envoy"
             time.sleep(0.5)  # up has nothing more to write: it must notice the pipe itself
-        up.stdout.close()  # as `head` exiting does
-        assert up.wait(timeout=120) == 141, log.read_text()
+        if closed == "terminal hangup":
+            assert _ready_line(up).startswith(b"ready ")
+            assert _naming(data, but=up.pid), "up started no Envoy"
+            up.send_signal(signal.SIGHUP)  # as closing its terminal does
+            assert up.wait(timeout=120) == 0, log.read_text()
+        else:
+            up.stdout.close()  # as `head` exiting does
+            assert up.wait(timeout=120) == 141, log.read_text()
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGTERM)

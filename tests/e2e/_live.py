@@ -158,7 +158,7 @@ class MeshwardenUp:
     def health(self) -> dict[str, Any]:
         url = self.ready_line.split("health ")[1].split(",")[0]
         host, port = url.removeprefix("http://").split("/")[0].split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
         conn.request("GET", "/healthz")
         return dict(json.loads(conn.getresponse().read()))
 

@@ -222,7 +222,7 @@ def test_a_half_written_file_is_never_served(mesh: HostileMesh) -> None:
 
 def health(url: str) -> dict[str, Any]:
     host, port = url.removeprefix("http://").split("/")[0].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
     conn.request("GET", "/healthz")
     return dict(json.loads(conn.getresponse().read()))
 

@@ -93,7 +93,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 def _health(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as reply:
+    with urllib.request.urlopen(url, timeout=30) as reply:
         return dict(json.loads(reply.read()))
 
 

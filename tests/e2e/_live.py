@@ -153,6 +153,7 @@ class MeshwardenUp:
                 return
             if not line and self.process.poll() is not None:
                 break
+        self.stop()  # nothing it started outlives a failed start (callers stop only after it)
         raise AssertionError(f"meshwarden up did not get ready:\n{self.log.read_text()[-4000:]}")
 
     def health(self) -> dict[str, Any]:

@@ -119,16 +119,20 @@ def _running(tmp_path: Path, documents: list[dict[str, Any]], otlp: str) -> Iter
     log = (tmp_path / "server.log").open("w")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     assert process.stdout is not None
-    ready = process.stdout.readline()
-    assert ready.startswith("ready"), (tmp_path / "server.log").read_text()[-3000:]
-    front = int(ready.split("ext_authz on ")[1].split(" ")[0].rsplit(":", 1)[1])
-    health = int(ready.split("/healthz")[0].rsplit(":", 1)[1])
-    try:
+    try:  # stopped below even when it never gets ready
+        ready = process.stdout.readline()
+        assert ready.startswith("ready"), (tmp_path / "server.log").read_text()[-3000:]
+        front = int(ready.split("ext_authz on ")[1].split(" ")[0].rsplit(":", 1)[1])
+        health = int(ready.split("/healthz")[0].rsplit(":", 1)[1])
         yield Plane(process, policies, data, front, health)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            process.wait(30)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ class RunningEnvoy:
     admin_socket: Path
     log: Path
 
-    def get(self, path: str, timeout: float = 5) -> str:
+    def get(self, path: str, timeout: float = 30) -> str:
         """GET an admin endpoint (e.g. `/clusters`, `/config_dump`, `/stats?format=json`)."""
         status, body = admin_request(self.admin_socket, path, timeout=timeout)
         assert status == 200, f"GET {path}: {status} {body[:500]}"

@@ -3,13 +3,19 @@
 the control plane (`_authz_workers.AuthzWorkers`), never by hand.
 
     python -m meshwarden._authz_worker --pipe FD --parent PID --listen HOST:PORT --listener FD \\
-        --chain FILE --key FILE --policies NAME [--otlp-endpoint URL] [--index I]
+        --chain FILE --key FILE --policies NAME [--otlp-endpoint URL] [--index I] \\
+        [--prepare-nice N]
 
 A worker serves one policy version for its whole life: a policy change starts new workers,
 which compile it before they listen, and then retires the old ones (`retire`: stop listening,
 hand the connections over), so no check ever waits behind a compile in the process that
-answers it. A starting worker imports and compiles in a thread of the lowest priority (nice
-19): until it listens it takes no CPU the serving workers or the control plane's push want.
+answers it. A worker started beside one serving its slot (a policy change) imports and
+compiles in a thread of the lowest priority (nice 19): until it listens it takes no CPU the
+serving workers or the control plane's push want. A slot's first worker (at start, or replacing
+one that died), and one started after a worker that never listened (starved past the start
+timeout), prepare at normal priority (`--prepare-nice 0`): nothing answers for the slot, or the
+change waits, until it listens, and on a busy host nice 19 kept a worker from listening for
+minutes.
 
 What it gets, and how:
 - its pipe (`--pipe`, a Unix socket pair end it inherited): `start` — the trust bundle's roots
@@ -44,7 +50,8 @@ from collections.abc import Sequence
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
-PREPARE_NICE = 19  # the niceness of the thread that imports and compiles before listening
+PREPARE_NICE = 19  # the niceness of the thread that imports and compiles before listening,
+# for a worker started beside one serving its slot (the default)
 
 
 def die_with_parent(parent: int) -> None:
@@ -67,21 +74,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--policies", required=True)
     parser.add_argument("--otlp-endpoint")
     parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--prepare-nice", type=int, default=PREPARE_NICE)
     parser.add_argument("--idle-seconds", type=float)  # the front's idle timeout (tests)
     return parser.parse_args(argv)
 
 
 def prepared_at_low_priority(args: argparse.Namespace, pipe: socket.socket) -> Any:
-    """Import the serving code and compile the policies in a thread of the lowest priority:
-    a new worker starts while others serve (a change, a restart), and until it listens it
-    must not take CPU from them or from the control plane's push. Linux nice is per thread, so
-    the main thread, which then serves, keeps its priority."""
+    """Import the serving code and compile the policies in a thread at `--prepare-nice`: a
+    new worker started while another serves its slot (a change) must not take CPU from it or
+    from the control plane's push until it listens. Linux nice is per thread, so the main
+    thread, which then serves, keeps its priority."""
     prepared: list[Any] = []
     failed: list[BaseException] = []
 
     def prepare() -> None:
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREPARE_NICE)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), args.prepare_nice)
             from meshwarden._authz_serve import prepare as build
 
             prepared.append(build(args, pipe))

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from meshwarden._authz_pipe import Channel
+from meshwarden._authz_worker import PREPARE_NICE
 from meshwarden._policy_files import DirectoryContents
 
 log = logging.getLogger(__name__)
@@ -248,12 +249,21 @@ class AuthzWorkers:
             f"--key={self.files.key}",
             f"--policies={self.policies_name}",
             f"--index={slot}",
+            f"--prepare-nice={self._prepare_nice(slot)}",
         ]
         if self.otlp_endpoint:
             command.append(f"--otlp-endpoint={self.otlp_endpoint}")
         if self.idle_seconds is not None:
             command.append(f"--idle-seconds={self.idle_seconds}")
         return command
+
+    def _prepare_nice(self, slot: int) -> int:
+        """Beside a worker serving the slot, prepare without taking its CPU (nice 19); with
+        none, every check on the slot fails closed until this one listens, and after one that
+        never listened (starved past START_TIMEOUT on a busy host, or exited) the change would
+        wait for an idle host: normal priority."""
+        beside = slot in self.active and not self._failures.get(slot, 0)
+        return PREPARE_NICE if beside else 0
 
     @property
     def _address(self) -> str:

@@ -6,14 +6,19 @@ check durations reach the control plane's recorder; `stop` ends it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -26,6 +31,7 @@ from meshwarden.identities import (
     private_key_pkcs8_pem,
 )
 
+from meshwarden import _authz_workers as authz_workers
 from meshwarden._authz_workers import AuthzWorkers, WorkerFiles
 from meshwarden._policies import Policies
 
@@ -288,3 +294,78 @@ def test_a_workers_front_ends_an_idle_peer_and_the_control_plane_counts_it(
     left, status = asyncio.run(scenario())
     assert left == b""
     assert (status["idleEnded"], status["connections"]) == (1, 0)
+
+
+# A process at normal priority that keeps one core busy for at most 120 s.
+BUSY = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextlib.contextmanager
+def _every_core_busy() -> Iterator[None]:
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait(10)
+
+
+def test_a_worker_no_other_serves_beside_starts_on_a_host_kept_busy(tmp_path: Path) -> None:
+    """A slot's first worker (at start, or replacing one that died) has no other answering for
+    it: every check on the slot fails closed until it listens. So it prepares at normal
+    priority, and on a host whose every core is busy at normal priority it listens well within
+    the start timeout (at nice 19 its imports alone took over a minute there, and `server` did
+    not start)."""
+    ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
+    chain, key = _svid(ca, f"spiffe://{TD}/ns/cp/sa/server", tmp_path / "server")
+    policies = _policies(tmp_path / "policies")
+    workers = AuthzWorkers(
+        1, ("127.0.0.1", 0), WorkerFiles(chain, key), "policies", lambda *_: None
+    )
+
+    async def scenario() -> list[dict[str, Any]]:
+        assert policies.mesh is not None
+        try:
+            await workers.start(ca.bundle().x509_pem(), policies.contents, policies.mesh.version)
+            return workers.status()
+        finally:
+            await workers.stop()
+
+    with _every_core_busy():
+        [worker] = asyncio.run(scenario())
+    assert worker["current"]
+
+
+def test_a_change_whose_worker_starved_reaches_the_front_on_a_host_kept_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change's worker prepares at nice 19 beside the one serving; if a busy host starves it
+    past the start timeout (5 s here, 60 s in service) it is killed, and the next one prepares
+    at normal priority: the change reaches the front instead of waiting for an idle host (at
+    nice 19 each next one starved too, and the old version went on deciding)."""
+    ca = CertificateAuthority(CaConfig(TrustDomain(TD)), SystemClock())
+    chain, key = _svid(ca, f"spiffe://{TD}/ns/cp/sa/server", tmp_path / "server")
+    policies = _policies(tmp_path / "policies")
+    workers = AuthzWorkers(
+        1, ("127.0.0.1", 0), WorkerFiles(chain, key), "policies", lambda *_: None
+    )
+    path = tmp_path / "policies" / "mesh.yaml"
+
+    async def scenario() -> tuple[list[dict[str, Any]], str]:
+        assert policies.mesh is not None
+        try:
+            await workers.start(ca.bundle().x509_pem(), policies.contents, policies.mesh.version)
+            monkeypatch.setattr(authz_workers, "START_TIMEOUT", 5.0)
+            path.write_text(path.read_text().replace(CALLER, f"spiffe://{TD}/ns/b/sa/other"))
+            policies.reload_when_settled()
+            assert policies.mesh is not None
+            with _every_core_busy():
+                workers.publish(policies.contents, policies.mesh.version)
+                await _until(lambda: workers.current, timeout=120)
+            return workers.status(), policies.mesh.version
+        finally:
+            await workers.stop()
+
+    [worker], version = asyncio.run(scenario())
+    assert worker["version"] == version and worker["current"]

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from meshwarden.demo import sample_apps
 
@@ -100,6 +100,21 @@ def appended_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
     return path.read_text(errors="replace").split("\n")[:-1]
+
+
+T = TypeVar("T")
+
+
+def reading_where(read: Callable[[], T], accept: Callable[[T], bool], timeout: float = 60) -> T:
+    """The first reading of `read()` that `accept` takes (polled as `wait_for`), else the last:
+    assert on the reading that was waited for, never on a second one (the state may have moved
+    on in between)."""
+    deadline = time.monotonic() + timeout
+    got = read()
+    while not accept(got) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = read()
+    return got
 
 
 def wait_for(check: Any, expected: Any, timeout: float = 60) -> Any:

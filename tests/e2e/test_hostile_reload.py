@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .._loopback import claim_net, free_port
-from ._live import MeshwardenUp, request, sample_app, wait_for
+from ._live import MeshwardenUp, reading_where, request, sample_app, wait_for
 from ._mesh import shop_pair, write
 
 MESH = """\
@@ -97,8 +97,9 @@ class HostileMesh:
         return self.up.process is not None and self.up.process.poll() is None
 
     def wait_healthy(self) -> dict[str, Any]:
-        assert wait_for(lambda: self.up.health()["status"], "ok") == "ok", self.up.health()
-        return self.up.health()
+        report = reading_where(self.up.health, lambda h: h["status"] == "ok")
+        assert report["status"] == "ok", report
+        return report
 
 
 EXPECTED = {"allowed": 200, "denied": 403, "default": 403, "plaintext": "refused"}
@@ -122,9 +123,11 @@ def test_a_crash_trigger_leaves_up_serving_and_reports_it(mesh: HostileMesh, nam
     trigger = mesh.policies / name
     trigger.write_text(CRASH_TRIGGERS[name])
     try:
-        health = wait_for(lambda: mesh.up.health()["status"], "degraded")
-        assert health == "degraded"
-        report = mesh.up.health()
+        report = reading_where(
+            mesh.up.health,
+            lambda h: h["status"] == "degraded" and str(trigger) in "".join(h["errors"]),
+        )
+        assert report["status"] == "degraded"
         assert str(trigger) in "".join(report["errors"]) and report["policyVersion"] == version
         assert mesh.alive() and mesh.decisions() == EXPECTED
     finally:
@@ -150,9 +153,13 @@ def test_renaming_mesh_yaml_away_is_refused(mesh: HostileMesh) -> None:
     moved = mesh.policies / "mesh.yaml.bak"
     (mesh.policies / "mesh.yaml").rename(moved)
     try:
-        assert wait_for(lambda: mesh.up.health()["status"], "degraded") == "degraded"
-        errors = "".join(mesh.up.health()["errors"])
-        assert "the Mesh document default/mesh was removed" in errors
+        removed = "the Mesh document default/mesh was removed"
+        report = reading_where(
+            mesh.up.health,
+            lambda h: h["status"] == "degraded" and removed in "".join(h["errors"]),
+        )
+        assert report["status"] == "degraded"
+        assert removed in "".join(report["errors"])
         time.sleep(1.5)  # long enough for a push, were it accepted
         assert mesh.decisions() == EXPECTED
     finally:
@@ -257,12 +264,11 @@ def test_every_crash_trigger_leaves_a_server_serving(tmp_path: Path) -> None:
         for name, text in CRASH_TRIGGERS.items():
             (policies / name).write_text(text)
 
-        def named() -> list[str]:  # the engine reports each trigger (and what else it finds)
-            errors = health(url)["errors"]
-            return sorted(n for n in CRASH_TRIGGERS if any(str(policies / n) in e for e in errors))
+        def named(report: dict[str, Any]) -> bool:  # each trigger (and what else it finds)
+            errors = report["errors"]
+            return all(any(str(policies / n) in e for e in errors) for n in CRASH_TRIGGERS)
 
-        assert wait_for(named, sorted(CRASH_TRIGGERS)) == sorted(CRASH_TRIGGERS)
-        report = health(url)
+        report = reading_where(lambda: health(url), named)
         assert report["status"] == "degraded" and report["policyVersion"] == version
         for name in CRASH_TRIGGERS:
             assert any(str(policies / name) in e for e in report["errors"])

@@ -20,6 +20,7 @@ from .._loopback import claim_net, free_port
 from ._live import (
     MeshwardenUp,
     exchange,
+    reading_where,
     request,
     sample_app,
     static_files,
@@ -237,10 +238,13 @@ def test_a_live_change_flips_a_decision_and_a_broken_file_changes_nothing(
         "apiVersion: meshwarden.io/v1alpha1\nkind: AuthorizationPolicy\n"
         "metadata: {name: oops, namespace: shop}\nspec: {actoin: DENY}\n"
     )
-    health = wait_for(lambda: live.up.health()["status"], "degraded")
-    assert health == "degraded"
-    errors = live.up.health()["errors"]
-    assert any(f"{broken}:4:8: error: unknown field" in e for e in errors), errors
+    named = f"{broken}:4:8: error: unknown field"
+    report = reading_where(
+        live.up.health,
+        lambda h: h["status"] == "degraded" and any(named in e for e in h["errors"]),
+    )
+    assert report["status"] == "degraded"
+    assert any(named in e for e in report["errors"]), report["errors"]
     assert live.frontend("POST", "/api/items") == 200  # last good config keeps serving
     broken.unlink()
     assert wait_for(lambda: live.up.health()["status"], "ok") == "ok"
@@ -252,8 +256,9 @@ def test_strict_mtls_refuses_plaintext_peers(live: LiveMesh) -> None:
     assert result is True, "a plaintext peer must not get an HTTP answer under STRICT"
     assert live.frontend("GET", "/api/items") == 200
     live.write(mtls="PERMISSIVE")  # a loosening: refused, STRICT stays
-    assert wait_for(lambda: live.up.health()["lastChangeRejected"], True) is True
-    assert "mtls would loosen from STRICT to PERMISSIVE" in "".join(live.up.health()["errors"])
+    report = reading_where(live.up.health, lambda h: h["lastChangeRejected"] is True)
+    assert report["lastChangeRejected"] is True
+    assert "mtls would loosen from STRICT to PERMISSIVE" in "".join(report["errors"])
     assert isinstance(live.plaintext(9, "/public"), str)
     live.write(loosen="true")  # accepted when the Mesh document says so
     assert wait_for(lambda: live.plaintext(9, "/public"), 200) == 200

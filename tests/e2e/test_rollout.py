@@ -135,7 +135,7 @@ class Rollout:
                 s["applied"] for s in health["sidecars"].values()
             )
 
-        assert wait_for(state, True, timeout=30), self.up.health()
+        assert wait_for(state, True), self.up.health()
 
 
 LOAD_SCRIPT = """\
@@ -180,7 +180,7 @@ def _record_traffic(mesh: Rollout, tmp: Path) -> list[dict[str, Any]]:
     assert run.returncode == 0, run.stderr
     assert run.stdout.count(" 200\n") == len(LOAD), run.stdout  # monitor mode refuses nothing
     assert "db connection held open" in run.stdout
-    records = wait_for(lambda: len(mesh.flow_records()), len(LOAD) + 1, timeout=20)
+    records = wait_for(lambda: len(mesh.flow_records()), len(LOAD) + 1)
     assert records == len(LOAD) + 1, mesh.flow_records()
     return mesh.flow_records()
 
@@ -219,7 +219,7 @@ def test_observe_recommend_promote_enforce_and_verify(rollout: Rollout, tmp_path
     for line in LOAD:  # every observed flow is still allowed, now enforced
         assert mesh.call("front", line) == 200, line
     # held open once the backend's sidecar reaches the database (a denial closes it every time)
-    assert wait_for(mesh.db_connection_held, True, timeout=20)
+    assert wait_for(mesh.db_connection_held, True)
     assert mesh.call("front", "GET /api/items/77") == 200  # the generalised sibling prefix
     assert mesh.call("front", "DELETE /api/cart") == 403  # a method never observed
     assert mesh.call("ops", "GET /api/catalogue") == 403  # a caller never observed

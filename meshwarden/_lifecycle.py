@@ -103,12 +103,13 @@ async def _serve(
         await stop()
         return 1
     ending.say(f"ready {ready}", sys.stdout)
-    return await _run(run, stop, ending)
+    return await _run(run, stop, command, ending)
 
 
 async def _run(
     run: Callable[[], Coroutine[Any, Any, None]],
     stop: Callable[[], Awaitable[None]],
+    command: str,
     ending: _Ending,
 ) -> int:
     task = asyncio.create_task(run())
@@ -122,6 +123,6 @@ async def _run(
     if isinstance(failure, BrokenPipeError):  # it wrote to its output, which went away
         ending.closed()
     elif failure is not None:
-        ending.say(f"error: stopped: {failure!r}", sys.stderr)
+        ending.say(f"{command}: error: stopped: {failure!r}", sys.stderr)
         return 1
     return 0

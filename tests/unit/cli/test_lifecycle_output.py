@@ -61,3 +61,15 @@ def test_a_failure_keeps_its_status_when_its_report_cannot_be_written(
     command = _Command(fails=RuntimeError("the mesh broke"))
     assert _serve(command) == 1
     assert command.stopped == 1
+
+
+def test_a_failure_while_running_stops_the_command_and_says_which_and_why(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    command = _Command(fails=RuntimeError("the mesh broke"))
+    code = asyncio.run(
+        serve_until_signalled(command.start, command.run, command.stop, "meshwarden server")
+    )
+    assert (code, command.stopped) == (1, 1)
+    err = capsys.readouterr().err
+    assert err == "meshwarden server: error: stopped: RuntimeError('the mesh broke')\n"

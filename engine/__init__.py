@@ -26,8 +26,9 @@ from meshwarden.engine._evaluator import (
 )
 from meshwarden.engine._files import (
     FileChanged,
+    Refused,
     UsageError,
-    foreign_link,
+    open_policy_file,
     read_text,
     scan_files,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "PortCondition",
     "PortRanges",
     "Recommendation",
+    "Refused",
     "Registry",
     "Reload",
     "Request",
@@ -146,13 +148,13 @@ __all__ = [
     "decide_path",
     "dry_run_verdict",
     "find_files",
-    "foreign_link",
     "invalid_input",
     "is_reserved",
     "lint",
     "load",
     "mtls_setting",
     "normalize_path",
+    "open_policy_file",
     "parse_text",
     "read_documents",
     "read_files",

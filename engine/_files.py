@@ -92,17 +92,10 @@ def _is_file(entry: os.DirEntry[str]) -> bool:
 def read_text(file: str, limits: InputLimits = LIMITS) -> tuple[str | None, Diagnostic | None]:
     """The text of one policy file, or the reason it cannot be used as one."""
     try:
-        fd = os.open(file, _OPEN_FLAGS)
-    except OSError as exc:
-        return None, error(Location(file), f"cannot read file: {_reason(exc)}")
+        fd, info = open_policy_file(file)
+    except (OSError, Refused) as exc:
+        return None, error(Location(file), f"cannot read file: {_why(exc)}")
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = _kind(info.st_mode)
-            return None, error(Location(file), f"cannot read file: {kind}, not a regular file")
-        refused = foreign_link(file, info)
-        if refused:
-            return None, error(Location(file), f"cannot read file: {refused}")
         if info.st_size > limits.file_bytes:
             return None, _too_big(file, info.st_size, limits)
         data = _read_at_most(fd, limits.file_bytes + 1)
@@ -119,7 +112,31 @@ class FileChanged(OSError):
     """The path no longer names the file that was opened: read it again."""
 
 
-def foreign_link(path: str, opened: os.stat_result) -> str | None:
+class Refused(Exception):
+    """A file that is not to be read as a policy file: not a regular file, or reached through
+    a link to another user's file (the message says which)."""
+
+
+def open_policy_file(path: str) -> tuple[int, os.stat_result]:
+    """A descriptor of the policy file at `path` (the caller closes it) and its fstat, opened
+    by the reader's rules: non-blocking (a FIFO never hangs the reader), a regular file, and a
+    link only to a file of the link's own owner or when root owns the link. OSError when it
+    cannot be opened (FileChanged: swapped while it was opened); Refused otherwise."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"{_kind(info.st_mode)}, not a regular file")
+        refused = _foreign_link(path, info)
+        if refused:
+            raise Refused(refused)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def _foreign_link(path: str, opened: os.stat_result) -> str | None:
     """Why the file opened at `path` (`opened`, its fstat) must not be read, or None.
 
     Checked after the open, against the descriptor: a link is refused unless root or the
@@ -167,6 +184,10 @@ def _decode(file: str, data: bytes) -> tuple[str | None, Diagnostic | None]:
         byte = data[exc.start : exc.start + 1].hex()
         where = Location(file, line, column)
         return None, error(where, f"file is not UTF-8: byte 0x{byte} at this position")
+
+
+def _why(exc: OSError | Refused) -> str:
+    return _reason(exc) if isinstance(exc, OSError) else str(exc)
 
 
 def _reason(exc: OSError) -> str:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshwarden._policy_watch import WriteWatch
-from meshwarden.engine import FileChanged, UsageError, foreign_link, scan_files
+from meshwarden.engine import FileChanged, Refused, UsageError, open_policy_file, scan_files
 
 SETTLE_SECONDS = 0.2  # a change must be still for this long (twice: stat, then content)
 WRITE_QUIET_SECONDS = 0.025  # with the watch: no write for this long (one burst of files)...
@@ -105,25 +104,19 @@ def _read(path: str) -> PolicyFile | None:
         except OSError as exc:
             return PolicyFile(path, b"", "", f"cannot read directory: {exc.strerror or exc}")
         return None  # listable again: scan anew
-    try:  # O_NONBLOCK: a FIFO must not hang the scan
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd, _ = open_policy_file(path)
+    except FileChanged:
+        return None  # swapped while it was opened: scan anew
     except FileNotFoundError as exc:
         if not os.path.islink(path):
             return None
         return PolicyFile(path, b"", "", f"cannot read file: {exc.strerror}")
     except OSError as exc:
         return PolicyFile(path, b"", "", f"cannot read file: {exc.strerror or exc}")
+    except Refused as exc:
+        return PolicyFile(path, b"", "", f"cannot read file: {exc}")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            what = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a special file"
-            return PolicyFile(path, b"", "", f"cannot read file: {what}, not a regular file")
-        try:
-            refused = foreign_link(path, info)
-        except FileChanged:
-            return None  # swapped while it was opened: scan anew
-        if refused:
-            return PolicyFile(path, b"", "", f"cannot read file: {refused}")
         try:
             content = handle.read(READ_LIMIT + 1)
         except OSError as exc:
